@@ -1,0 +1,55 @@
+"""Exposes Debian's system libraries as cc_library targets in @system.
+
+Link flags come from pkg-config where a .pc file exists, raw -l flags elsewhere.
+Headers are in /usr/include, which the default toolchain searches already.
+"""
+
+_PKG_CONFIG = {
+    "grpc": ["grpc++", "protobuf"],
+    "protobuf": ["protobuf"],
+    "yaml_cpp": ["yaml-cpp"],
+    "hwloc": ["hwloc"],
+    "gtest": ["gtest"],
+    "gtest_main": ["gtest_main"],
+    "gmock": ["gmock", "gtest"],
+    "gmock_main": ["gmock_main", "gmock", "gtest"],
+    "benchmark": ["benchmark"],
+    "absl": [
+        "absl_status",
+        "absl_statusor",
+        "absl_strings",
+        "absl_str_format",
+        "absl_synchronization",
+        "absl_flat_hash_map",
+        "absl_flat_hash_set",
+        "absl_time",
+        "absl_hash",
+    ],
+}
+
+_RAW = {
+    "fdt": ["-lfdt"],
+    "sqlite3": ["-lsqlite3"],
+    "grpc_reflection": ["-lgrpc++_reflection"],
+    "cli11": [],
+    "nlohmann_json": [],
+}
+
+def _system_libs_impl(ctx):
+    lines = ['package(default_visibility = ["//visibility:public"])', ""]
+    for name, pkgs in _PKG_CONFIG.items():
+        res = ctx.execute(["pkg-config", "--libs"] + pkgs)
+        if res.return_code != 0:
+            fail("pkg-config --libs %s failed (run scripts/setup): %s" % (" ".join(pkgs), res.stderr))
+        flags = [f for f in res.stdout.strip().split(" ") if f]
+        lines.append("cc_library(name = %r, linkopts = %r)" % (name, flags))
+    for name, flags in _RAW.items():
+        deps = ["grpc"] if name == "grpc_reflection" else []
+        lines.append("cc_library(name = %r, linkopts = %r, deps = %r)" % (name, flags, [":" + d for d in deps]))
+    ctx.file("WORKSPACE", "")
+    ctx.file("BUILD.bazel", "\n".join(lines) + "\n")
+
+system_libs = repository_rule(
+    implementation = _system_libs_impl,
+    local = True,
+)

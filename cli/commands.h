@@ -1,0 +1,30 @@
+// The subcommands of mkapply, each a function of its options and output streams, so
+// tests can run them without a process. main.cc only parses flags and calls these.
+//
+// Exit codes (for scripts): 0 success, 2 invalid input or usage, 1 other failures.
+// Thread-safety: each call is independent.
+#ifndef MKFLEET_CLI_COMMANDS_H_
+#define MKFLEET_CLI_COMMANDS_H_
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace mkfleet::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitInvalid = 2;
+
+struct ValidateOptions {
+  std::vector<std::string> paths;  // files, directories, "-" for stdin
+  std::string output = "summary";  // summary | yaml
+};
+
+// Loads and validates `paths`. Prints the summary (or canonical YAML) to `out` and returns
+// 0; or prints every error, one a line, to `err` and returns 2.
+int RunValidate(const ValidateOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace mkfleet::cli
+
+#endif  // MKFLEET_CLI_COMMANDS_H_

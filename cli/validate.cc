@@ -1,0 +1,27 @@
+#include <vector>
+
+#include "cli/commands.h"
+#include "manifests/loader.h"
+#include "manifests/printer.h"
+
+namespace mkfleet::cli {
+
+int RunValidate(const ValidateOptions& options, std::ostream& out, std::ostream& err) {
+  manifests::LoadResult result = manifests::LoadPaths(options.paths);
+  if (!result.ok()) {
+    for (const manifests::Diagnostic& d : result.errors) err << d.ToString() << "\n";
+    err << result.errors.size() << (result.errors.size() == 1 ? " error" : " errors")
+        << "; nothing was changed\n";
+    return kExitInvalid;
+  }
+  if (options.output == "yaml") {
+    std::vector<mkfleet::v1::Object> objects;
+    for (const manifests::LoadedObject& o : result.objects) objects.push_back(o.object);
+    out << manifests::PrintYaml(objects);
+    return kExitOk;
+  }
+  out << result.Summary() << "\n";
+  return kExitOk;
+}
+
+}  // namespace mkfleet::cli

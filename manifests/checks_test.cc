@@ -1,0 +1,148 @@
+// Semantic checks: combinations the schema walk cannot express.
+#include "manifests/checks.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "manifests/testing/test_util.h"
+
+namespace mkfleet::manifests {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+std::string HostWithPool(const std::string& pool) {
+  return "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata: {name: node-a}\nspec:\n"
+         "  agent: 127.0.0.1:7101\n  pool:\n" + pool;
+}
+
+TEST(PoolChecksTest, HostReservedExcludesExplicitCpus) {
+  EXPECT_THAT(ErrorLines(LoadString(HostWithPool("    hostReserved: {cores: 2}\n    cpus: \"4-7\"\n"
+                                                 "    memory: [{node: 0, size: 1Gi}]\n"))),
+              ElementsAre("t.yaml:7:5: Host/node-a: spec.pool.hostReserved: cannot be combined "
+                          "with explicit cpus or memory"));
+}
+
+TEST(PoolChecksTest, ExplicitCpusNeedMemory) {
+  EXPECT_THAT(ErrorLines(LoadString(HostWithPool("    cpus: \"4-7\"\n"))),
+              ElementsAre("t.yaml:7:5: Host/node-a: spec.pool.cpus: explicit cpus need explicit "
+                          "memory per NUMA node"));
+}
+
+TEST(PoolChecksTest, EmptyPool) {
+  EXPECT_THAT(ErrorLines(LoadString(HostWithPool("    devices: [eth0]\n"))),
+              ElementsAre("t.yaml:6:3: Host/node-a: spec.pool: needs hostReserved, or explicit "
+                          "cpus and memory"));
+}
+
+TEST(PoolChecksTest, DuplicateNodesAndDevices) {
+  EXPECT_THAT(ErrorLines(LoadString(HostWithPool(
+                  "    cpus: \"4-7\"\n    memory: [{node: 0, size: 1Gi}, {node: 0, size: 2Gi}]\n"
+                  "    devices: [eth0, \"0000:04:00.1\", eth0]\n"))),
+              ElementsAre("t.yaml:8:43: Host/node-a: spec.pool.memory[1].node: node 0 is listed "
+                          "twice (also memory[0])",
+                          "t.yaml:9:37: Host/node-a: spec.pool.devices[2]: device \"eth0\" is "
+                          "listed twice"));
+}
+
+TEST(PoolChecksTest, BadDeviceAndAgentFormats) {
+  std::string doc = HostWithPool("    hostReserved: {cores: 2}\n    devices: [\"04:00.1\"]\n");
+  doc.replace(doc.find("127.0.0.1:7101"), 14, "localhost");
+  EXPECT_THAT(ErrorLines(LoadString(doc)),
+              ElementsAre("t.yaml:5:10: Host/node-a: spec.agent: must be host:port with a port "
+                          "from 1 to 65535, got \"localhost\"",
+                          "t.yaml:8:15: Host/node-a: spec.pool.devices[0]: must be a PCI address "
+                          "like 0000:04:00.1 or a device name like eth2, got \"04:00.1\""));
+}
+
+TEST(InstanceChecksTest, StandbyNeedsItsFootprintAndOnlyThere) {
+  EXPECT_THAT(ErrorLines(LoadString(HostDoc() + "---\n" +
+                                    Instance("", "  failover: {policy: Standby}\n"))),
+              ElementsAre("t.yaml:19:14: KernelInstance/web-1: spec.failover.policy: policy Standby "
+                          "needs failover.standby (cpus, memory)"));
+  EXPECT_THAT(ErrorLines(LoadString(HostDoc() + "---\n" +
+                                    Instance("", "  failover: {standby: {cpus: 1, memory: 128Mi}}\n"))),
+              ElementsAre("t.yaml:19:14: KernelInstance/web-1: spec.failover.standby: only allowed "
+                          "with policy Standby"));
+}
+
+TEST(InstanceChecksTest, DevicesAndVirtio) {
+  EXPECT_THAT(
+      ErrorLines(LoadString(
+          HostDoc() + "---\n" +
+          Instance("    devices:\n"
+                   "      - {name: a, select: {class: Network}, namespaces: 1}\n"
+                   "      - {name: a, select: {class: GPU}, vfs: 1}\n"
+                   "      - {name: b, pci: \"0000:04:00.0\"}\n"
+                   "      - {name: c, pci: \"0000:04:00.0\"}\n"
+                   "    virtio: [{type: blk, uplink: eth0}]\n"
+                   "    placement: NearDevices\n"))),
+      ElementsAre("t.yaml:20:57: KernelInstance/web-1: spec.resources.devices[0].namespaces: only "
+                  "Storage devices have NVMe namespaces",
+                  "t.yaml:21:16: KernelInstance/web-1: spec.resources.devices[1].name: name \"a\" is "
+                  "also used by devices[0]",
+                  "t.yaml:21:46: KernelInstance/web-1: spec.resources.devices[1].vfs: GPU functions "
+                  "are given whole (no SR-IOV VFs)",
+                  "t.yaml:23:24: KernelInstance/web-1: spec.resources.devices[3].pci: function "
+                  "0000:04:00.0 is also requested by devices[2]",
+                  "t.yaml:24:34: KernelInstance/web-1: spec.resources.virtio[0].uplink: only allowed "
+                  "for type net"));
+}
+
+TEST(InstanceChecksTest, NearDevicesNeedsDevices) {
+  EXPECT_THAT(ErrorLines(LoadString(HostDoc() + "---\n" + Instance("    placement: NearDevices\n"))),
+              ElementsAre("t.yaml:19:16: KernelInstance/web-1: spec.resources.placement: NearDevices "
+                          "needs at least one entry in devices"));
+}
+
+std::string Set(const std::string& spec_extra, const std::string& template_extra = "") {
+  return "apiVersion: mkfleet.io/v1\nkind: InstanceSet\nmetadata: {name: edge}\nspec:\n" +
+         spec_extra +
+         "  template:\n    spec:\n      kernel: {image: /k/vmlinux}\n"
+         "      resources: {cpus: 2, memory: 1Gi}\n" +
+         template_extra;
+}
+
+TEST(InstanceSetChecksTest, ValidSet) {
+  LoadResult r = LoadString(Set("  replicas: 3\n  spreadBy: rack\n  rollout: {maxUnavailable: 25%, canary: 1}\n"));
+  EXPECT_THAT(ErrorLines(r), IsEmpty());
+  const auto& set = r.objects[0].object.instance_set();
+  EXPECT_EQ(set.spec().replicas(), 3u);
+  EXPECT_EQ(set.spec().rollout().max_unavailable().percent(), 25u);
+}
+
+TEST(InstanceSetChecksTest, CountIsRequiredAndExclusive) {
+  EXPECT_THAT(ErrorLines(LoadString(Set(""))),
+              ElementsAre("t.yaml:4:1: InstanceSet/edge: spec: one of replicas, perHost is required"));
+  EXPECT_THAT(ErrorLines(LoadString(Set("  replicas: 2\n  perHost: 1\n"))),
+              ElementsAre("t.yaml:6:3: InstanceSet/edge: spec.perHost: cannot be combined with "
+                          "\"replicas\" (set only one)"));
+}
+
+TEST(InstanceSetChecksTest, TemplateMayNotPickHostsOrIds) {
+  EXPECT_THAT(ErrorLines(LoadString(Set("  perHost: 1\n", "      host: node-a\n      id: 3\n"))),
+              ElementsAre("t.yaml:10:7: InstanceSet/edge: spec.template.spec.host: not allowed in a "
+                          "template (the set picks hosts with spec.hostSelector)",
+                          "t.yaml:11:7: InstanceSet/edge: spec.template.spec.id: not allowed in a "
+                          "template (replicas would share the id)"));
+}
+
+TEST(InstanceSetChecksTest, RolloutLimits) {
+  EXPECT_THAT(ErrorLines(LoadString(Set("  replicas: 2\n  rollout: {canary: 3, maxUnavailable: 0}\n"))),
+              ElementsAre("t.yaml:6:21: InstanceSet/edge: spec.rollout.canary: must be at most "
+                          "replicas (2), got 3",
+                          "t.yaml:6:40: InstanceSet/edge: spec.rollout.maxUnavailable: must be at "
+                          "least 1 (or 1%), or no update could proceed"));
+  EXPECT_THAT(ErrorLines(LoadString(Set("  replicas: 2\n  rollout: {maxUnavailable: 120%}\n"))),
+              ElementsAre("t.yaml:6:29: InstanceSet/edge: spec.rollout.maxUnavailable: invalid "
+                          "percentage \"120%\" (a whole number from 0 to 100)"));
+}
+
+TEST(InstanceSetChecksTest, SpreadByOnlyWithReplicas) {
+  EXPECT_THAT(ErrorLines(LoadString(Set("  perHost: 1\n  spreadBy: rack\n"))),
+              ElementsAre("t.yaml:6:3: InstanceSet/edge: spec.spreadBy: only applies with replicas "
+                          "(perHost places on every host)"));
+}
+
+}  // namespace
+}  // namespace mkfleet::manifests
