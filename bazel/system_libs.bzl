@@ -8,6 +8,7 @@ _PKG_CONFIG = {
     "grpc": ["grpc++", "protobuf"],
     "protobuf": ["protobuf"],
     "yaml_cpp": ["yaml-cpp"],
+    "libyaml": ["yaml-0.1"],
     "hwloc": ["hwloc"],
     "gtest": ["gtest"],
     "gtest_main": ["gtest_main"],

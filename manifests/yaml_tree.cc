@@ -1,14 +1,10 @@
 #include "manifests/yaml_tree.h"
 
-#include <sstream>
-#include <unordered_map>
+#include <yaml.h>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "yaml-cpp/eventhandler.h"
-#include "yaml-cpp/exceptions.h"
-#include "yaml-cpp/mark.h"
-#include "yaml-cpp/parser.h"
 
 namespace mkfleet::manifests {
 
@@ -28,76 +24,100 @@ absl::string_view DescribeKind(const YamlNode& node) {
 
 namespace {
 
-Position ToPosition(const YAML::Mark& mark) {
-  if (mark.is_null()) return Position{};
-  return Position{mark.line + 1, mark.column + 1};
+Position ToPosition(const yaml_mark_t& mark) {
+  return Position{static_cast<int>(mark.line) + 1, static_cast<int>(mark.column) + 1};
 }
 
-// Thrown inside the event handler to stop the parser; caught in YamlTree::Parse.
-struct StopParsing {
-  YamlError error;
-};
+bool IsNullScalar(const yaml_event_t& e) {
+  if (e.data.scalar.style != YAML_PLAIN_SCALAR_STYLE || e.data.scalar.tag != nullptr) return false;
+  absl::string_view v(reinterpret_cast<const char*>(e.data.scalar.value), e.data.scalar.length);
+  return v.empty() || v == "~" || v == "null" || v == "Null" || v == "NULL";
+}
+
+std::string AnchorOf(const yaml_char_t* anchor) {
+  return anchor == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(anchor));
+}
 
 }  // namespace
 
-class TreeBuilder final : public YAML::EventHandler {
+// Builds the tree from libyaml's events (libyaml's parser is a state machine with an
+// explicit stack, so deep nesting costs memory, bounded by the input size, not stack).
+class TreeBuilder {
  public:
   TreeBuilder(YamlTree* tree, size_t max_nodes) : tree_(tree), max_nodes_(max_nodes) {}
 
-  void OnDocumentStart(const YAML::Mark&) override {
-    stack_.clear();
-    pending_key_.clear();
-    anchors_.clear();
-    root_ = nullptr;
-  }
-  void OnDocumentEnd() override {
-    if (root_ == nullptr) root_ = NewNode(YamlNode::Kind::kNull, YAML::Mark());
-    tree_->documents_.push_back(root_);
-  }
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-    YamlNode* n = NewNode(YamlNode::Kind::kNull, mark);
-    Complete(n, anchor);
-  }
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
-    auto it = anchors_.find(anchor);
-    if (it == anchors_.end()) {
-      throw StopParsing{{ToPosition(mark), "unknown alias"}};
+  // Handles one event; returns false with `error` set to stop.
+  bool Handle(const yaml_event_t& e, YamlError* error) {
+    switch (e.type) {
+      case YAML_DOCUMENT_START_EVENT:
+        stack_.clear();
+        pending_key_.clear();
+        anchors_.clear();
+        root_ = nullptr;
+        return true;
+      case YAML_DOCUMENT_END_EVENT:
+        if (root_ == nullptr) {
+          YamlNode* n = NewNode(YamlNode::Kind::kNull, e.start_mark, error);
+          if (n == nullptr) return false;
+          root_ = n;
+        }
+        tree_->documents_.push_back(root_);
+        return true;
+      case YAML_ALIAS_EVENT: {
+        auto it = anchors_.find(AnchorOf(e.data.alias.anchor));
+        if (it == anchors_.end()) {
+          *error = {ToPosition(e.start_mark), "unknown alias"};
+          return false;
+        }
+        if (it->second == nullptr) {
+          *error = {ToPosition(e.start_mark),
+                    "alias refers to a node that contains it (recursive structures are not "
+                    "allowed)"};
+          return false;
+        }
+        Attach(it->second);
+        return true;
+      }
+      case YAML_SCALAR_EVENT: {
+        bool is_null = IsNullScalar(e);
+        YamlNode* n = NewNode(is_null ? YamlNode::Kind::kNull : YamlNode::Kind::kScalar,
+                              e.start_mark, error);
+        if (n == nullptr) return false;
+        if (!is_null) {
+          n->value.assign(reinterpret_cast<const char*>(e.data.scalar.value), e.data.scalar.length);
+          n->quoted = e.data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
+        }
+        Complete(n, AnchorOf(e.data.scalar.anchor));
+        return true;
+      }
+      case YAML_SEQUENCE_START_EVENT:
+      case YAML_MAPPING_START_EVENT: {
+        bool seq = e.type == YAML_SEQUENCE_START_EVENT;
+        YamlNode* n = NewNode(seq ? YamlNode::Kind::kSequence : YamlNode::Kind::kMap,
+                              e.start_mark, error);
+        if (n == nullptr) return false;
+        Open(n, AnchorOf(seq ? e.data.sequence_start.anchor : e.data.mapping_start.anchor));
+        return true;
+      }
+      case YAML_SEQUENCE_END_EVENT:
+      case YAML_MAPPING_END_EVENT:
+        Close();
+        return true;
+      default:
+        return true;
     }
-    if (it->second == nullptr) {
-      throw StopParsing{{ToPosition(mark),
-                         "alias refers to a node that contains it (recursive structures are not "
-                         "allowed)"}};
-    }
-    Attach(it->second);
   }
-  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
-                const std::string& value) override {
-    YamlNode* n = NewNode(YamlNode::Kind::kScalar, mark);
-    n->value = value;
-    n->quoted = !tag.empty() && tag != "?";
-    Complete(n, anchor);
-  }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                       YAML::EmitterStyle::value) override {
-    Open(NewNode(YamlNode::Kind::kSequence, mark), anchor);
-  }
-  void OnSequenceEnd() override { Close(); }
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
-                  YAML::EmitterStyle::value) override {
-    Open(NewNode(YamlNode::Kind::kMap, mark), anchor);
-  }
-  void OnMapEnd() override { Close(); }
 
  private:
   struct Frame {
     YamlNode* node;
-    YAML::anchor_t anchor;
+    std::string anchor;
   };
 
-  YamlNode* NewNode(YamlNode::Kind kind, const YAML::Mark& mark) {
+  YamlNode* NewNode(YamlNode::Kind kind, const yaml_mark_t& mark, YamlError* error) {
     if (tree_->arena_.size() >= max_nodes_) {
-      throw StopParsing{{ToPosition(mark),
-                         absl::StrCat("too many YAML nodes (more than ", max_nodes_, ")")}};
+      *error = {ToPosition(mark), absl::StrCat("too many YAML nodes (more than ", max_nodes_, ")")};
+      return nullptr;
     }
     YamlNode& n = tree_->arena_.emplace_back();
     n.kind = kind;
@@ -122,20 +142,20 @@ class TreeBuilder final : public YAML::EventHandler {
     }
   }
 
-  void Complete(YamlNode* n, YAML::anchor_t anchor) {
-    if (anchor != YAML::NullAnchor) anchors_[anchor] = n;
+  void Complete(YamlNode* n, const std::string& anchor) {
+    if (!anchor.empty()) anchors_[anchor] = n;
     Attach(n);
   }
 
-  void Open(YamlNode* n, YAML::anchor_t anchor) {
+  void Open(YamlNode* n, std::string anchor) {
     // The anchor is known but not yet usable: an alias to it now would be recursive.
-    if (anchor != YAML::NullAnchor) anchors_[anchor] = nullptr;
-    stack_.push_back({n, anchor});
+    if (!anchor.empty()) anchors_[anchor] = nullptr;
+    stack_.push_back({n, std::move(anchor)});
     pending_key_.push_back(nullptr);
   }
 
   void Close() {
-    Frame f = stack_.back();
+    Frame f = std::move(stack_.back());
     stack_.pop_back();
     pending_key_.pop_back();
     Complete(f.node, f.anchor);
@@ -146,24 +166,39 @@ class TreeBuilder final : public YAML::EventHandler {
   const YamlNode* root_ = nullptr;
   std::vector<Frame> stack_;
   std::vector<const YamlNode*> pending_key_;
-  std::unordered_map<YAML::anchor_t, const YamlNode*> anchors_;
+  absl::flat_hash_map<std::string, const YamlNode*> anchors_;
 };
 
 YamlTree YamlTree::Parse(absl::string_view text, size_t max_nodes) {
   YamlTree tree;
-  std::istringstream in{std::string(text)};
   TreeBuilder builder(&tree, max_nodes);
-  try {
-    YAML::Parser parser(in);
-    while (parser.HandleNextDocument(builder)) {
-    }
-  } catch (const StopParsing& stop) {
-    tree.errors_.push_back(stop.error);
-  } catch (const YAML::Exception& e) {
-    tree.errors_.push_back({ToPosition(e.mark), absl::StrCat("YAML syntax error: ", e.msg)});
-  } catch (const std::exception& e) {
-    tree.errors_.push_back({Position{}, absl::StrCat("YAML error: ", e.what())});
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) {
+    tree.errors_.push_back({Position{}, "YAML error: out of memory"});
+    return tree;
   }
+  yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()),
+                               text.size());
+  while (true) {
+    yaml_event_t event;
+    if (!yaml_parser_parse(&parser, &event)) {
+      std::string message = absl::StrCat("YAML syntax error: ",
+                                         parser.problem ? parser.problem : "malformed input");
+      if (parser.context != nullptr) absl::StrAppend(&message, " (", parser.context, ")");
+      tree.errors_.push_back({ToPosition(parser.problem_mark), std::move(message)});
+      break;
+    }
+    YamlError error;
+    bool ok = builder.Handle(event, &error);
+    bool done = event.type == YAML_STREAM_END_EVENT;
+    yaml_event_delete(&event);
+    if (!ok) {
+      tree.errors_.push_back(std::move(error));
+      break;
+    }
+    if (done) break;
+  }
+  yaml_parser_delete(&parser);
   return tree;
 }
 

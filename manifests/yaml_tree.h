@@ -1,6 +1,6 @@
 // YamlTree: a YAML stream parsed into a small immutable tree that keeps every node's
-// position. The only place mkfleet touches yaml-cpp's parser (which throws); exceptions
-// are caught here and turned into errors.
+// position. The only place mkfleet parses YAML; it uses libyaml's event parser (several
+// times faster than yaml-cpp's, and it reports errors without exceptions).
 //
 // Safety against hostile input: nodes live in an arena (no recursive destruction), the
 // builder keeps an explicit stack (no recursion), an alias may only name a node that is
