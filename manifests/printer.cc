@@ -35,21 +35,22 @@ class Printer {
   void PrintMessage(const Message& msg, YAML::Emitter& out) {
     const MessageInfo& info = InfoFor(msg.GetDescriptor());
     const Reflection* r = msg.GetReflection();
-    out << YAML::BeginMap;
+    std::vector<const FieldInfo*> fields;
     for (const FieldInfo& fi : info.fields) {
       if (fi.rules.output_only() && !options_.include_output_only) continue;
       const FieldDescriptor* f = fi.field;
-      // Required fields are printed even at their zero value ("node: 0").
+      // Required fields are printed even at their zero value ("node: 0"); a present but
+      // empty sub-message is printed as {} (its presence can matter).
       if (f->is_repeated() ? r->FieldSize(msg, f) == 0 : !IsSet(msg, fi) && !fi.rules.required()) {
         continue;
       }
-      // A sub-message with nothing but defaults says nothing: leave it out.
-      if (!f->is_repeated() && f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE &&
-          r->GetMessage(msg, f).ByteSizeLong() == 0 && fi.rules.unit() == mkfleet::v1::UNIT_NONE) {
-        continue;
-      }
-      out << YAML::Key << fi.yaml_name << YAML::Value;
-      PrintField(msg, fi, out);
+      fields.push_back(&fi);
+    }
+    if (fields.empty()) out << YAML::Flow;
+    out << YAML::BeginMap;
+    for (const FieldInfo* fi : fields) {
+      out << YAML::Key << fi->yaml_name << YAML::Value;
+      PrintField(msg, *fi, out);
     }
     out << YAML::EndMap;
   }
