@@ -15,6 +15,7 @@ namespace mkfleet::cli {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitInvalid = 2;
+inline constexpr int kExitUnschedulable = 3;
 
 struct ValidateOptions {
   std::vector<std::string> paths;  // files, directories, "-" for stdin
@@ -24,6 +25,20 @@ struct ValidateOptions {
 // Loads and validates `paths`. Prints the summary (or canonical YAML) to `out` and returns
 // 0; or prints every error, one a line, to `err` and returns 2.
 int RunValidate(const ValidateOptions& options, std::ostream& out, std::ostream& err);
+
+struct PlanOptions {
+  std::vector<std::string> paths;
+  std::vector<std::string> topologies;  // HOST=FILE.xml | HOST=synthetic:STR | HOST=live
+  std::string output = "table";         // table | json | yaml
+  // SR-IOV VFs to assume per Network function of XML/synthetic topologies (hwloc exports
+  // carry no SR-IOV data; live topologies read it from sysfs).
+  uint32_t vfs_per_nic = 0;
+};
+
+// Plans placements offline, without controller or agents. Prints the placement table
+// (or JSON/YAML as in DESIGN.md) to `out`. Returns 0 when everything is placed, 3 when
+// something is unschedulable (explained in the output), 2 on invalid input (on `err`).
+int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace mkfleet::cli
 

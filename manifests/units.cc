@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -98,6 +99,17 @@ std::string FormatBytes(uint64_t bytes) {
     if (bytes % s.factor == 0) return absl::StrCat(bytes / s.factor, s.name);
   }
   return absl::StrCat(bytes);
+}
+
+std::string FormatBytesApprox(uint64_t bytes) {
+  std::string exact = FormatBytes(bytes);
+  if (bytes < (1ull << 10) || exact.size() <= 6) return exact;
+  for (const Suffix& s : kByteSuffixes) {
+    if (bytes >= s.factor) {
+      return absl::StrFormat("%.2f%s", static_cast<double>(bytes) / s.factor, std::string(s.name));
+    }
+  }
+  return exact;
 }
 
 absl::StatusOr<uint64_t> ParseDurationMs(absl::string_view text) {

@@ -20,6 +20,10 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
 // The shortest exact spelling: 2147483648 -> "2Gi", 1000 -> "1000".
 std::string FormatBytes(uint64_t bytes);
 
+// For messages: FormatBytes when exact, else two decimals of the largest fitting unit
+// ("31.97Gi").
+std::string FormatBytesApprox(uint64_t bytes);
+
 // "100ms", "5s", "2m", "1h", or a sequence like "1m30s". Result in milliseconds.
 absl::StatusOr<uint64_t> ParseDurationMs(absl::string_view text);
 // 90000 -> "90s", 120000 -> "2m", 100 -> "100ms".

@@ -50,6 +50,12 @@ TEST(FormatBytesTest, ShortestExactUnit) {
   EXPECT_EQ(FormatBytes(3ull << 40), "3Ti");
 }
 
+TEST(FormatBytesTest, ApproxForMessages) {
+  EXPECT_EQ(FormatBytesApprox(2ull << 30), "2Gi");
+  EXPECT_EQ(FormatBytesApprox(34330173440ull), "31.97Gi");
+  EXPECT_EQ(FormatBytesApprox(1000), "1000");
+}
+
 TEST(DurationTest, ParsesUnitsAndSequences) {
   EXPECT_EQ(*ParseDurationMs("100ms"), 100u);
   EXPECT_EQ(*ParseDurationMs("5s"), 5000u);

@@ -1,0 +1,1291 @@
+#include "planner/placement.h"
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "manifests/units.h"
+
+namespace mkfleet::planner {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+enum CoreMode : uint8_t {
+  kFree = 0,     // every PU in the pool and free
+  kWhole = 1,    // held whole by one instance
+  kShared = 2,   // single CPUs given to smt: Any instances
+  kPartial = 3,  // some PUs outside the pool: only smt: Any may use the rest
+};
+
+struct DeviceState {
+  int whole_owner = -1;  // instance holding the whole function
+  std::vector<int> vf_owner;
+  std::vector<int> ns_owner;
+  bool Untouched() const {
+    return whole_owner < 0 &&
+           std::all_of(vf_owner.begin(), vf_owner.end(), [](int o) { return o < 0; }) &&
+           std::all_of(ns_owner.begin(), ns_owner.end(), [](int o) { return o < 0; });
+  }
+  int FreeVfs() const { return static_cast<int>(std::count(vf_owner.begin(), vf_owner.end(), -1)); }
+  int FreeNs() const { return static_cast<int>(std::count(ns_owner.begin(), ns_owner.end(), -1)); }
+};
+
+// What one instance takes on one host, built before anything is committed.
+struct Take {
+  std::vector<uint32_t> cpus;        // boot CPU first
+  std::vector<uint32_t> whole_cores;  // cores held whole
+  std::map<uint32_t, uint64_t> memory;  // numa index -> bytes
+  struct Dev {
+    std::string name;
+    int pci;  // index into Topology::pci
+    int vf = -1;
+    int ns = -1;
+  };
+  std::vector<Dev> devices;
+  int64_t llc_mask = -1;
+};
+
+std::string NodeList(const Topology& t, const std::vector<uint32_t>& nodes) {
+  std::vector<uint32_t> os;
+  for (uint32_t n : nodes) os.push_back(t.numa[n].os_index);
+  return absl::StrJoin(os, ",");
+}
+
+std::string ClassName(v1::DeviceClass c) {
+  switch (c) {
+    case v1::DEVICE_CLASS_NETWORK:
+      return "Network";
+    case v1::DEVICE_CLASS_STORAGE:
+      return "Storage";
+    case v1::DEVICE_CLASS_GPU:
+      return "GPU";
+    case v1::DEVICE_CLASS_ACCELERATOR:
+      return "Accelerator";
+    default:
+      return "PCI";
+  }
+}
+
+class HostState {
+ public:
+  explicit HostState(const HostInfo& info) : info_(info), t_(*info.topology) {
+    uint32_t max_cpu = 0;
+    for (const Core& c : t_.cores) max_cpu = std::max(max_cpu, c.pus.back());
+    in_pool_.assign(max_cpu + 1, 0);
+    owner_.assign(max_cpu + 1, -1);
+    for (uint32_t cpu : info.pool.cpus) {
+      if (cpu <= max_cpu) in_pool_[cpu] = 1;
+    }
+    mode_.assign(t_.cores.size(), kFree);
+    for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+      for (uint32_t pu : t_.cores[c].pus) {
+        if (!in_pool_[pu]) mode_[c] = kPartial;
+        else ++free_pus_;
+      }
+    }
+    mem_free_.assign(t_.numa.size(), 0);
+    for (const auto& [node, bytes] : info.pool.memory) mem_free_[node] = bytes;
+    for (int d : info.pool.devices) {
+      DeviceState s;
+      s.vf_owner.assign(t_.pci[d].vf_bdfs.size(), -1);
+      s.ns_owner.assign(t_.pci[d].nvme_namespaces, -1);
+      devices_[d] = std::move(s);
+    }
+    ways_used_.assign(t_.l3.size(), 0);
+  }
+
+  const HostInfo& info() const { return info_; }
+  const Topology& topology() const { return t_; }
+  int64_t free_pus() const { return free_pus_; }
+
+  bool WholeCoreFree(uint32_t c) const { return mode_[c] == kFree; }
+  bool PuFreeForAny(uint32_t pu) const {
+    return pu < in_pool_.size() && in_pool_[pu] && owner_[pu] < 0 && mode_[t_.core_of_pu.at(pu)] != kWhole;
+  }
+  bool InPool(uint32_t pu) const { return pu < in_pool_.size() && in_pool_[pu]; }
+  int OwnerOf(uint32_t pu) const { return pu < owner_.size() ? owner_[pu] : -1; }
+  uint64_t MemFree(uint32_t n) const { return mem_free_[n]; }
+  const DeviceState* Device(int pci) const {
+    auto it = devices_.find(pci);
+    return it == devices_.end() ? nullptr : &it->second;
+  }
+  const std::map<int, DeviceState>& devices() const { return devices_; }
+  uint64_t WaysUsed(uint32_t l3) const { return ways_used_[l3]; }
+
+  // Free whole cores (or free CPUs for smt Any) per NUMA index.
+  std::vector<uint32_t> Capacity(bool whole) const {
+    std::vector<uint32_t> cap(t_.numa.size(), 0);
+    for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+      if (whole) {
+        if (mode_[c] == kFree) ++cap[t_.cores[c].numa];
+      } else if (mode_[c] != kWhole) {
+        for (uint32_t pu : t_.cores[c].pus) cap[t_.cores[c].numa] += in_pool_[pu] && owner_[pu] < 0;
+      }
+    }
+    return cap;
+  }
+
+  void Commit(const Take& take, int inst) {
+    for (uint32_t c : take.whole_cores) mode_[c] = kWhole;
+    for (uint32_t pu : take.cpus) {
+      owner_[pu] = inst;
+      uint32_t c = t_.core_of_pu.at(pu);
+      if (mode_[c] == kFree) mode_[c] = kShared;
+    }
+    // PUs of whole cores that the instance does not use are no longer free either.
+    for (uint32_t c : take.whole_cores) {
+      for (uint32_t pu : t_.cores[c].pus) free_pus_ -= in_pool_[pu];
+    }
+    for (uint32_t pu : take.cpus) {
+      if (mode_[t_.core_of_pu.at(pu)] != kWhole) --free_pus_;
+    }
+    for (const auto& [n, bytes] : take.memory) mem_free_[n] -= bytes;
+    for (const Take::Dev& d : take.devices) {
+      DeviceState& s = devices_.at(d.pci);
+      if (d.vf >= 0) s.vf_owner[d.vf] = inst;
+      else if (d.ns >= 0) s.ns_owner[d.ns] = inst;
+      else s.whole_owner = inst;
+    }
+    if (take.llc_mask >= 0) {
+      for (uint32_t l3 : L3sOf(take.cpus)) ways_used_[l3] |= take.llc_mask;
+    }
+  }
+
+  std::vector<uint32_t> L3sOf(const std::vector<uint32_t>& cpus) const {
+    std::set<uint32_t> l3;
+    for (uint32_t pu : cpus) l3.insert(t_.cores[t_.core_of_pu.at(pu)].l3);
+    return {l3.begin(), l3.end()};
+  }
+
+ private:
+  const HostInfo& info_;
+  const Topology& t_;
+  std::vector<uint8_t> in_pool_;
+  std::vector<int32_t> owner_;
+  std::vector<uint8_t> mode_;
+  std::vector<uint64_t> mem_free_;
+  std::map<int, DeviceState> devices_;
+  std::vector<uint64_t> ways_used_;
+  int64_t free_pus_ = 0;
+};
+
+// Places one instance on one host. Fails with the most telling reason.
+class Placer {
+ public:
+  Placer(HostState& h, const InstanceRequest& req, const v1::Placement* prev,
+         const std::vector<std::string>& names)
+      : h_(h), t_(h.topology()), req_(req), r_(req.resources), prev_(prev), names_(names) {}
+
+  bool Run(Take* out, std::string* why) {
+    whole_ = r_.smt() == v1::SMT_WHOLE_CORE;
+    if (!ResolveAllowed(why)) return false;
+    if (r_.cpu_request_case() == v1::Resources::kCpuSet) return RunExact(out, why);
+    need_ = r_.cpus();
+    // NearDevices: the devices decide the nodes.
+    std::vector<uint32_t> device_nodes;
+    if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES) {
+      Take probe;
+      if (!PickDevices(nullptr, &probe, why)) return false;
+      std::set<uint32_t> nodes;
+      for (const auto& d : probe.devices) {
+        int n = t_.pci[d.pci].numa;
+        if (n >= 0 && t_.numa[n].has_cpus && std::count(allowed_.begin(), allowed_.end(), n)) nodes.insert(n);
+      }
+      device_nodes.assign(nodes.begin(), nodes.end());
+    }
+    cap_ = h_.Capacity(whole_);
+    std::string first_failure;
+    int best_stage = -1;
+    for (const std::vector<uint32_t>& nodes : CandidateNodeSets(device_nodes)) {
+      Take take;
+      std::string reason;
+      int stage = TryNodes(nodes, &take, &reason);
+      if (stage == kDone) {
+        *out = std::move(take);
+        return true;
+      }
+      if (stage > best_stage) {
+        best_stage = stage;
+        first_failure = reason;
+      }
+    }
+    *why = best_stage >= 0 ? first_failure : CpuShortage(device_nodes);
+    return false;
+  }
+
+ private:
+  enum Stage { kCpus = 0, kMemory = 1, kDevices = 2, kWays = 3, kDone = 4 };
+
+  bool ResolveAllowed(std::string* why) {
+    if (r_.numa_nodes_size() == 0) {
+      for (uint32_t n = 0; n < t_.numa.size(); ++n) allowed_.push_back(n);
+    } else {
+      for (uint32_t os : r_.numa_nodes()) {
+        auto it = t_.numa_by_os.find(os);
+        if (it == t_.numa_by_os.end()) {
+          *why = absl::StrCat("numaNodes: node ", os, " does not exist on ", h_.info().name);
+          return false;
+        }
+        allowed_.push_back(it->second);
+      }
+      std::sort(allowed_.begin(), allowed_.end());
+    }
+    for (uint32_t n : allowed_) {
+      if (t_.numa[n].has_cpus) cpu_nodes_.push_back(n);
+    }
+    if (cpu_nodes_.empty()) {
+      *why = absl::StrCat("numaNodes ", NodeList(t_, allowed_), " have no CPUs");
+      return false;
+    }
+    return true;
+  }
+
+  uint32_t CoresNeeded() const {
+    uint32_t width = 1;
+    for (const Core& c : t_.cores) width = std::max<uint32_t>(width, c.pus.size());
+    return (need_ + width - 1) / width;
+  }
+
+  // Capacity of a node set in the request's unit (whole cores or CPUs), and the units needed.
+  uint64_t CapOf(const std::vector<uint32_t>& nodes) const {
+    uint64_t sum = 0;
+    for (uint32_t n : nodes) sum += cap_[n];
+    return sum;
+  }
+  uint64_t Units() const { return whole_ ? CoresNeeded() : need_; }
+
+  std::vector<std::vector<uint32_t>> CandidateNodeSets(const std::vector<uint32_t>& device_nodes) {
+    std::vector<std::vector<uint32_t>> out;
+    std::vector<uint32_t> base = cpu_nodes_;
+    if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES && !device_nodes.empty()) base = device_nodes;
+    // A resized instance first tries the nodes it is on.
+    if (prev_ != nullptr) {
+      std::set<uint32_t> prev_nodes;
+      for (uint32_t cpu : prev_->cpus()) {
+        auto it = t_.core_of_pu.find(cpu);
+        if (it != t_.core_of_pu.end()) prev_nodes.insert(t_.cores[it->second].numa);
+      }
+      std::vector<uint32_t> pn;
+      for (uint32_t n : prev_nodes) {
+        if (std::count(base.begin(), base.end(), n)) pn.push_back(n);
+      }
+      if (!pn.empty()) {
+        out.push_back(pn);
+        // Growing onto one more node keeps every current CPU (hot-plug, no re-create).
+        if (r_.placement() != v1::PLACEMENT_SINGLE_NUMA) {
+          std::vector<uint32_t> others;
+          for (uint32_t n : base) {
+            if (!prev_nodes.count(n) && cap_[n] > 0) others.push_back(n);
+          }
+          std::stable_sort(others.begin(), others.end(), [&](uint32_t a, uint32_t b) { return cap_[a] > cap_[b]; });
+          for (uint32_t n : others) {
+            std::vector<uint32_t> grown = pn;
+            grown.push_back(n);
+            std::sort(grown.begin(), grown.end());
+            out.push_back(grown);
+          }
+        }
+      }
+    }
+    // Singletons, best fit first.
+    std::vector<uint32_t> singles;
+    for (uint32_t n : base) {
+      if (cap_[n] >= Units()) singles.push_back(n);
+    }
+    std::sort(singles.begin(), singles.end(), [&](uint32_t a, uint32_t b) {
+      return cap_[a] != cap_[b] ? cap_[a] < cap_[b] : a < b;
+    });
+    if (r_.placement() == v1::PLACEMENT_SPREAD && base.size() > 1 && CapOf(base) >= Units()) {
+      out.push_back(base);
+    }
+    for (uint32_t n : singles) out.push_back({n});
+    if (r_.placement() == v1::PLACEMENT_SINGLE_NUMA) return out;
+    // Several nodes: every subset on small hosts (fewest nodes, nearest first), else one
+    // greedy union of the largest nodes.
+    if (base.size() > 1 && base.size() <= 8) {
+      std::vector<std::vector<uint32_t>> subsets;
+      for (uint32_t mask = 1; mask < (1u << base.size()); ++mask) {
+        if (__builtin_popcount(mask) < 2) continue;
+        std::vector<uint32_t> s;
+        for (uint32_t i = 0; i < base.size(); ++i) {
+          if (mask & (1u << i)) s.push_back(base[i]);
+        }
+        if (CapOf(s) >= Units()) subsets.push_back(std::move(s));
+      }
+      auto dist = [&](const std::vector<uint32_t>& s) {
+        uint64_t d = 0;
+        for (uint32_t a : s) {
+          for (uint32_t b : s) {
+            if (!t_.numa[a].distances.empty()) d += t_.numa[a].distances[b];
+          }
+        }
+        return d;
+      };
+      std::stable_sort(subsets.begin(), subsets.end(), [&](const auto& a, const auto& b) {
+        if (a.size() != b.size()) return a.size() < b.size();
+        uint64_t da = dist(a), db = dist(b);
+        if (da != db) return da < db;
+        return CapOf(a) < CapOf(b);
+      });
+      for (auto& s : subsets) out.push_back(std::move(s));
+    } else if (base.size() > 8) {
+      std::vector<uint32_t> by_cap = base;
+      std::sort(by_cap.begin(), by_cap.end(), [&](uint32_t a, uint32_t b) {
+        return cap_[a] != cap_[b] ? cap_[a] > cap_[b] : a < b;
+      });
+      std::vector<uint32_t> s;
+      for (uint32_t n : by_cap) {
+        s.push_back(n);
+        if (CapOf(s) >= Units()) break;
+      }
+      out.push_back(s);
+      out.push_back(base);
+    }
+    return out;
+  }
+
+  std::string CpuShortage(const std::vector<uint32_t>& device_nodes) const {
+    std::vector<std::string> per_node;
+    const std::vector<uint32_t>& nodes =
+        r_.placement() == v1::PLACEMENT_NEAR_DEVICES && !device_nodes.empty() ? device_nodes : cpu_nodes_;
+    for (uint32_t n : nodes) per_node.push_back(absl::StrCat("node", t_.numa[n].os_index, "=", cap_[n]));
+    std::string where;
+    if (r_.placement() == v1::PLACEMENT_SINGLE_NUMA) where = " on one NUMA node";
+    else if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES && !device_nodes.empty())
+      where = absl::StrCat(" on NUMA node ", NodeList(t_, device_nodes), " (near its devices)");
+    else if (r_.numa_nodes_size() > 0) where = absl::StrCat(" on NUMA nodes ", NodeList(t_, cpu_nodes_));
+    if (whole_) {
+      return absl::StrCat("needs ", CoresNeeded(), " whole cores", where, "; free whole cores: ",
+                          absl::StrJoin(per_node, ", "));
+    }
+    return absl::StrCat("needs ", need_, " CPUs", where, "; free CPUs: ", absl::StrJoin(per_node, ", "));
+  }
+
+  // Tries CPUs on `nodes`, then memory, devices and cache ways. Returns the stage reached.
+  int TryNodes(const std::vector<uint32_t>& nodes, Take* take, std::string* why) {
+    if (!PickCpus(nodes, take)) {
+      *why = CpuShortage({});
+      return -1;
+    }
+    if (!PickMemory(take, why)) return kMemory;
+    std::set<uint32_t> local;
+    for (uint32_t pu : take->cpus) local.insert(t_.cores[t_.core_of_pu.at(pu)].numa);
+    if (!PickDevices(&local, take, why)) return kDevices;
+    if (!PickWays(take, why)) return kWays;
+    return kDone;
+  }
+
+  // Cores of the previous placement (boot core first) that are usable again.
+  std::vector<uint32_t> PreviousCores() const {
+    std::vector<uint32_t> cores;
+    if (prev_ == nullptr) return cores;
+    for (uint32_t cpu : prev_->cpus()) {
+      auto it = t_.core_of_pu.find(cpu);
+      if (it == t_.core_of_pu.end()) continue;
+      if (std::find(cores.begin(), cores.end(), it->second) == cores.end()) cores.push_back(it->second);
+    }
+    return cores;
+  }
+
+  bool PickCpus(const std::vector<uint32_t>& nodes, Take* take) {
+    std::vector<uint32_t> chosen_cores;
+    uint32_t got = 0;
+    auto in_nodes = [&](uint32_t c) {
+      return std::find(nodes.begin(), nodes.end(), t_.cores[c].numa) != nodes.end();
+    };
+    if (whole_) {
+      auto add = [&](uint32_t c) {
+        chosen_cores.push_back(c);
+        got += t_.cores[c].pus.size();
+      };
+      for (uint32_t c : PreviousCores()) {
+        if (got < need_ && in_nodes(c) && h_.WholeCoreFree(c)) add(c);
+      }
+      if (r_.placement() == v1::PLACEMENT_SPREAD && nodes.size() > 1) {
+        // Round-robin over the nodes, one core at a time.
+        std::vector<std::vector<uint32_t>> per_node(nodes.size());
+        for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+          if (!h_.WholeCoreFree(c) || std::count(chosen_cores.begin(), chosen_cores.end(), c)) continue;
+          for (size_t i = 0; i < nodes.size(); ++i) {
+            if (t_.cores[c].numa == nodes[i]) per_node[i].push_back(c);
+          }
+        }
+        std::vector<size_t> next(nodes.size(), 0);
+        bool progress = true;
+        while (got < need_ && progress) {
+          progress = false;
+          for (size_t i = 0; i < nodes.size() && got < need_; ++i) {
+            if (next[i] < per_node[i].size()) {
+              add(per_node[i][next[i]++]);
+              progress = true;
+            }
+          }
+        }
+      } else {
+        // Compact: nodes with the most free cores first; within a node, the L3 domain that
+        // fits the rest most tightly, else the largest.
+        std::vector<uint32_t> order = nodes;
+        std::stable_sort(order.begin(), order.end(),
+                         [&](uint32_t a, uint32_t b) { return cap_[a] > cap_[b]; });
+        // A set of several nodes means every one of them: each gets a core first (else the
+        // set is really one of its subsets, tried on its own).
+        if (order.size() > 1) {
+          for (uint32_t n : order) {
+            for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+              if (t_.cores[c].numa == n && h_.WholeCoreFree(c) &&
+                  !std::count(chosen_cores.begin(), chosen_cores.end(), c)) {
+                if (got < need_) add(c);
+                break;
+              }
+            }
+          }
+        }
+        for (uint32_t n : order) {
+          if (got >= need_) break;
+          std::map<uint32_t, std::vector<uint32_t>> by_l3;
+          for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+            if (t_.cores[c].numa == n && h_.WholeCoreFree(c) &&
+                !std::count(chosen_cores.begin(), chosen_cores.end(), c)) {
+              by_l3[t_.cores[c].l3].push_back(c);
+            }
+          }
+          while (got < need_ && !by_l3.empty()) {
+            uint32_t rest = need_ - got;
+            auto pick = by_l3.end();
+            for (auto it = by_l3.begin(); it != by_l3.end(); ++it) {
+              uint32_t pus = 0;
+              for (uint32_t c : it->second) pus += t_.cores[c].pus.size();
+              bool fits = pus >= rest;
+              if (pick == by_l3.end()) {
+                pick = it;
+                continue;
+              }
+              uint32_t pick_pus = 0;
+              for (uint32_t c : pick->second) pick_pus += t_.cores[c].pus.size();
+              bool pick_fits = pick_pus >= rest;
+              if (fits && (!pick_fits || pus < pick_pus)) pick = it;
+              else if (!fits && !pick_fits && pus > pick_pus) pick = it;
+            }
+            for (uint32_t c : pick->second) {
+              if (got >= need_) break;
+              add(c);
+            }
+            by_l3.erase(pick);
+          }
+        }
+      }
+      if (got < need_) return false;
+      take->whole_cores = chosen_cores;
+      for (uint32_t c : chosen_cores) {
+        for (uint32_t pu : t_.cores[c].pus) {
+          if (take->cpus.size() < need_) take->cpus.push_back(pu);
+        }
+      }
+    } else {
+      std::vector<uint32_t> pus;
+      std::set<uint32_t> taken;
+      auto add = [&](uint32_t pu) {
+        if (taken.insert(pu).second) pus.push_back(pu);
+      };
+      if (prev_ != nullptr) {
+        for (uint32_t cpu : prev_->cpus()) {
+          auto it = t_.core_of_pu.find(cpu);
+          if (pus.size() < need_ && it != t_.core_of_pu.end() && in_nodes(it->second) && h_.PuFreeForAny(cpu)) add(cpu);
+        }
+      }
+      // CPUs of already shared cores first (keeps whole cores whole), then free cores.
+      for (int pass = 0; pass < 2 && pus.size() < need_; ++pass) {
+        if (r_.placement() == v1::PLACEMENT_SPREAD && nodes.size() > 1) {
+          std::vector<std::vector<uint32_t>> per_node(nodes.size());
+          for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+            bool shared = !h_.WholeCoreFree(c);
+            if (shared != (pass == 0)) continue;
+            for (size_t i = 0; i < nodes.size(); ++i) {
+              if (t_.cores[c].numa != nodes[i]) continue;
+              for (uint32_t pu : t_.cores[c].pus) {
+                if (h_.PuFreeForAny(pu)) per_node[i].push_back(pu);
+              }
+            }
+          }
+          std::vector<size_t> next(nodes.size(), 0);
+          bool progress = true;
+          while (pus.size() < need_ && progress) {
+            progress = false;
+            for (size_t i = 0; i < nodes.size() && pus.size() < need_; ++i) {
+              while (next[i] < per_node[i].size() && taken.count(per_node[i][next[i]])) ++next[i];
+              if (next[i] < per_node[i].size()) {
+                add(per_node[i][next[i]++]);
+                progress = true;
+              }
+            }
+          }
+        } else {
+          for (uint32_t n : nodes) {
+            for (uint32_t c = 0; c < t_.cores.size() && pus.size() < need_; ++c) {
+              if (t_.cores[c].numa != n || (!h_.WholeCoreFree(c)) != (pass == 0)) continue;
+              for (uint32_t pu : t_.cores[c].pus) {
+                if (pus.size() < need_ && h_.PuFreeForAny(pu)) add(pu);
+              }
+            }
+          }
+        }
+      }
+      if (pus.size() < need_) return false;
+      take->cpus = pus;
+    }
+    // Boot CPU first, the rest ascending.
+    std::sort(take->cpus.begin() + 1, take->cpus.end());
+    return true;
+  }
+
+  bool RunExact(Take* out, std::string* why) {
+    const auto& ids = r_.cpu_set().ids();
+    std::set<uint32_t> want(ids.begin(), ids.end());
+    std::set<uint32_t> cores;
+    for (uint32_t cpu : want) {
+      auto it = t_.core_of_pu.find(cpu);
+      if (it == t_.core_of_pu.end() || !h_.InPool(cpu)) {
+        *why = absl::StrCat("cpuSet: CPU ", cpu, " is not in the pool of ", h_.info().name);
+        return false;
+      }
+      int owner = h_.OwnerOf(cpu);
+      if (owner >= 0 || (!whole_ && !h_.PuFreeForAny(cpu))) {
+        *why = absl::StrCat("cpuSet: CPU ", cpu, " is in use",
+                            owner >= 0 ? absl::StrCat(" by ", names_[owner]) : " (its core is held whole)");
+        return false;
+      }
+      if (!std::count(allowed_.begin(), allowed_.end(), t_.cores[it->second].numa)) {
+        *why = absl::StrCat("cpuSet: CPU ", cpu, " is not on NUMA nodes ", NodeList(t_, allowed_));
+        return false;
+      }
+      cores.insert(it->second);
+    }
+    if (whole_) {
+      for (uint32_t c : cores) {
+        for (uint32_t pu : t_.cores[c].pus) {
+          if (!want.count(pu)) {
+            *why = absl::StrCat("cpuSet: splits the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
+                                " (smt: WholeCore takes whole cores; add CPU ", pu, " or use smt: Any)");
+            return false;
+          }
+        }
+        if (!h_.WholeCoreFree(c)) {
+          *why = absl::StrCat("cpuSet: the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
+                              " is not wholly free");
+          return false;
+        }
+      }
+      out->whole_cores.assign(cores.begin(), cores.end());
+    }
+    std::set<uint32_t> nodes;
+    for (uint32_t c : cores) nodes.insert(t_.cores[c].numa);
+    if (r_.placement() == v1::PLACEMENT_SINGLE_NUMA && nodes.size() > 1) {
+      *why = "cpuSet: spans several NUMA nodes but placement is SingleNuma";
+      return false;
+    }
+    out->cpus.assign(want.begin(), want.end());
+    if (!PickMemory(out, why)) return false;
+    std::set<uint32_t> local(nodes.begin(), nodes.end());
+    if (!PickDevices(&local, out, why)) return false;
+    return PickWays(out, why);
+  }
+
+  bool PickMemory(Take* take, std::string* why) {
+    uint64_t need_blocks = r_.memory() / kMemoryBlock;
+    std::vector<uint32_t> nodes;  // candidate nodes, in preference order
+    std::map<uint32_t, uint32_t> cpus_on;
+    for (uint32_t pu : take->cpus) ++cpus_on[t_.cores[t_.core_of_pu.at(pu)].numa];
+    if (r_.memory_policy() == v1::MEMORY_INTERLEAVE) {
+      for (uint32_t n : allowed_) {
+        if (h_.MemFree(n) > 0 || cpus_on.count(n)) nodes.push_back(n);
+      }
+    } else {
+      for (const auto& [n, count] : cpus_on) nodes.push_back(n);
+      // Memory-only nodes named in numaNodes may hold memory too.
+      if (r_.numa_nodes_size() > 0) {
+        for (uint32_t n : allowed_) {
+          if (!t_.numa[n].has_cpus) nodes.push_back(n);
+        }
+      }
+    }
+    std::map<uint32_t, uint64_t> blocks;
+    // A resized instance keeps its memory where it is.
+    if (prev_ != nullptr) {
+      for (const auto& m : prev_->memory()) {
+        auto it = t_.numa_by_os.find(m.node());
+        if (it == t_.numa_by_os.end() || !std::count(nodes.begin(), nodes.end(), it->second)) continue;
+        uint64_t want = std::min<uint64_t>(m.bytes() / kMemoryBlock, need_blocks - Sum(blocks));
+        blocks[it->second] += std::min<uint64_t>(want, h_.MemFree(it->second) / kMemoryBlock);
+      }
+    }
+    // Target shares: by CPUs per node (Local, Bind) or even (Interleave); then fill up.
+    uint64_t rest = need_blocks - Sum(blocks);
+    if (rest > 0) {
+      std::vector<uint32_t> share_nodes;
+      for (uint32_t n : nodes) {
+        if (r_.memory_policy() == v1::MEMORY_INTERLEAVE || cpus_on.count(n)) share_nodes.push_back(n);
+      }
+      uint64_t weight_total = 0;
+      for (uint32_t n : share_nodes) weight_total += r_.memory_policy() == v1::MEMORY_INTERLEAVE ? 1 : cpus_on[n];
+      uint64_t assigned = 0;
+      for (size_t i = 0; i < share_nodes.size() && weight_total > 0; ++i) {
+        uint32_t n = share_nodes[i];
+        uint64_t w = r_.memory_policy() == v1::MEMORY_INTERLEAVE ? 1 : cpus_on[n];
+        uint64_t target = rest * w / weight_total;
+        if (i + 1 == share_nodes.size()) target = rest - assigned;
+        uint64_t room = h_.MemFree(n) / kMemoryBlock - blocks[n];
+        uint64_t give = std::min(target, room);
+        blocks[n] += give;
+        assigned += target;
+      }
+      for (uint32_t n : nodes) {
+        uint64_t missing = need_blocks - Sum(blocks);
+        if (missing == 0) break;
+        uint64_t room = h_.MemFree(n) / kMemoryBlock - blocks[n];
+        blocks[n] += std::min(missing, room);
+      }
+    }
+    if (Sum(blocks) < need_blocks) {
+      std::vector<std::string> free;
+      for (uint32_t n : nodes) {
+        free.push_back(absl::StrCat("node", t_.numa[n].os_index, "=", manifests::FormatBytes(h_.MemFree(n))));
+      }
+      *why = absl::StrCat("needs ", manifests::FormatBytes(r_.memory()), " of memory on NUMA node",
+                          nodes.size() == 1 ? " " : "s ", NodeList(t_, nodes), "; free memory: ",
+                          free.empty() ? "none" : absl::StrJoin(free, ", "));
+      return false;
+    }
+    for (const auto& [n, b] : blocks) {
+      if (b > 0) take->memory[n] = b * kMemoryBlock;
+    }
+    return true;
+  }
+
+  static uint64_t Sum(const std::map<uint32_t, uint64_t>& m) {
+    uint64_t s = 0;
+    for (const auto& [k, v] : m) s += v;
+    return s;
+  }
+
+  // Devices; `local` (when known) are the instance's CPU nodes.
+  bool PickDevices(const std::set<uint32_t>* local, Take* take, std::string* why) {
+    // What this instance already took, per function (several VFs of one function).
+    std::map<int, std::pair<int, int>> used_here;  // pci -> (vfs, namespaces) taken here
+    std::set<int> whole_here;
+    for (int i = 0; i < r_.devices_size(); ++i) {
+      const v1::DeviceRequest& d = r_.devices(i);
+      int count = d.share_case() == v1::DeviceRequest::kVfs ? d.vfs()
+                  : d.share_case() == v1::DeviceRequest::kNamespaces ? d.namespaces() : 0;
+      bool vfs = d.share_case() == v1::DeviceRequest::kVfs;
+      bool ns = d.share_case() == v1::DeviceRequest::kNamespaces;
+      auto fits = [&](int pci) {
+        const DeviceState* s = h_.Device(pci);
+        if (s == nullptr || s->whole_owner >= 0 || whole_here.count(pci)) return false;
+        if (vfs) return s->FreeVfs() - used_here[pci].first >= count;
+        if (ns) return s->FreeNs() - used_here[pci].second >= count;
+        return s->Untouched() && used_here[pci] == std::make_pair(0, 0);
+      };
+      std::vector<int> candidates;
+      if (d.source_case() == v1::DeviceRequest::kPci) {
+        int pci = -1;
+        for (int p : h_.info().pool.devices) {
+          if (t_.pci[p].bdf == d.pci()) pci = p;
+        }
+        if (pci < 0) {
+          *why = absl::StrCat("device ", d.name(), ": ", d.pci(), " is not in the pool of ", h_.info().name);
+          return false;
+        }
+        if (!fits(pci)) {
+          *why = absl::StrCat("device ", d.name(), ": ", Busy(pci, vfs, ns));
+          return false;
+        }
+        candidates.push_back(pci);
+      } else {
+        const v1::DeviceSelector& sel = d.select();
+        std::vector<int> matching;  // of the class (and vendor)
+        std::vector<int> far;       // of those, not on the instance's nodes when numaLocal
+        for (int p : h_.info().pool.devices) {
+          const PciFunction& f = t_.pci[p];
+          if (ClassOf(f.class_id) != sel.device_class()) continue;
+          if (!sel.vendor().empty() && absl::StrFormat("0x%04x", f.vendor_id) != absl::AsciiStrToLower(sel.vendor())) continue;
+          if (sel.numa_local() && local != nullptr && (f.numa < 0 || !local->count(f.numa))) {
+            far.push_back(p);
+            continue;
+          }
+          matching.push_back(p);
+        }
+        // Local functions first, then the rest; NearDevices (no CPUs yet) prefers nodes
+        // with the most free CPUs.
+        std::stable_sort(matching.begin(), matching.end(), [&](int a, int b) {
+          auto score = [&](int p) {
+            int n = t_.pci[p].numa;
+            if (local != nullptr) return (n >= 0 && local->count(n)) ? 1 : 0;
+            return n >= 0 && std::count(cpu_nodes_.begin(), cpu_nodes_.end(), n) ? 1 : 0;
+          };
+          return score(a) > score(b);
+        });
+        for (int p : matching) {
+          if (fits(p)) {
+            candidates.push_back(p);
+            break;
+          }
+        }
+        if (candidates.empty()) {
+          std::string what = absl::StrCat("no free ", ClassName(sel.device_class()), " function");
+          if (vfs) absl::StrAppend(&what, " with ", count, count == 1 ? " free VF" : " free VFs");
+          if (ns) absl::StrAppend(&what, " with ", count, count == 1 ? " free namespace" : " free namespaces");
+          if (sel.numa_local() && local != nullptr) {
+            absl::StrAppend(&what, " on NUMA node", local->size() == 1 ? " " : "s ",
+                            NodeList(t_, std::vector<uint32_t>(local->begin(), local->end())));
+          }
+          std::vector<std::string> states;
+          for (size_t k = 0; k < matching.size() && k < 3; ++k) states.push_back(Busy(matching[k], vfs, ns));
+          for (size_t k = 0; k < far.size() && states.size() < 3; ++k) {
+            int n = t_.pci[far[k]].numa;
+            states.push_back(absl::StrCat(t_.pci[far[k]].bdf, " is on ",
+                                          n < 0 ? "an unknown NUMA node" : absl::StrCat("NUMA node ", t_.numa[n].os_index)));
+          }
+          *why = absl::StrCat("device ", d.name(), ": ", what, " (",
+                              states.empty() ? absl::StrCat("the pool of ", h_.info().name, " has none")
+                                             : absl::StrJoin(states, "; "),
+                              ")");
+          return false;
+        }
+      }
+      int pci = candidates.front();
+      const DeviceState* s = h_.Device(pci);
+      if (vfs) {
+        int taken = 0;
+        for (int v = 0; v < static_cast<int>(s->vf_owner.size()) && taken < count; ++v) {
+          if (s->vf_owner[v] >= 0 || TakenHere(*take, pci, v, -1)) continue;
+          take->devices.push_back({d.name(), pci, v, -1});
+          ++taken;
+        }
+        used_here[pci].first += count;
+      } else if (ns) {
+        int taken = 0;
+        for (int v = 0; v < static_cast<int>(s->ns_owner.size()) && taken < count; ++v) {
+          if (s->ns_owner[v] >= 0 || TakenHere(*take, pci, -1, v)) continue;
+          take->devices.push_back({d.name(), pci, -1, v});
+          ++taken;
+        }
+        used_here[pci].second += count;
+      } else {
+        take->devices.push_back({d.name(), pci, -1, -1});
+        whole_here.insert(pci);
+      }
+    }
+    return true;
+  }
+
+  static bool TakenHere(const Take& take, int pci, int vf, int ns) {
+    for (const auto& d : take.devices) {
+      if (d.pci == pci && ((vf >= 0 && d.vf == vf) || (ns >= 0 && d.ns == ns))) return true;
+    }
+    return false;
+  }
+
+  std::string Busy(int pci, bool vfs, bool ns) const {
+    const DeviceState* s = h_.Device(pci);
+    const PciFunction& f = t_.pci[pci];
+    if (vfs) return absl::StrCat(f.bdf, " has ", s->FreeVfs(), " of ", s->vf_owner.size(), " VFs free");
+    if (ns) return absl::StrCat(f.bdf, " has ", s->FreeNs(), " of ", s->ns_owner.size(), " namespaces free");
+    if (s->whole_owner >= 0) return absl::StrCat(f.bdf, " is in use by ", names_[s->whole_owner]);
+    return absl::StrCat(f.bdf, " has VFs or namespaces in use");
+  }
+
+  bool PickWays(Take* take, std::string* why) {
+    if (!r_.has_llc_ways()) return true;
+    uint32_t w = r_.llc_ways();
+    std::vector<uint32_t> l3s = h_.L3sOf(take->cpus);
+    uint64_t used = 0;
+    uint32_t ways = 64;
+    for (uint32_t l3 : l3s) {
+      used |= h_.WaysUsed(l3);
+      ways = std::min(ways, t_.l3[l3].ways);
+    }
+    uint64_t want = (w >= 64 ? ~0ull : ((1ull << w) - 1));
+    // A resized instance keeps its mask when it still fits.
+    if (prev_ != nullptr && prev_->has_llc_mask() && __builtin_popcountll(prev_->llc_mask()) == static_cast<int>(w) &&
+        (prev_->llc_mask() & used) == 0 && prev_->llc_mask() < (1ull << ways)) {
+      take->llc_mask = prev_->llc_mask();
+      return true;
+    }
+    for (uint32_t start = 0; start + w <= ways; ++start) {
+      uint64_t mask = want << start;
+      if ((mask & used) == 0) {
+        take->llc_mask = static_cast<int64_t>(mask);
+        return true;
+      }
+    }
+    std::vector<uint32_t> ids(l3s.begin(), l3s.end());
+    *why = absl::StrFormat("needs %d contiguous free cache ways in L3 domain %s (%d ways, in use 0x%x)", w,
+                           absl::StrJoin(ids, ","), ways, used);
+    return false;
+  }
+
+  HostState& h_;
+  const Topology& t_;
+  const InstanceRequest& req_;
+  const v1::Resources& r_;
+  const v1::Placement* prev_;
+  const std::vector<std::string>& names_;
+  bool whole_ = true;
+  uint32_t need_ = 0;
+  std::vector<uint32_t> allowed_;    // NUMA indexes the request may use
+  std::vector<uint32_t> cpu_nodes_;  // those with CPUs
+  std::vector<uint32_t> cap_;
+};
+
+v1::Placement ToPlacement(const HostState& h, const InstanceRequest& req, const Take& take) {
+  const Topology& t = h.topology();
+  v1::Placement p;
+  p.set_host(h.info().name);
+  std::set<uint32_t> nodes;
+  for (uint32_t cpu : take.cpus) {
+    p.add_cpus(cpu);
+    auto it = t.physical_ids.find(cpu);
+    p.add_physical_cpus(it != t.physical_ids.end() ? it->second : cpu);
+    nodes.insert(t.numa[t.cores[t.core_of_pu.at(cpu)].numa].os_index);
+  }
+  p.set_boot_cpu(take.cpus.front());
+  for (uint32_t n : nodes) p.add_numa_nodes(n);
+  std::map<uint32_t, uint64_t> by_os;
+  for (const auto& [n, bytes] : take.memory) by_os[t.numa[n].os_index] = bytes;
+  for (const auto& [os, bytes] : by_os) {
+    auto* m = p.add_memory();
+    m->set_node(os);
+    m->set_bytes(bytes);
+  }
+  for (const Take::Dev& d : take.devices) {
+    auto* pd = p.add_devices();
+    pd->set_name(d.name);
+    const PciFunction& f = t.pci[d.pci];
+    if (d.vf >= 0) {
+      pd->set_pci(f.vf_bdfs[d.vf]);
+      pd->set_vf(d.vf);
+    } else {
+      pd->set_pci(f.bdf);
+      if (d.ns >= 0) pd->set_namespace_(d.ns + 1);  // NVMe namespace ids start at 1
+    }
+  }
+  for (const auto& v : req.resources.virtio()) {
+    auto* pv = p.add_virtio();
+    pv->set_type(v.type() == v1::VIRTIO_NET ? "net" : v.type() == v1::VIRTIO_BLK ? "blk"
+                 : v.type() == v1::VIRTIO_CONSOLE ? "console" : "vsock");
+    pv->set_uplink(v.uplink());
+    pv->set_queues(v.queues() == 0 ? 1 : v.queues());
+  }
+  if (take.llc_mask >= 0) p.set_llc_mask(static_cast<uint32_t>(take.llc_mask));
+  p.set_instance_id(req.id);
+  return p;
+}
+
+// Rebuilds a Take from a current placement when it is still valid on `h` and still what
+// `req` asks for; returns false otherwise (the instance is then placed again).
+bool StillValid(const HostState& h, const InstanceRequest& req, const v1::Placement& p, Take* take) {
+  const Topology& t = h.topology();
+  const v1::Resources& r = req.resources;
+  if (p.cpus_size() == 0) return false;
+  bool whole = r.smt() == v1::SMT_WHOLE_CORE;
+  if (r.cpu_request_case() == v1::Resources::kCpuSet) {
+    std::set<uint32_t> a(r.cpu_set().ids().begin(), r.cpu_set().ids().end());
+    std::set<uint32_t> b(p.cpus().begin(), p.cpus().end());
+    if (a != b) return false;
+  } else if (static_cast<uint32_t>(p.cpus_size()) != r.cpus()) {
+    return false;
+  }
+  std::set<uint32_t> cores, nodes;
+  std::set<uint32_t> allowed;
+  for (uint32_t os : r.numa_nodes()) {
+    auto it = t.numa_by_os.find(os);
+    if (it == t.numa_by_os.end()) return false;
+    allowed.insert(it->second);
+  }
+  for (uint32_t cpu : p.cpus()) {
+    auto it = t.core_of_pu.find(cpu);
+    if (it == t.core_of_pu.end() || !h.InPool(cpu) || h.OwnerOf(cpu) >= 0) return false;
+    if (whole ? !h.WholeCoreFree(it->second) : !h.PuFreeForAny(cpu)) return false;
+    cores.insert(it->second);
+    nodes.insert(t.cores[it->second].numa);
+    take->cpus.push_back(cpu);
+  }
+  if (!allowed.empty()) {
+    for (uint32_t n : nodes) {
+      if (!allowed.count(n)) return false;
+    }
+  }
+  if (r.placement() == v1::PLACEMENT_SINGLE_NUMA && nodes.size() != 1) return false;
+  if (whole) take->whole_cores.assign(cores.begin(), cores.end());
+  uint64_t total = 0;
+  for (const auto& m : p.memory()) {
+    auto it = t.numa_by_os.find(m.node());
+    if (it == t.numa_by_os.end() || h.MemFree(it->second) < m.bytes() || m.bytes() % kMemoryBlock) return false;
+    take->memory[it->second] += m.bytes();
+    total += m.bytes();
+  }
+  if (total != r.memory()) return false;
+  // Devices: every request satisfied by the placed entries of its name.
+  for (const auto& d : r.devices()) {
+    int want = d.share_case() == v1::DeviceRequest::kVfs ? d.vfs()
+               : d.share_case() == v1::DeviceRequest::kNamespaces ? d.namespaces() : 1;
+    int have = 0;
+    for (const auto& pd : p.devices()) {
+      if (pd.name() != d.name()) continue;
+      // Find the function (the PF for a VF).
+      int pci = -1;
+      int vf = -1;
+      for (int f : h.info().pool.devices) {
+        if (t.pci[f].bdf == pd.pci()) pci = f;
+        for (size_t v = 0; v < t.pci[f].vf_bdfs.size(); ++v) {
+          if (t.pci[f].vf_bdfs[v] == pd.pci()) {
+            pci = f;
+            vf = v;
+          }
+        }
+      }
+      const DeviceState* s = h.Device(pci);
+      if (s == nullptr || s->whole_owner >= 0) return false;
+      bool wants_vf = d.share_case() == v1::DeviceRequest::kVfs;
+      bool wants_ns = d.share_case() == v1::DeviceRequest::kNamespaces;
+      if (wants_vf != (vf >= 0) || wants_ns != pd.has_namespace_()) return false;
+      if (d.source_case() == v1::DeviceRequest::kPci && t.pci[pci].bdf != d.pci()) return false;
+      if (d.source_case() == v1::DeviceRequest::kSelect &&
+          ClassOf(t.pci[pci].class_id) != d.select().device_class()) {
+        return false;
+      }
+      int ns = wants_ns ? static_cast<int>(pd.namespace_()) - 1 : -1;
+      if (vf >= 0 && s->vf_owner[vf] >= 0) return false;
+      if (ns >= 0 && (ns >= static_cast<int>(s->ns_owner.size()) || s->ns_owner[ns] >= 0)) return false;
+      if (!wants_vf && !wants_ns && !s->Untouched()) return false;
+      take->devices.push_back({d.name(), pci, vf, ns});
+      ++have;
+    }
+    if (have != want) return false;
+  }
+  if (p.devices_size() != static_cast<int>(take->devices.size())) return false;
+  if (r.has_llc_ways() != p.has_llc_mask()) return false;
+  if (p.has_llc_mask()) {
+    if (__builtin_popcount(p.llc_mask()) != static_cast<int>(r.llc_ways())) return false;
+    for (uint32_t l3 : h.L3sOf(take->cpus)) {
+      if (h.WaysUsed(l3) & p.llc_mask()) return false;
+    }
+    take->llc_mask = p.llc_mask();
+  }
+  return true;
+}
+
+std::string SelectorText(const v1::LabelSelector& s) {
+  std::vector<std::string> parts;
+  std::map<std::string, std::string> sorted(s.match_labels().begin(), s.match_labels().end());
+  for (const auto& [k, v] : sorted) parts.push_back(absl::StrCat(k, "=", v));
+  return absl::StrCat("{", absl::StrJoin(parts, ","), "}");
+}
+
+}  // namespace
+
+bool Matches(const v1::LabelSelector& selector, const std::map<std::string, std::string>& labels) {
+  for (const auto& [k, v] : selector.match_labels()) {
+    auto it = labels.find(k);
+    if (it == labels.end() || it->second != v) return false;
+  }
+  return true;
+}
+
+PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<InstanceRequest>& requests,
+                      const std::map<std::string, v1::Placement>& current) {
+  PlacementResult result;
+  std::vector<HostState> states;
+  states.reserve(hosts.size());
+  absl::flat_hash_map<std::string, int> host_index;
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    states.emplace_back(hosts[i]);
+    host_index[hosts[i].name] = static_cast<int>(i);
+  }
+  std::vector<std::string> names;
+  names.reserve(requests.size());
+  for (const auto& r : requests) names.push_back(r.name);
+
+  // Requests in a deterministic order: by name.
+  std::vector<int> order(requests.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return requests[a].name < requests[b].name; });
+
+  // Phase 1: keep every current placement that is still valid and unchanged.
+  std::vector<uint8_t> done(requests.size(), 0);
+  for (int i : order) {
+    auto cur = current.find(requests[i].name);
+    if (cur == current.end()) continue;
+    auto hi = host_index.find(cur->second.host());
+    if (hi == host_index.end()) continue;
+    if (!requests[i].host.empty() && requests[i].host != cur->second.host()) continue;
+    HostState& h = states[hi->second];
+    if (requests[i].host.empty() && !Matches(requests[i].selector, h.info().labels)) continue;
+    Take take;
+    if (!StillValid(h, requests[i], cur->second, &take)) continue;
+    h.Commit(take, i);
+    v1::Placement p = cur->second;
+    p.set_instance_id(requests[i].id);
+    result.placements[requests[i].name] = std::move(p);
+    done[i] = 1;
+  }
+
+  // Hosts by load for selector requests: most free CPUs first, then by name.
+  using Load = std::pair<int64_t, int>;  // (-free, host index)
+  absl::flat_hash_map<std::string, std::set<Load>> by_selector;
+  absl::flat_hash_map<int, std::vector<std::set<Load>*>> sets_of_host;
+  auto selector_set = [&](const v1::LabelSelector& sel) -> std::set<Load>& {
+    std::string key = SelectorText(sel);
+    auto [it, inserted] = by_selector.try_emplace(key);
+    if (inserted) {
+      for (size_t k = 0; k < states.size(); ++k) {
+        if (hosts[k].cordoned || !Matches(sel, hosts[k].labels)) continue;
+        it->second.insert({-states[k].free_pus(), static_cast<int>(k)});
+        sets_of_host[k].push_back(&it->second);
+      }
+    }
+    return it->second;
+  };
+  auto commit = [&](int hi, const Take& take, int i) {
+    int64_t before = states[hi].free_pus();
+    states[hi].Commit(take, i);
+    auto it = sets_of_host.find(hi);
+    if (it == sets_of_host.end()) return;
+    for (std::set<Load>* s : it->second) {
+      s->erase({-before, hi});
+      s->insert({-states[hi].free_pus(), hi});
+    }
+  };
+
+  // Phase 2: changed instances (grow or shrink in place first), then new ones, larger first.
+  std::vector<int> rest;
+  for (int i : order) {
+    if (!done[i]) rest.push_back(i);
+  }
+  std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) {
+    bool sa_ = !requests[a].standby_for.empty(), sb_ = !requests[b].standby_for.empty();
+    if (sa_ != sb_) return sb_;  // standbys after the instances they back
+    bool ca = current.count(requests[a].name), cb = current.count(requests[b].name);
+    if (ca != cb) return ca;
+    uint32_t sa = requests[a].resources.cpus() + requests[a].resources.cpu_set().ids_size();
+    uint32_t sb = requests[b].resources.cpus() + requests[b].resources.cpu_set().ids_size();
+    return sa > sb;
+  });
+  for (int i : rest) {
+    const InstanceRequest& req = requests[i];
+    auto cur = current.find(req.name);
+    const v1::Placement* prev = cur != current.end() ? &cur->second : nullptr;
+    Take take;
+    std::string why;
+    std::string fixed_host = req.host;
+    if (!req.standby_for.empty()) {
+      auto primary = result.placements.find(req.standby_for);
+      if (primary == result.placements.end()) {
+        result.unschedulable.push_back(
+            {req.name, absl::StrCat("standby of ", req.standby_for, ", which is not placed")});
+        continue;
+      }
+      fixed_host = primary->second.host();
+    }
+    if (!fixed_host.empty()) {
+      auto hi = host_index.find(fixed_host);
+      if (hi == host_index.end()) {
+        result.unschedulable.push_back({req.name, absl::StrCat("no Host named \"", fixed_host, "\"")});
+        continue;
+      }
+      const v1::Placement* hint = prev != nullptr && prev->host() == fixed_host ? prev : nullptr;
+      if (Placer(states[hi->second], req, hint, names).Run(&take, &why)) {
+        commit(hi->second, take, i);
+        result.placements[req.name] = ToPlacement(states[hi->second], req, take);
+      } else {
+        result.unschedulable.push_back({req.name, absl::StrCat(fixed_host, ": ", why)});
+      }
+      continue;
+    }
+    std::set<Load>& candidates = selector_set(req.selector);
+    if (candidates.empty()) {
+      result.unschedulable.push_back(
+          {req.name, absl::StrCat("no uncordoned Host matches hostSelector ", SelectorText(req.selector))});
+      continue;
+    }
+    // The previous host first (stability), then the least loaded.
+    std::vector<int> tried;
+    std::vector<std::string> reasons;
+    bool placed = false;
+    auto attempt = [&](int hi) {
+      const v1::Placement* hint = prev != nullptr && prev->host() == hosts[hi].name ? prev : nullptr;
+      Take t;
+      std::string w;
+      if (Placer(states[hi], req, hint, names).Run(&t, &w)) {
+        commit(hi, t, i);
+        result.placements[req.name] = ToPlacement(states[hi], req, t);
+        return true;
+      }
+      if (reasons.size() < 3) reasons.push_back(absl::StrCat(hosts[hi].name, ": ", w));
+      return false;
+    };
+    if (prev != nullptr) {
+      auto hi = host_index.find(prev->host());
+      if (hi != host_index.end() && !hosts[hi->second].cordoned && Matches(req.selector, hosts[hi->second].labels)) {
+        tried.push_back(hi->second);
+        placed = attempt(hi->second);
+      }
+    }
+    int64_t min_free = req.resources.cpu_request_case() == v1::Resources::kCpuSet
+                           ? req.resources.cpu_set().ids_size()
+                           : req.resources.cpus();
+    size_t skipped = 0;
+    for (auto it = candidates.begin(); !placed && it != candidates.end();) {
+      int hi = it->second;
+      if (-it->first < min_free) {
+        skipped = std::distance(it, candidates.end());
+        break;  // every later host has fewer free CPUs still
+      }
+      ++it;  // `attempt` may move this host within the set
+      if (std::count(tried.begin(), tried.end(), hi)) continue;
+      placed = attempt(hi);
+    }
+    if (!placed) {
+      std::string reason = absl::StrCat("no matching host fits (", candidates.size(), " tried",
+                                        skipped ? absl::StrCat(", ", skipped, " with fewer than ", min_free, " free CPUs")
+                                                : "",
+                                        ")");
+      if (!reasons.empty()) absl::StrAppend(&reason, ": ", absl::StrJoin(reasons, "; "));
+      result.unschedulable.push_back({req.name, reason});
+    }
+  }
+  std::sort(result.unschedulable.begin(), result.unschedulable.end(),
+            [](const Unschedulable& a, const Unschedulable& b) { return a.name < b.name; });
+  return result;
+}
+
+std::vector<InstanceRequest> BuildRequests(const std::vector<v1::KernelInstance>& instances,
+                                           const std::vector<v1::InstanceSet>& sets,
+                                           const std::vector<HostInfo>& hosts,
+                                           const std::map<std::string, v1::Placement>& current,
+                                           std::vector<Unschedulable>* unschedulable) {
+  std::vector<InstanceRequest> out;
+  for (const auto& ki : instances) {
+    InstanceRequest r;
+    r.name = ki.metadata().name();
+    r.host = ki.spec().host();
+    r.selector = ki.spec().host_selector();
+    r.resources = ki.spec().resources();
+    r.id = ki.spec().has_id() ? ki.spec().id() : 0;
+    out.push_back(r);
+    if (ki.spec().failover().policy() == v1::FAILOVER_STANDBY) {
+      InstanceRequest standby;
+      standby.name = absl::StrCat(r.name, "-standby");
+      standby.standby_for = r.name;
+      standby.resources.set_cpus(ki.spec().failover().standby().cpus());
+      standby.resources.set_memory(ki.spec().failover().standby().memory());
+      standby.resources.set_smt(r.resources.smt());
+      out.push_back(std::move(standby));
+    }
+  }
+  for (const auto& set : sets) {
+    const auto& spec = set.spec();
+    const std::string& set_name = set.metadata().name();
+    std::vector<const HostInfo*> selected;
+    for (const HostInfo& h : hosts) {
+      if (Matches(spec.host_selector(), h.labels)) selected.push_back(&h);
+    }
+    std::sort(selected.begin(), selected.end(), [](auto* a, auto* b) { return a->name < b->name; });
+    auto make = [&](const std::string& host, int n) {
+      InstanceRequest r;
+      r.name = absl::StrCat(set_name, "-", host, "-", n);
+      r.host = host;
+      r.resources = spec.template_().spec().resources();
+      out.push_back(std::move(r));
+    };
+    std::vector<const HostInfo*> open;
+    for (const HostInfo* h : selected) {
+      if (!h->cordoned) open.push_back(h);
+    }
+    if (spec.count_case() == v1::InstanceSetSpec::kPerHost) {
+      // Cordoned hosts keep the instances they have but get no new ones.
+      for (const HostInfo* h : selected) {
+        for (uint32_t n = 0; n < spec.per_host(); ++n) {
+          std::string name = absl::StrCat(set_name, "-", h->name, "-", n);
+          if (!h->cordoned || current.count(name)) make(h->name, n);
+        }
+      }
+      if (open.empty() && spec.per_host() > 0 && selected.empty()) {
+        unschedulable->push_back({set_name, absl::StrCat("InstanceSet selects no Host (hostSelector ",
+                                                          SelectorText(spec.host_selector()), ")")});
+      }
+      continue;
+    }
+    uint32_t replicas = spec.replicas();
+    if (replicas == 0) continue;
+    // Current instances of the set whose host still qualifies, by host.
+    std::map<std::string, std::vector<int>> kept;  // host -> instance numbers
+    std::string prefix = set_name + "-";
+    for (const HostInfo* h : selected) {
+      for (uint32_t n = 0; n < replicas + 64; ++n) {
+        if (current.count(absl::StrCat(prefix, h->name, "-", n))) kept[h->name].push_back(n);
+      }
+    }
+    uint32_t total_kept = 0;
+    for (auto& [h, ns] : kept) total_kept += ns.size();
+    // Scale down: drop the highest-numbered instances of the fullest hosts first.
+    while (total_kept > replicas) {
+      auto fullest = std::max_element(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
+        return a.second.size() < b.second.size();
+      });
+      fullest->second.pop_back();
+      --total_kept;
+    }
+    std::map<std::string, uint32_t> count_by_host;
+    std::map<std::string, uint32_t> count_by_domain;
+    auto domain_of = [&](const HostInfo* h) {
+      if (spec.spread_by().empty()) return std::string();
+      auto it = h->labels.find(spec.spread_by());
+      return it == h->labels.end() ? std::string() : it->second;
+    };
+    for (const HostInfo* h : selected) {
+      for (int n : kept[h->name]) {
+        make(h->name, n);
+        ++count_by_host[h->name];
+        ++count_by_domain[domain_of(h)];
+      }
+    }
+    if (open.empty() && total_kept < replicas) {
+      unschedulable->push_back({set_name, absl::StrCat("InstanceSet selects no uncordoned Host (hostSelector ",
+                                                        SelectorText(spec.host_selector()), ")")});
+      continue;
+    }
+    for (uint32_t k = total_kept; k < replicas; ++k) {
+      // The least used spread domain, then the least used host in it, then by name.
+      const HostInfo* best = nullptr;
+      for (const HostInfo* h : open) {
+        if (best == nullptr) {
+          best = h;
+          continue;
+        }
+        uint32_t dh = count_by_domain[domain_of(h)], db = count_by_domain[domain_of(best)];
+        if (dh != db) {
+          if (dh < db) best = h;
+          continue;
+        }
+        if (count_by_host[h->name] < count_by_host[best->name]) best = h;
+      }
+      std::vector<int>& used = kept[best->name];
+      int n = 0;
+      while (std::count(used.begin(), used.end(), n)) ++n;
+      used.push_back(n);
+      make(best->name, n);
+      ++count_by_host[best->name];
+      ++count_by_domain[domain_of(best)];
+    }
+  }
+  return out;
+}
+
+}  // namespace mkfleet::planner

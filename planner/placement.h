@@ -1,0 +1,88 @@
+// Place(): the planner's one decision, as a pure function. Given every host's topology
+// and pool, the desired instances and the current placements, it returns a placement per
+// instance (or why it cannot be placed). No I/O, no clock, deterministic.
+//
+// Rules (docs/manifests.md, kernel-abi.md section 6):
+// - smt WholeCore takes whole cores and never shares a core between instances; Any takes
+//   single CPUs, never from a core held whole by another instance.
+// - Compact packs into as few NUMA nodes / L3 domains as possible, Spread spreads over
+//   NUMA nodes, SingleNuma requires one node, NearDevices follows the devices' node;
+//   numaNodes restricts all of it; cpuSet is honoured exactly or rejected with the reason.
+// - The boot CPU is listed first. Memory in 128Mi blocks on the CPUs' nodes (Local, Bind)
+//   or over all allowed nodes (Interleave), never beyond a node's pool share.
+// - Devices: whole functions are exclusive; vfs/namespaces take that many free VFs or NVMe
+//   namespaces of one function, which then cannot be given whole.
+// - llcWays: a contiguous way mask, free in every L3 domain of the instance's CPUs.
+// - Stability: a current placement that is still valid and still matches its request is
+//   kept as it is; a resized instance grows or shrinks in place when it can; nothing else
+//   moves.
+// Thread-safety: pure function.
+#ifndef MKFLEET_PLANNER_PLACEMENT_H_
+#define MKFLEET_PLANNER_PLACEMENT_H_
+
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "mkfleet/v1/manifest.pb.h"
+#include "mkfleet/v1/state.pb.h"
+#include "planner/pool.h"
+#include "planner/topology.h"
+
+namespace mkfleet::planner {
+
+struct HostInfo {
+  std::string name;
+  std::shared_ptr<const Topology> topology;
+  Pool pool;
+  std::map<std::string, std::string> labels;
+  bool cordoned = false;
+};
+
+struct InstanceRequest {
+  std::string name;
+  std::string host;  // a fixed host; empty to choose one by `selector`
+  mkfleet::v1::LabelSelector selector;
+  mkfleet::v1::Resources resources;
+  uint32_t id = 0;  // fixed instance id, 0 for none
+  // A warm standby kernel: placed on the host of this instance, after it.
+  std::string standby_for;
+};
+
+struct Unschedulable {
+  std::string name;
+  std::string reason;
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Unschedulable& u) {
+  return os << u.name << ": " << u.reason;
+}
+
+struct PlacementResult {
+  std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
+  std::vector<Unschedulable> unschedulable;                   // by instance name
+};
+
+PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<InstanceRequest>& requests,
+                      const std::map<std::string, mkfleet::v1::Placement>& current);
+
+// Whether `labels` satisfy `selector` (every matchLabels pair present).
+bool Matches(const mkfleet::v1::LabelSelector& selector, const std::map<std::string, std::string>& labels);
+
+// Turns KernelInstances and InstanceSets into requests. An instance with failover policy
+// Standby also gets a request "<name>-standby" for its warm standby kernel (its own CPUs
+// and memory, on the same host). Sets expand to instances named <set>-<host>-<n>: perHost on every selected, uncordoned host; replicas spread evenly over
+// the values of spreadBy, then over hosts (fewest of the set first, then by name), keeping
+// the set's current instances where their host still qualifies. Problems (no host
+// selected) are appended to `unschedulable`.
+std::vector<InstanceRequest> BuildRequests(const std::vector<mkfleet::v1::KernelInstance>& instances,
+                                           const std::vector<mkfleet::v1::InstanceSet>& sets,
+                                           const std::vector<HostInfo>& hosts,
+                                           const std::map<std::string, mkfleet::v1::Placement>& current,
+                                           std::vector<Unschedulable>* unschedulable);
+
+}  // namespace mkfleet::planner
+
+#endif  // MKFLEET_PLANNER_PLACEMENT_H_

@@ -1,0 +1,93 @@
+#include "planner/topology.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace mkfleet::planner {
+
+mkfleet::v1::DeviceClass ClassOf(uint32_t class_id) {
+  switch (class_id >> 8) {
+    case 0x01:
+      return mkfleet::v1::DEVICE_CLASS_STORAGE;
+    case 0x02:
+      return mkfleet::v1::DEVICE_CLASS_NETWORK;
+    case 0x03:
+      return mkfleet::v1::DEVICE_CLASS_GPU;
+    case 0x12:
+      return mkfleet::v1::DEVICE_CLASS_ACCELERATOR;
+    case 0x0b:
+      return class_id == 0x0b40 ? mkfleet::v1::DEVICE_CLASS_ACCELERATOR
+                                : mkfleet::v1::DEVICE_CLASS_UNSPECIFIED;
+    default:
+      return mkfleet::v1::DEVICE_CLASS_UNSPECIFIED;
+  }
+}
+
+void Topology::Finish() {
+  std::sort(cores.begin(), cores.end(),
+            [](const Core& a, const Core& b) { return a.pus.front() < b.pus.front(); });
+  core_of_pu.clear();
+  numa_by_os.clear();
+  for (uint32_t c = 0; c < cores.size(); ++c) {
+    for (uint32_t pu : cores[c].pus) core_of_pu[pu] = c;
+    numa[cores[c].numa].has_cpus = true;
+  }
+  for (uint32_t n = 0; n < numa.size(); ++n) numa_by_os[numa[n].os_index] = n;
+}
+
+size_t Topology::pu_count() const {
+  size_t n = 0;
+  for (const Core& c : cores) n += c.pus.size();
+  return n;
+}
+
+int Topology::FindPci(absl::string_view key) const {
+  for (size_t i = 0; i < pci.size(); ++i) {
+    if (pci[i].bdf == key) return static_cast<int>(i);
+    for (const std::string& name : pci[i].names) {
+      if (name == key) return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+std::string Topology::Summary() const {
+  return absl::StrCat(packages, packages == 1 ? " package, " : " packages, ", numa.size(),
+                      " NUMA nodes, ", cores.size(), " cores, ", pu_count(), " CPUs, ",
+                      pci.size(), " PCI functions");
+}
+
+mkfleet::v1::TopologyInfo Topology::ToProto() const {
+  mkfleet::v1::TopologyInfo info;
+  for (const NumaNode& n : numa) {
+    auto* p = info.add_numa_nodes();
+    p->set_node(n.os_index);
+    p->set_memory_bytes(n.memory_bytes);
+    p->mutable_distances()->Assign(n.distances.begin(), n.distances.end());
+  }
+  for (uint32_t i = 0; i < cores.size(); ++i) {
+    auto* p = info.add_cores();
+    p->set_core(i);
+    p->set_numa_node(numa[cores[i].numa].os_index);
+    p->set_l3(cores[i].l3);
+    p->set_package(cores[i].package);
+    p->mutable_pus()->Assign(cores[i].pus.begin(), cores[i].pus.end());
+  }
+  for (const PciFunction& f : pci) {
+    auto* p = info.add_pci();
+    p->set_bdf(f.bdf);
+    p->set_class_id(f.class_id);
+    p->set_vendor_id(f.vendor_id);
+    p->set_device_id(f.device_id);
+    p->set_numa_node(f.numa < 0 ? -1 : static_cast<int32_t>(numa[f.numa].os_index));
+    for (const auto& n : f.names) p->add_names(n);
+    for (const auto& v : f.vf_bdfs) p->add_vf_bdfs(v);
+    p->set_nvme_namespaces(f.nvme_namespaces);
+  }
+  for (const auto& [logical, physical] : physical_ids) (*info.mutable_physical_ids())[logical] = physical;
+  if (!l3.empty()) info.set_l3_ways(l3.front().ways);
+  return info;
+}
+
+}  // namespace mkfleet::planner
