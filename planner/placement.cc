@@ -192,12 +192,7 @@ class Placer {
     if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES) {
       Take probe;
       if (!PickDevices(nullptr, &probe, why)) return false;
-      std::set<uint32_t> nodes;
-      for (const auto& d : probe.devices) {
-        int n = t_.pci[d.pci].numa;
-        if (n >= 0 && t_.numa[n].has_cpus && std::count(allowed_.begin(), allowed_.end(), n)) nodes.insert(n);
-      }
-      device_nodes.assign(nodes.begin(), nodes.end());
+      device_nodes = DeviceNodes();
     }
     cap_ = h_.Capacity(whole_);
     std::string first_failure;
@@ -671,6 +666,40 @@ class Placer {
     uint64_t s = 0;
     for (const auto& [k, v] : m) s += v;
     return s;
+  }
+
+  // The allowed nodes with CPUs that hold a function able to serve one of the device
+  // requests (NearDevices places CPUs there).
+  std::vector<uint32_t> DeviceNodes() const {
+    std::set<uint32_t> nodes;
+    for (const v1::DeviceRequest& d : r_.devices()) {
+      for (int p : h_.info().pool.devices) {
+        const PciFunction& f = t_.pci[p];
+        if (f.numa < 0 || !t_.numa[f.numa].has_cpus || !std::count(allowed_.begin(), allowed_.end(), f.numa)) continue;
+        if (!Serves(d, p)) continue;
+        nodes.insert(f.numa);
+      }
+    }
+    return {nodes.begin(), nodes.end()};
+  }
+
+  // Whether function `p` matches request `d` and has room for it now.
+  bool Serves(const v1::DeviceRequest& d, int p) const {
+    const PciFunction& f = t_.pci[p];
+    if (d.source_case() == v1::DeviceRequest::kPci) {
+      if (f.bdf != d.pci()) return false;
+    } else {
+      if (ClassOf(f.class_id) != d.select().device_class()) return false;
+      if (!d.select().vendor().empty() &&
+          absl::StrFormat("0x%04x", f.vendor_id) != absl::AsciiStrToLower(d.select().vendor())) {
+        return false;
+      }
+    }
+    const DeviceState* s = h_.Device(p);
+    if (s == nullptr || s->whole_owner >= 0) return false;
+    if (d.share_case() == v1::DeviceRequest::kVfs) return s->FreeVfs() >= static_cast<int>(d.vfs());
+    if (d.share_case() == v1::DeviceRequest::kNamespaces) return s->FreeNs() >= static_cast<int>(d.namespaces());
+    return s->Untouched();
   }
 
   // Devices; `local` (when known) are the instance's CPU nodes.
