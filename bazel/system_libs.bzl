@@ -15,6 +15,7 @@ _PKG_CONFIG = {
     "gmock": ["gmock", "gtest"],
     "gmock_main": ["gmock_main", "gmock", "gtest"],
     "benchmark": ["benchmark"],
+    "tcmalloc": ["libtcmalloc_minimal"],
     "absl": [
         "absl_status",
         "absl_statusor",

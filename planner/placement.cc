@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <set>
 
 #include "absl/container/flat_hash_map.h"
@@ -40,7 +41,7 @@ struct DeviceState {
 struct Take {
   std::vector<uint32_t> cpus;        // boot CPU first
   std::vector<uint32_t> whole_cores;  // cores held whole
-  std::map<uint32_t, uint64_t> memory;  // numa index -> bytes
+  std::vector<std::pair<uint32_t, uint64_t>> memory;  // (numa index, bytes), ascending
   struct Dev {
     std::string name;
     int pci;  // index into Topology::pci
@@ -89,8 +90,18 @@ class HostState {
         else ++free_pus_;
       }
     }
+    free_whole_node_.assign(t_.numa.size(), 0);
+    for (uint32_t c = 0; c < t_.cores.size(); ++c) {
+      if (mode_[c] == kFree) {
+        ++free_whole_;
+        ++free_whole_node_[t_.cores[c].numa];
+      }
+    }
     mem_free_.assign(t_.numa.size(), 0);
-    for (const auto& [node, bytes] : info.pool.memory) mem_free_[node] = bytes;
+    for (const auto& [node, bytes] : info.pool.memory) {
+      mem_free_[node] = bytes;
+      mem_free_total_ += bytes;
+    }
     for (int d : info.pool.devices) {
       DeviceState s;
       s.vf_owner.assign(t_.pci[d].vf_bdfs.size(), -1);
@@ -103,6 +114,55 @@ class HostState {
   const HostInfo& info() const { return info_; }
   const Topology& topology() const { return t_; }
   int64_t free_pus() const { return free_pus_; }
+  uint64_t mem_free_total() const { return mem_free_total_; }
+  // What a whole-core request with local memory can still use: memory on nodes that have
+  // free whole cores, and CPUs of free whole cores on nodes that have free memory.
+  uint64_t UsableMemory() const {
+    uint64_t sum = 0;
+    for (uint32_t n = 0; n < mem_free_.size(); ++n) sum += free_whole_node_[n] > 0 ? mem_free_[n] : 0;
+    return sum;
+  }
+  int64_t UsableCpus() const {
+    int64_t sum = 0;
+    for (uint32_t n = 0; n < mem_free_.size(); ++n) {
+      sum += mem_free_[n] >= kMemoryBlock ? int64_t{free_whole_node_[n]} * t_.smt_width : 0;
+    }
+    return sum;
+  }
+
+  // A necessary condition for `req` to fit, in O(devices): enough free CPUs or whole
+  // cores, memory and device capacity on the whole host.
+  bool MayFit(const InstanceRequest& req) const {
+    const v1::Resources& r = req.resources;
+    uint32_t cpus = r.cpu_request_case() == v1::Resources::kCpuSet ? r.cpu_set().ids_size() : r.cpus();
+    if (cpus > free_pus_) return false;
+    if (r.smt() == v1::SMT_WHOLE_CORE && (cpus + t_.smt_width - 1) / t_.smt_width > free_whole_) return false;
+    if (r.memory() > mem_free_total_) return false;
+    if (r.smt() == v1::SMT_WHOLE_CORE && r.memory_policy() != v1::MEMORY_INTERLEAVE && r.numa_nodes_size() == 0) {
+      // Local memory lives on nodes that still have free cores.
+      uint64_t near = 0;
+      for (uint32_t n = 0; n < mem_free_.size(); ++n) near += free_whole_node_[n] > 0 ? mem_free_[n] : 0;
+      if (r.memory() > near) return false;
+    }
+    for (const v1::DeviceRequest& d : r.devices()) {
+      bool any = false;
+      for (const auto& [pci, s] : devices_) {
+        if (s.whole_owner >= 0) continue;
+        if (d.source_case() == v1::DeviceRequest::kPci ? t_.pci[pci].bdf != d.pci()
+                                                        : ClassOf(t_.pci[pci].class_id) != d.select().device_class()) {
+          continue;
+        }
+        if (d.share_case() == v1::DeviceRequest::kVfs ? s.FreeVfs() >= static_cast<int>(d.vfs())
+            : d.share_case() == v1::DeviceRequest::kNamespaces ? s.FreeNs() >= static_cast<int>(d.namespaces())
+                                                               : s.Untouched()) {
+          any = true;
+          break;
+        }
+      }
+      if (!any) return false;
+    }
+    return true;
+  }
 
   bool WholeCoreFree(uint32_t c) const { return mode_[c] == kFree; }
   bool PuFreeForAny(uint32_t pu) const {
@@ -120,11 +180,10 @@ class HostState {
 
   // Free whole cores (or free CPUs for smt Any) per NUMA index.
   std::vector<uint32_t> Capacity(bool whole) const {
+    if (whole) return free_whole_node_;
     std::vector<uint32_t> cap(t_.numa.size(), 0);
     for (uint32_t c = 0; c < t_.cores.size(); ++c) {
-      if (whole) {
-        if (mode_[c] == kFree) ++cap[t_.cores[c].numa];
-      } else if (mode_[c] != kWhole) {
+      if (mode_[c] != kWhole) {
         for (uint32_t pu : t_.cores[c].pus) cap[t_.cores[c].numa] += in_pool_[pu] && owner_[pu] < 0;
       }
     }
@@ -132,11 +191,11 @@ class HostState {
   }
 
   void Commit(const Take& take, int inst) {
-    for (uint32_t c : take.whole_cores) mode_[c] = kWhole;
+    for (uint32_t c : take.whole_cores) SetMode(c, kWhole);
     for (uint32_t pu : take.cpus) {
       owner_[pu] = inst;
       uint32_t c = t_.core_of_pu.at(pu);
-      if (mode_[c] == kFree) mode_[c] = kShared;
+      if (mode_[c] == kFree) SetMode(c, kShared);
     }
     // PUs of whole cores that the instance does not use are no longer free either.
     for (uint32_t c : take.whole_cores) {
@@ -145,7 +204,10 @@ class HostState {
     for (uint32_t pu : take.cpus) {
       if (mode_[t_.core_of_pu.at(pu)] != kWhole) --free_pus_;
     }
-    for (const auto& [n, bytes] : take.memory) mem_free_[n] -= bytes;
+    for (const auto& [n, bytes] : take.memory) {
+      mem_free_[n] -= bytes;
+      mem_free_total_ -= bytes;
+    }
     for (const Take::Dev& d : take.devices) {
       DeviceState& s = devices_.at(d.pci);
       if (d.vf >= 0) s.vf_owner[d.vf] = inst;
@@ -154,6 +216,41 @@ class HostState {
     }
     if (take.llc_mask >= 0) {
       for (uint32_t l3 : L3sOf(take.cpus)) ways_used_[l3] |= take.llc_mask;
+    }
+  }
+
+  // Undoes Commit(take, ...).
+  void Release(const Take& take) {
+    for (uint32_t pu : take.cpus) {
+      owner_[pu] = -1;
+      if (mode_[t_.core_of_pu.at(pu)] != kWhole) ++free_pus_;
+    }
+    for (uint32_t c : take.whole_cores) {
+      SetMode(c, kShared);  // settled below
+      for (uint32_t pu : t_.cores[c].pus) free_pus_ += in_pool_[pu];
+    }
+    std::set<uint32_t> touched(take.whole_cores.begin(), take.whole_cores.end());
+    for (uint32_t pu : take.cpus) touched.insert(t_.core_of_pu.at(pu));
+    for (uint32_t c : touched) {
+      bool partial = false, owned = false;
+      for (uint32_t pu : t_.cores[c].pus) {
+        partial |= !in_pool_[pu];
+        owned |= owner_[pu] >= 0;
+      }
+      SetMode(c, partial ? kPartial : owned ? kShared : kFree);
+    }
+    for (const auto& [n, bytes] : take.memory) {
+      mem_free_[n] += bytes;
+      mem_free_total_ += bytes;
+    }
+    for (const Take::Dev& d : take.devices) {
+      DeviceState& s = devices_.at(d.pci);
+      if (d.vf >= 0) s.vf_owner[d.vf] = -1;
+      else if (d.ns >= 0) s.ns_owner[d.ns] = -1;
+      else s.whole_owner = -1;
+    }
+    if (take.llc_mask >= 0) {
+      for (uint32_t l3 : L3sOf(take.cpus)) ways_used_[l3] &= ~static_cast<uint64_t>(take.llc_mask);
     }
   }
 
@@ -173,14 +270,32 @@ class HostState {
   std::map<int, DeviceState> devices_;
   std::vector<uint64_t> ways_used_;
   int64_t free_pus_ = 0;
+  uint32_t free_whole_ = 0;                // cores in mode kFree
+  std::vector<uint32_t> free_whole_node_;  // the same, per NUMA index
+  uint64_t mem_free_total_ = 0;
+
+  void SetMode(uint32_t c, uint8_t mode) {
+    uint32_t n = t_.cores[c].numa;
+    if (mode_[c] == kFree) {
+      --free_whole_;
+      --free_whole_node_[n];
+    }
+    if (mode == kFree) {
+      ++free_whole_;
+      ++free_whole_node_[n];
+    }
+    mode_[c] = mode;
+  }
 };
 
 // Places one instance on one host. Fails with the most telling reason.
 class Placer {
  public:
+  // With `explain` false, failures skip building their message (the fast path when many
+  // hosts are tried).
   Placer(HostState& h, const InstanceRequest& req, const v1::Placement* prev,
-         const std::vector<std::string>& names)
-      : h_(h), t_(h.topology()), req_(req), r_(req.resources), prev_(prev), names_(names) {}
+         const std::vector<std::string>& names, bool explain = true)
+      : h_(h), t_(h.topology()), req_(req), r_(req.resources), prev_(prev), names_(names), explain_(explain) {}
 
   bool Run(Take* out, std::string* why) {
     whole_ = r_.smt() == v1::SMT_WHOLE_CORE;
@@ -197,20 +312,25 @@ class Placer {
     cap_ = h_.Capacity(whole_);
     std::string first_failure;
     int best_stage = -1;
-    for (const std::vector<uint32_t>& nodes : CandidateNodeSets(device_nodes)) {
-      Take take;
-      std::string reason;
-      int stage = TryNodes(nodes, &take, &reason);
-      if (stage == kDone) {
-        *out = std::move(take);
-        return true;
-      }
-      if (stage > best_stage) {
-        best_stage = stage;
-        first_failure = reason;
+    // Cheap candidates first (current nodes, single nodes); node combinations only when
+    // those fail.
+    for (int round = 0; round < 2; ++round) {
+      for (const std::vector<uint32_t>& nodes :
+           round == 0 ? FirstNodeSets(device_nodes) : MoreNodeSets(device_nodes)) {
+        Take take;
+        std::string reason;
+        int stage = TryNodes(nodes, &take, &reason);
+        if (stage == kDone) {
+          *out = std::move(take);
+          return true;
+        }
+        if (stage > best_stage) {
+          best_stage = stage;
+          first_failure = std::move(reason);
+        }
       }
     }
-    *why = best_stage >= 0 ? first_failure : CpuShortage(device_nodes);
+    if (explain_) *why = best_stage >= 0 ? first_failure : CpuShortage(device_nodes);
     return false;
   }
 
@@ -224,7 +344,7 @@ class Placer {
       for (uint32_t os : r_.numa_nodes()) {
         auto it = t_.numa_by_os.find(os);
         if (it == t_.numa_by_os.end()) {
-          *why = absl::StrCat("numaNodes: node ", os, " does not exist on ", h_.info().name);
+          if (explain_) *why = absl::StrCat("numaNodes: node ", os, " does not exist on ", h_.info().name);
           return false;
         }
         allowed_.push_back(it->second);
@@ -235,17 +355,13 @@ class Placer {
       if (t_.numa[n].has_cpus) cpu_nodes_.push_back(n);
     }
     if (cpu_nodes_.empty()) {
-      *why = absl::StrCat("numaNodes ", NodeList(t_, allowed_), " have no CPUs");
+      if (explain_) *why = absl::StrCat("numaNodes ", NodeList(t_, allowed_), " have no CPUs");
       return false;
     }
     return true;
   }
 
-  uint32_t CoresNeeded() const {
-    uint32_t width = 1;
-    for (const Core& c : t_.cores) width = std::max<uint32_t>(width, c.pus.size());
-    return (need_ + width - 1) / width;
-  }
+  uint32_t CoresNeeded() const { return (need_ + t_.smt_width - 1) / t_.smt_width; }
 
   // Capacity of a node set in the request's unit (whole cores or CPUs), and the units needed.
   uint64_t CapOf(const std::vector<uint32_t>& nodes) const {
@@ -255,10 +371,14 @@ class Placer {
   }
   uint64_t Units() const { return whole_ ? CoresNeeded() : need_; }
 
-  std::vector<std::vector<uint32_t>> CandidateNodeSets(const std::vector<uint32_t>& device_nodes) {
+  std::vector<uint32_t> Base(const std::vector<uint32_t>& device_nodes) const {
+    if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES && !device_nodes.empty()) return device_nodes;
+    return cpu_nodes_;
+  }
+
+  std::vector<std::vector<uint32_t>> FirstNodeSets(const std::vector<uint32_t>& device_nodes) {
     std::vector<std::vector<uint32_t>> out;
-    std::vector<uint32_t> base = cpu_nodes_;
-    if (r_.placement() == v1::PLACEMENT_NEAR_DEVICES && !device_nodes.empty()) base = device_nodes;
+    std::vector<uint32_t> base = Base(device_nodes);
     // A resized instance first tries the nodes it is on.
     if (prev_ != nullptr) {
       std::set<uint32_t> prev_nodes;
@@ -300,7 +420,13 @@ class Placer {
       out.push_back(base);
     }
     for (uint32_t n : singles) out.push_back({n});
+    return out;
+  }
+
+  std::vector<std::vector<uint32_t>> MoreNodeSets(const std::vector<uint32_t>& device_nodes) {
+    std::vector<std::vector<uint32_t>> out;
     if (r_.placement() == v1::PLACEMENT_SINGLE_NUMA) return out;
+    std::vector<uint32_t> base = Base(device_nodes);
     // Several nodes: every subset on small hosts (fewest nodes, nearest first), else one
     // greedy union of the largest nodes.
     if (base.size() > 1 && base.size() <= 8) {
@@ -364,8 +490,33 @@ class Placer {
 
   // Tries CPUs on `nodes`, then memory, devices and cache ways. Returns the stage reached.
   int TryNodes(const std::vector<uint32_t>& nodes, Take* take, std::string* why) {
+    // Cheap necessary conditions first: memory on these nodes, local devices there.
+    if (!explain_) {
+      uint64_t mem = 0;
+      if (r_.memory_policy() == v1::MEMORY_INTERLEAVE) {
+        for (uint32_t n : allowed_) mem += h_.MemFree(n);
+      } else {
+        for (uint32_t n : nodes) mem += h_.MemFree(n);
+        if (r_.numa_nodes_size() > 0) {
+          for (uint32_t n : allowed_) mem += t_.numa[n].has_cpus ? 0 : h_.MemFree(n);
+        }
+      }
+      if (mem < r_.memory()) return kMemory;
+      for (const v1::DeviceRequest& d : r_.devices()) {
+        if (d.source_case() != v1::DeviceRequest::kSelect || !d.select().numa_local()) continue;
+        bool found = false;
+        for (int p : h_.info().pool.devices) {
+          int n = t_.pci[p].numa;
+          if (n >= 0 && std::count(nodes.begin(), nodes.end(), static_cast<uint32_t>(n)) && Serves(d, p)) {
+            found = true;
+            break;
+          }
+        }
+        if (!found) return kDevices;
+      }
+    }
     if (!PickCpus(nodes, take)) {
-      *why = CpuShortage({});
+      if (explain_) *why = CpuShortage({});
       return -1;
     }
     if (!PickMemory(take, why)) return kMemory;
@@ -390,6 +541,7 @@ class Placer {
 
   bool PickCpus(const std::vector<uint32_t>& nodes, Take* take) {
     std::vector<uint32_t> chosen_cores;
+    std::vector<uint8_t> chosen(t_.cores.size(), 0);
     uint32_t got = 0;
     auto in_nodes = [&](uint32_t c) {
       return std::find(nodes.begin(), nodes.end(), t_.cores[c].numa) != nodes.end();
@@ -397,6 +549,7 @@ class Placer {
     if (whole_) {
       auto add = [&](uint32_t c) {
         chosen_cores.push_back(c);
+        chosen[c] = 1;
         got += t_.cores[c].pus.size();
       };
       for (uint32_t c : PreviousCores()) {
@@ -406,7 +559,7 @@ class Placer {
         // Round-robin over the nodes, one core at a time.
         std::vector<std::vector<uint32_t>> per_node(nodes.size());
         for (uint32_t c = 0; c < t_.cores.size(); ++c) {
-          if (!h_.WholeCoreFree(c) || std::count(chosen_cores.begin(), chosen_cores.end(), c)) continue;
+          if (!h_.WholeCoreFree(c) || chosen[c]) continue;
           for (size_t i = 0; i < nodes.size(); ++i) {
             if (t_.cores[c].numa == nodes[i]) per_node[i].push_back(c);
           }
@@ -433,8 +586,7 @@ class Placer {
         if (order.size() > 1) {
           for (uint32_t n : order) {
             for (uint32_t c = 0; c < t_.cores.size(); ++c) {
-              if (t_.cores[c].numa == n && h_.WholeCoreFree(c) &&
-                  !std::count(chosen_cores.begin(), chosen_cores.end(), c)) {
+              if (t_.cores[c].numa == n && h_.WholeCoreFree(c) && !chosen[c]) {
                 if (got < need_) add(c);
                 break;
               }
@@ -443,35 +595,33 @@ class Placer {
         }
         for (uint32_t n : order) {
           if (got >= need_) break;
-          std::map<uint32_t, std::vector<uint32_t>> by_l3;
-          for (uint32_t c = 0; c < t_.cores.size(); ++c) {
-            if (t_.cores[c].numa == n && h_.WholeCoreFree(c) &&
-                !std::count(chosen_cores.begin(), chosen_cores.end(), c)) {
-              by_l3[t_.cores[c].l3].push_back(c);
-            }
-          }
-          while (got < need_ && !by_l3.empty()) {
+          // L3 groups of this node: the one that fits the rest most tightly, else the
+          // largest, until the request is met.
+          const auto& groups = t_.l3_groups[n];
+          std::vector<uint8_t> used_group(groups.size(), 0);
+          while (got < need_) {
             uint32_t rest = need_ - got;
-            auto pick = by_l3.end();
-            for (auto it = by_l3.begin(); it != by_l3.end(); ++it) {
+            int pick = -1;
+            uint32_t pick_pus = 0;
+            for (size_t g = 0; g < groups.size(); ++g) {
+              if (used_group[g]) continue;
               uint32_t pus = 0;
-              for (uint32_t c : it->second) pus += t_.cores[c].pus.size();
-              bool fits = pus >= rest;
-              if (pick == by_l3.end()) {
-                pick = it;
-                continue;
+              for (uint32_t c : groups[g].second) {
+                if (h_.WholeCoreFree(c) && !chosen[c]) pus += t_.cores[c].pus.size();
               }
-              uint32_t pick_pus = 0;
-              for (uint32_t c : pick->second) pick_pus += t_.cores[c].pus.size();
-              bool pick_fits = pick_pus >= rest;
-              if (fits && (!pick_fits || pus < pick_pus)) pick = it;
-              else if (!fits && !pick_fits && pus > pick_pus) pick = it;
+              if (pus == 0) continue;
+              bool fits = pus >= rest, pick_fits = pick_pus >= rest;
+              if (pick < 0 || (fits && (!pick_fits || pus < pick_pus)) || (!fits && !pick_fits && pus > pick_pus)) {
+                pick = static_cast<int>(g);
+                pick_pus = pus;
+              }
             }
-            for (uint32_t c : pick->second) {
+            if (pick < 0) break;
+            used_group[pick] = 1;
+            for (uint32_t c : groups[pick].second) {
               if (got >= need_) break;
-              add(c);
+              if (h_.WholeCoreFree(c) && !chosen[c]) add(c);
             }
-            by_l3.erase(pick);
           }
         }
       }
@@ -546,17 +696,17 @@ class Placer {
     for (uint32_t cpu : want) {
       auto it = t_.core_of_pu.find(cpu);
       if (it == t_.core_of_pu.end() || !h_.InPool(cpu)) {
-        *why = absl::StrCat("cpuSet: CPU ", cpu, " is not in the pool of ", h_.info().name);
+        if (explain_) *why = absl::StrCat("cpuSet: CPU ", cpu, " is not in the pool of ", h_.info().name);
         return false;
       }
       int owner = h_.OwnerOf(cpu);
       if (owner >= 0 || (!whole_ && !h_.PuFreeForAny(cpu))) {
-        *why = absl::StrCat("cpuSet: CPU ", cpu, " is in use",
+        if (explain_) *why = absl::StrCat("cpuSet: CPU ", cpu, " is in use",
                             owner >= 0 ? absl::StrCat(" by ", names_[owner]) : " (its core is held whole)");
         return false;
       }
       if (!std::count(allowed_.begin(), allowed_.end(), t_.cores[it->second].numa)) {
-        *why = absl::StrCat("cpuSet: CPU ", cpu, " is not on NUMA nodes ", NodeList(t_, allowed_));
+        if (explain_) *why = absl::StrCat("cpuSet: CPU ", cpu, " is not on NUMA nodes ", NodeList(t_, allowed_));
         return false;
       }
       cores.insert(it->second);
@@ -565,13 +715,13 @@ class Placer {
       for (uint32_t c : cores) {
         for (uint32_t pu : t_.cores[c].pus) {
           if (!want.count(pu)) {
-            *why = absl::StrCat("cpuSet: splits the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
+            if (explain_) *why = absl::StrCat("cpuSet: splits the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
                                 " (smt: WholeCore takes whole cores; add CPU ", pu, " or use smt: Any)");
             return false;
           }
         }
         if (!h_.WholeCoreFree(c)) {
-          *why = absl::StrCat("cpuSet: the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
+          if (explain_) *why = absl::StrCat("cpuSet: the core of CPUs ", manifests::FormatCpuList(t_.cores[c].pus),
                               " is not wholly free");
           return false;
         }
@@ -581,7 +731,7 @@ class Placer {
     std::set<uint32_t> nodes;
     for (uint32_t c : cores) nodes.insert(t_.cores[c].numa);
     if (r_.placement() == v1::PLACEMENT_SINGLE_NUMA && nodes.size() > 1) {
-      *why = "cpuSet: spans several NUMA nodes but placement is SingleNuma";
+      if (explain_) *why = "cpuSet: spans several NUMA nodes but placement is SingleNuma";
       return false;
     }
     out->cpus.assign(want.begin(), want.end());
@@ -651,13 +801,13 @@ class Placer {
       for (uint32_t n : nodes) {
         free.push_back(absl::StrCat("node", t_.numa[n].os_index, "=", manifests::FormatBytes(h_.MemFree(n))));
       }
-      *why = absl::StrCat("needs ", manifests::FormatBytes(r_.memory()), " of memory on NUMA node",
+      if (explain_) *why = absl::StrCat("needs ", manifests::FormatBytes(r_.memory()), " of memory on NUMA node",
                           nodes.size() == 1 ? " " : "s ", NodeList(t_, nodes), "; free memory: ",
                           free.empty() ? "none" : absl::StrJoin(free, ", "));
       return false;
     }
     for (const auto& [n, b] : blocks) {
-      if (b > 0) take->memory[n] = b * kMemoryBlock;
+      if (b > 0) take->memory.emplace_back(n, b * kMemoryBlock);
     }
     return true;
   }
@@ -727,11 +877,11 @@ class Placer {
           if (t_.pci[p].bdf == d.pci()) pci = p;
         }
         if (pci < 0) {
-          *why = absl::StrCat("device ", d.name(), ": ", d.pci(), " is not in the pool of ", h_.info().name);
+          if (explain_) *why = absl::StrCat("device ", d.name(), ": ", d.pci(), " is not in the pool of ", h_.info().name);
           return false;
         }
         if (!fits(pci)) {
-          *why = absl::StrCat("device ", d.name(), ": ", Busy(pci, vfs, ns));
+          if (explain_) *why = absl::StrCat("device ", d.name(), ": ", Busy(pci, vfs, ns));
           return false;
         }
         candidates.push_back(pci);
@@ -780,7 +930,7 @@ class Placer {
             states.push_back(absl::StrCat(t_.pci[far[k]].bdf, " is on ",
                                           n < 0 ? "an unknown NUMA node" : absl::StrCat("NUMA node ", t_.numa[n].os_index)));
           }
-          *why = absl::StrCat("device ", d.name(), ": ", what, " (",
+          if (explain_) *why = absl::StrCat("device ", d.name(), ": ", what, " (",
                               states.empty() ? absl::StrCat("the pool of ", h_.info().name, " has none")
                                              : absl::StrJoin(states, "; "),
                               ")");
@@ -854,7 +1004,7 @@ class Placer {
       }
     }
     std::vector<uint32_t> ids(l3s.begin(), l3s.end());
-    *why = absl::StrFormat("needs %d contiguous free cache ways in L3 domain %s (%d ways, in use 0x%x)", w,
+    if (explain_) *why = absl::StrFormat("needs %d contiguous free cache ways in L3 domain %s (%d ways, in use 0x%x)", w,
                            absl::StrJoin(ids, ","), ways, used);
     return false;
   }
@@ -865,6 +1015,7 @@ class Placer {
   const v1::Resources& r_;
   const v1::Placement* prev_;
   const std::vector<std::string>& names_;
+  const bool explain_;
   bool whole_ = true;
   uint32_t need_ = 0;
   std::vector<uint32_t> allowed_;    // NUMA indexes the request may use
@@ -956,7 +1107,10 @@ bool StillValid(const HostState& h, const InstanceRequest& req, const v1::Placem
   for (const auto& m : p.memory()) {
     auto it = t.numa_by_os.find(m.node());
     if (it == t.numa_by_os.end() || h.MemFree(it->second) < m.bytes() || m.bytes() % kMemoryBlock) return false;
-    take->memory[it->second] += m.bytes();
+    for (const auto& [n, b] : take->memory) {
+      if (n == it->second) return false;  // a node listed twice
+    }
+    take->memory.emplace_back(it->second, m.bytes());
     total += m.bytes();
   }
   if (total != r.memory()) return false;
@@ -1011,6 +1165,7 @@ bool StillValid(const HostState& h, const InstanceRequest& req, const v1::Placem
 }
 
 std::string SelectorText(const v1::LabelSelector& s) {
+  if (s.match_labels().empty()) return "{}";
   std::vector<std::string> parts;
   std::map<std::string, std::string> sorted(s.match_labels().begin(), s.match_labels().end());
   for (const auto& [k, v] : sorted) parts.push_back(absl::StrCat(k, "=", v));
@@ -1027,166 +1182,338 @@ bool Matches(const v1::LabelSelector& selector, const std::map<std::string, std:
   return true;
 }
 
+// ---------------------------------------------------------------------------- engine
+
+struct PlacementEngine::Impl {
+  std::vector<HostInfo> hosts;
+  std::vector<HostState> states;
+  absl::flat_hash_map<std::string, int> host_index;
+  std::vector<std::string> names;  // instance ids -> names, for "in use by"
+  struct Held {
+    int host;
+    int id;
+    Take take;
+  };
+  absl::flat_hash_map<std::string, Held> held;
+  using Load = std::pair<int64_t, int>;
+  // A candidate index: the hosts matching a selector, by usable CPUs and by usable memory.
+  // `need` (always none here) leaves room to index by device class if scans grow long.
+  struct DeviceNeed {
+    v1::DeviceClass device_class = v1::DEVICE_CLASS_UNSPECIFIED;  // UNSPECIFIED: no device
+    int share = 0;  // 0 whole, 1 VF, 2 namespace
+  };
+  struct Index {
+    DeviceNeed need;
+    std::set<Load> by_cpus;    // (-usable CPUs, host)
+    std::set<Load> by_memory;  // (-usable MiB, host)
+    size_t size() const { return by_cpus.size(); }
+  };
+  absl::flat_hash_map<std::string, std::unique_ptr<Index>> indexes;
+  std::vector<std::vector<Index*>> indexes_of_host;  // every index whose selector matches
+
+  static DeviceNeed NeedOf(const InstanceRequest& req) {
+    DeviceNeed need;
+    for (const v1::DeviceRequest& d : req.resources.devices()) {
+      if (d.source_case() != v1::DeviceRequest::kSelect) continue;
+      need.device_class = d.select().device_class();
+      need.share = d.share_case() == v1::DeviceRequest::kVfs ? 1 : d.share_case() == v1::DeviceRequest::kNamespaces ? 2 : 0;
+      break;
+    }
+    return need;
+  }
+
+  bool Qualifies(int hi, const DeviceNeed& need) const {
+    if (need.device_class == v1::DEVICE_CLASS_UNSPECIFIED) return true;
+    const HostState& h = states[hi];
+    for (const auto& [pci, st] : h.devices()) {
+      if (ClassOf(h.topology().pci[pci].class_id) != need.device_class || st.whole_owner >= 0) continue;
+      if (need.share == 1 ? st.FreeVfs() > 0 : need.share == 2 ? st.FreeNs() > 0 : st.Untouched()) return true;
+    }
+    return false;
+  }
+  // Requests that fit on no host, by selector and shape (everything but the CPU count and
+  // memory size). Placing only ever takes resources away, so a request at least as large
+  // as one that failed fails too; a release forgets them all.
+  struct Failed {
+    uint32_t cpus;
+    uint64_t memory;
+    std::string why;
+  };
+  absl::flat_hash_map<std::string, std::vector<Failed>> failed;
+
+  static std::string Shape(const InstanceRequest& req, const std::string& selector) {
+    const v1::Resources& r = req.resources;
+    std::string key = absl::StrCat(selector, "|", r.smt(), r.placement(), r.memory_policy(), "|",
+                                   absl::StrJoin(r.numa_nodes(), ","), "|", r.has_llc_ways() ? r.llc_ways() : 0);
+    for (const v1::DeviceRequest& d : r.devices()) {
+      absl::StrAppend(&key, "|", d.pci(), ":", d.select().device_class(), ":", d.select().vendor(), ":",
+                      d.select().numa_local(), ":", d.vfs(), ":", d.namespaces());
+    }
+    return key;
+  }
+
+  double avg_pool_cpus = 1, avg_pool_memory = 1;
+
+  explicit Impl(std::vector<HostInfo> h) : hosts(std::move(h)) {
+    states.reserve(hosts.size());
+    double cpus = 0, memory = 0;
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      states.emplace_back(hosts[i]);
+      host_index[hosts[i].name] = static_cast<int>(i);
+      cpus += hosts[i].pool.cpus.size();
+      for (const auto& [n, bytes] : hosts[i].pool.memory) memory += bytes;
+    }
+    if (!hosts.empty() && cpus > 0 && memory > 0) {
+      avg_pool_cpus = cpus / hosts.size();
+      avg_pool_memory = memory / hosts.size();
+    }
+    indexes_of_host.resize(hosts.size());
+  }
+
+  // One index per selector; device needs are checked while scanning it.
+  Index& IndexFor(const InstanceRequest& req, std::string* key_out) {
+    DeviceNeed need;
+    std::string key = SelectorText(req.selector);
+    *key_out = key;
+    auto [it, inserted] = indexes.try_emplace(key);
+    if (inserted) {
+      it->second = std::make_unique<Index>();
+      it->second->need = need;
+      for (size_t k = 0; k < states.size(); ++k) {
+        if (hosts[k].cordoned || !Matches(req.selector, hosts[k].labels)) continue;
+        indexes_of_host[k].push_back(it->second.get());
+        if (Qualifies(k, need)) Insert(*it->second, k);
+      }
+    }
+    return *it->second;
+  }
+
+  int IdFor(const std::string& name) {
+    names.push_back(name);
+    return static_cast<int>(names.size() - 1);
+  }
+
+  // Index keys: usable CPUs and usable MiB (HostState::UsableCpus/UsableMemory).
+  static Load CpuKey(const HostState& h, int hi) { return {-h.UsableCpus(), hi}; }
+  static Load MemoryKey(const HostState& h, int hi) { return {-static_cast<int64_t>(h.UsableMemory() >> 20), hi}; }
+
+  void Insert(Index& index, int hi) {
+    index.by_cpus.insert(CpuKey(states[hi], hi));
+    index.by_memory.insert(MemoryKey(states[hi], hi));
+  }
+
+  // Commits or releases on a host, keeping the indexes in order.
+  template <typename F>
+  void Change(int hi, F&& f) {
+    Load cpus = CpuKey(states[hi], hi), memory = MemoryKey(states[hi], hi);
+    f(states[hi]);
+    for (Index* index : indexes_of_host[hi]) {
+      index->by_cpus.erase(cpus);
+      index->by_memory.erase(memory);
+      if (Qualifies(hi, index->need)) Insert(*index, hi);
+    }
+  }
+
+  void Hold(const std::string& name, int hi, Take take) {
+    int id = IdFor(name);
+    Change(hi, [&](HostState& h) { h.Commit(take, id); });
+    held[name] = Held{hi, id, std::move(take)};
+  }
+};
+
+PlacementEngine::PlacementEngine(std::vector<HostInfo> hosts) : impl_(std::make_unique<Impl>(std::move(hosts))) {}
+
+void PlacementEngine::Reserve(size_t instances) {
+  impl_->held.reserve(instances);
+  impl_->names.reserve(instances);
+}
+PlacementEngine::~PlacementEngine() = default;
+
+bool PlacementEngine::Keep(const InstanceRequest& req, const v1::Placement& placement) {
+  Impl& m = *impl_;
+  if (m.held.count(req.name)) return false;
+  auto hi = m.host_index.find(placement.host());
+  if (hi == m.host_index.end()) return false;
+  if (!req.host.empty() && req.host != placement.host()) return false;
+  HostState& h = m.states[hi->second];
+  if (req.host.empty() && req.standby_for.empty() && !Matches(req.selector, h.info().labels)) return false;
+  Take take;
+  if (!StillValid(h, req, placement, &take)) return false;
+  m.Hold(req.name, hi->second, std::move(take));
+  return true;
+}
+
+void PlacementEngine::Release(const std::string& name) {
+  Impl& m = *impl_;
+  auto it = m.held.find(name);
+  if (it == m.held.end()) return;
+  m.failed.clear();
+  const Impl::Held& held = it->second;
+  m.Change(held.host, [&](HostState& h) { h.Release(held.take); });
+  m.held.erase(it);
+}
+
+bool PlacementEngine::Place(const InstanceRequest& req, const v1::Placement* prev, v1::Placement* out,
+                            std::string* why) {
+  Impl& m = *impl_;
+  // A held instance is placed again from scratch around its own resources: free them for
+  // the attempt, and take them back if nothing fits.
+  std::optional<Impl::Held> old;
+  if (auto it = m.held.find(req.name); it != m.held.end()) {
+    old = it->second;
+    Release(req.name);
+  }
+  auto restore = [&] {
+    if (old) {
+      m.Change(old->host, [&](HostState& h) { h.Commit(old->take, old->id); });
+      m.held[req.name] = *old;
+    }
+  };
+  std::string fixed_host = req.host;
+  if (!req.standby_for.empty()) {
+    auto primary = m.held.find(req.standby_for);
+    if (primary == m.held.end()) {
+      *why = absl::StrCat("standby of ", req.standby_for, ", which is not placed");
+      restore();
+      return false;
+    }
+    fixed_host = m.hosts[primary->second.host].name;
+  }
+  auto attempt = [&](int hi, std::string* reason) {
+    const v1::Placement* hint = prev != nullptr && prev->host() == m.hosts[hi].name ? prev : nullptr;
+    Take take;
+    // Without a reason to give, hosts that cannot fit are skipped cheaply.
+    if (reason == nullptr && !m.states[hi].MayFit(req)) return false;
+    if (!Placer(m.states[hi], req, hint, m.names, reason != nullptr).Run(&take, reason)) return false;
+    *out = ToPlacement(m.states[hi], req, take);
+    m.Hold(req.name, hi, std::move(take));
+    return true;
+  };
+  if (!fixed_host.empty()) {
+    auto hi = m.host_index.find(fixed_host);
+    if (hi == m.host_index.end()) {
+      *why = absl::StrCat("no Host named \"", fixed_host, "\"");
+      restore();
+      return false;
+    }
+    std::string reason;
+    if (attempt(hi->second, &reason)) return true;
+    *why = absl::StrCat(fixed_host, ": ", reason);
+    restore();
+    return false;
+  }
+  std::string index_key;
+  Impl::Index& index = m.IndexFor(req, &index_key);
+  if (index.size() == 0) {
+    *why = absl::StrCat("no uncordoned Host matches hostSelector ", SelectorText(req.selector));
+    restore();
+    return false;
+  }
+  const Impl::DeviceNeed device_need = Impl::NeedOf(req);
+  const bool cacheable = req.resources.cpu_request_case() == v1::Resources::kCpus && prev == nullptr && !old;
+  std::string shape;
+  if (cacheable && !m.failed.empty()) {
+    shape = Impl::Shape(req, index_key);
+    auto f = m.failed.find(shape);
+    if (f != m.failed.end()) {
+      for (const Impl::Failed& x : f->second) {
+        if (x.cpus <= req.resources.cpus() && x.memory <= req.resources.memory()) {
+          *why = x.why;
+          return false;
+        }
+      }
+    }
+  }
+  std::vector<std::string> reasons;
+  int tried = -1;
+  // The previous host first (stability), then the least loaded in the request's dominant
+  // resource: most free memory for a request heavier in memory than the average host's
+  // shape, most free CPUs otherwise.
+  if (prev != nullptr) {
+    auto hi = m.host_index.find(prev->host());
+    if (hi != m.host_index.end() && !m.hosts[hi->second].cordoned && Matches(req.selector, m.hosts[hi->second].labels)) {
+      tried = hi->second;
+      std::string reason;
+      if (attempt(hi->second, &reason)) return true;
+      reasons.push_back(absl::StrCat(m.hosts[hi->second].name, ": ", reason));
+    }
+  }
+  int64_t cpus = req.resources.cpu_request_case() == v1::Resources::kCpuSet ? req.resources.cpu_set().ids_size()
+                                                                            : req.resources.cpus();
+  bool by_memory = req.resources.memory() / m.avg_pool_memory > cpus / m.avg_pool_cpus;
+  std::set<Impl::Load>& candidates = by_memory ? index.by_memory : index.by_cpus;
+  int64_t need = by_memory ? static_cast<int64_t>(req.resources.memory() >> 20) : cpus;
+  size_t skipped = 0;
+  // The keys bound what whole-core requests with local memory can get; others scan on.
+  const bool bounded = req.resources.smt() == v1::SMT_WHOLE_CORE && req.resources.numa_nodes_size() == 0 &&
+                       req.resources.memory_policy() != v1::MEMORY_INTERLEAVE;
+  for (auto it = candidates.begin(); it != candidates.end();) {
+    int hi = it->second;
+    if (bounded && -it->first < need) {
+      skipped = std::distance(it, candidates.end());
+      break;  // every later host has less of it still
+    }
+    ++it;  // a successful attempt moves this host within the set
+    if (hi == tried || !m.Qualifies(hi, device_need)) continue;
+    std::string reason;
+    bool explain = reasons.size() < 3;
+    if (attempt(hi, explain ? &reason : nullptr)) return true;
+    if (explain) reasons.push_back(absl::StrCat(m.hosts[hi].name, ": ", reason));
+  }
+  *why = absl::StrCat("no matching host fits (", candidates.size(), " tried",
+                      skipped ? absl::StrCat(", ", skipped, " with less than ",
+                                             by_memory ? manifests::FormatBytes(req.resources.memory())
+                                                       : absl::StrCat(cpus, " CPUs"),
+                                             " free")
+                              : "",
+                      ")");
+  if (!reasons.empty()) absl::StrAppend(why, ": ", absl::StrJoin(reasons, "; "));
+  if (cacheable) m.failed[shape.empty() ? Impl::Shape(req, index_key) : shape].push_back(
+      {req.resources.cpus(), req.resources.memory(), *why});
+  restore();
+  return false;
+}
+
 PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<InstanceRequest>& requests,
                       const std::map<std::string, v1::Placement>& current) {
   PlacementResult result;
-  std::vector<HostState> states;
-  states.reserve(hosts.size());
-  absl::flat_hash_map<std::string, int> host_index;
-  for (size_t i = 0; i < hosts.size(); ++i) {
-    states.emplace_back(hosts[i]);
-    host_index[hosts[i].name] = static_cast<int>(i);
-  }
-  std::vector<std::string> names;
-  names.reserve(requests.size());
-  for (const auto& r : requests) names.push_back(r.name);
-
+  PlacementEngine engine(hosts);
+  engine.Reserve(requests.size());
   // Requests in a deterministic order: by name.
   std::vector<int> order(requests.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int a, int b) { return requests[a].name < requests[b].name; });
-
   // Phase 1: keep every current placement that is still valid and unchanged.
-  std::vector<uint8_t> done(requests.size(), 0);
-  for (int i : order) {
-    auto cur = current.find(requests[i].name);
-    if (cur == current.end()) continue;
-    auto hi = host_index.find(cur->second.host());
-    if (hi == host_index.end()) continue;
-    if (!requests[i].host.empty() && requests[i].host != cur->second.host()) continue;
-    HostState& h = states[hi->second];
-    if (requests[i].host.empty() && !Matches(requests[i].selector, h.info().labels)) continue;
-    Take take;
-    if (!StillValid(h, requests[i], cur->second, &take)) continue;
-    h.Commit(take, i);
-    v1::Placement p = cur->second;
-    p.set_instance_id(requests[i].id);
-    result.placements[requests[i].name] = std::move(p);
-    done[i] = 1;
-  }
-
-  // Hosts by load for selector requests: most free CPUs first, then by name.
-  using Load = std::pair<int64_t, int>;  // (-free, host index)
-  absl::flat_hash_map<std::string, std::set<Load>> by_selector;
-  absl::flat_hash_map<int, std::vector<std::set<Load>*>> sets_of_host;
-  auto selector_set = [&](const v1::LabelSelector& sel) -> std::set<Load>& {
-    std::string key = SelectorText(sel);
-    auto [it, inserted] = by_selector.try_emplace(key);
-    if (inserted) {
-      for (size_t k = 0; k < states.size(); ++k) {
-        if (hosts[k].cordoned || !Matches(sel, hosts[k].labels)) continue;
-        it->second.insert({-states[k].free_pus(), static_cast<int>(k)});
-        sets_of_host[k].push_back(&it->second);
-      }
-    }
-    return it->second;
-  };
-  auto commit = [&](int hi, const Take& take, int i) {
-    int64_t before = states[hi].free_pus();
-    states[hi].Commit(take, i);
-    auto it = sets_of_host.find(hi);
-    if (it == sets_of_host.end()) return;
-    for (std::set<Load>* s : it->second) {
-      s->erase({-before, hi});
-      s->insert({-states[hi].free_pus(), hi});
-    }
-  };
-
-  // Phase 2: changed instances (grow or shrink in place first), then new ones, larger first.
   std::vector<int> rest;
   for (int i : order) {
-    if (!done[i]) rest.push_back(i);
+    auto cur = current.find(requests[i].name);
+    if (cur != current.end() && engine.Keep(requests[i], cur->second)) {
+      v1::Placement p = cur->second;
+      p.set_instance_id(requests[i].id);
+      result.placements[requests[i].name] = std::move(p);
+    } else {
+      rest.push_back(i);
+    }
   }
+  // Phase 2: changed instances (grow or shrink in place first), then new ones, larger
+  // first; standbys after the instances they back.
   std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) {
-    bool sa_ = !requests[a].standby_for.empty(), sb_ = !requests[b].standby_for.empty();
-    if (sa_ != sb_) return sb_;  // standbys after the instances they back
+    bool sa = !requests[a].standby_for.empty(), sb = !requests[b].standby_for.empty();
+    if (sa != sb) return sb;
     bool ca = current.count(requests[a].name), cb = current.count(requests[b].name);
     if (ca != cb) return ca;
-    uint32_t sa = requests[a].resources.cpus() + requests[a].resources.cpu_set().ids_size();
-    uint32_t sb = requests[b].resources.cpus() + requests[b].resources.cpu_set().ids_size();
-    return sa > sb;
+    uint32_t za = requests[a].resources.cpus() + requests[a].resources.cpu_set().ids_size();
+    uint32_t zb = requests[b].resources.cpus() + requests[b].resources.cpu_set().ids_size();
+    return za > zb;
   });
   for (int i : rest) {
-    const InstanceRequest& req = requests[i];
-    auto cur = current.find(req.name);
-    const v1::Placement* prev = cur != current.end() ? &cur->second : nullptr;
-    Take take;
+    auto cur = current.find(requests[i].name);
+    v1::Placement p;
     std::string why;
-    std::string fixed_host = req.host;
-    if (!req.standby_for.empty()) {
-      auto primary = result.placements.find(req.standby_for);
-      if (primary == result.placements.end()) {
-        result.unschedulable.push_back(
-            {req.name, absl::StrCat("standby of ", req.standby_for, ", which is not placed")});
-        continue;
-      }
-      fixed_host = primary->second.host();
-    }
-    if (!fixed_host.empty()) {
-      auto hi = host_index.find(fixed_host);
-      if (hi == host_index.end()) {
-        result.unschedulable.push_back({req.name, absl::StrCat("no Host named \"", fixed_host, "\"")});
-        continue;
-      }
-      const v1::Placement* hint = prev != nullptr && prev->host() == fixed_host ? prev : nullptr;
-      if (Placer(states[hi->second], req, hint, names).Run(&take, &why)) {
-        commit(hi->second, take, i);
-        result.placements[req.name] = ToPlacement(states[hi->second], req, take);
-      } else {
-        result.unschedulable.push_back({req.name, absl::StrCat(fixed_host, ": ", why)});
-      }
-      continue;
-    }
-    std::set<Load>& candidates = selector_set(req.selector);
-    if (candidates.empty()) {
-      result.unschedulable.push_back(
-          {req.name, absl::StrCat("no uncordoned Host matches hostSelector ", SelectorText(req.selector))});
-      continue;
-    }
-    // The previous host first (stability), then the least loaded.
-    std::vector<int> tried;
-    std::vector<std::string> reasons;
-    bool placed = false;
-    auto attempt = [&](int hi) {
-      const v1::Placement* hint = prev != nullptr && prev->host() == hosts[hi].name ? prev : nullptr;
-      Take t;
-      std::string w;
-      if (Placer(states[hi], req, hint, names).Run(&t, &w)) {
-        commit(hi, t, i);
-        result.placements[req.name] = ToPlacement(states[hi], req, t);
-        return true;
-      }
-      if (reasons.size() < 3) reasons.push_back(absl::StrCat(hosts[hi].name, ": ", w));
-      return false;
-    };
-    if (prev != nullptr) {
-      auto hi = host_index.find(prev->host());
-      if (hi != host_index.end() && !hosts[hi->second].cordoned && Matches(req.selector, hosts[hi->second].labels)) {
-        tried.push_back(hi->second);
-        placed = attempt(hi->second);
-      }
-    }
-    int64_t min_free = req.resources.cpu_request_case() == v1::Resources::kCpuSet
-                           ? req.resources.cpu_set().ids_size()
-                           : req.resources.cpus();
-    size_t skipped = 0;
-    for (auto it = candidates.begin(); !placed && it != candidates.end();) {
-      int hi = it->second;
-      if (-it->first < min_free) {
-        skipped = std::distance(it, candidates.end());
-        break;  // every later host has fewer free CPUs still
-      }
-      ++it;  // `attempt` may move this host within the set
-      if (std::count(tried.begin(), tried.end(), hi)) continue;
-      placed = attempt(hi);
-    }
-    if (!placed) {
-      std::string reason = absl::StrCat("no matching host fits (", candidates.size(), " tried",
-                                        skipped ? absl::StrCat(", ", skipped, " with fewer than ", min_free, " free CPUs")
-                                                : "",
-                                        ")");
-      if (!reasons.empty()) absl::StrAppend(&reason, ": ", absl::StrJoin(reasons, "; "));
-      result.unschedulable.push_back({req.name, reason});
+    if (engine.Place(requests[i], cur != current.end() ? &cur->second : nullptr, &p, &why)) {
+      result.placements[requests[i].name] = std::move(p);
+    } else {
+      result.unschedulable.push_back({requests[i].name, why});
     }
   }
   std::sort(result.unschedulable.begin(), result.unschedulable.end(),

@@ -68,6 +68,35 @@ struct PlacementResult {
 PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<InstanceRequest>& requests,
                       const std::map<std::string, mkfleet::v1::Placement>& current);
 
+// The state behind Place(), kept between calls for incremental work: the controller (and
+// the incremental benchmark) add, resize or remove one instance without replanning the
+// fleet. Place() is Keep() for every current placement, then Place() for the rest.
+// Thread-safety: not thread-safe; one engine per planning thread.
+class PlacementEngine {
+ public:
+  explicit PlacementEngine(std::vector<HostInfo> hosts);
+  ~PlacementEngine();
+  PlacementEngine(const PlacementEngine&) = delete;
+  PlacementEngine& operator=(const PlacementEngine&) = delete;
+
+  // Takes `placement` for `req` as it is when it is still valid and still matches the
+  // request; false (and nothing held) otherwise.
+  bool Keep(const InstanceRequest& req, const mkfleet::v1::Placement& placement);
+  // Places `req`. `prev`, its current placement if any, is where it grows or shrinks in
+  // place. If `req` already holds resources they are reused or, on failure, kept as they
+  // were. On failure `why` explains the nearest capacity.
+  bool Place(const InstanceRequest& req, const mkfleet::v1::Placement* prev, mkfleet::v1::Placement* out,
+             std::string* why);
+  // Frees what the instance `name` holds (no-op if it holds nothing).
+  void Release(const std::string& name);
+  // Capacity hint: about this many instances will be held.
+  void Reserve(size_t instances);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // Whether `labels` satisfy `selector` (every matchLabels pair present).
 bool Matches(const mkfleet::v1::LabelSelector& selector, const std::map<std::string, std::string>& labels);
 

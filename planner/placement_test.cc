@@ -474,7 +474,7 @@ TEST(HostChoiceTest, LeastLoadedSkipsCordonedAndExplains) {
   InstanceRequest big = req("big");
   big.resources.set_cpus(8);
   EXPECT_EQ(Place({a, b}, {big}, {}).unschedulable.at(0).reason,
-            "no matching host fits (2 tried, 2 with fewer than 8 free CPUs)");
+            "no matching host fits (2 tried, 2 with less than 8 CPUs free)");
 }
 
 TEST(BuildRequestsTest, SetsExpandPerHostAndSpreadReplicas) {
@@ -544,6 +544,35 @@ TEST(BuildRequestsTest, StandbyIsPlacedBesideItsPrimary) {
   ASSERT_THAT(r.unschedulable, IsEmpty());
   EXPECT_EQ(r.placements.at("web-standby").host(), r.placements.at("web").host());
   EXPECT_EQ(r.placements.at("web-standby").cpus_size(), 2);
+}
+
+}  // namespace
+}  // namespace mkfleet::planner
+
+namespace mkfleet::planner {
+namespace {
+
+TEST(PlacementEngineTest, ReleaseFreesAndFailedResizeKeepsTheOld) {
+  auto t = SyntheticTopology("pack:1 numa:1(memory=4GiB) core:4 pu:2");
+  PlacementEngine engine({WholeHost("a", t)});
+  v1::Placement x, y;
+  std::string why;
+  ASSERT_TRUE(engine.Place(Request("x", "a", 6), nullptr, &x, &why)) << why;
+  EXPECT_FALSE(engine.Place(Request("y", "a", 2), nullptr, &y, &why));
+  EXPECT_EQ(why, "a: needs 1 whole cores; free whole cores: node0=0");
+  // Growing x beyond the host fails and leaves x as it was.
+  v1::Placement bigger;
+  EXPECT_FALSE(engine.Place(Request("x", "a", 8), &x, &bigger, &why));
+  EXPECT_FALSE(engine.Place(Request("y", "a", 2), nullptr, &y, &why));
+  // Shrinking x in place frees a core for y.
+  v1::Placement smaller;
+  ASSERT_TRUE(engine.Place(Request("x", "a", 4), &x, &smaller, &why)) << why;
+  EXPECT_EQ(smaller.boot_cpu(), x.boot_cpu());
+  ASSERT_TRUE(engine.Place(Request("y", "a", 2), nullptr, &y, &why)) << why;
+  engine.Release("x");
+  v1::Placement z;
+  ASSERT_TRUE(engine.Place(Request("z", "a", 4), nullptr, &z, &why)) << why;
+  EXPECT_EQ(z.cpus(0), x.cpus(0));  // x's cores are free again
 }
 
 }  // namespace

@@ -29,11 +29,23 @@ void Topology::Finish() {
             [](const Core& a, const Core& b) { return a.pus.front() < b.pus.front(); });
   core_of_pu.clear();
   numa_by_os.clear();
+  smt_width = 1;
   for (uint32_t c = 0; c < cores.size(); ++c) {
+    smt_width = std::max<uint32_t>(smt_width, cores[c].pus.size());
     for (uint32_t pu : cores[c].pus) core_of_pu[pu] = c;
     numa[cores[c].numa].has_cpus = true;
   }
   for (uint32_t n = 0; n < numa.size(); ++n) numa_by_os[numa[n].os_index] = n;
+  l3_groups.assign(numa.size(), {});
+  for (uint32_t c = 0; c < cores.size(); ++c) {
+    auto& groups = l3_groups[cores[c].numa];
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == cores[c].l3; });
+    if (it == groups.end()) {
+      groups.push_back({cores[c].l3, {}});
+      it = groups.end() - 1;
+    }
+    it->second.push_back(c);
+  }
 }
 
 size_t Topology::pu_count() const {

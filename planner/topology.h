@@ -65,6 +65,9 @@ struct Topology {
   // Derived lookups (filled by Finish()).
   absl::flat_hash_map<uint32_t, uint32_t> core_of_pu;
   absl::flat_hash_map<uint32_t, uint32_t> numa_by_os;  // NUMA os_index -> index
+  uint32_t smt_width = 1;  // the most PUs of any core
+  // Per NUMA index: (L3 index, cores) groups, cores ascending.
+  std::vector<std::vector<std::pair<uint32_t, std::vector<uint32_t>>>> l3_groups;
 
   // Fills the derived lookups and sorts cores; call after building by hand.
   void Finish();
