@@ -110,12 +110,21 @@ int Main(int argc, char** argv) {
   std::mt19937 rng(42);
   std::vector<InstanceRequest> requests;
   for (int i = 0; i < instance_count; ++i) requests.push_back(Mixed(rng, i, 16, 32));
-  auto start = Clock::now();
-  PlacementResult fleet = Place(hosts, requests, {});
-  double fleet_ms = Ms(Clock::now() - start);
-  printf("1. fleet: %d hosts, %d instances placed from scratch in %.0f ms: %zu placed, %zu unschedulable; "
-         "%.0f placements/s; peak RSS %ld MiB (targets: <= 1000 ms, <= 1024 MiB)\n",
-         host_count, instance_count, fleet_ms, fleet.placements.size(), fleet.unschedulable.size(),
+  // Three runs (this machine is shared and noisy): the median and the best.
+  std::vector<double> fleet_runs;
+  PlacementResult fleet;
+  Clock::time_point start;
+  for (int run = 0; run < 3; ++run) {
+    fleet = PlacementResult();
+    start = Clock::now();
+    fleet = Place(hosts, requests, {});
+    fleet_runs.push_back(Ms(Clock::now() - start));
+  }
+  std::sort(fleet_runs.begin(), fleet_runs.end());
+  double fleet_ms = fleet_runs[1];
+  printf("1. fleet: %d hosts, %d instances placed from scratch in %.0f ms (median of 3; best %.0f ms): %zu placed, "
+         "%zu unschedulable; %.0f placements/s; peak RSS %ld MiB (targets: <= 1000 ms, <= 1024 MiB)\n",
+         host_count, instance_count, fleet_ms, fleet_runs[0], fleet.placements.size(), fleet.unschedulable.size(),
          fleet.placements.size() / (fleet_ms / 1000), PeakRssMiB());
 
   if (fleet_only) return 0;
@@ -131,6 +140,15 @@ int Main(int argc, char** argv) {
     }
   }
   printf("   (loading the placed fleet into an engine: %.0f ms)\n", Ms(Clock::now() - start));
+  {
+    // The first selector-based placement builds the engine's host index for that selector.
+    v1::Placement p;
+    std::string why;
+    InstanceRequest warm = Mixed(rng, instance_count + 1000, 1, 1);
+    auto s = Clock::now();
+    engine.Place(warm, nullptr, &p, &why);
+    printf("   (first placement on the loaded engine builds its host index: %.1f ms)\n", Ms(Clock::now() - s));
+  }
   std::vector<double> add_us, resize_us;
   std::mt19937 rng2(7);
   int added = 0, resized = 0;
@@ -141,6 +159,10 @@ int Main(int argc, char** argv) {
     auto s = Clock::now();
     bool ok = engine.Place(r, nullptr, &p, &why);
     add_us.push_back(Ms(Clock::now() - s) * 1000);
+    if (getenv("PLANNER_BENCH_DEBUG") && add_us.back() > 1000) {
+      fprintf(stderr, "slow add %.0f us: %s -> %s\n", add_us.back(), r.resources.ShortDebugString().c_str(),
+              ok ? p.host().c_str() : why.c_str());
+    }
     added += ok;
   }
   for (int k = 0; k < 200; ++k) {

@@ -383,8 +383,7 @@ class Placer {
     if (prev_ != nullptr) {
       std::set<uint32_t> prev_nodes;
       for (uint32_t cpu : prev_->cpus()) {
-        auto it = t_.core_of_pu.find(cpu);
-        if (it != t_.core_of_pu.end()) prev_nodes.insert(t_.cores[it->second].numa);
+        if (t_.core_of_pu.contains(cpu)) prev_nodes.insert(t_.cores[t_.core_of_pu.at(cpu)].numa);
       }
       std::vector<uint32_t> pn;
       for (uint32_t n : prev_nodes) {
@@ -532,9 +531,9 @@ class Placer {
     std::vector<uint32_t> cores;
     if (prev_ == nullptr) return cores;
     for (uint32_t cpu : prev_->cpus()) {
-      auto it = t_.core_of_pu.find(cpu);
-      if (it == t_.core_of_pu.end()) continue;
-      if (std::find(cores.begin(), cores.end(), it->second) == cores.end()) cores.push_back(it->second);
+      if (!t_.core_of_pu.contains(cpu)) continue;
+      uint32_t core = t_.core_of_pu.at(cpu);
+      if (std::find(cores.begin(), cores.end(), core) == cores.end()) cores.push_back(core);
     }
     return cores;
   }
@@ -640,8 +639,10 @@ class Placer {
       };
       if (prev_ != nullptr) {
         for (uint32_t cpu : prev_->cpus()) {
-          auto it = t_.core_of_pu.find(cpu);
-          if (pus.size() < need_ && it != t_.core_of_pu.end() && in_nodes(it->second) && h_.PuFreeForAny(cpu)) add(cpu);
+          if (pus.size() < need_ && t_.core_of_pu.contains(cpu) && in_nodes(t_.core_of_pu.at(cpu)) &&
+              h_.PuFreeForAny(cpu)) {
+            add(cpu);
+          }
         }
       }
       // CPUs of already shared cores first (keeps whole cores whole), then free cores.
@@ -694,8 +695,7 @@ class Placer {
     std::set<uint32_t> want(ids.begin(), ids.end());
     std::set<uint32_t> cores;
     for (uint32_t cpu : want) {
-      auto it = t_.core_of_pu.find(cpu);
-      if (it == t_.core_of_pu.end() || !h_.InPool(cpu)) {
+      if (!t_.core_of_pu.contains(cpu) || !h_.InPool(cpu)) {
         if (explain_) *why = absl::StrCat("cpuSet: CPU ", cpu, " is not in the pool of ", h_.info().name);
         return false;
       }
@@ -705,11 +705,12 @@ class Placer {
                             owner >= 0 ? absl::StrCat(" by ", names_[owner]) : " (its core is held whole)");
         return false;
       }
-      if (!std::count(allowed_.begin(), allowed_.end(), t_.cores[it->second].numa)) {
+      uint32_t core = t_.core_of_pu.at(cpu);
+      if (!std::count(allowed_.begin(), allowed_.end(), t_.cores[core].numa)) {
         if (explain_) *why = absl::StrCat("cpuSet: CPU ", cpu, " is not on NUMA nodes ", NodeList(t_, allowed_));
         return false;
       }
-      cores.insert(it->second);
+      cores.insert(core);
     }
     if (whole_) {
       for (uint32_t c : cores) {
@@ -742,16 +743,20 @@ class Placer {
   }
 
   bool PickMemory(Take* take, std::string* why) {
-    uint64_t need_blocks = r_.memory() / kMemoryBlock;
-    std::vector<uint32_t> nodes;  // candidate nodes, in preference order
-    std::map<uint32_t, uint32_t> cpus_on;
+    const bool interleave = r_.memory_policy() == v1::MEMORY_INTERLEAVE;
+    const uint64_t need_blocks = r_.memory() / kMemoryBlock;
+    const size_t numa = t_.numa.size();
+    std::vector<uint32_t> cpus_on(numa, 0);
     for (uint32_t pu : take->cpus) ++cpus_on[t_.cores[t_.core_of_pu.at(pu)].numa];
-    if (r_.memory_policy() == v1::MEMORY_INTERLEAVE) {
+    std::vector<uint32_t> nodes;  // candidate nodes, in preference order
+    if (interleave) {
       for (uint32_t n : allowed_) {
-        if (h_.MemFree(n) > 0 || cpus_on.count(n)) nodes.push_back(n);
+        if (h_.MemFree(n) > 0 || cpus_on[n]) nodes.push_back(n);
       }
     } else {
-      for (const auto& [n, count] : cpus_on) nodes.push_back(n);
+      for (uint32_t n = 0; n < numa; ++n) {
+        if (cpus_on[n]) nodes.push_back(n);
+      }
       // Memory-only nodes named in numaNodes may hold memory too.
       if (r_.numa_nodes_size() > 0) {
         for (uint32_t n : allowed_) {
@@ -759,63 +764,61 @@ class Placer {
         }
       }
     }
-    std::map<uint32_t, uint64_t> blocks;
+    std::vector<uint64_t> blocks(numa, 0);
+    uint64_t got = 0;
+    auto room = [&](uint32_t n) { return h_.MemFree(n) / kMemoryBlock - blocks[n]; };
+    auto give = [&](uint32_t n, uint64_t want) {
+      uint64_t g = std::min(want, room(n));
+      blocks[n] += g;
+      got += g;
+    };
     // A resized instance keeps its memory where it is.
     if (prev_ != nullptr) {
       for (const auto& m : prev_->memory()) {
         auto it = t_.numa_by_os.find(m.node());
         if (it == t_.numa_by_os.end() || !std::count(nodes.begin(), nodes.end(), it->second)) continue;
-        uint64_t want = std::min<uint64_t>(m.bytes() / kMemoryBlock, need_blocks - Sum(blocks));
-        blocks[it->second] += std::min<uint64_t>(want, h_.MemFree(it->second) / kMemoryBlock);
+        give(it->second, std::min<uint64_t>(m.bytes() / kMemoryBlock, need_blocks - got));
       }
     }
     // Target shares: by CPUs per node (Local, Bind) or even (Interleave); then fill up.
-    uint64_t rest = need_blocks - Sum(blocks);
+    uint64_t rest = need_blocks - got;
     if (rest > 0) {
-      std::vector<uint32_t> share_nodes;
-      for (uint32_t n : nodes) {
-        if (r_.memory_policy() == v1::MEMORY_INTERLEAVE || cpus_on.count(n)) share_nodes.push_back(n);
-      }
       uint64_t weight_total = 0;
-      for (uint32_t n : share_nodes) weight_total += r_.memory_policy() == v1::MEMORY_INTERLEAVE ? 1 : cpus_on[n];
+      size_t last = 0;
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        uint64_t w = interleave ? 1 : cpus_on[nodes[i]];
+        weight_total += w;
+        if (w > 0) last = i;
+      }
       uint64_t assigned = 0;
-      for (size_t i = 0; i < share_nodes.size() && weight_total > 0; ++i) {
-        uint32_t n = share_nodes[i];
-        uint64_t w = r_.memory_policy() == v1::MEMORY_INTERLEAVE ? 1 : cpus_on[n];
-        uint64_t target = rest * w / weight_total;
-        if (i + 1 == share_nodes.size()) target = rest - assigned;
-        uint64_t room = h_.MemFree(n) / kMemoryBlock - blocks[n];
-        uint64_t give = std::min(target, room);
-        blocks[n] += give;
+      for (size_t i = 0; i < nodes.size() && weight_total > 0; ++i) {
+        uint64_t w = interleave ? 1 : cpus_on[nodes[i]];
+        if (w == 0) continue;
+        uint64_t target = i == last ? rest - assigned : rest * w / weight_total;
+        give(nodes[i], target);
         assigned += target;
       }
       for (uint32_t n : nodes) {
-        uint64_t missing = need_blocks - Sum(blocks);
-        if (missing == 0) break;
-        uint64_t room = h_.MemFree(n) / kMemoryBlock - blocks[n];
-        blocks[n] += std::min(missing, room);
+        if (got >= need_blocks) break;
+        give(n, need_blocks - got);
       }
     }
-    if (Sum(blocks) < need_blocks) {
-      std::vector<std::string> free;
-      for (uint32_t n : nodes) {
-        free.push_back(absl::StrCat("node", t_.numa[n].os_index, "=", manifests::FormatBytes(h_.MemFree(n))));
+    if (got < need_blocks) {
+      if (explain_) {
+        std::vector<std::string> free;
+        for (uint32_t n : nodes) {
+          free.push_back(absl::StrCat("node", t_.numa[n].os_index, "=", manifests::FormatBytes(h_.MemFree(n))));
+        }
+        *why = absl::StrCat("needs ", manifests::FormatBytes(r_.memory()), " of memory on NUMA node",
+                            nodes.size() == 1 ? " " : "s ", NodeList(t_, nodes), "; free memory: ",
+                            free.empty() ? "none" : absl::StrJoin(free, ", "));
       }
-      if (explain_) *why = absl::StrCat("needs ", manifests::FormatBytes(r_.memory()), " of memory on NUMA node",
-                          nodes.size() == 1 ? " " : "s ", NodeList(t_, nodes), "; free memory: ",
-                          free.empty() ? "none" : absl::StrJoin(free, ", "));
       return false;
     }
-    for (const auto& [n, b] : blocks) {
-      if (b > 0) take->memory.emplace_back(n, b * kMemoryBlock);
+    for (uint32_t n = 0; n < numa; ++n) {
+      if (blocks[n] > 0) take->memory.emplace_back(n, blocks[n] * kMemoryBlock);
     }
     return true;
-  }
-
-  static uint64_t Sum(const std::map<uint32_t, uint64_t>& m) {
-    uint64_t s = 0;
-    for (const auto& [k, v] : m) s += v;
-    return s;
   }
 
   // The allowed nodes with CPUs that hold a function able to serve one of the device
@@ -1089,11 +1092,11 @@ bool StillValid(const HostState& h, const InstanceRequest& req, const v1::Placem
     allowed.insert(it->second);
   }
   for (uint32_t cpu : p.cpus()) {
-    auto it = t.core_of_pu.find(cpu);
-    if (it == t.core_of_pu.end() || !h.InPool(cpu) || h.OwnerOf(cpu) >= 0) return false;
-    if (whole ? !h.WholeCoreFree(it->second) : !h.PuFreeForAny(cpu)) return false;
-    cores.insert(it->second);
-    nodes.insert(t.cores[it->second].numa);
+    if (!t.core_of_pu.contains(cpu) || !h.InPool(cpu) || h.OwnerOf(cpu) >= 0) return false;
+    uint32_t core = t.core_of_pu.at(cpu);
+    if (whole ? !h.WholeCoreFree(core) : !h.PuFreeForAny(cpu)) return false;
+    cores.insert(core);
+    nodes.insert(t.cores[core].numa);
     take->cpus.push_back(cpu);
   }
   if (!allowed.empty()) {
@@ -1184,6 +1187,55 @@ bool Matches(const v1::LabelSelector& selector, const std::map<std::string, std:
 
 // ---------------------------------------------------------------------------- engine
 
+// Hosts by an integer key (usable CPUs, usable GiB), scanned from the largest key down.
+// Buckets with swap-removal: O(1) updates, deterministic for the same sequence of calls.
+class BucketIndex {
+ public:
+  explicit BucketIndex(size_t hosts) : where_(hosts, {-1, -1}) {}
+
+  void Insert(int64_t key, int host) {
+    if (key < 0) key = 0;
+    if (static_cast<size_t>(key) >= buckets_.size()) buckets_.resize(key + 1);
+    where_[host] = {key, static_cast<int64_t>(buckets_[key].size())};
+    buckets_[key].push_back(host);
+    top_ = std::max(top_, key);
+    ++size_;
+  }
+  void Erase(int host) {
+    auto [key, pos] = where_[host];
+    if (key < 0) return;
+    std::vector<int>& b = buckets_[key];
+    int moved = b.back();
+    b[pos] = moved;
+    where_[moved].second = pos;
+    b.pop_back();
+    where_[host] = {-1, -1};
+    --size_;
+  }
+  size_t size() const { return size_; }
+  // Hosts with a key of at least `min`, largest first.
+  template <typename F>
+  void Scan(int64_t min, F&& visit) const {
+    for (int64_t key = top_; key >= std::max<int64_t>(min, 0); --key) {
+      for (int host : buckets_[key]) {
+        if (visit(host)) return;
+      }
+    }
+  }
+  // How many hosts have a key below `min`.
+  size_t CountBelow(int64_t min) const {
+    size_t n = 0;
+    for (int64_t key = 0; key < min && key < static_cast<int64_t>(buckets_.size()); ++key) n += buckets_[key].size();
+    return n;
+  }
+
+ private:
+  std::vector<std::vector<int>> buckets_;
+  std::vector<std::pair<int64_t, int64_t>> where_;  // host -> (key, position), key -1 if absent
+  int64_t top_ = 0;
+  size_t size_ = 0;
+};
+
 struct PlacementEngine::Impl {
   std::vector<HostInfo> hosts;
   std::vector<HostState> states;
@@ -1195,7 +1247,6 @@ struct PlacementEngine::Impl {
     Take take;
   };
   absl::flat_hash_map<std::string, Held> held;
-  using Load = std::pair<int64_t, int>;
   // A candidate index: the hosts matching a selector, by usable CPUs and by usable memory.
   // `need` (always none here) leaves room to index by device class if scans grow long.
   struct DeviceNeed {
@@ -1204,8 +1255,9 @@ struct PlacementEngine::Impl {
   };
   struct Index {
     DeviceNeed need;
-    std::set<Load> by_cpus;    // (-usable CPUs, host)
-    std::set<Load> by_memory;  // (-usable MiB, host)
+    explicit Index(size_t hosts) : by_cpus(hosts), by_memory(hosts) {}
+    BucketIndex by_cpus;    // usable CPUs
+    BucketIndex by_memory;  // usable GiB
     size_t size() const { return by_cpus.size(); }
   };
   absl::flat_hash_map<std::string, std::unique_ptr<Index>> indexes;
@@ -1277,7 +1329,7 @@ struct PlacementEngine::Impl {
     *key_out = key;
     auto [it, inserted] = indexes.try_emplace(key);
     if (inserted) {
-      it->second = std::make_unique<Index>();
+      it->second = std::make_unique<Index>(states.size());
       it->second->need = need;
       for (size_t k = 0; k < states.size(); ++k) {
         if (hosts[k].cordoned || !Matches(req.selector, hosts[k].labels)) continue;
@@ -1294,22 +1346,18 @@ struct PlacementEngine::Impl {
   }
 
   // Index keys: usable CPUs and usable MiB (HostState::UsableCpus/UsableMemory).
-  static Load CpuKey(const HostState& h, int hi) { return {-h.UsableCpus(), hi}; }
-  static Load MemoryKey(const HostState& h, int hi) { return {-static_cast<int64_t>(h.UsableMemory() >> 20), hi}; }
-
   void Insert(Index& index, int hi) {
-    index.by_cpus.insert(CpuKey(states[hi], hi));
-    index.by_memory.insert(MemoryKey(states[hi], hi));
+    index.by_cpus.Insert(states[hi].UsableCpus(), hi);
+    index.by_memory.Insert(static_cast<int64_t>(states[hi].UsableMemory() >> 30), hi);
   }
 
   // Commits or releases on a host, keeping the indexes in order.
   template <typename F>
   void Change(int hi, F&& f) {
-    Load cpus = CpuKey(states[hi], hi), memory = MemoryKey(states[hi], hi);
     f(states[hi]);
     for (Index* index : indexes_of_host[hi]) {
-      index->by_cpus.erase(cpus);
-      index->by_memory.erase(memory);
+      index->by_cpus.Erase(hi);
+      index->by_memory.Erase(hi);
       if (Qualifies(hi, index->need)) Insert(*index, hi);
     }
   }
@@ -1441,25 +1489,23 @@ bool PlacementEngine::Place(const InstanceRequest& req, const v1::Placement* pre
   int64_t cpus = req.resources.cpu_request_case() == v1::Resources::kCpuSet ? req.resources.cpu_set().ids_size()
                                                                             : req.resources.cpus();
   bool by_memory = req.resources.memory() / m.avg_pool_memory > cpus / m.avg_pool_cpus;
-  std::set<Impl::Load>& candidates = by_memory ? index.by_memory : index.by_cpus;
-  int64_t need = by_memory ? static_cast<int64_t>(req.resources.memory() >> 20) : cpus;
-  size_t skipped = 0;
+  const BucketIndex& candidates = by_memory ? index.by_memory : index.by_cpus;
+  // Keys are whole GiB for memory: round the need down so no host that fits is passed over.
+  int64_t need = by_memory ? static_cast<int64_t>(req.resources.memory() >> 30) : cpus;
   // The keys bound what whole-core requests with local memory can get; others scan on.
   const bool bounded = req.resources.smt() == v1::SMT_WHOLE_CORE && req.resources.numa_nodes_size() == 0 &&
                        req.resources.memory_policy() != v1::MEMORY_INTERLEAVE;
-  for (auto it = candidates.begin(); it != candidates.end();) {
-    int hi = it->second;
-    if (bounded && -it->first < need) {
-      skipped = std::distance(it, candidates.end());
-      break;  // every later host has less of it still
-    }
-    ++it;  // a successful attempt moves this host within the set
-    if (hi == tried || !m.Qualifies(hi, device_need)) continue;
+  bool placed = false;
+  candidates.Scan(bounded ? need : 0, [&](int hi) {
+    if (hi == tried || !m.Qualifies(hi, device_need)) return false;
     std::string reason;
     bool explain = reasons.size() < 3;
-    if (attempt(hi, explain ? &reason : nullptr)) return true;
+    if (attempt(hi, explain ? &reason : nullptr)) return placed = true;
     if (explain) reasons.push_back(absl::StrCat(m.hosts[hi].name, ": ", reason));
-  }
+    return false;
+  });
+  if (placed) return true;
+  size_t skipped = bounded ? candidates.CountBelow(need) : 0;
   *why = absl::StrCat("no matching host fits (", candidates.size(), " tried",
                       skipped ? absl::StrCat(", ", skipped, " with less than ",
                                              by_memory ? manifests::FormatBytes(req.resources.memory())
@@ -1479,12 +1525,17 @@ PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<Inst
   PlacementResult result;
   PlacementEngine engine(hosts);
   engine.Reserve(requests.size());
-  // Requests in a deterministic order: by name.
-  std::vector<int> order(requests.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int a, int b) { return requests[a].name < requests[b].name; });
-  // Phase 1: keep every current placement that is still valid and unchanged.
+  // Phase 1: keep every current placement that is still valid and unchanged, by name.
+  std::vector<int> order;
   std::vector<int> rest;
+  if (current.empty()) {
+    rest.resize(requests.size());
+    std::iota(rest.begin(), rest.end(), 0);
+  } else {
+    order.resize(requests.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return requests[a].name < requests[b].name; });
+  }
   for (int i : order) {
     auto cur = current.find(requests[i].name);
     if (cur != current.end() && engine.Keep(requests[i], cur->second)) {
@@ -1497,14 +1548,18 @@ PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<Inst
   }
   // Phase 2: changed instances (grow or shrink in place first), then new ones, larger
   // first; standbys after the instances they back.
-  std::stable_sort(rest.begin(), rest.end(), [&](int a, int b) {
+  std::vector<uint8_t> is_current(requests.size(), 0);
+  if (!current.empty()) {
+    for (int i : rest) is_current[i] = current.count(requests[i].name) > 0;
+  }
+  std::sort(rest.begin(), rest.end(), [&](int a, int b) {
     bool sa = !requests[a].standby_for.empty(), sb = !requests[b].standby_for.empty();
     if (sa != sb) return sb;
-    bool ca = current.count(requests[a].name), cb = current.count(requests[b].name);
-    if (ca != cb) return ca;
+    if (is_current[a] != is_current[b]) return is_current[a] > is_current[b];
     uint32_t za = requests[a].resources.cpus() + requests[a].resources.cpu_set().ids_size();
     uint32_t zb = requests[b].resources.cpus() + requests[b].resources.cpu_set().ids_size();
-    return za > zb;
+    if (za != zb) return za > zb;
+    return requests[a].name < requests[b].name;
   });
   for (int i : rest) {
     auto cur = current.find(requests[i].name);

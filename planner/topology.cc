@@ -32,7 +32,7 @@ void Topology::Finish() {
   smt_width = 1;
   for (uint32_t c = 0; c < cores.size(); ++c) {
     smt_width = std::max<uint32_t>(smt_width, cores[c].pus.size());
-    for (uint32_t pu : cores[c].pus) core_of_pu[pu] = c;
+    for (uint32_t pu : cores[c].pus) core_of_pu.set(pu, c);
     numa[cores[c].numa].has_cpus = true;
   }
   for (uint32_t n = 0; n < numa.size(); ++n) numa_by_os[numa[n].os_index] = n;

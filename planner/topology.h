@@ -54,6 +54,22 @@ struct PciFunction {
 // 0x12xx / 0x0b40 Accelerator), DEVICE_CLASS_UNSPECIFIED otherwise.
 mkfleet::v1::DeviceClass ClassOf(uint32_t class_id);
 
+// Logical CPU -> index of its core: a dense array (the hot lookup of placement).
+class CoreIndex {
+ public:
+  bool contains(uint32_t pu) const { return pu < core_.size() && core_[pu] >= 0; }
+  // REQUIRES: contains(pu).
+  uint32_t at(uint32_t pu) const { return static_cast<uint32_t>(core_[pu]); }
+  void set(uint32_t pu, uint32_t core) {
+    if (pu >= core_.size()) core_.resize(pu + 1, -1);
+    core_[pu] = static_cast<int32_t>(core);
+  }
+  void clear() { core_.clear(); }
+
+ private:
+  std::vector<int32_t> core_;
+};
+
 struct Topology {
   uint32_t packages = 0;
   std::vector<NumaNode> numa;
@@ -63,7 +79,7 @@ struct Topology {
   absl::flat_hash_map<uint32_t, uint64_t> physical_ids;  // logical CPU -> physical id
 
   // Derived lookups (filled by Finish()).
-  absl::flat_hash_map<uint32_t, uint32_t> core_of_pu;
+  CoreIndex core_of_pu;
   absl::flat_hash_map<uint32_t, uint32_t> numa_by_os;  // NUMA os_index -> index
   uint32_t smt_width = 1;  // the most PUs of any core
   // Per NUMA index: (L3 index, cores) groups, cores ascending.
