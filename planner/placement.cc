@@ -1247,14 +1247,13 @@ struct PlacementEngine::Impl {
     Take take;
   };
   absl::flat_hash_map<std::string, Held> held;
-  // A candidate index: the hosts matching a selector, by usable CPUs and by usable memory.
-  // `need` (always none here) leaves room to index by device class if scans grow long.
+  // What a request needs of a device class; hosts without it are skipped while scanning.
   struct DeviceNeed {
     v1::DeviceClass device_class = v1::DEVICE_CLASS_UNSPECIFIED;  // UNSPECIFIED: no device
     int share = 0;  // 0 whole, 1 VF, 2 namespace
   };
+  // The uncordoned hosts matching one selector, by usable CPUs and by usable memory.
   struct Index {
-    DeviceNeed need;
     explicit Index(size_t hosts) : by_cpus(hosts), by_memory(hosts) {}
     BucketIndex by_cpus;    // usable CPUs
     BucketIndex by_memory;  // usable GiB
@@ -1324,17 +1323,15 @@ struct PlacementEngine::Impl {
 
   // One index per selector; device needs are checked while scanning it.
   Index& IndexFor(const InstanceRequest& req, std::string* key_out) {
-    DeviceNeed need;
     std::string key = SelectorText(req.selector);
     *key_out = key;
     auto [it, inserted] = indexes.try_emplace(key);
     if (inserted) {
       it->second = std::make_unique<Index>(states.size());
-      it->second->need = need;
       for (size_t k = 0; k < states.size(); ++k) {
         if (hosts[k].cordoned || !Matches(req.selector, hosts[k].labels)) continue;
         indexes_of_host[k].push_back(it->second.get());
-        if (Qualifies(k, need)) Insert(*it->second, k);
+        Insert(*it->second, k);
       }
     }
     return *it->second;
@@ -1345,7 +1342,7 @@ struct PlacementEngine::Impl {
     return static_cast<int>(names.size() - 1);
   }
 
-  // Index keys: usable CPUs and usable MiB (HostState::UsableCpus/UsableMemory).
+  // Index keys: usable CPUs and usable GiB (HostState::UsableCpus/UsableMemory).
   void Insert(Index& index, int hi) {
     index.by_cpus.Insert(states[hi].UsableCpus(), hi);
     index.by_memory.Insert(static_cast<int64_t>(states[hi].UsableMemory() >> 30), hi);
@@ -1358,7 +1355,7 @@ struct PlacementEngine::Impl {
     for (Index* index : indexes_of_host[hi]) {
       index->by_cpus.Erase(hi);
       index->by_memory.Erase(hi);
-      if (Qualifies(hi, index->need)) Insert(*index, hi);
+      Insert(*index, hi);
     }
   }
 

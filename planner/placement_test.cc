@@ -448,7 +448,9 @@ TEST_F(StabilityTest, InvalidPlacementIsReplaced) {
   PlacementResult second = Place(hosts_, reqs_, first.placements);
   EXPECT_NE(second.placements.at("i0").host(), host);
   for (const auto& [name, p] : first.placements) {
-    if (p.host() != host) EXPECT_EQ(p.DebugString(), second.placements.at(name).DebugString());
+    if (p.host() != host) {
+      EXPECT_EQ(p.DebugString(), second.placements.at(name).DebugString());
+    }
   }
 }
 
