@@ -3,6 +3,7 @@
 //   MK_RETURN_IF_ERROR(DoThing());
 //   MK_ASSIGN_OR_RETURN(auto value, ComputeValue());
 //
+// MK_ASSIGN_OR_RETURN expands to several statements: after an `if`, put it in braces.
 // Thread-safety: macros only; nothing shared.
 #ifndef MKFLEET_COMMON_STATUS_MACROS_H_
 #define MKFLEET_COMMON_STATUS_MACROS_H_
