@@ -16,6 +16,7 @@ _PKG_CONFIG = {
     "gmock_main": ["gmock_main", "gmock", "gtest"],
     "benchmark": ["benchmark"],
     "tcmalloc": ["libtcmalloc_minimal"],
+    "crypto": ["libcrypto"],
     "absl": [
         "absl_status",
         "absl_statusor",
