@@ -33,6 +33,6 @@ def cc_grpc_proto_library(name, srcs, deps = [], imports = [], grpc = True, **kw
         srcs = [o for o in outs if o.endswith(".cc")],
         hdrs = hdrs,
         includes = ["."],
-        deps = deps + ["@system//:grpc"],
+        deps = deps + (["@system//:grpc"] if grpc else ["@system//:protobuf"]),
         **kwargs
     )

@@ -1,0 +1,144 @@
+// EmulatedKernel: an in-process multikernel host kernel with the semantics of
+// docs/kernel-abi.md, behind the same KernelFs and Syscalls interfaces as the real one, so
+// the driver (host_kernel.h) runs unchanged against it.
+//
+// It keeps a pool, instances with their CPUs, memory regions and devices, one transaction
+// directory per overlay (applied atomically: a failed overlay changes nothing and leaves
+// tx_<N> with status "failed"), rollback by rmdir, the state machine and its guards with
+// the real errnos, boot and halt times on an injected clock, and fault injection.
+// Thread-safety: every method is safe to call concurrently (one mutex).
+#ifndef MKFLEET_KERNEL_EMULATOR_EMULATED_KERNEL_H_
+#define MKFLEET_KERNEL_EMULATOR_EMULATED_KERNEL_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "kernel/device_tree.h"
+#include "kernel/kernel_fs.h"
+#include "kernel/syscalls.h"
+
+namespace mkfleet::kernel {
+
+struct MachineMemory {
+  uint32_t numa = 0;
+  uint64_t base = 0;
+  uint64_t size = 0;
+};
+
+struct EmulatorOptions {
+  std::vector<uint64_t> cpus;             // physical ids of every CPU of the machine
+  std::vector<MachineMemory> memory;      // the machine's RAM, per NUMA node
+  std::vector<std::string> pci_devices;   // BDFs present on the machine
+  Dialect dialect = Dialect::kV1;
+  uint32_t llc_ways = 12;                 // the baseline way mask is (1 << ways) - 1
+  absl::Duration boot_time = absl::ZeroDuration();
+  absl::Duration halt_time = absl::ZeroDuration();
+  Clock* clock = nullptr;                 // nullptr: the real clock
+};
+
+class EmulatedKernel final : public KernelFs, public Syscalls {
+ public:
+  explicit EmulatedKernel(EmulatorOptions options);
+
+  // KernelFs
+  absl::StatusOr<std::string> Read(absl::string_view path) override;
+  absl::Status Write(absl::string_view path, absl::string_view blob) override;
+  absl::StatusOr<std::vector<std::string>> List(absl::string_view dir) override;
+  absl::Status Rmdir(absl::string_view path) override;
+  absl::StatusOr<std::string> ReadProc(absl::string_view name) override;
+
+  // Syscalls
+  absl::Status KexecFileLoad(int kernel_fd, int initrd_fd, absl::string_view cmdline, unsigned long flags) override;
+  absl::Status Reboot(uint32_t cmd, uint32_t instance_id) override;
+
+  // Fault injection. Each returns NotFound for an unknown instance.
+  // The instance crashes: active -> loaded, unrequested.
+  absl::Status InjectPanic(absl::string_view instance);
+  // The instance hangs: stays active, its liveness probe fails, a graceful halt times out.
+  absl::Status InjectHang(absl::string_view instance);
+  // The next overlay write fails with `err` (applied nothing, tx status failed).
+  void FailNextOverlay(int err);
+  // Any overlay touching this CPU (physical id) or PCI function fails with EBUSY.
+  void SetBusy(const std::string& resource, bool busy);
+  // The next graceful halt of `instance` takes `delay` (slow), or ends in "failed".
+  absl::Status SetHaltBehavior(absl::string_view instance, absl::Duration delay, bool fail);
+  // What a liveness probe (vsock on a real host) would see: active, booted and not hung.
+  bool Probe(absl::string_view instance);
+
+  // How many times each operation took effect, for exactly-once tests.
+  struct Counters {
+    int overlays = 0, failed_overlays = 0, rollbacks = 0;
+    int creates = 0, removes = 0, loads = 0, unloads = 0, starts = 0, halts = 0, force_halts = 0;
+    int cpu_adds = 0, cpu_removes = 0, memory_adds = 0, memory_removes = 0, device_adds = 0, device_removes = 0;
+    int pool_changes = 0;
+  };
+  Counters counters() const;
+
+ private:
+  struct Region {
+    uint64_t base = 0;
+    uint64_t size = 0;
+    uint32_t numa = 0;
+  };
+  struct Instance {
+    uint32_t id = 0;
+    std::string status = "ready";  // "" | ready | loaded | active | failed
+    InstanceResources resources;   // as created, kept current by hot-plug
+    std::vector<Region> memory;    // regions, region 0 holds the loaded image
+    std::string cmdline;
+    uint32_t segments = 0;
+    bool has_image = false;
+    bool hung = false;
+    std::optional<absl::Duration> active_at;  // booting until then
+    std::optional<absl::Duration> halted_at;  // halting until then
+    bool fail_next_halt = false;
+    absl::Duration halt_delay = absl::ZeroDuration();
+  };
+  struct State {
+    bool has_pool = false;
+    std::vector<uint64_t> pool_cpus;
+    std::vector<Region> pool_memory;  // chunks
+    std::vector<PoolDevice> pool_devices;
+    std::map<std::string, Instance> instances;
+  };
+  struct Undo;  // inverse operations of one transaction
+  struct Tx {
+    std::string status;  // applied | failed | removed
+    uint32_t id = 0;
+    std::string instance;
+    std::string resources;  // the instance's resources after the tx (DTB), if any
+    std::string dtbo;
+    std::shared_ptr<Undo> undo;
+  };
+
+  absl::Duration Now() const { return clock_->Monotonic(); }
+  void Advance(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Instance* FindById(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteBaseline(absl::string_view blob) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyOverlay(const Overlay& overlay, State& s, Undo& undo, std::string* instance)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyFragment(const Fragment& f, State& s, Undo& undo, std::string* instance)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string PoolBlob(const State& s) const;
+  std::string InstanceBlob(const Instance& in) const;
+
+  const EmulatorOptions options_;
+  Clock* const clock_;
+  mutable absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, Tx> txs_ ABSL_GUARDED_BY(mu_);
+  uint32_t next_tx_ ABSL_GUARDED_BY(mu_) = 1;
+  int fail_next_overlay_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> busy_ ABSL_GUARDED_BY(mu_);
+  Counters counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace mkfleet::kernel
+
+#endif  // MKFLEET_KERNEL_EMULATOR_EMULATED_KERNEL_H_

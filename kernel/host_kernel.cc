@@ -1,0 +1,577 @@
+#include "kernel/host_kernel.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "google/protobuf/text_format.h"
+#include "kernel/errno_status.h"
+#include "kernel/proc_parsers.h"
+
+namespace mkfleet::kernel {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+// Holds our flock and the kerf lock file for the length of one transaction.
+class TxLock {
+ public:
+  static absl::StatusOr<std::unique_ptr<TxLock>> Acquire(const HostKernelOptions& o, Clock& clock) {
+    auto lock = std::unique_ptr<TxLock>(new TxLock());
+    if (!o.lock_path.empty()) {
+      lock->fd_ = open(o.lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      if (lock->fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open lock file ", o.lock_path));
+      if (flock(lock->fd_, LOCK_EX) != 0) return ErrnoStatus(errno, absl::StrCat("flock ", o.lock_path));
+    }
+    if (!o.kerf_lock_path.empty()) {
+      absl::Duration deadline = clock.Monotonic() + o.lock_timeout;
+      while (true) {
+        int fd = open(o.kerf_lock_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+          close(fd);
+          lock->kerf_ = o.kerf_lock_path;
+          break;
+        }
+        if (errno != EEXIST) return ErrnoStatus(errno, absl::StrCat("create ", o.kerf_lock_path));
+        if (clock.Monotonic() >= deadline) {
+          return absl::UnavailableError(absl::StrCat("another tool holds ", o.kerf_lock_path));
+        }
+        clock.SleepFor(o.poll_interval);
+      }
+    }
+    return lock;
+  }
+  ~TxLock() {
+    if (!kerf_.empty()) unlink(kerf_.c_str());
+    if (fd_ >= 0) {
+      flock(fd_, LOCK_UN);
+      close(fd_);
+    }
+  }
+
+ private:
+  TxLock() = default;
+  int fd_ = -1;
+  std::string kerf_;
+};
+
+std::set<uint32_t> TxIds(const std::vector<std::string>& entries) {
+  std::set<uint32_t> ids;
+  for (const std::string& e : entries) {
+    uint32_t n;
+    if (absl::StartsWith(e, "tx_") && absl::SimpleAtoi(e.substr(3), &n)) ids.insert(n);
+  }
+  return ids;
+}
+
+std::string Hex(const unsigned char* d, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n; ++i) absl::StrAppendFormat(&out, "%02x", d[i]);
+  return out;
+}
+
+std::string CpuList(const std::vector<CpuEntry>& cpus) {
+  std::vector<uint64_t> ids;
+  for (const CpuEntry& c : cpus) ids.push_back(c.physical_id);
+  return absl::StrJoin(ids, ",");
+}
+
+}  // namespace
+
+v1::KernelState ParseKernelState(absl::string_view status) {
+  status = absl::StripAsciiWhitespace(status);
+  if (status.empty()) return v1::KERNEL_STATE_EMPTY;
+  if (status == "ready") return v1::KERNEL_STATE_READY;
+  if (status == "loaded") return v1::KERNEL_STATE_LOADED;
+  if (status == "active") return v1::KERNEL_STATE_ACTIVE;
+  if (status == "failed") return v1::KERNEL_STATE_FAILED;
+  return v1::KERNEL_STATE_UNKNOWN;
+}
+
+const char* KernelStateName(v1::KernelState s) {
+  switch (s) {
+    case v1::KERNEL_STATE_ABSENT:
+      return "absent";
+    case v1::KERNEL_STATE_EMPTY:
+      return "empty";
+    case v1::KERNEL_STATE_READY:
+      return "ready";
+    case v1::KERNEL_STATE_LOADED:
+      return "loaded";
+    case v1::KERNEL_STATE_ACTIVE:
+      return "active";
+    case v1::KERNEL_STATE_FAILED:
+      return "failed";
+    default:
+      return "unknown";
+  }
+}
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  char buf[1 << 16];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) EVP_DigestUpdate(ctx, buf, in.gcount());
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  return Hex(digest, len);
+}
+
+absl::Status CheckKernelImage(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("kernel image ", path, ": cannot open"));
+  std::string head(0x210, '\0');
+  in.read(head.data(), head.size());
+  head.resize(in.gcount());
+  if (absl::StartsWith(head, "\x7f" "ELF")) return absl::OkStatus();
+  if (head.size() >= 0x206 && head.substr(0x202, 4) == "HdrS") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kernel image ", path, " is a bzImage; the multikernel loader takes an ELF vmlinux (unpack it, e.g. with extract-vmlinux)"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("kernel image ", path, " is not an ELF vmlinux"));
+}
+
+HostKernel::HostKernel(KernelFs& fs, Syscalls& sys, HostKernelOptions options)
+    : fs_(fs), sys_(sys), options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {}
+
+std::string HostKernel::What(absl::string_view action, absl::string_view name) const {
+  return absl::StrCat("host ", options_.host, ": ", action, name.empty() ? "" : " ", name);
+}
+
+absl::StatusOr<Dialect> HostKernel::Dialect_() {
+  if (dialect_) return *dialect_;
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  Dialect d = Dialect::kV1;
+  if (!blob.empty()) {
+    auto pool = DecodePool(blob, &d);
+    if (!pool.ok()) return Annotate(pool.status(), What("read pool", ""));
+  }
+  dialect_ = d;
+  return d;
+}
+
+absl::StatusOr<Dialect> HostKernel::ProbeDialect() {
+  absl::MutexLock lock(&mu_);
+  dialect_.reset();
+  return Dialect_();
+}
+
+absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name) {
+  InstanceInfo info;
+  info.name = std::string(name);
+  auto status = fs_.Read(absl::StrCat("instances/", name, "/status"));
+  if (!status.ok()) {
+    if (ErrnoOf(status.status()) == ENOENT) {
+      info.state = v1::KERNEL_STATE_ABSENT;
+      return info;
+    }
+    return status.status();
+  }
+  info.state = ParseKernelState(*status);
+  MK_ASSIGN_OR_RETURN(std::string id, fs_.Read(absl::StrCat("instances/", name, "/id")));
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(id), &info.id)) {
+    return absl::InternalError(absl::StrCat(What("read id of", name), ": \"", id, "\""));
+  }
+  MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
+  MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
+  info.provenance = ReadProvenance(name);
+  return info;
+}
+
+absl::StatusOr<v1::KernelState> HostKernel::StateOf(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  return info.state;
+}
+
+absl::StatusOr<HostObservation> HostKernel::Observe() {
+  absl::MutexLock lock(&mu_);
+  HostObservation obs;
+  MK_ASSIGN_OR_RETURN(obs.dialect, Dialect_());
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  if (!blob.empty()) {
+    MK_ASSIGN_OR_RETURN(obs.pool, DecodePool(blob));
+  }
+  MK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List("instances"));
+  for (const std::string& n : names) {
+    auto info = Get(n);
+    if (!info.ok()) return Annotate(info.status(), What("observe", n));
+    if (info->state != v1::KERNEL_STATE_ABSENT) obs.instances.push_back(*std::move(info));
+  }
+  return obs;
+}
+
+absl::Status HostKernel::Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
+                               std::initializer_list<v1::KernelState> allowed) {
+  for (v1::KernelState s : allowed) {
+    if (info.state == s) return absl::OkStatus();
+  }
+  std::vector<std::string> names;
+  for (v1::KernelState s : allowed) names.push_back(KernelStateName(s));
+  return absl::FailedPreconditionError(absl::StrCat(What(action, name), ": the instance is ", KernelStateName(info.state),
+                                                    "; ", action, " needs it ", absl::StrJoin(names, " or ")));
+}
+
+absl::Status HostKernel::Transact(absl::string_view action, absl::string_view name, const Overlay& overlay) {
+  MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
+  MK_ASSIGN_OR_RETURN(std::string blob, EncodeOverlay(overlay, d));
+  MK_ASSIGN_OR_RETURN(auto lock, TxLock::Acquire(options_, *clock_));
+  MK_ASSIGN_OR_RETURN(std::vector<std::string> before_list, fs_.List("overlays"));
+  std::set<uint32_t> before = TxIds(before_list);
+  absl::Status write = fs_.Write("overlays/new", blob);
+  MK_ASSIGN_OR_RETURN(std::vector<std::string> after_list, fs_.List("overlays"));
+  std::vector<uint32_t> fresh;
+  for (uint32_t id : TxIds(after_list)) {
+    if (!before.count(id)) fresh.push_back(id);
+  }
+  if (fresh.size() != 1) {
+    if (!write.ok()) return ErrnoStatus(ErrnoOf(write), What(action, name), write.message());
+    return absl::InternalError(absl::StrCat(What(action, name), ": expected one new transaction, found ", fresh.size()));
+  }
+  std::string tx = absl::StrCat("overlays/tx_", fresh[0]);
+  auto status = fs_.Read(tx + "/status");
+  std::string st = status.ok() ? std::string(absl::StripAsciiWhitespace(*status)) : "";
+  if (write.ok() && st == "applied") return absl::OkStatus();
+  // Failed: take the transaction away and say what the kernel said.
+  fs_.Rmdir(tx).IgnoreError();
+  if (!write.ok()) {
+    int err = ErrnoOf(write);
+    std::string detail(write.message());
+    size_t paren = detail.find(" (");
+    detail = paren != std::string::npos ? detail.substr(paren + 2, detail.size() - paren - 3) : "";
+    return ErrnoStatus(err != 0 ? err : EIO, What(action, name), detail);
+  }
+  return absl::InternalError(absl::StrCat(What(action, name), ": transaction tx_", fresh[0], " is ", st));
+}
+
+absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, absl::Duration timeout) {
+  absl::Duration deadline = clock_->Monotonic() + timeout;
+  while (true) {
+    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+    if (info.state == want) return absl::OkStatus();
+    if (info.state == v1::KERNEL_STATE_FAILED) {
+      return absl::InternalError(absl::StrCat(What("wait for", name), ": the instance failed"));
+    }
+    if (clock_->Monotonic() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(What("wait for", name), ": still ", KernelStateName(info.state),
+                                                      " after ", absl::FormatDuration(timeout), ", want ",
+                                                      KernelStateName(want)));
+    }
+    clock_->SleepFor(options_.poll_interval);
+  }
+}
+
+absl::Status HostKernel::SetPool(const PoolState& pool) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List("instances"));
+  if (!names.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(What("set pool", ""), ": ", names.size(),
+                                                      " instances exist; the pool baseline can change only while none does"));
+  }
+  MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
+  MK_ASSIGN_OR_RETURN(std::string blob, EncodeBaseline(pool, d));
+  MK_ASSIGN_OR_RETURN(auto tx_lock, TxLock::Acquire(options_, *clock_));
+  absl::Status s = fs_.Write("device_tree", blob);
+  if (!s.ok()) return Annotate(s, What("set pool", ""));
+  return absl::OkStatus();
+}
+
+absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  if (info.state != v1::KERNEL_STATE_ABSENT) {
+    // Idempotent: the same instance already there.
+    std::set<uint64_t> want(resources.cpus.begin(), resources.cpus.end());
+    std::set<uint64_t> have(info.resources.cpus.begin(), info.resources.cpus.end());
+    if ((!id || *id == info.id) && want == have) return absl::OkStatus();
+    return absl::AlreadyExistsError(absl::StrCat(What("create", name), ": an instance of that name exists with other resources"));
+  }
+  if (id && (*id < 1 || *id > 511)) return absl::InvalidArgumentError(absl::StrCat(What("create", name), ": id must be 1..511"));
+  if (resources.cpus.empty()) return absl::InvalidArgumentError(absl::StrCat(What("create", name), ": no CPUs"));
+  Fragment f;
+  f.target_path = "/instances";
+  f.create_name = std::string(name);
+  f.create_id = id;
+  f.create_resources = resources;
+  MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
+  if (d == Dialect::kLegacy && f.create_resources.memory_base == 0) {
+    // The older kernel wants user space to choose the range: first fit inside the pool,
+    // from /proc/iomem.
+    MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
+    MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
+    PoolRegions pr = FindPoolRegions(regions);
+    uint64_t size = resources.memory_bytes;
+    bool found = false;
+    for (const IomemRegion& p : pr.pool) {
+      for (uint64_t base = p.start; !found && base + size <= p.end + 1; base += 128ull << 20) {
+        bool clash = false;
+        for (const auto& ir : pr.instances) {
+          clash |= base < ir.region.end + 1 && ir.region.start < base + size;
+        }
+        if (!clash) {
+          f.create_resources.memory_base = base;
+          found = true;
+        }
+      }
+    }
+    if (!found) return absl::ResourceExhaustedError(absl::StrCat(What("create", name), ": no free pool range of ", size, " bytes"));
+  }
+  return Transact("create", name, {{f}});
+}
+
+absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  std::string sha;
+  if (!image.kernel_path.empty()) {
+    MK_ASSIGN_OR_RETURN(sha, Sha256File(image.kernel_path));
+  }
+  if (info.state == v1::KERNEL_STATE_LOADED || info.state == v1::KERNEL_STATE_ACTIVE) {
+    if (info.provenance.kernel_sha256() == sha && info.provenance.cmdline() == image.cmdline) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": another kernel is loaded; unload it first"));
+  }
+  MK_RETURN_IF_ERROR(Guard("load", name, info, {v1::KERNEL_STATE_READY}));
+  MK_RETURN_IF_ERROR(Annotate(CheckKernelImage(image.kernel_path), What("load", name)));
+  if (!image.sha256.empty() && image.sha256 != sha) {
+    return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": kernel ", image.kernel_path, " has sha256 ", sha,
+                                                      ", the spec pins ", image.sha256));
+  }
+  int kfd = open(image.kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (kfd < 0) return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.kernel_path));
+  int ifd = -1;
+  std::string initrd_sha;
+  if (!image.initrd_path.empty()) {
+    ifd = open(image.initrd_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ifd < 0) {
+      int err = errno;
+      close(kfd);
+      return ErrnoStatus(err, What("load", name), absl::StrCat("open ", image.initrd_path));
+    }
+    auto s = Sha256File(image.initrd_path);
+    if (s.ok()) initrd_sha = *s;
+  }
+  absl::Status st = sys_.KexecFileLoad(kfd, ifd, image.cmdline, KexecFlags(info.id, false, ifd >= 0));
+  close(kfd);
+  if (ifd >= 0) close(ifd);
+  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("load", name), st.message());
+  v1::Provenance p;
+  p.set_kernel_path(image.kernel_path);
+  p.set_kernel_sha256(sha);
+  p.set_initrd_path(image.initrd_path);
+  p.set_initrd_sha256(initrd_sha);
+  p.set_cmdline(image.cmdline);
+  p.set_rootfs_image(image.rootfs_image);
+  p.set_loaded_unix_ms(absl::ToUnixMillis(clock_->Now()));
+  return WriteProvenance(name, p);
+}
+
+absl::Status HostKernel::Start(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  if (info.state == v1::KERNEL_STATE_ACTIVE) return absl::OkStatus();
+  MK_RETURN_IF_ERROR(Guard("start", name, info, {v1::KERNEL_STATE_LOADED}));
+  absl::Status st = sys_.Reboot(kRebootStart, info.id);
+  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
+  return WaitFor(name, v1::KERNEL_STATE_ACTIVE, options_.start_timeout);
+}
+
+absl::Status HostKernel::Halt(absl::string_view name, bool force) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  const char* action = force ? "force-halt" : "halt";
+  if (info.state == v1::KERNEL_STATE_LOADED && !force) return absl::OkStatus();
+  if (force) {
+    MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_FAILED}));
+  } else {
+    MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE}));
+  }
+  absl::Status st = sys_.Reboot(force ? kRebootForceHalt : kRebootHalt, info.id);
+  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What(action, name), st.message());
+  return WaitFor(name, v1::KERNEL_STATE_LOADED, options_.halt_timeout);
+}
+
+absl::Status HostKernel::Unload(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  if (info.state == v1::KERNEL_STATE_READY) return absl::OkStatus();
+  MK_RETURN_IF_ERROR(Guard("unload", name, info, {v1::KERNEL_STATE_LOADED}));
+  absl::Status st = sys_.KexecFileLoad(-1, -1, "", KexecFlags(info.id, true, false));
+  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("unload", name), st.message());
+  if (!options_.state_dir.empty()) {
+    std::filesystem::remove(std::filesystem::path(options_.state_dir) / absl::StrCat(name, ".provenance"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostKernel::Remove(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  if (info.state == v1::KERNEL_STATE_ABSENT) return absl::OkStatus();
+  MK_RETURN_IF_ERROR(Guard("remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_EMPTY}));
+  Fragment f;
+  f.target_path = "/instances";
+  f.remove_name = std::string(name);
+  return Transact("remove", name, {{f}});
+}
+
+absl::Status HostKernel::AddCpus(absl::string_view name, const std::vector<CpuEntry>& cpus) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("cpu-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  for (const CpuEntry& c : cpus) {
+    if (std::find(info.resources.cpus.begin(), info.resources.cpus.end(), c.physical_id) == info.resources.cpus.end()) {
+      f.cpu_add.push_back(c);
+    }
+  }
+  if (f.cpu_add.empty()) return absl::OkStatus();
+  return Transact(absl::StrCat("cpu-add ", CpuList(f.cpu_add), " to"), name, {{f}});
+}
+
+absl::Status HostKernel::RemoveCpus(absl::string_view name, const std::vector<CpuEntry>& cpus) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("cpu-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  for (const CpuEntry& c : cpus) {
+    auto pos = std::find(info.resources.cpus.begin(), info.resources.cpus.end(), c.physical_id);
+    if (pos == info.resources.cpus.end()) continue;
+    if (pos == info.resources.cpus.begin()) {
+      return absl::FailedPreconditionError(absl::StrCat(What("cpu-remove", name), ": CPU ", c.physical_id,
+                                                        " is its boot CPU, which cannot be removed"));
+    }
+    f.cpu_remove.push_back(c);
+  }
+  if (f.cpu_remove.empty()) return absl::OkStatus();
+  return Transact(absl::StrCat("cpu-remove ", CpuList(f.cpu_remove), " from"), name, {{f}});
+}
+
+absl::Status HostKernel::AddMemory(absl::string_view name, const std::vector<MemoryEntry>& memory) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("memory-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  for (const MemoryEntry& m : memory) {
+    if (info.state == v1::KERNEL_STATE_ACTIVE && (m.base % (128ull << 20) || m.size % (128ull << 20))) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: 0x%x+0x%x: memory added to a running instance must be "
+                                                        "128Mi aligned and sized", What("memory-add", name), m.base, m.size));
+    }
+  }
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  f.memory_add = memory;
+  return Transact("memory-add to", name, {{f}});
+}
+
+absl::Status HostKernel::RemoveMemory(absl::string_view name, const std::vector<MemoryEntry>& memory) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("memory-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  f.memory_remove = memory;
+  return Transact("memory-remove from", name, {{f}});
+}
+
+absl::Status HostKernel::AddDevices(absl::string_view name, const std::vector<DeviceEntry>& devices) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("device-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  for (const DeviceEntry& d : devices) {
+    bool has = false;
+    for (const auto& x : info.resources.devices) has |= x.pci_id == d.pci_id;
+    if (!has) f.device_add.push_back(d);
+  }
+  if (f.device_add.empty()) return absl::OkStatus();
+  return Transact("device-add to", name, {{f}});
+}
+
+absl::Status HostKernel::RemoveDevices(absl::string_view name, const std::vector<DeviceEntry>& devices) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_RETURN_IF_ERROR(Guard("device-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_FAILED}));
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  for (const DeviceEntry& d : devices) {
+    bool has = false;
+    for (const auto& x : info.resources.devices) has |= x.pci_id == d.pci_id;
+    if (has) f.device_remove.push_back(d);
+  }
+  if (f.device_remove.empty()) return absl::OkStatus();
+  return Transact("device-remove from", name, {{f}});
+}
+
+absl::Status HostKernel::MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo src, Get(from));
+  MK_ASSIGN_OR_RETURN(InstanceInfo dst, Get(to));
+  MK_RETURN_IF_ERROR(Guard("move devices to", to, dst, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  Fragment out, in;
+  out.target_path = absl::StrCat("/instances/", from);
+  in.target_path = absl::StrCat("/instances/", to);
+  for (const DeviceEntry& d : devices) {
+    bool at_src = false, at_dst = false;
+    for (const auto& x : src.resources.devices) at_src |= x.pci_id == d.pci_id;
+    for (const auto& x : dst.resources.devices) at_dst |= x.pci_id == d.pci_id;
+    if (at_dst) continue;
+    if (at_src) out.device_remove.push_back(d);
+    in.device_add.push_back(d);
+  }
+  if (in.device_add.empty()) return absl::OkStatus();
+  Overlay o;
+  if (!out.device_remove.empty()) o.fragments.push_back(out);
+  o.fragments.push_back(in);
+  return Transact(absl::StrCat("move devices from ", from, " to"), to, o);
+}
+
+absl::Status HostKernel::WriteProvenance(absl::string_view name, const v1::Provenance& p) {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  namespace fs = std::filesystem;
+  fs::path dir(options_.state_dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(p, &text);
+  fs::path final_path = dir / absl::StrCat(name, ".provenance");
+  fs::path tmp = dir / absl::StrCat(".", name, ".provenance.tmp");
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, What("write provenance of", name));
+  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
+  int err = errno;
+  close(fd);
+  if (!ok) return ErrnoStatus(err, What("write provenance of", name));
+  if (rename(tmp.c_str(), final_path.c_str()) != 0) return ErrnoStatus(errno, What("write provenance of", name));
+  return absl::OkStatus();
+}
+
+v1::Provenance HostKernel::ReadProvenance(absl::string_view name) const {
+  v1::Provenance p;
+  if (options_.state_dir.empty()) return p;
+  std::ifstream in(std::filesystem::path(options_.state_dir) / absl::StrCat(name, ".provenance"));
+  if (!in) return p;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  google::protobuf::TextFormat::ParseFromString(text, &p);
+  return p;
+}
+
+}  // namespace mkfleet::kernel

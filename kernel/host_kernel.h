@@ -1,0 +1,126 @@
+// HostKernel: the driver the agent uses to run kernels on one multikernel host. It speaks
+// KernelFs + Syscalls exactly as docs/kernel-abi.md describes, and adds what the reference
+// CLI lacks:
+//  - every change is one overlay transaction, written under an exclusive flock of our lock
+//    file and the kerf lock convention (/var/run/kerf.lock); the new tx_<N> is found by
+//    comparing the tx set before and after the write (not "the highest"), a failed one is
+//    removed, and the kernel's errno becomes a status naming host, action and instance;
+//  - state guards before every call (FailedPrecondition, kernel untouched);
+//  - idempotence: an action whose effect is already there succeeds without a kernel call;
+//  - kernel images checked (ELF vmlinux, optional sha256 pin) and provenance recorded
+//    atomically under the state directory.
+// CPUs are physical ids. Thread-safety: calls on one HostKernel are serialized by a mutex;
+// several processes are serialized by the lock files.
+#ifndef MKFLEET_KERNEL_HOST_KERNEL_H_
+#define MKFLEET_KERNEL_HOST_KERNEL_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "kernel/device_tree.h"
+#include "kernel/kernel_fs.h"
+#include "kernel/syscalls.h"
+#include "mkfleet/v1/state.pb.h"
+
+namespace mkfleet::kernel {
+
+struct HostKernelOptions {
+  std::string host = "localhost";                  // for messages
+  std::string lock_path;                           // our flock file; empty: none
+  std::string kerf_lock_path;                      // e.g. /var/run/kerf.lock; empty: none
+  std::string state_dir;                           // provenance files; empty: none kept
+  Clock* clock = nullptr;                          // nullptr: the real clock
+  absl::Duration poll_interval = absl::Milliseconds(10);
+  absl::Duration start_timeout = absl::Seconds(60);
+  absl::Duration halt_timeout = absl::Seconds(35);
+  absl::Duration lock_timeout = absl::Seconds(10);
+};
+
+struct KernelImage {
+  std::string kernel_path;
+  std::string initrd_path;  // optional
+  std::string cmdline;
+  std::string sha256;       // optional pin of the kernel file
+  std::string rootfs_image; // provenance only
+};
+
+struct InstanceInfo {
+  std::string name;
+  uint32_t id = 0;
+  mkfleet::v1::KernelState state = mkfleet::v1::KERNEL_STATE_UNKNOWN;
+  InstanceResources resources;
+  mkfleet::v1::Provenance provenance;  // what we loaded, if we did
+};
+
+struct HostObservation {
+  Dialect dialect = Dialect::kV1;
+  PoolState pool;
+  std::vector<InstanceInfo> instances;
+};
+
+mkfleet::v1::KernelState ParseKernelState(absl::string_view status);
+const char* KernelStateName(mkfleet::v1::KernelState s);
+
+class HostKernel {
+ public:
+  HostKernel(KernelFs& fs, Syscalls& sys, HostKernelOptions options);
+
+  // Reads the live pool and picks the dialect the kernel speaks.
+  absl::StatusOr<Dialect> ProbeDialect();
+  absl::StatusOr<HostObservation> Observe();
+  // KERNEL_STATE_ABSENT for an instance the kernel does not know.
+  absl::StatusOr<mkfleet::v1::KernelState> StateOf(absl::string_view name);
+
+  // Writes the pool baseline (only while no instance exists; else FailedPrecondition).
+  absl::Status SetPool(const PoolState& pool);
+
+  absl::Status Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources);
+  absl::Status Load(absl::string_view name, const KernelImage& image);
+  absl::Status Start(absl::string_view name);
+  absl::Status Halt(absl::string_view name, bool force);
+  absl::Status Unload(absl::string_view name);
+  absl::Status Remove(absl::string_view name);
+
+  absl::Status AddCpus(absl::string_view name, const std::vector<CpuEntry>& cpus);
+  absl::Status RemoveCpus(absl::string_view name, const std::vector<CpuEntry>& cpus);
+  absl::Status AddMemory(absl::string_view name, const std::vector<MemoryEntry>& memory);
+  absl::Status RemoveMemory(absl::string_view name, const std::vector<MemoryEntry>& memory);
+  absl::Status AddDevices(absl::string_view name, const std::vector<DeviceEntry>& devices);
+  absl::Status RemoveDevices(absl::string_view name, const std::vector<DeviceEntry>& devices);
+  // Failover: the devices leave `from` and join `to` in one transaction.
+  absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
+
+ private:
+  absl::StatusOr<InstanceInfo> Get(absl::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
+                     std::initializer_list<mkfleet::v1::KernelState> allowed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Transact(absl::string_view action, absl::string_view name, const Overlay& overlay)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WaitFor(absl::string_view name, mkfleet::v1::KernelState want, absl::Duration timeout)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<Dialect> Dialect_() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteProvenance(absl::string_view name, const mkfleet::v1::Provenance& p);
+  mkfleet::v1::Provenance ReadProvenance(absl::string_view name) const;
+  std::string What(absl::string_view action, absl::string_view name) const;
+
+  KernelFs& fs_;
+  Syscalls& sys_;
+  const HostKernelOptions options_;
+  Clock* const clock_;
+  absl::Mutex mu_;
+  std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
+};
+
+// SHA-256 of a file, lower-case hex.
+absl::StatusOr<std::string> Sha256File(const std::string& path);
+// Checks that `path` is an ELF vmlinux; explains a bzImage or anything else.
+absl::Status CheckKernelImage(const std::string& path);
+
+}  // namespace mkfleet::kernel
+
+#endif  // MKFLEET_KERNEL_HOST_KERNEL_H_

@@ -1,0 +1,424 @@
+// The contract suite: the driver against a multikernel kernel. It always runs on the
+// emulated kernel; on a multikernel host, MKFLEET_REAL_KERNEL=1 selects the real one (not
+// available on this machine: those cases are skipped, saying so).
+#include "kernel/host_kernel.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <atomic>
+#include <thread>
+
+#include "common/testing/simulated_clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/errno_status.h"
+#include "kernel/proc_parsers.h"
+
+namespace mkfleet::kernel {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = mkfleet::v1;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kGi = 1ull << 30;
+
+EmulatorOptions Machine(Dialect d = Dialect::kV1) {
+  EmulatorOptions o;
+  for (uint64_t c = 0; c < 32; ++c) o.cpus.push_back(c);
+  o.memory = {{0, 0, 64 * kGi}, {1, 64 * kGi, 64 * kGi}};
+  o.pci_devices = {"0000:04:00.0", "0000:04:00.1", "0000:81:00.0"};
+  o.dialect = d;
+  return o;
+}
+
+PoolState Pool(Dialect d = Dialect::kV1) {
+  PoolState p;
+  for (uint64_t c = 4; c < 32; ++c) p.cpus.push_back(c);
+  if (d == Dialect::kV1) {
+    p.memory = {{0, 16 * kGi, 0}, {0, 16 * kGi, 1}};
+  } else {
+    p.memory = {{32 * kGi, 16 * kGi, 0}};
+  }
+  p.devices = {{"nic0", "0000:04:00.1", 0x8086, 0x10c9}, {"nic1", "0000:81:00.0", 0x8086, 0x1521}};
+  return p;
+}
+
+InstanceResources Web() {
+  InstanceResources r;
+  r.memory_bytes = 2 * kGi;
+  r.cpus = {8, 9, 24, 25};
+  r.pool_cpus = {8, 9, 10, 11, 24, 25, 26, 27};
+  r.numa_nodes = {0};
+  r.devices = {{"0000:04:00.1", "vfio-pci"}};
+  return r;
+}
+
+class ContractTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "real") {
+      if (getenv("MKFLEET_REAL_KERNEL") == nullptr) {
+        GTEST_SKIP() << "real multikernel kernel not available here (set MKFLEET_REAL_KERNEL=1 on a multikernel host)";
+      }
+      GTEST_SKIP() << "real-kernel runs need a host with /sys/fs/multikernel and a spare pool; not wired in this suite yet";
+    }
+    dir_ = fs::path(::testing::TempDir()) / ("hk-" + std::to_string(getpid()) + "-" +
+                                             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    vmlinux_ = (dir_ / "vmlinux").string();
+    std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF\x02\x01\x01", 7) << std::string(4096, 'k');
+    EmulatorOptions o = Machine();
+    o.clock = &clock_;
+    emu_ = std::make_unique<EmulatedKernel>(o);
+    hk_ = NewDriver();
+    ASSERT_TRUE(hk_->SetPool(Pool()).ok());
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<HostKernel> NewDriver() {
+    HostKernelOptions ho;
+    ho.host = "node-a";
+    ho.lock_path = (dir_ / "kernel.lock").string();
+    ho.kerf_lock_path = (dir_ / "kerf.lock").string();
+    ho.state_dir = (dir_ / "state").string();
+    ho.clock = &clock_;
+    return std::make_unique<HostKernel>(*emu_, *emu_, ho);
+  }
+
+  KernelImage Image() { return {vmlinux_, "", "console=mktty0 quiet", "", ""}; }
+
+  // Up to active.
+  void Run(const std::string& name = "web-1") {
+    ASSERT_TRUE(hk_->Create(name, 7, Web()).ok());
+    ASSERT_TRUE(hk_->Load(name, Image()).ok());
+    ASSERT_TRUE(hk_->Start(name).ok());
+  }
+
+  v1::KernelState State(const std::string& name = "web-1") { return *hk_->StateOf(name); }
+
+  fs::path dir_;
+  std::string vmlinux_;
+  SimulatedClock clock_;
+  std::unique_ptr<EmulatedKernel> emu_;
+  std::unique_ptr<HostKernel> hk_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, ContractTest, ::testing::Values("emulated", "real"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(ContractTest, WholeLifecycle) {
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_READY);
+  ASSERT_TRUE(hk_->Load("web-1", Image()).ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_LOADED);
+  ASSERT_TRUE(hk_->Start("web-1").ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_ACTIVE);
+  auto obs = hk_->Observe();
+  ASSERT_TRUE(obs.ok()) << obs.status();
+  ASSERT_EQ(obs->instances.size(), 1u);
+  const InstanceInfo& web = obs->instances[0];
+  EXPECT_EQ(web.id, 7u);
+  EXPECT_THAT(web.resources.cpus, ElementsAre(8, 9, 24, 25));
+  EXPECT_EQ(web.provenance.cmdline(), "console=mktty0 quiet");
+  EXPECT_EQ(web.provenance.kernel_sha256().size(), 64u);
+  EXPECT_THAT(obs->pool.cpus_available, ::testing::Not(::testing::Contains(8)));
+  // Halted, it can start again without a reload.
+  ASSERT_TRUE(hk_->Halt("web-1", false).ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_LOADED);
+  ASSERT_TRUE(hk_->Start("web-1").ok());
+  ASSERT_TRUE(hk_->Halt("web-1", true).ok());
+  ASSERT_TRUE(hk_->Unload("web-1").ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_READY);
+  ASSERT_TRUE(hk_->Remove("web-1").ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_ABSENT);
+  auto c = emu_->counters();
+  EXPECT_EQ(c.creates, 1);
+  EXPECT_EQ(c.loads, 1);
+  EXPECT_EQ(c.starts, 2);
+  EXPECT_EQ(c.halts, 1);
+  EXPECT_EQ(c.force_halts, 1);
+  EXPECT_EQ(c.unloads, 1);
+  EXPECT_EQ(c.removes, 1);
+}
+
+TEST_P(ContractTest, EveryActionIsIdempotent) {
+  Run();
+  auto before = emu_->counters();
+  EXPECT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  EXPECT_TRUE(hk_->Load("web-1", Image()).ok());
+  EXPECT_TRUE(hk_->Start("web-1").ok());
+  EXPECT_TRUE(hk_->AddCpus("web-1", {{8, 0, 0}}).ok());
+  EXPECT_TRUE(hk_->RemoveCpus("web-1", {{30, 0, 0}}).ok());
+  EXPECT_TRUE(hk_->AddDevices("web-1", {{"0000:04:00.1", "", "vfio-pci", 0}}).ok());
+  auto after = emu_->counters();
+  EXPECT_EQ(after.overlays, before.overlays);
+  EXPECT_EQ(after.loads, before.loads);
+  EXPECT_EQ(after.starts, before.starts);
+  ASSERT_TRUE(hk_->Halt("web-1", false).ok());
+  ASSERT_TRUE(hk_->Halt("web-1", false).ok());
+  ASSERT_TRUE(hk_->Unload("web-1").ok());
+  ASSERT_TRUE(hk_->Unload("web-1").ok());
+  ASSERT_TRUE(hk_->Remove("web-1").ok());
+  ASSERT_TRUE(hk_->Remove("web-1").ok());
+  EXPECT_EQ(emu_->counters().halts, before.halts + 1);
+  EXPECT_EQ(emu_->counters().unloads, 1);
+  EXPECT_EQ(emu_->counters().removes, 1);
+}
+
+TEST_P(ContractTest, GuardsFailBeforeTouchingTheKernel) {
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  auto before = emu_->counters();
+  absl::Status s = hk_->Start("web-1");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "host node-a: start web-1: the instance is ready; start needs it loaded");
+  EXPECT_EQ(hk_->Halt("web-1", false).message(), "host node-a: halt web-1: the instance is ready; halt needs it active");
+  EXPECT_EQ(hk_->Unload("web-1").code(), absl::StatusCode::kOk);  // nothing loaded: already unloaded
+  EXPECT_EQ(hk_->Halt("web-1", true).message(),
+            "host node-a: force-halt web-1: the instance is ready; force-halt needs it active or loaded or failed");
+  EXPECT_EQ(hk_->Start("nope").message(), "host node-a: start nope: the instance is absent; start needs it loaded");
+  EXPECT_EQ(hk_->AddCpus("nope", {{10, 0, 0}}).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(hk_->Load("web-1", Image()).ok());
+  EXPECT_EQ(hk_->Remove("web-1").message(),
+            "host node-a: remove web-1: the instance is loaded; remove needs it ready or empty");
+  EXPECT_EQ(hk_->RemoveCpus("web-1", {{8, 0, 0}}).message(),
+            "host node-a: cpu-remove web-1: CPU 8 is its boot CPU, which cannot be removed");
+  auto after = emu_->counters();
+  EXPECT_EQ(after.overlays, before.overlays);
+  EXPECT_EQ(after.starts, 0);
+  EXPECT_EQ(after.halts + after.force_halts, 0);
+}
+
+TEST_P(ContractTest, KernelErrnosBecomeClearStatusesAndFailedTxAreRemoved) {
+  InstanceResources bad = Web();
+  bad.cpus = {2, 8};  // CPU 2 stays with the host
+  absl::Status s = hk_->Create("web-1", 7, bad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.message(), "host node-a: create web-1: EBUSY (CPU 2 is not in the pool)");
+  EXPECT_EQ(ErrnoOf(s), EBUSY);
+  // The failed transaction directory is gone.
+  EXPECT_THAT(*emu_->List("overlays"), ElementsAre("new"));
+  Run();
+  InstanceResources other = Web();
+  other.cpus = {12, 13};
+  other.devices.clear();
+  EXPECT_EQ(hk_->Create("db-1", 7, other).message(), "host node-a: create db-1: EBUSY (id 7 is used by web-1)");
+  emu_->SetBusy("10", true);
+  EXPECT_EQ(hk_->AddCpus("web-1", {{10, 0, 0}}).message(), "host node-a: cpu-add 10 to web-1: EBUSY (10 is busy)");
+  emu_->SetBusy("10", false);
+  emu_->FailNextOverlay(EINVAL);
+  s = hk_->AddCpus("web-1", {{10, 0, 0}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "host node-a: cpu-add 10 to web-1: EINVAL (injected failure)");
+  // A CPU the running kernel did not enumerate at boot.
+  EXPECT_EQ(hk_->AddCpus("web-1", {{20, 0, 0}}).message(),
+            "host node-a: cpu-add 20 to web-1: EINVAL (CPU 20 was not enumerated at boot (not in pool-cpus))");
+  EXPECT_EQ(hk_->AddDevices("web-1", {{"0000:04:00.0", "", "vfio-pci", 0}}).message(),
+            "host node-a: device-add to web-1: EBUSY (0000:04:00.0 is not in the pool)");
+  EXPECT_EQ(hk_->AddMemory("web-1", {{0x1000, 4096, 0}}).message(),
+            "host node-a: memory-add web-1: 0x1000+0x1000: memory added to a running instance must be 128Mi aligned and sized");
+  EXPECT_THAT(*emu_->List("overlays"), ::testing::Not(::testing::Contains("tx_3")));
+  EXPECT_GE(emu_->counters().failed_overlays, 4);
+}
+
+TEST_P(ContractTest, HotplugOfEachResource) {
+  Run();
+  ASSERT_TRUE(hk_->AddCpus("web-1", {{10, 0, 0}, {26, 0, 0}}).ok());
+  ASSERT_TRUE(hk_->RemoveCpus("web-1", {{25, 0, 0}}).ok());
+  auto obs = hk_->Observe();
+  EXPECT_THAT(obs->instances[0].resources.cpus, ElementsAre(8, 9, 24, 10, 26));
+  // Memory: a free, aligned block of the pool on node 0.
+  PoolState pool = obs->pool;
+  uint64_t base = pool.memory[0].base + 8 * kGi;
+  ASSERT_TRUE(hk_->AddMemory("web-1", {{base, 128ull << 20, 0}}).ok());
+  EXPECT_EQ(hk_->Observe()->instances[0].resources.memory_bytes, 2 * kGi + (128ull << 20));
+  ASSERT_TRUE(hk_->RemoveMemory("web-1", {{base, 128ull << 20, 0}}).ok());
+  EXPECT_EQ(hk_->Observe()->instances[0].resources.memory_bytes, 2 * kGi);
+  ASSERT_TRUE(hk_->AddDevices("web-1", {{"0000:81:00.0", "", "vfio-pci", 0}}).ok());
+  ASSERT_TRUE(hk_->RemoveDevices("web-1", {{"0000:04:00.1", "", "vfio-pci", 0}}).ok());
+  EXPECT_EQ(hk_->Observe()->instances[0].resources.devices.size(), 1u);
+  auto c = emu_->counters();
+  EXPECT_EQ(c.cpu_adds, 2);
+  EXPECT_EQ(c.cpu_removes, 1);
+  EXPECT_EQ(c.memory_adds, 1);
+  EXPECT_EQ(c.memory_removes, 1);
+  EXPECT_EQ(c.device_adds, 1);
+  EXPECT_EQ(c.device_removes, 1);
+}
+
+TEST_P(ContractTest, LoadedImageMemoryCannotBeRemoved) {
+  Run();
+  auto regions = ParseIomem(*emu_->ReadProc("iomem"));
+  ASSERT_TRUE(regions.ok());
+  PoolRegions pr = FindPoolRegions(*regions);
+  ASSERT_FALSE(pr.instances.empty());
+  const IomemRegion& first = pr.instances[0].region;
+  absl::Status s = hk_->RemoveMemory("web-1", {{first.start, first.size(), 0}});
+  EXPECT_EQ(s.message(), "host node-a: memory-remove from web-1: EBUSY (the range holds the loaded kernel image)");
+  auto kimage = ParseKimage(*emu_->ReadProc("kimage"));
+  ASSERT_TRUE(kimage.ok());
+  ASSERT_EQ(kimage->size(), 1u);
+  EXPECT_EQ((*kimage)[0].id, 7u);
+  EXPECT_EQ((*kimage)[0].cmdline, "console=mktty0 quiet");
+}
+
+TEST_P(ContractTest, MoveDevicesInOneTransaction) {
+  Run();
+  InstanceResources standby;
+  standby.memory_bytes = 512ull << 20;
+  standby.cpus = {12, 28};
+  standby.numa_nodes = {0};
+  ASSERT_TRUE(hk_->Create("web-1-standby", std::nullopt, standby).ok());
+  ASSERT_TRUE(hk_->Load("web-1-standby", Image()).ok());
+  ASSERT_TRUE(hk_->Start("web-1-standby").ok());
+  int overlays = emu_->counters().overlays;
+  ASSERT_TRUE(emu_->InjectPanic("web-1").ok());
+  ASSERT_TRUE(hk_->MoveDevices("web-1", "web-1-standby", {{"0000:04:00.1", "", "vfio-pci", 0}}).ok());
+  EXPECT_EQ(emu_->counters().overlays, overlays + 1);
+  auto obs = hk_->Observe();
+  for (const auto& in : obs->instances) {
+    if (in.name == "web-1") EXPECT_TRUE(in.resources.devices.empty());
+    if (in.name == "web-1-standby") EXPECT_EQ(in.resources.devices.at(0).pci_id, "0000:04:00.1");
+  }
+}
+
+TEST_P(ContractTest, RollbackByRmdir) {
+  Run();
+  ASSERT_TRUE(hk_->AddCpus("web-1", {{10, 0, 0}}).ok());
+  auto txs = *emu_->List("overlays");
+  std::string last = txs.back();
+  ASSERT_TRUE(emu_->Rmdir("overlays/" + last).ok());
+  EXPECT_THAT(hk_->Observe()->instances[0].resources.cpus, ElementsAre(8, 9, 24, 25));
+  EXPECT_EQ(emu_->counters().rollbacks, 1);
+  EXPECT_EQ(emu_->Rmdir("overlays/tx_999").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(ContractTest, CrashAndHangDetection) {
+  Run();
+  EXPECT_TRUE(emu_->Probe("web-1"));
+  ASSERT_TRUE(emu_->InjectPanic("web-1").ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_LOADED);  // unrequested active -> loaded: a crash
+  EXPECT_FALSE(emu_->Probe("web-1"));
+  ASSERT_TRUE(hk_->Start("web-1").ok());
+  ASSERT_TRUE(emu_->InjectHang("web-1").ok());
+  EXPECT_EQ(State(), v1::KERNEL_STATE_ACTIVE);  // a hang stays active ...
+  EXPECT_FALSE(emu_->Probe("web-1"));           // ... but the probe fails
+  absl::Status s = hk_->Halt("web-1", false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(s.message(), HasSubstr("ETIMEDOUT"));
+  EXPECT_EQ(State(), v1::KERNEL_STATE_FAILED);
+  ASSERT_TRUE(hk_->Halt("web-1", true).ok());  // a forced halt rescues it
+  EXPECT_EQ(State(), v1::KERNEL_STATE_LOADED);
+}
+
+TEST_P(ContractTest, BootAndHaltTakeTimeOnTheInjectedClock) {
+  EmulatorOptions o = Machine();
+  o.clock = &clock_;
+  o.boot_time = absl::Milliseconds(300);
+  o.halt_time = absl::Milliseconds(100);
+  emu_ = std::make_unique<EmulatedKernel>(o);
+  hk_ = NewDriver();
+  ASSERT_TRUE(hk_->SetPool(Pool()).ok());
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  ASSERT_TRUE(hk_->Load("web-1", Image()).ok());
+  absl::Duration t0 = clock_.Monotonic();
+  ASSERT_TRUE(hk_->Start("web-1").ok());
+  EXPECT_GE(clock_.Monotonic() - t0, absl::Milliseconds(300));
+  EXPECT_LT(clock_.Monotonic() - t0, absl::Milliseconds(400));
+  ASSERT_TRUE(emu_->SetHaltBehavior("web-1", absl::Milliseconds(50), false).ok());
+  t0 = clock_.Monotonic();
+  ASSERT_TRUE(hk_->Halt("web-1", false).ok());
+  EXPECT_GE(clock_.Monotonic() - t0, absl::Milliseconds(150));
+  ASSERT_TRUE(hk_->Start("web-1").ok());
+  ASSERT_TRUE(emu_->SetHaltBehavior("web-1", absl::ZeroDuration(), true).ok());
+  EXPECT_THAT(hk_->Halt("web-1", false).message(), HasSubstr("the instance failed"));
+}
+
+TEST_P(ContractTest, ImagesAreCheckedAndPinned) {
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  std::string bz = (dir_ / "bzImage").string();
+  std::string data(0x300, '\0');
+  data.replace(0x202, 4, "HdrS");
+  std::ofstream(bz, std::ios::binary) << data;
+  KernelImage image = Image();
+  image.kernel_path = bz;
+  EXPECT_THAT(hk_->Load("web-1", image).message(), HasSubstr("is a bzImage; the multikernel loader takes an ELF vmlinux"));
+  image = Image();
+  image.sha256 = std::string(64, '0');
+  EXPECT_THAT(hk_->Load("web-1", image).message(), HasSubstr("the spec pins 0000"));
+  EXPECT_EQ(emu_->counters().loads, 0);
+  image.sha256 = *Sha256File(vmlinux_);
+  EXPECT_TRUE(hk_->Load("web-1", image).ok());
+}
+
+TEST_P(ContractTest, PoolChangesOnlyWithoutInstances) {
+  Run();
+  EXPECT_THAT(hk_->SetPool(Pool()).message(), HasSubstr("1 instances exist"));
+}
+
+TEST(LegacyDialectTest, FirstFitMemoryFromIomem) {
+  SimulatedClock clock;
+  EmulatorOptions o = Machine(Dialect::kLegacy);
+  o.clock = &clock;
+  EmulatedKernel emu(o);
+  HostKernelOptions ho;
+  ho.host = "old";
+  ho.clock = &clock;
+  HostKernel hk(emu, emu, ho);
+  ASSERT_TRUE(hk.SetPool(Pool(Dialect::kLegacy)).ok());
+  EXPECT_EQ(*hk.ProbeDialect(), Dialect::kLegacy);
+  InstanceResources a = Web();
+  a.devices.clear();
+  ASSERT_TRUE(hk.Create("a", std::nullopt, a).ok()) << hk.Create("a", std::nullopt, a);
+  InstanceResources b = a;
+  b.cpus = {12, 13};
+  ASSERT_TRUE(hk.Create("b", std::nullopt, b).ok());
+  auto obs = hk.Observe();
+  ASSERT_EQ(obs->instances.size(), 2u);
+  EXPECT_EQ(obs->instances[0].resources.memory_base, 32 * kGi);
+  EXPECT_EQ(obs->instances[1].resources.memory_base, 34 * kGi);  // first fit after a
+}
+
+TEST(ConcurrencyTest, TwoWritersNeverConfuseTheirTransactions) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(::testing::TempDir()) / "hk-concurrency";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  EmulatedKernel emu(Machine());
+  HostKernelOptions ho;
+  ho.lock_path = (dir / "kernel.lock").string();
+  ho.kerf_lock_path = (dir / "kerf.lock").string();
+  HostKernel one(emu, emu, ho), two(emu, emu, ho);
+  ASSERT_TRUE(one.SetPool(Pool()).ok());
+  InstanceResources a = Web(), b = Web();
+  a.devices.clear();
+  b.devices.clear();
+  b.cpus = {12, 13};
+  ASSERT_TRUE(one.Create("a", 1, a).ok());
+  ASSERT_TRUE(two.Create("b", 2, b).ok());
+  std::atomic<int> failures{0};
+  auto churn = [&](HostKernel& hk, const std::string& name, uint64_t cpu) {
+    for (int i = 0; i < 200; ++i) {
+      if (!hk.AddCpus(name, {{cpu, 0, 0}}).ok()) ++failures;
+      if (!hk.RemoveCpus(name, {{cpu, 0, 0}}).ok()) ++failures;
+    }
+  };
+  std::thread t1(churn, std::ref(one), "a", 10);
+  std::thread t2(churn, std::ref(two), "b", 14);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(failures.load(), 0);
+  auto c = emu.counters();
+  EXPECT_EQ(c.cpu_adds, 400);
+  EXPECT_EQ(c.cpu_removes, 400);
+  EXPECT_FALSE(fs::exists(ho.kerf_lock_path));  // released
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mkfleet::kernel
