@@ -242,6 +242,7 @@ absl::StatusOr<InstanceResources> ParseInstanceResources(const DtNode& node) {
   if (node.Has("device-names")) {
     MK_ASSIGN_OR_RETURN(std::vector<std::string> names, node.Strings("device-names"));
     for (auto& n : names) r.devices.push_back({n, ""});
+    r.device_names = true;
   }
   if (const DtNode* devs = node.Find("devices")) {
     for (const DtNode& dev : devs->children) {

@@ -65,6 +65,7 @@ struct InstanceResources {
   std::vector<InstanceDevice> devices;
   std::vector<VirtioDevice> virtio;
   std::optional<uint32_t> llc_way_mask;
+  bool device_names = false;  // devices came as the older dialect's device-names list
 };
 
 struct CpuEntry {

@@ -128,6 +128,12 @@ TEST(DeviceTreeGoldenTest, EveryOverlayKind) {
   Overlay legacy = CreateOverlay();
   legacy.fragments[0].create_resources.memory_base = 0x180000000ull;
   ExpectGolden("overlay_create_legacy", EncodeOverlay(legacy, Dialect::kLegacy));
+  ExpectGolden("overlay_hotplug_legacy", EncodeOverlay(HotplugOverlay(), Dialect::kLegacy));
+  ExpectGolden("overlay_remove_legacy", EncodeOverlay(RemoveOverlay(), Dialect::kLegacy));
+  PoolState p = SamplePool();
+  p.memory = {{0x100000000ull, 16ull << 30, 0}};
+  p.cpus_available = {5};
+  ExpectGolden("pool_readback_legacy", EncodePoolReadBack(p, Dialect::kLegacy));
 }
 
 TEST(DeviceTreeTest, OverlaysRoundTrip) {

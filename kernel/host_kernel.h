@@ -2,9 +2,10 @@
 // KernelFs + Syscalls exactly as docs/kernel-abi.md describes, and adds what the reference
 // CLI lacks:
 //  - every change is one overlay transaction, written under an exclusive flock of our lock
-//    file and the kerf lock convention (/var/run/kerf.lock); the new tx_<N> is found by
-//    comparing the tx set before and after the write (not "the highest"), a failed one is
-//    removed, and the kernel's errno becomes a status naming host, action and instance;
+//    file and the kerf lock convention (/var/run/kerf.lock); the new tx_<N> is the first
+//    id after the snapshot taken before the write, confirmed by its dtbo being ours (not
+//    "the highest"); a failed one is removed, and the kernel's errno becomes a status
+//    naming host, action and instance;
 //  - state guards before every call (FailedPrecondition, kernel untouched);
 //  - idempotence: an action whose effect is already there succeeds without a kernel call;
 //  - kernel images checked (ELF vmlinux, optional sha256 pin) and provenance recorded
@@ -114,6 +115,7 @@ class HostKernel {
   Clock* const clock_;
   absl::Mutex mu_;
   std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
+  std::optional<uint32_t> max_tx_ ABSL_GUARDED_BY(mu_);  // highest transaction id seen
 };
 
 // SHA-256 of a file, lower-case hex.

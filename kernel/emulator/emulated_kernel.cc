@@ -449,6 +449,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
         if (!Contains(s.pool_cpus, c)) return Busy("instance-create", absl::StrCat("CPU ", c, " is not in the pool"));
         if (const std::string* who = lent_cpu(c)) return Busy("instance-create", absl::StrCat("CPU ", c, " is lent to ", *who));
       }
+      if (v1 && r.device_names) return Inval("instance-create", "device-names: assign devices with device-add");
       if (v1 && r.memory_base != 0) return Inval("instance-create", "memory-base: this kernel allocates instance memory itself");
       for (const auto& d : r.devices) {
         if (!pool_has_dev(d.pci_id)) return Busy("instance-create", absl::StrCat(d.pci_id, " is not in the pool"));
