@@ -2,6 +2,7 @@
 
 #include <libfdt.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -187,22 +188,26 @@ absl::StatusOr<std::vector<std::string>> DtNode::Strings(absl::string_view prop)
 }
 
 absl::StatusOr<std::string> ToDtb(const DtNode& root) {
-  std::string buf(kMaxBlobBytes, '\0');
-  int err = fdt_create(buf.data(), static_cast<int>(buf.size()));
-  if (err != 0) return FdtError("fdt_create", err);
-  err = fdt_finish_reservemap(buf.data());
-  if (err != 0) return FdtError("fdt_finish_reservemap", err);
-  absl::Status s = Write(buf.data(), root, true, 0);
-  if (!s.ok()) {
-    if (absl::StrContains(s.message(), fdt_strerror(-FDT_ERR_NOSPACE))) {
-      return absl::InvalidArgumentError("device tree is larger than 1 MiB");
+  // Start small and double on FDT_ERR_NOSPACE, up to the kernel's limit.
+  for (size_t size = 4096;; size *= 2) {
+    size = std::min(size, kMaxBlobBytes);
+    std::string buf(size, '\0');
+    int err = fdt_create(buf.data(), static_cast<int>(buf.size()));
+    if (err == 0) err = fdt_finish_reservemap(buf.data());
+    if (err != 0) return FdtError("fdt_create", err);
+    absl::Status s = Write(buf.data(), root, true, 0);
+    if (s.ok()) {
+      err = fdt_finish(buf.data());
+      if (err == 0) {
+        buf.resize(fdt_totalsize(buf.data()));
+        return buf;
+      }
+      if (err != -FDT_ERR_NOSPACE) return FdtError("fdt_finish", err);
+    } else if (!absl::StrContains(s.message(), fdt_strerror(-FDT_ERR_NOSPACE))) {
+      return s;
     }
-    return s;
+    if (size == kMaxBlobBytes) return absl::InvalidArgumentError("device tree is larger than 1 MiB");
   }
-  err = fdt_finish(buf.data());
-  if (err != 0) return FdtError("fdt_finish", err);
-  buf.resize(fdt_totalsize(buf.data()));
-  return buf;
 }
 
 absl::StatusOr<DtNode> FromDtb(absl::string_view blob) {

@@ -22,19 +22,17 @@
 #include "kernel/proc_parsers.h"
 
 namespace mkfleet::kernel {
-namespace {
-
 namespace v1 = mkfleet::v1;
 
 // Holds our flock and the kerf lock file for the length of one transaction.
 class TxLock {
  public:
-  static absl::StatusOr<std::unique_ptr<TxLock>> Acquire(const HostKernelOptions& o, Clock& clock) {
+  // `lock_fd`: our open lock file, or -1.
+  static absl::StatusOr<std::unique_ptr<TxLock>> Acquire(const HostKernelOptions& o, int lock_fd, Clock& clock) {
     auto lock = std::unique_ptr<TxLock>(new TxLock());
-    if (!o.lock_path.empty()) {
-      lock->fd_ = open(o.lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-      if (lock->fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open lock file ", o.lock_path));
-      if (flock(lock->fd_, LOCK_EX) != 0) return ErrnoStatus(errno, absl::StrCat("flock ", o.lock_path));
+    if (lock_fd >= 0) {
+      if (flock(lock_fd, LOCK_EX) != 0) return ErrnoStatus(errno, absl::StrCat("flock ", o.lock_path));
+      lock->fd_ = lock_fd;
     }
     if (!o.kerf_lock_path.empty()) {
       absl::Duration deadline = clock.Monotonic() + o.lock_timeout;
@@ -56,10 +54,7 @@ class TxLock {
   }
   ~TxLock() {
     if (!kerf_.empty()) unlink(kerf_.c_str());
-    if (fd_ >= 0) {
-      flock(fd_, LOCK_UN);
-      close(fd_);
-    }
+    if (fd_ >= 0) flock(fd_, LOCK_UN);
   }
 
  private:
@@ -67,6 +62,8 @@ class TxLock {
   int fd_ = -1;
   std::string kerf_;
 };
+
+namespace {
 
 std::set<uint32_t> TxIds(const std::vector<std::string>& entries) {
   std::set<uint32_t> ids;
@@ -151,6 +148,18 @@ absl::Status CheckKernelImage(const std::string& path) {
 HostKernel::HostKernel(KernelFs& fs, Syscalls& sys, HostKernelOptions options)
     : fs_(fs), sys_(sys), options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {}
 
+HostKernel::~HostKernel() {
+  if (lock_fd_ >= 0) close(lock_fd_);
+}
+
+absl::StatusOr<std::unique_ptr<TxLock>> HostKernel::LockForTx() {
+  if (!options_.lock_path.empty() && lock_fd_ < 0) {
+    lock_fd_ = open(options_.lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0) return ErrnoStatus(errno, absl::StrCat("open lock file ", options_.lock_path));
+  }
+  return TxLock::Acquire(options_, lock_fd_, *clock_);
+}
+
 std::string HostKernel::What(absl::string_view action, absl::string_view name) const {
   return absl::StrCat("host ", options_.host, ": ", action, name.empty() ? "" : " ", name);
 }
@@ -173,7 +182,7 @@ absl::StatusOr<Dialect> HostKernel::ProbeDialect() {
   return Dialect_();
 }
 
-absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name) {
+absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool provenance) {
   InstanceInfo info;
   info.name = std::string(name);
   auto status = fs_.Read(absl::StrCat("instances/", name, "/status"));
@@ -191,7 +200,7 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name) {
   }
   MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
   MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
-  info.provenance = ReadProvenance(name);
+  if (provenance) info.provenance = ReadProvenance(name);
   return info;
 }
 
@@ -211,7 +220,7 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
   }
   MK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List("instances"));
   for (const std::string& n : names) {
-    auto info = Get(n);
+    auto info = Get(n, /*provenance=*/true);
     if (!info.ok()) return Annotate(info.status(), What("observe", n));
     if (info->state != v1::KERNEL_STATE_ABSENT) obs.instances.push_back(*std::move(info));
   }
@@ -232,7 +241,7 @@ absl::Status HostKernel::Guard(absl::string_view action, absl::string_view name,
 absl::Status HostKernel::Transact(absl::string_view action, absl::string_view name, const Overlay& overlay) {
   MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
   MK_ASSIGN_OR_RETURN(std::string blob, EncodeOverlay(overlay, d));
-  MK_ASSIGN_OR_RETURN(auto lock, TxLock::Acquire(options_, *clock_));
+  MK_ASSIGN_OR_RETURN(auto lock, LockForTx());
   // The snapshot of transaction ids before the write is kept between calls as the highest
   // id seen: under the locks nobody else writes, so ours is the next one. It is verified
   // by its dtbo, and a full listing settles any doubt (another writer that ignores locks).
@@ -304,7 +313,7 @@ absl::Status HostKernel::SetPool(const PoolState& pool) {
   }
   MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
   MK_ASSIGN_OR_RETURN(std::string blob, EncodeBaseline(pool, d));
-  MK_ASSIGN_OR_RETURN(auto tx_lock, TxLock::Acquire(options_, *clock_));
+  MK_ASSIGN_OR_RETURN(auto tx_lock, LockForTx());
   absl::Status s = fs_.Write("device_tree", blob);
   if (!s.ok()) return Annotate(s, What("set pool", ""));
   return absl::OkStatus();
@@ -355,7 +364,7 @@ absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> 
 
 absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/true));
   std::string sha;
   if (!image.kernel_path.empty()) {
     MK_ASSIGN_OR_RETURN(sha, Sha256File(image.kernel_path));

@@ -15,6 +15,7 @@
 #ifndef MKFLEET_KERNEL_HOST_KERNEL_H_
 #define MKFLEET_KERNEL_HOST_KERNEL_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,9 +68,14 @@ struct HostObservation {
 mkfleet::v1::KernelState ParseKernelState(absl::string_view status);
 const char* KernelStateName(mkfleet::v1::KernelState s);
 
+class TxLock;
+
 class HostKernel {
  public:
   HostKernel(KernelFs& fs, Syscalls& sys, HostKernelOptions options);
+  ~HostKernel();
+  HostKernel(const HostKernel&) = delete;
+  HostKernel& operator=(const HostKernel&) = delete;
 
   // Reads the live pool and picks the dialect the kernel speaks.
   absl::StatusOr<Dialect> ProbeDialect();
@@ -97,7 +103,9 @@ class HostKernel {
   absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
 
  private:
-  absl::StatusOr<InstanceInfo> Get(absl::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The instance as the kernel shows it; with `provenance`, also what we loaded (a file read).
+  absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::unique_ptr<TxLock>> LockForTx() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
                      std::initializer_list<mkfleet::v1::KernelState> allowed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Transact(absl::string_view action, absl::string_view name, const Overlay& overlay)
@@ -116,6 +124,7 @@ class HostKernel {
   absl::Mutex mu_;
   std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> max_tx_ ABSL_GUARDED_BY(mu_);  // highest transaction id seen
+  int lock_fd_ ABSL_GUARDED_BY(mu_) = -1;                // our lock file, opened once
 };
 
 // SHA-256 of a file, lower-case hex.

@@ -23,6 +23,55 @@ struct EmulatedKernel::Undo {
   std::vector<Fragment> inverse;
 };
 
+struct EmulatedKernel::Journal {
+  bool pool_saved = false;
+  std::vector<uint64_t> pool_cpus;
+  std::vector<Region> pool_memory;
+  std::vector<PoolDevice> pool_devices;
+  std::map<std::string, std::optional<Instance>> instances;  // the original, or absent
+
+  void SavePool(const State& s) {
+    if (pool_saved) return;
+    pool_saved = true;
+    pool_cpus = s.pool_cpus;
+    pool_memory = s.pool_memory;
+    pool_devices = s.pool_devices;
+  }
+  void SaveInstance(const State& s, const std::string& name) {
+    if (instances.count(name)) return;
+    auto it = s.instances.find(name);
+    instances[name] = it == s.instances.end() ? std::nullopt : std::optional<Instance>(it->second);
+  }
+  void Restore(State& s) {
+    if (pool_saved) {
+      s.pool_cpus = std::move(pool_cpus);
+      s.pool_memory = std::move(pool_memory);
+      s.pool_devices = std::move(pool_devices);
+    }
+    for (auto& [name, original] : instances) {
+      if (original) {
+        s.instances[name] = std::move(*original);
+      } else {
+        s.instances.erase(name);
+      }
+    }
+  }
+};
+
+namespace {
+void Add(EmulatedKernel::Counters& to, const EmulatedKernel::Counters& d) {
+  to.creates += d.creates;
+  to.removes += d.removes;
+  to.cpu_adds += d.cpu_adds;
+  to.cpu_removes += d.cpu_removes;
+  to.memory_adds += d.memory_adds;
+  to.memory_removes += d.memory_removes;
+  to.device_adds += d.device_adds;
+  to.device_removes += d.device_removes;
+  to.pool_changes += d.pool_changes;
+}
+}  // namespace
+
 namespace {
 
 constexpr uint64_t kBlock = 128ull << 20;
@@ -144,13 +193,13 @@ absl::Status EmulatedKernel::Write(absl::string_view path, absl::string_view blo
     if (!overlay.ok()) {
       status = Inval("overlay", overlay.status().message());
     } else {
-      State copy = state_;
       auto undo = std::make_shared<Undo>();
       std::string instance;
-      status = ApplyOverlay(*overlay, copy, *undo, &instance);
+      Counters delta;
+      status = ApplyAll(overlay->fragments, /*reverse=*/false, *undo, &instance, delta);
       tx.instance = instance;
       if (status.ok()) {
-        state_ = std::move(copy);
+        Add(counters_, delta);
         tx.status = "applied";
         tx.undo = std::move(undo);
         auto it = state_.instances.find(instance);
@@ -171,14 +220,11 @@ absl::Status EmulatedKernel::Rmdir(absl::string_view path) {
   }
   Tx& tx = txs_[n];
   if (tx.status == "applied" && tx.undo != nullptr) {
-    State copy = state_;
     Undo ignored;
     std::string instance;
-    for (auto it = tx.undo->inverse.rbegin(); it != tx.undo->inverse.rend(); ++it) {
-      absl::Status s = ApplyFragment(*it, copy, ignored, &instance);
-      if (!s.ok()) return ErrnoStatus(EBUSY, absl::StrCat("rollback of tx_", n), s.message());
-    }
-    state_ = std::move(copy);
+    Counters delta;
+    absl::Status s = ApplyAll(tx.undo->inverse, /*reverse=*/true, ignored, &instance, delta);
+    if (!s.ok()) return ErrnoStatus(EBUSY, absl::StrCat("rollback of tx_", n), s.message());
     ++counters_.rollbacks;
   }
   txs_.erase(n);
@@ -290,15 +336,22 @@ absl::Status EmulatedKernel::WriteBaseline(absl::string_view blob) {
 
 // ---------------------------------------------------------------------------- overlays
 
-absl::Status EmulatedKernel::ApplyOverlay(const Overlay& overlay, State& s, Undo& undo, std::string* instance) {
-  for (size_t i = 0; i < overlay.fragments.size(); ++i) {
-    absl::Status st = ApplyFragment(overlay.fragments[i], s, undo, instance);
-    if (!st.ok()) return st;
+absl::Status EmulatedKernel::ApplyAll(const std::vector<Fragment>& fragments, bool reverse, Undo& undo,
+                                      std::string* instance, Counters& delta) {
+  Journal journal;
+  for (size_t k = 0; k < fragments.size(); ++k) {
+    const Fragment& f = fragments[reverse ? fragments.size() - 1 - k : k];
+    absl::Status st = ApplyFragment(f, state_, journal, delta, undo, instance);
+    if (!st.ok()) {
+      journal.Restore(state_);
+      return st;
+    }
   }
   return absl::OkStatus();
 }
 
-absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& undo, std::string* instance) {
+absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo,
+                                           std::string* instance) {
   const bool v1 = options_.dialect == Dialect::kV1;
   for (const std::string& b : busy_) {
     auto touches = [&](const std::vector<CpuEntry>& cpus) {
@@ -361,6 +414,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
 
   if (f.target_path == "/resources") {
     if (!s.has_pool) return ErrnoStatus(EPERM, "/resources", "no pool baseline was written");
+    journal.SavePool(s);
     Fragment inv;
     inv.target_path = "/resources";
     for (const CpuEntry& c : f.cpu_remove) {
@@ -416,7 +470,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
       inv.device_remove.push_back(d);
     }
     undo.inverse.push_back(inv);
-    ++counters_.pool_changes;
+    ++delta.pool_changes;
     return absl::OkStatus();
   }
 
@@ -477,36 +531,51 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
         // First fit, 128Mi aligned, in the pool chunks of the first NUMA node asked for
         // (any node when none is), split over several chunks when needed.
         uint64_t left = (r.memory_bytes + kBlock - 1) / kBlock * kBlock;
+        std::vector<std::pair<uint64_t, uint64_t>> used;  // [start, end) of every instance region
+        for (const auto& [n, other] : s.instances) {
+          for (const Region& reg : other.memory) used.emplace_back(reg.base, reg.base + reg.size);
+        }
+        std::sort(used.begin(), used.end());
         std::vector<Region> chunks = s.pool_memory;
         std::sort(chunks.begin(), chunks.end(), [](const Region& a, const Region& b) { return a.base < b.base; });
+        auto align = [](uint64_t x) { return (x + kBlock - 1) / kBlock * kBlock; };
         for (const Region& c : chunks) {
+          if (left == 0) break;
           if (!r.numa_nodes.empty() && c.numa != r.numa_nodes[0]) continue;
-          for (uint64_t b = (c.base + kBlock - 1) / kBlock * kBlock; left > 0 && b + kBlock <= c.base + c.size; b += kBlock) {
-            bool taken_here = false;
-            for (const Region& mine : in.memory) taken_here |= Overlaps(b, kBlock, mine.base, mine.size);
-            if (taken_here || !range_free(b, kBlock).ok()) continue;
-            bool merged = false;
-            for (const Region& r2 : in.memory) {
-              if (r2.base + r2.size == b) merged = true;
+          uint64_t end = c.base + c.size;
+          uint64_t cursor = align(c.base);
+          auto take = [&](uint64_t gap_end) {
+            while (left > 0 && cursor + kBlock <= gap_end) {
+              uint64_t n = std::min(left, (gap_end - cursor) / kBlock * kBlock);
+              if (!in.memory.empty() && in.memory.back().base + in.memory.back().size == cursor) {
+                in.memory.back().size += n;
+              } else {
+                in.memory.push_back({cursor, n, c.numa});
+              }
+              cursor += n;
+              left -= n;
             }
-            if (merged) {
-              in.memory.back().size += kBlock;
-            } else {
-              in.memory.push_back({b, kBlock, c.numa});
-            }
-            left -= kBlock;
+          };
+          auto first = std::lower_bound(used.begin(), used.end(), std::make_pair(c.base, uint64_t{0}));
+          // Regions that start before the chunk but reach into it.
+          for (auto u = used.begin(); u != first; ++u) cursor = std::max(cursor, align(u->second));
+          for (auto u = first; u != used.end() && u->first < end && left > 0; ++u) {
+            take(std::min(u->first, end));
+            cursor = std::max(cursor, align(u->second));
           }
+          take(end);
         }
         if (left > 0) return Busy("instance-create", "not enough free pool memory");
       }
       in.resources = r;
       in.status = "ready";
+      journal.SaveInstance(s, name);
       s.instances[name] = std::move(in);
       Fragment inv;
       inv.target_path = "/instances";
       inv.remove_name = name;
       undo.inverse.push_back(inv);
-      ++counters_.creates;
+      ++delta.creates;
     }
     if (f.remove_name) {
       *instance = *f.remove_name;
@@ -515,8 +584,9 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
       if (it->second.status != "ready" && !it->second.status.empty()) {
         return Busy("instance-remove", absl::StrCat(*f.remove_name, " is ", it->second.status));
       }
-      s.instances.erase(it);
-      ++counters_.removes;
+      journal.SaveInstance(s, *f.remove_name);
+      s.instances.erase(*f.remove_name);
+      ++delta.removes;
       // Rolling back an instance-remove does not restore it.
     }
     return absl::OkStatus();
@@ -527,6 +597,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
   *instance = name;
   auto it = s.instances.find(name);
   if (it == s.instances.end()) return ErrnoStatus(ENOENT, "overlay", absl::StrCat("no instance ", name));
+  journal.SaveInstance(s, name);
   Instance& in = it->second;
   const bool running = in.status == "active" || in.active_at.has_value();
   Fragment inv;
@@ -538,7 +609,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
     in.memory.erase(r);
     in.resources.memory_bytes -= m.size;
     inv.memory_add.push_back(m);
-    ++counters_.memory_removes;
+    ++delta.memory_removes;
   }
   for (const MemoryEntry& m : f.memory_add) {
     if (m.size == 0 || m.size % kPage) return Inval("memory-add", "size must be page aligned");
@@ -550,7 +621,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
     in.memory.push_back({m.base, m.size, numa_of(m.base)});
     in.resources.memory_bytes += m.size;
     inv.memory_remove.push_back(m);
-    ++counters_.memory_adds;
+    ++delta.memory_adds;
   }
   for (const CpuEntry& c : f.cpu_remove) {
     auto pos = std::find(in.resources.cpus.begin(), in.resources.cpus.end(), c.physical_id);
@@ -558,7 +629,7 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
     if (pos == in.resources.cpus.begin()) return Busy("cpu-remove", absl::StrCat("CPU ", c.physical_id, " is the boot CPU of ", name));
     in.resources.cpus.erase(pos);
     inv.cpu_add.push_back(c);
-    ++counters_.cpu_removes;
+    ++delta.cpu_removes;
   }
   for (const CpuEntry& c : f.cpu_add) {
     if (!Contains(s.pool_cpus, c.physical_id)) return Busy("cpu-add", absl::StrCat("CPU ", c.physical_id, " is not in the pool"));
@@ -568,21 +639,21 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Undo& un
     }
     in.resources.cpus.push_back(c.physical_id);
     inv.cpu_remove.push_back(c);
-    ++counters_.cpu_adds;
+    ++delta.cpu_adds;
   }
   for (const DeviceEntry& d : f.device_remove) {
     auto pos = std::find_if(in.resources.devices.begin(), in.resources.devices.end(), [&](const InstanceDevice& x) { return x.pci_id == d.pci_id; });
     if (pos == in.resources.devices.end()) return Inval("device-remove", absl::StrCat(d.pci_id, " is not ", name, "'s"));
     in.resources.devices.erase(pos);
     inv.device_add.push_back(d);
-    ++counters_.device_removes;
+    ++delta.device_removes;
   }
   for (const DeviceEntry& d : f.device_add) {
     if (!pool_has_dev(d.pci_id)) return Busy("device-add", absl::StrCat(d.pci_id, " is not in the pool"));
     if (const std::string* who = lent_dev(d.pci_id)) return Busy("device-add", absl::StrCat(d.pci_id, " is lent to ", *who));
     in.resources.devices.push_back({d.pci_id, d.driver});
     inv.device_remove.push_back(d);
-    ++counters_.device_adds;
+    ++delta.device_adds;
   }
   undo.inverse.push_back(inv);
   return absl::OkStatus();

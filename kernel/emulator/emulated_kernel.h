@@ -107,7 +107,8 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     std::vector<PoolDevice> pool_devices;
     std::map<std::string, Instance> instances;
   };
-  struct Undo;  // inverse operations of one transaction
+  struct Undo;     // inverse operations of one transaction
+  struct Journal;  // what one transaction changed, to restore it if it fails
   struct Tx {
     std::string status;  // applied | failed | removed
     uint32_t id = 0;
@@ -121,10 +122,13 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   void Advance(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Instance* FindById(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteBaseline(absl::string_view blob) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ApplyOverlay(const Overlay& overlay, State& s, Undo& undo, std::string* instance)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ApplyFragment(const Fragment& f, State& s, Undo& undo, std::string* instance)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies in place, saving what it touches in `journal` and counting into `delta`; the
+  // caller restores the journal if it fails.
+  absl::Status ApplyFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo,
+                             std::string* instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies every fragment, or nothing (restored) on the first failure.
+  absl::Status ApplyAll(const std::vector<Fragment>& fragments, bool reverse, Undo& undo, std::string* instance,
+                        Counters& delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string PoolBlob(const State& s) const;
   std::string InstanceBlob(const Instance& in) const;
 
