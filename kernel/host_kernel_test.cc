@@ -422,3 +422,76 @@ TEST(ConcurrencyTest, TwoWritersNeverConfuseTheirTransactions) {
 
 }  // namespace
 }  // namespace mkfleet::kernel
+
+namespace mkfleet::kernel {
+namespace {
+
+TEST_P(ContractTest, MoreGuards) {
+  Run();
+  EXPECT_EQ(hk_->Unload("web-1").message(), "host node-a: unload web-1: the instance is active; unload needs it loaded");
+  InstanceResources other = Web();
+  other.cpus = {12};
+  EXPECT_EQ(hk_->Create("web-1", 7, other).message(),
+            "host node-a: create web-1: an instance of that name exists with other resources");
+  EXPECT_EQ(hk_->Create("x", 600, other).message(), "host node-a: create x: id must be 1..511");
+  std::string other_kernel = (dir_ / "vmlinux2").string();
+  std::ofstream(other_kernel, std::ios::binary) << "\x7f" "ELF other";
+  KernelImage image = Image();
+  image.kernel_path = other_kernel;
+  EXPECT_EQ(hk_->Load("web-1", image).message(), "host node-a: load web-1: another kernel is loaded; unload it first");
+  EXPECT_EQ(hk_->MoveDevices("web-1", "ghost", {{"0000:04:00.1", "", "vfio-pci", 0}}).message(),
+            "host node-a: move devices to ghost: the instance is absent; move devices to needs it ready or loaded or active");
+}
+
+// A KernelFs that lets another writer, one that ignores the locks, slip an overlay in
+// right after each of ours.
+class InterleavingFs final : public KernelFs {
+ public:
+  InterleavingFs(KernelFs& inner, std::string foreign) : inner_(inner), foreign_(std::move(foreign)) {}
+  absl::StatusOr<std::string> Read(absl::string_view path) override { return inner_.Read(path); }
+  absl::Status Write(absl::string_view path, absl::string_view blob) override {
+    absl::Status s = inner_.Write(path, blob);
+    if (path == "overlays/new") inner_.Write(path, foreign_).IgnoreError();
+    return s;
+  }
+  absl::StatusOr<std::vector<std::string>> List(absl::string_view dir) override { return inner_.List(dir); }
+  absl::Status Rmdir(absl::string_view path) override { return inner_.Rmdir(path); }
+  absl::StatusOr<std::string> ReadProc(absl::string_view name) override { return inner_.ReadProc(name); }
+
+ private:
+  KernelFs& inner_;
+  std::string foreign_;
+};
+
+TEST_P(ContractTest, ALockIgnoringWriterDoesNotConfuseOurTransactions) {
+  Run();
+  // The foreign overlay fails (unknown instance); ours succeeds. A driver that took "the
+  // highest tx" would read the foreign tx, see it failed, and remove it as ours.
+  Fragment foreign;
+  foreign.target_path = "/instances/ghost";
+  foreign.cpu_add = {{11, 0, 0}};
+  InterleavingFs fs(*emu_, *EncodeOverlay({{foreign}}, Dialect::kV1));
+  HostKernelOptions ho;
+  ho.host = "node-a";
+  ho.clock = &clock_;
+  HostKernel hk(fs, *emu_, ho);
+  ASSERT_TRUE(hk.AddCpus("web-1", {{10, 0, 0}}).ok());
+  ASSERT_TRUE(hk.AddCpus("web-1", {{26, 0, 0}}).ok());
+  EXPECT_THAT(hk.Observe()->instances[0].resources.cpus, ElementsAre(8, 9, 24, 25, 10, 26));
+  // Our applied transactions are still there; the foreign failed ones were not ours to remove.
+  int failed = 0, applied = 0;
+  std::vector<std::string> entries = *emu_->List("overlays");
+  for (const std::string& e : entries) {
+    if (e == "new") continue;
+    auto read = emu_->Read("overlays/" + e + "/status");
+    ASSERT_TRUE(read.ok()) << e << ": " << read.status();
+    std::string st = *read;
+    failed += st == "failed\n";
+    applied += st == "applied\n";
+  }
+  EXPECT_EQ(failed, 2);
+  EXPECT_GE(applied, 2);
+}
+
+}  // namespace
+}  // namespace mkfleet::kernel
