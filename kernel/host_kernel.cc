@@ -570,6 +570,70 @@ absl::Status HostKernel::MoveDevices(absl::string_view from, absl::string_view t
   return Transact(absl::StrCat("move devices from ", from, " to"), to, o);
 }
 
+absl::StatusOr<std::vector<MemoryEntry>> HostKernel::FreePoolMemory(uint32_t numa, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  constexpr uint64_t kBlock = 128ull << 20;
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  MK_ASSIGN_OR_RETURN(PoolState pool, DecodePool(blob));
+  MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
+  MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
+  PoolRegions pr = FindPoolRegions(regions);
+  std::vector<MemoryEntry> out;
+  uint64_t left = (bytes + kBlock - 1) / kBlock * kBlock;
+  for (const PoolMemory& chunk : pool.memory) {
+    if (chunk.numa != numa) continue;
+    for (uint64_t b = (chunk.base + kBlock - 1) / kBlock * kBlock; left > 0 && b + kBlock <= chunk.base + chunk.size;
+         b += kBlock) {
+      bool taken = false;
+      for (const auto& ir : pr.instances) taken |= b <= ir.region.end && ir.region.start < b + kBlock;
+      if (taken) continue;
+      if (!out.empty() && out.back().base + out.back().size == b) {
+        out.back().size += kBlock;
+      } else {
+        out.push_back({b, kBlock, numa});
+      }
+      left -= kBlock;
+    }
+  }
+  if (left > 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(What("memory-add", ""), ": not enough free pool memory on NUMA node ", numa));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<MemoryEntry>> HostKernel::MemoryToRelease(absl::string_view name, uint32_t numa, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  MK_ASSIGN_OR_RETURN(PoolState pool, DecodePool(blob));
+  MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
+  MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
+  PoolRegions pr = FindPoolRegions(regions);
+  std::vector<PoolRegions::InstanceRegion> mine;
+  for (const auto& ir : pr.instances) {
+    if (ir.instance != name || ir.index == 0) continue;
+    for (const PoolMemory& chunk : pool.memory) {
+      if (chunk.numa == numa && ir.region.start >= chunk.base && ir.region.start < chunk.base + chunk.size) mine.push_back(ir);
+    }
+  }
+  // Last regions first, whole regions only.
+  std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.index > b.index; });
+  std::vector<MemoryEntry> out;
+  uint64_t got = 0;
+  for (const auto& ir : mine) {
+    if (got >= bytes) break;
+    if (got + ir.region.size() > bytes) continue;
+    out.push_back({ir.region.start, ir.region.size(), numa});
+    got += ir.region.size();
+  }
+  if (got != bytes) {
+    return absl::FailedPreconditionError(absl::StrCat(What("memory-remove", name), ": no whole regions adding up to ",
+                                                      bytes, " bytes on NUMA node ", numa, " (its first region holds the image)"));
+  }
+  (void)info;
+  return out;
+}
+
 absl::Status HostKernel::WriteProvenance(absl::string_view name, const v1::Provenance& p) {
   if (options_.state_dir.empty()) return absl::OkStatus();
   namespace fs = std::filesystem;

@@ -99,6 +99,12 @@ class HostKernel {
   absl::Status RemoveMemory(absl::string_view name, const std::vector<MemoryEntry>& memory);
   absl::Status AddDevices(absl::string_view name, const std::vector<DeviceEntry>& devices);
   absl::Status RemoveDevices(absl::string_view name, const std::vector<DeviceEntry>& devices);
+  // Memory to hand over by hot-plug, in 128Mi blocks: `bytes` of free pool memory on NUMA
+  // node `numa`, and `bytes` of `name`'s own memory on `numa` to give back (never its first
+  // region, which holds its kernel image). From the pool read-back and /proc/iomem.
+  absl::StatusOr<std::vector<MemoryEntry>> FreePoolMemory(uint32_t numa, uint64_t bytes);
+  absl::StatusOr<std::vector<MemoryEntry>> MemoryToRelease(absl::string_view name, uint32_t numa, uint64_t bytes);
+
   // Failover: the devices leave `from` and join `to` in one transaction.
   absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
 

@@ -1,0 +1,225 @@
+#include "agents/executor.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace mkfleet::agents {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+uint32_t VirtioDeviceId(const std::string& type) {
+  if (type == "net") return 1;
+  if (type == "blk") return 2;
+  if (type == "console") return 3;
+  if (type == "vsock") return 19;
+  return 0;
+}
+
+}  // namespace
+
+v1::KernelState StateAfter(const v1::Action& a) {
+  switch (a.op_case()) {
+    case v1::Action::kCreate:
+      return v1::KERNEL_STATE_READY;
+    case v1::Action::kLoad:
+      return v1::KERNEL_STATE_LOADED;
+    case v1::Action::kStart:
+      return v1::KERNEL_STATE_ACTIVE;
+    case v1::Action::kHalt:
+      return v1::KERNEL_STATE_LOADED;
+    case v1::Action::kUnload:
+      return v1::KERNEL_STATE_READY;
+    case v1::Action::kRemove:
+      return v1::KERNEL_STATE_ABSENT;
+    default:
+      return v1::KERNEL_STATE_UNKNOWN;
+  }
+}
+
+Executor::Executor(kernel::HostKernel& kernel, ActionJournal& journal, std::shared_ptr<const planner::Topology> topology)
+    : kernel_(kernel), journal_(journal), topology_(std::move(topology)) {}
+
+bool Executor::Busy(const std::string& instance) const {
+  absl::MutexLock lock(&busy_mu_);
+  return busy_ == instance;
+}
+
+v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
+  absl::MutexLock run(&run_mu_);
+  v1::ExecuteResponse response;
+  bool stopped = false;
+  for (const v1::Action& action : batch.actions()) {
+    v1::ActionResult* r = response.add_results();
+    r->set_id(action.id());
+    if (stopped) {
+      r->set_code(static_cast<int>(absl::StatusCode::kAborted));
+      r->set_message("not run: an earlier action of the batch failed");
+      continue;
+    }
+    if (auto recorded = journal_.Lookup(action.id())) {
+      *r = *recorded;
+      r->set_replayed(true);
+      stopped = recorded->code() != 0;
+      continue;
+    }
+    {
+      absl::MutexLock lock(&busy_mu_);
+      busy_ = action.instance();
+    }
+    absl::Status s = Run(action);
+    {
+      absl::MutexLock lock(&busy_mu_);
+      busy_.clear();
+    }
+    r->set_code(static_cast<int>(s.code()));
+    r->set_message(std::string(s.message()));
+    // Invalid requests are not recorded: they changed nothing and may be re-sent fixed.
+    if (s.code() != absl::StatusCode::kInvalidArgument) {
+      absl::Status j = journal_.Record(*r);
+      if (!j.ok()) {
+        r->set_code(static_cast<int>(absl::StatusCode::kInternal));
+        r->set_message(absl::StrCat("ran, but the journal failed: ", j.message()));
+      }
+    }
+    stopped = r->code() != 0;
+  }
+  return response;
+}
+
+absl::Status Executor::Run(const v1::Action& a) {
+  const std::string& name = a.instance();
+  if (name.empty() && a.op_case() != v1::Action::kPoolChange) {
+    return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no instance"));
+  }
+  if (a.id().empty()) return absl::InvalidArgumentError("action without an id");
+  // The precondition: the state the controller expects, or the state the action leads to
+  // (it already happened: nothing to do, and HostKernel will find it so).
+  if (a.expect() != v1::KERNEL_STATE_UNKNOWN) {
+    MK_ASSIGN_OR_RETURN(v1::KernelState state, kernel_.StateOf(name));
+    v1::KernelState after = StateAfter(a);
+    if (state != a.expect() && (after == v1::KERNEL_STATE_UNKNOWN || state != after)) {
+      return absl::FailedPreconditionError(absl::StrCat("action ", a.id(), " on ", name, ": expected the instance ",
+                                                        kernel::KernelStateName(a.expect()), ", it is ",
+                                                        kernel::KernelStateName(state)));
+    }
+  }
+  switch (a.op_case()) {
+    case v1::Action::kCreate: {
+      MK_ASSIGN_OR_RETURN(kernel::InstanceResources r, Resources(a.create()));
+      std::optional<uint32_t> id;
+      if (a.create().id() != 0) id = a.create().id();
+      return kernel_.Create(name, id, r);
+    }
+    case v1::Action::kLoad: {
+      kernel::KernelImage image;
+      image.kernel_path = a.load().kernel().image();
+      image.initrd_path = a.load().kernel().initrd();
+      image.cmdline = a.load().kernel().cmdline();
+      image.sha256 = a.load().kernel().sha256();
+      image.rootfs_image = a.load().rootfs().image();
+      if (image.kernel_path.empty()) return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no kernel image"));
+      return kernel_.Load(name, image);
+    }
+    case v1::Action::kStart:
+      return kernel_.Start(name);
+    case v1::Action::kHalt:
+      return kernel_.Halt(name, a.halt().force());
+    case v1::Action::kUnload:
+      return kernel_.Unload(name);
+    case v1::Action::kRemove:
+      return kernel_.Remove(name);
+    case v1::Action::kCpuAdd:
+      return kernel_.AddCpus(name, Cpus(a.cpu_add()));
+    case v1::Action::kCpuRemove:
+      return kernel_.RemoveCpus(name, Cpus(a.cpu_remove()));
+    case v1::Action::kMemoryAdd: {
+      MK_ASSIGN_OR_RETURN(auto mem, MemoryToAdd(a.memory_add()));
+      return kernel_.AddMemory(name, mem);
+    }
+    case v1::Action::kMemoryRemove: {
+      MK_ASSIGN_OR_RETURN(auto mem, MemoryToRemove(name, a.memory_remove()));
+      return kernel_.RemoveMemory(name, mem);
+    }
+    case v1::Action::kDeviceAdd:
+    case v1::Action::kDeviceRemove: {
+      const v1::DeviceChange& c = a.op_case() == v1::Action::kDeviceAdd ? a.device_add() : a.device_remove();
+      std::vector<kernel::DeviceEntry> devs;
+      for (const auto& d : c.devices()) devs.push_back({d.pci(), "", "vfio-pci", 0});
+      return a.op_case() == v1::Action::kDeviceAdd ? kernel_.AddDevices(name, devs) : kernel_.RemoveDevices(name, devs);
+    }
+    case v1::Action::kPoolChange:
+      return absl::UnimplementedError("pool changes go through the agent's pool manager (not yet)");
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no operation"));
+  }
+}
+
+std::vector<kernel::CpuEntry> Executor::Cpus(const v1::CpuChange& change) const {
+  std::vector<kernel::CpuEntry> out;
+  for (uint32_t cpu : change.cpus()) {
+    auto it = topology_->physical_ids.find(cpu);
+    uint32_t numa = topology_->core_of_pu.contains(cpu)
+                        ? topology_->numa[topology_->cores[topology_->core_of_pu.at(cpu)].numa].os_index
+                        : 0;
+    out.push_back({it != topology_->physical_ids.end() ? it->second : cpu, numa, 0});
+  }
+  return out;
+}
+
+absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateInstance& create) const {
+  const v1::Placement& p = create.placement();
+  kernel::InstanceResources r;
+  for (int i = 0; i < p.cpus_size(); ++i) {
+    uint32_t cpu = p.cpus(i);
+    if (!topology_->core_of_pu.contains(cpu)) {
+      return absl::InvalidArgumentError(absl::StrCat("placement: CPU ", cpu, " is not a CPU of this host"));
+    }
+    auto it = topology_->physical_ids.find(cpu);
+    r.cpus.push_back(it != topology_->physical_ids.end() ? it->second : cpu);
+  }
+  if (r.cpus.empty()) return absl::InvalidArgumentError("placement: no CPUs");
+  // Every CPU of the host may later be handed to it by hot-plug.
+  for (const auto& [logical, physical] : topology_->physical_ids) r.pool_cpus.push_back(physical);
+  std::sort(r.pool_cpus.begin(), r.pool_cpus.end());
+  for (const auto& m : p.memory()) r.memory_bytes += m.bytes();
+  if (r.memory_bytes == 0) return absl::InvalidArgumentError("placement: no memory");
+  r.numa_nodes.assign(p.numa_nodes().begin(), p.numa_nodes().end());
+  if (!p.memory().empty()) {
+    // The node with most of its memory first: the kernel allocates there.
+    auto most = std::max_element(p.memory().begin(), p.memory().end(),
+                                 [](const auto& a, const auto& b) { return a.bytes() < b.bytes(); });
+    r.numa_nodes.erase(std::remove(r.numa_nodes.begin(), r.numa_nodes.end(), most->node()), r.numa_nodes.end());
+    r.numa_nodes.insert(r.numa_nodes.begin(), most->node());
+  }
+  for (const auto& d : p.devices()) r.devices.push_back({d.pci(), "vfio-pci"});
+  std::map<std::string, int> per_type;
+  for (const auto& v : p.virtio()) {
+    r.virtio.push_back({absl::StrCat(v.type(), per_type[v.type()]++), VirtioDeviceId(v.type()), v.queues(), 256});
+  }
+  if (p.has_llc_mask()) r.llc_way_mask = p.llc_mask();
+  return r;
+}
+
+absl::StatusOr<std::vector<kernel::MemoryEntry>> Executor::MemoryToAdd(const v1::MemoryChange& change) {
+  std::vector<kernel::MemoryEntry> out;
+  for (const auto& want : change.memory()) {
+    MK_ASSIGN_OR_RETURN(auto blocks, kernel_.FreePoolMemory(want.node(), want.bytes()));
+    out.insert(out.end(), blocks.begin(), blocks.end());
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<kernel::MemoryEntry>> Executor::MemoryToRemove(const std::string& instance,
+                                                                         const v1::MemoryChange& change) {
+  std::vector<kernel::MemoryEntry> out;
+  for (const auto& give : change.memory()) {
+    MK_ASSIGN_OR_RETURN(auto regions, kernel_.MemoryToRelease(instance, give.node(), give.bytes()));
+    out.insert(out.end(), regions.begin(), regions.end());
+  }
+  return out;
+}
+
+}  // namespace mkfleet::agents

@@ -1,0 +1,133 @@
+#include "agents/executor.h"
+
+#include "agents/testing/agent_fixture.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::agents {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::HasSubstr;
+
+v1::Action Act(const std::string& id, const std::string& instance, v1::KernelState expect) {
+  v1::Action a;
+  a.set_id(id);
+  a.set_instance(instance);
+  a.set_expect(expect);
+  return a;
+}
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  TestHost host_{"exec"};
+  Executor exec_{*host_.hk, *host_.journal, host_.topology};
+
+  v1::ActionBatch Boot(const std::string& name, const std::string& prefix) {
+    v1::ActionBatch b;
+    v1::Action create = Act(prefix + "-create", name, v1::KERNEL_STATE_ABSENT);
+    v1::Placement* p = create.mutable_create()->mutable_placement();
+    for (uint32_t c : {2, 3, 18, 19}) p->add_cpus(c);
+    p->set_boot_cpu(2);
+    p->add_numa_nodes(0);
+    auto* m = p->add_memory();
+    m->set_node(0);
+    m->set_bytes(1ull << 30);
+    p->add_devices()->set_pci("0000:04:00.0");
+    *b.add_actions() = create;
+    v1::Action load = Act(prefix + "-load", name, v1::KERNEL_STATE_READY);
+    load.mutable_load()->mutable_kernel()->set_image(host_.vmlinux);
+    load.mutable_load()->mutable_kernel()->set_cmdline("console=mktty0");
+    *b.add_actions() = load;
+    v1::Action start = Act(prefix + "-start", name, v1::KERNEL_STATE_LOADED);
+    start.mutable_start();
+    *b.add_actions() = start;
+    return b;
+  }
+};
+
+TEST_F(ExecutorTest, RunsABatchInOrderAndMapsLogicalCpus) {
+  v1::ExecuteResponse r = exec_.Execute(Boot("web-1", "b1"));
+  ASSERT_EQ(r.results_size(), 3);
+  for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
+  auto obs = host_.hk->Observe();
+  ASSERT_EQ(obs->instances.size(), 1u);
+  EXPECT_EQ(obs->instances[0].state, v1::KERNEL_STATE_ACTIVE);
+  // Logical CPUs 2,3,18,19 as physical ids, boot CPU first.
+  EXPECT_EQ(obs->instances[0].resources.cpus[0], host_.topology->physical_ids.at(2));
+  EXPECT_EQ(obs->instances[0].resources.cpus.size(), 4u);
+}
+
+TEST_F(ExecutorTest, ResentActionsReturnTheRecordedResultWithoutRunning) {
+  exec_.Execute(Boot("web-1", "b1"));
+  auto before = host_.emu->counters();
+  v1::ExecuteResponse again = exec_.Execute(Boot("web-1", "b1"));
+  for (const auto& res : again.results()) {
+    EXPECT_TRUE(res.replayed()) << res.id();
+    EXPECT_EQ(res.code(), 0);
+  }
+  auto after = host_.emu->counters();
+  EXPECT_EQ(after.creates, before.creates);
+  EXPECT_EQ(after.loads, before.loads);
+  EXPECT_EQ(after.starts, before.starts);
+  // Also with a new executor and journal reopened from disk (an agent restart).
+  host_.journal.reset();
+  host_.journal = *ActionJournal::Open((host_.dir / "journal").string());
+  Executor restarted(*host_.hk, *host_.journal, host_.topology);
+  v1::ExecuteResponse third = restarted.Execute(Boot("web-1", "b1"));
+  EXPECT_TRUE(third.results(2).replayed());
+  EXPECT_EQ(host_.emu->counters().starts, before.starts);
+}
+
+TEST_F(ExecutorTest, StopsAtTheFirstFailureAndChecksPreconditions) {
+  v1::ActionBatch b = Boot("web-1", "b1");
+  b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_LOADED);  // wrong: it will be ready
+  v1::ExecuteResponse r = exec_.Execute(b);
+  EXPECT_EQ(r.results(0).code(), 0);
+  EXPECT_EQ(r.results(1).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(r.results(1).message(), "action b1-load on web-1: expected the instance loaded, it is ready");
+  EXPECT_EQ(r.results(2).code(), static_cast<int>(absl::StatusCode::kAborted));
+  EXPECT_EQ(host_.emu->counters().loads, 0);
+}
+
+TEST_F(ExecutorTest, KernelErrorsCarryTheErrno) {
+  v1::ActionBatch b = Boot("web-1", "b1");
+  b.mutable_actions(0)->mutable_create()->mutable_placement()->set_cpus(0, 0);  // the host's CPU
+  v1::ExecuteResponse r = exec_.Execute(b);
+  EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(r.results(0).message(), HasSubstr("EBUSY"));
+  v1::Action bad = Act("x", "web-1", v1::KERNEL_STATE_UNKNOWN);
+  v1::ActionBatch b2;
+  *b2.add_actions() = bad;
+  EXPECT_EQ(exec_.Execute(b2).results(0).message(), "action x: no operation");
+}
+
+TEST_F(ExecutorTest, HotplugMemoryAndCpus) {
+  exec_.Execute(Boot("web-1", "b1"));
+  v1::ActionBatch b;
+  v1::Action add = Act("m1", "web-1", v1::KERNEL_STATE_ACTIVE);
+  auto* m = add.mutable_memory_add()->add_memory();
+  m->set_node(0);
+  m->set_bytes(512ull << 20);
+  *b.add_actions() = add;
+  v1::Action cpus = Act("c1", "web-1", v1::KERNEL_STATE_ACTIVE);
+  cpus.mutable_cpu_add()->add_cpus(4);
+  *b.add_actions() = cpus;
+  v1::ExecuteResponse r = exec_.Execute(b);
+  for (const auto& res : r.results()) ASSERT_EQ(res.code(), 0) << res.message();
+  auto obs = host_.hk->Observe();
+  EXPECT_EQ(obs->instances[0].resources.memory_bytes, (1ull << 30) + (512ull << 20));
+  EXPECT_EQ(obs->instances[0].resources.cpus.size(), 5u);
+  v1::ActionBatch b2;
+  v1::Action remove = Act("m2", "web-1", v1::KERNEL_STATE_ACTIVE);
+  auto* rm = remove.mutable_memory_remove()->add_memory();
+  rm->set_node(0);
+  rm->set_bytes(512ull << 20);
+  *b2.add_actions() = remove;
+  r = exec_.Execute(b2);
+  ASSERT_EQ(r.results(0).code(), 0) << r.results(0).message();
+  EXPECT_EQ(host_.hk->Observe()->instances[0].resources.memory_bytes, 1ull << 30);
+}
+
+}  // namespace
+}  // namespace mkfleet::agents
