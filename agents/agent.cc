@@ -1,0 +1,388 @@
+#include "agents/agent.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernel/device_tree.h"
+
+namespace mkfleet::agents {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+bool Same(const v1::ObservedInstance& a, const v1::ObservedInstance& b) {
+  return a.SerializeAsString() == b.SerializeAsString();
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<const planner::Topology> topology,
+             ActionJournal& journal, LivenessProbe& probe, Clock& clock)
+    : options_(std::move(options)),
+      kernel_(kernel),
+      topology_(std::move(topology)),
+      probe_(probe),
+      clock_(clock),
+      executor_(kernel, journal, topology_) {
+  absl::MutexLock lock(&mu_);
+  // Versions start at the wall clock, so a client's version from an earlier run of this
+  // agent is older than everything here and gets a fresh snapshot.
+  version_ = absl::ToUnixMillis(clock_.Now()) * 1000;
+  LoadPolicies();
+  // Adopt what already runs: the kernel is the source of truth.
+  Refresh();
+  for (const auto& in : state_.instances()) {
+    watched_[in.name()].last = in.status().kernel_state();
+    Event(in.name(), "Normal", "Adopted", absl::StrCat("found ", kernel::KernelStateName(in.status().kernel_state())));
+  }
+}
+
+Agent::~Agent() { Stop(); }
+
+void Agent::Start() {
+  thread_ = std::thread([this] {
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stop_) return;
+      }
+      Tick();
+      clock_.SleepFor(options_.poll_interval);
+    }
+  });
+}
+
+void Agent::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Agent::Event(const std::string& name, const std::string& type, const std::string& reason,
+                  const std::string& message) {
+  v1::Event e;
+  e.set_kind("KernelInstance");
+  e.set_name(name);
+  e.set_host(options_.host);
+  e.set_type(type);
+  e.set_reason(reason);
+  e.set_message(message);
+  e.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
+  events_.push_back(e);
+  while (events_.size() > options_.max_events) events_.pop_front();
+  ++version_;
+  *state_.add_events() = e;
+}
+
+void Agent::Refresh() {
+  auto obs = kernel_.Observe();
+  if (!obs.ok()) return;
+  // Physical -> logical CPU numbers for users.
+  absl::flat_hash_map<uint64_t, uint32_t> logical;
+  for (const auto& [l, p] : topology_->physical_ids) logical[p] = l;
+  auto to_logical = [&](uint64_t p) { return logical.count(p) ? logical[p] : static_cast<uint32_t>(p); };
+
+  v1::HostState next;
+  std::set<uint64_t> lent;
+  std::map<std::string, v1::ObservedInstance> old;
+  for (const auto& in : state_.instances()) old[in.name()] = in;
+  for (const kernel::InstanceInfo& info : obs->instances) {
+    v1::ObservedInstance* o = next.add_instances();
+    o->set_name(info.name);
+    v1::InstanceStatus* s = o->mutable_status();
+    s->set_kernel_state(info.state);
+    s->set_phase(kernel::KernelStateName(info.state));
+    v1::Placement* p = s->mutable_placement();
+    p->set_host(options_.host);
+    p->set_instance_id(info.id);
+    for (uint64_t c : info.resources.cpus) {
+      p->add_cpus(to_logical(c));
+      p->add_physical_cpus(c);
+      lent.insert(c);
+    }
+    if (!info.resources.cpus.empty()) p->set_boot_cpu(to_logical(info.resources.cpus[0]));
+    for (uint32_t n : info.resources.numa_nodes) p->add_numa_nodes(n);
+    auto* mem = p->add_memory();
+    mem->set_node(info.resources.numa_nodes.empty() ? 0 : info.resources.numa_nodes[0]);
+    mem->set_bytes(info.resources.memory_bytes);
+    for (const auto& d : info.resources.devices) p->add_devices()->set_pci(d.pci_id);
+    if (info.resources.llc_way_mask) p->set_llc_mask(*info.resources.llc_way_mask);
+    *s->mutable_provenance() = info.provenance;
+    auto w = watched_.find(info.name);
+    if (w != watched_.end()) {
+      s->set_role(w->second.role);
+      s->set_restart_count(w->second.restart_count);
+      if (w->second.crash_loop) {
+        auto* c = s->add_conditions();
+        c->set_type("Degraded");
+        c->set_status(v1::CONDITION_TRUE);
+        c->set_reason("CrashLoop");
+        c->set_message(absl::StrCat("restarted ", w->second.restarts.size(), " times within ",
+                                    absl::FormatDuration(options_.restart_window)));
+      }
+    }
+  }
+  v1::PoolUsage* pool = next.mutable_pool();
+  for (uint64_t c : obs->pool.cpus) {
+    pool->add_cpus(to_logical(c));
+    if (!lent.count(c)) pool->add_cpus_free(to_logical(c));
+  }
+  for (const auto& m : obs->pool.memory) {
+    auto* nb = pool->add_memory();
+    nb->set_node(m.numa);
+    nb->set_bytes(m.size);
+  }
+  for (const auto& d : obs->pool.devices) pool->add_devices(d.pci_id);
+  // What changed since the last pass: one new version for all of it.
+  std::vector<std::string> changed_names, removed_names;
+  std::set<std::string> now_names;
+  for (const auto& in : next.instances()) {
+    now_names.insert(in.name());
+    auto it = old.find(in.name());
+    if (it == old.end() || !Same(it->second, in)) changed_names.push_back(in.name());
+  }
+  for (const auto& [name, in] : old) {
+    if (!now_names.count(name)) removed_names.push_back(name);
+  }
+  bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
+  if (pool_changed || !changed_names.empty() || !removed_names.empty()) ++version_;
+  for (const std::string& name : changed_names) changed_at_[name] = version_;
+  for (const std::string& name : removed_names) {
+    removed_at_[name] = version_;
+    changed_at_.erase(name);
+    watched_.erase(name);
+  }
+  *next.mutable_events() = state_.events();
+  state_ = std::move(next);
+  state_.set_resource_version(version_);
+}
+
+const v1::LocalPolicy* Agent::PolicyFor(const std::string& name) const {
+  auto it = policies_.find(name);
+  return it == policies_.end() ? nullptr : &it->second;
+}
+
+void Agent::Tick() {
+  absl::MutexLock lock(&mu_);
+  Refresh();
+  absl::Duration now = clock_.Monotonic();
+  for (const auto& in : state_.instances()) {
+    const std::string& name = in.name();
+    Watched& w = watched_[name];
+    v1::KernelState cur = in.status().kernel_state();
+    w.id = in.status().placement().instance_id();
+    if (executor_.Busy(name)) {
+      w.last = cur;
+      continue;
+    }
+    const v1::LocalPolicy* policy = PolicyFor(name);
+    if (w.last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED && w.restart_at == absl::InfiniteDuration()) {
+      Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
+      OnFailure(name, w, "crash");
+    } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
+               policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
+      absl::Duration every = policy->failover().heartbeat().interval() > 0
+                                 ? absl::Milliseconds(policy->failover().heartbeat().interval())
+                                 : options_.default_heartbeat;
+      uint32_t misses = policy->failover().heartbeat().misses() > 0 ? policy->failover().heartbeat().misses()
+                                                                   : options_.default_misses;
+      w.next_probe = now + every;
+      if (probe_.Probe(name, w.id)) {
+        w.misses = 0;
+      } else if (++w.misses >= misses) {
+        w.misses = 0;
+        Event(name, "Warning", "Hung", absl::StrCat(misses, " liveness probes failed in a row"));
+        absl::Status s = kernel_.Halt(name, /*force=*/true);
+        Event(name, s.ok() ? "Normal" : "Warning", "ForceHalted", s.ok() ? "NMI sent to its CPUs" : std::string(s.message()));
+        OnFailure(name, w, "hang");
+      }
+    }
+    if (w.restart_at != absl::InfiniteDuration() && now >= w.restart_at) {
+      w.restart_at = absl::InfiniteDuration();
+      absl::Status s = kernel_.Start(name);
+      ++w.restart_count;
+      Event(name, s.ok() ? "Normal" : "Warning", "Restarted",
+            s.ok() ? absl::StrCat("started again (restart ", w.restart_count, ")") : std::string(s.message()));
+    }
+  }
+  Refresh();
+  for (const auto& in : state_.instances()) watched_[in.name()].last = in.status().kernel_state();
+}
+
+void Agent::OnFailure(const std::string& name, Watched& w, const std::string& what) {
+  const v1::LocalPolicy* policy = PolicyFor(name);
+  if (policy == nullptr || policy->failover().policy() == v1::FAILOVER_NONE) {
+    Event(name, "Warning", "NoPolicy", absl::StrCat("left ", what == "crash" ? "loaded" : "halted", ": policy None"));
+    return;
+  }
+  absl::Duration now = clock_.Monotonic();
+  if (policy->failover().policy() == v1::FAILOVER_STANDBY && !policy->standby_instance().empty() &&
+      w.role != "standby") {
+    Takeover(name, policy->standby_instance());
+    // The failed kernel comes back as the new standby, at once.
+    w.restart_at = now;
+    return;
+  }
+  absl::Duration window = policy->restart_window_ms() > 0 ? absl::Milliseconds(policy->restart_window_ms())
+                                                          : options_.restart_window;
+  uint32_t max = policy->max_restarts() > 0 ? policy->max_restarts() : options_.max_restarts;
+  while (!w.restarts.empty() && now - w.restarts.front() > window) w.restarts.pop_front();
+  if (w.restarts.size() >= max) {
+    w.crash_loop = true;
+    Event(name, "Warning", "CrashLoop",
+          absl::StrCat("failed ", w.restarts.size() + 1, " times within ", absl::FormatDuration(window), "; not restarting"));
+    return;
+  }
+  absl::Duration backoff = options_.restart_backoff * (1 << std::min<size_t>(w.restarts.size(), 16));
+  w.restarts.push_back(now);
+  w.restart_at = now + backoff;
+  Event(name, "Normal", "RestartScheduled", absl::StrCat("restart in ", absl::FormatDuration(backoff)));
+}
+
+void Agent::Takeover(const std::string& failed, const std::string& standby) {
+  std::vector<kernel::DeviceEntry> devices;
+  for (const auto& in : state_.instances()) {
+    if (in.name() != failed) continue;
+    for (const auto& d : in.status().placement().devices()) devices.push_back({d.pci(), "", "vfio-pci", 0});
+  }
+  absl::Status s = kernel_.MoveDevices(failed, standby, devices);
+  std::vector<std::string> names;
+  for (const auto& d : devices) names.push_back(d.pci_id);
+  if (!s.ok()) {
+    Event(failed, "Warning", "TakeoverFailed", std::string(s.message()));
+    return;
+  }
+  Event(failed, "Normal", "StandbyTakeover",
+        absl::StrCat(standby, " took over devices [", absl::StrJoin(names, ", "), "]"));
+  // Roles swap; each now backs the other.
+  watched_[standby].role = "primary";
+  watched_[failed].role = "standby";
+  v1::LocalPolicy& sp = policies_[standby];
+  sp.set_instance(standby);
+  *sp.mutable_failover() = policies_[failed].failover();
+  sp.set_standby_instance(failed);
+  policies_[failed].set_standby_instance(standby);
+  SavePolicies();
+}
+
+v1::InventoryResponse Agent::Inventory() {
+  v1::InventoryResponse r;
+  r.set_host(options_.host);
+  *r.mutable_topology() = topology_->ToProto();
+  auto d = kernel_.ProbeDialect();
+  r.set_dialect(d.ok() ? kernel::DialectName(*d) : "unknown");
+  r.add_capabilities("hotplug-cpu");
+  r.add_capabilities("hotplug-memory");
+  r.add_capabilities("hotplug-device");
+  r.add_capabilities("standby-takeover");
+  r.set_agent_version(options_.version);
+  absl::MutexLock lock(&mu_);
+  *r.mutable_pool() = state_.pool();
+  return r;
+}
+
+v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
+  v1::ExecuteResponse r = executor_.Execute(batch);
+  absl::MutexLock lock(&mu_);
+  Refresh();
+  for (const auto& in : state_.instances()) watched_[in.name()].last = in.status().kernel_state();
+  for (const auto& res : r.results()) {
+    if (res.replayed()) continue;
+    for (const auto& a : batch.actions()) {
+      if (a.id() != res.id()) continue;
+      Event(a.instance(), res.code() == 0 ? "Normal" : "Warning", res.code() == 0 ? "ActionDone" : "ActionFailed",
+            absl::StrCat(a.id(), res.message().empty() ? "" : ": ", res.message()));
+    }
+  }
+  return r;
+}
+
+absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
+  for (const auto& p : request.policies()) {
+    if (p.instance().empty()) return absl::InvalidArgumentError("policy without an instance");
+    if (p.failover().policy() == v1::FAILOVER_STANDBY && p.standby_instance().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("policy for ", p.instance(), ": Standby needs standby_instance"));
+    }
+    if (p.standby_instance() == p.instance()) {
+      return absl::InvalidArgumentError(absl::StrCat("policy for ", p.instance(), ": an instance cannot be its own standby"));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& p : request.policies()) {
+    policies_[p.instance()] = p;
+    Watched& w = watched_[p.instance()];
+    if (w.role.empty() && p.failover().policy() == v1::FAILOVER_STANDBY) w.role = "primary";
+    if (!p.standby_instance().empty() && watched_[p.standby_instance()].role.empty()) {
+      watched_[p.standby_instance()].role = "standby";
+    }
+  }
+  SavePolicies();
+  return absl::OkStatus();
+}
+
+void Agent::SavePolicies() {
+  if (options_.state_dir.empty()) return;
+  v1::SetPolicyRequest all;
+  for (const auto& [name, p] : policies_) *all.add_policies() = p;
+  std::filesystem::create_directories(options_.state_dir);
+  std::string path = options_.state_dir + "/policies.pb";
+  std::string tmp = path + ".tmp";
+  std::string data = all.SerializeAsString();
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  bool ok = write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && fsync(fd) == 0;
+  close(fd);
+  if (ok) rename(tmp.c_str(), path.c_str());
+}
+
+void Agent::LoadPolicies() {
+  if (options_.state_dir.empty()) return;
+  std::ifstream in(options_.state_dir + "/policies.pb", std::ios::binary);
+  if (!in) return;
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  v1::SetPolicyRequest all;
+  if (!all.ParseFromString(data)) return;
+  for (const auto& p : all.policies()) policies_[p.instance()] = p;
+}
+
+v1::HostState Agent::Snapshot() {
+  absl::MutexLock lock(&mu_);
+  v1::HostState s = state_;
+  s.set_snapshot(true);
+  s.set_resource_version(version_);
+  return s;
+}
+
+bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState* out) {
+  absl::MutexLock lock(&mu_);
+  auto newer = [this, version]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return version_ > version || stop_; };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&newer), timeout) || stop_) return false;
+  out->Clear();
+  out->set_resource_version(version_);
+  *out->mutable_pool() = state_.pool();
+  for (const auto& in : state_.instances()) {
+    auto it = changed_at_.find(in.name());
+    if (it != changed_at_.end() && it->second > version) *out->add_instances() = in;
+  }
+  for (const auto& [name, at] : removed_at_) {
+    if (at > version) out->add_removed(name);
+  }
+  for (const auto& e : events_) *out->add_events() = e;
+  return true;
+}
+
+std::vector<v1::Event> Agent::Events() {
+  absl::MutexLock lock(&mu_);
+  return {events_.begin(), events_.end()};
+}
+
+}  // namespace mkfleet::agents

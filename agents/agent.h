@@ -1,0 +1,113 @@
+// Agent: one host's agent core, behind the gRPC service (agent_service.h). It keeps the
+// host's observed state (rebuilt from the kernel on every pass, versioned for Watch), runs
+// action batches through the Executor, holds local policies, and runs the watchdog:
+//  - every `poll_interval` (10 ms) it observes instance states; an unrequested
+//    active -> loaded is a crash;
+//  - every instance's liveness probe runs at its heartbeat interval; `misses` failures in
+//    a row is a hang: force-halt, then as a crash;
+//  - policy Restart: start again with exponential backoff; after max_restarts in the
+//    window, give up and report CrashLoop;
+//  - policy Standby: the standby (already active) receives the failed instance's devices
+//    in one transaction, the roles swap, and the failed kernel restarts as the new standby.
+// Every step is an event with its time.
+// Thread-safety: all public methods are safe to call concurrently.
+#ifndef MKFLEET_AGENTS_AGENT_H_
+#define MKFLEET_AGENTS_AGENT_H_
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "agents/action_journal.h"
+#include "agents/executor.h"
+#include "agents/liveness.h"
+#include "common/clock.h"
+#include "kernel/host_kernel.h"
+#include "mkfleet/v1/agent.pb.h"
+#include "planner/topology.h"
+
+namespace mkfleet::agents {
+
+struct AgentOptions {
+  std::string host = "localhost";
+  std::string state_dir;  // policies are persisted here
+  absl::Duration poll_interval = absl::Milliseconds(10);
+  absl::Duration default_heartbeat = absl::Milliseconds(100);
+  uint32_t default_misses = 3;
+  absl::Duration restart_backoff = absl::Milliseconds(100);  // doubles per restart
+  uint32_t max_restarts = 5;
+  absl::Duration restart_window = absl::Seconds(60);
+  size_t max_events = 256;
+  std::string version = "0.1.0";
+};
+
+class Agent {
+ public:
+  Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<const planner::Topology> topology,
+        ActionJournal& journal, LivenessProbe& probe, Clock& clock);
+  ~Agent();
+
+  // Runs the watchdog on its own thread until Stop().
+  void Start();
+  void Stop();
+  // One watchdog pass (tests drive it with a simulated clock).
+  void Tick();
+
+  mkfleet::v1::InventoryResponse Inventory();
+  mkfleet::v1::ExecuteResponse Execute(const mkfleet::v1::ActionBatch& batch);
+  absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
+
+  // The full state now.
+  mkfleet::v1::HostState Snapshot();
+  // Waits until the state is newer than `version` (or `timeout`); returns the changes since
+  // `version` (a full snapshot if `version` is too old to diff). False on timeout.
+  bool WaitForChange(int64_t version, absl::Duration timeout, mkfleet::v1::HostState* out);
+  std::vector<mkfleet::v1::Event> Events();
+
+ private:
+  struct Watched {
+    mkfleet::v1::KernelState last = mkfleet::v1::KERNEL_STATE_UNKNOWN;
+    uint32_t id = 0;
+    uint32_t misses = 0;
+    absl::Duration next_probe;
+    std::deque<absl::Duration> restarts;  // times of recent restarts
+    absl::Duration restart_at = absl::InfiniteDuration();  // a pending restart
+    bool crash_loop = false;
+    std::string role;  // "", "primary", "standby"
+    uint32_t restart_count = 0;
+  };
+
+  void Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Event(const std::string& name, const std::string& type, const std::string& reason, const std::string& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnFailure(const std::string& name, Watched& w, const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Takeover(const std::string& name, const std::string& standby) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  const mkfleet::v1::LocalPolicy* PolicyFor(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SavePolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LoadPolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AgentOptions options_;
+  kernel::HostKernel& kernel_;
+  std::shared_ptr<const planner::Topology> topology_;
+  LivenessProbe& probe_;
+  Clock& clock_;
+  Executor executor_;
+
+  absl::Mutex mu_;
+  std::map<std::string, Watched> watched_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, mkfleet::v1::LocalPolicy> policies_ ABSL_GUARDED_BY(mu_);
+  mkfleet::v1::HostState state_ ABSL_GUARDED_BY(mu_);  // full, at version_
+  int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int64_t> changed_at_ ABSL_GUARDED_BY(mu_);  // instance -> version of last change
+  std::map<std::string, int64_t> removed_at_ ABSL_GUARDED_BY(mu_);
+  std::deque<mkfleet::v1::Event> events_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace mkfleet::agents
+
+#endif  // MKFLEET_AGENTS_AGENT_H_
