@@ -87,7 +87,134 @@ bool Overlaps(uint64_t a, uint64_t asz, uint64_t b, uint64_t bsz) { return a < b
 }  // namespace
 
 EmulatedKernel::EmulatedKernel(EmulatorOptions options)
-    : options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {}
+    : options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {
+  absl::MutexLock lock(&mu_);
+  load_status_ = Load();
+}
+
+namespace {
+
+constexpr int kCounterCount = 18;
+
+std::vector<uint32_t> CounterList(const EmulatedKernel::Counters& c) {
+  return {static_cast<uint32_t>(c.overlays),      static_cast<uint32_t>(c.failed_overlays),
+          static_cast<uint32_t>(c.rollbacks),     static_cast<uint32_t>(c.creates),
+          static_cast<uint32_t>(c.removes),       static_cast<uint32_t>(c.loads),
+          static_cast<uint32_t>(c.unloads),       static_cast<uint32_t>(c.starts),
+          static_cast<uint32_t>(c.halts),         static_cast<uint32_t>(c.force_halts),
+          static_cast<uint32_t>(c.cpu_adds),      static_cast<uint32_t>(c.cpu_removes),
+          static_cast<uint32_t>(c.memory_adds),   static_cast<uint32_t>(c.memory_removes),
+          static_cast<uint32_t>(c.device_adds),   static_cast<uint32_t>(c.device_removes),
+          static_cast<uint32_t>(c.pool_changes),  0};
+}
+
+void SetCounters(const std::vector<uint32_t>& v, EmulatedKernel::Counters* c) {
+  if (v.size() != kCounterCount) return;
+  int* fields[] = {&c->overlays, &c->failed_overlays, &c->rollbacks, &c->creates, &c->removes, &c->loads,
+                   &c->unloads, &c->starts, &c->halts, &c->force_halts, &c->cpu_adds, &c->cpu_removes,
+                   &c->memory_adds, &c->memory_removes, &c->device_adds, &c->device_removes, &c->pool_changes};
+  for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); ++i) *fields[i] = static_cast<int>(v[i]);
+}
+
+}  // namespace
+
+void EmulatedKernel::Save() {
+  if (options_.state_file.empty()) return;
+  DtNode root;
+  root.SetU32("next-tx", next_tx_);
+  root.SetU32("has-pool", state_.has_pool);
+  root.SetU32s("counters", CounterList(counters_));
+  DtNode& pool = root.Add("pool");
+  pool.SetU64s("cpus", state_.pool_cpus);
+  std::vector<uint64_t> mem;
+  for (const Region& r : state_.pool_memory) mem.insert(mem.end(), {r.base, r.size, r.numa});
+  pool.SetU64s("memory", mem);
+  for (size_t i = 0; i < state_.pool_devices.size(); ++i) {
+    const PoolDevice& d = state_.pool_devices[i];
+    DtNode& n = pool.Add(absl::StrCat("dev@", i));
+    n.SetString("name", d.name);
+    n.SetString("pci", d.pci_id);
+    n.SetU32("vendor", d.vendor_id);
+    n.SetU32("device", d.device_id);
+  }
+  DtNode& instances = root.Add("instances");
+  for (const auto& [name, in] : state_.instances) {
+    DtNode& n = instances.Add(name);
+    n.SetU32("id", in.id);
+    n.SetString("status", in.active_at ? "active" : in.halted_at ? (in.fail_next_halt ? "failed" : "loaded") : in.status);
+    n.props.emplace_back("resources", InstanceBlob(in));
+    std::vector<uint64_t> regions;
+    for (const Region& r : in.memory) regions.insert(regions.end(), {r.base, r.size, r.numa});
+    n.SetU64s("memory", regions);
+    n.SetString("cmdline", in.cmdline);
+    n.SetU32("segments", in.segments);
+    n.SetU32("has-image", in.has_image);
+    n.SetU32("hung", in.hung);
+  }
+  auto blob = ToDtb(root);
+  if (!blob.ok()) return;
+  std::string tmp = options_.state_file + ".tmp";
+  FILE* f = fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return;
+  bool ok = fwrite(blob->data(), 1, blob->size(), f) == blob->size();
+  ok = fclose(f) == 0 && ok;
+  if (ok) rename(tmp.c_str(), options_.state_file.c_str());
+}
+
+absl::Status EmulatedKernel::Load() {
+  if (options_.state_file.empty()) return absl::OkStatus();
+  FILE* f = fopen(options_.state_file.c_str(), "rb");
+  if (f == nullptr) return absl::OkStatus();  // a fresh kernel
+  std::string data;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) data.append(buf, n);
+  fclose(f);
+  auto root = FromDtb(data);
+  if (!root.ok()) return root.status();
+  auto u32 = [](const DtNode& node, const char* p) { auto v = node.U32(p); return v.ok() ? *v : 0u; };
+  next_tx_ = std::max(1u, u32(*root, "next-tx"));
+  state_.has_pool = u32(*root, "has-pool") != 0;
+  if (auto c = root->U32s("counters"); c.ok()) SetCounters(*c, &counters_);
+  if (const DtNode* pool = root->Find("pool")) {
+    if (auto cpus = pool->U64s("cpus"); cpus.ok()) state_.pool_cpus = *cpus;
+    if (auto mem = pool->U64s("memory"); mem.ok()) {
+      for (size_t i = 0; i + 3 <= mem->size(); i += 3) {
+        state_.pool_memory.push_back({(*mem)[i], (*mem)[i + 1], static_cast<uint32_t>((*mem)[i + 2])});
+      }
+    }
+    for (const DtNode& d : pool->children) {
+      PoolDevice dev;
+      dev.name = d.String("name").value_or("");
+      dev.pci_id = d.String("pci").value_or("");
+      dev.vendor_id = u32(d, "vendor");
+      dev.device_id = u32(d, "device");
+      state_.pool_devices.push_back(dev);
+    }
+  }
+  if (const DtNode* instances = root->Find("instances")) {
+    for (const DtNode& n : instances->children) {
+      Instance in;
+      in.id = u32(n, "id");
+      in.status = n.String("status").value_or("ready");
+      if (const std::string* raw = n.Raw("resources")) {
+        auto r = DecodeInstance(*raw);
+        if (r.ok()) in.resources = *r;
+      }
+      if (auto mem = n.U64s("memory"); mem.ok()) {
+        for (size_t i = 0; i + 3 <= mem->size(); i += 3) {
+          in.memory.push_back({(*mem)[i], (*mem)[i + 1], static_cast<uint32_t>((*mem)[i + 2])});
+        }
+      }
+      in.cmdline = n.String("cmdline").value_or("");
+      in.segments = u32(n, "segments");
+      in.has_image = u32(n, "has-image") != 0;
+      in.hung = u32(n, "hung") != 0;
+      state_.instances[n.name] = std::move(in);
+    }
+  }
+  return absl::OkStatus();
+}
 
 EmulatedKernel::Counters EmulatedKernel::counters() const {
   absl::MutexLock lock(&mu_);
@@ -175,7 +302,11 @@ absl::StatusOr<std::vector<std::string>> EmulatedKernel::List(absl::string_view 
 absl::Status EmulatedKernel::Write(absl::string_view path, absl::string_view blob) {
   absl::MutexLock lock(&mu_);
   Advance(state_);
-  if (path == "device_tree") return WriteBaseline(blob);
+  if (path == "device_tree") {
+    absl::Status st = WriteBaseline(blob);
+    Save();
+    return st;
+  }
   if (path != "overlays/new") return ErrnoStatus(EACCES, absl::StrCat("write ", path), "not writable");
   // Every write makes a transaction directory, failed or not.
   uint32_t n = next_tx_++;
@@ -208,6 +339,7 @@ absl::Status EmulatedKernel::Write(absl::string_view path, absl::string_view blo
     }
   }
   if (!status.ok()) ++counters_.failed_overlays;
+  Save();
   return status;
 }
 
@@ -228,6 +360,7 @@ absl::Status EmulatedKernel::Rmdir(absl::string_view path) {
     ++counters_.rollbacks;
   }
   txs_.erase(n);
+  Save();
   return absl::OkStatus();
 }
 
@@ -316,7 +449,7 @@ absl::Status EmulatedKernel::WriteBaseline(absl::string_view blob) {
       }
       if (node == nullptr) return Inval("write device_tree", absl::StrCat("NUMA node ", m.numa, " has no memory"));
       if (m.size == 0 || m.size % kPage != 0) return Inval("write device_tree", "pool memory must be page aligned");
-      if (used[m.numa] + m.size > node->size / 2 * 2 - kBlock) {
+      if (used[m.numa] + m.size > node->size) {
         return ErrnoStatus(ENOMEM, "write device_tree", absl::StrCat("NUMA node ", m.numa, " has too little memory"));
       }
       used[m.numa] += m.size;
@@ -675,6 +808,7 @@ absl::Status EmulatedKernel::KexecFileLoad(int kernel_fd, int initrd_fd, absl::s
     in->has_image = false;
     in->cmdline.clear();
     ++counters_.unloads;
+    Save();
     return absl::OkStatus();
   }
   if (in->status != "ready") return Busy("kexec_file_load", "a kernel is already loaded there");
@@ -687,6 +821,7 @@ absl::Status EmulatedKernel::KexecFileLoad(int kernel_fd, int initrd_fd, absl::s
   in->cmdline = std::string(cmdline);
   in->segments = initrd_fd >= 0 ? 4 : 3;
   ++counters_.loads;
+  Save();
   return absl::OkStatus();
 }
 
@@ -706,6 +841,7 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
         in->active_at = Now() + options_.boot_time;
       }
       ++counters_.starts;
+      Save();
       return absl::OkStatus();
     case kRebootHalt:
       if (in->status != "active" || in->halted_at) return Inval("halt", absl::StrCat("the instance is ", in->status));
@@ -719,6 +855,7 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
       } else {
         in->halted_at = Now() + options_.halt_time + in->halt_delay;
       }
+      Save();
       return absl::OkStatus();
     case kRebootForceHalt:
       if (in->status != "active" && in->status != "loaded" && in->status != "failed" && !in->active_at) {
@@ -729,6 +866,7 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
       in->halted_at.reset();
       in->hung = false;
       ++counters_.force_halts;
+      Save();
       return absl::OkStatus();
     default:
       return Inval("reboot", absl::StrFormat("unknown command 0x%x", cmd));
@@ -745,6 +883,7 @@ absl::Status EmulatedKernel::InjectPanic(absl::string_view instance) {
   if (it->second.status != "active") return absl::FailedPreconditionError(absl::StrCat(instance, " is not active"));
   it->second.status = "loaded";
   it->second.hung = false;
+  Save();
   return absl::OkStatus();
 }
 

@@ -40,6 +40,9 @@ struct EmulatorOptions {
   absl::Duration boot_time = absl::ZeroDuration();
   absl::Duration halt_time = absl::ZeroDuration();
   Clock* clock = nullptr;                 // nullptr: the real clock
+  // If set, the kernel's state outlives the process: loaded from this file at start and
+  // saved (tmp + rename) after every change, as a real kernel outlives its agent.
+  std::string state_file;
 };
 
 class EmulatedKernel final : public KernelFs, public Syscalls {
@@ -79,6 +82,9 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     int pool_changes = 0;
   };
   Counters counters() const;
+
+  // The state file could not be read at start (then the kernel starts empty).
+  absl::Status load_status() const { return load_status_; }
 
  private:
   struct Region {
@@ -130,6 +136,8 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   absl::Status ApplyAll(const std::vector<Fragment>& fragments, bool reverse, Undo& undo, std::string* instance,
                         Counters& delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string PoolBlob(const State& s) const;
+  void Save() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Load() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string InstanceBlob(const Instance& in) const;
 
   const EmulatorOptions options_;
@@ -141,6 +149,7 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   int fail_next_overlay_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> busy_ ABSL_GUARDED_BY(mu_);
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  absl::Status load_status_;
 };
 
 }  // namespace mkfleet::kernel

@@ -156,3 +156,43 @@ TEST(MachineTest, FromTopology) {
 
 }  // namespace
 }  // namespace mkfleet::kernel
+
+namespace mkfleet::kernel {
+namespace {
+
+TEST(EmulatorPersistenceTest, StateOutlivesTheProcessObject) {
+  std::string file = ::testing::TempDir() + "/emu.state";
+  std::remove(file.c_str());
+  EmulatorOptions o;
+  for (uint64_t c = 0; c < 8; ++c) o.cpus.push_back(c);
+  o.memory = {{0, 0, 16 * kGi}};
+  o.state_file = file;
+  {
+    EmulatedKernel emu(o);
+    PoolState p;
+    p.cpus = {4, 5};
+    p.memory = {{0, 4 * kGi, 0}};
+    ASSERT_TRUE(emu.Write("device_tree", *EncodeBaseline(p, Dialect::kV1)).ok());
+    Fragment f;
+    f.target_path = "/instances";
+    f.create_name = "a";
+    f.create_id = 3;
+    f.create_resources.memory_bytes = kGi;
+    f.create_resources.cpus = {5};
+    ASSERT_TRUE(emu.Write("overlays/new", *EncodeOverlay({{f}}, Dialect::kV1)).ok());
+  }
+  EmulatedKernel again(o);
+  ASSERT_TRUE(again.load_status().ok()) << again.load_status();
+  EXPECT_EQ(*again.Read("instances/a/id"), "3\n");
+  EXPECT_EQ(*again.Read("instances/a/status"), "ready\n");
+  EXPECT_EQ(again.counters().creates, 1);
+  auto res = DecodeInstance(*again.Read("instances/a/device_tree"));
+  ASSERT_TRUE(res.ok());
+  EXPECT_EQ(res->cpus, std::vector<uint64_t>{5});
+  // New transactions keep counting from where the old kernel was.
+  EXPECT_TRUE(again.List("overlays")->size() == 1);  // only "new": old tx dirs are gone
+  std::remove(file.c_str());
+}
+
+}  // namespace
+}  // namespace mkfleet::kernel

@@ -1,0 +1,107 @@
+#include "agents/agent_service.h"
+
+#include <cerrno>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace mkfleet::agents {
+
+namespace v1 = mkfleet::v1;
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+grpc::Status AgentService::Inventory(grpc::ServerContext*, const v1::InventoryRequest*, v1::InventoryResponse* response) {
+  *response = agent_.Inventory();
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
+                                 grpc::ServerWriter<v1::HostState>* writer) {
+  v1::HostState snapshot = agent_.Snapshot();
+  int64_t version = request->resource_version();
+  // A client that is current resumes with changes; any other gets a fresh snapshot.
+  if (version != snapshot.resource_version()) {
+    if (!writer->Write(snapshot)) return grpc::Status::OK;
+    version = snapshot.resource_version();
+  }
+  while (!context->IsCancelled()) {
+    v1::HostState changes;
+    if (!agent_.WaitForChange(version, absl::Milliseconds(200), &changes)) continue;
+    version = changes.resource_version();
+    if (!writer->Write(changes)) break;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentService::Execute(grpc::ServerContext*, const v1::ActionBatch* batch, v1::ExecuteResponse* response) {
+  std::set<std::string> ids;
+  for (int i = 0; i < batch->actions_size(); ++i) {
+    const v1::Action& a = batch->actions(i);
+    if (a.id().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "]: id is required"));
+    }
+    if (!ids.insert(a.id()).second) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "]: id ", a.id(), " is used twice"));
+    }
+    if (a.op_case() == v1::Action::OP_NOT_SET) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "] (", a.id(), "): no operation"));
+    }
+    if (a.instance().empty() && a.op_case() != v1::Action::kPoolChange) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "] (", a.id(), "): instance is required"));
+    }
+  }
+  *response = agent_.Execute(*batch);
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentService::SetPolicy(grpc::ServerContext*, const v1::SetPolicyRequest* request, v1::SetPolicyResponse*) {
+  return ToGrpc(agent_.SetPolicy(*request));
+}
+
+grpc::Status AgentService::InjectFault(grpc::ServerContext*, const v1::FaultRequest* request, v1::Empty*) {
+  if (!enable_faults_ || faults_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        "fault injection is off (start mkagent with --kernel=emulated --enable-fault-injection)");
+  }
+  const std::string& f = request->fault();
+  absl::Status s;
+  if (f == "panic") {
+    s = faults_->InjectPanic(request->instance());
+  } else if (f == "hang") {
+    s = faults_->InjectHang(request->instance());
+  } else if (f == "fail-overlay") {
+    faults_->FailNextOverlay(EINVAL);
+  } else if (f == "busy") {
+    if (request->resource().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "busy needs resource");
+    faults_->SetBusy(request->resource(), true);
+  } else if (f == "unbusy") {
+    faults_->SetBusy(request->resource(), false);
+  } else if (f == "slow-halt") {
+    s = faults_->SetHaltBehavior(request->instance(), absl::Seconds(5), false);
+  } else if (f == "fail-halt") {
+    s = faults_->SetHaltBehavior(request->instance(), absl::ZeroDuration(), true);
+  } else {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("unknown fault \"", f, "\" (panic, hang, fail-overlay, busy, unbusy, slow-halt, fail-halt)"));
+  }
+  return ToGrpc(s);
+}
+
+std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus("mkfleet.v1.Agent", true);
+  return server;
+}
+
+}  // namespace mkfleet::agents

@@ -1,0 +1,50 @@
+// AgentService: the gRPC face of an Agent (proto/mkfleet/v1/agent.proto).
+// Execute checks the batch itself (ids present and unique) and answers per action;
+// Watch streams a snapshot, then changes; InjectFault is refused unless enabled.
+// Thread-safety: gRPC calls it from many threads; the Agent is thread-safe.
+#ifndef MKFLEET_AGENTS_AGENT_SERVICE_H_
+#define MKFLEET_AGENTS_AGENT_SERVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "agents/agent.h"
+#include "grpcpp/grpcpp.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+
+namespace mkfleet::agents {
+
+class AgentService final : public mkfleet::v1::Agent::Service {
+ public:
+  // `faults` (the emulated kernel) may be null; fault injection also needs `enable_faults`.
+  AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults)
+      : agent_(agent), faults_(faults), enable_faults_(enable_faults) {}
+
+  grpc::Status Inventory(grpc::ServerContext*, const mkfleet::v1::InventoryRequest*,
+                         mkfleet::v1::InventoryResponse* response) override;
+  grpc::Status Watch(grpc::ServerContext* context, const mkfleet::v1::WatchRequest* request,
+                     grpc::ServerWriter<mkfleet::v1::HostState>* writer) override;
+  grpc::Status Execute(grpc::ServerContext*, const mkfleet::v1::ActionBatch* batch,
+                       mkfleet::v1::ExecuteResponse* response) override;
+  grpc::Status SetPolicy(grpc::ServerContext*, const mkfleet::v1::SetPolicyRequest* request,
+                         mkfleet::v1::SetPolicyResponse*) override;
+  grpc::Status InjectFault(grpc::ServerContext*, const mkfleet::v1::FaultRequest* request,
+                           mkfleet::v1::Empty*) override;
+
+ private:
+  Agent& agent_;
+  kernel::EmulatedKernel* faults_;
+  bool enable_faults_;
+};
+
+// Starts a server for `service` on `address` (port 0 picks a free one) with the health
+// service and server reflection. `port` receives the bound port.
+std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port);
+
+// absl::Status -> grpc::Status, same code and message.
+grpc::Status ToGrpc(const absl::Status& s);
+
+}  // namespace mkfleet::agents
+
+#endif  // MKFLEET_AGENTS_AGENT_SERVICE_H_

@@ -1,0 +1,244 @@
+// The Agent gRPC service in-process, on a free loopback port, through a real stub.
+#include "agents/agent_service.h"
+
+#include <thread>
+
+#include "agents/testing/agent_fixture.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/empty.pb.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::agents {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+
+class AgentServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    probe_ = NewEmulatorProbe(*host_.emu);
+    AgentOptions o;
+    o.host = "svc";
+    agent_ = std::make_unique<Agent>(o, *host_.hk, host_.topology, *host_.journal, *probe_, host_.clock);
+    service_ = std::make_unique<AgentService>(*agent_, host_.emu.get(), faults_);
+    server_ = StartAgentServer(*service_, "127.0.0.1:0", &port_);
+    ASSERT_NE(server_, nullptr);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
+    stub_ = v1::Agent::NewStub(channel_);
+  }
+  void TearDown() override {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    agent_->Stop();
+  }
+
+  v1::ActionBatch Boot(const std::string& name, std::vector<uint32_t> cpus) {
+    v1::ActionBatch b;
+    v1::Action* c = b.add_actions();
+    c->set_id(name + "-create");
+    c->set_instance(name);
+    v1::Placement* p = c->mutable_create()->mutable_placement();
+    for (uint32_t cpu : cpus) p->add_cpus(cpu);
+    auto* m = p->add_memory();
+    m->set_bytes(512ull << 20);
+    v1::Action* l = b.add_actions();
+    l->set_id(name + "-load");
+    l->set_instance(name);
+    l->mutable_load()->mutable_kernel()->set_image(host_.vmlinux);
+    v1::Action* s = b.add_actions();
+    s->set_id(name + "-start");
+    s->set_instance(name);
+    s->mutable_start();
+    return b;
+  }
+
+  // Calls a method with raw bytes (for services we have no generated code for).
+  std::string RawCall(const std::string& method, const std::string& request) {
+    grpc::GenericStub generic(channel_);
+    grpc::ClientContext ctx;
+    grpc::ByteBuffer req, resp;
+    grpc::Slice slice(request);
+    req = grpc::ByteBuffer(&slice, 1);
+    grpc::CompletionQueue cq;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &req, &resp, [&](grpc::Status s) {
+      std::lock_guard<std::mutex> l(mu);
+      status = s;
+      done = true;
+      cv.notify_one();
+    });
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return done; });
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    std::vector<grpc::Slice> slices;
+    resp.Dump(&slices);
+    std::string out;
+    for (auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    return out;
+  }
+
+  bool faults_ = true;
+  TestHost host_{"svc"};
+  std::unique_ptr<LivenessProbe> probe_;
+  std::unique_ptr<Agent> agent_;
+  std::unique_ptr<AgentService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Agent::Stub> stub_;
+};
+
+TEST_F(AgentServiceTest, InventoryDescribesTheHost) {
+  grpc::ClientContext ctx;
+  v1::InventoryResponse r;
+  ASSERT_TRUE(stub_->Inventory(&ctx, v1::InventoryRequest(), &r).ok());
+  EXPECT_EQ(r.host(), "svc");
+  EXPECT_EQ(r.topology().cores_size(), 16);
+  EXPECT_EQ(r.topology().physical_ids_size(), 32);
+  EXPECT_EQ(r.dialect(), "v1");
+  EXPECT_THAT(r.capabilities(), Contains("standby-takeover"));
+  EXPECT_GT(r.pool().cpus_size(), 0);
+}
+
+TEST_F(AgentServiceTest, ExecuteAndBadRequests) {
+  grpc::ClientContext ctx;
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(stub_->Execute(&ctx, Boot("web-1", {2, 18}), &r).ok());
+  ASSERT_EQ(r.results_size(), 3);
+  for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.message();
+
+  v1::ActionBatch no_id = Boot("x", {3});
+  no_id.mutable_actions(1)->clear_id();
+  grpc::ClientContext c2;
+  grpc::Status s = stub_->Execute(&c2, no_id, &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "actions[1]: id is required");
+  v1::ActionBatch dup = Boot("x", {3});
+  dup.mutable_actions(2)->set_id("x-create");
+  grpc::ClientContext c3;
+  EXPECT_EQ(stub_->Execute(&c3, dup, &r).error_message(), "actions[2]: id x-create is used twice");
+  // An out-of-pool CPU: the kernel refuses, nothing changes.
+  auto before = host_.emu->counters();
+  v1::ActionBatch out_of_pool = Boot("y", {0});
+  grpc::ClientContext c4;
+  ASSERT_TRUE(stub_->Execute(&c4, out_of_pool, &r).ok());
+  EXPECT_EQ(r.results(0).code(), static_cast<int>(grpc::StatusCode::UNAVAILABLE));
+  EXPECT_THAT(r.results(0).message(), HasSubstr("EBUSY"));
+  EXPECT_EQ(r.results(1).code(), static_cast<int>(grpc::StatusCode::ABORTED));
+  EXPECT_EQ(host_.emu->counters().creates, before.creates);
+}
+
+TEST_F(AgentServiceTest, WatchSendsASnapshotThenChanges) {
+  grpc::ClientContext ctx;
+  v1::WatchRequest req;
+  auto reader = stub_->Watch(&ctx, req);
+  v1::HostState first;
+  ASSERT_TRUE(reader->Read(&first));
+  EXPECT_TRUE(first.snapshot());
+  grpc::ClientContext c2;
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(stub_->Execute(&c2, Boot("web-1", {2, 18}), &r).ok());
+  v1::HostState change;
+  ASSERT_TRUE(reader->Read(&change));
+  EXPECT_FALSE(change.snapshot());
+  EXPECT_GT(change.resource_version(), first.resource_version());
+  ctx.TryCancel();
+}
+
+TEST_F(AgentServiceTest, FaultInjectionAndSetPolicy) {
+  grpc::ClientContext c1;
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(stub_->Execute(&c1, Boot("web-1", {2, 18}), &r).ok());
+  grpc::ClientContext c2;
+  v1::FaultRequest f;
+  f.set_instance("web-1");
+  f.set_fault("panic");
+  v1::Empty e;
+  ASSERT_TRUE(stub_->InjectFault(&c2, f, &e).ok());
+  EXPECT_EQ(*host_.hk->StateOf("web-1"), v1::KERNEL_STATE_LOADED);
+  grpc::ClientContext c3;
+  f.set_fault("meteor");
+  EXPECT_THAT(stub_->InjectFault(&c3, f, &e).error_message(), HasSubstr("unknown fault \"meteor\""));
+  grpc::ClientContext c4;
+  v1::SetPolicyRequest bad;
+  bad.add_policies();
+  v1::SetPolicyResponse pr;
+  grpc::Status s = stub_->SetPolicy(&c4, bad, &pr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "policy without an instance");
+}
+
+TEST_F(AgentServiceTest, HealthAndReflection) {
+  // grpc.health.v1.Health/Check {service: "mkfleet.v1.Agent"} -> {status: SERVING (1)}
+  std::string service = "mkfleet.v1.Agent";
+  std::string req = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  std::string resp = RawCall("/grpc.health.v1.Health/Check", req);
+  EXPECT_EQ(resp, std::string("\x08\x01", 2));
+  // Reflection: list_services.
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  std::string list = std::string("\x3a\x00", 2);  // field 7 (list_services) = ""
+  grpc::Slice slice(list);
+  grpc::ByteBuffer out(&slice, 1);
+  call->Write(out, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  ASSERT_TRUE(ok);
+  std::vector<grpc::Slice> slices;
+  in.Dump(&slices);
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  google::protobuf::Empty parsed;
+  ASSERT_TRUE(parsed.ParseFromString(bytes));
+  std::vector<std::string> names;
+  const auto& top = parsed.GetReflection()->GetUnknownFields(parsed);
+  for (int i = 0; i < top.field_count(); ++i) {
+    if (top.field(i).number() != 6) continue;  // list_services_response
+    google::protobuf::UnknownFieldSet lsr;
+    lsr.ParseFromString(top.field(i).length_delimited());
+    for (int k = 0; k < lsr.field_count(); ++k) {
+      google::protobuf::UnknownFieldSet svc;
+      svc.ParseFromString(lsr.field(k).length_delimited());
+      for (int m = 0; m < svc.field_count(); ++m) names.push_back(svc.field(m).length_delimited());
+    }
+  }
+  EXPECT_THAT(names, Contains("mkfleet.v1.Agent"));
+  EXPECT_THAT(names, Contains("grpc.health.v1.Health"));
+  ctx.TryCancel();
+  call->Finish(nullptr, reinterpret_cast<void*>(4));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+class NoFaultsTest : public AgentServiceTest {
+ protected:
+  NoFaultsTest() { faults_ = false; }
+};
+
+TEST_F(NoFaultsTest, FaultInjectionIsOffUnlessEnabled) {
+  grpc::ClientContext c;
+  v1::FaultRequest f;
+  f.set_fault("panic");
+  v1::Empty e;
+  grpc::Status s = stub_->InjectFault(&c, f, &e);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("--enable-fault-injection"));
+}
+
+}  // namespace
+}  // namespace mkfleet::agents
