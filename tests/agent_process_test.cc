@@ -1,0 +1,148 @@
+// mkagent as a real process: exactly-once execution across SIGKILL, adoption of running
+// instances on restart, and a clean SIGTERM.
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/machine.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "planner/topology_source.h"
+#include "tests/process_util.h"
+
+namespace mkfleet {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = mkfleet::v1;
+
+constexpr char kTopology[] = "synthetic:pack:2 numa:1(memory=16GiB) core:8 pu:2";
+
+class AgentProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("agent-proc-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    vmlinux_ = (dir_ / "vmlinux").string();
+    std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<testing::Process> StartAgent(const std::string& log) {
+    auto p = std::make_unique<testing::Process>(
+        std::vector<std::string>{"agents/mkagent", "--topology", kTopology, "--listen", "127.0.0.1:0", "--state-dir",
+                                 (dir_ / "state").string(), "--reserve-cores", "1", "--boot-time", "300ms",
+                                 "--host", "proc"},
+        (dir_ / log).string());
+    std::string port = p->WaitFor("listening on port ([0-9]+)");
+    EXPECT_FALSE(port.empty()) << p->Log();
+    stub_ = v1::Agent::NewStub(grpc::CreateChannel("127.0.0.1:" + port, grpc::InsecureChannelCredentials()));
+    return p;
+  }
+
+  v1::ActionBatch TenActions() {
+    v1::ActionBatch b;
+    int cpu = 2;
+    for (const char* name : {"a", "b", "c"}) {
+      v1::Action* c = b.add_actions();
+      c->set_id(std::string(name) + "-create");
+      c->set_instance(name);
+      v1::Placement* p = c->mutable_create()->mutable_placement();
+      p->add_cpus(cpu);
+      p->add_cpus(cpu + 16);
+      ++cpu;
+      p->add_memory()->set_bytes(256ull << 20);
+      v1::Action* l = b.add_actions();
+      l->set_id(std::string(name) + "-load");
+      l->set_instance(name);
+      l->set_expect(v1::KERNEL_STATE_READY);
+      l->mutable_load()->mutable_kernel()->set_image(vmlinux_);
+      v1::Action* s = b.add_actions();
+      s->set_id(std::string(name) + "-start");
+      s->set_instance(name);
+      s->set_expect(v1::KERNEL_STATE_LOADED);
+      s->mutable_start();
+    }
+    v1::Action* add = b.add_actions();
+    add->set_id("a-cpu-add");
+    add->set_instance("a");
+    add->mutable_cpu_add()->add_cpus(10);
+    return b;
+  }
+
+  kernel::EmulatedKernel::Counters Counters() {
+    auto topo = planner::NewSyntheticTopologySource(std::string(kTopology).substr(10))->Load();
+    kernel::EmulatorOptions o = kernel::MachineFromTopology(*topo);
+    o.state_file = (dir_ / "state" / "emulated-kernel.state").string();
+    kernel::EmulatedKernel emu(o);
+    EXPECT_TRUE(emu.load_status().ok());
+    return emu.counters();
+  }
+
+  fs::path dir_;
+  std::string vmlinux_;
+  std::unique_ptr<v1::Agent::Stub> stub_;
+};
+
+TEST_F(AgentProcessTest, EachActionRunsExactlyOnceAcrossSigkill) {
+  auto agent = StartAgent("agent1.log");
+  // Send the batch and kill the agent while it is booting the instances (300 ms each).
+  std::thread sender([&] {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse r;
+    stub_->Execute(&ctx, TenActions(), &r);  // fails when the agent dies
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(450));
+  agent->Kill(SIGKILL);
+  sender.join();
+  auto partial = Counters();
+  EXPECT_GE(partial.starts, 1);  // killed mid-batch: some ran ...
+  EXPECT_LT(partial.starts, 3);  // ... not all
+
+  auto again = StartAgent("agent2.log");
+  grpc::ClientContext ctx;
+  v1::ExecuteResponse r;
+  grpc::Status s = stub_->Execute(&ctx, TenActions(), &r);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(r.results_size(), 10);
+  int replayed = 0;
+  for (const auto& res : r.results()) {
+    EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
+    replayed += res.replayed();
+  }
+  EXPECT_GE(replayed, 1);
+  EXPECT_EQ(again->Kill(SIGTERM), 0);
+  auto c = Counters();
+  EXPECT_EQ(c.creates, 3);
+  EXPECT_EQ(c.loads, 3);
+  EXPECT_EQ(c.starts, 3);
+  EXPECT_EQ(c.cpu_adds, 1);
+}
+
+TEST_F(AgentProcessTest, RestartAdoptsRunningInstances) {
+  auto agent = StartAgent("agent1.log");
+  grpc::ClientContext ctx;
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(stub_->Execute(&ctx, TenActions(), &r).ok());
+  EXPECT_EQ(agent->Kill(SIGTERM), 0);  // clean shutdown: exit 0
+  EXPECT_THAT(agent->Log(), ::testing::HasSubstr("mkagent: stopped"));
+  auto again = StartAgent("agent2.log");
+  grpc::ClientContext wctx;
+  auto reader = stub_->Watch(&wctx, v1::WatchRequest());
+  v1::HostState snapshot;
+  ASSERT_TRUE(reader->Read(&snapshot));
+  ASSERT_EQ(snapshot.instances_size(), 3);
+  for (const auto& in : snapshot.instances()) EXPECT_EQ(in.status().kernel_state(), v1::KERNEL_STATE_ACTIVE);
+  bool adopted = false;
+  for (const auto& e : snapshot.events()) adopted |= e.reason() == "Adopted";
+  EXPECT_TRUE(adopted);
+  wctx.TryCancel();
+  EXPECT_EQ(Counters().starts, 3);  // nothing was restarted
+}
+
+}  // namespace
+}  // namespace mkfleet
