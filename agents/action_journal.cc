@@ -103,9 +103,15 @@ size_t ActionJournal::size() const {
   return results_.size();
 }
 
-absl::Status ActionJournal::Record(const mkfleet::v1::ActionResult& result) {
+absl::Status ActionJournal::Sync() {
   absl::MutexLock lock(&mu_);
-  if (!WriteAll(fd_, Frame(result)) || fdatasync(fd_) != 0) return Errno("append to journal", path_);
+  if (fdatasync(fd_) != 0) return Errno("sync journal", path_);
+  return absl::OkStatus();
+}
+
+absl::Status ActionJournal::Record(const mkfleet::v1::ActionResult& result, bool sync) {
+  absl::MutexLock lock(&mu_);
+  if (!WriteAll(fd_, Frame(result)) || (sync && fdatasync(fd_) != 0)) return Errno("append to journal", path_);
   Insert(result);
   if (++records_in_file_ > 2 * max_entries_) return Compact();
   return absl::OkStatus();

@@ -1,7 +1,8 @@
 // ActionJournal: the agent's durable record of executed action ids and their results, so
 // a re-sent action returns its recorded result instead of running again, also after a
-// crash or SIGKILL. An append-only file of length-prefixed ActionResult records, fsync'd
-// after each append; a torn last record (crash mid-write) is ignored on open. It keeps at
+// crash or SIGKILL. An append-only file of length-prefixed ActionResult records, written
+// at once and fsync'd (per record, or per batch with Sync); a torn last record (crash
+// mid-write) is ignored on open. It keeps at
 // most `max_entries` results and compacts (rewrite to a temp file + fsync + rename) when
 // the file holds twice that many.
 // Thread-safety: all methods are safe to call concurrently.
@@ -27,8 +28,11 @@ class ActionJournal {
   ~ActionJournal();
 
   std::optional<mkfleet::v1::ActionResult> Lookup(const std::string& id) const;
-  // Appends and fsyncs. A result for an id already present replaces it.
-  absl::Status Record(const mkfleet::v1::ActionResult& result);
+  // Appends (write(2): it survives the process being killed). With `sync`, also fdatasync
+  // (it survives the machine). A result for an id already present replaces it.
+  absl::Status Record(const mkfleet::v1::ActionResult& result, bool sync = true);
+  // fdatasync of everything appended so far.
+  absl::Status Sync();
   size_t size() const;
 
  private:

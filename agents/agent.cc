@@ -85,7 +85,14 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
 
 void Agent::Refresh() {
   auto obs = kernel_.Observe();
-  if (!obs.ok()) return;
+  if (!obs.ok()) {
+    // Reported once per distinct error, so a persistent one does not flood the events.
+    std::string message(obs.status().message());
+    if (message != last_observe_error_) Event("", "Warning", "ObserveFailed", message);
+    last_observe_error_ = message;
+    return;
+  }
+  last_observe_error_.clear();
   // Physical -> logical CPU numbers for users.
   absl::flat_hash_map<uint64_t, uint32_t> logical;
   for (const auto& [l, p] : topology_->physical_ids) logical[p] = l;
@@ -175,19 +182,23 @@ void Agent::Tick() {
   absl::MutexLock lock(&mu_);
   Refresh();
   absl::Duration now = clock_.Monotonic();
+  // Instances the watchdog acted on; the others keep the state seen at the start of this
+  // pass, so a transition that happens during the pass is seen by the next one.
+  std::set<std::string> acted;
   for (const auto& in : state_.instances()) {
     const std::string& name = in.name();
     Watched& w = watched_[name];
     v1::KernelState cur = in.status().kernel_state();
     w.id = in.status().placement().instance_id();
-    if (executor_.Busy(name)) {
-      w.last = cur;
-      continue;
-    }
+    v1::KernelState last = w.last;
+    w.last = cur;
+    if (executor_.Busy(name)) continue;
     const v1::LocalPolicy* policy = PolicyFor(name);
-    if (w.last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED && w.restart_at == absl::InfiniteDuration()) {
+    if (last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED && w.restart_at == absl::InfiniteDuration()) {
       Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
       OnFailure(name, w, "crash");
+      acted.insert(name);
+      if (!w.role.empty()) acted.insert(PolicyFor(name) ? PolicyFor(name)->standby_instance() : "");
     } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
                policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
       absl::Duration every = policy->failover().heartbeat().interval() > 0
@@ -204,6 +215,7 @@ void Agent::Tick() {
         absl::Status s = kernel_.Halt(name, /*force=*/true);
         Event(name, s.ok() ? "Normal" : "Warning", "ForceHalted", s.ok() ? "NMI sent to its CPUs" : std::string(s.message()));
         OnFailure(name, w, "hang");
+        acted.insert(name);
       }
     }
     if (w.restart_at != absl::InfiniteDuration() && now >= w.restart_at) {
@@ -212,10 +224,14 @@ void Agent::Tick() {
       ++w.restart_count;
       Event(name, s.ok() ? "Normal" : "Warning", "Restarted",
             s.ok() ? absl::StrCat("started again (restart ", w.restart_count, ")") : std::string(s.message()));
+      acted.insert(name);
     }
   }
+  if (acted.empty()) return;
   Refresh();
-  for (const auto& in : state_.instances()) watched_[in.name()].last = in.status().kernel_state();
+  for (const auto& in : state_.instances()) {
+    if (acted.count(in.name())) watched_[in.name()].last = in.status().kernel_state();
+  }
 }
 
 void Agent::OnFailure(const std::string& name, Watched& w, const std::string& what) {
@@ -294,7 +310,13 @@ v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
   v1::ExecuteResponse r = executor_.Execute(batch);
   absl::MutexLock lock(&mu_);
   Refresh();
-  for (const auto& in : state_.instances()) watched_[in.name()].last = in.status().kernel_state();
+  // Only the batch's instances take their new state as expected; a crash elsewhere during
+  // the batch is still a transition for the watchdog to see.
+  std::set<std::string> touched;
+  for (const auto& a : batch.actions()) touched.insert(a.instance());
+  for (const auto& in : state_.instances()) {
+    if (touched.count(in.name())) watched_[in.name()].last = in.status().kernel_state();
+  }
   for (const auto& res : r.results()) {
     if (res.replayed()) continue;
     for (const auto& a : batch.actions()) {

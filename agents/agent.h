@@ -105,6 +105,7 @@ class Agent {
   std::map<std::string, int64_t> removed_at_ ABSL_GUARDED_BY(mu_);
   std::deque<mkfleet::v1::Event> events_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::string last_observe_error_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

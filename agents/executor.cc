@@ -78,13 +78,25 @@ v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
     r->set_message(std::string(s.message()));
     // Invalid requests are not recorded: they changed nothing and may be re-sent fixed.
     if (s.code() != absl::StatusCode::kInvalidArgument) {
-      absl::Status j = journal_.Record(*r);
+      // Written now (a killed agent keeps it), synced once per batch below.
+      absl::Status j = journal_.Record(*r, /*sync=*/false);
       if (!j.ok()) {
         r->set_code(static_cast<int>(absl::StatusCode::kInternal));
         r->set_message(absl::StrCat("ran, but the journal failed: ", j.message()));
       }
     }
     stopped = r->code() != 0;
+  }
+  // One fdatasync per batch. Should the machine lose power before it, the actions re-run
+  // when re-sent and find their effect already there (HostKernel is idempotent).
+  absl::Status sync = journal_.Sync();
+  if (!sync.ok()) {
+    for (auto& r : *response.mutable_results()) {
+      if (r.code() == 0 && !r.replayed()) {
+        r.set_code(static_cast<int>(absl::StatusCode::kInternal));
+        r.set_message(absl::StrCat("ran, but the journal failed: ", sync.message()));
+      }
+    }
   }
   return response;
 }
