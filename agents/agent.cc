@@ -80,7 +80,6 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
   events_.push_back(e);
   while (events_.size() > options_.max_events) events_.pop_front();
   ++version_;
-  *state_.add_events() = e;
 }
 
 void Agent::Refresh() {
@@ -168,7 +167,6 @@ void Agent::Refresh() {
     changed_at_.erase(name);
     watched_.erase(name);
   }
-  *next.mutable_events() = state_.events();
   state_ = std::move(next);
   state_.set_resource_version(version_);
 }
@@ -190,9 +188,9 @@ void Agent::Tick() {
     Watched& w = watched_[name];
     v1::KernelState cur = in.status().kernel_state();
     w.id = in.status().placement().instance_id();
+    if (in_flight_.count(name)) continue;  // an Execute is changing it; it records the result
     v1::KernelState last = w.last;
     w.last = cur;
-    if (executor_.Busy(name)) continue;
     const v1::LocalPolicy* policy = PolicyFor(name);
     if (last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED && w.restart_at == absl::InfiniteDuration()) {
       Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
@@ -307,15 +305,23 @@ v1::InventoryResponse Agent::Inventory() {
 }
 
 v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
-  v1::ExecuteResponse r = executor_.Execute(batch);
-  absl::MutexLock lock(&mu_);
-  Refresh();
-  // Only the batch's instances take their new state as expected; a crash elsewhere during
-  // the batch is still a transition for the watchdog to see.
   std::set<std::string> touched;
   for (const auto& a : batch.actions()) touched.insert(a.instance());
-  for (const auto& in : state_.instances()) {
-    if (touched.count(in.name())) watched_[in.name()].last = in.status().kernel_state();
+  {
+    // The watchdog leaves these alone until their new state is recorded below.
+    absl::MutexLock lock(&mu_);
+    for (const std::string& name : touched) ++in_flight_[name];
+  }
+  v1::ExecuteResponse r = executor_.Execute(batch);
+  absl::MutexLock lock(&mu_);
+  // Only the batch's instances take their new state as expected; a crash elsewhere during
+  // the batch is still a transition for the watchdog to see. The full state is rebuilt by
+  // the watchdog's next pass.
+  for (const std::string& name : touched) {
+    if (--in_flight_[name] == 0) in_flight_.erase(name);
+    if (name.empty()) continue;
+    auto state = kernel_.StateOf(name);
+    if (state.ok()) watched_[name].last = *state;
   }
   for (const auto& res : r.results()) {
     if (res.replayed()) continue;
@@ -381,6 +387,7 @@ v1::HostState Agent::Snapshot() {
   v1::HostState s = state_;
   s.set_snapshot(true);
   s.set_resource_version(version_);
+  for (const auto& e : events_) *s.add_events() = e;
   return s;
 }
 

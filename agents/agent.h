@@ -106,6 +106,7 @@ class Agent {
   std::deque<mkfleet::v1::Event> events_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_observe_error_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // instances of running batches
   std::thread thread_;
 };
 

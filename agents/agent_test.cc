@@ -164,6 +164,7 @@ TEST_F(AgentTest, WatchGivesChangesWithIncreasingVersions) {
   EXPECT_TRUE(first.snapshot());
   EXPECT_EQ(first.instances_size(), 0);
   Boot("web-1", {2, 18});
+  agent_->Tick();  // the watchdog's pass rebuilds the state
   v1::HostState changes;
   ASSERT_TRUE(agent_->WaitForChange(first.resource_version(), absl::ZeroDuration(), &changes));
   EXPECT_GT(changes.resource_version(), first.resource_version());

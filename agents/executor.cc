@@ -193,8 +193,17 @@ absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateIn
     r.cpus.push_back(it != topology_->physical_ids.end() ? it->second : cpu);
   }
   if (r.cpus.empty()) return absl::InvalidArgumentError("placement: no CPUs");
-  // Every CPU of the host may later be handed to it by hot-plug.
-  for (const auto& [logical, physical] : topology_->physical_ids) r.pool_cpus.push_back(physical);
+  // The CPUs it may later be handed by hot-plug (a kernel onlines only CPUs it enumerated
+  // at boot): every CPU of its NUMA nodes. Growing onto another node means a re-create.
+  std::set<uint32_t> nodes;
+  for (uint32_t cpu : p.cpus()) nodes.insert(topology_->cores[topology_->core_of_pu.at(cpu)].numa);
+  for (const planner::Core& core : topology_->cores) {
+    if (!nodes.count(core.numa)) continue;
+    for (uint32_t pu : core.pus) {
+      auto it = topology_->physical_ids.find(pu);
+      r.pool_cpus.push_back(it != topology_->physical_ids.end() ? it->second : pu);
+    }
+  }
   std::sort(r.pool_cpus.begin(), r.pool_cpus.end());
   for (const auto& m : p.memory()) r.memory_bytes += m.bytes();
   if (r.memory_bytes == 0) return absl::InvalidArgumentError("placement: no memory");

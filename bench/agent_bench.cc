@@ -62,7 +62,7 @@ v1::Action Act(const std::string& id, const std::string& instance) {
 
 int Main() {
   namespace fs = std::filesystem;
-  fs::path dir = fs::temp_directory_path() / absl::StrCat("mkfleet-agent-bench-", getpid());
+  fs::path dir = (getenv("AGENT_BENCH_DIR") ? fs::path(getenv("AGENT_BENCH_DIR")) : fs::temp_directory_path()) / absl::StrCat("mkfleet-agent-bench-", getpid());
   fs::create_directories(dir);
   std::string vmlinux = (dir / "vmlinux").string();
   std::ofstream(vmlinux, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
@@ -102,7 +102,7 @@ int Main() {
   std::vector<double> lat;
   for (int i = 0; i < 300; ++i) {
     std::string name = absl::StrCat("b", i);
-    uint32_t cpu = 2 + (i % 100);
+    uint32_t cpu = 2 + 2 * (i % 30);  // a core's first thread; the second is cpu + 1
     v1::ActionBatch b;
     v1::Action a = Act(name + "-1", name);
     a.mutable_create()->mutable_placement()->add_cpus(cpu);
@@ -115,10 +115,10 @@ int Main() {
     a.mutable_start();
     *b.add_actions() = a;
     a = Act(name + "-4", name);
-    a.mutable_cpu_add()->add_cpus(cpu + 120);
+    a.mutable_cpu_add()->add_cpus(cpu + 1);
     *b.add_actions() = a;
     a = Act(name + "-5", name);
-    a.mutable_cpu_remove()->add_cpus(cpu + 120);
+    a.mutable_cpu_remove()->add_cpus(cpu + 1);
     *b.add_actions() = a;
     a = Act(name + "-6", name);
     a.mutable_halt();
