@@ -128,8 +128,8 @@ TEST_F(AgentServiceTest, ExecuteAndBadRequests) {
   v1::ActionBatch out_of_pool = Boot("y", {0});
   grpc::ClientContext c4;
   ASSERT_TRUE(stub_->Execute(&c4, out_of_pool, &r).ok());
-  EXPECT_EQ(r.results(0).code(), static_cast<int>(grpc::StatusCode::UNAVAILABLE));
-  EXPECT_THAT(r.results(0).message(), HasSubstr("EBUSY"));
+  EXPECT_EQ(r.results(0).code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_THAT(r.results(0).message(), HasSubstr("is not in this host's pool"));
   EXPECT_EQ(r.results(1).code(), static_cast<int>(grpc::StatusCode::ABORTED));
   EXPECT_EQ(host_.emu->counters().creates, before.creates);
 }

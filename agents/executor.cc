@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "absl/container/flat_hash_map.h"
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -76,8 +78,10 @@ v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
     }
     r->set_code(static_cast<int>(s.code()));
     r->set_message(std::string(s.message()));
-    // Invalid requests are not recorded: they changed nothing and may be re-sent fixed.
-    if (s.code() != absl::StatusCode::kInvalidArgument) {
+    // Only successes are recorded: a failed action changed nothing (every kernel change is
+    // one transaction or one system call, and guards fail first), so re-sending it later
+    // runs it again, e.g. once the pool or the state allows it.
+    if (s.ok()) {
       // Written now (a killed agent keeps it), synced once per batch below.
       absl::Status j = journal_.Record(*r, /*sync=*/false);
       if (!j.ok()) {
@@ -121,6 +125,7 @@ absl::Status Executor::Run(const v1::Action& a) {
   switch (a.op_case()) {
     case v1::Action::kCreate: {
       MK_ASSIGN_OR_RETURN(kernel::InstanceResources r, Resources(a.create()));
+      MK_RETURN_IF_ERROR(InPool(a.id(), r.cpus));
       std::optional<uint32_t> id;
       if (a.create().id() != 0) id = a.create().id();
       return kernel_.Create(name, id, r);
@@ -143,8 +148,13 @@ absl::Status Executor::Run(const v1::Action& a) {
       return kernel_.Unload(name);
     case v1::Action::kRemove:
       return kernel_.Remove(name);
-    case v1::Action::kCpuAdd:
-      return kernel_.AddCpus(name, Cpus(a.cpu_add()));
+    case v1::Action::kCpuAdd: {
+      std::vector<kernel::CpuEntry> cpus = Cpus(a.cpu_add());
+      std::vector<uint64_t> ids;
+      for (const auto& c : cpus) ids.push_back(c.physical_id);
+      MK_RETURN_IF_ERROR(InPool(a.id(), ids));
+      return kernel_.AddCpus(name, cpus);
+    }
     case v1::Action::kCpuRemove:
       return kernel_.RemoveCpus(name, Cpus(a.cpu_remove()));
     case v1::Action::kMemoryAdd: {
@@ -167,6 +177,19 @@ absl::Status Executor::Run(const v1::Action& a) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no operation"));
   }
+}
+
+absl::Status Executor::InPool(const std::string& id, const std::vector<uint64_t>& physical) {
+  MK_ASSIGN_OR_RETURN(std::vector<uint64_t> pool, kernel_.PoolCpus());
+  absl::flat_hash_map<uint64_t, uint32_t> logical;
+  for (const auto& [l, p] : topology_->physical_ids) logical[p] = l;
+  for (uint64_t p : physical) {
+    if (!std::binary_search(pool.begin(), pool.end(), p)) {
+      return absl::FailedPreconditionError(absl::StrCat("action ", id, ": CPU ", logical.count(p) ? logical[p] : p,
+                                                        " (physical id ", p, ") is not in this host's pool"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::vector<kernel::CpuEntry> Executor::Cpus(const v1::CpuChange& change) const {

@@ -1,7 +1,8 @@
 // Executor: runs the controller's action batches on this host's kernel, exactly once per
 // action id. A batch runs in order and stops at the first failure; every action carries
-// the kernel state it expects (checked before anything is touched) and is recorded in the
-// journal (fsync'd) once it ran, so a re-sent id returns the recorded result. An action
+// the kernel state it expects (checked before anything is touched) and, once it succeeded,
+// is recorded in the journal (synced per batch), so a re-sent id returns the recorded
+// result. A failed action changed nothing and runs again when re-sent. An action
 // whose effect is already there succeeds without a kernel call (HostKernel is idempotent),
 // which also covers a crash between running an action and recording it.
 // Thread-safety: Execute calls are serialized (one batch at a time).
@@ -31,6 +32,8 @@ class Executor {
   absl::Status Run(const mkfleet::v1::Action& action);
   absl::StatusOr<kernel::InstanceResources> Resources(const mkfleet::v1::CreateInstance& create) const;
   std::vector<kernel::CpuEntry> Cpus(const mkfleet::v1::CpuChange& change) const;
+  // FailedPrecondition naming the first CPU (physical ids) outside the pool.
+  absl::Status InPool(const std::string& id, const std::vector<uint64_t>& physical);
   absl::StatusOr<std::vector<kernel::MemoryEntry>> MemoryToAdd(const mkfleet::v1::MemoryChange& change);
   absl::StatusOr<std::vector<kernel::MemoryEntry>> MemoryToRemove(const std::string& instance,
                                                                  const mkfleet::v1::MemoryChange& change);

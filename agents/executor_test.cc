@@ -90,10 +90,29 @@ TEST_F(ExecutorTest, StopsAtTheFirstFailureAndChecksPreconditions) {
   EXPECT_EQ(host_.emu->counters().loads, 0);
 }
 
+TEST_F(ExecutorTest, FailuresAreNotRecordedAndRunAgainWhenResent) {
+  v1::ActionBatch b = Boot("web-1", "b1");
+  b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_LOADED);
+  EXPECT_NE(exec_.Execute(b).results(1).code(), 0);
+  b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_READY);  // the same id, now right
+  v1::ExecuteResponse r = exec_.Execute(b);
+  EXPECT_TRUE(r.results(0).replayed());
+  EXPECT_FALSE(r.results(1).replayed());
+  EXPECT_EQ(r.results(1).code(), 0);
+  EXPECT_EQ(host_.emu->counters().loads, 1);
+}
+
 TEST_F(ExecutorTest, KernelErrorsCarryTheErrno) {
   v1::ActionBatch b = Boot("web-1", "b1");
   b.mutable_actions(0)->mutable_create()->mutable_placement()->set_cpus(0, 0);  // the host's CPU
   v1::ExecuteResponse r = exec_.Execute(b);
+  EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(r.results(0).message(), "action b1-create: CPU 0 (physical id 0) is not in this host's pool");
+  EXPECT_EQ(host_.emu->counters().overlays, 0);  // the kernel was not touched
+  // What the kernel itself refuses keeps its errno: a CPU lent to another instance.
+  exec_.Execute(Boot("web-1", "ok"));
+  v1::ActionBatch clash = Boot("web-2", "b2");
+  r = exec_.Execute(clash);
   EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kUnavailable));
   EXPECT_THAT(r.results(0).message(), HasSubstr("EBUSY"));
   v1::Action bad = Act("x", "web-1", v1::KERNEL_STATE_UNKNOWN);

@@ -304,8 +304,21 @@ absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, a
   }
 }
 
+absl::StatusOr<std::vector<uint64_t>> HostKernel::PoolCpus() {
+  absl::MutexLock lock(&mu_);
+  if (!pool_cpus_) {
+    MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+    if (blob.empty()) return std::vector<uint64_t>();
+    MK_ASSIGN_OR_RETURN(PoolState pool, DecodePool(blob));
+    std::sort(pool.cpus.begin(), pool.cpus.end());
+    pool_cpus_ = pool.cpus;
+  }
+  return *pool_cpus_;
+}
+
 absl::Status HostKernel::SetPool(const PoolState& pool) {
   absl::MutexLock lock(&mu_);
+  pool_cpus_.reset();
   MK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List("instances"));
   if (!names.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(What("set pool", ""), ": ", names.size(),

@@ -83,6 +83,9 @@ class HostKernel {
   // KERNEL_STATE_ABSENT for an instance the kernel does not know.
   absl::StatusOr<mkfleet::v1::KernelState> StateOf(absl::string_view name);
 
+  // The pool's CPUs (physical ids), cached until the pool changes through this driver.
+  absl::StatusOr<std::vector<uint64_t>> PoolCpus();
+
   // Writes the pool baseline (only while no instance exists; else FailedPrecondition).
   absl::Status SetPool(const PoolState& pool);
 
@@ -131,6 +134,7 @@ class HostKernel {
   std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> max_tx_ ABSL_GUARDED_BY(mu_);  // highest transaction id seen
   int lock_fd_ ABSL_GUARDED_BY(mu_) = -1;                // our lock file, opened once
+  std::optional<std::vector<uint64_t>> pool_cpus_ ABSL_GUARDED_BY(mu_);
 };
 
 // SHA-256 of a file, lower-case hex.
