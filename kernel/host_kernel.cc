@@ -182,7 +182,7 @@ absl::StatusOr<Dialect> HostKernel::ProbeDialect() {
   return Dialect_();
 }
 
-absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool provenance) {
+absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool provenance, bool resources) {
   InstanceInfo info;
   info.name = std::string(name);
   auto status = fs_.Read(absl::StrCat("instances/", name, "/status"));
@@ -198,15 +198,17 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool proven
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(id), &info.id)) {
     return absl::InternalError(absl::StrCat(What("read id of", name), ": \"", id, "\""));
   }
-  MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
-  MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
+  if (resources) {
+    MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
+    MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
+  }
   if (provenance) info.provenance = ReadProvenance(name);
   return info;
 }
 
 absl::StatusOr<v1::KernelState> HostKernel::StateOf(absl::string_view name) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   return info.state;
 }
 
@@ -290,7 +292,7 @@ absl::Status HostKernel::Transact(absl::string_view action, absl::string_view na
 absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, absl::Duration timeout) {
   absl::Duration deadline = clock_->Monotonic() + timeout;
   while (true) {
-    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
     if (info.state == want) return absl::OkStatus();
     if (info.state == v1::KERNEL_STATE_FAILED) {
       return absl::InternalError(absl::StrCat(What("wait for", name), ": the instance failed"));
@@ -377,7 +379,7 @@ absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> 
 
 absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/true));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/true, /*resources=*/false));
   std::string sha;
   if (!image.kernel_path.empty()) {
     MK_ASSIGN_OR_RETURN(sha, Sha256File(image.kernel_path));
@@ -423,7 +425,7 @@ absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) 
 
 absl::Status HostKernel::Start(absl::string_view name) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   if (info.state == v1::KERNEL_STATE_ACTIVE) return absl::OkStatus();
   MK_RETURN_IF_ERROR(Guard("start", name, info, {v1::KERNEL_STATE_LOADED}));
   absl::Status st = sys_.Reboot(kRebootStart, info.id);
@@ -433,7 +435,7 @@ absl::Status HostKernel::Start(absl::string_view name) {
 
 absl::Status HostKernel::Halt(absl::string_view name, bool force) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   const char* action = force ? "force-halt" : "halt";
   if (info.state == v1::KERNEL_STATE_LOADED && !force) return absl::OkStatus();
   if (force) {
@@ -448,7 +450,7 @@ absl::Status HostKernel::Halt(absl::string_view name, bool force) {
 
 absl::Status HostKernel::Unload(absl::string_view name) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   if (info.state == v1::KERNEL_STATE_READY) return absl::OkStatus();
   MK_RETURN_IF_ERROR(Guard("unload", name, info, {v1::KERNEL_STATE_LOADED}));
   absl::Status st = sys_.KexecFileLoad(-1, -1, "", KexecFlags(info.id, true, false));
@@ -461,7 +463,7 @@ absl::Status HostKernel::Unload(absl::string_view name) {
 
 absl::Status HostKernel::Remove(absl::string_view name) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   if (info.state == v1::KERNEL_STATE_ABSENT) return absl::OkStatus();
   MK_RETURN_IF_ERROR(Guard("remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_EMPTY}));
   Fragment f;

@@ -112,8 +112,10 @@ class HostKernel {
   absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
 
  private:
-  // The instance as the kernel shows it; with `provenance`, also what we loaded (a file read).
-  absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The instance as the kernel shows it: state and id; with `resources`, its device tree;
+  // with `provenance`, also what we loaded (a file read).
+  absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false, bool resources = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::unique_ptr<TxLock>> LockForTx() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
                      std::initializer_list<mkfleet::v1::KernelState> allowed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
