@@ -36,23 +36,7 @@ class AgentServiceTest : public ::testing::Test {
   }
 
   v1::ActionBatch Boot(const std::string& name, std::vector<uint32_t> cpus) {
-    v1::ActionBatch b;
-    v1::Action* c = b.add_actions();
-    c->set_id(name + "-create");
-    c->set_instance(name);
-    v1::Placement* p = c->mutable_create()->mutable_placement();
-    for (uint32_t cpu : cpus) p->add_cpus(cpu);
-    auto* m = p->add_memory();
-    m->set_bytes(512ull << 20);
-    v1::Action* l = b.add_actions();
-    l->set_id(name + "-load");
-    l->set_instance(name);
-    l->mutable_load()->mutable_kernel()->set_image(host_.vmlinux);
-    v1::Action* s = b.add_actions();
-    s->set_id(name + "-start");
-    s->set_instance(name);
-    s->mutable_start();
-    return b;
+    return BootBatch(name, cpus, host_.vmlinux);
   }
 
   // Calls a method with raw bytes (for services we have no generated code for).

@@ -24,26 +24,7 @@ class AgentTest : public ::testing::Test {
 
   // Creates, loads and starts `name` on `cpus`, with `device` if given.
   void Boot(const std::string& name, std::vector<uint32_t> cpus, const std::string& device = "") {
-    v1::ActionBatch b;
-    v1::Action* c = b.add_actions();
-    c->set_id(name + "-create");
-    c->set_instance(name);
-    v1::Placement* p = c->mutable_create()->mutable_placement();
-    for (uint32_t cpu : cpus) p->add_cpus(cpu);
-    p->add_numa_nodes(0);
-    auto* m = p->add_memory();
-    m->set_node(0);
-    m->set_bytes(512ull << 20);
-    if (!device.empty()) p->add_devices()->set_pci(device);
-    v1::Action* l = b.add_actions();
-    l->set_id(name + "-load");
-    l->set_instance(name);
-    l->mutable_load()->mutable_kernel()->set_image(host_.vmlinux);
-    v1::Action* s = b.add_actions();
-    s->set_id(name + "-start");
-    s->set_instance(name);
-    s->mutable_start();
-    v1::ExecuteResponse response = agent_->Execute(b);
+    v1::ExecuteResponse response = agent_->Execute(BootBatch(name, cpus, host_.vmlinux, device));
     for (const auto& r : response.results()) ASSERT_EQ(r.code(), 0) << r.message();
   }
 

@@ -80,6 +80,19 @@ std::string Hex(const unsigned char* d, size_t n) {
   return out;
 }
 
+Fragment Target(absl::string_view name) {
+  Fragment f;
+  f.target_path = absl::StrCat("/instances/", name);
+  return f;
+}
+
+bool HasDevice(const InstanceInfo& info, const std::string& pci) {
+  for (const auto& d : info.resources.devices) {
+    if (d.pci_id == pci) return true;
+  }
+  return false;
+}
+
 std::string CpuList(const std::vector<CpuEntry>& cpus) {
   std::vector<uint64_t> ids;
   for (const CpuEntry& c : cpus) ids.push_back(c.physical_id);
@@ -472,12 +485,21 @@ absl::Status HostKernel::Remove(absl::string_view name) {
   return Transact("remove", name, {{f}});
 }
 
+absl::StatusOr<InstanceInfo> HostKernel::ForHotplug(absl::string_view action, absl::string_view name, bool allow_failed) {
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
+  if (allow_failed) {
+    MK_RETURN_IF_ERROR(Guard(action, name, info,
+                             {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_FAILED}));
+  } else {
+    MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  }
+  return info;
+}
+
 absl::Status HostKernel::AddCpus(absl::string_view name, const std::vector<CpuEntry>& cpus) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("cpu-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("cpu-add", name));
+  Fragment f = Target(name);
   for (const CpuEntry& c : cpus) {
     if (std::find(info.resources.cpus.begin(), info.resources.cpus.end(), c.physical_id) == info.resources.cpus.end()) {
       f.cpu_add.push_back(c);
@@ -489,10 +511,8 @@ absl::Status HostKernel::AddCpus(absl::string_view name, const std::vector<CpuEn
 
 absl::Status HostKernel::RemoveCpus(absl::string_view name, const std::vector<CpuEntry>& cpus) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("cpu-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("cpu-remove", name));
+  Fragment f = Target(name);
   for (const CpuEntry& c : cpus) {
     auto pos = std::find(info.resources.cpus.begin(), info.resources.cpus.end(), c.physical_id);
     if (pos == info.resources.cpus.end()) continue;
@@ -508,40 +528,32 @@ absl::Status HostKernel::RemoveCpus(absl::string_view name, const std::vector<Cp
 
 absl::Status HostKernel::AddMemory(absl::string_view name, const std::vector<MemoryEntry>& memory) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("memory-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("memory-add", name));
   for (const MemoryEntry& m : memory) {
     if (info.state == v1::KERNEL_STATE_ACTIVE && (m.base % (128ull << 20) || m.size % (128ull << 20))) {
       return absl::InvalidArgumentError(absl::StrFormat("%s: 0x%x+0x%x: memory added to a running instance must be "
                                                         "128Mi aligned and sized", What("memory-add", name), m.base, m.size));
     }
   }
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  Fragment f = Target(name);
   f.memory_add = memory;
   return Transact("memory-add to", name, {{f}});
 }
 
 absl::Status HostKernel::RemoveMemory(absl::string_view name, const std::vector<MemoryEntry>& memory) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("memory-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("memory-remove", name));
+  Fragment f = Target(name);
   f.memory_remove = memory;
   return Transact("memory-remove from", name, {{f}});
 }
 
 absl::Status HostKernel::AddDevices(absl::string_view name, const std::vector<DeviceEntry>& devices) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("device-add", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("device-add", name));
+  Fragment f = Target(name);
   for (const DeviceEntry& d : devices) {
-    bool has = false;
-    for (const auto& x : info.resources.devices) has |= x.pci_id == d.pci_id;
-    if (!has) f.device_add.push_back(d);
+    if (!HasDevice(info, d.pci_id)) f.device_add.push_back(d);
   }
   if (f.device_add.empty()) return absl::OkStatus();
   return Transact("device-add to", name, {{f}});
@@ -549,14 +561,11 @@ absl::Status HostKernel::AddDevices(absl::string_view name, const std::vector<De
 
 absl::Status HostKernel::RemoveDevices(absl::string_view name, const std::vector<DeviceEntry>& devices) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_RETURN_IF_ERROR(Guard("device-remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_FAILED}));
-  Fragment f;
-  f.target_path = absl::StrCat("/instances/", name);
+  // Devices may also leave a failed instance (failover).
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, ForHotplug("device-remove", name, /*allow_failed=*/true));
+  Fragment f = Target(name);
   for (const DeviceEntry& d : devices) {
-    bool has = false;
-    for (const auto& x : info.resources.devices) has |= x.pci_id == d.pci_id;
-    if (has) f.device_remove.push_back(d);
+    if (HasDevice(info, d.pci_id)) f.device_remove.push_back(d);
   }
   if (f.device_remove.empty()) return absl::OkStatus();
   return Transact("device-remove from", name, {{f}});
@@ -567,15 +576,10 @@ absl::Status HostKernel::MoveDevices(absl::string_view from, absl::string_view t
   MK_ASSIGN_OR_RETURN(InstanceInfo src, Get(from));
   MK_ASSIGN_OR_RETURN(InstanceInfo dst, Get(to));
   MK_RETURN_IF_ERROR(Guard("move devices to", to, dst, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_ACTIVE}));
-  Fragment out, in;
-  out.target_path = absl::StrCat("/instances/", from);
-  in.target_path = absl::StrCat("/instances/", to);
+  Fragment out = Target(from), in = Target(to);
   for (const DeviceEntry& d : devices) {
-    bool at_src = false, at_dst = false;
-    for (const auto& x : src.resources.devices) at_src |= x.pci_id == d.pci_id;
-    for (const auto& x : dst.resources.devices) at_dst |= x.pci_id == d.pci_id;
-    if (at_dst) continue;
-    if (at_src) out.device_remove.push_back(d);
+    if (HasDevice(dst, d.pci_id)) continue;
+    if (HasDevice(src, d.pci_id)) out.device_remove.push_back(d);
     in.device_add.push_back(d);
   }
   if (in.device_add.empty()) return absl::OkStatus();

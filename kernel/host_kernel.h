@@ -117,6 +117,10 @@ class HostKernel {
   absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false, bool resources = true)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::unique_ptr<TxLock>> LockForTx() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The instance, if it may take hot-plug now (ready, loaded or active; also failed with
+  // `allow_failed`); FailedPrecondition otherwise.
+  absl::StatusOr<InstanceInfo> ForHotplug(absl::string_view action, absl::string_view name, bool allow_failed = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
                      std::initializer_list<mkfleet::v1::KernelState> allowed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Transact(absl::string_view action, absl::string_view name, const Overlay& overlay)

@@ -16,6 +16,7 @@
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
+#include "mkfleet/v1/agent.pb.h"
 #include "planner/topology_source.h"
 
 namespace mkfleet::agents {
@@ -57,6 +58,32 @@ struct TestHost {
   std::unique_ptr<kernel::HostKernel> hk;
   std::unique_ptr<ActionJournal> journal;
 };
+
+// create + load + start of `name` on logical `cpus` (512Mi on node 0, `device` if given),
+// action ids "<name>-create", "-load", "-start".
+inline mkfleet::v1::ActionBatch BootBatch(const std::string& name, const std::vector<uint32_t>& cpus,
+                                          const std::string& vmlinux, const std::string& device = "") {
+  mkfleet::v1::ActionBatch b;
+  mkfleet::v1::Action* c = b.add_actions();
+  c->set_id(name + "-create");
+  c->set_instance(name);
+  mkfleet::v1::Placement* p = c->mutable_create()->mutable_placement();
+  for (uint32_t cpu : cpus) p->add_cpus(cpu);
+  p->add_numa_nodes(0);
+  auto* m = p->add_memory();
+  m->set_node(0);
+  m->set_bytes(512ull << 20);
+  if (!device.empty()) p->add_devices()->set_pci(device);
+  mkfleet::v1::Action* l = b.add_actions();
+  l->set_id(name + "-load");
+  l->set_instance(name);
+  l->mutable_load()->mutable_kernel()->set_image(vmlinux);
+  mkfleet::v1::Action* s = b.add_actions();
+  s->set_id(name + "-start");
+  s->set_instance(name);
+  s->mutable_start();
+  return b;
+}
 
 }  // namespace mkfleet::agents
 
