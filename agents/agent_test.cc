@@ -136,7 +136,9 @@ TEST_F(AgentTest, StandbyTakesOverTheDevices) {
   auto again = host_.hk->Observe();
   ASSERT_TRUE(again.ok());
   for (const auto& in : again->instances) {
-    if (in.name == "web-1") EXPECT_EQ(in.resources.devices.size(), 1u);
+    if (in.name == "web-1") {
+      EXPECT_EQ(in.resources.devices.size(), 1u);
+    }
   }
 }
 

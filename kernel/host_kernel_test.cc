@@ -282,8 +282,12 @@ TEST_P(ContractTest, MoveDevicesInOneTransaction) {
   EXPECT_EQ(emu_->counters().overlays, overlays + 1);
   auto obs = hk_->Observe();
   for (const auto& in : obs->instances) {
-    if (in.name == "web-1") EXPECT_TRUE(in.resources.devices.empty());
-    if (in.name == "web-1-standby") EXPECT_EQ(in.resources.devices.at(0).pci_id, "0000:04:00.1");
+    if (in.name == "web-1") {
+      EXPECT_TRUE(in.resources.devices.empty());
+    }
+    if (in.name == "web-1-standby") {
+      EXPECT_EQ(in.resources.devices.at(0).pci_id, "0000:04:00.1");
+    }
   }
 }
 

@@ -118,7 +118,9 @@ class PropertyChecker {
         }
       }
       EXPECT_EQ(std::set<uint32_t>(p.numa_nodes().begin(), p.numa_nodes().end()), nodes);
-      if (res.placement() == v1::PLACEMENT_SINGLE_NUMA) EXPECT_EQ(nodes.size(), 1u);
+      if (res.placement() == v1::PLACEMENT_SINGLE_NUMA) {
+        EXPECT_EQ(nodes.size(), 1u);
+      }
       if (res.numa_nodes_size() > 0) {
         for (uint32_t n : nodes) EXPECT_TRUE(std::count(res.numa_nodes().begin(), res.numa_nodes().end(), n));
       }
@@ -127,8 +129,12 @@ class PropertyChecker {
         EXPECT_EQ(m.bytes() % kMemoryBlock, 0u);
         total += m.bytes();
         free_.mem_used[m.node()] += m.bytes();
-        if (res.memory_policy() != v1::MEMORY_INTERLEAVE) EXPECT_TRUE(nodes.count(m.node())) << "memory off the CPU nodes";
-        if (res.numa_nodes_size() > 0) EXPECT_TRUE(std::count(res.numa_nodes().begin(), res.numa_nodes().end(), m.node()));
+        if (res.memory_policy() != v1::MEMORY_INTERLEAVE) {
+          EXPECT_TRUE(nodes.count(m.node())) << "memory off the CPU nodes";
+        }
+        if (res.numa_nodes_size() > 0) {
+          EXPECT_TRUE(std::count(res.numa_nodes().begin(), res.numa_nodes().end(), m.node()));
+        }
       }
       EXPECT_EQ(total, res.memory());
       for (const auto& d : p.devices()) {
