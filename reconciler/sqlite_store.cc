@@ -1,0 +1,276 @@
+#include <sqlite3.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "reconciler/store.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL,
+                               mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS history (rev INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB, deleted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+)sql";
+
+// One prepared statement, reset on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  // Keys are TEXT (so they compare and prefix-match as text); values are BLOBs.
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  int Step() { return sqlite3_step(s_); }
+  int64_t Int(int col) { return sqlite3_column_int64(s_, col); }
+  std::string Blob(int col) {
+    const void* p = sqlite3_column_blob(s_, col);
+    return p == nullptr ? "" : std::string(static_cast<const char*>(p), sqlite3_column_bytes(s_, col));
+  }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  int rc_;
+};
+
+class SqliteStore final : public Store {
+ public:
+  SqliteStore(sqlite3* db, Clock& clock) : db_(db), clock_(clock) {}
+  ~SqliteStore() override { sqlite3_close(db_); }
+
+  absl::StatusOr<std::optional<KeyValue>> Get(const std::string& key) override {
+    absl::MutexLock lock(&mu_);
+    return GetLocked(key);
+  }
+
+  absl::StatusOr<std::vector<KeyValue>> List(const std::string& prefix) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 "
+                "ORDER BY key");
+    s.Bind(1, prefix).Bind(2, static_cast<int64_t>(prefix.size()));
+    std::vector<KeyValue> out;
+    int rc;
+    while ((rc = s.Step()) == SQLITE_ROW) out.push_back({s.Blob(0), s.Blob(1), s.Int(2), s.Int(3), s.Int(4)});
+    if (rc != SQLITE_DONE) return Error("list");
+    return out;
+  }
+
+  absl::StatusOr<int64_t> Put(const std::string& key, const std::string& value, int64_t lease) override {
+    return Txn({}, {{Op::Type::kPut, key, value, lease}});
+  }
+
+  absl::StatusOr<int64_t> Delete(const std::string& key) override {
+    {
+      absl::MutexLock lock(&mu_);
+      auto kv = GetLocked(key);
+      if (!kv.ok()) return kv.status();
+      if (!kv->has_value()) return absl::NotFoundError(absl::StrCat("store: no key ", key));
+    }
+    return Txn({}, {{Op::Type::kDelete, key, "", 0}});
+  }
+
+  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& compares, const std::vector<Op>& ops) override {
+    absl::MutexLock lock(&mu_);
+    if (!Exec("BEGIN IMMEDIATE")) return Error("begin");
+    auto rollback = [&](absl::Status s) {
+      Exec("ROLLBACK");
+      return s;
+    };
+    for (const Compare& c : compares) {
+      auto kv = GetLocked(c.key);
+      if (!kv.ok()) return rollback(kv.status());
+      int64_t have = kv->has_value() ? (*kv)->mod_revision : 0;
+      if (have != c.mod_revision) {
+        return rollback(absl::AbortedError(absl::StrCat("store: ", c.key, " is at revision ", have, ", expected ",
+                                                        c.mod_revision)));
+      }
+    }
+    auto rev = RevisionLocked();
+    if (!rev.ok()) return rollback(rev.status());
+    int64_t next = *rev + 1;
+    for (const Op& op : ops) {
+      if (op.type == Op::Type::kPut) {
+        Stmt s(db_, "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?1, ?2, ?3, ?3, ?4) "
+                    "ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4");
+        s.Bind(1, op.key).BindBlob(2, op.value).Bind(3, next).Bind(4, op.lease);
+        if (s.Step() != SQLITE_DONE) return rollback(Error("put"));
+      } else {
+        Stmt s(db_, "DELETE FROM kv WHERE key = ?1");
+        s.Bind(1, op.key);
+        if (s.Step() != SQLITE_DONE) return rollback(Error("delete"));
+      }
+    }
+    // History: one row per op, ordered by (revision, position in the transaction).
+    for (size_t i = 0; i < ops.size(); ++i) {
+      Stmt h(db_, "INSERT INTO history (rev, key, value, deleted) VALUES (?1, ?2, ?3, ?4)");
+      h.Bind(1, next * kOpsPerRevision + static_cast<int64_t>(i)).Bind(2, ops[i].key).BindBlob(3, ops[i].value);
+      h.Bind(4, ops[i].type == Op::Type::kDelete ? 1 : 0);
+      if (h.Step() != SQLITE_DONE) return rollback(Error("history"));
+    }
+    Stmt m(db_, "UPDATE meta SET value = ?1 WHERE name = 'revision'");
+    m.Bind(1, next);
+    if (m.Step() != SQLITE_DONE) return rollback(Error("revision"));
+    if (!Exec("COMMIT")) return rollback(Error("commit"));
+    return next;
+  }
+
+  absl::StatusOr<int64_t> Revision() override {
+    absl::MutexLock lock(&mu_);
+    return RevisionLocked();
+  }
+
+  absl::StatusOr<std::vector<Event>> EventsSince(int64_t after, const std::string& prefix) override {
+    absl::MutexLock lock(&mu_);
+    Stmt c(db_, "SELECT value FROM meta WHERE name = 'compacted'");
+    if (c.Step() != SQLITE_ROW) return Error("compacted");
+    int64_t compacted = c.Int(0);
+    if (after < compacted) {
+      return absl::OutOfRangeError(absl::StrCat("store: history before revision ", compacted + 1,
+                                                " was compacted; list again"));
+    }
+    Stmt s(db_, "SELECT rev, key, value, deleted FROM history WHERE rev >= ?1 AND substr(key, 1, ?2) = ?3 ORDER BY rev");
+    s.Bind(1, (after + 1) * kOpsPerRevision).Bind(2, static_cast<int64_t>(prefix.size())).Bind(3, prefix);
+    std::vector<Event> out;
+    int rc;
+    while ((rc = s.Step()) == SQLITE_ROW) {
+      Event e;
+      e.revision = s.Int(0) / kOpsPerRevision;
+      e.key = s.Blob(1);
+      e.type = s.Int(3) ? Event::Type::kDelete : Event::Type::kPut;
+      if (e.type == Event::Type::kPut) e.value = s.Blob(2);
+      out.push_back(std::move(e));
+    }
+    if (rc != SQLITE_DONE) return Error("history");
+    return out;
+  }
+
+  absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
+    absl::Duration deadline = clock_.Monotonic() + timeout;
+    while (true) {
+      auto rev = Revision();
+      if (!rev.ok() || *rev > after || clock_.Monotonic() >= deadline) return rev;
+      clock_.SleepFor(absl::Milliseconds(5));
+    }
+  }
+
+  absl::Status Compact(int64_t revision) override {
+    absl::MutexLock lock(&mu_);
+    Stmt d(db_, "DELETE FROM history WHERE rev < ?1");
+    d.Bind(1, (revision + 1) * kOpsPerRevision);
+    if (d.Step() != SQLITE_DONE) return Error("compact");
+    Stmt m(db_, "UPDATE meta SET value = max(value, ?1) WHERE name = 'compacted'");
+    m.Bind(1, revision);
+    if (m.Step() != SQLITE_DONE) return Error("compact");
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "INSERT INTO leases (ttl_ms, expires_ms) VALUES (?1, ?2)");
+    s.Bind(1, absl::ToInt64Milliseconds(ttl)).Bind(2, NowMs() + absl::ToInt64Milliseconds(ttl));
+    if (s.Step() != SQLITE_DONE) return Error("lease");
+    return sqlite3_last_insert_rowid(db_);
+  }
+
+  absl::Status KeepAlive(int64_t lease) override {
+    absl::MutexLock lock(&mu_);
+    Stmt s(db_, "UPDATE leases SET expires_ms = ?2 + ttl_ms WHERE id = ?1 AND expires_ms > ?2");
+    s.Bind(1, lease).Bind(2, NowMs());
+    if (s.Step() != SQLITE_DONE) return Error("keepalive");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("store: lease ", lease, " expired or unknown"));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int> ExpireLeases() override {
+    std::vector<int64_t> expired;
+    {
+      absl::MutexLock lock(&mu_);
+      Stmt s(db_, "SELECT id FROM leases WHERE expires_ms <= ?1");
+      s.Bind(1, NowMs());
+      while (s.Step() == SQLITE_ROW) expired.push_back(s.Int(0));
+    }
+    for (int64_t lease : expired) {
+      std::vector<Op> ops;
+      {
+        absl::MutexLock lock(&mu_);
+        Stmt s(db_, "SELECT key FROM kv WHERE lease = ?1");
+        s.Bind(1, lease);
+        while (s.Step() == SQLITE_ROW) ops.push_back({Op::Type::kDelete, s.Blob(0), "", 0});
+        Stmt d(db_, "DELETE FROM leases WHERE id = ?1");
+        d.Bind(1, lease);
+        d.Step();
+      }
+      if (!ops.empty()) {
+        auto r = Txn({}, ops);
+        if (!r.ok()) return r.status();
+      }
+    }
+    return static_cast<int>(expired.size());
+  }
+
+  bool Exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }
+
+ private:
+  // History rows are numbered revision * kOpsPerRevision + position, so one revision can
+  // hold a transaction's several changes in order.
+  static constexpr int64_t kOpsPerRevision = 1 << 16;
+
+  int64_t NowMs() { return absl::ToUnixMillis(clock_.Now()); }
+
+  absl::Status Error(const char* what) {
+    return absl::InternalError(absl::StrCat("store: ", what, ": ", sqlite3_errmsg(db_)));
+  }
+
+  absl::StatusOr<std::optional<KeyValue>> GetLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt s(db_, "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key = ?1");
+    s.Bind(1, key);
+    int rc = s.Step();
+    if (rc == SQLITE_DONE) return std::optional<KeyValue>();
+    if (rc != SQLITE_ROW) return Error("get");
+    return std::optional<KeyValue>(KeyValue{s.Blob(0), s.Blob(1), s.Int(2), s.Int(3), s.Int(4)});
+  }
+
+  absl::StatusOr<int64_t> RevisionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt s(db_, "SELECT value FROM meta WHERE name = 'revision'");
+    if (s.Step() != SQLITE_ROW) return Error("revision");
+    return s.Int(0);
+  }
+
+  sqlite3* db_;
+  Clock& clock_;
+  absl::Mutex mu_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, Clock& clock) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr) !=
+      SQLITE_OK) {
+    std::string msg = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return absl::UnavailableError(absl::StrCat("store ", path, ": ", msg));
+  }
+  auto store = std::make_unique<SqliteStore>(db, clock);
+  sqlite3_busy_timeout(db, 5000);
+  if (!store->Exec("PRAGMA journal_mode=WAL") || !store->Exec("PRAGMA synchronous=NORMAL") || !store->Exec(kSchema)) {
+    return absl::InternalError(absl::StrCat("store ", path, ": ", sqlite3_errmsg(db)));
+  }
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace mkfleet::reconciler

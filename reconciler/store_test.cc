@@ -1,0 +1,143 @@
+#include "reconciler/store.h"
+
+#include <filesystem>
+#include <thread>
+
+#include "common/testing/simulated_clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+using ::testing::ElementsAre;
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = ::testing::TempDir() + "/store-" + ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".db";
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path_ + suffix);
+    store_ = *OpenSqliteStore(path_, clock_);
+  }
+  std::string path_;
+  SimulatedClock clock_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(StoreTest, PutGetListAndRevisions) {
+  EXPECT_EQ(*store_->Revision(), 0);
+  EXPECT_EQ(*store_->Put("/instances/web-1", "a"), 1);
+  EXPECT_EQ(*store_->Put("/instances/web-2", "b"), 2);
+  EXPECT_EQ(*store_->Put("/hosts/node-a", "h"), 3);
+  EXPECT_EQ(*store_->Put("/instances/web-1", "a2"), 4);
+  auto kv = *store_->Get("/instances/web-1");
+  ASSERT_TRUE(kv.has_value());
+  EXPECT_EQ(kv->value, "a2");
+  EXPECT_EQ(kv->create_revision, 1);
+  EXPECT_EQ(kv->mod_revision, 4);
+  auto list = *store_->List("/instances/");
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].key, "/instances/web-1");
+  EXPECT_EQ(list[1].key, "/instances/web-2");
+  EXPECT_FALSE(store_->Get("/nope")->has_value());
+  EXPECT_EQ(*store_->Delete("/instances/web-2"), 5);
+  EXPECT_EQ(store_->Delete("/instances/web-2").status().code(), absl::StatusCode::kNotFound);
+  // Binary values survive.
+  std::string bin("a\0b\xff", 4);
+  store_->Put("/bin", bin);
+  EXPECT_EQ((*store_->Get("/bin"))->value, bin);
+}
+
+TEST_F(StoreTest, CompareAndSwap) {
+  store_->Put("/x", "1");
+  auto kv = *store_->Get("/x");
+  EXPECT_TRUE(store_->Txn({{"/x", kv->mod_revision}}, {{Op::Type::kPut, "/x", "2", 0}}).ok());
+  absl::Status stale = store_->Txn({{"/x", kv->mod_revision}}, {{Op::Type::kPut, "/x", "3", 0}}).status();
+  EXPECT_EQ(stale.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(stale.message(), "store: /x is at revision 2, expected 1");
+  EXPECT_EQ((*store_->Get("/x"))->value, "2");
+  // Create only if absent.
+  EXPECT_EQ(store_->Txn({{"/x", 0}}, {{Op::Type::kPut, "/x", "new", 0}}).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(store_->Txn({{"/y", 0}}, {{Op::Type::kPut, "/y", "new", 0}}).ok());
+}
+
+TEST_F(StoreTest, TransactionsAreAllOrNothing) {
+  store_->Put("/a", "1");
+  int64_t rev = *store_->Revision();
+  absl::Status s = store_->Txn({{"/a", 1}, {"/b", 99}},
+                               {{Op::Type::kPut, "/a", "2", 0}, {Op::Type::kPut, "/c", "3", 0}}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(*store_->Revision(), rev);
+  EXPECT_FALSE(store_->Get("/c")->has_value());
+  auto r = store_->Txn({{"/a", 1}}, {{Op::Type::kPut, "/a", "2", 0}, {Op::Type::kPut, "/c", "3", 0}, {Op::Type::kDelete, "/a", "", 0}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, rev + 1);  // one revision for the whole transaction
+  auto events = *store_->EventsSince(rev, "/");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].key, "/a");
+  EXPECT_EQ(events[1].key, "/c");
+  EXPECT_EQ(events[2].type, Event::Type::kDelete);
+  for (const auto& e : events) EXPECT_EQ(e.revision, rev + 1);
+}
+
+TEST_F(StoreTest, WatchHistoryInOrderWithPrefixAndCompaction) {
+  store_->Put("/i/a", "1");  // 1
+  store_->Put("/h/x", "2");  // 2
+  store_->Put("/i/b", "3");  // 3
+  store_->Delete("/i/a");    // 4
+  auto events = *store_->EventsSince(1, "/i/");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].revision, 3);
+  EXPECT_EQ(events[1].revision, 4);
+  EXPECT_EQ(events[1].type, Event::Type::kDelete);
+  ASSERT_TRUE(store_->Compact(2).ok());
+  EXPECT_EQ(store_->EventsSince(1, "/").status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(store_->EventsSince(2, "/")->size(), 2u);
+}
+
+TEST_F(StoreTest, SurvivesReopen) {
+  store_->Put("/k", "v");
+  store_->Put("/k2", "v2");
+  store_.reset();
+  auto again = OpenSqliteStore(path_, clock_);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*(*again)->Revision(), 2);
+  EXPECT_EQ((*(*again)->Get("/k2"))->value, "v2");
+  EXPECT_EQ(*(*again)->Put("/k3", "v3"), 3);
+}
+
+TEST_F(StoreTest, LeasesExpireTheirKeys) {
+  int64_t lease = *store_->GrantLease(absl::Seconds(10));
+  store_->Put("/leader", "me", lease);
+  store_->Put("/other", "x");
+  clock_.Advance(absl::Seconds(6));
+  EXPECT_TRUE(store_->KeepAlive(lease).ok());
+  clock_.Advance(absl::Seconds(6));
+  EXPECT_EQ(*store_->ExpireLeases(), 0);  // kept alive
+  EXPECT_TRUE(store_->Get("/leader")->has_value());
+  clock_.Advance(absl::Seconds(11));
+  EXPECT_EQ(*store_->ExpireLeases(), 1);
+  EXPECT_FALSE(store_->Get("/leader")->has_value());
+  EXPECT_TRUE(store_->Get("/other")->has_value());
+  EXPECT_EQ(store_->KeepAlive(lease).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(StoreTest, ConcurrentCompareAndSwapLosesNoUpdate) {
+  store_->Put("/counter", "0");
+  auto bump = [&] {
+    for (int i = 0; i < 100; ++i) {
+      while (true) {
+        auto kv = *store_->Get("/counter");
+        int n = std::stoi(kv->value);
+        if (store_->Txn({{"/counter", kv->mod_revision}}, {{Op::Type::kPut, "/counter", std::to_string(n + 1), 0}}).ok()) break;
+      }
+    }
+  };
+  std::thread a(bump), b(bump);
+  a.join();
+  b.join();
+  EXPECT_EQ((*store_->Get("/counter"))->value, "200");
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
