@@ -1,0 +1,197 @@
+#include "reconciler/objects.h"
+
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "manifests/loader.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+v1::ObjectMeta* MutableMeta(v1::Object& o) {
+  switch (o.kind_case()) {
+    case v1::Object::kHost:
+      return o.mutable_host()->mutable_metadata();
+    case v1::Object::kKernelInstance:
+      return o.mutable_kernel_instance()->mutable_metadata();
+    case v1::Object::kInstanceSet:
+      return o.mutable_instance_set()->mutable_metadata();
+    default:
+      return nullptr;
+  }
+}
+
+// What a change of generation looks at: the spec and the labels.
+std::string SpecOf(const v1::Object& o) {
+  v1::Object copy = o;
+  v1::ObjectMeta* m = MutableMeta(copy);
+  std::map<std::string, std::string> labels(m->labels().begin(), m->labels().end());
+  std::string spec;
+  switch (copy.kind_case()) {
+    case v1::Object::kHost:
+      spec = copy.host().spec().SerializeAsString();
+      break;
+    case v1::Object::kKernelInstance:
+      spec = copy.kernel_instance().spec().SerializeAsString();
+      break;
+    case v1::Object::kInstanceSet:
+      spec = copy.instance_set().spec().SerializeAsString();
+      break;
+    default:
+      break;
+  }
+  for (const auto& [k, v] : labels) absl::StrAppend(&spec, "|", k, "=", v);
+  return spec;
+}
+
+}  // namespace
+
+std::string ObjectKey(absl::string_view kind, absl::string_view name) {
+  return absl::StrCat("/objects/", kind, "/", name);
+}
+
+absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& objects, const ApplyOptions& options) {
+  if (options.prune && options.source.empty()) return absl::InvalidArgumentError("prune needs a source");
+  // Checks across the set and the store.
+  std::set<std::string> keys;
+  std::set<std::string> hosts;
+  auto stored_hosts = store_.List("/objects/Host/");
+  if (!stored_hosts.ok()) return stored_hosts.status();
+  for (const KeyValue& kv : *stored_hosts) hosts.insert(kv.key.substr(std::string("/objects/Host/").size()));
+  std::vector<std::string> problems;
+  for (const v1::Object& o : objects) {
+    std::string kind(manifests::KindOf(o));
+    const std::string& name = manifests::MetadataOf(o).name();
+    if (kind.empty() || name.empty()) {
+      problems.push_back("an object without kind or name");
+      continue;
+    }
+    if (!keys.insert(ObjectKey(kind, name)).second) problems.push_back(absl::StrCat(kind, "/", name, ": given twice"));
+    if (o.has_host()) hosts.insert(name);
+  }
+  for (const v1::Object& o : objects) {
+    if (o.has_kernel_instance() && !o.kernel_instance().spec().host().empty() &&
+        !hosts.count(o.kernel_instance().spec().host())) {
+      problems.push_back(absl::StrCat("KernelInstance/", o.kernel_instance().metadata().name(), ": spec.host: no Host named \"",
+                                      o.kernel_instance().spec().host(), "\""));
+    }
+  }
+  if (!problems.empty()) return absl::InvalidArgumentError(absl::StrJoin(problems, "; "));
+
+  v1::ApplyResponse response;
+  std::vector<Compare> compares;
+  std::vector<Op> ops;
+  for (const v1::Object& o : objects) {
+    std::string kind(manifests::KindOf(o));
+    const std::string& name = manifests::MetadataOf(o).name();
+    std::string key = ObjectKey(kind, name);
+    auto existing = store_.Get(key);
+    if (!existing.ok()) return existing.status();
+    v1::Object next = o;
+    v1::ObjectMeta* meta = MutableMeta(next);
+    meta->set_source(options.source);
+    v1::ObjectChange* change = response.add_changes();
+    change->set_kind(kind);
+    change->set_name(name);
+    if (!existing->has_value()) {
+      meta->set_generation(1);
+      change->set_change("created");
+      compares.push_back({key, 0});
+    } else {
+      v1::Object old;
+      if (!old.ParseFromString((*existing)->value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
+      const v1::ObjectMeta& old_meta = manifests::MetadataOf(old);
+      bool spec_changed = SpecOf(old) != SpecOf(next);
+      meta->set_generation(old_meta.generation() + (spec_changed ? 1 : 0));
+      if (!spec_changed && old_meta.source() == options.source) {
+        change->set_change("unchanged");
+        continue;
+      }
+      change->set_change(spec_changed ? "configured" : "unchanged");
+      compares.push_back({key, (*existing)->mod_revision});
+    }
+    ops.push_back({Op::Type::kPut, key, next.SerializeAsString(), 0});
+  }
+  if (!options.source.empty()) {
+    std::string inv_key = "/inventory/" + options.source;
+    auto inv = store_.Get(inv_key);
+    if (!inv.ok()) return inv.status();
+    if (options.prune && inv->has_value()) {
+      for (absl::string_view k : absl::StrSplit((*inv)->value, '\n', absl::SkipEmpty())) {
+        std::string key(k);
+        if (keys.count(key)) continue;
+        auto gone = store_.Get(key);
+        if (!gone.ok()) return gone.status();
+        if (!gone->has_value()) continue;
+        compares.push_back({key, (*gone)->mod_revision});
+        ops.push_back({Op::Type::kDelete, key, "", 0});
+        std::vector<std::string> parts = absl::StrSplit(key, '/');
+        v1::ObjectChange* change = response.add_changes();
+        change->set_kind(parts.size() > 2 ? parts[2] : "");
+        change->set_name(parts.size() > 3 ? parts[3] : "");
+        change->set_change("pruned");
+      }
+    }
+    // The inventory: what this source owns after this apply.
+    std::set<std::string> owned = keys;
+    if (!options.prune && inv->has_value()) {
+      for (absl::string_view k : absl::StrSplit((*inv)->value, '\n', absl::SkipEmpty())) owned.insert(std::string(k));
+    }
+    std::string inventory = absl::StrJoin(owned, "\n");
+    if (!inv->has_value() || (*inv)->value != inventory) {
+      compares.push_back({inv_key, inv->has_value() ? (*inv)->mod_revision : 0});
+      ops.push_back({Op::Type::kPut, inv_key, std::move(inventory), 0});
+    }
+  }
+  if (options.dry_run || ops.empty()) {
+    auto rev = store_.Revision();
+    if (!rev.ok()) return rev.status();
+    response.set_revision(*rev);
+    return response;
+  }
+  auto rev = store_.Txn(compares, ops);
+  if (!rev.ok()) return rev.status();
+  response.set_revision(*rev);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind) {
+  auto kvs = store_.List(absl::StrCat("/objects/", kind, "/"));
+  if (!kvs.ok()) return kvs.status();
+  std::vector<v1::Object> out;
+  for (const KeyValue& kv : *kvs) {
+    v1::Object o;
+    if (!o.ParseFromString(kv.value)) return absl::DataLossError(absl::StrCat("store: ", kv.key, " is corrupt"));
+    MutableMeta(o)->set_revision(kv.mod_revision);
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, absl::string_view name) {
+  auto kv = store_.Get(ObjectKey(kind, name));
+  if (!kv.ok()) return kv.status();
+  if (!kv->has_value()) return std::optional<v1::Object>();
+  v1::Object o;
+  if (!o.ParseFromString((*kv)->value)) return absl::DataLossError("store: corrupt object");
+  MutableMeta(o)->set_revision((*kv)->mod_revision);
+  return std::optional<v1::Object>(std::move(o));
+}
+
+absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
+  auto rev = store_.Delete(ObjectKey(kind, name));
+  if (!rev.ok()) {
+    if (rev.status().code() == absl::StatusCode::kNotFound) {
+      return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
+    }
+    return rev.status();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace mkfleet::reconciler

@@ -1,0 +1,53 @@
+// Objects: the controller's typed layer over the Store. Manifest objects live at
+// /objects/<Kind>/<name> (spec and metadata; metadata.generation counts spec changes),
+// their status at /status/<Kind>/<name> (so status writes never conflict with applies),
+// and what each apply source owns at /inventory/<source> (for --prune).
+//
+// Apply is atomic: everything is checked first (references between objects, against the
+// set and the store), then one store transaction writes every change, or nothing is
+// written. Thread-safety: safe to call concurrently (conflicts surface as Aborted).
+#ifndef MKFLEET_RECONCILER_OBJECTS_H_
+#define MKFLEET_RECONCILER_OBJECTS_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mkfleet/v1/controller.pb.h"
+#include "mkfleet/v1/manifest.pb.h"
+#include "reconciler/store.h"
+
+namespace mkfleet::reconciler {
+
+std::string ObjectKey(absl::string_view kind, absl::string_view name);
+
+struct ApplyOptions {
+  std::string source;  // who applies (a path, a git URL); required for prune
+  bool dry_run = false;
+  bool prune = false;  // delete what `source` applied before and no longer does
+};
+
+class Objects {
+ public:
+  explicit Objects(Store& store) : store_(store) {}
+
+  // Stores `objects` (created, configured or unchanged) and, with prune, deletes the
+  // source's objects that are absent now. InvalidArgument (nothing written) for a
+  // reference to a Host that neither the set nor the store has, or two objects of one
+  // kind and name. Returns one change per object, in input order, then the pruned ones.
+  absl::StatusOr<mkfleet::v1::ApplyResponse> Apply(const std::vector<mkfleet::v1::Object>& objects,
+                                                   const ApplyOptions& options);
+
+  absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind);
+  absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name);
+  // NotFound if absent.
+  absl::Status Delete(absl::string_view kind, absl::string_view name);
+
+ private:
+  Store& store_;
+};
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_OBJECTS_H_

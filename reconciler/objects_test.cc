@@ -1,0 +1,131 @@
+#include "reconciler/objects.h"
+
+#include <filesystem>
+
+#include "common/testing/simulated_clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::HasSubstr;
+
+v1::Object Host(const std::string& name) {
+  v1::Object o;
+  o.mutable_host()->mutable_metadata()->set_name(name);
+  return o;
+}
+
+v1::Object Instance(const std::string& name, const std::string& host, int cpus) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->mutable_metadata()->set_name(name);
+  ki->mutable_spec()->set_host(host);
+  ki->mutable_spec()->mutable_resources()->set_cpus(cpus);
+  return o;
+}
+
+std::vector<std::string> Changes(const v1::ApplyResponse& r) {
+  std::vector<std::string> out;
+  for (const auto& c : r.changes()) out.push_back(c.kind() + "/" + c.name() + " " + c.change());
+  return out;
+}
+
+class ObjectsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string path = ::testing::TempDir() + "/objects-" +
+                       ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".db";
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+    store_ = *OpenSqliteStore(path, clock_);
+    objects_ = std::make_unique<Objects>(*store_);
+  }
+  SimulatedClock clock_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Objects> objects_;
+};
+
+TEST_F(ObjectsTest, CreateConfigureUnchangedAndGenerations) {
+  ApplyOptions opts{"git:fleet", false, false};
+  auto r = objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 4)}, opts);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Changes(*r), ::testing::ElementsAre("Host/node-a created", "KernelInstance/web-1 created"));
+  auto web = **objects_->Get("KernelInstance", "web-1");
+  EXPECT_EQ(web.kernel_instance().metadata().generation(), 1);
+  EXPECT_EQ(web.kernel_instance().metadata().source(), "git:fleet");
+  EXPECT_GT(web.kernel_instance().metadata().revision(), 0);
+
+  r = objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 8)}, opts);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Changes(*r), ::testing::ElementsAre("Host/node-a unchanged", "KernelInstance/web-1 configured"));
+  web = **objects_->Get("KernelInstance", "web-1");
+  EXPECT_EQ(web.kernel_instance().metadata().generation(), 2);
+  EXPECT_EQ(web.kernel_instance().spec().resources().cpus(), 8u);
+
+  // A label change is a spec-level change; re-applying the same thing writes nothing.
+  int64_t before = *store_->Revision();
+  r = objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 8)}, opts);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*store_->Revision(), before);
+  v1::Object labelled = Instance("web-1", "node-a", 8);
+  (*labelled.mutable_kernel_instance()->mutable_metadata()->mutable_labels())["tier"] = "web";
+  r = objects_->Apply({labelled}, opts);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((**objects_->Get("KernelInstance", "web-1")).kernel_instance().metadata().generation(), 3);
+}
+
+TEST_F(ObjectsTest, BadReferenceWritesNothing) {
+  auto r = objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 4), Instance("web-2", "node-zz", 4)},
+                           ApplyOptions{"s", false, false});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("KernelInstance/web-2: spec.host: no Host named \"node-zz\""));
+  EXPECT_EQ(*store_->Revision(), 0);
+  EXPECT_TRUE(objects_->List("Host")->empty());
+
+  r = objects_->Apply({Host("node-a"), Host("node-a")}, ApplyOptions{"s", false, false});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("Host/node-a: given twice"));
+
+  // A reference to a host already in the store is fine.
+  ASSERT_TRUE(objects_->Apply({Host("node-a")}, ApplyOptions{"hosts", false, false}).ok());
+  EXPECT_TRUE(objects_->Apply({Instance("web-1", "node-a", 2)}, ApplyOptions{"apps", false, false}).ok());
+}
+
+TEST_F(ObjectsTest, DryRunWritesNothing) {
+  auto r = objects_->Apply({Host("node-a")}, ApplyOptions{"s", true, false});
+  ASSERT_TRUE(r.ok());
+  EXPECT_THAT(Changes(*r), ::testing::ElementsAre("Host/node-a created"));
+  EXPECT_EQ(*store_->Revision(), 0);
+  EXPECT_FALSE(objects_->Get("Host", "node-a")->has_value());
+}
+
+TEST_F(ObjectsTest, PruneDeletesOnlyWhatTheSourceOwned) {
+  ASSERT_TRUE(objects_->Apply({Host("node-a"), Host("node-b")}, ApplyOptions{"hosts", false, false}).ok());
+  ASSERT_TRUE(objects_->Apply({Instance("web-1", "node-a", 2), Instance("web-2", "node-b", 2)},
+                              ApplyOptions{"apps", false, false})
+                  .ok());
+  // Without prune, dropping web-2 from the set keeps it.
+  ASSERT_TRUE(objects_->Apply({Instance("web-1", "node-a", 2)}, ApplyOptions{"apps", false, false}).ok());
+  EXPECT_EQ(objects_->List("KernelInstance")->size(), 2u);
+  // With prune it goes, and the other source's hosts stay.
+  auto r = objects_->Apply({Instance("web-1", "node-a", 2)}, ApplyOptions{"apps", false, true});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Changes(*r), ::testing::ElementsAre("KernelInstance/web-1 unchanged", "KernelInstance/web-2 pruned"));
+  EXPECT_EQ(objects_->List("KernelInstance")->size(), 1u);
+  EXPECT_EQ(objects_->List("Host")->size(), 2u);
+  EXPECT_EQ(objects_->Apply({}, ApplyOptions{"", false, true}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ObjectsTest, DeleteNamesTheObject) {
+  ASSERT_TRUE(objects_->Apply({Host("node-a")}, ApplyOptions{"s", false, false}).ok());
+  EXPECT_TRUE(objects_->Delete("Host", "node-a").ok());
+  absl::Status again = objects_->Delete("Host", "node-a");
+  EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(again.message(), "Host/node-a does not exist");
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
