@@ -40,6 +40,39 @@ struct PlanOptions {
 // something is unschedulable (explained in the output), 2 on invalid input (on `err`).
 int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err);
 
+// Commands that talk to a controller (mkcontroller). Exit 0 on success, 2 when the input
+// or the request is invalid (nothing was changed), 1 when the controller cannot be reached
+// or fails.
+struct ApplyOptions {
+  std::vector<std::string> paths;
+  std::string controller = "127.0.0.1:7100";
+  std::string source;  // default: the paths given, joined by ","
+  bool prune = false;
+  bool dry_run = false;
+  int timeout_seconds = 30;
+};
+
+// Loads `paths`, sends them to the controller in one atomic apply and prints one line per
+// object: "KernelInstance/web-1 created" (configured, unchanged, pruned).
+int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err);
+// As RunApply with dry_run: what an apply would change, writing nothing.
+int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err);
+
+struct GetOptions {
+  std::string controller = "127.0.0.1:7100";
+  std::string kind;  // Host, KernelInstance, InstanceSet (or host, hosts, ki, instances, ...)
+  std::string name;  // empty: every object of the kind
+  std::string output = "table";  // table | yaml
+  int timeout_seconds = 30;
+};
+
+int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err);
+// Deletes kind/name; exit 1 with "Kind/name does not exist" when it is absent.
+int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);
+
+// "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
+std::string CanonicalKind(const std::string& kind);
+
 }  // namespace mkfleet::cli
 
 #endif  // MKFLEET_CLI_COMMANDS_H_

@@ -8,7 +8,7 @@
 int main(int argc, char** argv) {
   CLI::App app{
       "mkapply: declarative control of multikernel Linux fleets.\n"
-      "Validate and plan manifests (Host, KernelInstance, InstanceSet) and apply them."};
+      "Validate and plan manifests (Host, KernelInstance, InstanceSet) and apply them to mkcontroller."};
   app.set_version_flag("--version", std::string("mkapply ") + mkfleet::kVersion);
   app.require_subcommand(1);
 
@@ -44,6 +44,37 @@ int main(int argc, char** argv) {
                        "SR-IOV VFs to assume per Network function of XML/synthetic topologies "
                        "(hwloc exports carry no SR-IOV data)");
 
+  mkfleet::cli::ApplyOptions apply;
+  CLI::App* apply_cmd = app.add_subcommand(
+      "apply",
+      "Send manifests to the controller in one atomic apply.\n"
+      "Prints Kind/name created|configured|unchanged|pruned. Exit 0 on success, 2 when the "
+      "input is invalid (nothing is changed), 1 when the controller cannot be reached.");
+  CLI::App* diff_cmd = app.add_subcommand(
+      "diff", "Show what `apply` would change, writing nothing (same flags and exit codes).");
+  for (CLI::App* cmd : {apply_cmd, diff_cmd}) {
+    cmd->add_option("-f,--filename", apply.paths,
+                    "Manifest file or directory (recursive, *.yaml/*.yml); - for stdin")
+        ->required();
+    cmd->add_option("--controller", apply.controller, "mkcontroller address (default 127.0.0.1:7100)");
+    cmd->add_option("--source", apply.source, "who owns these objects, for --prune (default: the -f paths)");
+    cmd->add_flag("--prune", apply.prune, "also delete objects this source applied before and no longer has");
+    cmd->add_option("--timeout", apply.timeout_seconds, "seconds to wait for the controller (default 30)");
+  }
+  apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
+
+  mkfleet::cli::GetOptions get;
+  CLI::App* get_cmd = app.add_subcommand("get", "List objects of a kind, or show one.\nExit 0, 1 when absent or unreachable.");
+  CLI::App* delete_cmd = app.add_subcommand("delete", "Delete one object.\nExit 0, 1 when absent or unreachable.");
+  for (CLI::App* cmd : {get_cmd, delete_cmd}) {
+    cmd->add_option("kind", get.kind, "Host, KernelInstance (ki) or InstanceSet")->required();
+    cmd->add_option("name", get.name, "object name");
+    cmd->add_option("--controller", get.controller, "mkcontroller address (default 127.0.0.1:7100)");
+    cmd->add_option("--timeout", get.timeout_seconds, "seconds to wait for the controller (default 30)");
+  }
+  delete_cmd->get_option("name")->required();
+  get_cmd->add_option("-o,--output", get.output, "table (default) or yaml")->check(CLI::IsMember({"table", "yaml"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -52,5 +83,9 @@ int main(int argc, char** argv) {
   }
   if (validate_cmd->parsed()) return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);
   if (plan_cmd->parsed()) return mkfleet::cli::RunPlan(plan, std::cout, std::cerr);
+  if (apply_cmd->parsed()) return mkfleet::cli::RunApply(apply, std::cout, std::cerr);
+  if (diff_cmd->parsed()) return mkfleet::cli::RunDiff(apply, std::cout, std::cerr);
+  if (get_cmd->parsed()) return mkfleet::cli::RunGet(get, std::cout, std::cerr);
+  if (delete_cmd->parsed()) return mkfleet::cli::RunDelete(get, std::cout, std::cerr);
   return mkfleet::cli::kExitInvalid;
 }

@@ -1,0 +1,146 @@
+// The mkapply commands that talk to mkcontroller over gRPC.
+#include <chrono>
+#include <iomanip>
+#include <memory>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_join.h"
+#include "cli/commands.h"
+#include "grpcpp/grpcpp.h"
+#include "manifests/loader.h"
+#include "manifests/printer.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+
+namespace mkfleet::cli {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+std::unique_ptr<v1::Controller::Stub> Connect(const std::string& address) {
+  return v1::Controller::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+void SetDeadline(grpc::ClientContext& ctx, int seconds) {
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+// Prints a failed call and maps it to an exit code.
+int Report(const grpc::Status& s, const std::string& controller, std::ostream& err) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      err << "error: cannot reach the controller at " << controller << ": " << s.error_message() << "\n";
+      return kExitFailure;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      err << "error: " << s.error_message() << "\nnothing was changed\n";
+      return kExitInvalid;
+    default:
+      err << "error: " << s.error_message() << "\n";
+      return kExitFailure;
+  }
+}
+
+int ApplyOrDiff(const ApplyOptions& options, bool dry_run, std::ostream& out, std::ostream& err) {
+  manifests::LoadOptions load_options;
+  load_options.check_host_references = false;  // the controller checks against the store too
+  manifests::LoadResult loaded = manifests::LoadPaths(options.paths, load_options);
+  if (!loaded.ok()) {
+    for (const manifests::Diagnostic& d : loaded.errors) err << d.ToString() << "\n";
+    err << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors") << "; nothing was changed\n";
+    return kExitInvalid;
+  }
+  v1::ApplyRequest request;
+  for (const manifests::LoadedObject& o : loaded.objects) *request.add_objects() = o.object;
+  request.set_source(options.source.empty() ? absl::StrJoin(options.paths, ",") : options.source);
+  request.set_prune(options.prune);
+  request.set_dry_run(dry_run || options.dry_run);
+  auto stub = Connect(options.controller);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options.timeout_seconds);
+  v1::ApplyResponse response;
+  grpc::Status s = request.dry_run() ? stub->Diff(&ctx, request, &response) : stub->Apply(&ctx, request, &response);
+  if (!s.ok()) return Report(s, options.controller, err);
+  for (const v1::ObjectChange& c : response.changes()) {
+    out << c.kind() << "/" << c.name() << " " << c.change() << (request.dry_run() ? " (dry run)" : "") << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+std::string CanonicalKind(const std::string& kind) {
+  std::string k = absl::AsciiStrToLower(kind);
+  if (k == "host" || k == "hosts") return "Host";
+  if (k == "kernelinstance" || k == "kernelinstances" || k == "ki" || k == "instance" || k == "instances") {
+    return "KernelInstance";
+  }
+  if (k == "instanceset" || k == "instancesets" || k == "set" || k == "sets") return "InstanceSet";
+  return "";
+}
+
+int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
+  return ApplyOrDiff(options, false, out, err);
+}
+
+int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
+  return ApplyOrDiff(options, true, out, err);
+}
+
+int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  std::string kind = CanonicalKind(options.kind);
+  if (kind.empty()) {
+    err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
+    return kExitInvalid;
+  }
+  auto stub = Connect(options.controller);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options.timeout_seconds);
+  v1::GetRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  v1::GetResponse response;
+  grpc::Status s = stub->Get(&ctx, request, &response);
+  if (!s.ok()) return Report(s, options.controller, err);
+  std::vector<v1::Object> objects(response.objects().begin(), response.objects().end());
+  if (options.output == "yaml") {
+    out << manifests::PrintYaml(objects);
+    return kExitOk;
+  }
+  if (objects.empty()) {
+    err << "no " << kind << " objects\n";
+    return kExitOk;
+  }
+  out << std::left << std::setw(32) << "NAME" << std::setw(12) << "GENERATION" << std::setw(10) << "REVISION"
+      << "SOURCE\n";
+  for (const v1::Object& o : objects) {
+    const v1::ObjectMeta& m = manifests::MetadataOf(o);
+    out << std::left << std::setw(32) << m.name() << std::setw(12) << m.generation() << std::setw(10) << m.revision()
+        << m.source() << "\n";
+  }
+  return kExitOk;
+}
+
+int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  std::string kind = CanonicalKind(options.kind);
+  if (kind.empty()) {
+    err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
+    return kExitInvalid;
+  }
+  if (options.name.empty()) {
+    err << "error: delete needs a name\n";
+    return kExitInvalid;
+  }
+  auto stub = Connect(options.controller);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, options.timeout_seconds);
+  v1::DeleteRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  v1::DeleteResponse response;
+  grpc::Status s = stub->Delete(&ctx, request, &response);
+  if (!s.ok()) return Report(s, options.controller, err);
+  out << kind << "/" << options.name << " deleted\n";
+  return kExitOk;
+}
+
+}  // namespace mkfleet::cli

@@ -1,0 +1,45 @@
+// ControllerService: the gRPC face of the controller's object store for mkapply
+// (proto/mkfleet/v1/controller.proto): Apply, Diff (an apply that writes nothing), Get
+// and Delete over reconciler::Objects. Watch and Events are not served yet (UNIMPLEMENTED).
+// Thread-safety: gRPC calls it from many threads; Objects is safe for that.
+#ifndef MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
+#define MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "grpcpp/grpcpp.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+#include "reconciler/objects.h"
+
+namespace mkfleet::reconciler {
+
+class ControllerService final : public mkfleet::v1::Controller::Service {
+ public:
+  explicit ControllerService(Objects& objects) : objects_(objects) {}
+
+  grpc::Status Apply(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
+                     mkfleet::v1::ApplyResponse* response) override;
+  grpc::Status Diff(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
+                    mkfleet::v1::ApplyResponse* response) override;
+  grpc::Status Get(grpc::ServerContext*, const mkfleet::v1::GetRequest* request,
+                   mkfleet::v1::GetResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext*, const mkfleet::v1::DeleteRequest* request,
+                      mkfleet::v1::DeleteResponse*) override;
+
+ private:
+  grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
+  Objects& objects_;
+};
+
+// The kinds the controller stores.
+bool IsKnownKind(const std::string& kind);
+
+// Starts a server for `service` on `address` (port 0 picks a free one) with the health
+// service and server reflection. `port` receives the bound port.
+std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,
+                                                    int* port);
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
