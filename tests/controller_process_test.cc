@@ -1,0 +1,91 @@
+// mkcontroller and mkapply as real processes: objects survive a SIGKILL of the controller,
+// re-applying changes nothing, SIGTERM stops it with exit 0, and exit codes hold.
+#include <sys/wait.h>
+
+#include <filesystem>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/process_util.h"
+
+namespace mkfleet {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class ControllerProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("controller-proc-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<testing::Process> StartController(const std::string& log) {
+    auto p = std::make_unique<testing::Process>(
+        std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                                 "--listen", "127.0.0.1:0"},
+        (dir_ / log).string());
+    port_ = p->WaitFor("listening on port ([0-9]+)");
+    EXPECT_FALSE(port_.empty()) << p->Log();
+    return p;
+  }
+
+  // Runs mkapply to completion; returns its exit code and output.
+  int Mkapply(std::vector<std::string> args, std::string* output) {
+    std::vector<std::string> argv = {"cli/mkapply"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    if (args[0] != "validate") {
+      argv.push_back("--controller");
+      argv.push_back("127.0.0.1:" + port_);
+    }
+    std::string log = (dir_ / ("mkapply-" + std::to_string(++runs_))).string();
+    testing::Process p(argv, log);
+    int status = p.Kill(0);  // signal 0: just wait for it
+    *output = p.Log();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  fs::path dir_;
+  std::string port_;
+  int runs_ = 0;
+};
+
+TEST_F(ControllerProcessTest, ObjectsSurviveSigkillAndSigtermIsClean) {
+  auto controller = StartController("c1.log");
+  std::string out;
+  ASSERT_EQ(Mkapply({"apply", "-f", "examples"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 created"));
+
+  controller->Kill(SIGKILL);
+  controller = StartController("c2.log");
+  ASSERT_EQ(Mkapply({"get", "ki"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("db-1"));
+  EXPECT_THAT(out, HasSubstr("ml-1"));
+  EXPECT_THAT(out, HasSubstr("web-1"));
+  ASSERT_EQ(Mkapply({"apply", "-f", "examples"}, &out), 0) << out;
+  EXPECT_THAT(out, Not(HasSubstr("created")));
+  EXPECT_THAT(out, HasSubstr("Host/node-c unchanged"));
+
+  ASSERT_EQ(Mkapply({"delete", "host", "node-zz"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Host/node-zz does not exist"));
+  ASSERT_EQ(Mkapply({"get", "pods"}, &out), 2) << out;
+
+  int status = controller->Kill(SIGTERM);
+  ASSERT_TRUE(WIFEXITED(status)) << controller->Log();
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_THAT(controller->Log(), HasSubstr("mkcontroller: stopped"));
+}
+
+TEST_F(ControllerProcessTest, BadStoreFlagExits2) {
+  testing::Process p({"reconciler/mkcontroller", "--store", "etcd:127.0.0.1:2379"}, (dir_ / "bad.log").string());
+  int status = p.Kill(0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  EXPECT_THAT(p.Log(), HasSubstr("--store: expected sqlite:PATH"));
+}
+
+}  // namespace
+}  // namespace mkfleet
