@@ -22,7 +22,7 @@ class RemoteTest : public ::testing::Test {
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     store_ = *reconciler::OpenSqliteStore(path, clock_);
     objects_ = std::make_unique<reconciler::Objects>(*store_);
-    service_ = std::make_unique<reconciler::ControllerService>(*objects_);
+    service_ = std::make_unique<reconciler::ControllerService>(*store_, *objects_);
     int port = 0;
     server_ = reconciler::StartControllerServer(*service_, "127.0.0.1:0", &port);
     ASSERT_NE(server_, nullptr);

@@ -1,6 +1,9 @@
 #include "reconciler/controller_service.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -68,6 +71,57 @@ grpc::Status ControllerService::Get(grpc::ServerContext*, const v1::GetRequest* 
 grpc::Status ControllerService::Delete(grpc::ServerContext*, const v1::DeleteRequest* request, v1::DeleteResponse*) {
   if (!IsKnownKind(request->kind())) return UnknownKind(request->kind());
   return ToGrpc(objects_.Delete(request->kind(), request->name()));
+}
+
+grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::ObjectWatchRequest* request,
+                                     grpc::ServerWriter<v1::ObjectWatchEvent>* writer) {
+  const std::string prefix = "/objects/";
+  int64_t revision = request->revision();
+  if (revision == 0) {
+    // The snapshot: read the revision first so no change between it and the list is lost
+    // (a change seen in both is sent twice, harmless for a level-triggered watcher).
+    auto rev = store_.Revision();
+    if (!rev.ok()) return ToGrpc(rev.status());
+    revision = *rev;
+    auto kvs = store_.List(prefix);
+    if (!kvs.ok()) return ToGrpc(kvs.status());
+    for (const KeyValue& kv : *kvs) {
+      v1::ObjectWatchEvent event;
+      event.set_revision(kv.mod_revision);
+      if (!event.mutable_object()->ParseFromString(kv.value)) continue;
+      if (!writer->Write(event)) return grpc::Status::OK;
+    }
+  }
+  while (!context->IsCancelled()) {
+    // Everything up to `now` is in the events read next; later keys outside the prefix
+    // must not make WaitForRevision return at once forever.
+    auto now = store_.Revision();
+    if (!now.ok()) return ToGrpc(now.status());
+    auto events = store_.EventsSince(revision, prefix);
+    if (!events.ok()) return ToGrpc(events.status());
+    for (const Event& e : *events) {
+      v1::ObjectWatchEvent event;
+      event.set_revision(e.revision);
+      if (e.type == Event::Type::kDelete) {
+        // /objects/<Kind>/<name>: a deleted object is sent with only its kind and name.
+        std::vector<std::string> parts = absl::StrSplit(e.key, '/');
+        if (parts.size() != 4) continue;
+        event.set_deleted(true);
+        v1::Object& o = *event.mutable_object();
+        if (parts[2] == "Host") o.mutable_host()->mutable_metadata()->set_name(parts[3]);
+        if (parts[2] == "KernelInstance") o.mutable_kernel_instance()->mutable_metadata()->set_name(parts[3]);
+        if (parts[2] == "InstanceSet") o.mutable_instance_set()->mutable_metadata()->set_name(parts[3]);
+      } else if (!event.mutable_object()->ParseFromString(e.value)) {
+        continue;
+      }
+      if (!writer->Write(event)) return grpc::Status::OK;
+      revision = e.revision;
+    }
+    revision = std::max(revision, *now);
+    auto next = store_.WaitForRevision(revision, absl::Milliseconds(200));
+    if (!next.ok()) return ToGrpc(next.status());
+  }
+  return grpc::Status::OK;
 }
 
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,

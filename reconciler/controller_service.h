@@ -1,6 +1,7 @@
 // ControllerService: the gRPC face of the controller's object store for mkapply
 // (proto/mkfleet/v1/controller.proto): Apply, Diff (an apply that writes nothing), Get
-// and Delete over reconciler::Objects. Watch and Events are not served yet (UNIMPLEMENTED).
+// and Delete over reconciler::Objects, and Watch (a snapshot, then every change, in store
+// revision order). Events is not served yet (UNIMPLEMENTED).
 // Thread-safety: gRPC calls it from many threads; Objects is safe for that.
 #ifndef MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
 #define MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
@@ -16,7 +17,7 @@ namespace mkfleet::reconciler {
 
 class ControllerService final : public mkfleet::v1::Controller::Service {
  public:
-  explicit ControllerService(Objects& objects) : objects_(objects) {}
+  ControllerService(Store& store, Objects& objects) : store_(store), objects_(objects) {}
 
   grpc::Status Apply(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
                      mkfleet::v1::ApplyResponse* response) override;
@@ -26,9 +27,15 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
                    mkfleet::v1::GetResponse* response) override;
   grpc::Status Delete(grpc::ServerContext*, const mkfleet::v1::DeleteRequest* request,
                       mkfleet::v1::DeleteResponse*) override;
+  // revision 0: every object (at the current revision), then changes; revision R: the
+  // changes after R (OUT_OF_RANGE once R's history is compacted: start again from 0).
+  // Ends when the client cancels or the server shuts down.
+  grpc::Status Watch(grpc::ServerContext* context, const mkfleet::v1::ObjectWatchRequest* request,
+                     grpc::ServerWriter<mkfleet::v1::ObjectWatchEvent>* writer) override;
 
  private:
   grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
+  Store& store_;
   Objects& objects_;
 };
 

@@ -20,7 +20,7 @@ class ControllerServiceTest : public ::testing::Test {
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     store_ = *OpenSqliteStore(path, clock_);
     objects_ = std::make_unique<Objects>(*store_);
-    service_ = std::make_unique<ControllerService>(*objects_);
+    service_ = std::make_unique<ControllerService>(*store_, *objects_);
     int port = 0;
     server_ = StartControllerServer(*service_, "127.0.0.1:0", &port);
     ASSERT_NE(server_, nullptr);
@@ -122,6 +122,52 @@ TEST_F(ControllerServiceTest, ErrorsCarryCodeAndMessage) {
   s = stub_->Get(&ctx2, get, &got);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), ::testing::HasSubstr("unknown kind \"Pod\""));
+}
+
+TEST_F(ControllerServiceTest, WatchSendsSnapshotThenChangesInOrder) {
+  {
+    grpc::ClientContext ctx;
+    v1::ApplyResponse out;
+    ASSERT_TRUE(stub_->Apply(&ctx, Request(), &out).ok());
+  }
+  grpc::ClientContext watch_ctx;
+  v1::ObjectWatchRequest req;
+  auto reader = stub_->Watch(&watch_ctx, req);
+  v1::ObjectWatchEvent e;
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.object().host().metadata().name(), "node-a");
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.object().kernel_instance().metadata().name(), "web-1");
+  int64_t snapshot_rev = e.revision();
+
+  // A change: web-1 gets more CPUs; then it is deleted.
+  v1::ApplyRequest change = Request();
+  change.mutable_objects(1)->mutable_kernel_instance()->mutable_spec()->mutable_resources()->set_cpus(6);
+  {
+    grpc::ClientContext ctx;
+    v1::ApplyResponse out;
+    ASSERT_TRUE(stub_->Apply(&ctx, change, &out).ok());
+  }
+  ASSERT_TRUE(objects_->Delete("KernelInstance", "web-1").ok());
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_GT(e.revision(), snapshot_rev);
+  EXPECT_EQ(e.object().kernel_instance().spec().resources().cpus(), 6u);
+  EXPECT_EQ(e.object().kernel_instance().metadata().generation(), 2);
+  EXPECT_FALSE(e.deleted());
+  int64_t changed_rev = e.revision();
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_TRUE(e.deleted());
+  EXPECT_EQ(e.object().kernel_instance().metadata().name(), "web-1");
+  EXPECT_GT(e.revision(), changed_rev);
+
+  // Resuming from a revision replays only what came after it.
+  watch_ctx.TryCancel();
+  grpc::ClientContext resume_ctx;
+  req.set_revision(changed_rev);
+  auto resumed = stub_->Watch(&resume_ctx, req);
+  ASSERT_TRUE(resumed->Read(&e));
+  EXPECT_TRUE(e.deleted());
+  resume_ctx.TryCancel();
 }
 
 }  // namespace

@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   reconciler::Objects objects(**store);
-  reconciler::ControllerService service(objects);
+  reconciler::ControllerService service(**store, objects);
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port);
   if (server == nullptr || port == 0) {
