@@ -55,19 +55,22 @@ struct ApplyOptions {
 // Loads `paths`, sends them to the controller in one atomic apply and prints one line per
 // object: "KernelInstance/web-1 created" (configured, unchanged, pruned).
 int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err);
-// As RunApply with dry_run: what an apply would change, writing nothing.
+// As RunApply with dry_run: what an apply would change, writing nothing. Exit 0 when
+// nothing would change, 1 when something would, 2 on invalid input.
 int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err);
 
 struct GetOptions {
   std::string controller = "127.0.0.1:7100";
   std::string kind;  // Host, KernelInstance, InstanceSet (or host, hosts, ki, instances, ...)
   std::string name;  // empty: every object of the kind
-  std::string output = "table";  // table | yaml
+  std::string output = "table";  // table | yaml | json
   int timeout_seconds = 30;
+  std::vector<std::string> paths;  // delete -f: the objects these manifests name
 };
 
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err);
-// Deletes kind/name; exit 1 with "Kind/name does not exist" when it is absent.
+// Deletes kind/name (or every object the manifests at `paths` name, instances first);
+// exit 1 with "Kind/name does not exist" when one is absent.
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);
 
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.

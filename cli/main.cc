@@ -51,7 +51,9 @@ int main(int argc, char** argv) {
       "Prints Kind/name created|configured|unchanged|pruned. Exit 0 on success, 2 when the "
       "input is invalid (nothing is changed), 1 when the controller cannot be reached.");
   CLI::App* diff_cmd = app.add_subcommand(
-      "diff", "Show what `apply` would change, writing nothing (same flags and exit codes).");
+      "diff",
+      "Show what `apply` would change, writing nothing.\nExit 0 when nothing would change, 1 when "
+      "something would, 2 on invalid input.");
   for (CLI::App* cmd : {apply_cmd, diff_cmd}) {
     cmd->add_option("-f,--filename", apply.paths,
                     "Manifest file or directory (recursive, *.yaml/*.yml); - for stdin")
@@ -65,15 +67,18 @@ int main(int argc, char** argv) {
 
   mkfleet::cli::GetOptions get;
   CLI::App* get_cmd = app.add_subcommand("get", "List objects of a kind, or show one.\nExit 0, 1 when absent or unreachable.");
-  CLI::App* delete_cmd = app.add_subcommand("delete", "Delete one object.\nExit 0, 1 when absent or unreachable.");
+  CLI::App* delete_cmd = app.add_subcommand(
+      "delete", "Delete KIND NAME, or the objects named in -f PATH.\nExit 0, 1 when absent or unreachable, 2 on bad input.");
   for (CLI::App* cmd : {get_cmd, delete_cmd}) {
-    cmd->add_option("kind", get.kind, "Host, KernelInstance (ki) or InstanceSet")->required();
+    cmd->add_option("kind", get.kind, "hosts, instances (ki) or sets");
     cmd->add_option("name", get.name, "object name");
     cmd->add_option("--controller", get.controller, "mkcontroller address (default 127.0.0.1:7100)");
     cmd->add_option("--timeout", get.timeout_seconds, "seconds to wait for the controller (default 30)");
   }
-  delete_cmd->get_option("name")->required();
-  get_cmd->add_option("-o,--output", get.output, "table (default) or yaml")->check(CLI::IsMember({"table", "yaml"}));
+  get_cmd->get_option("kind")->required();
+  delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
+  get_cmd->add_option("-o,--output", get.output, "table (default), yaml or json")
+      ->check(CLI::IsMember({"table", "yaml", "json"}));
 
   try {
     app.parse(argc, argv);

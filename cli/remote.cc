@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "manifests/loader.h"
 #include "manifests/printer.h"
@@ -60,9 +61,13 @@ int ApplyOrDiff(const ApplyOptions& options, bool dry_run, std::ostream& out, st
   v1::ApplyResponse response;
   grpc::Status s = request.dry_run() ? stub->Diff(&ctx, request, &response) : stub->Apply(&ctx, request, &response);
   if (!s.ok()) return Report(s, options.controller, err);
+  bool changes = false;
   for (const v1::ObjectChange& c : response.changes()) {
     out << c.kind() << "/" << c.name() << " " << c.change() << (request.dry_run() ? " (dry run)" : "") << "\n";
+    if (c.change() != "unchanged") changes = true;
   }
+  // diff: exit 1 when something would change, like diff(1).
+  if (dry_run && changes) return kExitFailure;
   return kExitOk;
 }
 
@@ -106,6 +111,18 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     out << manifests::PrintYaml(objects);
     return kExitOk;
   }
+  if (options.output == "json") {
+    google::protobuf::util::JsonPrintOptions json;
+    json.add_whitespace = true;
+    std::string text;
+    auto st = google::protobuf::util::MessageToJsonString(response, &text, json);
+    if (!st.ok()) {
+      err << "error: " << st.ToString() << "\n";
+      return kExitFailure;
+    }
+    out << text;
+    return kExitOk;
+  }
   if (objects.empty()) {
     err << "no " << kind << " objects\n";
     return kExitOk;
@@ -121,13 +138,41 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
 }
 
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  if (!options.paths.empty()) {
+    manifests::LoadOptions load_options;
+    load_options.check_host_references = false;
+    manifests::LoadResult loaded = manifests::LoadPaths(options.paths, load_options);
+    if (!loaded.ok()) {
+      for (const manifests::Diagnostic& d : loaded.errors) err << d.ToString() << "\n";
+      err << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors") << "; nothing was deleted\n";
+      return kExitInvalid;
+    }
+    // Instances before the hosts they name, so a failure part-way leaves no dangling reference.
+    std::vector<const manifests::LoadedObject*> order;
+    for (const auto& o : loaded.objects) if (!o.object.has_host()) order.push_back(&o);
+    for (const auto& o : loaded.objects) if (o.object.has_host()) order.push_back(&o);
+    int code = kExitOk;
+    for (const manifests::LoadedObject* o : order) {
+      GetOptions one = options;
+      one.paths.clear();
+      one.kind = std::string(manifests::KindOf(o->object));
+      one.name = manifests::MetadataOf(o->object).name();
+      int c = RunDelete(one, out, err);
+      if (c != kExitOk && code == kExitOk) code = c;
+    }
+    return code;
+  }
+  if (options.kind.empty()) {
+    err << "error: delete needs KIND NAME or -f PATH\n";
+    return kExitInvalid;
+  }
   std::string kind = CanonicalKind(options.kind);
   if (kind.empty()) {
     err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
     return kExitInvalid;
   }
   if (options.name.empty()) {
-    err << "error: delete needs a name\n";
+    err << "error: delete needs KIND NAME or -f PATH\n";
     return kExitInvalid;
   }
   auto stub = Connect(options.controller);

@@ -55,7 +55,7 @@ class RemoteTest : public ::testing::Test {
 
 TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   std::ostringstream out, err;
-  ASSERT_EQ(RunDiff(Apply({"examples"}), out, err), kExitOk) << err.str();
+  ASSERT_EQ(RunDiff(Apply({"examples"}), out, err), kExitFailure) << err.str();  // 1: changes
   EXPECT_THAT(out.str(), HasSubstr("KernelInstance/web-1 created (dry run)\n"));
   out.str("");
   ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk) << err.str();
@@ -67,6 +67,13 @@ TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk);
   EXPECT_EQ(out.str().find("created"), std::string::npos) << out.str();
   EXPECT_THAT(out.str(), HasSubstr("KernelInstance/db-1 unchanged\n"));
+  out.str("");
+  EXPECT_EQ(RunDiff(Apply({"examples"}), out, err), kExitOk);  // 0: nothing would change
+  out.str("");
+  GetOptions json = Get("sets");
+  json.output = "json";
+  ASSERT_EQ(RunGet(json, out, err), kExitOk);
+  EXPECT_THAT(out.str(), HasSubstr("\"name\": \"edge\""));
 
   out.str("");
   ASSERT_EQ(RunGet(Get("ki"), out, err), kExitOk) << err.str();
@@ -87,6 +94,21 @@ TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   EXPECT_EQ(RunDelete(Get("KernelInstance", "web-1"), out, err), kExitFailure);
   EXPECT_THAT(err.str(), HasSubstr("KernelInstance/web-1 does not exist"));
   EXPECT_EQ(RunGet(Get("pods"), out, err), kExitInvalid);
+}
+
+TEST_F(RemoteTest, DeleteByFileRemovesWhatTheFilesName) {
+  std::ostringstream out, err;
+  ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk) << err.str();
+  out.str("");
+  GetOptions del = Get("");
+  del.paths = {"examples/hosts.yaml", "examples/web.yaml", "examples/db.yaml"};
+  ASSERT_EQ(RunDelete(del, out, err), kExitOk) << err.str();
+  // The instances go before the host they name.
+  EXPECT_EQ(out.str().find("KernelInstance/web-1 deleted\nKernelInstance/db-1 deleted\n"), 0u) << out.str();
+  EXPECT_THAT(out.str(), HasSubstr("Host/node-a deleted"));
+  EXPECT_EQ(objects_->List("Host")->size(), 0u);
+  EXPECT_EQ(objects_->List("KernelInstance")->size(), 1u);  // ml-1 names no host
+  EXPECT_EQ(RunDelete(Get(""), out, err), kExitInvalid);
 }
 
 TEST_F(RemoteTest, MissingHostIsRejectedAndNothingChanges) {

@@ -184,6 +184,18 @@ absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, a
 }
 
 absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
+  if (kind == "Host") {
+    auto instances = List("KernelInstance");
+    if (!instances.ok()) return instances.status();
+    std::vector<std::string> users;
+    for (const v1::Object& o : *instances) {
+      if (o.kernel_instance().spec().host() == name) users.push_back(o.kernel_instance().metadata().name());
+    }
+    if (!users.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("Host/", name, " is still named by KernelInstance ",
+                                                        absl::StrJoin(users, ", "), "; delete those first"));
+    }
+  }
   auto rev = store_.Delete(ObjectKey(kind, name));
   if (!rev.ok()) {
     if (rev.status().code() == absl::StatusCode::kNotFound) {

@@ -41,7 +41,8 @@ class Objects {
 
   absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind);
   absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name);
-  // NotFound if absent.
+  // NotFound if absent; FailedPrecondition for a Host that a KernelInstance still names
+  // (checked, then deleted: an apply racing the delete can still add a reference).
   absl::Status Delete(absl::string_view kind, absl::string_view name);
 
  private:

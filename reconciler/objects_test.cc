@@ -125,6 +125,14 @@ TEST_F(ObjectsTest, DeleteNamesTheObject) {
   absl::Status again = objects_->Delete("Host", "node-a");
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(again.message(), "Host/node-a does not exist");
+
+  ASSERT_TRUE(objects_->Apply({Host("node-b"), Instance("web-1", "node-b", 2), Instance("web-2", "node-b", 2)},
+                              ApplyOptions{"s", false, false})
+                  .ok());
+  absl::Status in_use = objects_->Delete("Host", "node-b");
+  EXPECT_EQ(in_use.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(in_use.message(), "Host/node-b is still named by KernelInstance web-1, web-2; delete those first");
+  EXPECT_TRUE(objects_->Get("Host", "node-b")->has_value());
 }
 
 }  // namespace
