@@ -99,7 +99,76 @@ mkfleet::v1::TopologyInfo Topology::ToProto() const {
   }
   for (const auto& [logical, physical] : physical_ids) (*info.mutable_physical_ids())[logical] = physical;
   if (!l3.empty()) info.set_l3_ways(l3.front().ways);
+  for (const L3Domain& d : l3) info.add_l3_bytes(d.bytes);
   return info;
+}
+
+absl::StatusOr<Topology> TopologyFromProto(const mkfleet::v1::TopologyInfo& info) {
+  auto invalid = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat("topology.", parts...)); };
+  Topology t;
+  absl::flat_hash_map<uint32_t, uint32_t> node_index;
+  for (int i = 0; i < info.numa_nodes_size(); ++i) {
+    const auto& n = info.numa_nodes(i);
+    if (!node_index.emplace(n.node(), i).second) return invalid("numa_nodes[", i, "].node: node ", n.node(), " twice");
+    if (n.distances_size() != 0 && n.distances_size() != info.numa_nodes_size()) {
+      return invalid("numa_nodes[", i, "].distances: ", n.distances_size(), " values for ", info.numa_nodes_size(),
+                     " nodes");
+    }
+    NumaNode node;
+    node.os_index = n.node();
+    node.memory_bytes = n.memory_bytes();
+    node.distances.assign(n.distances().begin(), n.distances().end());
+    t.numa.push_back(std::move(node));
+  }
+  absl::flat_hash_map<uint32_t, uint32_t> pu_core;
+  uint32_t l3_count = info.l3_bytes_size();
+  for (int i = 0; i < info.cores_size(); ++i) {
+    const auto& c = info.cores(i);
+    auto it = node_index.find(c.numa_node());
+    if (it == node_index.end()) return invalid("cores[", i, "].numa_node: no NUMA node ", c.numa_node());
+    if (c.pus_size() == 0) return invalid("cores[", i, "].pus: empty");
+    Core core;
+    core.package = c.package();
+    core.numa = it->second;
+    core.l3 = c.l3();
+    for (uint32_t pu : c.pus()) {
+      if (!pu_core.emplace(pu, i).second) return invalid("cores[", i, "].pus: CPU ", pu, " is also in another core");
+      core.pus.push_back(pu);
+    }
+    std::sort(core.pus.begin(), core.pus.end());
+    t.packages = std::max(t.packages, c.package() + 1);
+    if (info.l3_bytes_size() == 0) l3_count = std::max(l3_count, c.l3() + 1);
+    if (c.l3() >= l3_count) return invalid("cores[", i, "].l3: no L3 domain ", c.l3());
+    t.cores.push_back(std::move(core));
+  }
+  t.l3.resize(l3_count);
+  for (uint32_t i = 0; i < l3_count; ++i) {
+    t.l3[i].ways = info.l3_ways();
+    if (i < static_cast<uint32_t>(info.l3_bytes_size())) t.l3[i].bytes = info.l3_bytes(i);
+  }
+  for (int i = 0; i < info.pci_size(); ++i) {
+    const auto& p = info.pci(i);
+    PciFunction f;
+    f.bdf = p.bdf();
+    f.class_id = p.class_id();
+    f.vendor_id = p.vendor_id();
+    f.device_id = p.device_id();
+    if (p.numa_node() >= 0) {
+      auto it = node_index.find(static_cast<uint32_t>(p.numa_node()));
+      if (it == node_index.end()) return invalid("pci[", i, "].numa_node: no NUMA node ", p.numa_node());
+      f.numa = static_cast<int>(it->second);
+    }
+    f.names.assign(p.names().begin(), p.names().end());
+    f.vf_bdfs.assign(p.vf_bdfs().begin(), p.vf_bdfs().end());
+    f.nvme_namespaces = p.nvme_namespaces();
+    t.pci.push_back(std::move(f));
+  }
+  for (const auto& [logical, physical] : info.physical_ids()) {
+    if (!pu_core.contains(logical)) return invalid("physical_ids: CPU ", logical, " is in no core");
+    t.physical_ids[logical] = physical;
+  }
+  t.Finish();
+  return t;
 }
 
 }  // namespace mkfleet::planner

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "mkfleet/v1/manifest.pb.h"
 #include "mkfleet/v1/state.pb.h"
@@ -95,6 +96,11 @@ struct Topology {
   std::string Summary() const;
   mkfleet::v1::TopologyInfo ToProto() const;
 };
+
+// The inverse of Topology::ToProto (what an agent's Inventory carries), checked: every
+// core names a known NUMA node and has PUs, no PU is in two cores, PCI functions name
+// known nodes. InvalidArgument names the field ("topology.cores[3].numa_node: ...").
+absl::StatusOr<Topology> TopologyFromProto(const mkfleet::v1::TopologyInfo& info);
 
 }  // namespace mkfleet::planner
 

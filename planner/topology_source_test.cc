@@ -1,8 +1,10 @@
 #include "planner/topology_source.h"
 
+#include <filesystem>
 #include <set>
 
 #include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
 namespace mkfleet::planner {
@@ -127,6 +129,49 @@ TEST(TopologySourceTest, LiveSmoke) {
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_GE(t->pu_count(), 1u);
   EXPECT_EQ(t->physical_ids.size(), t->pu_count());
+}
+
+// Inventory carries topologies as protos; the controller plans against what comes back.
+TEST(TopologyProtoTest, RoundTripsEveryTestTopology) {
+  int checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("testdata/topologies")) {
+    if (entry.path().extension() != ".xml") continue;
+    TopologyOptions options;
+    options.vfs_per_network_function = 2;
+    Topology t = LoadXml(entry.path().filename().string(), options);
+    auto back = TopologyFromProto(t.ToProto());
+    ASSERT_TRUE(back.ok()) << entry.path() << ": " << back.status();
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(back->ToProto(), t.ToProto())) << entry.path();
+    EXPECT_EQ(back->Summary(), t.Summary()) << entry.path();
+    EXPECT_EQ(back->smt_width, t.smt_width);
+    for (size_t n = 0; n < t.numa.size(); ++n) EXPECT_EQ(back->numa[n].has_cpus, t.numa[n].has_cpus);
+    for (size_t i = 0; i < t.l3.size(); ++i) EXPECT_EQ(back->l3[i].bytes, t.l3[i].bytes);
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+TEST(TopologyProtoTest, RejectsInconsistentTopologiesNamingTheField) {
+  auto synthetic = NewSyntheticTopologySource("pack:1 numa:2(memory=8GiB) core:2 pu:2")->Load();
+  ASSERT_TRUE(synthetic.ok());
+  mkfleet::v1::TopologyInfo good = synthetic->ToProto();
+
+  mkfleet::v1::TopologyInfo bad = good;
+  bad.mutable_cores(1)->set_numa_node(7);
+  EXPECT_EQ(TopologyFromProto(bad).status().message(), "topology.cores[1].numa_node: no NUMA node 7");
+  bad = good;
+  bad.mutable_cores(2)->add_pus(good.cores(0).pus(0));
+  EXPECT_THAT(std::string(TopologyFromProto(bad).status().message()),
+              HasSubstr("topology.cores[2].pus: CPU " + std::to_string(good.cores(0).pus(0))));
+  bad = good;
+  bad.mutable_cores(0)->clear_pus();
+  EXPECT_EQ(TopologyFromProto(bad).status().message(), "topology.cores[0].pus: empty");
+  bad = good;
+  bad.add_numa_nodes()->set_node(good.numa_nodes(0).node());
+  EXPECT_THAT(std::string(TopologyFromProto(bad).status().message()), HasSubstr("topology.numa_nodes[2].node"));
+  bad = good;
+  (*bad.mutable_physical_ids())[999] = 1;
+  EXPECT_EQ(TopologyFromProto(bad).status().message(), "topology.physical_ids: CPU 999 is in no core");
 }
 
 TEST(CpuInfoTest, MapsLogicalToApic) {
