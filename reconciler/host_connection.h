@@ -1,0 +1,87 @@
+// HostConnection: the controller's link to one host's agent. A background thread takes
+// the agent's Inventory (topology, pool, dialect), then keeps a Watch stream and folds its
+// snapshot and changes into a local view of the host's instances. When the link breaks it
+// reconnects with exponential backoff (100 ms doubling to 5 s) and starts again from a
+// fresh snapshot. The host is reported Unreachable once the link has been down for longer
+// than `unreachable_after` (a blip does not flap the status).
+//
+// Thread-safety: View and Execute may be called from any thread; Start/Stop from one.
+#ifndef MKFLEET_RECONCILER_HOST_CONNECTION_H_
+#define MKFLEET_RECONCILER_HOST_CONNECTION_H_
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "planner/topology.h"
+
+namespace mkfleet::reconciler {
+
+struct HostView {
+  bool connected = false;  // the Watch stream is up
+  bool reachable = false;  // connected, or down for less than unreachable_after
+  std::string error;       // why the link is down ("" when connected)
+  mkfleet::v1::InventoryResponse inventory;
+  std::shared_ptr<const planner::Topology> topology;  // from the inventory
+  std::map<std::string, mkfleet::v1::ObservedInstance> instances;
+  mkfleet::v1::PoolUsage pool;
+  int64_t resource_version = 0;
+};
+
+struct HostConnectionOptions {
+  absl::Duration unreachable_after = absl::Seconds(10);
+  absl::Duration call_timeout = absl::Seconds(10);
+  // Called (from the connection's thread, without locks held) after every change of the
+  // view, e.g. to enqueue the host for reconciling.
+  std::function<void(const std::string& host)> on_change;
+};
+
+class HostConnection {
+ public:
+  HostConnection(std::string host, std::string address, Clock& clock, HostConnectionOptions options = {});
+  ~HostConnection();
+  HostConnection(const HostConnection&) = delete;
+  HostConnection& operator=(const HostConnection&) = delete;
+
+  void Start();
+  // Cancels the stream and joins the thread.
+  void Stop();
+
+  HostView View() const;
+  // Sends a batch; Unavailable when the host is not connected.
+  absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
+
+ private:
+  void Run();
+  // One session: Inventory, then the Watch stream until it ends. Returns why it ended.
+  absl::Status Session();
+  void MarkDown(const absl::Status& why);
+  void Notify();
+
+  const std::string host_;
+  const std::string address_;
+  Clock& clock_;
+  const HostConnectionOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<mkfleet::v1::Agent::Stub> stub_;
+
+  mutable absl::Mutex mu_;
+  HostView view_ ABSL_GUARDED_BY(mu_);
+  absl::Duration down_since_ ABSL_GUARDED_BY(mu_);  // Monotonic() when the link went down
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* watch_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the call in flight
+  std::thread thread_;
+};
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_HOST_CONNECTION_H_
