@@ -315,7 +315,8 @@ v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
   v1::ExecuteResponse r = executor_.Execute(batch);
   absl::MutexLock lock(&mu_);
   // Only the batch's instances take their new state as expected; a crash elsewhere during
-  // the batch is still a transition for the watchdog to see.
+  // the batch is still a transition for the watchdog to see. The full state is rebuilt by
+  // the watchdog's next pass.
   for (const std::string& name : touched) {
     if (--in_flight_[name] == 0) in_flight_.erase(name);
     if (name.empty()) continue;
@@ -330,8 +331,6 @@ v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
             absl::StrCat(a.id(), res.message().empty() ? "" : ": ", res.message()));
     }
   }
-  // Watchers (the controller) see the batch's effect now, not at the watchdog's next pass.
-  Refresh();
   return r;
 }
 
