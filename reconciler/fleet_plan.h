@@ -1,0 +1,42 @@
+// PlanFleet: one reconcile pass's pure core. From the stored objects and the connected
+// hosts' views it computes placements (stable: what runs keeps its CPUs when it still
+// fits) and, per host, the differ's ordered plan. No I/O.
+//
+// Hosts never connected (no topology yet) take no part: instances fixed to them wait, and
+// InstanceSets spread over the others. Hosts connected before but unreachable now keep
+// their instances' placements (their last view counts) but get no plan.
+#ifndef MKFLEET_RECONCILER_FLEET_PLAN_H_
+#define MKFLEET_RECONCILER_FLEET_PLAN_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "mkfleet/v1/manifest.pb.h"
+#include "planner/placement.h"
+#include "reconciler/differ.h"
+#include "reconciler/host_connection.h"
+
+namespace mkfleet::reconciler {
+
+// The planner's view of a host: its topology and the pool its agent reports (all pool
+// CPUs, memory and devices, in use or not). InvalidArgument names the host and the field
+// for a pool the topology cannot hold (a CPU, node or device it lacks).
+absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host, const HostView& view);
+
+struct FleetPlan {
+  std::map<std::string, Plan> hosts;  // every reachable host, with a possibly empty plan
+  std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
+  std::vector<planner::Unschedulable> unschedulable;
+  std::vector<std::string> waiting;   // "web-1: host node-c is not connected yet"
+  std::vector<std::string> problems;  // hosts left out, with why
+};
+
+FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,
+                    const std::vector<mkfleet::v1::KernelInstance>& instances,
+                    const std::vector<mkfleet::v1::InstanceSet>& sets);
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_FLEET_PLAN_H_

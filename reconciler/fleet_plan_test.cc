@@ -1,0 +1,168 @@
+#include "reconciler/fleet_plan.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "planner/topology_source.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+std::shared_ptr<const planner::Topology> Topo() {
+  static auto* t = new std::shared_ptr<const planner::Topology>(std::make_shared<const planner::Topology>(
+      *planner::NewSyntheticTopologySource("pack:2 numa:1(memory=16GiB) core:8 pu:2")->Load()));
+  return *t;
+}
+
+v1::Host Host(const std::string& name) {
+  v1::Host h;
+  h.mutable_metadata()->set_name(name);
+  return h;
+}
+
+// A connected host whose pool is every CPU but the first core, and 8Gi on each node.
+HostView Connected() {
+  HostView v;
+  v.connected = true;
+  v.reachable = true;
+  v.topology = Topo();
+  for (const planner::Core& c : v.topology->cores) {
+    if (&c == &v.topology->cores.front()) continue;
+    for (uint32_t pu : c.pus) v.pool.add_cpus(pu);
+  }
+  for (const planner::NumaNode& n : v.topology->numa) {
+    auto* m = v.pool.add_memory();
+    m->set_node(n.os_index);
+    m->set_bytes(8ull << 30);
+  }
+  return v;
+}
+
+v1::KernelInstanceSpec Spec(uint32_t cpus) {
+  v1::KernelInstanceSpec s;
+  s.mutable_kernel()->set_image("/k/vmlinux");
+  s.mutable_kernel()->set_cmdline("console=mktty0");
+  s.mutable_resources()->set_cpus(cpus);
+  s.mutable_resources()->set_memory(1ull << 30);
+  return s;
+}
+
+v1::KernelInstance Instance(const std::string& name, const std::string& host, uint32_t cpus) {
+  v1::KernelInstance ki;
+  ki.mutable_metadata()->set_name(name);
+  ki.mutable_metadata()->set_generation(1);
+  *ki.mutable_spec() = Spec(cpus);
+  ki.mutable_spec()->set_host(host);
+  return ki;
+}
+
+v1::InstanceSet PerHostSet(const std::string& name, uint32_t per_host) {
+  v1::InstanceSet s;
+  s.mutable_metadata()->set_name(name);
+  s.mutable_metadata()->set_generation(3);
+  s.mutable_spec()->set_per_host(per_host);
+  *s.mutable_spec()->mutable_template_()->mutable_spec() = Spec(2);
+  return s;
+}
+
+std::vector<std::string> Creates(const Plan& p) {
+  std::vector<std::string> out;
+  for (const auto& a : p.actions) {
+    if (a.has_create()) out.push_back(a.instance());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// What the host would report once `plan`'s instances run where they were placed.
+void RunAsPlaced(const FleetPlan& plan, const std::string& host, HostView& view) {
+  for (const auto& [name, placement] : plan.placements) {
+    if (placement.host() != host) continue;
+    v1::ObservedInstance o;
+    o.set_name(name);
+    o.mutable_status()->set_kernel_state(v1::KERNEL_STATE_ACTIVE);
+    *o.mutable_status()->mutable_placement() = placement;
+    o.mutable_status()->mutable_provenance()->set_kernel_path("/k/vmlinux");
+    o.mutable_status()->mutable_provenance()->set_cmdline("console=mktty0");
+    view.instances[name] = o;
+  }
+}
+
+TEST(PlanFleetTest, PlacesInstancesAndSetsThenIsStableOnceRunning) {
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  std::vector<v1::KernelInstance> instances = {Instance("web-1", "node-a", 4)};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 1)};
+
+  FleetPlan plan = PlanFleet(hosts, views, instances, sets);
+  EXPECT_THAT(plan.unschedulable, IsEmpty());
+  EXPECT_THAT(plan.problems, IsEmpty());
+  ASSERT_EQ(plan.hosts.size(), 2u);
+  EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("edge-node-a-0", "web-1"));
+  EXPECT_THAT(Creates(plan.hosts["node-b"]), ElementsAre("edge-node-b-0"));
+  // Whole cores from the pool; never the host's own first core.
+  const v1::Placement& web = plan.placements.at("web-1");
+  EXPECT_EQ(web.host(), "node-a");
+  EXPECT_EQ(web.cpus_size(), 4);
+  for (uint32_t cpu : web.cpus()) EXPECT_FALSE(cpu == 0 || cpu == Topo()->cores[0].pus.back()) << cpu;
+  // Set members carry the set's generation in their action ids.
+  EXPECT_THAT(plan.hosts["node-b"].actions[0].id(), HasSubstr("node-b/edge-node-b-0/g3/"));
+
+  // Once everything runs as placed, a new pass keeps every placement and plans nothing.
+  RunAsPlaced(plan, "node-a", views["node-a"]);
+  RunAsPlaced(plan, "node-b", views["node-b"]);
+  FleetPlan again = PlanFleet(hosts, views, instances, sets);
+  EXPECT_THAT(again.hosts["node-a"].actions, IsEmpty()) << again.hosts["node-a"].DebugString();
+  EXPECT_THAT(again.hosts["node-b"].actions, IsEmpty()) << again.hosts["node-b"].DebugString();
+  EXPECT_EQ(again.placements.at("web-1").SerializeAsString(), web.SerializeAsString());
+
+  // Deleting web-1 from the store plans its removal on node-a only.
+  FleetPlan removed = PlanFleet(hosts, views, {}, sets);
+  ASSERT_FALSE(removed.hosts["node-a"].actions.empty());
+  for (const auto& a : removed.hosts["node-a"].actions) EXPECT_EQ(a.instance(), "web-1");
+  EXPECT_THAT(removed.hosts["node-b"].actions, IsEmpty());
+}
+
+TEST(PlanFleetTest, DisconnectedHostsWaitAndKeepTheirInstances) {
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b"), Host("node-c")};
+  HostView down = Connected();
+  down.connected = false;
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", down}};  // node-c never connected
+  std::vector<v1::KernelInstance> instances = {Instance("web-1", "node-a", 2), Instance("db-1", "node-b", 2),
+                                               Instance("ml-1", "node-c", 2)};
+  FleetPlan plan = PlanFleet(hosts, views, instances, {});
+  EXPECT_THAT(plan.waiting, ElementsAre("ml-1: host node-c is not connected yet"));
+  EXPECT_THAT(plan.unschedulable, IsEmpty());
+  // Only the connected host gets a plan; db-1 is placed on node-b's last view but not sent.
+  ASSERT_EQ(plan.hosts.size(), 1u);
+  EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("web-1"));
+  EXPECT_EQ(plan.placements.at("db-1").host(), "node-b");
+}
+
+TEST(PlanFleetTest, TooBigIsUnschedulableAndBadPoolsAreNamed) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  FleetPlan plan = PlanFleet(hosts, views, {Instance("huge", "node-a", 64)}, {});
+  ASSERT_EQ(plan.unschedulable.size(), 1u);
+  EXPECT_EQ(plan.unschedulable[0].name, "huge");
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty());
+
+  HostView bad = Connected();
+  bad.pool.add_cpus(999);
+  EXPECT_EQ(HostInfoFromView(Host("node-a"), bad).status().message(),
+            "Host/node-a: pool.cpus: CPU 999 is not in the topology");
+  bad = Connected();
+  bad.pool.add_devices("0000:ff:00.0");
+  EXPECT_EQ(HostInfoFromView(Host("node-a"), bad).status().message(),
+            "Host/node-a: pool.devices: no PCI function 0000:ff:00.0");
+  views["node-a"] = bad;
+  plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 2)}, {});
+  EXPECT_THAT(plan.problems, ElementsAre("Host/node-a: pool.devices: no PCI function 0000:ff:00.0"));
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
