@@ -17,7 +17,8 @@ struct Owner {
 
 }  // namespace
 
-absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const HostView& view) {
+absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const HostView& view,
+                                                   std::vector<std::string>* warnings) {
   const std::string& name = host.metadata().name();
   if (view.topology == nullptr) return absl::UnavailableError(absl::StrCat("Host/", name, ": not connected yet"));
   const planner::Topology& t = *view.topology;
@@ -41,7 +42,13 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
   }
   for (const std::string& bdf : view.pool.devices()) {
     int d = t.FindPci(bdf);
-    if (d < 0) return absl::InvalidArgumentError(absl::StrCat("Host/", name, ": pool.devices: no PCI function ", bdf));
+    if (d < 0) {
+      // The agent lends it, but the planner cannot place what the topology lacks.
+      if (warnings != nullptr) {
+        warnings->push_back(absl::StrCat("Host/", name, ": pool.devices: ", bdf, " is not in the topology; not placed"));
+      }
+      continue;
+    }
     info.pool.devices.push_back(d);
   }
   std::sort(info.pool.devices.begin(), info.pool.devices.end());
@@ -53,15 +60,17 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   FleetPlan out;
   std::vector<planner::HostInfo> infos;
   std::set<std::string> known, reachable;
+  std::map<std::string, std::string> left_out;  // host -> why
   std::map<std::string, v1::Placement> current;
   std::map<std::string, std::vector<v1::ObservedInstance>> observed;
   for (const v1::Host& h : hosts) {
     const std::string& name = h.metadata().name();
     auto v = views.find(name);
     if (v == views.end() || v->second.topology == nullptr) continue;
-    auto info = HostInfoFromView(h, v->second);
+    auto info = HostInfoFromView(h, v->second, &out.problems);
     if (!info.ok()) {
       out.problems.push_back(std::string(info.status().message()));
+      left_out[name] = std::string(info.status().message());
       continue;
     }
     infos.push_back(*std::move(info));
@@ -82,7 +91,10 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   for (const v1::KernelInstance& ki : instances) {
     const std::string& host = ki.spec().host();
     if (!host.empty() && !known.count(host)) {
-      out.waiting.push_back(absl::StrCat(ki.metadata().name(), ": host ", host, " is not connected yet"));
+      auto why = left_out.find(host);
+      out.waiting.push_back(why != left_out.end() ? absl::StrCat(ki.metadata().name(), ": ", why->second)
+                                                  : absl::StrCat(ki.metadata().name(), ": host ", host,
+                                                                 " is not connected yet"));
       continue;
     }
     plannable.push_back(ki);

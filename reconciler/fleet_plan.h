@@ -22,15 +22,17 @@ namespace mkfleet::reconciler {
 
 // The planner's view of a host: its topology and the pool its agent reports (all pool
 // CPUs, memory and devices, in use or not). InvalidArgument names the host and the field
-// for a pool the topology cannot hold (a CPU, node or device it lacks).
-absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host, const HostView& view);
+// for a pool the topology cannot hold (a CPU or NUMA node it lacks). Devices the topology
+// lacks are left out of the pool, with a line in `warnings` (may be null).
+absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host, const HostView& view,
+                                                   std::vector<std::string>* warnings = nullptr);
 
 struct FleetPlan {
   std::map<std::string, Plan> hosts;  // every reachable host, with a possibly empty plan
   std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
   std::vector<planner::Unschedulable> unschedulable;
   std::vector<std::string> waiting;   // "web-1: host node-c is not connected yet"
-  std::vector<std::string> problems;  // hosts left out, with why
+  std::vector<std::string> problems;  // hosts left out and pool parts ignored, with why
 };
 
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,

@@ -155,13 +155,23 @@ TEST(PlanFleetTest, TooBigIsUnschedulableAndBadPoolsAreNamed) {
   bad.pool.add_cpus(999);
   EXPECT_EQ(HostInfoFromView(Host("node-a"), bad).status().message(),
             "Host/node-a: pool.cpus: CPU 999 is not in the topology");
-  bad = Connected();
-  bad.pool.add_devices("0000:ff:00.0");
-  EXPECT_EQ(HostInfoFromView(Host("node-a"), bad).status().message(),
-            "Host/node-a: pool.devices: no PCI function 0000:ff:00.0");
   views["node-a"] = bad;
   plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 2)}, {});
-  EXPECT_THAT(plan.problems, ElementsAre("Host/node-a: pool.devices: no PCI function 0000:ff:00.0"));
+  EXPECT_THAT(plan.problems, ElementsAre("Host/node-a: pool.cpus: CPU 999 is not in the topology"));
+  EXPECT_THAT(plan.waiting, ElementsAre("web-1: Host/node-a: pool.cpus: CPU 999 is not in the topology"));
+  EXPECT_TRUE(plan.hosts.empty());
+
+  // A lent device the topology lacks is left out with a warning; the host is still planned.
+  HostView extra = Connected();
+  extra.pool.add_devices("0000:ff:00.0");
+  std::vector<std::string> warnings;
+  auto info = HostInfoFromView(Host("node-a"), extra, &warnings);
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->pool.devices.empty());
+  EXPECT_THAT(warnings, ElementsAre("Host/node-a: pool.devices: 0000:ff:00.0 is not in the topology; not placed"));
+  views["node-a"] = extra;
+  plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 2)}, {});
+  EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("web-1"));
 }
 
 }  // namespace

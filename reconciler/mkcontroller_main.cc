@@ -1,8 +1,8 @@
 // mkcontroller: the fleet controller. Parses flags, opens the store and serves the
 // Controller API for mkapply; SIGTERM/SIGINT stop it cleanly.
 //
-// This build serves the object API (apply, diff, get, delete with atomic applies and
-// prune); reconciling objects against agents is not wired in yet.
+// It serves the object API (apply, diff, get, delete, watch) and runs the reconcile loop:
+// connections to every Host's agent, and per host the plan that converges it.
 #include <signal.h>
 
 #include <iostream>
@@ -15,6 +15,7 @@
 #include "common/version.h"
 #include "reconciler/controller_service.h"
 #include "reconciler/objects.h"
+#include "reconciler/reconciler.h"
 #include "reconciler/store.h"
 
 int main(int argc, char** argv) {
@@ -27,10 +28,17 @@ int main(int argc, char** argv) {
 
   std::string listen = "127.0.0.1:7100";
   std::string store_spec;
+  double resync_seconds = 30;
+  double unreachable_seconds = 10;
   CLI::App app{"mkcontroller: the mkfleet controller. Stores the fleet's manifests and serves mkapply."};
   app.set_version_flag("--version", std::string("mkcontroller ") + kVersion);
   app.add_option("--listen", listen, "gRPC address (default 127.0.0.1:7100; port 0 picks one and prints it)");
   app.add_option("--store", store_spec, "sqlite:PATH (the store file; created if missing)")->required();
+  app.add_option("--resync", resync_seconds, "seconds between full reconcile passes (default 30)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--unreachable-after", unreachable_seconds,
+                 "seconds an agent may be out of reach before its host is Unreachable (default 10)")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
 
   if (!absl::StartsWith(store_spec, "sqlite:") || store_spec.size() == 7) {
@@ -51,6 +59,11 @@ int main(int argc, char** argv) {
     std::cerr << "mkcontroller: --listen: cannot listen on " << listen << "\n";
     return 1;
   }
+  reconciler::ReconcilerOptions ro;
+  ro.resync = absl::Seconds(resync_seconds);
+  ro.unreachable_after = absl::Seconds(unreachable_seconds);
+  reconciler::Reconciler loop(**store, objects, Clock::Real(), ro);
+  loop.Start();
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", listening on port " << port
             << std::endl;
   std::thread waiter([&] {
@@ -61,6 +74,7 @@ int main(int argc, char** argv) {
   });
   server->Wait();
   waiter.join();
+  loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;
   return 0;
 }

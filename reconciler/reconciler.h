@@ -1,0 +1,74 @@
+// Reconciler: the controller's loop. It keeps a HostConnection to every stored Host's
+// `spec.agent`, and a keyed work queue (one key per host) fed by store changes, host view
+// changes and a periodic resync. A worker takes a host, runs PlanFleet over the stored
+// objects and the host views, and sends that host's plan to its agent in one batch.
+// Failures come back with per-host backoff. Action ids are deterministic per plan step and
+// the agent journals them, so re-sending a plan (after a crash or before the host's view
+// has caught up) runs nothing twice.
+//
+// Not yet: status and events in the store; Morph; PoolChange; policies.
+// Thread-safety: Start/Stop from one thread; the rest is internal.
+#ifndef MKFLEET_RECONCILER_RECONCILER_H_
+#define MKFLEET_RECONCILER_RECONCILER_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "reconciler/host_connection.h"
+#include "reconciler/objects.h"
+#include "reconciler/store.h"
+#include "reconciler/work_queue.h"
+
+namespace mkfleet::reconciler {
+
+struct ReconcilerOptions {
+  absl::Duration resync = absl::Seconds(30);
+  absl::Duration unreachable_after = absl::Seconds(10);
+};
+
+class Reconciler {
+ public:
+  Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options = {});
+  ~Reconciler();
+
+  void Start();
+  void Stop();
+
+  // One pass for `host`: plan the fleet, send this host's actions. Returns why it failed.
+  absl::Status ReconcileHost(const std::string& host);
+
+  int64_t actions_sent() const { return actions_sent_.load(); }
+  int64_t passes() const { return passes_.load(); }
+
+ private:
+  // Opens connections to new hosts (or hosts whose agent address changed), closes those
+  // of deleted hosts, and queues every host.
+  void SyncConnections();
+  void WatchStore();
+  void Work();
+
+  Store& store_;
+  Objects& objects_;
+  Clock& clock_;
+  const ReconcilerOptions options_;
+  WorkQueue queue_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::pair<std::string, std::unique_ptr<HostConnection>>> connections_
+      ABSL_GUARDED_BY(mu_);  // host -> (agent address, connection)
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::atomic<int64_t> actions_sent_{0};
+  std::atomic<int64_t> passes_{0};
+  std::thread watcher_;
+  std::thread worker_;
+};
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_RECONCILER_H_

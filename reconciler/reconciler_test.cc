@@ -1,0 +1,121 @@
+// The reconcile loop end to end in one process: a real Agent (emulated kernel) on a free
+// loopback port, the SQLite store, and the Reconciler converging the host to the objects.
+#include "reconciler/reconciler.h"
+
+#include <filesystem>
+
+#include "agents/agent_service.h"
+#include "agents/liveness.h"
+#include "agents/testing/agent_fixture.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+class ReconcilerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    probe_ = agents::NewEmulatorProbe(*host_.emu);
+    agents::AgentOptions o;
+    o.host = "node-a";
+    agent_ = std::make_unique<agents::Agent>(o, *host_.hk, host_.topology, *host_.journal, *probe_, Clock::Real());
+    agent_->Start();
+    service_ = std::make_unique<agents::AgentService>(*agent_, host_.emu.get(), false);
+    server_ = agents::StartAgentServer(*service_, "127.0.0.1:0", &port_);
+    ASSERT_NE(server_, nullptr);
+    std::string path = (host_.dir / "store.db").string();
+    store_ = *OpenSqliteStore(path, Clock::Real());
+    objects_ = std::make_unique<Objects>(*store_);
+  }
+  void TearDown() override {
+    if (reconciler_) reconciler_->Stop();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    agent_->Stop();
+  }
+
+  v1::Object HostObject() {
+    v1::Object o;
+    o.mutable_host()->mutable_metadata()->set_name("node-a");
+    o.mutable_host()->mutable_spec()->set_agent("127.0.0.1:" + std::to_string(port_));
+    return o;
+  }
+  v1::Object Instance(const std::string& name, uint32_t cpus) {
+    v1::Object o;
+    v1::KernelInstance* ki = o.mutable_kernel_instance();
+    ki->mutable_metadata()->set_name(name);
+    ki->mutable_spec()->set_host("node-a");
+    ki->mutable_spec()->mutable_kernel()->set_image(host_.vmlinux);
+    ki->mutable_spec()->mutable_kernel()->set_cmdline("console=mktty0");
+    ki->mutable_spec()->mutable_resources()->set_cpus(cpus);
+    ki->mutable_spec()->mutable_resources()->set_memory(512ull << 20);
+    return o;
+  }
+  // The kernel state of `name` on the agent, or ABSENT.
+  v1::KernelState StateOf(const std::string& name) {
+    v1::HostState snapshot = agent_->Snapshot();
+    for (const auto& in : snapshot.instances()) {
+      if (in.name() == name) return in.status().kernel_state();
+    }
+    return v1::KERNEL_STATE_ABSENT;
+  }
+  template <typename Pred>
+  bool Eventually(Pred pred) {
+    for (int i = 0; i < 1500; ++i) {
+      if (pred()) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  agents::TestHost host_{"reconciler"};
+  std::unique_ptr<agents::LivenessProbe> probe_;
+  std::unique_ptr<agents::Agent> agent_;
+  std::unique_ptr<agents::AgentService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Objects> objects_;
+  std::unique_ptr<Reconciler> reconciler_;
+};
+
+TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(300);
+  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
+  reconciler_->Start();
+  ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2), Instance("db-1", 4)}, ApplyOptions{"t", false, false})
+                  .ok());
+  ASSERT_TRUE(Eventually([&] {
+    return StateOf("web-1") == v1::KERNEL_STATE_ACTIVE && StateOf("db-1") == v1::KERNEL_STATE_ACTIVE;
+  })) << agent_->Snapshot().DebugString();
+  // Whole cores from the pool, as planned.
+  v1::HostState running = agent_->Snapshot();
+  for (const auto& in : running.instances()) {
+    EXPECT_EQ(in.status().placement().cpus_size(), in.name() == "web-1" ? 2 : 4) << in.name();
+  }
+
+  // Converged: further passes (resyncs every 300 ms) send nothing.
+  ASSERT_TRUE(Eventually([&] {
+    int64_t before = reconciler_->actions_sent();
+    absl::SleepFor(absl::Milliseconds(100));
+    return reconciler_->actions_sent() == before;
+  }));
+  int64_t sent = reconciler_->actions_sent();
+  int64_t passes = reconciler_->passes();
+  ASSERT_TRUE(Eventually([&] { return reconciler_->passes() >= passes + 2; }));
+  EXPECT_EQ(reconciler_->actions_sent(), sent);
+  EXPECT_TRUE(reconciler_->ReconcileHost("node-a").ok());
+  EXPECT_EQ(reconciler_->actions_sent(), sent);
+
+  // Deleting an object removes its kernel; the other keeps running, untouched.
+  ASSERT_TRUE(objects_->Delete("KernelInstance", "web-1").ok());
+  ASSERT_TRUE(Eventually([&] { return StateOf("web-1") == v1::KERNEL_STATE_ABSENT; }))
+      << agent_->Snapshot().DebugString();
+  EXPECT_EQ(StateOf("db-1"), v1::KERNEL_STATE_ACTIVE);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

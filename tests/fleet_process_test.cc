@@ -1,0 +1,119 @@
+// The whole loop as real processes: mkagent (emulated kernel) and mkcontroller on free
+// loopback ports, manifests applied with mkapply; the instance boots on the agent, and a
+// pruning apply without it removes it.
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "tests/process_util.h"
+
+namespace mkfleet {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = mkfleet::v1;
+using ::testing::HasSubstr;
+
+class FleetProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("fleet-proc-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    vmlinux_ = (dir_ / "vmlinux").string();
+    std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  int Mkapply(std::vector<std::string> args, std::string* output) {
+    std::vector<std::string> argv = {"cli/mkapply"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.push_back("--controller");
+    argv.push_back("127.0.0.1:" + controller_port_);
+    testing::Process p(argv, (dir_ / ("mkapply-" + std::to_string(++runs_))).string());
+    int status = p.Kill(0);
+    *output = p.Log();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  std::string Manifest(bool with_instance) {
+    std::string text =
+        "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata:\n  name: node-a\nspec:\n  agent: 127.0.0.1:" + agent_port_ +
+        "\n  pool:\n    hostReserved: {cores: 1, memory: 1Gi}\n";
+    if (with_instance) {
+      text +=
+          "---\napiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata:\n  name: web-1\nspec:\n  host: node-a\n"
+          "  kernel:\n    image: " + vmlinux_ + "\n    cmdline: \"console=mktty0\"\n"
+          "  resources:\n    cpus: 4\n    memory: 512Mi\n";
+    }
+    std::string path = (dir_ / (with_instance ? "fleet.yaml" : "hosts-only.yaml")).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  // web-1's kernel state on the agent (ABSENT when it has none).
+  v1::KernelState StateOnAgent() {
+    auto stub = v1::Agent::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + agent_port_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto reader = stub->Watch(&ctx, v1::WatchRequest());
+    v1::HostState snapshot;
+    if (!reader->Read(&snapshot)) return v1::KERNEL_STATE_UNKNOWN;
+    ctx.TryCancel();
+    for (const auto& in : snapshot.instances()) {
+      if (in.name() == "web-1") return in.status().kernel_state();
+    }
+    return v1::KERNEL_STATE_ABSENT;
+  }
+
+  bool Eventually(v1::KernelState want) {
+    for (int i = 0; i < 300; ++i) {
+      if (StateOnAgent() == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  fs::path dir_;
+  std::string vmlinux_;
+  std::string agent_port_, controller_port_;
+  int runs_ = 0;
+};
+
+TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
+  testing::Process agent({"agents/mkagent", "--topology", "synthetic:pack:2 numa:1(memory=16GiB) core:8 pu:2",
+                          "--listen", "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores",
+                          "1", "--reserve-memory", "1Gi", "--host", "node-a"},
+                         (dir_ / "agent.log").string());
+  agent_port_ = agent.WaitFor("listening on port ([0-9]+)");
+  ASSERT_FALSE(agent_port_.empty()) << agent.Log();
+  testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                               "--listen", "127.0.0.1:0", "--resync", "1"},
+                              (dir_ / "controller.log").string());
+  controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
+  ASSERT_FALSE(controller_port_.empty()) << controller.Log();
+
+  std::string out;
+  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 created"));
+  ASSERT_TRUE(Eventually(v1::KERNEL_STATE_ACTIVE)) << controller.Log() << agent.Log();
+
+  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(false), "--source", "fleet", "--prune"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 pruned"));
+  ASSERT_TRUE(Eventually(v1::KERNEL_STATE_ABSENT)) << controller.Log() << agent.Log();
+
+  int status = controller.Kill(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << controller.Log();
+  status = agent.Kill(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agent.Log();
+}
+
+}  // namespace
+}  // namespace mkfleet
