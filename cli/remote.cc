@@ -127,12 +127,20 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     err << "no " << kind << " objects\n";
     return kExitOk;
   }
-  out << std::left << std::setw(32) << "NAME" << std::setw(12) << "GENERATION" << std::setw(10) << "REVISION"
-      << "SOURCE\n";
+  const bool instances = kind == "KernelInstance";
+  out << std::left << std::setw(32) << "NAME";
+  if (instances) out << std::setw(10) << "PHASE" << std::setw(14) << "HOST" << std::setw(10) << "CPUS";
+  out << std::setw(12) << "GENERATION" << std::setw(10) << "REVISION" << "SOURCE\n";
   for (const v1::Object& o : objects) {
     const v1::ObjectMeta& m = manifests::MetadataOf(o);
-    out << std::left << std::setw(32) << m.name() << std::setw(12) << m.generation() << std::setw(10) << m.revision()
-        << m.source() << "\n";
+    out << std::left << std::setw(32) << m.name();
+    if (instances) {
+      const v1::InstanceStatus& st = o.kernel_instance().status();
+      std::string host = st.placement().host().empty() ? o.kernel_instance().spec().host() : st.placement().host();
+      out << std::setw(10) << (st.phase().empty() ? "-" : st.phase()) << std::setw(14) << (host.empty() ? "-" : host)
+          << std::setw(10) << st.placement().cpus_size();
+    }
+    out << std::setw(12) << m.generation() << std::setw(10) << m.revision() << m.source() << "\n";
   }
   return kExitOk;
 }

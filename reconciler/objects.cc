@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "manifests/loader.h"
 
 namespace mkfleet::reconciler {
@@ -160,6 +162,38 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
   return response;
 }
 
+namespace {
+std::string StatusKey(absl::string_view kind, absl::string_view name) {
+  return absl::StrCat("/status/", kind, "/", name);
+}
+}  // namespace
+
+absl::StatusOr<bool> Objects::PutInstanceStatus(absl::string_view name, const v1::InstanceStatus& status) {
+  std::string key = StatusKey("KernelInstance", name);
+  std::string value = status.SerializeAsString();
+  auto old = store_.Get(key);
+  if (!old.ok()) return old.status();
+  if (old->has_value()) {
+    v1::InstanceStatus before;
+    if (before.ParseFromString((*old)->value) &&
+        google::protobuf::util::MessageDifferencer::Equals(before, status)) {
+      return false;
+    }
+  }
+  auto rev = store_.Put(key, value);
+  if (!rev.ok()) return rev.status();
+  return true;
+}
+
+// Attaches the stored status of a KernelInstance, if any.
+static absl::Status AttachStatus(Store& store, v1::Object& o) {
+  if (!o.has_kernel_instance()) return absl::OkStatus();
+  auto kv = store.Get(StatusKey("KernelInstance", o.kernel_instance().metadata().name()));
+  if (!kv.ok()) return kv.status();
+  if (kv->has_value()) o.mutable_kernel_instance()->mutable_status()->ParseFromString((*kv)->value);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind) {
   auto kvs = store_.List(absl::StrCat("/objects/", kind, "/"));
   if (!kvs.ok()) return kvs.status();
@@ -168,6 +202,7 @@ absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind) {
     v1::Object o;
     if (!o.ParseFromString(kv.value)) return absl::DataLossError(absl::StrCat("store: ", kv.key, " is corrupt"));
     MutableMeta(o)->set_revision(kv.mod_revision);
+    MK_RETURN_IF_ERROR(AttachStatus(store_, o));
     out.push_back(std::move(o));
   }
   return out;
@@ -180,6 +215,7 @@ absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, a
   v1::Object o;
   if (!o.ParseFromString((*kv)->value)) return absl::DataLossError("store: corrupt object");
   MutableMeta(o)->set_revision((*kv)->mod_revision);
+  MK_RETURN_IF_ERROR(AttachStatus(store_, o));
   return std::optional<v1::Object>(std::move(o));
 }
 
@@ -196,7 +232,19 @@ absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
                                                         absl::StrJoin(users, ", "), "; delete those first"));
     }
   }
-  auto rev = store_.Delete(ObjectKey(kind, name));
+  auto current = store_.Get(ObjectKey(kind, name));
+  if (!current.ok()) return current.status();
+  if (!current->has_value()) return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
+  // The object and its status go in one transaction.
+  std::vector<Compare> compares = {{ObjectKey(kind, name), (*current)->mod_revision}};
+  std::vector<Op> ops = {{Op::Type::kDelete, ObjectKey(kind, name), "", 0}};
+  auto status = store_.Get(StatusKey(kind, name));
+  if (!status.ok()) return status.status();
+  if (status->has_value()) {
+    compares.push_back({StatusKey(kind, name), (*status)->mod_revision});
+    ops.push_back({Op::Type::kDelete, StatusKey(kind, name), "", 0});
+  }
+  auto rev = store_.Txn(compares, ops);
   if (!rev.ok()) {
     if (rev.status().code() == absl::StatusCode::kNotFound) {
       return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));

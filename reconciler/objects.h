@@ -41,7 +41,11 @@ class Objects {
 
   absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind);
   absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name);
-  // NotFound if absent; FailedPrecondition for a Host that a KernelInstance still names
+  // Stores a KernelInstance's status (at /status/KernelInstance/<name>) unless it is
+  // unchanged; List and Get return it in the object's `status`. Returns whether it wrote.
+  absl::StatusOr<bool> PutInstanceStatus(absl::string_view name, const mkfleet::v1::InstanceStatus& status);
+
+  // NotFound if absent (the status goes with the object); FailedPrecondition for a Host that a KernelInstance still names
   // (checked, then deleted: an apply racing the delete can still add a reference).
   absl::Status Delete(absl::string_view kind, absl::string_view name);
 

@@ -1,6 +1,7 @@
 #include "reconciler/reconciler.h"
 
 #include <iostream>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "reconciler/fleet_plan.h"
@@ -80,9 +81,15 @@ void Reconciler::WatchStore() {
       if (stopping_) return;
     }
     auto next = store_.WaitForRevision(seen, absl::Milliseconds(200));
+    bool changed = false;
+    if (next.ok() && *next > seen) {
+      // Only object changes matter; the loop's own status writes must not wake it.
+      auto events = store_.EventsSince(seen, "/objects/");
+      changed = !events.ok() || !events->empty();
+      seen = *next;
+    }
     bool resync = clock_.Monotonic() - last_resync >= options_.resync;
-    if ((next.ok() && *next > seen) || resync) {
-      if (next.ok()) seen = std::max(seen, *next);
+    if (changed || resync) {
       if (resync) last_resync = clock_.Monotonic();
       SyncConnections();
     }
@@ -137,19 +144,112 @@ absl::Status Reconciler::ReconcileHost(const std::string& host) {
   FleetPlan fleet = PlanFleet(hosts, views, instances, sets);
   auto plan = fleet.hosts.find(host);
   if (plan == fleet.hosts.end()) {
-    return views[host].connected ? absl::OkStatus()
-                                 : absl::UnavailableError(absl::StrCat("host ", host, ": ", views[host].error));
+    absl::Status down = views[host].connected
+                            ? absl::OkStatus()
+                            : absl::UnavailableError(absl::StrCat("host ", host, ": ", views[host].error));
+    RecordStatus(host, instances, fleet, views[host], {}, {}, down);
+    return down;
   }
-  if (plan->second.actions.empty()) return absl::OkStatus();
-  v1::ActionBatch batch;
-  for (const v1::Action& a : plan->second.actions) *batch.add_actions() = a;
-  actions_sent_ += batch.actions_size();
-  auto response = target->Execute(batch);
-  if (!response.ok()) return response.status();
-  for (const v1::ActionResult& r : response->results()) {
-    if (r.code() != 0) return absl::AbortedError(absl::StrCat("host ", host, ": action ", r.id(), ": ", r.message()));
+  absl::Status sent = absl::OkStatus();
+  std::map<std::string, std::string> failed;  // instance -> why
+  std::set<std::string> in_plan;
+  for (const v1::Action& a : plan->second.actions) in_plan.insert(a.instance());
+  if (!plan->second.actions.empty()) {
+    v1::ActionBatch batch;
+    for (const v1::Action& a : plan->second.actions) *batch.add_actions() = a;
+    actions_sent_ += batch.actions_size();
+    auto response = target->Execute(batch);
+    if (!response.ok()) {
+      sent = response.status();
+    } else {
+      std::map<std::string, std::string> instance_of;
+      for (const v1::Action& a : batch.actions()) instance_of[a.id()] = a.instance();
+      for (const v1::ActionResult& r : response->results()) {
+        if (r.code() == 0) continue;
+        failed.emplace(instance_of[r.id()], absl::StrCat(r.id(), ": ", r.message()));
+        if (sent.ok()) sent = absl::AbortedError(absl::StrCat("host ", host, ": action ", r.id(), ": ", r.message()));
+      }
+    }
   }
-  return absl::OkStatus();
+  RecordStatus(host, instances, fleet, views[host], in_plan, failed, sent);
+  return sent;
+}
+
+namespace {
+
+v1::Condition Cond(const std::string& type, bool ok, const std::string& reason, const std::string& message) {
+  v1::Condition c;
+  c.set_type(type);
+  c.set_status(ok ? v1::CONDITION_TRUE : v1::CONDITION_FALSE);
+  c.set_reason(reason);
+  c.set_message(message);
+  return c;
+}
+
+v1::KernelState Wanted(v1::Phase phase) {
+  switch (phase) {
+    case v1::PHASE_READY:
+      return v1::KERNEL_STATE_READY;
+    case v1::PHASE_LOADED:
+      return v1::KERNEL_STATE_LOADED;
+    default:
+      return v1::KERNEL_STATE_ACTIVE;
+  }
+}
+
+}  // namespace
+
+void Reconciler::RecordStatus(const std::string& host, const std::vector<v1::KernelInstance>& instances,
+                              const FleetPlan& fleet, const HostView& view, const std::set<std::string>& in_plan,
+                              const std::map<std::string, std::string>& failed, const absl::Status& sent) {
+  std::map<std::string, std::string> unschedulable;
+  for (const auto& u : fleet.unschedulable) unschedulable[u.name] = u.reason;
+  std::map<std::string, std::string> waiting;
+  for (const std::string& w : fleet.waiting) waiting[w.substr(0, w.find(':'))] = w.substr(w.find(':') + 2);
+  for (const v1::KernelInstance& ki : instances) {
+    const std::string& name = ki.metadata().name();
+    auto placed = fleet.placements.find(name);
+    const std::string& target = placed != fleet.placements.end() ? placed->second.host() : ki.spec().host();
+    if (target != host) continue;  // another host's pass records it
+    v1::InstanceStatus st;
+    if (unschedulable.count(name) || waiting.count(name)) {
+      st.set_phase("Pending");
+      bool u = unschedulable.count(name) > 0;
+      *st.add_conditions() =
+          Cond("Scheduled", false, u ? "Unschedulable" : "HostNotConnected", u ? unschedulable[name] : waiting[name]);
+    } else if (placed != fleet.placements.end()) {
+      *st.add_conditions() = Cond("Scheduled", true, "Placed", absl::StrCat("on ", host));
+      auto observed = view.instances.find(name);
+      v1::KernelState want = Wanted(ki.spec().phase());
+      if (observed != view.instances.end()) {
+        const v1::InstanceStatus& o = observed->second.status();
+        st.set_kernel_state(o.kernel_state());
+        *st.mutable_placement() = o.placement();
+        *st.mutable_provenance() = o.provenance();
+        st.set_restart_count(o.restart_count());
+        st.set_role(o.role());
+      } else {
+        st.set_kernel_state(v1::KERNEL_STATE_ABSENT);
+        *st.mutable_placement() = placed->second;
+      }
+      bool converged = !in_plan.count(name) && st.kernel_state() == want;
+      bool is_failed = failed.count(name) > 0 || st.kernel_state() == v1::KERNEL_STATE_FAILED;
+      st.set_phase(is_failed ? "Failed" : converged ? (want == v1::KERNEL_STATE_ACTIVE ? "Running" : want == v1::KERNEL_STATE_LOADED ? "Loaded" : "Ready") : "Creating");
+      *st.add_conditions() = Cond("Ready", converged, converged ? "Converged" : "Converging",
+                                  converged ? "" : absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()),
+                                                                ", want ", v1::KernelState_Name(want)));
+      *st.add_conditions() = Cond("Progressing", in_plan.count(name) > 0, in_plan.count(name) ? "ActionsSent" : "Idle", "");
+      if (is_failed) {
+        *st.add_conditions() = Cond("Degraded", true, failed.count(name) ? "ActionFailed" : "KernelFailed",
+                                    failed.count(name) ? failed.at(name) : "");
+      } else if (!sent.ok() && in_plan.count(name)) {
+        *st.add_conditions() = Cond("Degraded", true, "HostError", std::string(sent.message()));
+      }
+      if (converged) st.set_observed_generation(ki.metadata().generation());
+    }
+    auto wrote = objects_.PutInstanceStatus(name, st);
+    if (!wrote.ok()) std::cerr << "reconcile " << host << ": status of " << name << ": " << wrote.status().message() << "\n";
+  }
 }
 
 }  // namespace mkfleet::reconciler

@@ -6,19 +6,24 @@
 // the agent journals them, so re-sending a plan (after a crash or before the host's view
 // has caught up) runs nothing twice.
 //
-// Not yet: status and events in the store; Morph; PoolChange; policies.
+// Each pass records the status of the host's KernelInstances (phase, kernel state,
+// placement, conditions Scheduled/Ready/Progressing/Degraded, observedGeneration).
+// Not yet: events; host and set status; Morph; PoolChange; policies.
 // Thread-safety: Start/Stop from one thread; the rest is internal.
 #ifndef MKFLEET_RECONCILER_RECONCILER_H_
 #define MKFLEET_RECONCILER_RECONCILER_H_
 
 #include <atomic>
 #include <map>
+#include <set>
+#include <vector>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "reconciler/fleet_plan.h"
 #include "reconciler/host_connection.h"
 #include "reconciler/objects.h"
 #include "reconciler/store.h"
@@ -49,6 +54,11 @@ class Reconciler {
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
   // of deleted hosts, and queues every host.
   void SyncConnections();
+  // Writes the status of the KernelInstances this host runs or should run (only when it
+  // changed, so converged passes write nothing).
+  void RecordStatus(const std::string& host, const std::vector<mkfleet::v1::KernelInstance>& instances,
+                    const FleetPlan& fleet, const HostView& view, const std::set<std::string>& in_plan,
+                    const std::map<std::string, std::string>& failed, const absl::Status& sent);
   void WatchStore();
   void Work();
 

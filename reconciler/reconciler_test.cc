@@ -91,6 +91,22 @@ TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
   ASSERT_TRUE(Eventually([&] {
     return StateOf("web-1") == v1::KERNEL_STATE_ACTIVE && StateOf("db-1") == v1::KERNEL_STATE_ACTIVE;
   })) << agent_->Snapshot().DebugString();
+  // The status follows: Running, Ready, observedGeneration caught up.
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "web-1");
+    return o.ok() && o->has_value() && (*o)->kernel_instance().status().phase() == "Running";
+  }));
+  {
+    v1::KernelInstance web = (*objects_->Get("KernelInstance", "web-1"))->kernel_instance();
+    EXPECT_EQ(web.status().kernel_state(), v1::KERNEL_STATE_ACTIVE);
+    EXPECT_EQ(web.status().observed_generation(), web.metadata().generation());
+    EXPECT_EQ(web.status().placement().cpus_size(), 2);
+    bool ready = false;
+    for (const auto& c : web.status().conditions()) {
+      if (c.type() == "Ready") ready = c.status() == v1::CONDITION_TRUE;
+    }
+    EXPECT_TRUE(ready) << web.status().DebugString();
+  }
   // Whole cores from the pool, as planned.
   v1::HostState running = agent_->Snapshot();
   for (const auto& in : running.instances()) {
@@ -115,6 +131,19 @@ TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
   ASSERT_TRUE(Eventually([&] { return StateOf("web-1") == v1::KERNEL_STATE_ABSENT; }))
       << agent_->Snapshot().DebugString();
   EXPECT_EQ(StateOf("db-1"), v1::KERNEL_STATE_ACTIVE);
+
+  // Too big for the host: Pending with Scheduled=False and the planner's reason.
+  ASSERT_TRUE(objects_->Apply({Instance("huge", 64)}, ApplyOptions{"t2", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "huge");
+    return o.ok() && o->has_value() && (*o)->kernel_instance().status().phase() == "Pending";
+  }));
+  v1::InstanceStatus huge = (*objects_->Get("KernelInstance", "huge"))->kernel_instance().status();
+  ASSERT_GE(huge.conditions_size(), 1);
+  EXPECT_EQ(huge.conditions(0).type(), "Scheduled");
+  EXPECT_EQ(huge.conditions(0).status(), v1::CONDITION_FALSE);
+  EXPECT_EQ(huge.conditions(0).reason(), "Unschedulable");
+  EXPECT_FALSE(huge.conditions(0).message().empty());
 }
 
 }  // namespace

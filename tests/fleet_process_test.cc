@@ -104,6 +104,15 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet"}, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 created"));
   ASSERT_TRUE(Eventually(v1::KERNEL_STATE_ACTIVE)) << controller.Log() << agent.Log();
+  // The controller's status catches up: `get instances` shows it Running on node-a.
+  bool running = false;
+  for (int i = 0; i < 100 && !running; ++i) {
+    ASSERT_EQ(Mkapply({"get", "instances"}, &out), 0) << out;
+    running = out.find("Running") != std::string::npos;
+    if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(running) << out;
+  EXPECT_THAT(out, HasSubstr("node-a"));
 
   ASSERT_EQ(Mkapply({"apply", "-f", Manifest(false), "--source", "fleet", "--prune"}, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 pruned"));
