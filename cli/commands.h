@@ -50,6 +50,11 @@ struct ApplyOptions {
   bool prune = false;
   bool dry_run = false;
   int timeout_seconds = 30;
+  // After applying: wait until every KernelInstance applied is Ready at its generation
+  // (and every pruned one is gone), printing each phase change; exit 1 if `wait_seconds`
+  // pass first.
+  bool wait = false;
+  int wait_seconds = 300;
 };
 
 // Loads `paths`, sends them to the controller in one atomic apply and prints one line per

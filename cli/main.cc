@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--timeout", apply.timeout_seconds, "seconds to wait for the controller (default 30)");
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
+  apply_cmd->add_flag("--wait", apply.wait,
+                      "wait until every applied KernelInstance is Ready (pruned ones gone), showing progress; "
+                      "exit 1 on timeout");
+  apply_cmd->add_option("--wait-timeout", apply.wait_seconds, "seconds --wait waits (default 300)");
 
   mkfleet::cli::GetOptions get;
   CLI::App* get_cmd = app.add_subcommand("get", "List objects of a kind, or show one.\nExit 0, 1 when absent or unreachable.");

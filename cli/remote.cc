@@ -1,7 +1,9 @@
 // The mkapply commands that talk to mkcontroller over gRPC.
 #include <chrono>
 #include <iomanip>
+#include <map>
 #include <memory>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
@@ -41,6 +43,75 @@ int Report(const grpc::Status& s, const std::string& controller, std::ostream& e
   }
 }
 
+bool IsReady(const v1::KernelInstance& ki) {
+  if (ki.status().observed_generation() != ki.metadata().generation()) return false;
+  for (const v1::Condition& c : ki.status().conditions()) {
+    if (c.type() == "Ready") return c.status() == v1::CONDITION_TRUE;
+  }
+  return false;
+}
+
+// One line on what an instance waits for: its phase and the first condition that is not met.
+std::string Progress(const v1::KernelInstance& ki) {
+  std::string line = ki.status().phase().empty() ? "Pending" : ki.status().phase();
+  for (const v1::Condition& c : ki.status().conditions()) {
+    bool bad = c.type() == "Degraded" ? c.status() == v1::CONDITION_TRUE : c.status() != v1::CONDITION_TRUE;
+    if (bad && c.type() != "Progressing") {
+      line += " (" + c.type() + ": " + c.reason() + (c.message().empty() ? "" : ", " + c.message()) + ")";
+      break;
+    }
+  }
+  return line;
+}
+
+int WaitForInstances(v1::Controller::Stub& stub, const v1::ApplyResponse& applied, const ApplyOptions& options,
+                     std::ostream& out, std::ostream& err) {
+  std::map<std::string, bool> pending;  // name -> pruned (wait until gone)
+  for (const v1::ObjectChange& c : applied.changes()) {
+    if (c.kind() == "KernelInstance") pending[c.name()] = c.change() == "pruned";
+  }
+  std::map<std::string, std::string> last;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.wait_seconds);
+  while (!pending.empty()) {
+    for (auto it = pending.begin(); it != pending.end();) {
+      grpc::ClientContext ctx;
+      SetDeadline(ctx, options.timeout_seconds);
+      v1::GetRequest req;
+      req.set_kind("KernelInstance");
+      req.set_name(it->first);
+      v1::GetResponse resp;
+      grpc::Status s = stub.Get(&ctx, req, &resp);
+      std::string now;
+      bool done = false;
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+        now = "deleted";
+        done = it->second;
+      } else if (!s.ok()) {
+        return Report(s, options.controller, err);
+      } else if (resp.objects_size() == 1) {
+        const v1::KernelInstance& ki = resp.objects(0).kernel_instance();
+        now = Progress(ki);
+        done = !it->second && IsReady(ki);
+      }
+      if (last[it->first] != now) {
+        out << "KernelInstance/" << it->first << ": " << now << std::endl;
+        last[it->first] = now;
+      }
+      it = done ? pending.erase(it) : std::next(it);
+    }
+    if (pending.empty()) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      err << "error: timed out after " << options.wait_seconds << "s; not ready:";
+      for (const auto& [name, pruned] : pending) err << " " << name << " (" << last[name] << ")";
+      err << "\n";
+      return kExitFailure;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  out << "all ready\n";
+  return kExitOk;
+}
+
 int ApplyOrDiff(const ApplyOptions& options, bool dry_run, std::ostream& out, std::ostream& err) {
   manifests::LoadOptions load_options;
   load_options.check_host_references = false;  // the controller checks against the store too
@@ -68,6 +139,7 @@ int ApplyOrDiff(const ApplyOptions& options, bool dry_run, std::ostream& out, st
   }
   // diff: exit 1 when something would change, like diff(1).
   if (dry_run && changes) return kExitFailure;
+  if (options.wait && !request.dry_run()) return WaitForInstances(*stub, response, options, out, err);
   return kExitOk;
 }
 

@@ -87,6 +87,19 @@ class FleetProcessTest : public ::testing::Test {
   int runs_ = 0;
 };
 
+TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
+  agent_port_ = "1";  // no agent: the host never connects
+  testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                               "--listen", "127.0.0.1:0", "--resync", "1"},
+                              (dir_ / "controller.log").string());
+  controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
+  ASSERT_FALSE(controller_port_.empty()) << controller.Log();
+  std::string out;
+  EXPECT_EQ(Mkapply({"apply", "-f", Manifest(true), "--wait", "--wait-timeout", "2"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Pending (Scheduled: HostNotConnected"));
+  EXPECT_THAT(out, HasSubstr("timed out after 2s; not ready: web-1"));
+}
+
 TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   testing::Process agent({"agents/mkagent", "--topology", "synthetic:pack:2 numa:1(memory=16GiB) core:8 pu:2",
                           "--listen", "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores",
@@ -101,8 +114,11 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   ASSERT_FALSE(controller_port_.empty()) << controller.Log();
 
   std::string out;
-  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet"}, &out), 0) << out;
+  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet", "--wait", "--wait-timeout", "60"}, &out), 0)
+      << out << controller.Log();
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 created"));
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Running"));
+  EXPECT_THAT(out, HasSubstr("all ready"));
   ASSERT_TRUE(Eventually(v1::KERNEL_STATE_ACTIVE)) << controller.Log() << agent.Log();
   // The controller's status catches up: `get instances` shows it Running on node-a.
   bool running = false;
