@@ -78,6 +78,18 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err);
 // exit 1 with "Kind/name does not exist" when one is absent.
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);
 
+struct EventsOptions {
+  std::string controller = "127.0.0.1:7100";
+  std::string kind;  // optional filter (hosts, instances, ...)
+  std::string name;
+  bool follow = false;
+  int timeout_seconds = 30;
+};
+
+// Prints the controller's events, oldest first: TIME TYPE REASON OBJECT MESSAGE; with
+// follow, keeps printing new ones until interrupted.
+int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err);
+
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
 std::string CanonicalKind(const std::string& kind);
 

@@ -84,6 +84,14 @@ int main(int argc, char** argv) {
   get_cmd->add_option("-o,--output", get.output, "table (default), yaml or json")
       ->check(CLI::IsMember({"table", "yaml", "json"}));
 
+  mkfleet::cli::EventsOptions events;
+  CLI::App* events_cmd = app.add_subcommand(
+      "events", "Show the controller's events (actions, failures, scheduling), oldest first.\nExit 0, 1 when unreachable.");
+  events_cmd->add_option("kind", events.kind, "only this kind (hosts, instances, sets)");
+  events_cmd->add_option("name", events.name, "only this object");
+  events_cmd->add_flag("-f,--follow", events.follow, "keep printing new events until interrupted");
+  events_cmd->add_option("--controller", events.controller, "mkcontroller address (default 127.0.0.1:7100)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -95,6 +103,7 @@ int main(int argc, char** argv) {
   if (apply_cmd->parsed()) return mkfleet::cli::RunApply(apply, std::cout, std::cerr);
   if (diff_cmd->parsed()) return mkfleet::cli::RunDiff(apply, std::cout, std::cerr);
   if (get_cmd->parsed()) return mkfleet::cli::RunGet(get, std::cout, std::cerr);
+  if (events_cmd->parsed()) return mkfleet::cli::RunEvents(events, std::cout, std::cerr);
   if (delete_cmd->parsed()) return mkfleet::cli::RunDelete(get, std::cout, std::cerr);
   return mkfleet::cli::kExitInvalid;
 }

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/ascii.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
 #include "google/protobuf/util/json_util.h"
@@ -214,6 +215,42 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     }
     out << std::setw(12) << m.generation() << std::setw(10) << m.revision() << m.source() << "\n";
   }
+  return kExitOk;
+}
+
+int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err) {
+  std::string kind;
+  if (!options.kind.empty()) {
+    kind = CanonicalKind(options.kind);
+    if (kind.empty()) {
+      err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
+      return kExitInvalid;
+    }
+  }
+  auto stub = Connect(options.controller);
+  grpc::ClientContext ctx;
+  if (!options.follow) SetDeadline(ctx, options.timeout_seconds);
+  v1::EventsRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  request.set_follow(options.follow);
+  auto reader = stub->Events(&ctx, request);
+  v1::Event e;
+  bool header = false;
+  while (reader->Read(&e)) {
+    if (!header) {
+      out << std::left << std::setw(10) << "TIME" << std::setw(9) << "TYPE" << std::setw(18) << "REASON"
+          << std::setw(34) << "OBJECT" << "MESSAGE\n";
+      header = true;
+    }
+    absl::Time t = absl::FromUnixMillis(e.time_unix_ms());
+    out << std::left << std::setw(10) << absl::FormatTime("%H:%M:%S", t, absl::LocalTimeZone()) << std::setw(9)
+        << e.type() << std::setw(18) << e.reason() << std::setw(34) << (e.kind() + "/" + e.name()) << e.message()
+        << std::endl;
+  }
+  grpc::Status s = reader->Finish();
+  if (!s.ok()) return Report(s, options.controller, err);
+  if (!header) err << "no events\n";
   return kExitOk;
 }
 

@@ -124,6 +124,37 @@ grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::Ob
   return grpc::Status::OK;
 }
 
+grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::EventsRequest* request,
+                                      grpc::ServerWriter<v1::Event>* writer) {
+  if (events_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller keeps no events");
+  auto rev = store_.Revision();  // before the list: nothing between is lost
+  if (!rev.ok()) return ToGrpc(rev.status());
+  int64_t seen = *rev;
+  auto past = events_->List(request->kind(), request->name());
+  if (!past.ok()) return ToGrpc(past.status());
+  for (const v1::Event& e : *past) {
+    if (!writer->Write(e)) return grpc::Status::OK;
+  }
+  if (!request->follow()) return grpc::Status::OK;
+  while (!context->IsCancelled()) {
+    auto now = store_.Revision();
+    if (!now.ok()) return ToGrpc(now.status());
+    auto changes = store_.EventsSince(seen, kEventPrefix);
+    if (!changes.ok()) return ToGrpc(changes.status());
+    for (const Event& c : *changes) {
+      seen = std::max(seen, c.revision);
+      v1::Event e;
+      if (c.type != Event::Type::kPut || !e.ParseFromString(c.value)) continue;
+      if (!EventMatches(e, request->kind(), request->name())) continue;
+      if (!writer->Write(e)) return grpc::Status::OK;
+    }
+    seen = std::max(seen, *now);
+    auto next = store_.WaitForRevision(seen, absl::Milliseconds(200));
+    if (!next.ok()) return ToGrpc(next.status());
+  }
+  return grpc::Status::OK;
+}
+
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,
                                                     int* port) {
   grpc::EnableDefaultHealthCheckService(true);

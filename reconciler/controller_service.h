@@ -1,7 +1,7 @@
 // ControllerService: the gRPC face of the controller's object store for mkapply
 // (proto/mkfleet/v1/controller.proto): Apply, Diff (an apply that writes nothing), Get
 // and Delete over reconciler::Objects, and Watch (a snapshot, then every change, in store
-// revision order). Events is not served yet (UNIMPLEMENTED).
+// revision order) and Events (the stored history, then new ones with follow).
 // Thread-safety: gRPC calls it from many threads; Objects is safe for that.
 #ifndef MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
 #define MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
@@ -11,13 +11,15 @@
 
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
+#include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 
 namespace mkfleet::reconciler {
 
 class ControllerService final : public mkfleet::v1::Controller::Service {
  public:
-  ControllerService(Store& store, Objects& objects) : store_(store), objects_(objects) {}
+  ControllerService(Store& store, Objects& objects, EventLog* events = nullptr)
+      : store_(store), objects_(objects), events_(events) {}
 
   grpc::Status Apply(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
                      mkfleet::v1::ApplyResponse* response) override;
@@ -32,11 +34,14 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   // Ends when the client cancels or the server shuts down.
   grpc::Status Watch(grpc::ServerContext* context, const mkfleet::v1::ObjectWatchRequest* request,
                      grpc::ServerWriter<mkfleet::v1::ObjectWatchEvent>* writer) override;
+  grpc::Status Events(grpc::ServerContext* context, const mkfleet::v1::EventsRequest* request,
+                      grpc::ServerWriter<mkfleet::v1::Event>* writer) override;
 
  private:
   grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
   Store& store_;
   Objects& objects_;
+  EventLog* events_;
 };
 
 // The kinds the controller stores.

@@ -20,7 +20,8 @@ class ControllerServiceTest : public ::testing::Test {
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     store_ = *OpenSqliteStore(path, clock_);
     objects_ = std::make_unique<Objects>(*store_);
-    service_ = std::make_unique<ControllerService>(*store_, *objects_);
+    events_ = *EventLog::Open(*store_, clock_);
+    service_ = std::make_unique<ControllerService>(*store_, *objects_, events_.get());
     int port = 0;
     server_ = StartControllerServer(*service_, "127.0.0.1:0", &port);
     ASSERT_NE(server_, nullptr);
@@ -47,6 +48,7 @@ class ControllerServiceTest : public ::testing::Test {
   SimulatedClock clock_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
+  std::unique_ptr<EventLog> events_;
   std::unique_ptr<ControllerService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<v1::Controller::Stub> stub_;
@@ -168,6 +170,32 @@ TEST_F(ControllerServiceTest, WatchSendsSnapshotThenChangesInOrder) {
   ASSERT_TRUE(resumed->Read(&e));
   EXPECT_TRUE(e.deleted());
   resume_ctx.TryCancel();
+}
+
+TEST_F(ControllerServiceTest, EventsListsThenFollowsWithAFilter) {
+  auto ev = [](const std::string& name, const std::string& reason) {
+    v1::Event e;
+    e.set_kind("KernelInstance");
+    e.set_name(name);
+    e.set_reason(reason);
+    return e;
+  };
+  ASSERT_TRUE(events_->Record(ev("web-1", "Old")).ok());
+  ASSERT_TRUE(events_->Record(ev("db-1", "Other")).ok());
+  grpc::ClientContext ctx;
+  v1::EventsRequest req;
+  req.set_follow(true);
+  req.set_kind("KernelInstance");
+  req.set_name("web-1");
+  auto reader = stub_->Events(&ctx, req);
+  v1::Event e;
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.reason(), "Old");
+  ASSERT_TRUE(events_->Record(ev("db-1", "NotMine")).ok());
+  ASSERT_TRUE(events_->Record(ev("web-1", "New")).ok());
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.reason(), "New");  // db-1's were filtered out
+  ctx.TryCancel();
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "common/clock.h"
 #include "common/version.h"
 #include "reconciler/controller_service.h"
+#include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 #include "reconciler/reconciler.h"
 #include "reconciler/store.h"
@@ -52,7 +53,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   reconciler::Objects objects(**store);
-  reconciler::ControllerService service(**store, objects);
+  auto events = reconciler::EventLog::Open(**store, Clock::Real());
+  if (!events.ok()) {
+    std::cerr << "mkcontroller: --store: " << events.status().message() << "\n";
+    return 1;
+  }
+  reconciler::ControllerService service(**store, objects, events->get());
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port);
   if (server == nullptr || port == 0) {
@@ -62,7 +68,7 @@ int main(int argc, char** argv) {
   reconciler::ReconcilerOptions ro;
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
-  reconciler::Reconciler loop(**store, objects, Clock::Real(), ro);
+  reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   loop.Start();
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", listening on port " << port
             << std::endl;

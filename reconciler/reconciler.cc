@@ -11,8 +11,22 @@ namespace {
 namespace v1 = mkfleet::v1;
 }  // namespace
 
-Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options)
-    : store_(store), objects_(objects), clock_(clock), options_(options), queue_(clock) {}
+Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options, EventLog* events)
+    : store_(store), objects_(objects), events_(events), clock_(clock), options_(options), queue_(clock) {}
+
+void Reconciler::Emit(const std::string& kind, const std::string& name, const std::string& host, bool warning,
+                      const std::string& reason, const std::string& message) {
+  if (events_ == nullptr) return;
+  v1::Event e;
+  e.set_kind(kind);
+  e.set_name(name);
+  e.set_host(host);
+  e.set_type(warning ? "Warning" : "Normal");
+  e.set_reason(reason);
+  e.set_message(message);
+  absl::Status s = events_->Record(std::move(e));
+  if (!s.ok()) std::cerr << "events: " << s.message() << "\n";
+}
 
 Reconciler::~Reconciler() { Stop(); }
 
@@ -161,10 +175,16 @@ absl::Status Reconciler::ReconcileHost(const std::string& host) {
     auto response = target->Execute(batch);
     if (!response.ok()) {
       sent = response.status();
+      Emit("Host", host, host, true, "HostError", std::string(sent.message()));
     } else {
       std::map<std::string, std::string> instance_of;
       for (const v1::Action& a : batch.actions()) instance_of[a.id()] = a.instance();
       for (const v1::ActionResult& r : response->results()) {
+        if (!r.replayed()) {
+          const std::string step = r.id().substr(r.id().rfind('/') + 1);
+          Emit("KernelInstance", instance_of[r.id()], host, r.code() != 0, r.code() == 0 ? "ActionDone" : "ActionFailed",
+               r.code() == 0 ? step : absl::StrCat(step, ": ", r.message()));
+        }
         if (r.code() == 0) continue;
         failed.emplace(instance_of[r.id()], absl::StrCat(r.id(), ": ", r.message()));
         if (sent.ok()) sent = absl::AbortedError(absl::StrCat("host ", host, ": action ", r.id(), ": ", r.message()));
@@ -248,6 +268,14 @@ void Reconciler::RecordStatus(const std::string& host, const std::vector<v1::Ker
       if (converged) st.set_observed_generation(ki.metadata().generation());
     }
     auto wrote = objects_.PutInstanceStatus(name, st);
+    if (wrote.ok() && *wrote && st.conditions_size() > 0) {
+      const v1::Condition& scheduled = st.conditions(0);
+      if (scheduled.status() == v1::CONDITION_FALSE) {
+        Emit("KernelInstance", name, host, true, scheduled.reason(), scheduled.message());
+      } else if (st.observed_generation() == ki.metadata().generation() && st.phase() != "Failed") {
+        Emit("KernelInstance", name, host, false, "Ready", absl::StrCat(st.phase(), " on ", host));
+      }
+    }
     if (!wrote.ok()) std::cerr << "reconcile " << host << ": status of " << name << ": " << wrote.status().message() << "\n";
   }
 }

@@ -23,6 +23,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "reconciler/event_log.h"
 #include "reconciler/fleet_plan.h"
 #include "reconciler/host_connection.h"
 #include "reconciler/objects.h"
@@ -38,7 +39,9 @@ struct ReconcilerOptions {
 
 class Reconciler {
  public:
-  Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options = {});
+  // `events` (may be null) receives an event for every action result, host error and
+  // status transition (scheduled or not, ready).
+  Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options = {}, EventLog* events = nullptr);
   ~Reconciler();
 
   void Start();
@@ -62,8 +65,12 @@ class Reconciler {
   void WatchStore();
   void Work();
 
+  void Emit(const std::string& kind, const std::string& name, const std::string& host, bool warning,
+            const std::string& reason, const std::string& message);
+
   Store& store_;
   Objects& objects_;
+  EventLog* events_;
   Clock& clock_;
   const ReconcilerOptions options_;
   WorkQueue queue_;

@@ -98,6 +98,9 @@ TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
   EXPECT_EQ(Mkapply({"apply", "-f", Manifest(true), "--wait", "--wait-timeout", "2"}, &out), 1) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Pending (Scheduled: HostNotConnected"));
   EXPECT_THAT(out, HasSubstr("timed out after 2s; not ready: web-1"));
+  ASSERT_EQ(Mkapply({"events"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("HostNotConnected"));
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1"));
 }
 
 TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
@@ -129,6 +132,11 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   }
   EXPECT_TRUE(running) << out;
   EXPECT_THAT(out, HasSubstr("node-a"));
+  // Every step is an event.
+  ASSERT_EQ(Mkapply({"events", "instances", "web-1"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("ActionDone"));
+  EXPECT_THAT(out, HasSubstr("create-start"));
+  EXPECT_THAT(out, HasSubstr("Ready"));
 
   ASSERT_EQ(Mkapply({"apply", "-f", Manifest(false), "--source", "fleet", "--prune"}, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 pruned"));
