@@ -4,8 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
+#include "common/grpc_server.h"
 
 namespace mkfleet::agents {
 
@@ -93,15 +92,9 @@ grpc::Status AgentService::InjectFault(grpc::ServerContext*, const v1::FaultRequ
   return ToGrpc(s);
 }
 
-std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus("mkfleet.v1.Agent", true);
-  return server;
+std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address,
+                                                    int* port) {
+  return StartGrpcServer(service, "mkfleet.v1.Agent", address, port);
 }
 
 }  // namespace mkfleet::agents

@@ -15,6 +15,7 @@
 #include "agents/agent_service.h"
 #include "agents/liveness.h"
 #include "common/clock.h"
+#include "common/grpc_server.h"
 #include "common/version.h"
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
@@ -148,15 +149,8 @@ int main(int argc, char** argv) {
   agent.Start();
   std::cout << "mkagent " << kVersion << ": host " << host << ", " << topology->Summary() << ", kernel " << kernel_kind
             << ", listening on port " << port << std::endl;
-  std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    std::cout << "mkagent: signal " << sig << ", shutting down" << std::endl;
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  });
-  server->Wait();
+  ServeUntilSignal(*server, set, "mkagent");
   agent.Stop();
-  waiter.join();
   std::cout << "mkagent: stopped" << std::endl;
   return 0;
 }

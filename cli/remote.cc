@@ -29,6 +29,25 @@ void SetDeadline(grpc::ClientContext& ctx, int seconds) {
 }
 
 // Prints a failed call and maps it to an exit code.
+// "hosts" -> "Host" ...; false (and the error on `err`) for an unknown kind.
+bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err) {
+  *kind = CanonicalKind(given);
+  if (kind->empty()) err << "error: unknown kind \"" << given << "\" (Host, KernelInstance or InstanceSet)\n";
+  return !kind->empty();
+}
+
+// Loads manifests for the controller (which checks host references against its store
+// too); false with every error on `err` when any is invalid.
+bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err) {
+  manifests::LoadOptions load_options;
+  load_options.check_host_references = false;
+  *loaded = manifests::LoadPaths(paths, load_options);
+  if (loaded->ok()) return true;
+  for (const manifests::Diagnostic& d : loaded->errors) err << d.ToString() << "\n";
+  err << loaded->errors.size() << (loaded->errors.size() == 1 ? " error" : " errors") << "; nothing was changed\n";
+  return false;
+}
+
 int Report(const grpc::Status& s, const std::string& controller, std::ostream& err) {
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
@@ -114,14 +133,8 @@ int WaitForInstances(v1::Controller::Stub& stub, const v1::ApplyResponse& applie
 }
 
 int ApplyOrDiff(const ApplyOptions& options, bool dry_run, std::ostream& out, std::ostream& err) {
-  manifests::LoadOptions load_options;
-  load_options.check_host_references = false;  // the controller checks against the store too
-  manifests::LoadResult loaded = manifests::LoadPaths(options.paths, load_options);
-  if (!loaded.ok()) {
-    for (const manifests::Diagnostic& d : loaded.errors) err << d.ToString() << "\n";
-    err << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors") << "; nothing was changed\n";
-    return kExitInvalid;
-  }
+  manifests::LoadResult loaded;
+  if (!LoadForController(options.paths, &loaded, err)) return kExitInvalid;
   v1::ApplyRequest request;
   for (const manifests::LoadedObject& o : loaded.objects) *request.add_objects() = o.object;
   request.set_source(options.source.empty() ? absl::StrJoin(options.paths, ",") : options.source);
@@ -165,11 +178,8 @@ int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
 }
 
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
-  std::string kind = CanonicalKind(options.kind);
-  if (kind.empty()) {
-    err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
-    return kExitInvalid;
-  }
+  std::string kind;
+  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   auto stub = Connect(options.controller);
   grpc::ClientContext ctx;
   SetDeadline(ctx, options.timeout_seconds);
@@ -220,13 +230,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
 
 int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err) {
   std::string kind;
-  if (!options.kind.empty()) {
-    kind = CanonicalKind(options.kind);
-    if (kind.empty()) {
-      err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
-      return kExitInvalid;
-    }
-  }
+  if (!options.kind.empty() && !ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   auto stub = Connect(options.controller);
   grpc::ClientContext ctx;
   if (!options.follow) SetDeadline(ctx, options.timeout_seconds);
@@ -256,14 +260,8 @@ int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err
 
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
   if (!options.paths.empty()) {
-    manifests::LoadOptions load_options;
-    load_options.check_host_references = false;
-    manifests::LoadResult loaded = manifests::LoadPaths(options.paths, load_options);
-    if (!loaded.ok()) {
-      for (const manifests::Diagnostic& d : loaded.errors) err << d.ToString() << "\n";
-      err << loaded.errors.size() << (loaded.errors.size() == 1 ? " error" : " errors") << "; nothing was deleted\n";
-      return kExitInvalid;
-    }
+    manifests::LoadResult loaded;
+    if (!LoadForController(options.paths, &loaded, err)) return kExitInvalid;
     // Instances before the hosts they name, so a failure part-way leaves no dangling reference.
     std::vector<const manifests::LoadedObject*> order;
     for (const auto& o : loaded.objects) if (!o.object.has_host()) order.push_back(&o);
@@ -283,11 +281,8 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
     err << "error: delete needs KIND NAME or -f PATH\n";
     return kExitInvalid;
   }
-  std::string kind = CanonicalKind(options.kind);
-  if (kind.empty()) {
-    err << "error: unknown kind \"" << options.kind << "\" (Host, KernelInstance or InstanceSet)\n";
-    return kExitInvalid;
-  }
+  std::string kind;
+  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   if (options.name.empty()) {
     err << "error: delete needs KIND NAME or -f PATH\n";
     return kExitInvalid;

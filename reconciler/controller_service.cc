@@ -4,8 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
+#include "common/grpc_server.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -157,14 +156,7 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
 
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,
                                                     int* port) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus("mkfleet.v1.Controller", true);
-  return server;
+  return StartGrpcServer(service, "mkfleet.v1.Controller", address, port);
 }
 
 }  // namespace mkfleet::reconciler

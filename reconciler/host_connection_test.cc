@@ -3,9 +3,7 @@
 
 #include <atomic>
 
-#include "agents/agent_service.h"
-#include "agents/liveness.h"
-#include "agents/testing/agent_fixture.h"
+#include "agents/testing/served_agent.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -27,29 +25,9 @@ bool Eventually(HostConnection& c, Pred pred) {
 
 class HostConnectionTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    probe_ = agents::NewEmulatorProbe(*host_.emu);
-    agents::AgentOptions o;
-    o.host = "node-a";
-    // The watchdog (Start) publishes what the kernel runs every poll interval.
-    agent_ = std::make_unique<agents::Agent>(o, *host_.hk, host_.topology, *host_.journal, *probe_, Clock::Real());
-    agent_->Start();
-    service_ = std::make_unique<agents::AgentService>(*agent_, host_.emu.get(), false);
-    server_ = agents::StartAgentServer(*service_, "127.0.0.1:0", &port_);
-    ASSERT_NE(server_, nullptr);
-  }
-  void TearDown() override {
-    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-    agent_->Stop();
-  }
-  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
-
-  agents::TestHost host_{"hostconn"};
-  std::unique_ptr<agents::LivenessProbe> probe_;
-  std::unique_ptr<agents::Agent> agent_;
-  std::unique_ptr<agents::AgentService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  std::string Address() const { return served_.Address(); }
+  agents::ServedAgent served_{"hostconn", "node-a"};
+  agents::TestHost& host_ = served_.host;
 };
 
 TEST_F(HostConnectionTest, InventoryThenWatchFollowsTheHost) {
@@ -89,8 +67,7 @@ TEST_F(HostConnectionTest, AgentGoingAwayMakesTheHostUnreachableAfterTheGrace) {
   HostConnection conn("node-a", Address(), Clock::Real(), options);
   conn.Start();
   ASSERT_TRUE(Eventually(conn, [](const HostView& v) { return v.connected; })) << conn.View().error;
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
-  server_.reset();
+  served_.StopServing();
   ASSERT_TRUE(Eventually(conn, [](const HostView& v) { return !v.connected; }));
   // Down, but still inside the grace period right after the break.
   HostView down = conn.View();

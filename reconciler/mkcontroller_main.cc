@@ -12,6 +12,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/match.h"
 #include "common/clock.h"
+#include "common/grpc_server.h"
 #include "common/version.h"
 #include "reconciler/controller_service.h"
 #include "reconciler/event_log.h"
@@ -72,14 +73,7 @@ int main(int argc, char** argv) {
   loop.Start();
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", listening on port " << port
             << std::endl;
-  std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    std::cout << "mkcontroller: signal " << sig << ", shutting down" << std::endl;
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  });
-  server->Wait();
-  waiter.join();
+  ServeUntilSignal(*server, set, "mkcontroller");
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;
   return 0;

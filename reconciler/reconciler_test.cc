@@ -4,9 +4,7 @@
 
 #include <filesystem>
 
-#include "agents/agent_service.h"
-#include "agents/liveness.h"
-#include "agents/testing/agent_fixture.h"
+#include "agents/testing/served_agent.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -18,22 +16,12 @@ namespace v1 = mkfleet::v1;
 class ReconcilerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    probe_ = agents::NewEmulatorProbe(*host_.emu);
-    agents::AgentOptions o;
-    o.host = "node-a";
-    agent_ = std::make_unique<agents::Agent>(o, *host_.hk, host_.topology, *host_.journal, *probe_, Clock::Real());
-    agent_->Start();
-    service_ = std::make_unique<agents::AgentService>(*agent_, host_.emu.get(), false);
-    server_ = agents::StartAgentServer(*service_, "127.0.0.1:0", &port_);
-    ASSERT_NE(server_, nullptr);
     std::string path = (host_.dir / "store.db").string();
     store_ = *OpenSqliteStore(path, Clock::Real());
     objects_ = std::make_unique<Objects>(*store_);
   }
   void TearDown() override {
     if (reconciler_) reconciler_->Stop();
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-    agent_->Stop();
   }
 
   v1::Object HostObject() {
@@ -70,12 +58,10 @@ class ReconcilerTest : public ::testing::Test {
     return false;
   }
 
-  agents::TestHost host_{"reconciler"};
-  std::unique_ptr<agents::LivenessProbe> probe_;
-  std::unique_ptr<agents::Agent> agent_;
-  std::unique_ptr<agents::AgentService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  agents::ServedAgent served_{"reconciler", "node-a"};
+  agents::TestHost& host_ = served_.host;
+  std::unique_ptr<agents::Agent>& agent_ = served_.agent;
+  const int& port_ = served_.port;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> reconciler_;

@@ -1,0 +1,49 @@
+// StartGrpcServer: the one way mkfleet daemons serve gRPC: on `address` (port 0 picks a
+// free one, written to `port`), with the standard health service reporting `service_name`
+// as serving, and server reflection for grpcurl-style tools. Null when it cannot listen.
+#ifndef MKFLEET_COMMON_GRPC_SERVER_H_
+#define MKFLEET_COMMON_GRPC_SERVER_H_
+
+#include <signal.h>
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace mkfleet {
+
+inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
+                                                     const std::string& address, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
+  return server;
+}
+
+// Blocks until one of the signals in `signals` arrives (the caller blocked them in every
+// thread, i.e. before starting any), then stops `server` with a 2 s grace for calls in
+// flight and returns once it has stopped. Logs "<program>: signal N, shutting down".
+inline void ServeUntilSignal(grpc::Server& server, const sigset_t& signals, const std::string& program) {
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::cout << program << ": signal " << sig << ", shutting down" << std::endl;
+    server.Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  });
+  server.Wait();
+  waiter.join();
+}
+
+}  // namespace mkfleet
+
+#endif  // MKFLEET_COMMON_GRPC_SERVER_H_
