@@ -69,6 +69,17 @@ absl::StatusOr<v1::ExecuteResponse> HostConnection::Execute(const v1::ActionBatc
   return response;
 }
 
+absl::Status HostConnection::SetPolicy(const v1::SetPolicyRequest& request) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(options_.call_timeout));
+  v1::SetPolicyResponse response;
+  grpc::Status s = stub_->SetPolicy(&ctx, request, &response);
+  if (!s.ok()) {
+    return absl::Status(FromGrpc(s).code(), absl::StrCat("host ", host_, " (", address_, "): ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
 void HostConnection::Notify() {
   if (options_.on_change) options_.on_change(host_);
 }

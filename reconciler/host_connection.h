@@ -59,6 +59,8 @@ class HostConnection {
   HostView View() const;
   // Sends a batch; Unavailable when the host is not connected.
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
+  // Sends the local policies (failover, restart) the agent's watchdog applies on its own.
+  absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
 
  private:
   void Run();

@@ -191,6 +191,37 @@ absl::Status Reconciler::ReconcileHost(const std::string& host) {
       }
     }
   }
+  if (sent.ok()) {
+    // The watchdog's local policies for this host's instances: failover (Standby names
+    // the "<name>-standby" kernel the planner placed beside it) and restart.
+    v1::SetPolicyRequest policies;
+    for (const v1::KernelInstance& ki : instances) {
+      auto p = fleet.placements.find(ki.metadata().name());
+      if (p == fleet.placements.end() || p->second.host() != host) continue;
+      v1::LocalPolicy* lp = policies.add_policies();
+      lp->set_instance(ki.metadata().name());
+      *lp->mutable_failover() = ki.spec().failover();
+      if (ki.spec().failover().policy() == v1::FAILOVER_STANDBY) {
+        lp->set_standby_instance(ki.metadata().name() + "-standby");
+      }
+    }
+    std::string wire = policies.SerializeAsString();
+    bool changed;
+    {
+      absl::MutexLock lock(&mu_);
+      changed = policies.policies_size() > 0 && policies_sent_[host] != wire;
+    }
+    if (changed) {
+      absl::Status s = target->SetPolicy(policies);
+      if (s.ok()) {
+        absl::MutexLock lock(&mu_);
+        policies_sent_[host] = wire;
+      } else {
+        sent = s;
+        Emit("Host", host, host, true, "PolicyFailed", std::string(s.message()));
+      }
+    }
+  }
   RecordStatus(host, instances, fleet, views[host], in_plan, failed, sent);
   return sent;
 }

@@ -80,6 +80,9 @@ class Reconciler {
       ABSL_GUARDED_BY(mu_);  // host -> (agent address, connection)
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
+  // The policies last sent to each host (serialized), so unchanged ones are not re-sent.
+  std::map<std::string, std::string> policies_sent_ ABSL_GUARDED_BY(mu_);
+
   std::atomic<int64_t> actions_sent_{0};
   std::atomic<int64_t> passes_{0};
   std::thread watcher_;

@@ -30,6 +30,21 @@ class ReconcilerTest : public ::testing::Test {
     o.mutable_host()->mutable_spec()->set_agent("127.0.0.1:" + std::to_string(port_));
     return o;
   }
+  v1::Object Protected(const std::string& name, uint32_t cpus) {
+    v1::Object o = Instance(name, cpus);
+    v1::Failover* f = o.mutable_kernel_instance()->mutable_spec()->mutable_failover();
+    f->set_policy(v1::FAILOVER_STANDBY);
+    f->mutable_standby()->set_cpus(2);
+    f->mutable_standby()->set_memory(256ull << 20);
+    return o;
+  }
+  std::string RoleOf(const std::string& name) {
+    v1::HostState snapshot = agent_->Snapshot();
+    for (const auto& in : snapshot.instances()) {
+      if (in.name() == name) return in.status().role();
+    }
+    return "";
+  }
   v1::Object Instance(const std::string& name, uint32_t cpus) {
     v1::Object o;
     v1::KernelInstance* ki = o.mutable_kernel_instance();
@@ -130,6 +145,23 @@ TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
   EXPECT_EQ(huge.conditions(0).status(), v1::CONDITION_FALSE);
   EXPECT_EQ(huge.conditions(0).reason(), "Unschedulable");
   EXPECT_FALSE(huge.conditions(0).message().empty());
+}
+
+TEST_F(ReconcilerTest, StandbyPolicyReachesTheAgentsWatchdog) {
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(300);
+  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
+  reconciler_->Start();
+  ASSERT_TRUE(objects_->Apply({HostObject(), Protected("web-1", 2)}, ApplyOptions{"t", false, false}).ok());
+  // The planner adds the warm standby; the policy tells the watchdog who backs whom.
+  ASSERT_TRUE(Eventually([&] {
+    return StateOf("web-1-standby") == v1::KERNEL_STATE_ACTIVE && RoleOf("web-1") == "primary" &&
+           RoleOf("web-1-standby") == "standby";
+  })) << agent_->Snapshot().DebugString();
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "web-1");
+    return o.ok() && o->has_value() && (*o)->kernel_instance().status().role() == "primary";
+  }));
 }
 
 }  // namespace
