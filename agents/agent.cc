@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -54,7 +55,16 @@ void Agent::Start() {
         if (stop_) return;
       }
       Tick();
-      clock_.SleepFor(options_.poll_interval);
+      if (&clock_ != &Clock::Real()) {
+        clock_.SleepFor(options_.poll_interval);
+        continue;
+      }
+      // The next pass comes after poll_interval, or at once when an Execute has changed
+      // something, so that watchers see its result without waiting for the poll.
+      absl::MutexLock lock(&mu_);
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || refresh_requested_; };
+      mu_.AwaitWithTimeout(absl::Condition(&wake), options_.poll_interval);
+      refresh_requested_ = false;
     }
   });
 }
@@ -77,9 +87,10 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
   e.set_reason(reason);
   e.set_message(message);
   e.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
+  ++version_;
+  e.set_seq(version_);
   events_.push_back(e);
   while (events_.size() > options_.max_events) events_.pop_front();
-  ++version_;
 }
 
 void Agent::Refresh() {
@@ -99,6 +110,8 @@ void Agent::Refresh() {
 
   v1::HostState next;
   std::set<uint64_t> lent;
+  std::map<uint32_t, uint64_t> memory_lent;  // NUMA node -> bytes
+  std::set<std::string> devices_lent;
   std::map<std::string, v1::ObservedInstance> old;
   for (const auto& in : state_.instances()) old[in.name()] = in;
   for (const kernel::InstanceInfo& info : obs->instances) {
@@ -120,7 +133,11 @@ void Agent::Refresh() {
     auto* mem = p->add_memory();
     mem->set_node(info.resources.numa_nodes.empty() ? 0 : info.resources.numa_nodes[0]);
     mem->set_bytes(info.resources.memory_bytes);
-    for (const auto& d : info.resources.devices) p->add_devices()->set_pci(d.pci_id);
+    memory_lent[mem->node()] += info.resources.memory_bytes;
+    for (const auto& d : info.resources.devices) {
+      p->add_devices()->set_pci(d.pci_id);
+      devices_lent.insert(d.pci_id);
+    }
     if (info.resources.llc_way_mask) p->set_llc_mask(*info.resources.llc_way_mask);
     *s->mutable_provenance() = info.provenance;
     auto w = watched_.find(info.name);
@@ -146,8 +163,16 @@ void Agent::Refresh() {
     auto* nb = pool->add_memory();
     nb->set_node(m.numa);
     nb->set_bytes(m.size);
+    uint64_t used = std::min<uint64_t>(memory_lent[m.numa], m.size);
+    memory_lent[m.numa] -= used;
+    auto* fb = pool->add_memory_free();
+    fb->set_node(m.numa);
+    fb->set_bytes(m.size - used);
   }
-  for (const auto& d : obs->pool.devices) pool->add_devices(d.pci_id);
+  for (const auto& d : obs->pool.devices) {
+    pool->add_devices(d.pci_id);
+    if (!devices_lent.count(d.pci_id)) pool->add_devices_free(d.pci_id);
+  }
   // What changed since the last pass: one new version for all of it.
   std::vector<std::string> changed_names, removed_names;
   std::set<std::string> now_names;
@@ -161,6 +186,7 @@ void Agent::Refresh() {
   }
   bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
   if (pool_changed || !changed_names.empty() || !removed_names.empty()) ++version_;
+  if (pool_changed) pool_changed_at_ = version_;
   for (const std::string& name : changed_names) changed_at_[name] = version_;
   for (const std::string& name : removed_names) {
     removed_at_[name] = version_;
@@ -323,6 +349,7 @@ v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
     auto state = kernel_.StateOf(name);
     if (state.ok()) watched_[name].last = *state;
   }
+  refresh_requested_ = true;
   for (const auto& res : r.results()) {
     if (res.replayed()) continue;
     for (const auto& a : batch.actions()) {
@@ -345,6 +372,7 @@ absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
     }
   }
   absl::MutexLock lock(&mu_);
+  if (request.replace()) policies_.clear();
   for (const auto& p : request.policies()) {
     policies_[p.instance()] = p;
     Watched& w = watched_[p.instance()];
@@ -397,7 +425,7 @@ bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState
   if (!mu_.AwaitWithTimeout(absl::Condition(&newer), timeout) || stop_) return false;
   out->Clear();
   out->set_resource_version(version_);
-  *out->mutable_pool() = state_.pool();
+  if (pool_changed_at_ > version) *out->mutable_pool() = state_.pool();
   for (const auto& in : state_.instances()) {
     auto it = changed_at_.find(in.name());
     if (it != changed_at_.end() && it->second > version) *out->add_instances() = in;
@@ -405,7 +433,9 @@ bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState
   for (const auto& [name, at] : removed_at_) {
     if (at > version) out->add_removed(name);
   }
-  for (const auto& e : events_) *out->add_events() = e;
+  for (const auto& e : events_) {
+    if (e.seq() > version) *out->add_events() = e;
+  }
   return true;
 }
 

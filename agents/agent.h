@@ -107,6 +107,8 @@ class Agent {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_observe_error_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // instances of running batches
+  bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
+  int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
   std::thread thread_;
 };
 

@@ -52,12 +52,12 @@ grpc::Status ControllerService::Diff(grpc::ServerContext*, const v1::ApplyReques
 grpc::Status ControllerService::Get(grpc::ServerContext*, const v1::GetRequest* request, v1::GetResponse* response) {
   if (!IsKnownKind(request->kind())) return UnknownKind(request->kind());
   if (request->name().empty()) {
-    auto list = objects_.List(request->kind());
+    auto list = objects_.List(request->kind(), /*with_members=*/true);
     if (!list.ok()) return ToGrpc(list.status());
     for (auto& o : *list) *response->add_objects() = std::move(o);
     return grpc::Status::OK;
   }
-  auto one = objects_.Get(request->kind(), request->name());
+  auto one = objects_.Get(request->kind(), request->name(), /*with_members=*/true);
   if (!one.ok()) return ToGrpc(one.status());
   if (!one->has_value()) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 namespace mkfleet::reconciler {
 
 inline constexpr char kEventPrefix[] = "/events/";
+inline constexpr char kAgentSeqPrefix[] = "/agentseq/";
 
 class EventLog {
  public:
@@ -26,6 +28,12 @@ class EventLog {
 
   // Stamps `event` with the time and stores it.
   absl::Status Record(mkfleet::v1::Event event);
+  // Stores `events` in one transaction; those with a time keep it (an agent's). Events
+  // with a `seq` (an agent's) also advance LastAgentSeq(event.host) durably.
+  absl::Status RecordAll(std::vector<mkfleet::v1::Event> events);
+  // The highest agent event seq stored for `host` (0 if none), so a restarted controller
+  // forwards only newer ones.
+  int64_t LastAgentSeq(const std::string& host);
   // Stored events in order, those of `kind`/`name` only when given.
   absl::StatusOr<std::vector<mkfleet::v1::Event>> List(const std::string& kind = "", const std::string& name = "");
 
@@ -37,6 +45,7 @@ class EventLog {
   absl::Mutex mu_;
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
   std::deque<std::string> keys_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t> agent_seq_ ABSL_GUARDED_BY(mu_);
 };
 
 // True when `event` is about kind/name (empty matches all).

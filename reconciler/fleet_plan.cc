@@ -13,7 +13,10 @@ namespace v1 = mkfleet::v1;
 struct Owner {
   const v1::KernelInstanceSpec* spec = nullptr;
   int64_t generation = 0;
+  std::string set;
 };
+
+const std::string kStandbySuffix = "-standby";
 
 }  // namespace
 
@@ -59,7 +62,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
                     const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets) {
   FleetPlan out;
   std::vector<planner::HostInfo> infos;
-  std::set<std::string> known, reachable;
+  std::set<std::string> known, reachable, swapped;
   std::map<std::string, std::string> left_out;  // host -> why
   std::map<std::string, v1::Placement> current;
   std::map<std::string, std::vector<v1::ObservedInstance>> observed;
@@ -76,15 +79,34 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     infos.push_back(*std::move(info));
     known.insert(name);
     if (v->second.connected) reachable.insert(name);
-    for (const auto& [iname, in] : v->second.instances) {
+    const auto& seen = v->second.instances;
+    for (const auto& [iname, in] : seen) {
       observed[name].push_back(in);
+      // After a takeover X-standby (role primary) serves X, and X (role standby) serves
+      // X-standby: each request's current placement is that of the kernel serving it.
+      std::string request = iname;
+      if (absl::EndsWith(iname, kStandbySuffix) && in.status().role() == "primary") {
+        std::string base = iname.substr(0, iname.size() - kStandbySuffix.size());
+        auto b = seen.find(base);
+        if (b != seen.end() && b->second.status().role() == "standby") {
+          request = base;
+          swapped.insert(base);
+        }
+      } else if (in.status().role() == "standby") {
+        auto s = seen.find(iname + kStandbySuffix);
+        if (s != seen.end() && s->second.status().role() == "primary") request = iname + kStandbySuffix;
+      }
       if (in.status().has_placement() && in.status().placement().cpus_size() > 0) {
         v1::Placement p = in.status().placement();
         p.set_host(name);
-        current[iname] = std::move(p);
+        current[request] = std::move(p);
       }
     }
   }
+  auto kernel_of = [&](const std::string& request, const std::string& standby_for) {
+    if (standby_for.empty()) return swapped.count(request) ? request + kStandbySuffix : request;
+    return swapped.count(standby_for) ? standby_for : request;
+  };
 
   // Instances fixed to a host that takes no part wait for it (they are not unschedulable).
   std::vector<v1::KernelInstance> plannable;
@@ -101,23 +123,37 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   }
   std::vector<planner::InstanceRequest> requests =
       planner::BuildRequests(plannable, sets, infos, current, &out.unschedulable);
+  // After a takeover the kernel now standing by is the former primary: its request takes
+  // the primary's size, so it is not shrunk (the kernel forbids taking back the memory
+  // that holds its image); the new primary grows to the primary's size by hot-plug.
+  if (!swapped.empty()) {
+    std::map<std::string, const planner::InstanceRequest*> by_name;
+    for (const planner::InstanceRequest& r : requests) by_name[r.name] = &r;
+    for (planner::InstanceRequest& r : requests) {
+      if (r.standby_for.empty() || !swapped.count(r.standby_for) || !by_name.count(r.standby_for)) continue;
+      const v1::Resources& primary = by_name[r.standby_for]->resources;
+      r.resources.set_cpus(primary.cpus());
+      r.resources.set_memory(primary.memory());
+    }
+  }
   planner::PlacementResult placed = planner::Place(infos, requests, current);
   out.unschedulable.insert(out.unschedulable.end(), placed.unschedulable.begin(), placed.unschedulable.end());
   out.placements = placed.placements;
 
   // What each request runs: its instance's spec, its primary's (standby), or its set's template.
   std::map<std::string, Owner> by_instance;
-  for (const v1::KernelInstance& ki : plannable) {
-    by_instance[ki.metadata().name()] = {&ki.spec(), ki.metadata().generation()};
+  // Pointing into the caller's `instances` (PlannedInstance::spec outlives this call).
+  for (const v1::KernelInstance& ki : instances) {
+    by_instance[ki.metadata().name()] = {&ki.spec(), ki.metadata().generation(), ""};
   }
-  auto set_owner = [&](const std::string& request) -> Owner {
+  // Set members are named <set>-<host>-<n> and placed on <host>.
+  auto set_owner = [&](const std::string& request, const std::string& host) -> Owner {
     for (const v1::InstanceSet& s : sets) {
-      const std::string prefix = s.metadata().name() + "-";
-      if (!absl::StartsWith(request, prefix)) continue;
-      for (const planner::HostInfo& h : infos) {
-        if (absl::StartsWith(request.substr(prefix.size()), h.name + "-")) {
-          return {&s.spec().template_().spec(), s.metadata().generation()};
-        }
+      const std::string& set = s.metadata().name();
+      if (request.size() > set.size() + host.size() + 2 && absl::StartsWith(request, set) &&
+          request[set.size()] == '-' && request.compare(set.size() + 1, host.size(), host) == 0 &&
+          request[set.size() + 1 + host.size()] == '-') {
+        return {&s.spec().template_().spec(), s.metadata().generation(), set};
       }
     }
     return {};
@@ -131,11 +167,18 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     if (it != by_instance.end()) {
       owner = it->second;
     } else {
-      owner = set_owner(r.name);
+      owner = set_owner(r.name, p->second.host());
     }
     if (owner.spec == nullptr) continue;
     DesiredInstance d;
-    d.name = r.name;
+    d.name = kernel_of(r.name, r.standby_for);
+    PlannedInstance& planned = out.planned[r.name];
+    planned.host = p->second.host();
+    planned.kernel = d.name;
+    planned.owner = owner.set.empty() ? "" : "InstanceSet/" + owner.set;
+    planned.standby_for = r.standby_for;
+    planned.generation = owner.generation;
+    planned.spec = owner.spec;
     d.generation = owner.generation;
     d.spec = *owner.spec;
     d.placement = p->second;

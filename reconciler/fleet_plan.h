@@ -2,6 +2,10 @@
 // hosts' views it computes placements (stable: what runs keeps its CPUs when it still
 // fits) and, per host, the differ's ordered plan. No I/O.
 //
+// A standby takeover on a host (the agent's watchdog moved X's devices to X-standby and
+// swapped their roles) is kept: X is then served by the kernel X-standby, and X-standby
+// by the kernel X, so the controller does not undo the failover.
+//
 // Hosts never connected (no topology yet) take no part: instances fixed to them wait, and
 // InstanceSets spread over the others. Hosts connected before but unreachable now keep
 // their instances' placements (their last view counts) but get no plan.
@@ -27,9 +31,20 @@ namespace mkfleet::reconciler {
 absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host, const HostView& view,
                                                    std::vector<std::string>* warnings = nullptr);
 
+// One placed request: what it runs and who owns it.
+struct PlannedInstance {
+  std::string host;
+  std::string kernel;      // the kernel that serves it (differs after a standby takeover)
+  std::string owner;       // "InstanceSet/<name>" for set members, "" otherwise
+  std::string standby_for; // for a warm standby: the instance it backs
+  int64_t generation = 0;
+  const mkfleet::v1::KernelInstanceSpec* spec = nullptr;  // points into PlanFleet's inputs
+};
+
 struct FleetPlan {
   std::map<std::string, Plan> hosts;  // every reachable host, with a possibly empty plan
   std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
+  std::map<std::string, PlannedInstance> planned;             // by instance name, placed ones
   std::vector<planner::Unschedulable> unschedulable;
   std::vector<std::string> waiting;   // "web-1: host node-c is not connected yet"
   std::vector<std::string> problems;  // hosts left out and pool parts ignored, with why

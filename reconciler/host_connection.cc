@@ -25,6 +25,7 @@ HostConnection::HostConnection(std::string host, std::string address, Clock& clo
     : host_(std::move(host)), address_(std::move(address)), clock_(clock), options_(std::move(options)) {
   channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
   stub_ = v1::Agent::NewStub(channel_);
+  last_event_seq_ = options_.events_after;
   absl::MutexLock lock(&mu_);
   down_since_ = clock_.Monotonic();
   view_.error = "not connected yet";
@@ -164,7 +165,18 @@ absl::Status HostConnection::Session() {
       if (state.has_pool()) view_.pool = state.pool();
       view_.resource_version = state.resource_version();
     }
-    Notify();
+    std::vector<v1::Event> fresh;
+    for (const v1::Event& e : state.events()) {
+      if (e.seq() > last_event_seq_) fresh.push_back(e);
+    }
+    if (!fresh.empty()) {
+      std::sort(fresh.begin(), fresh.end(), [](const v1::Event& a, const v1::Event& b) { return a.seq() < b.seq(); });
+      last_event_seq_ = fresh.back().seq();
+      if (options_.on_events) options_.on_events(host_, std::move(fresh));
+    }
+    // A message with only events (an action's result is also an event) changes nothing
+    // to plan with: no pass for it, or a failing action would retry at once.
+    if (state.snapshot() || state.instances_size() > 0 || state.removed_size() > 0 || state.has_pool()) Notify();
   }
   grpc::Status s = reader->Finish();
   absl::MutexLock lock(&mu_);

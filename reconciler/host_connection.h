@@ -43,6 +43,10 @@ struct HostConnectionOptions {
   // Called (from the connection's thread, without locks held) after every change of the
   // view, e.g. to enqueue the host for reconciling.
   std::function<void(const std::string& host)> on_change;
+  // Called (same thread, no locks held) with the agent's events not seen before, oldest
+  // first: those with `seq` above the highest seen, starting from `events_after`.
+  std::function<void(const std::string& host, std::vector<mkfleet::v1::Event> events)> on_events;
+  int64_t events_after = 0;
 };
 
 class HostConnection {
@@ -81,6 +85,7 @@ class HostConnection {
   absl::Duration down_since_ ABSL_GUARDED_BY(mu_);  // Monotonic() when the link went down
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* watch_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the call in flight
+  int64_t last_event_seq_ = 0;  // only the connection's thread uses it
   std::thread thread_;
 };
 

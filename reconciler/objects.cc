@@ -163,59 +163,118 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
 }
 
 namespace {
+
+// Parses a stored status into the object's `status`.
+void SetStatus(v1::Object& o, const std::string& value) {
+  switch (o.kind_case()) {
+    case v1::Object::kHost:
+      o.mutable_host()->mutable_status()->ParseFromString(value);
+      break;
+    case v1::Object::kKernelInstance:
+      o.mutable_kernel_instance()->mutable_status()->ParseFromString(value);
+      break;
+    case v1::Object::kInstanceSet:
+      o.mutable_instance_set()->mutable_status()->ParseFromString(value);
+      break;
+    default:
+      break;
+  }
+}
+
+// A set member has no stored object, only the status the controller writes; it is shown
+// as a KernelInstance with the set template's spec, on its host.
+v1::Object MemberObject(const std::string& name, const v1::InstanceStatus& status,
+                        const std::map<std::string, v1::Object>& sets) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->mutable_metadata()->set_name(name);
+  auto set = sets.find(status.owner().substr(status.owner().find('/') + 1));
+  if (set != sets.end()) {
+    const v1::InstanceSet& s = set->second.instance_set();
+    *ki->mutable_metadata()->mutable_labels() = s.spec().template_().metadata().labels();
+    (*ki->mutable_metadata()->mutable_labels())["mkfleet.io/set"] = s.metadata().name();
+    ki->mutable_metadata()->set_generation(s.metadata().generation());
+    *ki->mutable_spec() = s.spec().template_().spec();
+  }
+  ki->mutable_spec()->set_host(status.placement().host());
+  *ki->mutable_status() = status;
+  return o;
+}
+
+}  // namespace
+
 std::string StatusKey(absl::string_view kind, absl::string_view name) {
   return absl::StrCat("/status/", kind, "/", name);
 }
-}  // namespace
 
-absl::StatusOr<bool> Objects::PutInstanceStatus(absl::string_view name, const v1::InstanceStatus& status) {
-  std::string key = StatusKey("KernelInstance", name);
-  std::string value = status.SerializeAsString();
-  auto old = store_.Get(key);
-  if (!old.ok()) return old.status();
-  if (old->has_value()) {
-    v1::InstanceStatus before;
-    if (before.ParseFromString((*old)->value) &&
-        google::protobuf::util::MessageDifferencer::Equals(before, status)) {
-      return false;
-    }
-  }
-  auto rev = store_.Put(key, value);
-  if (!rev.ok()) return rev.status();
-  return true;
+absl::Status Objects::WriteStatuses(const std::vector<std::pair<std::string, std::string>>& puts,
+                                    const std::vector<std::string>& deletes) {
+  if (puts.empty() && deletes.empty()) return absl::OkStatus();
+  std::vector<Op> ops;
+  for (const auto& [key, value] : puts) ops.push_back({Op::Type::kPut, key, value, 0});
+  for (const std::string& key : deletes) ops.push_back({Op::Type::kDelete, key, "", 0});
+  auto rev = store_.Txn({}, ops);
+  return rev.status();
 }
 
-// Attaches the stored status of a KernelInstance, if any.
-static absl::Status AttachStatus(Store& store, v1::Object& o) {
-  if (!o.has_kernel_instance()) return absl::OkStatus();
-  auto kv = store.Get(StatusKey("KernelInstance", o.kernel_instance().metadata().name()));
-  if (!kv.ok()) return kv.status();
-  if (kv->has_value()) o.mutable_kernel_instance()->mutable_status()->ParseFromString((*kv)->value);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind) {
+absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind, bool with_members) {
   auto kvs = store_.List(absl::StrCat("/objects/", kind, "/"));
   if (!kvs.ok()) return kvs.status();
+  const std::string status_prefix = StatusKey(kind, "");
+  auto statuses = store_.List(status_prefix);
+  if (!statuses.ok()) return statuses.status();
+  std::map<std::string, const std::string*> status_of;
+  for (const KeyValue& kv : *statuses) status_of[kv.key.substr(status_prefix.size())] = &kv.value;
   std::vector<v1::Object> out;
   for (const KeyValue& kv : *kvs) {
     v1::Object o;
     if (!o.ParseFromString(kv.value)) return absl::DataLossError(absl::StrCat("store: ", kv.key, " is corrupt"));
-    MutableMeta(o)->set_revision(kv.mod_revision);
-    MK_RETURN_IF_ERROR(AttachStatus(store_, o));
+    v1::ObjectMeta* meta = MutableMeta(o);
+    meta->set_revision(kv.mod_revision);
+    auto st = status_of.find(meta->name());
+    if (st != status_of.end()) {
+      SetStatus(o, *st->second);
+      status_of.erase(st);
+    }
     out.push_back(std::move(o));
+  }
+  if (with_members && kind == "KernelInstance") {
+    std::map<std::string, v1::Object> sets;
+    auto set_objects = List("InstanceSet");
+    if (!set_objects.ok()) return set_objects.status();
+    for (v1::Object& s : *set_objects) sets[s.instance_set().metadata().name()] = std::move(s);
+    for (const auto& [name, value] : status_of) {
+      v1::InstanceStatus st;
+      if (!st.ParseFromString(*value) || st.owner().empty()) continue;
+      out.push_back(MemberObject(name, st, sets));
+    }
+    std::sort(out.begin(), out.end(), [](const v1::Object& a, const v1::Object& b) {
+      return a.kernel_instance().metadata().name() < b.kernel_instance().metadata().name();
+    });
   }
   return out;
 }
 
-absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, absl::string_view name) {
+absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, absl::string_view name,
+                                                      bool with_members) {
   auto kv = store_.Get(ObjectKey(kind, name));
   if (!kv.ok()) return kv.status();
-  if (!kv->has_value()) return std::optional<v1::Object>();
+  auto status = store_.Get(StatusKey(kind, name));
+  if (!status.ok()) return status.status();
+  if (!kv->has_value()) {
+    if (!with_members || kind != "KernelInstance" || !status->has_value()) return std::optional<v1::Object>();
+    v1::InstanceStatus st;
+    if (!st.ParseFromString((*status)->value) || st.owner().empty()) return std::optional<v1::Object>();
+    std::map<std::string, v1::Object> sets;
+    auto set = Get("InstanceSet", st.owner().substr(st.owner().find('/') + 1));
+    if (!set.ok()) return set.status();
+    if (set->has_value()) sets[(*set)->instance_set().metadata().name()] = **set;
+    return std::optional<v1::Object>(MemberObject(std::string(name), st, sets));
+  }
   v1::Object o;
   if (!o.ParseFromString((*kv)->value)) return absl::DataLossError("store: corrupt object");
   MutableMeta(o)->set_revision((*kv)->mod_revision);
-  MK_RETURN_IF_ERROR(AttachStatus(store_, o));
+  if (status->has_value()) SetStatus(o, (*status)->value);
   return std::optional<v1::Object>(std::move(o));
 }
 

@@ -11,6 +11,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,8 @@
 namespace mkfleet::reconciler {
 
 std::string ObjectKey(absl::string_view kind, absl::string_view name);
+// Where an object's status lives: /status/<Kind>/<name> (set members have only this).
+std::string StatusKey(absl::string_view kind, absl::string_view name);
 
 struct ApplyOptions {
   std::string source;  // who applies (a path, a git URL); required for prune
@@ -39,11 +42,15 @@ class Objects {
   absl::StatusOr<mkfleet::v1::ApplyResponse> Apply(const std::vector<mkfleet::v1::Object>& objects,
                                                    const ApplyOptions& options);
 
-  absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind);
-  absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name);
-  // Stores a KernelInstance's status (at /status/KernelInstance/<name>) unless it is
-  // unchanged; List and Get return it in the object's `status`. Returns whether it wrote.
-  absl::StatusOr<bool> PutInstanceStatus(absl::string_view name, const mkfleet::v1::InstanceStatus& status);
+  // Objects of `kind` by name, each with its stored status. With `with_members`, a
+  // KernelInstance list also has the InstanceSets' members (from their statuses: the
+  // set template's spec on the member's host, label mkfleet.io/set).
+  absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind, bool with_members = false);
+  absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name,
+                                                         bool with_members = false);
+  // Writes statuses (serialized at StatusKey) and deletes others, in one transaction.
+  absl::Status WriteStatuses(const std::vector<std::pair<std::string, std::string>>& puts,
+                             const std::vector<std::string>& deletes);
 
   // NotFound if absent (the status goes with the object); FailedPrecondition for a Host that a KernelInstance still names
   // (checked, then deleted: an apply racing the delete can still add a reference).

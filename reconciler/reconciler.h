@@ -1,15 +1,22 @@
 // Reconciler: the controller's loop. It keeps a HostConnection to every stored Host's
 // `spec.agent`, and a keyed work queue (one key per host) fed by store changes, host view
-// changes and a periodic resync. A worker takes a host, runs PlanFleet over the stored
-// objects and the host views, and sends that host's plan to its agent in one batch.
-// Failures come back with per-host backoff. Action ids are deterministic per plan step and
-// the agent journals them, so re-sending a plan (after a crash or before the host's view
-// has caught up) runs nothing twice.
+// changes and a periodic resync. A pass takes every host that is ready in the queue, plans
+// the fleet once (PlanFleet over the stored objects and the host views), sends each of
+// those hosts its plan in one batch (hosts in parallel) and its local policies, then
+// records statuses and events in one store transaction each. Failures come back with
+// per-host backoff. Action ids are deterministic per plan step and the agent journals
+// them, so re-sending a plan (after a crash or before the host's view has caught up) runs
+// nothing twice.
 //
-// Each pass records the status of the host's KernelInstances (phase, kernel state,
-// placement, conditions Scheduled/Ready/Progressing/Degraded, observedGeneration).
-// Not yet: events; host and set status; Morph; PoolChange; policies.
-// Thread-safety: Start/Stop from one thread; the rest is internal.
+// Status: per KernelInstance and per InstanceSet member (phase, kernel state, placement,
+// role and serving kernel, conditions Scheduled/Ready/Progressing/Degraded,
+// observedGeneration, restart count), per Host (reachable, dialect, pool usage, agent
+// version, conditions Reachable/PoolValid) and per InstanceSet (replicas, ready, updated,
+// conditions). Statuses are written only when they change. Events: every action result,
+// host error, scheduling problem and readiness, plus the agents' own watchdog events
+// (crash, hang, restart, standby takeover), forwarded once each.
+// Not yet: Morph; PoolChange.
+// Thread-safety: Start/Stop from one thread; passes are serialized internally.
 #ifndef MKFLEET_RECONCILER_RECONCILER_H_
 #define MKFLEET_RECONCILER_RECONCILER_H_
 
@@ -49,24 +56,41 @@ class Reconciler {
 
   // One pass for `host`: plan the fleet, send this host's actions. Returns why it failed.
   absl::Status ReconcileHost(const std::string& host);
+  // One pass for several hosts: one plan, their batches sent in parallel. Returns each
+  // host's outcome.
+  std::map<std::string, absl::Status> ReconcileHosts(const std::vector<std::string>& hosts);
 
   int64_t actions_sent() const { return actions_sent_.load(); }
   int64_t passes() const { return passes_.load(); }
+  int64_t status_writes() const { return status_writes_.load(); }
 
  private:
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
   // of deleted hosts, and queues every host.
   void SyncConnections();
-  // Writes the status of the KernelInstances this host runs or should run (only when it
-  // changed, so converged passes write nothing).
-  void RecordStatus(const std::string& host, const std::vector<mkfleet::v1::KernelInstance>& instances,
-                    const FleetPlan& fleet, const HostView& view, const std::set<std::string>& in_plan,
-                    const std::map<std::string, std::string>& failed, const absl::Status& sent);
+  struct HostOutcome {
+    absl::Status sent;
+    std::set<std::string> in_plan;              // kernels the plan touched
+    std::map<std::string, std::string> failed;  // kernel -> why
+    std::vector<mkfleet::v1::Event> events;
+  };
+  // Sends `host` its plan and, when they changed, its local policies.
+  HostOutcome RunHost(const std::string& host, HostConnection* connection, const Plan* plan,
+                      const FleetPlan& fleet);
+  // Computes the statuses this pass knows about and writes the changed ones.
+  void RecordStatuses(const std::set<std::string>& batch, const std::vector<mkfleet::v1::Host>& hosts,
+                      const std::vector<mkfleet::v1::KernelInstance>& instances,
+                      const std::vector<mkfleet::v1::InstanceSet>& sets, const FleetPlan& fleet,
+                      const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
+                      std::vector<mkfleet::v1::Event>* events);
+  void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
   void WatchStore();
   void Work();
 
   void Emit(const std::string& kind, const std::string& name, const std::string& host, bool warning,
             const std::string& reason, const std::string& message);
+  static mkfleet::v1::Event MakeEvent(const std::string& kind, const std::string& name, const std::string& host,
+                                      bool warning, const std::string& reason, const std::string& message);
 
   Store& store_;
   Objects& objects_;
@@ -83,7 +107,13 @@ class Reconciler {
   // The policies last sent to each host (serialized), so unchanged ones are not re-sent.
   std::map<std::string, std::string> policies_sent_ ABSL_GUARDED_BY(mu_);
 
+  // Passes run one at a time; what they remember between them.
+  absl::Mutex pass_mu_;
+  bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
+  std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
+
   std::atomic<int64_t> actions_sent_{0};
+  std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};
   std::thread watcher_;
   std::thread worker_;

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "agents/testing/served_agent.h"
+#include "reconciler/event_log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -160,7 +161,100 @@ TEST_F(ReconcilerTest, StandbyPolicyReachesTheAgentsWatchdog) {
   })) << agent_->Snapshot().DebugString();
   ASSERT_TRUE(Eventually([&] {
     auto o = objects_->Get("KernelInstance", "web-1");
-    return o.ok() && o->has_value() && (*o)->kernel_instance().status().role() == "primary";
+    return o.ok() && o->has_value() && (*o)->kernel_instance().status().role() == "primary" &&
+           (*o)->kernel_instance().status().phase() == "Running";
+  }));
+}
+
+TEST_F(ReconcilerTest, StandbyTakeoverIsKeptAndReported) {
+  auto log = EventLog::Open(*store_, Clock::Real());
+  ASSERT_TRUE(log.ok());
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(200);
+  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options, log->get());
+  reconciler_->Start();
+  v1::Object web = Protected("web-1", 2);
+  ASSERT_TRUE(objects_->Apply({HostObject(), web}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "web-1");
+    return RoleOf("web-1-standby") == "standby" && o.ok() && o->has_value() &&
+           (*o)->kernel_instance().status().phase() == "Running";
+  }));
+  ASSERT_TRUE(host_.emu->InjectPanic("web-1").ok());
+  // The watchdog swaps the roles; the controller keeps that (it does not move anything
+  // back) and reports web-1 as served by the kernel web-1-standby.
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "web-1");
+    return RoleOf("web-1-standby") == "primary" && o.ok() && o->has_value() &&
+           (*o)->kernel_instance().status().kernel() == "web-1-standby" &&
+           (*o)->kernel_instance().status().phase() == "Running";
+  })) << agent_->Snapshot().DebugString();
+  int64_t sent = reconciler_->actions_sent();
+  int64_t passes = reconciler_->passes();
+  ASSERT_TRUE(Eventually([&] { return reconciler_->passes() >= passes + 3; }));
+  EXPECT_EQ(reconciler_->actions_sent(), sent) << "the controller undid the takeover";
+  EXPECT_EQ(RoleOf("web-1-standby"), "primary");
+  EXPECT_EQ(RoleOf("web-1"), "standby");
+  // The agent's watchdog events reach the controller's log, once each.
+  ASSERT_TRUE(Eventually([&] {
+    auto events = (*log)->List("KernelInstance", "web-1");
+    if (!events.ok()) return false;
+    int takeovers = 0, crashes = 0;
+    for (const auto& e : *events) {
+      takeovers += e.reason() == "StandbyTakeover";
+      crashes += e.reason() == "Crashed";
+    }
+    return takeovers == 1 && crashes == 1;
+  }));
+}
+
+TEST_F(ReconcilerTest, SetMembersHaveStatusAndTheSetCountsThem) {
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(200);
+  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
+  reconciler_->Start();
+  v1::Object set;
+  v1::InstanceSet* is = set.mutable_instance_set();
+  is->mutable_metadata()->set_name("edge");
+  is->mutable_spec()->set_per_host(3);
+  v1::KernelInstanceSpec* t = is->mutable_spec()->mutable_template_()->mutable_spec();
+  *t = Instance("x", 2).kernel_instance().spec();
+  t->clear_host();
+  ASSERT_TRUE(objects_->Apply({HostObject(), set}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("InstanceSet", "edge");
+    return o.ok() && o->has_value() && (*o)->instance_set().status().ready_replicas() == 3;
+  }));
+  v1::InstanceSetStatus st = (*objects_->Get("InstanceSet", "edge"))->instance_set().status();
+  EXPECT_EQ(st.replicas(), 3u);
+  EXPECT_EQ(st.observed_generation(), 1);
+  auto all = objects_->List("KernelInstance", /*with_members=*/true);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 3u);
+  for (const auto& o : *all) {
+    EXPECT_EQ(o.kernel_instance().status().owner(), "InstanceSet/edge");
+    EXPECT_EQ(o.kernel_instance().status().phase(), "Running");
+    EXPECT_EQ(o.kernel_instance().spec().host(), "node-a");
+    EXPECT_EQ(o.kernel_instance().metadata().labels().at("mkfleet.io/set"), "edge");
+  }
+  // The reconciler itself does not see members as KernelInstance objects.
+  EXPECT_TRUE(objects_->List("KernelInstance")->empty());
+  // The host's status: reachable, its dialect and pool usage.
+  auto host = objects_->Get("Host", "node-a");
+  ASSERT_TRUE(host.ok() && host->has_value());
+  const v1::HostStatus& hs = (*host)->host().status();
+  EXPECT_TRUE(hs.reachable());
+  EXPECT_FALSE(hs.dialect().empty());
+  EXPECT_EQ(hs.pool().cpus_size() - hs.pool().cpus_free_size(), 6);
+
+  // Scaling the set down removes a member and its status.
+  is->mutable_spec()->set_per_host(2);
+  ASSERT_TRUE(objects_->Apply({set}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto members = objects_->List("KernelInstance", true);
+    auto o = objects_->Get("InstanceSet", "edge");
+    return members.ok() && members->size() == 2 && o.ok() && (*o)->instance_set().status().replicas() == 2 &&
+           (*o)->instance_set().status().ready_replicas() == 2;
   }));
 }
 
