@@ -93,8 +93,8 @@ grpc::Status AgentService::InjectFault(grpc::ServerContext*, const v1::FaultRequ
 }
 
 std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address,
-                                                    int* port) {
-  return StartGrpcServer(service, "mkfleet.v1.Agent", address, port);
+                                                    int* port, bool lean) {
+  return StartGrpcServer(service, "mkfleet.v1.Agent", address, port, lean);
 }
 
 }  // namespace mkfleet::agents

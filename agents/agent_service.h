@@ -40,7 +40,8 @@ class AgentService final : public mkfleet::v1::Agent::Service {
 
 // Starts a server for `service` on `address` (port 0 picks a free one) with the health
 // service and server reflection. `port` receives the bound port.
-std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port);
+std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port,
+                                              bool lean = false);
 
 // absl::Status -> grpc::Status, same code and message.
 grpc::Status ToGrpc(const absl::Status& s);

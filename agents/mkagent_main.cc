@@ -4,12 +4,16 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "agents/action_journal.h"
 #include "agents/agent.h"
 #include "agents/agent_service.h"
@@ -28,15 +32,120 @@
 
 namespace {
 
+using namespace mkfleet;
+
 int Fail(const std::string& message) {
   std::cerr << "mkagent: " << message << "\n";
   return 2;
 }
 
+struct Settings {
+  std::string kernel_kind;
+  absl::Duration boot, halt, poll;
+  uint32_t reserve_cores = 0;
+  uint64_t reserve_memory = 0;
+  uint32_t vsock_port = 1023;
+  bool faults = false;
+  bool lean = false;
+};
+
+// One host's agent: its kernel (emulated or real), driver, journal, agent core and gRPC
+// server. A process serving N emulated hosts runs N of these, the same code each.
+struct HostRuntime {
+  std::string name;
+  std::unique_ptr<kernel::EmulatedKernel> emulator;
+  std::unique_ptr<kernel::KernelFs> fs;
+  std::unique_ptr<kernel::Syscalls> sys;
+  std::unique_ptr<agents::LivenessProbe> probe;
+  std::unique_ptr<kernel::HostKernel> hk;
+  std::unique_ptr<agents::ActionJournal> journal;
+  std::unique_ptr<agents::Agent> agent;
+  std::unique_ptr<agents::AgentService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, const std::string& state_dir,
+                                                      const std::string& listen,
+                                                      std::shared_ptr<const planner::Topology> topology,
+                                                      const Settings& settings) {
+  auto rt = std::make_unique<HostRuntime>();
+  rt->name = name;
+  std::filesystem::create_directories(state_dir);
+  kernel::KernelFs* fs_ptr;
+  kernel::Syscalls* sys_ptr;
+  if (settings.kernel_kind == "emulated") {
+    kernel::EmulatorOptions eo = kernel::MachineFromTopology(*topology);
+    eo.boot_time = settings.boot;
+    eo.halt_time = settings.halt;
+    eo.state_file = state_dir + "/emulated-kernel.state";
+    rt->emulator = std::make_unique<kernel::EmulatedKernel>(eo);
+    fs_ptr = rt->emulator.get();
+    sys_ptr = rt->emulator.get();
+    rt->probe = agents::NewEmulatorProbe(*rt->emulator);
+  } else {
+    rt->fs = kernel::NewPosixKernelFs();
+    rt->sys = kernel::NewLinuxSyscalls();
+    fs_ptr = rt->fs.get();
+    sys_ptr = rt->sys.get();
+    rt->probe = agents::NewVsockProbe(settings.vsock_port);
+  }
+  kernel::HostKernelOptions ho;
+  ho.host = name;
+  ho.lock_path = state_dir + "/kernel.lock";
+  ho.kerf_lock_path = settings.kernel_kind == "sysfs" ? "/var/run/kerf.lock" : state_dir + "/kerf.lock";
+  ho.state_dir = state_dir + "/provenance";
+  rt->hk = std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, ho);
+
+  if (settings.reserve_cores > 0) {
+    v1::Pool spec;
+    spec.mutable_host_reserved()->set_cores(settings.reserve_cores);
+    spec.mutable_host_reserved()->set_memory(settings.reserve_memory);
+    for (const auto& f : topology->pci) spec.add_devices(f.bdf);
+    auto pool = planner::DerivePool(name, *topology, spec);
+    if (!pool.ok()) return pool.status();
+    kernel::PoolState ps;
+    for (uint32_t cpu : pool->cpus) ps.cpus.push_back(topology->physical_ids.at(cpu));
+    for (const auto& [n, bytes] : pool->memory) ps.memory.push_back({0, bytes, topology->numa[n].os_index});
+    for (int d : pool->devices) {
+      ps.devices.push_back({"dev" + std::to_string(d), topology->pci[d].bdf, topology->pci[d].vendor_id,
+                            topology->pci[d].device_id});
+    }
+    auto obs = rt->hk->Observe();
+    if (obs.ok() && obs->instances.empty()) MK_RETURN_IF_ERROR(rt->hk->SetPool(ps));
+  }
+
+  auto journal = agents::ActionJournal::Open(state_dir + "/journal");
+  if (!journal.ok()) return journal.status();
+  rt->journal = *std::move(journal);
+  agents::AgentOptions ao;
+  ao.host = name;
+  ao.state_dir = state_dir;
+  ao.version = kVersion;
+  ao.poll_interval = settings.poll;
+  rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
+  rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults);
+  rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean);
+  if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
+  rt->agent->Start();
+  return rt;
+}
+
+// "127.0.0.1:7101" and i -> "127.0.0.1:<7101+i>" (port 0 stays 0: each picks a free one).
+absl::StatusOr<std::string> NthAddress(const std::string& listen, int i) {
+  size_t colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError("--listen: want HOST:PORT, got \"" + listen + "\"");
+  }
+  if (port == 0) return listen;
+  if (port + i > 65535) return absl::InvalidArgumentError("--listen: port range passes 65535");
+  return listen.substr(0, colon + 1) + std::to_string(port + i);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  using namespace mkfleet;
   // SIGTERM/SIGINT are taken by one thread (sigwait below); blocked before any thread exists
   // so that every thread inherits the mask.
   sigset_t set;
@@ -45,20 +154,29 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   CLI::App app{"mkagent: the mkfleet per-host agent. Drives this host's multikernel kernel (or an emulated one)\n"
-               "and serves the Agent gRPC service to mkcontroller."};
+               "and serves the Agent gRPC service to mkcontroller. With --hosts N it serves N emulated hosts\n"
+               "(the same code per host, one port each), so that a test fleet fits on one machine."};
   app.set_version_flag("--version", std::string("mkagent ") + kVersion);
-  std::string kernel_kind = "emulated", topology_spec, listen = "127.0.0.1:7101", state_dir, host;
-  std::string boot_time = "0ms", halt_time = "0ms", reserve_memory = "0";
-  uint32_t vfs_per_nic = 0, reserve_cores = 0, vsock_port = 1023;
+  std::string kernel_kind = "emulated", topology_spec, listen = "127.0.0.1:7101", state_dir, host, ports_file;
+  std::string boot_time = "0ms", halt_time = "0ms", reserve_memory = "0", poll_interval = "10ms";
+  uint32_t vfs_per_nic = 0, reserve_cores = 0, vsock_port = 1023, hosts = 1;
   bool faults = false;
   app.add_option("--kernel", kernel_kind, "emulated (default) or sysfs (a real multikernel host)")
       ->check(CLI::IsMember({"emulated", "sysfs"}));
   app.add_option("--topology", topology_spec, "live, FILE.xml or synthetic:STRING")->required();
-  app.add_option("--listen", listen, "gRPC address (default 127.0.0.1:7101; port 0 picks one and prints it)");
-  app.add_option("--state-dir", state_dir, "journal, policies, provenance (and the emulated kernel's state)")->required();
-  app.add_option("--host", host, "this host's name in events (default: the hostname)");
+  app.add_option("--listen", listen,
+                 "gRPC address (default 127.0.0.1:7101; port 0 picks one and prints it). With --hosts N, host i "
+                 "listens on PORT+i (or on a free port each with port 0)");
+  app.add_option("--state-dir", state_dir, "journal, policies, provenance (and the emulated kernel's state); "
+                                           "with --hosts N, one subdirectory per host")->required();
+  app.add_option("--host", host, "this host's name in events (default: the hostname); with --hosts N, the prefix of "
+                                 "the names PREFIX-0001 ... PREFIX-N");
+  app.add_option("--hosts", hosts, "emulated: serve this many hosts from this process (default 1)")
+      ->check(CLI::Range(1, 10000));
+  app.add_option("--ports-file", ports_file, "write \"NAME ADDRESS\" per host to this file once all listen");
   app.add_option("--boot-time", boot_time, "emulated: how long a boot takes (e.g. 300ms)");
   app.add_option("--halt-time", halt_time, "emulated: how long a graceful halt takes");
+  app.add_option("--poll-interval", poll_interval, "how often the watchdog observes the kernel (default 10ms)");
   app.add_option("--vfs-per-nic", vfs_per_nic, "SR-IOV VFs per NIC for XML/synthetic topologies");
   app.add_option("--reserve-cores", reserve_cores,
                  "if set, write a pool at start (while no instance exists): the host keeps this many cores");
@@ -67,90 +185,84 @@ int main(int argc, char** argv) {
   app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC");
   CLI11_PARSE(app, argc, argv);
 
+  if (hosts > 1 && kernel_kind != "emulated") return Fail("--hosts: only with --kernel emulated");
   if (host.empty()) {
     char buf[256] = {0};
     gethostname(buf, sizeof(buf) - 1);
     host = buf;
   }
+  Settings settings;
+  settings.kernel_kind = kernel_kind;
+  settings.vsock_port = vsock_port;
+  settings.faults = faults;
+  settings.reserve_cores = reserve_cores;
+  settings.lean = hosts > 1;
   auto boot = manifests::ParseDurationMs(boot_time);
   auto halt = manifests::ParseDurationMs(halt_time);
+  auto poll = manifests::ParseDurationMs(poll_interval);
   if (!boot.ok()) return Fail(std::string("--boot-time: ") + std::string(boot.status().message()));
   if (!halt.ok()) return Fail(std::string("--halt-time: ") + std::string(halt.status().message()));
+  if (!poll.ok() || *poll <= 0) return Fail("--poll-interval: want a positive duration such as 10ms");
   auto reserve_mem = manifests::ParseBytes(reserve_memory);
   if (!reserve_mem.ok()) return Fail(std::string("--reserve-memory: ") + std::string(reserve_mem.status().message()));
+  settings.boot = absl::Milliseconds(*boot);
+  settings.halt = absl::Milliseconds(*halt);
+  settings.poll = absl::Milliseconds(*poll);
+  settings.reserve_memory = *reserve_mem;
 
   planner::TopologyOptions topo_options;
   topo_options.vfs_per_network_function = vfs_per_nic;
   auto topo = planner::TopologySourceFromSpec(topology_spec, "", topo_options)->Load();
   if (!topo.ok()) return Fail(std::string(topo.status().message()));
   auto topology = std::make_shared<const planner::Topology>(*std::move(topo));
-  std::filesystem::create_directories(state_dir);
+  RaiseFileLimit();
 
-  std::unique_ptr<kernel::EmulatedKernel> emulator;
-  std::unique_ptr<kernel::KernelFs> fs;
-  std::unique_ptr<kernel::Syscalls> sys;
-  std::unique_ptr<agents::LivenessProbe> probe;
-  kernel::KernelFs* fs_ptr;
-  kernel::Syscalls* sys_ptr;
-  if (kernel_kind == "emulated") {
-    kernel::EmulatorOptions eo = kernel::MachineFromTopology(*topology);
-    eo.boot_time = absl::Milliseconds(*boot);
-    eo.halt_time = absl::Milliseconds(*halt);
-    eo.state_file = state_dir + "/emulated-kernel.state";
-    emulator = std::make_unique<kernel::EmulatedKernel>(eo);
-    fs_ptr = emulator.get();
-    sys_ptr = emulator.get();
-    probe = agents::NewEmulatorProbe(*emulator);
-  } else {
-    fs = kernel::NewPosixKernelFs();
-    sys = kernel::NewLinuxSyscalls();
-    fs_ptr = fs.get();
-    sys_ptr = sys.get();
-    probe = agents::NewVsockProbe(vsock_port);
-  }
-  kernel::HostKernelOptions ho;
-  ho.host = host;
-  ho.lock_path = state_dir + "/kernel.lock";
-  ho.kerf_lock_path = kernel_kind == "sysfs" ? "/var/run/kerf.lock" : state_dir + "/kerf.lock";
-  ho.state_dir = state_dir + "/provenance";
-  kernel::HostKernel hk(*fs_ptr, *sys_ptr, ho);
-
-  if (reserve_cores > 0) {
-    v1::Pool spec;
-    spec.mutable_host_reserved()->set_cores(reserve_cores);
-    spec.mutable_host_reserved()->set_memory(*reserve_mem);
-    for (const auto& f : topology->pci) spec.add_devices(f.bdf);
-    auto pool = planner::DerivePool(host, *topology, spec);
-    if (!pool.ok()) return Fail(std::string(pool.status().message()));
-    kernel::PoolState ps;
-    for (uint32_t cpu : pool->cpus) ps.cpus.push_back(topology->physical_ids.at(cpu));
-    for (const auto& [n, bytes] : pool->memory) ps.memory.push_back({0, bytes, topology->numa[n].os_index});
-    for (int d : pool->devices) ps.devices.push_back({"dev" + std::to_string(d), topology->pci[d].bdf,
-                                                      topology->pci[d].vendor_id, topology->pci[d].device_id});
-    auto obs = hk.Observe();
-    if (obs.ok() && obs->instances.empty()) {
-      absl::Status s = hk.SetPool(ps);
-      if (!s.ok()) return Fail(std::string(s.message()));
+  std::vector<std::unique_ptr<HostRuntime>> runtimes;
+  auto stop_all = [&] {
+    for (auto& rt : runtimes) rt->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    for (auto& rt : runtimes) rt->agent->Stop();
+  };
+  for (uint32_t i = 0; i < hosts; ++i) {
+    std::string name = host, dir = state_dir;
+    if (hosts > 1) {
+      char suffix[16];
+      std::snprintf(suffix, sizeof(suffix), "-%04u", i + 1);
+      name += suffix;
+      dir += "/" + name;
     }
+    auto address = NthAddress(listen, static_cast<int>(i));
+    if (!address.ok()) return Fail(std::string(address.status().message()));
+    auto rt = StartHost(name, dir, *address, topology, settings);
+    if (!rt.ok()) {
+      stop_all();
+      return Fail(absl::StrCat("host ", name, ": ", rt.status().message()));
+    }
+    runtimes.push_back(*std::move(rt));
+    if (hosts > 1 && (i + 1) % 100 == 0) std::cerr << "mkagent: " << i + 1 << "/" << hosts << " hosts listening\n";
   }
-
-  auto journal = agents::ActionJournal::Open(state_dir + "/journal");
-  if (!journal.ok()) return Fail(std::string(journal.status().message()));
-  agents::AgentOptions ao;
-  ao.host = host;
-  ao.state_dir = state_dir;
-  ao.version = kVersion;
-  agents::Agent agent(ao, hk, topology, **journal, *probe, Clock::Real());
-  agents::AgentService service(agent, emulator.get(), faults);
-  int port = 0;
-  auto server = agents::StartAgentServer(service, listen, &port);
-  if (server == nullptr || port == 0) return Fail("cannot listen on " + listen);
-
-  agent.Start();
-  std::cout << "mkagent " << kVersion << ": host " << host << ", " << topology->Summary() << ", kernel " << kernel_kind
-            << ", listening on port " << port << std::endl;
-  ServeUntilSignal(*server, set, "mkagent");
-  agent.Stop();
+  if (!ports_file.empty()) {
+    std::string tmp = ports_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      for (const auto& rt : runtimes) out << rt->name << " 127.0.0.1:" << rt->port << "\n";
+      if (!out) {
+        stop_all();
+        return Fail("--ports-file: cannot write " + tmp);
+      }
+    }
+    std::filesystem::rename(tmp, ports_file);
+  }
+  if (hosts == 1) {
+    std::cout << "mkagent " << kVersion << ": host " << host << ", " << topology->Summary() << ", kernel "
+              << kernel_kind << ", listening on port " << runtimes[0]->port << std::endl;
+  } else {
+    std::cout << "mkagent " << kVersion << ": " << hosts << " emulated hosts " << runtimes.front()->name << " ... "
+              << runtimes.back()->name << ", each " << topology->Summary() << ", ports " << runtimes.front()->port
+              << " ... " << runtimes.back()->port << std::endl;
+  }
+  // The first server waits for the signal; then every one stops.
+  ServeUntilSignal(*runtimes[0]->server, set, "mkagent");
+  stop_all();
   std::cout << "mkagent: stopped" << std::endl;
   return 0;
 }

@@ -5,6 +5,7 @@
 #define MKFLEET_COMMON_GRPC_SERVER_H_
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <iostream>
@@ -18,11 +19,18 @@
 
 namespace mkfleet {
 
+// `lean` serves with one completion queue and one polling thread (a process serving many
+// emulated hosts, one server each, would otherwise start threads by the thousand).
 inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
-                                                     const std::string& address, int* port) {
+                                                     const std::string& address, int* port, bool lean = false) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  if (lean) {
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
+  }
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -42,6 +50,19 @@ inline void ServeUntilSignal(grpc::Server& server, const sigset_t& signals, cons
   });
   server.Wait();
   waiter.join();
+}
+
+// Raises the open-file limit to its hard maximum (daemons holding one connection per host
+// need more than the usual 1024). Returns the new soft limit.
+inline uint64_t RaiseFileLimit() {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0) return 0;
+  if (r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+    getrlimit(RLIMIT_NOFILE, &r);
+  }
+  return r.rlim_cur;
 }
 
 }  // namespace mkfleet

@@ -1,5 +1,10 @@
 #include "reconciler/controller_service.h"
 
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -157,6 +162,20 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,
                                                     int* port) {
   return StartGrpcServer(service, "mkfleet.v1.Controller", address, port);
+}
+
+grpc::Status ControllerService::Stats(grpc::ServerContext*, const v1::StatsRequest*, v1::StatsResponse* response) {
+  if (stats_) *response = stats_();
+  // Peak resident set of this process (VmHWM), for fleet-scale checks.
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    int64_t kb = 0;
+    if (line.rfind("VmHWM:", 0) == 0 && absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(6, line.size() - 9)), &kb)) {
+      response->set_peak_rss_bytes(kb * 1024);
+    }
+  }
+  return grpc::Status::OK;
 }
 
 }  // namespace mkfleet::reconciler

@@ -7,6 +7,7 @@
 #define MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
 
 #include <memory>
+#include <functional>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
@@ -36,12 +37,17 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
                      grpc::ServerWriter<mkfleet::v1::ObjectWatchEvent>* writer) override;
   grpc::Status Events(grpc::ServerContext* context, const mkfleet::v1::EventsRequest* request,
                       grpc::ServerWriter<mkfleet::v1::Event>* writer) override;
+  grpc::Status Stats(grpc::ServerContext*, const mkfleet::v1::StatsRequest*,
+                     mkfleet::v1::StatsResponse* response) override;
+  // Where Stats takes the reconcile loop's counters (set once, before serving).
+  void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
 
  private:
   grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
   Store& store_;
   Objects& objects_;
   EventLog* events_;
+  std::function<mkfleet::v1::StatsResponse()> stats_;
 };
 
 // The kinds the controller stores.

@@ -139,6 +139,7 @@ absl::Status HostConnection::Session() {
   auto topology = planner::TopologyFromProto(inventory.topology());
   if (!topology.ok()) return absl::InvalidArgumentError(absl::StrCat("inventory: ", topology.status().message()));
   auto shared = std::make_shared<const planner::Topology>(*std::move(topology));
+  inventory.clear_topology();  // kept parsed in `topology`; views are copied every pass
 
   grpc::ClientContext ctx;
   {

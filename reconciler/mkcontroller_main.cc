@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
               << "\" (etcd is not supported by this build)\n";
     return 2;
   }
+  RaiseFileLimit();  // one connection per host
   auto store = reconciler::OpenSqliteStore(store_spec.substr(7), Clock::Real());
   if (!store.ok()) {
     std::cerr << "mkcontroller: --store: " << store.status().message() << "\n";
@@ -70,6 +71,16 @@ int main(int argc, char** argv) {
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
+  service.SetStatsSource([&loop] {
+    v1::StatsResponse r;
+    r.set_actions_sent(loop.actions_sent());
+    r.set_passes(loop.passes());
+    r.set_status_writes(loop.status_writes());
+    auto [hosts, connected] = loop.HostCounts();
+    r.set_hosts(hosts);
+    r.set_hosts_connected(connected);
+    return r;
+  });
   loop.Start();
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", listening on port " << port
             << std::endl;

@@ -73,6 +73,13 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
 
 Reconciler::~Reconciler() { Stop(); }
 
+std::pair<int, int> Reconciler::HostCounts() {
+  absl::MutexLock lock(&mu_);
+  int connected = 0;
+  for (auto& [name, c] : connections_) connected += c.second->View().connected ? 1 : 0;
+  return {static_cast<int>(connections_.size()), connected};
+}
+
 void Reconciler::Start() {
   SyncConnections();
   watcher_ = std::thread([this] { WatchStore(); });

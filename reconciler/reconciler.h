@@ -63,6 +63,8 @@ class Reconciler {
   int64_t actions_sent() const { return actions_sent_.load(); }
   int64_t passes() const { return passes_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
+  // Hosts with a connection, and those whose Watch stream is up.
+  std::pair<int, int> HostCounts();
 
  private:
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
