@@ -68,12 +68,18 @@ struct GetOptions {
   std::string controller = "127.0.0.1:7100";
   std::string kind;  // Host, KernelInstance, InstanceSet (or host, hosts, ki, instances, ...)
   std::string name;  // empty: every object of the kind
-  std::string output = "table";  // table | yaml | json
+  std::string output = "table";  // table | wide | yaml | json
   int timeout_seconds = 30;
   std::vector<std::string> paths;  // delete -f: the objects these manifests name
+  bool colour = false;             // colour the phase column (a terminal)
 };
 
+// Lists objects (set members included among instances) as a table (wide: placement,
+// serving kernel, owner, pool details), yaml or json.
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err);
+// One object in full: spec summary, status, placement, conditions, recent events; for a
+// host also the instances on it, for a set its members' phases.
+int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err);
 // Deletes kind/name (or every object the manifests at `paths` name, instances first);
 // exit 1 with "Kind/name does not exist" when one is absent.
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);

@@ -1,4 +1,7 @@
 // mkapply: the mkfleet command line. Parses flags and dispatches to cli/commands.h.
+#include <unistd.h>
+
+#include <cstdlib>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
@@ -81,8 +84,17 @@ int main(int argc, char** argv) {
   }
   get_cmd->get_option("kind")->required();
   delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
-  get_cmd->add_option("-o,--output", get.output, "table (default), yaml or json")
-      ->check(CLI::IsMember({"table", "yaml", "json"}));
+  get_cmd->add_option("-o,--output", get.output,
+                      "table (default), wide (placement, serving kernel, owner, agent...), yaml or json")
+      ->check(CLI::IsMember({"table", "wide", "yaml", "json"}));
+  CLI::App* describe_cmd = app.add_subcommand(
+      "describe",
+      "Show one object in full: status, placement, conditions and its recent events; a host's instances.\n"
+      "Exit 0, 1 when absent or unreachable.");
+  describe_cmd->add_option("kind", get.kind, "host, instance (ki) or set")->required();
+  describe_cmd->add_option("name", get.name, "object name")->required();
+  describe_cmd->add_option("--controller", get.controller, "mkcontroller address (default 127.0.0.1:7100)");
+  describe_cmd->add_option("--timeout", get.timeout_seconds, "seconds to wait for the controller (default 30)");
 
   mkfleet::cli::EventsOptions events;
   CLI::App* events_cmd = app.add_subcommand(
@@ -102,7 +114,11 @@ int main(int argc, char** argv) {
   if (plan_cmd->parsed()) return mkfleet::cli::RunPlan(plan, std::cout, std::cerr);
   if (apply_cmd->parsed()) return mkfleet::cli::RunApply(apply, std::cout, std::cerr);
   if (diff_cmd->parsed()) return mkfleet::cli::RunDiff(apply, std::cout, std::cerr);
+  // Colour only on a terminal (and never with NO_COLOR or TERM=dumb).
+  const char* term = getenv("TERM");
+  get.colour = isatty(STDOUT_FILENO) && getenv("NO_COLOR") == nullptr && term != nullptr && std::string(term) != "dumb";
   if (get_cmd->parsed()) return mkfleet::cli::RunGet(get, std::cout, std::cerr);
+  if (describe_cmd->parsed()) return mkfleet::cli::RunDescribe(get, std::cout, std::cerr);
   if (events_cmd->parsed()) return mkfleet::cli::RunEvents(events, std::cout, std::cerr);
   if (delete_cmd->parsed()) return mkfleet::cli::RunDelete(get, std::cout, std::cerr);
   return mkfleet::cli::kExitInvalid;

@@ -13,6 +13,7 @@ namespace mkfleet::cli {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class RemoteTest : public ::testing::Test {
  protected:
@@ -79,7 +80,25 @@ TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   ASSERT_EQ(RunGet(Get("ki"), out, err), kExitOk) << err.str();
   EXPECT_THAT(out.str(), HasSubstr("NAME"));
   EXPECT_THAT(out.str(), HasSubstr("ml-1"));
+  EXPECT_THAT(out.str(), Not(HasSubstr("examples")));
+  out.str("");
+  GetOptions wide = Get("ki");
+  wide.output = "wide";
+  ASSERT_EQ(RunGet(wide, out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("SOURCE"));
   EXPECT_THAT(out.str(), HasSubstr("examples"));  // the source
+  out.str("");
+  ASSERT_EQ(RunDescribe(Get("instance", "web-1"), out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("Name:         web-1"));
+  EXPECT_THAT(out.str(), HasSubstr("failover FAILOVER_STANDBY"));
+  EXPECT_THAT(out.str(), HasSubstr("Placement:    none"));  // no reconciler in this test
+  out.str("");
+  ASSERT_EQ(RunDescribe(Get("host", "node-b"), out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("Agent:        127.0.0.1:7102"));
+  out.str("");
+  EXPECT_EQ(RunDescribe(Get("host", "nope"), out, err), kExitFailure);
+  EXPECT_THAT(err.str(), HasSubstr("Host/nope does not exist"));
+  err.str("");
   out.str("");
   GetOptions yaml = Get("hosts", "node-b");
   yaml.output = "yaml";
