@@ -1,6 +1,7 @@
 #include "kernel/host_kernel.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <openssl/evp.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -25,6 +26,17 @@ namespace mkfleet::kernel {
 namespace v1 = mkfleet::v1;
 
 // Holds our flock and the kerf lock file for the length of one transaction.
+// A lock file holding the pid of a process that no longer exists (an agent killed inside
+// a transaction) is removed; true when it was. Lock files without a pid (kerf's own) are
+// never taken for stale.
+bool StaleLock(const std::string& path) {
+  std::ifstream in(path);
+  int64_t pid = 0;
+  if (!(in >> pid) || pid <= 0 || pid == getpid()) return false;
+  if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) return false;
+  return unlink(path.c_str()) == 0 || errno == ENOENT;
+}
+
 class TxLock {
  public:
   // `lock_fd`: our open lock file, or -1.
@@ -39,11 +51,17 @@ class TxLock {
       while (true) {
         int fd = open(o.kerf_lock_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd >= 0) {
+          // Our pid inside, so that a lock left by a killed agent can be told from a live one.
+          std::string pid = absl::StrCat(getpid(), "\n");
+          if (write(fd, pid.data(), pid.size()) < 0) {
+            // An empty lock is still a lock; it just cannot be recognized as stale.
+          }
           close(fd);
           lock->kerf_ = o.kerf_lock_path;
           break;
         }
         if (errno != EEXIST) return ErrnoStatus(errno, absl::StrCat("create ", o.kerf_lock_path));
+        if (StaleLock(o.kerf_lock_path)) continue;
         if (clock.Monotonic() >= deadline) {
           return absl::UnavailableError(absl::StrCat("another tool holds ", o.kerf_lock_path));
         }

@@ -3,6 +3,9 @@
 // available on this machine: those cases are skipped, saying so).
 #include "kernel/host_kernel.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -421,6 +424,34 @@ TEST(ConcurrencyTest, TwoWritersNeverConfuseTheirTransactions) {
   EXPECT_EQ(c.cpu_adds, 400);
   EXPECT_EQ(c.cpu_removes, 400);
   EXPECT_FALSE(fs::exists(ho.kerf_lock_path));  // released
+  fs::remove_all(dir);
+}
+
+TEST(ConcurrencyTest, KerfLockOfAKilledAgentIsTakenOverButALiveOneIsNot) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(::testing::TempDir()) / "hk-stale-lock";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  EmulatedKernel emu(Machine());
+  HostKernelOptions ho;
+  ho.kerf_lock_path = (dir / "kerf.lock").string();
+  ho.lock_timeout = absl::Milliseconds(300);
+  HostKernel hk(emu, emu, ho);
+  // Left by a process that has exited (as after SIGKILL inside a transaction).
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  std::ofstream(ho.kerf_lock_path) << child << "\n";
+  ASSERT_TRUE(hk.SetPool(Pool()).ok());
+  EXPECT_FALSE(fs::exists(ho.kerf_lock_path));
+  // Held by a live process (this one's parent), or without a pid (kerf's own): waited for.
+  std::ofstream(ho.kerf_lock_path) << getppid() << "\n";
+  absl::Status s = hk.Create("a", 1, Web());
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  std::ofstream(ho.kerf_lock_path, std::ios::trunc).close();
+  EXPECT_EQ(hk.Create("a", 1, Web()).code(), absl::StatusCode::kUnavailable);
+  fs::remove(ho.kerf_lock_path);
+  EXPECT_TRUE(hk.Create("a", 1, Web()).ok());
   fs::remove_all(dir);
 }
 

@@ -81,7 +81,7 @@ std::pair<int, int> Reconciler::HostCounts() {
 }
 
 void Reconciler::Start() {
-  SyncConnections();
+  SyncConnections(true);
   watcher_ = std::thread([this] { WatchStore(); });
   worker_ = std::thread([this] { Work(); });
 }
@@ -103,7 +103,7 @@ void Reconciler::Stop() {
   for (auto& [host, c] : connections) c.second->Stop();
 }
 
-void Reconciler::SyncConnections() {
+void Reconciler::SyncConnections(bool objects_changed) {
   auto hosts = objects_.List("Host");
   if (!hosts.ok()) return;
   std::map<std::string, std::string> wanted;
@@ -136,7 +136,11 @@ void Reconciler::SyncConnections() {
     }
   }
   for (auto& c : closed) c->Stop();
-  for (const auto& [host, address] : wanted) queue_.Add(host);
+  // On a resync a failing host keeps its backoff (its retry is already scheduled); a change
+  // of the objects may be the fix, so it goes at once.
+  for (const auto& [host, address] : wanted) {
+    if (objects_changed || queue_.Failures(host) == 0) queue_.Add(host);
+  }
 }
 
 void Reconciler::WatchStore() {
@@ -159,7 +163,7 @@ void Reconciler::WatchStore() {
     bool resync = clock_.Monotonic() - last_resync >= options_.resync;
     if (changed || resync) {
       if (resync) last_resync = clock_.Monotonic();
-      SyncConnections();
+      SyncConnections(changed);
     }
   }
 }

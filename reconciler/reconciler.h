@@ -68,8 +68,8 @@ class Reconciler {
 
  private:
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
-  // of deleted hosts, and queues every host.
-  void SyncConnections();
+  // of deleted hosts, and queues every host (on a plain resync, not those backing off).
+  void SyncConnections(bool objects_changed);
   struct HostOutcome {
     absl::Status sent;
     std::set<std::string> in_plan;              // kernels the plan touched

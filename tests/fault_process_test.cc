@@ -1,0 +1,349 @@
+// Faults with real processes (mkagent, mkcontroller, mkapply, mkfault) on loopback: the
+// controller or an agent SIGKILLed in the middle of work and restarted, an agent out of
+// reach while the others converge, a bad manifest set, and a kernel answering EBUSY. Each
+// test checks the final state and that no kernel operation ran twice: the emulated
+// kernel's counters (kept in its state file) are read once the agent has stopped.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/machine.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+#include "planner/topology_source.h"
+#include "tests/process_util.h"
+
+namespace mkfleet {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = mkfleet::v1;
+using ::testing::HasSubstr;
+
+constexpr char kTopology[] = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+template <typename Pred>
+bool Eventually(Pred pred, int seconds = 30) {
+  for (int i = 0; i < seconds * 20; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+class FaultProcessTest : public ::testing::Test {
+ protected:
+  struct AgentSpec {
+    std::string name;
+    int port = 0;
+    std::unique_ptr<testing::Process> process;
+  };
+
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("fault-proc-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    vmlinux_ = (dir_ / "vmlinux").string();
+    std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
+    controller_port_ = FreePort();
+  }
+  void TearDown() override {
+    controller_.reset();
+    agents_.clear();
+    fs::remove_all(dir_);
+  }
+
+  // Starts (or restarts, same port and state) the agent `name`.
+  void StartAgent(const std::string& name, const std::string& boot_time = "300ms") {
+    AgentSpec& a = agents_[name];
+    a.name = name;
+    if (a.port == 0) a.port = FreePort();
+    a.process = std::make_unique<testing::Process>(
+        std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
+                                 "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
+                                 "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
+                                 boot_time, "--enable-fault-injection"},
+        (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
+    ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
+  }
+  void StartController() {
+    controller_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                                 "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
+                                 "--unreachable-after", "1"},
+        (dir_ / ("controller-" + std::to_string(++runs_) + ".log")).string());
+    ASSERT_FALSE(controller_->WaitFor("listening on port ([0-9]+)").empty()) << controller_->Log();
+    stub_ = v1::Controller::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_port_),
+                                                        grpc::InsecureChannelCredentials()));
+  }
+
+  int Run(std::vector<std::string> argv, std::string* output) {
+    testing::Process p(argv, (dir_ / ("run-" + std::to_string(++runs_))).string());
+    int status = p.Kill(0);
+    *output = p.Log();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  int Mkapply(std::vector<std::string> args, std::string* output) {
+    args.insert(args.begin(), "cli/mkapply");
+    args.push_back("--controller");
+    args.push_back("127.0.0.1:" + std::to_string(controller_port_));
+    return Run(args, output);
+  }
+
+  std::string HostYaml(const std::string& name) {
+    return "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata:\n  name: " + name + "\nspec:\n  agent: 127.0.0.1:" +
+           std::to_string(agents_[name].port) + "\n  pool:\n    hostReserved: {cores: 1, memory: 1Gi}\n---\n";
+  }
+  std::string InstanceYaml(const std::string& name, const std::string& host, const std::string& cpus = "cpus: 2") {
+    return "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata:\n  name: " + name + "\nspec:\n  host: " + host +
+           "\n  kernel:\n    image: " + vmlinux_ + "\n    cmdline: \"console=mktty0\"\n  resources:\n    " + cpus +
+           "\n    memory: 512Mi\n---\n";
+  }
+  std::string Write(const std::string& file, const std::string& text) {
+    std::string path = (dir_ / file).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  v1::InstanceStatus Status(const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GetRequest req;
+    req.set_kind("KernelInstance");
+    req.set_name(name);
+    v1::GetResponse r;
+    if (!stub_->Get(&ctx, req, &r).ok() || r.objects_size() != 1) return {};
+    return r.objects(0).kernel_instance().status();
+  }
+  bool AllRunning(const std::vector<std::string>& names) {
+    for (const auto& n : names) {
+      if (Status(n).phase() != "Running") return false;
+    }
+    return true;
+  }
+  std::vector<v1::Event> ControllerEvents() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto reader = stub_->Events(&ctx, v1::EventsRequest());
+    std::vector<v1::Event> out;
+    v1::Event e;
+    while (reader->Read(&e)) out.push_back(e);
+    reader->Finish();
+    return out;
+  }
+  // Instances the agent `name` runs (from a Watch snapshot).
+  std::map<std::string, v1::InstanceStatus> OnAgent(const std::string& name) {
+    auto stub = v1::Agent::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(agents_[name].port),
+                                                       grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto reader = stub->Watch(&ctx, v1::WatchRequest());
+    v1::HostState snapshot;
+    std::map<std::string, v1::InstanceStatus> out;
+    if (!reader->Read(&snapshot)) return out;
+    ctx.TryCancel();
+    for (const auto& in : snapshot.instances()) out[in.name()] = in.status();
+    return out;
+  }
+  // Stops the agent (SIGTERM) and reads its emulated kernel's counters from the state file.
+  kernel::EmulatedKernel::Counters StopAndCount(const std::string& name) {
+    int status = agents_[name].process->Kill(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agents_[name].process->Log();
+    auto topology = planner::NewSyntheticTopologySource(kTopology, planner::TopologyOptions{})->Load();
+    kernel::EmulatorOptions o = kernel::MachineFromTopology(*topology);
+    o.state_file = (dir_ / name / "emulated-kernel.state").string();
+    kernel::EmulatedKernel k(o);
+    EXPECT_TRUE(k.load_status().ok()) << k.load_status();
+    return k.counters();
+  }
+  // No action step was done twice (ActionDone per instance and step at most once).
+  void ExpectNoRepeatedActions() {
+    std::set<std::string> seen;
+    for (const v1::Event& e : ControllerEvents()) {
+      if (e.reason() != "ActionDone") continue;
+      std::string key = e.name() + " " + e.message();
+      EXPECT_TRUE(seen.insert(key).second) << "done twice: " << key;
+    }
+  }
+
+  fs::path dir_;
+  std::string vmlinux_;
+  int controller_port_ = 0;
+  int runs_ = 0;
+  std::map<std::string, AgentSpec> agents_;
+  std::unique_ptr<testing::Process> controller_;
+  std::unique_ptr<v1::Controller::Stub> stub_;
+};
+
+TEST_F(FaultProcessTest, ControllerKilledMidApplyResumesAndRunsNothingTwice) {
+  StartAgent("node-a", "400ms");
+  StartController();
+  std::string out;
+  std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
+                                             InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
+  ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
+  // As soon as the agent has begun (a kernel exists, boots take 400 ms), kill the controller.
+  ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); })) << controller_->Log();
+  controller_->Kill(SIGKILL);
+  EXPECT_LT(OnAgent("node-a").size() + 0u, 4u);
+  StartController();
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); })) << controller_->Log();
+  ExpectNoRepeatedActions();
+  auto on_agent = OnAgent("node-a");
+  EXPECT_EQ(on_agent.size(), 3u);
+  for (const auto& [name, st] : on_agent) EXPECT_EQ(st.placement().cpus_size(), 2) << name;
+  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+  EXPECT_EQ(c.creates, 3);
+  EXPECT_EQ(c.loads, 3);
+  EXPECT_EQ(c.starts, 3);
+  EXPECT_EQ(c.removes, 0);
+}
+
+TEST_F(FaultProcessTest, AgentKilledMidBatchConvergesAndRunsNothingTwice) {
+  StartAgent("node-a", "400ms");
+  StartController();
+  std::string out;
+  std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
+                                             InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
+  ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
+  // Mid-batch: the first kernel exists, the batch (3 boots of 400 ms) is not through.
+  ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); }));
+  agents_["node-a"].process->Kill(SIGKILL);
+  StartAgent("node-a", "400ms");
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); }))
+      << controller_->Log() << agents_["node-a"].process->Log();
+  ExpectNoRepeatedActions();
+  auto on_agent = OnAgent("node-a");
+  EXPECT_EQ(on_agent.size(), 3u);
+  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+  EXPECT_EQ(c.creates, 3);
+  EXPECT_EQ(c.loads, 3);
+  EXPECT_EQ(c.starts, 3);
+  EXPECT_EQ(c.removes, 0);
+}
+
+TEST_F(FaultProcessTest, UnreachableAgentLeavesOthersConvergingAndConvergesWhenBack) {
+  StartAgent("node-a", "0ms");
+  StartAgent("node-b", "0ms");
+  StartController();
+  std::string out;
+  std::string hosts = HostYaml("node-a") + HostYaml("node-b");
+  ASSERT_EQ(Mkapply({"apply", "-f", Write("hosts.yaml", hosts)}, &out), 0) << out;
+  // node-b goes away after it connected once.
+  ASSERT_TRUE(Eventually([&] {
+    grpc::ClientContext ctx;
+    v1::StatsResponse s;
+    return stub_->Stats(&ctx, v1::StatsRequest(), &s).ok() && s.hosts_connected() == 2;
+  }));
+  agents_["node-b"].process->Kill(SIGKILL);
+  ASSERT_EQ(Mkapply({"apply", "-f",
+                     Write("fleet.yaml", hosts + InstanceYaml("a-1", "node-a") + InstanceYaml("b-1", "node-b"))},
+                    &out),
+            0)
+      << out;
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}); })) << controller_->Log();
+  EXPECT_NE(Status("b-1").phase(), "Running");
+  ASSERT_TRUE(Eventually([&] {
+    return Mkapply({"get", "hosts"}, &out) == 0 && out.find("node-b  no") != std::string::npos;
+  }));
+  StartAgent("node-b", "0ms");
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "b-1"}); })) << controller_->Log();
+  ExpectNoRepeatedActions();
+  EXPECT_EQ(StopAndCount("node-a").creates, 1);
+  EXPECT_EQ(StopAndCount("node-b").creates, 1);
+}
+
+TEST_F(FaultProcessTest, BadManifestSetStoresNothingAndRunsNothing) {
+  StartAgent("node-a", "0ms");
+  StartController();
+  fs::create_directories(dir_ / "set");
+  Write("set/good.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a"));
+  Write("set/bad.yaml", InstanceYaml("a-2", "node-a") + "apiVersion: mkfleet.io/v1\nkind: KernelInstance\n"
+                                                        "metadata: {name: Bad_Name}\nspec: {host: node-a}\n");
+  std::string out;
+  EXPECT_EQ(Mkapply({"apply", "-f", (dir_ / "set").string()}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("bad.yaml"));
+  EXPECT_THAT(out, HasSubstr("nothing was changed"));
+  EXPECT_EQ(Mkapply({"get", "instances"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("no KernelInstance objects"));
+  EXPECT_EQ(Mkapply({"get", "hosts"}, &out), 0);
+  EXPECT_THAT(out, HasSubstr("no Host objects"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a resync passes
+  grpc::ClientContext ctx;
+  v1::StatsResponse stats;
+  ASSERT_TRUE(stub_->Stats(&ctx, v1::StatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.actions_sent(), 0);
+  EXPECT_TRUE(OnAgent("node-a").empty());
+  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+  EXPECT_EQ(c.overlays + c.failed_overlays, 0);
+}
+
+TEST_F(FaultProcessTest, BusyKernelIsDegradedRetriedWithBackoffThenConverges) {
+  StartAgent("node-a", "0ms");
+  StartController();
+  // The instance takes exactly CPUs 4-5; the kernel answers EBUSY for CPU 4 (physical id).
+  auto topology = planner::NewSyntheticTopologySource(kTopology, planner::TopologyOptions{})->Load();
+  ASSERT_TRUE(topology.ok());
+  std::string busy = std::to_string(topology->physical_ids.at(4));
+  const std::string agent = "127.0.0.1:" + std::to_string(agents_["node-a"].port);
+  std::string out;
+  ASSERT_EQ(Run({"agents/mkfault", "busy", "--resource", busy, "--agent", agent}, &out), 0) << out;
+  ASSERT_EQ(Mkapply({"apply", "-f", Write("fleet.yaml", HostYaml("node-a") +
+                                                            InstanceYaml("a-1", "node-a", "cpuSet: \"4-5\""))},
+                    &out),
+            0)
+      << out;
+  // Degraded, with the kernel's reason.
+  ASSERT_TRUE(Eventually([&] {
+    v1::InstanceStatus st = Status("a-1");
+    for (const auto& c : st.conditions()) {
+      if (c.type() == "Degraded" && c.status() == v1::CONDITION_TRUE) return true;
+    }
+    return false;
+  })) << controller_->Log();
+  v1::InstanceStatus degraded = Status("a-1");
+  bool ebusy = false;
+  for (const auto& c : degraded.conditions()) ebusy |= c.message().find("EBUSY") != std::string::npos;
+  EXPECT_TRUE(ebusy) << degraded.DebugString();
+  // Retried with backoff: over 3 s, a handful of attempts (not hundreds).
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  int failures = 0;
+  for (const v1::Event& e : ControllerEvents()) {
+    failures += e.reason() == "ActionFailed" && e.message().rfind("create-create", 0) == 0;
+  }
+  // Backoff from 5 ms doubling: about 10 attempts in the first 5 s, not one per pass.
+  EXPECT_GE(failures, 2);
+  EXPECT_LE(failures, 16);
+  // The resource frees up: the next retry converges.
+  ASSERT_EQ(Run({"agents/mkfault", "unbusy", "--resource", busy, "--agent", agent}, &out), 0) << out;
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}); }, 60)) << controller_->Log();
+  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+  EXPECT_EQ(c.creates, 1);
+  EXPECT_EQ(c.starts, 1);
+  EXPECT_GE(c.failed_overlays, 2);
+}
+
+}  // namespace
+}  // namespace mkfleet
