@@ -434,18 +434,30 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const std::v
       *st.mutable_placement() = fleet.placements.at(name);
     }
     bool acting = o.in_plan.count(p.kernel) > 0;
-    bool converged = !acting && st.kernel_state() == want;
+    // What the plan cannot do for it (an update strategy not supported yet).
+    std::string blocked;
+    auto plan = fleet.hosts.find(host);
+    if (plan != fleet.hosts.end()) {
+      for (const std::string& note : plan->second.notes) {
+        if (absl::StartsWith(note, p.kernel + ": ")) blocked = note.substr(p.kernel.size() + 2);
+      }
+    }
+    bool converged = !acting && st.kernel_state() == want && blocked.empty();
     bool is_failed = o.failed.count(p.kernel) > 0 || st.kernel_state() == v1::KERNEL_STATE_FAILED;
     st.set_phase(is_failed ? "Failed" : converged ? PhaseFor(want) : "Creating");
-    *st.add_conditions() = Cond("Ready", converged, converged ? "Converged" : "Converging",
-                                converged ? "" : absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()),
-                                                              ", want ", v1::KernelState_Name(want)));
+    *st.add_conditions() = Cond("Ready", converged, converged ? "Converged" : blocked.empty() ? "Converging" : "UpdateBlocked",
+                                converged         ? ""
+                                : !blocked.empty() ? blocked
+                                                   : absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()),
+                                                                  ", want ", v1::KernelState_Name(want)));
     *st.add_conditions() = Cond("Progressing", acting, acting ? "ActionsSent" : "Idle", "");
     if (is_failed) {
       *st.add_conditions() = Cond("Degraded", true, o.failed.count(p.kernel) ? "ActionFailed" : "KernelFailed",
                                   o.failed.count(p.kernel) ? o.failed.at(p.kernel) : "");
     } else if (!o.sent.ok() && acting) {
       *st.add_conditions() = Cond("Degraded", true, "HostError", std::string(o.sent.message()));
+    } else if (!blocked.empty()) {
+      *st.add_conditions() = Cond("Degraded", true, "UpdateNotSupported", blocked);
     }
     if (converged) st.set_observed_generation(p.generation);
     return st;

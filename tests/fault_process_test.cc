@@ -3,8 +3,6 @@
 // reach while the others converge, a bad manifest set, and a kernel answering EBUSY. Each
 // test checks the final state and that no kernel operation ran twice: the emulated
 // kernel's counters (kept in its state file) are read once the agent has stopped.
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <filesystem>
@@ -21,6 +19,7 @@
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "planner/topology_source.h"
+#include "tests/fleet_util.h"
 #include "tests/process_util.h"
 
 namespace mkfleet {
@@ -32,26 +31,8 @@ using ::testing::HasSubstr;
 
 constexpr char kTopology[] = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-template <typename Pred>
-bool Eventually(Pred pred, int seconds = 30) {
-  for (int i = 0; i < seconds * 20; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
-}
+using testing::Eventually;
+using testing::FreePort;
 
 class FaultProcessTest : public ::testing::Test {
  protected:
@@ -155,28 +136,13 @@ class FaultProcessTest : public ::testing::Test {
   }
   // Instances the agent `name` runs (from a Watch snapshot).
   std::map<std::string, v1::InstanceStatus> OnAgent(const std::string& name) {
-    auto stub = v1::Agent::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(agents_[name].port),
-                                                       grpc::InsecureChannelCredentials()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    auto reader = stub->Watch(&ctx, v1::WatchRequest());
-    v1::HostState snapshot;
-    std::map<std::string, v1::InstanceStatus> out;
-    if (!reader->Read(&snapshot)) return out;
-    ctx.TryCancel();
-    for (const auto& in : snapshot.instances()) out[in.name()] = in.status();
-    return out;
+    return testing::AgentInstances("127.0.0.1:" + std::to_string(agents_[name].port));
   }
   // Stops the agent (SIGTERM) and reads its emulated kernel's counters from the state file.
   kernel::EmulatedKernel::Counters StopAndCount(const std::string& name) {
     int status = agents_[name].process->Kill(SIGTERM);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agents_[name].process->Log();
-    auto topology = planner::NewSyntheticTopologySource(kTopology, planner::TopologyOptions{})->Load();
-    kernel::EmulatorOptions o = kernel::MachineFromTopology(*topology);
-    o.state_file = (dir_ / name / "emulated-kernel.state").string();
-    kernel::EmulatedKernel k(o);
-    EXPECT_TRUE(k.load_status().ok()) << k.load_status();
-    return k.counters();
+    return testing::EmulatorCounters(kTopology, (dir_ / name / "emulated-kernel.state").string());
   }
   // No action step was done twice (ActionDone per instance and step at most once).
   void ExpectNoRepeatedActions() {

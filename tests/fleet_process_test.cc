@@ -11,6 +11,8 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+#include "tests/fleet_util.h"
 #include "tests/process_util.h"
 
 namespace mkfleet {
@@ -146,6 +148,106 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << controller.Log();
   status = agent.Kill(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agent.Log();
+}
+
+// The lifecycle of one instance through mkapply: a no-op re-apply sends nothing; diff and
+// --dry-run change nothing; a memory resize is one hot-plug; a kernel change with
+// strategy Replace is halt, unload, load, start; Morph is refused with a condition; delete
+// removes the kernel. The emulated kernel's counters prove each step ran exactly once.
+TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
+  const std::string topology = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
+  testing::Process agent({"agents/mkagent", "--topology", "synthetic:" + topology, "--listen", "127.0.0.1:0",
+                          "--state-dir", (dir_ / "agent").string(), "--reserve-cores", "1", "--reserve-memory", "1Gi",
+                          "--host", "node-a"},
+                         (dir_ / "agent.log").string());
+  agent_port_ = agent.WaitFor("listening on port ([0-9]+)");
+  ASSERT_FALSE(agent_port_.empty()) << agent.Log();
+  testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                               "--listen", "127.0.0.1:0", "--resync", "1"},
+                              (dir_ / "controller.log").string());
+  controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
+  ASSERT_FALSE(controller_port_.empty()) << controller.Log();
+  auto stub = v1::Controller::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + controller_port_, grpc::InsecureChannelCredentials()));
+  auto actions = [&] {
+    grpc::ClientContext ctx;
+    v1::StatsResponse st;
+    EXPECT_TRUE(stub->Stats(&ctx, v1::StatsRequest(), &st).ok());
+    return st.actions_sent();
+  };
+  std::string vmlinux2 = (dir_ / "vmlinux-2").string();
+  std::ofstream(vmlinux2, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(8192, 'n');
+  auto manifest = [&](const std::string& image, const std::string& memory, const std::string& strategy) {
+    std::string text = "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata:\n  name: node-a\nspec:\n  agent: 127.0.0.1:" +
+                       agent_port_ + "\n  pool:\n    hostReserved: {cores: 1, memory: 1Gi}\n---\n"
+                       "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata:\n  name: web-1\nspec:\n"
+                       "  host: node-a\n  kernel:\n    image: " + image + "\n    cmdline: \"console=mktty0\"\n"
+                       "  resources:\n    cpus: 2\n    memory: " + memory + "\n  update: {strategy: " + strategy + "}\n";
+    std::string path = (dir_ / "web.yaml").string();
+    std::ofstream(path) << text;
+    return path;
+  };
+  const std::string agent_address = "127.0.0.1:" + agent_port_;
+  auto on_agent = [&] { return testing::AgentInstances(agent_address)["web-1"]; };
+  std::string out;
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+      << out << controller.Log();
+  ASSERT_TRUE(testing::Eventually([&] { return on_agent().kernel_state() == v1::KERNEL_STATE_ACTIVE; }));
+
+  // Re-apply, diff and dry-run: nothing changes, nothing is sent.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  int64_t sent = actions();
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace")}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 unchanged"));
+  EXPECT_EQ(Mkapply({"diff", "-f", manifest(vmlinux_, "512Mi", "Replace")}, &out), 0) << out;
+  EXPECT_EQ(Mkapply({"diff", "-f", manifest(vmlinux_, "1Gi", "Replace")}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1"));
+  ASSERT_EQ(Mkapply({"apply", "--dry-run", "-f", manifest(vmlinux_, "1Gi", "Replace")}, &out), 0) << out;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a resync passes
+  EXPECT_EQ(actions(), sent);
+  EXPECT_EQ(on_agent().placement().memory(0).bytes(), 512ull << 20);
+
+  // Resize by hot-plug.
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "1Gi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+      << out;
+  ASSERT_TRUE(testing::Eventually([&] { return on_agent().placement().memory(0).bytes() == (1ull << 30); }));
+
+  // Kernel change, strategy Replace.
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux2, "1Gi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+      << out;
+  ASSERT_TRUE(testing::Eventually([&] {
+    v1::InstanceStatus st = on_agent();
+    return st.provenance().kernel_path() == vmlinux2 && st.kernel_state() == v1::KERNEL_STATE_ACTIVE;
+  }));
+
+  // Strategy Morph: refused, said in the status, nothing sent.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  sent = actions();
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "1Gi", "Morph")}, &out), 0) << out;
+  ASSERT_TRUE(testing::Eventually([&] {
+    return Mkapply({"describe", "instance", "web-1"}, &out) == 0 && out.find("UpdateNotSupported") != std::string::npos;
+  })) << out;
+  EXPECT_THAT(out, HasSubstr("Morph (live update) is not supported yet"));
+  EXPECT_EQ(actions(), sent);
+  EXPECT_EQ(on_agent().provenance().kernel_path(), vmlinux2);
+
+  // Delete.
+  ASSERT_EQ(Mkapply({"delete", "instance", "web-1"}, &out), 0) << out;
+  ASSERT_TRUE(testing::Eventually([&] { return testing::AgentInstances(agent_address).empty(); }));
+
+  int status = controller.Kill(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << controller.Log();
+  status = agent.Kill(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agent.Log();
+  kernel::EmulatedKernel::Counters c =
+      testing::EmulatorCounters(topology, (dir_ / "agent" / "emulated-kernel.state").string());
+  EXPECT_EQ(c.creates, 1);
+  EXPECT_EQ(c.memory_adds, 1);
+  EXPECT_EQ(c.halts, 2);    // replace, delete
+  EXPECT_EQ(c.unloads, 2);  // replace, delete
+  EXPECT_EQ(c.loads, 2);
+  EXPECT_EQ(c.starts, 2);
+  EXPECT_EQ(c.removes, 1);
 }
 
 }  // namespace

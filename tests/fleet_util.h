@@ -1,0 +1,75 @@
+// Helpers shared by the process tests: free loopback ports, polling, what an agent runs
+// (its Watch snapshot) and an emulated kernel's counters read back from its state file.
+#ifndef MKFLEET_TESTS_FLEET_UTIL_H_
+#define MKFLEET_TESTS_FLEET_UTIL_H_
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/machine.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "planner/topology_source.h"
+
+namespace mkfleet::testing {
+
+// A loopback port free right now (for a process that must keep its port across restarts).
+inline int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Polls `pred` every 50 ms for up to `seconds`.
+template <typename Pred>
+bool Eventually(Pred pred, int seconds = 30) {
+  for (int i = 0; i < seconds * 20; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// The instances the agent at `address` runs, from its Watch snapshot (empty if unreachable).
+inline std::map<std::string, mkfleet::v1::InstanceStatus> AgentInstances(const std::string& address) {
+  auto stub = mkfleet::v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto reader = stub->Watch(&ctx, mkfleet::v1::WatchRequest());
+  mkfleet::v1::HostState snapshot;
+  std::map<std::string, mkfleet::v1::InstanceStatus> out;
+  if (!reader->Read(&snapshot)) return out;
+  ctx.TryCancel();
+  for (const auto& in : snapshot.instances()) out[in.name()] = in.status();
+  return out;
+}
+
+// The counters of the emulated kernel (synthetic `topology`) whose state file is
+// `state_file`; read after its agent has stopped.
+inline kernel::EmulatedKernel::Counters EmulatorCounters(const std::string& topology, const std::string& state_file) {
+  auto t = planner::NewSyntheticTopologySource(topology, planner::TopologyOptions{})->Load();
+  EXPECT_TRUE(t.ok()) << t.status();
+  kernel::EmulatorOptions o = kernel::MachineFromTopology(*t);
+  o.state_file = state_file;
+  kernel::EmulatedKernel k(o);
+  EXPECT_TRUE(k.load_status().ok()) << k.load_status();
+  return k.counters();
+}
+
+}  // namespace mkfleet::testing
+
+#endif  // MKFLEET_TESTS_FLEET_UTIL_H_
