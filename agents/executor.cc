@@ -1,10 +1,13 @@
 #include "agents/executor.h"
 
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "absl/container/flat_hash_map.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
 namespace mkfleet::agents {
@@ -71,13 +74,14 @@ v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
       absl::MutexLock lock(&busy_mu_);
       busy_ = action.instance();
     }
+    note_.clear();
     absl::Status s = Run(action);
     {
       absl::MutexLock lock(&busy_mu_);
       busy_.clear();
     }
     r->set_code(static_cast<int>(s.code()));
-    r->set_message(std::string(s.message()));
+    r->set_message(s.ok() ? note_ : std::string(s.message()));
     // Only successes are recorded: a failed action changed nothing (every kernel change is
     // one transaction or one system call, and guards fail first), so re-sending it later
     // runs it again, e.g. once the pool or the state allows it.
@@ -172,8 +176,30 @@ absl::Status Executor::Run(const v1::Action& a) {
       for (const auto& d : c.devices()) devs.push_back({d.pci(), "", "vfio-pci", 0});
       return a.op_case() == v1::Action::kDeviceAdd ? kernel_.AddDevices(name, devs) : kernel_.RemoveDevices(name, devs);
     }
-    case v1::Action::kPoolChange:
-      return absl::UnimplementedError("pool changes go through the agent's pool manager (not yet)");
+    case v1::Action::kPoolChange: {
+      const v1::PoolChange& c = a.pool_change();
+      kernel::PoolState target;
+      std::map<uint64_t, uint32_t> cpu_numa;
+      for (uint32_t cpu : c.cpus()) {
+        auto it = topology_->physical_ids.find(cpu);
+        if (it == topology_->physical_ids.end() || !topology_->core_of_pu.contains(cpu)) {
+          return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": CPU ", cpu, " is not on this host"));
+        }
+        target.cpus.push_back(it->second);
+        cpu_numa[it->second] = topology_->numa[topology_->cores[topology_->core_of_pu.at(cpu)].numa].os_index;
+      }
+      std::sort(target.cpus.begin(), target.cpus.end());
+      for (const auto& m : c.memory()) target.memory.push_back({0, m.bytes(), m.node()});
+      for (const std::string& bdf : c.devices()) {
+        int d = topology_->FindPci(bdf);
+        if (d < 0) return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no PCI function ", bdf));
+        target.devices.push_back({absl::StrCat("dev", d), bdf, topology_->pci[d].vendor_id, topology_->pci[d].device_id});
+      }
+      std::vector<std::string> kept;
+      MK_RETURN_IF_ERROR(kernel_.ChangePool(target, cpu_numa, &kept));
+      note_ = absl::StrJoin(kept, "; ");
+      return absl::OkStatus();
+    }
     default:
       return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no operation"));
   }

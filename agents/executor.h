@@ -42,6 +42,7 @@ class Executor {
   ActionJournal& journal_;
   std::shared_ptr<const planner::Topology> topology_;
   absl::Mutex run_mu_;  // one batch at a time
+  std::string note_;    // the last action's note (what a pool change left), under run_mu_
   mutable absl::Mutex busy_mu_;
   std::string busy_ ABSL_GUARDED_BY(busy_mu_);
 };

@@ -365,6 +365,94 @@ absl::Status HostKernel::SetPool(const PoolState& pool) {
   return absl::OkStatus();
 }
 
+absl::Status HostKernel::ChangePool(const PoolState& target, const std::map<uint64_t, uint32_t>& cpu_numa,
+                                    std::vector<std::string>* kept) {
+  absl::MutexLock lock(&mu_);
+  pool_cpus_.reset();
+  MK_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List("instances"));
+  MK_ASSIGN_OR_RETURN(Dialect d, Dialect_());
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  PoolState current;
+  if (!blob.empty()) {
+    MK_ASSIGN_OR_RETURN(current, DecodePool(blob));
+  }
+  auto totals = [](const PoolState& p) {
+    std::map<uint32_t, uint64_t> t;
+    for (const PoolMemory& m : p.memory) t[m.numa] += m.size;
+    return t;
+  };
+  std::set<uint64_t> have_cpus(current.cpus.begin(), current.cpus.end());
+  std::set<uint64_t> want_cpus(target.cpus.begin(), target.cpus.end());
+  std::set<std::string> have_devs, want_devs;
+  for (const PoolDevice& dev : current.devices) have_devs.insert(dev.pci_id);
+  for (const PoolDevice& dev : target.devices) want_devs.insert(dev.pci_id);
+  std::map<uint32_t, uint64_t> have_mem = totals(current), want_mem = totals(target);
+  if (have_cpus == want_cpus && have_devs == want_devs && have_mem == want_mem) return absl::OkStatus();
+  if (names.empty()) {
+    // Nothing is lent: the baseline can be written whole.
+    MK_ASSIGN_OR_RETURN(std::string baseline, EncodeBaseline(target, d));
+    MK_ASSIGN_OR_RETURN(auto tx_lock, LockForTx());
+    absl::Status s = fs_.Write("device_tree", baseline);
+    if (!s.ok()) return Annotate(s, What("pool-change", ""));
+    return absl::OkStatus();
+  }
+  // What the instances hold stays.
+  std::set<uint64_t> lent_cpus;
+  std::set<std::string> lent_devs;
+  for (const std::string& name : names) {
+    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/true));
+    lent_cpus.insert(info.resources.cpus.begin(), info.resources.cpus.end());
+    for (const auto& dev : info.resources.devices) lent_devs.insert(dev.pci_id);
+  }
+  auto note = [&](const std::string& line) {
+    if (kept != nullptr) kept->push_back(line);
+  };
+  Fragment f;
+  f.target_path = "/resources";
+  for (uint64_t c : have_cpus) {
+    if (want_cpus.count(c)) continue;
+    if (lent_cpus.count(c)) {
+      note(absl::StrCat("CPU ", c, " stays in the pool: it is lent to an instance"));
+      continue;
+    }
+    auto n = cpu_numa.find(c);
+    f.cpu_remove.push_back({c, n != cpu_numa.end() ? n->second : 0, 0});
+  }
+  for (uint64_t c : want_cpus) {
+    if (have_cpus.count(c)) continue;
+    auto n = cpu_numa.find(c);
+    f.cpu_add.push_back({c, n != cpu_numa.end() ? n->second : 0, 0});
+  }
+  for (const PoolDevice& dev : current.devices) {
+    if (want_devs.count(dev.pci_id)) continue;
+    if (lent_devs.count(dev.pci_id)) {
+      note(absl::StrCat(dev.pci_id, " stays in the pool: it is lent to an instance"));
+      continue;
+    }
+    f.device_remove.push_back({dev.pci_id, dev.name, "", 0});
+  }
+  for (const PoolDevice& dev : target.devices) {
+    if (!have_devs.count(dev.pci_id)) f.device_add.push_back({dev.pci_id, dev.name, "", 0});
+  }
+  std::set<uint32_t> nodes;
+  for (const auto& [n, b] : have_mem) nodes.insert(n);
+  for (const auto& [n, b] : want_mem) nodes.insert(n);
+  for (uint32_t n : nodes) {
+    uint64_t have = have_mem[n], want = want_mem[n];
+    if (want > have) {
+      f.memory_add.push_back({0, want - have, n});
+    } else if (want < have) {
+      note(absl::StrCat("memory on NUMA node ", n, " stays at ", have, " bytes (want ", want,
+                        "): a pool in use only grows"));
+    }
+  }
+  if (f.cpu_add.empty() && f.cpu_remove.empty() && f.device_add.empty() && f.device_remove.empty() &&
+      f.memory_add.empty()) {
+    return absl::OkStatus();
+  }
+  return Transact("pool-change", "", {{f}});
+}
+
 absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources) {
   absl::MutexLock lock(&mu_);
   MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));

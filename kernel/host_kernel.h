@@ -15,6 +15,7 @@
 #ifndef MKFLEET_KERNEL_HOST_KERNEL_H_
 #define MKFLEET_KERNEL_HOST_KERNEL_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,13 @@ class HostKernel {
 
   // Writes the pool baseline (only while no instance exists; else FailedPrecondition).
   absl::Status SetPool(const PoolState& pool);
+  // Moves the pool toward `target` (memory: one entry per NUMA node with its total).
+  // With no instance it writes `target` as the baseline; otherwise, in one /resources
+  // transaction, it adds what is missing and removes what is not lent out. What it leaves
+  // (CPUs and devices in use, memory it would have to shrink while instances run) is
+  // appended to `kept` (may be null), one line each. `cpu_numa`: NUMA node of each CPU.
+  absl::Status ChangePool(const PoolState& target, const std::map<uint64_t, uint32_t>& cpu_numa,
+                          std::vector<std::string>* kept);
 
   absl::Status Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources);
   absl::Status Load(absl::string_view name, const KernelImage& image);

@@ -6,12 +6,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <atomic>
+#include <map>
+#include <set>
 #include <thread>
+
+#include "absl/strings/str_join.h"
 
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
@@ -526,6 +531,62 @@ TEST_P(ContractTest, ALockIgnoringWriterDoesNotConfuseOurTransactions) {
   }
   EXPECT_EQ(failed, 2);
   EXPECT_GE(applied, 2);
+}
+
+}  // namespace
+}  // namespace mkfleet::kernel
+
+namespace mkfleet::kernel {
+namespace {
+
+TEST(PoolChangeTest, BaselineWhenEmptyThenOnlyFreeResourcesMove) {
+  EmulatedKernel emu(Machine());
+  HostKernel hk(emu, emu, HostKernelOptions{});
+  ASSERT_TRUE(hk.SetPool(Pool()).ok());
+  std::map<uint64_t, uint32_t> numa;
+  for (uint64_t c = 0; c < 32; ++c) numa[c] = c < 16 ? 0 : 1;
+  // No instance: the target becomes the baseline, memory shrinking included.
+  PoolState smaller = Pool();
+  smaller.cpus.erase(smaller.cpus.begin());  // CPU 4 goes
+  smaller.memory = {{0, 8 * kGi, 0}, {0, 16 * kGi, 1}};
+  std::vector<std::string> kept;
+  ASSERT_TRUE(hk.ChangePool(smaller, numa, &kept).ok());
+  EXPECT_TRUE(kept.empty());
+  auto obs = hk.Observe();
+  ASSERT_TRUE(obs.ok());
+  EXPECT_EQ(obs->pool.cpus.front(), 5u);
+  EXPECT_EQ(emu.counters().pool_changes, 2);  // baseline writes (SetPool, then this), no transaction
+  EXPECT_EQ(emu.counters().overlays, 0);
+  // Unchanged: nothing happens.
+  ASSERT_TRUE(hk.ChangePool(smaller, numa, &kept).ok());
+  EXPECT_EQ(emu.counters().overlays, 0);
+
+  // With an instance: free CPUs and devices move, lent ones stay, memory only grows.
+  ASSERT_TRUE(hk.Create("web", 1, Web()).ok());
+  PoolState target = smaller;
+  target.cpus.erase(std::remove_if(target.cpus.begin(), target.cpus.end(),
+                                   [](uint64_t c) { return c == 8 || c == 12; }),  // 8 is lent, 12 free
+                    target.cpus.end());
+  target.cpus.push_back(4);                             // back in
+  target.memory = {{0, 12 * kGi, 0}, {0, 8 * kGi, 1}};  // node 0 grows, node 1 would shrink
+  target.devices = {};                                  // 0000:04:00.1 is lent, 0000:81:00.0 free
+  kept.clear();
+  ASSERT_TRUE(hk.ChangePool(target, numa, &kept).ok());
+  EXPECT_EQ(kept.size(), 3u) << absl::StrJoin(kept, "\n");
+  obs = hk.Observe();
+  ASSERT_TRUE(obs.ok());
+  std::set<uint64_t> cpus(obs->pool.cpus.begin(), obs->pool.cpus.end());
+  EXPECT_TRUE(cpus.count(4));
+  EXPECT_TRUE(cpus.count(8));    // lent: stays
+  EXPECT_FALSE(cpus.count(12));  // free: gone
+  std::set<std::string> devices;
+  for (const auto& d : obs->pool.devices) devices.insert(d.pci_id);
+  EXPECT_EQ(devices, std::set<std::string>{"0000:04:00.1"});
+  uint64_t node0 = 0, node1 = 0;
+  for (const auto& m : obs->pool.memory) (m.numa == 0 ? node0 : node1) += m.size;
+  EXPECT_EQ(node0, 12 * kGi);
+  EXPECT_EQ(node1, 16 * kGi);
+  EXPECT_EQ(emu.counters().overlays, 2);  // the create and one pool transaction
 }
 
 }  // namespace

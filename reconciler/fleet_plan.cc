@@ -1,6 +1,9 @@
 #include "reconciler/fleet_plan.h"
 
+#include <algorithm>
+#include <iterator>
 #include <set>
+
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -17,6 +20,49 @@ struct Owner {
 };
 
 const std::string kStandbySuffix = "-standby";
+
+bool SamePool(const planner::Pool& a, const planner::Pool& b) {
+  return a.cpus == b.cpus && a.memory == b.memory && a.devices == b.devices;
+}
+
+planner::Pool Intersect(const planner::Pool& a, const planner::Pool& b) {
+  planner::Pool out;
+  std::set_intersection(a.cpus.begin(), a.cpus.end(), b.cpus.begin(), b.cpus.end(), std::back_inserter(out.cpus));
+  std::set_intersection(a.devices.begin(), a.devices.end(), b.devices.begin(), b.devices.end(),
+                        std::back_inserter(out.devices));
+  for (const auto& [node, bytes] : a.memory) {
+    auto it = b.memory.find(node);
+    if (it != b.memory.end()) out.memory[node] = std::min(bytes, it->second);
+  }
+  return out;
+}
+
+// The action that moves a host's pool to `wanted`. Its id changes with the Host's
+// generation and with the pool the agent has now, so a change left partial (resources in
+// use) is tried again once the pool has moved, and never twice for the same pool.
+v1::Action PoolChangeAction(const std::string& host, int64_t generation, const planner::Topology& t,
+                            const planner::Pool& wanted, const v1::PoolUsage& now) {
+  v1::Action a;
+  v1::PoolChange* c = a.mutable_pool_change();
+  for (uint32_t cpu : wanted.cpus) c->add_cpus(cpu);
+  for (const auto& [node, bytes] : wanted.memory) {
+    v1::NodeBytes* m = c->add_memory();
+    m->set_node(t.numa[node].os_index);
+    m->set_bytes(bytes);
+  }
+  for (int d : wanted.devices) c->add_devices(t.pci[d].bdf);
+  v1::PoolUsage basis;
+  *basis.mutable_cpus() = now.cpus();
+  *basis.mutable_memory() = now.memory();
+  *basis.mutable_devices() = now.devices();
+  // FNV-1a: stable across runs (a restarted controller sends the same id).
+  uint64_t hash = 1469598103934665603ull;
+  for (const std::string& part : {basis.SerializeAsString(), c->SerializeAsString()}) {
+    for (unsigned char ch : part) hash = (hash ^ ch) * 1099511628211ull;
+  }
+  a.set_id(absl::StrCat(host, "/pool/g", generation, "/pool-change-", absl::Hex(hash)));
+  return a;
+}
 
 }  // namespace
 
@@ -75,6 +121,18 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       out.problems.push_back(std::string(info.status().message()));
       left_out[name] = std::string(info.status().message());
       continue;
+    }
+    // The pool the Host asks for: sent as a PoolChange when the agent's differs, and
+    // meanwhile only what both have is planned with (nothing lands on resources leaving).
+    // A Host without a pool spec (only possible through the API) lends what its agent has.
+    absl::StatusOr<planner::Pool> wanted = info->pool;
+    if (h.spec().pool().ByteSizeLong() > 0) wanted = planner::DerivePool(name, *v->second.topology, h.spec().pool());
+    if (!wanted.ok()) {
+      out.problems.push_back(absl::StrCat("Host/", name, ": ", wanted.status().message()));
+    } else if (!SamePool(info->pool, *wanted)) {
+      v1::Action a = PoolChangeAction(name, h.metadata().generation(), *v->second.topology, *wanted, v->second.pool);
+      out.pool_changes[name] = a;
+      info->pool = Intersect(info->pool, *wanted);
     }
     infos.push_back(*std::move(info));
     known.insert(name);
@@ -186,6 +244,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   }
   for (const std::string& host : reachable) {
     out.hosts[host] = ComputePlan(host, desired[host], observed[host]);
+    auto pool = out.pool_changes.find(host);
+    if (pool != out.pool_changes.end()) {
+      // First: what is added may be what the plan's other actions take next time.
+      auto& actions = out.hosts[host].actions;
+      actions.insert(actions.begin(), pool->second);
+    }
   }
   return out;
 }

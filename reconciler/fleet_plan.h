@@ -48,6 +48,9 @@ struct FleetPlan {
   std::vector<planner::Unschedulable> unschedulable;
   std::vector<std::string> waiting;   // "web-1: host node-c is not connected yet"
   std::vector<std::string> problems;  // hosts left out and pool parts ignored, with why
+  // Hosts whose agent lends another pool than their spec asks for: the change (also first
+  // in the host's plan when it is reachable).
+  std::map<std::string, mkfleet::v1::Action> pool_changes;
 };
 
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,

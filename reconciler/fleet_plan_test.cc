@@ -176,3 +176,52 @@ TEST(PlanFleetTest, TooBigIsUnschedulableAndBadPoolsAreNamed) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// The Host's pool spec against what its agent lends: a PoolChange first in the plan, and
+// nothing placed on what is leaving.
+TEST(PoolChangeTest, DifferingPoolIsChangedFirstAndPlannedWithWhatStays) {
+  v1::Host h = Host("node-a");
+  h.mutable_metadata()->set_generation(2);
+  // The spec: CPUs 4-15 of node 0 only (the agent lends 2-31), 4Gi on node 0, none on 1.
+  for (uint32_t cpu = 4; cpu <= 15; ++cpu) h.mutable_spec()->mutable_pool()->mutable_cpus()->add_ids(cpu);
+  auto* m = h.mutable_spec()->mutable_pool()->add_memory();
+  m->set_node(0);
+  m->set_size(4ull << 30);
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  std::vector<v1::KernelInstance> instances = {Instance("a", "node-a", 4)};
+  FleetPlan fleet = PlanFleet({h}, views, instances, {});
+  ASSERT_TRUE(fleet.pool_changes.count("node-a"));
+  const Plan& plan = fleet.hosts.at("node-a");
+  ASSERT_FALSE(plan.actions.empty());
+  const v1::Action& first = plan.actions.front();
+  ASSERT_TRUE(first.has_pool_change()) << plan.DebugString();
+  EXPECT_TRUE(first.instance().empty());
+  EXPECT_EQ(first.pool_change().cpus_size(), 12);
+  EXPECT_EQ(first.pool_change().cpus(0), 4u);
+  ASSERT_EQ(first.pool_change().memory_size(), 1);
+  EXPECT_EQ(first.pool_change().memory(0).bytes(), 4ull << 30);
+  EXPECT_THAT(first.id(), HasSubstr("node-a/pool/g2/pool-change-"));
+  // Deterministic (a restarted controller sends the same id).
+  EXPECT_EQ(PlanFleet({h}, views, instances, {}).pool_changes.at("node-a").id(), first.id());
+  // The instance is placed inside both pools.
+  for (uint32_t cpu : fleet.placements.at("a").cpus()) {
+    EXPECT_GE(cpu, 4u);
+    EXPECT_LE(cpu, 15u);
+  }
+  // Once the agent lends that pool, nothing more is sent.
+  HostView synced = Connected();
+  synced.pool.clear_cpus();
+  for (uint32_t cpu = 4; cpu <= 15; ++cpu) synced.pool.add_cpus(cpu);
+  synced.pool.clear_memory();
+  auto* nm = synced.pool.add_memory();
+  nm->set_node(0);
+  nm->set_bytes(4ull << 30);
+  FleetPlan after = PlanFleet({h}, {{"node-a", synced}}, instances, {});
+  EXPECT_FALSE(after.pool_changes.count("node-a"));
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

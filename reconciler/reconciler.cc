@@ -291,11 +291,15 @@ Reconciler::HostOutcome Reconciler::RunHost(const std::string& host, HostConnect
       std::map<std::string, std::string> instance_of;
       for (const v1::Action& a : batch.actions()) instance_of[a.id()] = a.instance();
       for (const v1::ActionResult& r : response->results()) {
+        const std::string& instance = instance_of[r.id()];
+        if (instance.empty() && r.code() == 0) out.pool_note = r.message();  // the pool change
         if (!r.replayed()) {
-          const std::string step = r.id().substr(r.id().rfind('/') + 1);
-          out.events.push_back(MakeEvent("KernelInstance", instance_of[r.id()], host, r.code() != 0,
-                                         r.code() == 0 ? "ActionDone" : "ActionFailed",
-                                         r.code() == 0 ? step : absl::StrCat(step, ": ", r.message())));
+          std::string step = r.id().substr(r.id().rfind('/') + 1);
+          if (instance.empty()) step = step.substr(0, step.rfind('-'));  // "pool-change"
+          out.events.push_back(MakeEvent(instance.empty() ? "Host" : "KernelInstance", instance.empty() ? host : instance,
+                                         host, r.code() != 0, r.code() == 0 ? "ActionDone" : "ActionFailed",
+                                         r.code() == 0 ? (r.message().empty() ? step : absl::StrCat(step, ": ", r.message()))
+                                                       : absl::StrCat(step, ": ", r.message())));
         }
         if (r.code() == 0) continue;
         out.failed.emplace(instance_of[r.id()], absl::StrCat(r.id(), ": ", r.message()));
@@ -532,6 +536,14 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const std::v
       if (absl::StartsWith(problem, tag)) pool_problem = problem;
     }
     *st.add_conditions() = Cond("PoolValid", pool_problem.empty(), pool_problem.empty() ? "Valid" : "Invalid", pool_problem);
+    if (v.connected && pool_problem.empty()) {
+      // Whether the agent lends the pool the spec asks for (a change is sent otherwise).
+      bool synced = !fleet.pool_changes.count(name);
+      auto outcome = outcomes.find(name);
+      std::string note = outcome != outcomes.end() ? outcome->second.pool_note : "";
+      *st.add_conditions() = Cond("PoolSynced", synced, synced ? "Synced" : note.empty() ? "Changing" : "InUse",
+                                  synced ? "" : note.empty() ? "a pool change was sent to the agent" : note);
+    }
     if (v.connected && pool_problem.empty()) st.set_observed_generation(h.metadata().generation());
     const std::string* before = put(StatusKey("Host", name), st);
     if (before != nullptr) {

@@ -75,6 +75,7 @@ class Reconciler {
     std::set<std::string> in_plan;              // kernels the plan touched
     std::map<std::string, std::string> failed;  // kernel -> why
     std::vector<mkfleet::v1::Event> events;
+    std::string pool_note;  // what the pool change left as it was (resources in use)
   };
   // Sends `host` its plan and, when they changed, its local policies.
   HostOutcome RunHost(const std::string& host, HostConnection* connection, const Plan* plan,
