@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
   apply_cmd->add_flag("--wait", apply.wait,
-                      "wait until every applied KernelInstance is Ready (pruned ones gone), showing progress; "
+                      "wait until every applied KernelInstance and InstanceSet is Ready (pruned ones gone), showing progress; "
                       "exit 1 on timeout");
   apply_cmd->add_option("--wait-timeout", apply.wait_seconds, "seconds --wait waits (default 300)");
 

@@ -180,21 +180,43 @@ std::string Progress(const v1::KernelInstance& ki) {
   return line;
 }
 
+// Whether an InstanceSet has caught up with its spec: every member Ready at this generation.
+bool SetReady(const v1::InstanceSet& set) {
+  if (set.status().observed_generation() != set.metadata().generation()) return false;
+  for (const v1::Condition& c : set.status().conditions()) {
+    if (c.type() == "Ready") return c.status() == v1::CONDITION_TRUE;
+  }
+  return false;
+}
+
+std::string SetProgress(const v1::InstanceSet& set) {
+  std::string line = absl::StrCat(set.status().ready_replicas(), "/", set.status().replicas(), " ready");
+  for (const v1::Condition& c : set.status().conditions()) {
+    if (c.type() == "Scheduled" && c.status() != v1::CONDITION_TRUE) {
+      line += " (Scheduled: " + c.reason() + (c.message().empty() ? "" : ", " + c.message()) + ")";
+    }
+  }
+  return line;
+}
+
+// Waits until every applied KernelInstance and InstanceSet is Ready (pruned ones gone),
+// printing each one's progress when it changes.
 int WaitForInstances(v1::Controller::Stub& stub, const v1::ApplyResponse& applied, const ApplyOptions& options,
                      std::ostream& out, std::ostream& err) {
-  std::map<std::string, bool> pending;  // name -> pruned (wait until gone)
+  std::map<std::pair<std::string, std::string>, bool> pending;  // (kind, name) -> pruned (wait until gone)
   for (const v1::ObjectChange& c : applied.changes()) {
-    if (c.kind() == "KernelInstance") pending[c.name()] = c.change() == "pruned";
+    if (c.kind() == "KernelInstance" || c.kind() == "InstanceSet") pending[{c.kind(), c.name()}] = c.change() == "pruned";
   }
-  std::map<std::string, std::string> last;
+  std::map<std::pair<std::string, std::string>, std::string> last;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.wait_seconds);
   while (!pending.empty()) {
     for (auto it = pending.begin(); it != pending.end();) {
+      const auto& [kind, name] = it->first;
       grpc::ClientContext ctx;
       SetDeadline(ctx, options.timeout_seconds);
       v1::GetRequest req;
-      req.set_kind("KernelInstance");
-      req.set_name(it->first);
+      req.set_kind(kind);
+      req.set_name(name);
       v1::GetResponse resp;
       grpc::Status s = stub.Get(&ctx, req, &resp);
       std::string now;
@@ -204,13 +226,17 @@ int WaitForInstances(v1::Controller::Stub& stub, const v1::ApplyResponse& applie
         done = it->second;
       } else if (!s.ok()) {
         return Report(s, options.controller, err);
-      } else if (resp.objects_size() == 1) {
+      } else if (resp.objects_size() == 1 && kind == "KernelInstance") {
         const v1::KernelInstance& ki = resp.objects(0).kernel_instance();
         now = Progress(ki);
         done = !it->second && IsReady(ki);
+      } else if (resp.objects_size() == 1) {
+        const v1::InstanceSet& set = resp.objects(0).instance_set();
+        now = SetProgress(set);
+        done = !it->second && SetReady(set);
       }
       if (last[it->first] != now) {
-        out << "KernelInstance/" << it->first << ": " << now << std::endl;
+        out << kind << "/" << name << ": " << now << std::endl;
         last[it->first] = now;
       }
       it = done ? pending.erase(it) : std::next(it);
@@ -218,7 +244,7 @@ int WaitForInstances(v1::Controller::Stub& stub, const v1::ApplyResponse& applie
     if (pending.empty()) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       err << "error: timed out after " << options.wait_seconds << "s; not ready:";
-      for (const auto& [name, pruned] : pending) err << " " << name << " (" << last[name] << ")";
+      for (const auto& [key, pruned] : pending) err << " " << key.second << " (" << last[key] << ")";
       err << "\n";
       return kExitFailure;
     }
