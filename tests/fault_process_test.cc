@@ -154,6 +154,30 @@ class FaultProcessTest : public ::testing::Test {
     }
   }
 
+  // Applies three 2-CPU instances to node-a and waits until its agent has begun (the
+  // first kernel exists; the batch of three 400 ms boots is not through).
+  void ApplyThreeAndWaitForTheFirst() {
+    std::string out;
+    std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
+                                               InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
+    ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
+    ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); })) << controller_->Log();
+  }
+  // All three Running, each with its 2 CPUs, and each kernel operation ran once.
+  void ExpectThreeRunningOnceEach() {
+    ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); }))
+        << controller_->Log() << agents_["node-a"].process->Log();
+    ExpectNoRepeatedActions();
+    auto on_agent = OnAgent("node-a");
+    EXPECT_EQ(on_agent.size(), 3u);
+    for (const auto& [name, st] : on_agent) EXPECT_EQ(st.placement().cpus_size(), 2) << name;
+    kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+    EXPECT_EQ(c.creates, 3);
+    EXPECT_EQ(c.loads, 3);
+    EXPECT_EQ(c.starts, 3);
+    EXPECT_EQ(c.removes, 0);
+  }
+
   fs::path dir_;
   std::string vmlinux_;
   int controller_port_ = 0;
@@ -166,48 +190,20 @@ class FaultProcessTest : public ::testing::Test {
 TEST_F(FaultProcessTest, ControllerKilledMidApplyResumesAndRunsNothingTwice) {
   StartAgent("node-a", "400ms");
   StartController();
-  std::string out;
-  std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
-                                             InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
-  ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
-  // As soon as the agent has begun (a kernel exists, boots take 400 ms), kill the controller.
-  ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); })) << controller_->Log();
+  ApplyThreeAndWaitForTheFirst();
   controller_->Kill(SIGKILL);
   EXPECT_LT(OnAgent("node-a").size() + 0u, 4u);
   StartController();
-  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); })) << controller_->Log();
-  ExpectNoRepeatedActions();
-  auto on_agent = OnAgent("node-a");
-  EXPECT_EQ(on_agent.size(), 3u);
-  for (const auto& [name, st] : on_agent) EXPECT_EQ(st.placement().cpus_size(), 2) << name;
-  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
-  EXPECT_EQ(c.creates, 3);
-  EXPECT_EQ(c.loads, 3);
-  EXPECT_EQ(c.starts, 3);
-  EXPECT_EQ(c.removes, 0);
+  ExpectThreeRunningOnceEach();
 }
 
 TEST_F(FaultProcessTest, AgentKilledMidBatchConvergesAndRunsNothingTwice) {
   StartAgent("node-a", "400ms");
   StartController();
-  std::string out;
-  std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
-                                             InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
-  ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
-  // Mid-batch: the first kernel exists, the batch (3 boots of 400 ms) is not through.
-  ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); }));
+  ApplyThreeAndWaitForTheFirst();
   agents_["node-a"].process->Kill(SIGKILL);
   StartAgent("node-a", "400ms");
-  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); }))
-      << controller_->Log() << agents_["node-a"].process->Log();
-  ExpectNoRepeatedActions();
-  auto on_agent = OnAgent("node-a");
-  EXPECT_EQ(on_agent.size(), 3u);
-  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
-  EXPECT_EQ(c.creates, 3);
-  EXPECT_EQ(c.loads, 3);
-  EXPECT_EQ(c.starts, 3);
-  EXPECT_EQ(c.removes, 0);
+  ExpectThreeRunningOnceEach();
 }
 
 TEST_F(FaultProcessTest, UnreachableAgentLeavesOthersConvergingAndConvergesWhenBack) {

@@ -22,6 +22,8 @@ namespace fs = std::filesystem;
 namespace v1 = mkfleet::v1;
 using ::testing::HasSubstr;
 
+constexpr char kTopology[] = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
+
 class FleetProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -83,9 +85,27 @@ class FleetProcessTest : public ::testing::Test {
     return false;
   }
 
+  // One mkagent (node-a, synthetic topology) and one mkcontroller, on free ports.
+  void StartFleet() {
+    agent_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
+                                 "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores", "1",
+                                 "--reserve-memory", "1Gi", "--host", "node-a"},
+        (dir_ / "agent.log").string());
+    agent_port_ = agent_->WaitFor("listening on port ([0-9]+)");
+    ASSERT_FALSE(agent_port_.empty()) << agent_->Log();
+    controller_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                                 "--listen", "127.0.0.1:0", "--resync", "1"},
+        (dir_ / "controller.log").string());
+    controller_port_ = controller_->WaitFor("listening on port ([0-9]+)");
+    ASSERT_FALSE(controller_port_.empty()) << controller_->Log();
+  }
+
   fs::path dir_;
   std::string vmlinux_;
   std::string agent_port_, controller_port_;
+  std::unique_ptr<testing::Process> agent_, controller_;
   int runs_ = 0;
 };
 
@@ -106,17 +126,9 @@ TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
 }
 
 TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
-  testing::Process agent({"agents/mkagent", "--topology", "synthetic:pack:2 numa:1(memory=16GiB) core:8 pu:2",
-                          "--listen", "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores",
-                          "1", "--reserve-memory", "1Gi", "--host", "node-a"},
-                         (dir_ / "agent.log").string());
-  agent_port_ = agent.WaitFor("listening on port ([0-9]+)");
-  ASSERT_FALSE(agent_port_.empty()) << agent.Log();
-  testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                               "--listen", "127.0.0.1:0", "--resync", "1"},
-                              (dir_ / "controller.log").string());
-  controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
-  ASSERT_FALSE(controller_port_.empty()) << controller.Log();
+  ASSERT_NO_FATAL_FAILURE(StartFleet());
+  testing::Process& agent = *agent_;
+  testing::Process& controller = *controller_;
 
   std::string out;
   ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet", "--wait", "--wait-timeout", "60"}, &out), 0)
@@ -155,18 +167,10 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
 // strategy Replace is halt, unload, load, start; Morph is refused with a condition; delete
 // removes the kernel. The emulated kernel's counters prove each step ran exactly once.
 TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
-  const std::string topology = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
-  testing::Process agent({"agents/mkagent", "--topology", "synthetic:" + topology, "--listen", "127.0.0.1:0",
-                          "--state-dir", (dir_ / "agent").string(), "--reserve-cores", "1", "--reserve-memory", "1Gi",
-                          "--host", "node-a"},
-                         (dir_ / "agent.log").string());
-  agent_port_ = agent.WaitFor("listening on port ([0-9]+)");
-  ASSERT_FALSE(agent_port_.empty()) << agent.Log();
-  testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                               "--listen", "127.0.0.1:0", "--resync", "1"},
-                              (dir_ / "controller.log").string());
-  controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
-  ASSERT_FALSE(controller_port_.empty()) << controller.Log();
+  const std::string topology = kTopology;
+  ASSERT_NO_FATAL_FAILURE(StartFleet());
+  testing::Process& agent = *agent_;
+  testing::Process& controller = *controller_;
   auto stub = v1::Controller::NewStub(
       grpc::CreateChannel("127.0.0.1:" + controller_port_, grpc::InsecureChannelCredentials()));
   auto actions = [&] {
