@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,6 +24,8 @@ class Process {
   Process(std::vector<std::string> argv, std::string log) : log_(std::move(log)) {
     pid_ = fork();
     if (pid_ == 0) {
+      // Dies with the test: a test killed by its timeout leaves no process behind.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
