@@ -15,13 +15,12 @@ namespace {
 namespace v1 = mkfleet::v1;
 const std::string kEmpty;
 
-// A pass serves every ready host at once, so the global limit is per host, sized for a
-// fleet of thousands; a failing host retries at most every 30 s.
+// A pass serves every ready host at once, so the global limit (per host taken) is sized
+// for a fleet of thousands; per-host backoff keeps its defaults (5 ms doubling to 1000 s).
 WorkQueueOptions QueueOptions() {
   WorkQueueOptions o;
   o.qps = 2000;
   o.burst = 2000;
-  o.max_delay = absl::Seconds(30);
   return o;
 }
 }  // namespace

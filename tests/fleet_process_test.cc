@@ -173,11 +173,17 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   testing::Process& controller = *controller_;
   auto stub = v1::Controller::NewStub(
       grpc::CreateChannel("127.0.0.1:" + controller_port_, grpc::InsecureChannelCredentials()));
-  auto actions = [&] {
+  auto stats = [&] {
     grpc::ClientContext ctx;
     v1::StatsResponse st;
     EXPECT_TRUE(stub->Stats(&ctx, v1::StatsRequest(), &st).ok());
-    return st.actions_sent();
+    return st;
+  };
+  auto actions = [&] { return stats().actions_sent(); };
+  // Two more passes (resyncs come every second): what they would send, they have sent.
+  auto two_passes = [&] {
+    int64_t passes = stats().passes();
+    return testing::Eventually([&] { return stats().passes() >= passes + 2; });
   };
   std::string vmlinux2 = (dir_ / "vmlinux-2").string();
   std::ofstream(vmlinux2, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(8192, 'n');
@@ -199,7 +205,7 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   ASSERT_TRUE(testing::Eventually([&] { return on_agent().kernel_state() == v1::KERNEL_STATE_ACTIVE; }));
 
   // Re-apply, diff and dry-run: nothing changes, nothing is sent.
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(two_passes());
   int64_t sent = actions();
   ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace")}, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 unchanged"));
@@ -207,7 +213,7 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   EXPECT_EQ(Mkapply({"diff", "-f", manifest(vmlinux_, "1Gi", "Replace")}, &out), 1) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1"));
   ASSERT_EQ(Mkapply({"apply", "--dry-run", "-f", manifest(vmlinux_, "1Gi", "Replace")}, &out), 0) << out;
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a resync passes
+  ASSERT_TRUE(two_passes());
   EXPECT_EQ(actions(), sent);
   EXPECT_EQ(on_agent().placement().memory(0).bytes(), 512ull << 20);
 
@@ -225,7 +231,7 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   }));
 
   // Strategy Morph: refused, said in the status, nothing sent.
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(two_passes());
   sent = actions();
   ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "1Gi", "Morph")}, &out), 0) << out;
   ASSERT_TRUE(testing::Eventually([&] {
