@@ -293,7 +293,16 @@ absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
   }
   auto current = store_.Get(ObjectKey(kind, name));
   if (!current.ok()) return current.status();
-  if (!current->has_value()) return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
+  if (!current->has_value()) {
+    // A set member exists only through its set.
+    auto member = Get(kind, name, /*with_members=*/true);
+    if (member.ok() && member->has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(kind, "/", name, " is a member of ",
+                                                        (*member)->kernel_instance().status().owner(),
+                                                        "; change the set's count or delete the set"));
+    }
+    return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
+  }
   // The object and its status go in one transaction.
   std::vector<Compare> compares = {{ObjectKey(kind, name), (*current)->mod_revision}};
   std::vector<Op> ops = {{Op::Type::kDelete, ObjectKey(kind, name), "", 0}};

@@ -135,5 +135,51 @@ TEST_F(ObjectsTest, DeleteNamesTheObject) {
   EXPECT_TRUE(objects_->Get("Host", "node-b")->has_value());
 }
 
+TEST_F(ObjectsTest, StatusesAndSetMembers) {
+  v1::Object set;
+  set.mutable_instance_set()->mutable_metadata()->set_name("edge");
+  set.mutable_instance_set()->mutable_spec()->set_per_host(1);
+  set.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec()->mutable_resources()->set_cpus(2);
+  ASSERT_TRUE(objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 2), set}, ApplyOptions{"s", false, false})
+                  .ok());
+  v1::InstanceStatus web, member;
+  web.set_phase("Running");
+  member.set_phase("Creating");
+  member.set_owner("InstanceSet/edge");
+  member.mutable_placement()->set_host("node-a");
+  v1::HostStatus host;
+  host.set_reachable(true);
+  ASSERT_TRUE(objects_
+                  ->WriteStatuses({{StatusKey("KernelInstance", "web-1"), web.SerializeAsString()},
+                                   {StatusKey("KernelInstance", "edge-node-a-0"), member.SerializeAsString()},
+                                   {StatusKey("Host", "node-a"), host.SerializeAsString()}},
+                                  {})
+                  .ok());
+  // Plain lists: the objects with their statuses, no members.
+  auto instances = objects_->List("KernelInstance");
+  ASSERT_TRUE(instances.ok());
+  ASSERT_EQ(instances->size(), 1u);
+  EXPECT_EQ((*instances)[0].kernel_instance().status().phase(), "Running");
+  EXPECT_TRUE((*objects_->Get("Host", "node-a"))->host().status().reachable());
+  // With members: the set's template on the member's host, labelled with the set.
+  auto all = objects_->List("KernelInstance", /*with_members=*/true);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  const v1::KernelInstance& m = (*all)[0].kernel_instance();  // sorted by name
+  EXPECT_EQ(m.metadata().name(), "edge-node-a-0");
+  EXPECT_EQ(m.spec().host(), "node-a");
+  EXPECT_EQ(m.spec().resources().cpus(), 2u);
+  EXPECT_EQ(m.metadata().labels().at("mkfleet.io/set"), "edge");
+  EXPECT_TRUE(objects_->Get("KernelInstance", "edge-node-a-0", true)->has_value());
+  EXPECT_FALSE(objects_->Get("KernelInstance", "edge-node-a-0")->has_value());
+  // A member is deleted through its set.
+  absl::Status del = objects_->Delete("KernelInstance", "edge-node-a-0");
+  EXPECT_EQ(del.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(del.message(), HasSubstr("member of InstanceSet/edge"));
+  // Deleting a status.
+  ASSERT_TRUE(objects_->WriteStatuses({}, {StatusKey("KernelInstance", "edge-node-a-0")}).ok());
+  EXPECT_EQ(objects_->List("KernelInstance", true)->size(), 1u);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

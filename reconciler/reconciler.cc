@@ -41,13 +41,6 @@ v1::Event Reconciler::MakeEvent(const std::string& kind, const std::string& name
   return e;
 }
 
-void Reconciler::Emit(const std::string& kind, const std::string& name, const std::string& host, bool warning,
-                      const std::string& reason, const std::string& message) {
-  if (events_ == nullptr) return;
-  absl::Status s = events_->Record(MakeEvent(kind, name, host, warning, reason, message));
-  if (!s.ok()) std::cerr << "events: " << s.message() << "\n";
-}
-
 void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Event> events) {
   if (events_ == nullptr) return;
   // Action results are recorded by the pass that sent them; the rest (crash, hang,

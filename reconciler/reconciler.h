@@ -11,11 +11,12 @@
 // Status: per KernelInstance and per InstanceSet member (phase, kernel state, placement,
 // role and serving kernel, conditions Scheduled/Ready/Progressing/Degraded,
 // observedGeneration, restart count), per Host (reachable, dialect, pool usage, agent
-// version, conditions Reachable/PoolValid) and per InstanceSet (replicas, ready, updated,
-// conditions). Statuses are written only when they change. Events: every action result,
-// host error, scheduling problem and readiness, plus the agents' own watchdog events
-// (crash, hang, restart, standby takeover), forwarded once each.
-// Not yet: Morph; PoolChange.
+// version, conditions Reachable/PoolValid/PoolSynced) and per InstanceSet (replicas, ready,
+// updated, conditions). Statuses are rebuilt from what is observed on every pass and
+// written only when they change. Events: every action result, host error, scheduling
+// problem and readiness, plus the agents' own watchdog events (crash, hang, restart,
+// standby takeover), forwarded once each.
+// Not yet: Morph (refused with a condition); InstanceSet rollout limits.
 // Thread-safety: Start/Stop from one thread; passes are serialized internally.
 #ifndef MKFLEET_RECONCILER_RECONCILER_H_
 #define MKFLEET_RECONCILER_RECONCILER_H_
@@ -90,8 +91,6 @@ class Reconciler {
   void WatchStore();
   void Work();
 
-  void Emit(const std::string& kind, const std::string& name, const std::string& host, bool warning,
-            const std::string& reason, const std::string& message);
   static mkfleet::v1::Event MakeEvent(const std::string& kind, const std::string& name, const std::string& host,
                                       bool warning, const std::string& reason, const std::string& message);
 
