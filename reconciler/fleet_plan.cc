@@ -64,6 +64,73 @@ v1::Action PoolChangeAction(const std::string& host, int64_t generation, const p
   return a;
 }
 
+v1::KernelState WantedState(v1::Phase phase) {
+  return phase == v1::PHASE_READY ? v1::KERNEL_STATE_READY
+         : phase == v1::PHASE_LOADED ? v1::KERNEL_STATE_LOADED
+                                     : v1::KERNEL_STATE_ACTIVE;
+}
+
+bool Disruptive(const v1::Action& a) {
+  const std::string step = a.id().substr(a.id().rfind('/') + 1);
+  return absl::StartsWith(step, "replace-") || absl::StartsWith(step, "recreate-");
+}
+
+void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
+                   const std::map<std::string, std::vector<v1::ObservedInstance>>& observed, FleetPlan* out) {
+  std::map<std::string, const v1::InstanceSet*> by_name;
+  for (const v1::InstanceSet& s : sets) by_name["InstanceSet/" + s.metadata().name()] = &s;
+  std::map<std::string, std::map<std::string, v1::KernelState>> state;  // host -> kernel -> state
+  for (const auto& [host, list] : observed) {
+    for (const v1::ObservedInstance& o : list) state[host][o.name()] = o.status().kernel_state();
+  }
+  struct Tally {
+    uint32_t replicas = 0, down = 0;
+    std::vector<std::string> disrupted;  // members whose plan takes them down, by name
+  };
+  std::map<std::string, Tally> tally;
+  for (const auto& [name, p] : out->planned) {
+    if (p.owner.empty() || !p.standby_for.empty() || p.spec == nullptr) continue;
+    Tally& t = tally[p.owner];
+    ++t.replicas;
+    bool disrupt = false;
+    auto plan = out->hosts.find(p.host);
+    if (plan != out->hosts.end()) {
+      for (const v1::Action& a : plan->second.actions) disrupt |= a.instance() == p.kernel && Disruptive(a);
+    }
+    auto h = state.find(p.host);
+    bool up = h != state.end() && h->second.count(p.kernel) && h->second.at(p.kernel) == WantedState(p.spec->phase());
+    // A member already down goes ahead (updating it costs nothing) and counts as down.
+    if (!up) {
+      ++t.down;
+    } else if (disrupt) {
+      t.disrupted.push_back(name);
+    }
+  }
+  for (auto& [owner, t] : tally) {
+    if (t.disrupted.empty()) continue;
+    uint32_t limit = 1;
+    auto set = by_name.find(owner);
+    if (set != by_name.end() && set->second->spec().has_rollout()) {
+      const v1::IntOrPercent& m = set->second->spec().rollout().max_unavailable();
+      if (m.value_case() == v1::IntOrPercent::kCount) limit = m.count();
+      if (m.value_case() == v1::IntOrPercent::kPercent) limit = (t.replicas * m.percent() + 99) / 100;
+      limit = std::max<uint32_t>(limit, 1);
+    }
+    uint32_t budget = limit > t.down ? limit - t.down : 0;
+    std::sort(t.disrupted.begin(), t.disrupted.end());
+    for (size_t i = budget; i < t.disrupted.size(); ++i) {
+      const PlannedInstance& p = out->planned.at(t.disrupted[i]);
+      auto& actions = out->hosts[p.host].actions;
+      actions.erase(std::remove_if(actions.begin(), actions.end(),
+                                   [&](const v1::Action& a) { return a.instance() == p.kernel; }),
+                    actions.end());
+      out->deferred[t.disrupted[i]] =
+          absl::StrCat("rollout: waiting; ", t.down + std::min<size_t>(budget, t.disrupted.size()), " of ", t.replicas,
+                       " members of ", owner, " are down or updating (maxUnavailable ", limit, ")");
+    }
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const HostView& view,
@@ -244,6 +311,9 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   }
   for (const std::string& host : reachable) {
     out.hosts[host] = ComputePlan(host, desired[host], observed[host]);
+  }
+  LimitRollouts(sets, observed, &out);
+  for (const std::string& host : reachable) {
     auto pool = out.pool_changes.find(host);
     if (pool != out.pool_changes.end()) {
       // First: what is added may be what the plan's other actions take next time.

@@ -6,6 +6,10 @@
 // swapped their roles) is kept: X is then served by the kernel X-standby, and X-standby
 // by the kernel X, so the controller does not undo the failover.
 //
+// Rollouts: a set member whose plan takes it down (a kernel Replace, a re-create) goes
+// only while fewer than the set's `rollout.maxUnavailable` members (default 1) are down;
+// the others wait (`deferred`), in name order, for a later pass.
+//
 // Hosts never connected (no topology yet) take no part: instances fixed to them wait, and
 // InstanceSets spread over the others. Hosts connected before but unreachable now keep
 // their instances' placements (their last view counts) but get no plan.
@@ -51,6 +55,9 @@ struct FleetPlan {
   // Hosts whose agent lends another pool than their spec asks for: the change (also first
   // in the host's plan when it is reachable).
   std::map<std::string, mkfleet::v1::Action> pool_changes;
+  // Set members whose update (a kernel Replace or a re-create) waits for the rollout
+  // budget: instance -> why. Their actions are left out of the plans.
+  std::map<std::string, std::string> deferred;
 };
 
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,

@@ -1,5 +1,7 @@
 #include "reconciler/fleet_plan.h"
 
+#include <set>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "planner/topology_source.h"
@@ -172,6 +174,52 @@ TEST(PlanFleetTest, TooBigIsUnschedulableAndBadPoolsAreNamed) {
   views["node-a"] = extra;
   plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 2)}, {});
   EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("web-1"));
+}
+
+// Members whose plan replaces their kernel (a Replace) or re-creates them, per set.
+std::vector<std::string> Disrupted(const FleetPlan& plan) {
+  std::set<std::string> out;
+  for (const auto& [host, p] : plan.hosts) {
+    for (const auto& a : p.actions) {
+      if (a.id().find("/replace-") != std::string::npos) out.insert(a.instance());
+    }
+  }
+  return {out.begin(), out.end()};
+}
+
+TEST(PlanFleetTest, SetKernelChangeRollsOutWithinMaxUnavailable) {
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 3)};
+  FleetPlan first = PlanFleet(hosts, views, {}, sets);
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  RunAsPlaced(first, "node-b", views["node-b"]);
+  // A new kernel in the template (strategy Replace is the default).
+  sets[0].mutable_metadata()->set_generation(4);
+  sets[0].mutable_spec()->mutable_template_()->mutable_spec()->mutable_kernel()->set_image("/k/vmlinux-2");
+
+  // Default maxUnavailable 1: one member at a time, the first by name.
+  FleetPlan plan = PlanFleet(hosts, views, {}, sets);
+  EXPECT_THAT(Disrupted(plan), ElementsAre("edge-node-a-0"));
+  EXPECT_EQ(plan.deferred.size(), 5u);
+  EXPECT_THAT(plan.deferred.at("edge-node-b-2"), HasSubstr("maxUnavailable 1"));
+
+  // 50% of 6: three at once.
+  sets[0].mutable_spec()->mutable_rollout()->mutable_max_unavailable()->set_percent(50);
+  plan = PlanFleet(hosts, views, {}, sets);
+  EXPECT_THAT(Disrupted(plan), ElementsAre("edge-node-a-0", "edge-node-a-1", "edge-node-a-2"));
+  EXPECT_EQ(plan.deferred.size(), 3u);
+
+  // A member already down (crashed: loaded, not active) uses up budget.
+  views["node-b"].instances["edge-node-b-0"].mutable_status()->set_kernel_state(v1::KERNEL_STATE_LOADED);
+  sets[0].mutable_spec()->mutable_rollout()->mutable_max_unavailable()->set_count(2);
+  plan = PlanFleet(hosts, views, {}, sets);
+  EXPECT_THAT(Disrupted(plan), ElementsAre("edge-node-a-0", "edge-node-b-0"));
+  EXPECT_EQ(plan.deferred.size(), 4u);
+  // The crashed member's own update (to the new kernel) is not held back.
+  bool restarts = false;
+  for (const auto& a : plan.hosts["node-b"].actions) restarts |= a.instance() == "edge-node-b-0";
+  EXPECT_TRUE(restarts) << plan.hosts["node-b"].DebugString();
 }
 
 }  // namespace

@@ -438,21 +438,28 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const std::v
         if (absl::StartsWith(note, p.kernel + ": ")) blocked = note.substr(p.kernel.size() + 2);
       }
     }
+    auto deferred = fleet.deferred.find(name);
+    if (deferred != fleet.deferred.end()) blocked = deferred->second;
+    bool waiting = deferred != fleet.deferred.end();
     bool converged = !acting && st.kernel_state() == want && blocked.empty();
     bool is_failed = o.failed.count(p.kernel) > 0 || st.kernel_state() == v1::KERNEL_STATE_FAILED;
     st.set_phase(is_failed ? "Failed" : converged ? PhaseFor(want) : "Creating");
-    *st.add_conditions() = Cond("Ready", converged, converged ? "Converged" : blocked.empty() ? "Converging" : "UpdateBlocked",
+    *st.add_conditions() = Cond("Ready", converged,
+                                converged         ? "Converged"
+                                : waiting         ? "RolloutWaiting"
+                                : blocked.empty() ? "Converging"
+                                                  : "UpdateBlocked",
                                 converged         ? ""
                                 : !blocked.empty() ? blocked
                                                    : absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()),
                                                                   ", want ", v1::KernelState_Name(want)));
-    *st.add_conditions() = Cond("Progressing", acting, acting ? "ActionsSent" : "Idle", "");
+    *st.add_conditions() = Cond("Progressing", acting || waiting, acting ? "ActionsSent" : waiting ? "RollingOut" : "Idle", "");
     if (is_failed) {
       *st.add_conditions() = Cond("Degraded", true, o.failed.count(p.kernel) ? "ActionFailed" : "KernelFailed",
                                   o.failed.count(p.kernel) ? o.failed.at(p.kernel) : "");
     } else if (!o.sent.ok() && acting) {
       *st.add_conditions() = Cond("Degraded", true, "HostError", std::string(o.sent.message()));
-    } else if (!blocked.empty()) {
+    } else if (!blocked.empty() && !waiting) {
       *st.add_conditions() = Cond("Degraded", true, "UpdateNotSupported", blocked);
     }
     if (converged) st.set_observed_generation(p.generation);

@@ -3,6 +3,7 @@
 #include "reconciler/reconciler.h"
 
 #include <filesystem>
+#include <fstream>
 
 #include "agents/testing/served_agent.h"
 #include "reconciler/event_log.h"
@@ -246,6 +247,22 @@ TEST_F(ReconcilerTest, SetMembersHaveStatusAndTheSetCountsThem) {
   EXPECT_TRUE(hs.reachable());
   EXPECT_FALSE(hs.dialect().empty());
   EXPECT_EQ(hs.pool().cpus_size() - hs.pool().cpus_free_size(), 6);
+
+  // A new kernel in the template rolls out member by member (maxUnavailable 1) to all.
+  std::string vmlinux2 = (host_.dir / "vmlinux-2").string();
+  std::ofstream(vmlinux2, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(8192, 'n');
+  t->mutable_kernel()->set_image(vmlinux2);
+  ASSERT_TRUE(objects_->Apply({set}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("InstanceSet", "edge");
+    return o.ok() && (*o)->instance_set().status().observed_generation() == 2 &&
+           (*o)->instance_set().status().ready_replicas() == 3;
+  }));
+  v1::HostState rolled = agent_->Snapshot();
+  for (const auto& in : rolled.instances()) {
+    EXPECT_EQ(in.status().provenance().kernel_path(), vmlinux2) << in.name();
+    EXPECT_EQ(in.status().kernel_state(), v1::KERNEL_STATE_ACTIVE) << in.name();
+  }
 
   // Scaling the set down removes a member and its status.
   is->mutable_spec()->set_per_host(2);
