@@ -59,11 +59,19 @@ void Agent::Start() {
         clock_.SleepFor(options_.poll_interval);
         continue;
       }
-      // The next pass comes after poll_interval, or at once when an Execute has changed
-      // something, so that watchers see its result without waiting for the poll.
+      // The next pass comes after poll_interval, or sooner when an Execute has changed
+      // something, so that watchers see its result without waiting for the poll; but
+      // never sooner than kMinGap after the last pass, so that back-to-back batches are
+      // not slowed by a full observation after each.
+      const absl::Duration kMinGap = std::min(absl::Milliseconds(5), options_.poll_interval);
+      absl::Time last = absl::Now();
       absl::MutexLock lock(&mu_);
       auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || refresh_requested_; };
       mu_.AwaitWithTimeout(absl::Condition(&wake), options_.poll_interval);
+      if (refresh_requested_ && !stop_) {
+        auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+        mu_.AwaitWithDeadline(absl::Condition(&stopping), last + kMinGap);
+      }
       refresh_requested_ = false;
     }
   });
