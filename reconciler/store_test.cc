@@ -44,12 +44,12 @@ TEST_F(StoreTest, PutGetListAndRevisions) {
   EXPECT_EQ(store_->Delete("/instances/web-2").status().code(), absl::StatusCode::kNotFound);
   // Binary values survive.
   std::string bin("a\0b\xff", 4);
-  store_->Put("/bin", bin);
+  ASSERT_TRUE(store_->Put("/bin", bin).ok());
   EXPECT_EQ((*store_->Get("/bin"))->value, bin);
 }
 
 TEST_F(StoreTest, CompareAndSwap) {
-  store_->Put("/x", "1");
+  ASSERT_TRUE(store_->Put("/x", "1").ok());
   auto kv = *store_->Get("/x");
   EXPECT_TRUE(store_->Txn({{"/x", kv->mod_revision}}, {{Op::Type::kPut, "/x", "2", 0}}).ok());
   absl::Status stale = store_->Txn({{"/x", kv->mod_revision}}, {{Op::Type::kPut, "/x", "3", 0}}).status();
@@ -62,7 +62,7 @@ TEST_F(StoreTest, CompareAndSwap) {
 }
 
 TEST_F(StoreTest, TransactionsAreAllOrNothing) {
-  store_->Put("/a", "1");
+  ASSERT_TRUE(store_->Put("/a", "1").ok());
   int64_t rev = *store_->Revision();
   absl::Status s = store_->Txn({{"/a", 1}, {"/b", 99}},
                                {{Op::Type::kPut, "/a", "2", 0}, {Op::Type::kPut, "/c", "3", 0}}).status();
@@ -81,10 +81,10 @@ TEST_F(StoreTest, TransactionsAreAllOrNothing) {
 }
 
 TEST_F(StoreTest, WatchHistoryInOrderWithPrefixAndCompaction) {
-  store_->Put("/i/a", "1");  // 1
-  store_->Put("/h/x", "2");  // 2
-  store_->Put("/i/b", "3");  // 3
-  store_->Delete("/i/a");    // 4
+  ASSERT_TRUE(store_->Put("/i/a", "1").ok());  // 1
+  ASSERT_TRUE(store_->Put("/h/x", "2").ok());  // 2
+  ASSERT_TRUE(store_->Put("/i/b", "3").ok());  // 3
+  ASSERT_TRUE(store_->Delete("/i/a").ok());    // 4
   auto events = *store_->EventsSince(1, "/i/");
   ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[0].revision, 3);
@@ -96,8 +96,8 @@ TEST_F(StoreTest, WatchHistoryInOrderWithPrefixAndCompaction) {
 }
 
 TEST_F(StoreTest, SurvivesReopen) {
-  store_->Put("/k", "v");
-  store_->Put("/k2", "v2");
+  ASSERT_TRUE(store_->Put("/k", "v").ok());
+  ASSERT_TRUE(store_->Put("/k2", "v2").ok());
   store_.reset();
   auto again = OpenSqliteStore(path_, clock_);
   ASSERT_TRUE(again.ok());
@@ -108,8 +108,8 @@ TEST_F(StoreTest, SurvivesReopen) {
 
 TEST_F(StoreTest, LeasesExpireTheirKeys) {
   int64_t lease = *store_->GrantLease(absl::Seconds(10));
-  store_->Put("/leader", "me", lease);
-  store_->Put("/other", "x");
+  ASSERT_TRUE(store_->Put("/leader", "me", lease).ok());
+  ASSERT_TRUE(store_->Put("/other", "x").ok());
   clock_.Advance(absl::Seconds(6));
   EXPECT_TRUE(store_->KeepAlive(lease).ok());
   clock_.Advance(absl::Seconds(6));
@@ -123,7 +123,7 @@ TEST_F(StoreTest, LeasesExpireTheirKeys) {
 }
 
 TEST_F(StoreTest, ConcurrentCompareAndSwapLosesNoUpdate) {
-  store_->Put("/counter", "0");
+  ASSERT_TRUE(store_->Put("/counter", "0").ok());
   auto bump = [&] {
     for (int i = 0; i < 100; ++i) {
       while (true) {
