@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "kernel/device_tree.h"
 
 namespace mkfleet::agents {
@@ -397,24 +398,18 @@ void Agent::SavePolicies() {
   if (options_.state_dir.empty()) return;
   v1::SetPolicyRequest all;
   for (const auto& [name, p] : policies_) *all.add_policies() = p;
-  std::filesystem::create_directories(options_.state_dir);
-  std::string path = options_.state_dir + "/policies.pb";
-  std::string tmp = path + ".tmp";
-  std::string data = all.SerializeAsString();
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return;
-  bool ok = write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && fsync(fd) == 0;
-  close(fd);
-  if (ok) rename(tmp.c_str(), path.c_str());
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  absl::Status s = WriteFileAtomically(options_.state_dir + "/policies.pb", all.SerializeAsString());
+  if (!s.ok()) Event("", "Warning", "PolicySaveFailed", std::string(s.message()));
 }
 
 void Agent::LoadPolicies() {
   if (options_.state_dir.empty()) return;
-  std::ifstream in(options_.state_dir + "/policies.pb", std::ios::binary);
-  if (!in) return;
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto data = ReadFile(options_.state_dir + "/policies.pb");
+  if (!data.ok()) return;
   v1::SetPolicyRequest all;
-  if (!all.ParseFromString(data)) return;
+  if (!all.ParseFromString(*data)) return;
   for (const auto& p : all.policies()) policies_[p.instance()] = p;
 }
 

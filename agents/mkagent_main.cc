@@ -19,6 +19,7 @@
 #include "agents/agent_service.h"
 #include "agents/liveness.h"
 #include "common/clock.h"
+#include "common/file_util.h"
 #include "common/grpc_server.h"
 #include "common/version.h"
 #include "kernel/emulator/emulated_kernel.h"
@@ -241,16 +242,13 @@ int main(int argc, char** argv) {
     if (hosts > 1 && (i + 1) % 100 == 0) std::cerr << "mkagent: " << i + 1 << "/" << hosts << " hosts listening\n";
   }
   if (!ports_file.empty()) {
-    std::string tmp = ports_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      for (const auto& rt : runtimes) out << rt->name << " 127.0.0.1:" << rt->port << "\n";
-      if (!out) {
-        stop_all();
-        return Fail("--ports-file: cannot write " + tmp);
-      }
+    std::string lines;
+    for (const auto& rt : runtimes) absl::StrAppend(&lines, rt->name, " 127.0.0.1:", rt->port, "\n");
+    absl::Status written = WriteFileAtomically(ports_file, lines, 0644);
+    if (!written.ok()) {
+      stop_all();
+      return Fail(absl::StrCat("--ports-file: ", written.message()));
     }
-    std::filesystem::rename(tmp, ports_file);
   }
   if (hosts == 1) {
     std::cout << "mkagent " << kVersion << ": host " << host << ", " << topology->Summary() << ", kernel "

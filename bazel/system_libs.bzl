@@ -17,6 +17,7 @@ _PKG_CONFIG = {
     "benchmark": ["benchmark"],
     "tcmalloc": ["libtcmalloc_minimal"],
     "crypto": ["libcrypto"],
+    "zlib": ["zlib"],
     "absl": [
         "absl_status",
         "absl_statusor",

@@ -127,6 +127,9 @@ TEST(LoaderTest, OutOfRange) {
               ElementsAre(HasSubstr("spec.id: must be between 1 and 511, got 0")));
   EXPECT_THAT(InstanceErrors(Instance("", "  id: -3\n")),
               ElementsAre(HasSubstr("spec.id: must be between 1 and 511, got -3")));
+  // The kernel's way mask is 32 bits wide.
+  EXPECT_THAT(InstanceErrors(Instance("    llcWays: 33\n")),
+              ElementsAre(HasSubstr("spec.resources.llcWays: must be between 1 and 32, got 33")));
   EXPECT_THAT(InstanceErrors(Instance("    llcWays: 99999999999999999999\n")),
               ElementsAre(HasSubstr("spec.resources.llcWays: expected a whole number, got "
                                     "\"99999999999999999999\"")));

@@ -52,6 +52,12 @@ struct Take {
   int64_t llc_mask = -1;
 };
 
+// The widest way mask the kernel takes (llc-way-mask is a u32).
+constexpr uint32_t kMaxLlcWays = 32;
+
+// The `n` low bits set (n up to 64), without shifting by the word width.
+uint64_t LowBits(uint32_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
 std::string NodeList(const Topology& t, const std::vector<uint32_t>& nodes) {
   std::vector<uint32_t> os;
   for (uint32_t n : nodes) os.push_back(t.numa[n].os_index);
@@ -987,15 +993,20 @@ class Placer {
     uint32_t w = r_.llc_ways();
     std::vector<uint32_t> l3s = h_.L3sOf(take->cpus);
     uint64_t used = 0;
-    uint32_t ways = 64;
+    // The kernel's way mask is a u32 (kernel-abi.md section 3): no more than 32 ways count.
+    uint32_t ways = kMaxLlcWays;
     for (uint32_t l3 : l3s) {
       used |= h_.WaysUsed(l3);
       ways = std::min(ways, t_.l3[l3].ways);
     }
-    uint64_t want = (w >= 64 ? ~0ull : ((1ull << w) - 1));
+    if (w > ways) {
+      if (explain_) *why = absl::StrFormat("needs %d cache ways; the L3 has %d", w, ways);
+      return false;
+    }
+    const uint64_t want = LowBits(w);
     // A resized instance keeps its mask when it still fits.
     if (prev_ != nullptr && prev_->has_llc_mask() && __builtin_popcountll(prev_->llc_mask()) == static_cast<int>(w) &&
-        (prev_->llc_mask() & used) == 0 && prev_->llc_mask() < (1ull << ways)) {
+        (prev_->llc_mask() & used) == 0 && (prev_->llc_mask() & ~LowBits(ways)) == 0) {
       take->llc_mask = prev_->llc_mask();
       return true;
     }

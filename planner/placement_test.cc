@@ -361,6 +361,27 @@ TEST_F(PlacementTest, LlcWaysContiguousAndDisjoint) {
             absl::StrFormat("a: needs %d contiguous free cache ways in L3 domain 0 (%d ways, in use 0xff)", total - 7, total));
 }
 
+TEST_F(PlacementTest, LlcMasksStayWithinTheKernelsThirtyTwoBits) {
+  // An L3 that reports 64 ways: the kernel's llc-way-mask is a u32, so only 32 can be given.
+  auto wide = std::make_shared<Topology>(*t32_);
+  for (L3Domain& d : wide->l3) d.ways = 64;
+  HostInfo h = WholeHost("a", wide);
+  auto ways = [](const std::string& name, uint32_t w) {
+    InstanceRequest r = Request(name, "a", 2);
+    r.resources.add_numa_nodes(0);
+    r.resources.set_llc_ways(w);
+    return r;
+  };
+  PlacementResult r = Place({h}, {ways("w1", 32), ways("w2", 32)}, {});
+  ASSERT_EQ(r.placements.count("w1"), 1u);
+  EXPECT_EQ(r.placements.at("w1").llc_mask(), 0xffffffffu);
+  // The second would need bits 32..63, which no u32 mask has.
+  EXPECT_EQ(r.placements.count("w2"), 0u);
+  for (const auto& [name, p] : r.placements) {
+    if (p.has_llc_mask()) EXPECT_NE(p.llc_mask(), 0u) << name;
+  }
+}
+
 TEST_F(PlacementTest, DeterministicForTheSameInput) {
   std::vector<InstanceRequest> reqs;
   for (int i = 0; i < 10; ++i) reqs.push_back(Request("i" + std::to_string(i), "a", 2 + i % 3));

@@ -42,6 +42,8 @@ absl::StatusOr<Pool> DerivePool(absl::string_view host, const Topology& t, const
     for (uint32_t c = 0; c < t.cores.size(); ++c) {
       if (!kept.count(c)) pool.cpus.insert(pool.cpus.end(), t.cores[c].pus.begin(), t.cores[c].pus.end());
     }
+    // Pool::cpus is ascending (cores are listed by first PU, their siblings come later).
+    std::sort(pool.cpus.begin(), pool.cpus.end());
     if (pool.cpus.empty()) return Bad(host, "hostReserved.cores", "leaves no CPU for the pool");
     uint64_t reserve = hr.memory();
     for (uint32_t n = 0; n < t.numa.size(); ++n) {

@@ -28,6 +28,8 @@ TEST(PoolTest, HostReservedKeepsCoresOfNodeZeroIncludingCpu0) {
   // 4Gi reserved from node 0, rounded down to 128Mi blocks.
   EXPECT_EQ(pool->memory.at(0), (34330173440ull - (4ull << 30)) / kMemoryBlock * kMemoryBlock);
   EXPECT_EQ(pool->memory.at(1), 34359738368ull);
+  // Ascending, as Pool promises (the cores' sibling threads are numbered N and N+16).
+  EXPECT_TRUE(std::is_sorted(pool->cpus.begin(), pool->cpus.end()));
 }
 
 TEST(PoolTest, ExplicitPool) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/file_util.h"
 #include "kernel/errno_status.h"
 
 namespace mkfleet::kernel {
@@ -153,24 +154,17 @@ void EmulatedKernel::Save() {
   }
   auto blob = ToDtb(root);
   if (!blob.ok()) return;
-  std::string tmp = options_.state_file + ".tmp";
-  FILE* f = fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return;
-  bool ok = fwrite(blob->data(), 1, blob->size(), f) == blob->size();
-  ok = fclose(f) == 0 && ok;
-  if (ok) rename(tmp.c_str(), options_.state_file.c_str());
+  // The emulated kernel's memory dies with the machine, as a real kernel's does: the file
+  // only has to survive the agent process, so it is replaced atomically but not synced.
+  WriteFileAtomically(options_.state_file, *blob, 0600, /*sync=*/false).IgnoreError();
 }
 
 absl::Status EmulatedKernel::Load() {
   if (options_.state_file.empty()) return absl::OkStatus();
-  FILE* f = fopen(options_.state_file.c_str(), "rb");
-  if (f == nullptr) return absl::OkStatus();  // a fresh kernel
-  std::string data;
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) data.append(buf, n);
-  fclose(f);
-  auto root = FromDtb(data);
+  auto data = ReadFile(options_.state_file);
+  if (absl::IsNotFound(data.status())) return absl::OkStatus();  // a fresh kernel
+  if (!data.ok()) return data.status();
+  auto root = FromDtb(*data);
   if (!root.ok()) return root.status();
   auto u32 = [](const DtNode& node, const char* p) { auto v = node.U32(p); return v.ok() ? *v : 0u; };
   next_tx_ = std::max(1u, u32(*root, "next-tx"));
