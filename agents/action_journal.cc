@@ -7,20 +7,30 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 
 namespace mkfleet::agents {
 namespace {
+
+namespace v1 = mkfleet::v1;
+
+constexpr char kMagic[] = "MKJRNL01";
+constexpr size_t kMagicSize = 8;
+// A record's body is one action result: anything larger is corruption, not data.
+constexpr uint32_t kMaxRecord = 16u << 20;
 
 absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", strerror(errno)));
 }
 
-// Record framing: 4-byte little-endian length, then the serialized ActionResult.
-std::string Frame(const mkfleet::v1::ActionResult& r) {
+std::string Frame(const v1::JournalRecord& r) {
   std::string body = r.SerializeAsString();
-  uint32_t n = body.size();
-  std::string out(reinterpret_cast<const char*>(&n), 4);
-  return out + body;
+  std::string out;
+  out.reserve(body.size() + 8);
+  PutFixed32(&out, static_cast<uint32_t>(body.size()));
+  PutFixed32(&out, Crc32(body));
+  out += body;
+  return out;
 }
 
 bool WriteAll(int fd, const std::string& data) {
@@ -38,8 +48,12 @@ bool WriteAll(int fd, const std::string& data) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ActionJournal>> ActionJournal::Open(std::string path, size_t max_entries) {
-  auto j = std::unique_ptr<ActionJournal>(new ActionJournal(std::move(path), max_entries));
+bool FenceBefore(const v1::Fence& a, const v1::Fence& b) {
+  return a.epoch() != b.epoch() ? a.epoch() < b.epoch() : a.sequence() < b.sequence();
+}
+
+absl::StatusOr<std::unique_ptr<ActionJournal>> ActionJournal::Open(std::string path, Options options) {
+  auto j = std::unique_ptr<ActionJournal>(new ActionJournal(std::move(path), options));
   absl::MutexLock lock(&j->mu_);
   absl::Status s = j->Load();
   if (!s.ok()) return s;
@@ -51,47 +65,68 @@ ActionJournal::~ActionJournal() {
   if (fd_ >= 0) close(fd_);
 }
 
-void ActionJournal::Insert(const mkfleet::v1::ActionResult& r) {
+void ActionJournal::Insert(const v1::ActionResult& r) {
   auto [it, inserted] = results_.insert_or_assign(r.id(), r);
   if (inserted) order_.push_back(r.id());
-  while (results_.size() > max_entries_) {
+  while (results_.size() > options_.max_entries) {
     results_.erase(order_.front());
     order_.pop_front();
   }
 }
 
 absl::Status ActionJournal::Load() {
-  int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  size_t good_end = 0;
-  if (fd >= 0) {
-    std::string data;
-    char buf[1 << 16];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) data.append(buf, n);
-    close(fd);
+  auto data = ReadFile(path_);
+  if (!data.ok() && !absl::IsNotFound(data.status())) return data.status();
+  bool rewrite = false;
+  if (data.ok() && !data->empty()) {
+    const std::string& d = *data;
     size_t off = 0;
-    while (off + 4 <= data.size()) {
-      uint32_t len;
-      memcpy(&len, data.data() + off, 4);
-      if (off + 4 + len > data.size()) break;  // torn last record
-      mkfleet::v1::ActionResult r;
-      if (!r.ParseFromArray(data.data() + off + 4, len)) break;
-      Insert(r);
-      ++records_in_file_;
-      off += 4 + len;
+    if (d.size() >= kMagicSize && d.compare(0, kMagicSize, kMagic, kMagicSize) == 0) {
+      off = kMagicSize;
+      while (off + 8 <= d.size()) {
+        uint32_t len = GetFixed32(d.data() + off), crc = GetFixed32(d.data() + off + 4);
+        if (len > kMaxRecord || off + 8 + len > d.size()) break;  // torn
+        absl::string_view body(d.data() + off + 8, len);
+        v1::JournalRecord r;
+        if (Crc32(body) != crc || !r.ParseFromArray(body.data(), static_cast<int>(body.size()))) break;
+        if (r.has_result()) Insert(r.result());
+        if (r.has_fence() && FenceBefore(fence_, r.fence())) fence_ = r.fence();
+        ++records_in_file_;
+        off += 8 + len;
+      }
+      if (off < d.size()) {
+        recovery_note_ = absl::StrCat("journal ", path_, ": dropped ", d.size() - off,
+                                      " bytes after the last whole record (torn or corrupt)");
+        rewrite = true;
+      }
+    } else {
+      // The first format: a host-endian (x86: little-endian) length, then the result.
+      while (off + 4 <= d.size()) {
+        uint32_t len = GetFixed32(d.data() + off);
+        if (len > kMaxRecord || off + 4 + len > d.size()) break;
+        v1::ActionResult r;
+        if (!r.ParseFromArray(d.data() + off + 4, static_cast<int>(len))) break;
+        Insert(r);
+        off += 4 + len;
+      }
+      rewrite = true;
     }
-    good_end = off;
-  } else if (errno != ENOENT) {
-    return Errno("open journal", path_);
   }
-  fd_ = open(path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (!data.ok() || data->empty()) {
+    // A new journal: the header, durably.
+    absl::Status s = WriteFileAtomically(path_, std::string(kMagic, kMagicSize), 0600, options_.sync);
+    if (!s.ok()) return s;
+  } else if (rewrite) {
+    absl::Status s = Compact();  // also opens fd_
+    if (!s.ok()) return s;
+    return absl::OkStatus();
+  }
+  fd_ = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
   if (fd_ < 0) return Errno("open journal", path_);
-  // Drop a torn tail so new records follow the last good one.
-  if (ftruncate(fd_, good_end) != 0 || lseek(fd_, good_end, SEEK_SET) < 0) return Errno("truncate journal", path_);
   return absl::OkStatus();
 }
 
-std::optional<mkfleet::v1::ActionResult> ActionJournal::Lookup(const std::string& id) const {
+std::optional<v1::ActionResult> ActionJournal::Lookup(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   auto it = results_.find(id);
   if (it == results_.end()) return std::nullopt;
@@ -103,34 +138,65 @@ size_t ActionJournal::size() const {
   return results_.size();
 }
 
+std::string ActionJournal::recovery_note() const {
+  absl::MutexLock lock(&mu_);
+  return recovery_note_;
+}
+
+v1::Fence ActionJournal::fence() const {
+  absl::MutexLock lock(&mu_);
+  return fence_;
+}
+
 absl::Status ActionJournal::Sync() {
   absl::MutexLock lock(&mu_);
-  if (fdatasync(fd_) != 0) return Errno("sync journal", path_);
+  if (options_.sync && fdatasync(fd_) != 0) return Errno("sync journal", path_);
   return absl::OkStatus();
 }
 
-absl::Status ActionJournal::Record(const mkfleet::v1::ActionResult& result, bool sync) {
-  absl::MutexLock lock(&mu_);
-  if (!WriteAll(fd_, Frame(result)) || (sync && fdatasync(fd_) != 0)) return Errno("append to journal", path_);
-  Insert(result);
-  if (++records_in_file_ > 2 * max_entries_) return Compact();
+absl::Status ActionJournal::Append(const v1::JournalRecord& record, bool sync) {
+  if (!WriteAll(fd_, Frame(record)) || (sync && options_.sync && fdatasync(fd_) != 0)) {
+    return Errno("append to journal", path_);
+  }
+  if (++records_in_file_ > 2 * options_.max_entries + 1) return Compact();
   return absl::OkStatus();
+}
+
+absl::Status ActionJournal::Record(const v1::ActionResult& result, bool sync) {
+  absl::MutexLock lock(&mu_);
+  v1::JournalRecord r;
+  *r.mutable_result() = result;
+  Insert(result);
+  return Append(r, sync);
+}
+
+absl::Status ActionJournal::RecordFence(const v1::Fence& fence) {
+  absl::MutexLock lock(&mu_);
+  if (!FenceBefore(fence_, fence)) return absl::OkStatus();
+  fence_ = fence;
+  v1::JournalRecord r;
+  *r.mutable_fence() = fence;
+  return Append(r, /*sync=*/false);
 }
 
 absl::Status ActionJournal::Compact() {
-  std::string tmp = path_ + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Errno("open", tmp);
-  std::string data;
-  for (const std::string& id : order_) data += Frame(results_.at(id));
-  bool ok = WriteAll(fd, data) && fsync(fd) == 0;
-  close(fd);
-  if (!ok) return Errno("write", tmp);
-  if (rename(tmp.c_str(), path_.c_str()) != 0) return Errno("rename", tmp);
-  close(fd_);
-  fd_ = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  std::string data(kMagic, kMagicSize);
+  for (const std::string& id : order_) {
+    v1::JournalRecord r;
+    *r.mutable_result() = results_.at(id);
+    data += Frame(r);
+  }
+  if (fence_.epoch() != 0 || fence_.sequence() != 0) {
+    v1::JournalRecord r;
+    *r.mutable_fence() = fence_;
+    data += Frame(r);
+  }
+  absl::Status s = WriteFileAtomically(path_, data, 0600, options_.sync);
+  if (!s.ok()) return s;
+  if (fd_ >= 0) close(fd_);
+  fd_ = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
   if (fd_ < 0) return Errno("open journal", path_);
-  records_in_file_ = order_.size();
+  records_in_file_ = order_.size() + 1;
   return absl::OkStatus();
 }
 

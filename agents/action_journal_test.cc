@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "gtest/gtest.h"
 
@@ -69,6 +70,98 @@ TEST(ActionJournalTest, BoundedWithCompaction) {
   auto again = ActionJournal::Open(path, 10);
   EXPECT_TRUE((*again)->Lookup("id30").has_value());
   EXPECT_EQ((*again)->size(), 10u);
+}
+
+TEST(ActionJournalTest, PortableHeaderLengthsAndChecksums) {
+  std::string path = TempPath("journal-format");
+  {
+    auto j = ActionJournal::Open(path);
+    ASSERT_TRUE((*j)->Record(Result("a", 0)).ok());
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GE(data.size(), 16u);
+  EXPECT_EQ(data.substr(0, 8), "MKJRNL01");
+  mkfleet::v1::JournalRecord r;
+  *r.mutable_result() = Result("a", 0);
+  std::string body = r.SerializeAsString();
+  // Little-endian length whatever the machine, then the CRC-32 of the body.
+  EXPECT_EQ(static_cast<unsigned char>(data[8]), body.size() & 0xff);
+  EXPECT_EQ(data[9], 0);
+  EXPECT_EQ(data.substr(16), body);
+}
+
+TEST(ActionJournalTest, CorruptRecordEndsTheLogAndIsReported) {
+  std::string path = TempPath("journal-corrupt");
+  {
+    auto j = ActionJournal::Open(path);
+    for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*j)->Record(Result(id, 0)).ok());
+  }
+  // Flip one byte inside the body of "b": its checksum no longer matches.
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t at = data.find("m-b");
+  ASSERT_NE(at, std::string::npos);
+  f.seekp(at);
+  f.put('X');
+  f.close();
+  auto j = ActionJournal::Open(path);
+  ASSERT_TRUE(j.ok()) << j.status();
+  EXPECT_TRUE((*j)->Lookup("a").has_value());
+  EXPECT_FALSE((*j)->Lookup("b").has_value());  // a bit flip is never taken for a result
+  EXPECT_FALSE((*j)->Lookup("c").has_value());
+  EXPECT_NE((*j)->recovery_note().find("dropped"), std::string::npos);
+  // The log goes on after the good prefix.
+  ASSERT_TRUE((*j)->Record(Result("d", 0)).ok());
+  j->reset();
+  auto again = ActionJournal::Open(path);
+  EXPECT_TRUE((*again)->Lookup("d").has_value());
+  EXPECT_EQ((*again)->recovery_note(), "");
+}
+
+TEST(ActionJournalTest, ReadsAndRewritesTheFirstFormat) {
+  std::string path = TempPath("journal-legacy");
+  {
+    std::ofstream out(path, std::ios::binary);
+    for (const char* id : {"old-1", "old-2"}) {
+      std::string body = Result(id, 0).SerializeAsString();
+      uint32_t n = body.size();
+      out.write(reinterpret_cast<const char*>(&n), 4);
+      out << body;
+    }
+  }
+  auto j = ActionJournal::Open(path);
+  ASSERT_TRUE(j.ok()) << j.status();
+  EXPECT_TRUE((*j)->Lookup("old-1").has_value());
+  EXPECT_TRUE((*j)->Lookup("old-2").has_value());
+  j->reset();
+  std::ifstream in(path, std::ios::binary);
+  std::string head(8, '\0');
+  in.read(head.data(), 8);
+  EXPECT_EQ(head, "MKJRNL01");
+}
+
+TEST(ActionJournalTest, FenceOnlyMovesForwardAndSurvivesReopenAndCompaction) {
+  std::string path = TempPath("journal-fence");
+  auto fence = [](int64_t epoch, int64_t seq) {
+    mkfleet::v1::Fence f;
+    f.set_epoch(epoch);
+    f.set_sequence(seq);
+    return f;
+  };
+  {
+    auto j = ActionJournal::Open(path, 3);
+    ASSERT_TRUE((*j)->RecordFence(fence(2, 7)).ok());
+    ASSERT_TRUE((*j)->RecordFence(fence(1, 99)).ok());  // older epoch: ignored
+    EXPECT_EQ((*j)->fence().epoch(), 2);
+    EXPECT_EQ((*j)->fence().sequence(), 7);
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE((*j)->Record(Result("id" + std::to_string(i), 0)).ok());
+  }
+  auto j = ActionJournal::Open(path, 3);
+  EXPECT_EQ((*j)->fence().epoch(), 2);
+  EXPECT_EQ((*j)->fence().sequence(), 7);
+  EXPECT_TRUE(FenceBefore(fence(2, 6), (*j)->fence()));
+  EXPECT_FALSE(FenceBefore(fence(2, 7), (*j)->fence()));
 }
 
 }  // namespace
