@@ -1,4 +1,5 @@
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -7,13 +8,25 @@
 namespace mkfleet::reconciler {
 namespace {
 
+// History rows are (revision, position in the transaction): a transaction may hold any
+// number of changes. Schema 1 numbered them revision * 65536 + position (at most 65,536
+// changes a transaction); it is migrated on open.
 constexpr char kSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL,
                                mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS history (rev INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB, deleted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+)sql";
+
+constexpr char kHistory[] = R"sql(
+CREATE TABLE IF NOT EXISTS history2 (rev INTEGER NOT NULL, pos INTEGER NOT NULL, key TEXT NOT NULL, value BLOB,
+                                     deleted INTEGER NOT NULL, PRIMARY KEY (rev, pos)) WITHOUT ROWID;
+)sql";
+
+constexpr char kMigrateV1[] = R"sql(
+INSERT INTO history2 (rev, pos, key, value, deleted) SELECT rev >> 16, rev & 65535, key, value, deleted FROM history;
+DROP TABLE history;
 )sql";
 
 // One prepared statement, reset on destruction.
@@ -36,6 +49,11 @@ class Stmt {
     return *this;
   }
   int Step() { return sqlite3_step(s_); }
+  // Ready to bind and step again.
+  void Reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
   int64_t Int(int col) { return sqlite3_column_int64(s_, col); }
   std::string Blob(int col) {
     const void* p = sqlite3_column_blob(s_, col);
@@ -102,24 +120,26 @@ class SqliteStore final : public Store {
     auto rev = RevisionLocked();
     if (!rev.ok()) return rollback(rev.status());
     int64_t next = *rev + 1;
-    for (const Op& op : ops) {
-      if (op.type == Op::Type::kPut) {
-        Stmt s(db_, "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?1, ?2, ?3, ?3, ?4) "
-                    "ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4");
-        s.Bind(1, op.key).BindBlob(2, op.value).Bind(3, next).Bind(4, op.lease);
-        if (s.Step() != SQLITE_DONE) return rollback(Error("put"));
-      } else {
-        Stmt s(db_, "DELETE FROM kv WHERE key = ?1");
-        s.Bind(1, op.key);
-        if (s.Step() != SQLITE_DONE) return rollback(Error("delete"));
-      }
-    }
+    Stmt put(db_, "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?1, ?2, ?3, ?3, ?4) "
+                  "ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4");
+    Stmt del(db_, "DELETE FROM kv WHERE key = ?1");
     // History: one row per op, ordered by (revision, position in the transaction).
+    Stmt hist(db_, "INSERT INTO history2 (rev, pos, key, value, deleted) VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (!put.ok() || !del.ok() || !hist.ok()) return rollback(Error("prepare"));
     for (size_t i = 0; i < ops.size(); ++i) {
-      Stmt h(db_, "INSERT INTO history (rev, key, value, deleted) VALUES (?1, ?2, ?3, ?4)");
-      h.Bind(1, next * kOpsPerRevision + static_cast<int64_t>(i)).Bind(2, ops[i].key).BindBlob(3, ops[i].value);
-      h.Bind(4, ops[i].type == Op::Type::kDelete ? 1 : 0);
-      if (h.Step() != SQLITE_DONE) return rollback(Error("history"));
+      const Op& op = ops[i];
+      Stmt& s = op.type == Op::Type::kPut ? put : del;
+      s.Reset();
+      if (op.type == Op::Type::kPut) {
+        s.Bind(1, op.key).BindBlob(2, op.value).Bind(3, next).Bind(4, op.lease);
+      } else {
+        s.Bind(1, op.key);
+      }
+      if (s.Step() != SQLITE_DONE) return rollback(Error(op.type == Op::Type::kPut ? "put" : "delete"));
+      hist.Reset();
+      hist.Bind(1, next).Bind(2, static_cast<int64_t>(i)).Bind(3, op.key).BindBlob(4, op.value);
+      hist.Bind(5, op.type == Op::Type::kDelete ? 1 : 0);
+      if (hist.Step() != SQLITE_DONE) return rollback(Error("history"));
     }
     Stmt m(db_, "UPDATE meta SET value = ?1 WHERE name = 'revision'");
     m.Bind(1, next);
@@ -142,13 +162,14 @@ class SqliteStore final : public Store {
       return absl::OutOfRangeError(absl::StrCat("store: history before revision ", compacted + 1,
                                                 " was compacted; list again"));
     }
-    Stmt s(db_, "SELECT rev, key, value, deleted FROM history WHERE rev >= ?1 AND substr(key, 1, ?2) = ?3 ORDER BY rev");
-    s.Bind(1, (after + 1) * kOpsPerRevision).Bind(2, static_cast<int64_t>(prefix.size())).Bind(3, prefix);
+    Stmt s(db_, "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
+                "ORDER BY rev, pos");
+    s.Bind(1, after).Bind(2, static_cast<int64_t>(prefix.size())).Bind(3, prefix);
     std::vector<Event> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) {
       Event e;
-      e.revision = s.Int(0) / kOpsPerRevision;
+      e.revision = s.Int(0);
       e.key = s.Blob(1);
       e.type = s.Int(3) ? Event::Type::kDelete : Event::Type::kPut;
       if (e.type == Event::Type::kPut) e.value = s.Blob(2);
@@ -169,12 +190,54 @@ class SqliteStore final : public Store {
 
   absl::Status Compact(int64_t revision) override {
     absl::MutexLock lock(&mu_);
-    Stmt d(db_, "DELETE FROM history WHERE rev < ?1");
-    d.Bind(1, (revision + 1) * kOpsPerRevision);
-    if (d.Step() != SQLITE_DONE) return Error("compact");
+    if (!Exec("BEGIN IMMEDIATE")) return Error("compact");
+    Stmt d(db_, "DELETE FROM history2 WHERE rev <= ?1");
+    d.Bind(1, revision);
     Stmt m(db_, "UPDATE meta SET value = max(value, ?1) WHERE name = 'compacted'");
     m.Bind(1, revision);
-    if (m.Step() != SQLITE_DONE) return Error("compact");
+    if (d.Step() != SQLITE_DONE || m.Step() != SQLITE_DONE) {
+      absl::Status s = Error("compact");
+      Exec("ROLLBACK");
+      return s;
+    }
+    if (!Exec("COMMIT")) return Error("compact");
+    // Free pages go back to the file system, and the write-ahead log is folded in and
+    // truncated, so the file follows the live data.
+    if (!Exec("PRAGMA incremental_vacuum")) return Error("vacuum");
+    sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<int64_t> SizeBytes() override {
+    absl::MutexLock lock(&mu_);
+    Stmt count(db_, "PRAGMA page_count");
+    Stmt size(db_, "PRAGMA page_size");
+    if (count.Step() != SQLITE_ROW || size.Step() != SQLITE_ROW) return Error("size");
+    int64_t bytes = count.Int(0) * size.Int(0);
+    const char* file = sqlite3_db_filename(db_, "main");
+    struct stat st;
+    if (file != nullptr && *file != '\0' && stat((std::string(file) + "-wal").c_str(), &st) == 0) bytes += st.st_size;
+    return bytes;
+  }
+
+  // Creates the history table, migrating the first format's.
+  absl::Status Migrate() {
+    absl::MutexLock lock(&mu_);
+    if (!Exec(kHistory)) return Error("schema");
+    bool v1 = false;
+    {
+      Stmt old(db_, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'history'");
+      v1 = old.Step() == SQLITE_ROW;
+    }
+    if (v1) {
+      if (!Exec("BEGIN IMMEDIATE")) return Error("migrate");
+      if (!Exec(kMigrateV1)) {
+        absl::Status s = Error("migrate history");
+        Exec("ROLLBACK");
+        return s;
+      }
+      if (!Exec("COMMIT")) return Error("migrate");
+    }
     return absl::OkStatus();
   }
 
@@ -225,10 +288,6 @@ class SqliteStore final : public Store {
   bool Exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }
 
  private:
-  // History rows are numbered revision * kOpsPerRevision + position, so one revision can
-  // hold a transaction's several changes in order.
-  static constexpr int64_t kOpsPerRevision = 1 << 16;
-
   int64_t NowMs() { return absl::ToUnixMillis(clock_.Now()); }
 
   absl::Status Error(const char* what) {
@@ -267,9 +326,24 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, 
   }
   auto store = std::make_unique<SqliteStore>(db, clock);
   sqlite3_busy_timeout(db, 5000);
-  if (!store->Exec("PRAGMA journal_mode=WAL") || !store->Exec("PRAGMA synchronous=NORMAL") || !store->Exec(kSchema)) {
+  // auto_vacuum takes effect on a new file; an existing one without it is vacuumed once.
+  bool fresh = false;
+  {
+    Stmt tables(db, "SELECT count(*) FROM sqlite_master");
+    fresh = tables.Step() == SQLITE_ROW && tables.Int(0) == 0;
+  }
+  bool incremental = false;
+  if (!fresh) {
+    Stmt mode(db, "PRAGMA auto_vacuum");
+    incremental = mode.Step() == SQLITE_ROW && mode.Int(0) == 2;
+  }
+  if (!store->Exec("PRAGMA auto_vacuum=INCREMENTAL") || (!fresh && !incremental && !store->Exec("VACUUM")) ||
+      !store->Exec("PRAGMA journal_mode=WAL") || !store->Exec("PRAGMA synchronous=NORMAL") ||
+      !store->Exec("PRAGMA journal_size_limit=67108864") || !store->Exec(kSchema)) {
     return absl::InternalError(absl::StrCat("store ", path, ": ", sqlite3_errmsg(db)));
   }
+  absl::Status migrated = store->Migrate();
+  if (!migrated.ok()) return absl::Status(migrated.code(), absl::StrCat("store ", path, ": ", migrated.message()));
   return std::unique_ptr<Store>(std::move(store));
 }
 

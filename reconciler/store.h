@@ -72,8 +72,11 @@ class Store {
   virtual absl::StatusOr<std::vector<Event>> EventsSince(int64_t after, const std::string& prefix) = 0;
   // Blocks until the revision exceeds `after` or `timeout` passes; returns the revision.
   virtual absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) = 0;
-  // Drops history up to and including `revision`.
+  // Drops history up to and including `revision` and gives the space back to the file
+  // system (SQLite: incremental vacuum), so a store under steady writes stays bounded.
   virtual absl::Status Compact(int64_t revision) = 0;
+  // The store's size on disk now (SQLite: database pages plus the write-ahead log).
+  virtual absl::StatusOr<int64_t> SizeBytes() = 0;
 
   virtual absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) = 0;
   // NotFound for an unknown or expired lease.

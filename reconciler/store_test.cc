@@ -139,5 +139,79 @@ TEST_F(StoreTest, ConcurrentCompareAndSwapLosesNoUpdate) {
   EXPECT_EQ((*store_->Get("/counter"))->value, "200");
 }
 
+TEST_F(StoreTest, TransactionsLargerThanSixtyFiveThousandOps) {
+  // A pass writes every status of a large fleet in one transaction.
+  std::vector<Op> ops;
+  for (int i = 0; i < 70000; ++i) ops.push_back({Op::Type::kPut, "/status/x" + std::to_string(i), "v", 0});
+  auto rev = store_->Txn({}, ops);
+  ASSERT_TRUE(rev.ok()) << rev.status();
+  ASSERT_TRUE(store_->Put("/after", "a").ok());
+  auto events = store_->EventsSince(0, "/");
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 70001u);
+  // In revision order, the transaction's changes in its order, all at one revision.
+  EXPECT_EQ((*events)[0].key, "/status/x0");
+  EXPECT_EQ((*events)[69999].key, "/status/x69999");
+  EXPECT_EQ((*events)[69999].revision, *rev);
+  EXPECT_EQ((*events)[70000].key, "/after");
+  EXPECT_EQ((*events)[70000].revision, *rev + 1);
+  auto since = store_->EventsSince(*rev, "/");
+  ASSERT_EQ(since->size(), 1u);
+  EXPECT_EQ((*since)[0].key, "/after");
+}
+
+TEST_F(StoreTest, CompactionKeepsTheFileBoundedUnderSteadyWrites) {
+  // The same few keys rewritten forever (statuses of a steady fleet): with history
+  // compacted to a window, the file stops growing.
+  std::string value(2000, 'x');
+  auto write_round = [&] {
+    std::vector<Op> ops;
+    for (int k = 0; k < 50; ++k) ops.push_back({Op::Type::kPut, "/status/k" + std::to_string(k), value, 0});
+    return store_->Txn({}, ops);
+  };
+  for (int i = 0; i < 200; ++i) ASSERT_TRUE(write_round().ok());
+  auto keep_window = [&] {
+    int64_t rev = *store_->Revision();
+    ASSERT_TRUE(store_->Compact(rev - 10).ok());
+  };
+  keep_window();
+  int64_t size_after_first = *store_->SizeBytes();
+  for (int round = 0; round < 5; ++round) {
+    for (int i = 0; i < 200; ++i) ASSERT_TRUE(write_round().ok());
+    keep_window();
+  }
+  int64_t size_after_more = *store_->SizeBytes();
+  EXPECT_LE(size_after_more, size_after_first * 12 / 10) << size_after_first << " -> " << size_after_more;
+  EXPECT_EQ(store_->EventsSince(0, "/").status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(StoreTest, OpensAStoreOfTheFirstHistoryFormat) {
+  store_.reset();
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path_ + suffix);
+  {
+    // What the first version wrote: history rows numbered revision * 65536 + position.
+    std::string sql =
+        "sqlite3 '" + path_ +
+        "' \"CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL, "
+        "mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0); CREATE TABLE history (rev INTEGER PRIMARY KEY, "
+        "key TEXT NOT NULL, value BLOB, deleted INTEGER NOT NULL); CREATE TABLE meta (name TEXT PRIMARY KEY, value "
+        "INTEGER NOT NULL); CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms INTEGER NOT NULL, "
+        "expires_ms INTEGER NOT NULL); INSERT INTO meta VALUES ('revision', 2), ('compacted', 0); INSERT INTO kv "
+        "VALUES ('/a', 'A', 1, 1, 0), ('/b', 'B', 2, 2, 0); INSERT INTO history VALUES (65536, '/a', 'A', 0), "
+        "(131072, '/b', 'B', 0), (131073, '/c', NULL, 1);\"";
+    if (system(sql.c_str()) != 0) GTEST_SKIP() << "no sqlite3 command";
+  }
+  auto opened = OpenSqliteStore(path_, clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  store_ = *std::move(opened);
+  auto events = store_->EventsSince(0, "/");
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[1].revision, 2);
+  EXPECT_EQ((*events)[2].key, "/c");
+  EXPECT_EQ((*events)[2].type, Event::Type::kDelete);
+  EXPECT_EQ(*store_->Put("/d", "D"), 3);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler
