@@ -32,14 +32,16 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
       topology_(std::move(topology)),
       probe_(probe),
       clock_(clock),
+      journal_(journal),
       executor_(kernel, journal, topology_) {
+  auto obs = kernel_.Observe();
   absl::MutexLock lock(&mu_);
   // Versions start at the wall clock, so a client's version from an earlier run of this
   // agent is older than everything here and gets a fresh snapshot.
   version_ = absl::ToUnixMillis(clock_.Now()) * 1000;
   LoadPolicies();
   // Adopt what already runs: the kernel is the source of truth.
-  Refresh();
+  Fold(obs);
   for (const auto& in : state_.instances()) {
     watched_[in.name()].last = in.status().kernel_state();
     Event(in.name(), "Normal", "Adopted", absl::StrCat("found ", kernel::KernelStateName(in.status().kernel_state())));
@@ -104,6 +106,11 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
 
 void Agent::Refresh() {
   auto obs = kernel_.Observe();
+  absl::MutexLock lock(&mu_);
+  Fold(obs);
+}
+
+void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
   if (!obs.ok()) {
     // Reported once per distinct error, so a persistent one does not flood the events.
     std::string message(obs.status().message());
@@ -121,11 +128,12 @@ void Agent::Refresh() {
   std::set<uint64_t> lent;
   std::map<uint32_t, uint64_t> memory_lent;  // NUMA node -> bytes
   std::set<std::string> devices_lent;
-  std::map<std::string, v1::ObservedInstance> old;
-  for (const auto& in : state_.instances()) old[in.name()] = in;
+  std::map<std::string, const v1::ObservedInstance*> old;
+  for (const auto& in : state_.instances()) old[in.name()] = &in;
   for (const kernel::InstanceInfo& info : obs->instances) {
     v1::ObservedInstance* o = next.add_instances();
     o->set_name(info.name);
+    o->set_owner(info.owner);
     v1::InstanceStatus* s = o->mutable_status();
     s->set_kernel_state(info.state);
     s->set_phase(kernel::KernelStateName(info.state));
@@ -139,10 +147,20 @@ void Agent::Refresh() {
     }
     if (!info.resources.cpus.empty()) p->set_boot_cpu(to_logical(info.resources.cpus[0]));
     for (uint32_t n : info.resources.numa_nodes) p->add_numa_nodes(n);
-    auto* mem = p->add_memory();
-    mem->set_node(info.resources.numa_nodes.empty() ? 0 : info.resources.numa_nodes[0]);
-    mem->set_bytes(info.resources.memory_bytes);
-    memory_lent[mem->node()] += info.resources.memory_bytes;
+    if (!info.memory_by_node.empty()) {
+      // Per NUMA node, as the kernel holds it.
+      for (const auto& [node, bytes] : info.memory_by_node) {
+        auto* mem = p->add_memory();
+        mem->set_node(node);
+        mem->set_bytes(bytes);
+        memory_lent[node] += bytes;
+      }
+    } else {
+      auto* mem = p->add_memory();
+      mem->set_node(info.resources.numa_nodes.empty() ? 0 : info.resources.numa_nodes[0]);
+      mem->set_bytes(info.resources.memory_bytes);
+      memory_lent[mem->node()] += info.resources.memory_bytes;
+    }
     for (const auto& d : info.resources.devices) {
       p->add_devices()->set_pci(d.pci_id);
       devices_lent.insert(d.pci_id);
@@ -183,24 +201,37 @@ void Agent::Refresh() {
     if (!devices_lent.count(d.pci_id)) pool->add_devices_free(d.pci_id);
   }
   // What changed since the last pass: one new version for all of it.
-  std::vector<std::string> changed_names, removed_names;
+  std::vector<v1::ObservedInstance*> changed;
   std::set<std::string> now_names;
-  for (const auto& in : next.instances()) {
+  for (auto& in : *next.mutable_instances()) {
     now_names.insert(in.name());
     auto it = old.find(in.name());
-    if (it == old.end() || !Same(it->second, in)) changed_names.push_back(in.name());
+    if (it != old.end()) {
+      in.set_version(it->second->version());
+      if (Same(*it->second, in)) continue;
+    }
+    changed.push_back(&in);
   }
+  std::vector<std::string> removed_names;
   for (const auto& [name, in] : old) {
     if (!now_names.count(name)) removed_names.push_back(name);
   }
   bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
-  if (pool_changed || !changed_names.empty() || !removed_names.empty()) ++version_;
+  if (pool_changed || !changed.empty() || !removed_names.empty()) ++version_;
   if (pool_changed) pool_changed_at_ = version_;
-  for (const std::string& name : changed_names) changed_at_[name] = version_;
+  for (v1::ObservedInstance* in : changed) {
+    in->set_version(version_);
+    changed_at_[in->name()] = version_;
+  }
   for (const std::string& name : removed_names) {
-    removed_at_[name] = version_;
+    removed_at_.emplace_back(version_, name);
     changed_at_.erase(name);
     watched_.erase(name);
+    touched_at_.erase(name);
+  }
+  while (removed_at_.size() > kMaxRemovals) {
+    removals_forgotten_ = removed_at_.front().first;
+    removed_at_.pop_front();
   }
   state_ = std::move(next);
   state_.set_resource_version(version_);
@@ -212,62 +243,116 @@ const v1::LocalPolicy* Agent::PolicyFor(const std::string& name) const {
 }
 
 void Agent::Tick() {
-  absl::MutexLock lock(&mu_);
+  // The observation and every kernel call happen without the lock: Execute, Watch and
+  // Inventory go on meanwhile, and a slow call delays nothing else.
+  int64_t batches_before;
+  {
+    absl::MutexLock lock(&mu_);
+    batches_before = batches_done_;
+  }
   Refresh();
   absl::Duration now = clock_.Monotonic();
-  // Instances the watchdog acted on; the others keep the state seen at the start of this
-  // pass, so a transition that happens during the pass is seen by the next one.
-  std::set<std::string> acted;
-  for (const auto& in : state_.instances()) {
-    const std::string& name = in.name();
-    Watched& w = watched_[name];
-    v1::KernelState cur = in.status().kernel_state();
-    w.id = in.status().placement().instance_id();
-    if (in_flight_.count(name)) continue;  // an Execute is changing it; it records the result
-    v1::KernelState last = w.last;
-    w.last = cur;
-    const v1::LocalPolicy* policy = PolicyFor(name);
-    if (last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED && w.restart_at == absl::InfiniteDuration()) {
-      Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
-      OnFailure(name, w, "crash");
-      acted.insert(name);
-      if (!w.role.empty()) acted.insert(PolicyFor(name) ? PolicyFor(name)->standby_instance() : "");
-    } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
-               policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
-      absl::Duration every = policy->failover().heartbeat().interval() > 0
-                                 ? absl::Milliseconds(policy->failover().heartbeat().interval())
-                                 : options_.default_heartbeat;
-      uint32_t misses = policy->failover().heartbeat().misses() > 0 ? policy->failover().heartbeat().misses()
-                                                                   : options_.default_misses;
-      w.next_probe = now + every;
-      if (probe_.Probe(name, w.id)) {
-        w.misses = 0;
-      } else if (++w.misses >= misses) {
-        w.misses = 0;
-        Event(name, "Warning", "Hung", absl::StrCat(misses, " liveness probes failed in a row"));
-        absl::Status s = kernel_.Halt(name, /*force=*/true);
-        Event(name, s.ok() ? "Normal" : "Warning", "ForceHalted", s.ok() ? "NMI sent to its CPUs" : std::string(s.message()));
-        OnFailure(name, w, "hang");
-        acted.insert(name);
+  std::vector<Step> steps;
+  struct ProbeJob {
+    std::string name;
+    uint32_t id;
+    uint32_t misses;
+  };
+  std::vector<ProbeJob> probes;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& in : state_.instances()) {
+      const std::string& name = in.name();
+      Watched& w = watched_[name];
+      v1::KernelState cur = in.status().kernel_state();
+      w.id = in.status().placement().instance_id();
+      // An Execute is changing it, or changed it after this observation: it records the
+      // result itself.
+      if (in_flight_.count(name)) continue;
+      auto touched = touched_at_.find(name);
+      if (touched != touched_at_.end() && touched->second > batches_before) continue;
+      v1::KernelState last = w.last;
+      w.last = cur;
+      const v1::LocalPolicy* policy = PolicyFor(name);
+      if (last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED &&
+          w.restart_at == absl::InfiniteDuration()) {
+        Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
+        OnFailure(name, w, "crash", &steps);
+      } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
+                 policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
+        absl::Duration every = policy->failover().heartbeat().interval() > 0
+                                   ? absl::Milliseconds(policy->failover().heartbeat().interval())
+                                   : options_.default_heartbeat;
+        uint32_t misses = policy->failover().heartbeat().misses() > 0 ? policy->failover().heartbeat().misses()
+                                                                     : options_.default_misses;
+        w.next_probe = now + every;
+        probes.push_back({name, w.id, misses});
+      }
+      if (w.restart_at != absl::InfiniteDuration() && now >= w.restart_at) {
+        w.restart_at = absl::InfiniteDuration();
+        steps.push_back({Step::kRestart, name, ""});
       }
     }
-    if (w.restart_at != absl::InfiniteDuration() && now >= w.restart_at) {
-      w.restart_at = absl::InfiniteDuration();
-      absl::Status s = kernel_.Start(name);
-      ++w.restart_count;
-      Event(name, s.ok() ? "Normal" : "Warning", "Restarted",
-            s.ok() ? absl::StrCat("started again (restart ", w.restart_count, ")") : std::string(s.message()));
-      acted.insert(name);
+  }
+  // Liveness probes (a vsock connect on a real host) outside the lock.
+  for (const ProbeJob& job : probes) {
+    bool alive = probe_.Probe(job.name, job.id);
+    absl::MutexLock lock(&mu_);
+    auto it = watched_.find(job.name);
+    if (it == watched_.end()) continue;
+    Watched& w = it->second;
+    if (alive) {
+      w.misses = 0;
+    } else if (++w.misses >= job.misses) {
+      w.misses = 0;
+      Event(job.name, "Warning", "Hung", absl::StrCat(job.misses, " liveness probes failed in a row"));
+      steps.insert(steps.begin(), {Step::kForceHalt, job.name, ""});
     }
   }
-  if (acted.empty()) return;
-  Refresh();
+  if (steps.empty()) return;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step step = steps[i];
+    switch (step.kind) {
+      case Step::kForceHalt: {
+        absl::Status s = kernel_.Halt(step.name, /*force=*/true);
+        absl::MutexLock lock(&mu_);
+        Event(step.name, s.ok() ? "Normal" : "Warning", "ForceHalted",
+              s.ok() ? "NMI sent to its CPUs" : std::string(s.message()));
+        auto it = watched_.find(step.name);
+        if (it != watched_.end()) OnFailure(step.name, it->second, "hang", &steps);
+        break;
+      }
+      case Step::kTakeover:
+        Takeover(step.name, step.standby);
+        break;
+      case Step::kRestart: {
+        // Asked to boot; the next passes see it come up (or fail again).
+        absl::Status s = kernel_.Start(step.name, /*wait=*/false);
+        absl::MutexLock lock(&mu_);
+        Watched& w = watched_[step.name];
+        ++w.restart_count;
+        Event(step.name, s.ok() ? "Normal" : "Warning", "Restarted",
+              s.ok() ? absl::StrCat("started again (restart ", w.restart_count, ")") : std::string(s.message()));
+        break;
+      }
+    }
+  }
+  // The acted-on instances' new states are the baseline for the next pass (a restart is not
+  // mistaken for anything, the old primary's state after a takeover is expected).
+  auto obs = kernel_.Observe();
+  absl::MutexLock lock(&mu_);
+  Fold(obs);
+  std::set<std::string> acted;
+  for (const Step& step : steps) {
+    acted.insert(step.name);
+    if (!step.standby.empty()) acted.insert(step.standby);
+  }
   for (const auto& in : state_.instances()) {
-    if (acted.count(in.name())) watched_[in.name()].last = in.status().kernel_state();
+    if (acted.count(in.name()) && !in_flight_.count(in.name())) watched_[in.name()].last = in.status().kernel_state();
   }
 }
 
-void Agent::OnFailure(const std::string& name, Watched& w, const std::string& what) {
+void Agent::OnFailure(const std::string& name, Watched& w, const std::string& what, std::vector<Step>* steps) {
   const v1::LocalPolicy* policy = PolicyFor(name);
   if (policy == nullptr || policy->failover().policy() == v1::FAILOVER_NONE) {
     Event(name, "Warning", "NoPolicy", absl::StrCat("left ", what == "crash" ? "loaded" : "halted", ": policy None"));
@@ -276,9 +361,9 @@ void Agent::OnFailure(const std::string& name, Watched& w, const std::string& wh
   absl::Duration now = clock_.Monotonic();
   if (policy->failover().policy() == v1::FAILOVER_STANDBY && !policy->standby_instance().empty() &&
       w.role != "standby") {
-    Takeover(name, policy->standby_instance());
-    // The failed kernel comes back as the new standby, at once.
-    w.restart_at = now;
+    steps->push_back({Step::kTakeover, name, policy->standby_instance()});
+    // The failed kernel comes back as the new standby, at once (after the takeover).
+    steps->push_back({Step::kRestart, name, ""});
     return;
   }
   absl::Duration window = policy->restart_window_ms() > 0 ? absl::Milliseconds(policy->restart_window_ms())
@@ -299,13 +384,17 @@ void Agent::OnFailure(const std::string& name, Watched& w, const std::string& wh
 
 void Agent::Takeover(const std::string& failed, const std::string& standby) {
   std::vector<kernel::DeviceEntry> devices;
-  for (const auto& in : state_.instances()) {
-    if (in.name() != failed) continue;
-    for (const auto& d : in.status().placement().devices()) devices.push_back({d.pci(), "", "vfio-pci", 0});
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& in : state_.instances()) {
+      if (in.name() != failed) continue;
+      for (const auto& d : in.status().placement().devices()) devices.push_back({d.pci(), "", "vfio-pci", 0});
+    }
   }
   absl::Status s = kernel_.MoveDevices(failed, standby, devices);
   std::vector<std::string> names;
   for (const auto& d : devices) names.push_back(d.pci_id);
+  absl::MutexLock lock(&mu_);
   if (!s.ok()) {
     Event(failed, "Warning", "TakeoverFailed", std::string(s.message()));
     return;
@@ -339,7 +428,7 @@ v1::InventoryResponse Agent::Inventory() {
   return r;
 }
 
-v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
+absl::StatusOr<v1::ExecuteResponse> Agent::Execute(const v1::ActionBatch& batch) {
   std::set<std::string> touched;
   for (const auto& a : batch.actions()) touched.insert(a.instance());
   {
@@ -347,25 +436,40 @@ v1::ExecuteResponse Agent::Execute(const v1::ActionBatch& batch) {
     absl::MutexLock lock(&mu_);
     for (const std::string& name : touched) ++in_flight_[name];
   }
-  v1::ExecuteResponse r = executor_.Execute(batch);
+  absl::StatusOr<v1::ExecuteResponse> r = executor_.Execute(batch);
+  // The batch's instances take their new state as expected (read now, without the lock); a
+  // crash elsewhere during the batch is still a transition for the watchdog to see. The
+  // full state is rebuilt by the watchdog's next pass.
+  std::map<std::string, v1::KernelState> after;
+  for (const std::string& name : touched) {
+    if (name.empty()) continue;
+    auto state = kernel_.StateOf(name);
+    if (state.ok()) after[name] = *state;
+  }
   absl::MutexLock lock(&mu_);
-  // Only the batch's instances take their new state as expected; a crash elsewhere during
-  // the batch is still a transition for the watchdog to see. The full state is rebuilt by
-  // the watchdog's next pass.
+  ++batches_done_;
   for (const std::string& name : touched) {
     if (--in_flight_[name] == 0) in_flight_.erase(name);
     if (name.empty()) continue;
-    auto state = kernel_.StateOf(name);
-    if (state.ok()) watched_[name].last = *state;
+    touched_at_[name] = batches_done_;
+    auto it = after.find(name);
+    if (it != after.end() && it->second != v1::KERNEL_STATE_ABSENT) {
+      watched_[name].last = it->second;
+    } else {
+      touched_at_.erase(name);
+    }
   }
   refresh_requested_ = true;
-  for (const auto& res : r.results()) {
+  if (!r.ok()) {
+    Event("", "Warning", "BatchRefused", std::string(r.status().message()));
+    return r;
+  }
+  for (int i = 0; i < r->results_size() && i < batch.actions_size(); ++i) {
+    const v1::ActionResult& res = r->results(i);
     if (res.replayed()) continue;
-    for (const auto& a : batch.actions()) {
-      if (a.id() != res.id()) continue;
-      Event(a.instance(), res.code() == 0 ? "Normal" : "Warning", res.code() == 0 ? "ActionDone" : "ActionFailed",
-            absl::StrCat(a.id(), res.message().empty() ? "" : ": ", res.message()));
-    }
+    const v1::Action& a = batch.actions(i);
+    Event(a.instance(), res.code() == 0 ? "Normal" : "Warning", res.code() == 0 ? "ActionDone" : "ActionFailed",
+          absl::StrCat(a.id(), res.message().empty() ? "" : ": ", res.message()));
   }
   return r;
 }
@@ -379,6 +483,16 @@ absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
     if (p.standby_instance() == p.instance()) {
       return absl::InvalidArgumentError(absl::StrCat("policy for ", p.instance(), ": an instance cannot be its own standby"));
     }
+  }
+  const v1::Fence& fence = request.fence();
+  if (fence.epoch() != 0 || fence.sequence() != 0) {
+    v1::Fence taken = journal_.fence();
+    if (FenceBefore(fence, taken)) {
+      return absl::AbortedError(absl::StrCat("stale policy update: fence ", fence.epoch(), ".", fence.sequence(),
+                                             " is older than ", taken.epoch(), ".", taken.sequence()));
+    }
+    absl::Status s = journal_.RecordFence(fence);
+    if (!s.ok()) return s;
   }
   absl::MutexLock lock(&mu_);
   if (request.replace()) policies_.clear();
@@ -433,8 +547,16 @@ bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState
     auto it = changed_at_.find(in.name());
     if (it != changed_at_.end() && it->second > version) *out->add_instances() = in;
   }
-  for (const auto& [name, at] : removed_at_) {
-    if (at > version) out->add_removed(name);
+  if (version < removals_forgotten_) {
+    // Too far behind to list what went: the whole state instead.
+    out->set_snapshot(true);
+    out->clear_instances();
+    *out->mutable_instances() = state_.instances();
+    *out->mutable_pool() = state_.pool();
+  } else {
+    for (const auto& [at, name] : removed_at_) {
+      if (at > version) out->add_removed(name);
+    }
   }
   for (const auto& e : events_) {
     if (e.seq() > version) *out->add_events() = e;

@@ -9,7 +9,13 @@
 //    window, give up and report CrashLoop;
 //  - policy Standby: the standby (already active) receives the failed instance's devices
 //    in one transaction, the roles swap, and the failed kernel restarts as the new standby.
-// Every step is an event with its time.
+// Every step is an event with its time. The watchdog never holds the agent's lock across a
+// kernel call or a probe, and its restarts do not wait for the boot, so one slow boot or
+// halt does not delay crash detection of the other instances.
+//
+// Observed state: each instance carries the version at which it last changed and its
+// owner (as recorded at create); the host's version rises with every change. Removals are
+// remembered for the last kMaxRemovals changes; a watcher further behind gets a snapshot.
 // Thread-safety: all public methods are safe to call concurrently.
 #ifndef MKFLEET_AGENTS_AGENT_H_
 #define MKFLEET_AGENTS_AGENT_H_
@@ -57,8 +63,14 @@ class Agent {
   void Tick();
 
   mkfleet::v1::InventoryResponse Inventory();
-  mkfleet::v1::ExecuteResponse Execute(const mkfleet::v1::ActionBatch& batch);
+  // ABORTED (nothing run) for a stale fence; else one result per action.
+  absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
+  // ABORTED for a stale fence (the policies are not changed).
   absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
+  // The executor, for test hooks (Executor::SetObserver).
+  Executor& executor() { return executor_; }
+
+  static constexpr size_t kMaxRemovals = 4096;
 
   // The full state now.
   mkfleet::v1::HostState Snapshot();
@@ -80,11 +92,22 @@ class Agent {
     uint32_t restart_count = 0;
   };
 
-  void Refresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Observes the kernel (no lock held) and folds the result into the state.
+  void Refresh() ABSL_LOCKS_EXCLUDED(mu_);
+  void Fold(const absl::StatusOr<kernel::HostObservation>& obs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What the watchdog decided to do this pass, done without the lock.
+  struct Step {
+    enum Kind { kForceHalt, kTakeover, kRestart } kind;
+    std::string name;
+    std::string standby;  // kTakeover
+  };
   void Event(const std::string& name, const std::string& type, const std::string& reason, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnFailure(const std::string& name, Watched& w, const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Takeover(const std::string& name, const std::string& standby) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Decides what a failure of `name` leads to: a takeover step (appended to `steps`), a
+  // scheduled restart, or giving up.
+  void OnFailure(const std::string& name, Watched& w, const std::string& what, std::vector<Step>* steps)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Takeover(const std::string& name, const std::string& standby) ABSL_LOCKS_EXCLUDED(mu_);
   const mkfleet::v1::LocalPolicy* PolicyFor(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SavePolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoadPolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -94,6 +117,7 @@ class Agent {
   std::shared_ptr<const planner::Topology> topology_;
   LivenessProbe& probe_;
   Clock& clock_;
+  ActionJournal& journal_;
   Executor executor_;
 
   absl::Mutex mu_;
@@ -102,11 +126,16 @@ class Agent {
   mkfleet::v1::HostState state_ ABSL_GUARDED_BY(mu_);  // full, at version_
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int64_t> changed_at_ ABSL_GUARDED_BY(mu_);  // instance -> version of last change
-  std::map<std::string, int64_t> removed_at_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<int64_t, std::string>> removed_at_ ABSL_GUARDED_BY(mu_);  // (version, name), oldest first
+  int64_t removals_forgotten_ ABSL_GUARDED_BY(mu_) = 0;  // the newest version of a forgotten removal
   std::deque<mkfleet::v1::Event> events_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_observe_error_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // instances of running batches
+  // Batches finished so far, and the count when each instance was last touched by one: a
+  // watchdog observation older than that is not used for it.
+  int64_t batches_done_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
   int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
   std::thread thread_;

@@ -55,7 +55,9 @@ grpc::Status AgentService::Execute(grpc::ServerContext*, const v1::ActionBatch* 
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "] (", a.id(), "): instance is required"));
     }
   }
-  *response = agent_.Execute(*batch);
+  auto r = agent_.Execute(*batch);
+  if (!r.ok()) return ToGrpc(r.status());
+  *response = *std::move(r);
   return grpc::Status::OK;
 }
 

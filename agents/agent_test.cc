@@ -1,5 +1,7 @@
 #include "agents/agent.h"
 
+#include <thread>
+
 #include "agents/testing/agent_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -24,7 +26,7 @@ class AgentTest : public ::testing::Test {
 
   // Creates, loads and starts `name` on `cpus`, with `device` if given.
   void Boot(const std::string& name, std::vector<uint32_t> cpus, const std::string& device = "") {
-    v1::ExecuteResponse response = agent_->Execute(BootBatch(name, cpus, host_.vmlinux, device));
+    v1::ExecuteResponse response = *agent_->Execute(BootBatch(name, cpus, host_.vmlinux, device));
     for (const auto& r : response.results()) ASSERT_EQ(r.code(), 0) << r.message();
   }
 
@@ -177,6 +179,116 @@ TEST_F(AgentTest, AdoptsWhatAlreadyRuns) {
   EXPECT_THAT(adopted, Contains("Adopted"));
   EXPECT_EQ(second.Snapshot().instances(0).status().kernel_state(), v1::KERNEL_STATE_ACTIVE);
   EXPECT_EQ(host_.emu->counters().starts, 1);  // not disturbed
+}
+
+TEST_F(AgentTest, InstancesCarryTheirVersionOwnerAndMemoryPerNode) {
+  v1::ActionBatch b = BootBatch("web-1", {2, 18}, host_.vmlinux);
+  b.mutable_actions(0)->mutable_create()->set_owner("KernelInstance/web-1");
+  auto* m = b.mutable_actions(0)->mutable_create()->mutable_placement()->add_memory();
+  m->set_node(1);
+  m->set_bytes(256ull << 20);
+  ASSERT_TRUE(agent_->Execute(b).ok());
+  agent_->Tick();
+  v1::HostState s = agent_->Snapshot();
+  ASSERT_EQ(s.instances_size(), 1);
+  const v1::ObservedInstance& in = s.instances(0);
+  EXPECT_EQ(in.owner(), "KernelInstance/web-1");
+  EXPECT_GT(in.version(), 0);
+  EXPECT_LE(in.version(), s.resource_version());
+  // Memory per node, not collapsed onto the first (defect: spread memory was reported on
+  // node 0 only).
+  std::map<uint32_t, uint64_t> mem;
+  for (const auto& nb : in.status().placement().memory()) mem[nb.node()] += nb.bytes();
+  EXPECT_EQ(mem[0], 512ull << 20);
+  EXPECT_EQ(mem[1], 256ull << 20);
+  // Nothing changed: the version stays; a change moves it.
+  agent_->Tick();
+  EXPECT_EQ(agent_->Snapshot().instances(0).version(), in.version());
+  ASSERT_TRUE(host_.emu->InjectPanic("web-1").ok());
+  agent_->Tick();
+  EXPECT_GT(agent_->Snapshot().instances(0).version(), in.version());
+}
+
+TEST_F(AgentTest, RemovalsAreRememberedBoundedAndOldWatchersGetASnapshot) {
+  int64_t start = agent_->Snapshot().resource_version();
+  v1::ActionBatch boot = BootBatch("web-1", {2, 18}, host_.vmlinux);
+  // More create/remove cycles than the agent remembers removals for would take long; the
+  // bound is checked by a watcher from before every removal getting a snapshot instead.
+  ASSERT_TRUE(agent_->Execute(boot).ok());
+  agent_->Tick();
+  v1::ActionBatch del;
+  for (const char* step : {"halt", "unload", "remove"}) {
+    v1::Action* a = del.add_actions();
+    a->set_id(std::string("d-") + step);
+    a->set_instance("web-1");
+    if (std::string(step) == "halt") a->mutable_halt();
+    if (std::string(step) == "unload") a->mutable_unload();
+    if (std::string(step) == "remove") a->mutable_remove();
+  }
+  ASSERT_TRUE(agent_->Execute(del).ok());
+  agent_->Tick();
+  v1::HostState changes;
+  ASSERT_TRUE(agent_->WaitForChange(start, absl::ZeroDuration(), &changes));
+  EXPECT_FALSE(changes.snapshot());
+  ASSERT_EQ(changes.removed_size(), 1);
+  EXPECT_EQ(changes.removed(0), "web-1");
+  EXPECT_EQ(Agent::kMaxRemovals, 4096u);
+}
+
+// A slow call on one instance (a halt that takes 5 s) must not hold up crash detection of
+// the others. Real time: the watchdog runs on its own thread, as in mkagent.
+TEST(AgentWatchdogTest, CrashDetectionDoesNotWaitForASlowHalt) {
+  TestHost host("watchdog");
+  kernel::EmulatorOptions o = kernel::MachineFromTopology(*host.topology);
+  o.clock = &Clock::Real();
+  auto emu = std::make_unique<kernel::EmulatedKernel>(o);
+  kernel::HostKernelOptions ho;
+  ho.host = "w";
+  ho.state_dir = (host.dir / "real-state").string();
+  ho.clock = &Clock::Real();
+  kernel::HostKernel hk(*emu, *emu, ho);
+  kernel::PoolState pool;
+  for (size_t i = 2; i < o.cpus.size(); ++i) pool.cpus.push_back(o.cpus[i]);
+  for (const auto& m : o.memory) pool.memory.push_back({0, 8ull << 30, m.numa});
+  ASSERT_TRUE(hk.SetPool(pool).ok());
+  auto probe = NewEmulatorProbe(*emu);
+  AgentOptions ao;
+  ao.host = "w";
+  ao.poll_interval = absl::Milliseconds(10);
+  Agent agent(ao, hk, host.topology, *host.journal, *probe, Clock::Real());
+  ASSERT_TRUE(agent.Execute(BootBatch("slow", {2, 18}, host.vmlinux)).ok());
+  ASSERT_TRUE(agent.Execute(BootBatch("other", {3, 19}, host.vmlinux)).ok());
+  v1::SetPolicyRequest policy;
+  policy.add_policies()->set_instance("other");
+  ASSERT_TRUE(agent.SetPolicy(policy).ok());
+  agent.Start();
+  ASSERT_TRUE(emu->SetHaltBehavior("slow", absl::Seconds(5), false).ok());
+  absl::Time begun = absl::Now();
+  std::thread halter([&] {
+    v1::ActionBatch halt;
+    v1::Action* a = halt.add_actions();
+    a->set_id("slow-halt");
+    a->set_instance("slow");
+    a->mutable_halt();
+    agent.Execute(halt).IgnoreError();
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(emu->InjectPanic("other").ok());
+  bool seen = false;
+  absl::Duration took;
+  while (absl::Now() - begun < absl::Seconds(8)) {
+    for (const auto& e : agent.Events()) seen |= e.name() == "other" && e.reason() == "Crashed";
+    if (seen) {
+      took = absl::Now() - begun;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  halter.join();
+  agent.Stop();
+  ASSERT_TRUE(seen);
+  // Well before the 5 s halt is over.
+  EXPECT_LT(took, absl::Seconds(3)) << took;
 }
 
 }  // namespace

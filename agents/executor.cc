@@ -44,42 +44,75 @@ v1::KernelState StateAfter(const v1::Action& a) {
   }
 }
 
+bool ValidInstanceName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  }
+  return name.front() != '-' && name.back() != '-';
+}
+
 Executor::Executor(kernel::HostKernel& kernel, ActionJournal& journal, std::shared_ptr<const planner::Topology> topology)
     : kernel_(kernel), journal_(journal), topology_(std::move(topology)) {}
 
-bool Executor::Busy(const std::string& instance) const {
-  absl::MutexLock lock(&busy_mu_);
-  return busy_ == instance;
+absl::Status Executor::Preflight(const v1::ActionBatch& batch, const std::string& instance) {
+  bool down = false;
+  for (const v1::Action& a : batch.actions()) {
+    if (a.instance() != instance) continue;
+    if (a.has_halt() || a.has_unload() || a.has_remove()) down = true;
+    if (a.has_load() && down && !journal_.Lookup(a.id())) {
+      kernel::KernelImage image;
+      image.kernel_path = a.load().kernel().image();
+      image.initrd_path = a.load().kernel().initrd();
+      image.sha256 = a.load().kernel().sha256();
+      absl::Status s = kernel_.CheckImage(instance, image);
+      if (!s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("not taken down: its new kernel would not load: ", s.message()));
+      }
+      return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
 }
 
-v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
+absl::StatusOr<v1::ExecuteResponse> Executor::Execute(const v1::ActionBatch& batch) {
   absl::MutexLock run(&run_mu_);
+  const v1::Fence& fence = batch.fence();
+  if (fence.epoch() != 0 || fence.sequence() != 0) {
+    v1::Fence taken = journal_.fence();
+    if (FenceBefore(fence, taken)) {
+      return absl::AbortedError(absl::StrCat("stale batch: fence ", fence.epoch(), ".", fence.sequence(),
+                                             " is older than ", taken.epoch(), ".", taken.sequence(),
+                                             " already taken; plan again"));
+    }
+    absl::Status s = journal_.RecordFence(fence);
+    if (!s.ok()) return s;
+  }
   v1::ExecuteResponse response;
-  bool stopped = false;
+  // Per instance: the action that failed, so its later actions are not run.
+  std::map<std::string, std::string> failed;
+  std::set<std::string> checked;
   for (const v1::Action& action : batch.actions()) {
     v1::ActionResult* r = response.add_results();
     r->set_id(action.id());
-    if (stopped) {
+    const std::string& instance = action.instance();
+    auto f = failed.find(instance);
+    if (f != failed.end()) {
       r->set_code(static_cast<int>(absl::StatusCode::kAborted));
-      r->set_message("not run: an earlier action of the batch failed");
+      r->set_message(absl::StrCat("not run: ", f->second, " of ", instance.empty() ? "the pool" : instance,
+                                  " failed earlier in the batch"));
       continue;
     }
     if (auto recorded = journal_.Lookup(action.id())) {
       *r = *recorded;
       r->set_replayed(true);
-      stopped = recorded->code() != 0;
+      if (recorded->code() != 0) failed[instance] = action.id();
       continue;
     }
-    {
-      absl::MutexLock lock(&busy_mu_);
-      busy_ = action.instance();
-    }
+    absl::Status s;
+    if (!instance.empty() && checked.insert(instance).second) s = Preflight(batch, instance);
     note_.clear();
-    absl::Status s = Run(action);
-    {
-      absl::MutexLock lock(&busy_mu_);
-      busy_.clear();
-    }
+    if (s.ok()) s = Run(action);
     r->set_code(static_cast<int>(s.code()));
     r->set_message(s.ok() ? note_ : std::string(s.message()));
     // Only successes are recorded: a failed action changed nothing (every kernel change is
@@ -93,7 +126,8 @@ v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
         r->set_message(absl::StrCat("ran, but the journal failed: ", j.message()));
       }
     }
-    stopped = r->code() != 0;
+    if (observer_) observer_(action, *r);
+    if (r->code() != 0) failed[instance] = action.id();
   }
   // One fdatasync per batch. Should the machine lose power before it, the actions re-run
   // when re-sent and find their effect already there (HostKernel is idempotent).
@@ -111,10 +145,11 @@ v1::ExecuteResponse Executor::Execute(const v1::ActionBatch& batch) {
 
 absl::Status Executor::Run(const v1::Action& a) {
   const std::string& name = a.instance();
-  if (name.empty() && a.op_case() != v1::Action::kPoolChange) {
-    return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no instance"));
-  }
   if (a.id().empty()) return absl::InvalidArgumentError("action without an id");
+  if (a.op_case() != v1::Action::kPoolChange && !ValidInstanceName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": instance name \"", name,
+                                                   "\" is not a DNS label (a-z, 0-9, '-', at most 63)"));
+  }
   // The precondition: the state the controller expects, or the state the action leads to
   // (it already happened: nothing to do, and HostKernel will find it so).
   if (a.expect() != v1::KERNEL_STATE_UNKNOWN) {
@@ -132,8 +167,21 @@ absl::Status Executor::Run(const v1::Action& a) {
       MK_RETURN_IF_ERROR(InPool(a.id(), r.cpus));
       std::optional<uint32_t> id;
       if (a.create().id() != 0) id = a.create().id();
-      return kernel_.Create(name, id, r);
+      // The kernel takes an instance's memory from its first NUMA node; the other nodes'
+      // shares join it in the same transaction.
+      std::vector<kernel::MemoryEntry> extra;
+      const v1::Placement& p = a.create().placement();
+      if (kernel_.StateOf(name).value_or(v1::KERNEL_STATE_UNKNOWN) == v1::KERNEL_STATE_ABSENT) {
+        for (const auto& m : p.memory()) {
+          if (r.numa_nodes.empty() || m.node() == r.numa_nodes[0] || m.bytes() == 0) continue;
+          MK_ASSIGN_OR_RETURN(auto blocks, kernel_.FreePoolMemory(m.node(), m.bytes()));
+          extra.insert(extra.end(), blocks.begin(), blocks.end());
+        }
+      }
+      return kernel_.Create(name, id, r, a.create().owner(), extra);
     }
+    case v1::Action::kClaim:
+      return kernel_.SetOwner(name, a.claim().owner());
     case v1::Action::kLoad: {
       kernel::KernelImage image;
       image.kernel_path = a.load().kernel().image();
@@ -162,11 +210,23 @@ absl::Status Executor::Run(const v1::Action& a) {
     case v1::Action::kCpuRemove:
       return kernel_.RemoveCpus(name, Cpus(a.cpu_remove()));
     case v1::Action::kMemoryAdd: {
-      MK_ASSIGN_OR_RETURN(auto mem, MemoryToAdd(a.memory_add()));
+      MK_ASSIGN_OR_RETURN(auto delta, MemoryDelta(name, a.memory_add(), /*add=*/true));
+      std::vector<kernel::MemoryEntry> mem;
+      for (const auto& want : delta) {
+        MK_ASSIGN_OR_RETURN(auto blocks, kernel_.FreePoolMemory(want.node(), want.bytes()));
+        mem.insert(mem.end(), blocks.begin(), blocks.end());
+      }
+      if (mem.empty()) return absl::OkStatus();
       return kernel_.AddMemory(name, mem);
     }
     case v1::Action::kMemoryRemove: {
-      MK_ASSIGN_OR_RETURN(auto mem, MemoryToRemove(name, a.memory_remove()));
+      MK_ASSIGN_OR_RETURN(auto delta, MemoryDelta(name, a.memory_remove(), /*add=*/false));
+      std::vector<kernel::MemoryEntry> mem;
+      for (const auto& give : delta) {
+        MK_ASSIGN_OR_RETURN(auto regions, kernel_.MemoryToRelease(name, give.node(), give.bytes()));
+        mem.insert(mem.end(), regions.begin(), regions.end());
+      }
+      if (mem.empty()) return absl::OkStatus();
       return kernel_.RemoveMemory(name, mem);
     }
     case v1::Action::kDeviceAdd:
@@ -203,6 +263,23 @@ absl::Status Executor::Run(const v1::Action& a) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no operation"));
   }
+}
+
+absl::StatusOr<std::vector<v1::NodeBytes>> Executor::MemoryDelta(const std::string& instance,
+                                                                 const v1::MemoryChange& change, bool add) {
+  if (change.target().empty()) return std::vector<v1::NodeBytes>(change.memory().begin(), change.memory().end());
+  MK_ASSIGN_OR_RETURN(auto now, kernel_.InstanceMemory(instance));
+  std::vector<v1::NodeBytes> out;
+  for (const v1::NodeBytes& t : change.target()) {
+    uint64_t have = now.count(t.node()) ? now.at(t.node()) : 0;
+    uint64_t diff = add ? (t.bytes() > have ? t.bytes() - have : 0) : (have > t.bytes() ? have - t.bytes() : 0);
+    if (diff == 0) continue;
+    v1::NodeBytes nb;
+    nb.set_node(t.node());
+    nb.set_bytes(diff);
+    out.push_back(nb);
+  }
+  return out;
 }
 
 absl::Status Executor::InPool(const std::string& id, const std::vector<uint64_t>& physical) {
@@ -254,16 +331,17 @@ absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateIn
     }
   }
   std::sort(r.pool_cpus.begin(), r.pool_cpus.end());
-  for (const auto& m : p.memory()) r.memory_bytes += m.bytes();
-  if (r.memory_bytes == 0) return absl::InvalidArgumentError("placement: no memory");
   r.numa_nodes.assign(p.numa_nodes().begin(), p.numa_nodes().end());
   if (!p.memory().empty()) {
-    // The node with most of its memory first: the kernel allocates there.
+    // The node with most of its memory first: the kernel allocates memory-bytes there; the
+    // other nodes' shares are added in the create's transaction (Run).
     auto most = std::max_element(p.memory().begin(), p.memory().end(),
                                  [](const auto& a, const auto& b) { return a.bytes() < b.bytes(); });
     r.numa_nodes.erase(std::remove(r.numa_nodes.begin(), r.numa_nodes.end(), most->node()), r.numa_nodes.end());
     r.numa_nodes.insert(r.numa_nodes.begin(), most->node());
+    r.memory_bytes = most->bytes();
   }
+  if (r.memory_bytes == 0) return absl::InvalidArgumentError("placement: no memory");
   for (const auto& d : p.devices()) r.devices.push_back({d.pci(), "vfio-pci"});
   std::map<std::string, int> per_type;
   for (const auto& v : p.virtio()) {
@@ -271,25 +349,6 @@ absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateIn
   }
   if (p.has_llc_mask()) r.llc_way_mask = p.llc_mask();
   return r;
-}
-
-absl::StatusOr<std::vector<kernel::MemoryEntry>> Executor::MemoryToAdd(const v1::MemoryChange& change) {
-  std::vector<kernel::MemoryEntry> out;
-  for (const auto& want : change.memory()) {
-    MK_ASSIGN_OR_RETURN(auto blocks, kernel_.FreePoolMemory(want.node(), want.bytes()));
-    out.insert(out.end(), blocks.begin(), blocks.end());
-  }
-  return out;
-}
-
-absl::StatusOr<std::vector<kernel::MemoryEntry>> Executor::MemoryToRemove(const std::string& instance,
-                                                                         const v1::MemoryChange& change) {
-  std::vector<kernel::MemoryEntry> out;
-  for (const auto& give : change.memory()) {
-    MK_ASSIGN_OR_RETURN(auto regions, kernel_.MemoryToRelease(instance, give.node(), give.bytes()));
-    out.insert(out.end(), regions.begin(), regions.end());
-  }
-  return out;
 }
 
 }  // namespace mkfleet::agents

@@ -1,14 +1,25 @@
 // Executor: runs the controller's action batches on this host's kernel, exactly once per
-// action id. A batch runs in order and stops at the first failure; every action carries
-// the kernel state it expects (checked before anything is touched) and, once it succeeded,
-// is recorded in the journal (synced per batch), so a re-sent id returns the recorded
-// result. A failed action changed nothing and runs again when re-sent. An action
-// whose effect is already there succeeds without a kernel call (HostKernel is idempotent),
-// which also covers a crash between running an action and recording it.
+// action id.
+//  - Fencing: a batch whose fence (controller epoch, sequence) is older than one already
+//    taken is refused whole (ABORTED), so a delayed or re-ordered call never undoes a
+//    newer decision; the newest fence is journalled.
+//  - Failure domains: each instance is one. After an action of an instance fails, the rest
+//    of that instance's actions in the batch are not run (ABORTED, naming the failed one);
+//    other instances go on.
+//  - Before an instance is taken down to get a new kernel (replace, re-create), the image
+//    its load will take is checked first, so a missing or mis-pinned kernel fails while the
+//    old one still runs.
+//  - Every action carries the kernel state it expects (checked before anything is touched)
+//    and, once it succeeded, is recorded in the journal (synced per batch), so a re-sent id
+//    returns the recorded result. A failed action changed nothing and runs again when
+//    re-sent. An action whose effect is already there succeeds without a kernel call
+//    (HostKernel is idempotent, memory changes carry their target), which also covers a
+//    crash between running an action and recording it.
 // Thread-safety: Execute calls are serialized (one batch at a time).
 #ifndef MKFLEET_AGENTS_EXECUTOR_H_
 #define MKFLEET_AGENTS_EXECUTOR_H_
 
+#include <functional>
 #include <memory>
 
 #include "absl/synchronization/mutex.h"
@@ -23,10 +34,14 @@ class Executor {
  public:
   Executor(kernel::HostKernel& kernel, ActionJournal& journal, std::shared_ptr<const planner::Topology> topology);
 
-  mkfleet::v1::ExecuteResponse Execute(const mkfleet::v1::ActionBatch& batch);
+  // ABORTED for a stale fence (nothing run); otherwise one result per action.
+  absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
 
-  // Names of instances an action is currently changing (the watchdog leaves them alone).
-  bool Busy(const std::string& instance) const;
+  // Called after each action that ran (not replayed), with its result: a test hook (the
+  // fleet simulation checks that no action takes effect twice).
+  void SetObserver(std::function<void(const mkfleet::v1::Action&, const mkfleet::v1::ActionResult&)> observer) {
+    observer_ = std::move(observer);
+  }
 
  private:
   absl::Status Run(const mkfleet::v1::Action& action);
@@ -34,22 +49,27 @@ class Executor {
   std::vector<kernel::CpuEntry> Cpus(const mkfleet::v1::CpuChange& change) const;
   // FailedPrecondition naming the first CPU (physical ids) outside the pool.
   absl::Status InPool(const std::string& id, const std::vector<uint64_t>& physical);
-  absl::StatusOr<std::vector<kernel::MemoryEntry>> MemoryToAdd(const mkfleet::v1::MemoryChange& change);
-  absl::StatusOr<std::vector<kernel::MemoryEntry>> MemoryToRemove(const std::string& instance,
-                                                                 const mkfleet::v1::MemoryChange& change);
+  // The bytes per node to add (or remove) to reach the change's target, or its relative form.
+  absl::StatusOr<std::vector<mkfleet::v1::NodeBytes>> MemoryDelta(const std::string& instance,
+                                                                  const mkfleet::v1::MemoryChange& change, bool add);
+  // The image checks a load in the same batch will make, done before the instance's first
+  // action when that action takes it down.
+  absl::Status Preflight(const mkfleet::v1::ActionBatch& batch, const std::string& instance);
 
   kernel::HostKernel& kernel_;
   ActionJournal& journal_;
   std::shared_ptr<const planner::Topology> topology_;
   absl::Mutex run_mu_;  // one batch at a time
   std::string note_;    // the last action's note (what a pool change left), under run_mu_
-  mutable absl::Mutex busy_mu_;
-  std::string busy_ ABSL_GUARDED_BY(busy_mu_);
+  std::function<void(const mkfleet::v1::Action&, const mkfleet::v1::ActionResult&)> observer_;
 };
 
 // The kernel state an action leaves its instance in (KERNEL_STATE_UNKNOWN when it does not
 // change it), for idempotent replays.
 mkfleet::v1::KernelState StateAfter(const mkfleet::v1::Action& action);
+
+// Whether `name` may name an instance: a DNS label (it also names files of the agent).
+bool ValidInstanceName(const std::string& name);
 
 }  // namespace mkfleet::agents
 

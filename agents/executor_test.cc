@@ -22,6 +22,7 @@ class ExecutorTest : public ::testing::Test {
  protected:
   TestHost host_{"exec"};
   Executor exec_{*host_.hk, *host_.journal, host_.topology};
+  v1::ExecuteResponse r_;
 
   v1::ActionBatch Boot(const std::string& name, const std::string& prefix) {
     v1::ActionBatch b;
@@ -47,7 +48,7 @@ class ExecutorTest : public ::testing::Test {
 };
 
 TEST_F(ExecutorTest, RunsABatchInOrderAndMapsLogicalCpus) {
-  v1::ExecuteResponse r = exec_.Execute(Boot("web-1", "b1"));
+  v1::ExecuteResponse r = *exec_.Execute(Boot("web-1", "b1"));
   ASSERT_EQ(r.results_size(), 3);
   for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
   auto obs = host_.hk->Observe();
@@ -61,7 +62,7 @@ TEST_F(ExecutorTest, RunsABatchInOrderAndMapsLogicalCpus) {
 TEST_F(ExecutorTest, ResentActionsReturnTheRecordedResultWithoutRunning) {
   exec_.Execute(Boot("web-1", "b1"));
   auto before = host_.emu->counters();
-  v1::ExecuteResponse again = exec_.Execute(Boot("web-1", "b1"));
+  v1::ExecuteResponse again = *exec_.Execute(Boot("web-1", "b1"));
   for (const auto& res : again.results()) {
     EXPECT_TRUE(res.replayed()) << res.id();
     EXPECT_EQ(res.code(), 0);
@@ -74,7 +75,7 @@ TEST_F(ExecutorTest, ResentActionsReturnTheRecordedResultWithoutRunning) {
   host_.journal.reset();
   host_.journal = *ActionJournal::Open((host_.dir / "journal").string());
   Executor restarted(*host_.hk, *host_.journal, host_.topology);
-  v1::ExecuteResponse third = restarted.Execute(Boot("web-1", "b1"));
+  v1::ExecuteResponse third = *restarted.Execute(Boot("web-1", "b1"));
   EXPECT_TRUE(third.results(2).replayed());
   EXPECT_EQ(host_.emu->counters().starts, before.starts);
 }
@@ -82,7 +83,7 @@ TEST_F(ExecutorTest, ResentActionsReturnTheRecordedResultWithoutRunning) {
 TEST_F(ExecutorTest, StopsAtTheFirstFailureAndChecksPreconditions) {
   v1::ActionBatch b = Boot("web-1", "b1");
   b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_LOADED);  // wrong: it will be ready
-  v1::ExecuteResponse r = exec_.Execute(b);
+  v1::ExecuteResponse r = *exec_.Execute(b);
   EXPECT_EQ(r.results(0).code(), 0);
   EXPECT_EQ(r.results(1).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(r.results(1).message(), "action b1-load on web-1: expected the instance loaded, it is ready");
@@ -93,9 +94,9 @@ TEST_F(ExecutorTest, StopsAtTheFirstFailureAndChecksPreconditions) {
 TEST_F(ExecutorTest, FailuresAreNotRecordedAndRunAgainWhenResent) {
   v1::ActionBatch b = Boot("web-1", "b1");
   b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_LOADED);
-  EXPECT_NE(exec_.Execute(b).results(1).code(), 0);
+  EXPECT_NE(exec_.Execute(b)->results(1).code(), 0);
   b.mutable_actions(1)->set_expect(v1::KERNEL_STATE_READY);  // the same id, now right
-  v1::ExecuteResponse r = exec_.Execute(b);
+  v1::ExecuteResponse r = *exec_.Execute(b);
   EXPECT_TRUE(r.results(0).replayed());
   EXPECT_FALSE(r.results(1).replayed());
   EXPECT_EQ(r.results(1).code(), 0);
@@ -105,20 +106,20 @@ TEST_F(ExecutorTest, FailuresAreNotRecordedAndRunAgainWhenResent) {
 TEST_F(ExecutorTest, KernelErrorsCarryTheErrno) {
   v1::ActionBatch b = Boot("web-1", "b1");
   b.mutable_actions(0)->mutable_create()->mutable_placement()->set_cpus(0, 0);  // the host's CPU
-  v1::ExecuteResponse r = exec_.Execute(b);
+  v1::ExecuteResponse r = *exec_.Execute(b);
   EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(r.results(0).message(), "action b1-create: CPU 0 (physical id 0) is not in this host's pool");
   EXPECT_EQ(host_.emu->counters().overlays, 0);  // the kernel was not touched
   // What the kernel itself refuses keeps its errno: a CPU lent to another instance.
   exec_.Execute(Boot("web-1", "ok"));
   v1::ActionBatch clash = Boot("web-2", "b2");
-  r = exec_.Execute(clash);
+  r = *exec_.Execute(clash);
   EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kUnavailable));
   EXPECT_THAT(r.results(0).message(), HasSubstr("EBUSY"));
   v1::Action bad = Act("x", "web-1", v1::KERNEL_STATE_UNKNOWN);
   v1::ActionBatch b2;
   *b2.add_actions() = bad;
-  EXPECT_EQ(exec_.Execute(b2).results(0).message(), "action x: no operation");
+  EXPECT_EQ(exec_.Execute(b2)->results(0).message(), "action x: no operation");
 }
 
 TEST_F(ExecutorTest, HotplugMemoryAndCpus) {
@@ -132,7 +133,7 @@ TEST_F(ExecutorTest, HotplugMemoryAndCpus) {
   v1::Action cpus = Act("c1", "web-1", v1::KERNEL_STATE_ACTIVE);
   cpus.mutable_cpu_add()->add_cpus(4);
   *b.add_actions() = cpus;
-  v1::ExecuteResponse r = exec_.Execute(b);
+  v1::ExecuteResponse r = *exec_.Execute(b);
   for (const auto& res : r.results()) ASSERT_EQ(res.code(), 0) << res.message();
   auto obs = host_.hk->Observe();
   EXPECT_EQ(obs->instances[0].resources.memory_bytes, (1ull << 30) + (512ull << 20));
@@ -143,9 +144,132 @@ TEST_F(ExecutorTest, HotplugMemoryAndCpus) {
   rm->set_node(0);
   rm->set_bytes(512ull << 20);
   *b2.add_actions() = remove;
-  r = exec_.Execute(b2);
+  r = *exec_.Execute(b2);
   ASSERT_EQ(r.results(0).code(), 0) << r.results(0).message();
   EXPECT_EQ(host_.hk->Observe()->instances[0].resources.memory_bytes, 1ull << 30);
+}
+
+TEST_F(ExecutorTest, OneFailingInstanceDoesNotStopTheOthers) {
+  // Defect: every other instance's actions came back "not run: an earlier action of the
+  // batch failed".
+  v1::ActionBatch b = Boot("web-1", "a");
+  b.mutable_actions(1)->mutable_load()->mutable_kernel()->set_image("/nonexistent/vmlinux");
+  v1::ActionBatch other = Boot("web-2", "b");
+  auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
+  p->clear_cpus();
+  for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
+  p->set_boot_cpu(4);
+  p->clear_devices();
+  for (const auto& a : other.actions()) *b.add_actions() = a;
+  v1::ExecuteResponse r = *exec_.Execute(b);
+  ASSERT_EQ(r.results_size(), 6);
+  EXPECT_EQ(r.results(0).code(), 0);
+  EXPECT_NE(r.results(1).code(), 0);
+  EXPECT_THAT(r.results(1).message(), HasSubstr("/nonexistent/vmlinux"));
+  EXPECT_EQ(r.results(2).code(), static_cast<int>(absl::StatusCode::kAborted));
+  EXPECT_EQ(r.results(2).message(), "not run: a-load of web-1 failed earlier in the batch");
+  for (int i = 3; i < 6; ++i) EXPECT_EQ(r.results(i).code(), 0) << r.results(i).id() << ": " << r.results(i).message();
+  EXPECT_EQ(*host_.hk->StateOf("web-2"), v1::KERNEL_STATE_ACTIVE);
+}
+
+TEST_F(ExecutorTest, AReplacementsImageIsCheckedBeforeTheOldKernelGoes) {
+  exec_.Execute(Boot("web-1", "b1"));
+  v1::ActionBatch b;
+  v1::Action halt = Act("r-halt", "web-1", v1::KERNEL_STATE_ACTIVE);
+  halt.mutable_halt();
+  *b.add_actions() = halt;
+  v1::Action unload = Act("r-unload", "web-1", v1::KERNEL_STATE_LOADED);
+  unload.mutable_unload();
+  *b.add_actions() = unload;
+  v1::Action load = Act("r-load", "web-1", v1::KERNEL_STATE_READY);
+  load.mutable_load()->mutable_kernel()->set_image("/nonexistent/vmlinux-2");
+  *b.add_actions() = load;
+  v1::ExecuteResponse r = *exec_.Execute(b);
+  EXPECT_NE(r.results(0).code(), 0);
+  EXPECT_THAT(r.results(0).message(), HasSubstr("not taken down: its new kernel would not load"));
+  EXPECT_THAT(r.results(0).message(), HasSubstr("/nonexistent/vmlinux-2"));
+  EXPECT_EQ(*host_.hk->StateOf("web-1"), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_EQ(host_.emu->counters().halts, 0);
+}
+
+TEST_F(ExecutorTest, StaleFencesAreRefusedAlsoAfterARestart) {
+  v1::ActionBatch newer = Boot("web-1", "n");
+  newer.mutable_fence()->set_epoch(3);
+  newer.mutable_fence()->set_sequence(10);
+  ASSERT_TRUE(exec_.Execute(newer).ok());
+  // A delayed batch of the same controller: refused whole, nothing run.
+  v1::ActionBatch delayed;
+  v1::Action halt = Act("d-halt", "web-1", v1::KERNEL_STATE_ACTIVE);
+  halt.mutable_halt();
+  *delayed.add_actions() = halt;
+  delayed.mutable_fence()->set_epoch(3);
+  delayed.mutable_fence()->set_sequence(9);
+  auto r = exec_.Execute(delayed);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(r.status().message(), HasSubstr("stale batch"));
+  EXPECT_EQ(host_.emu->counters().halts, 0);
+  // The same sequence again (a duplicated call) is taken: its ids replay.
+  EXPECT_TRUE(exec_.Execute(newer).ok());
+  // After the agent restarts (a new journal object on the same file), still refused.
+  host_.journal.reset();
+  host_.journal = *ActionJournal::Open((host_.dir / "journal").string());
+  Executor restarted(*host_.hk, *host_.journal, host_.topology);
+  EXPECT_EQ(restarted.Execute(delayed).status().code(), absl::StatusCode::kAborted);
+  // A newer controller epoch starts its sequence over.
+  delayed.mutable_fence()->set_epoch(4);
+  delayed.mutable_fence()->set_sequence(1);
+  EXPECT_TRUE(restarted.Execute(delayed).ok());
+  EXPECT_EQ(host_.emu->counters().halts, 1);
+}
+
+TEST_F(ExecutorTest, MemoryOverSeveralNodesAndTargetsThatDoNotRunTwice) {
+  v1::ActionBatch b = Boot("web-1", "b1");
+  auto* p = b.mutable_actions(0)->mutable_create()->mutable_placement();
+  auto* m1 = p->add_memory();
+  m1->set_node(1);
+  m1->set_bytes(512ull << 20);
+  v1::ExecuteResponse r = *exec_.Execute(b);
+  for (const auto& res : r.results()) ASSERT_EQ(res.code(), 0) << res.message();
+  auto mem = host_.hk->InstanceMemory("web-1");
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  EXPECT_EQ((*mem)[0], 1ull << 30);
+  EXPECT_EQ((*mem)[1], 512ull << 20);
+  // Grow node 1 to 1Gi by target: twice under two ids, it still adds only once.
+  for (const char* id : {"t1", "t2"}) {
+    v1::ActionBatch grow;
+    v1::Action add = Act(id, "web-1", v1::KERNEL_STATE_UNKNOWN);
+    auto* t = add.mutable_memory_add()->add_target();
+    t->set_node(1);
+    t->set_bytes(1ull << 30);
+    *grow.add_actions() = add;
+    r = *exec_.Execute(grow);
+    ASSERT_EQ(r.results(0).code(), 0) << r.results(0).message();
+  }
+  EXPECT_EQ((*host_.hk->InstanceMemory("web-1"))[1], 1ull << 30);
+  // One in the create's transaction (node 1's share), one for the growth.
+  EXPECT_EQ(host_.emu->counters().memory_adds, 2);
+  EXPECT_EQ(host_.emu->counters().overlays, 2);
+}
+
+TEST_F(ExecutorTest, OwnersAreRecordedClaimedAndNamesChecked) {
+  v1::ActionBatch b = Boot("web-1", "b1");
+  b.mutable_actions(0)->mutable_create()->set_owner("KernelInstance/web-1");
+  ASSERT_TRUE(exec_.Execute(b).ok());
+  auto obs = host_.hk->Observe();
+  ASSERT_EQ(obs->instances.size(), 1u);
+  EXPECT_EQ(obs->instances[0].owner, "KernelInstance/web-1");
+  v1::ActionBatch claim;
+  v1::Action c = Act("claim", "web-1", v1::KERNEL_STATE_UNKNOWN);
+  c.mutable_claim()->set_owner("InstanceSet/web");
+  *claim.add_actions() = c;
+  ASSERT_EQ(exec_.Execute(claim)->results(0).code(), 0);
+  EXPECT_EQ(host_.hk->Observe()->instances[0].owner, "InstanceSet/web");
+  // A name that is no DNS label never reaches the kernel (it also names the agent's files).
+  v1::ActionBatch bad = Boot("../../pwn", "x");
+  r_ = *exec_.Execute(bad);
+  EXPECT_EQ(r_.results(0).code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(r_.results(0).message(), HasSubstr("not a DNS label"));
+  EXPECT_EQ(host_.emu->counters().creates, 1);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "google/protobuf/text_format.h"
 #include "kernel/errno_status.h"
@@ -233,7 +234,11 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool proven
     MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
     MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
   }
-  if (provenance) info.provenance = ReadProvenance(name);
+  if (provenance) {
+    mkfleet::v1::InstanceRecord record = ReadRecord(name);
+    info.provenance = record.provenance();
+    info.owner = record.owner();
+  }
   return info;
 }
 
@@ -241,6 +246,15 @@ absl::StatusOr<v1::KernelState> HostKernel::StateOf(absl::string_view name) {
   absl::MutexLock lock(&mu_);
   MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   return info.state;
+}
+
+absl::StatusOr<v1::KernelState> HostKernel::ReadState(absl::string_view name) {
+  auto status = fs_.Read(absl::StrCat("instances/", name, "/status"));
+  if (!status.ok()) {
+    if (ErrnoOf(status.status()) == ENOENT) return v1::KERNEL_STATE_ABSENT;
+    return status.status();
+  }
+  return ParseKernelState(*status);
 }
 
 absl::StatusOr<HostObservation> HostKernel::Observe() {
@@ -257,7 +271,40 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
     if (!info.ok()) return Annotate(info.status(), What("observe", n));
     if (info->state != v1::KERNEL_STATE_ABSENT) obs.instances.push_back(*std::move(info));
   }
+  if (!obs.instances.empty()) {
+    auto memory = MemoryByNode(obs.pool);
+    if (memory.ok()) {
+      for (InstanceInfo& i : obs.instances) i.memory_by_node = (*memory)[i.name];
+    }
+  }
   return obs;
+}
+
+absl::StatusOr<std::map<std::string, std::map<uint32_t, uint64_t>>> HostKernel::MemoryByNode(const PoolState& pool) {
+  // Each instance's /proc/iomem regions inside the pool's chunks.
+  MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
+  MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
+  std::map<std::string, std::map<uint32_t, uint64_t>> out;
+  for (const auto& ir : FindPoolRegions(regions).instances) {
+    for (const PoolMemory& chunk : pool.memory) {
+      if (ir.region.start >= chunk.base && ir.region.start < chunk.base + chunk.size) {
+        out[ir.instance][chunk.numa] += ir.region.size();
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<uint32_t, uint64_t>> HostKernel::InstanceMemory(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
+  PoolState pool;
+  if (!blob.empty()) {
+    MK_ASSIGN_OR_RETURN(pool, DecodePool(blob));
+  }
+  MK_ASSIGN_OR_RETURN(auto all, MemoryByNode(pool));
+  return all[std::string(name)];
 }
 
 absl::Status HostKernel::Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
@@ -323,13 +370,13 @@ absl::Status HostKernel::Transact(absl::string_view action, absl::string_view na
 absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, absl::Duration timeout) {
   absl::Duration deadline = clock_->Monotonic() + timeout;
   while (true) {
-    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
-    if (info.state == want) return absl::OkStatus();
-    if (info.state == v1::KERNEL_STATE_FAILED) {
+    MK_ASSIGN_OR_RETURN(v1::KernelState state, ReadState(name));
+    if (state == want) return absl::OkStatus();
+    if (state == v1::KERNEL_STATE_FAILED) {
       return absl::InternalError(absl::StrCat(What("wait for", name), ": the instance failed"));
     }
     if (clock_->Monotonic() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(What("wait for", name), ": still ", KernelStateName(info.state),
+      return absl::DeadlineExceededError(absl::StrCat(What("wait for", name), ": still ", KernelStateName(state),
                                                       " after ", absl::FormatDuration(timeout), ", want ",
                                                       KernelStateName(want)));
     }
@@ -453,14 +500,20 @@ absl::Status HostKernel::ChangePool(const PoolState& target, const std::map<uint
   return Transact("pool-change", "", {{f}});
 }
 
-absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources) {
+absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources,
+                                const std::string& owner, const std::vector<MemoryEntry>& extra_memory) {
   absl::MutexLock lock(&mu_);
   MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
   if (info.state != v1::KERNEL_STATE_ABSENT) {
     // Idempotent: the same instance already there.
     std::set<uint64_t> want(resources.cpus.begin(), resources.cpus.end());
     std::set<uint64_t> have(info.resources.cpus.begin(), info.resources.cpus.end());
-    if ((!id || *id == info.id) && want == have) return absl::OkStatus();
+    if ((!id || *id == info.id) && want == have) {
+      v1::InstanceRecord record = ReadRecord(name);
+      if (owner.empty() || record.owner() == owner) return absl::OkStatus();
+      record.set_owner(owner);
+      return WriteRecord(name, record);
+    }
     return absl::AlreadyExistsError(absl::StrCat(What("create", name), ": an instance of that name exists with other resources"));
   }
   if (id && (*id < 1 || *id > 511)) return absl::InvalidArgumentError(absl::StrCat(What("create", name), ": id must be 1..511"));
@@ -493,7 +546,32 @@ absl::Status HostKernel::Create(absl::string_view name, std::optional<uint32_t> 
     }
     if (!found) return absl::ResourceExhaustedError(absl::StrCat(What("create", name), ": no free pool range of ", size, " bytes"));
   }
-  return Transact("create", name, {{f}});
+  Overlay overlay{{f}};
+  if (!extra_memory.empty()) {
+    Fragment more = Target(name);
+    more.memory_add = extra_memory;
+    overlay.fragments.push_back(std::move(more));
+  }
+  // The record first: a crash between the two leaves a record without an instance (removed
+  // with the next create or remove of the name), never an instance without its owner.
+  v1::InstanceRecord record;
+  record.set_owner(owner);
+  MK_RETURN_IF_ERROR(WriteRecord(name, record));
+  absl::Status created = Transact("create", name, overlay);
+  if (!created.ok()) RemoveRecord(name);
+  return created;
+}
+
+absl::Status HostKernel::SetOwner(absl::string_view name, const std::string& owner) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
+  if (info.state == v1::KERNEL_STATE_ABSENT) {
+    return absl::NotFoundError(absl::StrCat(What("claim", name), ": no such instance"));
+  }
+  v1::InstanceRecord record = ReadRecord(name);
+  if (record.owner() == owner) return absl::OkStatus();
+  record.set_owner(owner);
+  return WriteRecord(name, record);
 }
 
 absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) {
@@ -512,6 +590,9 @@ absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) 
   if (!image.sha256.empty() && image.sha256 != sha) {
     return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": kernel ", image.kernel_path, " has sha256 ", sha,
                                                       ", the spec pins ", image.sha256));
+  }
+  if (!image.initrd_path.empty() && access(image.initrd_path.c_str(), R_OK) != 0) {
+    return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.initrd_path));
   }
   int kfd = open(image.kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (kfd < 0) return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.kernel_path));
@@ -539,31 +620,54 @@ absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) 
   p.set_cmdline(image.cmdline);
   p.set_rootfs_image(image.rootfs_image);
   p.set_loaded_unix_ms(absl::ToUnixMillis(clock_->Now()));
-  return WriteProvenance(name, p);
+  v1::InstanceRecord record = ReadRecord(name);
+  *record.mutable_provenance() = p;
+  return WriteRecord(name, record);
 }
 
-absl::Status HostKernel::Start(absl::string_view name) {
-  absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
-  if (info.state == v1::KERNEL_STATE_ACTIVE) return absl::OkStatus();
-  MK_RETURN_IF_ERROR(Guard("start", name, info, {v1::KERNEL_STATE_LOADED}));
-  absl::Status st = sys_.Reboot(kRebootStart, info.id);
-  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
+absl::Status HostKernel::CheckImage(absl::string_view name, const KernelImage& image) {
+  MK_RETURN_IF_ERROR(Annotate(CheckKernelImage(image.kernel_path), What("load", name)));
+  if (!image.sha256.empty()) {
+    MK_ASSIGN_OR_RETURN(std::string sha, Sha256File(image.kernel_path));
+    if (sha != image.sha256) {
+      return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": kernel ", image.kernel_path,
+                                                        " has sha256 ", sha, ", the spec pins ", image.sha256));
+    }
+  }
+  if (!image.initrd_path.empty() && access(image.initrd_path.c_str(), R_OK) != 0) {
+    return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.initrd_path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostKernel::Start(absl::string_view name, bool wait) {
+  {
+    absl::MutexLock lock(&mu_);
+    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
+    if (info.state == v1::KERNEL_STATE_ACTIVE) return absl::OkStatus();
+    MK_RETURN_IF_ERROR(Guard("start", name, info, {v1::KERNEL_STATE_LOADED}));
+    absl::Status st = sys_.Reboot(kRebootStart, info.id);
+    if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
+  }
+  if (!wait) return absl::OkStatus();
   return WaitFor(name, v1::KERNEL_STATE_ACTIVE, options_.start_timeout);
 }
 
 absl::Status HostKernel::Halt(absl::string_view name, bool force) {
-  absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
   const char* action = force ? "force-halt" : "halt";
-  if (info.state == v1::KERNEL_STATE_LOADED && !force) return absl::OkStatus();
-  if (force) {
-    MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_FAILED}));
-  } else {
-    MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE}));
+  {
+    absl::MutexLock lock(&mu_);
+    MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
+    if (info.state == v1::KERNEL_STATE_LOADED && !force) return absl::OkStatus();
+    if (force) {
+      MK_RETURN_IF_ERROR(
+          Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE, v1::KERNEL_STATE_LOADED, v1::KERNEL_STATE_FAILED}));
+    } else {
+      MK_RETURN_IF_ERROR(Guard(action, name, info, {v1::KERNEL_STATE_ACTIVE}));
+    }
+    absl::Status st = sys_.Reboot(force ? kRebootForceHalt : kRebootHalt, info.id);
+    if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What(action, name), st.message());
   }
-  absl::Status st = sys_.Reboot(force ? kRebootForceHalt : kRebootHalt, info.id);
-  if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What(action, name), st.message());
   return WaitFor(name, v1::KERNEL_STATE_LOADED, options_.halt_timeout);
 }
 
@@ -574,8 +678,10 @@ absl::Status HostKernel::Unload(absl::string_view name) {
   MK_RETURN_IF_ERROR(Guard("unload", name, info, {v1::KERNEL_STATE_LOADED}));
   absl::Status st = sys_.KexecFileLoad(-1, -1, "", KexecFlags(info.id, true, false));
   if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("unload", name), st.message());
-  if (!options_.state_dir.empty()) {
-    std::filesystem::remove(std::filesystem::path(options_.state_dir) / absl::StrCat(name, ".provenance"));
+  v1::InstanceRecord record = ReadRecord(name);
+  if (record.has_provenance()) {
+    record.clear_provenance();
+    return WriteRecord(name, record);
   }
   return absl::OkStatus();
 }
@@ -583,12 +689,17 @@ absl::Status HostKernel::Unload(absl::string_view name) {
 absl::Status HostKernel::Remove(absl::string_view name) {
   absl::MutexLock lock(&mu_);
   MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
-  if (info.state == v1::KERNEL_STATE_ABSENT) return absl::OkStatus();
+  if (info.state == v1::KERNEL_STATE_ABSENT) {
+    RemoveRecord(name);
+    return absl::OkStatus();
+  }
   MK_RETURN_IF_ERROR(Guard("remove", name, info, {v1::KERNEL_STATE_READY, v1::KERNEL_STATE_EMPTY}));
   Fragment f;
   f.target_path = "/instances";
   f.remove_name = std::string(name);
-  return Transact("remove", name, {{f}});
+  MK_RETURN_IF_ERROR(Transact("remove", name, {{f}}));
+  RemoveRecord(name);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<InstanceInfo> HostKernel::ForHotplug(absl::string_view action, absl::string_view name, bool allow_failed) {
@@ -759,34 +870,37 @@ absl::StatusOr<std::vector<MemoryEntry>> HostKernel::MemoryToRelease(absl::strin
   return out;
 }
 
-absl::Status HostKernel::WriteProvenance(absl::string_view name, const v1::Provenance& p) {
-  if (options_.state_dir.empty()) return absl::OkStatus();
-  namespace fs = std::filesystem;
-  fs::path dir(options_.state_dir);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  std::string text;
-  google::protobuf::TextFormat::PrintToString(p, &text);
-  fs::path final_path = dir / absl::StrCat(name, ".provenance");
-  fs::path tmp = dir / absl::StrCat(".", name, ".provenance.tmp");
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, What("write provenance of", name));
-  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
-  int err = errno;
-  close(fd);
-  if (!ok) return ErrnoStatus(err, What("write provenance of", name));
-  if (rename(tmp.c_str(), final_path.c_str()) != 0) return ErrnoStatus(errno, What("write provenance of", name));
-  return absl::OkStatus();
+std::string HostKernel::RecordPath(absl::string_view name) const {
+  return absl::StrCat(options_.state_dir, "/", name, ".record");
 }
 
-v1::Provenance HostKernel::ReadProvenance(absl::string_view name) const {
-  v1::Provenance p;
-  if (options_.state_dir.empty()) return p;
-  std::ifstream in(std::filesystem::path(options_.state_dir) / absl::StrCat(name, ".provenance"));
-  if (!in) return p;
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  google::protobuf::TextFormat::ParseFromString(text, &p);
-  return p;
+v1::InstanceRecord HostKernel::ReadRecord(absl::string_view name) const {
+  v1::InstanceRecord record;
+  if (options_.state_dir.empty()) return record;
+  auto data = ReadFile(RecordPath(name));
+  if (data.ok()) {
+    record.ParseFromString(*data);
+    return record;
+  }
+  // The first format kept only the provenance, as text.
+  auto text = ReadFile(absl::StrCat(options_.state_dir, "/", name, ".provenance"));
+  if (text.ok()) google::protobuf::TextFormat::ParseFromString(*text, record.mutable_provenance());
+  return record;
+}
+
+absl::Status HostKernel::WriteRecord(absl::string_view name, const v1::InstanceRecord& record) {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  return Annotate(WriteFileAtomically(RecordPath(name), record.SerializeAsString(), 0600),
+                  What("record owner and provenance of", name));
+}
+
+void HostKernel::RemoveRecord(absl::string_view name) {
+  if (options_.state_dir.empty()) return;
+  bool removed = unlink(RecordPath(name).c_str()) == 0;
+  removed |= unlink(absl::StrCat(options_.state_dir, "/", name, ".provenance").c_str()) == 0;
+  if (removed) SyncDirectory(options_.state_dir).IgnoreError();
 }
 
 }  // namespace mkfleet::kernel

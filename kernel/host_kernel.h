@@ -8,8 +8,8 @@
 //    naming host, action and instance;
 //  - state guards before every call (FailedPrecondition, kernel untouched);
 //  - idempotence: an action whose effect is already there succeeds without a kernel call;
-//  - kernel images checked (ELF vmlinux, optional sha256 pin) and provenance recorded
-//    atomically under the state directory.
+//  - kernel images checked (ELF vmlinux, optional sha256 pin); each instance's owner and
+//    provenance recorded atomically under the state directory.
 // CPUs are physical ids. Thread-safety: calls on one HostKernel are serialized by a mutex;
 // several processes are serialized by the lock files.
 #ifndef MKFLEET_KERNEL_HOST_KERNEL_H_
@@ -58,6 +58,10 @@ struct InstanceInfo {
   mkfleet::v1::KernelState state = mkfleet::v1::KERNEL_STATE_UNKNOWN;
   InstanceResources resources;
   mkfleet::v1::Provenance provenance;  // what we loaded, if we did
+  std::string owner;                   // who we created it for ("" if we did not create it)
+  // Its memory per NUMA node (OS index), from /proc/iomem and the pool's chunks; filled by
+  // Observe (empty elsewhere).
+  std::map<uint32_t, uint64_t> memory_by_node;
 };
 
 struct HostObservation {
@@ -97,9 +101,22 @@ class HostKernel {
   absl::Status ChangePool(const PoolState& target, const std::map<uint64_t, uint32_t>& cpu_numa,
                           std::vector<std::string>* kept);
 
-  absl::Status Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources);
+  // Creates the instance and records `owner` beside it. Its memory comes from the first
+  // of resources.numa_nodes; `extra_memory` (pool regions of other nodes, e.g. from
+  // FreePoolMemory) joins it in the same transaction. Creating what exists with the same
+  // CPUs succeeds (and records `owner` if none was).
+  absl::Status Create(absl::string_view name, std::optional<uint32_t> id, const InstanceResources& resources,
+                      const std::string& owner = "", const std::vector<MemoryEntry>& extra_memory = {});
+  // Records `owner` for an instance that exists (NotFound otherwise).
+  absl::Status SetOwner(absl::string_view name, const std::string& owner);
   absl::Status Load(absl::string_view name, const KernelImage& image);
-  absl::Status Start(absl::string_view name);
+  // Checks what Load would check of `image` (the file is an ELF vmlinux, the sha256 pin
+  // holds) without touching any instance: run before an instance is taken down to be
+  // replaced, so a bad image fails while the old kernel still runs.
+  absl::Status CheckImage(absl::string_view name, const KernelImage& image);
+  // With `wait` false it returns once the kernel was asked to start (the watchdog's
+  // restarts: crash detection of the others must not wait for a boot).
+  absl::Status Start(absl::string_view name, bool wait = true);
   absl::Status Halt(absl::string_view name, bool force);
   absl::Status Unload(absl::string_view name);
   absl::Status Remove(absl::string_view name);
@@ -115,6 +132,8 @@ class HostKernel {
   // region, which holds its kernel image). From the pool read-back and /proc/iomem.
   absl::StatusOr<std::vector<MemoryEntry>> FreePoolMemory(uint32_t numa, uint64_t bytes);
   absl::StatusOr<std::vector<MemoryEntry>> MemoryToRelease(absl::string_view name, uint32_t numa, uint64_t bytes);
+  // `name`'s memory per NUMA node (OS index) now.
+  absl::StatusOr<std::map<uint32_t, uint64_t>> InstanceMemory(absl::string_view name);
 
   // Failover: the devices leave `from` and join `to` in one transaction.
   absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
@@ -123,6 +142,9 @@ class HostKernel {
   // The instance as the kernel shows it: state and id; with `resources`, its device tree;
   // with `provenance`, also what we loaded (a file read).
   absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false, bool resources = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every instance's memory per NUMA node, from /proc/iomem and the pool's chunks.
+  absl::StatusOr<std::map<std::string, std::map<uint32_t, uint64_t>>> MemoryByNode(const PoolState& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::unique_ptr<TxLock>> LockForTx() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The instance, if it may take hot-plug now (ready, loaded or active; also failed with
@@ -133,11 +155,17 @@ class HostKernel {
                      std::initializer_list<mkfleet::v1::KernelState> allowed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Transact(absl::string_view action, absl::string_view name, const Overlay& overlay)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Polls the instance's state without holding mu_ (a boot may take a minute; other calls
+  // go on meanwhile).
   absl::Status WaitFor(absl::string_view name, mkfleet::v1::KernelState want, absl::Duration timeout)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<mkfleet::v1::KernelState> ReadState(absl::string_view name);
   absl::StatusOr<Dialect> Dialect_() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status WriteProvenance(absl::string_view name, const mkfleet::v1::Provenance& p);
-  mkfleet::v1::Provenance ReadProvenance(absl::string_view name) const;
+  // The record kept beside each instance (owner, provenance): <state_dir>/<name>.record.
+  std::string RecordPath(absl::string_view name) const;
+  mkfleet::v1::InstanceRecord ReadRecord(absl::string_view name) const;
+  absl::Status WriteRecord(absl::string_view name, const mkfleet::v1::InstanceRecord& record);
+  void RemoveRecord(absl::string_view name);
   std::string What(absl::string_view action, absl::string_view name) const;
 
   KernelFs& fs_;

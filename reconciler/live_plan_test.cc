@@ -74,7 +74,7 @@ class LivePlanTest : public ::testing::Test {
       if (plan.actions.empty()) return fleet;
       v1::ActionBatch batch;
       for (const auto& a : plan.actions) *batch.add_actions() = a;
-      v1::ExecuteResponse r = agent_->Execute(batch);
+      v1::ExecuteResponse r = *agent_->Execute(batch);
       for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
     }
     ADD_FAILURE() << "no convergence in 10 passes";
