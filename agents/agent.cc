@@ -250,7 +250,9 @@ void Agent::Tick() {
     absl::MutexLock lock(&mu_);
     batches_before = batches_done_;
   }
-  Refresh();
+  // Decided on this observation; published only after the watchdog has acted on it, so
+  // the controller does not act on a crash the watchdog is handling (a restart, a takeover).
+  auto obs = kernel_.Observe();
   absl::Duration now = clock_.Monotonic();
   std::vector<Step> steps;
   struct ProbeJob {
@@ -261,11 +263,15 @@ void Agent::Tick() {
   std::vector<ProbeJob> probes;
   {
     absl::MutexLock lock(&mu_);
-    for (const auto& in : state_.instances()) {
-      const std::string& name = in.name();
+    if (!obs.ok()) {
+      Fold(obs);
+      return;
+    }
+    for (const kernel::InstanceInfo& in : obs->instances) {
+      const std::string& name = in.name;
       Watched& w = watched_[name];
-      v1::KernelState cur = in.status().kernel_state();
-      w.id = in.status().placement().instance_id();
+      v1::KernelState cur = in.state;
+      w.id = in.id;
       // An Execute is changing it, or changed it after this observation: it records the
       // result itself.
       if (in_flight_.count(name)) continue;
@@ -309,7 +315,11 @@ void Agent::Tick() {
       steps.insert(steps.begin(), {Step::kForceHalt, job.name, ""});
     }
   }
-  if (steps.empty()) return;
+  if (steps.empty()) {
+    absl::MutexLock lock(&mu_);
+    Fold(obs);
+    return;
+  }
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step step = steps[i];
     switch (step.kind) {
@@ -339,9 +349,9 @@ void Agent::Tick() {
   }
   // The acted-on instances' new states are the baseline for the next pass (a restart is not
   // mistaken for anything, the old primary's state after a takeover is expected).
-  auto obs = kernel_.Observe();
+  auto after = kernel_.Observe();
   absl::MutexLock lock(&mu_);
-  Fold(obs);
+  Fold(after);
   std::set<std::string> acted;
   for (const Step& step : steps) {
     acted.insert(step.name);

@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/plan_output.h"
 #include "manifests/loader.h"
+#include "planner/fleet_placement.h"
 #include "planner/placement.h"
 #include "planner/pool.h"
 #include "planner/topology_source.h"
@@ -104,11 +105,15 @@ int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     return kExitInvalid;
   }
 
-  std::vector<planner::Unschedulable> unschedulable;
-  std::vector<planner::InstanceRequest> requests =
-      planner::BuildRequests(instances, sets, hosts, {}, &unschedulable);
-  planner::PlacementResult result = planner::Place(hosts, requests, {});
-  result.unschedulable.insert(result.unschedulable.end(), unschedulable.begin(), unschedulable.end());
+  // The same decision the controller makes live (planner/fleet_placement.h).
+  planner::FleetInput input;
+  input.hosts = hosts;
+  input.instances = instances;
+  input.sets = sets;
+  planner::FleetPlacement placed = planner::PlaceFleet(input);
+  planner::PlacementResult result;
+  result.placements = std::move(placed.placements);
+  result.unschedulable = std::move(placed.unschedulable);
 
   if (options.output == "json") {
     out << PlanJson(hosts, result).dump(2) << "\n";

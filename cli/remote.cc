@@ -630,7 +630,11 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
   v1::DeleteResponse response;
   grpc::Status s = stub->Delete(&ctx, request, &response);
   if (!s.ok()) return Report(s, options.controller, err);
-  out << kind << "/" << options.name << " deleted\n";
+  if (response.result() == "terminating") {
+    out << kind << "/" << options.name << " terminating: its instances are deleted first\n";
+  } else {
+    out << kind << "/" << options.name << " deleted\n";
+  }
   return kExitOk;
 }
 

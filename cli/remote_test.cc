@@ -124,8 +124,12 @@ TEST_F(RemoteTest, DeleteByFileRemovesWhatTheFilesName) {
   ASSERT_EQ(RunDelete(del, out, err), kExitOk) << err.str();
   // The instances go before the host they name.
   EXPECT_EQ(out.str().find("KernelInstance/web-1 deleted\nKernelInstance/db-1 deleted\n"), 0u) << out.str();
-  EXPECT_THAT(out.str(), HasSubstr("Host/node-a deleted"));
-  EXPECT_EQ(objects_->List("Host")->size(), 0u);
+  // A Host drains first: it is marked, and the controller removes it once its kernels are gone.
+  EXPECT_THAT(out.str(), HasSubstr("Host/node-a terminating: its instances are deleted first"));
+  ASSERT_EQ(objects_->List("Host")->size(), 3u);
+  for (const auto& h : *objects_->List("Host")) {
+    EXPECT_EQ(h.host().metadata().deletion_unix_ms() != 0, h.host().metadata().name() == "node-a");
+  }
   EXPECT_EQ(objects_->List("KernelInstance")->size(), 1u);  // ml-1 names no host
   EXPECT_EQ(RunDelete(Get(""), out, err), kExitInvalid);
 }

@@ -647,7 +647,9 @@ absl::Status HostKernel::Start(absl::string_view name, bool wait) {
     if (info.state == v1::KERNEL_STATE_ACTIVE) return absl::OkStatus();
     MK_RETURN_IF_ERROR(Guard("start", name, info, {v1::KERNEL_STATE_LOADED}));
     absl::Status st = sys_.Reboot(kRebootStart, info.id);
-    if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
+    // EBUSY: it is booting already (the watchdog restarted it): what was asked for is
+    // happening, so this waits for it like for its own start.
+    if (!st.ok() && ErrnoOf(st) != EBUSY) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
   }
   if (!wait) return absl::OkStatus();
   return WaitFor(name, v1::KERNEL_STATE_ACTIVE, options_.start_timeout);

@@ -1399,6 +1399,97 @@ bool PlacementEngine::Keep(const InstanceRequest& req, const v1::Placement& plac
   return true;
 }
 
+bool PlacementEngine::Holds(const std::string& name) const { return impl_->held.count(name) > 0; }
+
+bool PlacementEngine::Hold(const std::string& name, const v1::Placement& p, std::string* why) {
+  Impl& m = *impl_;
+  if (m.held.count(name)) {
+    *why = "already held";
+    return false;
+  }
+  auto hi = m.host_index.find(p.host());
+  if (hi == m.host_index.end()) {
+    *why = absl::StrCat("no host ", p.host());
+    return false;
+  }
+  const HostState& h = m.states[hi->second];
+  const Topology& t = h.topology();
+  Take take;
+  std::set<uint32_t> cores;
+  for (uint32_t cpu : p.cpus()) {
+    if (!t.core_of_pu.contains(cpu) || !h.InPool(cpu)) {
+      *why = absl::StrCat("CPU ", cpu, " is not in the pool");
+      return false;
+    }
+    if (h.OwnerOf(cpu) >= 0 || !h.PuFreeForAny(cpu)) {
+      *why = absl::StrCat("CPU ", cpu, " is held already");
+      return false;
+    }
+    take.cpus.push_back(cpu);
+    cores.insert(t.core_of_pu.at(cpu));
+  }
+  if (take.cpus.empty()) {
+    *why = "no CPUs";
+    return false;
+  }
+  std::set<uint32_t> mine(take.cpus.begin(), take.cpus.end());
+  for (uint32_t c : cores) {
+    bool all = h.WholeCoreFree(c);
+    for (uint32_t pu : t.cores[c].pus) all &= !h.InPool(pu) || mine.count(pu) > 0;
+    if (all) take.whole_cores.push_back(c);
+  }
+  for (const auto& mem : p.memory()) {
+    auto it = t.numa_by_os.find(mem.node());
+    if (it == t.numa_by_os.end() || h.MemFree(it->second) < mem.bytes()) {
+      *why = absl::StrCat("not enough free pool memory on NUMA node ", mem.node());
+      return false;
+    }
+    bool merged = false;
+    for (auto& [n, bytes] : take.memory) {
+      if (n == it->second) {
+        bytes += mem.bytes();
+        merged = true;
+      }
+    }
+    if (!merged) take.memory.emplace_back(it->second, mem.bytes());
+  }
+  std::sort(take.memory.begin(), take.memory.end());
+  for (const auto& pd : p.devices()) {
+    int pci = -1, vf = -1;
+    for (const auto& [f, state] : h.devices()) {
+      if (t.pci[f].bdf == pd.pci()) pci = f;
+      for (size_t v = 0; v < t.pci[f].vf_bdfs.size(); ++v) {
+        if (t.pci[f].vf_bdfs[v] == pd.pci()) {
+          pci = f;
+          vf = static_cast<int>(v);
+        }
+      }
+    }
+    const DeviceState* s = pci >= 0 ? h.Device(pci) : nullptr;
+    int ns = pd.has_namespace_() ? static_cast<int>(pd.namespace_()) - 1 : -1;
+    bool free = s != nullptr && s->whole_owner < 0 &&
+                (vf >= 0 ? s->vf_owner[vf] < 0
+                 : ns >= 0 ? ns < static_cast<int>(s->ns_owner.size()) && s->ns_owner[ns] < 0
+                           : s->Untouched());
+    if (!free) {
+      *why = absl::StrCat("device ", pd.pci(), " is not free in the pool");
+      return false;
+    }
+    take.devices.push_back({pd.name(), pci, vf, ns});
+  }
+  if (p.has_llc_mask()) {
+    for (uint32_t l3 : h.L3sOf(take.cpus)) {
+      if (h.WaysUsed(l3) & p.llc_mask()) {
+        *why = "its cache ways are held already";
+        return false;
+      }
+    }
+    take.llc_mask = p.llc_mask();
+  }
+  m.Hold(name, hi->second, std::move(take));
+  return true;
+}
+
 void PlacementEngine::Release(const std::string& name) {
   Impl& m = *impl_;
   auto it = m.held.find(name);
@@ -1584,11 +1675,7 @@ PlacementResult Place(const std::vector<HostInfo>& hosts, const std::vector<Inst
   return result;
 }
 
-std::vector<InstanceRequest> BuildRequests(const std::vector<v1::KernelInstance>& instances,
-                                           const std::vector<v1::InstanceSet>& sets,
-                                           const std::vector<HostInfo>& hosts,
-                                           const std::map<std::string, v1::Placement>& current,
-                                           std::vector<Unschedulable>* unschedulable) {
+std::vector<InstanceRequest> BuildRequests(const std::vector<v1::KernelInstance>& instances) {
   std::vector<InstanceRequest> out;
   for (const auto& ki : instances) {
     InstanceRequest r;
@@ -1606,102 +1693,6 @@ std::vector<InstanceRequest> BuildRequests(const std::vector<v1::KernelInstance>
       standby.resources.set_memory(ki.spec().failover().standby().memory());
       standby.resources.set_smt(r.resources.smt());
       out.push_back(std::move(standby));
-    }
-  }
-  for (const auto& set : sets) {
-    const auto& spec = set.spec();
-    const std::string& set_name = set.metadata().name();
-    std::vector<const HostInfo*> selected;
-    for (const HostInfo& h : hosts) {
-      if (Matches(spec.host_selector(), h.labels)) selected.push_back(&h);
-    }
-    std::sort(selected.begin(), selected.end(), [](auto* a, auto* b) { return a->name < b->name; });
-    auto make = [&](const std::string& host, int n) {
-      InstanceRequest r;
-      r.name = absl::StrCat(set_name, "-", host, "-", n);
-      r.host = host;
-      r.resources = spec.template_().spec().resources();
-      out.push_back(std::move(r));
-    };
-    std::vector<const HostInfo*> open;
-    for (const HostInfo* h : selected) {
-      if (!h->cordoned) open.push_back(h);
-    }
-    if (spec.count_case() == v1::InstanceSetSpec::kPerHost) {
-      // Cordoned hosts keep the instances they have but get no new ones.
-      for (const HostInfo* h : selected) {
-        for (uint32_t n = 0; n < spec.per_host(); ++n) {
-          std::string name = absl::StrCat(set_name, "-", h->name, "-", n);
-          if (!h->cordoned || current.count(name)) make(h->name, n);
-        }
-      }
-      if (open.empty() && spec.per_host() > 0 && selected.empty()) {
-        unschedulable->push_back({set_name, absl::StrCat("InstanceSet selects no Host (hostSelector ",
-                                                          SelectorText(spec.host_selector()), ")")});
-      }
-      continue;
-    }
-    uint32_t replicas = spec.replicas();
-    if (replicas == 0) continue;
-    // Current instances of the set whose host still qualifies, by host.
-    std::map<std::string, std::vector<int>> kept;  // host -> instance numbers
-    std::string prefix = set_name + "-";
-    for (const HostInfo* h : selected) {
-      for (uint32_t n = 0; n < replicas + 64; ++n) {
-        if (current.count(absl::StrCat(prefix, h->name, "-", n))) kept[h->name].push_back(n);
-      }
-    }
-    uint32_t total_kept = 0;
-    for (auto& [h, ns] : kept) total_kept += ns.size();
-    // Scale down: drop the highest-numbered instances of the fullest hosts first.
-    while (total_kept > replicas) {
-      auto fullest = std::max_element(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
-        return a.second.size() < b.second.size();
-      });
-      fullest->second.pop_back();
-      --total_kept;
-    }
-    std::map<std::string, uint32_t> count_by_host;
-    std::map<std::string, uint32_t> count_by_domain;
-    auto domain_of = [&](const HostInfo* h) {
-      if (spec.spread_by().empty()) return std::string();
-      auto it = h->labels.find(spec.spread_by());
-      return it == h->labels.end() ? std::string() : it->second;
-    };
-    for (const HostInfo* h : selected) {
-      for (int n : kept[h->name]) {
-        make(h->name, n);
-        ++count_by_host[h->name];
-        ++count_by_domain[domain_of(h)];
-      }
-    }
-    if (open.empty() && total_kept < replicas) {
-      unschedulable->push_back({set_name, absl::StrCat("InstanceSet selects no uncordoned Host (hostSelector ",
-                                                        SelectorText(spec.host_selector()), ")")});
-      continue;
-    }
-    for (uint32_t k = total_kept; k < replicas; ++k) {
-      // The least used spread domain, then the least used host in it, then by name.
-      const HostInfo* best = nullptr;
-      for (const HostInfo* h : open) {
-        if (best == nullptr) {
-          best = h;
-          continue;
-        }
-        uint32_t dh = count_by_domain[domain_of(h)], db = count_by_domain[domain_of(best)];
-        if (dh != db) {
-          if (dh < db) best = h;
-          continue;
-        }
-        if (count_by_host[h->name] < count_by_host[best->name]) best = h;
-      }
-      std::vector<int>& used = kept[best->name];
-      int n = 0;
-      while (std::count(used.begin(), used.end(), n)) ++n;
-      used.push_back(n);
-      make(best->name, n);
-      ++count_by_host[best->name];
-      ++count_by_domain[domain_of(best)];
     }
   }
   return out;

@@ -87,8 +87,14 @@ class PlacementEngine {
   // were. On failure `why` explains the nearest capacity.
   bool Place(const InstanceRequest& req, const mkfleet::v1::Placement* prev, mkfleet::v1::Placement* out,
              std::string* why);
+  // Holds `placement` for `name` exactly as it is, whatever it was made for (a kernel no
+  // object owns, an instance whose resize cannot be met): its CPUs (cores all of whose pool
+  // CPUs it has are held whole), memory per node, devices and cache ways. False, nothing
+  // held, when it conflicts with what is held or lies outside the pool; `why` says what.
+  bool Hold(const std::string& name, const mkfleet::v1::Placement& placement, std::string* why);
   // Frees what the instance `name` holds (no-op if it holds nothing).
   void Release(const std::string& name);
+  bool Holds(const std::string& name) const;
   // Capacity hint: about this many instances will be held.
   void Reserve(size_t instances);
 
@@ -100,17 +106,10 @@ class PlacementEngine {
 // Whether `labels` satisfy `selector` (every matchLabels pair present).
 bool Matches(const mkfleet::v1::LabelSelector& selector, const std::map<std::string, std::string>& labels);
 
-// Turns KernelInstances and InstanceSets into requests. An instance with failover policy
-// Standby also gets a request "<name>-standby" for its warm standby kernel (its own CPUs
-// and memory, on the same host). Sets expand to instances named <set>-<host>-<n>: perHost on every selected, uncordoned host; replicas spread evenly over
-// the values of spreadBy, then over hosts (fewest of the set first, then by name), keeping
-// the set's current instances where their host still qualifies. Problems (no host
-// selected) are appended to `unschedulable`.
-std::vector<InstanceRequest> BuildRequests(const std::vector<mkfleet::v1::KernelInstance>& instances,
-                                           const std::vector<mkfleet::v1::InstanceSet>& sets,
-                                           const std::vector<HostInfo>& hosts,
-                                           const std::map<std::string, mkfleet::v1::Placement>& current,
-                                           std::vector<Unschedulable>* unschedulable);
+// Turns KernelInstances into requests. An instance with failover policy Standby also gets
+// a request "<name>-standby" for its warm standby kernel (its own CPUs and memory, on the
+// same host). InstanceSets are expanded by PlaceFleet (fleet_placement.h).
+std::vector<InstanceRequest> BuildRequests(const std::vector<mkfleet::v1::KernelInstance>& instances);
 
 }  // namespace mkfleet::planner
 

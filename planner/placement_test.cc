@@ -500,54 +500,6 @@ TEST(HostChoiceTest, LeastLoadedSkipsCordonedAndExplains) {
             "no matching host fits (2 tried, 2 with less than 8 CPUs free)");
 }
 
-TEST(BuildRequestsTest, SetsExpandPerHostAndSpreadReplicas) {
-  auto t = SyntheticTopology("pack:1 numa:1(memory=16GiB) core:4 pu:2");
-  std::vector<HostInfo> hosts;
-  for (auto [name, rack] : std::vector<std::pair<std::string, std::string>>{
-           {"n1", "r1"}, {"n2", "r1"}, {"n3", "r2"}, {"n4", "r3"}}) {
-    HostInfo h = WholeHost(name, t);
-    h.labels = {{"rack", rack}, {"role", "edge"}};
-    hosts.push_back(h);
-  }
-  v1::InstanceSet set;
-  set.mutable_metadata()->set_name("web");
-  set.mutable_spec()->mutable_host_selector()->mutable_match_labels()->insert({"role", "edge"});
-  set.mutable_spec()->set_replicas(3);
-  set.mutable_spec()->set_spread_by("rack");
-  set.mutable_spec()->mutable_template_()->mutable_spec()->mutable_resources()->set_cpus(2);
-  std::vector<Unschedulable> problems;
-  auto reqs = BuildRequests({}, {set}, hosts, {}, &problems);
-  std::vector<std::string> names;
-  for (const auto& r : reqs) names.push_back(r.name);
-  // One per rack.
-  EXPECT_THAT(names, ElementsAre("web-n1-0", "web-n3-0", "web-n4-0"));
-  set.mutable_spec()->set_per_host(2);
-  reqs = BuildRequests({}, {set}, hosts, {}, &problems);
-  EXPECT_EQ(reqs.size(), 8u);
-  EXPECT_EQ(reqs[1].name, "web-n1-1");
-  EXPECT_THAT(problems, IsEmpty());
-}
-
-TEST(BuildRequestsTest, ReplicasKeepCurrentInstances) {
-  auto t = SyntheticTopology("pack:1 numa:1(memory=16GiB) core:4 pu:2");
-  std::vector<HostInfo> hosts = {WholeHost("n1", t), WholeHost("n2", t)};
-  v1::InstanceSet set;
-  set.mutable_metadata()->set_name("s");
-  set.mutable_spec()->set_replicas(2);
-  std::map<std::string, v1::Placement> current;
-  current["s-n2-0"].set_host("n2");
-  current["s-n2-1"].set_host("n2");
-  std::vector<Unschedulable> problems;
-  auto reqs = BuildRequests({}, {set}, hosts, current, &problems);
-  ASSERT_EQ(reqs.size(), 2u);
-  EXPECT_EQ(reqs[0].name, "s-n2-0");
-  EXPECT_EQ(reqs[1].name, "s-n2-1");
-  set.mutable_spec()->set_replicas(1);
-  reqs = BuildRequests({}, {set}, hosts, current, &problems);
-  ASSERT_EQ(reqs.size(), 1u);
-  EXPECT_EQ(reqs[0].name, "s-n2-0");
-}
-
 TEST(BuildRequestsTest, StandbyIsPlacedBesideItsPrimary) {
   auto t = SyntheticTopology("pack:1 numa:1(memory=16GiB) core:8 pu:2");
   HostInfo a = WholeHost("a", t), b = WholeHost("b", t);
@@ -560,8 +512,7 @@ TEST(BuildRequestsTest, StandbyIsPlacedBesideItsPrimary) {
   ki.mutable_spec()->mutable_failover()->set_policy(v1::FAILOVER_STANDBY);
   ki.mutable_spec()->mutable_failover()->mutable_standby()->set_cpus(2);
   ki.mutable_spec()->mutable_failover()->mutable_standby()->set_memory(512ull << 20);
-  std::vector<Unschedulable> problems;
-  auto reqs = BuildRequests({ki}, {}, {a, b}, {}, &problems);
+  auto reqs = BuildRequests({ki});
   ASSERT_EQ(reqs.size(), 2u);
   PlacementResult r = Place({a, b}, reqs, {});
   ASSERT_THAT(r.unschedulable, IsEmpty());

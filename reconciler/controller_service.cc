@@ -18,7 +18,10 @@ namespace v1 = mkfleet::v1;
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  // Never an error without a message: a client has nothing else to show.
+  std::string message(s.message());
+  if (message.empty()) message = absl::StrCat(absl::StatusCodeToString(s.code()), " (no details)");
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), message);
 }
 
 grpc::Status UnknownKind(const std::string& kind) {
@@ -41,6 +44,15 @@ grpc::Status ControllerService::DoApply(const v1::ApplyRequest& request, bool dr
   auto result = objects_.Apply(objects, options);
   if (!result.ok()) return ToGrpc(result.status());
   *response = *std::move(result);
+  if (dry_run && preview_) {
+    // What the change would do to running kernels ("would re-create web-1 ...").
+    auto lines = preview_(objects);
+    for (v1::ObjectChange& c : *response->mutable_changes()) {
+      auto it = lines.find(absl::StrCat(c.kind(), "/", c.name()));
+      if (it == lines.end()) continue;
+      for (const std::string& line : it->second) c.add_actions(line);
+    }
+  }
   return grpc::Status::OK;
 }
 
@@ -72,9 +84,14 @@ grpc::Status ControllerService::Get(grpc::ServerContext*, const v1::GetRequest* 
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::Delete(grpc::ServerContext*, const v1::DeleteRequest* request, v1::DeleteResponse*) {
+grpc::Status ControllerService::Delete(grpc::ServerContext*, const v1::DeleteRequest* request,
+                                      v1::DeleteResponse* response) {
   if (!IsKnownKind(request->kind())) return UnknownKind(request->kind());
-  return ToGrpc(objects_.Delete(request->kind(), request->name()));
+  auto result =
+      objects_.Delete(request->kind(), request->name(), absl::ToUnixMillis(clock_.Now()), request->force());
+  if (!result.ok()) return ToGrpc(result.status());
+  response->set_result(*result);
+  return grpc::Status::OK;
 }
 
 grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::ObjectWatchRequest* request,
@@ -134,7 +151,12 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
   auto rev = store_.Revision();  // before the list: nothing between is lost
   if (!rev.ok()) return ToGrpc(rev.status());
   int64_t seen = *rev;
-  auto past = events_->List(request->kind(), request->name());
+  EventFilter filter;
+  filter.kind = request->kind();
+  filter.name = request->name();
+  filter.type = request->type();
+  filter.since_unix_ms = request->since_unix_ms();
+  auto past = events_->List(filter);
   if (!past.ok()) return ToGrpc(past.status());
   for (const v1::Event& e : *past) {
     if (!writer->Write(e)) return grpc::Status::OK;
@@ -144,12 +166,17 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
     auto now = store_.Revision();
     if (!now.ok()) return ToGrpc(now.status());
     auto changes = store_.EventsSince(seen, kEventPrefix);
+    if (changes.status().code() == absl::StatusCode::kOutOfRange) {
+      // The history was compacted past a slow follower: go on from now.
+      seen = *now;
+      continue;
+    }
     if (!changes.ok()) return ToGrpc(changes.status());
     for (const Event& c : *changes) {
       seen = std::max(seen, c.revision);
       v1::Event e;
       if (c.type != Event::Type::kPut || !e.ParseFromString(c.value)) continue;
-      if (!EventMatches(e, request->kind(), request->name())) continue;
+      if (!EventMatches(e, filter)) continue;
       if (!writer->Write(e)) return grpc::Status::OK;
     }
     seen = std::max(seen, *now);

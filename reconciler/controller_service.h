@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include "common/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "reconciler/event_log.h"
@@ -19,8 +20,8 @@ namespace mkfleet::reconciler {
 
 class ControllerService final : public mkfleet::v1::Controller::Service {
  public:
-  ControllerService(Store& store, Objects& objects, EventLog* events = nullptr)
-      : store_(store), objects_(objects), events_(events) {}
+  ControllerService(Store& store, Objects& objects, EventLog* events = nullptr, Clock& clock = Clock::Real())
+      : store_(store), objects_(objects), events_(events), clock_(clock) {}
 
   grpc::Status Apply(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
                      mkfleet::v1::ApplyResponse* response) override;
@@ -41,13 +42,19 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
                      mkfleet::v1::StatsResponse* response) override;
   // Where Stats takes the reconcile loop's counters (set once, before serving).
   void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
+  // What a dry run or diff says an apply would do to running kernels, per "Kind/name"
+  // (Reconciler::Preview; set once, before serving).
+  using Preview = std::function<std::map<std::string, std::vector<std::string>>(const std::vector<mkfleet::v1::Object>&)>;
+  void SetPreview(Preview preview) { preview_ = std::move(preview); }
 
  private:
   grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
   Store& store_;
   Objects& objects_;
   EventLog* events_;
+  Clock& clock_;
   std::function<mkfleet::v1::StatsResponse()> stats_;
+  Preview preview_;
 };
 
 // The kinds the controller stores.

@@ -11,15 +11,19 @@ namespace mkfleet::reconciler {
 namespace {
 
 namespace v1 = mkfleet::v1;
+using Kind = InstanceChange::Kind;
 
 class Builder {
  public:
   explicit Builder(std::string host) : host_(std::move(host)) {}
 
+  // Sets the basis of the ids that follow: the kernel's version, or the host's.
+  void Basis(int64_t version) { basis_ = version; }
+
   v1::Action& Add(std::vector<v1::Action>& list, const std::string& instance, int64_t generation,
                   const std::string& step, v1::KernelState expect) {
     v1::Action& a = list.emplace_back();
-    a.set_id(absl::StrCat(host_, "/", instance, "/g", generation, "/", step));
+    a.set_id(absl::StrCat(host_, "/", instance, "/g", generation, "/v", basis_, "/", step));
     a.set_instance(instance);
     a.set_expect(expect);
     return a;
@@ -46,6 +50,7 @@ class Builder {
     v1::Action& c = Add(acquires_, d.name, d.generation, why + "-create", v1::KERNEL_STATE_ABSENT);
     *c.mutable_create()->mutable_placement() = d.placement;
     c.mutable_create()->set_id(d.spec.has_id() ? d.spec.id() : 0);
+    c.mutable_create()->set_owner(d.owner);
     if (d.spec.phase() == v1::PHASE_READY) return;
     Load(d, why, v1::KERNEL_STATE_READY);
     if (d.spec.phase() == v1::PHASE_RUNNING) Start(d, why);
@@ -61,11 +66,13 @@ class Builder {
     Add(acquires_, d.name, d.generation, why + "-start", v1::KERNEL_STATE_LOADED).mutable_start();
   }
 
-  std::vector<v1::Action> releases_, acquires_, additions_;
-  std::vector<std::string> notes_;
+  std::vector<v1::Action> claims_, releases_, acquires_, additions_;
+  std::map<std::string, std::string> notes_;
+  std::map<std::string, InstanceChange> changes_;
 
  private:
   std::string host_;
+  int64_t basis_ = 0;
 };
 
 // Whether the loaded kernel is the one the spec asks for.
@@ -76,16 +83,43 @@ bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
          (k.sha256().empty() || k.sha256() == p.kernel_sha256()) && spec.rootfs().image() == p.rootfs_image();
 }
 
-uint64_t TotalMemory(const v1::Placement& p) {
-  uint64_t total = 0;
-  for (const auto& m : p.memory()) total += m.bytes();
-  return total;
+std::map<uint32_t, uint64_t> MemoryByNode(const v1::Placement& p) {
+  std::map<uint32_t, uint64_t> out;
+  for (const auto& m : p.memory()) out[m.node()] += m.bytes();
+  return out;
 }
+
+std::string Bytes(uint64_t b) {
+  if (b % (1ull << 30) == 0) return absl::StrCat(b >> 30, "Gi");
+  return absl::StrCat(b >> 20, "Mi");
+}
+
+std::string CpuText(const std::vector<uint32_t>& cpus) { return absl::StrJoin(cpus, ","); }
 
 }  // namespace
 
+const char* ChangeName(InstanceChange::Kind kind) {
+  switch (kind) {
+    case Kind::kCreate:
+      return "create";
+    case Kind::kDelete:
+      return "delete";
+    case Kind::kRecreate:
+      return "re-create";
+    case Kind::kReplace:
+      return "replace";
+    case Kind::kResize:
+      return "resize";
+    case Kind::kPhase:
+      return "phase";
+    case Kind::kClaim:
+      return "claim";
+  }
+  return "change";
+}
+
 Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& desired,
-                 const std::vector<v1::ObservedInstance>& observed) {
+                 const std::vector<v1::ObservedInstance>& observed, int64_t host_version) {
   Builder b(host);
   std::map<std::string, const DesiredInstance*> want;
   for (const DesiredInstance& d : desired) want[d.name] = &d;
@@ -94,35 +128,62 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
 
   // Gone from the desired state: delete.
   for (const auto& [name, o] : have) {
-    if (!want.count(name)) b.Delete(name, o->status().kernel_state(), 0, "delete");
+    if (want.count(name)) continue;
+    b.Basis(o->version());
+    b.Delete(name, o->status().kernel_state(), 0, "delete");
+    b.changes_[name] = {Kind::kDelete, false, "delete"};
   }
   for (const auto& [name, d] : want) {
     auto it = have.find(name);
     if (it == have.end()) {
+      b.Basis(host_version);
       b.Create(*d, "create");
+      b.changes_[name] = {Kind::kCreate, false, "create"};
       continue;
     }
+    b.Basis(it->second->version());
     const v1::InstanceStatus& st = it->second->status();
     v1::KernelState state = st.kernel_state();
     const v1::Placement& now = st.placement();
     const v1::Placement& target = d->placement;
-    // The boot CPU cannot be hot-removed: a different boot CPU means a re-create.
+    if (it->second->owner() != d->owner && !d->owner.empty()) {
+      // Adopted (a kernel that matches by name but was not created for this owner).
+      b.Add(b.claims_, name, d->generation, "claim", v1::KERNEL_STATE_UNKNOWN).mutable_claim()->set_owner(d->owner);
+      b.changes_[name] = {Kind::kClaim, false,
+                          it->second->owner().empty() ? "adopt" : absl::StrCat("adopt from ", it->second->owner())};
+    }
     std::set<uint32_t> have_cpus(now.cpus().begin(), now.cpus().end());
     std::set<uint32_t> want_cpus(target.cpus().begin(), target.cpus().end());
-    bool boot_moves = !now.cpus().empty() && !want_cpus.count(now.boot_cpu());
-    if (boot_moves) {
+    // The boot CPU cannot be hot-removed, and a kernel onlines only CPUs of the NUMA nodes
+    // it was created on: either means a re-create.
+    std::string recreate;
+    if (!now.cpus().empty() && !want_cpus.count(now.boot_cpu())) {
+      recreate = absl::StrCat("the boot CPU ", now.boot_cpu(), " is not in the new placement (CPUs ",
+                              CpuText({target.cpus().begin(), target.cpus().end()}), ")");
+    } else if (!now.numa_nodes().empty()) {
+      std::set<uint32_t> nodes(now.numa_nodes().begin(), now.numa_nodes().end());
+      for (uint32_t n : target.numa_nodes()) {
+        if (!nodes.count(n)) {
+          recreate = absl::StrCat("its CPUs move onto NUMA node ", n, ", which it was not created on");
+          break;
+        }
+      }
+    }
+    if (!recreate.empty()) {
       b.Delete(name, state, d->generation, "recreate");
+      b.Basis(host_version);
       b.Create(*d, "recreate");
+      b.changes_[name] = {Kind::kRecreate, state == v1::KERNEL_STATE_ACTIVE, "re-create: " + recreate};
       continue;
     }
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
                           !SameKernel(d->spec, st.provenance());
     if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH) {
-      b.notes_.push_back(absl::StrCat(name, ": update strategy Morph (live update) is not supported yet; "
-                                            "use Replace"));
+      b.notes_[name] = "update strategy Morph (live update) is not supported yet; use Replace";
       kernel_changes = false;
     }
+    std::vector<std::string> resize;  // what hot-plug changes, for people
     // Hot-plug: removals first (releases), additions after everything else is freed.
     std::vector<uint32_t> cpu_remove, cpu_add;
     for (uint32_t c : have_cpus) {
@@ -134,13 +195,25 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     if (!cpu_remove.empty()) {
       v1::Action& a = b.Add(b.releases_, name, d->generation, "cpu-remove", v1::KERNEL_STATE_UNKNOWN);
       for (uint32_t c : cpu_remove) a.mutable_cpu_remove()->add_cpus(c);
+      resize.push_back(absl::StrCat("-", cpu_remove.size(), " CPUs"));
     }
-    uint64_t mem_have = TotalMemory(now), mem_want = TotalMemory(target);
-    if (mem_want < mem_have) {
-      v1::Action& a = b.Add(b.releases_, name, d->generation, "memory-remove", v1::KERNEL_STATE_UNKNOWN);
-      auto* m = a.mutable_memory_remove()->add_memory();
-      m->set_node(now.memory().empty() ? 0 : now.memory(0).node());
-      m->set_bytes(mem_have - mem_want);
+    // Memory per NUMA node, by target: what each node should hold after the change.
+    std::map<uint32_t, uint64_t> mem_have = MemoryByNode(now), mem_want = MemoryByNode(target);
+    std::set<uint32_t> nodes;
+    for (const auto& [n, bytes] : mem_have) nodes.insert(n);
+    for (const auto& [n, bytes] : mem_want) nodes.insert(n);
+    v1::MemoryChange shrink, grow;
+    for (uint32_t n : nodes) {
+      uint64_t h = mem_have[n], w = mem_want[n];
+      if (w == h) continue;
+      v1::NodeBytes* t = (w < h ? shrink : grow).add_target();
+      t->set_node(n);
+      t->set_bytes(w);
+      resize.push_back(absl::StrCat(w < h ? "-" : "+", Bytes(w < h ? h - w : w - h), " on node ", n));
+    }
+    if (shrink.target_size() > 0) {
+      *b.Add(b.releases_, name, d->generation, "memory-remove", v1::KERNEL_STATE_UNKNOWN).mutable_memory_remove() =
+          shrink;
     }
     std::set<std::string> have_dev, want_dev;
     for (const auto& dev : now.devices()) have_dev.insert(dev.pci());
@@ -155,9 +228,11 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     if (!dev_remove.empty()) {
       v1::Action& a = b.Add(b.releases_, name, d->generation, "device-remove", v1::KERNEL_STATE_UNKNOWN);
       for (const auto& p : dev_remove) a.mutable_device_remove()->add_devices()->set_pci(p);
+      resize.push_back(absl::StrCat("-devices ", absl::StrJoin(dev_remove, ",")));
     }
     // Phase and kernel.
     v1::KernelState after = state;
+    std::string phase_change;
     if (kernel_changes) {
       if (state == v1::KERNEL_STATE_ACTIVE) {
         b.Add(b.releases_, name, d->generation, "replace-halt", v1::KERNEL_STATE_ACTIVE).mutable_halt();
@@ -169,49 +244,63 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     if (after == v1::KERNEL_STATE_FAILED) {
       b.Add(b.releases_, name, d->generation, "rescue-force-halt", v1::KERNEL_STATE_FAILED).mutable_halt()->set_force(true);
       after = v1::KERNEL_STATE_LOADED;
+      phase_change = "rescue a failed kernel";
     }
     if (after == v1::KERNEL_STATE_ACTIVE && phase != v1::PHASE_RUNNING) {
       b.Add(b.releases_, name, d->generation, "halt", v1::KERNEL_STATE_ACTIVE).mutable_halt();
       after = v1::KERNEL_STATE_LOADED;
+      phase_change = "halt";
     }
     if (after == v1::KERNEL_STATE_LOADED && phase == v1::PHASE_READY) {
       b.Add(b.releases_, name, d->generation, "unload", v1::KERNEL_STATE_LOADED).mutable_unload();
       after = v1::KERNEL_STATE_READY;
+      phase_change = "unload";
     }
     if (after == v1::KERNEL_STATE_READY && phase != v1::PHASE_READY) {
       b.Load(*d, kernel_changes ? "replace" : "phase", v1::KERNEL_STATE_READY);
       after = v1::KERNEL_STATE_LOADED;
+      phase_change = "load";
     }
     if (after == v1::KERNEL_STATE_LOADED && phase == v1::PHASE_RUNNING) {
       b.Start(*d, kernel_changes ? "replace" : "phase");
+      phase_change = phase_change.empty() ? "start" : phase_change + " and start";
     }
     if (!cpu_add.empty()) {
       v1::Action& a = b.Add(b.additions_, name, d->generation, "cpu-add", v1::KERNEL_STATE_UNKNOWN);
       for (uint32_t c : cpu_add) a.mutable_cpu_add()->add_cpus(c);
+      resize.push_back(absl::StrCat("+", cpu_add.size(), " CPUs"));
     }
-    if (mem_want > mem_have) {
-      v1::Action& a = b.Add(b.additions_, name, d->generation, "memory-add", v1::KERNEL_STATE_UNKNOWN);
-      auto* m = a.mutable_memory_add()->add_memory();
-      m->set_node(target.memory().empty() ? 0 : target.memory(0).node());
-      m->set_bytes(mem_want - mem_have);
+    if (grow.target_size() > 0) {
+      *b.Add(b.additions_, name, d->generation, "memory-add", v1::KERNEL_STATE_UNKNOWN).mutable_memory_add() = grow;
     }
     if (!dev_add.empty()) {
       v1::Action& a = b.Add(b.additions_, name, d->generation, "device-add", v1::KERNEL_STATE_UNKNOWN);
       for (const auto& p : dev_add) a.mutable_device_add()->add_devices()->set_pci(p);
+      resize.push_back(absl::StrCat("+devices ", absl::StrJoin(dev_add, ",")));
+    }
+    if (kernel_changes) {
+      b.changes_[name] = {Kind::kReplace, state == v1::KERNEL_STATE_ACTIVE,
+                          absl::StrCat("replace the kernel (", st.provenance().kernel_path(), " -> ",
+                                       d->spec.kernel().image(), ")")};
+    } else if (!resize.empty()) {
+      b.changes_[name] = {Kind::kResize, false, "hot-plug " + absl::StrJoin(resize, ", ")};
+    } else if (!phase_change.empty()) {
+      b.changes_[name] = {Kind::kPhase, false, phase_change};
     }
   }
   Plan plan;
-  for (auto* list : {&b.releases_, &b.acquires_, &b.additions_}) {
+  for (auto* list : {&b.claims_, &b.releases_, &b.acquires_, &b.additions_}) {
     for (auto& a : *list) plan.actions.push_back(std::move(a));
   }
   plan.notes = std::move(b.notes_);
+  plan.changes = std::move(b.changes_);
   return plan;
 }
 
 std::string Plan::DebugString() const {
   std::vector<std::string> lines;
   for (const auto& a : actions) lines.push_back(a.ShortDebugString());
-  for (const auto& n : notes) lines.push_back("note: " + n);
+  for (const auto& [kernel, n] : notes) lines.push_back(absl::StrCat("note: ", kernel, ": ", n));
   return absl::StrJoin(lines, "\n");
 }
 

@@ -4,12 +4,20 @@
 // Order within a plan: releases before acquisitions. Deletions (halt -> unload -> remove)
 // and hot-plug removals come first, then creations (create -> load -> start), then
 // hot-plug additions; so a device or CPU leaving one instance is free before another
-// takes it. Every action names the kernel state it expects, and its id is deterministic
-// for the plan step ("<host>/<instance>/g<generation>/<step>"), so re-sending a plan after
-// a crash runs nothing twice (the agent's journal replays recorded ids).
+// takes it. Every action names the kernel state it expects.
+//
+// Action ids are "<host>/<kernel>/g<generation>/v<basis>/<step>". The basis is the version
+// at which the agent last saw the instance change (for one that does not exist yet: the
+// host's version), so re-sending a plan made from the same view replays it (the agent's
+// journal answers recorded ids) while any later plan (after a crash, a delete and
+// re-create of the name, a second scale-down of one member) gets new ids and runs.
+//
+// Only kernels passed in `observed` are touched: the caller leaves out kernels that no
+// object owns (they are reported, never deleted).
 #ifndef MKFLEET_RECONCILER_DIFFER_H_
 #define MKFLEET_RECONCILER_DIFFER_H_
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,23 +27,39 @@
 namespace mkfleet::reconciler {
 
 struct DesiredInstance {
-  std::string name;
+  std::string name;   // the kernel's name on the host
+  std::string owner;  // "KernelInstance/web-1", "InstanceSet/edge": recorded by the agent
   int64_t generation = 0;
   mkfleet::v1::KernelInstanceSpec spec;  // kernel, rootfs, phase, update
   mkfleet::v1::Placement placement;      // from the planner
 };
 
+// What a plan does to one kernel, as data (for rollout limits, conditions and diff).
+struct InstanceChange {
+  enum class Kind { kCreate, kDelete, kRecreate, kReplace, kResize, kPhase, kClaim };
+  Kind kind = Kind::kCreate;
+  // It takes a running kernel down to bring it back changed (re-create, kernel replace).
+  bool disruptive = false;
+  // For people: "re-create: the boot CPU 4 is not in the new placement".
+  std::string summary;
+};
+
 struct Plan {
   std::vector<mkfleet::v1::Action> actions;
-  // Things the plan does not do, for conditions ("web-1: Morph is not supported yet").
-  std::vector<std::string> notes;
+  // Things the plan does not do, by kernel, for conditions ("Morph is not supported yet").
+  std::map<std::string, std::string> notes;
+  // By kernel name: what the plan changes (the most telling change when there are several).
+  std::map<std::string, InstanceChange> changes;
 
   std::string DebugString() const;
   bool operator==(const Plan& o) const;
 };
 
 Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& desired,
-                 const std::vector<mkfleet::v1::ObservedInstance>& observed);
+                 const std::vector<mkfleet::v1::ObservedInstance>& observed, int64_t host_version = 0);
+
+// "create", "re-create", ...: the kind's word for people.
+const char* ChangeName(InstanceChange::Kind kind);
 
 }  // namespace mkfleet::reconciler
 

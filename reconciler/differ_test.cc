@@ -51,7 +51,7 @@ TEST(ComputePlanTest, CreatesUpToTheDesiredPhase) {
               ElementsAre("create-create:a", "create-load:a"));
   EXPECT_THAT(Steps(ComputePlan("h", {Want("a", {2}, 128, v1::PHASE_READY)}, {})), ElementsAre("create-create:a"));
   Plan p = ComputePlan("h", {Want("a", {2, 3}, 1024)}, {});
-  EXPECT_EQ(p.actions[0].id(), "h/a/g1/create-create");
+  EXPECT_EQ(p.actions[0].id(), "h/a/g1/v0/create-create");
   EXPECT_EQ(p.actions[0].expect(), v1::KERNEL_STATE_ABSENT);
   EXPECT_EQ(p.actions[1].expect(), v1::KERNEL_STATE_READY);
   EXPECT_EQ(p.actions[2].expect(), v1::KERNEL_STATE_LOADED);
@@ -98,9 +98,13 @@ TEST(ComputePlanTest, ResizeByHotplugRemovalsFirst) {
                         Have(c_now, v1::KERNEL_STATE_ACTIVE)});
   EXPECT_THAT(Steps(p), ElementsAre("cpu-remove:a", "memory-remove:a", "device-remove:b", "cpu-add:a", "device-add:c"));
   EXPECT_THAT(p.actions[0].cpu_remove().cpus(), ElementsAre(4, 5));
-  EXPECT_EQ(p.actions[1].memory_remove().memory(0).bytes(), 1024ull << 20);
+  // Memory by target: what node 0 holds after the change (running it twice changes nothing).
+  EXPECT_EQ(p.actions[1].memory_remove().target(0).node(), 0u);
+  EXPECT_EQ(p.actions[1].memory_remove().target(0).bytes(), 1024ull << 20);
   EXPECT_THAT(p.actions[3].cpu_add().cpus(), ElementsAre(6, 7));
-  EXPECT_EQ(p.actions[3].id(), "h/a/g2/cpu-add");
+  EXPECT_EQ(p.actions[3].id(), "h/a/g2/v0/cpu-add");
+  EXPECT_EQ(p.changes.at("a").kind, InstanceChange::Kind::kResize);
+  EXPECT_EQ(p.changes.at("a").summary, "hot-plug -2 CPUs, -1Gi on node 0, +2 CPUs");
 }
 
 TEST(ComputePlanTest, MovingTheBootCpuRecreates) {
@@ -129,7 +133,8 @@ TEST(ComputePlanTest, MorphIsNotSupportedYetAndSaysSo) {
   a.spec.mutable_update()->set_strategy(v1::UPDATE_MORPH);
   Plan p = ComputePlan("h", {a}, {running});
   EXPECT_THAT(p.actions, IsEmpty());
-  EXPECT_THAT(p.notes, ElementsAre("a: update strategy Morph (live update) is not supported yet; use Replace"));
+  ASSERT_EQ(p.notes.size(), 1u);
+  EXPECT_EQ(p.notes.at("a"), "update strategy Morph (live update) is not supported yet; use Replace");
 }
 
 TEST(ComputePlanTest, PhaseChanges) {
@@ -153,6 +158,74 @@ TEST(ComputePlanTest, DeterministicAndComparable) {
   EXPECT_THAT(Steps(one)[0], "create-create:a");  // by name
   two.actions.pop_back();
   EXPECT_FALSE(one == two);
+}
+
+TEST(ComputePlanTest, IdsOfALaterIncarnationNeverRepeatAnEarlierOnes) {
+  // Defect 1: deletes used g0 and a re-created object restarts at generation 1, so the
+  // agent's journal replayed the old incarnation's ids and nothing ran.
+  DesiredInstance a = Want("a", {2}, 128);
+  Plan first = ComputePlan("h", {a}, {}, /*host_version=*/100);
+  Plan again = ComputePlan("h", {a}, {}, /*host_version=*/100);
+  Plan later = ComputePlan("h", {a}, {}, /*host_version=*/250);
+  EXPECT_EQ(first.actions[0].id(), again.actions[0].id());  // the same view: replayed
+  EXPECT_NE(first.actions[0].id(), later.actions[0].id());  // after delete + re-create: runs
+  v1::ObservedInstance one = Have(a, v1::KERNEL_STATE_ACTIVE), two = one;
+  one.set_version(120);
+  two.set_version(300);
+  EXPECT_NE(ComputePlan("h", {}, {one}).actions[0].id(), ComputePlan("h", {}, {two}).actions[0].id());
+  // A second crash in one generation: the start after it is a new action.
+  v1::ObservedInstance crashed1 = Have(a, v1::KERNEL_STATE_LOADED), crashed2 = crashed1;
+  crashed1.set_version(130);
+  crashed2.set_version(170);
+  Plan s1 = ComputePlan("h", {a}, {crashed1}), s2 = ComputePlan("h", {a}, {crashed2});
+  ASSERT_THAT(Steps(s1), ElementsAre("phase-start:a"));
+  EXPECT_NE(s1.actions[0].id(), s2.actions[0].id());
+  EXPECT_EQ(s1.actions[0].id(), "h/a/g1/v130/phase-start");
+}
+
+TEST(ComputePlanTest, CreatesRecordTheOwnerAndAdoptionsClaim) {
+  DesiredInstance a = Want("a", {2}, 128);
+  a.owner = "KernelInstance/a";
+  Plan p = ComputePlan("h", {a}, {});
+  EXPECT_EQ(p.actions[0].create().owner(), "KernelInstance/a");
+  // Found running, recorded for nobody: claimed, nothing else.
+  Plan adopt = ComputePlan("h", {a}, {Have(a, v1::KERNEL_STATE_ACTIVE)});
+  EXPECT_THAT(Steps(adopt), ElementsAre("claim:a"));
+  EXPECT_EQ(adopt.actions[0].claim().owner(), "KernelInstance/a");
+  v1::ObservedInstance owned = Have(a, v1::KERNEL_STATE_ACTIVE);
+  owned.set_owner("KernelInstance/a");
+  EXPECT_THAT(ComputePlan("h", {a}, {owned}).actions, IsEmpty());
+}
+
+TEST(ComputePlanTest, GrowingOntoAnotherNumaNodeRecreates) {
+  DesiredInstance before = Want("a", {2, 3}, 512);
+  before.placement.add_numa_nodes(0);
+  DesiredInstance after = Want("a", {2, 3, 40, 41}, 512);
+  after.placement.add_numa_nodes(0);
+  after.placement.add_numa_nodes(1);
+  Plan p = ComputePlan("h", {after}, {Have(before, v1::KERNEL_STATE_ACTIVE)});
+  EXPECT_THAT(Steps(p), ElementsAre("recreate-halt:a", "recreate-unload:a", "recreate-remove:a", "recreate-create:a",
+                                    "recreate-load:a", "recreate-start:a"));
+  EXPECT_TRUE(p.changes.at("a").disruptive);
+  EXPECT_EQ(p.changes.at("a").summary, "re-create: its CPUs move onto NUMA node 1, which it was not created on");
+}
+
+TEST(ComputePlanTest, MemoryPerNode) {
+  DesiredInstance before = Want("a", {2}, 512);
+  DesiredInstance after = Want("a", {2}, 512);
+  auto* m = after.placement.add_memory();
+  m->set_node(1);
+  m->set_bytes(256ull << 20);
+  Plan p = ComputePlan("h", {after}, {Have(before, v1::KERNEL_STATE_ACTIVE)});
+  ASSERT_THAT(Steps(p), ElementsAre("memory-add:a"));
+  ASSERT_EQ(p.actions[0].memory_add().target_size(), 1);
+  EXPECT_EQ(p.actions[0].memory_add().target(0).node(), 1u);
+  EXPECT_EQ(p.actions[0].memory_add().target(0).bytes(), 256ull << 20);
+  // And back: node 1 goes, node 0 stays.
+  Plan back = ComputePlan("h", {before}, {Have(after, v1::KERNEL_STATE_ACTIVE)});
+  ASSERT_THAT(Steps(back), ElementsAre("memory-remove:a"));
+  EXPECT_EQ(back.actions[0].memory_remove().target(0).node(), 1u);
+  EXPECT_EQ(back.actions[0].memory_remove().target(0).bytes(), 0u);
 }
 
 }  // namespace

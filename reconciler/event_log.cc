@@ -1,6 +1,7 @@
 #include "reconciler/event_log.h"
 
 #include <cstdio>
+#include <set>
 
 #include "absl/strings/numbers.h"
 
@@ -15,8 +16,13 @@ std::string Key(uint64_t seq) {
 
 }  // namespace
 
-bool EventMatches(const mkfleet::v1::Event& event, const std::string& kind, const std::string& name) {
-  return (kind.empty() || event.kind() == kind) && (name.empty() || event.name() == name);
+bool EventMatches(const mkfleet::v1::Event& event, const EventFilter& f) {
+  return (f.kind.empty() || event.kind() == f.kind) && (f.name.empty() || event.name() == f.name) &&
+         (f.type.empty() || event.type() == f.type) && event.time_unix_ms() >= f.since_unix_ms;
+}
+
+EventLog::FoldKey EventLog::KeyOf(const mkfleet::v1::Event& e) {
+  return {e.kind(), e.name(), e.type(), e.reason(), e.message()};
 }
 
 absl::StatusOr<std::unique_ptr<EventLog>> EventLog::Open(Store& store, Clock& clock, size_t max_events) {
@@ -27,7 +33,11 @@ absl::StatusOr<std::unique_ptr<EventLog>> EventLog::Open(Store& store, Clock& cl
   for (const KeyValue& kv : *kvs) {
     uint64_t seq = 0;
     if (absl::SimpleAtoi(kv.key.substr(sizeof(kEventPrefix) - 1), &seq)) log->next_ = std::max(log->next_, seq + 1);
-    log->keys_.push_back(kv.key);
+    mkfleet::v1::Event e;
+    if (!e.ParseFromString(kv.value)) continue;
+    log->last_time_ = std::max(log->last_time_, e.time_unix_ms());
+    log->by_fold_[KeyOf(e)] = kv.key;
+    log->stored_[kv.key] = std::move(e);
   }
   auto seqs = store.List(kAgentSeqPrefix);
   if (!seqs.ok()) return seqs.status();
@@ -49,29 +59,55 @@ absl::Status EventLog::RecordAll(std::vector<mkfleet::v1::Event> events) {
   if (events.empty()) return absl::OkStatus();
   int64_t now = absl::ToUnixMillis(clock_.Now());
   absl::MutexLock lock(&mu_);
-  // Past the bound only the newest max_ of this batch are kept.
-  size_t skip = events.size() > max_ ? events.size() - max_ : 0;
-  std::vector<Op> ops;
-  std::vector<std::string> added;
+  // Worked on copies, committed only when the store took the transaction.
+  std::map<std::string, mkfleet::v1::Event> stored = stored_;
+  std::map<FoldKey, std::string> by_fold = by_fold_;
   std::map<std::string, int64_t> seqs;
+  std::map<std::string, std::string> puts;  // key -> value
+  std::set<std::string> deletes;
   uint64_t next = next_;
-  for (size_t i = 0; i < events.size(); ++i) {
-    mkfleet::v1::Event& e = events[i];
+  int64_t last_time = last_time_;
+  for (mkfleet::v1::Event& e : events) {
     if (e.seq() > 0 && e.seq() > std::max(agent_seq_[e.host()], seqs[e.host()])) seqs[e.host()] = e.seq();
-    if (i < skip) continue;
-    if (e.time_unix_ms() == 0) e.set_time_unix_ms(now);
-    added.push_back(Key(next++));
-    ops.push_back({Op::Type::kPut, added.back(), e.SerializeAsString(), 0});
+    // In time order: never before the last one recorded.
+    int64_t t = e.time_unix_ms() == 0 ? now : e.time_unix_ms();
+    last_time = std::max(last_time, t);
+    e.set_time_unix_ms(last_time);
+    e.set_count(1);
+    e.set_first_unix_ms(last_time);
+    auto folded = by_fold.find(KeyOf(e));
+    if (folded != by_fold.end()) {
+      auto old = stored.find(folded->second);
+      if (old != stored.end()) {
+        e.set_count(old->second.count() + 1);
+        e.set_first_unix_ms(old->second.first_unix_ms() ? old->second.first_unix_ms() : old->second.time_unix_ms());
+        if (puts.erase(old->first) == 0) deletes.insert(old->first);
+        stored.erase(old);
+      }
+    }
+    std::string key = Key(next++);
+    by_fold[KeyOf(e)] = key;
+    puts[key] = e.SerializeAsString();
+    stored[key] = std::move(e);
   }
-  size_t total = keys_.size() + added.size();
-  size_t drop = total > max_ ? std::min(total - max_, keys_.size()) : 0;
-  for (size_t i = 0; i < drop; ++i) ops.push_back({Op::Type::kDelete, keys_[i], "", 0});
+  // The bound: the oldest go.
+  while (stored.size() > max_) {
+    auto oldest = stored.begin();
+    if (puts.erase(oldest->first) == 0) deletes.insert(oldest->first);
+    auto f = by_fold.find(KeyOf(oldest->second));
+    if (f != by_fold.end() && f->second == oldest->first) by_fold.erase(f);
+    stored.erase(oldest);
+  }
+  std::vector<Op> ops;
+  for (const std::string& key : deletes) ops.push_back({Op::Type::kDelete, key, "", 0});
+  for (auto& [key, value] : puts) ops.push_back({Op::Type::kPut, key, std::move(value), 0});
   for (const auto& [host, seq] : seqs) ops.push_back({Op::Type::kPut, kAgentSeqPrefix + host, std::to_string(seq), 0});
   auto rev = store_.Txn({}, ops);
   if (!rev.ok()) return rev.status();
+  stored_ = std::move(stored);
+  by_fold_ = std::move(by_fold);
   next_ = next;
-  keys_.erase(keys_.begin(), keys_.begin() + drop);
-  keys_.insert(keys_.end(), added.begin(), added.end());
+  last_time_ = last_time;
   for (const auto& [host, seq] : seqs) agent_seq_[host] = seq;
   return absl::OkStatus();
 }
@@ -82,13 +118,18 @@ int64_t EventLog::LastAgentSeq(const std::string& host) {
   return it == agent_seq_.end() ? 0 : it->second;
 }
 
-absl::StatusOr<std::vector<mkfleet::v1::Event>> EventLog::List(const std::string& kind, const std::string& name) {
-  auto kvs = store_.List(kEventPrefix);
-  if (!kvs.ok()) return kvs.status();
+absl::Status EventLog::ForgetHost(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  if (!agent_seq_.erase(host)) return absl::OkStatus();
+  auto rev = store_.Txn({}, {{Op::Type::kDelete, kAgentSeqPrefix + host, "", 0}});
+  return rev.status();
+}
+
+absl::StatusOr<std::vector<mkfleet::v1::Event>> EventLog::List(const EventFilter& filter) {
+  absl::MutexLock lock(&mu_);
   std::vector<mkfleet::v1::Event> out;
-  for (const KeyValue& kv : *kvs) {
-    mkfleet::v1::Event e;
-    if (e.ParseFromString(kv.value) && EventMatches(e, kind, name)) out.push_back(std::move(e));
+  for (const auto& [key, e] : stored_) {
+    if (EventMatches(e, filter)) out.push_back(e);
   }
   return out;
 }

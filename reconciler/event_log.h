@@ -1,5 +1,11 @@
-// EventLog: the controller's events (object, reason, message, time), kept in the store
+// EventLog: the controller's events (object, type, reason, message, time), kept in the store
 // under /events/<sequence> with a bounded history: past `max_events` the oldest go.
+//
+// Repeats are folded as Kubernetes does: an event with the same object, type, reason and
+// message as one still in the history replaces it with `count` + 1, its first time kept and
+// its time the latest, moved to the end; so a minute of retries is one line with a count,
+// not hundreds. The history is in time order: an event's time is never before the one
+// recorded before it (an agent's event that arrives late takes the arrival's turn).
 // Thread-safety: safe to call concurrently.
 #ifndef MKFLEET_RECONCILER_EVENT_LOG_H_
 #define MKFLEET_RECONCILER_EVENT_LOG_H_
@@ -8,6 +14,7 @@
 #include <deque>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,35 +28,52 @@ namespace mkfleet::reconciler {
 inline constexpr char kEventPrefix[] = "/events/";
 inline constexpr char kAgentSeqPrefix[] = "/agentseq/";
 
+// Which events a listing wants (every field optional).
+struct EventFilter {
+  std::string kind;
+  std::string name;
+  std::string type;         // "Normal" or "Warning"
+  int64_t since_unix_ms = 0;  // the last occurrence at or after this time
+};
+
+// True when `event` passes `filter`.
+bool EventMatches(const mkfleet::v1::Event& event, const EventFilter& filter);
+
 class EventLog {
  public:
-  // Reads the stored events' keys to continue their sequence.
+  // Reads the stored events to continue their sequence and fold repeats.
   static absl::StatusOr<std::unique_ptr<EventLog>> Open(Store& store, Clock& clock, size_t max_events = 2000);
 
   // Stamps `event` with the time and stores it.
   absl::Status Record(mkfleet::v1::Event event);
-  // Stores `events` in one transaction; those with a time keep it (an agent's). Events
-  // with a `seq` (an agent's) also advance LastAgentSeq(event.host) durably.
+  // Stores `events` in one transaction; those with a time keep it (an agent's), unless it
+  // is before the last one's. Events with a `seq` (an agent's) also advance
+  // LastAgentSeq(event.host) durably.
   absl::Status RecordAll(std::vector<mkfleet::v1::Event> events);
   // The highest agent event seq stored for `host` (0 if none), so a restarted controller
   // forwards only newer ones.
   int64_t LastAgentSeq(const std::string& host);
-  // Stored events in order, those of `kind`/`name` only when given.
-  absl::StatusOr<std::vector<mkfleet::v1::Event>> List(const std::string& kind = "", const std::string& name = "");
+  // Forgets a deleted host's agent seq (the key and the memory).
+  absl::Status ForgetHost(const std::string& host);
+  // Stored events in time order that pass `filter`.
+  absl::StatusOr<std::vector<mkfleet::v1::Event>> List(const EventFilter& filter = {});
 
  private:
+  using FoldKey = std::tuple<std::string, std::string, std::string, std::string, std::string>;
+  static FoldKey KeyOf(const mkfleet::v1::Event& e);
+
   EventLog(Store& store, Clock& clock, size_t max_events) : store_(store), clock_(clock), max_(max_events) {}
   Store& store_;
   Clock& clock_;
   const size_t max_;
   absl::Mutex mu_;
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
-  std::deque<std::string> keys_ ABSL_GUARDED_BY(mu_);
+  int64_t last_time_ ABSL_GUARDED_BY(mu_) = 0;
+  // Stored events, oldest first: store key -> the event.
+  std::map<std::string, mkfleet::v1::Event> stored_ ABSL_GUARDED_BY(mu_);
+  std::map<FoldKey, std::string> by_fold_ ABSL_GUARDED_BY(mu_);  // -> store key
   std::map<std::string, int64_t> agent_seq_ ABSL_GUARDED_BY(mu_);
 };
-
-// True when `event` is about kind/name (empty matches all).
-bool EventMatches(const mkfleet::v1::Event& event, const std::string& kind, const std::string& name);
 
 }  // namespace mkfleet::reconciler
 

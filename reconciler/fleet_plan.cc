@@ -13,12 +13,6 @@ namespace {
 
 namespace v1 = mkfleet::v1;
 
-struct Owner {
-  const v1::KernelInstanceSpec* spec = nullptr;
-  int64_t generation = 0;
-  std::string set;
-};
-
 const std::string kStandbySuffix = "-standby";
 
 bool SamePool(const planner::Pool& a, const planner::Pool& b) {
@@ -70,11 +64,6 @@ v1::KernelState WantedState(v1::Phase phase) {
                                      : v1::KERNEL_STATE_ACTIVE;
 }
 
-bool Disruptive(const v1::Action& a) {
-  const std::string step = a.id().substr(a.id().rfind('/') + 1);
-  return absl::StartsWith(step, "replace-") || absl::StartsWith(step, "recreate-");
-}
-
 void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
                    const std::map<std::string, std::vector<v1::ObservedInstance>>& observed, FleetPlan* out) {
   std::map<std::string, const v1::InstanceSet*> by_name;
@@ -95,7 +84,8 @@ void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
     bool disrupt = false;
     auto plan = out->hosts.find(p.host);
     if (plan != out->hosts.end()) {
-      for (const v1::Action& a : plan->second.actions) disrupt |= a.instance() == p.kernel && Disruptive(a);
+      auto change = plan->second.changes.find(p.kernel);
+      disrupt = change != plan->second.changes.end() && change->second.disruptive;
     }
     auto h = state.find(p.host);
     bool up = h != state.end() && h->second.count(p.kernel) && h->second.at(p.kernel) == WantedState(p.spec->phase());
@@ -120,15 +110,33 @@ void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
     std::sort(t.disrupted.begin(), t.disrupted.end());
     for (size_t i = budget; i < t.disrupted.size(); ++i) {
       const PlannedInstance& p = out->planned.at(t.disrupted[i]);
-      auto& actions = out->hosts[p.host].actions;
-      actions.erase(std::remove_if(actions.begin(), actions.end(),
-                                   [&](const v1::Action& a) { return a.instance() == p.kernel; }),
-                    actions.end());
+      Plan& plan = out->hosts[p.host];
+      plan.actions.erase(std::remove_if(plan.actions.begin(), plan.actions.end(),
+                                        [&](const v1::Action& a) { return a.instance() == p.kernel; }),
+                         plan.actions.end());
+      plan.changes.erase(p.kernel);
       out->deferred[t.disrupted[i]] =
           absl::StrCat("rollout: waiting; ", t.down + std::min<size_t>(budget, t.disrupted.size()), " of ", t.replicas,
                        " members of ", owner, " are down or updating (maxUnavailable ", limit, ")");
     }
   }
+}
+
+// Whether a kernel recorded for nobody is one of ours by name: a KernelInstance (or its
+// warm standby) that may run on `host`, or a member of a set on `host`.
+bool OursByName(const std::string& kernel, const v1::Host& host,
+                const std::map<std::string, const v1::KernelInstance*>& kis, const std::vector<v1::InstanceSet>& sets) {
+  const std::string& name = host.metadata().name();
+  std::string base = absl::EndsWith(kernel, kStandbySuffix) ? kernel.substr(0, kernel.size() - kStandbySuffix.size()) : "";
+  for (const std::string& k : {kernel, base}) {
+    auto it = kis.find(k);
+    if (it == kis.end()) continue;
+    const v1::KernelInstanceSpec& spec = it->second->spec();
+    if (spec.host() == name) return true;
+    std::map<std::string, std::string> labels(host.metadata().labels().begin(), host.metadata().labels().end());
+    if (spec.host().empty() && planner::Matches(spec.host_selector(), labels)) return true;
+  }
+  return !planner::SetOfMember(kernel, name, sets).empty();
 }
 
 }  // namespace
@@ -175,145 +183,169 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
 FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets) {
   FleetPlan out;
-  std::vector<planner::HostInfo> infos;
-  std::set<std::string> known, reachable, swapped;
-  std::map<std::string, std::string> left_out;  // host -> why
-  std::map<std::string, v1::Placement> current;
-  std::map<std::string, std::vector<v1::ObservedInstance>> observed;
+  planner::FleetInput input;
+  input.sets = sets;
+  std::set<std::string> known, reachable, swapped, settling;
+  std::map<std::string, std::string> unavailable;  // host -> why instances fixed to it wait
+  std::map<std::string, std::vector<v1::ObservedInstance>> managed;  // host -> its managed kernels
+  std::map<std::string, const v1::KernelInstance*> kis;
+  for (const v1::KernelInstance& ki : instances) kis[ki.metadata().name()] = &ki;
   for (const v1::Host& h : hosts) {
     const std::string& name = h.metadata().name();
+    const bool deleting = h.metadata().deletion_unix_ms() != 0;
     auto v = views.find(name);
-    if (v == views.end() || v->second.topology == nullptr) continue;
-    auto info = HostInfoFromView(h, v->second, &out.problems);
-    if (!info.ok()) {
-      out.problems.push_back(std::string(info.status().message()));
-      left_out[name] = std::string(info.status().message());
+    if (deleting) unavailable[name] = absl::StrCat("Host/", name, " is being deleted");
+    if (v == views.end() || v->second.topology == nullptr) {
+      // Still expected to connect (a restarted controller, a new Host): sets that select
+      // it keep their members until it has.
+      if (!deleting && (v == views.end() || v->second.reachable)) settling.insert(name);
+      if (!unavailable.count(name)) unavailable[name] = absl::StrCat("host ", name, " is not connected yet");
       continue;
     }
-    // The pool the Host asks for: sent as a PoolChange when the agent's differs, and
-    // meanwhile only what both have is planned with (nothing lands on resources leaving).
-    // A Host without a pool spec (only possible through the API) lends what its agent has.
-    absl::StatusOr<planner::Pool> wanted = info->pool;
-    if (h.spec().pool().ByteSizeLong() > 0) wanted = planner::DerivePool(name, *v->second.topology, h.spec().pool());
-    if (!wanted.ok()) {
-      out.problems.push_back(absl::StrCat("Host/", name, ": ", wanted.status().message()));
-    } else if (!SamePool(info->pool, *wanted)) {
-      v1::Action a = PoolChangeAction(name, h.metadata().generation(), *v->second.topology, *wanted, v->second.pool);
-      out.pool_changes[name] = a;
-      info->pool = Intersect(info->pool, *wanted);
+    std::vector<std::string> warnings;
+    auto info = HostInfoFromView(h, v->second, &warnings);
+    for (const std::string& w : warnings) out.host_problems[name] = w;
+    if (!info.ok()) {
+      out.host_problems[name] = std::string(info.status().message());
+      unavailable[name] = std::string(info.status().message());
+      continue;
     }
-    infos.push_back(*std::move(info));
-    known.insert(name);
+    if (!deleting) {
+      // The pool the Host asks for: sent as a PoolChange when the agent's differs, and
+      // meanwhile only what both have is planned with (nothing lands on resources leaving).
+      // A Host without a pool spec (only possible through the API) lends what its agent has.
+      absl::StatusOr<planner::Pool> wanted = info->pool;
+      if (h.spec().pool().ByteSizeLong() > 0) wanted = planner::DerivePool(name, *v->second.topology, h.spec().pool());
+      if (!wanted.ok()) {
+        out.host_problems[name] = absl::StrCat("Host/", name, ": ", wanted.status().message());
+      } else if (!SamePool(info->pool, *wanted)) {
+        out.pool_changes[name] =
+            PoolChangeAction(name, h.metadata().generation(), *v->second.topology, *wanted, v->second.pool);
+        info->pool = Intersect(info->pool, *wanted);
+      }
+    }
     if (v->second.connected) reachable.insert(name);
     const auto& seen = v->second.instances;
-    for (const auto& [iname, in] : seen) {
-      observed[name].push_back(in);
+    for (const auto& [kernel, in] : seen) {
+      if (in.owner().empty() && !OursByName(kernel, h, kis, sets)) {
+        // No object owns it: reported, its resources held, never touched.
+        v1::KernelRef ref;
+        ref.set_name(kernel);
+        ref.set_kernel_state(in.status().kernel_state());
+        *ref.mutable_placement() = in.status().placement();
+        ref.mutable_placement()->set_host(name);
+        out.unmanaged[name].push_back(ref);
+        if (!deleting) input.fixed[absl::StrCat("unmanaged/", name, "/", kernel)] = ref.placement();
+        continue;
+      }
+      managed[name].push_back(in);
+      if (deleting) continue;
       // After a takeover X-standby (role primary) serves X, and X (role standby) serves
       // X-standby: each request's current placement is that of the kernel serving it.
-      std::string request = iname;
-      if (absl::EndsWith(iname, kStandbySuffix) && in.status().role() == "primary") {
-        std::string base = iname.substr(0, iname.size() - kStandbySuffix.size());
+      std::string request = kernel;
+      if (absl::EndsWith(kernel, kStandbySuffix) && in.status().role() == "primary") {
+        std::string base = kernel.substr(0, kernel.size() - kStandbySuffix.size());
         auto b = seen.find(base);
         if (b != seen.end() && b->second.status().role() == "standby") {
           request = base;
           swapped.insert(base);
         }
       } else if (in.status().role() == "standby") {
-        auto s = seen.find(iname + kStandbySuffix);
-        if (s != seen.end() && s->second.status().role() == "primary") request = iname + kStandbySuffix;
+        auto s = seen.find(kernel + kStandbySuffix);
+        if (s != seen.end() && s->second.status().role() == "primary") request = kernel + kStandbySuffix;
       }
       if (in.status().has_placement() && in.status().placement().cpus_size() > 0) {
         v1::Placement p = in.status().placement();
         p.set_host(name);
-        current[request] = std::move(p);
+        input.current[request] = std::move(p);
+        // A member that is not up is the first to go when its set shrinks.
+        if (in.status().kernel_state() != v1::KERNEL_STATE_ACTIVE) input.removal_first.insert(request);
       }
     }
+    if (deleting) {
+      if (v->second.connected && managed[name].empty()) out.drained.insert(name);
+      continue;
+    }
+    input.hosts.push_back(*std::move(info));
+    known.insert(name);
   }
   auto kernel_of = [&](const std::string& request, const std::string& standby_for) {
     if (standby_for.empty()) return swapped.count(request) ? request + kStandbySuffix : request;
     return swapped.count(standby_for) ? standby_for : request;
   };
+  // Sets that select a host still expected to connect keep exactly their members.
+  for (const v1::InstanceSet& s : sets) {
+    for (const v1::Host& h : hosts) {
+      if (!settling.count(h.metadata().name())) continue;
+      std::map<std::string, std::string> labels(h.metadata().labels().begin(), h.metadata().labels().end());
+      if (planner::Matches(s.spec().host_selector(), labels)) out.frozen_sets.insert(s.metadata().name());
+    }
+  }
+  input.frozen_sets = out.frozen_sets;
 
   // Instances fixed to a host that takes no part wait for it (they are not unschedulable).
-  std::vector<v1::KernelInstance> plannable;
   for (const v1::KernelInstance& ki : instances) {
     const std::string& host = ki.spec().host();
     if (!host.empty() && !known.count(host)) {
-      auto why = left_out.find(host);
-      out.waiting.push_back(why != left_out.end() ? absl::StrCat(ki.metadata().name(), ": ", why->second)
-                                                  : absl::StrCat(ki.metadata().name(), ": host ", host,
-                                                                 " is not connected yet"));
+      auto why = unavailable.find(host);
+      out.waiting[ki.metadata().name()] =
+          why != unavailable.end() ? why->second : absl::StrCat("no Host named \"", host, "\"");
       continue;
     }
-    plannable.push_back(ki);
+    input.instances.push_back(ki);
   }
-  std::vector<planner::InstanceRequest> requests =
-      planner::BuildRequests(plannable, sets, infos, current, &out.unschedulable);
   // After a takeover the kernel now standing by is the former primary: its request takes
   // the primary's size, so it is not shrunk (the kernel forbids taking back the memory
   // that holds its image); the new primary grows to the primary's size by hot-plug.
-  if (!swapped.empty()) {
-    std::map<std::string, const planner::InstanceRequest*> by_name;
-    for (const planner::InstanceRequest& r : requests) by_name[r.name] = &r;
-    for (planner::InstanceRequest& r : requests) {
-      if (r.standby_for.empty() || !swapped.count(r.standby_for) || !by_name.count(r.standby_for)) continue;
-      const v1::Resources& primary = by_name[r.standby_for]->resources;
-      r.resources.set_cpus(primary.cpus());
-      r.resources.set_memory(primary.memory());
-    }
+  for (v1::KernelInstance& ki : input.instances) {
+    if (ki.spec().failover().policy() != v1::FAILOVER_STANDBY || !swapped.count(ki.metadata().name())) continue;
+    v1::StandbySpec* standby = ki.mutable_spec()->mutable_failover()->mutable_standby();
+    standby->set_cpus(ki.spec().resources().cpus());
+    standby->set_memory(ki.spec().resources().memory());
   }
-  planner::PlacementResult placed = planner::Place(infos, requests, current);
-  out.unschedulable.insert(out.unschedulable.end(), placed.unschedulable.begin(), placed.unschedulable.end());
+  planner::FleetPlacement placed = planner::PlaceFleet(input);
+  out.unschedulable = std::move(placed.unschedulable);
+  out.infeasible = std::move(placed.infeasible);
   out.placements = placed.placements;
 
   // What each request runs: its instance's spec, its primary's (standby), or its set's template.
-  std::map<std::string, Owner> by_instance;
-  // Pointing into the caller's `instances` (PlannedInstance::spec outlives this call).
-  for (const v1::KernelInstance& ki : instances) {
-    by_instance[ki.metadata().name()] = {&ki.spec(), ki.metadata().generation(), ""};
-  }
-  // Set members are named <set>-<host>-<n> and placed on <host>.
-  auto set_owner = [&](const std::string& request, const std::string& host) -> Owner {
-    for (const v1::InstanceSet& s : sets) {
-      const std::string& set = s.metadata().name();
-      if (request.size() > set.size() + host.size() + 2 && absl::StartsWith(request, set) &&
-          request[set.size()] == '-' && request.compare(set.size() + 1, host.size(), host) == 0 &&
-          request[set.size() + 1 + host.size()] == '-') {
-        return {&s.spec().template_().spec(), s.metadata().generation(), set};
-      }
-    }
-    return {};
-  };
+  std::map<std::string, const v1::InstanceSet*> set_by_name;
+  for (const v1::InstanceSet& s : sets) set_by_name[s.metadata().name()] = &s;
   std::map<std::string, std::vector<DesiredInstance>> desired;
-  for (const planner::InstanceRequest& r : requests) {
+  for (const planner::InstanceRequest& r : placed.requests) {
     auto p = placed.placements.find(r.name);
     if (p == placed.placements.end()) continue;
-    Owner owner;
-    auto it = by_instance.find(r.standby_for.empty() ? r.name : r.standby_for);
-    if (it != by_instance.end()) {
-      owner = it->second;
+    PlannedInstance planned;
+    auto member = placed.member_of.find(r.name);
+    if (member != placed.member_of.end()) {
+      const v1::InstanceSet& s = *set_by_name.at(member->second);
+      planned.spec = &s.spec().template_().spec();
+      planned.generation = s.metadata().generation();
+      planned.owner = "InstanceSet/" + s.metadata().name();
+      planned.recorded_owner = planned.owner;
     } else {
-      owner = set_owner(r.name, p->second.host());
+      auto ki = kis.find(r.standby_for.empty() ? r.name : r.standby_for);
+      if (ki == kis.end()) continue;
+      planned.spec = &ki->second->spec();
+      planned.generation = ki->second->metadata().generation();
+      planned.recorded_owner = "KernelInstance/" + ki->first;
     }
-    if (owner.spec == nullptr) continue;
-    DesiredInstance d;
-    d.name = kernel_of(r.name, r.standby_for);
-    PlannedInstance& planned = out.planned[r.name];
     planned.host = p->second.host();
-    planned.kernel = d.name;
-    planned.owner = owner.set.empty() ? "" : "InstanceSet/" + owner.set;
+    planned.kernel = kernel_of(r.name, r.standby_for);
     planned.standby_for = r.standby_for;
-    planned.generation = owner.generation;
-    planned.spec = owner.spec;
-    d.generation = owner.generation;
-    d.spec = *owner.spec;
+    DesiredInstance d;
+    d.name = planned.kernel;
+    d.owner = planned.recorded_owner;
+    d.generation = planned.generation;
+    d.spec = *planned.spec;
     d.placement = p->second;
-    desired[p->second.host()].push_back(std::move(d));
+    desired[planned.host].push_back(std::move(d));
+    out.planned[r.name] = std::move(planned);
   }
   for (const std::string& host : reachable) {
-    out.hosts[host] = ComputePlan(host, desired[host], observed[host]);
+    out.hosts[host] = ComputePlan(host, desired[host], managed[host], views.at(host).resource_version);
   }
-  LimitRollouts(sets, observed, &out);
+  LimitRollouts(sets, managed, &out);
   for (const std::string& host : reachable) {
     auto pool = out.pool_changes.find(host);
     if (pool != out.pool_changes.end()) {

@@ -1,6 +1,12 @@
-// PlanFleet: one reconcile pass's pure core. From the stored objects and the connected
-// hosts' views it computes placements (stable: what runs keeps its CPUs when it still
-// fits) and, per host, the differ's ordered plan. No I/O.
+// PlanFleet: one reconcile pass's pure core. From the stored objects and the hosts' views it
+// computes placements (planner::PlaceFleet: what runs keeps its CPUs when it still fits; a
+// resize that cannot be met keeps the current placement) and, per reachable host, the
+// differ's ordered plan. No I/O.
+//
+// Ownership: every kernel on a host is either managed (the agent recorded an owner when
+// mkfleet created it; or, recorded for nobody, it matches a KernelInstance or an
+// InstanceSet member by name and is adopted with a claim) or unmanaged: reported per host,
+// its resources held, never touched.
 //
 // A standby takeover on a host (the agent's watchdog moved X's devices to X-standby and
 // swapped their roles) is kept: X is then served by the kernel X-standby, and X-standby
@@ -10,18 +16,24 @@
 // only while fewer than the set's `rollout.maxUnavailable` members (default 1) are down;
 // the others wait (`deferred`), in name order, for a later pass.
 //
-// Hosts never connected (no topology yet) take no part: instances fixed to them wait, and
-// InstanceSets spread over the others. Hosts connected before but unreachable now keep
-// their instances' placements (their last view counts) but get no plan.
+// Hosts: one never connected takes no part (instances fixed to it wait); while one is still
+// expected to connect (within its unreachable_after grace), InstanceSets that select it
+// keep exactly their members, so a restarted controller does not add or remove members
+// before it has seen every host. A host connected before but unreachable now keeps its
+// instances' placements (its last view counts) but gets no plan. A deleted Host
+// (metadata.deletion_unix_ms) takes nothing new and gets its managed kernels deleted; once
+// none is left it is `drained`.
 #ifndef MKFLEET_RECONCILER_FLEET_PLAN_H_
 #define MKFLEET_RECONCILER_FLEET_PLAN_H_
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "mkfleet/v1/manifest.pb.h"
+#include "planner/fleet_placement.h"
 #include "planner/placement.h"
 #include "reconciler/differ.h"
 #include "reconciler/host_connection.h"
@@ -38,9 +50,10 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host
 // One placed request: what it runs and who owns it.
 struct PlannedInstance {
   std::string host;
-  std::string kernel;      // the kernel that serves it (differs after a standby takeover)
-  std::string owner;       // "InstanceSet/<name>" for set members, "" otherwise
-  std::string standby_for; // for a warm standby: the instance it backs
+  std::string kernel;       // the kernel that serves it (differs after a standby takeover)
+  std::string owner;        // "InstanceSet/<name>" for set members, "" otherwise
+  std::string recorded_owner;  // what the agent records: "KernelInstance/x" or "InstanceSet/s"
+  std::string standby_for;  // for a warm standby: the instance it backs
   int64_t generation = 0;
   const mkfleet::v1::KernelInstanceSpec* spec = nullptr;  // points into PlanFleet's inputs
 };
@@ -49,15 +62,24 @@ struct FleetPlan {
   std::map<std::string, Plan> hosts;  // every reachable host, with a possibly empty plan
   std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
   std::map<std::string, PlannedInstance> planned;             // by instance name, placed ones
+  // By instance name, or by set name for replicas that fit nowhere.
   std::vector<planner::Unschedulable> unschedulable;
-  std::vector<std::string> waiting;   // "web-1: host node-c is not connected yet"
-  std::vector<std::string> problems;  // hosts left out and pool parts ignored, with why
+  // Running instances whose changed resources cannot be met: kept as they are, and why.
+  std::map<std::string, std::string> infeasible;
+  std::map<std::string, std::string> waiting;        // instance -> why ("host node-c is not connected yet")
+  std::map<std::string, std::string> host_problems;  // host -> why it is left out or part of its pool ignored
   // Hosts whose agent lends another pool than their spec asks for: the change (also first
   // in the host's plan when it is reachable).
   std::map<std::string, mkfleet::v1::Action> pool_changes;
   // Set members whose update (a kernel Replace or a re-create) waits for the rollout
   // budget: instance -> why. Their actions are left out of the plans.
   std::map<std::string, std::string> deferred;
+  // Per host: kernels no object owns.
+  std::map<std::string, std::vector<mkfleet::v1::KernelRef>> unmanaged;
+  // Deleted Hosts with no managed kernel left: they can go.
+  std::set<std::string> drained;
+  // Sets held at their members while a selected host may still connect.
+  std::set<std::string> frozen_sets;
 };
 
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,

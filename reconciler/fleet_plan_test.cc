@@ -90,6 +90,7 @@ void RunAsPlaced(const FleetPlan& plan, const std::string& host, HostView& view)
     *o.mutable_status()->mutable_placement() = placement;
     o.mutable_status()->mutable_provenance()->set_kernel_path("/k/vmlinux");
     o.mutable_status()->mutable_provenance()->set_cmdline("console=mktty0");
+    o.set_owner(plan.planned.at(name).recorded_owner);
     view.instances[name] = o;
   }
 }
@@ -102,7 +103,7 @@ TEST(PlanFleetTest, PlacesInstancesAndSetsThenIsStableOnceRunning) {
 
   FleetPlan plan = PlanFleet(hosts, views, instances, sets);
   EXPECT_THAT(plan.unschedulable, IsEmpty());
-  EXPECT_THAT(plan.problems, IsEmpty());
+  EXPECT_THAT(plan.host_problems, IsEmpty());
   ASSERT_EQ(plan.hosts.size(), 2u);
   EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("edge-node-a-0", "web-1"));
   EXPECT_THAT(Creates(plan.hosts["node-b"]), ElementsAre("edge-node-b-0"));
@@ -137,7 +138,8 @@ TEST(PlanFleetTest, DisconnectedHostsWaitAndKeepTheirInstances) {
   std::vector<v1::KernelInstance> instances = {Instance("web-1", "node-a", 2), Instance("db-1", "node-b", 2),
                                                Instance("ml-1", "node-c", 2)};
   FleetPlan plan = PlanFleet(hosts, views, instances, {});
-  EXPECT_THAT(plan.waiting, ElementsAre("ml-1: host node-c is not connected yet"));
+  ASSERT_EQ(plan.waiting.size(), 1u);
+  EXPECT_EQ(plan.waiting.at("ml-1"), "host node-c is not connected yet");
   EXPECT_THAT(plan.unschedulable, IsEmpty());
   // Only the connected host gets a plan; db-1 is placed on node-b's last view but not sent.
   ASSERT_EQ(plan.hosts.size(), 1u);
@@ -159,8 +161,8 @@ TEST(PlanFleetTest, TooBigIsUnschedulableAndBadPoolsAreNamed) {
             "Host/node-a: pool.cpus: CPU 999 is not in the topology");
   views["node-a"] = bad;
   plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 2)}, {});
-  EXPECT_THAT(plan.problems, ElementsAre("Host/node-a: pool.cpus: CPU 999 is not in the topology"));
-  EXPECT_THAT(plan.waiting, ElementsAre("web-1: Host/node-a: pool.cpus: CPU 999 is not in the topology"));
+  EXPECT_EQ(plan.host_problems.at("node-a"), "Host/node-a: pool.cpus: CPU 999 is not in the topology");
+  EXPECT_EQ(plan.waiting.at("web-1"), "Host/node-a: pool.cpus: CPU 999 is not in the topology");
   EXPECT_TRUE(plan.hosts.empty());
 
   // A lent device the topology lacks is left out with a warning; the host is still planned.
@@ -220,6 +222,86 @@ TEST(PlanFleetTest, SetKernelChangeRollsOutWithinMaxUnavailable) {
   bool restarts = false;
   for (const auto& a : plan.hosts["node-b"].actions) restarts |= a.instance() == "edge-node-b-0";
   EXPECT_TRUE(restarts) << plan.hosts["node-b"].DebugString();
+}
+
+TEST(PlanFleetTest, KernelsNoObjectOwnsAreReportedHeldAndNeverTouched) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  // A kernel someone started by hand on node-a, on 6 of its CPUs.
+  FleetPlan first = PlanFleet(hosts, views, {Instance("foreign", "node-a", 6)}, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  views["node-a"].instances["foreign"].clear_owner();
+  // Nothing names it now: it stays, is reported, and its CPUs are not given away.
+  FleetPlan plan = PlanFleet(hosts, views, {Instance("web-1", "node-a", 4)}, {});
+  ASSERT_EQ(plan.unmanaged["node-a"].size(), 1u);
+  EXPECT_EQ(plan.unmanaged["node-a"][0].name(), "foreign");
+  for (const auto& a : plan.hosts["node-a"].actions) EXPECT_NE(a.instance(), "foreign") << a.id();
+  std::set<uint32_t> foreign(first.placements.at("foreign").cpus().begin(), first.placements.at("foreign").cpus().end());
+  for (uint32_t cpu : plan.placements.at("web-1").cpus()) EXPECT_FALSE(foreign.count(cpu)) << cpu;
+  // One that mkfleet created (its owner recorded) and whose object is gone is deleted.
+  views["node-a"].instances["foreign"].set_owner("KernelInstance/foreign");
+  FleetPlan gone = PlanFleet(hosts, views, {}, {});
+  EXPECT_TRUE(gone.unmanaged["node-a"].empty());
+  ASSERT_FALSE(gone.hosts["node-a"].actions.empty());
+  EXPECT_EQ(gone.hosts["node-a"].actions[0].instance(), "foreign");
+}
+
+TEST(PlanFleetTest, ADeletedHostDrainsItsKernelsThenIsDrained) {
+  // Defect 3: deleting a Host left its set members running.
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 1)};
+  FleetPlan first = PlanFleet(hosts, views, {}, sets);
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  RunAsPlaced(first, "node-b", views["node-b"]);
+  hosts[1].mutable_metadata()->set_deletion_unix_ms(1);
+  FleetPlan plan = PlanFleet(hosts, views, {}, sets);
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty());
+  ASSERT_FALSE(plan.hosts["node-b"].actions.empty());
+  for (const auto& a : plan.hosts["node-b"].actions) EXPECT_EQ(a.instance(), "edge-node-b-0");
+  EXPECT_FALSE(plan.drained.count("node-b"));
+  EXPECT_FALSE(plan.placements.count("edge-node-b-0"));
+  views["node-b"].instances.clear();
+  EXPECT_TRUE(PlanFleet(hosts, views, {}, sets).drained.count("node-b"));
+}
+
+TEST(PlanFleetTest, AResizeThatCannotBeMetNeverTakesTheInstanceDown) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  std::vector<v1::KernelInstance> instances = {Instance("web-1", "node-a", 6)};
+  FleetPlan first = PlanFleet(hosts, views, instances, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  instances[0].mutable_spec()->mutable_resources()->set_cpus(40);  // more than the host has
+  instances[0].mutable_metadata()->set_generation(2);
+  FleetPlan plan = PlanFleet(hosts, views, instances, {});
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty()) << plan.hosts["node-a"].DebugString();
+  EXPECT_THAT(plan.unschedulable, IsEmpty());
+  ASSERT_TRUE(plan.infeasible.count("web-1"));
+  EXPECT_THAT(plan.infeasible.at("web-1"), HasSubstr("needs 20 whole cores"));
+}
+
+TEST(PlanFleetTest, SetsKeepTheirMembersWhileAHostMayStillConnect) {
+  // Defect 3: after a restart a replicas: 4 set got members on the hosts that connected
+  // first, and then had too many.
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 1)};
+  sets[0].mutable_spec()->set_replicas(2);
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  FleetPlan first = PlanFleet(hosts, views, {}, sets);
+  ASSERT_EQ(first.placements.size(), 2u);
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  // The controller restarts: node-b has not connected yet (but may, within its grace).
+  HostView pending;
+  pending.reachable = true;
+  std::map<std::string, HostView> restarted = {{"node-a", views["node-a"]}, {"node-b", pending}};
+  FleetPlan plan = PlanFleet(hosts, restarted, {}, sets);
+  EXPECT_TRUE(plan.frozen_sets.count("edge"));
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty()) << plan.hosts["node-a"].DebugString();
+  // Past its grace (unreachable), the set goes on without it.
+  restarted["node-b"].reachable = false;
+  FleetPlan later = PlanFleet(hosts, restarted, {}, sets);
+  EXPECT_FALSE(later.frozen_sets.count("edge"));
+  EXPECT_THAT(Creates(later.hosts["node-a"]), ElementsAre("edge-node-a-1"));
 }
 
 }  // namespace

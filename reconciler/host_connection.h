@@ -1,11 +1,14 @@
-// HostConnection: the controller's link to one host's agent. A background thread takes
+// HostConnection: the controller's link to one host's agent, over an AgentClient. It takes
 // the agent's Inventory (topology, pool, dialect), then keeps a Watch stream and folds its
 // snapshot and changes into a local view of the host's instances. When the link breaks it
 // reconnects with exponential backoff (100 ms doubling to 5 s) and starts again from a
 // fresh snapshot. The host is reported Unreachable once the link has been down for longer
 // than `unreachable_after` (a blip does not flap the status).
 //
-// Thread-safety: View and Execute may be called from any thread; Start/Stop from one.
+// Two ways to drive it: Start() runs it on its own thread (mkcontroller), or Poll() does
+// one step without blocking, on the caller's clock (the fleet simulation).
+// Thread-safety: View, Execute and SetPolicy may be called from any thread; Start, Stop and
+// Poll from one.
 #ifndef MKFLEET_RECONCILER_HOST_CONNECTION_H_
 #define MKFLEET_RECONCILER_HOST_CONNECTION_H_
 
@@ -20,9 +23,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "grpcpp/grpcpp.h"
-#include "mkfleet/v1/agent.grpc.pb.h"
+#include "mkfleet/v1/agent.pb.h"
 #include "planner/topology.h"
+#include "reconciler/agent_client.h"
 
 namespace mkfleet::reconciler {
 
@@ -51,16 +54,24 @@ struct HostConnectionOptions {
 
 class HostConnection {
  public:
-  HostConnection(std::string host, std::string address, Clock& clock, HostConnectionOptions options = {});
+  HostConnection(std::string host, std::string address, std::unique_ptr<AgentClient> client, Clock& clock,
+                 HostConnectionOptions options = {});
   ~HostConnection();
   HostConnection(const HostConnection&) = delete;
   HostConnection& operator=(const HostConnection&) = delete;
 
+  // Runs the connection on its own thread until Stop.
   void Start();
-  // Cancels the stream and joins the thread.
+  // Asks the thread to stop (cancels the stream) without waiting for it.
+  void Cancel();
+  // Cancels and joins the thread.
   void Stop();
+  // One step on the caller's thread, never blocking: connects when a retry is due, and
+  // folds every message the stream has.
+  void Poll();
 
   HostView View() const;
+  const std::string& address() const { return address_; }
   // Sends a batch; Unavailable when the host is not connected.
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
   // Sends the local policies (failover, restart) the agent's watchdog applies on its own.
@@ -68,24 +79,32 @@ class HostConnection {
 
  private:
   void Run();
-  // One session: Inventory, then the Watch stream until it ends. Returns why it ended.
-  absl::Status Session();
-  void MarkDown(const absl::Status& why);
+  // Inventory, then a Watch stream; false (and the link marked down) when it fails.
+  bool Connect();
+  // Folds one message of the stream.
+  void Fold(const mkfleet::v1::HostState& state);
+  // The stream ended or the connection failed: down, retry after the backoff.
+  void Down(const absl::Status& why);
   void Notify();
 
   const std::string host_;
   const std::string address_;
+  const std::unique_ptr<AgentClient> client_;
   Clock& clock_;
   const HostConnectionOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<mkfleet::v1::Agent::Stub> stub_;
 
   mutable absl::Mutex mu_;
   HostView view_ ABSL_GUARDED_BY(mu_);
   absl::Duration down_since_ ABSL_GUARDED_BY(mu_);  // Monotonic() when the link went down
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::ClientContext* watch_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // the call in flight
-  int64_t last_event_seq_ = 0;  // only the connection's thread uses it
+  std::shared_ptr<WatchStream> stream_ ABSL_GUARDED_BY(mu_);  // the open stream, if any
+  // Only the driving thread (Run or Poll) uses these.
+  std::shared_ptr<const planner::Topology> pending_topology_;
+  mkfleet::v1::InventoryResponse pending_inventory_;
+  bool first_message_ = false;
+  absl::Duration retry_at_;
+  absl::Duration backoff_ = absl::Milliseconds(100);
+  int64_t last_event_seq_ = 0;
   std::thread thread_;
 };
 

@@ -37,7 +37,7 @@ TEST_F(HostConnectionTest, InventoryThenWatchFollowsTheHost) {
     EXPECT_EQ(host, "node-a");
     ++changes;
   };
-  HostConnection conn("node-a", Address(), Clock::Real(), options);
+  HostConnection conn("node-a", Address(), NewGrpcAgentClient(Address()), Clock::Real(), options);
   conn.Start();
   ASSERT_TRUE(Eventually(conn, [](const HostView& v) { return v.connected; })) << conn.View().error;
   HostView v = conn.View();
@@ -64,7 +64,7 @@ TEST_F(HostConnectionTest, InventoryThenWatchFollowsTheHost) {
 TEST_F(HostConnectionTest, AgentGoingAwayMakesTheHostUnreachableAfterTheGrace) {
   HostConnectionOptions options;
   options.unreachable_after = absl::Milliseconds(300);
-  HostConnection conn("node-a", Address(), Clock::Real(), options);
+  HostConnection conn("node-a", Address(), NewGrpcAgentClient(Address()), Clock::Real(), options);
   conn.Start();
   ASSERT_TRUE(Eventually(conn, [](const HostView& v) { return v.connected; })) << conn.View().error;
   served_.StopServing();
@@ -82,7 +82,7 @@ TEST(HostConnectionNoAgentTest, NothingListeningIsReportedAndStopIsPrompt) {
   HostConnectionOptions options;
   options.unreachable_after = absl::ZeroDuration();
   // Port 1 on loopback: nothing listens there on a test machine.
-  HostConnection conn("node-z", "127.0.0.1:1", Clock::Real(), options);
+  HostConnection conn("node-z", "127.0.0.1:1", NewGrpcAgentClient("127.0.0.1:1"), Clock::Real(), options);
   conn.Start();
   ASSERT_TRUE(Eventually(conn, [](const HostView& v) { return v.error.find("127.0.0.1:1") != std::string::npos; }));
   HostView v = conn.View();

@@ -9,6 +9,7 @@
 #include "agents/testing/agent_fixture.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "planner/fleet_placement.h"
 #include "planner/placement.h"
 #include "planner/pool.h"
 #include "planner/testing/test_topologies.h"
@@ -118,9 +119,10 @@ TEST_F(LivePlanTest, HostReservedPoolPlansTheSameOfflineAndLive) {
   auto pool = planner::DerivePool("h1", *topology, host.spec().pool());
   ASSERT_TRUE(pool.ok()) << pool.status();
   offline.pool = *pool;
-  std::vector<planner::Unschedulable> unschedulable;
-  auto requests = planner::BuildRequests({}, {set}, {offline}, {}, &unschedulable);
-  planner::PlacementResult planned = planner::Place({offline}, requests, {});
+  planner::FleetInput input;
+  input.hosts = {offline};
+  input.sets = {set};
+  planner::FleetPlacement planned = planner::PlaceFleet(input);
   ASSERT_THAT(planned.unschedulable, IsEmpty());
   ASSERT_EQ(planned.placements.size(), 4u);
 

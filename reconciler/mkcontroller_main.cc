@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
+  service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetStatsSource([&loop] {
     v1::StatsResponse r;
     r.set_actions_sent(loop.actions_sent());

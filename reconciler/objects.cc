@@ -109,12 +109,14 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       if (!old.ParseFromString((*existing)->value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
       const v1::ObjectMeta& old_meta = manifests::MetadataOf(old);
       bool spec_changed = SpecOf(old) != SpecOf(next);
+      // Applying a Host that is being deleted keeps it (its deletion is called off).
+      bool undelete = old_meta.deletion_unix_ms() != 0;
       meta->set_generation(old_meta.generation() + (spec_changed ? 1 : 0));
-      if (!spec_changed && old_meta.source() == options.source) {
+      if (!spec_changed && !undelete && old_meta.source() == options.source) {
         change->set_change("unchanged");
         continue;
       }
-      change->set_change(spec_changed ? "configured" : "unchanged");
+      change->set_change(spec_changed || undelete ? "configured" : "unchanged");
       compares.push_back({key, (*existing)->mod_revision});
     }
     ops.push_back({Op::Type::kPut, key, next.SerializeAsString(), 0});
@@ -278,19 +280,9 @@ absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, a
   return std::optional<v1::Object>(std::move(o));
 }
 
-absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
-  if (kind == "Host") {
-    auto instances = List("KernelInstance");
-    if (!instances.ok()) return instances.status();
-    std::vector<std::string> users;
-    for (const v1::Object& o : *instances) {
-      if (o.kernel_instance().spec().host() == name) users.push_back(o.kernel_instance().metadata().name());
-    }
-    if (!users.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat("Host/", name, " is still named by KernelInstance ",
-                                                        absl::StrJoin(users, ", "), "; delete those first"));
-    }
-  }
+absl::StatusOr<std::string> Objects::Delete(absl::string_view kind, absl::string_view name, int64_t now_unix_ms,
+                                            bool force) {
+  if (kind == "Host") MK_RETURN_IF_ERROR(HostUnused(name));
   auto current = store_.Get(ObjectKey(kind, name));
   if (!current.ok()) return current.status();
   if (!current->has_value()) {
@@ -303,8 +295,38 @@ absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
     }
     return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
   }
+  if (kind == "Host" && !force) {
+    // Marked; the controller deletes its kernels first.
+    v1::Object o;
+    if (!o.ParseFromString((*current)->value)) return absl::DataLossError(absl::StrCat("store: ", (*current)->key, " is corrupt"));
+    if (o.host().metadata().deletion_unix_ms() != 0) return std::string("terminating");
+    o.mutable_host()->mutable_metadata()->set_deletion_unix_ms(std::max<int64_t>(now_unix_ms, 1));
+    auto rev = store_.Txn({{ObjectKey(kind, name), (*current)->mod_revision}},
+                          {{Op::Type::kPut, ObjectKey(kind, name), o.SerializeAsString(), 0}});
+    if (!rev.ok()) return rev.status();
+    return std::string("terminating");
+  }
+  MK_RETURN_IF_ERROR(Remove(kind, name, (*current)->mod_revision));
+  return std::string("deleted");
+}
+
+absl::Status Objects::HostUnused(absl::string_view name) {
+  auto instances = List("KernelInstance");
+  if (!instances.ok()) return instances.status();
+  std::vector<std::string> users;
+  for (const v1::Object& o : *instances) {
+    if (o.kernel_instance().spec().host() == name) users.push_back(o.kernel_instance().metadata().name());
+  }
+  if (!users.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("Host/", name, " is still named by KernelInstance ",
+                                                      absl::StrJoin(users, ", "), "; delete those first"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Objects::Remove(absl::string_view kind, absl::string_view name, int64_t revision) {
   // The object and its status go in one transaction.
-  std::vector<Compare> compares = {{ObjectKey(kind, name), (*current)->mod_revision}};
+  std::vector<Compare> compares = {{ObjectKey(kind, name), revision}};
   std::vector<Op> ops = {{Op::Type::kDelete, ObjectKey(kind, name), "", 0}};
   auto status = store_.Get(StatusKey(kind, name));
   if (!status.ok()) return status.status();
@@ -320,6 +342,17 @@ absl::Status Objects::Delete(absl::string_view kind, absl::string_view name) {
     return rev.status();
   }
   return absl::OkStatus();
+}
+
+absl::Status Objects::FinishHostDelete(const std::string& name) {
+  auto current = store_.Get(ObjectKey("Host", name));
+  if (!current.ok()) return current.status();
+  if (!current->has_value()) return absl::OkStatus();
+  v1::Object o;
+  if (!o.ParseFromString((*current)->value)) return absl::DataLossError("store: corrupt Host");
+  if (o.host().metadata().deletion_unix_ms() == 0) return absl::OkStatus();  // applied again meanwhile
+  MK_RETURN_IF_ERROR(HostUnused(name));
+  return Remove("Host", name, (*current)->mod_revision);
 }
 
 }  // namespace mkfleet::reconciler

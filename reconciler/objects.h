@@ -52,11 +52,23 @@ class Objects {
   absl::Status WriteStatuses(const std::vector<std::pair<std::string, std::string>>& puts,
                              const std::vector<std::string>& deletes);
 
-  // NotFound if absent (the status goes with the object); FailedPrecondition for a Host that a KernelInstance still names
-  // (checked, then deleted: an apply racing the delete can still add a reference).
-  absl::Status Delete(absl::string_view kind, absl::string_view name);
+  // Deletes kind/name and its status; returns "deleted". A Host is only marked
+  // (metadata.deletion_unix_ms = `now_unix_ms`) and returns "terminating": the controller
+  // deletes its kernels, then removes it (FinishHostDelete); with `force` it goes at once,
+  // its kernels left running. NotFound if absent; FailedPrecondition for a Host that a
+  // KernelInstance still names, or for a set member.
+  absl::StatusOr<std::string> Delete(absl::string_view kind, absl::string_view name, int64_t now_unix_ms = 0,
+                                     bool force = false);
+  // Removes a Host marked for deletion, with its status, if it is still marked; refused
+  // (FailedPrecondition) while a KernelInstance names it.
+  absl::Status FinishHostDelete(const std::string& name);
 
  private:
+  // FailedPrecondition when a KernelInstance names the Host.
+  absl::Status HostUnused(absl::string_view name);
+  // Deletes the object (at `revision`) and its status in one transaction.
+  absl::Status Remove(absl::string_view kind, absl::string_view name, int64_t revision);
+
   Store& store_;
 };
 

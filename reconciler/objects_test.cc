@@ -121,15 +121,27 @@ TEST_F(ObjectsTest, PruneDeletesOnlyWhatTheSourceOwned) {
 
 TEST_F(ObjectsTest, DeleteNamesTheObject) {
   ASSERT_TRUE(objects_->Apply({Host("node-a")}, ApplyOptions{"s", false, false}).ok());
-  EXPECT_TRUE(objects_->Delete("Host", "node-a").ok());
-  absl::Status again = objects_->Delete("Host", "node-a");
+  // A Host is only marked: the controller deletes its kernels first (force: at once).
+  EXPECT_EQ(*objects_->Delete("Host", "node-a", 1234), "terminating");
+  EXPECT_EQ((*objects_->Get("Host", "node-a"))->host().metadata().deletion_unix_ms(), 1234);
+  EXPECT_EQ(*objects_->Delete("Host", "node-a", 5678), "terminating");  // stays marked as it was
+  EXPECT_EQ((*objects_->Get("Host", "node-a"))->host().metadata().deletion_unix_ms(), 1234);
+  // Applying it again calls the deletion off.
+  auto undo = objects_->Apply({Host("node-a")}, ApplyOptions{"s", false, false});
+  ASSERT_TRUE(undo.ok());
+  EXPECT_THAT(Changes(*undo), ::testing::ElementsAre("Host/node-a configured"));
+  EXPECT_EQ((*objects_->Get("Host", "node-a"))->host().metadata().deletion_unix_ms(), 0);
+  ASSERT_EQ(*objects_->Delete("Host", "node-a", 1), "terminating");
+  ASSERT_TRUE(objects_->FinishHostDelete("node-a").ok());
+  EXPECT_FALSE(objects_->Get("Host", "node-a")->has_value());
+  absl::Status again = objects_->Delete("Host", "node-a").status();
   EXPECT_EQ(again.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(again.message(), "Host/node-a does not exist");
 
   ASSERT_TRUE(objects_->Apply({Host("node-b"), Instance("web-1", "node-b", 2), Instance("web-2", "node-b", 2)},
                               ApplyOptions{"s", false, false})
                   .ok());
-  absl::Status in_use = objects_->Delete("Host", "node-b");
+  absl::Status in_use = objects_->Delete("Host", "node-b").status();
   EXPECT_EQ(in_use.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(in_use.message(), "Host/node-b is still named by KernelInstance web-1, web-2; delete those first");
   EXPECT_TRUE(objects_->Get("Host", "node-b")->has_value());
@@ -173,7 +185,7 @@ TEST_F(ObjectsTest, StatusesAndSetMembers) {
   EXPECT_TRUE(objects_->Get("KernelInstance", "edge-node-a-0", true)->has_value());
   EXPECT_FALSE(objects_->Get("KernelInstance", "edge-node-a-0")->has_value());
   // A member is deleted through its set.
-  absl::Status del = objects_->Delete("KernelInstance", "edge-node-a-0");
+  absl::Status del = objects_->Delete("KernelInstance", "edge-node-a-0").status();
   EXPECT_EQ(del.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(del.message(), HasSubstr("member of InstanceSet/edge"));
   // Deleting a status.

@@ -5,15 +5,13 @@
 #include <thread>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_join.h"
-
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "reconciler/fleet_plan.h"
 
 namespace mkfleet::reconciler {
 namespace {
 namespace v1 = mkfleet::v1;
-const std::string kEmpty;
 
 // A pass serves every ready host at once, so the global limit (per host taken) is sized
 // for a fleet of thousands; per-host backoff keeps its defaults (5 ms doubling to 1000 s).
@@ -23,23 +21,21 @@ WorkQueueOptions QueueOptions() {
   o.burst = 2000;
   return o;
 }
+
+constexpr char kEpochKey[] = "/controller/epoch";
+
 }  // namespace
 
 Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options, EventLog* events)
-    : store_(store), objects_(objects), events_(events), clock_(clock), options_(options),
-      queue_(clock, QueueOptions()) {}
+    : store_(store),
+      objects_(objects),
+      events_(events),
+      clock_(clock),
+      options_(std::move(options)),
+      queue_(clock, QueueOptions()),
+      last_resync_(clock.Monotonic()) {}
 
-v1::Event Reconciler::MakeEvent(const std::string& kind, const std::string& name, const std::string& host,
-                               bool warning, const std::string& reason, const std::string& message) {
-  v1::Event e;
-  e.set_kind(kind);
-  e.set_name(name);
-  e.set_host(host);
-  e.set_type(warning ? "Warning" : "Normal");
-  e.set_reason(reason);
-  e.set_message(message);
-  return e;
-}
+Reconciler::~Reconciler() { Stop(); }
 
 void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Event> events) {
   if (events_ == nullptr) return;
@@ -63,19 +59,63 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
   if (!s.ok()) std::cerr << "events from " << host << ": " << s.message() << "\n";
 }
 
-Reconciler::~Reconciler() { Stop(); }
-
 std::pair<int, int> Reconciler::HostCounts() {
-  absl::MutexLock lock(&mu_);
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
   int connected = 0;
-  for (auto& [name, c] : connections_) connected += c.second->View().connected ? 1 : 0;
-  return {static_cast<int>(connections_.size()), connected};
+  for (const auto& [name, v] : Views(&links)) connected += v.connected ? 1 : 0;
+  return {static_cast<int>(links.size()), connected};
+}
+
+FleetPlan Reconciler::LastPlanForTest() {
+  absl::MutexLock pass(&pass_mu_);
+  return last_plan_;
+}
+
+int64_t Reconciler::Epoch() {
+  absl::MutexLock lock(&mu_);
+  if (epoch_ != 0) return epoch_;
+  // One more than any earlier controller on this store: agents refuse their late batches.
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    auto kv = store_.Get(kEpochKey);
+    if (!kv.ok()) break;
+    int64_t last = 0;
+    if (kv->has_value()) last = std::stoll((*kv)->value);
+    auto rev = store_.Txn({{kEpochKey, kv->has_value() ? (*kv)->mod_revision : 0}},
+                          {{Op::Type::kPut, kEpochKey, std::to_string(last + 1), 0}});
+    if (rev.ok()) {
+      epoch_ = last + 1;
+      return epoch_;
+    }
+  }
+  return 0;  // unfenced: never refused, and retried next time
 }
 
 void Reconciler::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    threaded_ = true;
+  }
   SyncConnections(true);
-  watcher_ = std::thread([this] { WatchStore(); });
-  worker_ = std::thread([this] { Work(); });
+  auto rev = store_.Revision();
+  seen_revision_ = rev.ok() ? *rev : 0;
+  watcher_ = std::thread([this] {
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+      }
+      PollStore(absl::Milliseconds(200));
+    }
+  });
+  worker_ = std::thread([this] {
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+      }
+      RunDue(absl::Milliseconds(200));
+    }
+  });
 }
 
 void Reconciler::Stop() {
@@ -87,27 +127,53 @@ void Reconciler::Stop() {
   queue_.ShutDown();
   if (watcher_.joinable()) watcher_.join();
   if (worker_.joinable()) worker_.join();
-  std::map<std::string, std::pair<std::string, std::unique_ptr<HostConnection>>> connections;
+  std::map<std::string, Connection> connections;
   {
     absl::MutexLock lock(&mu_);
     connections.swap(connections_);
   }
-  for (auto& [host, c] : connections) c.second->Stop();
+  // All asked at once, then joined: one slow agent does not hold up the others.
+  for (auto& [host, c] : connections) c.link->Cancel();
+  for (auto& [host, c] : connections) c.link->Stop();
 }
+
+void Reconciler::Step() {
+  if (seen_revision_ < 0) {
+    auto rev = store_.Revision();
+    seen_revision_ = rev.ok() ? *rev : 0;
+    SyncConnections(true);
+  }
+  PollStore(absl::ZeroDuration());
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, c] : connections_) links[name] = c.link;
+  }
+  for (auto& [name, link] : links) link->Poll();
+  RunDue(absl::ZeroDuration());
+}
+
+absl::Duration Reconciler::NextDue() { return queue_.NextDue(); }
 
 void Reconciler::SyncConnections(bool objects_changed) {
   auto hosts = objects_.List("Host");
   if (!hosts.ok()) return;
   std::map<std::string, std::string> wanted;
   for (const v1::Object& o : *hosts) wanted[o.host().metadata().name()] = o.host().spec().agent();
-  std::vector<std::unique_ptr<HostConnection>> closed;
+  std::vector<std::shared_ptr<HostConnection>> closed;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
     for (auto it = connections_.begin(); it != connections_.end();) {
       auto w = wanted.find(it->first);
-      if (w == wanted.end() || w->second != it->second.first) {
-        closed.push_back(std::move(it->second.second));
+      if (w == wanted.end() || w->second != it->second.address) {
+        closed.push_back(std::move(it->second.link));
+        // What was kept for the host goes with it (nothing grows without bound).
+        policies_sent_.erase(it->first);
+        sequence_.erase(it->first);
+        for (auto b = backoff_.lower_bound(it->first + "/"); b != backoff_.end() && absl::StartsWith(b->first, it->first + "/");) {
+          b = backoff_.erase(b);
+        }
         it = connections_.erase(it);
       } else {
         ++it;
@@ -117,16 +183,20 @@ void Reconciler::SyncConnections(bool objects_changed) {
       if (connections_.count(host) || address.empty()) continue;
       HostConnectionOptions o;
       o.unreachable_after = options_.unreachable_after;
+      o.call_timeout = options_.call_timeout;
       o.on_change = [this](const std::string& h) { queue_.Add(h); };
       if (events_ != nullptr) {
         o.on_events = [this](const std::string& h, std::vector<v1::Event> e) { ForwardAgentEvents(h, std::move(e)); };
         o.events_after = events_->LastAgentSeq(host);
       }
-      auto c = std::make_unique<HostConnection>(host, address, clock_, o);
-      c->Start();
-      connections_[host] = {address, std::move(c)};
+      std::unique_ptr<AgentClient> client =
+          options_.client_factory ? options_.client_factory(host, address) : NewGrpcAgentClient(address);
+      auto link = std::make_shared<HostConnection>(host, address, std::move(client), clock_, o);
+      if (threaded_) link->Start();
+      connections_[host] = {address, std::move(link)};
     }
   }
+  for (auto& c : closed) c->Cancel();
   for (auto& c : closed) c->Stop();
   // On a resync a failing host keeps its backoff (its retry is already scheduled); a change
   // of the objects may be the fix, so it goes at once.
@@ -135,97 +205,95 @@ void Reconciler::SyncConnections(bool objects_changed) {
   }
 }
 
-void Reconciler::WatchStore() {
-  auto rev = store_.Revision();
-  int64_t seen = rev.ok() ? *rev : 0;
-  absl::Duration last_resync = clock_.Monotonic();
-  while (true) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-    }
-    auto next = store_.WaitForRevision(seen, absl::Milliseconds(200));
-    bool changed = false;
-    if (next.ok() && *next > seen) {
-      // Only object changes matter; the loop's own status writes must not wake it.
-      auto events = store_.EventsSince(seen, "/objects/");
-      changed = !events.ok() || !events->empty();
-      seen = *next;
-    }
-    bool resync = clock_.Monotonic() - last_resync >= options_.resync;
-    if (changed || resync) {
-      if (resync) last_resync = clock_.Monotonic();
-      SyncConnections(changed);
+void Reconciler::PollStore(absl::Duration wait) {
+  auto next = store_.WaitForRevision(seen_revision_, wait);
+  bool changed = false;
+  if (next.ok() && *next > seen_revision_) {
+    // Only object changes matter; the loop's own status writes must not wake it.
+    auto events = store_.EventsSince(seen_revision_, "/objects/");
+    changed = !events.ok() || !events->empty();
+    seen_revision_ = *next;
+  }
+  bool resync = clock_.Monotonic() - last_resync_ >= options_.resync;
+  if (!changed && !resync) return;
+  if (resync) {
+    last_resync_ = clock_.Monotonic();
+    // History beyond the window goes: the store stays bounded under a steady fleet.
+    if (next.ok() && *next > options_.history_window) {
+      absl::Status s = store_.Compact(*next - options_.history_window);
+      if (!s.ok()) std::cerr << "store: compact: " << s.message() << "\n";
     }
   }
+  SyncConnections(changed);
 }
 
-void Reconciler::Work() {
-  while (true) {
-    std::string host;
-    if (!queue_.Get(&host, absl::Milliseconds(200))) {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return;
-      continue;
+void Reconciler::RunDue(absl::Duration wait) {
+  std::string host;
+  if (!queue_.Get(&host, wait)) return;
+  // Every host ready now joins this pass: one plan for all of them.
+  std::vector<std::string> batch = {host};
+  while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
+  std::map<std::string, absl::Status> results = ReconcileHosts(batch);
+  for (const std::string& h : batch) {
+    const absl::Status& s = results[h];
+    if (s.ok()) {
+      queue_.Forget(h);
+    } else {
+      // Logged once per failure; the backoff bounds how often.
+      std::cerr << "reconcile " << h << ": " << s.message() << " (retry " << queue_.Failures(h) + 1 << ")\n";
+      queue_.AddRateLimited(h);
     }
-    // Every host ready now joins this pass: one plan for all of them.
-    std::vector<std::string> batch = {host};
-    while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
-    std::map<std::string, absl::Status> results = ReconcileHosts(batch);
-    for (const std::string& h : batch) {
-      const absl::Status& s = results[h];
-      if (s.ok()) {
-        queue_.Forget(h);
-      } else {
-        // Logged once per failure; the backoff bounds how often.
-        std::cerr << "reconcile " << h << ": " << s.message() << " (retry " << queue_.Failures(h) + 1 << ")\n";
-        queue_.AddRateLimited(h);
-      }
-      queue_.Done(h);
-    }
+    queue_.Done(h);
   }
 }
 
 absl::Status Reconciler::ReconcileHost(const std::string& host) { return ReconcileHosts({host})[host]; }
 
+absl::StatusOr<Reconciler::Objects_> Reconciler::ReadObjects() {
+  Objects_ out;
+  auto host_objects = objects_.List("Host");
+  if (!host_objects.ok()) return host_objects.status();
+  auto instance_objects = objects_.List("KernelInstance");
+  if (!instance_objects.ok()) return instance_objects.status();
+  auto set_objects = objects_.List("InstanceSet");
+  if (!set_objects.ok()) return set_objects.status();
+  for (const v1::Object& o : *host_objects) out.hosts.push_back(o.host());
+  for (const v1::Object& o : *instance_objects) out.instances.push_back(o.kernel_instance());
+  for (const v1::Object& o : *set_objects) out.sets.push_back(o.instance_set());
+  return out;
+}
+
+std::map<std::string, HostView> Reconciler::Views(std::map<std::string, std::shared_ptr<HostConnection>>* links) {
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, c] : connections_) (*links)[name] = c.link;
+  }
+  // Each link is held by a shared pointer: a connection closed meanwhile stays valid here.
+  std::map<std::string, HostView> views;
+  for (auto& [name, link] : *links) views[name] = link->View();
+  return views;
+}
+
 std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector<std::string>& batch_hosts) {
   absl::MutexLock pass(&pass_mu_);
   ++passes_;
   std::map<std::string, absl::Status> result;
-  auto fail_all = [&](const absl::Status& s) {
-    for (const std::string& h : batch_hosts) result[h] = s;
+  auto objects = ReadObjects();
+  if (!objects.ok()) {
+    for (const std::string& h : batch_hosts) result[h] = objects.status();
     return result;
-  };
-  auto host_objects = objects_.List("Host");
-  if (!host_objects.ok()) return fail_all(host_objects.status());
-  auto instance_objects = objects_.List("KernelInstance");
-  if (!instance_objects.ok()) return fail_all(instance_objects.status());
-  auto set_objects = objects_.List("InstanceSet");
-  if (!set_objects.ok()) return fail_all(set_objects.status());
-  std::vector<v1::Host> hosts;
-  for (const v1::Object& o : *host_objects) hosts.push_back(o.host());
-  std::vector<v1::KernelInstance> instances;
-  for (const v1::Object& o : *instance_objects) instances.push_back(o.kernel_instance());
-  std::vector<v1::InstanceSet> sets;
-  for (const v1::Object& o : *set_objects) sets.push_back(o.instance_set());
-
-  std::map<std::string, HostView> views;
-  std::map<std::string, HostConnection*> targets;
-  std::set<std::string> batch;
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [name, c] : connections_) views[name] = c.second->View();
-    for (const std::string& h : batch_hosts) {
-      auto c = connections_.find(h);
-      if (c == connections_.end()) {
-        result[h] = absl::OkStatus();  // deleted meanwhile
-        continue;
-      }
-      targets[h] = c->second.second.get();
-      batch.insert(h);
-    }
   }
-  FleetPlan fleet = PlanFleet(hosts, views, instances, sets);
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  std::map<std::string, HostView> views = Views(&links);
+  std::set<std::string> batch;
+  for (const std::string& h : batch_hosts) {
+    if (!links.count(h)) {
+      result[h] = absl::OkStatus();  // deleted meanwhile
+      continue;
+    }
+    batch.insert(h);
+  }
+  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets);
 
   // The hosts' batches go out in parallel; each worker takes the next host.
   std::vector<std::string> order(batch.begin(), batch.end());
@@ -240,10 +308,10 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
         if (!v.connected) outcomes[i].sent = absl::UnavailableError(absl::StrCat("host ", h, ": ", v.error));
         continue;
       }
-      outcomes[i] = RunHost(h, targets[h], &plan->second, fleet);
+      outcomes[i] = RunHost(h, *links.at(h), plan->second, fleet);
     }
   };
-  size_t workers = std::min<size_t>(order.size(), 32);
+  size_t workers = std::min<size_t>(order.size(), std::max(1, options_.parallel_sends));
   if (workers <= 1) {
     worker();
   } else {
@@ -259,23 +327,57 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     outcomes[i].events.clear();
     by_host[order[i]] = std::move(outcomes[i]);
   }
-  RecordStatuses(batch, hosts, instances, sets, fleet, views, by_host, &events);
-  if (events_ != nullptr) {
-    absl::Status s = events_->RecordAll(std::move(events));
-    if (!s.ok()) std::cerr << "events: " << s.message() << "\n";
-  }
+  RecordStatuses(batch, *objects, fleet, views, by_host, std::move(events));
+  FinalizeDrained(fleet);
+  last_plan_ = std::move(fleet);
   return result;
 }
 
-Reconciler::HostOutcome Reconciler::RunHost(const std::string& host, HostConnection* target, const Plan* plan,
-                                            const FleetPlan& fleet) {
+void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
+  for (const std::string& host : fleet.drained) {
+    absl::Status s = objects_.FinishHostDelete(host);
+    if (!s.ok()) {
+      std::cerr << "Host/" << host << ": " << s.message() << "\n";
+      continue;
+    }
+    if (events_ != nullptr) {
+      events_->Record(MakeEvent("Host", host, host, false, "Deleted", "its instances are gone")).IgnoreError();
+      events_->ForgetHost(host).IgnoreError();
+    }
+  }
+}
+
+HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, const Plan& plan,
+                                const FleetPlan& fleet) {
   HostOutcome out;
-  for (const v1::Action& a : plan->actions) out.in_plan.insert(a.instance());
-  if (!plan->actions.empty()) {
-    v1::ActionBatch batch;
-    for (const v1::Action& a : plan->actions) *batch.add_actions() = a;
+  const absl::Duration now = clock_.Monotonic();
+  v1::ActionBatch batch;
+  absl::Duration retry_in = absl::InfiniteDuration();
+  {
+    // An instance whose last action failed waits out its backoff; the host's others go on.
+    absl::MutexLock lock(&mu_);
+    for (const v1::Action& a : plan.actions) {
+      auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
+      if (b != backoff_.end() && b->second.next > now) {
+        out.held_back[a.instance()] = absl::StrCat(b->second.why, " (retry ", b->second.failures + 1, " in ",
+                                                    absl::FormatDuration(absl::Ceil(b->second.next - now, absl::Milliseconds(1))), ")");
+        retry_in = std::min(retry_in, b->second.next - now);
+        continue;
+      }
+      *batch.add_actions() = a;
+      out.in_plan.insert(a.instance());
+    }
+  }
+  if (retry_in != absl::InfiniteDuration()) queue_.AddAfter(host, retry_in);
+  if (batch.actions_size() > 0) {
+    int64_t epoch = Epoch();
+    {
+      absl::MutexLock lock(&mu_);
+      batch.mutable_fence()->set_epoch(epoch);
+      batch.mutable_fence()->set_sequence(++sequence_[host]);
+    }
     actions_sent_ += batch.actions_size();
-    auto response = target->Execute(batch);
+    auto response = link.Execute(batch);
     if (!response.ok()) {
       out.sent = response.status();
       out.events.push_back(MakeEvent("Host", host, host, true, "HostError", std::string(out.sent.message())));
@@ -293,13 +395,27 @@ Reconciler::HostOutcome Reconciler::RunHost(const std::string& host, HostConnect
                                          r.code() == 0 ? (r.message().empty() ? step : absl::StrCat(step, ": ", r.message()))
                                                        : absl::StrCat(step, ": ", r.message())));
         }
-        if (r.code() == 0) continue;
-        out.failed.emplace(instance_of[r.id()], absl::StrCat(r.id(), ": ", r.message()));
-        if (out.sent.ok()) {
-          out.sent = absl::AbortedError(absl::StrCat("host ", host, ": action ", r.id(), ": ", r.message()));
+        // The first failure of an instance is its cause; what it skipped follows from it.
+        if (r.code() != 0) out.failed.emplace(instance, absl::StrCat(r.id(), ": ", r.message()));
+      }
+      absl::MutexLock lock(&mu_);
+      for (const std::string& instance : out.in_plan) {
+        const std::string key = absl::StrCat(host, "/", instance);
+        auto failed = out.failed.find(instance);
+        if (failed == out.failed.end()) {
+          backoff_.erase(key);
+          continue;
         }
+        Backoff& b = backoff_[key];
+        absl::Duration delay = std::min(options_.instance_backoff_base * (int64_t{1} << std::min(b.failures, 40)),
+                                        options_.instance_backoff_max);
+        ++b.failures;
+        b.next = now + delay;
+        b.why = failed->second;
+        retry_in = std::min(retry_in, delay);
       }
     }
+    if (retry_in != absl::InfiniteDuration()) queue_.AddAfter(host, retry_in);
   }
   if (!out.sent.ok()) return out;
   // The watchdog's local policies for the instances placed here (KernelInstances and set
@@ -328,7 +444,13 @@ Reconciler::HostOutcome Reconciler::RunHost(const std::string& host, HostConnect
     auto sent = policies_sent_.find(host);
     if (sent != policies_sent_.end() ? sent->second == wire : policies.policies_size() == 0) return out;
   }
-  absl::Status s = target->SetPolicy(policies);
+  int64_t epoch = Epoch();
+  {
+    absl::MutexLock lock(&mu_);
+    policies.mutable_fence()->set_epoch(epoch);
+    policies.mutable_fence()->set_sequence(++sequence_[host]);
+  }
+  absl::Status s = link.SetPolicy(policies);
   if (s.ok()) {
     absl::MutexLock lock(&mu_);
     policies_sent_[host] = wire;
@@ -339,281 +461,92 @@ Reconciler::HostOutcome Reconciler::RunHost(const std::string& host, HostConnect
   return out;
 }
 
-namespace {
-
-v1::Condition Cond(const std::string& type, bool ok, const std::string& reason, const std::string& message) {
-  v1::Condition c;
-  c.set_type(type);
-  c.set_status(ok ? v1::CONDITION_TRUE : v1::CONDITION_FALSE);
-  c.set_reason(reason);
-  c.set_message(message);
-  return c;
-}
-
-v1::KernelState Wanted(v1::Phase phase) {
-  switch (phase) {
-    case v1::PHASE_READY:
-      return v1::KERNEL_STATE_READY;
-    case v1::PHASE_LOADED:
-      return v1::KERNEL_STATE_LOADED;
-    default:
-      return v1::KERNEL_STATE_ACTIVE;
-  }
-}
-
-}  // namespace
-
-namespace {
-
-bool IsConverged(const v1::InstanceStatus& st) {
-  for (const v1::Condition& c : st.conditions()) {
-    if (c.type() == "Ready") return c.status() == v1::CONDITION_TRUE;
-  }
-  return false;
-}
-
-std::string PhaseFor(v1::KernelState want) {
-  return want == v1::KERNEL_STATE_ACTIVE ? "Running" : want == v1::KERNEL_STATE_LOADED ? "Loaded" : "Ready";
-}
-
-}  // namespace
-
-void Reconciler::RecordStatuses(const std::set<std::string>& batch, const std::vector<v1::Host>& hosts,
-                                const std::vector<v1::KernelInstance>& instances,
-                                const std::vector<v1::InstanceSet>& sets, const FleetPlan& fleet,
+void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                                 const std::map<std::string, HostView>& views,
-                                const std::map<std::string, HostOutcome>& outcomes, std::vector<v1::Event>* events) {
+                                const std::map<std::string, HostOutcome>& outcomes, std::vector<v1::Event> events) {
   if (!status_loaded_) {
     auto kvs = store_.List("/status/");
     if (kvs.ok()) {
+      status_cache_.clear();
       for (KeyValue& kv : *kvs) status_cache_[kv.key] = std::move(kv.value);
       status_loaded_ = true;
     }
   }
-  std::map<std::string, std::string> puts;  // key -> serialized, only changed ones
-  auto put = [&](const std::string& key, const google::protobuf::Message& m) -> const std::string* {
-    std::string value = m.SerializeAsString();
-    auto cached = status_cache_.find(key);
-    if (cached != status_cache_.end() && cached->second == value) return nullptr;
-    auto& slot = puts[key];
-    slot = std::move(value);
-    return cached != status_cache_.end() ? &cached->second : &kEmpty;
-  };
-
-  std::map<std::string, std::string> unschedulable;
-  for (const auto& u : fleet.unschedulable) unschedulable[u.name] = u.reason;
-  std::map<std::string, std::string> waiting;
-  for (const std::string& w : fleet.waiting) waiting[w.substr(0, w.find(':'))] = w.substr(w.find(':') + 2);
-  std::map<std::string, int64_t> generation_of;  // KernelInstance -> generation
-
-  // One instance's status: `spec`'s wanted phase against what its host reports.
-  auto instance_status = [&](const std::string& name, const PlannedInstance& p, v1::KernelState want) {
-    v1::InstanceStatus st;
-    st.set_owner(p.owner);
-    st.set_kernel(p.kernel);
-    const std::string& host = p.host;
-    *st.add_conditions() = Cond("Scheduled", true, "Placed", absl::StrCat("on ", host));
-    const HostView& view = views.at(host);
-    auto outcome = outcomes.find(host);
-    static const HostOutcome kNone;
-    const HostOutcome& o = outcome != outcomes.end() ? outcome->second : kNone;
-    auto observed = view.instances.find(p.kernel);
-    if (observed != view.instances.end()) {
-      const v1::InstanceStatus& seen = observed->second.status();
-      st.set_kernel_state(seen.kernel_state());
-      *st.mutable_placement() = seen.placement();
-      *st.mutable_provenance() = seen.provenance();
-      st.set_restart_count(seen.restart_count());
-      st.set_role(seen.role());
-    } else {
-      st.set_kernel_state(v1::KERNEL_STATE_ABSENT);
-      *st.mutable_placement() = fleet.placements.at(name);
-    }
-    bool acting = o.in_plan.count(p.kernel) > 0;
-    // What the plan cannot do for it (an update strategy not supported yet).
-    std::string blocked;
-    auto plan = fleet.hosts.find(host);
-    if (plan != fleet.hosts.end()) {
-      for (const std::string& note : plan->second.notes) {
-        if (absl::StartsWith(note, p.kernel + ": ")) blocked = note.substr(p.kernel.size() + 2);
-      }
-    }
-    auto deferred = fleet.deferred.find(name);
-    if (deferred != fleet.deferred.end()) blocked = deferred->second;
-    bool waiting = deferred != fleet.deferred.end();
-    bool converged = !acting && st.kernel_state() == want && blocked.empty();
-    bool is_failed = o.failed.count(p.kernel) > 0 || st.kernel_state() == v1::KERNEL_STATE_FAILED;
-    st.set_phase(is_failed ? "Failed" : converged ? PhaseFor(want) : "Creating");
-    *st.add_conditions() = Cond("Ready", converged,
-                                converged         ? "Converged"
-                                : waiting         ? "RolloutWaiting"
-                                : blocked.empty() ? "Converging"
-                                                  : "UpdateBlocked",
-                                converged         ? ""
-                                : !blocked.empty() ? blocked
-                                                   : absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()),
-                                                                  ", want ", v1::KernelState_Name(want)));
-    *st.add_conditions() = Cond("Progressing", acting || waiting, acting ? "ActionsSent" : waiting ? "RollingOut" : "Idle", "");
-    if (is_failed) {
-      *st.add_conditions() = Cond("Degraded", true, o.failed.count(p.kernel) ? "ActionFailed" : "KernelFailed",
-                                  o.failed.count(p.kernel) ? o.failed.at(p.kernel) : "");
-    } else if (!o.sent.ok() && acting) {
-      *st.add_conditions() = Cond("Degraded", true, "HostError", std::string(o.sent.message()));
-    } else if (!blocked.empty() && !waiting) {
-      *st.add_conditions() = Cond("Degraded", true, "UpdateNotSupported", blocked);
-    }
-    if (converged) st.set_observed_generation(p.generation);
-    return st;
-  };
-  auto record = [&](const std::string& name, const std::string& host, const v1::InstanceStatus& st,
-                    int64_t generation) {
-    const std::string* before = put(StatusKey("KernelInstance", name), st);
-    if (before == nullptr) return;
-    v1::InstanceStatus old;
-    old.ParseFromString(*before);
-    const v1::Condition& scheduled = st.conditions(0);
-    if (scheduled.status() == v1::CONDITION_FALSE) {
-      if (old.conditions_size() == 0 || old.conditions(0).message() != scheduled.message()) {
-        events->push_back(MakeEvent("KernelInstance", name, host, true, scheduled.reason(), scheduled.message()));
-      }
-    } else if (IsConverged(st) && st.observed_generation() == generation && st.phase() != "Failed" &&
-               !(IsConverged(old) && old.observed_generation() == generation && old.phase() == st.phase())) {
-      events->push_back(MakeEvent("KernelInstance", name, host, false, "Ready", absl::StrCat(st.phase(), " on ", host)));
-    }
-  };
-
-  std::set<std::string> keep;  // status keys of instances that exist
-  for (const v1::KernelInstance& ki : instances) {
-    const std::string& name = ki.metadata().name();
-    generation_of[name] = ki.metadata().generation();
-    keep.insert(StatusKey("KernelInstance", name));
-    if (unschedulable.count(name) || waiting.count(name)) {
-      v1::InstanceStatus st;
-      st.set_phase("Pending");
-      bool u = unschedulable.count(name) > 0;
-      *st.add_conditions() =
-          Cond("Scheduled", false, u ? "Unschedulable" : "HostNotConnected", u ? unschedulable[name] : waiting[name]);
-      record(name, ki.spec().host(), st, ki.metadata().generation());
-    }
-  }
-  for (const auto& [name, p] : fleet.planned) {
-    if (!p.standby_for.empty()) continue;
-    keep.insert(StatusKey("KernelInstance", name));
-    if (!batch.count(p.host) || p.spec == nullptr) continue;
-    v1::InstanceStatus st = instance_status(name, p, Wanted(p.spec->phase()));
-    record(name, p.host, st, p.generation);
-  }
-  // Set members neither planned nor running anywhere are gone; so are the statuses of
-  // deleted KernelInstances.
-  std::set<std::string> running;
-  for (const auto& [h, v] : views) {
-    for (const auto& [k, in] : v.instances) running.insert(k);
-  }
-  std::vector<std::string> deletes;
-  const std::string instance_prefix = StatusKey("KernelInstance", "");
-  for (const auto& [key, value] : status_cache_) {
-    if (key.compare(0, instance_prefix.size(), instance_prefix) != 0 || keep.count(key)) continue;
-    if (running.count(key.substr(instance_prefix.size()))) continue;
-    deletes.push_back(key);
-  }
-
-  // Hosts of this pass.
-  for (const v1::Host& h : hosts) {
-    const std::string& name = h.metadata().name();
-    if (!batch.count(name)) continue;
-    const HostView& v = views.at(name);
-    v1::HostStatus st;
-    st.set_reachable(v.connected);
-    st.set_dialect(v.inventory.dialect());
-    st.set_agent_version(v.inventory.agent_version());
-    *st.mutable_pool() = v.pool;
-    *st.add_conditions() = Cond("Reachable", v.connected,
-                                v.connected ? "Connected" : v.reachable ? "Connecting" : "Unreachable", v.error);
-    std::string pool_problem;
-    const std::string tag = absl::StrCat("Host/", name, ":");
-    for (const std::string& problem : fleet.problems) {
-      if (absl::StartsWith(problem, tag)) pool_problem = problem;
-    }
-    *st.add_conditions() = Cond("PoolValid", pool_problem.empty(), pool_problem.empty() ? "Valid" : "Invalid", pool_problem);
-    if (v.connected && pool_problem.empty()) {
-      // Whether the agent lends the pool the spec asks for (a change is sent otherwise).
-      bool synced = !fleet.pool_changes.count(name);
-      auto outcome = outcomes.find(name);
-      std::string note = outcome != outcomes.end() ? outcome->second.pool_note : "";
-      *st.add_conditions() = Cond("PoolSynced", synced, synced ? "Synced" : note.empty() ? "Changing" : "InUse",
-                                  synced ? "" : note.empty() ? "a pool change was sent to the agent" : note);
-    }
-    if (v.connected && pool_problem.empty()) st.set_observed_generation(h.metadata().generation());
-    const std::string* before = put(StatusKey("Host", name), st);
-    if (before != nullptr) {
-      v1::HostStatus old;
-      old.ParseFromString(*before);
-      if (old.reachable() != st.reachable() && !(before->empty() && !v.connected)) {
-        events->push_back(MakeEvent("Host", name, name, !v.connected, v.connected ? "Connected" : "Disconnected",
-                                    v.connected ? absl::StrCat("agent ", st.agent_version(), ", dialect ", st.dialect())
-                                                : v.error));
-      }
-    }
-  }
-
-  // Apply this pass's instance statuses to the cache first: set status counts members.
-  for (auto& [key, value] : puts) status_cache_[key] = value;
-  for (const std::string& key : deletes) status_cache_.erase(key);
-  std::map<std::string, std::pair<uint32_t, uint32_t>> members;  // set -> (ready, updated)
-  std::map<std::string, uint32_t> replicas;
-  for (const auto& [name, p] : fleet.planned) {
-    if (p.owner.empty() || !p.standby_for.empty()) continue;
-    const std::string set = p.owner.substr(p.owner.find('/') + 1);
-    ++replicas[set];
-    auto cached = status_cache_.find(StatusKey("KernelInstance", name));
-    if (cached == status_cache_.end()) continue;
-    v1::InstanceStatus st;
-    st.ParseFromString(cached->second);
-    if (st.observed_generation() == p.generation) {
-      ++members[set].second;
-      if (IsConverged(st) && st.phase() != "Failed") ++members[set].first;
-    }
-  }
-  for (const v1::InstanceSet& s : sets) {
-    const std::string& name = s.metadata().name();
-    v1::InstanceSetStatus st;
-    std::vector<std::string> problems;
-    const std::string prefix = name + "-";
-    for (const auto& u : fleet.unschedulable) {
-      if (u.name == name || absl::StartsWith(u.name, prefix)) problems.push_back(absl::StrCat(u.name, ": ", u.reason));
-    }
-    st.set_replicas(replicas[name] + problems.size());
-    st.set_ready_replicas(members[name].first);
-    st.set_updated_replicas(members[name].second);
-    bool all = problems.empty() && st.ready_replicas() == st.replicas();
-    *st.add_conditions() = Cond("Scheduled", problems.empty(), problems.empty() ? "Placed" : "Unschedulable",
-                                absl::StrJoin(problems, "; "));
-    *st.add_conditions() = Cond("Ready", all, all ? "AllReady" : "Converging",
-                                absl::StrCat(st.ready_replicas(), "/", st.replicas(), " ready"));
-    if (all) st.set_observed_generation(s.metadata().generation());
-    const std::string* before = put(StatusKey("InstanceSet", name), st);
-    if (before != nullptr && all) {
-      v1::InstanceSetStatus old;
-      old.ParseFromString(*before);
-      if (old.observed_generation() != s.metadata().generation()) {
-        events->push_back(MakeEvent("InstanceSet", name, "", false, "Ready",
-                                    absl::StrCat(st.ready_replicas(), "/", st.replicas(), " ready")));
-      }
-    }
-  }
-  std::vector<std::pair<std::string, std::string>> writes;
-  for (auto& [key, value] : puts) {
-    writes.emplace_back(key, value);
-    status_cache_[key] = value;
-  }
-  absl::Status s = objects_.WriteStatuses(writes, deletes);
+  StatusUpdate update = ComputeStatuses(
+      {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_});
+  for (v1::Event& e : update.events) events.push_back(std::move(e));
+  std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
+  absl::Status s = objects_.WriteStatuses(writes, update.deletes);
   if (!s.ok()) {
     std::cerr << "reconcile: writing " << writes.size() << " statuses: " << s.message() << "\n";
-    status_loaded_ = false;  // the cache may be ahead of the store: read it again
-    status_cache_.clear();
-    return;
+    status_loaded_ = false;  // the cache may be behind the store: read it again
+  } else {
+    for (auto& [key, value] : update.writes) status_cache_[key] = std::move(value);
+    for (const std::string& key : update.deletes) status_cache_.erase(key);
+    status_writes_ += writes.size() + update.deletes.size();
   }
-  status_writes_ += writes.size() + deletes.size();
+  if (events_ != nullptr && !events.empty()) {
+    absl::Status e = events_->RecordAll(std::move(events));
+    if (!e.ok()) std::cerr << "events: " << e.message() << "\n";
+  }
+}
+
+std::map<std::string, std::vector<std::string>> Reconciler::Preview(const std::vector<v1::Object>& proposed) {
+  std::map<std::string, std::vector<std::string>> out;
+  auto objects = ReadObjects();
+  if (!objects.ok()) return out;
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  std::map<std::string, HostView> views = Views(&links);
+  FleetPlan before = PlanFleet(objects->hosts, views, objects->instances, objects->sets);
+  // The proposed objects in place of the stored ones.
+  auto replace = [](auto& list, const auto& item) {
+    for (auto& x : list) {
+      if (x.metadata().name() == item.metadata().name()) {
+        x = item;
+        return;
+      }
+    }
+    list.push_back(item);
+  };
+  for (const v1::Object& o : proposed) {
+    if (o.has_host()) replace(objects->hosts, o.host());
+    if (o.has_kernel_instance()) replace(objects->instances, o.kernel_instance());
+    if (o.has_instance_set()) replace(objects->sets, o.instance_set());
+  }
+  FleetPlan after = PlanFleet(objects->hosts, views, objects->instances, objects->sets);
+  for (const auto& [name, p] : after.planned) {
+    std::string object = p.owner.empty() ? absl::StrCat("KernelInstance/", p.standby_for.empty() ? name : p.standby_for)
+                                         : p.owner;
+    auto plan = after.hosts.find(p.host);
+    if (plan == after.hosts.end()) continue;
+    auto change = plan->second.changes.find(p.kernel);
+    if (change == plan->second.changes.end()) continue;
+    auto was = before.hosts.find(p.host);
+    bool already = was != before.hosts.end() && was->second.changes.count(p.kernel) &&
+                   was->second.changes.at(p.kernel).summary == change->second.summary;
+    if (already) continue;  // what the loop does anyway, not this apply
+    std::string line = absl::StrCat("would ", change->second.summary, " (", p.kernel, " on ", p.host, ")");
+    if (absl::StartsWith(change->second.summary, "re-create")) {
+      line = absl::StrCat("would re-create ", p.kernel, " on ", p.host, ": ", change->second.summary.substr(11));
+    }
+    out[object].push_back(line);
+  }
+  for (const auto& [name, why] : after.infeasible) {
+    auto p = after.planned.find(name);
+    std::string object = p != after.planned.end() && !p->second.owner.empty() ? p->second.owner
+                                                                                 : absl::StrCat("KernelInstance/", name);
+    out[object].push_back(absl::StrCat("resize of ", name, " cannot be met; it keeps running as it is: ", why));
+  }
+  for (const auto& u : after.unschedulable) {
+    bool before_too = false;
+    for (const auto& b : before.unschedulable) before_too |= b.name == u.name && b.reason == u.reason;
+    if (before_too) continue;
+    bool set = false;
+    for (const v1::InstanceSet& s : objects->sets) set |= s.metadata().name() == u.name;
+    out[absl::StrCat(set ? "InstanceSet/" : "KernelInstance/", u.name)].push_back(
+        absl::StrCat("would be unschedulable: ", u.reason));
+  }
+  return out;
 }
 
 }  // namespace mkfleet::reconciler

@@ -2,39 +2,42 @@
 // `spec.agent`, and a keyed work queue (one key per host) fed by store changes, host view
 // changes and a periodic resync. A pass takes every host that is ready in the queue, plans
 // the fleet once (PlanFleet over the stored objects and the host views), sends each of
-// those hosts its plan in one batch (hosts in parallel) and its local policies, then
-// records statuses and events in one store transaction each. Failures come back with
-// per-host backoff. Action ids are deterministic per plan step and the agent journals
-// them, so re-sending a plan (after a crash or before the host's view has caught up) runs
-// nothing twice.
+// those hosts its plan in one fenced batch (hosts in parallel) and its local policies, then
+// records statuses (ComputeStatuses) and events in one store transaction each.
 //
-// Status: per KernelInstance and per InstanceSet member (phase, kernel state, placement,
-// role and serving kernel, conditions Scheduled/Ready/Progressing/Degraded,
-// observedGeneration, restart count), per Host (reachable, dialect, pool usage, agent
-// version, conditions Reachable/PoolValid/PoolSynced) and per InstanceSet (replicas, ready,
-// updated, conditions). Statuses are rebuilt from what is observed on every pass and
-// written only when they change. Events: every action result, host error, scheduling
-// problem and readiness, plus the agents' own watchdog events (crash, hang, restart,
-// standby takeover), forwarded once each.
-// Not yet: Morph (refused with a condition); InstanceSet rollout limits.
-// Thread-safety: Start/Stop from one thread; passes are serialized internally.
+// Failures: a host whose call fails backs off (5 ms doubling to 1000 s); an instance whose
+// action fails backs off on its own (its actions are held back, the host's others go on).
+// Action ids are deterministic per (plan step, observed version) and the agent journals
+// them, so re-sending a plan runs nothing twice; fences (an epoch raised at every start,
+// a sequence per host) make the agent refuse a delayed older batch.
+//
+// A deleted Host is drained (its kernels deleted) and removed once empty. History is
+// compacted to a window on every resync.
+//
+// Two ways to drive it: Start() runs it on threads (a store watcher, a worker, and one per
+// host connection), as mkcontroller does; or Step() does one round without blocking or
+// threads, on the injected clock, for a driver that owns time (the fleet simulation).
+// Thread-safety: Start/Stop/Step from one thread; passes are serialized internally.
 #ifndef MKFLEET_RECONCILER_RECONCILER_H_
 #define MKFLEET_RECONCILER_RECONCILER_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
-#include <set>
-#include <vector>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "reconciler/agent_client.h"
 #include "reconciler/event_log.h"
 #include "reconciler/fleet_plan.h"
 #include "reconciler/host_connection.h"
 #include "reconciler/objects.h"
+#include "reconciler/statuses.h"
 #include "reconciler/store.h"
 #include "reconciler/work_queue.h"
 
@@ -43,17 +46,35 @@ namespace mkfleet::reconciler {
 struct ReconcilerOptions {
   absl::Duration resync = absl::Seconds(30);
   absl::Duration unreachable_after = absl::Seconds(10);
+  absl::Duration call_timeout = absl::Seconds(10);
+  // Makes the client for a host's agent (default: gRPC to `address`).
+  std::function<std::unique_ptr<AgentClient>(const std::string& host, const std::string& address)> client_factory;
+  // Hosts whose batches are sent at once (1: one after the other, deterministic).
+  int parallel_sends = 32;
+  // Store revisions of history kept (older history is compacted on every resync).
+  int64_t history_window = 10000;
+  // Per-instance retry backoff after a failed action.
+  absl::Duration instance_backoff_base = absl::Milliseconds(5);
+  absl::Duration instance_backoff_max = absl::Seconds(1000);
 };
 
 class Reconciler {
  public:
-  // `events` (may be null) receives an event for every action result, host error and
+  // `events` (may be null) receives an event for every action failure, host error and
   // status transition (scheduled or not, ready).
   Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options = {}, EventLog* events = nullptr);
   ~Reconciler();
 
+  // Threads: the store watcher, the worker, the host connections.
   void Start();
   void Stop();
+
+  // One round without threads or blocking: notices object changes (and the resync),
+  // polls every host connection, and runs a pass for the hosts that are due.
+  void Step();
+  // The next time (Clock::Monotonic) something is due in the work queue: a driver may
+  // skip to it.
+  absl::Duration NextDue();
 
   // One pass for `host`: plan the fleet, send this host's actions. Returns why it failed.
   absl::Status ReconcileHost(const std::string& host);
@@ -61,38 +82,52 @@ class Reconciler {
   // host's outcome.
   std::map<std::string, absl::Status> ReconcileHosts(const std::vector<std::string>& hosts);
 
+  // Previews what applying `objects` (in place of the stored ones of the same kind and
+  // name) would do to running kernels: per "Kind/name", lines such as "would re-create
+  // web-1 on node-a: the boot CPU 4 is not in the new placement".
+  std::map<std::string, std::vector<std::string>> Preview(const std::vector<mkfleet::v1::Object>& objects);
+
   int64_t actions_sent() const { return actions_sent_.load(); }
   int64_t passes() const { return passes_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
+  // The last pass's plan (for tests and the simulation's invariants).
+  FleetPlan LastPlanForTest();
 
  private:
+  struct Connection {
+    std::string address;
+    std::shared_ptr<HostConnection> link;
+  };
+  struct Backoff {
+    int failures = 0;
+    absl::Duration next;  // Monotonic() when its actions may be sent again
+    std::string why;
+  };
+  struct Objects_ {
+    std::vector<mkfleet::v1::Host> hosts;
+    std::vector<mkfleet::v1::KernelInstance> instances;
+    std::vector<mkfleet::v1::InstanceSet> sets;
+  };
+
+  absl::StatusOr<Objects_> ReadObjects();
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
   // of deleted hosts, and queues every host (on a plain resync, not those backing off).
   void SyncConnections(bool objects_changed);
-  struct HostOutcome {
-    absl::Status sent;
-    std::set<std::string> in_plan;              // kernels the plan touched
-    std::map<std::string, std::string> failed;  // kernel -> why
-    std::vector<mkfleet::v1::Event> events;
-    std::string pool_note;  // what the pool change left as it was (resources in use)
-  };
-  // Sends `host` its plan and, when they changed, its local policies.
-  HostOutcome RunHost(const std::string& host, HostConnection* connection, const Plan* plan,
-                      const FleetPlan& fleet);
-  // Computes the statuses this pass knows about and writes the changed ones.
-  void RecordStatuses(const std::set<std::string>& batch, const std::vector<mkfleet::v1::Host>& hosts,
-                      const std::vector<mkfleet::v1::KernelInstance>& instances,
-                      const std::vector<mkfleet::v1::InstanceSet>& sets, const FleetPlan& fleet,
+  // Looks at the store once (waiting up to `wait` for a new revision) and resyncs when due.
+  void PollStore(absl::Duration wait);
+  // Takes the hosts due in the queue (waiting up to `wait` for the first) and runs a pass.
+  void RunDue(absl::Duration wait);
+  // Sends `host` its plan (less what backs off) and, when they changed, its local policies.
+  HostOutcome RunHost(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet);
+  void RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
-                      std::vector<mkfleet::v1::Event>* events);
+                      std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
-  void WatchStore();
-  void Work();
-
-  static mkfleet::v1::Event MakeEvent(const std::string& kind, const std::string& name, const std::string& host,
-                                      bool warning, const std::string& reason, const std::string& message);
+  int64_t Epoch();
+  std::map<std::string, HostView> Views(std::map<std::string, std::shared_ptr<HostConnection>>* links);
 
   Store& store_;
   Objects& objects_;
@@ -102,17 +137,26 @@ class Reconciler {
   WorkQueue queue_;
 
   absl::Mutex mu_;
-  std::map<std::string, std::pair<std::string, std::unique_ptr<HostConnection>>> connections_
-      ABSL_GUARDED_BY(mu_);  // host -> (agent address, connection)
+  std::map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-
+  bool threaded_ ABSL_GUARDED_BY(mu_) = false;
   // The policies last sent to each host (serialized), so unchanged ones are not re-sent.
   std::map<std::string, std::string> policies_sent_ ABSL_GUARDED_BY(mu_);
+  // Fences: this controller's epoch and the next sequence per host.
+  int64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int64_t> sequence_ ABSL_GUARDED_BY(mu_);
+  // Instances whose last action failed: "host/kernel" -> when they may try again.
+  std::map<std::string, Backoff> backoff_ ABSL_GUARDED_BY(mu_);
+
+  // The store watcher's state (PollStore's caller only).
+  int64_t seen_revision_ = -1;
+  absl::Duration last_resync_;
 
   // Passes run one at a time; what they remember between them.
   absl::Mutex pass_mu_;
   bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
+  FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
 
   std::atomic<int64_t> actions_sent_{0};
   std::atomic<int64_t> status_writes_{0};

@@ -198,7 +198,10 @@ TEST_F(ReconcilerTest, StandbyTakeoverIsKeptAndReported) {
   EXPECT_EQ(RoleOf("web-1"), "standby");
   // The agent's watchdog events reach the controller's log, once each.
   ASSERT_TRUE(Eventually([&] {
-    auto events = (*log)->List("KernelInstance", "web-1");
+    EventFilter filter;
+    filter.kind = "KernelInstance";
+    filter.name = "web-1";
+    auto events = (*log)->List(filter);
     if (!events.ok()) return false;
     int takeovers = 0, crashes = 0;
     for (const auto& e : *events) {

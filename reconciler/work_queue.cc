@@ -109,6 +109,14 @@ void WorkQueue::ShutDown() {
   shutdown_ = true;
 }
 
+absl::Duration WorkQueue::NextDue() {
+  absl::MutexLock lock(&mu_);
+  PromoteDue();
+  if (!ready_.empty()) return absl::ZeroDuration();
+  if (delayed_.empty()) return absl::InfiniteDuration();
+  return std::max(absl::ZeroDuration(), delayed_.begin()->first - clock_.Now());
+}
+
 size_t WorkQueue::Len() {
   absl::MutexLock lock(&mu_);
   return ready_.size() + delayed_.size();

@@ -45,6 +45,8 @@ class WorkQueue {
   void ShutDown();
   // Keys ready or waiting.
   size_t Len();
+  // How long until a key is ready: zero if one is, InfiniteDuration if none waits.
+  absl::Duration NextDue();
 
  private:
   void PromoteDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -118,10 +118,10 @@ TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
   ASSERT_FALSE(controller_port_.empty()) << controller.Log();
   std::string out;
   EXPECT_EQ(Mkapply({"apply", "-f", Manifest(true), "--wait", "--wait-timeout", "2"}, &out), 1) << out;
-  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Pending (Scheduled: HostNotConnected"));
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Pending (Scheduled: HostNotAvailable"));
   EXPECT_THAT(out, HasSubstr("timed out after 2s; not ready: web-1"));
   ASSERT_EQ(Mkapply({"events"}, &out), 0) << out;
-  EXPECT_THAT(out, HasSubstr("HostNotConnected"));
+  EXPECT_THAT(out, HasSubstr("HostNotAvailable"));
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1"));
 }
 

@@ -1,0 +1,63 @@
+// PlaceFleet: the fleet's whole placement decision, shared by `mkapply plan` (offline, from
+// specs and topology files) and the controller (live, from what agents report), so both
+// decide the same on the same inputs. Pure; deterministic.
+//
+// Order: kernels held as they are (`fixed`: kernels no object owns), current placements
+// kept when still valid and unchanged, changed ones grown or shrunk in place (or, when the
+// change cannot be met, held as they are and reported in `infeasible`: a resize never takes
+// a running instance down to fail), new instances (larger first, standbys after their
+// primaries), then InstanceSet replicas.
+//
+// InstanceSets: members are named <set>-<host>-<n>. perHost: n = 0..perHost-1 on every
+// selected uncordoned host (a cordoned one keeps the members it has). replicas: the
+// members that exist stay (scale-down removes first those on cordoned hosts, then those in
+// `removal_first`, then from the fullest spread domain and host, highest n first); each
+// missing replica goes to the least used spread domain, then the least used host, then by
+// name, among the hosts where it fits (capacity and cordon aware: a full or cordoned host
+// is passed over, not reported). A set in `frozen_sets` keeps exactly its members.
+// Thread-safety: pure function.
+#ifndef MKFLEET_PLANNER_FLEET_PLACEMENT_H_
+#define MKFLEET_PLANNER_FLEET_PLACEMENT_H_
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "mkfleet/v1/manifest.pb.h"
+#include "mkfleet/v1/state.pb.h"
+#include "planner/placement.h"
+
+namespace mkfleet::planner {
+
+struct FleetInput {
+  std::vector<HostInfo> hosts;
+  std::vector<mkfleet::v1::KernelInstance> instances;
+  std::vector<mkfleet::v1::InstanceSet> sets;
+  // Where requests run now, by request name (instances, standbys, set members).
+  std::map<std::string, mkfleet::v1::Placement> current;
+  // Held as they are before anything else, by a name of their own.
+  std::map<std::string, mkfleet::v1::Placement> fixed;
+  std::set<std::string> frozen_sets;
+  // Set members to remove first when a set shrinks (not ready, failed).
+  std::set<std::string> removal_first;
+};
+
+struct FleetPlacement {
+  std::vector<InstanceRequest> requests;                       // everything placed or tried
+  std::map<std::string, mkfleet::v1::Placement> placements;  // by request name
+  std::vector<Unschedulable> unschedulable;  // by request name; missing replicas by set name
+  // Changed requests whose change cannot be met: kept on their current placement, and why.
+  std::map<std::string, std::string> infeasible;
+  std::map<std::string, std::string> member_of;  // set member -> its set
+};
+
+FleetPlacement PlaceFleet(const FleetInput& input);
+
+// The set a member name belongs to (<set>-<host>-<n> with `host` one of `hosts`), or "".
+std::string SetOfMember(const std::string& member, const std::string& host,
+                        const std::vector<mkfleet::v1::InstanceSet>& sets);
+
+}  // namespace mkfleet::planner
+
+#endif  // MKFLEET_PLANNER_FLEET_PLACEMENT_H_

@@ -1,0 +1,172 @@
+#include "planner/fleet_placement.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "planner/testing/test_topologies.h"
+
+namespace mkfleet::planner {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+std::vector<std::string> Names(const FleetPlacement& r) {
+  std::vector<std::string> out;
+  for (const auto& [name, p] : r.placements) out.push_back(name);
+  return out;
+}
+
+v1::InstanceSet Set(const std::string& name, uint32_t replicas, uint32_t cpus) {
+  v1::InstanceSet set;
+  set.mutable_metadata()->set_name(name);
+  set.mutable_spec()->set_replicas(replicas);
+  set.mutable_spec()->mutable_template_()->mutable_spec()->mutable_resources()->set_cpus(cpus);
+  set.mutable_spec()->mutable_template_()->mutable_spec()->mutable_resources()->set_memory(512ull << 20);
+  return set;
+}
+
+class FleetPlacementTest : public ::testing::Test {
+ protected:
+  // 4 cores x 2 threads; the core of CPU 0 stays with the host: 3 cores to lend.
+  std::shared_ptr<const Topology> t_ = SyntheticTopology("pack:1 numa:1(memory=16GiB) core:4 pu:2");
+};
+
+TEST_F(FleetPlacementTest, ReplicasSpreadOverRacksAndPerHostOnEveryHost) {
+  FleetInput in;
+  for (auto [name, rack] : std::vector<std::pair<std::string, std::string>>{
+           {"n1", "r1"}, {"n2", "r1"}, {"n3", "r2"}, {"n4", "r3"}}) {
+    HostInfo h = WholeHost(name, t_);
+    h.labels = {{"rack", rack}, {"role", "edge"}};
+    in.hosts.push_back(h);
+  }
+  v1::InstanceSet set = Set("web", 3, 2);
+  set.mutable_spec()->mutable_host_selector()->mutable_match_labels()->insert({"role", "edge"});
+  set.mutable_spec()->set_spread_by("rack");
+  in.sets = {set};
+  FleetPlacement r = PlaceFleet(in);
+  // One per rack.
+  EXPECT_THAT(Names(r), ElementsAre("web-n1-0", "web-n3-0", "web-n4-0"));
+  EXPECT_EQ(r.member_of.at("web-n3-0"), "web");
+  in.sets[0].mutable_spec()->set_per_host(2);
+  r = PlaceFleet(in);
+  EXPECT_EQ(r.placements.size(), 8u);
+  EXPECT_TRUE(r.placements.count("web-n1-1"));
+  EXPECT_THAT(r.unschedulable, IsEmpty());
+}
+
+TEST_F(FleetPlacementTest, ReplicasKeepTheirMembersAndShrinkFromTheFullestHost) {
+  FleetInput in;
+  in.hosts = {WholeHost("n1", t_), WholeHost("n2", t_)};
+  in.sets = {Set("s", 2, 2)};
+  FleetPlacement first = PlaceFleet(in);
+  ASSERT_EQ(first.placements.size(), 2u);
+  // Both members stay where they are.
+  in.current = first.placements;
+  FleetPlacement again = PlaceFleet(in);
+  EXPECT_EQ(Names(again), Names(first));
+  // Three on n2 and one on n1, down to two: n2 gives up its highest numbers.
+  PlacementResult all = Place(in.hosts,
+                              {Request("s-n2-0", "n2", 2, 512), Request("s-n2-1", "n2", 2, 512),
+                               Request("s-n2-2", "n2", 2, 512), Request("s-n1-0", "n1", 2, 512)},
+                              {});
+  in.current = all.placements;
+  FleetPlacement shrunk = PlaceFleet(in);
+  EXPECT_THAT(Names(shrunk), ElementsAre("s-n1-0", "s-n2-0"));
+}
+
+TEST_F(FleetPlacementTest, ReplicasGoWhereTheyFitAndLeaveCordonedHostsFirst) {
+  // Defect 6: with node-x cordoned and full, replicas stayed short while node-y had room;
+  // scale-down removed the member on the healthy host and kept the cordoned one's.
+  HostInfo x = WholeHost("x", t_), y = WholeHost("y", t_);
+  FleetInput in;
+  in.hosts = {x, y};
+  in.sets = {Set("s", 3, 2)};
+  // x holds one member and is otherwise full (a kernel no object owns takes the rest).
+  PlacementResult now = Place({x}, {Request("s-x-0", "x", 2, 512), Request("other", "x", 4, 512)}, {});
+  ASSERT_THAT(now.unschedulable, IsEmpty());
+  in.current["s-x-0"] = now.placements.at("s-x-0");
+  in.fixed["unmanaged/other"] = now.placements.at("other");
+  in.hosts[0].cordoned = true;
+  FleetPlacement r = PlaceFleet(in);
+  EXPECT_THAT(r.unschedulable, IsEmpty());
+  EXPECT_THAT(Names(r), ElementsAre("s-x-0", "s-y-0", "s-y-1"));
+  // Scale to 2: the member on the cordoned host goes.
+  in.current = r.placements;
+  in.sets[0].mutable_spec()->set_replicas(2);
+  FleetPlacement down = PlaceFleet(in);
+  EXPECT_THAT(Names(down), ElementsAre("s-y-0", "s-y-1"));
+  // Replicas beyond what fits anywhere: the set says how many are missing and why.
+  in.sets[0].mutable_spec()->set_replicas(9);
+  FleetPlacement big = PlaceFleet(in);
+  ASSERT_EQ(big.unschedulable.size(), 1u);
+  EXPECT_EQ(big.unschedulable[0].name, "s");
+  EXPECT_THAT(big.unschedulable[0].reason, HasSubstr("5 of 9 replicas fit on no host (1 tried): y: needs 1 whole cores"));
+}
+
+TEST_F(FleetPlacementTest, AResizeThatCannotBeMetKeepsTheCurrentPlacement) {
+  // Defect 2: growing a running instance beyond the host took it down, then said
+  // Unschedulable.
+  FleetInput in;
+  in.hosts = {WholeHost("a", t_)};
+  v1::KernelInstance ki;
+  ki.mutable_metadata()->set_name("web");
+  ki.mutable_spec()->set_host("a");
+  ki.mutable_spec()->mutable_resources()->set_cpus(4);
+  ki.mutable_spec()->mutable_resources()->set_memory(512ull << 20);
+  in.instances = {ki};
+  FleetPlacement first = PlaceFleet(in);
+  ASSERT_EQ(first.placements.size(), 1u);
+  in.current = first.placements;
+  in.instances[0].mutable_spec()->mutable_resources()->set_cpus(10);  // 5 cores; 3 to lend
+  FleetPlacement r = PlaceFleet(in);
+  EXPECT_THAT(r.unschedulable, IsEmpty());
+  ASSERT_EQ(r.placements.count("web"), 1u);
+  EXPECT_EQ(r.placements.at("web").DebugString(), first.placements.at("web").DebugString());
+  ASSERT_EQ(r.infeasible.count("web"), 1u);
+  EXPECT_THAT(r.infeasible.at("web"), HasSubstr("needs 5 whole cores"));
+  // A resize that fits still happens in place.
+  in.instances[0].mutable_spec()->mutable_resources()->set_cpus(6);
+  FleetPlacement fits = PlaceFleet(in);
+  EXPECT_TRUE(fits.infeasible.empty());
+  EXPECT_EQ(fits.placements.at("web").cpus_size(), 6);
+  EXPECT_EQ(fits.placements.at("web").boot_cpu(), first.placements.at("web").boot_cpu());
+}
+
+TEST_F(FleetPlacementTest, FixedKernelsAreNeverPlacedOver) {
+  FleetInput in;
+  in.hosts = {WholeHost("a", t_)};
+  PlacementResult other = Place(in.hosts, {Request("foreign", "a", 6, 512)}, {});
+  in.fixed["foreign"] = other.placements.at("foreign");
+  in.sets = {Set("s", 2, 2)};
+  FleetPlacement r = PlaceFleet(in);
+  EXPECT_EQ(r.placements.size(), 0u);
+  ASSERT_EQ(r.unschedulable.size(), 1u);
+  EXPECT_THAT(r.unschedulable[0].reason, HasSubstr("2 of 2 replicas fit on no host"));
+}
+
+TEST_F(FleetPlacementTest, FrozenSetsKeepExactlyTheirMembers) {
+  FleetInput in;
+  in.hosts = {WholeHost("n1", t_), WholeHost("n2", t_)};
+  in.sets = {Set("s", 3, 2)};
+  PlacementResult now = Place(in.hosts, {Request("s-n1-0", "n1", 2, 512)}, {});
+  in.current = now.placements;
+  in.frozen_sets = {"s"};
+  FleetPlacement r = PlaceFleet(in);
+  EXPECT_THAT(Names(r), ElementsAre("s-n1-0"));
+  EXPECT_THAT(r.unschedulable, IsEmpty());
+}
+
+TEST(SetOfMemberTest, LongestSetThatFits) {
+  v1::InstanceSet a, ab;
+  a.mutable_metadata()->set_name("a");
+  ab.mutable_metadata()->set_name("a-b");
+  EXPECT_EQ(SetOfMember("a-b-h1-3", "h1", {a, ab}), "a-b");
+  EXPECT_EQ(SetOfMember("a-h1-3", "h1", {a, ab}), "a");
+  EXPECT_EQ(SetOfMember("a-h1-x", "h1", {a, ab}), "");
+  EXPECT_EQ(SetOfMember("a-h1-03", "h1", {a, ab}), "");
+}
+
+}  // namespace
+}  // namespace mkfleet::planner
