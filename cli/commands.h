@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
+
 namespace mkfleet::cli {
 
 inline constexpr int kExitOk = 0;
@@ -41,59 +43,73 @@ struct PlanOptions {
 int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err);
 
 // Commands that talk to a controller (mkcontroller). Exit 0 on success, 2 when the input
-// or the request is invalid (nothing was changed), 1 when the controller cannot be reached
-// or fails.
+// or the request is invalid (nothing was changed), 1 when the controller cannot be reached,
+// fails, or what was waited for failed or did not happen in time.
+//
+// Every command takes the controller's address (default 127.0.0.1:7100, or
+// MKFLEET_CONTROLLER) and a per-call deadline (request_timeout).
+inline constexpr char kDefaultController[] = "127.0.0.1:7100";
+
 struct ApplyOptions {
   std::vector<std::string> paths;
-  std::string controller = "127.0.0.1:7100";
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
   std::string source;  // default: the paths given, joined by ","
   bool prune = false;
   bool dry_run = false;
-  int timeout_seconds = 30;
-  // After applying: wait until every KernelInstance applied is Ready at its generation
-  // (and every pruned one is gone), printing each phase change; exit 1 if `wait_seconds`
-  // pass first.
+  // After applying: wait until what this apply changed is there at the generation applied
+  // (instances Ready, sets at their replica count, Hosts connected with a valid pool,
+  // pruned objects gone), printing progress; fail at once (exit 1, with the cause) when
+  // something has failed or cannot be done, and exit 1 when `wait_timeout` passes first.
   bool wait = false;
-  int wait_seconds = 300;
+  absl::Duration wait_timeout = absl::Minutes(5);
 };
 
 // Loads `paths`, sends them to the controller in one atomic apply and prints one line per
 // object: "KernelInstance/web-1 created" (configured, unchanged, pruned).
 int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err);
-// As RunApply with dry_run: what an apply would change, writing nothing. Exit 0 when
-// nothing would change, 1 when something would, 2 on invalid input.
+// As RunApply with dry_run: what an apply would change, writing nothing, and what that would
+// do to running kernels ("would re-create web-1 on node-a: ..."). Exit 0 when nothing would
+// change, 1 when something would, 2 on invalid input.
 int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err);
 
 struct GetOptions {
-  std::string controller = "127.0.0.1:7100";
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
   std::string kind;  // Host, KernelInstance, InstanceSet (or host, hosts, ki, instances, ...)
   std::string name;  // empty: every object of the kind
   std::string output = "table";  // table | wide | yaml | json
-  int timeout_seconds = 30;
   std::vector<std::string> paths;  // delete -f: the objects these manifests name
   bool colour = false;             // colour the phase column (a terminal)
+  bool unmanaged = false;          // get instances: the kernels no object owns, per host
+  bool force = false;              // delete a Host at once, leaving its kernels running
 };
 
 // Lists objects (set members included among instances) as a table (wide: placement,
-// serving kernel, owner, pool details), yaml or json.
+// serving kernel, owner, pool details), yaml or json; with `unmanaged`, the kernels that
+// run on hosts without an object owning them.
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err);
 // One object in full: spec summary, status, placement, conditions, recent events; for a
 // host also the instances on it, for a set its members' phases.
 int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err);
 // Deletes kind/name (or every object the manifests at `paths` name, instances first);
-// exit 1 with "Kind/name does not exist" when one is absent.
+// exit 1 with "Kind/name does not exist" when one is absent. A Host drains first
+// ("terminating") unless `force`.
 int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);
 
 struct EventsOptions {
-  std::string controller = "127.0.0.1:7100";
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
   std::string kind;  // optional filter (hosts, instances, ...)
   std::string name;
+  std::string type;  // Normal | Warning
+  absl::Duration since = absl::ZeroDuration();  // only events this recent (0: all)
+  std::string output = "table";                // table | json
   bool follow = false;
-  int timeout_seconds = 30;
 };
 
-// Prints the controller's events, oldest first: TIME TYPE REASON OBJECT MESSAGE; with
-// follow, keeps printing new ones until interrupted.
+// Prints the controller's events, oldest first: TIME TYPE REASON OBJECT COUNT MESSAGE (or a
+// JSON array); with follow, keeps printing new ones until interrupted.
 int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err);
 
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.

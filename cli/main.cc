@@ -1,4 +1,7 @@
 // mkapply: the mkfleet command line. Parses flags and dispatches to cli/commands.h.
+//
+// Global flags (--controller, --request-timeout) go before or after the subcommand, as in
+// kubectl; MKFLEET_CONTROLLER sets the controller when --controller is not given.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -6,7 +9,25 @@
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
+#include "cli/table.h"
 #include "common/version.h"
+
+namespace {
+
+// A CLI11 validator for durations ("30s", "5m", a bare number of seconds).
+struct DurationValidator : public CLI::Validator {
+  DurationValidator() {
+    name_ = "DURATION";
+    func_ = [](const std::string& text) {
+      auto d = mkfleet::cli::ParseDuration(text);
+      return d.ok() ? std::string() : std::string(d.status().message());
+    };
+  }
+};
+
+absl::Duration Duration(const std::string& text) { return *mkfleet::cli::ParseDuration(text); }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -14,6 +35,14 @@ int main(int argc, char** argv) {
       "Validate and plan manifests (Host, KernelInstance, InstanceSet) and apply them to mkcontroller."};
   app.set_version_flag("--version", std::string("mkapply ") + mkfleet::kVersion);
   app.require_subcommand(1);
+  // Global flags may come after the subcommand too.
+  app.fallthrough();
+  std::string controller = mkfleet::cli::kDefaultController;
+  std::string request_timeout = "30s";
+  app.add_option("--controller", controller, "mkcontroller address (default 127.0.0.1:7100)")
+      ->envname("MKFLEET_CONTROLLER");
+  app.add_option("--request-timeout", request_timeout, "deadline of each call to the controller (default 30s)")
+      ->check(DurationValidator());
 
   mkfleet::cli::ValidateOptions validate;
   CLI::App* validate_cmd = app.add_subcommand(
@@ -48,61 +77,70 @@ int main(int argc, char** argv) {
                        "(hwloc exports carry no SR-IOV data)");
 
   mkfleet::cli::ApplyOptions apply;
+  std::string wait_timeout = "5m";
   CLI::App* apply_cmd = app.add_subcommand(
       "apply",
       "Send manifests to the controller in one atomic apply.\n"
       "Prints Kind/name created|configured|unchanged|pruned. Exit 0 on success, 2 when the "
-      "input is invalid (nothing is changed), 1 when the controller cannot be reached.");
+      "input is invalid (nothing is changed), 1 when the controller cannot be reached (or, with "
+      "--wait, when something failed or the timeout passed).");
   CLI::App* diff_cmd = app.add_subcommand(
       "diff",
-      "Show what `apply` would change, writing nothing.\nExit 0 when nothing would change, 1 when "
-      "something would, 2 on invalid input.");
+      "Show what `apply` would change, writing nothing, and what that would do to running kernels.\n"
+      "Exit 0 when nothing would change, 1 when something would, 2 on invalid input.");
   for (CLI::App* cmd : {apply_cmd, diff_cmd}) {
     cmd->add_option("-f,--filename", apply.paths,
                     "Manifest file or directory (recursive, *.yaml/*.yml); - for stdin")
         ->required();
-    cmd->add_option("--controller", apply.controller, "mkcontroller address (default 127.0.0.1:7100)");
     cmd->add_option("--source", apply.source, "who owns these objects, for --prune (default: the -f paths)");
     cmd->add_flag("--prune", apply.prune, "also delete objects this source applied before and no longer has");
-    cmd->add_option("--timeout", apply.timeout_seconds, "seconds to wait for the controller (default 30)");
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
   apply_cmd->add_flag("--wait", apply.wait,
-                      "wait until every applied KernelInstance and InstanceSet is Ready (pruned ones gone), showing progress; "
-                      "exit 1 on timeout");
-  apply_cmd->add_option("--wait-timeout", apply.wait_seconds, "seconds --wait waits (default 300)");
+                      "wait until what was applied is there at the generation applied: instances Ready, sets at "
+                      "their count, Hosts connected with a valid pool, pruned objects gone; fails at once with the "
+                      "cause when something failed or cannot be done");
+  apply_cmd->add_option("--timeout", wait_timeout, "how long --wait waits (e.g. 30s, 5m; default 5m)")
+      ->check(DurationValidator());
 
   mkfleet::cli::GetOptions get;
   CLI::App* get_cmd = app.add_subcommand("get", "List objects of a kind, or show one.\nExit 0, 1 when absent or unreachable.");
   CLI::App* delete_cmd = app.add_subcommand(
-      "delete", "Delete KIND NAME, or the objects named in -f PATH.\nExit 0, 1 when absent or unreachable, 2 on bad input.");
+      "delete",
+      "Delete KIND NAME, or the objects named in -f PATH. A Host is deleted once its instances are (it is "
+      "terminating meanwhile); --force removes it at once, leaving them running.\n"
+      "Exit 0, 1 when absent or unreachable, 2 on bad input.");
   for (CLI::App* cmd : {get_cmd, delete_cmd}) {
     cmd->add_option("kind", get.kind, "hosts, instances (ki) or sets");
     cmd->add_option("name", get.name, "object name");
-    cmd->add_option("--controller", get.controller, "mkcontroller address (default 127.0.0.1:7100)");
-    cmd->add_option("--timeout", get.timeout_seconds, "seconds to wait for the controller (default 30)");
   }
   get_cmd->get_option("kind")->required();
   delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
+  delete_cmd->add_flag("--force", get.force, "a Host: remove it at once; its kernels are left running, unmanaged");
   get_cmd->add_option("-o,--output", get.output,
                       "table (default), wide (placement, serving kernel, owner, agent...), yaml or json")
       ->check(CLI::IsMember({"table", "wide", "yaml", "json"}));
+  get_cmd->add_flag("--unmanaged", get.unmanaged, "instances: the kernels on hosts that no object owns");
   CLI::App* describe_cmd = app.add_subcommand(
       "describe",
       "Show one object in full: status, placement, conditions and its recent events; a host's instances.\n"
       "Exit 0, 1 when absent or unreachable.");
   describe_cmd->add_option("kind", get.kind, "host, instance (ki) or set")->required();
   describe_cmd->add_option("name", get.name, "object name")->required();
-  describe_cmd->add_option("--controller", get.controller, "mkcontroller address (default 127.0.0.1:7100)");
-  describe_cmd->add_option("--timeout", get.timeout_seconds, "seconds to wait for the controller (default 30)");
 
   mkfleet::cli::EventsOptions events;
+  std::string since;
   CLI::App* events_cmd = app.add_subcommand(
-      "events", "Show the controller's events (actions, failures, scheduling), oldest first.\nExit 0, 1 when unreachable.");
+      "events",
+      "Show the controller's events (actions, failures, scheduling), oldest first; repeats are folded into one "
+      "with a count.\nExit 0, 1 when unreachable.");
   events_cmd->add_option("kind", events.kind, "only this kind (hosts, instances, sets)");
   events_cmd->add_option("name", events.name, "only this object");
   events_cmd->add_flag("-f,--follow", events.follow, "keep printing new events until interrupted");
-  events_cmd->add_option("--controller", events.controller, "mkcontroller address (default 127.0.0.1:7100)");
+  events_cmd->add_option("--since", since, "only events of the last DURATION (e.g. 5m)")->check(DurationValidator());
+  events_cmd->add_option("--type", events.type, "Normal or Warning")->check(CLI::IsMember({"Normal", "Warning"}));
+  events_cmd->add_option("-o,--output", events.output, "table (default) or json")
+      ->check(CLI::IsMember({"table", "json"}));
 
   try {
     app.parse(argc, argv);
@@ -110,6 +148,10 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : mkfleet::cli::kExitInvalid;
   }
+  apply.controller = get.controller = events.controller = controller;
+  apply.request_timeout = get.request_timeout = events.request_timeout = Duration(request_timeout);
+  apply.wait_timeout = Duration(wait_timeout);
+  if (!since.empty()) events.since = Duration(since);
   if (validate_cmd->parsed()) return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);
   if (plan_cmd->parsed()) return mkfleet::cli::RunPlan(plan, std::cout, std::cerr);
   if (apply_cmd->parsed()) return mkfleet::cli::RunApply(apply, std::cout, std::cerr);

@@ -3,7 +3,10 @@
 #include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/table.h"
+#include <fstream>
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -14,6 +17,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+namespace v1 = mkfleet::v1;
 
 class RemoteTest : public ::testing::Test {
  protected:
@@ -126,10 +130,9 @@ TEST_F(RemoteTest, DeleteByFileRemovesWhatTheFilesName) {
   EXPECT_EQ(out.str().find("KernelInstance/web-1 deleted\nKernelInstance/db-1 deleted\n"), 0u) << out.str();
   // A Host drains first: it is marked, and the controller removes it once its kernels are gone.
   EXPECT_THAT(out.str(), HasSubstr("Host/node-a terminating: its instances are deleted first"));
-  ASSERT_EQ(objects_->List("Host")->size(), 3u);
-  for (const auto& h : *objects_->List("Host")) {
-    EXPECT_EQ(h.host().metadata().deletion_unix_ms() != 0, h.host().metadata().name() == "node-a");
-  }
+  auto hosts = objects_->List("Host");
+  ASSERT_EQ(hosts->size(), 3u);
+  for (const auto& h : *hosts) EXPECT_NE(h.host().metadata().deletion_unix_ms(), 0) << h.host().metadata().name();
   EXPECT_EQ(objects_->List("KernelInstance")->size(), 1u);  // ml-1 names no host
   EXPECT_EQ(RunDelete(Get(""), out, err), kExitInvalid);
 }
@@ -151,9 +154,142 @@ TEST_F(RemoteTest, UnreachableControllerExits1) {
   server_->Shutdown();
   server_.reset();
   ApplyOptions o = Apply({"examples"});
-  o.timeout_seconds = 2;
+  o.request_timeout = absl::Seconds(2);
   EXPECT_EQ(RunApply(o, out, err), kExitFailure);
   EXPECT_THAT(err.str(), HasSubstr("cannot reach the controller at " + address_));
+}
+
+// Apply --wait against statuses written here as the controller would write them.
+class WaitTest : public RemoteTest {
+ protected:
+  std::string Write(const std::string& name, const std::string& yaml) {
+    std::string path = ::testing::TempDir() + "/wait-" + name;
+    std::ofstream(path) << yaml;
+    return path;
+  }
+  std::string HostYaml() {
+    return "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata: {name: h1}\nspec:\n  agent: 127.0.0.1:1\n"
+           "  pool: {hostReserved: {cores: 1, memory: 1Gi}}\n";
+  }
+  std::string SetYaml(int replicas) {
+    return absl::StrCat("apiVersion: mkfleet.io/v1\nkind: InstanceSet\nmetadata: {name: s}\nspec:\n  replicas: ",
+                        replicas,
+                        "\n  template:\n    spec:\n      kernel: {image: /k/vmlinux}\n"
+                        "      resources: {cpus: 2, memory: 256Mi}\n");
+  }
+  std::string InstanceYaml() {
+    return "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: k1}\nspec:\n  host: h1\n"
+           "  kernel: {image: /var/lib/mkfleet/kernels/missing}\n  resources: {cpus: 2, memory: 256Mi}\n";
+  }
+  v1::Condition Cond(const std::string& type, bool ok, const std::string& reason, const std::string& message,
+                     int64_t generation) {
+    v1::Condition c;
+    c.set_type(type);
+    c.set_status(ok ? v1::CONDITION_TRUE : v1::CONDITION_FALSE);
+    c.set_reason(reason);
+    c.set_message(message);
+    c.set_observed_generation(generation);
+    return c;
+  }
+  void Status(const std::string& kind, const std::string& name, const google::protobuf::Message& status) {
+    ASSERT_TRUE(objects_->WriteStatuses({{reconciler::StatusKey(kind, name), status.SerializeAsString()}}, {}).ok());
+  }
+  v1::HostStatus ReadyHost(int64_t generation) {
+    v1::HostStatus h;
+    h.set_reachable(true);
+    h.set_observed_generation(generation);
+    *h.add_conditions() = Cond("Reachable", true, "Connected", "", generation);
+    *h.add_conditions() = Cond("PoolValid", true, "Valid", "", generation);
+    return h;
+  }
+  ApplyOptions Waiting(const std::string& path, absl::Duration timeout = absl::Seconds(1)) {
+    ApplyOptions o = Apply({path});
+    o.wait = true;
+    o.wait_timeout = timeout;
+    return o;
+  }
+};
+
+TEST_F(WaitTest, AGrownSetIsWaitedForAtItsNewCount) {
+  // Defect 4: a set grown from 2 to 4 printed "2/2 ready ... all ready".
+  std::ostringstream out, err;
+  std::string file = Write("grow.yaml", HostYaml() + "---\n" + SetYaml(2));
+  ASSERT_EQ(RunApply(Apply({file}), out, err), kExitOk) << err.str();
+  Status("Host", "h1", ReadyHost(1));
+  v1::InstanceSetStatus ready;
+  ready.set_replicas(2);
+  ready.set_ready_replicas(2);
+  ready.set_observed_generation(1);
+  *ready.add_conditions() = Cond("Scheduled", true, "Placed", "", 1);
+  *ready.add_conditions() = Cond("Ready", true, "AllReady", "2/2 ready", 1);
+  Status("InstanceSet", "s", ready);
+  out.str("");
+  ASSERT_EQ(RunApply(Waiting(file), out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("all ready"));
+  // Now 4: the status still speaks of generation 1.
+  out.str("");
+  err.str("");
+  std::string grown = Write("grown.yaml", HostYaml() + "---\n" + SetYaml(4));
+  EXPECT_EQ(RunApply(Waiting(grown), out, err), kExitFailure);
+  EXPECT_THAT(out.str(), Not(HasSubstr("all ready")));
+  EXPECT_THAT(err.str(), HasSubstr("timed out after 1s; not done: InstanceSet/s"));
+}
+
+TEST_F(WaitTest, FailsAtOnceWithTheRealCause) {
+  // Defect 4: --wait waited out its timeout on an instance already Failed and showed
+  // "Ready: Converging" instead of the cause. (The statuses are written first, as the
+  // controller would right after the apply.)
+  std::ostringstream out, err;
+  Status("Host", "h1", ReadyHost(1));
+  v1::InstanceStatus failed;
+  failed.set_phase("Failed");
+  const std::string cause = "h1/k1/g1/v7/create-load: host h1: load k1: cannot open /var/lib/mkfleet/kernels/missing";
+  *failed.add_conditions() = Cond("Scheduled", true, "Placed", "on h1", 1);
+  *failed.add_conditions() = Cond("Ready", false, "ActionFailed", cause, 1);
+  *failed.add_conditions() = Cond("Degraded", true, "ActionFailed", cause, 1);
+  Status("KernelInstance", "k1", failed);
+  std::string file = Write("failed.yaml", HostYaml() + "---\n" + InstanceYaml());
+  absl::Time start = absl::Now();
+  EXPECT_EQ(RunApply(Waiting(file, absl::Seconds(30)), out, err), kExitFailure);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));  // not the 30 s timeout
+  EXPECT_THAT(out.str(), HasSubstr("KernelInstance/k1: Failed (Degraded: ActionFailed, " + cause));
+  EXPECT_THAT(err.str(), HasSubstr("error: KernelInstance/k1: Degraded=True ActionFailed: " + cause));
+  // A failure of an older generation is not this apply's: it waits (and times out here).
+  err.str("");
+  std::string changed = Write("changed.yaml", HostYaml() + "---\n" + InstanceYaml() + "  phase: Loaded\n");
+  EXPECT_EQ(RunApply(Waiting(changed), out, err), kExitFailure);
+  EXPECT_THAT(err.str(), HasSubstr("timed out"));
+}
+
+TEST_F(WaitTest, HostsAreWaitedForAndAnInvalidPoolFails) {
+  // Defect 4: Hosts were not waited on (PoolValid=False still ended "all ready").
+  std::ostringstream out, err;
+  std::string file = Write("host.yaml", HostYaml());
+  EXPECT_EQ(RunApply(Waiting(file), out, err), kExitFailure);  // created, never connects
+  EXPECT_THAT(err.str(), HasSubstr("timed out after 1s; not done: Host/h1 (Not connected)"));
+  v1::HostStatus invalid;
+  *invalid.add_conditions() = Cond("Reachable", true, "Connected", "", 2);
+  *invalid.add_conditions() =
+      Cond("PoolValid", false, "Invalid", "Host/h1: spec.pool.hostReserved.cores: NUMA node 0 has only 6 cores", 2);
+  Status("Host", "h1", invalid);
+  err.str("");
+  std::string more = HostYaml();
+  more.replace(more.find("cores: 1"), 8, "cores: 9");
+  EXPECT_EQ(RunApply(Waiting(Write("host2.yaml", more), absl::Seconds(30)), out, err), kExitFailure);
+  EXPECT_THAT(err.str(), HasSubstr("Host/h1: PoolValid=False Invalid: Host/h1: spec.pool.hostReserved.cores"));
+  Status("Host", "h1", ReadyHost(3));
+  out.str("");
+  EXPECT_EQ(RunApply(Waiting(file), out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("all ready"));
+}
+
+TEST(DurationTest, KubectlStyleAndBareSeconds) {
+  EXPECT_EQ(*ParseDuration("30s"), absl::Seconds(30));
+  EXPECT_EQ(*ParseDuration("5m"), absl::Minutes(5));
+  EXPECT_EQ(*ParseDuration("15"), absl::Seconds(15));  // `--timeout 15` is 15 s, not 300
+  EXPECT_EQ(*ParseDuration("250ms"), absl::Milliseconds(250));
+  EXPECT_FALSE(ParseDuration("soon").ok());
+  EXPECT_THAT(std::string(ParseDuration("soon").status().message()), HasSubstr("not a duration"));
 }
 
 }  // namespace

@@ -179,17 +179,23 @@ class FleetPlacer {
         changed.push_back(r);
       }
     }
-    // Changed ones grow or shrink in place; one that cannot is held as it is.
+    // Changed ones first hold what they have, all of them: one changed instance never
+    // takes what another one still runs on (a running instance's resources are released
+    // only once its own new placement is secured).
+    for (const InstanceRequest* r : changed) {
+      std::string why;
+      engine_.Hold(r->name, in_.current.at(r->name), &why);  // not held: placed afresh below
+    }
+    // Then each grows or shrinks in place (around its own resources); one that cannot
+    // keeps what it holds.
     for (const InstanceRequest* r : changed) {
       const v1::Placement& cur = in_.current.at(r->name);
+      const bool held = engine_.Holds(r->name);
       v1::Placement p;
       std::string why;
       if (engine_.Place(*r, &cur, &p, &why)) {
         out_.placements[r->name] = std::move(p);
-        continue;
-      }
-      std::string hold_why;
-      if (engine_.Hold(r->name, cur, &hold_why)) {
+      } else if (held) {
         out_.placements[r->name] = cur;
         out_.infeasible[r->name] = why;
       } else {

@@ -134,6 +134,34 @@ TEST_F(FleetPlacementTest, AResizeThatCannotBeMetKeepsTheCurrentPlacement) {
   EXPECT_EQ(fits.placements.at("web").boot_cpu(), first.placements.at("web").boot_cpu());
 }
 
+TEST_F(FleetPlacementTest, AChangedInstanceNeverTakesWhatAnotherChangedOneRunsOn) {
+  // a holds one core and wants two; b holds the other two and changes only its memory.
+  // Placed one after the other, a took one of b's cores and b, re-placed, fit nowhere.
+  FleetInput in;
+  in.hosts = {WholeHost("h", t_)};
+  auto ki = [](const std::string& name, uint32_t cpus, uint64_t mib) {
+    v1::KernelInstance k;
+    k.mutable_metadata()->set_name(name);
+    k.mutable_spec()->set_host("h");
+    k.mutable_spec()->mutable_resources()->set_cpus(cpus);
+    k.mutable_spec()->mutable_resources()->set_memory(mib << 20);
+    return k;
+  };
+  in.instances = {ki("a", 2, 512), ki("b", 4, 512)};
+  FleetPlacement first = PlaceFleet(in);
+  ASSERT_EQ(first.placements.size(), 2u);
+  in.current = first.placements;
+  in.instances = {ki("a", 4, 512), ki("b", 4, 1024)};
+  FleetPlacement r = PlaceFleet(in);
+  EXPECT_THAT(r.unschedulable, IsEmpty());
+  ASSERT_EQ(r.placements.count("b"), 1u);
+  std::vector<uint32_t> b_before(first.placements.at("b").cpus().begin(), first.placements.at("b").cpus().end());
+  std::vector<uint32_t> b_after(r.placements.at("b").cpus().begin(), r.placements.at("b").cpus().end());
+  EXPECT_EQ(b_after, b_before);  // b keeps its CPUs and grows its memory in place
+  EXPECT_EQ(r.placements.at("b").memory(0).bytes(), 1024ull << 20);
+  EXPECT_TRUE(r.infeasible.count("a"));  // a cannot grow without b's core: it stays as it is
+}
+
 TEST_F(FleetPlacementTest, FixedKernelsAreNeverPlacedOver) {
   FleetInput in;
   in.hosts = {WholeHost("a", t_)};

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -304,7 +305,25 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     standby->set_memory(ki.spec().resources().memory());
   }
   planner::FleetPlacement placed = planner::PlaceFleet(input);
-  out.unschedulable = std::move(placed.unschedulable);
+  // An instance that may yet go to a host still connecting is not unschedulable yet: it
+  // waits for that host.
+  for (const planner::Unschedulable& u : placed.unschedulable) {
+    auto ki = kis.find(u.name);
+    std::vector<std::string> maybe;
+    if (ki != kis.end() && ki->second->spec().host().empty()) {
+      for (const v1::Host& h : hosts) {
+        std::map<std::string, std::string> labels(h.metadata().labels().begin(), h.metadata().labels().end());
+        if (settling.count(h.metadata().name()) && planner::Matches(ki->second->spec().host_selector(), labels)) {
+          maybe.push_back(h.metadata().name());
+        }
+      }
+    }
+    if (maybe.empty()) {
+      out.unschedulable.push_back(u);
+    } else {
+      out.waiting[u.name] = absl::StrCat("waiting for host ", absl::StrJoin(maybe, ", "), " to connect (", u.reason, ")");
+    }
+  }
   out.infeasible = std::move(placed.infeasible);
   out.placements = placed.placements;
 

@@ -66,11 +66,12 @@ class LivePlanTest : public ::testing::Test {
   }
 
   // Plans and executes until a pass has nothing to do; returns the last plan.
-  FleetPlan Converge(const v1::Host& host, const std::vector<v1::InstanceSet>& sets) {
+  FleetPlan Converge(const v1::Host& host, const std::vector<v1::InstanceSet>& sets,
+                     const std::vector<v1::KernelInstance>& instances = {}) {
     FleetPlan fleet;
     for (int pass = 0; pass < 10; ++pass) {
       std::map<std::string, HostView> views = {{"h1", View()}};
-      fleet = PlanFleet({host}, views, {}, sets);
+      fleet = PlanFleet({host}, views, instances, sets);
       const Plan& plan = fleet.hosts["h1"];
       if (plan.actions.empty()) return fleet;
       v1::ActionBatch batch;
@@ -146,6 +147,69 @@ TEST_F(LivePlanTest, HostReservedPoolPlansTheSameOfflineAndLive) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->pool.cpus, offline.pool.cpus);
   EXPECT_EQ(info->pool.memory, offline.pool.memory);
+}
+
+TEST_F(LivePlanTest, AfterAStandbyTakeoverTheServingKernelKeepsItsDevicesThroughAResize) {
+  auto topology = planner::XmlTopology("32em64t-2n8c2t-pci-normalio.xml");
+  v1::Host host;
+  host.mutable_metadata()->set_name("h1");
+  host.mutable_metadata()->set_generation(1);
+  host.mutable_spec()->set_agent("127.0.0.1:1");
+  for (uint32_t c = 2; c <= 15; ++c) host.mutable_spec()->mutable_pool()->mutable_cpus()->add_ids(c);
+  for (uint32_t c = 18; c <= 31; ++c) host.mutable_spec()->mutable_pool()->mutable_cpus()->add_ids(c);
+  for (uint32_t n : {0, 1}) {
+    auto* m = host.mutable_spec()->mutable_pool()->add_memory();
+    m->set_node(n);
+    m->set_size(24ull << 30);
+  }
+  host.mutable_spec()->mutable_pool()->add_devices("0000:81:00.0");
+  v1::KernelInstance web;
+  web.mutable_metadata()->set_name("web-1");
+  web.mutable_metadata()->set_generation(1);
+  v1::KernelInstanceSpec* spec = web.mutable_spec();
+  spec->set_host("h1");
+  spec->mutable_kernel()->set_image(vmlinux_);
+  spec->mutable_resources()->set_cpus(4);
+  spec->mutable_resources()->set_placement(v1::PLACEMENT_NEAR_DEVICES);
+  spec->mutable_resources()->set_memory(2ull << 30);
+  auto* nic = spec->mutable_resources()->add_devices();
+  nic->set_name("nic0");
+  nic->mutable_select()->set_device_class(v1::DEVICE_CLASS_NETWORK);
+  spec->mutable_failover()->set_policy(v1::FAILOVER_STANDBY);
+  spec->mutable_failover()->mutable_standby()->set_cpus(2);
+  spec->mutable_failover()->mutable_standby()->set_memory(512ull << 20);
+  // Node 1 is full but for web-1: its standby goes to node 0.
+  v1::KernelInstance filler = web;
+  filler.mutable_metadata()->set_name("filler");
+  filler.mutable_spec()->clear_failover();
+  filler.mutable_spec()->mutable_resources()->clear_devices();
+  filler.mutable_spec()->mutable_resources()->set_placement(v1::PLACEMENT_COMPACT);
+  filler.mutable_spec()->mutable_resources()->set_cpus(12);
+  filler.mutable_spec()->mutable_resources()->add_numa_nodes(1);
+  StartAgent(topology);
+  FleetPlan first = Converge(host, {}, {web, filler});
+  ASSERT_THAT(first.unschedulable, IsEmpty());
+  // The watchdog's standby takeover.
+  v1::SetPolicyRequest policy;
+  auto* p = policy.add_policies();
+  p->set_instance("web-1");
+  *p->mutable_failover() = spec->failover();
+  p->set_standby_instance("web-1-standby");
+  ASSERT_TRUE(agent_->SetPolicy(policy).ok());
+  agent_->Tick();
+  ASSERT_TRUE(emu_->InjectPanic("web-1").ok());
+  agent_->Tick();
+  agent_->Tick();
+  FleetPlan after = Converge(host, {}, {web, filler});
+  EXPECT_THAT(after.unschedulable, IsEmpty());
+  EXPECT_EQ(after.planned.at("web-1").kernel, "web-1-standby");
+  // A memory change: web-1 (served by web-1-standby) keeps its NIC.
+  web.mutable_spec()->mutable_resources()->set_memory(3ull << 30);
+  web.mutable_metadata()->set_generation(2);
+  FleetPlan resized = Converge(host, {}, {web, filler});
+  EXPECT_THAT(resized.unschedulable, IsEmpty());
+  for (const auto& u : resized.unschedulable) ADD_FAILURE() << u.name << ": " << u.reason;
+  for (const auto& [name, why] : resized.infeasible) std::cerr << "infeasible " << name << ": " << why << "\n";
 }
 
 }  // namespace

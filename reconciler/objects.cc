@@ -102,6 +102,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
     change->set_name(name);
     if (!existing->has_value()) {
       meta->set_generation(1);
+      change->set_generation(1);
       change->set_change("created");
       compares.push_back({key, 0});
     } else {
@@ -112,6 +113,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       // Applying a Host that is being deleted keeps it (its deletion is called off).
       bool undelete = old_meta.deletion_unix_ms() != 0;
       meta->set_generation(old_meta.generation() + (spec_changed ? 1 : 0));
+      change->set_generation(meta->generation());
       if (!spec_changed && !undelete && old_meta.source() == options.source) {
         change->set_change("unchanged");
         continue;

@@ -532,6 +532,8 @@ std::map<std::string, std::vector<std::string>> Reconciler::Preview(const std::v
     out[object].push_back(line);
   }
   for (const auto& [name, why] : after.infeasible) {
+    auto was = before.infeasible.find(name);
+    if (was != before.infeasible.end() && was->second == why) continue;  // not this apply's doing
     auto p = after.planned.find(name);
     std::string object = p != after.planned.end() && !p->second.owner.empty() ? p->second.owner
                                                                                  : absl::StrCat("KernelInstance/", name);

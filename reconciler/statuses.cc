@@ -46,6 +46,10 @@ bool IsConverged(const v1::InstanceStatus& st) {
   return ready != nullptr && ready->status() == v1::CONDITION_TRUE;
 }
 
+void Stamp(google::protobuf::RepeatedPtrField<v1::Condition>* conditions, int64_t generation) {
+  for (v1::Condition& c : *conditions) c.set_observed_generation(generation);
+}
+
 class Builder {
  public:
   explicit Builder(const PassInputs& in) : in_(in) {}
@@ -169,7 +173,8 @@ class Builder {
     return st;
   }
 
-  void Record(const std::string& name, const std::string& host, const v1::InstanceStatus& st, int64_t generation) {
+  void Record(const std::string& name, const std::string& host, v1::InstanceStatus st, int64_t generation) {
+    Stamp(st.mutable_conditions(), generation);
     const std::string* before = Put(StatusKey("KernelInstance", name), st);
     if (before == nullptr) return;
     v1::InstanceStatus old;
@@ -261,6 +266,7 @@ class Builder {
                                     synced ? "" : note.empty() ? "a pool change was sent to the agent" : note);
       }
       if (v.connected && pool_problem.empty()) st.set_observed_generation(h.metadata().generation());
+      Stamp(st.mutable_conditions(), h.metadata().generation());
       const std::string* before = Put(StatusKey("Host", name), st);
       if (before == nullptr) continue;
       v1::HostStatus old;
@@ -287,7 +293,8 @@ class Builder {
 
   void Sets() {
     struct Count {
-      uint32_t members = 0, ready = 0, updated = 0;
+      uint32_t members = 0, ready = 0, updated = 0, failed = 0;
+      std::string first_failure;  // "member: cause"
     };
     std::map<std::string, Count> counts;
     for (const auto& [name, p] : in_.fleet.planned) {
@@ -301,6 +308,11 @@ class Builder {
       if (value == nullptr) continue;
       v1::InstanceStatus st;
       st.ParseFromString(*value);
+      if (st.phase() == "Failed") {
+        ++c.failed;
+        const v1::Condition* why = Find(st.conditions(), "Degraded");
+        if (c.first_failure.empty()) c.first_failure = absl::StrCat(name, ": ", why != nullptr ? why->message() : "failed");
+      }
       if (st.observed_generation() != p.generation) continue;
       ++c.updated;
       if (IsConverged(st)) ++c.ready;
@@ -327,7 +339,12 @@ class Builder {
           Cond("Ready", all, all ? "AllReady" : frozen ? "HostsConnecting" : "Converging",
                absl::StrCat(c.ready, "/", want, " ready",
                             frozen ? "; waiting for every selected host to connect before changing members" : ""));
+      if (c.failed > 0) {
+        *st.add_conditions() = Cond("Degraded", true, "MembersFailed",
+                                    absl::StrCat(c.failed, " failed; first ", c.first_failure));
+      }
       if (all) st.set_observed_generation(s.metadata().generation());
+      Stamp(st.mutable_conditions(), s.metadata().generation());
       const std::string* before = Put(StatusKey("InstanceSet", name), st);
       if (before != nullptr && all) {
         v1::InstanceSetStatus old;

@@ -117,9 +117,9 @@ TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
   controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
   ASSERT_FALSE(controller_port_.empty()) << controller.Log();
   std::string out;
-  EXPECT_EQ(Mkapply({"apply", "-f", Manifest(true), "--wait", "--wait-timeout", "2"}, &out), 1) << out;
+  EXPECT_EQ(Mkapply({"apply", "-f", Manifest(true), "--wait", "--timeout", "2s"}, &out), 1) << out;
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Pending (Scheduled: HostNotAvailable"));
-  EXPECT_THAT(out, HasSubstr("timed out after 2s; not ready: web-1"));
+  EXPECT_THAT(out, HasSubstr("timed out after 2s; not done: "));
   ASSERT_EQ(Mkapply({"events"}, &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("HostNotAvailable"));
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1"));
@@ -131,7 +131,7 @@ TEST_F(FleetProcessTest, ApplyBootsTheInstanceAndPruneRemovesIt) {
   testing::Process& controller = *controller_;
 
   std::string out;
-  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet", "--wait", "--wait-timeout", "60"}, &out), 0)
+  ASSERT_EQ(Mkapply({"apply", "-f", Manifest(true), "--source", "fleet", "--wait", "--timeout", "60s"}, &out), 0)
       << out << controller.Log();
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1 created"));
   EXPECT_THAT(out, HasSubstr("KernelInstance/web-1: Running"));
@@ -200,7 +200,7 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   const std::string agent_address = "127.0.0.1:" + agent_port_;
   auto on_agent = [&] { return testing::AgentInstances(agent_address)["web-1"]; };
   std::string out;
-  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace"), "--wait", "--timeout", "60s"}, &out), 0)
       << out << controller.Log();
   ASSERT_TRUE(testing::Eventually([&] { return on_agent().kernel_state() == v1::KERNEL_STATE_ACTIVE; }));
 
@@ -218,12 +218,12 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   EXPECT_EQ(on_agent().placement().memory(0).bytes(), 512ull << 20);
 
   // Resize by hot-plug.
-  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "1Gi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "1Gi", "Replace"), "--wait", "--timeout", "60s"}, &out), 0)
       << out;
   ASSERT_TRUE(testing::Eventually([&] { return on_agent().placement().memory(0).bytes() == (1ull << 30); }));
 
   // Kernel change, strategy Replace.
-  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux2, "1Gi", "Replace"), "--wait", "--wait-timeout", "60"}, &out), 0)
+  ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux2, "1Gi", "Replace"), "--wait", "--timeout", "60s"}, &out), 0)
       << out;
   ASSERT_TRUE(testing::Eventually([&] {
     v1::InstanceStatus st = on_agent();

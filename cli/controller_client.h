@@ -1,0 +1,37 @@
+// ControllerClient: mkapply's calls to mkcontroller (proto/mkfleet/v1/controller.proto)
+// behind a small interface: the gRPC one for the command line, fakes in tests. Every call
+// has the client's request timeout. Errors keep the gRPC code and never have an empty
+// message. Thread-safety: safe to call concurrently.
+#ifndef MKFLEET_CLI_CONTROLLER_CLIENT_H_
+#define MKFLEET_CLI_CONTROLLER_CLIENT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "mkfleet/v1/controller.pb.h"
+
+namespace mkfleet::cli {
+
+class ControllerClient {
+ public:
+  virtual ~ControllerClient() = default;
+  virtual absl::StatusOr<mkfleet::v1::ApplyResponse> Apply(const mkfleet::v1::ApplyRequest& request) = 0;
+  virtual absl::StatusOr<mkfleet::v1::ApplyResponse> Diff(const mkfleet::v1::ApplyRequest& request) = 0;
+  virtual absl::StatusOr<mkfleet::v1::GetResponse> Get(const mkfleet::v1::GetRequest& request) = 0;
+  virtual absl::StatusOr<mkfleet::v1::DeleteResponse> Delete(const mkfleet::v1::DeleteRequest& request) = 0;
+  // Calls `on_event` for each event; with follow it returns only when the stream ends (or
+  // `on_event` returns false). The request timeout does not apply to a followed stream.
+  virtual absl::Status Events(const mkfleet::v1::EventsRequest& request,
+                              const std::function<bool(const mkfleet::v1::Event&)>& on_event) = 0;
+  // Where it connects, for messages.
+  virtual const std::string& address() const = 0;
+};
+
+std::unique_ptr<ControllerClient> NewGrpcControllerClient(const std::string& address, absl::Duration request_timeout);
+
+}  // namespace mkfleet::cli
+
+#endif  // MKFLEET_CLI_CONTROLLER_CLIENT_H_

@@ -1,0 +1,55 @@
+// mkapply delete.
+#include "cli/commands.h"
+#include "cli/controller_client.h"
+#include "cli/remote_util.h"
+#include "manifests/loader.h"
+
+namespace mkfleet::cli {
+
+namespace v1 = mkfleet::v1;
+
+int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  if (!options.paths.empty()) {
+    manifests::LoadResult loaded;
+    if (!LoadForController(options.paths, &loaded, err)) return kExitInvalid;
+    // Instances before the hosts they name, so a failure part-way leaves no dangling reference.
+    std::vector<const manifests::LoadedObject*> order;
+    for (const auto& o : loaded.objects) if (!o.object.has_host()) order.push_back(&o);
+    for (const auto& o : loaded.objects) if (o.object.has_host()) order.push_back(&o);
+    int code = kExitOk;
+    for (const manifests::LoadedObject* o : order) {
+      GetOptions one = options;
+      one.paths.clear();
+      one.kind = std::string(manifests::KindOf(o->object));
+      one.name = manifests::MetadataOf(o->object).name();
+      int c = RunDelete(one, out, err);
+      if (c != kExitOk && code == kExitOk) code = c;
+    }
+    return code;
+  }
+  if (options.kind.empty()) {
+    err << "error: delete needs KIND NAME or -f PATH\n";
+    return kExitInvalid;
+  }
+  std::string kind;
+  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
+  if (options.name.empty()) {
+    err << "error: delete needs KIND NAME or -f PATH\n";
+    return kExitInvalid;
+  }
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  v1::DeleteRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  request.set_force(options.force);
+  auto response = client->Delete(request);
+  if (!response.ok()) return Report(response.status(), options.controller, err);
+  if (response->result() == "terminating") {
+    out << kind << "/" << options.name << " terminating: its instances are deleted first\n";
+  } else {
+    out << kind << "/" << options.name << " deleted\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace mkfleet::cli

@@ -1,0 +1,156 @@
+// mkapply describe.
+#include <deque>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cli/commands.h"
+#include "cli/controller_client.h"
+#include "cli/remote_util.h"
+#include "cli/table.h"
+#include "manifests/loader.h"
+
+namespace mkfleet::cli {
+
+namespace v1 = mkfleet::v1;
+
+int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  std::string kind;
+  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
+  if (options.name.empty()) {
+    err << "error: describe needs KIND NAME\n";
+    return kExitInvalid;
+  }
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto get = [&](const std::string& k, const std::string& name, v1::GetResponse* response) {
+    v1::GetRequest request;
+    request.set_kind(k);
+    request.set_name(name);
+    auto got = client->Get(request);
+    if (got.ok()) *response = *std::move(got);
+    return got.status();
+  };
+  v1::GetResponse response;
+  absl::Status s = get(kind, options.name, &response);
+  if (!s.ok()) return Report(s, options.controller, err);
+  if (response.objects_size() != 1) {
+    err << "error: " << kind << "/" << options.name << " does not exist\n";
+    return kExitFailure;
+  }
+  const v1::Object& o = response.objects(0);
+  const v1::ObjectMeta& m = manifests::MetadataOf(o);
+  out << "Name:         " << m.name() << "\n";
+  out << "Kind:         " << kind << "\n";
+  if (!m.labels().empty()) {
+    std::map<std::string, std::string> sorted(m.labels().begin(), m.labels().end());
+    std::vector<std::string> labels;
+    for (const auto& [k, v] : sorted) labels.push_back(k + "=" + v);
+    out << "Labels:       " << absl::StrJoin(labels, ", ") << "\n";
+  }
+  out << "Source:       " << (m.source().empty() ? "-" : m.source()) << "   generation " << m.generation()
+      << ", revision " << m.revision() << "\n";
+  if (o.has_kernel_instance()) {
+    const v1::KernelInstance& ki = o.kernel_instance();
+    const v1::InstanceStatus& st = ki.status();
+    if (!st.owner().empty()) out << "Owner:        " << st.owner() << "\n";
+    out << "Kernel:       " << ki.spec().kernel().image()
+        << (ki.spec().kernel().cmdline().empty() ? "" : "  cmdline \"" + ki.spec().kernel().cmdline() + "\"") << "\n";
+    out << "Wants:        " << ki.spec().resources().cpus() << " CPUs, " << Bytes(ki.spec().resources().memory())
+        << ", phase " << v1::Phase_Name(ki.spec().phase()) << ", failover "
+        << v1::FailoverPolicy_Name(ki.spec().failover().policy()) << "\n";
+    out << "Phase:        " << (st.phase().empty() ? "-" : st.phase()) << "  (kernel "
+        << v1::KernelState_Name(st.kernel_state()) << (st.role().empty() ? "" : ", role " + st.role())
+        << (st.kernel().empty() || st.kernel() == m.name() ? "" : ", served by kernel " + st.kernel())
+        << ", observed generation " << st.observed_generation() << ", restarts " << st.restart_count() << ")\n";
+    const v1::Placement& p = st.placement();
+    if (p.cpus_size() > 0) {
+      std::vector<uint32_t> cpus(p.cpus().begin(), p.cpus().end());
+      std::vector<std::string> memory, devices;
+      for (const auto& nb : p.memory()) memory.push_back(absl::StrCat(Bytes(nb.bytes()), " on node ", nb.node()));
+      for (const auto& d : p.devices()) devices.push_back(d.pci());
+      out << "Placement:    host " << p.host() << ", instance id " << p.instance_id() << "\n";
+      out << "  CPUs:       " << Ranges(cpus) << " (boot CPU " << p.boot_cpu() << ")\n";
+      out << "  Memory:     " << (memory.empty() ? "-" : absl::StrJoin(memory, ", ")) << "\n";
+      if (!devices.empty()) out << "  Devices:    " << absl::StrJoin(devices, ", ") << "\n";
+      if (p.llc_mask() != 0) out << "  LLC ways:   mask 0x" << std::hex << p.llc_mask() << std::dec << "\n";
+    } else {
+      out << "Placement:    none\n";
+    }
+    PrintConditions(st.conditions(), out);
+  } else if (o.has_host()) {
+    const v1::Host& h = o.host();
+    const v1::HostStatus& st = h.status();
+    out << "Agent:        " << h.spec().agent() << (st.agent_version().empty() ? "" : "  (mkagent " + st.agent_version() + ")")
+        << "\n";
+    out << "Reachable:    " << (st.reachable() ? "yes" : "no") << ", dialect " << (st.dialect().empty() ? "-" : st.dialect())
+        << "\n";
+    std::vector<uint32_t> cpus(st.pool().cpus().begin(), st.pool().cpus().end());
+    std::vector<uint32_t> free(st.pool().cpus_free().begin(), st.pool().cpus_free().end());
+    out << "Pool CPUs:    " << Ranges(cpus) << " (" << free.size() << " of " << cpus.size() << " free: " << Ranges(free)
+        << ")\n";
+    std::vector<std::string> memory;
+    for (const auto& nb : st.pool().memory()) {
+      uint64_t f = 0;
+      for (const auto& fb : st.pool().memory_free()) f += fb.node() == nb.node() ? fb.bytes() : 0;
+      memory.push_back(absl::StrCat("node ", nb.node(), " ", Bytes(f), " free of ", Bytes(nb.bytes())));
+    }
+    out << "Pool memory:  " << (memory.empty() ? "-" : absl::StrJoin(memory, ", ")) << "\n";
+    out << "Pool devices: " << (st.pool().devices().empty() ? "-" : absl::StrJoin(st.pool().devices(), ", "));
+    if (!st.pool().devices().empty()) out << " (" << st.pool().devices_free_size() << " free)";
+    out << "\n";
+    PrintConditions(st.conditions(), out);
+    v1::GetResponse all;
+    s = get("KernelInstance", "", &all);
+    if (!s.ok()) return Report(s, options.controller, err);
+    for (const v1::KernelRef& k : st.unmanaged()) {
+      out << "Unmanaged:    " << k.name() << " (" << v1::KernelState_Name(k.kernel_state()).substr(13) << ", CPUs "
+          << Ranges(std::vector<uint32_t>(k.placement().cpus().begin(), k.placement().cpus().end()))
+          << "): no object owns it; left alone\n";
+    }
+    Table t({"  NAME", "PHASE", "CPUS", "MEMORY", "ROLE"});
+    int n = 0;
+    for (const v1::Object& i : all.objects()) {
+      const v1::InstanceStatus& st2 = i.kernel_instance().status();
+      if (st2.placement().host() != m.name()) continue;
+      ++n;
+      t.Add({"  " + i.kernel_instance().metadata().name(), st2.phase().empty() ? "-" : st2.phase(),
+             Ranges(std::vector<uint32_t>(st2.placement().cpus().begin(), st2.placement().cpus().end())),
+             Bytes(SumBytes(st2.placement().memory())), st2.role().empty() ? "-" : st2.role()});
+    }
+    out << "Instances:    " << n << (n ? "\n" : "\n");
+    if (n) t.Print(out);
+  } else {
+    const v1::InstanceSet& set = o.instance_set();
+    out << "Count:        "
+        << (set.spec().has_per_host() ? absl::StrCat("perHost ", set.spec().per_host())
+                                      : absl::StrCat("replicas ", set.spec().replicas()))
+        << "\n";
+    out << "Replicas:     " << set.status().replicas() << " (" << set.status().ready_replicas() << " ready, "
+        << set.status().updated_replicas() << " updated)\n";
+    PrintConditions(set.status().conditions(), out);
+  }
+  // Recent events about it.
+  v1::EventsRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  std::deque<v1::Event> recent;
+  client->Events(request, [&](const v1::Event& e) {
+    recent.push_back(e);
+    if (recent.size() > 10) recent.pop_front();
+    return true;
+  }).IgnoreError();
+  if (recent.empty()) {
+    out << "Events:       (none)\n";
+  } else {
+    out << "Events (last " << recent.size() << "):\n";
+    Table t({"  TIME", "TYPE", "REASON", "COUNT", "MESSAGE"});
+    for (const v1::Event& ev : recent) {
+      t.Add({"  " + ClockTime(ev.time_unix_ms()), ev.type(), ev.reason(), std::to_string(std::max(1, ev.count())),
+             ev.message()});
+    }
+    t.Print(out);
+  }
+  return kExitOk;
+}
+
+}  // namespace mkfleet::cli

@@ -1,0 +1,175 @@
+// mkapply get.
+#include <functional>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cli/commands.h"
+#include "cli/controller_client.h"
+#include "cli/remote_util.h"
+#include "cli/table.h"
+#include "google/protobuf/util/json_util.h"
+#include "manifests/printer.h"
+
+namespace mkfleet::cli {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+// The kernels that run on hosts without an object owning them, from the hosts' statuses.
+int PrintUnmanaged(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  v1::GetRequest request;
+  request.set_kind("Host");
+  auto got = client->Get(request);
+  if (!got.ok()) return Report(got.status(), options.controller, err);
+  Table t({"HOST", "NAME", "STATE", "CPUS", "CPU-LIST", "MEMORY", "OWNER"});
+  for (const v1::Object& o : got->objects()) {
+    for (const v1::KernelRef& k : o.host().status().unmanaged()) {
+      t.Add({o.host().metadata().name(), k.name(), v1::KernelState_Name(k.kernel_state()).substr(13),
+             std::to_string(k.placement().cpus_size()),
+             Ranges(std::vector<uint32_t>(k.placement().cpus().begin(), k.placement().cpus().end())),
+             Bytes(SumBytes(k.placement().memory())), k.owner().empty() ? "-" : k.owner()});
+    }
+  }
+  if (t.rows() == 0) {
+    err << "no unmanaged kernels\n";
+    return kExitOk;
+  }
+  t.Print(out);
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  std::string kind;
+  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
+  if (options.unmanaged) {
+    if (kind != "KernelInstance") {
+      err << "error: --unmanaged lists instances (get instances --unmanaged)\n";
+      return kExitInvalid;
+    }
+    return PrintUnmanaged(options, out, err);
+  }
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  v1::GetRequest request;
+  request.set_kind(kind);
+  request.set_name(options.name);
+  auto got = client->Get(request);
+  if (!got.ok()) return Report(got.status(), options.controller, err);
+  const v1::GetResponse& response = *got;
+  std::vector<v1::Object> objects(response.objects().begin(), response.objects().end());
+  if (options.output == "yaml") {
+    out << manifests::PrintYaml(objects);
+    return kExitOk;
+  }
+  if (options.output == "json") {
+    google::protobuf::util::JsonPrintOptions json;
+    json.add_whitespace = true;
+    std::string text;
+    auto st = google::protobuf::util::MessageToJsonString(response, &text, json);
+    if (!st.ok()) {
+      err << "error: " << st.ToString() << "\n";
+      return kExitFailure;
+    }
+    out << text;
+    return kExitOk;
+  }
+  if (objects.empty()) {
+    err << "no " << kind << " objects\n";
+    return kExitOk;
+  }
+  const bool wide = options.output == "wide";
+  std::function<std::string(const std::string&)> colour;
+  if (options.colour) colour = PhaseColour;
+  if (kind == "KernelInstance") {
+    std::vector<std::string> header = {"NAME", "PHASE", "HOST", "CPUS", "MEMORY", "ROLE", "RESTARTS"};
+    if (wide) {
+      for (const char* h : {"KERNEL", "OWNER", "CPU-LIST", "DEVICES", "GENERATION", "SOURCE"}) header.push_back(h);
+    }
+    Table t(header);
+    for (const v1::Object& o : objects) {
+      const v1::KernelInstance& ki = o.kernel_instance();
+      const v1::InstanceStatus& st = ki.status();
+      std::string host = st.placement().host().empty() ? ki.spec().host() : st.placement().host();
+      std::vector<std::string> row = {ki.metadata().name(), st.phase().empty() ? "-" : st.phase(),
+                                      host.empty() ? "-" : host, std::to_string(st.placement().cpus_size()),
+                                      Bytes(SumBytes(st.placement().memory())), st.role().empty() ? "-" : st.role(),
+                                      std::to_string(st.restart_count())};
+      if (wide) {
+        std::vector<std::string> devices;
+        for (const auto& d : st.placement().devices()) devices.push_back(d.pci());
+        std::vector<uint32_t> cpus(st.placement().cpus().begin(), st.placement().cpus().end());
+        for (std::string cell : {st.kernel().empty() ? "-" : st.kernel(), st.owner().empty() ? "-" : st.owner(),
+                                 Ranges(cpus), devices.empty() ? "-" : absl::StrJoin(devices, ","),
+                                 absl::StrCat(ki.metadata().generation()),
+                                 ki.metadata().source().empty() ? "-" : ki.metadata().source()}) {
+          row.push_back(cell);
+        }
+      }
+      t.Add(row);
+    }
+    t.Print(out, 1, colour);
+  } else if (kind == "Host") {
+    std::vector<std::string> header = {"NAME", "REACHABLE", "DIALECT", "CPUS-FREE", "MEMORY-FREE", "DEVICES-FREE"};
+    if (wide) {
+      for (const char* h : {"AGENT", "VERSION", "LABELS", "GENERATION", "SOURCE"}) header.push_back(h);
+    }
+    Table t(header);
+    for (const v1::Object& o : objects) {
+      const v1::Host& h = o.host();
+      const v1::HostStatus& st = h.status();
+      bool known = FindCondition(st.conditions(), "Reachable") != nullptr;
+      std::vector<std::string> row = {
+          h.metadata().name(), known ? (st.reachable() ? "yes" : "no") : "-",
+          st.dialect().empty() ? "-" : st.dialect(),
+          absl::StrCat(st.pool().cpus_free_size(), "/", st.pool().cpus_size()),
+          absl::StrCat(Bytes(SumBytes(st.pool().memory_free())), "/", Bytes(SumBytes(st.pool().memory()))),
+          absl::StrCat(st.pool().devices_free_size(), "/", st.pool().devices_size())};
+      if (wide) {
+        std::vector<std::string> labels;
+        std::map<std::string, std::string> sorted(h.metadata().labels().begin(), h.metadata().labels().end());
+        for (const auto& [k, v] : sorted) labels.push_back(k + "=" + v);
+        for (std::string cell : {h.spec().agent(), st.agent_version().empty() ? "-" : st.agent_version(),
+                                 labels.empty() ? "-" : absl::StrJoin(labels, ","),
+                                 absl::StrCat(h.metadata().generation()),
+                                 h.metadata().source().empty() ? "-" : h.metadata().source()}) {
+          row.push_back(cell);
+        }
+      }
+      t.Add(row);
+    }
+    t.Print(out, 1, colour);
+  } else {
+    std::vector<std::string> header = {"NAME", "REPLICAS", "READY", "UPDATED"};
+    if (wide) {
+      for (const char* h : {"COUNT", "SELECTOR", "GENERATION", "SOURCE"}) header.push_back(h);
+    }
+    Table t(header);
+    for (const v1::Object& o : objects) {
+      const v1::InstanceSet& s = o.instance_set();
+      std::vector<std::string> row = {s.metadata().name(), std::to_string(s.status().replicas()),
+                                      std::to_string(s.status().ready_replicas()),
+                                      std::to_string(s.status().updated_replicas())};
+      if (wide) {
+        std::vector<std::string> selector;
+        std::map<std::string, std::string> sorted(s.spec().host_selector().match_labels().begin(),
+                                                  s.spec().host_selector().match_labels().end());
+        for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
+        std::string count = s.spec().has_per_host() ? absl::StrCat("perHost ", s.spec().per_host())
+                                                    : absl::StrCat("replicas ", s.spec().replicas());
+        for (std::string cell : {count, selector.empty() ? "-" : absl::StrJoin(selector, ","),
+                                 absl::StrCat(s.metadata().generation()),
+                                 s.metadata().source().empty() ? "-" : s.metadata().source()}) {
+          row.push_back(cell);
+        }
+      }
+      t.Add(row);
+    }
+    t.Print(out);
+  }
+  return kExitOk;
+}
+
+}  // namespace mkfleet::cli

@@ -1,0 +1,90 @@
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "cli/controller_client.h"
+#include "grpcpp/grpcpp.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+
+namespace mkfleet::cli {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  std::string message = s.error_message();
+  if (message.empty()) {
+    message = absl::StrCat(absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())),
+                           " (the controller gave no details)");
+  }
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), message);
+}
+
+class GrpcControllerClient final : public ControllerClient {
+ public:
+  GrpcControllerClient(std::string address, absl::Duration timeout) : address_(std::move(address)), timeout_(timeout) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(1 << 30);  // a fleet's instances in one list
+    stub_ = v1::Controller::NewStub(grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+  }
+
+  absl::StatusOr<v1::ApplyResponse> Apply(const v1::ApplyRequest& request) override {
+    return Unary<v1::ApplyResponse>([&](grpc::ClientContext* ctx, v1::ApplyResponse* r) { return stub_->Apply(ctx, request, r); });
+  }
+  absl::StatusOr<v1::ApplyResponse> Diff(const v1::ApplyRequest& request) override {
+    return Unary<v1::ApplyResponse>([&](grpc::ClientContext* ctx, v1::ApplyResponse* r) { return stub_->Diff(ctx, request, r); });
+  }
+  absl::StatusOr<v1::GetResponse> Get(const v1::GetRequest& request) override {
+    return Unary<v1::GetResponse>([&](grpc::ClientContext* ctx, v1::GetResponse* r) { return stub_->Get(ctx, request, r); });
+  }
+  absl::StatusOr<v1::DeleteResponse> Delete(const v1::DeleteRequest& request) override {
+    return Unary<v1::DeleteResponse>([&](grpc::ClientContext* ctx, v1::DeleteResponse* r) { return stub_->Delete(ctx, request, r); });
+  }
+  absl::Status Events(const v1::EventsRequest& request, const std::function<bool(const v1::Event&)>& on_event) override {
+    grpc::ClientContext ctx;
+    if (!request.follow()) SetDeadline(ctx);
+    // A controller that is just starting is waited for, within the deadline.
+    ctx.set_wait_for_ready(!request.follow());
+    auto reader = stub_->Events(&ctx, request);
+    v1::Event e;
+    while (reader->Read(&e)) {
+      if (!on_event(e)) {
+        ctx.TryCancel();
+        break;
+      }
+    }
+    grpc::Status s = reader->Finish();
+    if (s.error_code() == grpc::StatusCode::CANCELLED) return absl::OkStatus();
+    return FromGrpc(s);
+  }
+  const std::string& address() const override { return address_; }
+
+ private:
+  void SetDeadline(grpc::ClientContext& ctx) {
+    ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout_));
+  }
+  template <typename Response, typename Call>
+  absl::StatusOr<Response> Unary(Call call) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    // A controller that is still starting is waited for, within the deadline (an apply
+    // right after mkcontroller started must not fail at once).
+    ctx.set_wait_for_ready(true);
+    Response r;
+    grpc::Status s = call(&ctx, &r);
+    if (!s.ok()) return FromGrpc(s);
+    return r;
+  }
+
+  std::string address_;
+  absl::Duration timeout_;
+  std::unique_ptr<v1::Controller::Stub> stub_;
+};
+
+}  // namespace
+
+std::unique_ptr<ControllerClient> NewGrpcControllerClient(const std::string& address, absl::Duration request_timeout) {
+  return std::make_unique<GrpcControllerClient>(address, request_timeout);
+}
+
+}  // namespace mkfleet::cli

@@ -1,0 +1,51 @@
+#include "cli/remote_util.h"
+
+#include "absl/strings/ascii.h"
+#include "cli/commands.h"
+
+namespace mkfleet::cli {
+
+int Report(const absl::Status& s, const std::string& controller, std::ostream& err) {
+  std::string message(s.message());
+  if (message.empty()) message = absl::StatusCodeToString(s.code());
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      err << "error: cannot reach the controller at " << controller << ": " << message << "\n";
+      return kExitFailure;
+    case absl::StatusCode::kInvalidArgument:
+      err << "error: " << message << "\nnothing was changed\n";
+      return kExitInvalid;
+    default:
+      err << "error: " << message << "\n";
+      return kExitFailure;
+  }
+}
+
+std::string CanonicalKind(const std::string& kind) {
+  std::string k = absl::AsciiStrToLower(kind);
+  if (k == "host" || k == "hosts") return "Host";
+  if (k == "kernelinstance" || k == "kernelinstances" || k == "ki" || k == "instance" || k == "instances") {
+    return "KernelInstance";
+  }
+  if (k == "instanceset" || k == "instancesets" || k == "set" || k == "sets") return "InstanceSet";
+  return "";
+}
+
+bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err) {
+  *kind = CanonicalKind(given);
+  if (kind->empty()) err << "error: unknown kind \"" << given << "\" (Host, KernelInstance or InstanceSet)\n";
+  return !kind->empty();
+}
+
+bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err) {
+  manifests::LoadOptions load_options;
+  load_options.check_host_references = false;
+  *loaded = manifests::LoadPaths(paths, load_options);
+  if (loaded->ok()) return true;
+  for (const manifests::Diagnostic& d : loaded->errors) err << d.ToString() << "\n";
+  err << loaded->errors.size() << (loaded->errors.size() == 1 ? " error" : " errors") << "; nothing was changed\n";
+  return false;
+}
+
+}  // namespace mkfleet::cli

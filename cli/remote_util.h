@@ -1,0 +1,31 @@
+// What mkapply's remote commands share: the client for the options, mapping a failed call
+// to a message and an exit code, kind names, and loading manifests for the controller.
+// Private to cli/. Thread-safety: pure functions.
+#ifndef MKFLEET_CLI_REMOTE_UTIL_H_
+#define MKFLEET_CLI_REMOTE_UTIL_H_
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "cli/controller_client.h"
+#include "manifests/loader.h"
+
+namespace mkfleet::cli {
+
+// Prints a failed call ("error: cannot reach the controller at ...") and returns the exit
+// code: 2 for invalid input (nothing was changed), 1 otherwise.
+int Report(const absl::Status& s, const std::string& controller, std::ostream& err);
+
+// "hosts" -> "Host" ...; false (and the error on `err`) for an unknown kind.
+bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err);
+
+// Loads manifests for the controller (which checks host references against its store
+// too); false with every error on `err` when any is invalid.
+bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err);
+
+}  // namespace mkfleet::cli
+
+#endif  // MKFLEET_CLI_REMOTE_UTIL_H_
