@@ -298,11 +298,20 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   // After a takeover the kernel now standing by is the former primary: its request takes
   // the primary's size, so it is not shrunk (the kernel forbids taking back the memory
   // that holds its image); the new primary grows to the primary's size by hot-plug.
+  // The new primary grows only where it stands (hot-plug on its NUMA nodes): a re-create
+  // right after a takeover would take down what the takeover kept serving.
   for (v1::KernelInstance& ki : input.instances) {
     if (ki.spec().failover().policy() != v1::FAILOVER_STANDBY || !swapped.count(ki.metadata().name())) continue;
     v1::StandbySpec* standby = ki.mutable_spec()->mutable_failover()->mutable_standby();
     standby->set_cpus(ki.spec().resources().cpus());
     standby->set_memory(ki.spec().resources().memory());
+    auto serving = input.current.find(ki.metadata().name());
+    if (serving != input.current.end() && serving->second.numa_nodes_size() > 0) {
+      v1::Resources* r = ki.mutable_spec()->mutable_resources();
+      r->clear_numa_nodes();
+      for (uint32_t n : serving->second.numa_nodes()) r->add_numa_nodes(n);
+      if (r->placement() == v1::PLACEMENT_NEAR_DEVICES) r->set_placement(v1::PLACEMENT_COMPACT);
+    }
   }
   planner::FleetPlacement placed = planner::PlaceFleet(input);
   // An instance that may yet go to a host still connecting is not unschedulable yet: it
@@ -362,7 +371,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     out.planned[r.name] = std::move(planned);
   }
   for (const std::string& host : reachable) {
-    out.hosts[host] = ComputePlan(host, desired[host], managed[host], views.at(host).resource_version);
+    out.hosts[host] = ComputePlan(host, desired[host], managed[host], views.at(host).state_version);
   }
   LimitRollouts(sets, managed, &out);
   for (const std::string& host : reachable) {

@@ -126,6 +126,9 @@ void HostConnection::Fold(const v1::HostState& state) {
     for (const std::string& name : state.removed()) view_.instances.erase(name);
     if (state.has_pool()) view_.pool = state.pool();
     view_.resource_version = state.resource_version();
+    if (state.snapshot() || state.instances_size() > 0 || state.removed_size() > 0 || state.has_pool()) {
+      view_.state_version = state.resource_version();
+    }
   }
   std::vector<v1::Event> fresh;
   for (const v1::Event& e : state.events()) {

@@ -38,6 +38,9 @@ struct HostView {
   std::map<std::string, mkfleet::v1::ObservedInstance> instances;
   mkfleet::v1::PoolUsage pool;
   int64_t resource_version = 0;
+  // The version of the last change of instances or pool (an event alone moves only
+  // resource_version): the basis of the ids of actions for instances not there yet.
+  int64_t state_version = 0;
 };
 
 struct HostConnectionOptions {

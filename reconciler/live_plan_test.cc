@@ -60,7 +60,7 @@ class LivePlanTest : public ::testing::Test {
     v.connected = v.reachable = true;
     v.topology = topology_;
     v.pool = s.pool();
-    v.resource_version = s.resource_version();
+    v.resource_version = v.state_version = s.resource_version();
     for (const auto& in : s.instances()) v.instances[in.name()] = in;
     return v;
   }

@@ -15,10 +15,11 @@ namespace v1 = mkfleet::v1;
 
 // A pass serves every ready host at once, so the global limit (per host taken) is sized
 // for a fleet of thousands; per-host backoff keeps its defaults (5 ms doubling to 1000 s).
-WorkQueueOptions QueueOptions() {
+WorkQueueOptions QueueOptions(absl::Duration max_delay) {
   WorkQueueOptions o;
   o.qps = 2000;
   o.burst = 2000;
+  o.max_delay = max_delay;
   return o;
 }
 
@@ -32,7 +33,7 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
       events_(events),
       clock_(clock),
       options_(std::move(options)),
-      queue_(clock, QueueOptions()),
+      queue_(clock, QueueOptions(options_.host_backoff_max)),
       last_resync_(clock.Monotonic()) {}
 
 Reconciler::~Reconciler() { Stop(); }
@@ -354,10 +355,21 @@ HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, c
   v1::ActionBatch batch;
   absl::Duration retry_in = absl::InfiniteDuration();
   {
-    // An instance whose last action failed waits out its backoff; the host's others go on.
+    // An instance whose last action failed waits out its backoff before that action is
+    // tried again; the host's others go on, and so does a new plan for it (another intent:
+    // e.g. deleting what failed to load).
     absl::MutexLock lock(&mu_);
+    std::set<std::string> retried;  // instances whose plan still holds the failed action
     for (const v1::Action& a : plan.actions) {
       auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
+      if (b != backoff_.end() && b->second.failed_id == a.id()) retried.insert(a.instance());
+    }
+    for (const v1::Action& a : plan.actions) {
+      auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
+      if (b != backoff_.end() && !retried.count(a.instance())) {
+        backoff_.erase(b);
+        b = backoff_.end();
+      }
       if (b != backoff_.end() && b->second.next > now) {
         out.held_back[a.instance()] = absl::StrCat(b->second.why, " (retry ", b->second.failures + 1, " in ",
                                                     absl::FormatDuration(absl::Ceil(b->second.next - now, absl::Milliseconds(1))), ")");
@@ -383,6 +395,7 @@ HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, c
       out.events.push_back(MakeEvent("Host", host, host, true, "HostError", std::string(out.sent.message())));
     } else {
       std::map<std::string, std::string> instance_of;
+      std::map<std::string, std::string> failed_ids;  // instance -> its failed action
       for (const v1::Action& a : batch.actions()) instance_of[a.id()] = a.instance();
       for (const v1::ActionResult& r : response->results()) {
         const std::string& instance = instance_of[r.id()];
@@ -396,7 +409,10 @@ HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, c
                                                        : absl::StrCat(step, ": ", r.message())));
         }
         // The first failure of an instance is its cause; what it skipped follows from it.
-        if (r.code() != 0) out.failed.emplace(instance, absl::StrCat(r.id(), ": ", r.message()));
+        if (r.code() != 0 && !out.failed.count(instance)) {
+          out.failed.emplace(instance, absl::StrCat(r.id(), ": ", r.message()));
+          failed_ids[instance] = r.id();
+        }
       }
       absl::MutexLock lock(&mu_);
       for (const std::string& instance : out.in_plan) {
@@ -412,6 +428,7 @@ HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, c
         ++b.failures;
         b.next = now + delay;
         b.why = failed->second;
+        b.failed_id = failed_ids[instance];
         retry_in = std::min(retry_in, delay);
       }
     }

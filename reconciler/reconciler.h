@@ -53,6 +53,8 @@ struct ReconcilerOptions {
   int parallel_sends = 32;
   // Store revisions of history kept (older history is compacted on every resync).
   int64_t history_window = 10000;
+  // Per-host retry backoff after a failed pass (house default: 5 ms doubling to 1000 s).
+  absl::Duration host_backoff_max = absl::Seconds(1000);
   // Per-instance retry backoff after a failed action.
   absl::Duration instance_backoff_base = absl::Milliseconds(5);
   absl::Duration instance_backoff_max = absl::Seconds(1000);
@@ -104,6 +106,7 @@ class Reconciler {
     int failures = 0;
     absl::Duration next;  // Monotonic() when its actions may be sent again
     std::string why;
+    std::string failed_id;  // the action that failed: a plan without it is a new intent
   };
   struct Objects_ {
     std::vector<mkfleet::v1::Host> hosts;

@@ -106,6 +106,12 @@ class Builder {
       *st.mutable_placement() = in_.fleet.placements.at(name);
     }
     const bool acting = o.in_plan.count(p.kernel) > 0;
+    // The plan still has something to do to it (sent or held back): not as the spec says.
+    bool pending = false;
+    auto host_plan = in_.fleet.hosts.find(host);
+    if (host_plan != in_.fleet.hosts.end()) {
+      for (const v1::Action& a : host_plan->second.actions) pending |= a.instance() == p.kernel;
+    }
     // What holds it back: an update strategy not supported yet, the rollout budget.
     std::string blocked;
     auto plan = in_.fleet.hosts.find(host);
@@ -138,7 +144,7 @@ class Builder {
       degraded_message = blocked;
     }
     const bool connected = view.connected;
-    const bool converged = connected && !acting && st.kernel_state() == want && blocked.empty();
+    const bool converged = connected && !acting && !pending && st.kernel_state() == want && blocked.empty();
     const bool failed = degraded_reason == "ActionFailed" || degraded_reason == "KernelFailed" ||
                         degraded_reason == "CrashLoop";
     st.set_phase(failed && !converged ? "Failed" : converged ? PhaseFor(want) : "Creating");

@@ -1,0 +1,1013 @@
+#include "sim/fleet_sim.h"
+
+#include <algorithm>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "agents/action_journal.h"
+#include "agents/agent.h"
+#include "agents/liveness.h"
+#include "common/testing/simulated_clock.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/machine.h"
+#include "kernel/host_kernel.h"
+#include "planner/topology_source.h"
+#include "reconciler/agent_client.h"
+#include "reconciler/event_log.h"
+#include "reconciler/objects.h"
+#include "reconciler/reconciler.h"
+#include "reconciler/store.h"
+#include "sim/crashing_kernel.h"
+
+namespace mkfleet::sim {
+namespace {
+
+namespace v1 = mkfleet::v1;
+namespace fs = std::filesystem;
+
+// 2 NUMA nodes x 4 cores x 2 threads: 7 cores to lend (the core of CPU 0 stays).
+constexpr char kTopology[] = "pack:2 numa:1(memory=4GiB) core:4 pu:2";
+constexpr absl::Duration kStep = absl::Milliseconds(50);
+
+int64_t Effects(const kernel::EmulatedKernel::Counters& c) {
+  return c.creates + c.removes + c.loads + c.unloads + c.starts + c.halts + c.force_halts + c.cpu_adds +
+         c.cpu_removes + c.memory_adds + c.memory_removes + c.device_adds + c.device_removes + c.pool_changes +
+         c.rollbacks;
+}
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : g_(seed) {}
+  bool P(double p) { return std::uniform_real_distribution<double>(0, 1)(g_) < p; }
+  int I(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g_); }  // inclusive
+  template <typename T>
+  const T& Pick(const std::vector<T>& v) {
+    return v[static_cast<size_t>(I(0, static_cast<int>(v.size()) - 1))];
+  }
+
+ private:
+  std::mt19937_64 g_;
+};
+
+struct NetFaults {
+  double drop = 0, delay = 0, duplicate = 0, lose_response = 0, stream_break = 0, stall = 0;
+};
+
+class World;
+
+// One host: its kernel (outlives agents) and, while up, its agent process.
+struct SimHost {
+  std::string name;
+  std::string dir;
+  std::shared_ptr<const planner::Topology> topology;
+  std::unique_ptr<kernel::EmulatedKernel> emu;
+  std::unique_ptr<kernel::HostKernel> truth;  // reads what runs, for the invariants
+  std::unique_ptr<CrashingKernel> ck;
+  std::unique_ptr<kernel::HostKernel> hk;
+  std::unique_ptr<agents::ActionJournal> journal;
+  std::unique_ptr<agents::LivenessProbe> probe;
+  std::unique_ptr<agents::Agent> agent;
+  int64_t down_until = -1;      // while down: the step it comes back
+  bool crash_next_batch = false;
+  int64_t effects_seen = 0;
+  std::set<std::string> busy;   // physical CPU ids made busy
+  int foreign = 0;
+};
+
+struct Delayed {
+  int64_t at_step;
+  int host;
+  bool policy;
+  v1::ActionBatch batch;
+  v1::SetPolicyRequest policies;
+};
+
+class World {
+ public:
+  explicit World(const SimOptions& o) : o_(o), rng_(o.seed) {}
+
+  SimResult Run();
+
+  // The network, for the controller's clients.
+  absl::StatusOr<v1::InventoryResponse> Inventory(int h);
+  absl::StatusOr<v1::ExecuteResponse> Execute(int h, const v1::ActionBatch& batch);
+  absl::Status SetPolicy(int h, const v1::SetPolicyRequest& request);
+  agents::Agent* AgentOf(int h) { return hosts_[h]->agent.get(); }
+  bool StreamBreaks() { return rng_.P(net_.stream_break); }
+  bool StreamStalls() { return rng_.P(net_.stall); }
+  int HostIndex(const std::string& name) {
+    for (size_t i = 0; i < hosts_.size(); ++i) {
+      if (hosts_[i]->name == name) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+ private:
+  void Trace(const std::string& line);
+  absl::Status Fail(const std::string& what) {
+    return absl::InternalError(absl::StrCat("step ", step_, ": invariant ", what));
+  }
+  void Setup();
+  void StartAgent(int h);
+  void KillAgent(int h, const std::string& why);
+  void StartController();
+  void KillController(const std::string& why);
+  absl::StatusOr<v1::ExecuteResponse> Deliver(int h, const v1::ActionBatch& batch);
+  void OnAction(int h, const v1::Action& a, const v1::ActionResult& r);
+  void OneStep();
+  void UserOp();
+  void Fault();
+  absl::Status CheckStep();
+  absl::Status CheckQuiescent();
+  absl::Status Settle();
+  std::string Owner(int h, const std::string& kernel);
+  void License(const std::string& who, const std::string& why);
+  void LicenseSets(const std::string& why);
+
+  // Objects.
+  v1::Object Host(int h, bool cordoned);
+  v1::Object Instance(const std::string& name, int host, uint32_t cpus, uint64_t mib);
+  v1::Object Set(const std::string& name);
+  absl::Status Apply(const v1::Object& o);
+  std::vector<v1::Object> List(const std::string& kind);
+
+  const SimOptions o_;
+  Rng rng_;
+  SimulatedClock clock_;
+  std::vector<std::unique_ptr<SimHost>> hosts_;
+  std::unique_ptr<reconciler::Store> store_;
+  std::unique_ptr<reconciler::Objects> objects_;
+  std::unique_ptr<reconciler::EventLog> events_;
+  std::unique_ptr<reconciler::Reconciler> reconciler_;
+  int64_t controller_down_until_ = -1;
+  int controller_sends_left_ = -1;  // >= 0: the controller dies after this many more calls
+  NetFaults net_;
+  std::deque<Delayed> delayed_;
+  std::string good_image_, other_image_, bad_image_;
+
+  int64_t step_ = 0;
+  uint64_t hash_ = 1469598103934665603ull;
+  std::deque<std::string> tail_;
+  SimResult result_;
+
+  // Invariant state.
+  absl::Status violation_;
+  std::map<std::string, int> took_effect_;  // action id -> times it changed a kernel
+  // Stop licenses: object ("KernelInstance/x", "InstanceSet/s", "Host/h") or kernel
+  // ("h/k") -> the step it was granted.
+  std::map<std::string, int64_t> licenses_;
+  std::map<std::string, int64_t> born_;  // "h/k" -> the step it was first seen (this run)
+  std::set<std::string> established_;    // KernelInstances seen running since (re)created
+  std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
+  std::set<std::string> failing_;        // "h/k" whose last action failed
+  int64_t last_non_failing_send_ = 0;    // the step of the last call with an action that is not a retry
+  std::string last_sent_;                 // its action
+};
+
+// ------------------------------------------------------------------------ the network
+
+class SimStream final : public reconciler::WatchStream {
+ public:
+  SimStream(World& w, int h) : w_(w), h_(h), agent_(w.AgentOf(h)) {}
+  Result Next(v1::HostState* out, bool, absl::Status* ended) override {
+    agents::Agent* now = w_.AgentOf(h_);
+    if (now == nullptr || now != agent_ || w_.StreamBreaks()) {
+      *ended = absl::UnavailableError("stream broken");
+      return Result::kEnded;
+    }
+    if (w_.StreamStalls()) return Result::kPending;  // delayed, in order
+    if (!started_) {
+      started_ = true;
+      *out = now->Snapshot();
+      version_ = out->resource_version();
+      return Result::kMessage;
+    }
+    if (now->WaitForChange(version_, absl::ZeroDuration(), out)) {
+      version_ = out->resource_version();
+      return Result::kMessage;
+    }
+    return Result::kPending;
+  }
+  void Cancel() override {}
+
+ private:
+  World& w_;
+  int h_;
+  agents::Agent* agent_;
+  bool started_ = false;
+  int64_t version_ = 0;
+};
+
+class SimAgentClient final : public reconciler::AgentClient {
+ public:
+  SimAgentClient(World& w, int h) : w_(w), h_(h) {}
+  absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration) override { return w_.Inventory(h_); }
+  std::unique_ptr<reconciler::WatchStream> Watch(const v1::WatchRequest&) override {
+    return std::make_unique<SimStream>(w_, h_);
+  }
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch& batch, absl::Duration) override {
+    return w_.Execute(h_, batch);
+  }
+  absl::Status SetPolicy(const v1::SetPolicyRequest& request, absl::Duration) override {
+    return w_.SetPolicy(h_, request);
+  }
+
+ private:
+  World& w_;
+  int h_;
+};
+
+absl::StatusOr<v1::InventoryResponse> World::Inventory(int h) {
+  if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
+  if (rng_.P(net_.drop)) return absl::UnavailableError("dropped");
+  if (hosts_[h]->agent == nullptr) return absl::UnavailableError("connection refused");
+  return hosts_[h]->agent->Inventory();
+}
+
+absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch& batch) {
+  if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
+  if (controller_sends_left_ > 0) --controller_sends_left_;
+  for (const v1::Action& a : batch.actions()) {
+    if (!failing_.count(absl::StrCat(hosts_[h]->name, "/", a.instance()))) {
+      last_non_failing_send_ = step_;
+      last_sent_ = a.id();
+    }
+  }
+  if (rng_.P(net_.drop)) {
+    Trace(absl::StrCat("net: batch ", batch.fence().sequence(), " to ", hosts_[h]->name, " dropped"));
+    return absl::UnavailableError("dropped");
+  }
+  if (rng_.P(net_.delay)) {
+    int64_t at = step_ + rng_.I(1, 30);
+    delayed_.push_back({at, h, false, batch, {}});
+    Trace(absl::StrCat("net: batch ", batch.fence().sequence(), " to ", hosts_[h]->name, " delayed to step ", at));
+    return absl::DeadlineExceededError("delayed");
+  }
+  auto r = Deliver(h, batch);
+  if (rng_.P(net_.duplicate)) {
+    int64_t at = step_ + rng_.I(1, 30);
+    delayed_.push_back({at, h, false, batch, {}});
+    Trace(absl::StrCat("net: batch ", batch.fence().sequence(), " to ", hosts_[h]->name, " duplicated at step ", at));
+  }
+  if (rng_.P(net_.lose_response)) {
+    Trace(absl::StrCat("net: response to batch ", batch.fence().sequence(), " lost"));
+    return absl::DeadlineExceededError("response lost");
+  }
+  return r;
+}
+
+absl::Status World::SetPolicy(int h, const v1::SetPolicyRequest& request) {
+  if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
+  if (rng_.P(net_.drop)) return absl::UnavailableError("dropped");
+  if (rng_.P(net_.delay)) {
+    delayed_.push_back({step_ + rng_.I(1, 30), h, true, {}, request});
+    return absl::DeadlineExceededError("delayed");
+  }
+  if (hosts_[h]->agent == nullptr) return absl::UnavailableError("connection refused");
+  return hosts_[h]->agent->SetPolicy(request);
+}
+
+absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch& batch) {
+  SimHost& host = *hosts_[h];
+  if (host.agent == nullptr) return absl::UnavailableError("connection refused");
+  if (host.crash_next_batch && batch.actions_size() > 0) {
+    host.crash_next_batch = false;
+    host.ck->ArmCrash(rng_.I(1, 3));
+    Trace(absl::StrCat("fault: agent ", host.name, " will die inside batch ", batch.fence().sequence()));
+  }
+  // What runs before the batch: a halt of a running kernel must be licensed.
+  before_.clear();
+  for (const v1::Action& a : batch.actions()) {
+    if (!a.has_halt()) continue;
+    auto st = host.truth->StateOf(a.instance());
+    if (st.ok()) before_[absl::StrCat(host.name, "/", a.instance())] = *st;
+  }
+  host.effects_seen = Effects(host.emu->counters());
+  auto r = host.agent->Execute(batch);
+  if (host.ck->dead()) {
+    KillAgent(h, "died inside a batch");
+    return absl::UnavailableError("connection reset");
+  }
+  if (r.ok()) {
+    for (int i = 0; i < r->results_size() && i < batch.actions_size(); ++i) {
+      const std::string key = absl::StrCat(host.name, "/", batch.actions(i).instance());
+      if (r->results(i).code() != 0) {
+        failing_.insert(key);
+      } else {
+        failing_.erase(key);
+      }
+    }
+  }
+  return r;
+}
+
+// ------------------------------------------------------------------------ the world
+
+void World::Trace(const std::string& line) {
+  // The scratch directory differs between runs of one seed: not part of the trace.
+  std::string l = absl::StrCat("[", step_, "] ", absl::StrReplaceAll(line, {{o_.dir, "$DIR"}}));
+  for (unsigned char c : l) hash_ = (hash_ ^ c) * 1099511628211ull;
+  hash_ = (hash_ ^ '\n') * 1099511628211ull;
+  if (o_.verbose) std::cerr << l << "\n";
+  tail_.push_back(std::move(l));
+  if (tail_.size() > 60) tail_.pop_front();
+}
+
+void World::Setup() {
+  fs::create_directories(o_.dir);
+  good_image_ = o_.dir + "/vmlinux-a";
+  other_image_ = o_.dir + "/vmlinux-b";
+  bad_image_ = o_.dir + "/missing-vmlinux";
+  for (const std::string& p : {good_image_, other_image_}) {
+    std::ofstream(p, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, p.back());
+  }
+  auto topology = std::make_shared<const planner::Topology>(
+      *planner::NewSyntheticTopologySource(kTopology, planner::TopologyOptions{})->Load());
+  for (int i = 0; i < o_.hosts; ++i) {
+    auto host = std::make_unique<SimHost>();
+    host->name = absl::StrCat("h", i);
+    host->dir = absl::StrCat(o_.dir, "/", host->name);
+    fs::remove_all(host->dir);
+    fs::create_directories(host->dir);
+    host->topology = topology;
+    kernel::EmulatorOptions eo = kernel::MachineFromTopology(*topology);
+    eo.clock = &clock_;
+    eo.boot_time = absl::Milliseconds(100);
+    eo.halt_time = absl::Milliseconds(50);
+    host->emu = std::make_unique<kernel::EmulatedKernel>(eo);
+    kernel::HostKernelOptions ho;
+    ho.host = host->name;
+    ho.state_dir = host->dir + "/provenance";
+    ho.clock = &clock_;
+    host->truth = std::make_unique<kernel::HostKernel>(*host->emu, *host->emu, ho);
+    hosts_.push_back(std::move(host));
+  }
+  for (size_t i = 0; i < hosts_.size(); ++i) StartAgent(static_cast<int>(i));
+  store_ = *reconciler::OpenSqliteStore(o_.dir + "/store.db", clock_);
+  StartController();
+  for (size_t i = 0; i < hosts_.size(); ++i) Apply(Host(static_cast<int>(i), false)).IgnoreError();
+}
+
+void World::StartAgent(int h) {
+  SimHost& host = *hosts_[h];
+  host.ck = std::make_unique<CrashingKernel>(*host.emu);
+  kernel::HostKernelOptions ho;
+  ho.host = host.name;
+  ho.state_dir = host.dir + "/provenance";
+  ho.clock = &clock_;
+  host.hk = std::make_unique<kernel::HostKernel>(*host.ck, *host.ck, ho);
+  agents::ActionJournal::Options jo;
+  jo.sync = false;
+  jo.max_entries = 2000;
+  host.journal = *agents::ActionJournal::Open(host.dir + "/journal", jo);
+  host.probe = agents::NewEmulatorProbe(*host.emu);
+  agents::AgentOptions ao;
+  ao.host = host.name;
+  ao.state_dir = host.dir;
+  host.agent = std::make_unique<agents::Agent>(ao, *host.hk, host.topology, *host.journal, *host.probe, clock_);
+  host.agent->executor().SetObserver(
+      [this, h](const v1::Action& a, const v1::ActionResult& r) { OnAction(h, a, r); });
+  // A host out of reach for longer than the controller's grace may have had its set members
+  // replaced elsewhere: one too many then goes when it is back.
+  if (host.down_until >= 0) LicenseSets(absl::StrCat("agent ", host.name, " back"));
+  host.down_until = -1;
+  Trace(absl::StrCat("agent ", host.name, " up"));
+}
+
+void World::KillAgent(int h, const std::string& why) {
+  SimHost& host = *hosts_[h];
+  host.agent.reset();
+  host.journal.reset();
+  host.hk.reset();
+  host.probe.reset();
+  host.down_until = step_ + rng_.I(5, 40);
+  Trace(absl::StrCat("fault: agent ", host.name, " killed (", why, "), back at step ", host.down_until));
+  ++result_.faults;
+}
+
+void World::StartController() {
+  objects_ = std::make_unique<reconciler::Objects>(*store_);
+  events_ = *reconciler::EventLog::Open(*store_, clock_, 500);
+  reconciler::ReconcilerOptions ro;
+  ro.resync = absl::Seconds(1);
+  ro.unreachable_after = absl::Seconds(2);
+  ro.parallel_sends = 1;
+  ro.history_window = 300;
+  // Time runs compressed here (resync 1 s): so do the retries' longest waits.
+  ro.host_backoff_max = absl::Seconds(2);
+  ro.instance_backoff_max = absl::Seconds(2);
+  ro.client_factory = [this](const std::string& host, const std::string&) -> std::unique_ptr<reconciler::AgentClient> {
+    return std::make_unique<SimAgentClient>(*this, HostIndex(host));
+  };
+  reconciler_ = std::make_unique<reconciler::Reconciler>(*store_, *objects_, clock_, ro, events_.get());
+  controller_down_until_ = -1;
+  controller_sends_left_ = -1;
+  Trace("controller up");
+  for (const auto& host : hosts_) {
+    if (host->agent == nullptr) LicenseSets("the controller started while an agent was down");
+  }
+}
+
+void World::KillController(const std::string& why) {
+  if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  reconciler_.reset();
+  events_.reset();
+  objects_.reset();
+  controller_down_until_ = step_ + rng_.I(3, 30);
+  controller_sends_left_ = -1;
+  Trace(absl::StrCat("fault: controller killed (", why, "), back at step ", controller_down_until_));
+  ++result_.faults;
+}
+
+std::string World::Owner(int h, const std::string& kernel) {
+  auto obs = hosts_[h]->truth->Observe();
+  if (!obs.ok()) return "";
+  for (const auto& in : obs->instances) {
+    if (in.name == kernel) return in.owner;
+  }
+  return "";
+}
+
+void World::LicenseSets(const std::string& why) {
+  for (const v1::Object& o : List("InstanceSet")) License("InstanceSet/" + o.instance_set().metadata().name(), why);
+}
+
+void World::License(const std::string& who, const std::string& why) {
+  licenses_[who] = step_;
+  Trace(absl::StrCat("license to stop ", who, ": ", why));
+}
+
+void World::OnAction(int h, const v1::Action& a, const v1::ActionResult& r) {
+  SimHost& host = *hosts_[h];
+  int64_t now = Effects(host.emu->counters());
+  int64_t delta = now - host.effects_seen;
+  host.effects_seen = now;
+  if (r.code() != 0 || r.replayed() || delta <= 0) return;
+  // (d) no action id takes effect twice.
+  if (++took_effect_[a.id()] > 1 && violation_.ok()) {
+    violation_ = Fail(absl::StrCat("(d): action ", a.id(), " took effect twice"));
+  }
+  // (b) a running kernel is stopped only when a change asked for it.
+  const std::string key = absl::StrCat(host.name, "/", a.instance());
+  auto before = before_.find(key);
+  if (a.has_halt() && before != before_.end() && before->second == v1::KERNEL_STATE_ACTIVE) {
+    std::string owner = Owner(h, a.instance());
+    int64_t born = born_.count(key) ? born_[key] : 0;
+    bool licensed = false;
+    for (const std::string& who : {owner, key, absl::StrCat("Host/", host.name)}) {
+      auto l = licenses_.find(who);
+      licensed |= !who.empty() && l != licenses_.end() && l->second + 40 >= born;
+    }
+    if (!licensed && violation_.ok()) {
+      violation_ = Fail(absl::StrCat("(b): ", a.id(), " stopped the running kernel ", key, " (owner ",
+                                     owner.empty() ? "none" : owner, ") with no change asking for it"));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ objects
+
+v1::Object World::Host(int h, bool cordoned) {
+  v1::Object o;
+  v1::Host* host = o.mutable_host();
+  host->set_api_version("mkfleet.io/v1");
+  host->set_kind("Host");
+  host->mutable_metadata()->set_name(hosts_[h]->name);
+  (*host->mutable_metadata()->mutable_labels())["zone"] = h % 2 ? "z1" : "z0";
+  host->mutable_spec()->set_agent(absl::StrCat("sim:", h));
+  host->mutable_spec()->set_cordoned(cordoned);
+  host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_cores(1);
+  host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_memory(512ull << 20);
+  return o;
+}
+
+v1::Object World::Instance(const std::string& name, int host, uint32_t cpus, uint64_t mib) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->set_api_version("mkfleet.io/v1");
+  ki->set_kind("KernelInstance");
+  ki->mutable_metadata()->set_name(name);
+  v1::KernelInstanceSpec* s = ki->mutable_spec();
+  s->set_host(hosts_[host]->name);
+  s->mutable_kernel()->set_image(good_image_);
+  s->mutable_kernel()->set_cmdline("console=mktty0");
+  s->mutable_resources()->set_cpus(cpus);
+  s->mutable_resources()->set_memory(mib << 20);
+  if (rng_.P(0.15)) s->mutable_resources()->set_smt(v1::SMT_ANY);
+  if (rng_.P(0.2)) {
+    s->mutable_failover()->set_policy(v1::FAILOVER_STANDBY);
+    s->mutable_failover()->mutable_standby()->set_cpus(2);
+    s->mutable_failover()->mutable_standby()->set_memory(256ull << 20);
+  } else if (rng_.P(0.2)) {
+    s->mutable_failover()->set_policy(v1::FAILOVER_NONE);
+  }
+  return o;
+}
+
+v1::Object World::Set(const std::string& name) {
+  v1::Object o;
+  v1::InstanceSet* set = o.mutable_instance_set();
+  set->set_api_version("mkfleet.io/v1");
+  set->set_kind("InstanceSet");
+  set->mutable_metadata()->set_name(name);
+  if (rng_.P(0.3)) {
+    set->mutable_spec()->set_per_host(1);
+  } else {
+    set->mutable_spec()->set_replicas(rng_.I(1, 6));
+  }
+  if (rng_.P(0.3)) (*set->mutable_spec()->mutable_host_selector()->mutable_match_labels())["zone"] = "z0";
+  v1::KernelInstanceSpec* t = set->mutable_spec()->mutable_template_()->mutable_spec();
+  t->mutable_kernel()->set_image(good_image_);
+  t->mutable_resources()->set_cpus(2);
+  t->mutable_resources()->set_memory(256ull << 20);
+  return o;
+}
+
+absl::Status World::Apply(const v1::Object& o) {
+  if (objects_ == nullptr) return absl::UnavailableError("controller down");
+  auto r = objects_->Apply({o}, reconciler::ApplyOptions{"sim", false, false});
+  return r.status();
+}
+
+std::vector<v1::Object> World::List(const std::string& kind) {
+  if (objects_ == nullptr) return {};
+  auto l = objects_->List(kind);
+  return l.ok() ? *l : std::vector<v1::Object>{};
+}
+
+// ------------------------------------------------------------------------ the workload
+
+void World::UserOp() {
+  if (objects_ == nullptr) return;  // the API is down with the controller
+  ++result_.user_ops;
+  auto kis = List("KernelInstance");
+  auto sets = List("InstanceSet");
+  auto hosts = List("Host");
+  const std::vector<std::string> ki_names = {"k0", "k1", "k2", "k3", "k4", "k5"};
+  const std::vector<std::string> set_names = {"s0", "s1"};
+  int op = rng_.I(0, 99);
+  auto describe = [](const absl::Status& s) { return s.ok() ? std::string("ok") : std::string(s.message()); };
+  if (op < 25) {
+    // Apply (create, or re-create a deleted name) an instance.
+    std::string name = rng_.Pick(ki_names);
+    int h = rng_.I(0, o_.hosts - 1);
+    uint32_t cpus = static_cast<uint32_t>(rng_.Pick(std::vector<int>{1, 2, 2, 4, 4, 6}));
+    uint64_t mib = static_cast<uint64_t>(rng_.Pick(std::vector<int>{256, 512, 512, 1024, 2048}));
+    v1::Object o = Instance(name, h, cpus, mib);
+    bool exists = false;
+    for (const auto& k : kis) exists |= k.kernel_instance().metadata().name() == name;
+    if (exists) return;  // changes are the ops below
+    if (rng_.P(0.1)) o.mutable_kernel_instance()->mutable_spec()->mutable_kernel()->set_image(bad_image_);
+    Trace(absl::StrCat("user: create KernelInstance/", name, " on h", h, " ", cpus, " CPUs ", mib, "Mi: ",
+                       describe(Apply(o))));
+    return;
+  }
+  if (op < 55 && !kis.empty()) {
+    v1::Object o = rng_.Pick(kis);
+    v1::KernelInstance* ki = o.mutable_kernel_instance();
+    const std::string name = ki->metadata().name();
+    ki->clear_status();
+    v1::KernelInstanceSpec* s = ki->mutable_spec();
+    int what = rng_.I(0, 5);
+    std::string change;
+    if (what == 0) {
+      s->mutable_kernel()->set_image(s->kernel().image() == good_image_ ? other_image_ : good_image_);
+      change = "new kernel (Replace)";
+    } else if (what == 1) {
+      s->mutable_kernel()->set_image(bad_image_);
+      change = "a kernel image that does not exist";
+    } else if (what == 2) {
+      s->set_phase(rng_.Pick(std::vector<v1::Phase>{v1::PHASE_RUNNING, v1::PHASE_LOADED, v1::PHASE_READY}));
+      change = absl::StrCat("phase ", v1::Phase_Name(s->phase()));
+    } else if (what == 3) {
+      uint32_t cpus = static_cast<uint32_t>(rng_.Pick(std::vector<int>{1, 2, 4, 6, 8, 20}));
+      s->mutable_resources()->set_cpus(cpus);
+      change = absl::StrCat("resize to ", cpus, " CPUs");
+    } else if (what == 4) {
+      uint64_t mib = static_cast<uint64_t>(rng_.Pick(std::vector<int>{256, 1024, 2048, 3072, 16384}));
+      s->mutable_resources()->set_memory(mib << 20);
+      change = absl::StrCat("resize to ", mib, "Mi");
+    } else {
+      s->mutable_kernel()->set_cmdline(absl::StrCat("console=mktty0 v", rng_.I(0, 9)));
+      change = "new cmdline (Replace)";
+    }
+    absl::Status st = Apply(o);
+    // A spec change may stop it (Replace, a phase, a re-create for a resize); a kernel that
+    // cannot load never may: it is checked before the old one goes.
+    if (st.ok() && what != 1) License(absl::StrCat("KernelInstance/", name), change);
+    Trace(absl::StrCat("user: change KernelInstance/", name, ": ", change, ": ", describe(st)));
+    return;
+  }
+  if (op < 68 && !kis.empty()) {
+    const std::string name = rng_.Pick(kis).kernel_instance().metadata().name();
+    License(absl::StrCat("KernelInstance/", name), "delete");
+    established_.erase(name);  // a new object of that name starts over
+    absl::Status st = objects_->Delete("KernelInstance", name, absl::ToUnixMillis(clock_.Now())).status();
+    Trace(absl::StrCat("user: delete KernelInstance/", name, ": ", describe(st)));
+    return;
+  }
+  if (op < 85) {
+    const std::string name = rng_.Pick(set_names);
+    v1::Object o = Set(name);
+    bool exists = false;
+    for (const auto& s : sets) {
+      if (s.instance_set().metadata().name() == name) {
+        exists = true;
+        o = s;
+      }
+    }
+    o.mutable_instance_set()->clear_status();
+    v1::InstanceSetSpec* spec = o.mutable_instance_set()->mutable_spec();
+    std::string change = "create";
+    if (exists) {
+      int what = rng_.I(0, 3);
+      if (what == 0 && spec->has_replicas()) {
+        spec->set_replicas(static_cast<uint32_t>(rng_.I(0, 8)));
+        change = absl::StrCat("scale to ", spec->replicas());
+      } else if (what == 1) {
+        auto* k = spec->mutable_template_()->mutable_spec()->mutable_kernel();
+        k->set_image(k->image() == good_image_ ? other_image_ : good_image_);
+        change = "new template kernel";
+      } else if (what == 2) {
+        change = "delete";
+        License(absl::StrCat("InstanceSet/", name), change);
+        absl::Status st = objects_->Delete("InstanceSet", name).status();
+        Trace(absl::StrCat("user: delete InstanceSet/", name, ": ", describe(st)));
+        return;
+      } else {
+        spec->set_replicas(static_cast<uint32_t>(rng_.I(1, 8)));
+        change = absl::StrCat("count ", spec->replicas());
+      }
+      License(absl::StrCat("InstanceSet/", name), change);
+    }
+    Trace(absl::StrCat("user: ", change, " InstanceSet/", name, ": ", describe(Apply(o))));
+    return;
+  }
+  if (op < 93) {
+    // Cordon or uncordon a host (or bring back a deleted one).
+    int h = rng_.I(0, o_.hosts - 1);
+    bool cordon = rng_.P(0.5);
+    Trace(absl::StrCat("user: ", cordon ? "cordon" : "uncordon/apply", " Host/", hosts_[h]->name, ": ",
+                       describe(Apply(Host(h, cordon)))));
+    return;
+  }
+  // Delete a host (refused while KernelInstances name it).
+  int h = rng_.I(0, o_.hosts - 1);
+  absl::Status st = objects_->Delete("Host", hosts_[h]->name, absl::ToUnixMillis(clock_.Now())).status();
+  if (st.ok()) License(absl::StrCat("Host/", hosts_[h]->name), "host deleted");
+  Trace(absl::StrCat("user: delete Host/", hosts_[h]->name, ": ", describe(st)));
+}
+
+void World::Fault() {
+  ++result_.faults;
+  int h = rng_.I(0, o_.hosts - 1);
+  SimHost& host = *hosts_[h];
+  int what = rng_.I(0, 99);
+  auto running = [&]() {
+    std::vector<std::string> out;
+    auto obs = host.truth->Observe();
+    if (!obs.ok()) return out;
+    for (const auto& in : obs->instances) {
+      if (in.state == v1::KERNEL_STATE_ACTIVE) out.push_back(in.name);
+    }
+    return out;
+  };
+  if (what < 20) {
+    auto names = running();
+    if (names.empty()) return;
+    std::string k = rng_.Pick(names);
+    host.emu->InjectPanic(k).IgnoreError();
+    License(absl::StrCat(host.name, "/", k), "panic");
+    Trace(absl::StrCat("fault: panic of ", host.name, "/", k));
+  } else if (what < 30) {
+    auto names = running();
+    if (names.empty()) return;
+    std::string k = rng_.Pick(names);
+    host.emu->InjectHang(k).IgnoreError();
+    License(absl::StrCat(host.name, "/", k), "hang");
+    Trace(absl::StrCat("fault: hang of ", host.name, "/", k));
+  } else if (what < 45) {
+    if (host.agent != nullptr) KillAgent(h, "SIGKILL");
+  } else if (what < 55) {
+    if (host.agent != nullptr) {
+      host.crash_next_batch = true;
+      Trace(absl::StrCat("fault: agent ", host.name, " to die inside its next batch"));
+    }
+  } else if (what < 65) {
+    if (reconciler_ != nullptr) KillController("SIGKILL");
+  } else if (what < 72) {
+    if (reconciler_ != nullptr && controller_sends_left_ < 0) {
+      controller_sends_left_ = rng_.I(0, 2);
+      Trace(absl::StrCat("fault: controller to die after ", controller_sends_left_, " more calls"));
+    }
+  } else if (what < 82) {
+    // The kernel answers EBUSY for a CPU for a while.
+    uint64_t cpu = host.topology->physical_ids.at(static_cast<uint32_t>(rng_.I(2, 15)));
+    std::string id = std::to_string(cpu);
+    bool busy = !host.busy.count(id);
+    host.emu->SetBusy(id, busy);
+    if (busy) {
+      host.busy.insert(id);
+    } else {
+      host.busy.erase(id);
+    }
+    Trace(absl::StrCat("fault: CPU (physical ", id, ") of ", host.name, busy ? " busy" : " free again"));
+  } else if (what < 90) {
+    // Someone starts a kernel by hand (kerf): mkfleet must leave it alone and report it.
+    auto pool = host.truth->PoolCpus();
+    auto obs = host.truth->Observe();
+    if (!pool.ok() || !obs.ok() || pool->empty()) return;
+    std::set<uint64_t> lent;
+    for (const auto& in : obs->instances) lent.insert(in.resources.cpus.begin(), in.resources.cpus.end());
+    std::vector<uint64_t> free;
+    for (uint64_t c : *pool) {
+      if (!lent.count(c)) free.push_back(c);
+    }
+    if (free.empty()) return;
+    kernel::InstanceResources r;
+    r.cpus = {free.front()};
+    r.memory_bytes = 128ull << 20;
+    r.numa_nodes = {0};
+    std::string name = absl::StrCat("foreign-", host.foreign++);
+    absl::Status s = host.truth->Create(name, std::nullopt, r);
+    Trace(absl::StrCat("fault: a kernel started by hand: ", host.name, "/", name, ": ", s.ok() ? "ok" : s.message()));
+  } else {
+    // The network gets worse or better.
+    double scale = rng_.P(0.5) ? 0.0 : rng_.I(1, 4);
+    net_ = {0.02 * scale, 0.02 * scale, 0.015 * scale, 0.015 * scale, 0.01 * scale, 0.05 * scale};
+    Trace(absl::StrCat("fault: network faults x", scale));
+  }
+}
+
+// ------------------------------------------------------------------------ steps
+
+void World::OneStep() {
+  ++step_;
+  clock_.Advance(kStep);
+  // Delayed calls arrive (in the order they were delayed when due together).
+  for (auto it = delayed_.begin(); it != delayed_.end();) {
+    if (it->at_step > step_) {
+      ++it;
+      continue;
+    }
+    Delayed d = std::move(*it);
+    it = delayed_.erase(it);
+    if (d.policy) {
+      absl::Status s = hosts_[d.host]->agent ? hosts_[d.host]->agent->SetPolicy(d.policies)
+                                             : absl::UnavailableError("down");
+      Trace(absl::StrCat("net: late policy update to ", hosts_[d.host]->name, ": ", s.ok() ? "taken" : s.message()));
+    } else {
+      auto r = Deliver(d.host, d.batch);
+      Trace(absl::StrCat("net: late batch ", d.batch.fence().sequence(), " to ", hosts_[d.host]->name, ": ",
+                         r.ok() ? "taken" : r.status().message()));
+    }
+  }
+  for (size_t h = 0; h < hosts_.size(); ++h) {
+    SimHost& host = *hosts_[h];
+    if (host.agent == nullptr && host.down_until >= 0 && step_ >= host.down_until) StartAgent(static_cast<int>(h));
+    if (host.agent != nullptr) {
+      host.agent->Tick();
+      if (host.ck->dead()) KillAgent(static_cast<int>(h), "died in its watchdog");
+    }
+  }
+  if (reconciler_ == nullptr && controller_down_until_ >= 0 && step_ >= controller_down_until_) StartController();
+  if (reconciler_ != nullptr) {
+    reconciler_->Step();
+    if (controller_sends_left_ == 0) KillController("died in a pass");
+  }
+}
+
+absl::Status World::CheckStep() {
+  if (!violation_.ok()) return violation_;
+  for (size_t h = 0; h < hosts_.size(); ++h) {
+    SimHost& host = *hosts_[h];
+    auto obs = host.truth->Observe();
+    if (!obs.ok()) return Fail(absl::StrCat("observe ", host.name, ": ", obs.status().message()));
+    // (c) no CPU held twice.
+    std::map<uint64_t, std::string> cpu_owner;
+    std::set<std::string> present;
+    for (const auto& in : obs->instances) {
+      const std::string key = absl::StrCat(host.name, "/", in.name);
+      present.insert(key);
+      if (!born_.count(key)) born_[key] = step_;
+      for (uint64_t c : in.resources.cpus) {
+        auto [it, fresh] = cpu_owner.emplace(c, in.name);
+        if (!fresh) return Fail(absl::StrCat("(c): CPU ", c, " of ", host.name, " held by ", it->second, " and ", in.name));
+      }
+    }
+    for (auto it = born_.begin(); it != born_.end();) {
+      if (absl::StartsWith(it->first, host.name + "/") && !present.count(it->first)) {
+        it = born_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // A KernelInstance that the controller reported running (this incarnation of the name).
+  for (const v1::Object& o : List("KernelInstance")) {
+    const v1::KernelInstance& ki = o.kernel_instance();
+    if (ki.status().phase() == "Running") established_.insert(ki.metadata().name());
+  }
+  // (c) the planner never places two requests on one CPU.
+  if (reconciler_ != nullptr) {
+    reconciler::FleetPlan plan = reconciler_->LastPlanForTest();
+    std::map<std::string, std::string> used;  // "host/cpu" -> request
+    for (const auto& [name, p] : plan.placements) {
+      for (uint32_t c : p.cpus()) {
+        auto [it, fresh] = used.emplace(absl::StrCat(p.host(), "/", c), name);
+        if (!fresh) return Fail(absl::StrCat("(c): the plan puts ", it->second, " and ", name, " on CPU ", it->first));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status World::Settle() {
+  // Faults stop: everything comes back, the network heals, busy resources free up.
+  net_ = {};
+  for (size_t h = 0; h < hosts_.size(); ++h) {
+    SimHost& host = *hosts_[h];
+    host.crash_next_batch = false;
+    for (const std::string& id : host.busy) host.emu->SetBusy(id, false);
+    host.busy.clear();
+    if (host.agent == nullptr) StartAgent(static_cast<int>(h));
+  }
+  controller_sends_left_ = -1;
+  if (reconciler_ == nullptr) StartController();
+  // Still in flight when the faults stopped: delivered now.
+  for (int i = 0; i < 40; ++i) {
+    OneStep();
+    if (absl::Status s = CheckStep(); !s.ok()) return s;
+  }
+  Trace("faults stopped");
+  const int64_t settle_start = step_;
+  // Converged: only retries of failing actions for 4 resync periods.
+  while (step_ - last_non_failing_send_ < 80) {
+    if (step_ - settle_start > o_.settle_steps) {
+      return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps, " steps after the faults stopped"));
+    }
+    OneStep();
+    if (absl::Status s = CheckStep(); !s.ok()) return s;
+  }
+  Trace(absl::StrCat("converged after ", step_ - settle_start, " steps"));
+  // A further pass over every host sends nothing but retries of what fails.
+  int64_t before = last_non_failing_send_;
+  std::vector<std::string> all;
+  for (const auto& h : hosts_) all.push_back(h->name);
+  reconciler_->ReconcileHosts(all);
+  if (last_non_failing_send_ != before) return Fail("(f): a pass after convergence sent " + last_sent_);
+  return absl::OkStatus();
+}
+
+absl::Status World::CheckQuiescent() {
+  reconciler::FleetPlan plan = reconciler_->LastPlanForTest();
+  std::set<std::string> desired;  // "host/kernel"
+  for (const auto& [name, p] : plan.planned) desired.insert(absl::StrCat(p.host, "/", p.kernel));
+  std::map<std::string, std::set<std::string>> reported;  // host -> unmanaged kernels in its status
+  std::set<std::string> stored_hosts;
+  for (const v1::Object& o : List("Host")) {
+    stored_hosts.insert(o.host().metadata().name());
+    for (const v1::KernelRef& k : o.host().status().unmanaged()) reported[o.host().metadata().name()].insert(k.name());
+  }
+  std::map<std::string, std::vector<std::string>> kernels_of;  // owner -> "host/kernel"
+  std::map<std::string, v1::KernelState> state;                // "host/kernel" -> state
+  std::map<std::string, kernel::InstanceInfo> info;
+  for (const auto& host : hosts_) {
+    if (!stored_hosts.count(host->name)) continue;  // no longer managed by mkfleet
+    auto obs = host->truth->Observe();
+    if (!obs.ok()) return Fail("observe");
+    for (const auto& in : obs->instances) {
+      const std::string key = absl::StrCat(host->name, "/", in.name);
+      state[key] = in.state;
+      info[key] = in;
+      // (a) every kernel belongs to exactly one object, or is reported unmanaged.
+      if (in.owner.empty()) {
+        if (!reported[host->name].count(in.name)) {
+          return Fail(absl::StrCat("(a): ", key, " belongs to no object and ", host->name, " does not report it"));
+        }
+        continue;
+      }
+      if (!desired.count(key)) {
+        return Fail(absl::StrCat("(a): ", key, " (owner ", in.owner, ") runs but nothing wants it there"));
+      }
+      kernels_of[in.owner].push_back(key);
+    }
+  }
+  for (const auto& [owner, list] : kernels_of) {
+    if (absl::StartsWith(owner, "KernelInstance/") && list.size() > 2) {
+      return Fail(absl::StrCat("(a): ", owner, " has ", list.size(), " kernels: ", absl::StrJoin(list, ", ")));
+    }
+  }
+  for (const v1::Object& o : List("InstanceSet")) {
+    const v1::InstanceSet& s = o.instance_set();
+    size_t members = kernels_of["InstanceSet/" + s.metadata().name()].size();
+    if (s.spec().has_replicas() && members > s.spec().replicas()) {
+      return Fail(absl::StrCat("(a): InstanceSet/", s.metadata().name(), " wants ", s.spec().replicas(), " and has ",
+                               members));
+    }
+    if (s.status().ready_replicas() > members) {
+      return Fail(absl::StrCat("(e): InstanceSet/", s.metadata().name(), " says ", s.status().ready_replicas(),
+                               " ready with ", members, " kernels"));
+    }
+  }
+  for (const v1::Object& o : List("KernelInstance")) {
+    const v1::KernelInstance& ki = o.kernel_instance();
+    const std::string& name = ki.metadata().name();
+    const v1::InstanceStatus& st = ki.status();
+    // (b') a KernelInstance that ran, still exists and wants Running, runs.
+    bool host_going = false;
+    for (const v1::Object& h : List("Host")) {
+      host_going |= h.host().metadata().name() == ki.spec().host() && h.host().metadata().deletion_unix_ms() != 0;
+    }
+    // (A kernel asked for that cannot load is not run: if the old one had stopped, it stays so.)
+    if (established_.count(name) && ki.spec().phase() == v1::PHASE_RUNNING && !host_going &&
+        ki.spec().kernel().image() != bad_image_) {
+      const std::string serving =
+          absl::StrCat(ki.spec().host(), "/", st.kernel().empty() ? name : st.kernel());
+      if (state[serving] != v1::KERNEL_STATE_ACTIVE) {
+        return Fail(absl::StrCat("(b'): KernelInstance/", name, " ran and wants Running but ", serving, " is ",
+                                 kernel::KernelStateName(state.count(serving) ? state[serving] : v1::KERNEL_STATE_ABSENT),
+                                 " (status ", st.phase(), ")"));
+      }
+    }
+    // (e) a Ready status matches the kernel and the spec.
+    bool ready = false, resized_false = false;
+    for (const v1::Condition& c : st.conditions()) {
+      ready |= c.type() == "Ready" && c.status() == v1::CONDITION_TRUE;
+      resized_false |= c.type() == "Resized" && c.status() == v1::CONDITION_FALSE;
+    }
+    if (!ready || st.observed_generation() != ki.metadata().generation()) continue;
+    const std::string key = absl::StrCat(st.placement().host(), "/", st.kernel());
+    auto it = info.find(key);
+    if (it == info.end()) return Fail(absl::StrCat("(e): KernelInstance/", name, " Ready but ", key, " is not there"));
+    const kernel::InstanceInfo& in = it->second;
+    v1::KernelState want = ki.spec().phase() == v1::PHASE_READY    ? v1::KERNEL_STATE_READY
+                           : ki.spec().phase() == v1::PHASE_LOADED ? v1::KERNEL_STATE_LOADED
+                                                                    : v1::KERNEL_STATE_ACTIVE;
+    if (in.state != want) {
+      return Fail(absl::StrCat("(e): KernelInstance/", name, " Ready but ", key, " is ", kernel::KernelStateName(in.state)));
+    }
+    if (want != v1::KERNEL_STATE_READY && (in.provenance.kernel_path() != ki.spec().kernel().image() ||
+                                           in.provenance.cmdline() != ki.spec().kernel().cmdline())) {
+      return Fail(absl::StrCat("(e): KernelInstance/", name, " Ready but ", key, " runs ", in.provenance.kernel_path(),
+                               " \"", in.provenance.cmdline(), "\""));
+    }
+    uint64_t memory = 0;
+    for (const auto& [node, bytes] : in.memory_by_node) memory += bytes;
+    bool standby_serving = absl::EndsWith(st.kernel(), "-standby");
+    if (!resized_false && !standby_serving &&
+        (in.resources.cpus.size() != ki.spec().resources().cpus() || memory != ki.spec().resources().memory())) {
+      return Fail(absl::StrCat("(e): KernelInstance/", name, " Ready but ", key, " has ", in.resources.cpus.size(),
+                               " CPUs and ", memory, " bytes, the spec ", ki.spec().resources().cpus(), " and ",
+                               ki.spec().resources().memory()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+SimResult World::Run() {
+  Setup();
+  absl::Status s;
+  for (int i = 0; i < o_.steps && s.ok(); ++i) {
+    OneStep();
+    if (rng_.P(0.08)) UserOp();
+    if (o_.faults && rng_.P(0.02)) Fault();
+    s = CheckStep();
+  }
+  if (s.ok()) s = Settle();
+  if (s.ok()) s = CheckQuiescent();
+  if (!s.ok()) Trace(absl::StrCat("VIOLATION: ", s.message()));
+  result_.status = s;
+  result_.trace_hash = hash_;
+  result_.steps = step_;
+  if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  result_.tail.assign(tail_.begin(), tail_.end());
+  // The controller goes before the agents it holds clients to.
+  reconciler_.reset();
+  events_.reset();
+  objects_.reset();
+  return result_;
+}
+
+}  // namespace
+
+SimResult RunFleetSim(const SimOptions& options) {
+  World w(options);
+  return w.Run();
+}
+
+std::string ReplayCommand(const SimOptions& o) {
+  return absl::StrCat("bazel run //sim:mkfleet_sim -- --seed ", o.seed, " --hosts ", o.hosts, " --steps ", o.steps,
+                      o.faults ? "" : " --no-faults", " --verbose");
+}
+
+}  // namespace mkfleet::sim

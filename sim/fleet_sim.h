@@ -1,0 +1,63 @@
+// FleetSim: the deterministic fleet simulation, in the spirit of FoundationDB's simulation
+// and TigerBeetle's VOPR. mkcontroller's loop (Reconciler, driven by Step), N agents and
+// their emulated kernels run in one thread on one simulated clock; the network between
+// controller and agents drops, delays, duplicates and reorders calls and breaks watch
+// streams; the controller and the agents crash and restart at random points (an agent also
+// in the middle of a batch, between a kernel change and its journal record). A random
+// workload of user operations runs against it: apply, change, resize (also beyond what a
+// host has), delete and re-create the same names, scale sets up and down, cordon and delete
+// hosts, bad kernels, panics and hangs.
+//
+// After every step it checks invariants:
+//  (b) a running kernel is stopped by an action only when a change that requires it was
+//      asked for since it last started (or a fault hit it);
+//  (c) no CPU or memory block is held by two kernels, and no plan places two requests on
+//      one CPU;
+//  (d) no action id takes effect in a kernel twice;
+// and, once faults stop, that the fleet converges within a bounded number of steps and a
+// further pass sends nothing (f), and then:
+//  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
+//  (b') every KernelInstance that ran, still exists and wants Running, runs;
+//  (e) every status that says Ready matches the kernel and the spec.
+// The same seed gives the same trace (its hash is part of the result).
+// Thread-safety: single-threaded.
+#ifndef MKFLEET_SIM_FLEET_SIM_H_
+#define MKFLEET_SIM_FLEET_SIM_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace mkfleet::sim {
+
+struct SimOptions {
+  uint64_t seed = 1;
+  int hosts = 3;
+  int steps = 600;          // steps of workload and faults
+  int settle_steps = 1200;  // the bound for convergence once faults stop
+  bool faults = true;       // network faults and crashes
+  std::string dir;          // scratch directory (state dirs, kernel images); required
+  bool verbose = false;     // print the trace as it goes
+};
+
+struct SimResult {
+  absl::Status status;  // the first invariant violated, with its step
+  uint64_t trace_hash = 0;
+  int64_t steps = 0;
+  int64_t user_ops = 0;
+  int64_t faults = 0;
+  int64_t actions = 0;  // actions the controller sent
+  std::vector<std::string> tail;  // the last lines of the trace
+};
+
+SimResult RunFleetSim(const SimOptions& options);
+
+// The command that replays `options`.
+std::string ReplayCommand(const SimOptions& options);
+
+}  // namespace mkfleet::sim
+
+#endif  // MKFLEET_SIM_FLEET_SIM_H_

@@ -1,0 +1,56 @@
+// The fleet simulation's fixed seeds (a few minutes in all), and its determinism. A failing
+// seed prints the command that replays it.
+#include "sim/fleet_sim.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::sim {
+namespace {
+
+SimOptions Options(uint64_t seed) {
+  SimOptions o;
+  o.seed = seed;
+  o.dir = std::filesystem::path(::testing::TempDir()) / ("sim-" + std::to_string(getpid()) + "-" + std::to_string(seed));
+  return o;
+}
+
+class FleetSimSeeds : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(FleetSimSeeds, HoldsItsInvariants) {
+  SimOptions o = Options(GetParam());
+  SimResult r = RunFleetSim(o);
+  std::filesystem::remove_all(o.dir);
+  EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
+                             << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+  // The run did something: work and faults.
+  EXPECT_GT(r.user_ops, 10);
+  EXPECT_GT(r.faults, 3);
+  EXPECT_GT(r.actions, 20);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ci, FleetSimSeeds, ::testing::Range<uint64_t>(1, 25));
+
+TEST(FleetSimTest, TheSameSeedGivesTheSameTrace) {
+  SimOptions a = Options(7), b = Options(7);
+  b.dir += "-again";
+  a.steps = b.steps = 300;
+  SimResult ra = RunFleetSim(a), rb = RunFleetSim(b);
+  std::filesystem::remove_all(a.dir);
+  std::filesystem::remove_all(b.dir);
+  EXPECT_EQ(ra.trace_hash, rb.trace_hash);
+  EXPECT_EQ(ra.steps, rb.steps);
+  EXPECT_EQ(ra.actions, rb.actions);
+  SimOptions c = Options(8);
+  c.steps = 300;
+  SimResult rc = RunFleetSim(c);
+  std::filesystem::remove_all(c.dir);
+  EXPECT_NE(rc.trace_hash, ra.trace_hash);
+}
+
+}  // namespace
+}  // namespace mkfleet::sim

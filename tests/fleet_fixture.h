@@ -1,0 +1,193 @@
+// The fixture of the tests that run a fleet of real processes on loopback: mkagents
+// (emulated kernels, synthetic topology kTopology) that can be killed and restarted on the
+// same port and state, one mkcontroller (same port and store across restarts), mkapply and
+// mkfault, and what a test reads back: statuses, events, what each agent runs, and each
+// emulated kernel's operation counters (from its state file, once its agent stopped).
+#ifndef MKFLEET_TESTS_FLEET_FIXTURE_H_
+#define MKFLEET_TESTS_FLEET_FIXTURE_H_
+
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/machine.h"
+#include "mkfleet/v1/agent.grpc.pb.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+#include "planner/topology_source.h"
+#include "tests/fleet_util.h"
+#include "tests/process_util.h"
+
+namespace mkfleet {
+
+namespace fs = std::filesystem;
+namespace v1 = mkfleet::v1;
+
+inline constexpr char kTopology[] = "pack:2 numa:1(memory=16GiB) core:8 pu:2";
+
+using testing::Eventually;
+using testing::FreePort;
+
+class ProcessFleetTest : public ::testing::Test {
+ protected:
+  struct AgentSpec {
+    std::string name;
+    int port = 0;
+    std::unique_ptr<testing::Process> process;
+  };
+
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("proc-fleet-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    vmlinux_ = (dir_ / "vmlinux").string();
+    std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
+    controller_port_ = FreePort();
+  }
+  void TearDown() override {
+    controller_.reset();
+    agents_.clear();
+    fs::remove_all(dir_);
+  }
+
+  // Starts (or restarts, same port and state) the agent `name`.
+  void StartAgent(const std::string& name, const std::string& boot_time = "300ms") {
+    AgentSpec& a = agents_[name];
+    a.name = name;
+    if (a.port == 0) a.port = FreePort();
+    a.process = std::make_unique<testing::Process>(
+        std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
+                                 "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
+                                 "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
+                                 boot_time, "--enable-fault-injection"},
+        (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
+    ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
+  }
+  void StartController() {
+    controller_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
+                                 "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
+                                 "--unreachable-after", "1"},
+        (dir_ / ("controller-" + std::to_string(++runs_) + ".log")).string());
+    ASSERT_FALSE(controller_->WaitFor("listening on port ([0-9]+)").empty()) << controller_->Log();
+    stub_ = v1::Controller::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_port_),
+                                                        grpc::InsecureChannelCredentials()));
+  }
+
+  int Run(std::vector<std::string> argv, std::string* output) {
+    testing::Process p(argv, (dir_ / ("run-" + std::to_string(++runs_))).string());
+    int status = p.Kill(0);
+    *output = p.Log();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  int Mkapply(std::vector<std::string> args, std::string* output) {
+    args.insert(args.begin(), "cli/mkapply");
+    args.push_back("--controller");
+    args.push_back("127.0.0.1:" + std::to_string(controller_port_));
+    return Run(args, output);
+  }
+
+  std::string HostYaml(const std::string& name) {
+    return "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata:\n  name: " + name + "\nspec:\n  agent: 127.0.0.1:" +
+           std::to_string(agents_[name].port) + "\n  pool:\n    hostReserved: {cores: 1, memory: 1Gi}\n---\n";
+  }
+  std::string InstanceYaml(const std::string& name, const std::string& host, const std::string& cpus = "cpus: 2") {
+    return "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata:\n  name: " + name + "\nspec:\n  host: " + host +
+           "\n  kernel:\n    image: " + vmlinux_ + "\n    cmdline: \"console=mktty0\"\n  resources:\n    " + cpus +
+           "\n    memory: 512Mi\n---\n";
+  }
+  std::string Write(const std::string& file, const std::string& text) {
+    std::string path = (dir_ / file).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  v1::InstanceStatus Status(const std::string& name) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GetRequest req;
+    req.set_kind("KernelInstance");
+    req.set_name(name);
+    v1::GetResponse r;
+    if (!stub_->Get(&ctx, req, &r).ok() || r.objects_size() != 1) return {};
+    return r.objects(0).kernel_instance().status();
+  }
+  bool AllRunning(const std::vector<std::string>& names) {
+    for (const auto& n : names) {
+      if (Status(n).phase() != "Running") return false;
+    }
+    return true;
+  }
+  std::vector<v1::Event> ControllerEvents() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto reader = stub_->Events(&ctx, v1::EventsRequest());
+    std::vector<v1::Event> out;
+    v1::Event e;
+    while (reader->Read(&e)) out.push_back(e);
+    reader->Finish();
+    return out;
+  }
+  // Instances the agent `name` runs (from a Watch snapshot).
+  std::map<std::string, v1::InstanceStatus> OnAgent(const std::string& name) {
+    return testing::AgentInstances("127.0.0.1:" + std::to_string(agents_[name].port));
+  }
+  // Stops the agent (SIGTERM) and reads its emulated kernel's counters from the state file.
+  kernel::EmulatedKernel::Counters StopAndCount(const std::string& name) {
+    int status = agents_[name].process->Kill(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << agents_[name].process->Log();
+    return testing::EmulatorCounters(kTopology, (dir_ / name / "emulated-kernel.state").string());
+  }
+  // No action step was done twice (ActionDone per instance and step at most once).
+  void ExpectNoRepeatedActions() {
+    std::set<std::string> seen;
+    for (const v1::Event& e : ControllerEvents()) {
+      if (e.reason() != "ActionDone") continue;
+      std::string key = e.name() + " " + e.message();
+      EXPECT_TRUE(seen.insert(key).second) << "done twice: " << key;
+    }
+  }
+
+  // Applies three 2-CPU instances to node-a and waits until its agent has begun (the
+  // first kernel exists; the batch of three 400 ms boots is not through).
+  void ApplyThreeAndWaitForTheFirst() {
+    std::string out;
+    std::string path = Write("fleet.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a") +
+                                               InstanceYaml("a-2", "node-a") + InstanceYaml("a-3", "node-a"));
+    ASSERT_EQ(Mkapply({"apply", "-f", path}, &out), 0) << out;
+    ASSERT_TRUE(Eventually([&] { return !OnAgent("node-a").empty(); })) << controller_->Log();
+  }
+  // All three Running, each with its 2 CPUs, and each kernel operation ran once.
+  void ExpectThreeRunningOnceEach() {
+    ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1", "a-2", "a-3"}); }))
+        << controller_->Log() << agents_["node-a"].process->Log();
+    ExpectNoRepeatedActions();
+    auto on_agent = OnAgent("node-a");
+    EXPECT_EQ(on_agent.size(), 3u);
+    for (const auto& [name, st] : on_agent) EXPECT_EQ(st.placement().cpus_size(), 2) << name;
+    kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+    EXPECT_EQ(c.creates, 3);
+    EXPECT_EQ(c.loads, 3);
+    EXPECT_EQ(c.starts, 3);
+    EXPECT_EQ(c.removes, 0);
+  }
+
+  fs::path dir_;
+  std::string vmlinux_;
+  int controller_port_ = 0;
+  int runs_ = 0;
+  std::map<std::string, AgentSpec> agents_;
+  std::unique_ptr<testing::Process> controller_;
+  std::unique_ptr<v1::Controller::Stub> stub_;
+};
+
+}  // namespace mkfleet
+
+#endif  // MKFLEET_TESTS_FLEET_FIXTURE_H_
