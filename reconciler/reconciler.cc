@@ -23,8 +23,6 @@ WorkQueueOptions QueueOptions(absl::Duration max_delay) {
   return o;
 }
 
-constexpr char kEpochKey[] = "/controller/epoch";
-
 }  // namespace
 
 Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerOptions options, EventLog* events)
@@ -34,6 +32,9 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
       clock_(clock),
       options_(std::move(options)),
       queue_(clock, QueueOptions(options_.host_backoff_max)),
+      dispatcher_(store, clock,
+                  {options_.instance_backoff_base, options_.instance_backoff_max,
+                   [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); }}),
       last_resync_(clock.Monotonic()) {}
 
 Reconciler::~Reconciler() { Stop(); }
@@ -70,25 +71,6 @@ std::pair<int, int> Reconciler::HostCounts() {
 FleetPlan Reconciler::LastPlanForTest() {
   absl::MutexLock pass(&pass_mu_);
   return last_plan_;
-}
-
-int64_t Reconciler::Epoch() {
-  absl::MutexLock lock(&mu_);
-  if (epoch_ != 0) return epoch_;
-  // One more than any earlier controller on this store: agents refuse their late batches.
-  for (int attempt = 0; attempt < 10; ++attempt) {
-    auto kv = store_.Get(kEpochKey);
-    if (!kv.ok()) break;
-    int64_t last = 0;
-    if (kv->has_value()) last = std::stoll((*kv)->value);
-    auto rev = store_.Txn({{kEpochKey, kv->has_value() ? (*kv)->mod_revision : 0}},
-                          {{Op::Type::kPut, kEpochKey, std::to_string(last + 1), 0}});
-    if (rev.ok()) {
-      epoch_ = last + 1;
-      return epoch_;
-    }
-  }
-  return 0;  // unfenced: never refused, and retried next time
 }
 
 void Reconciler::Start() {
@@ -162,6 +144,7 @@ void Reconciler::SyncConnections(bool objects_changed) {
   std::map<std::string, std::string> wanted;
   for (const v1::Object& o : *hosts) wanted[o.host().metadata().name()] = o.host().spec().agent();
   std::vector<std::shared_ptr<HostConnection>> closed;
+  std::vector<std::string> forgotten;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
@@ -170,11 +153,7 @@ void Reconciler::SyncConnections(bool objects_changed) {
       if (w == wanted.end() || w->second != it->second.address) {
         closed.push_back(std::move(it->second.link));
         // What was kept for the host goes with it (nothing grows without bound).
-        policies_sent_.erase(it->first);
-        sequence_.erase(it->first);
-        for (auto b = backoff_.lower_bound(it->first + "/"); b != backoff_.end() && absl::StartsWith(b->first, it->first + "/");) {
-          b = backoff_.erase(b);
-        }
+        forgotten.push_back(it->first);
         it = connections_.erase(it);
       } else {
         ++it;
@@ -197,6 +176,7 @@ void Reconciler::SyncConnections(bool objects_changed) {
       connections_[host] = {address, std::move(link)};
     }
   }
+  for (const std::string& host : forgotten) dispatcher_.Forget(host);
   for (auto& c : closed) c->Cancel();
   for (auto& c : closed) c->Stop();
   // On a resync a failing host keeps its backoff (its retry is already scheduled); a change
@@ -309,7 +289,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
         if (!v.connected) outcomes[i].sent = absl::UnavailableError(absl::StrCat("host ", h, ": ", v.error));
         continue;
       }
-      outcomes[i] = RunHost(h, *links.at(h), plan->second, fleet);
+      outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
     }
   };
   size_t workers = std::min<size_t>(order.size(), std::max(1, options_.parallel_sends));
@@ -346,136 +326,6 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
       events_->ForgetHost(host).IgnoreError();
     }
   }
-}
-
-HostOutcome Reconciler::RunHost(const std::string& host, HostConnection& link, const Plan& plan,
-                                const FleetPlan& fleet) {
-  HostOutcome out;
-  const absl::Duration now = clock_.Monotonic();
-  v1::ActionBatch batch;
-  absl::Duration retry_in = absl::InfiniteDuration();
-  {
-    // An instance whose last action failed waits out its backoff before that action is
-    // tried again; the host's others go on, and so does a new plan for it (another intent:
-    // e.g. deleting what failed to load).
-    absl::MutexLock lock(&mu_);
-    std::set<std::string> retried;  // instances whose plan still holds the failed action
-    for (const v1::Action& a : plan.actions) {
-      auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
-      if (b != backoff_.end() && b->second.failed_id == a.id()) retried.insert(a.instance());
-    }
-    for (const v1::Action& a : plan.actions) {
-      auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
-      if (b != backoff_.end() && !retried.count(a.instance())) {
-        backoff_.erase(b);
-        b = backoff_.end();
-      }
-      if (b != backoff_.end() && b->second.next > now) {
-        out.held_back[a.instance()] = absl::StrCat(b->second.why, " (retry ", b->second.failures + 1, " in ",
-                                                    absl::FormatDuration(absl::Ceil(b->second.next - now, absl::Milliseconds(1))), ")");
-        retry_in = std::min(retry_in, b->second.next - now);
-        continue;
-      }
-      *batch.add_actions() = a;
-      out.in_plan.insert(a.instance());
-    }
-  }
-  if (retry_in != absl::InfiniteDuration()) queue_.AddAfter(host, retry_in);
-  if (batch.actions_size() > 0) {
-    int64_t epoch = Epoch();
-    {
-      absl::MutexLock lock(&mu_);
-      batch.mutable_fence()->set_epoch(epoch);
-      batch.mutable_fence()->set_sequence(++sequence_[host]);
-    }
-    actions_sent_ += batch.actions_size();
-    auto response = link.Execute(batch);
-    if (!response.ok()) {
-      out.sent = response.status();
-      out.events.push_back(MakeEvent("Host", host, host, true, "HostError", std::string(out.sent.message())));
-    } else {
-      std::map<std::string, std::string> instance_of;
-      std::map<std::string, std::string> failed_ids;  // instance -> its failed action
-      for (const v1::Action& a : batch.actions()) instance_of[a.id()] = a.instance();
-      for (const v1::ActionResult& r : response->results()) {
-        const std::string& instance = instance_of[r.id()];
-        if (instance.empty() && r.code() == 0) out.pool_note = r.message();  // the pool change
-        if (!r.replayed()) {
-          std::string step = r.id().substr(r.id().rfind('/') + 1);
-          if (instance.empty()) step = step.substr(0, step.rfind('-'));  // "pool-change"
-          out.events.push_back(MakeEvent(instance.empty() ? "Host" : "KernelInstance", instance.empty() ? host : instance,
-                                         host, r.code() != 0, r.code() == 0 ? "ActionDone" : "ActionFailed",
-                                         r.code() == 0 ? (r.message().empty() ? step : absl::StrCat(step, ": ", r.message()))
-                                                       : absl::StrCat(step, ": ", r.message())));
-        }
-        // The first failure of an instance is its cause; what it skipped follows from it.
-        if (r.code() != 0 && !out.failed.count(instance)) {
-          out.failed.emplace(instance, absl::StrCat(r.id(), ": ", r.message()));
-          failed_ids[instance] = r.id();
-        }
-      }
-      absl::MutexLock lock(&mu_);
-      for (const std::string& instance : out.in_plan) {
-        const std::string key = absl::StrCat(host, "/", instance);
-        auto failed = out.failed.find(instance);
-        if (failed == out.failed.end()) {
-          backoff_.erase(key);
-          continue;
-        }
-        Backoff& b = backoff_[key];
-        absl::Duration delay = std::min(options_.instance_backoff_base * (int64_t{1} << std::min(b.failures, 40)),
-                                        options_.instance_backoff_max);
-        ++b.failures;
-        b.next = now + delay;
-        b.why = failed->second;
-        b.failed_id = failed_ids[instance];
-        retry_in = std::min(retry_in, delay);
-      }
-    }
-    if (retry_in != absl::InfiniteDuration()) queue_.AddAfter(host, retry_in);
-  }
-  if (!out.sent.ok()) return out;
-  // The watchdog's local policies for the instances placed here (KernelInstances and set
-  // members), the complete set so that deleted instances' policies go: failover (Standby
-  // names the kernel that backs it) and restart.
-  v1::SetPolicyRequest policies;
-  policies.set_replace(true);
-  for (const auto& [name, p] : fleet.planned) {
-    if (p.host != host || !p.standby_for.empty() || p.spec == nullptr) continue;
-    v1::LocalPolicy* lp = policies.add_policies();
-    lp->set_instance(p.kernel);
-    *lp->mutable_failover() = p.spec->failover();
-    if (p.spec->failover().policy() == v1::FAILOVER_STANDBY) {
-      auto standby = fleet.planned.find(name + "-standby");
-      if (standby != fleet.planned.end()) {
-        lp->set_standby_instance(standby->second.kernel);
-      } else {
-        // No standby placed (yet): the watchdog restarts it instead.
-        lp->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
-      }
-    }
-  }
-  std::string wire = policies.SerializeAsString();
-  {
-    absl::MutexLock lock(&mu_);
-    auto sent = policies_sent_.find(host);
-    if (sent != policies_sent_.end() ? sent->second == wire : policies.policies_size() == 0) return out;
-  }
-  int64_t epoch = Epoch();
-  {
-    absl::MutexLock lock(&mu_);
-    policies.mutable_fence()->set_epoch(epoch);
-    policies.mutable_fence()->set_sequence(++sequence_[host]);
-  }
-  absl::Status s = link.SetPolicy(policies);
-  if (s.ok()) {
-    absl::MutexLock lock(&mu_);
-    policies_sent_[host] = wire;
-  } else {
-    out.sent = s;
-    out.events.push_back(MakeEvent("Host", host, host, true, "PolicyFailed", std::string(s.message())));
-  }
-  return out;
 }
 
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,

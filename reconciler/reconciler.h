@@ -33,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "reconciler/agent_client.h"
+#include "reconciler/dispatch.h"
 #include "reconciler/event_log.h"
 #include "reconciler/fleet_plan.h"
 #include "reconciler/host_connection.h"
@@ -89,7 +90,7 @@ class Reconciler {
   // web-1 on node-a: the boot CPU 4 is not in the new placement".
   std::map<std::string, std::vector<std::string>> Preview(const std::vector<mkfleet::v1::Object>& objects);
 
-  int64_t actions_sent() const { return actions_sent_.load(); }
+  int64_t actions_sent() const { return dispatcher_.actions_sent(); }
   int64_t passes() const { return passes_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
@@ -101,12 +102,6 @@ class Reconciler {
   struct Connection {
     std::string address;
     std::shared_ptr<HostConnection> link;
-  };
-  struct Backoff {
-    int failures = 0;
-    absl::Duration next;  // Monotonic() when its actions may be sent again
-    std::string why;
-    std::string failed_id;  // the action that failed: a plan without it is a new intent
   };
   struct Objects_ {
     std::vector<mkfleet::v1::Host> hosts;
@@ -122,14 +117,11 @@ class Reconciler {
   void PollStore(absl::Duration wait);
   // Takes the hosts due in the queue (waiting up to `wait` for the first) and runs a pass.
   void RunDue(absl::Duration wait);
-  // Sends `host` its plan (less what backs off) and, when they changed, its local policies.
-  HostOutcome RunHost(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet);
   void RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
                       std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
-  int64_t Epoch();
   std::map<std::string, HostView> Views(std::map<std::string, std::shared_ptr<HostConnection>>* links);
 
   Store& store_;
@@ -138,18 +130,12 @@ class Reconciler {
   Clock& clock_;
   const ReconcilerOptions options_;
   WorkQueue queue_;
+  Dispatcher dispatcher_;  // sends the plans, fenced, with per-instance backoff
 
   absl::Mutex mu_;
   std::map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool threaded_ ABSL_GUARDED_BY(mu_) = false;
-  // The policies last sent to each host (serialized), so unchanged ones are not re-sent.
-  std::map<std::string, std::string> policies_sent_ ABSL_GUARDED_BY(mu_);
-  // Fences: this controller's epoch and the next sequence per host.
-  int64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<std::string, int64_t> sequence_ ABSL_GUARDED_BY(mu_);
-  // Instances whose last action failed: "host/kernel" -> when they may try again.
-  std::map<std::string, Backoff> backoff_ ABSL_GUARDED_BY(mu_);
 
   // The store watcher's state (PollStore's caller only).
   int64_t seen_revision_ = -1;
@@ -161,7 +147,6 @@ class Reconciler {
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
 
-  std::atomic<int64_t> actions_sent_{0};
   std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};
   std::thread watcher_;

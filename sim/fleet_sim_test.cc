@@ -33,7 +33,20 @@ TEST_P(FleetSimSeeds, HoldsItsInvariants) {
   EXPECT_GT(r.actions, 20);
 }
 
-INSTANTIATE_TEST_SUITE_P(Ci, FleetSimSeeds, ::testing::Range<uint64_t>(1, 25));
+INSTANTIATE_TEST_SUITE_P(Ci, FleetSimSeeds, ::testing::Range<uint64_t>(1, 81));
+
+// Longer runs on more hosts.
+TEST(FleetSimTest, LongRunsOnFiveHosts) {
+  for (uint64_t seed : {1001, 1002, 1003}) {
+    SimOptions o = Options(seed);
+    o.hosts = 5;
+    o.steps = 2500;
+    SimResult r = RunFleetSim(o);
+    std::filesystem::remove_all(o.dir);
+    EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
+                               << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+  }
+}
 
 TEST(FleetSimTest, TheSameSeedGivesTheSameTrace) {
   SimOptions a = Options(7), b = Options(7);
