@@ -162,6 +162,39 @@ TEST_F(FleetPlacementTest, AChangedInstanceNeverTakesWhatAnotherChangedOneRunsOn
   EXPECT_TRUE(r.infeasible.count("a"));  // a cannot grow without b's core: it stays as it is
 }
 
+TEST_F(FleetPlacementTest, ARunningInstanceStaysWhenASiblingThreadGetsAnotherTenant) {
+  // Found by the fleet simulation: a kernel started by hand on the sibling thread of a core
+  // held whole made the controller re-create a running instance elsewhere.
+  FleetInput in;
+  in.hosts = {WholeHost("h", t_)};
+  v1::KernelInstance k;
+  k.mutable_metadata()->set_name("k");
+  k.mutable_spec()->set_host("h");
+  k.mutable_spec()->mutable_resources()->set_cpus(1);  // one CPU of a core held whole
+  k.mutable_spec()->mutable_resources()->set_memory(256ull << 20);
+  in.instances = {k};
+  FleetPlacement first = PlaceFleet(in);
+  ASSERT_EQ(first.placements.size(), 1u);
+  const v1::Placement& p = first.placements.at("k");
+  uint32_t cpu = p.cpus(0);
+  uint32_t sibling = 0;
+  for (uint32_t pu : t_->cores[t_->core_of_pu.at(cpu)].pus) {
+    if (pu != cpu) sibling = pu;
+  }
+  v1::Placement foreign;
+  foreign.set_host("h");
+  foreign.add_cpus(sibling);
+  auto* m = foreign.add_memory();
+  m->set_node(0);
+  m->set_bytes(128ull << 20);
+  in.fixed["unmanaged/h/foreign"] = foreign;
+  in.current = first.placements;
+  FleetPlacement r = PlaceFleet(in);
+  ASSERT_EQ(r.placements.count("k"), 1u);
+  EXPECT_EQ(r.placements.at("k").cpus(0), cpu);
+  EXPECT_TRUE(r.infeasible.empty());
+}
+
 TEST_F(FleetPlacementTest, FixedKernelsAreNeverPlacedOver) {
   FleetInput in;
   in.hosts = {WholeHost("a", t_)};

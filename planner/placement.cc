@@ -1102,14 +1102,20 @@ bool StillValid(const HostState& h, const InstanceRequest& req, const v1::Placem
     if (it == t.numa_by_os.end()) return false;
     allowed.insert(it->second);
   }
+  // A running instance keeps its CPUs even when a core it holds whole has since got
+  // another tenant on a sibling thread (a kernel started by hand, a pool that changed):
+  // that core is then held as shared, and the instance is not moved for it.
+  std::set<uint32_t> shared;
   for (uint32_t cpu : p.cpus()) {
     if (!t.core_of_pu.contains(cpu) || !h.InPool(cpu) || h.OwnerOf(cpu) >= 0) return false;
     uint32_t core = t.core_of_pu.at(cpu);
-    if (whole ? !h.WholeCoreFree(core) : !h.PuFreeForAny(cpu)) return false;
+    if (!h.PuFreeForAny(cpu)) return false;
+    if (whole && !h.WholeCoreFree(core)) shared.insert(core);
     cores.insert(core);
     nodes.insert(t.cores[core].numa);
     take->cpus.push_back(cpu);
   }
+  for (uint32_t c : shared) cores.erase(c);
   if (!allowed.empty()) {
     for (uint32_t n : nodes) {
       if (!allowed.count(n)) return false;
