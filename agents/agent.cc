@@ -134,6 +134,14 @@ void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
     v1::ObservedInstance* o = next.add_instances();
     o->set_name(info.name);
     o->set_owner(info.owner);
+    o->set_reports_removable_memory(true);
+    for (const auto& [node, sizes] : info.removable_by_node) {
+      for (uint64_t bytes : sizes) {
+        v1::NodeBytes* r = o->add_removable_memory();
+        r->set_node(node);
+        r->set_bytes(bytes);
+      }
+    }
     v1::InstanceStatus* s = o->mutable_status();
     s->set_kernel_state(info.state);
     s->set_phase(kernel::KernelStateName(info.state));

@@ -201,6 +201,11 @@ TEST_F(AgentTest, InstancesCarryTheirVersionOwnerAndMemoryPerNode) {
   for (const auto& nb : in.status().placement().memory()) mem[nb.node()] += nb.bytes();
   EXPECT_EQ(mem[0], 512ull << 20);
   EXPECT_EQ(mem[1], 256ull << 20);
+  // What a hot-remove could give back: the region on node 1, not the first (the image's).
+  EXPECT_TRUE(in.reports_removable_memory());
+  ASSERT_EQ(in.removable_memory_size(), 1);
+  EXPECT_EQ(in.removable_memory(0).node(), 1u);
+  EXPECT_EQ(in.removable_memory(0).bytes(), 256ull << 20);
   // Nothing changed: the version stays; a change moves it.
   agent_->Tick();
   EXPECT_EQ(agent_->Snapshot().instances(0).version(), in.version());

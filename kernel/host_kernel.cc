@@ -6,9 +6,11 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -21,6 +23,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/text_format.h"
 #include "kernel/errno_status.h"
+#include "kernel/memory_regions.h"
 #include "kernel/proc_parsers.h"
 
 namespace mkfleet::kernel {
@@ -272,39 +275,60 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
     if (info->state != v1::KERNEL_STATE_ABSENT) obs.instances.push_back(*std::move(info));
   }
   if (!obs.instances.empty()) {
-    auto memory = MemoryByNode(obs.pool);
+    auto memory = MemoryRegions(obs.pool);
     if (memory.ok()) {
-      for (InstanceInfo& i : obs.instances) i.memory_by_node = (*memory)[i.name];
+      for (InstanceInfo& i : obs.instances) {
+        for (const auto& [node, regions] : (*memory)[i.name]) {
+          for (const Region& r : regions) i.memory_by_node[node] += r.size;
+          for (auto r = regions.rbegin(); r != regions.rend(); ++r) {
+            if (r->index != 0) i.removable_by_node[node].push_back(r->size);
+          }
+        }
+      }
     }
   }
   return obs;
 }
 
-absl::StatusOr<std::map<std::string, std::map<uint32_t, uint64_t>>> HostKernel::MemoryByNode(const PoolState& pool) {
+absl::StatusOr<std::map<std::string, HostKernel::RegionsByNode>> HostKernel::MemoryRegions(const PoolState& pool) {
   // Each instance's /proc/iomem regions inside the pool's chunks.
   MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
   MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
-  std::map<std::string, std::map<uint32_t, uint64_t>> out;
+  std::map<std::string, RegionsByNode> out;
   for (const auto& ir : FindPoolRegions(regions).instances) {
     for (const PoolMemory& chunk : pool.memory) {
       if (ir.region.start >= chunk.base && ir.region.start < chunk.base + chunk.size) {
-        out[ir.instance][chunk.numa] += ir.region.size();
+        out[ir.instance][chunk.numa].push_back({ir.index, ir.region.start, ir.region.size()});
         break;
       }
+    }
+  }
+  for (auto& [name, nodes] : out) {
+    for (auto& [node, list] : nodes) {
+      std::sort(list.begin(), list.end(), [](const Region& a, const Region& b) { return a.index < b.index; });
     }
   }
   return out;
 }
 
-absl::StatusOr<std::map<uint32_t, uint64_t>> HostKernel::InstanceMemory(absl::string_view name) {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<HostKernel::RegionsByNode> HostKernel::InstanceRegions(absl::string_view name) {
   MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
   PoolState pool;
   if (!blob.empty()) {
     MK_ASSIGN_OR_RETURN(pool, DecodePool(blob));
   }
-  MK_ASSIGN_OR_RETURN(auto all, MemoryByNode(pool));
+  MK_ASSIGN_OR_RETURN(auto all, MemoryRegions(pool));
   return all[std::string(name)];
+}
+
+absl::StatusOr<std::map<uint32_t, uint64_t>> HostKernel::InstanceMemory(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(RegionsByNode regions, InstanceRegions(name));
+  std::map<uint32_t, uint64_t> out;
+  for (const auto& [node, list] : regions) {
+    for (const Region& r : list) out[node] += r.size;
+  }
+  return out;
 }
 
 absl::Status HostKernel::Guard(absl::string_view action, absl::string_view name, const InstanceInfo& info,
@@ -841,34 +865,23 @@ absl::StatusOr<std::vector<MemoryEntry>> HostKernel::FreePoolMemory(uint32_t num
 
 absl::StatusOr<std::vector<MemoryEntry>> HostKernel::MemoryToRelease(absl::string_view name, uint32_t numa, uint64_t bytes) {
   absl::MutexLock lock(&mu_);
-  MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name));
-  MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
-  MK_ASSIGN_OR_RETURN(PoolState pool, DecodePool(blob));
-  MK_ASSIGN_OR_RETURN(std::string iomem, fs_.ReadProc("iomem"));
-  MK_ASSIGN_OR_RETURN(std::vector<IomemRegion> regions, ParseIomem(iomem));
-  PoolRegions pr = FindPoolRegions(regions);
-  std::vector<PoolRegions::InstanceRegion> mine;
-  for (const auto& ir : pr.instances) {
-    if (ir.instance != name || ir.index == 0) continue;
-    for (const PoolMemory& chunk : pool.memory) {
-      if (chunk.numa == numa && ir.region.start >= chunk.base && ir.region.start < chunk.base + chunk.size) mine.push_back(ir);
-    }
+  MK_RETURN_IF_ERROR(Get(name).status());
+  MK_ASSIGN_OR_RETURN(RegionsByNode regions, InstanceRegions(name));
+  // Whole regions, the last added first, never the first (it holds the image).
+  std::vector<Region> removable;
+  const std::vector<Region>& mine = regions[numa];
+  for (auto r = mine.rbegin(); r != mine.rend(); ++r) {
+    if (r->index != 0) removable.push_back(*r);
   }
-  // Last regions first, whole regions only.
-  std::sort(mine.begin(), mine.end(), [](const auto& a, const auto& b) { return a.index > b.index; });
-  std::vector<MemoryEntry> out;
-  uint64_t got = 0;
-  for (const auto& ir : mine) {
-    if (got >= bytes) break;
-    if (got + ir.region.size() > bytes) continue;
-    out.push_back({ir.region.start, ir.region.size(), numa});
-    got += ir.region.size();
-  }
-  if (got != bytes) {
+  std::vector<uint64_t> sizes;
+  for (const Region& r : removable) sizes.push_back(r.size);
+  std::optional<std::vector<size_t>> pick = PickWholeRegions(sizes, bytes);
+  if (!pick) {
     return absl::FailedPreconditionError(absl::StrCat(What("memory-remove", name), ": no whole regions adding up to ",
                                                       bytes, " bytes on NUMA node ", numa, " (its first region holds the image)"));
   }
-  (void)info;
+  std::vector<MemoryEntry> out;
+  for (size_t i : *pick) out.push_back({removable[i].base, removable[i].size, numa});
   return out;
 }
 

@@ -62,6 +62,9 @@ struct InstanceInfo {
   // Its memory per NUMA node (OS index), from /proc/iomem and the pool's chunks; filled by
   // Observe (empty elsewhere).
   std::map<uint32_t, uint64_t> memory_by_node;
+  // Per NUMA node, the sizes of the regions a memory hot-remove can give back, in the order
+  // it gives them back (kernel/memory_regions.h); filled by Observe.
+  std::map<uint32_t, std::vector<uint64_t>> removable_by_node;
 };
 
 struct HostObservation {
@@ -143,9 +146,17 @@ class HostKernel {
   // with `provenance`, also what we loaded (a file read).
   absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false, bool resources = true)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Every instance's memory per NUMA node, from /proc/iomem and the pool's chunks.
-  absl::StatusOr<std::map<std::string, std::map<uint32_t, uint64_t>>> MemoryByNode(const PoolState& pool)
+  // Every instance's memory regions per NUMA node, from /proc/iomem and the pool's chunks,
+  // in region order (the first holds the kernel image).
+  struct Region {
+    uint32_t index = 0;
+    uint64_t base = 0;
+    uint64_t size = 0;
+  };
+  using RegionsByNode = std::map<uint32_t, std::vector<Region>>;
+  absl::StatusOr<std::map<std::string, RegionsByNode>> MemoryRegions(const PoolState& pool)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<RegionsByNode> InstanceRegions(absl::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::unique_ptr<TxLock>> LockForTx() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The instance, if it may take hot-plug now (ready, loaded or active; also failed with
   // `allow_failed`); FailedPrecondition otherwise.

@@ -245,8 +245,16 @@ TEST_P(ContractTest, HotplugOfEachResource) {
   uint64_t base = pool.memory[0].base + 8 * kGi;
   ASSERT_TRUE(hk_->AddMemory("web-1", {{base, 128ull << 20, 0}}).ok());
   EXPECT_EQ(hk_->Observe()->instances[0].resources.memory_bytes, 2 * kGi + (128ull << 20));
+  // Only the region added after boot can come back (the first holds the image).
+  EXPECT_THAT(hk_->Observe()->instances[0].removable_by_node[0], ElementsAre(128ull << 20));
+  auto give = hk_->MemoryToRelease("web-1", 0, 128ull << 20);
+  ASSERT_TRUE(give.ok()) << give.status();
+  ASSERT_EQ(give->size(), 1u);
+  EXPECT_EQ((*give)[0].base, base);
+  EXPECT_EQ(hk_->MemoryToRelease("web-1", 0, 256ull << 20).status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(hk_->RemoveMemory("web-1", {{base, 128ull << 20, 0}}).ok());
   EXPECT_EQ(hk_->Observe()->instances[0].resources.memory_bytes, 2 * kGi);
+  EXPECT_THAT(hk_->Observe()->instances[0].removable_by_node[0], ElementsAre());
   ASSERT_TRUE(hk_->AddDevices("web-1", {{"0000:81:00.0", "", "vfio-pci", 0}}).ok());
   ASSERT_TRUE(hk_->RemoveDevices("web-1", {{"0000:04:00.1", "", "vfio-pci", 0}}).ok());
   EXPECT_EQ(hk_->Observe()->instances[0].resources.devices.size(), 1u);

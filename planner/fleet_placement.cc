@@ -7,6 +7,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernel/memory_regions.h"
+#include "manifests/units.h"
 
 namespace mkfleet::planner {
 namespace {
@@ -193,9 +195,12 @@ class FleetPlacer {
       const bool held = engine_.Holds(r->name);
       v1::Placement p;
       std::string why;
-      if (engine_.Place(*r, &cur, &p, &why)) {
+      if (engine_.Place(*r, &cur, &p, &why) && (!held || CanShrinkInPlace(r->name, cur, p, &why))) {
         out_.placements[r->name] = std::move(p);
       } else if (held) {
+        std::string unused;
+        engine_.Release(r->name);
+        engine_.Hold(r->name, cur, &unused);  // what it had a moment ago: free again
         out_.placements[r->name] = cur;
         out_.infeasible[r->name] = why;
       } else {
@@ -219,6 +224,38 @@ class FleetPlacer {
         out_.unschedulable.push_back({r->name, why});
       }
     }
+  }
+
+  // Whether hot-remove can take `cur` down to `p` on every NUMA node: only whole regions
+  // added after creation come back (the first holds the kernel image).
+  bool CanShrinkInPlace(const std::string& name, const v1::Placement& cur, const v1::Placement& p, std::string* why) {
+    auto removable = in_.removable_memory.find(name);
+    if (removable == in_.removable_memory.end()) return true;
+    // Moved to another host, or a re-create anyway (the boot CPU goes, or CPUs land on a
+    // NUMA node it was not created on): nothing is hot-removed.
+    if (p.host() != cur.host()) return true;
+    if (std::find(p.cpus().begin(), p.cpus().end(), cur.boot_cpu()) == p.cpus().end()) return true;
+    for (uint32_t n : p.numa_nodes()) {
+      if (std::find(cur.numa_nodes().begin(), cur.numa_nodes().end(), n) == cur.numa_nodes().end()) return true;
+    }
+    std::map<uint32_t, uint64_t> have, want;
+    for (const auto& m : cur.memory()) have[m.node()] += m.bytes();
+    for (const auto& m : p.memory()) want[m.node()] += m.bytes();
+    for (const auto& [node, bytes] : have) {
+      if (want[node] >= bytes) continue;
+      auto sizes = removable->second.find(node);
+      std::vector<uint64_t> none;
+      const std::vector<uint64_t>& list = sizes == removable->second.end() ? none : sizes->second;
+      if (kernel::PickWholeRegions(list, bytes - want[node])) continue;
+      std::vector<std::string> parts;
+      for (uint64_t b : list) parts.push_back(manifests::FormatBytes(b));
+      *why = absl::StrCat("memory on NUMA node ", node, " cannot shrink from ", manifests::FormatBytes(bytes), " to ",
+                          manifests::FormatBytes(want[node]), " in place: hot-remove gives back whole regions added after boot (",
+                          list.empty() ? "none" : absl::StrJoin(parts, ", "),
+                          "), never the first, which holds the kernel image; re-create the instance to shrink it");
+      return false;
+    }
+    return true;
   }
 
   void AddReplicas(SetPlan& sp) {

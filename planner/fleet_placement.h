@@ -4,8 +4,8 @@
 //
 // Order: kernels held as they are (`fixed`: kernels no object owns), current placements
 // kept when still valid and unchanged, changed ones grown or shrunk in place (or, when the
-// change cannot be met, held as they are and reported in `infeasible`: a resize never takes
-// a running instance down to fail), new instances (larger first, standbys after their
+// change cannot be met, or its memory cannot shrink by whole regions, held as they are and
+// reported in `infeasible`: a resize never takes a running instance down to fail), new instances (larger first, standbys after their
 // primaries), then InstanceSet replicas.
 //
 // InstanceSets: members are named <set>-<host>-<n>. perHost: n = 0..perHost-1 on every
@@ -36,6 +36,10 @@ struct FleetInput {
   std::vector<mkfleet::v1::InstanceSet> sets;
   // Where requests run now, by request name (instances, standbys, set members).
   std::map<std::string, mkfleet::v1::Placement> current;
+  // The memory hot-remove can give back, per request and NUMA node, in the order it gives
+  // it back (kernel/memory_regions.h): a change that shrinks a node's memory by an amount
+  // these regions cannot add up to is infeasible. A request not listed may shrink freely.
+  std::map<std::string, std::map<uint32_t, std::vector<uint64_t>>> removable_memory;
   // Held as they are before anything else, by a name of their own.
   std::map<std::string, mkfleet::v1::Placement> fixed;
   std::set<std::string> frozen_sets;

@@ -195,6 +195,60 @@ TEST_F(FleetPlacementTest, ARunningInstanceStaysWhenASiblingThreadGetsAnotherTen
   EXPECT_TRUE(r.infeasible.empty());
 }
 
+TEST_F(FleetPlacementTest, AMemoryShrinkHotRemoveCannotDoKeepsTheInstanceAsItIs) {
+  // Found by the fleet simulation (seed 769): a running instance created with 2Gi, changed to
+  // 1Gi, got a memory-remove that could never succeed (its only region holds the image), and
+  // the failing action kept it from being started again after a crash.
+  FleetInput in;
+  in.hosts = {WholeHost("h", t_)};
+  v1::KernelInstance k;
+  k.mutable_metadata()->set_name("k");
+  k.mutable_spec()->set_host("h");
+  k.mutable_spec()->mutable_resources()->set_cpus(2);
+  k.mutable_spec()->mutable_resources()->set_memory(2048ull << 20);
+  in.instances = {k};
+  FleetPlacement first = PlaceFleet(in);
+  ASSERT_EQ(first.placements.size(), 1u);
+  in.current = first.placements;
+  in.instances[0].mutable_spec()->mutable_resources()->set_memory(1024ull << 20);
+  in.removable_memory["k"] = {};  // only the first region: nothing comes back
+  FleetPlacement r = PlaceFleet(in);
+  ASSERT_TRUE(r.infeasible.count("k"));
+  EXPECT_THAT(r.infeasible.at("k"), HasSubstr("cannot shrink from 2Gi to 1Gi in place"));
+  EXPECT_EQ(r.placements.at("k").memory(0).bytes(), 2048ull << 20);
+  // What it still holds is not given to anyone else: a new instance that needs the whole
+  // rest of the memory does not fit.
+  v1::KernelInstance big = k;
+  big.mutable_metadata()->set_name("big");
+  big.mutable_spec()->mutable_resources()->set_memory(14336ull << 20);
+  in.instances.push_back(big);
+  r = PlaceFleet(in);
+  EXPECT_TRUE(r.infeasible.count("k"));
+  EXPECT_EQ(r.placements.count("big"), 0u);
+  in.instances.pop_back();
+  // A region added after boot (1Gi) is given back: the shrink is done in place.
+  in.removable_memory["k"] = {{0, {1024ull << 20}}};
+  r = PlaceFleet(in);
+  EXPECT_TRUE(r.infeasible.empty());
+  EXPECT_EQ(r.placements.at("k").memory(0).bytes(), 1024ull << 20);
+  // Not whole regions (512Mi to give back from one of 1Gi): infeasible again.
+  in.instances[0].mutable_spec()->mutable_resources()->set_memory(1536ull << 20);
+  r = PlaceFleet(in);
+  EXPECT_TRUE(r.infeasible.count("k"));
+  // Moved to another host (its Host changed), nothing is hot-removed: no limit either.
+  in.hosts.push_back(WholeHost("h2", t_));
+  in.instances[0].mutable_spec()->set_host("h2");
+  r = PlaceFleet(in);
+  EXPECT_TRUE(r.infeasible.empty());
+  EXPECT_EQ(r.placements.at("k").host(), "h2");
+  in.instances[0].mutable_spec()->set_host("h");
+  // Growing is never limited by regions.
+  in.instances[0].mutable_spec()->mutable_resources()->set_memory(3072ull << 20);
+  r = PlaceFleet(in);
+  EXPECT_TRUE(r.infeasible.empty());
+  EXPECT_EQ(r.placements.at("k").memory(0).bytes(), 3072ull << 20);
+}
+
 TEST_F(FleetPlacementTest, FixedKernelsAreNeverPlacedOver) {
   FleetInput in;
   in.hosts = {WholeHost("a", t_)};

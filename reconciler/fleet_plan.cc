@@ -259,8 +259,15 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         v1::Placement p = in.status().placement();
         p.set_host(name);
         input.current[request] = std::move(p);
-        // A member that is not up is the first to go when its set shrinks.
-        if (in.status().kernel_state() != v1::KERNEL_STATE_ACTIVE) input.removal_first.insert(request);
+        if (in.reports_removable_memory()) {
+          auto& removable = input.removable_memory[request];
+          for (const v1::NodeBytes& r : in.removable_memory()) removable[r.node()].push_back(r.bytes());
+        }
+        // A member that is not up, or whose host is out of touch (nobody can see whether it
+        // is), is the first to go when its set shrinks: never a healthy one in its place.
+        if (in.status().kernel_state() != v1::KERNEL_STATE_ACTIVE || !v->second.connected) {
+          input.removal_first.insert(request);
+        }
       }
     }
     if (deleting) {

@@ -304,6 +304,35 @@ TEST(PlanFleetTest, SetsKeepTheirMembersWhileAHostMayStillConnect) {
   EXPECT_THAT(Creates(later.hosts["node-a"]), ElementsAre("edge-node-a-1"));
 }
 
+TEST(PlanFleetTest, ScaleDownTakesMembersOnADisconnectedHostFirst) {
+  // Found by the fleet simulation (seed 930): a deleted host came back before its members
+  // were gone, while its agent was down; the set then had one too many and stopped a
+  // healthy member on a connected host, keeping one whose state nobody could see.
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 1)};
+  sets[0].mutable_spec()->set_per_host(0);
+  sets[0].mutable_spec()->set_replicas(4);
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  FleetPlan first = PlanFleet(hosts, views, {}, sets);
+  ASSERT_EQ(first.placements.size(), 4u);
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  RunAsPlaced(first, "node-b", views["node-b"]);
+  // A third member on node-a: node-a is now the fullest.
+  sets[0].mutable_spec()->set_replicas(5);
+  FleetPlan grown = PlanFleet(hosts, views, {}, sets);
+  RunAsPlaced(grown, "node-a", views["node-a"]);
+  RunAsPlaced(grown, "node-b", views["node-b"]);
+  ASSERT_EQ(views["node-a"].instances.size() + views["node-b"].instances.size(), 5u);
+  // node-b's agent goes away (still within its grace); the set shrinks by one.
+  views["node-b"].connected = false;
+  sets[0].mutable_spec()->set_replicas(4);
+  FleetPlan plan = PlanFleet(hosts, views, {}, sets);
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty()) << plan.hosts["node-a"].DebugString();
+  int on_b = 0;
+  for (const auto& [name, p] : plan.placements) on_b += p.host() == "node-b";
+  EXPECT_EQ(on_b, static_cast<int>(views["node-b"].instances.size()) - 1);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler
 

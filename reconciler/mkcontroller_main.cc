@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
   std::string store_spec;
   double resync_seconds = 30;
   double unreachable_seconds = 10;
+  double backoff_max_seconds = 1000;
+  int64_t history_window = 10000;
   CLI::App app{"mkcontroller: the mkfleet controller. Stores the fleet's manifests and serves mkapply."};
   app.set_version_flag("--version", std::string("mkcontroller ") + kVersion);
   app.add_option("--listen", listen, "gRPC address (default 127.0.0.1:7100; port 0 picks one and prints it)");
@@ -41,6 +43,13 @@ int main(int argc, char** argv) {
   app.add_option("--unreachable-after", unreachable_seconds,
                  "seconds an agent may be out of reach before its host is Unreachable (default 10)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--backoff-max", backoff_max_seconds,
+                 "longest wait before retrying a failing host or instance, in seconds (default 1000; the wait "
+                 "starts at 5 ms and doubles; a change of the objects retries at once)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--history-window", history_window,
+                 "store revisions of history kept; older ones are compacted on every resync (default 10000)")
+      ->check(CLI::Range(int64_t{100}, int64_t{1} << 40));
   CLI11_PARSE(app, argc, argv);
 
   if (!absl::StartsWith(store_spec, "sqlite:") || store_spec.size() == 7) {
@@ -70,6 +79,9 @@ int main(int argc, char** argv) {
   reconciler::ReconcilerOptions ro;
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
+  ro.host_backoff_max = absl::Seconds(backoff_max_seconds);
+  ro.instance_backoff_max = absl::Seconds(backoff_max_seconds);
+  ro.history_window = history_window;
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetStatsSource([&loop] {

@@ -292,6 +292,11 @@ absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch&
     if (st.ok()) before_[absl::StrCat(host.name, "/", a.instance())] = *st;
   }
   host.effects_seen = Effects(host.emu->counters());
+  if (o_.verbose) {  // not part of the trace (its tail is for the invariants' context)
+    std::vector<std::string> ids;
+    for (const v1::Action& a : batch.actions()) ids.push_back(a.id());
+    std::cerr << "    batch " << batch.fence().sequence() << " to " << host.name << ": " << absl::StrJoin(ids, " ") << "\n";
+  }
   auto r = host.agent->Execute(batch);
   if (host.ck->dead()) {
     KillAgent(h, "died inside a batch");
@@ -853,7 +858,8 @@ absl::Status World::Settle() {
   // Converged: only retries of failing actions for 4 resync periods.
   while (step_ - last_non_failing_send_ < 80) {
     if (step_ - settle_start > o_.settle_steps) {
-      return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps, " steps after the faults stopped"));
+      return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps,
+                                " steps after the faults stopped; still sending ", last_sent_));
     }
     OneStep();
     if (absl::Status s = CheckStep(); !s.ok()) return s;
@@ -866,6 +872,16 @@ absl::Status World::Settle() {
   reconciler_->ReconcileHosts(all);
   if (last_non_failing_send_ != before) return Fail("(f): a pass after convergence sent " + last_sent_);
   return absl::OkStatus();
+}
+
+// The conditions that are not True, for a violation's message: "; Ready=False Reason: message".
+std::string ConditionsText(const v1::InstanceStatus& st) {
+  std::string out;
+  for (const v1::Condition& c : st.conditions()) {
+    if (c.status() == v1::CONDITION_TRUE) continue;
+    absl::StrAppend(&out, "; ", c.type(), "=False ", c.reason(), ": ", c.message());
+  }
+  return out;
 }
 
 absl::Status World::CheckQuiescent() {
@@ -936,7 +952,7 @@ absl::Status World::CheckQuiescent() {
       if (state[serving] != v1::KERNEL_STATE_ACTIVE) {
         return Fail(absl::StrCat("(b'): KernelInstance/", name, " ran and wants Running but ", serving, " is ",
                                  kernel::KernelStateName(state.count(serving) ? state[serving] : v1::KERNEL_STATE_ABSENT),
-                                 " (status ", st.phase(), ")"));
+                                 " (status ", st.phase(), ConditionsText(st), ")"));
       }
     }
     // (e) a Ready status matches the kernel and the spec.
