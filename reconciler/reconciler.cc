@@ -37,6 +37,12 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
                    [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); }}),
       last_resync_(clock.Monotonic()) {}
 
+std::ostream& Reconciler::Log() {
+  if (options_.log != nullptr) return *options_.log;
+  thread_local std::ostream dropped(nullptr);
+  return dropped;
+}
+
 Reconciler::~Reconciler() { Stop(); }
 
 void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Event> events) {
@@ -58,7 +64,7 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
     keep.push_back(std::move(e));
   }
   absl::Status s = events_->RecordAll(std::move(keep));
-  if (!s.ok()) std::cerr << "events from " << host << ": " << s.message() << "\n";
+  if (!s.ok()) Log() << "events from " << host << ": " << s.message() << "\n";
 }
 
 std::pair<int, int> Reconciler::HostCounts() {
@@ -202,7 +208,7 @@ void Reconciler::PollStore(absl::Duration wait) {
     // History beyond the window goes: the store stays bounded under a steady fleet.
     if (next.ok() && *next > options_.history_window) {
       absl::Status s = store_.Compact(*next - options_.history_window);
-      if (!s.ok()) std::cerr << "store: compact: " << s.message() << "\n";
+      if (!s.ok()) Log() << "store: compact: " << s.message() << "\n";
     }
   }
   SyncConnections(changed);
@@ -221,7 +227,7 @@ void Reconciler::RunDue(absl::Duration wait) {
       queue_.Forget(h);
     } else {
       // Logged once per failure; the backoff bounds how often.
-      std::cerr << "reconcile " << h << ": " << s.message() << " (retry " << queue_.Failures(h) + 1 << ")\n";
+      Log() << "reconcile " << h << ": " << s.message() << " (retry " << queue_.Failures(h) + 1 << ")\n";
       queue_.AddRateLimited(h);
     }
     queue_.Done(h);
@@ -318,7 +324,7 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
   for (const std::string& host : fleet.drained) {
     absl::Status s = objects_.FinishHostDelete(host);
     if (!s.ok()) {
-      std::cerr << "Host/" << host << ": " << s.message() << "\n";
+      Log() << "Host/" << host << ": " << s.message() << "\n";
       continue;
     }
     if (events_ != nullptr) {
@@ -345,7 +351,7 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);
   if (!s.ok()) {
-    std::cerr << "reconcile: writing " << writes.size() << " statuses: " << s.message() << "\n";
+    Log() << "reconcile: writing " << writes.size() << " statuses: " << s.message() << "\n";
     status_loaded_ = false;  // the cache may be behind the store: read it again
   } else {
     for (auto& [key, value] : update.writes) status_cache_[key] = std::move(value);
@@ -354,7 +360,7 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
   }
   if (events_ != nullptr && !events.empty()) {
     absl::Status e = events_->RecordAll(std::move(events));
-    if (!e.ok()) std::cerr << "events: " << e.message() << "\n";
+    if (!e.ok()) Log() << "events: " << e.message() << "\n";
   }
 }
 

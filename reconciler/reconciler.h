@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <set>
@@ -59,6 +60,9 @@ struct ReconcilerOptions {
   // Per-instance retry backoff after a failed action.
   absl::Duration instance_backoff_base = absl::Milliseconds(5);
   absl::Duration instance_backoff_max = absl::Seconds(1000);
+  // Where the loop reports its own errors (a host's failed pass, a store write), one line
+  // each; null: nowhere (the simulation, which reports through statuses and events).
+  std::ostream* log = &std::cerr;
 };
 
 class Reconciler {
@@ -99,6 +103,8 @@ class Reconciler {
   FleetPlan LastPlanForTest();
 
  private:
+  // options_.log, or a stream that drops what it is given.
+  std::ostream& Log();
   struct Connection {
     std::string address;
     std::shared_ptr<HostConnection> link;

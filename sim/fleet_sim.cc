@@ -410,6 +410,7 @@ void World::StartController() {
   // Time runs compressed here (resync 1 s): so do the retries' longest waits.
   ro.host_backoff_max = absl::Seconds(2);
   ro.instance_backoff_max = absl::Seconds(2);
+  ro.log = o_.verbose ? &std::cerr : nullptr;
   ro.client_factory = [this](const std::string& host, const std::string&) -> std::unique_ptr<reconciler::AgentClient> {
     return std::make_unique<SimAgentClient>(*this, HostIndex(host));
   };

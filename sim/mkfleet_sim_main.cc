@@ -25,8 +25,8 @@ int main(int argc, char** argv) {
   bool soak = false, no_faults = false;
   int minutes = 0;
   app.add_option("--seed", o.seed, "the seed to run (default 1); with --soak, the first");
-  app.add_option("--hosts", o.hosts, "hosts (default 3)");
-  app.add_option("--steps", o.steps, "workload steps (default 600)");
+  auto* hosts_opt = app.add_option("--hosts", o.hosts, "hosts (default 3; --soak varies it, 2 to 5, unless given)");
+  auto* steps_opt = app.add_option("--steps", o.steps, "workload steps (default 600; --soak: 1800 on 5 hosts, unless given)");
   app.add_flag("--verbose", o.verbose, "print the trace");
   app.add_flag("--no-faults", no_faults, "no crashes and no network faults");
   app.add_flag("--soak", soak, "run seed after seed until a violation, --minutes, or Ctrl-C");
@@ -37,7 +37,13 @@ int main(int argc, char** argv) {
   auto start = std::chrono::steady_clock::now();
   int64_t runs = 0, steps = 0, faults = 0, ops = 0, actions = 0;
   std::string base = (std::filesystem::temp_directory_path() / ("mkfleet-sim-" + std::to_string(getpid()))).string();
+  const int given_hosts = o.hosts, given_steps = o.steps;
   while (true) {
+    if (soak) {
+      // Fleets of several sizes, unless told: what a seed ran is in its replay command.
+      o.hosts = hosts_opt->count() > 0 ? given_hosts : 2 + static_cast<int>(o.seed % 4);
+      o.steps = steps_opt->count() > 0 ? given_steps : (o.hosts == 5 ? 1800 : 600);
+    }
     o.dir = base + "-" + std::to_string(o.seed);
     mkfleet::sim::SimResult r = mkfleet::sim::RunFleetSim(o);
     std::filesystem::remove_all(o.dir);
