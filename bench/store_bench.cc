@@ -2,14 +2,16 @@
 // process, on a simulated clock: 100 emulated hosts (in-process agents, no gRPC), one
 // InstanceSet of perHost 10 (1,000 instances), the Reconciler driven step by step with the
 // SQLite store in a file. Once everything runs, it runs PASSES passes (default 10,000) over
-// every host. The fleet is steady but not idle: every 10 passes one instance crashes and its
-// agent restarts it (a status write and events each time), as a real fleet has some churn.
+// every host. The fleet is steady but not idle: every CHURN passes (default 1) one instance
+// crashes and is restarted (status writes and events each time), so the history grows by
+// tens of thousands of revisions and the compaction window (10,000) matters.
 // It prints the store file's size every 1,000 passes, the bound it keeps, and the mean pass
 // time against its floor (one single-key store write, measured in the same run).
-// Usage: store_bench [--passes N] [--no-compaction] (the history is then never compacted,
-// for contrast).
+// Usage: store_bench [--passes N] [--churn-every N] [--no-compaction] (the history is then
+// never compacted, for contrast).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -57,9 +59,11 @@ double Ms(WallClock::duration d) { return std::chrono::duration<double, std::mil
 
 int main(int argc, char** argv) {
   int passes = 10000;
+  int churn_every = 1;
   bool compaction = true;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--passes") && i + 1 < argc) passes = atoi(argv[++i]);
+    if (!strcmp(argv[i], "--churn-every") && i + 1 < argc) churn_every = std::max(1, atoi(argv[++i]));
     if (!strcmp(argv[i], "--no-compaction")) compaction = false;
   }
   std::string dir = (std::filesystem::temp_directory_path() / ("store-bench-" + std::to_string(getpid()))).string();
@@ -159,10 +163,11 @@ int main(int argc, char** argv) {
   double pass_ms = 0;
   int64_t writes0 = loop.status_writes();
   for (int p = 1; p <= passes; ++p) {
-    if (p % 10 == 0) {
-      // Churn: an instance crashes; its watchdog restarts it.
-      Host& h = *hosts[(p / 10) % kHosts];
-      h.emu->InjectPanic(absl::StrCat("s-", h.name, "-", (p / 100) % kPerHost)).IgnoreError();
+    if (p % churn_every == 0) {
+      // Churn: an instance crashes and is restarted.
+      int c = p / churn_every;
+      Host& h = *hosts[c % kHosts];
+      h.emu->InjectPanic(absl::StrCat("s-", h.name, "-", (c / kHosts) % kPerHost)).IgnoreError();
     }
     step();
     auto t0 = WallClock::now();
@@ -177,8 +182,10 @@ int main(int argc, char** argv) {
       fflush(stdout);
     }
   }
-  printf("1. store after %d passes of a steady %d-instance fleet (with churn): largest %.1f MiB (%s)\n", passes,
-         kHosts * kPerHost, max_size / 1048576.0, compaction ? "history window 10,000 revisions" : "never compacted");
+  printf("1. store after %d passes of a steady %d-instance fleet (a crash every %d passes): largest %.1f MiB, "
+         "final %.1f MiB, %lld revisions (%s)\n",
+         passes, kHosts * kPerHost, churn_every, max_size / 1048576.0, *store->SizeBytes() / 1048576.0,
+         static_cast<long long>(*store->Revision()), compaction ? "history window 10,000 revisions" : "never compacted");
   printf("2. a pass over all %d hosts: %.2f ms mean; floor (one store write) %.3f ms; %.0fx the floor\n", kHosts,
          pass_ms / passes, floor_ms, pass_ms / passes / floor_ms);
   loop.Stop();
