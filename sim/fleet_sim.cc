@@ -170,6 +170,7 @@ class World {
   std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
   std::set<std::string> failing_;        // "h/k" whose last action failed
   int64_t last_non_failing_send_ = 0;    // the step of the last call with an action that is not a retry
+  int64_t last_effect_ = 0;               // the step of the last action that changed a kernel
   std::string last_sent_;                 // its action
 };
 
@@ -306,6 +307,7 @@ absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch&
     for (int i = 0; i < r->results_size() && i < batch.actions_size(); ++i) {
       const std::string key = absl::StrCat(host.name, "/", batch.actions(i).instance());
       if (r->results(i).code() != 0) {
+        if (o_.verbose) std::cerr << "      " << batch.actions(i).id() << ": " << r->results(i).message() << "\n";
         failing_.insert(key);
       } else {
         failing_.erase(key);
@@ -457,6 +459,7 @@ void World::OnAction(int h, const v1::Action& a, const v1::ActionResult& r) {
   int64_t now = Effects(host.emu->counters());
   int64_t delta = now - host.effects_seen;
   host.effects_seen = now;
+  if (delta > 0) last_effect_ = step_;
   if (r.code() != 0 || r.replayed() || delta <= 0) return;
   // (d) no action id takes effect twice.
   if (++took_effect_[a.id()] > 1 && violation_.ok()) {
@@ -856,8 +859,9 @@ absl::Status World::Settle() {
   }
   Trace("faults stopped");
   const int64_t settle_start = step_;
-  // Converged: only retries of failing actions for 4 resync periods.
-  while (step_ - last_non_failing_send_ < 80) {
+  // Converged: for 4 resync periods, only retries of failing actions, none of them taking effect.
+  // (A retry that finally succeeds changes kernels: what follows from it must settle too.)
+  while (step_ - std::max(last_non_failing_send_, last_effect_) < 80) {
     if (step_ - settle_start > o_.settle_steps) {
       return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps,
                                 " steps after the faults stopped; still sending ", last_sent_));
