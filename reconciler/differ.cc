@@ -156,11 +156,9 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     std::set<uint32_t> want_cpus(target.cpus().begin(), target.cpus().end());
     // The boot CPU cannot be hot-removed, and a kernel onlines only CPUs of the NUMA nodes
     // it was created on: either means a re-create.
+    // (The NUMA move first: it is the cause when both hold.)
     std::string recreate;
-    if (!now.cpus().empty() && !want_cpus.count(now.boot_cpu())) {
-      recreate = absl::StrCat("the boot CPU ", now.boot_cpu(), " is not in the new placement (CPUs ",
-                              CpuText({target.cpus().begin(), target.cpus().end()}), ")");
-    } else if (!now.numa_nodes().empty()) {
+    if (!now.numa_nodes().empty()) {
       std::set<uint32_t> nodes(now.numa_nodes().begin(), now.numa_nodes().end());
       for (uint32_t n : target.numa_nodes()) {
         if (!nodes.count(n)) {
@@ -168,6 +166,10 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
           break;
         }
       }
+    }
+    if (recreate.empty() && !now.cpus().empty() && !want_cpus.count(now.boot_cpu())) {
+      recreate = absl::StrCat("the boot CPU ", now.boot_cpu(), " is not in the new placement (CPUs ",
+                              CpuText({target.cpus().begin(), target.cpus().end()}), ")");
     }
     if (!recreate.empty()) {
       b.Delete(name, state, d->generation, "recreate");

@@ -117,6 +117,38 @@ TEST_F(LoopProcessTest, AResizeThatDoesNotFitKeepsTheInstanceRunning) {
   EXPECT_EQ(c.removes, 0);
 }
 
+TEST_F(LoopProcessTest, AChangeThatNeedsARecreateSaysSoAndIsCarriedOut) {
+  // Defect 2: `diff` and `--dry-run` only said "configured" for a change that takes a running
+  // kernel down. Moving an instance to another NUMA node is a re-create (a kernel onlines
+  // only CPUs of the nodes it was created on): both say so first.
+  StartAgent("node-a", "0ms");
+  StartController();
+  std::string out;
+  ASSERT_EQ(Mkapply({"apply", "-f",
+                     Write("a.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a", "cpus: 2\n    numaNodes: [0]"))},
+                    &out),
+            0)
+      << out;
+  ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}); })) << controller_->Log();
+  std::string moved =
+      Write("moved.yaml", HostYaml("node-a") + InstanceYaml("a-1", "node-a", "cpus: 2\n    numaNodes: [1]"));
+  EXPECT_EQ(Mkapply({"diff", "-f", moved}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("would re-create a-1 on node-a: its CPUs move onto NUMA node 1")) << out;
+  ASSERT_EQ(Mkapply({"apply", "--dry-run", "-f", moved}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("would re-create a-1 on node-a")) << out;
+  EXPECT_EQ(OnAgent("node-a")["a-1"].placement().numa_nodes(0), 0u);  // the dry run changed nothing
+  ASSERT_EQ(Mkapply({"apply", "-f", moved}, &out), 0) << out;
+  ASSERT_TRUE(Eventually([&] {
+    auto on = OnAgent("node-a");
+    return AllRunning({"a-1"}) && on.count("a-1") && on["a-1"].placement().numa_nodes_size() == 1 &&
+           on["a-1"].placement().numa_nodes(0) == 1;
+  })) << controller_->Log();
+  kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
+  EXPECT_EQ(c.creates, 2);
+  EXPECT_EQ(c.halts, 1);
+  EXPECT_EQ(c.removes, 1);
+}
+
 TEST_F(LoopProcessTest, DeletingByFileAfterAControllerRestartDeletesTheKernels) {
   // Defect 3: after a controller restart `delete -f` said deleted and sent nothing (the
   // Host went with its instances, and with it the connection).
