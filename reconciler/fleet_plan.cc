@@ -182,7 +182,8 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
 }
 
 FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::string, HostView>& views,
-                    const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets) {
+                    const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets,
+                    const std::map<std::string, v1::Placement>& in_flight) {
   FleetPlan out;
   planner::FleetInput input;
   input.sets = sets;
@@ -276,6 +277,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     }
     input.hosts.push_back(*std::move(info));
     known.insert(name);
+  }
+  // Sent but not seen yet: where it was sent, on a host that still takes part.
+  for (const auto& [request, p] : in_flight) {
+    if (input.current.count(request) || !known.count(p.host())) continue;
+    input.current[request] = p;
+    input.removal_first.insert(request);
   }
   auto kernel_of = [&](const std::string& request, const std::string& standby_for) {
     if (standby_for.empty()) return swapped.count(request) ? request + kStandbySuffix : request;

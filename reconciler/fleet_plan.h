@@ -82,9 +82,13 @@ struct FleetPlan {
   std::set<std::string> frozen_sets;
 };
 
+// `in_flight`: requests whose create was sent but whose kernel the views do not show yet,
+// where they were sent: planned there as if they ran (kept, their resources held; first to
+// go when their set shrinks), so a pass in between does not place them again elsewhere.
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<mkfleet::v1::KernelInstance>& instances,
-                    const std::vector<mkfleet::v1::InstanceSet>& sets);
+                    const std::vector<mkfleet::v1::InstanceSet>& sets,
+                    const std::map<std::string, mkfleet::v1::Placement>& in_flight = {});
 
 }  // namespace mkfleet::reconciler
 

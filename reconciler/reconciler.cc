@@ -280,7 +280,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
     batch.insert(h);
   }
-  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets);
+  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views));
 
   // The hosts' batches go out in parallel; each worker takes the next host.
   std::vector<std::string> order(batch.begin(), batch.end());
@@ -314,10 +314,47 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     outcomes[i].events.clear();
     by_host[order[i]] = std::move(outcomes[i]);
   }
+  NoteSent(fleet, by_host);
   RecordStatuses(batch, *objects, fleet, views, by_host, std::move(events));
   FinalizeDrained(fleet);
   last_plan_ = std::move(fleet);
   return result;
+}
+
+std::map<std::string, v1::Placement> Reconciler::InFlightPlacements(const std::map<std::string, HostView>& views) {
+  std::map<std::string, v1::Placement> out;
+  const absl::Duration now = clock_.Monotonic();
+  for (auto it = in_flight_.begin(); it != in_flight_.end();) {
+    auto view = views.find(it->second.placement.host());
+    bool seen = view != views.end() && view->second.instances.count(it->second.kernel);
+    if (view == views.end() || seen || now - it->second.sent > options_.unreachable_after) {
+      it = in_flight_.erase(it);
+      continue;
+    }
+    out[it->first] = it->second.placement;
+    ++it;
+  }
+  return out;
+}
+
+void Reconciler::NoteSent(const FleetPlan& fleet, const std::map<std::string, HostOutcome>& outcomes) {
+  for (const auto& [request, p] : fleet.planned) {
+    auto outcome = outcomes.find(p.host);
+    auto plan = fleet.hosts.find(p.host);
+    if (outcome == outcomes.end() || plan == fleet.hosts.end()) continue;
+    const HostOutcome& o = outcome->second;
+    if (o.failed.count(p.kernel)) {
+      in_flight_.erase(request);  // planned afresh next time
+      continue;
+    }
+    if (!o.in_plan.count(p.kernel) || o.held_back.count(p.kernel)) continue;
+    bool creates = false;
+    for (const v1::Action& a : plan->second.actions) creates |= a.instance() == p.kernel && a.has_create();
+    // A batch whose fate is unknown (a lost response) counts as sent: it may have run.
+    if (creates && !in_flight_.count(request)) {
+      in_flight_[request] = {fleet.placements.at(request), p.kernel, clock_.Monotonic()};
+    }
+  }
 }
 
 void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
