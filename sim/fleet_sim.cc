@@ -584,6 +584,13 @@ void World::UserOp() {
     v1::Object o = rng_.Pick(kis);
     v1::KernelInstance* ki = o.mutable_kernel_instance();
     const std::string name = ki->metadata().name();
+    // Whether it runs now: a change that finds it down (a re-create whose create failed, a
+    // crash) has nothing to keep running, so (b') starts over for it.
+    bool running_now = false;
+    if (int h = HostIndex(ki->spec().host()); h >= 0) {
+      auto state = hosts_[h]->truth->StateOf(ki->status().kernel().empty() ? name : ki->status().kernel());
+      running_now = state.ok() && *state == v1::KERNEL_STATE_ACTIVE;
+    }
     ki->clear_status();
     v1::KernelInstanceSpec* s = ki->mutable_spec();
     int what = rng_.I(0, 5);
@@ -613,6 +620,7 @@ void World::UserOp() {
     // A spec change may stop it (Replace, a phase, a re-create for a resize); a kernel that
     // cannot load never may: it is checked before the old one goes.
     if (st.ok() && what != 1) License(absl::StrCat("KernelInstance/", name), change);
+    if (st.ok() && !running_now) established_.erase(name);
     Trace(absl::StrCat("user: change KernelInstance/", name, ": ", change, ": ", describe(st)));
     return;
   }
