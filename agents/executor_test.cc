@@ -60,7 +60,7 @@ TEST_F(ExecutorTest, RunsABatchInOrderAndMapsLogicalCpus) {
 }
 
 TEST_F(ExecutorTest, ResentActionsReturnTheRecordedResultWithoutRunning) {
-  exec_.Execute(Boot("web-1", "b1"));
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
   auto before = host_.emu->counters();
   v1::ExecuteResponse again = *exec_.Execute(Boot("web-1", "b1"));
   for (const auto& res : again.results()) {
@@ -111,7 +111,7 @@ TEST_F(ExecutorTest, KernelErrorsCarryTheErrno) {
   EXPECT_EQ(r.results(0).message(), "action b1-create: CPU 0 (physical id 0) is not in this host's pool");
   EXPECT_EQ(host_.emu->counters().overlays, 0);  // the kernel was not touched
   // What the kernel itself refuses keeps its errno: a CPU lent to another instance.
-  exec_.Execute(Boot("web-1", "ok"));
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "ok")).ok());
   v1::ActionBatch clash = Boot("web-2", "b2");
   r = *exec_.Execute(clash);
   EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kUnavailable));
@@ -123,7 +123,7 @@ TEST_F(ExecutorTest, KernelErrorsCarryTheErrno) {
 }
 
 TEST_F(ExecutorTest, HotplugMemoryAndCpus) {
-  exec_.Execute(Boot("web-1", "b1"));
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
   v1::ActionBatch b;
   v1::Action add = Act("m1", "web-1", v1::KERNEL_STATE_ACTIVE);
   auto* m = add.mutable_memory_add()->add_memory();
@@ -173,7 +173,7 @@ TEST_F(ExecutorTest, OneFailingInstanceDoesNotStopTheOthers) {
 }
 
 TEST_F(ExecutorTest, AReplacementsImageIsCheckedBeforeTheOldKernelGoes) {
-  exec_.Execute(Boot("web-1", "b1"));
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
   v1::ActionBatch b;
   v1::Action halt = Act("r-halt", "web-1", v1::KERNEL_STATE_ACTIVE);
   halt.mutable_halt();

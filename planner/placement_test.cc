@@ -378,7 +378,9 @@ TEST_F(PlacementTest, LlcMasksStayWithinTheKernelsThirtyTwoBits) {
   // The second would need bits 32..63, which no u32 mask has.
   EXPECT_EQ(r.placements.count("w2"), 0u);
   for (const auto& [name, p] : r.placements) {
-    if (p.has_llc_mask()) EXPECT_NE(p.llc_mask(), 0u) << name;
+    if (p.has_llc_mask()) {
+      EXPECT_NE(p.llc_mask(), 0u) << name;
+    }
   }
 }
 

@@ -62,7 +62,9 @@ TEST(EventLogTest, RepeatsFoldIntoOneWithACountAndTimeOrder) {
     e.set_type("Warning");
     e.set_message("create-load: cannot open /var/lib/mkfleet/kernels/vmlinux");
     ASSERT_TRUE(log->Record(e).ok());
-    if (i == 100) ASSERT_TRUE(log->Record(Ev("db-1", "Ready")).ok());
+    if (i == 100) {
+      ASSERT_TRUE(log->Record(Ev("db-1", "Ready")).ok());
+    }
     clock.Advance(absl::Milliseconds(250));
   }
   auto all = *log->List();
