@@ -6,9 +6,15 @@
 // In one process: in-process agents (no gRPC) on a simulated clock, the Reconciler driven
 // pass by pass; an agent publishes its state only when the test ticks it.
 #include <filesystem>
+#include <algorithm>
+#include <atomic>
+#include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "agents/action_journal.h"
 #include "agents/agent.h"
 #include "agents/liveness.h"
@@ -30,12 +36,52 @@ namespace {
 namespace v1 = mkfleet::v1;
 namespace fs = std::filesystem;
 
+// Holds Execute until the test opens the gate, and notes whether the client was destroyed
+// while a call was still in it.
+struct Gate {
+  absl::Notification entered;
+  absl::Notification open;
+  std::atomic<int> in_call{0};
+  std::atomic<bool> destroyed{false};
+  std::atomic<bool> destroyed_in_call{false};
+};
+
+class GatedClient final : public AgentClient {
+ public:
+  GatedClient(std::unique_ptr<AgentClient> inner, std::shared_ptr<Gate> gate)
+      : inner_(std::move(inner)), gate_(std::move(gate)) {}
+  ~GatedClient() override {
+    gate_->destroyed = true;
+    if (gate_->in_call > 0) gate_->destroyed_in_call = true;
+  }
+  absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration t) override { return inner_->Inventory(t); }
+  std::unique_ptr<WatchStream> Watch(const v1::WatchRequest& r) override { return inner_->Watch(r); }
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch& b, absl::Duration t) override {
+    std::shared_ptr<Gate> gate = gate_;  // the test's, whatever happens to this client
+    ++gate->in_call;
+    if (!gate->entered.HasBeenNotified()) gate->entered.Notify();
+    gate->open.WaitForNotification();
+    --gate->in_call;
+    if (gate->destroyed) return absl::InternalError("called on a destroyed client");
+    return absl::UnavailableError("the gate lets nothing through");
+  }
+  absl::Status SetPolicy(const v1::SetPolicyRequest& r, absl::Duration t) override {
+    if (gate_->destroyed) return absl::InternalError("called on a destroyed client");
+    return inner_->SetPolicy(r, t);
+  }
+
+ private:
+  std::unique_ptr<AgentClient> inner_;
+  std::shared_ptr<Gate> gate_;
+};
+
 struct Host {
   std::string name;
   std::unique_ptr<kernel::EmulatedKernel> emu;
   std::unique_ptr<kernel::HostKernel> hk;
   std::unique_ptr<agents::ActionJournal> journal;
   std::unique_ptr<agents::LivenessProbe> probe;
+  agents::AgentOptions options;
   std::unique_ptr<agents::Agent> agent;
 };
 
@@ -69,6 +115,7 @@ class InFlightTest : public ::testing::Test {
       agents::AgentOptions ao;
       ao.host = h->name;
       ao.state_dir = state;
+      h->options = ao;
       h->agent = std::make_unique<agents::Agent>(ao, *h->hk, topology_, *h->journal, *h->probe, clock_);
       hosts_.push_back(std::move(h));
     }
@@ -78,9 +125,14 @@ class InFlightTest : public ::testing::Test {
     ro.resync = absl::Seconds(1);
     ro.parallel_sends = 1;
     ro.log = nullptr;
-    ro.client_factory = [this](const std::string& host, const std::string&) -> std::unique_ptr<AgentClient> {
+    ro.client_factory = [this](const std::string& host, const std::string& address) -> std::unique_ptr<AgentClient> {
       int i = std::stoi(host.substr(1));
-      return std::make_unique<InProcessAgentClient>([this, i] { return hosts_[i]->agent.get(); });
+      auto client = std::make_unique<InProcessAgentClient>([this, i] { return hosts_[i]->agent.get(); });
+      absl::MutexLock lock(&factory_mu_);
+      made_.push_back(address);
+      clients_[host] = client.get();
+      if (gate_ == nullptr) return client;
+      return std::make_unique<GatedClient>(std::move(client), gate_);
     };
     loop_ = std::make_unique<Reconciler>(*store_, *objects_, clock_, ro);
   }
@@ -109,6 +161,16 @@ class InFlightTest : public ::testing::Test {
     for (int i : tick) hosts_[i]->agent->Tick();
     loop_->Step();
   }
+  // The agent process of host i restarts (its open streams end; it adopts what runs).
+  void RestartAgent(int i) {
+    Host& h = *hosts_[i];
+    h.agent.reset();
+    h.agent = std::make_unique<agents::Agent>(h.options, *h.hk, topology_, *h.journal, *h.probe, clock_);
+  }
+  InProcessAgentClient* Client(const std::string& host) {
+    absl::MutexLock lock(&factory_mu_);
+    return clients_.at(host);
+  }
   int Running(int i) {
     int n = 0;
     auto obs = hosts_[i]->hk->Observe();
@@ -124,6 +186,10 @@ class InFlightTest : public ::testing::Test {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> loop_;
+  absl::Mutex factory_mu_;
+  std::shared_ptr<Gate> gate_ ABSL_GUARDED_BY(factory_mu_);
+  std::vector<std::string> made_ ABSL_GUARDED_BY(factory_mu_);  // agent addresses dialled, in order
+  std::map<std::string, InProcessAgentClient*> clients_ ABSL_GUARDED_BY(factory_mu_);  // the latest per host
 };
 
 TEST_F(InFlightTest, ACreateNotSeenYetIsNotPlacedAgainElsewhere) {
@@ -153,6 +219,99 @@ TEST_F(InFlightTest, ACreateNotSeenYetIsNotPlacedAgainElsewhere) {
   for (int i = 0; i < 10; ++i) Step({0, 1});
   EXPECT_EQ(Running(0) + Running(1), 3);
   EXPECT_EQ(hosts_[0]->emu->counters().halts + hosts_[1]->emu->counters().halts, 0);
+}
+
+TEST_F(InFlightTest, ACreateThatCannotHaveRunNeverDisplacesARunningKernel) {
+  // Found by the fleet simulation (seed 1484 on 2 hosts): a batch that shrank k3 and created
+  // two set members on the CPUs it gave up was lost with the agent; the agent came back
+  // showing k3 as before, yet the members' creates were still planned where they were sent,
+  // on k3's CPUs. k3, resized beyond the host meanwhile, could not keep its own placement,
+  // was found unschedulable and deleted.
+  v1::Object k;
+  k.mutable_kernel_instance()->mutable_metadata()->set_name("k");
+  v1::KernelInstanceSpec* spec = k.mutable_kernel_instance()->mutable_spec();
+  spec->set_host("h0");
+  spec->mutable_kernel()->set_image(vmlinux_);
+  spec->mutable_resources()->set_cpus(6);
+  spec->mutable_resources()->set_memory(256ull << 20);
+  Apply({HostObject(0, false), k});
+  for (int i = 0; i < 5; ++i) Step({0});
+  ASSERT_EQ(Running(0), 1);
+  // k shrinks to 2 CPUs and a set's two members take the cores it gives up, in one batch,
+  // which the agent never runs: it goes down with the call.
+  spec->mutable_resources()->set_cpus(2);
+  v1::Object set;
+  set.mutable_instance_set()->mutable_metadata()->set_name("s");
+  set.mutable_instance_set()->mutable_spec()->set_replicas(2);
+  v1::KernelInstanceSpec* t = set.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec();
+  t->mutable_kernel()->set_image(vmlinux_);
+  t->mutable_resources()->set_cpus(2);
+  t->mutable_resources()->set_memory(256ull << 20);
+  Apply({k, set});
+  Client("h0")->FailNext(absl::UnavailableError("connection reset"));
+  Step({});
+  ASSERT_EQ(hosts_[0]->emu->counters().creates, 1) << "the batch was not lost";
+  RestartAgent(0);
+  // Meanwhile k is resized beyond the host: it must keep running where it is.
+  spec->mutable_resources()->set_cpus(20);
+  Apply({k});
+  for (int i = 0; i < 10; ++i) Step({0});
+  EXPECT_EQ(hosts_[0]->emu->counters().halts, 0) << "the running kernel was stopped";
+  EXPECT_EQ(Running(0), 1);
+  auto obs = hosts_[0]->hk->Observe();
+  ASSERT_TRUE(obs.ok());
+  ASSERT_EQ(obs->instances.size(), 1u);
+  EXPECT_EQ(obs->instances[0].name, "k");
+}
+
+TEST_F(InFlightTest, AConnectionClosedDuringAPassLivesUntilThePassIsDone) {
+  // Defect 7: the pass copied raw HostConnection pointers under the lock and used them after
+  // SyncConnections (a Host's agent address changed, or the Host went) had destroyed them.
+  // Here the pass is held inside Execute while the host's connection is replaced.
+  auto gate = std::make_shared<Gate>();
+  {
+    absl::MutexLock lock(&factory_mu_);
+    gate_ = gate;
+  }
+  v1::Object k;
+  k.mutable_kernel_instance()->mutable_metadata()->set_name("k");
+  v1::KernelInstanceSpec* spec = k.mutable_kernel_instance()->mutable_spec();
+  spec->set_host("h0");
+  spec->mutable_kernel()->set_image(vmlinux_);
+  spec->mutable_resources()->set_cpus(2);
+  spec->mutable_resources()->set_memory(256ull << 20);
+  Apply({HostObject(0, false), k});
+  loop_->Start();
+  ASSERT_TRUE(gate->entered.WaitForNotificationWithTimeout(absl::Seconds(60))) << "no pass reached the agent";
+  // The host's agent moves: its connection is closed while the pass is still in Execute.
+  {
+    absl::MutexLock lock(&factory_mu_);
+    gate_ = nullptr;
+  }
+  v1::Object moved = HostObject(0, false);
+  moved.mutable_host()->mutable_spec()->set_agent("h0-moved");
+  auto dialled = [this](const std::string& address) {
+    absl::MutexLock lock(&factory_mu_);
+    return std::find(made_.begin(), made_.end(), address) != made_.end();
+  };
+  auto wait_dialled = [&](const std::string& address) {
+    for (int i = 0; i < 6000 && !dialled(address); ++i) absl::SleepFor(absl::Milliseconds(10));
+    return dialled(address);
+  };
+  Apply({moved});
+  ASSERT_TRUE(wait_dialled("h0-moved"));
+  // Then another Host: once its agent is dialled, the sync that closed h0's old connection
+  // is over (the store watcher syncs one change after the other).
+  Apply({HostObject(1, false)});
+  ASSERT_TRUE(wait_dialled("h1"));
+  EXPECT_FALSE(gate->destroyed) << "the connection was destroyed while a pass was using it";
+  const int64_t passes = loop_->passes();
+  gate->open.Notify();
+  for (int i = 0; i < 6000 && loop_->passes() == passes; ++i) absl::SleepFor(absl::Milliseconds(10));
+  loop_->Stop();
+  EXPECT_GT(loop_->passes(), passes) << "the held pass never finished";
+  EXPECT_FALSE(gate->destroyed_in_call);
+  EXPECT_TRUE(gate->destroyed) << "the closed connection was never let go";
 }
 
 }  // namespace

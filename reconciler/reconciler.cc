@@ -314,12 +314,33 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     outcomes[i].events.clear();
     by_host[order[i]] = std::move(outcomes[i]);
   }
-  NoteSent(fleet, by_host);
+  NoteSent(fleet, views, by_host);
   RecordStatuses(batch, *objects, fleet, views, by_host, std::move(events));
   FinalizeDrained(fleet);
   last_plan_ = std::move(fleet);
   return result;
 }
+
+namespace {
+
+// Whether `p` takes a CPU or a device that a kernel other than `kernel` is seen holding.
+bool Overlaps(const v1::Placement& p, const std::string& kernel, const HostView& view) {
+  std::set<uint32_t> cpus(p.cpus().begin(), p.cpus().end());
+  std::set<std::string> devices;
+  for (const auto& d : p.devices()) devices.insert(d.pci());
+  for (const auto& [name, in] : view.instances) {
+    if (name == kernel) continue;
+    for (uint32_t c : in.status().placement().cpus()) {
+      if (cpus.count(c)) return true;
+    }
+    for (const auto& d : in.status().placement().devices()) {
+      if (devices.count(d.pci())) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
 
 std::map<std::string, v1::Placement> Reconciler::InFlightPlacements(const std::map<std::string, HostView>& views) {
   std::map<std::string, v1::Placement> out;
@@ -327,7 +348,12 @@ std::map<std::string, v1::Placement> Reconciler::InFlightPlacements(const std::m
   for (auto it = in_flight_.begin(); it != in_flight_.end();) {
     auto view = views.find(it->second.placement.host());
     bool seen = view != views.end() && view->second.instances.count(it->second.kernel);
-    if (view == views.end() || seen || now - it->second.sent > options_.unreachable_after) {
+    // The host has shown a newer state since, with another kernel still on what the create
+    // would take: it cannot have run as sent (the host refuses a CPU lent twice), and the
+    // running kernel's placement is the fact (sim seed 1484: a batch lost with its agent).
+    bool impossible = view != views.end() && view->second.state_version != it->second.basis &&
+                      Overlaps(it->second.placement, it->second.kernel, view->second);
+    if (view == views.end() || seen || impossible || now - it->second.sent > options_.unreachable_after) {
       it = in_flight_.erase(it);
       continue;
     }
@@ -337,7 +363,8 @@ std::map<std::string, v1::Placement> Reconciler::InFlightPlacements(const std::m
   return out;
 }
 
-void Reconciler::NoteSent(const FleetPlan& fleet, const std::map<std::string, HostOutcome>& outcomes) {
+void Reconciler::NoteSent(const FleetPlan& fleet, const std::map<std::string, HostView>& views,
+                          const std::map<std::string, HostOutcome>& outcomes) {
   for (const auto& [request, p] : fleet.planned) {
     auto outcome = outcomes.find(p.host);
     auto plan = fleet.hosts.find(p.host);
@@ -352,7 +379,9 @@ void Reconciler::NoteSent(const FleetPlan& fleet, const std::map<std::string, Ho
     for (const v1::Action& a : plan->second.actions) creates |= a.instance() == p.kernel && a.has_create();
     // A batch whose fate is unknown (a lost response) counts as sent: it may have run.
     if (creates && !in_flight_.count(request)) {
-      in_flight_[request] = {fleet.placements.at(request), p.kernel, clock_.Monotonic()};
+      auto view = views.find(p.host);
+      in_flight_[request] = {fleet.placements.at(request), p.kernel, clock_.Monotonic(),
+                             view == views.end() ? 0 : view->second.state_version};
     }
   }
 }

@@ -153,17 +153,20 @@ class Reconciler {
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
   // Creates sent whose kernel the host's view does not show yet, by request name: planned
-  // where they were sent until the view shows them, one of their actions fails, or
-  // `unreachable_after` passes (PlanFleet's `in_flight`).
+  // where they were sent until the view shows them, one of their actions fails, a newer
+  // view shows another kernel on their CPUs or devices, or `unreachable_after` passes
+  // (PlanFleet's `in_flight`).
   struct InFlight {
     mkfleet::v1::Placement placement;
     std::string kernel;
     absl::Duration sent;
+    int64_t basis = 0;  // the host view's state_version the create was planned from
   };
   std::map<std::string, InFlight> in_flight_ ABSL_GUARDED_BY(pass_mu_);
   std::map<std::string, mkfleet::v1::Placement> InFlightPlacements(const std::map<std::string, HostView>& views)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
-  void NoteSent(const FleetPlan& fleet, const std::map<std::string, HostOutcome>& outcomes)
+  void NoteSent(const FleetPlan& fleet, const std::map<std::string, HostView>& views,
+                const std::map<std::string, HostOutcome>& outcomes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
 
   std::atomic<int64_t> status_writes_{0};

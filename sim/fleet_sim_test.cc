@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <vector>
 
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
@@ -41,6 +42,26 @@ TEST(FleetSimTest, LongRunsOnFiveHosts) {
     SimOptions o = Options(seed);
     o.hosts = 5;
     o.steps = 2500;
+    SimResult r = RunFleetSim(o);
+    std::filesystem::remove_all(o.dir);
+    EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
+                               << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+  }
+}
+
+// The seeds that found defects (sweeps and soaks), as the soak ran them. Code changes move
+// their traces, so they guard less than the tests written for each defect; they stay cheap.
+TEST(FleetSimTest, SeedsThatFoundDefects) {
+  struct Case {
+    uint64_t seed;
+    int hosts;
+    int steps;
+  };
+  for (const Case& c : std::vector<Case>{{409, 3, 600}, {485, 3, 600}, {685, 3, 600}, {769, 3, 600}, {930, 3, 600},
+                                         {944, 3, 600}, {1034, 4, 600}, {1403, 5, 1800}, {1484, 2, 600}}) {
+    SimOptions o = Options(c.seed);
+    o.hosts = c.hosts;
+    o.steps = c.steps;
     SimResult r = RunFleetSim(o);
     std::filesystem::remove_all(o.dir);
     EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
