@@ -39,6 +39,7 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
   // Versions start at the wall clock, so a client's version from an earlier run of this
   // agent is older than everything here and gets a fresh snapshot.
   version_ = absl::ToUnixMillis(clock_.Now()) * 1000;
+  first_version_ = version_;
   LoadPolicies();
   // Adopt what already runs: the kernel is the source of truth.
   Fold(obs);
@@ -565,8 +566,9 @@ bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState
     auto it = changed_at_.find(in.name());
     if (it != changed_at_.end() && it->second > version) *out->add_instances() = in;
   }
-  if (version < removals_forgotten_) {
-    // Too far behind to list what went: the whole state instead.
+  if (version < removals_forgotten_ || version < first_version_) {
+    // Too far behind to list what went, or from an earlier run of this agent (which may
+    // have seen kernels this one never knew): the whole state instead.
     out->set_snapshot(true);
     out->clear_instances();
     *out->mutable_instances() = state_.instances();

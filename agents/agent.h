@@ -128,6 +128,9 @@ class Agent {
   std::map<std::string, int64_t> changed_at_ ABSL_GUARDED_BY(mu_);  // instance -> version of last change
   std::deque<std::pair<int64_t, std::string>> removed_at_ ABSL_GUARDED_BY(mu_);  // (version, name), oldest first
   int64_t removals_forgotten_ ABSL_GUARDED_BY(mu_) = 0;  // the newest version of a forgotten removal
+  // The version this run started at: anything older comes from an earlier run, which may
+  // have seen kernels this run never knew (their removal is not in removed_at_).
+  int64_t first_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<mkfleet::v1::Event> events_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::string last_observe_error_ ABSL_GUARDED_BY(mu_);

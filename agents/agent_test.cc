@@ -214,6 +214,30 @@ TEST_F(AgentTest, InstancesCarryTheirVersionOwnerAndMemoryPerNode) {
   EXPECT_GT(agent_->Snapshot().instances(0).version(), in.version());
 }
 
+TEST_F(AgentTest, AWatcherFromAnEarlierRunGetsASnapshot) {
+  // Found by the fleet simulation (seed 1821): the agent died right after a remove reached
+  // the kernel; its next run never knew that kernel, so a watcher resuming from the first
+  // run's version got only what changed, not the removal, and kept the kernel in its view
+  // (the controller sent the same delete for ever).
+  Boot("web-1", {2, 18});
+  Boot("web-2", {3, 19});
+  agent_->Tick();
+  const int64_t before = agent_->Snapshot().resource_version();
+  ASSERT_TRUE(host_.hk->Halt("web-1", false).ok());
+  ASSERT_TRUE(host_.hk->Unload("web-1").ok());
+  ASSERT_TRUE(host_.hk->Remove("web-1").ok());
+  agent_.reset();
+  host_.clock.Advance(absl::Seconds(1));
+  AgentOptions o;
+  o.host = "exec";
+  Agent second(o, *host_.hk, host_.topology, *host_.journal, *probe_, host_.clock);
+  v1::HostState changes;
+  ASSERT_TRUE(second.WaitForChange(before, absl::ZeroDuration(), &changes));
+  EXPECT_TRUE(changes.snapshot()) << "a version from an earlier run resumed as if current";
+  ASSERT_EQ(changes.instances_size(), 1);
+  EXPECT_EQ(changes.instances(0).name(), "web-2");
+}
+
 TEST_F(AgentTest, RemovalsAreRememberedBoundedAndOldWatchersGetASnapshot) {
   int64_t start = agent_->Snapshot().resource_version();
   v1::ActionBatch boot = BootBatch("web-1", {2, 18}, host_.vmlinux);

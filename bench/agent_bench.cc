@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -244,4 +245,12 @@ int Main() {
 
 }  // namespace mkfleet::agents
 
-int main() { return mkfleet::agents::Main(); }
+int main(int argc, char** argv) {
+  // No options: it measures fixed workloads.
+  if (argc > 1) {
+    bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+    fprintf(help ? stdout : stderr, "usage: agent_bench (no options)\n");
+    return help ? 0 : 2;
+  }
+  return mkfleet::agents::Main();
+}

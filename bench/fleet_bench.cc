@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
     if (a == "--hosts" && i + 1 < argc) {
       hosts = std::atoi(argv[++i]);
     } else {
-      std::cerr << "usage: fleet_bench [--hosts N]\n";
-      return 2;
+      const bool help = a == "--help" || a == "-h";
+      (help ? std::cout : std::cerr) << "usage: fleet_bench [--hosts N]\n";
+      return help ? 0 : 2;
     }
   }
   if (hosts < 1) return 2;

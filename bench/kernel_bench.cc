@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -111,4 +112,12 @@ int Main() {
 
 }  // namespace mkfleet::kernel
 
-int main() { return mkfleet::kernel::Main(); }
+int main(int argc, char** argv) {
+  // No options: it measures fixed workloads.
+  if (argc > 1) {
+    bool help = !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h");
+    fprintf(help ? stdout : stderr, "usage: kernel_bench (no options)\n");
+    return help ? 0 : 2;
+  }
+  return mkfleet::kernel::Main();
+}

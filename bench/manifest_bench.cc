@@ -70,8 +70,9 @@ int main(int argc, char** argv) {
     } else if (!strcmp(argv[i], "--runs") && i + 1 < argc) {
       runs = atoi(argv[++i]);
     } else {
-      fprintf(stderr, "usage: manifest_bench [--documents N] [--runs R]\n");
-      return 2;
+      const bool help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+      fprintf(help ? stdout : stderr, "usage: manifest_bench [--documents N] [--runs R]\n");
+      return help ? 0 : 2;
     }
   }
   namespace fs = std::filesystem;

@@ -91,8 +91,9 @@ int Main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--instances") && i + 1 < argc) instance_count = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--fleet-only")) fleet_only = true;
     else {
-      fprintf(stderr, "usage: planner_bench [--topology FILE.xml] [--hosts N] [--instances N] [--fleet-only]\n");
-      return 2;
+      const bool help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+      fprintf(help ? stdout : stderr, "usage: planner_bench [--topology FILE.xml] [--hosts N] [--instances N] [--fleet-only]\n");
+      return help ? 0 : 2;
     }
   }
   TopologyOptions options;

@@ -21,13 +21,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "agents/action_journal.h"
-#include "agents/agent.h"
-#include "agents/liveness.h"
+#include "agents/testing/emulated_host.h"
 #include "common/testing/simulated_clock.h"
-#include "kernel/emulator/emulated_kernel.h"
-#include "kernel/emulator/machine.h"
-#include "kernel/host_kernel.h"
 #include "planner/topology_source.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
@@ -44,14 +39,6 @@ using WallClock = std::chrono::steady_clock;
 constexpr int kHosts = 100;
 constexpr int kPerHost = 10;
 
-struct Host {
-  std::string name;
-  std::unique_ptr<kernel::EmulatedKernel> emu;
-  std::unique_ptr<kernel::HostKernel> hk;
-  std::unique_ptr<agents::ActionJournal> journal;
-  std::unique_ptr<agents::LivenessProbe> probe;
-  std::unique_ptr<agents::Agent> agent;
-};
 
 double Ms(WallClock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -61,10 +48,21 @@ int main(int argc, char** argv) {
   int passes = 10000;
   int churn_every = 1;
   bool compaction = true;
+  const char* usage = "usage: store_bench [--passes N] [--churn-every N] [--no-compaction]\n";
   for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--passes") && i + 1 < argc) passes = atoi(argv[++i]);
-    if (!strcmp(argv[i], "--churn-every") && i + 1 < argc) churn_every = std::max(1, atoi(argv[++i]));
-    if (!strcmp(argv[i], "--no-compaction")) compaction = false;
+    if (!strcmp(argv[i], "--passes") && i + 1 < argc) {
+      passes = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--churn-every") && i + 1 < argc) {
+      churn_every = std::max(1, atoi(argv[++i]));
+    } else if (!strcmp(argv[i], "--no-compaction")) {
+      compaction = false;
+    } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "store_bench: unknown argument %s\n%s", argv[i], usage);
+      return 2;
+    }
   }
   std::string dir = (std::filesystem::temp_directory_path() / ("store-bench-" + std::to_string(getpid()))).string();
   std::filesystem::create_directories(dir);
@@ -73,29 +71,9 @@ int main(int argc, char** argv) {
       *planner::NewSyntheticTopologySource("pack:2 numa:1(memory=16GiB) core:8 pu:2", {})->Load());
   std::string vmlinux = dir + "/vmlinux";
   { FILE* f = fopen(vmlinux.c_str(), "wb"); fwrite("\x7f" "ELF", 1, 4, f); fclose(f); }
-  std::vector<std::unique_ptr<Host>> hosts;
+  std::vector<std::unique_ptr<agents::EmulatedHost>> hosts;
   for (int i = 0; i < kHosts; ++i) {
-    auto h = std::make_unique<Host>();
-    h->name = absl::StrCat("h", i);
-    std::string state = absl::StrCat(dir, "/", h->name);
-    std::filesystem::create_directories(state);
-    kernel::EmulatorOptions eo = kernel::MachineFromTopology(*topology);
-    eo.clock = &clock;
-    h->emu = std::make_unique<kernel::EmulatedKernel>(eo);
-    kernel::HostKernelOptions ho;
-    ho.host = h->name;
-    ho.state_dir = state + "/provenance";
-    ho.clock = &clock;
-    h->hk = std::make_unique<kernel::HostKernel>(*h->emu, *h->emu, ho);
-    agents::ActionJournal::Options jo;
-    jo.sync = false;
-    h->journal = *agents::ActionJournal::Open(state + "/journal", jo);
-    h->probe = agents::NewEmulatorProbe(*h->emu);
-    agents::AgentOptions ao;
-    ao.host = h->name;
-    ao.state_dir = state;
-    h->agent = std::make_unique<agents::Agent>(ao, *h->hk, topology, *h->journal, *h->probe, clock);
-    hosts.push_back(std::move(h));
+    hosts.push_back(std::make_unique<agents::EmulatedHost>(absl::StrCat("h", i), dir, topology, clock));
   }
   std::string db = dir + "/store.db";
   auto store = *reconciler::OpenSqliteStore(db, clock);
@@ -166,7 +144,7 @@ int main(int argc, char** argv) {
     if (p % churn_every == 0) {
       // Churn: an instance crashes and is restarted.
       int c = p / churn_every;
-      Host& h = *hosts[c % kHosts];
+      agents::EmulatedHost& h = *hosts[c % kHosts];
       h.emu->InjectPanic(absl::StrCat("s-", h.name, "-", (c / kHosts) % kPerHost)).IgnoreError();
     }
     step();

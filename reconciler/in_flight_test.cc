@@ -5,9 +5,9 @@
 // once they were, the set had one too many and stopped a healthy member.
 // In one process: in-process agents (no gRPC) on a simulated clock, the Reconciler driven
 // pass by pass; an agent publishes its state only when the test ticks it.
-#include <filesystem>
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <memory>
 
@@ -15,15 +15,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "agents/action_journal.h"
-#include "agents/agent.h"
-#include "agents/liveness.h"
+#include "agents/testing/emulated_host.h"
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernel/emulator/emulated_kernel.h"
-#include "kernel/emulator/machine.h"
-#include "kernel/host_kernel.h"
 #include "planner/topology_source.h"
 #include "reconciler/objects.h"
 #include "reconciler/reconciler.h"
@@ -75,15 +70,6 @@ class GatedClient final : public AgentClient {
   std::shared_ptr<Gate> gate_;
 };
 
-struct Host {
-  std::string name;
-  std::unique_ptr<kernel::EmulatedKernel> emu;
-  std::unique_ptr<kernel::HostKernel> hk;
-  std::unique_ptr<agents::ActionJournal> journal;
-  std::unique_ptr<agents::LivenessProbe> probe;
-  agents::AgentOptions options;
-  std::unique_ptr<agents::Agent> agent;
-};
 
 class InFlightTest : public ::testing::Test {
  protected:
@@ -96,28 +82,7 @@ class InFlightTest : public ::testing::Test {
     vmlinux_ = (dir_ / "vmlinux").string();
     { FILE* f = fopen(vmlinux_.c_str(), "wb"); fwrite("\x7f" "ELF", 1, 4, f); fclose(f); }
     for (int i = 0; i < 2; ++i) {
-      auto h = std::make_unique<Host>();
-      h->name = absl::StrCat("h", i);
-      std::string state = (dir_ / h->name).string();
-      fs::create_directories(state);
-      kernel::EmulatorOptions eo = kernel::MachineFromTopology(*topology_);
-      eo.clock = &clock_;
-      h->emu = std::make_unique<kernel::EmulatedKernel>(eo);
-      kernel::HostKernelOptions ho;
-      ho.host = h->name;
-      ho.state_dir = state + "/provenance";
-      ho.clock = &clock_;
-      h->hk = std::make_unique<kernel::HostKernel>(*h->emu, *h->emu, ho);
-      agents::ActionJournal::Options jo;
-      jo.sync = false;
-      h->journal = *agents::ActionJournal::Open(state + "/journal", jo);
-      h->probe = agents::NewEmulatorProbe(*h->emu);
-      agents::AgentOptions ao;
-      ao.host = h->name;
-      ao.state_dir = state;
-      h->options = ao;
-      h->agent = std::make_unique<agents::Agent>(ao, *h->hk, topology_, *h->journal, *h->probe, clock_);
-      hosts_.push_back(std::move(h));
+      hosts_.push_back(std::make_unique<agents::EmulatedHost>(absl::StrCat("h", i), dir_.string(), topology_, clock_));
     }
     store_ = *OpenSqliteStore((dir_ / "store.db").string(), clock_);
     objects_ = std::make_unique<Objects>(*store_);
@@ -142,6 +107,16 @@ class InFlightTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
+  v1::Object Instance(const std::string& name, const std::string& host, uint32_t cpus) {
+    v1::Object o;
+    o.mutable_kernel_instance()->mutable_metadata()->set_name(name);
+    v1::KernelInstanceSpec* spec = o.mutable_kernel_instance()->mutable_spec();
+    spec->set_host(host);
+    spec->mutable_kernel()->set_image(vmlinux_);
+    spec->mutable_resources()->set_cpus(cpus);
+    spec->mutable_resources()->set_memory(256ull << 20);
+    return o;
+  }
   v1::Object HostObject(int i, bool cordoned) {
     v1::Object o;
     v1::Host* h = o.mutable_host();
@@ -162,11 +137,7 @@ class InFlightTest : public ::testing::Test {
     loop_->Step();
   }
   // The agent process of host i restarts (its open streams end; it adopts what runs).
-  void RestartAgent(int i) {
-    Host& h = *hosts_[i];
-    h.agent.reset();
-    h.agent = std::make_unique<agents::Agent>(h.options, *h.hk, topology_, *h.journal, *h.probe, clock_);
-  }
+  void RestartAgent(int i) { hosts_[i]->RestartAgent(); }
   InProcessAgentClient* Client(const std::string& host) {
     absl::MutexLock lock(&factory_mu_);
     return clients_.at(host);
@@ -182,7 +153,7 @@ class InFlightTest : public ::testing::Test {
   SimulatedClock clock_;
   std::shared_ptr<const planner::Topology> topology_;
   std::string vmlinux_;
-  std::vector<std::unique_ptr<Host>> hosts_;
+  std::vector<std::unique_ptr<agents::EmulatedHost>> hosts_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> loop_;
@@ -227,13 +198,8 @@ TEST_F(InFlightTest, ACreateThatCannotHaveRunNeverDisplacesARunningKernel) {
   // showing k3 as before, yet the members' creates were still planned where they were sent,
   // on k3's CPUs. k3, resized beyond the host meanwhile, could not keep its own placement,
   // was found unschedulable and deleted.
-  v1::Object k;
-  k.mutable_kernel_instance()->mutable_metadata()->set_name("k");
+  v1::Object k = Instance("k", "h0", 6);
   v1::KernelInstanceSpec* spec = k.mutable_kernel_instance()->mutable_spec();
-  spec->set_host("h0");
-  spec->mutable_kernel()->set_image(vmlinux_);
-  spec->mutable_resources()->set_cpus(6);
-  spec->mutable_resources()->set_memory(256ull << 20);
   Apply({HostObject(0, false), k});
   for (int i = 0; i < 5; ++i) Step({0});
   ASSERT_EQ(Running(0), 1);
@@ -273,14 +239,7 @@ TEST_F(InFlightTest, AConnectionClosedDuringAPassLivesUntilThePassIsDone) {
     absl::MutexLock lock(&factory_mu_);
     gate_ = gate;
   }
-  v1::Object k;
-  k.mutable_kernel_instance()->mutable_metadata()->set_name("k");
-  v1::KernelInstanceSpec* spec = k.mutable_kernel_instance()->mutable_spec();
-  spec->set_host("h0");
-  spec->mutable_kernel()->set_image(vmlinux_);
-  spec->mutable_resources()->set_cpus(2);
-  spec->mutable_resources()->set_memory(256ull << 20);
-  Apply({HostObject(0, false), k});
+  Apply({HostObject(0, false), Instance("k", "h0", 2)});
   loop_->Start();
   ASSERT_TRUE(gate->entered.WaitForNotificationWithTimeout(absl::Seconds(60))) << "no pass reached the agent";
   // The host's agent moves: its connection is closed while the pass is still in Execute.

@@ -76,6 +76,7 @@ struct SimHost {
   std::unique_ptr<agents::ActionJournal> journal;
   std::unique_ptr<agents::LivenessProbe> probe;
   std::unique_ptr<agents::Agent> agent;
+  int incarnation = 0;          // raised at every start of the agent: its streams are of one run
   int64_t down_until = -1;      // while down: the step it comes back
   bool crash_next_batch = false;
   int64_t effects_seen = 0;
@@ -102,6 +103,7 @@ class World {
   absl::StatusOr<v1::ExecuteResponse> Execute(int h, const v1::ActionBatch& batch);
   absl::Status SetPolicy(int h, const v1::SetPolicyRequest& request);
   agents::Agent* AgentOf(int h) { return hosts_[h]->agent.get(); }
+  int IncarnationOf(int h) { return hosts_[h]->incarnation; }
   bool StreamBreaks() { return rng_.P(net_.stream_break); }
   bool StreamStalls() { return rng_.P(net_.stall); }
   int HostIndex(const std::string& name) {
@@ -178,10 +180,12 @@ class World {
 
 class SimStream final : public reconciler::WatchStream {
  public:
-  SimStream(World& w, int h) : w_(w), h_(h), agent_(w.AgentOf(h)) {}
+  SimStream(World& w, int h) : w_(w), h_(h), incarnation_(w.IncarnationOf(h)) {}
   Result Next(v1::HostState* out, bool, absl::Status* ended) override {
+    // A restarted agent ends the streams of the run before, as a closed connection does
+    // (compared by run, not by address: a new Agent may be allocated where the old one was).
     agents::Agent* now = w_.AgentOf(h_);
-    if (now == nullptr || now != agent_ || w_.StreamBreaks()) {
+    if (now == nullptr || w_.IncarnationOf(h_) != incarnation_ || w_.StreamBreaks()) {
       *ended = absl::UnavailableError("stream broken");
       return Result::kEnded;
     }
@@ -203,7 +207,7 @@ class SimStream final : public reconciler::WatchStream {
  private:
   World& w_;
   int h_;
-  agents::Agent* agent_;
+  int incarnation_;
   bool started_ = false;
   int64_t version_ = 0;
 };
@@ -381,6 +385,7 @@ void World::StartAgent(int h) {
   ao.host = host.name;
   ao.state_dir = host.dir;
   host.agent = std::make_unique<agents::Agent>(ao, *host.hk, host.topology, *host.journal, *host.probe, clock_);
+  ++host.incarnation;
   host.agent->executor().SetObserver(
       [this, h](const v1::Action& a, const v1::ActionResult& r) { OnAction(h, a, r); });
   // A host out of reach for longer than the controller's grace may have had its set members

@@ -1,7 +1,9 @@
 // InProcessAgentClient: an AgentClient that calls an agents::Agent in this process, no
 // gRPC, for tests of the controller's loop and the fleet simulation. The agent comes from a
 // function so that it can go away (nullptr: UNAVAILABLE, as an unreachable agent) and come
-// back as another object (a restarted agent: open streams end). Failures on command:
+// back as another object (a restarted agent: open streams end; one allocated where the old
+// one was goes unnoticed, and the stream resumes from the earlier run's version, for which
+// the agent sends a whole snapshot). Failures on command:
 // FailNext(status) fails the next call (any method).
 // Thread-safety: safe to call concurrently if the agent function is.
 #ifndef MKFLEET_RECONCILER_TESTING_IN_PROCESS_AGENT_CLIENT_H_
