@@ -465,6 +465,13 @@ void World::OnAction(int h, const v1::Action& a, const v1::ActionResult& r) {
   int64_t delta = now - host.effects_seen;
   host.effects_seen = now;
   if (delta > 0) last_effect_ = step_;
+  // A create the kernel refused on a CPU made busy behind mkfleet's back (a fault the
+  // planner cannot see): what it was to bring back (a re-create's old kernel is gone) is down
+  // for the fault's sake, and may not fit again once others have grown into the space, so
+  // (b') starts over for it (seed 1837). Not rolled back to the old placement: see README.
+  if (r.code() != 0 && a.has_create() && !host.busy.empty() && absl::StrContains(r.message(), "is busy")) {
+    established_.erase(a.instance());
+  }
   if (r.code() != 0 || r.replayed() || delta <= 0) return;
   // (d) no action id takes effect twice.
   if (++took_effect_[a.id()] > 1 && violation_.ok()) {
