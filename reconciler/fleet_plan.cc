@@ -6,6 +6,7 @@
 
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -140,7 +141,27 @@ bool OursByName(const std::string& kernel, const v1::Host& host,
   return !planner::SetOfMember(kernel, name, sets).empty();
 }
 
+// Whether a kernel recording `owner` ("KernelInstance/x@<created revision>") belongs to an
+// incarnation of x other than the stored one. Owners without a revision (recorded before
+// revisions were) match any.
+bool FromAnEarlierIncarnation(const std::string& owner, const std::map<std::string, const v1::KernelInstance*>& kis) {
+  constexpr absl::string_view kPrefix = "KernelInstance/";
+  if (!absl::StartsWith(owner, kPrefix)) return false;
+  const size_t at = owner.rfind('@');
+  int64_t revision = 0;
+  if (at == std::string::npos || !absl::SimpleAtoi(owner.substr(at + 1), &revision)) return false;
+  auto ki = kis.find(owner.substr(kPrefix.size(), at - kPrefix.size()));
+  if (ki == kis.end()) return false;
+  const int64_t stored = ki->second->metadata().created_revision();
+  return stored != 0 && stored != revision;
+}
+
 }  // namespace
+
+std::string KernelInstanceOwner(const v1::KernelInstance& ki) {
+  const int64_t revision = ki.metadata().created_revision();
+  return absl::StrCat("KernelInstance/", ki.metadata().name(), revision > 0 ? absl::StrCat("@", revision) : "");
+}
 
 absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const HostView& view,
                                                    std::vector<std::string>* warnings) {
@@ -256,7 +277,10 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         auto s = seen.find(kernel + kStandbySuffix);
         if (s != seen.end() && s->second.status().role() == "primary") request = kernel + kStandbySuffix;
       }
-      if (in.status().has_placement() && in.status().placement().cpus_size() > 0) {
+      // A kernel of an earlier incarnation of the name (deleted, then applied again while
+      // this host was out of touch) is not the new object's: it is deleted, never kept.
+      const bool earlier = FromAnEarlierIncarnation(in.owner(), kis);
+      if (!earlier && in.status().has_placement() && in.status().placement().cpus_size() > 0) {
         v1::Placement p = in.status().placement();
         p.set_host(name);
         input.current[request] = std::move(p);
@@ -370,7 +394,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       if (ki == kis.end()) continue;
       planned.spec = &ki->second->spec();
       planned.generation = ki->second->metadata().generation();
-      planned.recorded_owner = "KernelInstance/" + ki->first;
+      planned.recorded_owner = KernelInstanceOwner(*ki->second);
     }
     planned.host = p->second.host();
     planned.kernel = kernel_of(r.name, r.standby_for);

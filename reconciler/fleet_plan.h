@@ -44,6 +44,10 @@ namespace mkfleet::reconciler {
 // CPUs, memory and devices, in use or not). InvalidArgument names the host and the field
 // for a pool the topology cannot hold (a CPU or NUMA node it lacks). Devices the topology
 // lacks are left out of the pool, with a line in `warnings` (may be null).
+// The owner a KernelInstance's kernels record: "KernelInstance/<name>@<created revision>"
+// (without "@…" for an object that has no created revision).
+std::string KernelInstanceOwner(const mkfleet::v1::KernelInstance& ki);
+
 absl::StatusOr<planner::HostInfo> HostInfoFromView(const mkfleet::v1::Host& host, const HostView& view,
                                                    std::vector<std::string>* warnings = nullptr);
 
@@ -52,7 +56,7 @@ struct PlannedInstance {
   std::string host;
   std::string kernel;       // the kernel that serves it (differs after a standby takeover)
   std::string owner;        // "InstanceSet/<name>" for set members, "" otherwise
-  std::string recorded_owner;  // what the agent records: "KernelInstance/x" or "InstanceSet/s"
+  std::string recorded_owner;  // what the agent records: "KernelInstance/x@<created revision>" or "InstanceSet/s"
   std::string standby_for;  // for a warm standby: the instance it backs
   int64_t generation = 0;
   const mkfleet::v1::KernelInstanceSpec* spec = nullptr;  // points into PlanFleet's inputs

@@ -49,6 +49,36 @@ TEST(PlanFleetTest, PlacesInstancesAndSetsThenIsStableOnceRunning) {
   EXPECT_THAT(removed.hosts["node-b"].actions, IsEmpty());
 }
 
+TEST(PlanFleetTest, AKernelOfADeletedIncarnationIsNeverTheNewObjects) {
+  // Found by the fleet simulation (seed 5294 on 4 hosts): web-1 was deleted while its host
+  // was out of touch and created again on another host, where it did not fit. Its old kernel
+  // (same name, same kind of owner) was taken for the new object's current placement: the
+  // new web-1 said Running, "kept on its current placement", on the host it no longer names,
+  // and the old kernel was never deleted.
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  v1::KernelInstance old = Instance("web-1", "node-a", 4);
+  old.mutable_metadata()->set_created_revision(5);
+  FleetPlan first = PlanFleet(hosts, views, {old}, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  v1::KernelInstance again = Instance("web-1", "node-b", 1000);  // more than node-b has
+  again.mutable_metadata()->set_created_revision(9);
+  FleetPlan plan = PlanFleet(hosts, views, {again}, {});
+  EXPECT_THAT(plan.infeasible, IsEmpty());
+  EXPECT_EQ(plan.placements.count("web-1"), 0u) << plan.placements.at("web-1").DebugString();
+  ASSERT_EQ(plan.unschedulable.size(), 1u);
+  EXPECT_EQ(plan.unschedulable[0].name, "web-1");
+  // The old kernel goes.
+  ASSERT_FALSE(plan.hosts["node-a"].actions.empty());
+  EXPECT_TRUE(plan.hosts["node-a"].actions.back().has_remove()) << plan.hosts["node-a"].DebugString();
+  // The same incarnation is still its own: nothing is deleted for a change it cannot have.
+  v1::KernelInstance same = again;
+  same.mutable_metadata()->set_created_revision(5);
+  FleetPlan kept = PlanFleet(hosts, views, {same}, {});
+  EXPECT_EQ(kept.infeasible.count("web-1"), 1u);
+  EXPECT_THAT(kept.hosts["node-a"].actions, IsEmpty()) << kept.hosts["node-a"].DebugString();
+}
+
 TEST(PlanFleetTest, DisconnectedHostsWaitAndKeepTheirInstances) {
   std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b"), Host("node-c")};
   HostView down = Connected();

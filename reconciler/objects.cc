@@ -235,6 +235,7 @@ absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind, bo
     if (!o.ParseFromString(kv.value)) return absl::DataLossError(absl::StrCat("store: ", kv.key, " is corrupt"));
     v1::ObjectMeta* meta = MutableMeta(o);
     meta->set_revision(kv.mod_revision);
+    meta->set_created_revision(kv.create_revision);
     auto st = status_of.find(meta->name());
     if (st != status_of.end()) {
       SetStatus(o, *st->second);
@@ -278,6 +279,7 @@ absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, a
   v1::Object o;
   if (!o.ParseFromString((*kv)->value)) return absl::DataLossError("store: corrupt object");
   MutableMeta(o)->set_revision((*kv)->mod_revision);
+  MutableMeta(o)->set_created_revision((*kv)->create_revision);
   if (status->has_value()) SetStatus(o, (*status)->value);
   return std::optional<v1::Object>(std::move(o));
 }

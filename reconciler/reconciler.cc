@@ -437,11 +437,14 @@ std::map<std::string, std::vector<std::string>> Reconciler::Preview(const std::v
   std::map<std::string, std::shared_ptr<HostConnection>> links;
   std::map<std::string, HostView> views = Views(&links);
   FleetPlan before = PlanFleet(objects->hosts, views, objects->instances, objects->sets);
-  // The proposed objects in place of the stored ones.
+  // The proposed objects in place of the stored ones (the same incarnation: applying them
+  // keeps the stored object's created revision).
   auto replace = [](auto& list, const auto& item) {
     for (auto& x : list) {
       if (x.metadata().name() == item.metadata().name()) {
+        const int64_t created = x.metadata().created_revision();
         x = item;
+        x.mutable_metadata()->set_created_revision(created);
         return;
       }
     }

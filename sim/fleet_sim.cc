@@ -445,7 +445,8 @@ std::string World::Owner(int h, const std::string& kernel) {
   auto obs = hosts_[h]->truth->Observe();
   if (!obs.ok()) return "";
   for (const auto& in : obs->instances) {
-    if (in.name == kernel) return in.owner;
+    // "KernelInstance/x@<created revision>": licences are given to "KernelInstance/x".
+    if (in.name == kernel) return in.owner.substr(0, in.owner.rfind('@'));
   }
   return "";
 }
