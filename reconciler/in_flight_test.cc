@@ -117,6 +117,17 @@ class InFlightTest : public ::testing::Test {
     spec->mutable_resources()->set_memory(256ull << 20);
     return o;
   }
+  // A set of `replicas` members of 2 CPUs and 256Mi.
+  v1::Object Set(const std::string& name, uint32_t replicas) {
+    v1::Object o;
+    o.mutable_instance_set()->mutable_metadata()->set_name(name);
+    o.mutable_instance_set()->mutable_spec()->set_replicas(replicas);
+    v1::KernelInstanceSpec* t = o.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec();
+    t->mutable_kernel()->set_image(vmlinux_);
+    t->mutable_resources()->set_cpus(2);
+    t->mutable_resources()->set_memory(256ull << 20);
+    return o;
+  }
   v1::Object HostObject(int i, bool cordoned) {
     v1::Object o;
     v1::Host* h = o.mutable_host();
@@ -164,13 +175,7 @@ class InFlightTest : public ::testing::Test {
 };
 
 TEST_F(InFlightTest, ACreateNotSeenYetIsNotPlacedAgainElsewhere) {
-  v1::Object set;
-  set.mutable_instance_set()->mutable_metadata()->set_name("s");
-  set.mutable_instance_set()->mutable_spec()->set_replicas(2);
-  v1::KernelInstanceSpec* t = set.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec();
-  t->mutable_kernel()->set_image(vmlinux_);
-  t->mutable_resources()->set_cpus(2);
-  t->mutable_resources()->set_memory(256ull << 20);
+  v1::Object set = Set("s", 2);
   // h1 is cordoned: both members go to h0.
   Apply({HostObject(0, false), HostObject(1, true), set});
   for (int i = 0; i < 5; ++i) Step({0, 1});
@@ -206,13 +211,7 @@ TEST_F(InFlightTest, ACreateThatCannotHaveRunNeverDisplacesARunningKernel) {
   // k shrinks to 2 CPUs and a set's two members take the cores it gives up, in one batch,
   // which the agent never runs: it goes down with the call.
   spec->mutable_resources()->set_cpus(2);
-  v1::Object set;
-  set.mutable_instance_set()->mutable_metadata()->set_name("s");
-  set.mutable_instance_set()->mutable_spec()->set_replicas(2);
-  v1::KernelInstanceSpec* t = set.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec();
-  t->mutable_kernel()->set_image(vmlinux_);
-  t->mutable_resources()->set_cpus(2);
-  t->mutable_resources()->set_memory(256ull << 20);
+  v1::Object set = Set("s", 2);
   Apply({k, set});
   Client("h0")->FailNext(absl::UnavailableError("connection reset"));
   Step({});
