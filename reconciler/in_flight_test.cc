@@ -87,7 +87,7 @@ class InFlightTest : public ::testing::Test {
     store_ = *OpenSqliteStore((dir_ / "store.db").string(), clock_);
     objects_ = std::make_unique<Objects>(*store_);
     ReconcilerOptions ro;
-    ro.resync = absl::Seconds(1);
+    ro.resync = resync_;
     ro.parallel_sends = 1;
     ro.log = nullptr;
     ro.client_factory = [this](const std::string& host, const std::string& address) -> std::unique_ptr<AgentClient> {
@@ -168,6 +168,7 @@ class InFlightTest : public ::testing::Test {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> loop_;
+  absl::Duration resync_ = absl::Seconds(1);
   absl::Mutex factory_mu_;
   std::shared_ptr<Gate> gate_ ABSL_GUARDED_BY(factory_mu_);
   std::vector<std::string> made_ ABSL_GUARDED_BY(factory_mu_);  // agent addresses dialled, in order
@@ -227,6 +228,30 @@ TEST_F(InFlightTest, ACreateThatCannotHaveRunNeverDisplacesARunningKernel) {
   ASSERT_TRUE(obs.ok());
   ASSERT_EQ(obs->instances.size(), 1u);
   EXPECT_EQ(obs->instances[0].name, "k");
+}
+
+// With a resync far away: what the loop does, it does because something changed.
+class RarelyResyncedTest : public InFlightTest {
+ protected:
+  void SetUp() override {
+    resync_ = absl::Hours(1);
+    InFlightTest::SetUp();
+  }
+};
+
+TEST_F(RarelyResyncedTest, AHostWhosePlanChangedByAnotherHostsPassGetsItsOwn) {
+  // Found by fleet_bench (1,000 hosts): while a host had not connected yet, the sets that
+  // may use it kept their members; the pass run when it connected planned the whole fleet
+  // (the sets could grow everywhere) but sent only that host its actions. The others waited
+  // for their next change or the resync (120 s there): a third of the fleet, then a stall.
+  auto parked = std::move(hosts_[1]->agent);  // h1's agent is not up yet
+  Apply({HostObject(0, false), HostObject(1, false), Set("s", 4)});
+  for (int i = 0; i < 5; ++i) Step({0});
+  ASSERT_EQ(Running(0), 0) << "the set did not wait for h1";
+  hosts_[1]->agent = std::move(parked);
+  for (int i = 0; i < 5; ++i) Step({0, 1});
+  EXPECT_EQ(Running(1), 2);
+  EXPECT_EQ(Running(0), 2) << "h0 waits for the resync";
 }
 
 TEST_F(InFlightTest, AConnectionClosedDuringAPassLivesUntilThePassIsDone) {

@@ -1,5 +1,6 @@
 #include "reconciler/reconciler.h"
 
+#include <functional>
 #include <iostream>
 #include <set>
 #include <thread>
@@ -317,6 +318,23 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   NoteSent(fleet, views, by_host);
   RecordStatuses(batch, *objects, fleet, views, by_host, std::move(events));
   FinalizeDrained(fleet);
+  // One plan covers the fleet: a host outside this batch whose plan it changed (a set that
+  // may grow now that another host connected, a slot another host gave up) gets a pass of
+  // its own, not only at its next change or the resync. Once per distinct plan: a plan held
+  // back by backoff does not bring its host round again and again.
+  std::map<std::string, size_t> plan_seen;
+  std::vector<std::string> others;
+  for (const auto& [h, plan] : fleet.hosts) {
+    std::string ids;
+    for (const v1::Action& a : plan.actions) absl::StrAppend(&ids, a.id(), "\n");
+    const size_t fingerprint = std::hash<std::string>()(ids);
+    plan_seen[h] = fingerprint;
+    if (batch.count(h) || plan.actions.empty()) continue;
+    auto last = last_plan_seen_.find(h);
+    if (last == last_plan_seen_.end() || last->second != fingerprint) others.push_back(h);
+  }
+  last_plan_seen_ = std::move(plan_seen);
+  for (const std::string& h : others) queue_.Add(h);
   last_plan_ = std::move(fleet);
   return result;
 }

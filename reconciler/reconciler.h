@@ -152,6 +152,8 @@ class Reconciler {
   bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
+  // Per reachable host, a fingerprint of the action ids of its plan in the last pass.
+  std::map<std::string, size_t> last_plan_seen_ ABSL_GUARDED_BY(pass_mu_);
   // Creates sent whose kernel the host's view does not show yet, by request name: planned
   // where they were sent until the view shows them, one of their actions fails, a newer
   // view shows another kernel on their CPUs or devices, or `unreachable_after` passes
