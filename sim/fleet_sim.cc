@@ -880,9 +880,15 @@ absl::Status World::Settle() {
   }
   Trace("faults stopped");
   const int64_t settle_start = step_;
-  // Converged: for 4 resync periods, only retries of failing actions, none of them taking effect.
-  // (A retry that finally succeeds changes kernels: what follows from it must settle too.)
-  while (step_ - std::max(last_non_failing_send_, last_effect_) < 80) {
+  // Converged: for 4 resync periods, only retries of failing actions, none of them taking effect
+  // (a retry that finally succeeds changes kernels: what follows from it must settle too), and
+  // the controller connected to every host (a host whose connection is still backing off has
+  // had nothing sent yet: seed 8116, a delete made while its agent was down).
+  auto all_connected = [this] {
+    auto [links, up] = reconciler_->HostCounts();
+    return links == up;
+  };
+  while (step_ - std::max(last_non_failing_send_, last_effect_) < 80 || !all_connected()) {
     if (step_ - settle_start > o_.settle_steps) {
       return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps,
                                 " steps after the faults stopped; still sending ", last_sent_));

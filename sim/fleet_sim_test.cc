@@ -59,7 +59,7 @@ TEST(FleetSimTest, SeedsThatFoundDefects) {
   };
   for (const Case& c : std::vector<Case>{{409, 3, 600}, {485, 3, 600}, {685, 3, 600}, {769, 3, 600}, {930, 3, 600},
                                          {944, 3, 600}, {1034, 4, 600}, {1403, 5, 1800}, {1484, 2, 600}, {1821, 3, 600},
-                                         {1837, 3, 600}, {5294, 4, 600}}) {
+                                         {1837, 3, 600}, {5294, 4, 600}, {8116, 2, 600}}) {
     SimOptions o = Options(c.seed);
     o.hosts = c.hosts;
     o.steps = c.steps;
