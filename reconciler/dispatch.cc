@@ -46,7 +46,8 @@ v1::Fence Dispatcher::NextFence(const std::string& host) {
 void Dispatcher::Forget(const std::string& host) {
   absl::MutexLock lock(&mu_);
   policies_sent_.erase(host);
-  sequence_.erase(host);
+  // The fence sequence stays: the host's agent keeps the highest it took, so a Host applied
+  // again in this run must go on above it (sim seed 8331). One integer per host name.
   for (auto b = backoff_.lower_bound(host + "/"); b != backoff_.end() && absl::StartsWith(b->first, host + "/");) {
     b = backoff_.erase(b);
   }

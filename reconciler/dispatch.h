@@ -34,7 +34,7 @@ class Dispatcher {
 
   // Sends `host` its plan (less what backs off) and, when they changed, its policies.
   HostOutcome Send(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet);
-  // Forgets what is kept for `host` (deleted).
+  // Forgets what is kept for `host` (deleted), except its fence sequence, which only rises.
   void Forget(const std::string& host);
   int64_t actions_sent() const { return actions_sent_.load(); }
 

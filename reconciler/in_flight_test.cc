@@ -230,6 +230,31 @@ TEST_F(InFlightTest, ACreateThatCannotHaveRunNeverDisplacesARunningKernel) {
   EXPECT_EQ(obs->instances[0].name, "k");
 }
 
+TEST_F(InFlightTest, AHostDeletedAndAppliedAgainIsStillServed) {
+  // Found by the fleet simulation (seed 8331 on 5 hosts): deleting a Host made the loop
+  // forget it, fence sequence included; applied again in the same controller run, its
+  // batches started over at sequence 1, below what its agent had taken, and every one was
+  // refused as stale.
+  Apply({HostObject(0, false), Instance("a", "h0", 2)});
+  for (int i = 0; i < 5; ++i) Step({0});
+  ASSERT_EQ(Running(0), 1);
+  // Many batches: the agent's fence sequence climbs well above 1.
+  for (int n = 0; n < 16; ++n) {
+    v1::Object a = Instance("a", "h0", 2);
+    a.mutable_kernel_instance()->mutable_spec()->mutable_resources()->set_memory((256ull + 128 * (n % 2 + 1)) << 20);
+    Apply({a});
+    for (int i = 0; i < 3; ++i) Step({0});
+  }
+  ASSERT_TRUE(objects_->Delete("KernelInstance", "a").ok());
+  for (int i = 0; i < 5; ++i) Step({0});
+  ASSERT_EQ(Running(0), 0);
+  ASSERT_TRUE(objects_->Delete("Host", "h0").ok());
+  for (int i = 0; i < 5; ++i) Step({0});
+  Apply({HostObject(0, false), Instance("c", "h0", 2)});
+  for (int i = 0; i < 8; ++i) Step({0});
+  EXPECT_EQ(Running(0), 1) << "the re-applied host's batches were refused";
+}
+
 // With a resync far away: what the loop does, it does because something changed.
 class RarelyResyncedTest : public InFlightTest {
  protected:
