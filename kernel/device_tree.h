@@ -46,6 +46,7 @@ struct PoolState {
 struct InstanceDevice {
   std::string pci_id;
   std::string driver;  // e.g. "vfio-pci"
+  bool operator==(const InstanceDevice& o) const { return pci_id == o.pci_id && driver == o.driver; }
 };
 
 struct VirtioDevice {
@@ -53,6 +54,9 @@ struct VirtioDevice {
   uint32_t device_id = 0;  // 1 net, 2 blk, 3 console, 19 vsock
   uint32_t queues = 1;
   uint32_t queue_size = 256;
+  bool operator==(const VirtioDevice& o) const {
+    return name == o.name && device_id == o.device_id && queues == o.queues && queue_size == o.queue_size;
+  }
 };
 
 // An instance's resources (instance-create, and the instance's device_tree read-back).
@@ -66,6 +70,11 @@ struct InstanceResources {
   std::vector<VirtioDevice> virtio;
   std::optional<uint32_t> llc_way_mask;
   bool device_names = false;  // devices came as the older dialect's device-names list
+  bool operator==(const InstanceResources& o) const {
+    return memory_bytes == o.memory_bytes && memory_base == o.memory_base && cpus == o.cpus &&
+           pool_cpus == o.pool_cpus && numa_nodes == o.numa_nodes && devices == o.devices && virtio == o.virtio &&
+           llc_way_mask == o.llc_way_mask && device_names == o.device_names;
+  }
 };
 
 struct CpuEntry {

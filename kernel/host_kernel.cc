@@ -224,6 +224,8 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool proven
   if (!status.ok()) {
     if (ErrnoOf(status.status()) == ENOENT) {
       info.state = v1::KERNEL_STATE_ABSENT;
+      auto cached = decoded_.find(name);
+      if (cached != decoded_.end()) decoded_.erase(cached);
       return info;
     }
     return status.status();
@@ -235,7 +237,13 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool proven
   }
   if (resources) {
     MK_ASSIGN_OR_RETURN(std::string dt, fs_.Read(absl::StrCat("instances/", name, "/device_tree")));
-    MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
+    auto cached = decoded_.find(name);
+    if (cached != decoded_.end() && cached->second.first == dt) {
+      info.resources = cached->second.second;
+    } else {
+      MK_ASSIGN_OR_RETURN(info.resources, DecodeInstance(dt));
+      decoded_[std::string(name)] = {std::move(dt), info.resources};
+    }
   }
   if (provenance) {
     mkfleet::v1::InstanceRecord record = ReadRecord(name);
@@ -892,14 +900,23 @@ std::string HostKernel::RecordPath(absl::string_view name) const {
 v1::InstanceRecord HostKernel::ReadRecord(absl::string_view name) const {
   v1::InstanceRecord record;
   if (options_.state_dir.empty()) return record;
+  if (options_.cache_records) {
+    absl::MutexLock lock(&records_mu_);
+    auto cached = records_.find(name);
+    if (cached != records_.end()) return cached->second;
+  }
   auto data = ReadFile(RecordPath(name));
   if (data.ok()) {
     record.ParseFromString(*data);
-    return record;
+  } else {
+    // The first format kept only the provenance, as text.
+    auto text = ReadFile(absl::StrCat(options_.state_dir, "/", name, ".provenance"));
+    if (text.ok()) google::protobuf::TextFormat::ParseFromString(*text, record.mutable_provenance());
   }
-  // The first format kept only the provenance, as text.
-  auto text = ReadFile(absl::StrCat(options_.state_dir, "/", name, ".provenance"));
-  if (text.ok()) google::protobuf::TextFormat::ParseFromString(*text, record.mutable_provenance());
+  if (options_.cache_records) {
+    absl::MutexLock lock(&records_mu_);
+    records_[std::string(name)] = record;
+  }
   return record;
 }
 
@@ -907,15 +924,34 @@ absl::Status HostKernel::WriteRecord(absl::string_view name, const v1::InstanceR
   if (options_.state_dir.empty()) return absl::OkStatus();
   std::error_code ec;
   std::filesystem::create_directories(options_.state_dir, ec);
-  return Annotate(WriteFileAtomically(RecordPath(name), record.SerializeAsString(), 0600),
-                  What("record owner and provenance of", name));
+  {
+    absl::MutexLock lock(&records_mu_);
+    records_.erase(std::string(name));  // read again should the write fail half-way
+  }
+  // Not synced: a record lives no longer than the instance it describes, and no instance
+  // outlives the host kernel. An agent that crashes finds the file in the page cache; a power
+  // loss takes the instances too, and a record left without its instance is replaced by the
+  // next create of the name or dropped by its remove. (A sync here was two fsyncs per create,
+  // load and unload: most of an agent batch's time.)
+  MK_RETURN_IF_ERROR(Annotate(WriteFileAtomically(RecordPath(name), record.SerializeAsString(), 0600, /*sync=*/false),
+                              What("record owner and provenance of", name)));
+  if (options_.cache_records) {
+    absl::MutexLock lock(&records_mu_);
+    records_[std::string(name)] = record;
+  }
+  return absl::OkStatus();
 }
 
 void HostKernel::RemoveRecord(absl::string_view name) {
   if (options_.state_dir.empty()) return;
-  bool removed = unlink(RecordPath(name).c_str()) == 0;
-  removed |= unlink(absl::StrCat(options_.state_dir, "/", name, ".provenance").c_str()) == 0;
-  if (removed) SyncDirectory(options_.state_dir).IgnoreError();
+  {
+    absl::MutexLock lock(&records_mu_);
+    records_.erase(std::string(name));
+  }
+  // Not synced either (see WriteRecord): a record that comes back after a power loss describes
+  // an instance that is gone too.
+  unlink(RecordPath(name).c_str());
+  unlink(absl::StrCat(options_.state_dir, "/", name, ".provenance").c_str());
 }
 
 }  // namespace mkfleet::kernel

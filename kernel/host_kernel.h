@@ -42,6 +42,11 @@ struct HostKernelOptions {
   absl::Duration start_timeout = absl::Seconds(60);
   absl::Duration halt_timeout = absl::Seconds(35);
   absl::Duration lock_timeout = absl::Seconds(10);
+  // Keeps each instance's record (owner, provenance) in memory once read or written, so an
+  // observation reads no file per instance. Right for the state directory's one writer (the
+  // agent holding the host's lock); a second reader of a directory another HostKernel
+  // writes (the simulation's view of the truth) must read the files.
+  bool cache_records = true;
 };
 
 struct KernelImage {
@@ -174,6 +179,7 @@ class HostKernel {
   absl::StatusOr<Dialect> Dialect_() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The record kept beside each instance (owner, provenance): <state_dir>/<name>.record.
   std::string RecordPath(absl::string_view name) const;
+  // Records are kept in memory once read or written (options.cache_records).
   mkfleet::v1::InstanceRecord ReadRecord(absl::string_view name) const;
   absl::Status WriteRecord(absl::string_view name, const mkfleet::v1::InstanceRecord& record);
   void RemoveRecord(absl::string_view name);
@@ -184,6 +190,11 @@ class HostKernel {
   const HostKernelOptions options_;
   Clock* const clock_;
   absl::Mutex mu_;
+  // Each instance's last device tree and what it decoded to: an observation decodes only
+  // what changed.
+  std::map<std::string, std::pair<std::string, InstanceResources>, std::less<>> decoded_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex records_mu_;
+  mutable std::map<std::string, mkfleet::v1::InstanceRecord, std::less<>> records_ ABSL_GUARDED_BY(records_mu_);
   std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> max_tx_ ABSL_GUARDED_BY(mu_);  // highest transaction id seen
   int lock_fd_ ABSL_GUARDED_BY(mu_) = -1;                // our lock file, opened once

@@ -1,7 +1,9 @@
 #include "reconciler/event_log.h"
 
 #include <cstdio>
+#include <optional>
 #include <set>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 
@@ -59,53 +61,122 @@ absl::Status EventLog::RecordAll(std::vector<mkfleet::v1::Event> events) {
   if (events.empty()) return absl::OkStatus();
   int64_t now = absl::ToUnixMillis(clock_.Now());
   absl::MutexLock lock(&mu_);
-  // Worked on copies, committed only when the store took the transaction.
-  std::map<std::string, mkfleet::v1::Event> stored = stored_;
-  std::map<FoldKey, std::string> by_fold = by_fold_;
+  // Changed in place, each change with its undo, so that a transaction the store refuses
+  // leaves the memory as it was. (Copying the whole history instead made every call cost
+  // the history's size: the controller's top cost with a thousand hosts reporting.)
+  std::vector<std::pair<std::string, std::optional<mkfleet::v1::Event>>> undo_stored;
+  std::vector<std::pair<FoldKey, std::optional<std::string>>> undo_fold;
+  auto erase_stored = [&](std::map<std::string, mkfleet::v1::Event>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    undo_stored.emplace_back(it->first, std::move(it->second));
+    stored_.erase(it);
+  };
+  auto set_fold = [&](FoldKey key, std::optional<std::string> value) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = by_fold_.find(key);
+    std::optional<std::string> before;
+    if (it != by_fold_.end()) before = it->second;
+    if (value) {
+      by_fold_[key] = *value;
+    } else if (it != by_fold_.end()) {
+      by_fold_.erase(it);
+    }
+    undo_fold.emplace_back(std::move(key), std::move(before));
+  };
   std::map<std::string, int64_t> seqs;
   std::map<std::string, std::string> puts;  // key -> value
   std::set<std::string> deletes;
   uint64_t next = next_;
   int64_t last_time = last_time_;
-  for (mkfleet::v1::Event& e : events) {
-    if (e.seq() > 0 && e.seq() > std::max(agent_seq_[e.host()], seqs[e.host()])) seqs[e.host()] = e.seq();
+  // Past the bound only the newest max_ of this batch can stay (every event stored before it
+  // goes too): the older ones are only folded into their later repeats (count and first
+  // time), never stored, so a pass that reports ten thousand instances holds max_ of them.
+  const size_t skip = events.size() > max_ ? events.size() - max_ : 0;
+  struct Carried {
+    int64_t count;
+    int64_t first;
+  };
+  absl::flat_hash_map<FoldKey, Carried> carried;
+  for (size_t i = 0; i < events.size(); ++i) {
+    mkfleet::v1::Event& e = events[i];
+    if (e.seq() > 0) {
+      auto known = agent_seq_.find(e.host());
+      int64_t highest = std::max(known == agent_seq_.end() ? 0 : known->second, seqs[e.host()]);
+      if (e.seq() > highest) seqs[e.host()] = e.seq();
+    }
     // In time order: never before the last one recorded.
     int64_t t = e.time_unix_ms() == 0 ? now : e.time_unix_ms();
     last_time = std::max(last_time, t);
     e.set_time_unix_ms(last_time);
     e.set_count(1);
     e.set_first_unix_ms(last_time);
-    auto folded = by_fold.find(KeyOf(e));
-    if (folded != by_fold.end()) {
-      auto old = stored.find(folded->second);
-      if (old != stored.end()) {
+    FoldKey fold = KeyOf(e);
+    auto carry = carried.find(fold);
+    if (i < skip) {
+      if (carry != carried.end()) {
+        ++carry->second.count;
+        continue;
+      }
+      Carried start{1, last_time};
+      auto folded = by_fold_.find(fold);
+      auto old = folded == by_fold_.end() ? stored_.end() : stored_.find(folded->second);
+      if (old != stored_.end()) {
+        start.count += old->second.count();
+        start.first = old->second.first_unix_ms() ? old->second.first_unix_ms() : old->second.time_unix_ms();
+      }
+      carried.emplace(std::move(fold), start);
+      continue;
+    }
+    auto folded = by_fold_.find(fold);
+    if (carry != carried.end()) {
+      // Its stored repeat, if any, is counted in the carry and goes with the bound below.
+      e.set_count(carry->second.count + 1);
+      e.set_first_unix_ms(carry->second.first);
+      carried.erase(carry);
+    } else if (folded != by_fold_.end()) {
+      auto old = stored_.find(folded->second);
+      if (old != stored_.end()) {
         e.set_count(old->second.count() + 1);
         e.set_first_unix_ms(old->second.first_unix_ms() ? old->second.first_unix_ms() : old->second.time_unix_ms());
         if (puts.erase(old->first) == 0) deletes.insert(old->first);
-        stored.erase(old);
+        erase_stored(old);
       }
     }
     std::string key = Key(next++);
-    by_fold[KeyOf(e)] = key;
+    set_fold(std::move(fold), key);
     puts[key] = e.SerializeAsString();
-    stored[key] = std::move(e);
+    undo_stored.emplace_back(key, std::nullopt);
+    stored_.emplace(key, std::move(e));
   }
   // The bound: the oldest go.
-  while (stored.size() > max_) {
-    auto oldest = stored.begin();
+  while (stored_.size() > max_) {
+    auto oldest = stored_.begin();
     if (puts.erase(oldest->first) == 0) deletes.insert(oldest->first);
-    auto f = by_fold.find(KeyOf(oldest->second));
-    if (f != by_fold.end() && f->second == oldest->first) by_fold.erase(f);
-    stored.erase(oldest);
+    FoldKey fold = KeyOf(oldest->second);
+    auto f = by_fold_.find(fold);
+    if (f != by_fold_.end() && f->second == oldest->first) set_fold(std::move(fold), std::nullopt);
+    erase_stored(oldest);
   }
   std::vector<Op> ops;
   for (const std::string& key : deletes) ops.push_back({Op::Type::kDelete, key, "", 0});
   for (auto& [key, value] : puts) ops.push_back({Op::Type::kPut, key, std::move(value), 0});
   for (const auto& [host, seq] : seqs) ops.push_back({Op::Type::kPut, kAgentSeqPrefix + host, std::to_string(seq), 0});
   auto rev = store_.Txn({}, ops);
-  if (!rev.ok()) return rev.status();
-  stored_ = std::move(stored);
-  by_fold_ = std::move(by_fold);
+  if (!rev.ok()) {
+    for (auto u = undo_fold.rbegin(); u != undo_fold.rend(); ++u) {
+      if (u->second) {
+        by_fold_[u->first] = *u->second;
+      } else {
+        by_fold_.erase(u->first);
+      }
+    }
+    for (auto u = undo_stored.rbegin(); u != undo_stored.rend(); ++u) {
+      if (u->second) {
+        stored_[u->first] = std::move(*u->second);
+      } else {
+        stored_.erase(u->first);
+      }
+    }
+    return rev.status();
+  }
   next_ = next;
   last_time_ = last_time;
   for (const auto& [host, seq] : seqs) agent_seq_[host] = seq;

@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
@@ -71,7 +72,7 @@ class EventLog {
   int64_t last_time_ ABSL_GUARDED_BY(mu_) = 0;
   // Stored events, oldest first: store key -> the event.
   std::map<std::string, mkfleet::v1::Event> stored_ ABSL_GUARDED_BY(mu_);
-  std::map<FoldKey, std::string> by_fold_ ABSL_GUARDED_BY(mu_);  // -> store key
+  absl::flat_hash_map<FoldKey, std::string> by_fold_ ABSL_GUARDED_BY(mu_);  // -> store key
   std::map<std::string, int64_t> agent_seq_ ABSL_GUARDED_BY(mu_);
 };
 

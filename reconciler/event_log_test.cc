@@ -17,6 +17,38 @@ mkfleet::v1::Event Ev(const std::string& name, const std::string& reason) {
   return e;
 }
 
+// A store whose transactions can be refused, to see that a refused one changes nothing.
+class RefusingStore : public Store {
+ public:
+  explicit RefusingStore(Store& inner) : inner_(inner) {}
+  bool refuse = false;
+  absl::StatusOr<std::optional<KeyValue>> Get(const std::string& key) override { return inner_.Get(key); }
+  absl::StatusOr<std::vector<KeyValue>> List(const std::string& prefix) override { return inner_.List(prefix); }
+  absl::StatusOr<int64_t> Put(const std::string& key, const std::string& value, int64_t lease) override {
+    return inner_.Put(key, value, lease);
+  }
+  absl::StatusOr<int64_t> Delete(const std::string& key) override { return inner_.Delete(key); }
+  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& compares, const std::vector<Op>& ops) override {
+    if (refuse) return absl::UnavailableError("disk full");
+    return inner_.Txn(compares, ops);
+  }
+  absl::StatusOr<int64_t> Revision() override { return inner_.Revision(); }
+  absl::StatusOr<std::vector<Event>> EventsSince(int64_t after, const std::string& prefix) override {
+    return inner_.EventsSince(after, prefix);
+  }
+  absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
+    return inner_.WaitForRevision(after, timeout);
+  }
+  absl::Status Compact(int64_t revision) override { return inner_.Compact(revision); }
+  absl::StatusOr<int64_t> SizeBytes() override { return inner_.SizeBytes(); }
+  absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) override { return inner_.GrantLease(ttl); }
+  absl::Status KeepAlive(int64_t lease) override { return inner_.KeepAlive(lease); }
+  absl::StatusOr<int> ExpireLeases() override { return inner_.ExpireLeases(); }
+
+ private:
+  Store& inner_;
+};
+
 TEST(EventLogTest, KeepsOrderBoundsHistoryAndContinuesAfterReopen) {
   std::string path = ::testing::TempDir() + "/events.db";
   for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
@@ -99,6 +131,87 @@ TEST(EventLogTest, RepeatsFoldIntoOneWithACountAndTimeOrder) {
   auto after = *again->List();
   EXPECT_EQ(after.back().count(), 231);
   EXPECT_EQ(after.size(), 3u);
+}
+
+TEST(EventLogTest, ARefusedTransactionChangesNothing) {
+  // The log is changed in place (copying the whole history per call was the controller's
+  // top cost at fleet scale); a transaction the store refuses must still leave it as it was.
+  std::string path = ::testing::TempDir() + "/events-refused.db";
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  SimulatedClock clock;
+  auto sqlite = *OpenSqliteStore(path, clock);
+  RefusingStore store(*sqlite);
+  auto log = *EventLog::Open(store, clock, /*max_events=*/3);
+  for (const char* reason : {"A", "B", "C"}) {
+    ASSERT_TRUE(log->Record(Ev("web-1", reason)).ok());
+    clock.Advance(absl::Seconds(1));
+  }
+  ASSERT_TRUE(log->Record(Ev("web-1", "A")).ok());  // folded: A moves last with count 2
+  auto before = *log->List();
+  ASSERT_EQ(before.size(), 3u);
+  ASSERT_EQ(before[2].reason(), "A");
+  ASSERT_EQ(before[2].count(), 2);
+  clock.Advance(absl::Seconds(1));
+  store.refuse = true;
+  // A fold, two new ones pushing the oldest out, and an agent's seq: all refused.
+  mkfleet::v1::Event agent = Ev("db-1", "Crashed");
+  agent.set_host("h1");
+  agent.set_seq(9);
+  EXPECT_FALSE(log->RecordAll({Ev("web-1", "A"), Ev("web-1", "D"), Ev("web-1", "E"), agent}).ok());
+  auto after = *log->List();
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_EQ(after[i].SerializeAsString(), before[i].SerializeAsString()) << "event " << i;
+  }
+  EXPECT_EQ(log->LastAgentSeq("h1"), 0);
+  // And the log goes on from there: the fold still finds A, the sequence continues.
+  store.refuse = false;
+  ASSERT_TRUE(log->Record(Ev("web-1", "A")).ok());
+  after = *log->List();
+  ASSERT_EQ(after.size(), 3u);
+  EXPECT_EQ(after[0].reason(), "B");
+  EXPECT_EQ(after[2].reason(), "A");
+  EXPECT_EQ(after[2].count(), 3);
+  // What memory holds is what the store holds.
+  auto reopened = *EventLog::Open(*sqlite, clock, 3);
+  auto stored = *reopened->List();
+  ASSERT_EQ(stored.size(), after.size());
+  for (size_t i = 0; i < stored.size(); ++i) EXPECT_EQ(stored[i].SerializeAsString(), after[i].SerializeAsString());
+}
+
+TEST(EventLogTest, ABatchLargerThanTheBoundKeepsItsNewestWithTheirCounts) {
+  // Only the newest max_events of a batch can stay; the older ones are never stored but
+  // still count in their later repeats: the same history as recording them one by one.
+  std::string path = ::testing::TempDir() + "/events-batch.db";
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  SimulatedClock clock;
+  auto store = *OpenSqliteStore(path, clock);
+  auto log = *EventLog::Open(*store, clock, /*max_events=*/3);
+  ASSERT_TRUE(log->Record(Ev("web-1", "A")).ok());
+  int64_t first = absl::ToUnixMillis(clock.Now());
+  ASSERT_TRUE(log->Record(Ev("web-1", "Z")).ok());
+  clock.Advance(absl::Seconds(1));
+  // A and B fall before the newest three; A is repeated among them, B is not.
+  ASSERT_TRUE(log->RecordAll({Ev("web-1", "A"), Ev("web-1", "B"), Ev("web-1", "C"), Ev("web-1", "A"),
+                              Ev("web-1", "D")})
+                  .ok());
+  auto all = *log->List();
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0].reason(), "C");
+  EXPECT_EQ(all[1].reason(), "A");
+  EXPECT_EQ(all[1].count(), 3);  // stored once, then twice in the batch
+  EXPECT_EQ(all[1].first_unix_ms(), first);
+  EXPECT_EQ(all[2].reason(), "D");
+  // The store holds exactly that (Z and the first A deleted, B never written).
+  auto kvs = *store->List(kEventPrefix);
+  ASSERT_EQ(kvs.size(), 3u);
+  auto reopened = *EventLog::Open(*store, clock, 3);
+  auto stored = *reopened->List();
+  ASSERT_EQ(stored.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(stored[i].SerializeAsString(), all[i].SerializeAsString());
+  // And the fold goes on from the kept A.
+  ASSERT_TRUE(reopened->Record(Ev("web-1", "A")).ok());
+  EXPECT_EQ(reopened->List()->back().count(), 4);
 }
 
 }  // namespace

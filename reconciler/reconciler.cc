@@ -1,11 +1,14 @@
 #include "reconciler/reconciler.h"
 
+#include <malloc.h>
+
 #include <functional>
 #include <iostream>
 #include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "reconciler/fleet_plan.h"
@@ -222,6 +225,12 @@ void Reconciler::RunDue(absl::Duration wait) {
   std::vector<std::string> batch = {host};
   while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
   std::map<std::string, absl::Status> results = ReconcileHosts(batch);
+#ifdef __GLIBC__
+  // A pass allocates the fleet's plan and frees it; give the pages back, so that the next
+  // pass, run from another thread's arena, does not add its own on top (peak RSS at a
+  // thousand hosts: 278 -> see bench/fleet_bench).
+  malloc_trim(0);
+#endif
   for (const std::string& h : batch) {
     const absl::Status& s = results[h];
     if (s.ok()) {
@@ -325,9 +334,8 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   std::map<std::string, size_t> plan_seen;
   std::vector<std::string> others;
   for (const auto& [h, plan] : fleet.hosts) {
-    std::string ids;
-    for (const v1::Action& a : plan.actions) absl::StrAppend(&ids, a.id(), "\n");
-    const size_t fingerprint = std::hash<std::string>()(ids);
+    size_t fingerprint = plan.actions.size();
+    for (const v1::Action& a : plan.actions) fingerprint = absl::HashOf(fingerprint, a.id());
     plan_seen[h] = fingerprint;
     if (batch.count(h) || plan.actions.empty()) continue;
     auto last = last_plan_seen_.find(h);
@@ -335,7 +343,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   last_plan_seen_ = std::move(plan_seen);
   for (const std::string& h : others) queue_.Add(h);
-  last_plan_ = std::move(fleet);
+  if (options_.keep_last_plan) last_plan_ = std::move(fleet);
   return result;
 }
 

@@ -63,6 +63,9 @@ struct ReconcilerOptions {
   // Where the loop reports its own errors (a host's failed pass, a store write), one line
   // each; null: nowhere (the simulation, which reports through statuses and events).
   std::ostream* log = &std::cerr;
+  // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
+  // a pass does not hold the previous fleet's plan while it builds the next.
+  bool keep_last_plan = false;
 };
 
 class Reconciler {
@@ -100,6 +103,7 @@ class Reconciler {
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
   // The last pass's plan (for tests and the simulation's invariants).
+  // The last pass's plan; empty unless options.keep_last_plan.
   FleetPlan LastPlanForTest();
 
  private:

@@ -359,6 +359,7 @@ void World::Setup() {
     ho.host = host->name;
     ho.state_dir = host->dir + "/provenance";
     ho.clock = &clock_;
+    ho.cache_records = false;  // the agent's HostKernel writes the records
     host->truth = std::make_unique<kernel::HostKernel>(*host->emu, *host->emu, ho);
     hosts_.push_back(std::move(host));
   }
@@ -410,6 +411,7 @@ void World::StartController() {
   objects_ = std::make_unique<reconciler::Objects>(*store_);
   events_ = *reconciler::EventLog::Open(*store_, clock_, 500);
   reconciler::ReconcilerOptions ro;
+  ro.keep_last_plan = true;  // the invariants read the last pass's plan
   ro.resync = absl::Seconds(1);
   ro.unreachable_after = absl::Seconds(2);
   ro.parallel_sends = 1;

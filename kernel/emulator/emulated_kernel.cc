@@ -407,7 +407,11 @@ std::string EmulatedKernel::PoolBlob(const State& s) const {
 }
 
 std::string EmulatedKernel::InstanceBlob(const Instance& in) const {
-  return *EncodeInstance(in.resources, options_.dialect);
+  if (in.blob.empty() || !(in.blob_of == in.resources)) {
+    in.blob = *EncodeInstance(in.resources, options_.dialect);
+    in.blob_of = in.resources;
+  }
+  return in.blob;
 }
 
 absl::Status EmulatedKernel::WriteBaseline(absl::string_view blob) {

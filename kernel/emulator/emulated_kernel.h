@@ -105,6 +105,10 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     std::optional<absl::Duration> halted_at;  // halting until then
     bool fail_next_halt = false;
     absl::Duration halt_delay = absl::ZeroDuration();
+    // The device tree last encoded for `resources` (every observation reads it): kept
+    // while the resources compare equal to `blob_of`.
+    mutable std::string blob;
+    mutable InstanceResources blob_of;
   };
   struct State {
     bool has_pool = false;
