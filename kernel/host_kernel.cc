@@ -913,21 +913,25 @@ v1::InstanceRecord HostKernel::ReadRecord(absl::string_view name) const {
     auto text = ReadFile(absl::StrCat(options_.state_dir, "/", name, ".provenance"));
     if (text.ok()) google::protobuf::TextFormat::ParseFromString(*text, record.mutable_provenance());
   }
-  if (options_.cache_records) {
-    absl::MutexLock lock(&records_mu_);
-    records_[std::string(name)] = record;
-  }
+  CacheRecord(name, record);
   return record;
+}
+
+void HostKernel::CacheRecord(absl::string_view name, std::optional<v1::InstanceRecord> record) const {
+  if (!options_.cache_records) return;
+  absl::MutexLock lock(&records_mu_);
+  if (record) {
+    records_[std::string(name)] = *std::move(record);
+  } else {
+    records_.erase(std::string(name));
+  }
 }
 
 absl::Status HostKernel::WriteRecord(absl::string_view name, const v1::InstanceRecord& record) {
   if (options_.state_dir.empty()) return absl::OkStatus();
   std::error_code ec;
   std::filesystem::create_directories(options_.state_dir, ec);
-  {
-    absl::MutexLock lock(&records_mu_);
-    records_.erase(std::string(name));  // read again should the write fail half-way
-  }
+  CacheRecord(name, std::nullopt);  // read again should the write fail half-way
   // Not synced: a record lives no longer than the instance it describes, and no instance
   // outlives the host kernel. An agent that crashes finds the file in the page cache; a power
   // loss takes the instances too, and a record left without its instance is replaced by the
@@ -935,19 +939,13 @@ absl::Status HostKernel::WriteRecord(absl::string_view name, const v1::InstanceR
   // load and unload: most of an agent batch's time.)
   MK_RETURN_IF_ERROR(Annotate(WriteFileAtomically(RecordPath(name), record.SerializeAsString(), 0600, /*sync=*/false),
                               What("record owner and provenance of", name)));
-  if (options_.cache_records) {
-    absl::MutexLock lock(&records_mu_);
-    records_[std::string(name)] = record;
-  }
+  CacheRecord(name, record);
   return absl::OkStatus();
 }
 
 void HostKernel::RemoveRecord(absl::string_view name) {
   if (options_.state_dir.empty()) return;
-  {
-    absl::MutexLock lock(&records_mu_);
-    records_.erase(std::string(name));
-  }
+  CacheRecord(name, std::nullopt);
   // Not synced either (see WriteRecord): a record that comes back after a power loss describes
   // an instance that is gone too.
   unlink(RecordPath(name).c_str());

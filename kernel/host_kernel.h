@@ -182,6 +182,8 @@ class HostKernel {
   // Records are kept in memory once read or written (options.cache_records).
   mkfleet::v1::InstanceRecord ReadRecord(absl::string_view name) const;
   absl::Status WriteRecord(absl::string_view name, const mkfleet::v1::InstanceRecord& record);
+  // Keeps `record` as `name`'s (nullopt: forgets it), when options.cache_records.
+  void CacheRecord(absl::string_view name, std::optional<mkfleet::v1::InstanceRecord> record) const;
   void RemoveRecord(absl::string_view name);
   std::string What(absl::string_view action, absl::string_view name) const;
 

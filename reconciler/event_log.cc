@@ -16,6 +16,9 @@ std::string Key(uint64_t seq) {
   return buf;
 }
 
+// When a stored event first happened (events stored before folding have no first time).
+int64_t FirstTime(const mkfleet::v1::Event& e) { return e.first_unix_ms() ? e.first_unix_ms() : e.time_unix_ms(); }
+
 }  // namespace
 
 bool EventMatches(const mkfleet::v1::Event& event, const EventFilter& f) {
@@ -120,7 +123,7 @@ absl::Status EventLog::RecordAll(std::vector<mkfleet::v1::Event> events) {
       auto old = folded == by_fold_.end() ? stored_.end() : stored_.find(folded->second);
       if (old != stored_.end()) {
         start.count += old->second.count();
-        start.first = old->second.first_unix_ms() ? old->second.first_unix_ms() : old->second.time_unix_ms();
+        start.first = FirstTime(old->second);
       }
       carried.emplace(std::move(fold), start);
       continue;
@@ -135,7 +138,7 @@ absl::Status EventLog::RecordAll(std::vector<mkfleet::v1::Event> events) {
       auto old = stored_.find(folded->second);
       if (old != stored_.end()) {
         e.set_count(old->second.count() + 1);
-        e.set_first_unix_ms(old->second.first_unix_ms() ? old->second.first_unix_ms() : old->second.time_unix_ms());
+        e.set_first_unix_ms(FirstTime(old->second));
         if (puts.erase(old->first) == 0) deletes.insert(old->first);
         erase_stored(old);
       }

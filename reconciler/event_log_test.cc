@@ -9,6 +9,13 @@
 namespace mkfleet::reconciler {
 namespace {
 
+// A store file under the test's temporary directory, with no file of an earlier run left.
+std::string FreshStorePath(const std::string& name) {
+  std::string path = ::testing::TempDir() + "/" + name + ".db";
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  return path;
+}
+
 mkfleet::v1::Event Ev(const std::string& name, const std::string& reason) {
   mkfleet::v1::Event e;
   e.set_kind("KernelInstance");
@@ -50,8 +57,7 @@ class RefusingStore : public Store {
 };
 
 TEST(EventLogTest, KeepsOrderBoundsHistoryAndContinuesAfterReopen) {
-  std::string path = ::testing::TempDir() + "/events.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  std::string path = FreshStorePath("events");
   SimulatedClock clock;
   {
     auto store = *OpenSqliteStore(path, clock);
@@ -83,8 +89,7 @@ TEST(EventLogTest, KeepsOrderBoundsHistoryAndContinuesAfterReopen) {
 
 TEST(EventLogTest, RepeatsFoldIntoOneWithACountAndTimeOrder) {
   // Defect 8: a minute of retries made 230 events, with times out of order.
-  std::string path = ::testing::TempDir() + "/events-fold.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  std::string path = FreshStorePath("events-fold");
   SimulatedClock clock;
   auto store = *OpenSqliteStore(path, clock);
   auto log = *EventLog::Open(*store, clock, 100);
@@ -136,8 +141,7 @@ TEST(EventLogTest, RepeatsFoldIntoOneWithACountAndTimeOrder) {
 TEST(EventLogTest, ARefusedTransactionChangesNothing) {
   // The log is changed in place (copying the whole history per call was the controller's
   // top cost at fleet scale); a transaction the store refuses must still leave it as it was.
-  std::string path = ::testing::TempDir() + "/events-refused.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  std::string path = FreshStorePath("events-refused");
   SimulatedClock clock;
   auto sqlite = *OpenSqliteStore(path, clock);
   RefusingStore store(*sqlite);
@@ -182,8 +186,7 @@ TEST(EventLogTest, ARefusedTransactionChangesNothing) {
 TEST(EventLogTest, ABatchLargerThanTheBoundKeepsItsNewestWithTheirCounts) {
   // Only the newest max_events of a batch can stay; the older ones are never stored but
   // still count in their later repeats: the same history as recording them one by one.
-  std::string path = ::testing::TempDir() + "/events-batch.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
+  std::string path = FreshStorePath("events-batch");
   SimulatedClock clock;
   auto store = *OpenSqliteStore(path, clock);
   auto log = *EventLog::Open(*store, clock, /*max_events=*/3);
