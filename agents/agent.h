@@ -67,6 +67,7 @@ class Agent {
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
   // ABORTED for a stale fence (the policies are not changed).
   absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
+  const std::string& host() const { return options_.host; }
   // The executor, for test hooks (Executor::SetObserver).
   Executor& executor() { return executor_; }
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
+#include "security/tls.h"
 
 namespace mkfleet::agents {
 
@@ -15,13 +16,25 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
-grpc::Status AgentService::Inventory(grpc::ServerContext*, const v1::InventoryRequest*, v1::InventoryResponse* response) {
+grpc::Status AgentService::Allow(const grpc::ServerContext& context, const char* method) const {
+  if (!require_controller_) return grpc::Status::OK;
+  security::Identity peer = security::PeerIdentity(context);
+  if (peer.kind == security::Identity::Kind::kController) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      absl::StrCat("agent ", agent_.host(), ": ", peer.ToString(), " may not call ", method,
+                                   " (only the controller may)"));
+}
+
+grpc::Status AgentService::Inventory(grpc::ServerContext* context, const v1::InventoryRequest*,
+                                     v1::InventoryResponse* response) {
+  if (grpc::Status a = Allow(*context, "Inventory"); !a.ok()) return a;
   *response = agent_.Inventory();
   return grpc::Status::OK;
 }
 
 grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
                                  grpc::ServerWriter<v1::HostState>* writer) {
+  if (grpc::Status a = Allow(*context, "Watch"); !a.ok()) return a;
   v1::HostState snapshot = agent_.Snapshot();
   int64_t version = request->resource_version();
   // A client that is current resumes with changes; any other gets a fresh snapshot.
@@ -38,7 +51,9 @@ grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRe
   return grpc::Status::OK;
 }
 
-grpc::Status AgentService::Execute(grpc::ServerContext*, const v1::ActionBatch* batch, v1::ExecuteResponse* response) {
+grpc::Status AgentService::Execute(grpc::ServerContext* context, const v1::ActionBatch* batch,
+                                   v1::ExecuteResponse* response) {
+  if (grpc::Status a = Allow(*context, "Execute"); !a.ok()) return a;
   std::set<std::string> ids;
   for (int i = 0; i < batch->actions_size(); ++i) {
     const v1::Action& a = batch->actions(i);
@@ -61,11 +76,14 @@ grpc::Status AgentService::Execute(grpc::ServerContext*, const v1::ActionBatch* 
   return grpc::Status::OK;
 }
 
-grpc::Status AgentService::SetPolicy(grpc::ServerContext*, const v1::SetPolicyRequest* request, v1::SetPolicyResponse*) {
+grpc::Status AgentService::SetPolicy(grpc::ServerContext* context, const v1::SetPolicyRequest* request,
+                                     v1::SetPolicyResponse*) {
+  if (grpc::Status a = Allow(*context, "SetPolicy"); !a.ok()) return a;
   return ToGrpc(agent_.SetPolicy(*request));
 }
 
-grpc::Status AgentService::InjectFault(grpc::ServerContext*, const v1::FaultRequest* request, v1::Empty*) {
+grpc::Status AgentService::InjectFault(grpc::ServerContext* context, const v1::FaultRequest* request, v1::Empty*) {
+  if (grpc::Status a = Allow(*context, "InjectFault"); !a.ok()) return a;
   if (!enable_faults_ || faults_ == nullptr) {
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                         "fault injection is off (start mkagent with --kernel=emulated --enable-fault-injection)");
@@ -94,9 +112,10 @@ grpc::Status AgentService::InjectFault(grpc::ServerContext*, const v1::FaultRequ
   return ToGrpc(s);
 }
 
-std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address,
-                                                    int* port, bool lean) {
-  return StartGrpcServer(service, "mkfleet.v1.Agent", address, port, lean);
+std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port,
+                                              bool lean, std::shared_ptr<grpc::ServerCredentials> credentials) {
+  if (credentials == nullptr) credentials = grpc::InsecureServerCredentials();
+  return StartGrpcServer(service, "mkfleet.v1.Agent", address, port, std::move(credentials), lean);
 }
 
 }  // namespace mkfleet::agents

@@ -1,6 +1,8 @@
 // AgentService: the gRPC face of an Agent (proto/mkfleet/v1/agent.proto).
 // Execute checks the batch itself (ids present and unique) and answers per action;
 // Watch streams a snapshot, then changes; InjectFault is refused unless enabled.
+// With `require_controller` (every TLS agent) each call must come from the controller's
+// certificate: anyone else is PERMISSION_DENIED before the request is looked at.
 // Thread-safety: gRPC calls it from many threads; the Agent is thread-safe.
 #ifndef MKFLEET_AGENTS_AGENT_SERVICE_H_
 #define MKFLEET_AGENTS_AGENT_SERVICE_H_
@@ -18,8 +20,8 @@ namespace mkfleet::agents {
 class AgentService final : public mkfleet::v1::Agent::Service {
  public:
   // `faults` (the emulated kernel) may be null; fault injection also needs `enable_faults`.
-  AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults)
-      : agent_(agent), faults_(faults), enable_faults_(enable_faults) {}
+  AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults, bool require_controller = false)
+      : agent_(agent), faults_(faults), enable_faults_(enable_faults), require_controller_(require_controller) {}
 
   grpc::Status Inventory(grpc::ServerContext*, const mkfleet::v1::InventoryRequest*,
                          mkfleet::v1::InventoryResponse* response) override;
@@ -33,15 +35,21 @@ class AgentService final : public mkfleet::v1::Agent::Service {
                            mkfleet::v1::Empty*) override;
 
  private:
+  // OK when the caller may call `method`.
+  grpc::Status Allow(const grpc::ServerContext& context, const char* method) const;
+
   Agent& agent_;
   kernel::EmulatedKernel* faults_;
   bool enable_faults_;
+  bool require_controller_;
 };
 
 // Starts a server for `service` on `address` (port 0 picks a free one) with the health
-// service and server reflection. `port` receives the bound port.
+// service and server reflection. `port` receives the bound port. Null credentials:
+// plaintext (in-process tests on loopback).
 std::unique_ptr<grpc::Server> StartAgentServer(AgentService& service, const std::string& address, int* port,
-                                              bool lean = false);
+                                              bool lean = false,
+                                              std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
 
 // absl::Status -> grpc::Status, same code and message.
 grpc::Status ToGrpc(const absl::Status& s);

@@ -9,6 +9,7 @@
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "security/testing/test_pki.h"
 
 namespace mkfleet::agents {
 namespace {
@@ -222,6 +223,45 @@ TEST_F(NoFaultsTest, FaultInjectionIsOffUnlessEnabled) {
   grpc::Status s = stub_->InjectFault(&c, f, &e);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(s.error_message(), HasSubstr("--enable-fault-injection"));
+}
+
+// Behind mutual TLS (as mkagent serves) only the controller's certificate may call; a user's,
+// another agent's or none is refused before the request is looked at.
+TEST_F(AgentServiceTest, WithTlsOnlyTheControllerMayCallAndFaultsStayOffUnlessEnabled) {
+  security::TestPki pki(::testing::TempDir() + "/agent-svc-pki");
+  security::TlsOptions tls;
+  tls.dir = pki.agent("svc");
+  auto creds = security::ServerCredentials(tls, "127.0.0.1:0", security::Identity::Agent("svc"));
+  ASSERT_TRUE(creds.ok()) << creds.status();
+  AgentService secured(*agent_, host_.emu.get(), /*enable_faults=*/false, /*require_controller=*/true);
+  int port = 0;
+  auto server = StartAgentServer(secured, "127.0.0.1:0", &port, false, *creds);
+  ASSERT_NE(server, nullptr);
+  const std::string target = "127.0.0.1:" + std::to_string(port);
+  auto as = [&](const std::string& dir) {
+    return v1::Agent::NewStub(security::TestPki::Channel(dir, target, security::Identity::Agent("svc")));
+  };
+  auto execute = [&](v1::Agent::Stub& stub) {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse r;
+    return stub.Execute(&ctx, Boot("a", {2, 3}), &r);
+  };
+  grpc::Status user = execute(*as(pki.user("alice", {"fleet-admins"})));
+  EXPECT_EQ(user.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(user.error_message(), "agent svc: user alice (groups fleet-admins) may not call Execute (only the controller may)");
+  EXPECT_EQ(execute(*as(pki.agent("other"))).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(agent_->Snapshot().instances_size(), 0) << "a refused batch ran";
+  auto controller = as(pki.controller());
+  EXPECT_TRUE(execute(*controller).ok());
+  grpc::ClientContext ctx;
+  v1::FaultRequest f;
+  f.set_fault("panic");
+  f.set_instance("a");
+  v1::Empty e;
+  grpc::Status fault = controller->InjectFault(&ctx, f, &e);
+  EXPECT_EQ(fault.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(fault.error_message(), HasSubstr("fault injection is off"));
+  server->Shutdown(std::chrono::system_clock::now());
 }
 
 }  // namespace

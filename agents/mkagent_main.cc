@@ -30,6 +30,7 @@
 #include "manifests/units.h"
 #include "planner/pool.h"
 #include "planner/topology_source.h"
+#include "security/tls.h"
 
 namespace {
 
@@ -48,6 +49,7 @@ struct Settings {
   uint32_t vsock_port = 1023;
   bool faults = false;
   bool lean = false;
+  security::TlsOptions tls;
 };
 
 // One host's agent: its kernel (emulated or real), driver, journal, agent core and gRPC
@@ -70,6 +72,12 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
                                                       const std::string& listen,
                                                       std::shared_ptr<const planner::Topology> topology,
                                                       const Settings& settings) {
+  // One host of many: its folder under --tls-dir, read once (a reload thread per host would
+  // be thousands of threads).
+  security::TlsOptions tls = settings.tls;
+  if (settings.lean && !tls.dir.empty()) tls.dir += "/" + name;
+  auto creds = security::ServerCredentials(tls, listen, security::Identity::Agent(name), !settings.lean);
+  if (!creds.ok()) return creds.status();
   auto rt = std::make_unique<HostRuntime>();
   rt->name = name;
   std::filesystem::create_directories(state_dir);
@@ -125,8 +133,9 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.version = kVersion;
   ao.poll_interval = settings.poll;
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
-  rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults);
-  rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean);
+  rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults,
+                                                       /*require_controller=*/!tls.insecure);
+  rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
   if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
   rt->agent->Start();
   return rt;
@@ -183,7 +192,11 @@ int main(int argc, char** argv) {
                  "if set, write a pool at start (while no instance exists): the host keeps this many cores");
   app.add_option("--reserve-memory", reserve_memory, "with --reserve-cores: memory the host keeps (e.g. 4Gi)");
   app.add_option("--vsock-port", vsock_port, "sysfs: liveness probe port (CID = instance id)");
-  app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC");
+  app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC (to the controller's "
+                                                   "certificate only)");
+  Settings settings;
+  security::AddTlsFlags(app, &settings.tls,
+                        "this host's agent (ROOT/agents/HOST; with --hosts N, ROOT/agents, one folder per host)");
   CLI11_PARSE(app, argc, argv);
 
   if (hosts > 1 && kernel_kind != "emulated") return Fail("--hosts: only with --kernel emulated");
@@ -192,7 +205,6 @@ int main(int argc, char** argv) {
     gethostname(buf, sizeof(buf) - 1);
     host = buf;
   }
-  Settings settings;
   settings.kernel_kind = kernel_kind;
   settings.vsock_port = vsock_port;
   settings.faults = faults;

@@ -1,5 +1,8 @@
 // agent_bench: the agent over loopback gRPC, on the emulated kernel (zero boot time).
-//  1. Execute of a 10-action batch: p50 and p99 latency (target p50 <= 1 ms).
+//  0. The floor: an Inventory round trip (median of 500), plaintext and mutual TLS.
+//  1. Execute of a 10-action batch: p50 and p99 latency (target p50 <= 1 ms), plaintext and
+//     mutual TLS interleaved batch by batch (TLS target: under 20 % more on the p50), each
+//     also as a multiple of its floor.
 //  2. Failover: 200 injected panics on standby-protected instances, heartbeat 50 ms x 3:
 //     time from the panic to the standby holding the devices (target p99 <= 300 ms).
 //  3. RSS of this process (agent + emulated kernel + client) with 500 instances
@@ -24,6 +27,8 @@
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
 #include "planner/topology_source.h"
+#include "security/certs.h"
+#include "security/tls.h"
 
 namespace mkfleet::agents {
 namespace {
@@ -95,13 +100,52 @@ int Main() {
   int port = 0;
   auto server = StartAgentServer(service, "127.0.0.1:0", &port);
   auto stub = v1::Agent::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  // The same agent behind mutual TLS, as mkagent serves it: a CA, the agent's and the
+  // controller's certificates; only the controller may call.
+  const std::string pki = (dir / "pki").string();
+  auto issue = [&](const security::Identity& id) {
+    security::CertOptions o;
+    o.identity = id;
+    o.not_before = absl::Now() - absl::Minutes(1);
+    o.not_after = absl::Now() + absl::Hours(1);
+    if (!security::IssueCert(pki, o, security::IdentityDir(pki, id)).ok()) Die("issuing certificates");
+    return security::IdentityDir(pki, id);
+  };
+  if (!security::InitCa(pki, absl::Now(), absl::Hours(1)).ok()) Die("making a CA");
+  security::TlsOptions agent_tls, controller_tls;
+  agent_tls.dir = issue(security::Identity::Agent("bench"));
+  controller_tls.dir = issue(security::Identity::Controller());
+  auto creds = security::ServerCredentials(agent_tls, "127.0.0.1:0", security::Identity::Agent("bench"));
+  if (!creds.ok()) Die(std::string(creds.status().message()));
+  AgentService tls_service(agent, &emu, true, /*require_controller=*/true);
+  int tls_port = 0;
+  auto tls_server = StartAgentServer(tls_service, "127.0.0.1:0", &tls_port, false, *creds);
+  auto client_tls = security::ClientTls::Create(controller_tls);
+  if (!client_tls.ok()) Die(std::string(client_tls.status().message()));
+  auto tls_channel = (*client_tls)->Channel(absl::StrCat("127.0.0.1:", tls_port), security::Identity::Agent("bench"));
+  if (!tls_channel.ok()) Die(std::string(tls_channel.status().message()));
+  auto tls_stub = v1::Agent::NewStub(*tls_channel);
   agent.Start();
-  printf("agent on 127.0.0.1:%d, emulated host %s\n", port, topology->Summary().c_str());
+  printf("agent on 127.0.0.1:%d (plaintext) and 127.0.0.1:%d (mutual TLS), emulated host %s\n", port, tls_port,
+         topology->Summary().c_str());
+
+  // 0. The floor of each transport: an Inventory round trip, interleaved.
+  std::vector<double> floor_plain, floor_tls;
+  for (int i = 0; i < 1000; ++i) {
+    grpc::ClientContext ctx;
+    v1::InventoryResponse r;
+    auto t0 = Steady::now();
+    grpc::Status s = (i % 2 == 0 ? stub : tls_stub)->Inventory(&ctx, v1::InventoryRequest(), &r);
+    (i % 2 == 0 ? floor_plain : floor_tls).push_back(Ms(Steady::now() - t0));
+    if (!s.ok()) Die("Inventory: " + s.error_message());
+  }
+  printf("0. floor: an Inventory round trip over loopback, median of 500: plaintext %.3f ms, mutual TLS %.3f ms\n",
+         Pct(floor_plain, 0.5), Pct(floor_tls, 0.5));
 
   // 1. 10-action batches: create, load, start, cpu-add, cpu-remove, halt, start,
   //    force-halt, unload, remove, each on a fresh instance.
-  std::vector<double> lat;
-  for (int i = 0; i < 300; ++i) {
+  std::vector<double> lat, lat_tls;
+  for (int i = 0; i < 600; ++i) {
     std::string name = absl::StrCat("b", i);
     uint32_t cpu = 2 + 2 * (i % 30);  // a core's first thread; the second is cpu + 1
     v1::ActionBatch b;
@@ -139,15 +183,20 @@ int Main() {
     grpc::ClientContext ctx;
     v1::ExecuteResponse r;
     auto t0 = Steady::now();
-    grpc::Status s = stub->Execute(&ctx, b, &r);
-    lat.push_back(Ms(Steady::now() - t0));
+    grpc::Status s = (i % 2 == 0 ? stub : tls_stub)->Execute(&ctx, b, &r);
+    (i % 2 == 0 ? lat : lat_tls).push_back(Ms(Steady::now() - t0));
     if (!s.ok()) Die(s.error_message());
     for (const auto& res : r.results()) {
       if (res.code() != 0) Die(res.id() + ": " + res.message());
     }
   }
-  printf("1. Execute of a 10-action batch over loopback gRPC: p50 %.3f ms, p99 %.3f ms (%zu batches; target p50 <= 1 ms)\n",
-         Pct(lat, 0.5), Pct(lat, 0.99), lat.size());
+  printf("1. Execute of a 10-action batch over loopback gRPC, %zu batches each, interleaved (target p50 <= 1 ms):\n"
+         "   plaintext  p50 %.3f ms (%.1fx its floor), p99 %.3f ms\n"
+         "   mutual TLS p50 %.3f ms (%.1fx its floor), p99 %.3f ms\n"
+         "   TLS costs %+.1f %% on the p50 (target < 20 %%)\n",
+         lat.size(), Pct(lat, 0.5), Pct(lat, 0.5) / Pct(floor_plain, 0.5), Pct(lat, 0.99), Pct(lat_tls, 0.5),
+         Pct(lat_tls, 0.5) / Pct(floor_tls, 0.5), Pct(lat_tls, 0.99),
+         100.0 * (Pct(lat_tls, 0.5) - Pct(lat, 0.5)) / Pct(lat, 0.5));
 
   // 2. Failover: 200 primaries with a device each, each with an active standby.
   const int pairs = 200;
@@ -237,6 +286,7 @@ int Main() {
          "target <= 100 MiB)\n",
          obs.ok() ? obs->instances.size() : 0, RssMiB(), rss_400);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  tls_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   agent.Stop();
   fs::remove_all(dir);
   fs::remove(ho.lock_path);

@@ -164,8 +164,9 @@ int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::
   request.set_source(options.source.empty() ? absl::StrJoin(options.paths, ",") : options.source);
   request.set_prune(options.prune);
   request.set_dry_run(diff || options.dry_run);
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
-  auto response = request.dry_run() ? client->Diff(request) : client->Apply(request);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  auto response = request.dry_run() ? (*client)->Diff(request) : (*client)->Apply(request);
   if (!response.ok()) return Report(response.status(), options.controller, err);
   bool changes = false;
   for (const v1::ObjectChange& c : response->changes()) {
@@ -175,7 +176,7 @@ int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::
   }
   // diff: exit 1 when something would change, like diff(1).
   if (diff && changes) return kExitFailure;
-  if (options.wait && !request.dry_run()) return Wait(*client, *response, options, out, err);
+  if (options.wait && !request.dry_run()) return Wait(**client, *response, options, out, err);
   return kExitOk;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "security/tls.h"
 
 namespace mkfleet::cli {
 
@@ -54,6 +55,7 @@ struct ApplyOptions {
   std::vector<std::string> paths;
   std::string controller = kDefaultController;
   absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;  // this user's credentials (--tls-dir, MKFLEET_TLS_DIR) or --insecure
   std::string source;  // default: the paths given, joined by ","
   bool prune = false;
   bool dry_run = false;
@@ -76,6 +78,7 @@ int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err);
 struct GetOptions {
   std::string controller = kDefaultController;
   absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;  // this user's credentials (--tls-dir, MKFLEET_TLS_DIR) or --insecure
   std::string kind;  // Host, KernelInstance, InstanceSet (or host, hosts, ki, instances, ...)
   std::string name;  // empty: every object of the kind
   std::string output = "table";  // table | wide | yaml | json
@@ -100,6 +103,7 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err);
 struct EventsOptions {
   std::string controller = kDefaultController;
   absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;  // this user's credentials (--tls-dir, MKFLEET_TLS_DIR) or --insecure
   std::string kind;  // optional filter (hosts, instances, ...)
   std::string name;
   std::string type;  // Normal | Warning
@@ -111,6 +115,36 @@ struct EventsOptions {
 // Prints the controller's events, oldest first: TIME TYPE REASON OBJECT COUNT MESSAGE (or a
 // JSON array); with follow, keeps printing new ones until interrupted.
 int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err);
+
+struct AuditOptions {
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;
+  absl::Duration since = absl::ZeroDuration();  // only records this recent (0: all)
+  int limit = 0;                                // only the newest this many (0: all)
+  std::string output = "table";                 // table | json
+};
+
+// Prints the controller's audit log (admins only), oldest first:
+// TIME IDENTITY VERB OBJECTS RESULT MESSAGE (or a JSON array).
+int RunAudit(const AuditOptions& options, std::ostream& out, std::ostream& err);
+
+struct CertsOptions {
+  std::string action;       // init | issue
+  std::string kind;         // issue: controller | agent | user
+  std::string name;         // issue agent: the Host; issue user: the user
+  std::string dir;          // init: the folder to create; issue: the CA's folder
+  std::string out;          // issue: where the credentials go (default under dir, see certs.h)
+  std::vector<std::string> groups;  // issue user: O= entries
+  std::vector<std::string> dns;     // controller: extra DNS names
+  std::vector<std::string> ips;     // controller: IP addresses
+  int days = 365;           // validity of what is issued (the CA: ten times this)
+};
+
+// `certs init DIR`: a new fleet CA with a controller certificate and an admin user
+// (group fleet-admins). `certs issue KIND [NAME]`: one more identity from the CA in
+// --ca-dir. Prints what was written. 0, 2 on bad input, 1 on failure.
+int RunCerts(const CertsOptions& options, std::ostream& out, std::ostream& err);
 
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
 std::string CanonicalKind(const std::string& kind);

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "mkfleet/v1/controller.pb.h"
+#include "security/tls.h"
 
 namespace mkfleet::cli {
 
@@ -26,11 +27,17 @@ class ControllerClient {
   // `on_event` returns false). The request timeout does not apply to a followed stream.
   virtual absl::Status Events(const mkfleet::v1::EventsRequest& request,
                               const std::function<bool(const mkfleet::v1::Event&)>& on_event) = 0;
+  virtual absl::StatusOr<mkfleet::v1::AuditResponse> Audit(const mkfleet::v1::AuditRequest& request) = 0;
   // Where it connects, for messages.
   virtual const std::string& address() const = 0;
 };
 
-std::unique_ptr<ControllerClient> NewGrpcControllerClient(const std::string& address, absl::Duration request_timeout);
+// Mutual TLS with `tls` (the controller must present the controller's certificate), or
+// plaintext to a loopback address with tls.insecure. FailedPrecondition saying how to set
+// TLS up when neither is given or the credentials are unusable.
+absl::StatusOr<std::unique_ptr<ControllerClient>> NewGrpcControllerClient(const std::string& address,
+                                                                          absl::Duration request_timeout,
+                                                                          const security::TlsOptions& tls);
 
 }  // namespace mkfleet::cli
 

@@ -37,12 +37,13 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
     err << "error: delete needs KIND NAME or -f PATH\n";
     return kExitInvalid;
   }
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
   v1::DeleteRequest request;
   request.set_kind(kind);
   request.set_name(options.name);
   request.set_force(options.force);
-  auto response = client->Delete(request);
+  auto response = (*client)->Delete(request);
   if (!response.ok()) return Report(response.status(), options.controller, err);
   if (response->result() == "terminating") {
     out << kind << "/" << options.name << " terminating: its instances are deleted first\n";

@@ -21,12 +21,13 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     err << "error: describe needs KIND NAME\n";
     return kExitInvalid;
   }
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
   auto get = [&](const std::string& k, const std::string& name, v1::GetResponse* response) {
     v1::GetRequest request;
     request.set_kind(k);
     request.set_name(name);
-    auto got = client->Get(request);
+    auto got = (*client)->Get(request);
     if (got.ok()) *response = *std::move(got);
     return got.status();
   };
@@ -134,7 +135,7 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
   request.set_kind(kind);
   request.set_name(options.name);
   std::deque<v1::Event> recent;
-  client->Events(request, [&](const v1::Event& e) {
+  (*client)->Events(request, [&](const v1::Event& e) {
     recent.push_back(e);
     if (recent.size() > 10) recent.pop_front();
     return true;

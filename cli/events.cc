@@ -21,7 +21,8 @@ int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err
     err << "error: --type: want Normal or Warning, got \"" << options.type << "\"\n";
     return kExitInvalid;
   }
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
   v1::EventsRequest request;
   request.set_kind(kind);
   request.set_name(options.name);
@@ -34,7 +35,7 @@ int RunEvents(const EventsOptions& options, std::ostream& out, std::ostream& err
   google::protobuf::util::JsonPrintOptions json_options;
   json_options.preserve_proto_field_names = false;
   if (json && !options.follow) out << "[";
-  absl::Status s = client->Events(request, [&](const v1::Event& e) {
+  absl::Status s = (*client)->Events(request, [&](const v1::Event& e) {
     if (json) {
       std::string text;
       (void)google::protobuf::util::MessageToJsonString(e, &text, json_options);

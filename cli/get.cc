@@ -18,10 +18,11 @@ namespace v1 = mkfleet::v1;
 
 // The kernels that run on hosts without an object owning them, from the hosts' statuses.
 int PrintUnmanaged(const GetOptions& options, std::ostream& out, std::ostream& err) {
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
   v1::GetRequest request;
   request.set_kind("Host");
-  auto got = client->Get(request);
+  auto got = (*client)->Get(request);
   if (!got.ok()) return Report(got.status(), options.controller, err);
   Table t({"HOST", "NAME", "STATE", "CPUS", "CPU-LIST", "MEMORY", "OWNER"});
   for (const v1::Object& o : got->objects()) {
@@ -52,11 +53,12 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     }
     return PrintUnmanaged(options, out, err);
   }
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout);
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
   v1::GetRequest request;
   request.set_kind(kind);
   request.set_name(options.name);
-  auto got = client->Get(request);
+  auto got = (*client)->Get(request);
   if (!got.ok()) return Report(got.status(), options.controller, err);
   const v1::GetResponse& response = *got;
   std::vector<v1::Object> objects(response.objects().begin(), response.objects().end());

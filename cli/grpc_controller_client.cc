@@ -1,5 +1,6 @@
 #include <chrono>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/controller_client.h"
 #include "grpcpp/grpcpp.h"
@@ -22,11 +23,8 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 class GrpcControllerClient final : public ControllerClient {
  public:
-  GrpcControllerClient(std::string address, absl::Duration timeout) : address_(std::move(address)), timeout_(timeout) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(1 << 30);  // a fleet's instances in one list
-    stub_ = v1::Controller::NewStub(grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
-  }
+  GrpcControllerClient(std::string address, absl::Duration timeout, std::shared_ptr<grpc::Channel> channel)
+      : address_(std::move(address)), timeout_(timeout), stub_(v1::Controller::NewStub(channel)) {}
 
   absl::StatusOr<v1::ApplyResponse> Apply(const v1::ApplyRequest& request) override {
     return Unary<v1::ApplyResponse>([&](grpc::ClientContext* ctx, v1::ApplyResponse* r) { return stub_->Apply(ctx, request, r); });
@@ -57,6 +55,9 @@ class GrpcControllerClient final : public ControllerClient {
     if (s.error_code() == grpc::StatusCode::CANCELLED) return absl::OkStatus();
     return FromGrpc(s);
   }
+  absl::StatusOr<v1::AuditResponse> Audit(const v1::AuditRequest& request) override {
+    return Unary<v1::AuditResponse>([&](grpc::ClientContext* ctx, v1::AuditResponse* r) { return stub_->Audit(ctx, request, r); });
+  }
   const std::string& address() const override { return address_; }
 
  private:
@@ -65,15 +66,21 @@ class GrpcControllerClient final : public ControllerClient {
   }
   template <typename Response, typename Call>
   absl::StatusOr<Response> Unary(Call call) {
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    // A controller that is still starting is waited for, within the deadline (an apply
-    // right after mkcontroller started must not fail at once).
-    ctx.set_wait_for_ready(true);
-    Response r;
-    grpc::Status s = call(&ctx, &r);
-    if (!s.ok()) return FromGrpc(s);
-    return r;
+    const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout_);
+    for (bool wait = false;; wait = true) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(deadline);
+      // A controller that is still starting (connection refused) is waited for, within the
+      // deadline, so an apply right after mkcontroller started does not fail at once; a
+      // refused handshake (wrong CA, expired or wrong certificate) is reported at once.
+      ctx.set_wait_for_ready(wait);
+      Response r;
+      grpc::Status s = call(&ctx, &r);
+      if (s.ok()) return r;
+      bool starting = s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                      absl::StrContains(s.error_message(), "Connection refused");
+      if (wait || !starting) return FromGrpc(s);
+    }
   }
 
   std::string address_;
@@ -83,8 +90,21 @@ class GrpcControllerClient final : public ControllerClient {
 
 }  // namespace
 
-std::unique_ptr<ControllerClient> NewGrpcControllerClient(const std::string& address, absl::Duration request_timeout) {
-  return std::make_unique<GrpcControllerClient>(address, request_timeout);
+absl::StatusOr<std::unique_ptr<ControllerClient>> NewGrpcControllerClient(const std::string& address,
+                                                                          absl::Duration request_timeout,
+                                                                          const security::TlsOptions& tls) {
+  if (!tls.insecure && tls.dir.empty()) {
+    return absl::FailedPreconditionError(
+        "no credentials: pass --tls-dir DIR (or set MKFLEET_TLS_DIR) with your certificate from `mkapply certs issue "
+        "user NAME`; --insecure only for a controller serving plaintext on loopback");
+  }
+  auto client_tls = security::ClientTls::Create(tls);
+  if (!client_tls.ok()) return client_tls.status();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(1 << 30);  // a fleet's instances in one list
+  auto channel = (*client_tls)->Channel(address, security::Identity::Controller(), args);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<ControllerClient>(new GrpcControllerClient(address, request_timeout, *std::move(channel)));
 }
 
 }  // namespace mkfleet::cli

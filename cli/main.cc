@@ -1,7 +1,7 @@
 // mkapply: the mkfleet command line. Parses flags and dispatches to cli/commands.h.
 //
-// Global flags (--controller, --request-timeout) go before or after the subcommand, as in
-// kubectl; MKFLEET_CONTROLLER sets the controller when --controller is not given.
+// Global flags (--controller, --request-timeout, --tls-dir, --insecure) go before or after
+// the subcommand, as in kubectl; MKFLEET_CONTROLLER and MKFLEET_TLS_DIR give the defaults.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -32,7 +32,8 @@ absl::Duration Duration(const std::string& text) { return *mkfleet::cli::ParseDu
 int main(int argc, char** argv) {
   CLI::App app{
       "mkapply: declarative control of multikernel Linux fleets.\n"
-      "Validate and plan manifests (Host, KernelInstance, InstanceSet) and apply them to mkcontroller."};
+      "Validate and plan manifests (Host, KernelInstance, InstanceSet, RoleBinding) and apply them to mkcontroller.\n"
+      "Remote commands authenticate with your certificate: --tls-dir DIR or MKFLEET_TLS_DIR (see `certs`)."};
   app.set_version_flag("--version", std::string("mkapply ") + mkfleet::kVersion);
   app.require_subcommand(1);
   // Global flags may come after the subcommand too.
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
       ->envname("MKFLEET_CONTROLLER");
   app.add_option("--request-timeout", request_timeout, "deadline of each call to the controller (default 30s)")
       ->check(DurationValidator());
+  mkfleet::security::TlsOptions tls;
+  mkfleet::security::AddTlsFlags(app, &tls, "your user (ROOT/users/NAME)", "MKFLEET_TLS_DIR");
 
   mkfleet::cli::ValidateOptions validate;
   CLI::App* validate_cmd = app.add_subcommand(
@@ -142,14 +145,60 @@ int main(int argc, char** argv) {
   events_cmd->add_option("-o,--output", events.output, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));
 
+  mkfleet::cli::AuditOptions audit;
+  std::string audit_since;
+  CLI::App* audit_cmd = app.add_subcommand(
+      "audit",
+      "Show the controller's audit log: every apply and delete with who asked, the objects, the result and the "
+      "source, oldest first (admins only).\nExit 0, 1 when refused or unreachable.");
+  audit_cmd->add_option("--since", audit_since, "only records of the last DURATION (e.g. 24h)")
+      ->check(DurationValidator());
+  audit_cmd->add_option("--limit", audit.limit, "only the newest N records")->check(CLI::Range(0, 1000000));
+  audit_cmd->add_option("-o,--output", audit.output, "table (default) or json")->check(CLI::IsMember({"table", "json"}));
+
+  mkfleet::cli::CertsOptions certs;
+  CLI::App* certs_cmd = app.add_subcommand(
+      "certs",
+      "Make the fleet's certificate authority and its certificates (ECDSA P-256, with OpenSSL's library).\n"
+      "Exit 0, 2 on bad input (or a CA that exists), 1 on failure.");
+  certs_cmd->require_subcommand(1);
+  CLI::App* certs_init = certs_cmd->add_subcommand(
+      "init", "Create a CA in DIR, a controller certificate (DIR/controller) and an admin user (DIR/users/admin, "
+              "group fleet-admins). Refuses a DIR that has a CA already.");
+  certs_init->add_option("dir", certs.dir, "the CA's folder")->required();
+  CLI::App* certs_issue = certs_cmd->add_subcommand(
+      "issue", "Issue one identity from the CA in --ca-dir: `controller`, `agent HOST` (the Host's name in its SAN) or "
+               "`user NAME --group G` (CN the user, O each group). Re-issuing replaces the files in place: running "
+               "daemons pick them up (rotation).");
+  certs_issue->add_option("kind", certs.kind, "controller, agent or user")
+      ->required()
+      ->check(CLI::IsMember({"controller", "agent", "user"}));
+  certs_issue->add_option("name", certs.name, "the Host (agent) or the user");
+  certs_issue->add_option("--ca-dir", certs.dir, "the CA's folder (from certs init)")->required();
+  certs_issue->add_option("--out", certs.out, "where to write (default CA-DIR/controller, /agents/HOST, /users/NAME)");
+  certs_issue->add_option("--group", certs.groups, "user: a group (repeatable)");
+  for (CLI::App* c : {certs_init, certs_issue}) {
+    c->add_option("--dns", certs.dns, "controller: a DNS name it is reached by (repeatable; default localhost)");
+    c->add_option("--ip", certs.ips, "controller: an IP address it is reached by (repeatable; default loopback)");
+    c->add_option("--days", certs.days, "validity in days (default 365; the CA ten times as long)");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : mkfleet::cli::kExitInvalid;
   }
-  apply.controller = get.controller = events.controller = controller;
-  apply.request_timeout = get.request_timeout = events.request_timeout = Duration(request_timeout);
+  apply.controller = get.controller = events.controller = audit.controller = controller;
+  apply.request_timeout = get.request_timeout = events.request_timeout = audit.request_timeout =
+      Duration(request_timeout);
+  apply.tls = get.tls = events.tls = audit.tls = tls;
+  if (!audit_since.empty()) audit.since = Duration(audit_since);
+  if (certs_cmd->parsed()) {
+    certs.action = certs_init->parsed() ? "init" : "issue";
+    return mkfleet::cli::RunCerts(certs, std::cout, std::cerr);
+  }
+  if (audit_cmd->parsed()) return mkfleet::cli::RunAudit(audit, std::cout, std::cerr);
   apply.wait_timeout = Duration(wait_timeout);
   if (!since.empty()) events.since = Duration(since);
   if (validate_cmd->parsed()) return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "reconciler/controller_service.h"
+#include "security/testing/test_pki.h"
 #include "tests/process_util.h"
 
 namespace mkfleet::cli {
@@ -23,8 +24,13 @@ class MkapplyTest : public ::testing::Test {
     objects_ = std::make_unique<reconciler::Objects>(*store_);
     events_ = *reconciler::EventLog::Open(*store_, Clock::Real());
     service_ = std::make_unique<reconciler::ControllerService>(*store_, *objects_, events_.get());
+    pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
+    security::TlsOptions tls;
+    tls.dir = pki_->controller();
+    auto creds = security::ServerCredentials(tls, "127.0.0.1:0", security::Identity::Controller());
+    ASSERT_TRUE(creds.ok()) << creds.status();
     int port = 0;
-    server_ = reconciler::StartControllerServer(*service_, "127.0.0.1:0", &port);
+    server_ = reconciler::StartControllerServer(*service_, "127.0.0.1:0", &port, *creds);
     ASSERT_NE(server_, nullptr);
     address_ = "127.0.0.1:" + std::to_string(port);
     std::ofstream(dir_ / "h.yaml") << "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata: {name: h1}\nspec:\n"
@@ -34,10 +40,12 @@ class MkapplyTest : public ::testing::Test {
     server_->Shutdown();
     std::filesystem::remove_all(dir_);
   }
-  // Runs mkapply with `args` (and `env` set); returns its exit code, output in *out.
+  // Runs mkapply with `args` (and `env` set; the admin's credentials in MKFLEET_TLS_DIR
+  // unless `env` sets it); returns its exit code, output in *out.
   int Run(std::vector<std::string> args, std::string* out, const std::string& env = "") {
     std::string log = (dir_ / "out.log").string();
     std::vector<std::string> argv = {"/usr/bin/env"};
+    if (env.rfind("MKFLEET_TLS_DIR=", 0) != 0) argv.push_back("MKFLEET_TLS_DIR=" + pki_->admin());
     if (!env.empty()) argv.push_back(env);
     argv.push_back("cli/mkapply");
     argv.insert(argv.end(), args.begin(), args.end());
@@ -48,6 +56,7 @@ class MkapplyTest : public ::testing::Test {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
   std::filesystem::path dir_;
+  std::unique_ptr<security::TestPki> pki_;
   std::unique_ptr<reconciler::Store> store_;
   std::unique_ptr<reconciler::Objects> objects_;
   std::unique_ptr<reconciler::EventLog> events_;
@@ -92,6 +101,25 @@ TEST_F(MkapplyTest, AnUnreachableControllerSaysSo) {
   std::string out;
   EXPECT_EQ(Run({"get", "hosts", "--controller", "127.0.0.1:1", "--request-timeout", "1s"}, &out), 1);
   EXPECT_THAT(out, HasSubstr("error: cannot reach the controller at 127.0.0.1:1"));
+}
+
+TEST_F(MkapplyTest, CredentialsComeFromTheFlagOrTheEnvironmentAndNeverSilentlyGoPlaintext) {
+  std::string out;
+  // --tls-dir beats MKFLEET_TLS_DIR.
+  EXPECT_EQ(Run({"get", "hosts", "--controller", address_, "--tls-dir", pki_->admin()}, &out,
+                "MKFLEET_TLS_DIR=/nonexistent"),
+            0)
+      << out;
+  // No credentials at all: exit 2, saying how to get them.
+  EXPECT_EQ(Run({"get", "hosts", "--controller", address_}, &out, "MKFLEET_TLS_DIR="), 2) << out;
+  EXPECT_THAT(out, HasSubstr("certs issue user"));
+  // Plaintext to a TLS controller fails; plaintext to a non-loopback address is refused.
+  EXPECT_EQ(Run({"get", "hosts", "--controller", address_, "--insecure"}, &out, "MKFLEET_TLS_DIR="), 1) << out;
+  EXPECT_EQ(Run({"get", "hosts", "--controller", "10.1.2.3:7100", "--insecure"}, &out, "MKFLEET_TLS_DIR="), 2) << out;
+  EXPECT_THAT(out, HasSubstr("refused (not a loopback address"));
+  // Credentials that are not a user's own (or that are unreadable) are reported at once.
+  EXPECT_EQ(Run({"get", "hosts", "--controller", address_, "--tls-dir", dir_.string()}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("ca.crt"));
 }
 
 }  // namespace

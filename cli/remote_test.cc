@@ -40,11 +40,13 @@ class RemoteTest : public ::testing::Test {
     ApplyOptions o;
     o.paths = std::move(paths);
     o.controller = address_;
+    o.tls.insecure = true;  // an in-process plaintext server on loopback
     return o;
   }
   GetOptions Get(const std::string& kind, const std::string& name = "") {
     GetOptions o;
     o.controller = address_;
+    o.tls.insecure = true;  // an in-process plaintext server on loopback
     o.kind = kind;
     o.name = name;
     return o;

@@ -22,6 +22,11 @@ int Report(const absl::Status& s, const std::string& controller, std::ostream& e
   }
 }
 
+int ReportSetup(const absl::Status& s, std::ostream& err) {
+  err << "error: " << s.message() << "\n";
+  return kExitInvalid;
+}
+
 std::string CanonicalKind(const std::string& kind) {
   std::string k = absl::AsciiStrToLower(kind);
   if (k == "host" || k == "hosts") return "Host";
@@ -29,12 +34,15 @@ std::string CanonicalKind(const std::string& kind) {
     return "KernelInstance";
   }
   if (k == "instanceset" || k == "instancesets" || k == "set" || k == "sets") return "InstanceSet";
+  if (k == "rolebinding" || k == "rolebindings" || k == "rb") return "RoleBinding";
   return "";
 }
 
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err) {
   *kind = CanonicalKind(given);
-  if (kind->empty()) err << "error: unknown kind \"" << given << "\" (Host, KernelInstance or InstanceSet)\n";
+  if (kind->empty()) {
+    err << "error: unknown kind \"" << given << "\" (Host, KernelInstance, InstanceSet or RoleBinding)\n";
+  }
   return !kind->empty();
 }
 

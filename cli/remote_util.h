@@ -18,6 +18,8 @@ namespace mkfleet::cli {
 // Prints a failed call ("error: cannot reach the controller at ...") and returns the exit
 // code: 2 for invalid input (nothing was changed), 1 otherwise.
 int Report(const absl::Status& s, const std::string& controller, std::ostream& err);
+// Prints why no connection can be made (no or unusable credentials) and returns 2.
+int ReportSetup(const absl::Status& s, std::ostream& err);
 
 // "hosts" -> "Host" ...; false (and the error on `err`) for an unknown kind.
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err);

@@ -1,5 +1,6 @@
 // StartGrpcServer: the one way mkfleet daemons serve gRPC: on `address` (port 0 picks a
-// free one, written to `port`), with the standard health service reporting `service_name`
+// free one, written to `port`) with `credentials` (security/tls.h; plaintext only in
+// in-process tests on loopback), with the standard health service reporting `service_name`
 // as serving, and server reflection for grpcurl-style tools. Null when it cannot listen.
 #ifndef MKFLEET_COMMON_GRPC_SERVER_H_
 #define MKFLEET_COMMON_GRPC_SERVER_H_
@@ -22,7 +23,9 @@ namespace mkfleet {
 // `lean` serves with one completion queue and one polling thread (a process serving many
 // emulated hosts, one server each, would otherwise start threads by the thousand).
 inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
-                                                     const std::string& address, int* port, bool lean = false) {
+                                                     const std::string& address, int* port,
+                                                     std::shared_ptr<grpc::ServerCredentials> credentials,
+                                                     bool lean = false) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -31,7 +34,7 @@ inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, con
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
   }
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  builder.AddListeningPort(address, std::move(credentials), port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);

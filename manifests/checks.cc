@@ -207,6 +207,9 @@ void CheckObject(const LoadedObject& object, std::vector<Diagnostic>* errors) {
     case Object::kInstanceSet:
       CheckInstanceSet(object.object.instance_set(), r);
       break;
+    case Object::kRoleBinding:
+      CheckHeader(object.object.role_binding().api_version(), r);
+      break;
     default:
       break;
   }

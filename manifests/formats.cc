@@ -73,6 +73,16 @@ bool IsLabelKey(absl::string_view s) {
   return IsLabelName(s.substr(slash + 1));
 }
 
+bool IsPrincipalName(absl::string_view s) {
+  if (s.empty() || s.size() > 64 || !(absl::ascii_islower(s[0]) || absl::ascii_isdigit(s[0]))) return false;
+  for (char c : s) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '.' && c != '_' && c != '@' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
 bool IsLabelValue(absl::string_view s) { return s.empty() || IsLabelName(s); }
 
 std::string CheckFormat(mkfleet::v1::Format format, absl::string_view text) {
@@ -122,6 +132,11 @@ std::string CheckFormat(mkfleet::v1::Format format, absl::string_view text) {
     case mkfleet::v1::FORMAT_LABEL_KEY:
       if (IsLabelKey(text)) return "";
       return absl::StrCat("must be a label key", got());
+    case mkfleet::v1::FORMAT_PRINCIPAL:
+      if (IsPrincipalName(text)) return "";
+      return absl::StrCat("must be a user or group name: 1-64 characters of a-z 0-9 . _ @ -, starting with a "
+                          "letter or digit",
+                          got());
     case mkfleet::v1::FORMAT_ABSOLUTE_PATH:
       if (!text.empty() && text.front() == '/' && text.find('\0') == absl::string_view::npos) {
         return "";

@@ -16,6 +16,8 @@ bool IsDnsLabel(absl::string_view s);
 bool IsPciBdf(absl::string_view s);
 // [prefix/]name: name of [A-Za-z0-9._-], alphanumeric at both ends, 1..63; prefix a DNS name.
 bool IsLabelKey(absl::string_view s);
+// A user or group (certificates, RoleBindings): 1..64 of [a-z0-9._@-], alphanumeric first.
+bool IsPrincipalName(absl::string_view s);
 // Empty, or like a label key's name part.
 bool IsLabelValue(absl::string_view s);
 

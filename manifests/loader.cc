@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using mkfleet::v1::Object;
 
-constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet"};
+constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet", "RoleBinding"};
 
 const YamlNode* Lookup(const YamlNode& map, absl::string_view key) {
   if (map.kind != YamlNode::Kind::kMap) return nullptr;
@@ -34,6 +34,7 @@ google::protobuf::Message* MessageForKind(absl::string_view kind, Object* object
   if (kind == "Host") return object->mutable_host();
   if (kind == "KernelInstance") return object->mutable_kernel_instance();
   if (kind == "InstanceSet") return object->mutable_instance_set();
+  if (kind == "RoleBinding") return object->mutable_role_binding();
   return nullptr;
 }
 
@@ -86,6 +87,8 @@ absl::string_view KindOf(const Object& object) {
       return "KernelInstance";
     case Object::kInstanceSet:
       return "InstanceSet";
+    case Object::kRoleBinding:
+      return "RoleBinding";
     default:
       return "";
   }
@@ -99,6 +102,8 @@ const mkfleet::v1::ObjectMeta& MetadataOf(const Object& object) {
       return object.kernel_instance().metadata();
     case Object::kInstanceSet:
       return object.instance_set().metadata();
+    case Object::kRoleBinding:
+      return object.role_binding().metadata();
     default:
       return mkfleet::v1::ObjectMeta::default_instance();
   }
@@ -150,7 +155,7 @@ void LoadText(absl::string_view file, absl::string_view text, const LoadOptions&
           {file_name, kind != nullptr ? kind->pos : root.pos,
            absl::StrCat("document ", d + 1), "kind",
            absl::StrCat(kind == nullptr ? "is required" : "must be a string",
-                        " (one of Host, KernelInstance, InstanceSet)")});
+                        " (one of Host, KernelInstance, InstanceSet, RoleBinding)")});
       continue;
     }
     LoadedObject loaded;
@@ -161,7 +166,7 @@ void LoadText(absl::string_view file, absl::string_view text, const LoadOptions&
       result->errors.push_back(
           {file_name, kind->pos, absl::StrCat(kind->value, "/", name_text), "kind",
            absl::StrCat("unknown kind \"", kind->value,
-                        "\" (expected Host, KernelInstance or InstanceSet",
+                        "\" (expected Host, KernelInstance, InstanceSet or RoleBinding",
                         suggestion.empty() ? "" : "; did you mean \"", suggestion,
                         suggestion.empty() ? "" : "\"?", ")")});
       continue;

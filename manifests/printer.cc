@@ -211,6 +211,9 @@ void Emit(const mkfleet::v1::Object& object, const PrintOptions& options, YAML::
     case mkfleet::v1::Object::kInstanceSet:
       msg = &object.instance_set();
       break;
+    case mkfleet::v1::Object::kRoleBinding:
+      msg = &object.role_binding();
+      break;
     default:
       out << YAML::BeginMap << YAML::EndMap;
       return;

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "mkfleet/v1/agent.pb.h"
+#include "security/tls.h"
 
 namespace mkfleet::reconciler {
 
@@ -38,8 +39,11 @@ class AgentClient {
   virtual absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request, absl::Duration timeout) = 0;
 };
 
-// The real one: a gRPC channel to `address`.
-std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& address);
+// The real one: a gRPC channel to `address`, where only `host`'s agent certificate is
+// accepted (with `tls`; null: plaintext, for in-process tests). When `tls` refuses the
+// address (plaintext to a non-loopback one) every call fails with its reason.
+std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& address, const std::string& host = "",
+                                                const security::ClientTls* tls = nullptr);
 
 }  // namespace mkfleet::reconciler
 

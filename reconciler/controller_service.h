@@ -13,6 +13,8 @@
 #include "common/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
+#include "reconciler/access.h"
+#include "reconciler/audit_log.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 
@@ -40,6 +42,12 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
                       grpc::ServerWriter<mkfleet::v1::Event>* writer) override;
   grpc::Status Stats(grpc::ServerContext*, const mkfleet::v1::StatsRequest*,
                      mkfleet::v1::StatsResponse* response) override;
+  grpc::Status Audit(grpc::ServerContext*, const mkfleet::v1::AuditRequest* request,
+                     mkfleet::v1::AuditResponse* response) override;
+  // Who may call what (null: anyone, for in-process tests), and where apply and delete are
+  // recorded (null: nowhere). Set once, before serving.
+  void SetAccess(Access* access) { access_ = access; }
+  void SetAuditLog(AuditLog* audit) { audit_ = audit; }
   // Where Stats takes the reconcile loop's counters (set once, before serving).
   void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
   // What a dry run or diff says an apply would do to running kernels, per "Kind/name"
@@ -48,22 +56,33 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   void SetPreview(Preview preview) { preview_ = std::move(preview); }
 
  private:
-  grpc::Status DoApply(const mkfleet::v1::ApplyRequest& request, bool dry_run, mkfleet::v1::ApplyResponse* response);
+  grpc::Status DoApply(grpc::ServerContext& context, const mkfleet::v1::ApplyRequest& request, bool dry_run,
+                       mkfleet::v1::ApplyResponse* response);
+  // The caller, allowed to `verb` `kind`/`name`; else the refusal (PERMISSION_DENIED).
+  absl::StatusOr<Access::Caller> Allow(const grpc::ServerContext& context, absl::string_view verb,
+                                       absl::string_view kind, absl::string_view name = "");
+  // Records a mutating request and its result in the audit log (if any).
+  void Audit(const grpc::ServerContext& context, const security::Identity& who, mkfleet::v1::AuditRecord record,
+             const absl::Status& result);
   Store& store_;
   Objects& objects_;
   EventLog* events_;
   Clock& clock_;
   std::function<mkfleet::v1::StatsResponse()> stats_;
   Preview preview_;
+  Access* access_ = nullptr;
+  AuditLog* audit_ = nullptr;
 };
 
 // The kinds the controller stores.
 bool IsKnownKind(const std::string& kind);
 
 // Starts a server for `service` on `address` (port 0 picks a free one) with the health
-// service and server reflection. `port` receives the bound port.
+// service and server reflection. `port` receives the bound port. Null credentials:
+// plaintext (in-process tests on loopback).
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,
-                                                    int* port);
+                                                    int* port,
+                                                    std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
 
 }  // namespace mkfleet::reconciler
 

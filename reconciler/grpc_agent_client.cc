@@ -41,8 +41,7 @@ class GrpcWatchStream final : public WatchStream {
 
 class GrpcAgentClient final : public AgentClient {
  public:
-  explicit GrpcAgentClient(const std::string& address)
-      : stub_(v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+  explicit GrpcAgentClient(std::shared_ptr<grpc::Channel> channel) : stub_(v1::Agent::NewStub(channel)) {}
 
   absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration timeout) override {
     grpc::ClientContext ctx;
@@ -74,10 +73,43 @@ class GrpcAgentClient final : public AgentClient {
   std::unique_ptr<v1::Agent::Stub> stub_;
 };
 
+// An agent that cannot be dialled at all: every call fails with why.
+class RefusedAgentClient final : public AgentClient {
+ public:
+  explicit RefusedAgentClient(absl::Status why) : why_(std::move(why)) {}
+  absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration) override { return why_; }
+  std::unique_ptr<WatchStream> Watch(const v1::WatchRequest&) override {
+    class Ended final : public WatchStream {
+     public:
+      explicit Ended(absl::Status why) : why_(std::move(why)) {}
+      Result Next(v1::HostState*, bool, absl::Status* ended) override {
+        *ended = why_;
+        return Result::kEnded;
+      }
+      void Cancel() override {}
+
+     private:
+      absl::Status why_;
+    };
+    return std::make_unique<Ended>(why_);
+  }
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch&, absl::Duration) override { return why_; }
+  absl::Status SetPolicy(const v1::SetPolicyRequest&, absl::Duration) override { return why_; }
+
+ private:
+  const absl::Status why_;
+};
+
 }  // namespace
 
-std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& address) {
-  return std::make_unique<GrpcAgentClient>(address);
+std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& address, const std::string& host,
+                                                const security::ClientTls* tls) {
+  if (tls == nullptr) {
+    return std::make_unique<GrpcAgentClient>(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+  auto channel = tls->Channel(address, security::Identity::Agent(host));
+  if (!channel.ok()) return std::make_unique<RefusedAgentClient>(channel.status());
+  return std::make_unique<GrpcAgentClient>(*std::move(channel));
 }
 
 }  // namespace mkfleet::reconciler

@@ -16,11 +16,15 @@
 #include "common/clock.h"
 #include "common/grpc_server.h"
 #include "common/version.h"
+#include "manifests/units.h"
+#include "reconciler/access.h"
+#include "reconciler/audit_log.h"
 #include "reconciler/controller_service.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 #include "reconciler/reconciler.h"
 #include "reconciler/store.h"
+#include "security/tls.h"
 
 int main(int argc, char** argv) {
   using namespace mkfleet;
@@ -58,6 +62,19 @@ int main(int argc, char** argv) {
   app.add_option("--history-window", history_window,
                  "store revisions of history kept; older ones are compacted on every resync (default 10000)")
       ->check(CLI::Range(int64_t{100}, int64_t{1} << 40));
+  security::TlsOptions tls;
+  security::AddTlsFlags(app, &tls, "the controller (ROOT/controller); it also dials the agents with it");
+  reconciler::AccessOptions access_options;
+  app.add_option("--admin-group", access_options.admin_group,
+                 "users whose certificate has this group (O=) are admins whatever the RoleBindings say "
+                 "(default fleet-admins; empty: none)");
+  reconciler::AuditOptions audit_options;
+  std::string audit_retain = "720h";
+  app.add_option("--audit-max", audit_options.max_records,
+                 "audit records kept past the retention window (default 10000)")
+      ->check(CLI::Range(size_t{1}, size_t{100000000}));
+  app.add_option("--audit-retain", audit_retain,
+                 "audit records younger than this are never evicted (default 720h, 30 days)");
   CLI11_PARSE(app, argc, argv);
 
   if (!absl::StartsWith(store_spec, "sqlite:") || store_spec.size() == 7) {
@@ -65,6 +82,28 @@ int main(int argc, char** argv) {
               << "\" (etcd is not supported by this build)\n";
     return 2;
   }
+  if (absl::Status t = security::CheckTransport(tls, listen, "--listen"); !t.ok()) {
+    std::cerr << "mkcontroller: " << t.message() << "\n";
+    return 2;
+  }
+  auto retain = manifests::ParseDurationMs(audit_retain);
+  if (!retain.ok() || *retain <= 0) {
+    std::cerr << "mkcontroller: --audit-retain: want a duration such as 720h, got \"" << audit_retain << "\"\n";
+    return 2;
+  }
+  audit_options.retain = absl::Milliseconds(*retain);
+  access_options.insecure = tls.insecure;
+  auto server_creds = security::ServerCredentials(tls, listen, security::Identity::Controller());
+  if (!server_creds.ok()) {
+    std::cerr << "mkcontroller: " << server_creds.status().message() << "\n";
+    return 2;
+  }
+  auto agent_tls = security::ClientTls::Create(tls);
+  if (!agent_tls.ok()) {
+    std::cerr << "mkcontroller: " << agent_tls.status().message() << "\n";
+    return 2;
+  }
+
   RaiseFileLimit();  // one connection per host
   auto store = reconciler::OpenSqliteStore(store_spec.substr(7), Clock::Real());
   if (!store.ok()) {
@@ -77,9 +116,17 @@ int main(int argc, char** argv) {
     std::cerr << "mkcontroller: --store: " << events.status().message() << "\n";
     return 1;
   }
+  auto audit = reconciler::AuditLog::Open(**store, Clock::Real(), audit_options);
+  if (!audit.ok()) {
+    std::cerr << "mkcontroller: --store: " << audit.status().message() << "\n";
+    return 1;
+  }
+  reconciler::Access access(objects, access_options);
   reconciler::ControllerService service(**store, objects, events->get());
+  service.SetAccess(&access);
+  service.SetAuditLog(audit->get());
   int port = 0;
-  auto server = reconciler::StartControllerServer(service, listen, &port);
+  auto server = reconciler::StartControllerServer(service, listen, &port, *server_creds);
   if (server == nullptr || port == 0) {
     std::cerr << "mkcontroller: --listen: cannot listen on " << listen << "\n";
     return 1;
@@ -90,6 +137,7 @@ int main(int argc, char** argv) {
   ro.host_backoff_max = absl::Seconds(backoff_max_seconds);
   ro.instance_backoff_max = absl::Seconds(backoff_max_seconds);
   ro.history_window = history_window;
+  ro.agent_tls = *agent_tls;
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetStatsSource([&loop] {
@@ -103,8 +151,8 @@ int main(int argc, char** argv) {
     return r;
   });
   loop.Start();
-  std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", listening on port " << port
-            << std::endl;
+  std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", "
+            << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;

@@ -23,6 +23,8 @@ v1::ObjectMeta* MutableMeta(v1::Object& o) {
       return o.mutable_kernel_instance()->mutable_metadata();
     case v1::Object::kInstanceSet:
       return o.mutable_instance_set()->mutable_metadata();
+    case v1::Object::kRoleBinding:
+      return o.mutable_role_binding()->mutable_metadata();
     default:
       return nullptr;
   }
@@ -43,6 +45,9 @@ std::string SpecOf(const v1::Object& o) {
       break;
     case v1::Object::kInstanceSet:
       spec = copy.instance_set().spec().SerializeAsString();
+      break;
+    case v1::Object::kRoleBinding:
+      spec = copy.role_binding().spec().SerializeAsString();
       break;
     default:
       break;
@@ -84,6 +89,11 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
     }
   }
   if (!problems.empty()) return absl::InvalidArgumentError(absl::StrJoin(problems, "; "));
+  if (options.authorize) {
+    for (const v1::Object& o : objects) {
+      MK_RETURN_IF_ERROR(options.authorize("apply", manifests::KindOf(o), manifests::MetadataOf(o).name()));
+    }
+  }
 
   v1::ApplyResponse response;
   std::vector<Compare> compares;
@@ -137,6 +147,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
         compares.push_back({key, (*gone)->mod_revision});
         ops.push_back({Op::Type::kDelete, key, "", 0});
         std::vector<std::string> parts = absl::StrSplit(key, '/');
+        if (options.authorize && parts.size() > 3) MK_RETURN_IF_ERROR(options.authorize("prune", parts[2], parts[3]));
         v1::ObjectChange* change = response.add_changes();
         change->set_kind(parts.size() > 2 ? parts[2] : "");
         change->set_name(parts.size() > 3 ? parts[3] : "");

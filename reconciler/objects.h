@@ -9,6 +9,7 @@
 #ifndef MKFLEET_RECONCILER_OBJECTS_H_
 #define MKFLEET_RECONCILER_OBJECTS_H_
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -29,6 +30,9 @@ struct ApplyOptions {
   std::string source;  // who applies (a path, a git URL); required for prune
   bool dry_run = false;
   bool prune = false;  // delete what `source` applied before and no longer does
+  // Asked for every object written ("apply") or pruned ("prune") before anything is:
+  // an error refuses the whole apply with it.
+  std::function<absl::Status(absl::string_view verb, absl::string_view kind, absl::string_view name)> authorize;
 };
 
 class Objects {

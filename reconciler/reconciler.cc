@@ -180,7 +180,8 @@ void Reconciler::SyncConnections(bool objects_changed) {
         o.events_after = events_->LastAgentSeq(host);
       }
       std::unique_ptr<AgentClient> client =
-          options_.client_factory ? options_.client_factory(host, address) : NewGrpcAgentClient(address);
+          options_.client_factory ? options_.client_factory(host, address)
+                                  : NewGrpcAgentClient(address, host, options_.agent_tls.get());
       auto link = std::make_shared<HostConnection>(host, address, std::move(client), clock_, o);
       if (threaded_) link->Start();
       connections_[host] = {address, std::move(link)};

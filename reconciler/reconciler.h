@@ -49,8 +49,11 @@ struct ReconcilerOptions {
   absl::Duration resync = absl::Seconds(30);
   absl::Duration unreachable_after = absl::Seconds(10);
   absl::Duration call_timeout = absl::Seconds(10);
-  // Makes the client for a host's agent (default: gRPC to `address`).
+  // Makes the client for a host's agent (default: gRPC to `address` with agent_tls).
   std::function<std::unique_ptr<AgentClient>(const std::string& host, const std::string& address)> client_factory;
+  // The controller's credentials for dialling agents (each must present its Host's
+  // certificate); null: plaintext (in-process tests).
+  std::shared_ptr<const security::ClientTls> agent_tls;
   // Hosts whose batches are sent at once (1: one after the other, deterministic).
   int parallel_sends = 32;
   // Store revisions of history kept (older history is compacted on every resync).

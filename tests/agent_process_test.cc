@@ -11,6 +11,7 @@
 #include "kernel/emulator/machine.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "planner/topology_source.h"
+#include "security/testing/test_pki.h"
 #include "tests/process_util.h"
 
 namespace mkfleet {
@@ -27,6 +28,7 @@ class AgentProcessTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ("agent-proc-" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
     vmlinux_ = (dir_ / "vmlinux").string();
     std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
   }
@@ -36,11 +38,12 @@ class AgentProcessTest : public ::testing::Test {
     auto p = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", kTopology, "--listen", "127.0.0.1:0", "--state-dir",
                                  (dir_ / "state").string(), "--reserve-cores", "1", "--boot-time", "300ms",
-                                 "--host", "proc"},
+                                 "--host", "proc", "--tls-dir", pki_->agent("proc")},
         (dir_ / log).string());
     std::string port = p->WaitFor("listening on port ([0-9]+)");
     EXPECT_FALSE(port.empty()) << p->Log();
-    stub_ = v1::Agent::NewStub(grpc::CreateChannel("127.0.0.1:" + port, grpc::InsecureChannelCredentials()));
+    stub_ = v1::Agent::NewStub(
+        security::TestPki::Channel(pki_->controller(), "127.0.0.1:" + port, security::Identity::Agent("proc")));
     return p;
   }
 
@@ -83,6 +86,7 @@ class AgentProcessTest : public ::testing::Test {
     return emu.counters();
   }
 
+  std::unique_ptr<security::TestPki> pki_;
   fs::path dir_;
   std::string vmlinux_;
   std::unique_ptr<v1::Agent::Stub> stub_;

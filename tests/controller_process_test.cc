@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "security/testing/test_pki.h"
 #include "tests/process_util.h"
 
 namespace mkfleet {
@@ -20,13 +21,14 @@ class ControllerProcessTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ("controller-proc-" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   std::unique_ptr<testing::Process> StartController(const std::string& log) {
     auto p = std::make_unique<testing::Process>(
         std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                                 "--listen", "127.0.0.1:0"},
+                                 "--listen", "127.0.0.1:0", "--tls-dir", pki_->controller()},
         (dir_ / log).string());
     port_ = p->WaitFor("listening on port ([0-9]+)");
     EXPECT_FALSE(port_.empty()) << p->Log();
@@ -40,6 +42,8 @@ class ControllerProcessTest : public ::testing::Test {
     if (args[0] != "validate") {
       argv.push_back("--controller");
       argv.push_back("127.0.0.1:" + port_);
+      argv.push_back("--tls-dir");
+      argv.push_back(pki_->admin());
     }
     std::string log = (dir_ / ("mkapply-" + std::to_string(++runs_))).string();
     testing::Process p(argv, log);
@@ -49,6 +53,7 @@ class ControllerProcessTest : public ::testing::Test {
   }
 
   fs::path dir_;
+  std::unique_ptr<security::TestPki> pki_;
   std::string port_;
   int runs_ = 0;
 };

@@ -114,9 +114,8 @@ TEST_F(FaultProcessTest, BusyKernelIsDegradedRetriedWithBackoffThenConverges) {
   auto topology = planner::NewSyntheticTopologySource(kTopology, planner::TopologyOptions{})->Load();
   ASSERT_TRUE(topology.ok());
   std::string busy = std::to_string(topology->physical_ids.at(4));
-  const std::string agent = "127.0.0.1:" + std::to_string(agents_["node-a"].port);
   std::string out;
-  ASSERT_EQ(Run({"agents/mkfault", "busy", "--resource", busy, "--agent", agent}, &out), 0) << out;
+  ASSERT_EQ(Mkfault("node-a", {"busy", "--resource", busy}, &out), 0) << out;
   ASSERT_EQ(Mkapply({"apply", "-f", Write("fleet.yaml", HostYaml("node-a") +
                                                             InstanceYaml("a-1", "node-a", "cpuSet: \"4-5\""))},
                     &out),
@@ -145,7 +144,7 @@ TEST_F(FaultProcessTest, BusyKernelIsDegradedRetriedWithBackoffThenConverges) {
   EXPECT_GE(failures, 2);
   EXPECT_LE(failures, 16);
   // The resource frees up: the next retry converges.
-  ASSERT_EQ(Run({"agents/mkfault", "unbusy", "--resource", busy, "--agent", agent}, &out), 0) << out;
+  ASSERT_EQ(Mkfault("node-a", {"unbusy", "--resource", busy}, &out), 0) << out;
   ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}); }, 60)) << controller_->Log();
   kernel::EmulatedKernel::Counters c = StopAndCount("node-a");
   EXPECT_EQ(c.creates, 1);

@@ -22,6 +22,7 @@
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "planner/topology_source.h"
+#include "security/testing/test_pki.h"
 #include "tests/fleet_util.h"
 #include "tests/process_util.h"
 
@@ -47,6 +48,7 @@ class ProcessFleetTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ("proc-fleet-" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
     vmlinux_ = (dir_ / "vmlinux").string();
     std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
     controller_port_ = FreePort();
@@ -66,7 +68,7 @@ class ProcessFleetTest : public ::testing::Test {
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
                                  "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
                                  "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
-                                 boot_time, "--enable-fault-injection"},
+                                 boot_time, "--enable-fault-injection", "--tls-dir", pki_->agent(name)},
         (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
     ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
   }
@@ -74,11 +76,11 @@ class ProcessFleetTest : public ::testing::Test {
     controller_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
                                  "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
-                                 "--unreachable-after", "1"},
+                                 "--unreachable-after", "1", "--tls-dir", pki_->controller()},
         (dir_ / ("controller-" + std::to_string(++runs_) + ".log")).string());
     ASSERT_FALSE(controller_->WaitFor("listening on port ([0-9]+)").empty()) << controller_->Log();
-    stub_ = v1::Controller::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_port_),
-                                                        grpc::InsecureChannelCredentials()));
+    stub_ = v1::Controller::NewStub(security::TestPki::Channel(
+        pki_->admin(), "127.0.0.1:" + std::to_string(controller_port_), security::Identity::Controller()));
   }
 
   int Run(std::vector<std::string> argv, std::string* output) {
@@ -91,6 +93,17 @@ class ProcessFleetTest : public ::testing::Test {
     args.insert(args.begin(), "cli/mkapply");
     args.push_back("--controller");
     args.push_back("127.0.0.1:" + std::to_string(controller_port_));
+    args.push_back("--tls-dir");
+    args.push_back(pki_->admin());
+    return Run(args, output);
+  }
+  // mkfault FAULT ARGS... against the agent `host` (with the controller's credentials).
+  int Mkfault(const std::string& host, std::vector<std::string> args, std::string* output) {
+    args.insert(args.begin(), "agents/mkfault");
+    for (const std::string& a : {std::string("--agent"), "127.0.0.1:" + std::to_string(agents_[host].port),
+                                 std::string("--host"), host, std::string("--tls-dir"), pki_->controller()}) {
+      args.push_back(a);
+    }
     return Run(args, output);
   }
 
@@ -137,7 +150,7 @@ class ProcessFleetTest : public ::testing::Test {
   }
   // Instances the agent `name` runs (from a Watch snapshot).
   std::map<std::string, v1::InstanceStatus> OnAgent(const std::string& name) {
-    return testing::AgentInstances("127.0.0.1:" + std::to_string(agents_[name].port));
+    return testing::AgentInstances("127.0.0.1:" + std::to_string(agents_[name].port), name, pki_->controller());
   }
   // Stops the agent (SIGTERM) and reads its emulated kernel's counters from the state file.
   kernel::EmulatedKernel::Counters StopAndCount(const std::string& name) {
@@ -180,6 +193,7 @@ class ProcessFleetTest : public ::testing::Test {
   }
 
   fs::path dir_;
+  std::unique_ptr<security::TestPki> pki_;
   std::string vmlinux_;
   int controller_port_ = 0;
   int runs_ = 0;

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
+#include "security/testing/test_pki.h"
 #include "tests/fleet_util.h"
 #include "tests/process_util.h"
 
@@ -30,6 +31,7 @@ class FleetProcessTest : public ::testing::Test {
     dir_ = fs::path(::testing::TempDir()) / ("fleet-proc-" + std::to_string(getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
     vmlinux_ = (dir_ / "vmlinux").string();
     std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
   }
@@ -40,6 +42,8 @@ class FleetProcessTest : public ::testing::Test {
     argv.insert(argv.end(), args.begin(), args.end());
     argv.push_back("--controller");
     argv.push_back("127.0.0.1:" + controller_port_);
+    argv.push_back("--tls-dir");
+    argv.push_back(pki_->admin());
     testing::Process p(argv, (dir_ / ("mkapply-" + std::to_string(++runs_))).string());
     int status = p.Kill(0);
     *output = p.Log();
@@ -63,8 +67,8 @@ class FleetProcessTest : public ::testing::Test {
 
   // web-1's kernel state on the agent (ABSENT when it has none).
   v1::KernelState StateOnAgent() {
-    auto stub = v1::Agent::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + agent_port_, grpc::InsecureChannelCredentials()));
+    auto stub = v1::Agent::NewStub(security::TestPki::Channel(pki_->controller(), "127.0.0.1:" + agent_port_,
+                                                              security::Identity::Agent("node-a")));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     auto reader = stub->Watch(&ctx, v1::WatchRequest());
@@ -90,19 +94,20 @@ class FleetProcessTest : public ::testing::Test {
     agent_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
                                  "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores", "1",
-                                 "--reserve-memory", "1Gi", "--host", "node-a"},
+                                 "--reserve-memory", "1Gi", "--host", "node-a", "--tls-dir", pki_->agent("node-a")},
         (dir_ / "agent.log").string());
     agent_port_ = agent_->WaitFor("listening on port ([0-9]+)");
     ASSERT_FALSE(agent_port_.empty()) << agent_->Log();
     controller_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                                 "--listen", "127.0.0.1:0", "--resync", "1"},
+                                 "--listen", "127.0.0.1:0", "--resync", "1", "--tls-dir", pki_->controller()},
         (dir_ / "controller.log").string());
     controller_port_ = controller_->WaitFor("listening on port ([0-9]+)");
     ASSERT_FALSE(controller_port_.empty()) << controller_->Log();
   }
 
   fs::path dir_;
+  std::unique_ptr<security::TestPki> pki_;
   std::string vmlinux_;
   std::string agent_port_, controller_port_;
   std::unique_ptr<testing::Process> agent_, controller_;
@@ -112,7 +117,7 @@ class FleetProcessTest : public ::testing::Test {
 TEST_F(FleetProcessTest, WaitTimesOutOnAnUnschedulableInstance) {
   agent_port_ = "1";  // no agent: the host never connects
   testing::Process controller({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                               "--listen", "127.0.0.1:0", "--resync", "1"},
+                               "--listen", "127.0.0.1:0", "--resync", "1", "--tls-dir", pki_->controller()},
                               (dir_ / "controller.log").string());
   controller_port_ = controller.WaitFor("listening on port ([0-9]+)");
   ASSERT_FALSE(controller_port_.empty()) << controller.Log();
@@ -171,8 +176,8 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
   ASSERT_NO_FATAL_FAILURE(StartFleet());
   testing::Process& agent = *agent_;
   testing::Process& controller = *controller_;
-  auto stub = v1::Controller::NewStub(
-      grpc::CreateChannel("127.0.0.1:" + controller_port_, grpc::InsecureChannelCredentials()));
+  auto stub = v1::Controller::NewStub(security::TestPki::Channel(pki_->admin(), "127.0.0.1:" + controller_port_,
+                                                                 security::Identity::Controller()));
   auto stats = [&] {
     grpc::ClientContext ctx;
     v1::StatsResponse st;
@@ -198,7 +203,7 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
     return path;
   };
   const std::string agent_address = "127.0.0.1:" + agent_port_;
-  auto on_agent = [&] { return testing::AgentInstances(agent_address)["web-1"]; };
+  auto on_agent = [&] { return testing::AgentInstances(agent_address, "node-a", pki_->controller())["web-1"]; };
   std::string out;
   ASSERT_EQ(Mkapply({"apply", "-f", manifest(vmlinux_, "512Mi", "Replace"), "--wait", "--timeout", "60s"}, &out), 0)
       << out << controller.Log();
@@ -243,7 +248,8 @@ TEST_F(FleetProcessTest, ResizeReplaceMorphAndDeleteEachRunExactlyOnce) {
 
   // Delete.
   ASSERT_EQ(Mkapply({"delete", "instance", "web-1"}, &out), 0) << out;
-  ASSERT_TRUE(testing::Eventually([&] { return testing::AgentInstances(agent_address).empty(); }));
+  ASSERT_TRUE(
+      testing::Eventually([&] { return testing::AgentInstances(agent_address, "node-a", pki_->controller()).empty(); }));
 
   int status = controller.Kill(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << controller.Log();

@@ -18,6 +18,7 @@
 #include "kernel/emulator/machine.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "planner/topology_source.h"
+#include "security/testing/test_pki.h"
 
 namespace mkfleet::testing {
 
@@ -44,9 +45,13 @@ bool Eventually(Pred pred, int seconds = 30) {
   return false;
 }
 
-// The instances the agent at `address` runs, from its Watch snapshot (empty if unreachable).
-inline std::map<std::string, mkfleet::v1::InstanceStatus> AgentInstances(const std::string& address) {
-  auto stub = mkfleet::v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+// The instances the agent of `host` at `address` runs, from its Watch snapshot (empty if
+// unreachable), asked with the controller's credentials in `controller_tls`.
+inline std::map<std::string, mkfleet::v1::InstanceStatus> AgentInstances(const std::string& address,
+                                                                         const std::string& host,
+                                                                         const std::string& controller_tls) {
+  auto stub = mkfleet::v1::Agent::NewStub(
+      security::TestPki::Channel(controller_tls, address, security::Identity::Agent(host)));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   auto reader = stub->Watch(&ctx, mkfleet::v1::WatchRequest());

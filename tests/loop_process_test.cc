@@ -64,7 +64,6 @@ TEST_F(LoopProcessTest, ASecondCrashIsStartedAgainAndAMemberScaledDownTwiceGoesT
   ASSERT_EQ(Mkapply({"apply", "-f", Write("a.yaml", HostYaml("node-a") + ki + SetYaml("replicas: 2"))}, &out), 0)
       << out;
   ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}) && OnAgent("node-a").size() == 3; })) << controller_->Log();
-  const std::string agent = "127.0.0.1:" + std::to_string(agents_["node-a"].port);
   // The number of times the agent saw a-1 crash (its events reach the controller).
   auto crashes = [&] {
     int n = 0;
@@ -74,7 +73,7 @@ TEST_F(LoopProcessTest, ASecondCrashIsStartedAgainAndAMemberScaledDownTwiceGoesT
     return n;
   };
   for (int crash = 1; crash <= 2; ++crash) {
-    ASSERT_EQ(Run({"agents/mkfault", "panic", "--instance", "a-1", "--agent", agent}, &out), 0) << out;
+    ASSERT_EQ(Mkfault("node-a", {"panic", "--instance", "a-1"}, &out), 0) << out;
     ASSERT_TRUE(Eventually([&] { return crashes() == crash; })) << controller_->Log();
     // Policy None: the watchdog leaves it; the controller starts it again, each time.
     ASSERT_TRUE(Eventually([&] { return OnAgent("node-a")["a-1"].kernel_state() == v1::KERNEL_STATE_ACTIVE; }, 20))
