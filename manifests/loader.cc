@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "manifests/checks.h"
+#include "manifests/printer.h"
 #include "manifests/schema.h"
 #include "manifests/walker.h"
 
@@ -235,6 +236,53 @@ void CheckObjects(const LoadOptions& options, LoadResult* result) {
                      if (a.file != b.file) return a.file < b.file;
                      return a.pos < b.pos;
                    });
+}
+
+absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>& objects) {
+  constexpr size_t kMaxErrors = 20;
+  auto cut = [](absl::string_view text, size_t n) {
+    return text.size() <= n ? std::string(text) : absl::StrCat(text.substr(0, n), "...");
+  };
+  LoadOptions options;
+  options.check_host_references = false;
+  LoadResult result;
+  std::vector<std::string> errors;
+  std::vector<std::string> files;  // objects[i], per loaded object
+  for (size_t i = 0; i < objects.size(); ++i) {
+    std::string file = absl::StrCat("objects[", i, "]");
+    absl::string_view kind = KindOf(objects[i]);
+    if (kind.empty()) {
+      errors.push_back(file + ": an object without kind");
+      continue;
+    }
+    size_t before = result.objects.size();
+    LoadText(file, PrintYaml(objects[i]), options, &result);
+    for (size_t j = before; j < result.objects.size(); ++j) {
+      if (KindOf(result.objects[j].object) != kind) {
+        errors.push_back(absl::StrCat(file, ": kind: \"", cut(KindOf(result.objects[j].object), 40),
+                                      "\" does not match the object (", kind, ")"));
+      }
+    }
+  }
+  CheckObjects(options, &result);
+  for (const Diagnostic& d : result.errors) {
+    std::string line = d.file;
+    if (!d.object.empty()) absl::StrAppend(&line, " ", cut(d.object, 100));
+    if (!d.path.empty()) absl::StrAppend(&line, ": ", cut(d.path, 100));
+    absl::StrAppend(&line, ": ", cut(d.message, 300));
+    errors.push_back(std::move(line));
+  }
+  if (!errors.empty()) {
+    size_t n = errors.size();
+    if (n > kMaxErrors) errors.resize(kMaxErrors);
+    std::string text = absl::StrJoin(errors, "; ");
+    if (n > kMaxErrors) absl::StrAppend(&text, "; and ", n - kMaxErrors, " more");
+    return absl::InvalidArgumentError(text);
+  }
+  std::vector<Object> out;
+  out.reserve(result.objects.size());
+  for (LoadedObject& o : result.objects) out.push_back(std::move(o.object));
+  return out;
 }
 
 }  // namespace mkfleet::manifests

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
 #include "manifests/yaml_tree.h"
 #include "mkfleet/v1/manifest.pb.h"
 
@@ -79,6 +80,14 @@ void LoadText(absl::string_view file, absl::string_view text, const LoadOptions&
 
 // Cross-object checks (duplicate names, host references, fixed ids), then sorts errors.
 void CheckObjects(const LoadOptions& options, LoadResult* result);
+
+// Checks objects that arrive as protos (the controller's Apply) exactly as `mkapply
+// validate` checks files: each is printed in canonical YAML and loaded back, so every rule
+// of the schema and every semantic check applies (host references excepted: the store may
+// hold the Host). Returns the objects as loaded back, output-only fields dropped; or
+// InvalidArgument listing the errors ("objects[1] KernelInstance/web-1: spec.resources.memory:
+// ..."), names and messages cut short so that the error stays small whatever the input.
+absl::StatusOr<std::vector<mkfleet::v1::Object>> RevalidateObjects(const std::vector<mkfleet::v1::Object>& objects);
 
 // "Host", "KernelInstance", "InstanceSet", or "" for an empty Object.
 absl::string_view KindOf(const mkfleet::v1::Object& object);

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_server.h"
 #include "common/status_macros.h"
+#include "manifests/formats.h"
 #include "manifests/loader.h"
 #include "security/tls.h"
 
@@ -27,6 +29,14 @@ grpc::Status ToGrpc(const absl::Status& s) {
   std::string message(s.message());
   if (message.empty()) message = absl::StrCat(absl::StatusCodeToString(s.code()), " (no details)");
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), message);
+}
+
+// A name in a request: empty (a list) only where `may_be_empty`, else a DNS label.
+grpc::Status CheckName(const std::string& name, bool may_be_empty) {
+  if ((name.empty() && may_be_empty) || manifests::IsDnsLabel(name)) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("name: \"", absl::CEscape(name.substr(0, 80)), name.size() > 80 ? "..." : "",
+                                   "\" is not a DNS label (a-z, 0-9 and -, at most 63 characters)"));
 }
 
 grpc::Status UnknownKind(const std::string& kind) {
@@ -64,7 +74,8 @@ void ControllerService::Audit(const grpc::ServerContext& context, const security
 
 grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::ApplyRequest& request, bool dry_run,
                                         v1::ApplyResponse* response) {
-  std::vector<v1::Object> objects(request.objects().begin(), request.objects().end());
+  std::vector<v1::Object> given(request.objects().begin(), request.objects().end());
+  const std::vector<v1::Object>& objects = given;
   v1::AuditRecord record;
   record.set_verb("apply");
   // The objects asked for (a hundred at most: a record is not a copy of the request).
@@ -83,6 +94,13 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
     if (!dry_run) Audit(context, security::PeerIdentity(context), std::move(record), caller.status());
     return ToGrpc(caller.status());
   }
+  // The checks of `mkapply validate`, on whatever a client sends: a bad object is refused
+  // with its field, nothing written, and only what a manifest may say is stored.
+  auto checked = manifests::RevalidateObjects(given);
+  if (!checked.ok()) {
+    if (!dry_run) Audit(context, caller->identity, std::move(record), checked.status());
+    return ToGrpc(checked.status());
+  }
   ApplyOptions options;
   options.source = request.source();
   options.dry_run = dry_run;
@@ -92,7 +110,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
       return access_->Check(*caller, verb, kind, name);
     };
   }
-  auto result = objects_.Apply(objects, options);
+  auto result = objects_.Apply(*checked, options);
   if (!dry_run) {
     if (result.ok()) {
       std::map<std::string, int> counts;
@@ -108,7 +126,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   *response = *std::move(result);
   if (dry_run && preview_) {
     // What the change would do to running kernels ("would re-create web-1 ...").
-    auto lines = preview_(objects);
+    auto lines = preview_(*checked);
     for (v1::ObjectChange& c : *response->mutable_changes()) {
       auto it = lines.find(absl::StrCat(c.kind(), "/", c.name()));
       if (it == lines.end()) continue;
@@ -131,6 +149,7 @@ grpc::Status ControllerService::Diff(grpc::ServerContext* context, const v1::App
 grpc::Status ControllerService::Get(grpc::ServerContext* context, const v1::GetRequest* request,
                                     v1::GetResponse* response) {
   if (!IsKnownKind(request->kind())) return UnknownKind(request->kind());
+  if (grpc::Status n = CheckName(request->name(), /*may_be_empty=*/true); !n.ok()) return n;
   if (auto caller = Allow(*context, "get", request->kind(), request->name()); !caller.ok()) {
     return ToGrpc(caller.status());
   }
@@ -153,6 +172,7 @@ grpc::Status ControllerService::Get(grpc::ServerContext* context, const v1::GetR
 grpc::Status ControllerService::Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
                                       v1::DeleteResponse* response) {
   if (!IsKnownKind(request->kind())) return UnknownKind(request->kind());
+  if (grpc::Status n = CheckName(request->name(), /*may_be_empty=*/false); !n.ok()) return n;
   v1::AuditRecord record;
   record.set_verb(request->force() ? "delete --force" : "delete");
   record.add_objects(absl::StrCat(request->kind(), "/", request->name().substr(0, 253)));

@@ -33,16 +33,36 @@ class ControllerServiceTest : public ::testing::Test {
     if (server_) server_->Shutdown();
   }
 
+  // A valid Host and KernelInstance, as mkapply sends them.
   v1::ApplyRequest Request() {
     v1::ApplyRequest req;
     req.set_source("test");
-    v1::Object* host = req.add_objects();
-    host->mutable_host()->mutable_metadata()->set_name("node-a");
-    v1::Object* ki = req.add_objects();
-    ki->mutable_kernel_instance()->mutable_metadata()->set_name("web-1");
-    ki->mutable_kernel_instance()->mutable_spec()->set_host("node-a");
-    ki->mutable_kernel_instance()->mutable_spec()->mutable_resources()->set_cpus(2);
+    v1::Host* host = req.add_objects()->mutable_host();
+    host->set_api_version("mkfleet.io/v1");
+    host->set_kind("Host");
+    host->mutable_metadata()->set_name("node-a");
+    host->mutable_spec()->set_agent("127.0.0.1:7101");
+    host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_cores(1);
+    host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_memory(1ull << 30);
+    v1::KernelInstance* ki = req.add_objects()->mutable_kernel_instance();
+    ki->set_api_version("mkfleet.io/v1");
+    ki->set_kind("KernelInstance");
+    ki->mutable_metadata()->set_name("web-1");
+    ki->mutable_spec()->set_host("node-a");
+    ki->mutable_spec()->mutable_kernel()->set_image("/var/lib/mkfleet/kernels/vmlinuz");
+    ki->mutable_spec()->mutable_resources()->set_cpus(2);
+    ki->mutable_spec()->mutable_resources()->set_memory(512ull << 20);
     return req;
+  }
+  // Applies `req`: the status, and what the store holds afterwards.
+  grpc::Status Apply(const v1::ApplyRequest& req) {
+    grpc::ClientContext ctx;
+    v1::ApplyResponse r;
+    return stub_->Apply(&ctx, req, &r);
+  }
+  size_t Stored() {
+    auto kvs = store_->List("/objects/");
+    return kvs.ok() ? kvs->size() : 0;
   }
 
   SimulatedClock clock_;
@@ -196,6 +216,63 @@ TEST_F(ControllerServiceTest, EventsListsThenFollowsWithAFilter) {
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.reason(), "New");  // db-1's were filtered out
   ctx.TryCancel();
+}
+
+// Defect (step 7): an Apply with cpus 0 and memory 0 was stored and crashed the controller
+// in PickCpus, on every restart; names like ../../Evil, 1 MiB names, id 9999 and unknown
+// enum values were stored. The controller now runs mkapply validate's checks on every
+// Apply: each bad object is refused with its field, and nothing is written.
+TEST_F(ControllerServiceTest, ApplyRunsTheManifestChecksAndWritesNothingOnError) {
+  auto refused = [&](const std::function<void(v1::ApplyRequest&)>& spoil, const std::string& want) {
+    v1::ApplyRequest req = Request();
+    spoil(req);
+    grpc::Status s = Apply(req);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << want;
+    EXPECT_THAT(s.error_message(), ::testing::HasSubstr(want));
+    EXPECT_LT(s.error_message().size(), 4096u) << "an error is not an echo of the request";
+    EXPECT_EQ(Stored(), 0u) << want;
+  };
+  auto ki = [](v1::ApplyRequest& r) { return r.mutable_objects(1)->mutable_kernel_instance(); };
+  refused([&](v1::ApplyRequest& r) {
+    ki(r)->mutable_spec()->mutable_resources()->set_cpus(0);
+    ki(r)->mutable_spec()->mutable_resources()->set_memory(0);
+  }, "KernelInstance/web-1: spec.resources");
+  refused([&](v1::ApplyRequest& r) { ki(r)->mutable_metadata()->set_name("../../Evil"); }, "metadata.name");
+  refused([&](v1::ApplyRequest& r) { ki(r)->mutable_metadata()->set_name(std::string(1 << 20, 'a')); },
+          "metadata.name");
+  refused([&](v1::ApplyRequest& r) { ki(r)->mutable_spec()->set_id(9999); }, "spec.id");
+  refused([&](v1::ApplyRequest& r) { ki(r)->mutable_spec()->set_phase(static_cast<v1::Phase>(77)); }, "spec.phase");
+  refused([&](v1::ApplyRequest& r) { r.mutable_objects(0)->mutable_host()->set_api_version("v0"); }, "apiVersion");
+  refused([&](v1::ApplyRequest& r) { r.add_objects(); }, "an object without kind");
+  // Output-only fields a client sends are not stored.
+  v1::ApplyRequest req = Request();
+  ki(req)->mutable_status()->set_phase("Running");
+  ki(req)->mutable_metadata()->set_generation(77);
+  ASSERT_TRUE(Apply(req).ok());
+  grpc::ClientContext ctx;
+  v1::GetRequest get;
+  get.set_kind("KernelInstance");
+  get.set_name("web-1");
+  v1::GetResponse got;
+  ASSERT_TRUE(stub_->Get(&ctx, get, &got).ok());
+  EXPECT_EQ(got.objects(0).kernel_instance().status().phase(), "");
+  EXPECT_EQ(got.objects(0).kernel_instance().metadata().generation(), 1);
+}
+
+TEST_F(ControllerServiceTest, NamesAreDnsLabelsInEveryRequest) {
+  for (const std::string& bad : {std::string("../x"), std::string(300, 'a'), std::string("A")}) {
+    grpc::ClientContext c1, c2;
+    v1::GetRequest get;
+    get.set_kind("Host");
+    get.set_name(bad);
+    v1::GetResponse got;
+    EXPECT_EQ(stub_->Get(&c1, get, &got).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    v1::DeleteRequest del;
+    del.set_kind("Host");
+    del.set_name(bad);
+    v1::DeleteResponse r;
+    EXPECT_EQ(stub_->Delete(&c2, del, &r).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
 }
 
 }  // namespace
