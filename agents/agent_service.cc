@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "agents/request_checks.h"
 #include "common/grpc_server.h"
 #include "security/tls.h"
 
@@ -54,22 +55,7 @@ grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRe
 grpc::Status AgentService::Execute(grpc::ServerContext* context, const v1::ActionBatch* batch,
                                    v1::ExecuteResponse* response) {
   if (grpc::Status a = Allow(*context, "Execute"); !a.ok()) return a;
-  std::set<std::string> ids;
-  for (int i = 0; i < batch->actions_size(); ++i) {
-    const v1::Action& a = batch->actions(i);
-    if (a.id().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "]: id is required"));
-    }
-    if (!ids.insert(a.id()).second) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "]: id ", a.id(), " is used twice"));
-    }
-    if (a.op_case() == v1::Action::OP_NOT_SET) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "] (", a.id(), "): no operation"));
-    }
-    if (a.instance().empty() && a.op_case() != v1::Action::kPoolChange) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("actions[", i, "] (", a.id(), "): instance is required"));
-    }
-  }
+  if (absl::Status c = CheckBatch(*batch); !c.ok()) return ToGrpc(c);
   auto r = agent_.Execute(*batch);
   if (!r.ok()) return ToGrpc(r.status());
   *response = *std::move(r);
@@ -79,6 +65,7 @@ grpc::Status AgentService::Execute(grpc::ServerContext* context, const v1::Actio
 grpc::Status AgentService::SetPolicy(grpc::ServerContext* context, const v1::SetPolicyRequest* request,
                                      v1::SetPolicyResponse*) {
   if (grpc::Status a = Allow(*context, "SetPolicy"); !a.ok()) return a;
+  if (absl::Status c = CheckPolicies(*request); !c.ok()) return ToGrpc(c);
   return ToGrpc(agent_.SetPolicy(*request));
 }
 
@@ -89,6 +76,9 @@ grpc::Status AgentService::InjectFault(grpc::ServerContext* context, const v1::F
                         "fault injection is off (start mkagent with --kernel=emulated --enable-fault-injection)");
   }
   const std::string& f = request->fault();
+  if (!request->instance().empty()) {
+    if (absl::Status c = CheckInstanceName(request->instance(), "instance"); !c.ok()) return ToGrpc(c);
+  }
   absl::Status s;
   if (f == "panic") {
     s = faults_->InjectPanic(request->instance());

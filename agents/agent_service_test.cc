@@ -119,6 +119,67 @@ TEST_F(AgentServiceTest, ExecuteAndBadRequests) {
   EXPECT_EQ(host_.emu->counters().creates, before.creates);
 }
 
+// Defects (step 7): an instance named ../../../../pwn was created (invisible to Watch, its
+// CPU held across restarts); 4 MiB ids and 100k-action batches grew the agent to 1.16 GB
+// and its journal to 253 MB; a relative image path was read from the agent's directory.
+// Each is refused before anything runs, naming the action and the field.
+TEST_F(AgentServiceTest, HostileBatchesAreRefusedBeforeAnythingRuns) {
+  auto refused = [&](v1::ActionBatch batch, const std::string& want) {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse r;
+    grpc::Status s = stub_->Execute(&ctx, batch, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << want;
+    EXPECT_THAT(s.error_message(), HasSubstr(want));
+    EXPECT_LT(s.error_message().size(), 1024u);
+  };
+  auto before = host_.emu->counters();
+  v1::ActionBatch pwn = Boot("../../../../pwn", {2, 18});
+  refused(pwn, "actions[0] (../../../../pwn-create): instance \"../../../../pwn\" is not a valid instance name");
+  v1::ActionBatch long_id = Boot("a", {2});
+  long_id.mutable_actions(0)->set_id(std::string(4096, 'i'));
+  refused(long_id, "actions[0]: id is longer than 256 bytes");
+  // A request past 4 MiB never reaches the service.
+  long_id.mutable_actions(0)->set_id(std::string(4 << 20, 'i'));
+  {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse r;
+    EXPECT_EQ(stub_->Execute(&ctx, long_id, &r).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  v1::ActionBatch many;
+  for (int i = 0; i < 1025; ++i) {
+    v1::Action* a = many.add_actions();
+    a->set_id("r" + std::to_string(i));
+    a->set_instance("a");
+    a->mutable_remove();
+  }
+  refused(many, "1025 actions: at most 1024 in one batch");
+  v1::ActionBatch relative = Boot("b", {2});
+  relative.mutable_actions(1)->mutable_load()->mutable_kernel()->set_image("../../usr/bin/ls");
+  refused(relative, "actions[1] (b-load): load.kernel.image: must be an absolute path");
+  v1::ActionBatch dots = Boot("b", {2});
+  dots.mutable_actions(1)->mutable_load()->mutable_kernel()->set_initrd("/var/lib/mkfleet/kernels/../../../etc/shadow");
+  refused(dots, "load.kernel.initrd: must not contain ..");
+  v1::ActionBatch cmdline = Boot("b", {2});
+  cmdline.mutable_actions(1)->mutable_load()->mutable_kernel()->set_cmdline(std::string(8192, 'c'));
+  refused(cmdline, "load.kernel.cmdline: longer than 4096 bytes");
+  EXPECT_EQ(host_.emu->counters().creates, before.creates);
+  EXPECT_EQ(host_.emu->counters().loads, before.loads);
+  EXPECT_EQ(agent_->Snapshot().instances_size(), 0);
+
+  // Policies and faults name instances too.
+  grpc::ClientContext c1;
+  v1::SetPolicyRequest policy;
+  policy.add_policies()->set_instance("x/../../y");
+  v1::SetPolicyResponse pr;
+  EXPECT_EQ(stub_->SetPolicy(&c1, policy, &pr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext c2;
+  v1::FaultRequest fault;
+  fault.set_fault("panic");
+  fault.set_instance("../x");
+  v1::Empty e;
+  EXPECT_EQ(stub_->InjectFault(&c2, fault, &e).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(AgentServiceTest, WatchSendsASnapshotThenChanges) {
   grpc::ClientContext ctx;
   v1::WatchRequest req;
@@ -156,7 +217,9 @@ TEST_F(AgentServiceTest, FaultInjectionAndSetPolicy) {
   v1::SetPolicyResponse pr;
   grpc::Status s = stub_->SetPolicy(&c4, bad, &pr);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(s.error_message(), "policy without an instance");
+  EXPECT_EQ(s.error_message(),
+            "policies[0]: instance \"\" is not a valid instance name (1-253 characters of a-z, 0-9 and -, "
+            "alphanumeric at both ends)");
 }
 
 TEST_F(AgentServiceTest, HealthAndReflection) {

@@ -20,6 +20,8 @@
 
 namespace mkfleet {
 
+inline constexpr int kMaxRequestBytes = 4 << 20;
+
 // `lean` serves with one completion queue and one polling thread (a process serving many
 // emulated hosts, one server each, would otherwise start threads by the thousand).
 inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
@@ -35,6 +37,8 @@ inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, con
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
   }
   builder.AddListeningPort(address, std::move(credentials), port);
+  // No request past 4 MiB is read (RESOURCE_EXHAUSTED); the services bound what is inside.
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
