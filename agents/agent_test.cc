@@ -275,6 +275,7 @@ TEST(AgentWatchdogTest, CrashDetectionDoesNotWaitForASlowHalt) {
   ho.host = "w";
   ho.state_dir = (host.dir / "real-state").string();
   ho.clock = &Clock::Real();
+  ho.images.dirs = {host.dir.string()};
   kernel::HostKernel hk(*emu, *emu, ho);
   kernel::PoolState pool;
   for (size_t i = 2; i < o.cpus.size(); ++i) pool.cpus.push_back(o.cpus[i]);

@@ -25,6 +25,7 @@
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
+#include "kernel/image_files.h"
 #include "kernel/kernel_fs.h"
 #include "kernel/syscalls.h"
 #include "manifests/units.h"
@@ -50,6 +51,8 @@ struct Settings {
   bool faults = false;
   bool lean = false;
   security::TlsOptions tls;
+  kernel::ImageDirs images;
+  bool require_digest = false;
 };
 
 // One host's agent: its kernel (emulated or real), driver, journal, agent core and gRPC
@@ -104,6 +107,8 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ho.lock_path = state_dir + "/kernel.lock";
   ho.kerf_lock_path = settings.kernel_kind == "sysfs" ? "/var/run/kerf.lock" : state_dir + "/kerf.lock";
   ho.state_dir = state_dir + "/provenance";
+  ho.images = settings.images;
+  ho.require_digest = settings.require_digest;
   rt->hk = std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, ho);
 
   if (settings.reserve_cores > 0) {
@@ -195,6 +200,14 @@ int main(int argc, char** argv) {
   app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC (to the controller's "
                                                    "certificate only)");
   Settings settings;
+  std::vector<std::string> image_dirs = {kernel::kDefaultImageDir};
+  std::string max_image = "1Gi";
+  app.add_option("--image-dir", image_dirs,
+                 "a directory kernel images and initrds may be loaded from (repeatable; default "
+                 "/var/lib/mkfleet/kernels): regular files beneath it, reached without symbolic links");
+  app.add_option("--max-image-size", max_image, "the largest kernel image or initrd loaded (default 1Gi)");
+  app.add_flag("--require-digest", settings.require_digest,
+               "refuse to load a kernel whose KernelInstance does not pin kernel.sha256");
   security::AddTlsFlags(app, &settings.tls,
                         "this host's agent (ROOT/agents/HOST; with --hosts N, ROOT/agents, one folder per host)");
   CLI11_PARSE(app, argc, argv);
@@ -222,6 +235,13 @@ int main(int argc, char** argv) {
   settings.halt = absl::Milliseconds(*halt);
   settings.poll = absl::Milliseconds(*poll);
   settings.reserve_memory = *reserve_mem;
+  auto max_image_bytes = manifests::ParseBytes(max_image);
+  if (!max_image_bytes.ok() || *max_image_bytes == 0) return Fail("--max-image-size: want a size such as 512Mi or 1Gi");
+  settings.images.max_bytes = *max_image_bytes;
+  for (const std::string& d : image_dirs) {
+    if (d.empty() || d[0] != '/') return Fail("--image-dir: want an absolute path, got \"" + d + "\"");
+    settings.images.dirs.push_back(d);
+  }
 
   planner::TopologyOptions topo_options;
   topo_options.vfs_per_network_function = vfs_per_nic;

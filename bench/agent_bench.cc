@@ -84,6 +84,7 @@ int Main() {
   ho.host = "bench";
   ho.lock_path = (run / absl::StrCat("mkfleet-agent-bench-", getpid(), ".lock")).string();
   ho.state_dir = (dir / "provenance").string();
+  ho.images.dirs = {dir.string()};
   kernel::HostKernel hk(emu, emu, ho);
   kernel::PoolState pool;
   for (size_t i = 2; i < eo.cpus.size(); ++i) pool.cpus.push_back(eo.cpus[i]);

@@ -149,7 +149,7 @@ Result RunFleet(int hosts, bool tls, const std::string& dir) {
                                     "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
                                     "--state-dir", dir + "/agents", "--host", "node", "--reserve-cores", "1",
                                     "--reserve-memory", "4Gi", "--poll-interval", "1s", "--ports-file",
-                                    dir + "/ports", tls_flag, tls ? pki + "/agents" : "--insecure"},
+                                    dir + "/ports", "--image-dir", dir, tls_flag, tls ? pki + "/agents" : "--insecure"},
                                    dir + "/mkagent.log");
   if (agents.WaitFor("emulated hosts .* ports", std::chrono::seconds(300)).empty()) {
     std::cerr << "fleet_bench: mkagent did not start:\n" << agents.Log();

@@ -51,6 +51,7 @@ int Main() {
   ho.lock_path = (run / absl::StrCat("mkfleet-bench-", getpid(), ".lock")).string();
   ho.kerf_lock_path = (run / absl::StrCat("mkfleet-bench-", getpid(), "-kerf.lock")).string();
   ho.state_dir = (dir / "state").string();
+  ho.images.dirs = {dir.string()};
   HostKernel hk(emu, emu, ho);
 
   PoolState pool;

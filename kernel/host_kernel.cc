@@ -152,34 +152,6 @@ const char* KernelStateName(v1::KernelState s) {
   }
 }
 
-absl::StatusOr<std::string> Sha256File(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  char buf[1 << 16];
-  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) EVP_DigestUpdate(ctx, buf, in.gcount());
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, digest, &len);
-  EVP_MD_CTX_free(ctx);
-  return Hex(digest, len);
-}
-
-absl::Status CheckKernelImage(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("kernel image ", path, ": cannot open"));
-  std::string head(0x210, '\0');
-  in.read(head.data(), head.size());
-  head.resize(in.gcount());
-  if (absl::StartsWith(head, "\x7f" "ELF")) return absl::OkStatus();
-  if (head.size() >= 0x206 && head.substr(0x202, 4) == "HdrS") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kernel image ", path, " is a bzImage; the multikernel loader takes an ELF vmlinux (unpack it, e.g. with extract-vmlinux)"));
-  }
-  return absl::InvalidArgumentError(absl::StrCat("kernel image ", path, " is not an ELF vmlinux"));
-}
-
 HostKernel::HostKernel(KernelFs& fs, Syscalls& sys, HostKernelOptions options)
     : fs_(fs), sys_(sys), options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {}
 
@@ -606,49 +578,55 @@ absl::Status HostKernel::SetOwner(absl::string_view name, const std::string& own
   return WriteRecord(name, record);
 }
 
+// The kernel and initrd of `image`, opened, hashed and checked (not loaded).
+struct HostKernel::OpenedImage {
+  ImageFile kernel;
+  ImageFile initrd;  // fd -1 when there is none
+};
+
+absl::StatusOr<HostKernel::OpenedImage> HostKernel::OpenImage(absl::string_view name, const KernelImage& image) {
+  const std::string what = What("load", name);
+  if (options_.require_digest && image.sha256.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": this agent runs --require-digest and the spec pins no ",
+                                                      "kernel.sha256"));
+  }
+  OpenedImage out;
+  auto kernel = OpenImageFile(options_.images, image.kernel_path, "kernel image", *clock_);
+  if (!kernel.ok()) return Annotate(kernel.status(), what);
+  out.kernel = *std::move(kernel);
+  MK_RETURN_IF_ERROR(Annotate(CheckElfVmlinux(out.kernel.head(), image.kernel_path), what));
+  if (!image.sha256.empty() && image.sha256 != out.kernel.sha256()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": kernel ", image.kernel_path, " has sha256 ",
+                                                      out.kernel.sha256(), ", the spec pins ", image.sha256));
+  }
+  if (!image.initrd_path.empty()) {
+    auto initrd = OpenImageFile(options_.images, image.initrd_path, "initrd", *clock_);
+    if (!initrd.ok()) return Annotate(initrd.status(), what);
+    out.initrd = *std::move(initrd);
+  }
+  return out;
+}
+
 absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) {
+  // Read and hashed before the lock: a large file never holds up observation.
+  MK_ASSIGN_OR_RETURN(OpenedImage files, OpenImage(name, image));
+  const std::string& sha = files.kernel.sha256();
   absl::MutexLock lock(&mu_);
   MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/true, /*resources=*/false));
-  std::string sha;
-  if (!image.kernel_path.empty()) {
-    MK_ASSIGN_OR_RETURN(sha, Sha256File(image.kernel_path));
-  }
   if (info.state == v1::KERNEL_STATE_LOADED || info.state == v1::KERNEL_STATE_ACTIVE) {
     if (info.provenance.kernel_sha256() == sha && info.provenance.cmdline() == image.cmdline) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": another kernel is loaded; unload it first"));
   }
   MK_RETURN_IF_ERROR(Guard("load", name, info, {v1::KERNEL_STATE_READY}));
-  MK_RETURN_IF_ERROR(Annotate(CheckKernelImage(image.kernel_path), What("load", name)));
-  if (!image.sha256.empty() && image.sha256 != sha) {
-    return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": kernel ", image.kernel_path, " has sha256 ", sha,
-                                                      ", the spec pins ", image.sha256));
-  }
-  if (!image.initrd_path.empty() && access(image.initrd_path.c_str(), R_OK) != 0) {
-    return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.initrd_path));
-  }
-  int kfd = open(image.kernel_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (kfd < 0) return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.kernel_path));
-  int ifd = -1;
-  std::string initrd_sha;
-  if (!image.initrd_path.empty()) {
-    ifd = open(image.initrd_path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ifd < 0) {
-      int err = errno;
-      close(kfd);
-      return ErrnoStatus(err, What("load", name), absl::StrCat("open ", image.initrd_path));
-    }
-    auto s = Sha256File(image.initrd_path);
-    if (s.ok()) initrd_sha = *s;
-  }
-  absl::Status st = sys_.KexecFileLoad(kfd, ifd, image.cmdline, KexecFlags(info.id, false, ifd >= 0));
-  close(kfd);
-  if (ifd >= 0) close(ifd);
+  const bool has_initrd = files.initrd.fd() >= 0;
+  absl::Status st =
+      sys_.KexecFileLoad(files.kernel.fd(), files.initrd.fd(), image.cmdline, KexecFlags(info.id, false, has_initrd));
   if (!st.ok()) return ErrnoStatus(ErrnoOf(st), What("load", name), st.message());
   v1::Provenance p;
   p.set_kernel_path(image.kernel_path);
   p.set_kernel_sha256(sha);
   p.set_initrd_path(image.initrd_path);
-  p.set_initrd_sha256(initrd_sha);
+  p.set_initrd_sha256(has_initrd ? files.initrd.sha256() : "");
   p.set_cmdline(image.cmdline);
   p.set_rootfs_image(image.rootfs_image);
   p.set_loaded_unix_ms(absl::ToUnixMillis(clock_->Now()));
@@ -658,18 +636,7 @@ absl::Status HostKernel::Load(absl::string_view name, const KernelImage& image) 
 }
 
 absl::Status HostKernel::CheckImage(absl::string_view name, const KernelImage& image) {
-  MK_RETURN_IF_ERROR(Annotate(CheckKernelImage(image.kernel_path), What("load", name)));
-  if (!image.sha256.empty()) {
-    MK_ASSIGN_OR_RETURN(std::string sha, Sha256File(image.kernel_path));
-    if (sha != image.sha256) {
-      return absl::FailedPreconditionError(absl::StrCat(What("load", name), ": kernel ", image.kernel_path,
-                                                        " has sha256 ", sha, ", the spec pins ", image.sha256));
-    }
-  }
-  if (!image.initrd_path.empty() && access(image.initrd_path.c_str(), R_OK) != 0) {
-    return ErrnoStatus(errno, What("load", name), absl::StrCat("open ", image.initrd_path));
-  }
-  return absl::OkStatus();
+  return OpenImage(name, image).status();
 }
 
 absl::Status HostKernel::Start(absl::string_view name, bool wait) {

@@ -27,6 +27,7 @@
 #include "common/clock.h"
 #include "kernel/device_tree.h"
 #include "kernel/kernel_fs.h"
+#include "kernel/image_files.h"
 #include "kernel/syscalls.h"
 #include "mkfleet/v1/state.pb.h"
 
@@ -47,6 +48,10 @@ struct HostKernelOptions {
   // agent holding the host's lock); a second reader of a directory another HostKernel
   // writes (the simulation's view of the truth) must read the files.
   bool cache_records = true;
+  // Where kernel images and initrds may come from (kernel/image_files.h); none: nowhere.
+  ImageDirs images;
+  // Refuse to load a kernel that the spec does not pin by sha256.
+  bool require_digest = false;
 };
 
 struct KernelImage {
@@ -117,10 +122,14 @@ class HostKernel {
                       const std::string& owner = "", const std::vector<MemoryEntry>& extra_memory = {});
   // Records `owner` for an instance that exists (NotFound otherwise).
   absl::Status SetOwner(absl::string_view name, const std::string& owner);
+  // Opens the kernel (and initrd) from options.images, checks them and loads them from the
+  // same descriptors; PermissionDenied for a file that is not allowed (one message whether
+  // it exists or not), FailedPrecondition for a sha256 that differs from the pin (or no pin
+  // with require_digest). The files are read before the driver's lock is taken.
   absl::Status Load(absl::string_view name, const KernelImage& image);
-  // Checks what Load would check of `image` (the file is an ELF vmlinux, the sha256 pin
-  // holds) without touching any instance: run before an instance is taken down to be
-  // replaced, so a bad image fails while the old kernel still runs.
+  // Checks what Load would check of `image` (the file is allowed and an ELF vmlinux, the
+  // sha256 pin holds) without touching any instance: run before an instance is taken down
+  // to be replaced, so a bad image fails while the old kernel still runs.
   absl::Status CheckImage(absl::string_view name, const KernelImage& image);
   // With `wait` false it returns once the kernel was asked to start (the watchdog's
   // restarts: crash detection of the others must not wait for a boot).
@@ -147,6 +156,8 @@ class HostKernel {
   absl::Status MoveDevices(absl::string_view from, absl::string_view to, const std::vector<DeviceEntry>& devices);
 
  private:
+  struct OpenedImage;
+  absl::StatusOr<OpenedImage> OpenImage(absl::string_view name, const KernelImage& image);
   // The instance as the kernel shows it: state and id; with `resources`, its device tree;
   // with `provenance`, also what we loaded (a file read).
   absl::StatusOr<InstanceInfo> Get(absl::string_view name, bool provenance = false, bool resources = true)
@@ -203,10 +214,6 @@ class HostKernel {
   std::optional<std::vector<uint64_t>> pool_cpus_ ABSL_GUARDED_BY(mu_);
 };
 
-// SHA-256 of a file, lower-case hex.
-absl::StatusOr<std::string> Sha256File(const std::string& path);
-// Checks that `path` is an ELF vmlinux; explains a bzImage or anything else.
-absl::Status CheckKernelImage(const std::string& path);
 
 }  // namespace mkfleet::kernel
 

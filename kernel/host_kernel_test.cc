@@ -2,6 +2,7 @@
 // emulated kernel; on a multikernel host, MKFLEET_REAL_KERNEL=1 selects the real one (not
 // available on this machine: those cases are skipped, saying so).
 #include "kernel/host_kernel.h"
+#include "kernel/image_files.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -96,6 +97,8 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     ho.kerf_lock_path = (dir_ / "kerf.lock").string();
     ho.state_dir = (dir_ / "state").string();
     ho.clock = &clock_;
+    ho.images.dirs = {dir_.string()};
+    ho.require_digest = require_digest_;
     return std::make_unique<HostKernel>(*emu_, *emu_, ho);
   }
 
@@ -112,6 +115,7 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
 
   fs::path dir_;
   std::string vmlinux_;
+  bool require_digest_ = false;
   SimulatedClock clock_;
   std::unique_ptr<EmulatedKernel> emu_;
   std::unique_ptr<HostKernel> hk_;
@@ -372,8 +376,52 @@ TEST_P(ContractTest, ImagesAreCheckedAndPinned) {
   image.sha256 = std::string(64, '0');
   EXPECT_THAT(hk_->Load("web-1", image).message(), HasSubstr("the spec pins 0000"));
   EXPECT_EQ(emu_->counters().loads, 0);
-  image.sha256 = *Sha256File(vmlinux_);
+  image.sha256 = OpenImageFile(ImageDirs{{dir_.string()}}, vmlinux_, "kernel image", clock_)->sha256();
   EXPECT_TRUE(hk_->Load("web-1", image).ok());
+}
+
+// Defect (step 7): `load` of /dev/zero wedged the agent for good; `initrd: /etc/shadow` was
+// read and its sha256 published; missing and existing files gave different errors. Kernel
+// files now come only from the image directories, as regular files, hashed from the
+// descriptor that is loaded.
+TEST_P(ContractTest, KernelFilesOnlyFromTheImageDirectories) {
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  for (const std::string& path : {std::string("/dev/zero"), std::string("/etc/shadow"), std::string("/etc/none")}) {
+    KernelImage image = Image();
+    image.kernel_path = path;
+    absl::Status s = hk_->Load("web-1", image);
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << path;
+    EXPECT_THAT(s.message(), HasSubstr("not an allowed file"));
+    EXPECT_EQ(hk_->CheckImage("web-1", image).code(), absl::StatusCode::kPermissionDenied);
+    image = Image();
+    image.initrd_path = path;
+    EXPECT_EQ(hk_->Load("web-1", image).code(), absl::StatusCode::kPermissionDenied) << path;
+  }
+  EXPECT_EQ(emu_->counters().loads, 0);
+  EXPECT_TRUE(hk_->Observe().ok()) << "the driver keeps serving";
+  // An initrd from the image directory is loaded and its digest recorded.
+  std::string initrd = (dir_ / "initrd").string();
+  std::ofstream(initrd, std::ios::binary) << "initramfs";
+  KernelImage image = Image();
+  image.initrd_path = initrd;
+  ASSERT_TRUE(hk_->Load("web-1", image).ok());
+  auto obs = hk_->Observe();
+  ASSERT_TRUE(obs.ok());
+  ASSERT_EQ(obs->instances.size(), 1u);
+  EXPECT_EQ(obs->instances[0].provenance.initrd_sha256().size(), 64u);
+}
+
+TEST_P(ContractTest, RequireDigestRefusesAnUnpinnedKernel) {
+  require_digest_ = true;
+  hk_ = NewDriver();
+  ASSERT_TRUE(hk_->Create("web-1", 7, Web()).ok());
+  absl::Status s = hk_->Load("web-1", Image());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("kernel.sha256"));
+  KernelImage pinned = Image();
+  pinned.sha256 = std::string(64, 'a');
+  EXPECT_THAT(hk_->Load("web-1", pinned).message(), HasSubstr("the spec pins aaaa"));
+  EXPECT_EQ(emu_->counters().loads, 0);
 }
 
 TEST_P(ContractTest, PoolChangesOnlyWithoutInstances) {

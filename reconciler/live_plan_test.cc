@@ -45,6 +45,7 @@ class LivePlanTest : public ::testing::Test {
     ho.host = "h1";
     ho.state_dir = (dir_ / "state").string();
     ho.clock = &clock_;
+    ho.images.dirs = {dir_.string()};
     hk_ = std::make_unique<kernel::HostKernel>(*emu_, *emu_, ho);
     journal_ = *agents::ActionJournal::Open((dir_ / "journal").string());
     probe_ = agents::NewEmulatorProbe(*emu_);

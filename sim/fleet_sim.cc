@@ -376,6 +376,7 @@ void World::StartAgent(int h) {
   ho.host = host.name;
   ho.state_dir = host.dir + "/provenance";
   ho.clock = &clock_;
+  ho.images.dirs = {o_.dir};  // the workload's kernel images
   host.hk = std::make_unique<kernel::HostKernel>(*host.ck, *host.ck, ho);
   agents::ActionJournal::Options jo;
   jo.sync = false;

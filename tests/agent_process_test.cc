@@ -38,7 +38,7 @@ class AgentProcessTest : public ::testing::Test {
     auto p = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", kTopology, "--listen", "127.0.0.1:0", "--state-dir",
                                  (dir_ / "state").string(), "--reserve-cores", "1", "--boot-time", "300ms",
-                                 "--host", "proc", "--tls-dir", pki_->agent("proc")},
+                                 "--host", "proc", "--tls-dir", pki_->agent("proc"), "--image-dir", dir_.string()},
         (dir_ / log).string());
     std::string port = p->WaitFor("listening on port ([0-9]+)");
     EXPECT_FALSE(port.empty()) << p->Log();

@@ -68,7 +68,8 @@ class ProcessFleetTest : public ::testing::Test {
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
                                  "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
                                  "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
-                                 boot_time, "--enable-fault-injection", "--tls-dir", pki_->agent(name)},
+                                 boot_time, "--enable-fault-injection", "--tls-dir", pki_->agent(name),
+                                 "--image-dir", dir_.string()},
         (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
     ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
   }

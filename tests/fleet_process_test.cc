@@ -94,7 +94,8 @@ class FleetProcessTest : public ::testing::Test {
     agent_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
                                  "127.0.0.1:0", "--state-dir", (dir_ / "agent").string(), "--reserve-cores", "1",
-                                 "--reserve-memory", "1Gi", "--host", "node-a", "--tls-dir", pki_->agent("node-a")},
+                                 "--reserve-memory", "1Gi", "--host", "node-a", "--tls-dir", pki_->agent("node-a"),
+                                 "--image-dir", dir_.string()},
         (dir_ / "agent.log").string());
     agent_port_ = agent_->WaitFor("listening on port ([0-9]+)");
     ASSERT_FALSE(agent_port_.empty()) << agent_->Log();

@@ -40,6 +40,7 @@ struct TestHost {
     ho.host = name;
     ho.state_dir = (dir / "state").string();
     ho.clock = &clock;
+    ho.images.dirs = {dir.string()};  // where vmlinux is
     hk = std::make_unique<kernel::HostKernel>(*emu, *emu, ho);
     kernel::PoolState pool;
     for (size_t i = 2; i < o.cpus.size(); ++i) pool.cpus.push_back(o.cpus[i]);

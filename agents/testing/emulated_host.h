@@ -36,6 +36,7 @@ struct EmulatedHost {
     ho.host = this->name;
     ho.state_dir = state + "/provenance";
     ho.clock = &clock;
+    ho.images.dirs = {dir};  // the tests' kernel images live in `dir`
     hk = std::make_unique<kernel::HostKernel>(*emu, *emu, ho);
     ActionJournal::Options jo;
     jo.sync = false;
