@@ -75,9 +75,16 @@ void ActionJournal::Insert(const v1::ActionResult& r) {
 }
 
 absl::Status ActionJournal::Load() {
-  auto data = ReadFile(path_);
+  // Never through a link: the journal is ours, in our state directory.
+  auto data = ReadFile(path_, /*follow_symlinks=*/false);
   if (!data.ok() && !absl::IsNotFound(data.status())) return data.status();
   bool rewrite = false;
+  auto corrupt = [&](size_t off, absl::string_view what) {
+    return absl::DataLossError(absl::StrCat(
+        "journal ", path_, ": ", what, " at offset ", off, " of ", data->size(),
+        " bytes, with more after it; refusing to start (later records would be lost and their actions run again). "
+        "Move it away to start with an empty journal"));
+  };
   if (data.ok() && !data->empty()) {
     const std::string& d = *data;
     size_t off = 0;
@@ -85,10 +92,15 @@ absl::Status ActionJournal::Load() {
       off = kMagicSize;
       while (off + 8 <= d.size()) {
         uint32_t len = GetFixed32(d.data() + off), crc = GetFixed32(d.data() + off + 4);
-        if (len > kMaxRecord || off + 8 + len > d.size()) break;  // torn
+        if (len > kMaxRecord) return corrupt(off, "corrupt record (impossible length)");
+        if (off + 8 + len > d.size()) break;  // torn: the last write did not finish
         absl::string_view body(d.data() + off + 8, len);
         v1::JournalRecord r;
-        if (Crc32(body) != crc || !r.ParseFromArray(body.data(), static_cast<int>(body.size()))) break;
+        if (Crc32(body) != crc || !r.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+          // The last record damaged is a torn write; one with records after it is not.
+          if (off + 8 + len == d.size()) break;
+          return corrupt(off, "corrupt record");
+        }
         if (r.has_result()) Insert(r.result());
         if (r.has_fence() && FenceBefore(fence_, r.fence())) fence_ = r.fence();
         ++records_in_file_;
@@ -96,16 +108,21 @@ absl::Status ActionJournal::Load() {
       }
       if (off < d.size()) {
         recovery_note_ = absl::StrCat("journal ", path_, ": dropped ", d.size() - off,
-                                      " bytes after the last whole record (torn or corrupt)");
+                                      " bytes after the last whole record (a torn write)");
         rewrite = true;
       }
     } else {
-      // The first format: a host-endian (x86: little-endian) length, then the result.
+      // The first format: a host-endian (x86: little-endian) length, then the result; the
+      // whole file must read as that, or it is not a journal at all.
       while (off + 4 <= d.size()) {
         uint32_t len = GetFixed32(d.data() + off);
-        if (len > kMaxRecord || off + 4 + len > d.size()) break;
         v1::ActionResult r;
-        if (!r.ParseFromArray(d.data() + off + 4, static_cast<int>(len))) break;
+        if (len > kMaxRecord || off + 4 + len > d.size() ||
+            !r.ParseFromArray(d.data() + off + 4, static_cast<int>(len)) || r.id().empty()) {
+          return absl::DataLossError(absl::StrCat("journal ", path_, ": not a journal (no ", kMagic,
+                                                  " header, and not the first format either); refusing to "
+                                                  "overwrite it. Move it away to start with an empty journal"));
+        }
         Insert(r);
         off += 4 + len;
       }

@@ -6,9 +6,11 @@
 // File format (portable, checked): the 8-byte header "MKJRNL01", then records, each
 // [u32 little-endian length][u32 little-endian CRC-32 of the body][body: a JournalRecord].
 // Records are written at once (write(2): they survive the process) and fdatasync'd per
-// record or per batch (Sync). On open, a torn or corrupt record ends the log: it and what
-// follows are dropped (recovery_note() says how much), as LevelDB's log reader does. A
-// journal in the older format (host-endian lengths, no checksum) is read and rewritten.
+// record or per batch (Sync). On open, a torn last record (cut short, or the last one
+// failing its checksum) is dropped (recovery_note() says how much); a bad record with more
+// after it is corruption, and Open refuses (DataLoss, with the offset) rather than lose the
+// records after it. A journal in the older format (host-endian lengths, no checksum) is
+// read and rewritten; a file that is neither, or a symbolic link, is refused.
 // It keeps at most `max_entries` results and compacts (rewrite via common/file_util) when
 // the file holds twice that many.
 // Thread-safety: all methods are safe to call concurrently.

@@ -91,32 +91,66 @@ TEST(ActionJournalTest, PortableHeaderLengthsAndChecksums) {
   EXPECT_EQ(data.substr(16), body);
 }
 
-TEST(ActionJournalTest, CorruptRecordEndsTheLogAndIsReported) {
+// Step 7: a bad record followed by more records is corruption, not a torn write: the agent
+// refuses to start (a journal with a hole would run actions again), naming the offset, and
+// leaves the file as it is. Only a damaged last record (a torn write) is dropped.
+TEST(ActionJournalTest, CorruptionBeforeTheTailRefusesToOpenWithTheOffset) {
   std::string path = TempPath("journal-corrupt");
   {
     auto j = ActionJournal::Open(path);
     for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*j)->Record(Result(id, 0)).ok());
   }
-  // Flip one byte inside the body of "b": its checksum no longer matches.
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  size_t at = data.find("m-b");
-  ASSERT_NE(at, std::string::npos);
-  f.seekp(at);
-  f.put('X');
-  f.close();
+  auto flip = [&](const std::string& text) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    size_t at = data.find(text);
+    EXPECT_NE(at, std::string::npos);
+    f.seekp(at);
+    f.put('X');
+    return data;
+  };
+  std::string before = flip("m-b");
   auto j = ActionJournal::Open(path);
-  ASSERT_TRUE(j.ok()) << j.status();
-  EXPECT_TRUE((*j)->Lookup("a").has_value());
-  EXPECT_FALSE((*j)->Lookup("b").has_value());  // a bit flip is never taken for a result
-  EXPECT_FALSE((*j)->Lookup("c").has_value());
-  EXPECT_NE((*j)->recovery_note().find("dropped"), std::string::npos);
-  // The log goes on after the good prefix.
-  ASSERT_TRUE((*j)->Record(Result("d", 0)).ok());
-  j->reset();
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(j.status().message().find("corrupt record at offset "), std::string::npos) << j.status();
+  std::ifstream in(path, std::ios::binary);
+  std::string after((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(after.size(), before.size()) << "a refused journal is not rewritten";
+
+  // The last record damaged: a torn write, dropped and reported; the log goes on.
+  std::string path2 = TempPath("journal-torn-last");
+  {
+    auto w = ActionJournal::Open(path2);
+    for (const char* id : {"a", "b", "c"}) ASSERT_TRUE((*w)->Record(Result(id, 0)).ok());
+  }
+  path.swap(path2);
+  flip("m-c");
+  auto torn = ActionJournal::Open(path);
+  ASSERT_TRUE(torn.ok()) << torn.status();
+  EXPECT_TRUE((*torn)->Lookup("b").has_value());
+  EXPECT_FALSE((*torn)->Lookup("c").has_value());
+  EXPECT_NE((*torn)->recovery_note().find("dropped"), std::string::npos);
+  ASSERT_TRUE((*torn)->Record(Result("d", 0)).ok());
+  torn->reset();
   auto again = ActionJournal::Open(path);
   EXPECT_TRUE((*again)->Lookup("d").has_value());
   EXPECT_EQ((*again)->recovery_note(), "");
+}
+
+TEST(ActionJournalTest, AFileThatIsNoJournalOrALinkIsRefused) {
+  std::string path = TempPath("journal-foreign");
+  std::ofstream(path, std::ios::binary) << "root:$6$secret:19000:0:99999:7:::\n";
+  auto j = ActionJournal::Open(path);
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss) << j.status();
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "root:$6$secret:19000:0:99999:7:::\n");
+  std::string link = TempPath("journal-link");
+  std::filesystem::create_symlink(path, link);
+  EXPECT_FALSE(ActionJournal::Open(link).ok());
+  std::ifstream again(path);
+  std::string still((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(still, text) << "the link's target is never written";
 }
 
 TEST(ActionJournalTest, ReadsAndRewritesTheFirstFormat) {

@@ -40,7 +40,7 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
   // agent is older than everything here and gets a fresh snapshot.
   version_ = absl::ToUnixMillis(clock_.Now()) * 1000;
   first_version_ = version_;
-  LoadPolicies();
+  load_status_ = LoadPolicies();
   // Adopt what already runs: the kernel is the source of truth.
   Fold(obs);
   for (const auto& in : state_.instances()) {
@@ -428,7 +428,7 @@ void Agent::Takeover(const std::string& failed, const std::string& standby) {
   *sp.mutable_failover() = policies_[failed].failover();
   sp.set_standby_instance(failed);
   policies_[failed].set_standby_instance(standby);
-  SavePolicies();
+  (void)SavePolicies(policies_);  // a failure is a Warning event: the takeover itself happened
 }
 
 v1::InventoryResponse Agent::Inventory() {
@@ -514,36 +514,45 @@ absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
     if (!s.ok()) return s;
   }
   absl::MutexLock lock(&mu_);
-  if (request.replace()) policies_.clear();
+  // Written first: a policy that could not be kept (a full disk) is not taken.
+  std::map<std::string, v1::LocalPolicy> next = request.replace() ? std::map<std::string, v1::LocalPolicy>() : policies_;
+  for (const auto& p : request.policies()) next[p.instance()] = p;
+  if (absl::Status saved = SavePolicies(next); !saved.ok()) return saved;
+  policies_ = std::move(next);
   for (const auto& p : request.policies()) {
-    policies_[p.instance()] = p;
     Watched& w = watched_[p.instance()];
     if (w.role.empty() && p.failover().policy() == v1::FAILOVER_STANDBY) w.role = "primary";
     if (!p.standby_instance().empty() && watched_[p.standby_instance()].role.empty()) {
       watched_[p.standby_instance()].role = "standby";
     }
   }
-  SavePolicies();
   return absl::OkStatus();
 }
 
-void Agent::SavePolicies() {
-  if (options_.state_dir.empty()) return;
+absl::Status Agent::SavePolicies(const std::map<std::string, v1::LocalPolicy>& policies) {
+  if (options_.state_dir.empty()) return absl::OkStatus();
   v1::SetPolicyRequest all;
-  for (const auto& [name, p] : policies_) *all.add_policies() = p;
+  for (const auto& [name, p] : policies) *all.add_policies() = p;
   std::error_code ec;
-  std::filesystem::create_directories(options_.state_dir, ec);
+  std::filesystem::create_directories(options_.state_dir, ec);  // mkagent made it 0700 already
   absl::Status s = WriteFileAtomically(options_.state_dir + "/policies.pb", all.SerializeAsString());
   if (!s.ok()) Event("", "Warning", "PolicySaveFailed", std::string(s.message()));
+  return s;
 }
 
-void Agent::LoadPolicies() {
-  if (options_.state_dir.empty()) return;
-  auto data = ReadFile(options_.state_dir + "/policies.pb");
-  if (!data.ok()) return;
+absl::Status Agent::LoadPolicies() {
+  if (options_.state_dir.empty()) return absl::OkStatus();
+  const std::string path = options_.state_dir + "/policies.pb";
+  auto data = ReadFile(path, /*follow_symlinks=*/false);
+  if (absl::IsNotFound(data.status())) return absl::OkStatus();  // none set yet
+  if (!data.ok()) return data.status();
   v1::SetPolicyRequest all;
-  if (!all.ParseFromString(*data)) return;
+  if (!all.ParseFromString(*data)) {
+    return absl::DataLossError(absl::StrCat(path, " is corrupt (", data->size(), " bytes); move it away to start with "
+                                            "no local policies (the controller sends them again)"));
+  }
   for (const auto& p : all.policies()) policies_[p.instance()] = p;
+  return absl::OkStatus();
 }
 
 v1::HostState Agent::Snapshot() {

@@ -68,6 +68,9 @@ class Agent {
   // ABORTED for a stale fence (the policies are not changed).
   absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
   const std::string& host() const { return options_.host; }
+  // What reading the saved policies found: DataLoss for a corrupt file (the agent must not
+  // start on it), the read error, or OK.
+  const absl::Status& load_status() const { return load_status_; }
   // The executor, for test hooks (Executor::SetObserver).
   Executor& executor() { return executor_; }
 
@@ -110,8 +113,9 @@ class Agent {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Takeover(const std::string& name, const std::string& standby) ABSL_LOCKS_EXCLUDED(mu_);
   const mkfleet::v1::LocalPolicy* PolicyFor(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SavePolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void LoadPolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SavePolicies(const std::map<std::string, mkfleet::v1::LocalPolicy>& policies)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status LoadPolicies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AgentOptions options_;
   kernel::HostKernel& kernel_;
@@ -143,6 +147,7 @@ class Agent {
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
   int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
   std::thread thread_;
+  absl::Status load_status_;
 };
 
 }  // namespace mkfleet::agents

@@ -169,6 +169,30 @@ TEST_F(AgentTest, PoliciesPersistAndBadOnesAreRejected) {
   EXPECT_TRUE(std::filesystem::exists(host_.dir / "agent" / "policies.pb"));
 }
 
+// Defect (step 7): a corrupt policies.pb was silently replaced by no policies, and a policy
+// that could not be written (full disk) was reported as set.
+TEST_F(AgentTest, PolicyFileErrorsAreReportedNotHidden) {
+  Policy("web-1", v1::FAILOVER_RESTART);
+  std::ofstream(host_.dir / "agent" / "policies.pb", std::ios::binary | std::ios::trunc) << "\xff\xff\xff garbage";
+  AgentOptions o;
+  o.host = "exec";
+  o.state_dir = (host_.dir / "agent").string();
+  Agent reread(o, *host_.hk, host_.topology, *host_.journal, *probe_, host_.clock);
+  EXPECT_EQ(reread.load_status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(reread.load_status().message(), HasSubstr("policies.pb"));
+  EXPECT_TRUE(agent_->load_status().ok());
+
+  // A state "directory" that is a file: every write fails, and SetPolicy says so.
+  std::ofstream(host_.dir / "not-a-dir") << "x";
+  o.state_dir = (host_.dir / "not-a-dir").string();
+  Agent unwritable(o, *host_.hk, host_.topology, *host_.journal, *probe_, host_.clock);
+  v1::SetPolicyRequest req;
+  req.add_policies()->set_instance("web-1");
+  absl::Status s = unwritable.SetPolicy(req);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("policies.pb"));
+}
+
 TEST_F(AgentTest, AdoptsWhatAlreadyRuns) {
   Boot("web-1", {2, 18});
   AgentOptions o;

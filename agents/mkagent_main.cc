@@ -21,6 +21,7 @@
 #include "common/clock.h"
 #include "common/file_util.h"
 #include "common/grpc_server.h"
+#include "common/state_dir.h"
 #include "common/version.h"
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
@@ -59,6 +60,7 @@ struct Settings {
 // server. A process serving N emulated hosts runs N of these, the same code each.
 struct HostRuntime {
   std::string name;
+  std::unique_ptr<StateLock> state_lock;  // this host's state directory, held while it runs
   std::unique_ptr<kernel::EmulatedKernel> emulator;
   std::unique_ptr<kernel::KernelFs> fs;
   std::unique_ptr<kernel::Syscalls> sys;
@@ -83,7 +85,9 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   if (!creds.ok()) return creds.status();
   auto rt = std::make_unique<HostRuntime>();
   rt->name = name;
-  std::filesystem::create_directories(state_dir);
+  auto state_lock = OpenStateDir(state_dir);
+  if (!state_lock.ok()) return state_lock.status();
+  rt->state_lock = *std::move(state_lock);
   kernel::KernelFs* fs_ptr;
   kernel::Syscalls* sys_ptr;
   if (settings.kernel_kind == "emulated") {
@@ -92,6 +96,12 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     eo.halt_time = settings.halt;
     eo.state_file = state_dir + "/emulated-kernel.state";
     rt->emulator = std::make_unique<kernel::EmulatedKernel>(eo);
+    // A state file that cannot be read is never taken for a fresh machine (its kernels
+    // would be forgotten and their CPUs handed out again).
+    if (!rt->emulator->load_status().ok()) {
+      return absl::DataLossError(absl::StrCat(eo.state_file, ": ", rt->emulator->load_status().message(),
+                                              "; move it away to start an empty emulated machine"));
+    }
     fs_ptr = rt->emulator.get();
     sys_ptr = rt->emulator.get();
     rt->probe = agents::NewEmulatorProbe(*rt->emulator);
@@ -138,6 +148,7 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.version = kVersion;
   ao.poll_interval = settings.poll;
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
+  if (!rt->agent->load_status().ok()) return rt->agent->load_status();
   rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults,
                                                        /*require_controller=*/!tls.insecure);
   rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);

@@ -39,7 +39,10 @@ absl::Status SyncDirectory(const std::string& dir) {
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view data, int mode, bool sync) {
   const std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+  // A new file, never one found there (a leftover, or a link planted to make us write
+  // elsewhere).
+  unlink(tmp.c_str());
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) return Errno("create", tmp, errno);
   size_t off = 0;
   while (off < data.size()) {
@@ -68,8 +71,8 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view data
   return sync ? SyncDirectory(DirOf(path)) : absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+absl::StatusOr<std::string> ReadFile(const std::string& path, bool follow_symlinks) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | (follow_symlinks ? 0 : O_NOFOLLOW));
   if (fd < 0) return Errno("open", path, errno);
   std::string data;
   char buf[1 << 16];

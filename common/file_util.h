@@ -21,8 +21,9 @@ namespace mkfleet {
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view data, int mode = 0600,
                                  bool sync = true);
 
-// NotFound when `path` does not exist; Internal on other errors.
-absl::StatusOr<std::string> ReadFile(const std::string& path);
+// NotFound when `path` does not exist; Internal on other errors. With `follow_symlinks`
+// false (a daemon's own state files) a symbolic link is refused (ELOOP).
+absl::StatusOr<std::string> ReadFile(const std::string& path, bool follow_symlinks = true);
 
 // fsync of the directory `dir` (after creating, renaming or removing an entry in it).
 absl::Status SyncDirectory(const std::string& dir);

@@ -38,13 +38,21 @@ TEST_F(FileUtilTest, WritesReplacesAndLeavesNoTemporary) {
 }
 
 TEST_F(FileUtilTest, DoesNotFollowASymlinkedTemporary) {
-  // A temporary name planted as a symlink to another file must not truncate that file.
+  // A temporary name planted as a symlink (or a hard link) to another file must not
+  // truncate that file: the planted name is removed and a new file made.
   std::string victim = (dir_ / "victim").string();
   std::ofstream(victim) << "precious";
   std::string path = (dir_ / "f").string();
   fs::create_symlink(victim, path + ".tmp");
-  EXPECT_FALSE(WriteFileAtomically(path, "x").ok());
+  EXPECT_TRUE(WriteFileAtomically(path, "x").ok());
   EXPECT_EQ(*ReadFile(victim), "precious");
+  EXPECT_EQ(*ReadFile(path), "x");
+  fs::create_hard_link(victim, path + ".tmp");
+  EXPECT_TRUE(WriteFileAtomically(path, "y").ok());
+  EXPECT_EQ(*ReadFile(victim), "precious");
+  // A state file that is a symbolic link is not read where it points.
+  fs::create_symlink(victim, (dir_ / "state").string());
+  EXPECT_FALSE(ReadFile((dir_ / "state").string(), /*follow_symlinks=*/false).ok());
 }
 
 TEST_F(FileUtilTest, ReadFileSaysNotFound) {

@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "common/clock.h"
 #include "common/grpc_server.h"
+#include "common/state_dir.h"
 #include "common/version.h"
 #include "manifests/units.h"
 #include "reconciler/access.h"
@@ -105,6 +106,11 @@ int main(int argc, char** argv) {
   }
 
   RaiseFileLimit();  // one connection per host
+  auto store_lock = OpenStoreFile(store_spec.substr(7));
+  if (!store_lock.ok()) {
+    std::cerr << "mkcontroller: --store: " << store_lock.status().message() << "\n";
+    return 2;
+  }
   auto store = reconciler::OpenSqliteStore(store_spec.substr(7), Clock::Real());
   if (!store.ok()) {
     std::cerr << "mkcontroller: --store: " << store.status().message() << "\n";

@@ -326,6 +326,17 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, 
   }
   auto store = std::make_unique<SqliteStore>(db, clock);
   sqlite3_busy_timeout(db, 5000);
+  // A damaged file is refused, never written over (PRAGMA quick_check: every page and
+  // b-tree, without the slower index cross-checks).
+  {
+    Stmt check(db, "PRAGMA quick_check");
+    int rc = check.Step();
+    std::string verdict = rc == SQLITE_ROW ? check.Blob(0) : sqlite3_errmsg(db);
+    if (verdict != "ok") {
+      return absl::DataLossError(absl::StrCat("store ", path, " is damaged (", verdict.substr(0, 200),
+                                              "); restore it from a backup, or move it away to start a new one"));
+    }
+  }
   // auto_vacuum takes effect on a new file; an existing one without it is vacuumed once.
   bool fresh = false;
   {

@@ -148,5 +148,69 @@ TEST_F(AgentProcessTest, RestartAdoptsRunningInstances) {
   EXPECT_EQ(Counters().starts, 3);  // nothing was restarted
 }
 
+// Defect (step 7): two agents on one state directory handed out the same CPU and id to
+// different instances. The second now exits 2 naming the first's pid.
+TEST_F(AgentProcessTest, ASecondAgentOnTheSameStateExits2) {
+  auto first = StartAgent("first.log");
+  testing::Process second({"agents/mkagent", "--topology", kTopology, "--listen", "127.0.0.1:0", "--state-dir",
+                           (dir_ / "state").string(), "--host", "proc", "--tls-dir", pki_->agent("proc")},
+                          (dir_ / "second.log").string());
+  int status = second.Kill(0);
+  ASSERT_TRUE(WIFEXITED(status)) << second.Log();
+  EXPECT_EQ(WEXITSTATUS(status), 2) << second.Log();
+  EXPECT_THAT(second.Log(), ::testing::HasSubstr("is in use by pid " + std::to_string(first->pid())));
+}
+
+// Step 7: state that cannot be read is never silently replaced by empty state: a corrupt
+// emulated-kernel state, policies file or journal (corrupt before its tail) stops the agent
+// at start (exit 2) with what and where, and the file is left as it was.
+TEST_F(AgentProcessTest, CorruptStateFilesAreRefusedAtStart) {
+  {
+    auto agent = StartAgent("first.log");
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse r;
+    ASSERT_TRUE(stub_->Execute(&ctx, TenActions(), &r).ok());
+    v1::SetPolicyRequest policy;
+    policy.add_policies()->set_instance("a");
+    grpc::ClientContext c2;
+    v1::SetPolicyResponse pr;
+    ASSERT_TRUE(stub_->SetPolicy(&c2, policy, &pr).ok());
+    ASSERT_EQ(WEXITSTATUS(agent->Kill(SIGTERM)), 0);
+  }
+  auto start_fails = [&](const std::string& file, const std::string& want) {
+    testing::Process p({"agents/mkagent", "--topology", kTopology, "--listen", "127.0.0.1:0", "--state-dir",
+                        (dir_ / "state").string(), "--host", "proc", "--tls-dir", pki_->agent("proc"), "--image-dir",
+                        dir_.string()},
+                       (dir_ / ("refused-" + file + ".log")).string());
+    int status = p.Kill(0);
+    ASSERT_TRUE(WIFEXITED(status)) << p.Log();
+    EXPECT_EQ(WEXITSTATUS(status), 2) << p.Log();
+    EXPECT_THAT(p.Log(), ::testing::HasSubstr(want)) << p.Log();
+  };
+  auto corrupt = [&](const std::string& file, size_t at) {
+    std::string path = (dir_ / "state" / file).string();
+    std::ifstream in(path, std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string bad = data;
+    bad[std::min(at, bad.size() - 1)] ^= 0x5a;
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bad;
+    return std::make_pair(path, data);
+  };
+  for (const auto& [file, at, want] :
+       {std::tuple<std::string, size_t, std::string>{"emulated-kernel.state", 0, "emulated-kernel.state"},
+        {"policies.pb", 0, "policies.pb is corrupt"},
+        {"journal", 20, "corrupt record at offset"}}) {
+    auto [path, good] = corrupt(file, at);
+    start_fails(file, want);
+    std::ifstream in(path, std::ios::binary);
+    std::string now((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(now.size(), good.size()) << file << " was rewritten";
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << good;
+  }
+  // Put back, it starts and still runs what it ran.
+  auto agent = StartAgent("again.log");
+  EXPECT_EQ(Counters().creates, 3);
+}
+
 }  // namespace
 }  // namespace mkfleet

@@ -92,5 +92,29 @@ TEST_F(ControllerProcessTest, BadStoreFlagExits2) {
   EXPECT_THAT(p.Log(), HasSubstr("--store: expected sqlite:PATH"));
 }
 
+TEST_F(ControllerProcessTest, ASecondControllerOnTheSameStoreExits2AndABadStoreIsRefused) {
+  auto first = StartController("c1.log");
+  testing::Process second({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(), "--listen",
+                           "127.0.0.1:0", "--tls-dir", pki_->controller()},
+                          (dir_ / "second.log").string());
+  int status = second.Kill(0);
+  ASSERT_TRUE(WIFEXITED(status)) << second.Log();
+  EXPECT_EQ(WEXITSTATUS(status), 2) << second.Log();
+  EXPECT_THAT(second.Log(), HasSubstr("is in use by pid " + std::to_string(first->pid())));
+  first.reset();
+  // A truncated (0-byte) or corrupt store is refused at start, never taken for a new one.
+  for (const std::string& content : {std::string(), std::string("SQLite format 3") + std::string(8192, 'x')}) {
+    std::string bad = (dir_ / "bad.db").string();
+    std::ofstream(bad, std::ios::binary | std::ios::trunc) << content;
+    testing::Process p({"reconciler/mkcontroller", "--store", "sqlite:" + bad, "--listen", "127.0.0.1:0", "--tls-dir",
+                        pki_->controller()},
+                       (dir_ / "bad.log").string());
+    status = p.Kill(0);
+    ASSERT_TRUE(WIFEXITED(status)) << p.Log();
+    EXPECT_NE(WEXITSTATUS(status), 0) << p.Log();
+    EXPECT_THAT(p.Log(), HasSubstr("--store")) << p.Log();
+  }
+}
+
 }  // namespace
 }  // namespace mkfleet

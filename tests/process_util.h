@@ -53,6 +53,9 @@ class Process {
     return "";
   }
 
+  // The process id while it runs (-1 once reaped).
+  pid_t pid() const { return pid_; }
+
   bool Running() {
     if (pid_ <= 0) return false;
     int status;

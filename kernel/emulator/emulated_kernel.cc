@@ -161,7 +161,7 @@ void EmulatedKernel::Save() {
 
 absl::Status EmulatedKernel::Load() {
   if (options_.state_file.empty()) return absl::OkStatus();
-  auto data = ReadFile(options_.state_file);
+  auto data = ReadFile(options_.state_file, /*follow_symlinks=*/false);
   if (absl::IsNotFound(data.status())) return absl::OkStatus();  // a fresh kernel
   if (!data.ok()) return data.status();
   auto root = FromDtb(*data);
