@@ -97,7 +97,9 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
   e.set_host(options_.host);
   e.set_type(type);
   e.set_reason(reason);
-  e.set_message(message);
+  // Bounded, so that the kept events (max_events of them) always fit one Watch message.
+  e.set_message(message.size() <= kMaxEventMessage ? message
+                                                   : absl::StrCat(message.substr(0, kMaxEventMessage), "..."));
   e.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
   ++version_;
   e.set_seq(version_);

@@ -75,6 +75,9 @@ class Agent {
   Executor& executor() { return executor_; }
 
   static constexpr size_t kMaxRemovals = 4096;
+  // An event's message is cut to this many bytes: max_events (256) of them stay far below
+  // gRPC's 4 MiB message limit in a Watch snapshot.
+  static constexpr size_t kMaxEventMessage = 1024;
 
   // The full state now.
   mkfleet::v1::HostState Snapshot();

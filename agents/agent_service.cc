@@ -36,6 +36,8 @@ grpc::Status AgentService::Inventory(grpc::ServerContext* context, const v1::Inv
 grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
                                  grpc::ServerWriter<v1::HostState>* writer) {
   if (grpc::Status a = Allow(*context, "Watch"); !a.ok()) return a;
+  auto slot = streams_.Acquire(security::PeerKey(*context));
+  if (!slot.ok()) return ToGrpc(slot.status());
   v1::HostState snapshot = agent_.Snapshot();
   int64_t version = request->resource_version();
   // A client that is current resumes with changes; any other gets a fresh snapshot.

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "agents/agent.h"
+#include "common/stream_limiter.h"
 #include "grpcpp/grpcpp.h"
 #include "kernel/emulator/emulated_kernel.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
@@ -42,6 +43,8 @@ class AgentService final : public mkfleet::v1::Agent::Service {
   kernel::EmulatedKernel* faults_;
   bool enable_faults_;
   bool require_controller_;
+  // The controller keeps one Watch per host; a few more are allowed (a restarting one).
+  StreamLimiter streams_{4, 8};
 };
 
 // Starts a server for `service` on `address` (port 0 picks a free one) with the health

@@ -17,10 +17,12 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 
 namespace mkfleet {
 
 inline constexpr int kMaxRequestBytes = 4 << 20;
+inline constexpr int kMaxServerThreads = 512;
 
 // `lean` serves with one completion queue and one polling thread (a process serving many
 // emulated hosts, one server each, would otherwise start threads by the thousand).
@@ -39,6 +41,11 @@ inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, con
   builder.AddListeningPort(address, std::move(credentials), port);
   // No request past 4 MiB is read (RESOURCE_EXHAUSTED); the services bound what is inside.
   builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  // The sync server's threads are bounded too (each call holds one while it runs): past
+  // this, new calls get RESOURCE_EXHAUSTED instead of a new thread.
+  grpc::ResourceQuota quota(service_name + " server");
+  quota.SetMaxThreads(lean ? 16 : kMaxServerThreads);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);

@@ -193,6 +193,8 @@ grpc::Status ControllerService::Delete(grpc::ServerContext* context, const v1::D
 grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::ObjectWatchRequest* request,
                                      grpc::ServerWriter<v1::ObjectWatchEvent>* writer) {
   if (auto caller = Allow(*context, "watch", "object"); !caller.ok()) return ToGrpc(caller.status());
+  auto slot = streams_->Acquire(security::PeerKey(*context));
+  if (!slot.ok()) return ToGrpc(slot.status());
   const std::string prefix = "/objects/";
   int64_t revision = request->revision();
   if (revision == 0) {
@@ -246,6 +248,8 @@ grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::Ob
 grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::EventsRequest* request,
                                       grpc::ServerWriter<v1::Event>* writer) {
   if (auto caller = Allow(*context, "events", "event"); !caller.ok()) return ToGrpc(caller.status());
+  auto slot = streams_->Acquire(security::PeerKey(*context));
+  if (!slot.ok()) return ToGrpc(slot.status());
   if (events_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller keeps no events");
   auto rev = store_.Revision();  // before the list: nothing between is lost
   if (!rev.ok()) return ToGrpc(rev.status());

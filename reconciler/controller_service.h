@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "common/stream_limiter.h"
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "reconciler/access.h"
@@ -47,6 +48,9 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   // Who may call what (null: anyone, for in-process tests), and where apply and delete are
   // recorded (null: nowhere). Set once, before serving.
   void SetAccess(Access* access) { access_ = access; }
+  // At most `per_client` open Watch and Events streams per client and `total` in all
+  // (defaults 16 and 256); past them a new one is RESOURCE_EXHAUSTED. Set before serving.
+  void SetStreamLimits(int per_client, int total) { streams_ = std::make_unique<StreamLimiter>(per_client, total); }
   void SetAuditLog(AuditLog* audit) { audit_ = audit; }
   // Where Stats takes the reconcile loop's counters (set once, before serving).
   void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
@@ -72,6 +76,7 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   Preview preview_;
   Access* access_ = nullptr;
   AuditLog* audit_ = nullptr;
+  std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);
 };
 
 // The kinds the controller stores.

@@ -74,6 +74,12 @@ int main(int argc, char** argv) {
   app.add_option("--audit-max", audit_options.max_records,
                  "audit records kept past the retention window (default 10000)")
       ->check(CLI::Range(size_t{1}, size_t{100000000}));
+  int max_streams = 256, max_streams_per_client = 16;
+  app.add_option("--max-streams", max_streams, "open watch and event streams in all (default 256)")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--max-streams-per-client", max_streams_per_client,
+                 "open watch and event streams per client identity (default 16)")
+      ->check(CLI::Range(1, 100000));
   app.add_option("--audit-retain", audit_retain,
                  "audit records younger than this are never evicted (default 720h, 30 days)");
   CLI11_PARSE(app, argc, argv);
@@ -131,6 +137,7 @@ int main(int argc, char** argv) {
   reconciler::ControllerService service(**store, objects, events->get());
   service.SetAccess(&access);
   service.SetAuditLog(audit->get());
+  service.SetStreamLimits(max_streams_per_client, max_streams);
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port, *server_creds);
   if (server == nullptr || port == 0) {

@@ -176,6 +176,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ClientTls::Channel(absl::string_v
   return grpc::CreateCustomChannel(std::string(target), creds, args);
 }
 
+std::string PeerKey(const grpc::ServerContext& context) {
+  Identity id = PeerIdentity(context);
+  if (id.kind != Identity::Kind::kNone) return id.ToString();
+  std::string peer = context.peer();
+  size_t colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+
 Identity PeerIdentity(const grpc::ServerContext& context) {
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return Identity{};

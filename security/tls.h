@@ -84,6 +84,10 @@ class ClientTls {
 // or kNone for a plaintext connection.
 Identity PeerIdentity(const grpc::ServerContext& context);
 
+// The caller for per-client limits: its identity ("user alice"), or for a plaintext
+// connection its address without the port ("ipv4:127.0.0.1").
+std::string PeerKey(const grpc::ServerContext& context);
+
 }  // namespace mkfleet::security
 
 #endif  // MKFLEET_SECURITY_TLS_H_
