@@ -64,6 +64,7 @@ class ProcessFleetTest : public ::testing::Test {
     AgentSpec& a = agents_[name];
     a.name = name;
     if (a.port == 0) a.port = FreePort();
+    a.process.reset();  // the old one first: it holds the state directory's lock
     a.process = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
                                  "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
@@ -74,6 +75,7 @@ class ProcessFleetTest : public ::testing::Test {
     ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
   }
   void StartController() {
+    controller_.reset();  // the old one first: it holds the store's lock
     controller_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
                                  "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
