@@ -66,10 +66,15 @@ ActionJournal::~ActionJournal() {
 }
 
 void ActionJournal::Insert(const v1::ActionResult& r) {
-  auto [it, inserted] = results_.insert_or_assign(r.id(), r);
+  auto it = results_.find(r.id());
+  if (it != results_.end()) kept_bytes_ -= 8 + it->second.ByteSizeLong() + 2;
+  auto [pos, inserted] = results_.insert_or_assign(r.id(), r);
+  kept_bytes_ += 8 + r.ByteSizeLong() + 2;  // frame, and the JournalRecord's own tag and length (about)
   if (inserted) order_.push_back(r.id());
-  while (results_.size() > options_.max_entries) {
-    results_.erase(order_.front());
+  while (results_.size() > options_.max_entries || (kept_bytes_ > options_.max_bytes && results_.size() > 1)) {
+    auto old = results_.find(order_.front());
+    kept_bytes_ -= 8 + old->second.ByteSizeLong() + 2;
+    results_.erase(old);
     order_.pop_front();
   }
 }
@@ -133,6 +138,7 @@ absl::Status ActionJournal::Load() {
     // A new journal: the header, durably.
     absl::Status s = WriteFileAtomically(path_, std::string(kMagic, kMagicSize), 0600, options_.sync);
     if (!s.ok()) return s;
+    file_bytes_ = kMagicSize;
   } else if (rewrite) {
     absl::Status s = Compact();  // also opens fd_
     if (!s.ok()) return s;
@@ -140,6 +146,7 @@ absl::Status ActionJournal::Load() {
   }
   fd_ = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
   if (fd_ < 0) return Errno("open journal", path_);
+  if (data.ok() && !data->empty()) file_bytes_ = data->size();
   return absl::OkStatus();
 }
 
@@ -172,10 +179,19 @@ absl::Status ActionJournal::Sync() {
 }
 
 absl::Status ActionJournal::Append(const v1::JournalRecord& record, bool sync) {
-  if (!WriteAll(fd_, Frame(record)) || (sync && options_.sync && fdatasync(fd_) != 0)) {
-    return Errno("append to journal", path_);
+  std::string frame = Frame(record);
+  if (!WriteAll(fd_, frame) || (sync && options_.sync && fdatasync(fd_) != 0)) {
+    absl::Status failed = Errno("append to journal", path_);
+    // No half record may stay: a later append after it would make it corruption mid-file.
+    if (ftruncate(fd_, static_cast<off_t>(file_bytes_)) != 0) {
+      return absl::DataLossError(absl::StrCat(failed.message(), "; and cutting it back failed: ", strerror(errno)));
+    }
+    return failed;
   }
-  if (++records_in_file_ > 2 * options_.max_entries + 1) return Compact();
+  file_bytes_ += frame.size();
+  if (++records_in_file_ > 2 * options_.max_entries + 1 || file_bytes_ > 2 * options_.max_bytes + kMagicSize) {
+    return Compact();
+  }
   return absl::OkStatus();
 }
 
@@ -214,6 +230,7 @@ absl::Status ActionJournal::Compact() {
   fd_ = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
   if (fd_ < 0) return Errno("open journal", path_);
   records_in_file_ = order_.size() + 1;
+  file_bytes_ = data.size();
   return absl::OkStatus();
 }
 

@@ -11,8 +11,9 @@
 // after it is corruption, and Open refuses (DataLoss, with the offset) rather than lose the
 // records after it. A journal in the older format (host-endian lengths, no checksum) is
 // read and rewritten; a file that is neither, or a symbolic link, is refused.
-// It keeps at most `max_entries` results and compacts (rewrite via common/file_util) when
-// the file holds twice that many.
+// It keeps at most `max_entries` results and `max_bytes` of them, and compacts (rewrite via
+// common/file_util) when the file holds twice either. An append that fails (a full disk) is
+// cut back, so the file never keeps half a record in its middle.
 // Thread-safety: all methods are safe to call concurrently.
 #ifndef MKFLEET_AGENTS_ACTION_JOURNAL_H_
 #define MKFLEET_AGENTS_ACTION_JOURNAL_H_
@@ -33,6 +34,8 @@ class ActionJournal {
  public:
   struct Options {
     size_t max_entries = 100000;
+    // The results kept are also bounded in bytes (the file then in twice that).
+    size_t max_bytes = 64u << 20;
     // false: Sync() and sync writes skip fdatasync (tests and the simulation, whose
     // "machine" never loses power).
     bool sync = true;
@@ -72,6 +75,8 @@ class ActionJournal {
   mutable absl::Mutex mu_;
   int fd_ ABSL_GUARDED_BY(mu_) = -1;
   size_t records_in_file_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t file_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // the file's length: a failed append is cut back to it
+  size_t kept_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // the framed size of the results kept
   absl::flat_hash_map<std::string, mkfleet::v1::ActionResult> results_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> order_ ABSL_GUARDED_BY(mu_);  // oldest first
   mkfleet::v1::Fence fence_ ABSL_GUARDED_BY(mu_);

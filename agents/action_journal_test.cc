@@ -1,5 +1,8 @@
 #include "agents/action_journal.h"
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -55,6 +58,59 @@ TEST(ActionJournalTest, TornTailIsIgnoredAndOverwritten) {
   auto j = ActionJournal::Open(path);
   EXPECT_TRUE((*j)->Lookup("a").has_value());
   EXPECT_TRUE((*j)->Lookup("b").has_value());
+}
+
+// Step 7: the journal's cap is in bytes as well as entries: large results cannot grow the
+// file (or the agent) without bound.
+TEST(ActionJournalTest, BoundedInBytesToo) {
+  std::string path = TempPath("journal-bytes");
+  ActionJournal::Options o;
+  o.max_entries = 100000;
+  o.max_bytes = 64 << 10;
+  o.sync = false;
+  auto j = ActionJournal::Open(path, o);
+  ASSERT_TRUE(j.ok());
+  for (int i = 0; i < 2000; ++i) {
+    mkfleet::v1::ActionResult r = Result("id-" + std::to_string(i), 0);
+    r.set_message(std::string(1000, 'm'));
+    ASSERT_TRUE((*j)->Record(r, false).ok());
+  }
+  EXPECT_LE(std::filesystem::file_size(path), 3 * o.max_bytes);
+  EXPECT_LT((*j)->size(), 70u);
+  EXPECT_TRUE((*j)->Lookup("id-1999").has_value());
+  EXPECT_FALSE((*j)->Lookup("id-0").has_value());
+  j->reset();
+  auto again = ActionJournal::Open(path, o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->Lookup("id-1999").has_value());
+}
+
+// A full disk (here: a file size limit, EFBIG) fails the append, says so, and leaves no half
+// record behind: the next append after space comes back is not corruption mid-file.
+TEST(ActionJournalTest, AFailedAppendIsCutBackAndReported) {
+  std::string path = TempPath("journal-full");
+  auto j = ActionJournal::Open(path);
+  ASSERT_TRUE((*j)->Record(Result("a", 0)).ok());
+  const uintmax_t size = std::filesystem::file_size(path);
+  signal(SIGXFSZ, SIG_IGN);
+  struct rlimit old {};
+  getrlimit(RLIMIT_FSIZE, &old);
+  struct rlimit tight = old;
+  tight.rlim_cur = size + 10;  // room for part of a record only
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &tight), 0);
+  mkfleet::v1::ActionResult big = Result("b", 0);
+  big.set_message(std::string(200, 'x'));
+  absl::Status s = (*j)->Record(big);
+  setrlimit(RLIMIT_FSIZE, &old);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("append to journal"), std::string::npos) << s;
+  EXPECT_EQ(std::filesystem::file_size(path), size);
+  ASSERT_TRUE((*j)->Record(Result("c", 0)).ok());
+  j->reset();
+  auto again = ActionJournal::Open(path);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE((*again)->Lookup("c").has_value());
+  EXPECT_EQ((*again)->recovery_note(), "");
 }
 
 TEST(ActionJournalTest, BoundedWithCompaction) {
