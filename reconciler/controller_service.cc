@@ -94,6 +94,17 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
     if (!dry_run) Audit(context, security::PeerIdentity(context), std::move(record), caller.status());
     return ToGrpc(caller.status());
   }
+  if (!dry_run && store_quota_ > 0) {
+    auto size = store_.SizeBytes();
+    if (size.ok() && *size > store_quota_) {
+      absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
+          "NOSPACE: the store is over its quota (", *size, " > ", store_quota_,
+          " bytes, --store-quota); applies are refused until it is back under: delete objects (deletes and "
+          "compaction still work; compaction runs on every resync)"));
+      Audit(context, caller->identity, std::move(record), full);
+      return ToGrpc(full);
+    }
+  }
   // The checks of `mkapply validate`, on whatever a client sends: a bad object is refused
   // with its field, nothing written, and only what a manifest may say is stored.
   auto checked = manifests::RevalidateObjects(given);

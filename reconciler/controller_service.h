@@ -51,6 +51,10 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   // At most `per_client` open Watch and Events streams per client and `total` in all
   // (defaults 16 and 256); past them a new one is RESOURCE_EXHAUSTED. Set before serving.
   void SetStreamLimits(int per_client, int total) { streams_ = std::make_unique<StreamLimiter>(per_client, total); }
+  // etcd's NOSPACE alarm: while the store is larger than `bytes` (0: no quota), applies are
+  // refused (RESOURCE_EXHAUSTED) and deletes and compaction go on, so an operator can
+  // always make room. Set before serving.
+  void SetStoreQuota(int64_t bytes) { store_quota_ = bytes; }
   void SetAuditLog(AuditLog* audit) { audit_ = audit; }
   // Where Stats takes the reconcile loop's counters (set once, before serving).
   void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
@@ -77,6 +81,7 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   Access* access_ = nullptr;
   AuditLog* audit_ = nullptr;
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);
+  int64_t store_quota_ = 0;
 };
 
 // The kinds the controller stores.

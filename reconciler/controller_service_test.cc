@@ -310,5 +310,26 @@ TEST_F(ControllerServiceTest, StreamsAreCappedPerClientAndInAll) {
   for (size_t i = 1; i < open.size(); ++i) contexts[i]->TryCancel();
 }
 
+// etcd's NOSPACE behaviour: over its quota the store refuses applies, and deletes (which
+// make room) still work.
+TEST_F(ControllerServiceTest, OverTheQuotaAppliesAreRefusedAndDeletesStillWork) {
+  ASSERT_TRUE(Apply(Request()).ok());
+  service_->SetStoreQuota(1);  // any store is over one byte
+  grpc::Status s = Apply(Request());
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("NOSPACE"));
+  grpc::ClientContext ctx;
+  v1::DeleteRequest del;
+  del.set_kind("KernelInstance");
+  del.set_name("web-1");
+  v1::DeleteResponse r;
+  EXPECT_TRUE(stub_->Delete(&ctx, del, &r).ok());
+  EXPECT_EQ(Stored(), 1u);
+  // Diff (a dry run) is still answered.
+  grpc::ClientContext c2;
+  v1::ApplyResponse d;
+  EXPECT_TRUE(stub_->Diff(&c2, Request(), &d).ok());
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

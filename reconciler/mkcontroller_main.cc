@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   app.add_option("--audit-max", audit_options.max_records,
                  "audit records kept past the retention window (default 10000)")
       ->check(CLI::Range(size_t{1}, size_t{100000000}));
+  std::string store_quota = "2Gi";
+  app.add_option("--store-quota", store_quota,
+                 "past this size the store refuses applies (NOSPACE) while deletes and compaction go on (default "
+                 "2Gi; 0: none)");
   int max_streams = 256, max_streams_per_client = 16;
   app.add_option("--max-streams", max_streams, "open watch and event streams in all (default 256)")
       ->check(CLI::Range(1, 100000));
@@ -99,6 +103,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   audit_options.retain = absl::Milliseconds(*retain);
+  auto quota = manifests::ParseBytes(store_quota);
+  if (!quota.ok()) {
+    std::cerr << "mkcontroller: --store-quota: " << quota.status().message() << "\n";
+    return 2;
+  }
   access_options.insecure = tls.insecure;
   auto server_creds = security::ServerCredentials(tls, listen, security::Identity::Controller());
   if (!server_creds.ok()) {
@@ -138,6 +147,7 @@ int main(int argc, char** argv) {
   service.SetAccess(&access);
   service.SetAuditLog(audit->get());
   service.SetStreamLimits(max_streams_per_client, max_streams);
+  service.SetStoreQuota(static_cast<int64_t>(*quota));
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port, *server_creds);
   if (server == nullptr || port == 0) {
