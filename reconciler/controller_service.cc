@@ -224,11 +224,9 @@ grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::Ob
     }
   }
   while (!context->IsCancelled()) {
-    // Everything up to `now` is in the events read next; later keys outside the prefix
-    // must not make WaitForRevision return at once forever.
-    auto now = store_.Revision();
-    if (!now.ok()) return ToGrpc(now.status());
-    auto events = store_.EventsSince(revision, prefix);
+    // From the shared hub: no store read per stream.
+    int64_t now = revision;
+    auto events = hub_->Next(revision, prefix, absl::Milliseconds(200), &now);
     if (!events.ok()) return ToGrpc(events.status());
     for (const Event& e : *events) {
       v1::ObjectWatchEvent event;
@@ -249,9 +247,7 @@ grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::Ob
       if (!writer->Write(event)) return grpc::Status::OK;
       revision = e.revision;
     }
-    revision = std::max(revision, *now);
-    auto next = store_.WaitForRevision(revision, absl::Milliseconds(200));
-    if (!next.ok()) return ToGrpc(next.status());
+    revision = std::max(revision, now);
   }
   return grpc::Status::OK;
 }
@@ -277,12 +273,11 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
   }
   if (!request->follow()) return grpc::Status::OK;
   while (!context->IsCancelled()) {
-    auto now = store_.Revision();
-    if (!now.ok()) return ToGrpc(now.status());
-    auto changes = store_.EventsSince(seen, kEventPrefix);
+    int64_t now = seen;
+    auto changes = hub_->Next(seen, kEventPrefix, absl::Milliseconds(200), &now);
     if (changes.status().code() == absl::StatusCode::kOutOfRange) {
-      // The history was compacted past a slow follower: go on from now.
-      seen = *now;
+      // A slow follower fell behind what is kept: go on from now.
+      seen = now;
       continue;
     }
     if (!changes.ok()) return ToGrpc(changes.status());
@@ -293,9 +288,7 @@ grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::E
       if (!EventMatches(e, filter)) continue;
       if (!writer->Write(e)) return grpc::Status::OK;
     }
-    seen = std::max(seen, *now);
-    auto next = store_.WaitForRevision(seen, absl::Milliseconds(200));
-    if (!next.ok()) return ToGrpc(next.status());
+    seen = std::max(seen, now);
   }
   return grpc::Status::OK;
 }

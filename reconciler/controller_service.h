@@ -1,7 +1,8 @@
 // ControllerService: the gRPC face of the controller's object store for mkapply
 // (proto/mkfleet/v1/controller.proto): Apply, Diff (an apply that writes nothing), Get
 // and Delete over reconciler::Objects, and Watch (a snapshot, then every change, in store
-// revision order) and Events (the stored history, then new ones with follow).
+// revision order) and Events (the stored history, then new ones with follow); streams take
+// the changes from one WatchHub (one store reader for all of them).
 // Thread-safety: gRPC calls it from many threads; Objects is safe for that.
 #ifndef MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
 #define MKFLEET_RECONCILER_CONTROLLER_SERVICE_H_
@@ -18,13 +19,14 @@
 #include "reconciler/audit_log.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
+#include "reconciler/watch_hub.h"
 
 namespace mkfleet::reconciler {
 
 class ControllerService final : public mkfleet::v1::Controller::Service {
  public:
   ControllerService(Store& store, Objects& objects, EventLog* events = nullptr, Clock& clock = Clock::Real())
-      : store_(store), objects_(objects), events_(events), clock_(clock) {}
+      : store_(store), objects_(objects), events_(events), clock_(clock), hub_(std::make_unique<WatchHub>(store)) {}
 
   grpc::Status Apply(grpc::ServerContext*, const mkfleet::v1::ApplyRequest* request,
                      mkfleet::v1::ApplyResponse* response) override;
@@ -82,6 +84,8 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   AuditLog* audit_ = nullptr;
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);
   int64_t store_quota_ = 0;
+  // Every Watch and followed Events stream reads the store's changes from here.
+  std::unique_ptr<WatchHub> hub_;
 };
 
 // The kinds the controller stores.
