@@ -16,10 +16,12 @@
 #include "agents/action_journal.h"
 #include "agents/agent.h"
 #include "agents/liveness.h"
+#include "agents/request_checks.h"
 #include "common/testing/simulated_clock.h"
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
+#include "manifests/loader.h"
 #include "planner/topology_source.h"
 #include "reconciler/agent_client.h"
 #include "reconciler/event_log.h"
@@ -127,6 +129,9 @@ class World {
   void OnAction(int h, const v1::Action& a, const v1::ActionResult& r);
   void OneStep();
   void UserOp();
+  // Attacks (step 7): each must be refused and change nothing (invariant h).
+  void HostileApply();
+  void HostileBatch(int h);
   void Fault();
   absl::Status CheckStep();
   absl::Status CheckQuiescent();
@@ -284,6 +289,11 @@ absl::Status World::SetPolicy(int h, const v1::SetPolicyRequest& request) {
 absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch& batch) {
   SimHost& host = *hosts_[h];
   if (host.agent == nullptr) return absl::UnavailableError("connection refused");
+  // As the agent's service does; the controller's own batches must always pass.
+  if (absl::Status c = agents::CheckBatch(batch); !c.ok()) {
+    if (violation_.ok()) violation_ = Fail(absl::StrCat("(h): the controller sent a batch the agent refuses: ", c.message()));
+    return c;
+  }
   if (host.crash_next_batch && batch.actions_size() > 0) {
     host.crash_next_batch = false;
     host.ck->ArmCrash(rng_.I(1, 3));
@@ -508,7 +518,7 @@ v1::Object World::Host(int h, bool cordoned) {
   host->set_kind("Host");
   host->mutable_metadata()->set_name(hosts_[h]->name);
   (*host->mutable_metadata()->mutable_labels())["zone"] = h % 2 ? "z1" : "z0";
-  host->mutable_spec()->set_agent(absl::StrCat("sim:", h));
+  host->mutable_spec()->set_agent(absl::StrCat("sim-h", h, ":7101"));
   host->mutable_spec()->set_cordoned(cordoned);
   host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_cores(1);
   host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_memory(512ull << 20);
@@ -559,8 +569,84 @@ v1::Object World::Set(const std::string& name) {
 
 absl::Status World::Apply(const v1::Object& o) {
   if (objects_ == nullptr) return absl::UnavailableError("controller down");
-  auto r = objects_->Apply({o}, reconciler::ApplyOptions{"sim", false, false});
+  // The controller's Apply path: mkapply validate's checks first (ControllerService).
+  auto checked = manifests::RevalidateObjects({o});
+  if (!checked.ok()) return checked.status();
+  auto r = objects_->Apply(*checked, reconciler::ApplyOptions{"sim", false, false});
   return r.status();
+}
+
+void World::HostileApply() {
+  v1::Object o = Instance(rng_.Pick(std::vector<std::string>{"k0", "k1", "k9"}), rng_.I(0, o_.hosts - 1), 2, 256);
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  std::string how;
+  switch (rng_.I(0, 4)) {
+    case 0:
+      ki->mutable_spec()->mutable_resources()->set_cpus(0);
+      ki->mutable_spec()->mutable_resources()->set_memory(0);
+      how = "cpus 0, memory 0";
+      break;
+    case 1:
+      ki->mutable_metadata()->set_name(rng_.P(0.5) ? "../../Evil" : std::string(300, 'n'));
+      how = "a name that is no DNS label";
+      break;
+    case 2:
+      ki->mutable_spec()->set_id(9999);
+      how = "id 9999";
+      break;
+    case 3:
+      ki->mutable_spec()->set_phase(static_cast<v1::Phase>(77));
+      how = "an unknown phase";
+      break;
+    default:
+      ki->mutable_spec()->mutable_kernel()->set_image("relative/vmlinux");
+      how = "a relative kernel path";
+      break;
+  }
+  auto before = store_->Revision();
+  absl::Status st = Apply(o);
+  auto after = store_->Revision();
+  Trace(absl::StrCat("user: hostile apply (", how, "): ", st.ok() ? "ok" : "refused"));
+  if ((st.ok() || !before.ok() || !after.ok() || *before != *after) && violation_.ok()) {
+    violation_ = Fail(absl::StrCat("(h): a hostile apply (", how, ") was not refused, or changed the store"));
+  }
+}
+
+void World::HostileBatch(int h) {
+  v1::ActionBatch b;
+  v1::Action* a = b.add_actions();
+  a->set_id("intruder-1");
+  a->set_instance("k0");
+  std::string how;
+  switch (rng_.I(0, 3)) {
+    case 0:
+      a->set_instance("../../../../pwn");
+      a->mutable_create()->mutable_placement()->add_cpus(2);
+      how = "an instance named ../../../../pwn";
+      break;
+    case 1:
+      a->set_id(std::string(4096, 'i'));
+      a->mutable_remove();
+      how = "a 4 KiB id";
+      break;
+    case 2:
+      a->mutable_load()->mutable_kernel()->set_image("../../usr/bin/ls");
+      how = "a relative image path";
+      break;
+    default:
+      for (int i = 0; i < 1100; ++i) {
+        v1::Action* x = b.add_actions();
+        x->set_id(absl::StrCat("intruder-x", i));
+        x->set_instance("k0");
+        x->mutable_remove();
+      }
+      how = "a batch of 1101 actions";
+      break;
+  }
+  // What the agent's service checks before anything runs (agents/request_checks).
+  absl::Status st = agents::CheckBatch(b);
+  Trace(absl::StrCat("fault: hostile batch to ", hosts_[h]->name, " (", how, "): ", st.ok() ? "accepted" : "refused"));
+  if (st.ok() && violation_.ok()) violation_ = Fail(absl::StrCat("(h): the agent would run a hostile batch (", how, ")"));
 }
 
 std::vector<v1::Object> World::List(const std::string& kind) {
@@ -685,6 +771,10 @@ void World::UserOp() {
     Trace(absl::StrCat("user: ", change, " InstanceSet/", name, ": ", describe(Apply(o))));
     return;
   }
+  if (op < 90) {
+    HostileApply();
+    return;
+  }
   if (op < 93) {
     // Cordon or uncordon a host (or bring back a deleted one).
     int h = rng_.I(0, o_.hosts - 1);
@@ -754,6 +844,8 @@ void World::Fault() {
       host.busy.erase(id);
     }
     Trace(absl::StrCat("fault: CPU (physical ", id, ") of ", host.name, busy ? " busy" : " free again"));
+  } else if (what < 86) {
+    HostileBatch(h);
   } else if (what < 90) {
     // Someone starts a kernel by hand (kerf): mkfleet must leave it alone and report it.
     auto pool = host.truth->PoolCpus();

@@ -6,7 +6,10 @@
 // in the middle of a batch, between a kernel change and its journal record). A random
 // workload of user operations runs against it: apply, change, resize (also beyond what a
 // host has), delete and re-create the same names, scale sets up and down, cordon and delete
-// hosts, bad kernels, panics and hangs.
+// hosts, bad kernels, panics and hangs; and attacks: hostile applies (cpus 0, names that are
+// no DNS label, id 9999, unknown enums, relative kernel paths) through the controller's
+// checks, hostile batches (../../ names, 4 KiB ids, 1,101 actions, relative images) through
+// the agent's.
 //
 // After every step it checks invariants:
 //  (b) a running kernel is stopped by an action only when a change that requires it was
@@ -14,6 +17,8 @@
 //  (c) no CPU or memory block is held by two kernels, and no plan places two requests on
 //      one CPU;
 //  (d) no action id takes effect in a kernel twice;
+//  (h) every attack is refused and changes nothing, and every batch the controller sends
+//      passes the agent's checks;
 // and, once faults stop, that the fleet converges within a bounded number of steps and a
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
