@@ -108,6 +108,23 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   // The checks of `mkapply validate`, on whatever a client sends: a bad object is refused
   // with its field, nothing written, and only what a manifest may say is stored.
   auto checked = manifests::RevalidateObjects(given);
+  if (checked.ok() && require_digest_) {
+    std::vector<std::string> unpinned;
+    for (const v1::Object& o : *checked) {
+      if (o.has_kernel_instance() && o.kernel_instance().spec().kernel().sha256().empty()) {
+        unpinned.push_back(absl::StrCat("KernelInstance/", o.kernel_instance().metadata().name(), ": spec.kernel.sha256"));
+      }
+      if (o.has_instance_set() && o.instance_set().spec().template_().spec().kernel().sha256().empty()) {
+        unpinned.push_back(
+            absl::StrCat("InstanceSet/", o.instance_set().metadata().name(), ": spec.template.spec.kernel.sha256"));
+      }
+    }
+    if (!unpinned.empty()) {
+      if (unpinned.size() > 20) unpinned.resize(20);
+      checked = absl::InvalidArgumentError(absl::StrCat(
+          absl::StrJoin(unpinned, "; "), ": required (this controller runs --require-digest: every kernel is pinned)"));
+    }
+  }
   if (!checked.ok()) {
     if (!dry_run) Audit(context, caller->identity, std::move(record), checked.status());
     return ToGrpc(checked.status());

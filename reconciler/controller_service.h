@@ -57,6 +57,9 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   // refused (RESOURCE_EXHAUSTED) and deletes and compaction go on, so an operator can
   // always make room. Set before serving.
   void SetStoreQuota(int64_t bytes) { store_quota_ = bytes; }
+  // Refuse every KernelInstance (and InstanceSet template) whose kernel is not pinned by
+  // kernel.sha256 (mkcontroller --require-digest). Set before serving.
+  void SetRequireDigest(bool require) { require_digest_ = require; }
   void SetAuditLog(AuditLog* audit) { audit_ = audit; }
   // Where Stats takes the reconcile loop's counters (set once, before serving).
   void SetStatsSource(std::function<mkfleet::v1::StatsResponse()> source) { stats_ = std::move(source); }
@@ -84,6 +87,7 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   AuditLog* audit_ = nullptr;
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);
   int64_t store_quota_ = 0;
+  bool require_digest_ = false;
   // Every Watch and followed Events stream reads the store's changes from here.
   std::unique_ptr<WatchHub> hub_;
 };

@@ -334,5 +334,16 @@ TEST_F(ControllerServiceTest, OverTheQuotaAppliesAreRefusedAndDeletesStillWork) 
   EXPECT_TRUE(stub_->Diff(&c2, Request(), &d).ok());
 }
 
+TEST_F(ControllerServiceTest, RequireDigestRefusesUnpinnedKernels) {
+  service_->SetRequireDigest(true);
+  grpc::Status s = Apply(Request());
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("KernelInstance/web-1: spec.kernel.sha256: required"));
+  EXPECT_EQ(Stored(), 0u);
+  v1::ApplyRequest pinned = Request();
+  pinned.mutable_objects(1)->mutable_kernel_instance()->mutable_spec()->mutable_kernel()->set_sha256(std::string(64, 'a'));
+  EXPECT_TRUE(Apply(pinned).ok());
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

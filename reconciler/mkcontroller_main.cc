@@ -74,6 +74,9 @@ int main(int argc, char** argv) {
   app.add_option("--audit-max", audit_options.max_records,
                  "audit records kept past the retention window (default 10000)")
       ->check(CLI::Range(size_t{1}, size_t{100000000}));
+  bool require_digest = false;
+  app.add_flag("--require-digest", require_digest,
+               "refuse KernelInstances and InstanceSets whose kernel is not pinned by kernel.sha256");
   std::string store_quota = "2Gi";
   app.add_option("--store-quota", store_quota,
                  "past this size the store refuses applies (NOSPACE) while deletes and compaction go on (default "
@@ -148,6 +151,7 @@ int main(int argc, char** argv) {
   service.SetAuditLog(audit->get());
   service.SetStreamLimits(max_streams_per_client, max_streams);
   service.SetStoreQuota(static_cast<int64_t>(*quota));
+  service.SetRequireDigest(require_digest);
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port, *server_creds);
   if (server == nullptr || port == 0) {
