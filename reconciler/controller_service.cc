@@ -15,6 +15,7 @@
 #include "common/grpc_server.h"
 #include "common/status_macros.h"
 #include "manifests/formats.h"
+#include "reconciler/follow_reactor.h"
 #include "manifests/loader.h"
 #include "security/tls.h"
 
@@ -51,7 +52,7 @@ bool IsKnownKind(const std::string& kind) {
   return kind == "Host" || kind == "KernelInstance" || kind == "InstanceSet" || kind == "RoleBinding";
 }
 
-absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContext& context, absl::string_view verb,
+absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContextBase& context, absl::string_view verb,
                                                        absl::string_view kind, absl::string_view name) {
   Access::Caller caller{security::PeerIdentity(context), v1::ROLE_ADMIN};
   if (access_ == nullptr) return caller;
@@ -60,7 +61,7 @@ absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContex
   return caller;
 }
 
-void ControllerService::Audit(const grpc::ServerContext& context, const security::Identity& who,
+void ControllerService::Audit(const grpc::ServerContextBase& context, const security::Identity& who,
                               v1::AuditRecord record, const absl::Status& result) {
   if (audit_ == nullptr) return;
   record.set_identity(who.ToString());
@@ -218,96 +219,79 @@ grpc::Status ControllerService::Delete(grpc::ServerContext* context, const v1::D
   return grpc::Status::OK;
 }
 
-grpc::Status ControllerService::Watch(grpc::ServerContext* context, const v1::ObjectWatchRequest* request,
-                                     grpc::ServerWriter<v1::ObjectWatchEvent>* writer) {
-  if (auto caller = Allow(*context, "watch", "object"); !caller.ok()) return ToGrpc(caller.status());
+grpc::ServerWriteReactor<v1::ObjectWatchEvent>* ControllerService::Watch(grpc::CallbackServerContext* context,
+                                                                      const v1::ObjectWatchRequest* request) {
+  using Refused = RefusedStream<v1::ObjectWatchEvent>;
+  if (auto caller = Allow(*context, "watch", "object"); !caller.ok()) return new Refused(ToGrpc(caller.status()));
   auto slot = streams_->Acquire(security::PeerKey(*context));
-  if (!slot.ok()) return ToGrpc(slot.status());
+  if (!slot.ok()) return new Refused(ToGrpc(slot.status()));
   const std::string prefix = "/objects/";
   int64_t revision = request->revision();
+  std::deque<v1::ObjectWatchEvent> snapshot;
   if (revision == 0) {
     // The snapshot: read the revision first so no change between it and the list is lost
     // (a change seen in both is sent twice, harmless for a level-triggered watcher).
     auto rev = store_.Revision();
-    if (!rev.ok()) return ToGrpc(rev.status());
+    if (!rev.ok()) return new Refused(ToGrpc(rev.status()));
     revision = *rev;
     auto kvs = store_.List(prefix);
-    if (!kvs.ok()) return ToGrpc(kvs.status());
+    if (!kvs.ok()) return new Refused(ToGrpc(kvs.status()));
     for (const KeyValue& kv : *kvs) {
       v1::ObjectWatchEvent event;
       event.set_revision(kv.mod_revision);
       if (!event.mutable_object()->ParseFromString(kv.value)) continue;
-      if (!writer->Write(event)) return grpc::Status::OK;
+      snapshot.push_back(std::move(event));
     }
   }
-  while (!context->IsCancelled()) {
-    // From the shared hub: no store read per stream.
-    int64_t now = revision;
-    auto events = hub_->Next(revision, prefix, absl::Milliseconds(200), &now);
-    if (!events.ok()) return ToGrpc(events.status());
-    for (const Event& e : *events) {
-      v1::ObjectWatchEvent event;
-      event.set_revision(e.revision);
-      if (e.type == Event::Type::kDelete) {
-        // /objects/<Kind>/<name>: a deleted object is sent with only its kind and name.
-        std::vector<std::string> parts = absl::StrSplit(e.key, '/');
-        if (parts.size() != 4) continue;
-        event.set_deleted(true);
-        v1::Object& o = *event.mutable_object();
-        if (parts[2] == "Host") o.mutable_host()->mutable_metadata()->set_name(parts[3]);
-        if (parts[2] == "KernelInstance") o.mutable_kernel_instance()->mutable_metadata()->set_name(parts[3]);
-        if (parts[2] == "InstanceSet") o.mutable_instance_set()->mutable_metadata()->set_name(parts[3]);
-        if (parts[2] == "RoleBinding") o.mutable_role_binding()->mutable_metadata()->set_name(parts[3]);
-      } else if (!event.mutable_object()->ParseFromString(e.value)) {
-        continue;
-      }
-      if (!writer->Write(event)) return grpc::Status::OK;
-      revision = e.revision;
+  auto convert = [](const Event& e) -> std::optional<v1::ObjectWatchEvent> {
+    v1::ObjectWatchEvent event;
+    event.set_revision(e.revision);
+    if (e.type == Event::Type::kDelete) {
+      // /objects/<Kind>/<name>: a deleted object is sent with only its kind and name.
+      std::vector<std::string> parts = absl::StrSplit(e.key, '/');
+      if (parts.size() != 4) return std::nullopt;
+      event.set_deleted(true);
+      v1::Object& o = *event.mutable_object();
+      if (parts[2] == "Host") o.mutable_host()->mutable_metadata()->set_name(parts[3]);
+      if (parts[2] == "KernelInstance") o.mutable_kernel_instance()->mutable_metadata()->set_name(parts[3]);
+      if (parts[2] == "InstanceSet") o.mutable_instance_set()->mutable_metadata()->set_name(parts[3]);
+      if (parts[2] == "RoleBinding") o.mutable_role_binding()->mutable_metadata()->set_name(parts[3]);
+    } else if (!event.mutable_object()->ParseFromString(e.value)) {
+      return std::nullopt;
     }
-    revision = std::max(revision, now);
-  }
-  return grpc::Status::OK;
+    return event;
+  };
+  return new FollowReactor<v1::ObjectWatchEvent>(*hub_, std::move(snapshot), revision, prefix, convert,
+                                                 {/*follow=*/true, /*out_of_range_ends=*/true}, *std::move(slot));
 }
 
-grpc::Status ControllerService::Events(grpc::ServerContext* context, const v1::EventsRequest* request,
-                                      grpc::ServerWriter<v1::Event>* writer) {
-  if (auto caller = Allow(*context, "events", "event"); !caller.ok()) return ToGrpc(caller.status());
+grpc::ServerWriteReactor<v1::Event>* ControllerService::Events(grpc::CallbackServerContext* context,
+                                                               const v1::EventsRequest* request) {
+  using Refused = RefusedStream<v1::Event>;
+  if (auto caller = Allow(*context, "events", "event"); !caller.ok()) return new Refused(ToGrpc(caller.status()));
   auto slot = streams_->Acquire(security::PeerKey(*context));
-  if (!slot.ok()) return ToGrpc(slot.status());
-  if (events_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller keeps no events");
+  if (!slot.ok()) return new Refused(ToGrpc(slot.status()));
+  if (events_ == nullptr) {
+    return new Refused(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller keeps no events"));
+  }
   auto rev = store_.Revision();  // before the list: nothing between is lost
-  if (!rev.ok()) return ToGrpc(rev.status());
-  int64_t seen = *rev;
+  if (!rev.ok()) return new Refused(ToGrpc(rev.status()));
   EventFilter filter;
   filter.kind = request->kind();
   filter.name = request->name();
   filter.type = request->type();
   filter.since_unix_ms = request->since_unix_ms();
   auto past = events_->List(filter);
-  if (!past.ok()) return ToGrpc(past.status());
-  for (const v1::Event& e : *past) {
-    if (!writer->Write(e)) return grpc::Status::OK;
-  }
-  if (!request->follow()) return grpc::Status::OK;
-  while (!context->IsCancelled()) {
-    int64_t now = seen;
-    auto changes = hub_->Next(seen, kEventPrefix, absl::Milliseconds(200), &now);
-    if (changes.status().code() == absl::StatusCode::kOutOfRange) {
-      // A slow follower fell behind what is kept: go on from now.
-      seen = now;
-      continue;
-    }
-    if (!changes.ok()) return ToGrpc(changes.status());
-    for (const Event& c : *changes) {
-      seen = std::max(seen, c.revision);
-      v1::Event e;
-      if (c.type != Event::Type::kPut || !e.ParseFromString(c.value)) continue;
-      if (!EventMatches(e, filter)) continue;
-      if (!writer->Write(e)) return grpc::Status::OK;
-    }
-    seen = std::max(seen, now);
-  }
-  return grpc::Status::OK;
+  if (!past.ok()) return new Refused(ToGrpc(past.status()));
+  std::deque<v1::Event> history(std::make_move_iterator(past->begin()), std::make_move_iterator(past->end()));
+  auto convert = [filter](const Event& c) -> std::optional<v1::Event> {
+    v1::Event e;
+    if (c.type != Event::Type::kPut || !e.ParseFromString(c.value) || !EventMatches(e, filter)) return std::nullopt;
+    return e;
+  };
+  // A follower that falls behind what is kept goes on from now.
+  return new FollowReactor<v1::Event>(*hub_, std::move(history), *rev, kEventPrefix, convert,
+                                      {request->follow(), /*out_of_range_ends=*/false}, *std::move(slot));
 }
 
 std::unique_ptr<grpc::Server> StartControllerServer(ControllerService& service, const std::string& address,

@@ -23,7 +23,12 @@
 
 namespace mkfleet::reconciler {
 
-class ControllerService final : public mkfleet::v1::Controller::Service {
+// Watch and Events run on gRPC's callback API (reconciler/follow_reactor.h): an idle stream
+// holds no thread; the other methods are synchronous.
+using ControllerServiceBase = mkfleet::v1::Controller::WithCallbackMethod_Watch<
+    mkfleet::v1::Controller::WithCallbackMethod_Events<mkfleet::v1::Controller::Service>>;
+
+class ControllerService final : public ControllerServiceBase {
  public:
   ControllerService(Store& store, Objects& objects, EventLog* events = nullptr, Clock& clock = Clock::Real())
       : store_(store), objects_(objects), events_(events), clock_(clock), hub_(std::make_unique<WatchHub>(store)) {}
@@ -39,10 +44,10 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   // revision 0: every object (at the current revision), then changes; revision R: the
   // changes after R (OUT_OF_RANGE once R's history is compacted: start again from 0).
   // Ends when the client cancels or the server shuts down.
-  grpc::Status Watch(grpc::ServerContext* context, const mkfleet::v1::ObjectWatchRequest* request,
-                     grpc::ServerWriter<mkfleet::v1::ObjectWatchEvent>* writer) override;
-  grpc::Status Events(grpc::ServerContext* context, const mkfleet::v1::EventsRequest* request,
-                      grpc::ServerWriter<mkfleet::v1::Event>* writer) override;
+  grpc::ServerWriteReactor<mkfleet::v1::ObjectWatchEvent>* Watch(grpc::CallbackServerContext* context,
+                                                                  const mkfleet::v1::ObjectWatchRequest* request) override;
+  grpc::ServerWriteReactor<mkfleet::v1::Event>* Events(grpc::CallbackServerContext* context,
+                                                       const mkfleet::v1::EventsRequest* request) override;
   grpc::Status Stats(grpc::ServerContext*, const mkfleet::v1::StatsRequest*,
                      mkfleet::v1::StatsResponse* response) override;
   grpc::Status Audit(grpc::ServerContext*, const mkfleet::v1::AuditRequest* request,
@@ -72,10 +77,10 @@ class ControllerService final : public mkfleet::v1::Controller::Service {
   grpc::Status DoApply(grpc::ServerContext& context, const mkfleet::v1::ApplyRequest& request, bool dry_run,
                        mkfleet::v1::ApplyResponse* response);
   // The caller, allowed to `verb` `kind`/`name`; else the refusal (PERMISSION_DENIED).
-  absl::StatusOr<Access::Caller> Allow(const grpc::ServerContext& context, absl::string_view verb,
+  absl::StatusOr<Access::Caller> Allow(const grpc::ServerContextBase& context, absl::string_view verb,
                                        absl::string_view kind, absl::string_view name = "");
   // Records a mutating request and its result in the audit log (if any).
-  void Audit(const grpc::ServerContext& context, const security::Identity& who, mkfleet::v1::AuditRecord record,
+  void Audit(const grpc::ServerContextBase& context, const security::Identity& who, mkfleet::v1::AuditRecord record,
              const absl::Status& result);
   Store& store_;
   Objects& objects_;

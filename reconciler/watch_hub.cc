@@ -25,6 +25,28 @@ void WatchHub::Stop() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  Notify();
+}
+
+void WatchHub::Subscribe(std::weak_ptr<Listener> listener) {
+  absl::MutexLock lock(&mu_);
+  listeners_.push_back(std::move(listener));
+}
+
+void WatchHub::Notify() {
+  std::vector<std::shared_ptr<Listener>> live;
+  {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::weak_ptr<Listener>> kept;
+    for (auto& w : listeners_) {
+      if (auto l = w.lock()) {
+        live.push_back(std::move(l));
+        kept.push_back(w);
+      }
+    }
+    listeners_ = std::move(kept);
+  }
+  for (auto& l : live) l->OnChanges();
 }
 
 void WatchHub::Run() {
@@ -54,7 +76,7 @@ void WatchHub::Run() {
       }
     }
     std::sort(fresh.begin(), fresh.end(), [](const Event& a, const Event& b) { return a.revision < b.revision; });
-    absl::MutexLock lock(&mu_);
+    absl::ReleasableMutexLock lock(&mu_);
     if (gap) {
       changes_.clear();
       bytes_ = 0;
@@ -71,6 +93,8 @@ void WatchHub::Run() {
       }
     }
     revision_ = seen = *next;
+    lock.Release();
+    Notify();
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,8 +42,18 @@ class WatchHub {
                                           int64_t* seen);
   void Stop();
 
+  // Told (from the hub's thread, with no lock of the hub held) each time new changes have
+  // been read, or the hub stops. Held weakly: a listener that is gone is forgotten.
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    virtual void OnChanges() = 0;
+  };
+  void Subscribe(std::weak_ptr<Listener> listener);
+
  private:
   void Run();
+  void Notify() ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;
   const WatchHubOptions options_;
@@ -52,6 +63,7 @@ class WatchHub {
   int64_t floor_ ABSL_GUARDED_BY(mu_) = 0;  // changes after this revision are all kept
   int64_t revision_ ABSL_GUARDED_BY(mu_) = 0;  // read up to here
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::weak_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

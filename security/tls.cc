@@ -176,7 +176,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> ClientTls::Channel(absl::string_v
   return grpc::CreateCustomChannel(std::string(target), creds, args);
 }
 
-std::string PeerKey(const grpc::ServerContext& context) {
+std::string PeerKey(const grpc::ServerContextBase& context) {
   Identity id = PeerIdentity(context);
   if (id.kind != Identity::Kind::kNone) return id.ToString();
   std::string peer = context.peer();
@@ -184,7 +184,7 @@ std::string PeerKey(const grpc::ServerContext& context) {
   return colon == std::string::npos ? peer : peer.substr(0, colon);
 }
 
-Identity PeerIdentity(const grpc::ServerContext& context) {
+Identity PeerIdentity(const grpc::ServerContextBase& context) {
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return Identity{};
   std::vector<grpc::string_ref> pems = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);

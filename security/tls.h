@@ -82,11 +82,11 @@ class ClientTls {
 
 // Who made the call: the identity in the client's certificate (cached per certificate),
 // or kNone for a plaintext connection.
-Identity PeerIdentity(const grpc::ServerContext& context);
+Identity PeerIdentity(const grpc::ServerContextBase& context);
 
 // The caller for per-client limits: its identity ("user alice"), or for a plaintext
 // connection its address without the port ("ipv4:127.0.0.1").
-std::string PeerKey(const grpc::ServerContext& context);
+std::string PeerKey(const grpc::ServerContextBase& context);
 
 }  // namespace mkfleet::security
 

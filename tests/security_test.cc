@@ -350,12 +350,32 @@ TEST_F(SecurityTest, IdleStreamsAreCapped) {
   auto stub = ControllerAs(pki_->admin());
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::ObjectWatchEvent>>> streams;
+  auto threads = [&] {
+    std::ifstream in("/proc/" + std::to_string(controller_->pid()) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+    }
+    return -1;
+  };
+  // Warm up (the first calls start gRPC's own threads), then count.
+  {
+    grpc::ClientContext c;
+    auto warm = stub->Watch(&c, v1::ObjectWatchRequest());
+    v1::ObjectWatchEvent e;
+    ASSERT_TRUE(warm->Read(&e));
+    c.TryCancel();
+    warm->Finish();
+  }
+  const int idle_threads = threads();
   for (int i = 0; i < 16; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     streams.push_back(stub->Watch(contexts.back().get(), v1::ObjectWatchRequest()));
     v1::ObjectWatchEvent e;
     ASSERT_TRUE(streams.back()->Read(&e)) << "stream " << i << " is open (its snapshot came)";
   }
+  // An open stream holds no thread of the controller (callback API).
+  EXPECT_LE(threads(), idle_threads + 2) << "16 idle streams, threads before " << idle_threads;
   grpc::ClientContext ctx;
   auto refused = stub->Watch(&ctx, v1::ObjectWatchRequest());
   v1::ObjectWatchEvent e;
