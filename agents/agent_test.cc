@@ -193,6 +193,24 @@ TEST_F(AgentTest, PolicyFileErrorsAreReportedNotHidden) {
   EXPECT_THAT(s.message(), HasSubstr("policies.pb"));
 }
 
+// Defect (step 7): 6.3 MB of events exceeded gRPC's 4 MiB message limit, so every
+// controller that connected marked the host Unreachable. Event messages are cut to 1 KiB:
+// the kept events always fit a Watch snapshot.
+TEST_F(AgentTest, EventsAlwaysFitOneWatchMessage) {
+  for (int i = 0; i < 400; ++i) {
+    v1::ActionBatch b;
+    v1::Action* a = b.add_actions();
+    a->set_id("load-" + std::to_string(i));
+    a->set_instance("absent");
+    a->mutable_load()->mutable_kernel()->set_image("/" + std::string(4000, 'p'));
+    ASSERT_TRUE(agent_->Execute(b).ok());
+  }
+  v1::HostState snapshot = agent_->Snapshot();
+  EXPECT_GT(snapshot.events_size(), 200);
+  for (const auto& e : snapshot.events()) EXPECT_LE(e.message().size(), Agent::kMaxEventMessage + 3);
+  EXPECT_LT(snapshot.ByteSizeLong(), 1u << 20);
+}
+
 TEST_F(AgentTest, AdoptsWhatAlreadyRuns) {
   Boot("web-1", {2, 18});
   AgentOptions o;

@@ -5,6 +5,7 @@
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "reconciler/testing/forwarding_store.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -25,35 +26,14 @@ mkfleet::v1::Event Ev(const std::string& name, const std::string& reason) {
 }
 
 // A store whose transactions can be refused, to see that a refused one changes nothing.
-class RefusingStore : public Store {
+class RefusingStore : public ForwardingStore {
  public:
-  explicit RefusingStore(Store& inner) : inner_(inner) {}
+  using ForwardingStore::ForwardingStore;
   bool refuse = false;
-  absl::StatusOr<std::optional<KeyValue>> Get(const std::string& key) override { return inner_.Get(key); }
-  absl::StatusOr<std::vector<KeyValue>> List(const std::string& prefix) override { return inner_.List(prefix); }
-  absl::StatusOr<int64_t> Put(const std::string& key, const std::string& value, int64_t lease) override {
-    return inner_.Put(key, value, lease);
-  }
-  absl::StatusOr<int64_t> Delete(const std::string& key) override { return inner_.Delete(key); }
   absl::StatusOr<int64_t> Txn(const std::vector<Compare>& compares, const std::vector<Op>& ops) override {
     if (refuse) return absl::UnavailableError("disk full");
-    return inner_.Txn(compares, ops);
+    return ForwardingStore::Txn(compares, ops);
   }
-  absl::StatusOr<int64_t> Revision() override { return inner_.Revision(); }
-  absl::StatusOr<std::vector<Event>> EventsSince(int64_t after, const std::string& prefix) override {
-    return inner_.EventsSince(after, prefix);
-  }
-  absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
-    return inner_.WaitForRevision(after, timeout);
-  }
-  absl::Status Compact(int64_t revision) override { return inner_.Compact(revision); }
-  absl::StatusOr<int64_t> SizeBytes() override { return inner_.SizeBytes(); }
-  absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) override { return inner_.GrantLease(ttl); }
-  absl::Status KeepAlive(int64_t lease) override { return inner_.KeepAlive(lease); }
-  absl::StatusOr<int> ExpireLeases() override { return inner_.ExpireLeases(); }
-
- private:
-  Store& inner_;
 };
 
 TEST(EventLogTest, KeepsOrderBoundsHistoryAndContinuesAfterReopen) {

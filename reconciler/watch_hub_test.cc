@@ -8,40 +8,20 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "reconciler/testing/forwarding_store.h"
 
 namespace mkfleet::reconciler {
 namespace {
 
 // A store that counts the change reads (EventsSince) made of it.
-class CountingStore : public Store {
+class CountingStore : public ForwardingStore {
  public:
-  explicit CountingStore(Store& inner) : inner_(inner) {}
+  using ForwardingStore::ForwardingStore;
   std::atomic<int> reads{0};
-  absl::StatusOr<std::optional<KeyValue>> Get(const std::string& key) override { return inner_.Get(key); }
-  absl::StatusOr<std::vector<KeyValue>> List(const std::string& prefix) override { return inner_.List(prefix); }
-  absl::StatusOr<int64_t> Put(const std::string& key, const std::string& value, int64_t lease) override {
-    return inner_.Put(key, value, lease);
-  }
-  absl::StatusOr<int64_t> Delete(const std::string& key) override { return inner_.Delete(key); }
-  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& c, const std::vector<Op>& ops) override {
-    return inner_.Txn(c, ops);
-  }
-  absl::StatusOr<int64_t> Revision() override { return inner_.Revision(); }
   absl::StatusOr<std::vector<Event>> EventsSince(int64_t after, const std::string& prefix) override {
     ++reads;
-    return inner_.EventsSince(after, prefix);
+    return ForwardingStore::EventsSince(after, prefix);
   }
-  absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
-    return inner_.WaitForRevision(after, timeout);
-  }
-  absl::Status Compact(int64_t revision) override { return inner_.Compact(revision); }
-  absl::StatusOr<int64_t> SizeBytes() override { return inner_.SizeBytes(); }
-  absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) override { return inner_.GrantLease(ttl); }
-  absl::Status KeepAlive(int64_t lease) override { return inner_.KeepAlive(lease); }
-  absl::StatusOr<int> ExpireLeases() override { return inner_.ExpireLeases(); }
-
- private:
-  Store& inner_;
 };
 
 class WatchHubTest : public ::testing::Test {

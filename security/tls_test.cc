@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "security/certs.h"
+#include "security/testing/test_pki.h"
 
 namespace mkfleet::security {
 namespace {
@@ -94,20 +95,7 @@ class TlsTest : public ::testing::Test {
     return Call(*channel);
   }
   // A client that presents `dir`'s files as they are (even expired) and trusts ca.crt.
-  absl::StatusOr<std::string> CallRaw(const std::string& dir) {
-    auto read = [&](const char* f) {
-      std::ifstream in(dir + "/" + f);
-      return std::string(std::istreambuf_iterator<char>(in), {});
-    };
-    grpc::experimental::TlsChannelCredentialsOptions o;
-    o.set_certificate_provider(std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-        read("ca.crt"), std::vector<grpc::experimental::IdentityKeyCertPair>{{read("tls.key"), read("tls.crt")}}));
-    o.watch_root_certs();
-    o.watch_identity_key_cert_pairs();
-    o.set_check_call_host(false);
-    o.set_certificate_verifier(std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
-    return Call(grpc::experimental::TlsCredentials(o));
-  }
+  absl::StatusOr<std::string> CallRaw(const std::string& dir) { return Call(TestPki::PresentAsIs(dir)); }
 
   std::string root_;
   WhoAmI service_;

@@ -10,8 +10,6 @@
 #include <fstream>
 
 #include "gmock/gmock.h"
-#include "grpcpp/security/tls_certificate_verifier.h"
-#include "grpcpp/security/tls_credentials_options.h"
 #include "gtest/gtest.h"
 #include "tests/fleet_fixture.h"
 
@@ -316,19 +314,8 @@ TEST_F(SecurityTest, WrongCaAndExpiredCertificatesAreRefusedInTheHandshake) {
   EXPECT_THAT(out, HasSubstr("expired"));
   // Presented anyway (a client that skips its own checks): the controller's handshake refuses them.
   auto present = [&](const std::string& dir) {
-    auto read = [&](const char* f) {
-      std::ifstream in(dir + "/" + f);
-      return std::string(std::istreambuf_iterator<char>(in), {});
-    };
-    grpc::experimental::TlsChannelCredentialsOptions o;
-    o.set_certificate_provider(std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-        read("ca.crt"), std::vector<grpc::experimental::IdentityKeyCertPair>{{read("tls.key"), read("tls.crt")}}));
-    o.watch_root_certs();
-    o.watch_identity_key_cert_pairs();
-    o.set_check_call_host(false);
-    o.set_certificate_verifier(std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
     auto stub = v1::Controller::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(controller_port_),
-                                                            grpc::experimental::TlsCredentials(o)));
+                                                            security::TestPki::PresentAsIs(dir)));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     v1::GetRequest req;

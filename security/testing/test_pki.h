@@ -6,10 +6,15 @@
 #define MKFLEET_SECURITY_TESTING_TEST_PKI_H_
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "gtest/gtest.h"
 #include "security/certs.h"
 #include "security/tls.h"
@@ -47,6 +52,24 @@ class TestPki {
     absl::Status s = IssueCert(root_, o, out);
     EXPECT_TRUE(s.ok()) << s;
     return out;
+  }
+
+  // Credentials that present `dir`'s files as they are (even expired, or another CA's) and
+  // accept any server signed by its ca.crt: a client that skips every check of its own, to
+  // see what the server refuses.
+  static std::shared_ptr<grpc::ChannelCredentials> PresentAsIs(const std::string& dir) {
+    auto read = [&](const char* f) {
+      std::ifstream in(dir + "/" + f);
+      return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    grpc::experimental::TlsChannelCredentialsOptions o;
+    o.set_certificate_provider(std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+        read("ca.crt"), std::vector<grpc::experimental::IdentityKeyCertPair>{{read("tls.key"), read("tls.crt")}}));
+    o.watch_root_certs();
+    o.watch_identity_key_cert_pairs();
+    o.set_check_call_host(false);
+    o.set_certificate_verifier(std::make_shared<grpc::experimental::NoOpCertificateVerifier>());
+    return grpc::experimental::TlsCredentials(o);
   }
 
   // A channel to `target` presenting the credentials in `dir`, that only `expected` may
