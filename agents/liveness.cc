@@ -7,9 +7,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <map>
+
+#include "absl/synchronization/mutex.h"
+#include "mkfleet/v1/kmp.pb.h"
 
 namespace mkfleet::agents {
 namespace {
+
+namespace v1 = mkfleet::v1;
 
 class VsockProbe final : public LivenessProbe {
  public:
@@ -48,7 +54,51 @@ class EmulatorProbe final : public LivenessProbe {
   kernel::EmulatedKernel& e_;
 };
 
+class KmpProbe final : public LivenessProbe {
+ public:
+  KmpProbe(GuestDialer dial, std::unique_ptr<LivenessProbe> fallback, absl::Duration timeout)
+      : dial_(std::move(dial)), fallback_(std::move(fallback)), timeout_(timeout) {}
+
+  bool Probe(const std::string& instance, uint32_t id) override {
+    std::unique_ptr<kmp::Connection> conn;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = conns_.find(instance);
+      if (it != conns_.end()) {
+        conn = std::move(it->second);
+        conns_.erase(it);
+      }
+    }
+    if (conn == nullptr || conn->closed()) {
+      auto dialed = dial_(id);
+      if (!dialed.ok()) return fallback_ != nullptr && fallback_->Probe(instance, id);
+      conn = *std::move(dialed);
+    }
+    auto rsp = conn->Call(kmp::MsgType::kHeartbeatReq, v1::KmpHeartbeat(), timeout_);
+    v1::KmpHeartbeat hb;
+    bool alive = rsp.ok() && rsp->type == static_cast<uint16_t>(kmp::MsgType::kHeartbeatRsp) &&
+                 hb.ParseFromString(rsp->payload) && hb.instance_id() == id;
+    if (alive) {
+      absl::MutexLock lock(&mu_);
+      conns_[instance] = std::move(conn);  // kept for the next probe
+    }
+    return alive;
+  }
+
+ private:
+  GuestDialer dial_;
+  std::unique_ptr<LivenessProbe> fallback_;
+  const absl::Duration timeout_;
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<kmp::Connection>> conns_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
+
+std::unique_ptr<LivenessProbe> NewKmpProbe(GuestDialer dial, std::unique_ptr<LivenessProbe> fallback,
+                                           absl::Duration timeout) {
+  return std::make_unique<KmpProbe>(std::move(dial), std::move(fallback), timeout);
+}
 
 std::unique_ptr<LivenessProbe> NewVsockProbe(uint32_t port, int timeout_ms) {
   return std::make_unique<VsockProbe>(port, timeout_ms);

@@ -95,6 +95,11 @@ Connection::Connection(int fd) : fd_(fd) {
 
 Connection::~Connection() { Close(); }
 
+void Connection::Shutdown() {
+  int fd = fd_;
+  if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
 void Connection::Close() {
   if (fd_ >= 0) close(fd_);
   fd_ = -1;

@@ -36,6 +36,9 @@ class Connection {
   // peer's reason; RETRY is Unavailable.
   absl::StatusOr<Frame> Call(MsgType type, const google::protobuf::MessageLite& payload, absl::Duration timeout);
   bool closed() const { return fd_ < 0; }
+  // Ends the connection both ways (a Receive blocked in another thread returns Unavailable);
+  // safe to call from another thread, unlike the rest.
+  void Shutdown();
 
  private:
   void Close();
