@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "google/protobuf/stubs/logging.h"
 #include "guest/guest.h"
 #include "kmp/connection.h"
 
@@ -57,6 +58,11 @@ int main(int argc, char** argv) {
     }
   }
   signal(SIGPIPE, SIG_IGN);
+  // A peer's malformed payloads are refused with ERROR; protobuf's own log lines about them
+  // would let that peer fill this guest's console.
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char*, int, const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL) std::cerr << "mkguest: protobuf: " << message << "\n";
+  });
   absl::StatusOr<int> lfd = absl::InvalidArgumentError("--listen: want vsock:PORT or unix:PATH");
   uint32_t port = 0;
   if (absl::StartsWith(listen, "vsock:") && absl::SimpleAtoi(listen.substr(6), &port)) {
