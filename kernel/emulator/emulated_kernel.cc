@@ -1,5 +1,7 @@
 #include "kernel/emulator/emulated_kernel.h"
 
+#include "kernel/emulator/first_fit.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -661,42 +663,16 @@ absl::Status EmulatedKernel::ApplyFragment(const Fragment& f, State& s, Journal&
       } else {
         // First fit, 128Mi aligned, in the pool chunks of the first NUMA node asked for
         // (any node when none is), split over several chunks when needed.
-        uint64_t left = (r.memory_bytes + kBlock - 1) / kBlock * kBlock;
-        std::vector<std::pair<uint64_t, uint64_t>> used;  // [start, end) of every instance region
+        std::vector<MemRange> chunks, used;
+        for (const Region& c : s.pool_memory) chunks.push_back({c.base, c.size, c.numa});
         for (const auto& [n, other] : s.instances) {
-          for (const Region& reg : other.memory) used.emplace_back(reg.base, reg.base + reg.size);
+          for (const Region& reg : other.memory) used.push_back({reg.base, reg.size, reg.numa});
         }
-        std::sort(used.begin(), used.end());
-        std::vector<Region> chunks = s.pool_memory;
-        std::sort(chunks.begin(), chunks.end(), [](const Region& a, const Region& b) { return a.base < b.base; });
-        auto align = [](uint64_t x) { return (x + kBlock - 1) / kBlock * kBlock; };
-        for (const Region& c : chunks) {
-          if (left == 0) break;
-          if (!r.numa_nodes.empty() && c.numa != r.numa_nodes[0]) continue;
-          uint64_t end = c.base + c.size;
-          uint64_t cursor = align(c.base);
-          auto take = [&](uint64_t gap_end) {
-            while (left > 0 && cursor + kBlock <= gap_end) {
-              uint64_t n = std::min(left, (gap_end - cursor) / kBlock * kBlock);
-              if (!in.memory.empty() && in.memory.back().base + in.memory.back().size == cursor) {
-                in.memory.back().size += n;
-              } else {
-                in.memory.push_back({cursor, n, c.numa});
-              }
-              cursor += n;
-              left -= n;
-            }
-          };
-          auto first = std::lower_bound(used.begin(), used.end(), std::make_pair(c.base, uint64_t{0}));
-          // Regions that start before the chunk but reach into it.
-          for (auto u = used.begin(); u != first; ++u) cursor = std::max(cursor, align(u->second));
-          for (auto u = first; u != used.end() && u->first < end && left > 0; ++u) {
-            take(std::min(u->first, end));
-            cursor = std::max(cursor, align(u->second));
-          }
-          take(end);
-        }
-        if (left > 0) return Busy("instance-create", "not enough free pool memory");
+        std::optional<uint32_t> node;
+        if (!r.numa_nodes.empty()) node = r.numa_nodes[0];
+        auto placed = FirstFit(std::move(chunks), std::move(used), r.memory_bytes, node, kBlock);
+        if (!placed) return Busy("instance-create", "not enough free pool memory");
+        for (const MemRange& m : *placed) in.memory.push_back({m.base, m.size, m.numa});
       }
       in.resources = r;
       in.status = "ready";
