@@ -136,6 +136,16 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   // caller restores the journal if it fails.
   absl::Status ApplyFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo,
                              std::string* instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Its parts: a resource the test made busy (EBUSY), then by target: the pool
+  // (/resources), instance-create and -remove (/instances), hot-plug (/instances/<name>).
+  struct Holdings;
+  absl::Status CheckBusy(const Fragment& f) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyPoolFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyInstancesFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo,
+                                      std::string* instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ApplyHotplugFragment(const Fragment& f, State& s, Journal& journal, Counters& delta, Undo& undo,
+                                    std::string* instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies every fragment, or nothing (restored) on the first failure.
   absl::Status ApplyAll(const std::vector<Fragment>& fragments, bool reverse, Undo& undo, std::string* instance,
                         Counters& delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
