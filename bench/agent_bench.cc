@@ -105,11 +105,11 @@ int Main() {
   // controller's certificates; only the controller may call.
   const std::string pki = (dir / "pki").string();
   auto issue = [&](const security::Identity& id) {
-    security::CertOptions o;
-    o.identity = id;
-    o.not_before = absl::Now() - absl::Minutes(1);
-    o.not_after = absl::Now() + absl::Hours(1);
-    if (!security::IssueCert(pki, o, security::IdentityDir(pki, id)).ok()) Die("issuing certificates");
+    if (!security::IssueCert(pki, security::CertOptions::For(id, absl::Now(), absl::Hours(1)),
+                             security::IdentityDir(pki, id))
+             .ok()) {
+      Die("issuing certificates");
+    }
     return security::IdentityDir(pki, id);
   };
   if (!security::InitCa(pki, absl::Now(), absl::Hours(1)).ok()) Die("making a CA");

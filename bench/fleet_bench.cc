@@ -96,11 +96,8 @@ bool MakePki(const std::string& pki, int hosts) {
     ids.push_back(Identity::Agent(name));
   }
   for (const Identity& id : ids) {
-    mkfleet::security::CertOptions o;
-    o.identity = id;
-    o.not_before = absl::Now() - absl::Minutes(1);
-    o.not_after = absl::Now() + absl::Hours(24);
-    absl::Status s = mkfleet::security::IssueCert(pki, o, mkfleet::security::IdentityDir(pki, id));
+    absl::Status s = mkfleet::security::IssueCert(
+        pki, mkfleet::security::CertOptions::For(id, absl::Now(), absl::Hours(24)), mkfleet::security::IdentityDir(pki, id));
     if (!s.ok()) {
       std::cerr << "fleet_bench: " << s.message() << "\n";
       return false;

@@ -20,12 +20,9 @@ int Fail(const absl::Status& s, std::ostream& err) {
 }
 
 absl::Status Issue(const CertsOptions& o, const Identity& id, const std::string& out_dir) {
-  security::CertOptions c;
-  c.identity = id;
+  security::CertOptions c = security::CertOptions::For(id, absl::Now(), absl::Hours(24) * o.days);
   c.dns_names = o.dns;
   c.ip_addresses = o.ips;
-  c.not_before = absl::Now() - absl::Minutes(5);
-  c.not_after = absl::Now() + absl::Hours(24) * o.days;
   return security::IssueCert(o.dir, c, out_dir);
 }
 

@@ -44,7 +44,10 @@ absl::StatusOr<std::string> Hooks::Run(const std::string& name, const std::strin
   fcntl(in[1], F_SETFL, O_NONBLOCK);
   fcntl(out[0], F_SETFL, O_NONBLOCK);
   fcntl(err[0], F_SETFL, O_NONBLOCK);
-  signal(SIGPIPE, SIG_IGN);
+  // A hook that exits without reading all its input must not take this process with it
+  // (SIGPIPE); set once, as mkguest's main does.
+  static const bool kIgnoreSigpipe = (signal(SIGPIPE, SIG_IGN), true);
+  (void)kIgnoreSigpipe;
   const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoMilliseconds(timeout_);
   std::string output, errors;
   size_t written = 0;

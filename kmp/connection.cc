@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "mkfleet/v1/kmp.pb.h"
@@ -66,24 +67,32 @@ absl::StatusOr<std::unique_ptr<Connection>> Connect(int fd, const sockaddr* addr
 
 // An AF_UNIX address for `path`. sun_path holds 107 bytes; a longer path (a test's deep
 // temporary folder) is reached through its directory's descriptor, /proc/self/fd/N/NAME,
-// with `dir_fd` (closed by the caller after bind/connect) holding it open.
-absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path, int* dir_fd) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  *dir_fd = -1;
+// which the address holds open until it is destroyed.
+struct UnixAddress {
+  sockaddr_un addr{};
+  int dir_fd = -1;
+  UnixAddress() = default;
+  UnixAddress(UnixAddress&& o) noexcept : addr(o.addr), dir_fd(std::exchange(o.dir_fd, -1)) {}
+  UnixAddress& operator=(UnixAddress&&) = delete;
+  ~UnixAddress() {
+    if (dir_fd >= 0) close(dir_fd);
+  }
+  const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&addr); }
+};
+
+absl::StatusOr<UnixAddress> ResolveUnix(const std::string& path) {
+  UnixAddress a;
+  a.addr.sun_family = AF_UNIX;
   std::string use = path;
-  if (path.size() >= sizeof(a.sun_path)) {
+  if (path.size() >= sizeof(a.addr.sun_path)) {
     size_t slash = path.rfind('/');
     std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-    *dir_fd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (*dir_fd < 0) return Errno("open " + dir);
-    use = absl::StrCat("/proc/self/fd/", *dir_fd, "/", path.substr(slash + 1));
-    if (use.size() >= sizeof(a.sun_path)) {
-      close(*dir_fd);
-      return absl::InvalidArgumentError("KMP: socket name too long: " + path);
-    }
+    a.dir_fd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (a.dir_fd < 0) return Errno("open " + dir);
+    use = absl::StrCat("/proc/self/fd/", a.dir_fd, "/", path.substr(slash + 1));
+    if (use.size() >= sizeof(a.addr.sun_path)) return absl::InvalidArgumentError("KMP: socket name too long: " + path);
   }
-  std::memcpy(a.sun_path, use.c_str(), use.size() + 1);
+  std::memcpy(a.addr.sun_path, use.c_str(), use.size() + 1);
   return a;
 }
 
@@ -213,17 +222,11 @@ absl::StatusOr<Frame> Connection::Call(MsgType type, const google::protobuf::Mes
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> DialUnix(const std::string& path, absl::Duration timeout) {
-  int dir_fd = -1;
-  auto a = UnixAddress(path, &dir_fd);
+  auto a = ResolveUnix(path);
   if (!a.ok()) return a.status();
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    if (dir_fd >= 0) close(dir_fd);
-    return Errno("socket");
-  }
-  auto c = Connect(fd, reinterpret_cast<sockaddr*>(&*a), sizeof(*a), timeout, path);
-  if (dir_fd >= 0) close(dir_fd);
-  return c;
+  if (fd < 0) return Errno("socket");
+  return Connect(fd, a->get(), sizeof(a->addr), timeout, path);
 }
 
 absl::StatusOr<std::unique_ptr<Connection>> DialVsock(uint32_t cid, uint32_t port, absl::Duration timeout) {
@@ -237,19 +240,13 @@ absl::StatusOr<std::unique_ptr<Connection>> DialVsock(uint32_t cid, uint32_t por
 }
 
 absl::StatusOr<int> ListenUnix(const std::string& path) {
-  int dir_fd = -1;
-  auto a = UnixAddress(path, &dir_fd);
+  auto a = ResolveUnix(path);
   if (!a.ok()) return a.status();
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    if (dir_fd >= 0) close(dir_fd);
-    return Errno("socket");
-  }
+  if (fd < 0) return Errno("socket");
   unlink(path.c_str());
-  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&*a), sizeof(*a)) == 0 && listen(fd, 16) == 0;
-  absl::Status s = ok ? absl::OkStatus() : Errno("listen on " + path);
-  if (dir_fd >= 0) close(dir_fd);
-  if (!ok) {
+  if (bind(fd, a->get(), sizeof(a->addr)) != 0 || listen(fd, 16) != 0) {
+    absl::Status s = Errno("listen on " + path);
     close(fd);
     return s;
   }

@@ -40,6 +40,23 @@ grpc::Status CheckName(const std::string& name, bool may_be_empty) {
                                    "\" is not a DNS label (a-z, 0-9 and -, at most 63 characters)"));
 }
 
+// What the audit log keeps of an apply: the objects asked for (a hundred at most: a record
+// is not a copy of the request), its source and commit.
+v1::AuditRecord ApplyRecord(const v1::ApplyRequest& request) {
+  v1::AuditRecord record;
+  record.set_verb("apply");
+  for (const v1::Object& o : request.objects()) {
+    if (record.objects_size() == 100) {
+      record.add_objects(absl::StrCat("... ", request.objects_size() - 100, " more"));
+      break;
+    }
+    record.add_objects(absl::StrCat(manifests::KindOf(o), "/", manifests::MetadataOf(o).name().substr(0, 253)));
+  }
+  record.set_source(request.source().substr(0, 1024));
+  record.set_commit(request.commit().substr(0, 64));
+  return record;
+}
+
 grpc::Status UnknownKind(const std::string& kind) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat("kind: unknown kind \"", kind,
@@ -61,8 +78,8 @@ absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContex
   return caller;
 }
 
-void ControllerService::Audit(const grpc::ServerContextBase& context, const security::Identity& who,
-                              v1::AuditRecord record, const absl::Status& result) {
+void ControllerService::RecordAudit(const grpc::ServerContextBase& context, const security::Identity& who,
+                                    v1::AuditRecord record, const absl::Status& result) {
   if (audit_ == nullptr) return;
   record.set_identity(who.ToString());
   for (const std::string& g : who.groups) record.add_groups(g);
@@ -75,24 +92,11 @@ void ControllerService::Audit(const grpc::ServerContextBase& context, const secu
 
 grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::ApplyRequest& request, bool dry_run,
                                         v1::ApplyResponse* response) {
-  std::vector<v1::Object> given(request.objects().begin(), request.objects().end());
-  const std::vector<v1::Object>& objects = given;
-  v1::AuditRecord record;
-  record.set_verb("apply");
-  // The objects asked for (a hundred at most: a record is not a copy of the request).
-  for (const v1::Object& o : objects) {
-    if (record.objects_size() == 100) {
-      record.add_objects(absl::StrCat("... ", objects.size() - 100, " more"));
-      break;
-    }
-    record.add_objects(absl::StrCat(manifests::KindOf(o), "/", manifests::MetadataOf(o).name().substr(0, 253)));
-  }
-  record.set_source(request.source().substr(0, 1024));
-  record.set_commit(request.commit().substr(0, 64));
+  std::vector<v1::Object> objects(request.objects().begin(), request.objects().end());
   // Viewers may diff; what an apply writes is checked per object below.
   auto caller = Allow(context, "diff", "");
   if (!caller.ok()) {
-    if (!dry_run) Audit(context, security::PeerIdentity(context), std::move(record), caller.status());
+    if (!dry_run) RecordAudit(context, security::PeerIdentity(context), ApplyRecord(request), caller.status());
     return ToGrpc(caller.status());
   }
   if (!dry_run && store_quota_ > 0) {
@@ -102,13 +106,13 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
           "NOSPACE: the store is over its quota (", *size, " > ", store_quota_,
           " bytes, --store-quota); applies are refused until it is back under: delete objects (deletes and "
           "compaction still work; compaction runs on every resync)"));
-      Audit(context, caller->identity, std::move(record), full);
+      RecordAudit(context, caller->identity, ApplyRecord(request), full);
       return ToGrpc(full);
     }
   }
   // The checks of `mkapply validate`, on whatever a client sends: a bad object is refused
   // with its field, nothing written, and only what a manifest may say is stored.
-  auto checked = manifests::RevalidateObjects(given);
+  auto checked = manifests::RevalidateObjects(objects);
   if (checked.ok() && require_digest_) {
     std::vector<std::string> unpinned;
     for (const v1::Object& o : *checked) {
@@ -127,7 +131,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
     }
   }
   if (!checked.ok()) {
-    if (!dry_run) Audit(context, caller->identity, std::move(record), checked.status());
+    if (!dry_run) RecordAudit(context, caller->identity, ApplyRecord(request), checked.status());
     return ToGrpc(checked.status());
   }
   ApplyOptions options;
@@ -141,6 +145,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   }
   auto result = objects_.Apply(*checked, options);
   if (!dry_run) {
+    v1::AuditRecord record = ApplyRecord(request);
     if (result.ok()) {
       std::map<std::string, int> counts;
       for (const v1::ObjectChange& c : result->changes()) ++counts[c.change()];
@@ -149,7 +154,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
       record.set_message(absl::StrJoin(parts, ", "));
       record.set_revision(result->revision());
     }
-    Audit(context, caller->identity, std::move(record), result.status());
+    RecordAudit(context, caller->identity, std::move(record), result.status());
   }
   if (!result.ok()) return ToGrpc(result.status());
   *response = *std::move(result);
@@ -207,13 +212,13 @@ grpc::Status ControllerService::Delete(grpc::ServerContext* context, const v1::D
   record.add_objects(absl::StrCat(request->kind(), "/", request->name().substr(0, 253)));
   auto caller = Allow(*context, "delete", request->kind(), request->name());
   if (!caller.ok()) {
-    Audit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
+    RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
     return ToGrpc(caller.status());
   }
   auto result =
       objects_.Delete(request->kind(), request->name(), absl::ToUnixMillis(clock_.Now()), request->force());
   if (result.ok()) record.set_message(*result);
-  Audit(*context, caller->identity, std::move(record), result.status());
+  RecordAudit(*context, caller->identity, std::move(record), result.status());
   if (!result.ok()) return ToGrpc(result.status());
   response->set_result(*result);
   return grpc::Status::OK;

@@ -80,7 +80,7 @@ class ControllerService final : public ControllerServiceBase {
   absl::StatusOr<Access::Caller> Allow(const grpc::ServerContextBase& context, absl::string_view verb,
                                        absl::string_view kind, absl::string_view name = "");
   // Records a mutating request and its result in the audit log (if any).
-  void Audit(const grpc::ServerContextBase& context, const security::Identity& who, mkfleet::v1::AuditRecord record,
+  void RecordAudit(const grpc::ServerContextBase& context, const security::Identity& who, mkfleet::v1::AuditRecord record,
              const absl::Status& result);
   Store& store_;
   Objects& objects_;

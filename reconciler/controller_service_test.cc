@@ -61,6 +61,13 @@ class ControllerServiceTest : public ::testing::Test {
     v1::ApplyResponse r;
     return stub_->Apply(&ctx, req, &r);
   }
+  grpc::Status Get(const std::string& kind, const std::string& name, v1::GetResponse* got) {
+    grpc::ClientContext ctx;
+    v1::GetRequest get;
+    get.set_kind(kind);
+    get.set_name(name);
+    return stub_->Get(&ctx, get, got);
+  }
   size_t Stored() {
     auto kvs = store_->List("/objects/");
     return kvs.ok() ? kvs->size() : 0;
@@ -250,24 +257,17 @@ TEST_F(ControllerServiceTest, ApplyRunsTheManifestChecksAndWritesNothingOnError)
   ki(req)->mutable_status()->set_phase("Running");
   ki(req)->mutable_metadata()->set_generation(77);
   ASSERT_TRUE(Apply(req).ok());
-  grpc::ClientContext ctx;
-  v1::GetRequest get;
-  get.set_kind("KernelInstance");
-  get.set_name("web-1");
   v1::GetResponse got;
-  ASSERT_TRUE(stub_->Get(&ctx, get, &got).ok());
+  ASSERT_TRUE(Get("KernelInstance", "web-1", &got).ok());
   EXPECT_EQ(got.objects(0).kernel_instance().status().phase(), "");
   EXPECT_EQ(got.objects(0).kernel_instance().metadata().generation(), 1);
 }
 
 TEST_F(ControllerServiceTest, NamesAreDnsLabelsInEveryRequest) {
   for (const std::string& bad : {std::string("../x"), std::string(300, 'a'), std::string("A")}) {
-    grpc::ClientContext c1, c2;
-    v1::GetRequest get;
-    get.set_kind("Host");
-    get.set_name(bad);
+    grpc::ClientContext c2;
     v1::GetResponse got;
-    EXPECT_EQ(stub_->Get(&c1, get, &got).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(Get("Host", bad, &got).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     v1::DeleteRequest del;
     del.set_kind("Host");
     del.set_name(bad);

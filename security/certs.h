@@ -39,6 +39,16 @@ struct CertOptions {
   std::vector<std::string> ip_addresses;
   absl::Time not_before;
   absl::Time not_after;
+
+  // `identity`'s certificate, valid from five minutes before `now` (clocks differ a little)
+  // until `now` + `validity`.
+  static CertOptions For(Identity identity, absl::Time now, absl::Duration validity) {
+    CertOptions o;
+    o.identity = std::move(identity);
+    o.not_before = now - absl::Minutes(5);
+    o.not_after = now + validity;
+    return o;
+  }
 };
 
 // Signs a new key pair for `options` with the CA in `root` and writes it to `out_dir`

@@ -101,17 +101,27 @@ bool IsLoopbackAddress(absl::string_view host_port) {
   return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
-absl::Status CheckTransport(const TlsOptions& options, absl::string_view address, absl::string_view flag) {
+namespace {
+
+// Exactly one of --tls-dir and --insecure.
+absl::Status CheckChoice(const TlsOptions& options) {
   if (options.insecure && !options.dir.empty()) {
     return absl::FailedPreconditionError("--insecure and --tls-dir: choose one");
   }
+  if (!options.insecure && options.dir.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("no TLS credentials: ", kHowTo));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckTransport(const TlsOptions& options, absl::string_view address, absl::string_view flag) {
+  MK_RETURN_IF_ERROR(CheckChoice(options));
   if (options.insecure) {
     if (IsLoopbackAddress(address)) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(flag, " ", address, ": --insecure (plaintext) is refused for a ",
                                                       "non-loopback address; ", kHowTo));
-  }
-  if (options.dir.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("no TLS credentials: ", kHowTo));
   }
   return absl::OkStatus();
 }
@@ -135,12 +145,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
 }
 
 absl::StatusOr<std::shared_ptr<ClientTls>> ClientTls::Create(const TlsOptions& options) {
+  MK_RETURN_IF_ERROR(CheckChoice(options));
   std::shared_ptr<ClientTls> out(new ClientTls(options));
-  if (options.insecure) {
-    if (!options.dir.empty()) return absl::FailedPreconditionError("--insecure and --tls-dir: choose one");
-    return out;
-  }
-  if (options.dir.empty()) return absl::FailedPreconditionError(absl::StrCat("no TLS credentials: ", kHowTo));
+  if (options.insecure) return out;
   MK_ASSIGN_OR_RETURN(TlsCredentials loaded, LoadTlsDir(options.dir, absl::Now()));
   out->self_ = loaded.identity;
   out->provider_ = Provider(options, loaded, /*watch=*/true);
