@@ -51,6 +51,33 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
 
 Agent::~Agent() { Stop(); }
 
+absl::Status Agent::EnableMorph(GuestDialer dial, MorphOptions options) {
+  MorphHooks hooks;
+  hooks.event = [this](const std::string& name, const std::string& type, const std::string& reason,
+                       const std::string& message) {
+    absl::MutexLock lock(&mu_);
+    Event(name, type, reason, message);
+    refresh_requested_ = true;
+  };
+  hooks.hold = [this](const std::string& name) {
+    absl::MutexLock lock(&mu_);
+    ++morphing_[name];
+  };
+  hooks.release = [this](const std::string& name) {
+    absl::MutexLock lock(&mu_);
+    auto it = morphing_.find(name);
+    if (it != morphing_.end() && --it->second <= 0) morphing_.erase(it);
+    refresh_requested_ = true;
+  };
+  hooks.changed = [this] {
+    absl::MutexLock lock(&mu_);
+    refresh_requested_ = true;
+  };
+  morpher_ = std::make_unique<Morpher>(std::move(options), kernel_, topology_, std::move(dial), clock_, hooks);
+  executor_.SetMorphHandler(morpher_.get());
+  return morpher_->Resume();
+}
+
 void Agent::Start() {
   thread_ = std::thread([this] {
     while (true) {
@@ -87,6 +114,7 @@ void Agent::Stop() {
     stop_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  if (morpher_ != nullptr) morpher_->Stop();
 }
 
 void Agent::Event(const std::string& name, const std::string& type, const std::string& reason,
@@ -178,6 +206,17 @@ void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
     }
     if (info.resources.llc_way_mask) p->set_llc_mask(*info.resources.llc_way_mask);
     *s->mutable_provenance() = info.provenance;
+    if (morpher_ != nullptr) {
+      if (auto m = morpher_->StatusOf(info.name)) {
+        *s->mutable_morph() = *m;
+        if (m->phase() == v1::MORPH_COMMITTED) {
+          s->set_revision(m->revision());
+          s->set_previous_revision(m->previous_revision());
+        } else {
+          s->set_revision(m->previous_revision());
+        }
+      }
+    }
     auto w = watched_.find(info.name);
     if (w != watched_.end()) {
       s->set_role(w->second.role);
@@ -285,7 +324,7 @@ void Agent::Tick() {
       w.id = in.id;
       // An Execute is changing it, or changed it after this observation: it records the
       // result itself.
-      if (in_flight_.count(name)) continue;
+      if (in_flight_.count(name) || morphing_.count(name)) continue;
       auto touched = touched_at_.find(name);
       if (touched != touched_at_.end() && touched->second > batches_before) continue;
       v1::KernelState last = w.last;

@@ -30,6 +30,7 @@
 #include "agents/action_journal.h"
 #include "agents/executor.h"
 #include "agents/liveness.h"
+#include "agents/morph.h"
 #include "common/clock.h"
 #include "kernel/host_kernel.h"
 #include "mkfleet/v1/agent.pb.h"
@@ -55,6 +56,11 @@ class Agent {
   Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<const planner::Topology> topology,
         ActionJournal& journal, LivenessProbe& probe, Clock& clock);
   ~Agent();
+
+  // Live updates (agents/morph.h) through `dial` to the instances' guests; resumes what the
+  // morph journal (options.dir) holds. Call before Start().
+  absl::Status EnableMorph(GuestDialer dial, MorphOptions options);
+  Morpher* morpher() { return morpher_.get(); }
 
   // Runs the watchdog on its own thread until Stop().
   void Start();
@@ -149,6 +155,9 @@ class Agent {
   std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
   int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
+  // Kernels a running morph watches (the watchdog leaves them alone), by hold count.
+  std::map<std::string, int> morphing_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Morpher> morpher_;
   std::thread thread_;
   absl::Status load_status_;
 };

@@ -182,6 +182,13 @@ absl::Status Executor::Run(const v1::Action& a) {
     }
     case v1::Action::kClaim:
       return kernel_.SetOwner(name, a.claim().owner());
+    case v1::Action::kMorphStart:
+    case v1::Action::kMorphCommit:
+    case v1::Action::kMorphRollback:
+      if (morph_ == nullptr) return absl::UnimplementedError(absl::StrCat("action ", a.id(), ": this agent runs no live updates"));
+      if (a.has_morph_start()) return morph_->Start(name, a.morph_start());
+      if (a.has_morph_commit()) return morph_->Commit(name);
+      return morph_->Rollback(name, a.morph_rollback().reason());
     case v1::Action::kLoad: {
       kernel::KernelImage image;
       image.kernel_path = a.load().kernel().image();
@@ -308,7 +315,12 @@ std::vector<kernel::CpuEntry> Executor::Cpus(const v1::CpuChange& change) const 
 }
 
 absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateInstance& create) const {
-  const v1::Placement& p = create.placement();
+  return PlacementResources(*topology_, create.placement());
+}
+
+absl::StatusOr<kernel::InstanceResources> PlacementResources(const planner::Topology& topology, const v1::Placement& p,
+                                                             const std::set<uint32_t>& also_nodes) {
+  const planner::Topology* topology_ = &topology;
   kernel::InstanceResources r;
   for (int i = 0; i < p.cpus_size(); ++i) {
     uint32_t cpu = p.cpus(i);
@@ -321,7 +333,7 @@ absl::StatusOr<kernel::InstanceResources> Executor::Resources(const v1::CreateIn
   if (r.cpus.empty()) return absl::InvalidArgumentError("placement: no CPUs");
   // The CPUs it may later be handed by hot-plug (a kernel onlines only CPUs it enumerated
   // at boot): every CPU of its NUMA nodes. Growing onto another node means a re-create.
-  std::set<uint32_t> nodes;
+  std::set<uint32_t> nodes = also_nodes;
   for (uint32_t cpu : p.cpus()) nodes.insert(topology_->cores[topology_->core_of_pu.at(cpu)].numa);
   for (const planner::Core& core : topology_->cores) {
     if (!nodes.count(core.numa)) continue;

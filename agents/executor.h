@@ -21,6 +21,8 @@
 
 #include <functional>
 #include <memory>
+#include <set>
+#include <string>
 
 #include "absl/synchronization/mutex.h"
 #include "agents/action_journal.h"
@@ -29,6 +31,23 @@
 #include "planner/topology.h"
 
 namespace mkfleet::agents {
+
+// Runs the live-update actions (agents/morph.h; the Agent provides it).
+class MorphHandler {
+ public:
+  virtual ~MorphHandler() = default;
+  virtual absl::Status Start(const std::string& instance, const mkfleet::v1::MorphStart& start) = 0;
+  virtual absl::Status Commit(const std::string& instance) = 0;
+  virtual absl::Status Rollback(const std::string& instance, const std::string& reason) = 0;
+};
+
+// The kernel resources of a placement on this host: CPUs as physical ids (boot CPU first),
+// the CPUs it may later be handed (every CPU of its NUMA nodes and of `also_nodes`), memory
+// on the node with most of it (the others' shares are added in the create's transaction),
+// devices, virtio, LLC ways.
+absl::StatusOr<kernel::InstanceResources> PlacementResources(const planner::Topology& topology,
+                                                             const mkfleet::v1::Placement& p,
+                                                             const std::set<uint32_t>& also_nodes = {});
 
 class Executor {
  public:
@@ -39,6 +58,7 @@ class Executor {
 
   // Called after each action that ran (not replayed), with its result: a test hook (the
   // fleet simulation checks that no action takes effect twice).
+  void SetMorphHandler(MorphHandler* handler) { morph_ = handler; }
   void SetObserver(std::function<void(const mkfleet::v1::Action&, const mkfleet::v1::ActionResult&)> observer) {
     observer_ = std::move(observer);
   }
@@ -62,6 +82,7 @@ class Executor {
   absl::Mutex run_mu_;  // one batch at a time
   std::string note_;    // the last action's note (what a pool change left), under run_mu_
   std::function<void(const mkfleet::v1::Action&, const mkfleet::v1::ActionResult&)> observer_;
+  MorphHandler* morph_ = nullptr;
 };
 
 // The kernel state an action leaves its instance in (KERNEL_STATE_UNKNOWN when it does not

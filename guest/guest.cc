@@ -122,6 +122,12 @@ absl::Status Guest::Handle(kmp::Connection& conn, const kmp::Frame& f, bool* com
       if (morph_id_.empty()) return Refuse(conn, f, "MORPH_COMMIT: no morph in progress");
       v1::KmpMorphCommit c;
       c.set_morph_id(morph_id_);
+      if (role_ == v1::KmpMorphPrepare::ROLE_NEW) {
+        // The devices are ours now: the `commit` hook starts serving (before the
+        // acknowledgement, which ends the handover gap).
+        auto h = hooks_.Run("commit");
+        if (!h.ok()) return Refuse(conn, f, std::string(h.status().message()));
+      }
       absl::Status s = conn.Send(MsgType::kMorphCommit, c, f.sequence);
       *committed = role_ == v1::KmpMorphPrepare::ROLE_OLD;
       morph_id_.clear();

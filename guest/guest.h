@@ -3,7 +3,7 @@
 //   old kernel  PREPARE -> NEGOTIATE (quiesce) -> TRANSFER_STATE (checkpoint, sent in chunks)
 //               -> COMMIT (then the process ends) | ROLLBACK (resume)
 //   new kernel  PREPARE -> NEGOTIATE -> TRANSFER_STATE chunks in (restore once whole)
-//               -> VALIDATE (validate) -> COMMIT | ROLLBACK
+//               -> VALIDATE (validate) -> COMMIT (commit: start serving) | ROLLBACK
 // A message out of turn, an unknown type or a failing hook is answered with ERROR (the
 // reason); a bad frame ends the connection (kmp::Connection). Thread-safe: connections may
 // be served at once (heartbeats never wait for a hook).

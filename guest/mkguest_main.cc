@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -22,19 +23,22 @@ namespace {
 int Usage(const std::string& why) {
   std::cerr << "mkguest: " << why
             << "\nusage: mkguest [--listen vsock:PORT|unix:PATH] [--hooks-dir DIR] [--instance-id N] "
-               "[--hook-timeout SECONDS]\n"
+               "[--hook-timeout SECONDS] [--exit-with PATH]\n"
                "  --listen        where the agent reaches this guest (default vsock:9000)\n"
-               "  --hooks-dir     the morph hooks: quiesce, checkpoint, restore, validate, resume, health\n"
+               "  --hooks-dir     the morph hooks: start, quiesce, checkpoint, restore, validate, commit,\n"
+               "                  resume, health\n"
                "                  (default /etc/mkfleet/morph.d; each optional)\n"
                "  --instance-id   this instance's id, reported in heartbeats (default 0)\n"
-               "  --hook-timeout  seconds a hook may run (default 10)\n";
+               "  --hook-timeout  seconds a hook may run (default 10)\n"
+               "  --exit-with     end once PATH is gone (the emulated kernel passes its state file)\n"
+               "hooks run with MKGUEST_INSTANCE_ID set to this instance's id\n";
   return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen = "vsock:9000", hooks_dir = "/etc/mkfleet/morph.d";
+  std::string listen = "vsock:9000", hooks_dir = "/etc/mkfleet/morph.d", exit_with;
   uint32_t instance_id = 0;
   int hook_timeout = 10;
   for (int i = 1; i < argc; ++i) {
@@ -51,6 +55,8 @@ int main(int argc, char** argv) {
       hooks_dir = v;
     } else if (a == "--instance-id") {
       if (!absl::SimpleAtoi(v, &instance_id)) return Usage("--instance-id: want a number");
+    } else if (a == "--exit-with") {
+      exit_with = v;
     } else if (a == "--hook-timeout") {
       if (!absl::SimpleAtoi(v, &hook_timeout) || hook_timeout <= 0) return Usage("--hook-timeout: want seconds");
     } else {
@@ -74,8 +80,20 @@ int main(int argc, char** argv) {
     std::cerr << "mkguest: " << lfd.status().message() << "\n";
     return absl::IsInvalidArgument(lfd.status()) ? 2 : 1;
   }
+  setenv("MKGUEST_INSTANCE_ID", std::to_string(instance_id).c_str(), 1);
+  if (!exit_with.empty()) {
+    std::thread([exit_with] {
+      while (access(exit_with.c_str(), F_OK) == 0 || errno != ENOENT) sleep(1);
+      std::cerr << "mkguest: " << exit_with << " is gone, exiting" << std::endl;
+      _exit(0);
+    }).detach();
+  }
   mkfleet::guest::Guest guest(instance_id, mkfleet::guest::Hooks(hooks_dir, absl::Seconds(hook_timeout)));
   std::cerr << "mkguest: instance " << instance_id << ", listening on " << listen << std::endl;
+  // The optional `start` hook: once, when the guest comes up (e.g. launches the workload).
+  if (auto started = mkfleet::guest::Hooks(hooks_dir, absl::Seconds(hook_timeout)).Run("start"); !started.ok()) {
+    std::cerr << "mkguest: start hook: " << started.status().message() << std::endl;
+  }
   while (true) {
     auto conn = mkfleet::kmp::Accept(*lfd, absl::Hours(1));
     if (!conn.ok()) {

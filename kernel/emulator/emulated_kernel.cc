@@ -21,6 +21,36 @@
 namespace mkfleet::kernel {
 
 namespace {
+
+// Markers a test writes into a kernel image file to get a bad kernel (docs: README, "A bad
+// kernel for tests"): "mkfleet-emulator:panic-after-ms=N" (crashes N ms after boot; 0: at
+// boot) and "mkfleet-emulator:hang-on-boot" (boots, then never answers). Read from the
+// first MiB.
+struct ImageMarkers {
+  std::optional<absl::Duration> panic_after;
+  bool hang_on_boot = false;
+};
+
+ImageMarkers ReadMarkers(int fd) {
+  ImageMarkers m;
+  std::string buf(1 << 20, '\0');
+  ssize_t n = pread(fd, buf.data(), buf.size(), 0);
+  if (n <= 0) return m;
+  buf.resize(static_cast<size_t>(n));
+  const std::string kPanic = "mkfleet-emulator:panic-after-ms=";
+  size_t at = buf.find(kPanic);
+  if (at != std::string::npos) {
+    size_t end = at + kPanic.size();
+    while (end < buf.size() && buf[end] >= '0' && buf[end] <= '9') ++end;
+    int64_t ms = 0;
+    if (absl::SimpleAtoi(absl::string_view(buf).substr(at + kPanic.size(), end - at - kPanic.size()), &ms)) {
+      m.panic_after = absl::Milliseconds(ms);
+    }
+  }
+  m.hang_on_boot = buf.find("mkfleet-emulator:hang-on-boot") != std::string::npos;
+  return m;
+}
+
 void Add(EmulatedKernel::Counters& to, const EmulatedKernel::Counters& d) {
   to.creates += d.creates;
   to.removes += d.removes;
@@ -31,13 +61,72 @@ void Add(EmulatedKernel::Counters& to, const EmulatedKernel::Counters& d) {
   to.device_adds += d.device_adds;
   to.device_removes += d.device_removes;
   to.pool_changes += d.pool_changes;
+  to.panics += d.panics;
 }
 }  // namespace
 
 EmulatedKernel::EmulatedKernel(EmulatorOptions options)
-    : options_(std::move(options)), clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()) {
+    : options_(std::move(options)),
+      clock_(options_.clock != nullptr ? options_.clock : &Clock::Real()),
+      guests_(options_.guests) {
   absl::MutexLock lock(&mu_);
   load_status_ = Load();
+  // Guests that outlived the agent are adopted (Load kept their pids if they still are
+  // those guests); the others start.
+  SyncGuests();
+}
+
+absl::StatusOr<int> EmulatedKernel::StopsOf(absl::string_view instance) {
+  absl::MutexLock lock(&mu_);
+  Advance(state_);
+  auto it = state_.instances.find(std::string(instance));
+  if (it == state_.instances.end()) return absl::NotFoundError(absl::StrCat("no instance ", instance));
+  return it->second.stops;
+}
+
+pid_t EmulatedKernel::GuestPid(absl::string_view instance) {
+  absl::MutexLock lock(&mu_);
+  Advance(state_);
+  auto it = state_.instances.find(std::string(instance));
+  return it == state_.instances.end() ? 0 : it->second.guest_pid;
+}
+
+void EmulatedKernel::Activate(Instance& in, absl::Duration at) {
+  in.active_at.reset();
+  in.status = "active";
+  if (in.hang_on_boot) in.hung = true;
+  if (in.panic_after) in.crash_at = at + *in.panic_after;
+}
+
+void EmulatedKernel::Stopped(Instance& in, const std::string& status) {
+  in.status = status;
+  in.active_at.reset();
+  in.halted_at.reset();
+  in.crash_at.reset();
+  in.hung = false;
+  ++in.stops;
+}
+
+void EmulatedKernel::SyncGuests() {
+  if (!guests_.enabled()) return;
+  for (auto& [name, in] : state_.instances) {
+    bool want = in.status == "active" && !in.active_at && !in.halted_at && !in.guest_profile.empty();
+    if (!want && in.guest_pid > 0) {
+      GuestProcesses::Kill(in.guest_pid);
+      in.guest_pid = 0;
+      in.guest_frozen = false;
+    }
+    if (want && in.guest_pid == 0) {
+      auto pid = guests_.Start(in.id, in.guest_profile);
+      // A guest that cannot start is a guest that does not answer: the probes say so.
+      if (pid.ok()) in.guest_pid = *pid;
+      in.guest_frozen = false;
+    }
+    if (in.guest_pid > 0 && in.hung != in.guest_frozen) {
+      GuestProcesses::Freeze(in.guest_pid, in.hung);
+      in.guest_frozen = in.hung;
+    }
+  }
 }
 
 EmulatedKernel::Counters EmulatedKernel::counters() const {
@@ -47,18 +136,26 @@ EmulatedKernel::Counters EmulatedKernel::counters() const {
 
 void EmulatedKernel::Advance(State& s) {
   absl::Duration now = Now();
+  bool changed = false;
   for (auto& [name, in] : s.instances) {
     if (in.active_at && now >= *in.active_at) {
-      in.active_at.reset();
-      in.status = "active";
+      Activate(in, *in.active_at);
+      changed = true;
+    }
+    if (in.crash_at && now >= *in.crash_at && in.status == "active" && !in.halted_at) {
+      Stopped(in, "loaded");  // the marked image panics: an unrequested active -> loaded
+      ++counters_.panics;
+      changed = true;
     }
     if (in.halted_at && now >= *in.halted_at) {
-      in.halted_at.reset();
-      in.status = in.fail_next_halt ? "failed" : "loaded";
+      bool fail = in.fail_next_halt;
+      Stopped(in, fail ? "failed" : "loaded");
       in.fail_next_halt = false;
       in.halt_delay = absl::ZeroDuration();
+      changed = true;
     }
   }
+  if (changed && &s == &state_) SyncGuests();
 }
 
 EmulatedKernel::Instance* EmulatedKernel::FindById(uint32_t id) {
@@ -293,6 +390,9 @@ absl::Status EmulatedKernel::KexecFileLoad(int kernel_fd, int initrd_fd, absl::s
     in->status = "ready";
     in->has_image = false;
     in->cmdline.clear();
+    in->guest_profile.clear();
+    in->panic_after.reset();
+    in->hang_on_boot = false;
     ++counters_.unloads;
     Save();
     return absl::OkStatus();
@@ -302,9 +402,15 @@ absl::Status EmulatedKernel::KexecFileLoad(int kernel_fd, int initrd_fd, absl::s
   if (kernel_fd < 0 || pread(kernel_fd, magic, 4, 0) != 4) return ErrnoStatus(EBADF, "kexec_file_load", "cannot read the kernel");
   if (memcmp(magic, "\x7f" "ELF", 4) != 0) return ErrnoStatus(ENOEXEC, "kexec_file_load", "not an ELF vmlinux");
   if (initrd_fd < 0 && !(flags & kKexecFileNoInitramfs)) return Inval("kexec_file_load", "no initrd and no KEXEC_FILE_NO_INITRAMFS");
+  auto profile = GuestProfile(cmdline);
+  if (!profile.ok()) return Inval("kexec_file_load", profile.status().message());
+  ImageMarkers markers = ReadMarkers(kernel_fd);
   in->status = "loaded";
   in->has_image = true;
   in->cmdline = std::string(cmdline);
+  in->guest_profile = *profile;
+  in->panic_after = markers.panic_after;
+  in->hang_on_boot = markers.hang_on_boot;
   in->segments = initrd_fd >= 0 ? 4 : 3;
   ++counters_.loads;
   Save();
@@ -322,7 +428,7 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
       if (in->status != "loaded") return Inval("start", absl::StrCat("the instance is ", in->status.empty() ? "empty" : in->status));
       in->hung = false;
       if (options_.boot_time <= absl::ZeroDuration()) {
-        in->status = "active";
+        Activate(*in, Now());
       } else {
         in->active_at = Now() + options_.boot_time;
       }
@@ -332,12 +438,12 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
     case kRebootHalt:
       if (in->status != "active" || in->halted_at) return Inval("halt", absl::StrCat("the instance is ", in->status));
       if (in->hung) {
-        in->status = "failed";  // it never quiesces: the kernel gives up after 30 s
+        Stopped(*in, "failed");  // it never quiesces: the kernel gives up after 30 s
         return ErrnoStatus(ETIMEDOUT, "halt", "the instance did not shut down");
       }
       ++counters_.halts;
       if (options_.halt_time + in->halt_delay <= absl::ZeroDuration() && !in->fail_next_halt) {
-        in->status = "loaded";
+        Stopped(*in, "loaded");
       } else {
         in->halted_at = Now() + options_.halt_time + in->halt_delay;
       }
@@ -347,10 +453,11 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
       if (in->status != "active" && in->status != "loaded" && in->status != "failed" && !in->active_at) {
         return Inval("force-halt", absl::StrCat("the instance is ", in->status));
       }
-      in->status = "loaded";
-      in->active_at.reset();
-      in->halted_at.reset();
-      in->hung = false;
+      if (in->status == "active" || in->active_at || in->halted_at) {
+        Stopped(*in, "loaded");
+      } else {
+        in->status = "loaded";
+      }
       ++counters_.force_halts;
       Save();
       return absl::OkStatus();
@@ -367,8 +474,8 @@ absl::Status EmulatedKernel::InjectPanic(absl::string_view instance) {
   auto it = state_.instances.find(std::string(instance));
   if (it == state_.instances.end()) return absl::NotFoundError(absl::StrCat("no instance ", instance));
   if (it->second.status != "active") return absl::FailedPreconditionError(absl::StrCat(instance, " is not active"));
-  it->second.status = "loaded";
-  it->second.hung = false;
+  Stopped(it->second, "loaded");
+  ++counters_.panics;
   Save();
   return absl::OkStatus();
 }
@@ -378,6 +485,7 @@ absl::Status EmulatedKernel::InjectHang(absl::string_view instance) {
   auto it = state_.instances.find(std::string(instance));
   if (it == state_.instances.end()) return absl::NotFoundError(absl::StrCat("no instance ", instance));
   it->second.hung = true;
+  Save();
   return absl::OkStatus();
 }
 

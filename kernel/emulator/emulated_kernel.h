@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "kernel/device_tree.h"
+#include "kernel/emulator/guests.h"
 #include "kernel/kernel_fs.h"
 #include "kernel/syscalls.h"
 
@@ -43,6 +44,8 @@ struct EmulatorOptions {
   // If set, the kernel's state outlives the process: loaded from this file at start and
   // saved (tmp + rename) after every change, as a real kernel outlives its agent.
   std::string state_file;
+  // The guests (mkguest) of instances whose command line asks for one (guests.h).
+  GuestOptions guests;
 };
 
 class EmulatedKernel final : public KernelFs, public Syscalls {
@@ -74,12 +77,19 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   // What a liveness probe (vsock on a real host) would see: active, booted and not hung.
   bool Probe(absl::string_view instance);
 
+  // How many times `instance` stopped running (halt, force-halt, crash) since it was created:
+  // a live update must never stop the old kernel. NotFound for an unknown instance.
+  absl::StatusOr<int> StopsOf(absl::string_view instance);
+  // The pid of `instance`'s guest process (0: none).
+  pid_t GuestPid(absl::string_view instance);
+
   // How many times each operation took effect, for exactly-once tests.
   struct Counters {
     int overlays = 0, failed_overlays = 0, rollbacks = 0;
     int creates = 0, removes = 0, loads = 0, unloads = 0, starts = 0, halts = 0, force_halts = 0;
     int cpu_adds = 0, cpu_removes = 0, memory_adds = 0, memory_removes = 0, device_adds = 0, device_removes = 0;
     int pool_changes = 0;
+    int panics = 0;  // crashes (injected, or a kernel image marked to panic)
   };
   Counters counters() const;
 
@@ -101,6 +111,14 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     uint32_t segments = 0;
     bool has_image = false;
     bool hung = false;
+    int stops = 0;                            // halts, force-halts and crashes since created
+    // What the loaded image's markers ask for (a bad kernel for tests, see KexecFileLoad).
+    std::optional<absl::Duration> panic_after;  // crash this long after boot
+    bool hang_on_boot = false;
+    std::optional<absl::Duration> crash_at;   // a marked image crashes then
+    std::string guest_profile;                // mkfleet.guest=PROFILE on the command line
+    pid_t guest_pid = 0;                      // its mkguest process, while active
+    bool guest_frozen = false;                // stopped (the instance hangs)
     std::optional<absl::Duration> active_at;  // booting until then
     std::optional<absl::Duration> halted_at;  // halting until then
     bool fail_next_halt = false;
@@ -130,6 +148,13 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
 
   absl::Duration Now() const { return clock_->Monotonic(); }
   void Advance(State& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The instance finished booting (at `at`): active, and what its image's markers ask for.
+  void Activate(Instance& in, absl::Duration at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The instance stops running (halt done, force-halt, crash).
+  void Stopped(Instance& in, const std::string& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes the guest processes match the instances: one per booted instance that asks for
+  // one, frozen while it hangs; none for the others.
+  void SyncGuests() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Instance* FindById(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteBaseline(absl::string_view blob) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Applies in place, saving what it touches in `journal` and counting into `delta`; the
@@ -163,6 +188,7 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   int fail_next_overlay_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::string> busy_ ABSL_GUARDED_BY(mu_);
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  GuestProcesses guests_;
   absl::Status load_status_;
 };
 

@@ -35,20 +35,22 @@ std::vector<uint32_t> CounterList(const EmulatedKernel::Counters& c) {
           static_cast<uint32_t>(c.cpu_adds),      static_cast<uint32_t>(c.cpu_removes),
           static_cast<uint32_t>(c.memory_adds),   static_cast<uint32_t>(c.memory_removes),
           static_cast<uint32_t>(c.device_adds),   static_cast<uint32_t>(c.device_removes),
-          static_cast<uint32_t>(c.pool_changes),  0};
+          static_cast<uint32_t>(c.pool_changes),  static_cast<uint32_t>(c.panics)};
 }
 
 void SetCounters(const std::vector<uint32_t>& v, EmulatedKernel::Counters* c) {
   if (v.size() != kCounterCount) return;
   int* fields[] = {&c->overlays, &c->failed_overlays, &c->rollbacks, &c->creates, &c->removes, &c->loads,
                    &c->unloads, &c->starts, &c->halts, &c->force_halts, &c->cpu_adds, &c->cpu_removes,
-                   &c->memory_adds, &c->memory_removes, &c->device_adds, &c->device_removes, &c->pool_changes};
+                   &c->memory_adds, &c->memory_removes, &c->device_adds, &c->device_removes, &c->pool_changes,
+                   &c->panics};
   for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); ++i) *fields[i] = static_cast<int>(v[i]);
 }
 
 }  // namespace
 
 void EmulatedKernel::Save() {
+  SyncGuests();
   if (options_.state_file.empty()) return;
   DtNode root;
   root.SetU32("next-tx", next_tx_);
@@ -80,6 +82,16 @@ void EmulatedKernel::Save() {
     n.SetU32("segments", in.segments);
     n.SetU32("has-image", in.has_image);
     n.SetU32("hung", in.hung);
+    n.SetU32("stops", static_cast<uint32_t>(in.stops));
+    n.SetString("guest-profile", in.guest_profile);
+    n.SetU32("guest-pid", static_cast<uint32_t>(in.guest_pid));
+    n.SetU32("hang-on-boot", in.hang_on_boot);
+    // Durations in ns, as u64 pairs: presence, value (monotonic time outlives the process).
+    auto opt = [](const std::optional<absl::Duration>& d) {
+      return std::vector<uint64_t>{d ? 1u : 0u, d ? static_cast<uint64_t>(absl::ToInt64Nanoseconds(*d)) : 0u};
+    };
+    n.SetU64s("panic-after", opt(in.panic_after));
+    n.SetU64s("crash-at", opt(in.crash_at));
   }
   auto blob = ToDtb(root);
   if (!blob.ok()) return;
@@ -133,6 +145,20 @@ absl::Status EmulatedKernel::Load() {
       in.segments = u32(n, "segments");
       in.has_image = u32(n, "has-image") != 0;
       in.hung = u32(n, "hung") != 0;
+      in.stops = static_cast<int>(u32(n, "stops"));
+      in.guest_profile = n.String("guest-profile").value_or("");
+      in.hang_on_boot = u32(n, "hang-on-boot") != 0;
+      auto opt = [&n](const char* p) -> std::optional<absl::Duration> {
+        auto v = n.U64s(p);
+        if (!v.ok() || v->size() != 2 || (*v)[0] == 0) return std::nullopt;
+        return absl::Nanoseconds(static_cast<int64_t>((*v)[1]));
+      };
+      in.panic_after = opt("panic-after");
+      in.crash_at = opt("crash-at");
+      // Adopted only if that process still is this instance's guest (not a reused pid).
+      pid_t pid = static_cast<pid_t>(u32(n, "guest-pid"));
+      if (pid > 0 && guests_.IsGuest(pid, in.id)) in.guest_pid = pid;
+      in.guest_frozen = in.hung && in.guest_pid > 0;
       state_.instances[n.name] = std::move(in);
     }
   }
