@@ -24,6 +24,9 @@
 #include "common/state_dir.h"
 #include "common/version.h"
 #include "kernel/emulator/emulated_kernel.h"
+#include "kernel/emulator/guests.h"
+#include "kmp/connection.h"
+#include "kmp/frame.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
 #include "kernel/image_files.h"
@@ -54,7 +57,34 @@ struct Settings {
   security::TlsOptions tls;
   kernel::ImageDirs images;
   bool require_digest = false;
+  std::string guest_binary;  // emulated: the mkguest it runs ("" none)
+  std::string guest_hooks;   // emulated: PROFILE's hooks are <this>/PROFILE ("" <state>/guest-hooks)
 };
+
+// The mkguest beside this program (installed) or in the build tree (bazel-bin/guest).
+std::string DefaultGuestBinary() {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  for (const auto& candidate : {self.parent_path() / "mkguest", self.parent_path().parent_path() / "guest" / "mkguest"}) {
+    if (access(candidate.c_str(), X_OK) == 0) return candidate.string();
+  }
+  return "";
+}
+
+// Test hook: MKAGENT_TEST_KILL_AT_MORPH_PHASE=Transferring makes the agent SIGKILL itself
+// when a morph enters that phase (the process tests' "agent killed in each phase").
+std::function<void(v1::MorphPhase)> KillAtPhaseHook() {
+  const char* at = getenv("MKAGENT_TEST_KILL_AT_MORPH_PHASE");
+  if (at == nullptr || *at == '\0') return nullptr;
+  std::string phase = at;
+  return [phase](v1::MorphPhase p) {
+    if (phase == agents::MorphPhaseName(p)) {
+      std::cerr << "mkagent: test hook: killed in morph phase " << phase << std::endl;
+      raise(SIGKILL);
+    }
+  };
+}
 
 // One host's agent: its kernel (emulated or real), driver, journal, agent core and gRPC
 // server. A process serving N emulated hosts runs N of these, the same code each.
@@ -64,6 +94,7 @@ struct HostRuntime {
   std::unique_ptr<kernel::EmulatedKernel> emulator;
   std::unique_ptr<kernel::KernelFs> fs;
   std::unique_ptr<kernel::Syscalls> sys;
+  agents::GuestDialer dial;
   std::unique_ptr<agents::LivenessProbe> probe;
   std::unique_ptr<kernel::HostKernel> hk;
   std::unique_ptr<agents::ActionJournal> journal;
@@ -95,6 +126,10 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     eo.boot_time = settings.boot;
     eo.halt_time = settings.halt;
     eo.state_file = state_dir + "/emulated-kernel.state";
+    eo.guests.binary = settings.guest_binary;
+    eo.guests.socket_dir = state_dir + "/vsock";
+    eo.guests.hooks_root = settings.guest_hooks.empty() ? state_dir + "/guest-hooks" : settings.guest_hooks;
+    eo.guests.exit_with = eo.state_file;
     rt->emulator = std::make_unique<kernel::EmulatedKernel>(eo);
     // A state file that cannot be read is never taken for a fresh machine (its kernels
     // would be forgotten and their CPUs handed out again).
@@ -104,13 +139,20 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     }
     fs_ptr = rt->emulator.get();
     sys_ptr = rt->emulator.get();
-    rt->probe = agents::NewEmulatorProbe(*rt->emulator);
+    std::string vsock_dir = state_dir + "/vsock";
+    rt->dial = [vsock_dir](uint32_t id) -> absl::StatusOr<std::unique_ptr<kmp::Connection>> {
+      std::string path = kernel::VsockPath(vsock_dir, id, kernel::kGuestPort);
+      if (access(path.c_str(), F_OK) != 0) return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
+      return kmp::DialUnix(path, absl::Milliseconds(200));
+    };
+    rt->probe = agents::NewKmpProbe(rt->dial, agents::NewEmulatorProbe(*rt->emulator));
   } else {
     rt->fs = kernel::NewPosixKernelFs();
     rt->sys = kernel::NewLinuxSyscalls();
     fs_ptr = rt->fs.get();
     sys_ptr = rt->sys.get();
-    rt->probe = agents::NewVsockProbe(settings.vsock_port);
+    rt->dial = [](uint32_t id) { return kmp::DialVsock(id, kmp::kPort, absl::Milliseconds(200)); };
+    rt->probe = agents::NewKmpProbe(rt->dial, agents::NewVsockProbe(settings.vsock_port));
   }
   kernel::HostKernelOptions ho;
   ho.host = name;
@@ -149,6 +191,12 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.poll_interval = settings.poll;
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
   if (!rt->agent->load_status().ok()) return rt->agent->load_status();
+  agents::MorphOptions mo;
+  mo.dir = state_dir + "/morph";
+  mo.on_phase = KillAtPhaseHook();
+  if (absl::Status m = rt->agent->EnableMorph(rt->dial, mo); !m.ok()) {
+    return absl::DataLossError(absl::StrCat("the morph journal: ", m.message()));
+  }
   rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults,
                                                        /*require_controller=*/!tls.insecure);
   rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
@@ -207,7 +255,16 @@ int main(int argc, char** argv) {
   app.add_option("--reserve-cores", reserve_cores,
                  "if set, write a pool at start (while no instance exists): the host keeps this many cores");
   app.add_option("--reserve-memory", reserve_memory, "with --reserve-cores: memory the host keeps (e.g. 4Gi)");
-  app.add_option("--vsock-port", vsock_port, "sysfs: liveness probe port (CID = instance id)");
+  app.add_option("--vsock-port", vsock_port,
+                 "sysfs: liveness probe port for instances without mkguest (CID = instance id; those with it "
+                 "answer KMP heartbeats on port 9000)");
+  std::string guest_binary = "auto";
+  app.add_option("--guest-binary", guest_binary,
+                 "emulated: the mkguest run for each booted instance whose command line says mkfleet.guest=PROFILE "
+                 "(default: mkguest beside mkagent; \"none\": no guests)");
+  std::string guest_hooks;
+  app.add_option("--guest-hooks", guest_hooks,
+                 "emulated: PROFILE's morph hooks are DIR/PROFILE (default STATE-DIR/guest-hooks)");
   app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC (to the controller's "
                                                    "certificate only)");
   Settings settings;
@@ -230,6 +287,12 @@ int main(int argc, char** argv) {
     host = buf;
   }
   settings.kernel_kind = kernel_kind;
+  settings.guest_binary = guest_binary == "auto" ? DefaultGuestBinary() : guest_binary == "none" ? "" : guest_binary;
+  settings.guest_hooks = guest_hooks;
+  if (!guest_hooks.empty() && guest_hooks[0] != '/') return Fail("--guest-hooks: want an absolute path");
+  if (!settings.guest_binary.empty() && access(settings.guest_binary.c_str(), X_OK) != 0) {
+    if (guest_binary != "auto") return Fail("--guest-binary: " + guest_binary + " is not an executable");
+  }
   settings.vsock_port = vsock_port;
   settings.faults = faults;
   settings.reserve_cores = reserve_cores;

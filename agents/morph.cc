@@ -300,7 +300,9 @@ void Morpher::SetPhase(Run& run, v1::MorphPhase phase, const std::string& messag
         st->set_total_us(static_cast<uint64_t>(absl::ToInt64Microseconds(clock_.Monotonic() - run.started_mono)));
       }
     }
+    // Named for the instance they serve: of the two kernels (L and L-next), L.
     name = run.record.instance();
+    if (run.record.start().next().size() < name.size()) name = run.record.start().next();
   }
   absl::Status saved = Save(run);
   if (hooks_.event) {

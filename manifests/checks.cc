@@ -5,6 +5,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "manifests/schema.h"
@@ -143,6 +144,9 @@ void CheckInstanceSpec(const KernelInstanceSpec& spec, const std::string& at, Re
   if (fo.policy() == FAILOVER_NONE && fo.has_heartbeat()) {
     r.AtKey(at + ".failover.heartbeat", "has no effect with policy None");
   }
+  if (spec.update().strategy() != UPDATE_MORPH && spec.update().has_morph()) {
+    r.AtKey(at + ".update.morph", "only allowed with strategy Morph");
+  }
 }
 
 void CheckKernelInstance(const KernelInstance& ki, Reporter& r) {
@@ -231,6 +235,22 @@ void CheckAcrossObjects(const std::vector<LoadedObject>& objects, bool check_hos
                                             first.pos.line, ":", first.pos.column, ")"));
     } else if (kind == "Host") {
       host_names.push_back(name);
+    }
+  }
+  // "-standby" and "-next" name the kernels that back an instance (its warm standby, its
+  // live update's new kernel): no other instance may take those names.
+  for (const LoadedObject& o : objects) {
+    if (!o.object.has_kernel_instance()) continue;
+    const std::string& name = o.object.kernel_instance().metadata().name();
+    for (absl::string_view suffix : {absl::string_view("-standby"), absl::string_view("-next")}) {
+      if (!absl::EndsWith(name, suffix)) continue;
+      std::string base = name.substr(0, name.size() - suffix.size());
+      if (by_name.count({"KernelInstance", base})) {
+        Reporter(o, o.label, errors)
+            .At("metadata.name", absl::StrCat("collides with the ", suffix == "-next" ? "live update's new" : "standby",
+                                              " kernel of KernelInstance/", base, " (the \"", suffix,
+                                              "\" suffix is reserved)"));
+      }
     }
   }
   // Fixed ids per host.

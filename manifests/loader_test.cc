@@ -219,6 +219,39 @@ TEST(LoaderTest, ApiVersionAndKind) {
                           "InstanceSet, RoleBinding)"));
 }
 
+TEST(LoaderTest, MorphUpdateFields) {
+  LoadResult r = LoadString(HostDoc() + "---\n" +
+                            Instance("", "  update:\n    strategy: Morph\n"
+                                         "    morph: {surge: {cpus: 2, memory: 512Mi}, commit: Manual, timeout: 90s}\n"));
+  ASSERT_THAT(ErrorLines(r), IsEmpty());
+  const auto& u = r.objects[1].object.kernel_instance().spec().update();
+  EXPECT_EQ(u.strategy(), v1::UPDATE_MORPH);
+  EXPECT_EQ(u.morph().surge().cpus(), 2u);
+  EXPECT_EQ(u.morph().surge().memory(), 512ull << 20);
+  EXPECT_EQ(u.morph().commit(), v1::MORPH_COMMIT_MANUAL);
+  EXPECT_EQ(u.morph().timeout(), 90000u);
+  // morph only with strategy Morph; the surge's memory in whole 128Mi blocks.
+  EXPECT_THAT(InstanceErrors(Instance("", "  update:\n    morph: {commit: Manual}\n")),
+              ElementsAre(HasSubstr("spec.update.morph: only allowed with strategy Morph")));
+  EXPECT_THAT(InstanceErrors(Instance("", "  update:\n    strategy: Morph\n    morph: {surge: {memory: 100Mi}}\n")),
+              ElementsAre(HasSubstr("spec.update.morph.surge.memory")));
+}
+
+TEST(LoaderTest, NextAndStandbySuffixesAreReserved) {
+  std::string next = Instance();
+  next.replace(next.find("name: web-1"), 11, "name: web-1-next");
+  std::string standby = Instance();
+  standby.replace(standby.find("name: web-1"), 11, "name: web-1-standby");
+  LoadResult r = LoadString(HostDoc() + "---\n" + Instance() + "---\n" + next + "---\n" + standby);
+  EXPECT_THAT(ErrorLines(r),
+              ElementsAre(HasSubstr("KernelInstance/web-1-next: metadata.name: collides with the live update's new "
+                                    "kernel of KernelInstance/web-1 (the \"-next\" suffix is reserved)"),
+                          HasSubstr("KernelInstance/web-1-standby: metadata.name: collides with the standby kernel "
+                                    "of KernelInstance/web-1")));
+  // Alone, the name is fine.
+  EXPECT_TRUE(LoadString(HostDoc() + "---\n" + next).ok());
+}
+
 TEST(LoaderTest, DuplicateNames) {
   LoadResult r = LoadString(HostDoc() + "---\n" + Instance() + "---\n" + Instance());
   EXPECT_THAT(ErrorLines(r),

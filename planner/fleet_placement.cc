@@ -67,6 +67,7 @@ class FleetPlacer {
     }
     PlaceRequests(requests);
     for (SetPlan& sp : sets) AddReplicas(sp);
+    if (!in_.after.empty()) PlaceRequests(in_.after);
     std::sort(out_.unschedulable.begin(), out_.unschedulable.end(),
               [](const Unschedulable& a, const Unschedulable& b) { return a.name < b.name; });
     return std::move(out_);

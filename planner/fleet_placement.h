@@ -45,6 +45,9 @@ struct FleetInput {
   std::set<std::string> frozen_sets;
   // Set members to remove first when a set shrinks (not ready, failed).
   std::set<std::string> removal_first;
+  // More requests, placed after everything else (a live update's surge: `standby_for` its
+  // instance, on that instance's host). One that does not fit is unschedulable, with why.
+  std::vector<InstanceRequest> after;
 };
 
 struct FleetPlacement {

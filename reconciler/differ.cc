@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace mkfleet::reconciler {
@@ -75,14 +76,6 @@ class Builder {
   int64_t basis_ = 0;
 };
 
-// Whether the loaded kernel is the one the spec asks for.
-bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
-  const v1::KernelSpec& k = spec.kernel();
-  if (p.kernel_path().empty()) return true;  // loaded by someone else: nothing to compare
-  return k.image() == p.kernel_path() && k.initrd() == p.initrd_path() && k.cmdline() == p.cmdline() &&
-         (k.sha256().empty() || k.sha256() == p.kernel_sha256()) && spec.rootfs().image() == p.rootfs_image();
-}
-
 std::map<uint32_t, uint64_t> MemoryByNode(const v1::Placement& p) {
   std::map<uint32_t, uint64_t> out;
   for (const auto& m : p.memory()) out[m.node()] += m.bytes();
@@ -96,7 +89,52 @@ std::string Bytes(uint64_t b) {
 
 std::string CpuText(const std::vector<uint32_t>& cpus) { return absl::StrJoin(cpus, ","); }
 
+bool MorphEnded(v1::MorphPhase p) {
+  return p == v1::MORPH_COMMITTED || p == v1::MORPH_ROLLED_BACK || p == v1::MORPH_PHASE_UNSPECIFIED;
+}
+
+const char* MorphPhaseWord(v1::MorphPhase p) {
+  switch (p) {
+    case v1::MORPH_PREPARING: return "Preparing";
+    case v1::MORPH_NEGOTIATING: return "Negotiating";
+    case v1::MORPH_TRANSFERRING: return "Transferring";
+    case v1::MORPH_VALIDATING: return "Validating";
+    case v1::MORPH_COMMITTING: return "Committing";
+    case v1::MORPH_ROLLING_BACK: return "RollingBack";
+    default: return "Unknown";
+  }
+}
+
 }  // namespace
+
+bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
+  const v1::KernelSpec& k = spec.kernel();
+  if (p.kernel_path().empty()) return true;  // loaded by someone else: nothing to compare
+  return k.image() == p.kernel_path() && k.initrd() == p.initrd_path() && k.cmdline() == p.cmdline() &&
+         (k.sha256().empty() || k.sha256() == p.kernel_sha256()) && spec.rootfs().image() == p.rootfs_image();
+}
+
+namespace {
+std::string RevisionOf(const std::string& image, const std::string& initrd, const std::string& cmdline,
+                       const std::string& rootfs) {
+  // FNV-1a, 64 bits, over the fields with separators: stable across runs and builds.
+  uint64_t h = 1469598103934665603ull;
+  for (const std::string* f : {&image, &initrd, &cmdline, &rootfs}) {
+    for (unsigned char c : *f) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  }
+  return absl::StrFormat("%08x", static_cast<uint32_t>(h ^ (h >> 32)));
+}
+}  // namespace
+
+std::string KernelRevision(const v1::KernelSpec& k, const std::string& rootfs_image) {
+  return RevisionOf(k.image(), k.initrd(), k.cmdline(), rootfs_image);
+}
+
+std::string ProvenanceRevision(const v1::Provenance& p) {
+  if (p.kernel_path().empty()) return "";
+  return RevisionOf(p.kernel_path(), p.initrd_path(), p.cmdline(), p.rootfs_image());
+}
 
 const char* ChangeName(InstanceChange::Kind kind) {
   switch (kind) {
@@ -114,21 +152,30 @@ const char* ChangeName(InstanceChange::Kind kind) {
       return "phase";
     case Kind::kClaim:
       return "claim";
+    case Kind::kMorph:
+      return "morph";
   }
   return "change";
 }
 
 Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& desired,
                  const std::vector<v1::ObservedInstance>& observed, int64_t host_version) {
+  const std::string& host_name = host;
   Builder b(host);
   std::map<std::string, const DesiredInstance*> want;
   for (const DesiredInstance& d : desired) want[d.name] = &d;
   std::map<std::string, const v1::ObservedInstance*> have;
   for (const v1::ObservedInstance& o : observed) have[o.name()] = &o;
 
+  // The new kernel of a live update that runs is the agent's until the update ends.
+  std::set<std::string> morphing;
+  for (const v1::ObservedInstance& o : observed) {
+    const v1::MorphStatus& m = o.status().morph();
+    if (o.status().has_morph() && !MorphEnded(m.phase()) && m.old_kernel() == o.name()) morphing.insert(m.new_kernel());
+  }
   // Gone from the desired state: delete.
   for (const auto& [name, o] : have) {
-    if (want.count(name)) continue;
+    if (want.count(name) || morphing.count(name)) continue;
     b.Basis(o->version());
     b.Delete(name, o->status().kernel_state(), 0, "delete");
     b.changes_[name] = {Kind::kDelete, false, "delete"};
@@ -181,9 +228,39 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
                           !SameKernel(d->spec, st.provenance());
+    if (state == v1::KERNEL_STATE_ACTIVE && st.has_morph() && !MorphEnded(st.morph().phase())) {
+      // A live update runs: the agent drives it; nothing else is done to the kernel meanwhile.
+      b.changes_[name] = {Kind::kMorph, false,
+                          absl::StrCat("live update in progress (", MorphPhaseWord(st.morph().phase()), ")")};
+      continue;
+    }
+    if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE) {
+      if (!d->morph_surge) {
+        b.notes_[name] = d->morph_blocked.empty() ? "MorphNoSurge: no surge placement" : d->morph_blocked;
+        continue;
+      }
+      const v1::MorphSpec& m = d->spec.update().morph();
+      v1::Action& a = b.Add(b.acquires_, name, d->generation, "morph-start", v1::KERNEL_STATE_ACTIVE);
+      v1::MorphStart* ms = a.mutable_morph_start();
+      ms->set_morph_id(absl::StrCat(host_name, ".", name, ".g", d->generation, ".v", it->second->version()));
+      ms->set_next(d->morph_next);
+      *ms->mutable_surge() = *d->morph_surge;
+      ms->mutable_surge()->clear_devices();
+      *ms->mutable_load()->mutable_kernel() = d->spec.kernel();
+      if (d->spec.has_rootfs()) *ms->mutable_load()->mutable_rootfs() = d->spec.rootfs();
+      *ms->mutable_target() = target;
+      ms->set_manual_commit(m.commit() == v1::MORPH_COMMIT_MANUAL);
+      ms->set_timeout_ms(m.timeout() > 0 ? m.timeout() : 60000);
+      ms->set_owner(d->owner);
+      ms->set_revision(d->revision);
+      ms->set_previous_revision(ProvenanceRevision(st.provenance()));
+      b.changes_[name] = {Kind::kMorph, false,
+                          absl::StrCat("live update (morph) to ", d->spec.kernel().image(), ", revision ", d->revision,
+                                       ", beside it as ", d->morph_next)};
+      continue;
+    }
     if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH) {
-      b.notes_[name] = "update strategy Morph (live update) is not supported yet; use Replace";
-      kernel_changes = false;
+      // Not running: nothing to keep alive, so the kernel is simply replaced.
     }
     std::vector<std::string> resize;  // what hot-plug changes, for people
     // Hot-plug: removals first (releases), additions after everything else is freed.

@@ -18,6 +18,7 @@
 #define MKFLEET_RECONCILER_DIFFER_H_
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,11 +33,24 @@ struct DesiredInstance {
   int64_t generation = 0;
   mkfleet::v1::KernelInstanceSpec spec;  // kernel, rootfs, phase, update
   mkfleet::v1::Placement placement;      // from the planner
+  // Live update (update.strategy Morph) of a kernel that differs from the spec: where the
+  // new kernel boots (the planner's surge placement) and its name; or why none starts.
+  std::optional<mkfleet::v1::Placement> morph_surge;
+  std::string morph_next;
+  std::string morph_blocked;  // "MorphNoSurge: ...", "MorphHeld: ..."
+  std::string revision;       // KernelRevision of the spec's kernel
 };
+
+// A kernel's revision for people and morph status: a short hash of what SameKernel
+// compares (image, initrd, command line, rootfs image).
+std::string KernelRevision(const mkfleet::v1::KernelSpec& kernel, const std::string& rootfs_image);
+std::string ProvenanceRevision(const mkfleet::v1::Provenance& p);
+// Whether the loaded kernel (its provenance) is the one the spec asks for.
+bool SameKernel(const mkfleet::v1::KernelInstanceSpec& spec, const mkfleet::v1::Provenance& p);
 
 // What a plan does to one kernel, as data (for rollout limits, conditions and diff).
 struct InstanceChange {
-  enum class Kind { kCreate, kDelete, kRecreate, kReplace, kResize, kPhase, kClaim };
+  enum class Kind { kCreate, kDelete, kRecreate, kReplace, kResize, kPhase, kClaim, kMorph };
   Kind kind = Kind::kCreate;
   // It takes a running kernel down to bring it back changed (re-create, kernel replace).
   bool disruptive = false;

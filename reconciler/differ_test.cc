@@ -1,5 +1,6 @@
 #include "reconciler/differ.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -126,15 +127,79 @@ TEST(ComputePlanTest, KernelChangeWithReplace) {
   EXPECT_EQ(p.actions[2].load().kernel().cmdline(), "console=mktty0 quiet");
 }
 
-TEST(ComputePlanTest, MorphIsNotSupportedYetAndSaysSo) {
+TEST(ComputePlanTest, MorphStartsALiveUpdateOnTheSurge) {
   DesiredInstance a = Want("a", {2}, 128);
   v1::ObservedInstance running = Have(a, v1::KERNEL_STATE_ACTIVE);
   a.spec.mutable_kernel()->set_image("/k/vmlinux-new");
   a.spec.mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  a.spec.mutable_update()->mutable_morph()->set_commit(v1::MORPH_COMMIT_MANUAL);
+  a.generation = 3;
+  a.revision = KernelRevision(a.spec.kernel(), "");
+  v1::Placement surge;
+  surge.add_cpus(6);
+  surge.add_devices()->set_pci("0000:01:00.0");  // never sent: devices move at the commit
+  a.morph_surge = surge;
+  a.morph_next = "a-next";
+  Plan p = ComputePlan("h", {a}, {running});
+  ASSERT_THAT(Steps(p), ElementsAre("morph-start:a"));
+  const v1::Action& m = p.actions[0];
+  EXPECT_EQ(m.expect(), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_EQ(m.morph_start().next(), "a-next");
+  EXPECT_EQ(m.morph_start().morph_id(), absl::StrCat("h.a.g3.v", running.version()));
+  EXPECT_THAT(m.morph_start().surge().cpus(), ElementsAre(6));
+  EXPECT_EQ(m.morph_start().surge().devices_size(), 0);
+  EXPECT_EQ(m.morph_start().load().kernel().image(), "/k/vmlinux-new");
+  EXPECT_THAT(m.morph_start().target().cpus(), ElementsAre(2));
+  EXPECT_TRUE(m.morph_start().manual_commit());
+  EXPECT_EQ(m.morph_start().timeout_ms(), 60000u);
+  EXPECT_EQ(m.morph_start().revision(), a.revision);
+  EXPECT_NE(m.morph_start().previous_revision(), a.revision);
+  EXPECT_EQ(p.changes.at("a").kind, InstanceChange::Kind::kMorph);
+  EXPECT_FALSE(p.changes.at("a").disruptive);
+}
+
+TEST(ComputePlanTest, MorphWithoutSurgeRoomTouchesNothingAndSaysWhy) {
+  DesiredInstance a = Want("a", {2}, 128);
+  v1::ObservedInstance running = Have(a, v1::KERNEL_STATE_ACTIVE);
+  a.spec.mutable_kernel()->set_image("/k/vmlinux-new");
+  a.spec.mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  a.morph_blocked = "MorphNoSurge: no room for the new kernel beside it: h: no free core";
   Plan p = ComputePlan("h", {a}, {running});
   EXPECT_THAT(p.actions, IsEmpty());
-  ASSERT_EQ(p.notes.size(), 1u);
-  EXPECT_EQ(p.notes.at("a"), "update strategy Morph (live update) is not supported yet; use Replace");
+  EXPECT_EQ(p.notes.at("a"), a.morph_blocked);
+}
+
+TEST(ComputePlanTest, ARunningMorphIsLeftToTheAgent) {
+  DesiredInstance a = Want("a", {2}, 128);
+  v1::ObservedInstance old = Have(a, v1::KERNEL_STATE_ACTIVE);
+  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
+  m->set_phase(v1::MORPH_TRANSFERRING);
+  m->set_old_kernel("a");
+  m->set_new_kernel("a-next");
+  v1::ObservedInstance next = old;
+  next.set_name("a-next");
+  a.spec.mutable_kernel()->set_image("/k/vmlinux-new");
+  a.spec.mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  a.placement.add_cpus(3);  // even a resize waits for the morph to end
+  Plan p = ComputePlan("h", {a}, {old, next});
+  EXPECT_THAT(p.actions, IsEmpty()) << p.DebugString();
+  EXPECT_EQ(p.changes.at("a").kind, InstanceChange::Kind::kMorph);
+  // Once it ended, the kernel nobody wants is deleted as usual.
+  m->set_phase(v1::MORPH_ROLLED_BACK);
+  EXPECT_THAT(Steps(ComputePlan("h", {a}, {old, next})), ::testing::Contains("delete-halt:a-next"));
+}
+
+TEST(ComputePlanTest, RevisionsAreStableAndFollowTheKernel) {
+  v1::KernelSpec k;
+  k.set_image("/k/vmlinux");
+  k.set_cmdline("console=mktty0");
+  v1::Provenance p;
+  p.set_kernel_path("/k/vmlinux");
+  p.set_cmdline("console=mktty0");
+  EXPECT_EQ(KernelRevision(k, ""), ProvenanceRevision(p));
+  EXPECT_EQ(KernelRevision(k, "").size(), 8u);
+  k.set_cmdline("console=mktty0 quiet");
+  EXPECT_NE(KernelRevision(k, ""), ProvenanceRevision(p));
 }
 
 TEST(ComputePlanTest, PhaseChanges) {

@@ -16,6 +16,13 @@ namespace {
 namespace v1 = mkfleet::v1;
 
 const std::string kStandbySuffix = "-standby";
+const std::string kNextSuffix = "-next";
+const std::string kSurgePrefix = "morph-surge/";
+
+bool MorphRunning(const v1::InstanceStatus& st) {
+  v1::MorphPhase p = st.morph().phase();
+  return st.has_morph() && p != v1::MORPH_PHASE_UNSPECIFIED && p != v1::MORPH_COMMITTED && p != v1::MORPH_ROLLED_BACK;
+}
 
 bool SamePool(const planner::Pool& a, const planner::Pool& b) {
   return a.cpus == b.cpus && a.memory == b.memory && a.devices == b.devices;
@@ -204,8 +211,13 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
 
 FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets,
-                    const std::map<std::string, v1::Placement>& in_flight) {
+                    const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry) {
   FleetPlan out;
+  std::map<std::string, std::string> morphed;        // request -> the "-next" kernel serving it
+  std::map<std::string, std::string> morph_blocked;  // request -> why no live update starts
+  std::set<std::string> surges;                      // requests with a surge request
+  std::map<std::string, const v1::InstanceSet*> sets_by_name;
+  for (const v1::InstanceSet& s : sets) sets_by_name[s.metadata().name()] = &s;
   planner::FleetInput input;
   input.sets = sets;
   std::set<std::string> known, reachable, swapped, settling;
@@ -249,7 +261,24 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     }
     if (v->second.connected) reachable.insert(name);
     const auto& seen = v->second.instances;
+    // Live updates: the new kernel of one that runs is the agent's until it ends (held as it
+    // is, never planned for).
+    std::set<std::string> partners;
     for (const auto& [kernel, in] : seen) {
+      const v1::MorphStatus& m = in.status().morph();
+      if (MorphRunning(in.status()) && m.old_kernel() == kernel && seen.count(m.new_kernel())) {
+        partners.insert(m.new_kernel());
+      }
+    }
+    for (const auto& [kernel, in] : seen) {
+      if (partners.count(kernel)) {
+        if (!deleting && in.status().placement().cpus_size() > 0) {
+          v1::Placement p = in.status().placement();
+          p.set_host(name);
+          input.fixed[absl::StrCat("morph/", name, "/", kernel)] = std::move(p);
+        }
+        continue;
+      }
       if (in.owner().empty() && !OursByName(kernel, h, kis, sets)) {
         // No object owns it: reported, its resources held, never touched.
         v1::KernelRef ref;
@@ -266,6 +295,15 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       // After a takeover X-standby (role primary) serves X, and X (role standby) serves
       // X-standby: each request's current placement is that of the kernel serving it.
       std::string request = kernel;
+      // After a live update "<R>-next" serves R (the one after goes back to the name R).
+      if (absl::EndsWith(kernel, kNextSuffix)) {
+        std::string base = kernel.substr(0, kernel.size() - kNextSuffix.size());
+        bool known = kis.count(base) > 0 || !planner::SetOfMember(base, name, sets).empty();
+        if (known && (!seen.count(base) || partners.count(base))) {
+          request = base;
+          morphed[base] = kernel;
+        }
+      }
       if (absl::EndsWith(kernel, kStandbySuffix) && in.status().role() == "primary") {
         std::string base = kernel.substr(0, kernel.size() - kStandbySuffix.size());
         auto b = seen.find(base);
@@ -280,6 +318,37 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       // A kernel of an earlier incarnation of the name (deleted, then applied again while
       // this host was out of touch) is not the new object's: it is deleted, never kept.
       const bool earlier = FromAnEarlierIncarnation(in.owner(), kis);
+      // A running kernel that differs from a spec with update strategy Morph: its live
+      // update needs a surge (placed like a warm standby, on its NUMA nodes), unless the
+      // same revision rolled back (held until the spec changes or `mkapply morph prepare`).
+      const v1::KernelInstanceSpec* spec = nullptr;
+      if (auto ki = kis.find(request); ki != kis.end()) {
+        spec = &ki->second->spec();
+      } else if (std::string set = planner::SetOfMember(request, name, sets); !set.empty()) {
+        spec = &sets_by_name.at(set)->spec().template_().spec();
+      }
+      if (!earlier && !deleting && spec != nullptr && spec->update().strategy() == v1::UPDATE_MORPH &&
+          in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE && !MorphRunning(in.status()) &&
+          !SameKernel(*spec, in.status().provenance())) {
+        const v1::MorphStatus& last = in.status().morph();
+        const std::string revision = KernelRevision(spec->kernel(), spec->rootfs().image());
+        if (last.phase() == v1::MORPH_ROLLED_BACK && last.revision() == revision && !morph_retry.count(request)) {
+          morph_blocked[request] = absl::StrCat("MorphHeld: the live update to revision ", revision, " rolled back (",
+                                                last.reason(), "); change the spec, or run `mkapply morph prepare "
+                                                "instance ", request, "` to try it again");
+        } else {
+          planner::InstanceRequest surge;
+          surge.name = kSurgePrefix + request;
+          surge.standby_for = request;
+          const v1::MorphSurge& want = spec->update().morph().surge();
+          surge.resources.set_cpus(want.cpus() > 0 ? want.cpus() : 1);
+          surge.resources.set_memory(want.memory() > 0 ? want.memory() : 512ull << 20);
+          surge.resources.set_smt(spec->resources().smt());
+          for (uint32_t n : in.status().placement().numa_nodes()) surge.resources.add_numa_nodes(n);
+          input.after.push_back(std::move(surge));
+          surges.insert(request);
+        }
+      }
       if (!earlier && in.status().has_placement() && in.status().placement().cpus_size() > 0) {
         v1::Placement p = in.status().placement();
         p.set_host(name);
@@ -309,6 +378,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     input.removal_first.insert(request);
   }
   auto kernel_of = [&](const std::string& request, const std::string& standby_for) {
+    if (auto m = morphed.find(request); standby_for.empty() && m != morphed.end()) return m->second;
     if (standby_for.empty()) return swapped.count(request) ? request + kStandbySuffix : request;
     return swapped.count(standby_for) ? standby_for : request;
   };
@@ -352,6 +422,24 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     }
   }
   planner::FleetPlacement placed = planner::PlaceFleet(input);
+  // The surges: placed, or why not (they are not instances: never reported unschedulable).
+  std::map<std::string, v1::Placement> surge_at;
+  for (const std::string& request : surges) {
+    auto p = placed.placements.find(kSurgePrefix + request);
+    if (p != placed.placements.end()) {
+      surge_at[request] = p->second;
+      placed.placements.erase(p);
+    }
+  }
+  for (auto it = placed.unschedulable.begin(); it != placed.unschedulable.end();) {
+    if (!absl::StartsWith(it->name, kSurgePrefix)) {
+      ++it;
+      continue;
+    }
+    morph_blocked[it->name.substr(kSurgePrefix.size())] =
+        absl::StrCat("MorphNoSurge: no room for the new kernel beside it: ", it->reason);
+    it = placed.unschedulable.erase(it);
+  }
   // An instance that may yet go to a host still connecting is not unschedulable yet: it
   // waits for that host.
   for (const planner::Unschedulable& u : placed.unschedulable) {
@@ -379,6 +467,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   for (const v1::InstanceSet& s : sets) set_by_name[s.metadata().name()] = &s;
   std::map<std::string, std::vector<DesiredInstance>> desired;
   for (const planner::InstanceRequest& r : placed.requests) {
+    if (absl::StartsWith(r.name, kSurgePrefix)) continue;
     auto p = placed.placements.find(r.name);
     if (p == placed.placements.end()) continue;
     PlannedInstance planned;
@@ -405,6 +494,14 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     d.generation = planned.generation;
     d.spec = *planned.spec;
     d.placement = p->second;
+    d.revision = KernelRevision(d.spec.kernel(), d.spec.rootfs().image());
+    if (r.standby_for.empty()) {
+      if (auto surge = surge_at.find(r.name); surge != surge_at.end()) {
+        d.morph_surge = surge->second;
+        d.morph_next = planned.kernel == r.name ? r.name + kNextSuffix : r.name;
+      }
+      if (auto why = morph_blocked.find(r.name); why != morph_blocked.end()) d.morph_blocked = why->second;
+    }
     desired[planned.host].push_back(std::move(d));
     out.planned[r.name] = std::move(planned);
   }

@@ -12,6 +12,13 @@
 // swapped their roles) is kept: X is then served by the kernel X-standby, and X-standby
 // by the kernel X, so the controller does not undo the failover.
 //
+// Live updates (update.strategy Morph): a running kernel that differs from its spec gets a
+// surge placement (planner request "morph-surge/<name>", placed last, like a warm standby on
+// its host and NUMA nodes) and a morph-start action; with no room the differ notes
+// "MorphNoSurge: <the planner's reason>". While a morph runs its new kernel is held as it is;
+// once committed, the kernel "<name>-next" serves <name> (and the next update boots <name>
+// again). A revision that rolled back is held (`morph_retry` lifts that for one request).
+//
 // Rollouts: a set member whose plan takes it down (a kernel Replace, a re-create) goes
 // only while fewer than the set's `rollout.maxUnavailable` members (default 1) are down;
 // the others wait (`deferred`), in name order, for a later pass.
@@ -92,7 +99,8 @@ struct FleetPlan {
 FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<mkfleet::v1::KernelInstance>& instances,
                     const std::vector<mkfleet::v1::InstanceSet>& sets,
-                    const std::map<std::string, mkfleet::v1::Placement>& in_flight = {});
+                    const std::map<std::string, mkfleet::v1::Placement>& in_flight = {},
+                    const std::set<std::string>& morph_retry = {});
 
 }  // namespace mkfleet::reconciler
 

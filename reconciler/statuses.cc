@@ -1,5 +1,7 @@
 #include "reconciler/statuses.h"
 
+#include <cstring>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -79,6 +81,18 @@ class Builder {
     return p != in_.previous.end() ? &p->second : nullptr;
   }
 
+  static const char* MorphPhaseTitle(v1::MorphPhase p) {
+    switch (p) {
+      case v1::MORPH_PREPARING: return "Preparing";
+      case v1::MORPH_NEGOTIATING: return "Negotiating";
+      case v1::MORPH_TRANSFERRING: return "Transferring";
+      case v1::MORPH_VALIDATING: return "Validating";
+      case v1::MORPH_COMMITTING: return "Committing";
+      case v1::MORPH_ROLLING_BACK: return "RollingBack";
+      default: return "";
+    }
+  }
+
   v1::InstanceStatus InstanceStatus(const std::string& name, const PlannedInstance& p) {
     const v1::KernelState want = Wanted(p.spec->phase());
     v1::InstanceStatus st;
@@ -99,6 +113,9 @@ class Builder {
       *st.mutable_provenance() = seen.provenance();
       st.set_restart_count(seen.restart_count());
       st.set_role(seen.role());
+      if (seen.has_morph()) *st.mutable_morph() = seen.morph();
+      st.set_revision(seen.revision().empty() ? ProvenanceRevision(seen.provenance()) : seen.revision());
+      st.set_previous_revision(seen.previous_revision());
       const v1::Condition* degraded = Find(seen.conditions(), "Degraded");
       if (degraded != nullptr && degraded->status() == v1::CONDITION_TRUE) crash_loop = degraded->message();
     } else {
@@ -122,6 +139,18 @@ class Builder {
     auto deferred = in_.fleet.deferred.find(name);
     const bool waiting = deferred != in_.fleet.deferred.end();
     if (waiting) blocked = deferred->second;
+    // A live update that cannot start (no surge room, a held revision) is progress withheld,
+    // not a fault: Progressing=False with the reason.
+    std::string morph_reason, morph_message;
+    for (const char* kind : {"MorphNoSurge", "MorphHeld"}) {
+      if (absl::StartsWith(blocked, absl::StrCat(kind, ": "))) {
+        morph_reason = kind == std::string("MorphHeld") ? "MorphRolledBack" : kind;
+        morph_message = blocked.substr(strlen(kind) + 2);
+      }
+    }
+    const v1::MorphPhase morph_phase = st.morph().phase();
+    const bool morphing = st.has_morph() && morph_phase != v1::MORPH_COMMITTED &&
+                          morph_phase != v1::MORPH_ROLLED_BACK && morph_phase != v1::MORPH_PHASE_UNSPECIFIED;
     // Why it is not as wanted, most telling first.
     std::string degraded_reason, degraded_message;
     if (o.failed.count(p.kernel)) {
@@ -139,7 +168,7 @@ class Builder {
     } else if (!o.sent.ok() && acting) {
       degraded_reason = "HostError";
       degraded_message = std::string(o.sent.message());
-    } else if (!blocked.empty() && !waiting) {
+    } else if (!blocked.empty() && !waiting && morph_reason.empty()) {
       degraded_reason = "UpdateNotSupported";
       degraded_message = blocked;
     }
@@ -160,14 +189,31 @@ class Builder {
     } else if (!degraded_reason.empty()) {
       reason = degraded_reason == "UpdateNotSupported" ? "UpdateBlocked" : degraded_reason;
       message = degraded_message;
+    } else if (morphing) {
+      reason = "Morphing";
+      message = absl::StrCat("live update ", MorphPhaseTitle(morph_phase), "; the old kernel serves until the commit");
+    } else if (!morph_reason.empty()) {
+      reason = morph_reason;
+      message = absl::StrCat("serving the previous kernel (revision ", st.revision(), "); ", morph_message);
     } else {
       reason = "Converging";
       message = absl::StrCat("kernel state ", v1::KernelState_Name(st.kernel_state()), ", want ",
                              v1::KernelState_Name(want));
     }
     *st.add_conditions() = Cond("Ready", converged, reason, message);
-    *st.add_conditions() =
-        Cond("Progressing", acting || waiting, acting ? "ActionsSent" : waiting ? "RollingOut" : "Idle", "");
+    if (morphing) {
+      *st.add_conditions() = Cond("Progressing", true, absl::StrCat("Morph", MorphPhaseTitle(morph_phase)),
+                                  absl::StrCat("live update to revision ", st.morph().revision(), " (", st.morph().new_kernel(),
+                                               " beside ", st.morph().old_kernel(), ")",
+                                               st.morph().manual() && morph_phase == v1::MORPH_VALIDATING
+                                                   ? ": validated, waiting for `mkapply morph commit`"
+                                                   : ""));
+    } else if (!morph_reason.empty()) {
+      *st.add_conditions() = Cond("Progressing", false, morph_reason, morph_message);
+    } else {
+      *st.add_conditions() =
+          Cond("Progressing", acting || waiting, acting ? "ActionsSent" : waiting ? "RollingOut" : "Idle", "");
+    }
     if (!degraded_reason.empty()) *st.add_conditions() = Cond("Degraded", true, degraded_reason, degraded_message);
     auto infeasible = in_.fleet.infeasible.find(name);
     if (infeasible != in_.fleet.infeasible.end()) {
