@@ -412,6 +412,13 @@ void Morpher::Drive(std::shared_ptr<Run> run_ptr) {
     phase = v1::MORPH_ROLLING_BACK;
     SetPhase(run, phase, why);
   }
+  if (!run.resumed && phase == v1::MORPH_PREPARING && hooks_.event) {
+    std::string name = run.record.instance();
+    if (run.record.start().next().size() < name.size()) name = run.record.start().next();
+    hooks_.event(name, "Normal", "MorphPreparing",
+                 absl::StrCat("live update ", run.record.status().id(), ": booting ", run.record.start().next(),
+                              " beside ", run.record.instance(), " (revision ", run.record.start().revision(), ")"));
+  }
   if (options_.on_phase) options_.on_phase(phase);
   while (!MorphEnded(phase)) {
     absl::Status s;
@@ -547,7 +554,14 @@ absl::Status Morpher::Prepare(Run& run) {
     // Asked to boot, then watched: up (active), or crashed while booting (it was active and
     // is not, or never came up within the wait).
     MK_RETURN_IF_ERROR(kernel_.Start(next, /*wait=*/false));
-    absl::Duration until = clock_.Monotonic() + options_.heartbeat_wait;
+    absl::Duration wait = options_.heartbeat_wait;
+    if (start.timeout_ms() > 0) {
+      // Within the morph's own deadline too.
+      absl::Duration left = absl::FromUnixMillis(run.record.status().started_unix_ms()) +
+                            absl::Milliseconds(start.timeout_ms()) - clock_.Now();
+      wait = std::max(absl::ZeroDuration(), std::min(wait, left));
+    }
+    absl::Duration until = clock_.Monotonic() + wait;
     bool seen_active = false;
     while (true) {
       MK_RETURN_IF_ERROR(Interrupted(run));
@@ -559,7 +573,7 @@ absl::Status Morpher::Prepare(Run& run) {
       if (state != v1::KERNEL_STATE_LOADED || clock_.Monotonic() >= until) {
         return absl::UnavailableError(absl::StrCat("the new kernel ", next, " did not boot: ",
                                                    kernel::KernelStateName(state), " after ",
-                                                   absl::FormatDuration(options_.heartbeat_wait),
+                                                   absl::FormatDuration(wait),
                                                    " (it crashed during boot, or boots too slowly)"));
       }
       clock_.SleepFor(absl::Milliseconds(1));

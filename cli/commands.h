@@ -129,6 +129,27 @@ struct AuditOptions {
 // TIME IDENTITY VERB OBJECTS RESULT MESSAGE (or a JSON array).
 int RunAudit(const AuditOptions& options, std::ostream& out, std::ostream& err);
 
+struct MorphOptions {
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;
+  std::string verb;  // status | prepare | commit | rollback
+  std::string kind;  // "instance" (KernelInstance)
+  std::string name;
+  std::string reason;  // rollback
+  std::string output = "text";  // text | json
+  // prepare, commit, rollback: follow the live update until it ends (exit 0 when it ended as
+  // asked: committed for prepare and commit, rolled back for rollback; 1 otherwise).
+  bool wait = false;
+  absl::Duration wait_timeout = absl::Minutes(5);
+};
+
+// kmorphctl's verbs on one instance's live update (docs/morph.md): status prints the phase,
+// the kernels, the revisions and the figures; prepare starts one now (also a revision that
+// rolled back); commit (update.morph.commit Manual) and rollback (before the commit).
+// Refusals (no morph in progress, already committed, nothing to update) exit 1.
+int RunMorph(const MorphOptions& options, std::ostream& out, std::ostream& err);
+
 struct CertsOptions {
   std::string action;       // init | issue
   std::string kind;         // issue: controller | agent | user

@@ -55,6 +55,9 @@ class GrpcControllerClient final : public ControllerClient {
     if (s.error_code() == grpc::StatusCode::CANCELLED) return absl::OkStatus();
     return FromGrpc(s);
   }
+  absl::StatusOr<v1::MorphResponse> Morph(const v1::MorphRequest& request) override {
+    return Unary<v1::MorphResponse>([&](grpc::ClientContext* ctx, v1::MorphResponse* r) { return stub_->Morph(ctx, request, r); });
+  }
   absl::StatusOr<v1::AuditResponse> Audit(const v1::AuditRequest& request) override {
     return Unary<v1::AuditResponse>([&](grpc::ClientContext* ctx, v1::AuditResponse* r) { return stub_->Audit(ctx, request, r); });
   }

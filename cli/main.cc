@@ -156,6 +156,26 @@ int main(int argc, char** argv) {
   audit_cmd->add_option("--limit", audit.limit, "only the newest N records")->check(CLI::Range(0, 1000000));
   audit_cmd->add_option("-o,--output", audit.output, "table (default) or json")->check(CLI::IsMember({"table", "json"}));
 
+  mkfleet::cli::MorphOptions morph;
+  std::string morph_wait_timeout = "5m";
+  CLI::App* morph_cmd = app.add_subcommand(
+      "morph",
+      "Live updates (update.strategy Morph) of one instance, kmorphctl's verbs: `status`; `prepare` (start one now, "
+      "also to a revision that rolled back); `commit` (update.morph.commit Manual: go on from Validating); "
+      "`rollback` (before the commit; the old kernel never stopped).\nExit 0; 1 when refused (no live update in "
+      "progress, already committed, nothing to update) or when --wait sees it end otherwise; 2 on bad usage.");
+  morph_cmd->add_option("verb", morph.verb, "status, prepare, commit or rollback")
+      ->required()
+      ->check(CLI::IsMember({"status", "prepare", "commit", "rollback"}));
+  morph_cmd->add_option("kind", morph.kind, "instance")->required();
+  morph_cmd->add_option("name", morph.name, "the instance")->required();
+  morph_cmd->add_option("--reason", morph.reason, "rollback: why (kept in the events)");
+  morph_cmd->add_flag("--wait", morph.wait, "prepare, commit, rollback: follow it until it ends");
+  morph_cmd->add_option("--timeout", morph_wait_timeout, "with --wait: how long (default 5m)")
+      ->check(DurationValidator());
+  morph_cmd->add_option("-o,--output", morph.output, "status: text (default) or json")
+      ->check(CLI::IsMember({"text", "json"}));
+
   mkfleet::cli::CertsOptions certs;
   CLI::App* certs_cmd = app.add_subcommand(
       "certs",
@@ -199,6 +219,13 @@ int main(int argc, char** argv) {
     return mkfleet::cli::RunCerts(certs, std::cout, std::cerr);
   }
   if (audit_cmd->parsed()) return mkfleet::cli::RunAudit(audit, std::cout, std::cerr);
+  if (morph_cmd->parsed()) {
+    morph.controller = controller;
+    morph.request_timeout = Duration(request_timeout);
+    morph.tls = tls;
+    morph.wait_timeout = Duration(morph_wait_timeout);
+    return mkfleet::cli::RunMorph(morph, std::cout, std::cerr);
+  }
   apply.wait_timeout = Duration(wait_timeout);
   if (!since.empty()) events.since = Duration(since);
   if (validate_cmd->parsed()) return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);

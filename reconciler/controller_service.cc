@@ -331,4 +331,29 @@ grpc::Status ControllerService::Stats(grpc::ServerContext* context, const v1::St
   return grpc::Status::OK;
 }
 
+grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::MorphRequest* request,
+                                      v1::MorphResponse* response) {
+  const std::string& verb = request->verb();
+  if (verb != "status" && verb != "prepare" && verb != "commit" && verb != "rollback") {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "morph: want a verb status, prepare, commit or rollback, got \"" + verb + "\"");
+  }
+  if (!request->kind().empty() && request->kind() != "KernelInstance") {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "morph: only KernelInstances are live-updated");
+  }
+  if (!manifests::IsDnsLabel(request->name())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "morph: instance name \"" + request->name().substr(0, 64) + "\" is not a DNS label");
+  }
+  auto caller = Allow(*context, verb == "status" ? "get" : "morph", "KernelInstance", request->name());
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (!morph_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller runs no live updates");
+  v1::MorphRequest req = *request;
+  if (verb == "rollback" && req.reason().empty()) req.set_reason("rollback requested by " + caller->identity.ToString());
+  auto r = morph_(req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
 }  // namespace mkfleet::reconciler

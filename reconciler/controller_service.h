@@ -52,6 +52,11 @@ class ControllerService final : public ControllerServiceBase {
                      mkfleet::v1::StatsResponse* response) override;
   grpc::Status Audit(grpc::ServerContext*, const mkfleet::v1::AuditRequest* request,
                      mkfleet::v1::AuditResponse* response) override;
+  grpc::Status Morph(grpc::ServerContext*, const mkfleet::v1::MorphRequest* request,
+                     mkfleet::v1::MorphResponse* response) override;
+  // Where Morph goes (Reconciler::Morph; set once, before serving).
+  using MorphHandler = std::function<absl::StatusOr<mkfleet::v1::MorphResponse>(const mkfleet::v1::MorphRequest&)>;
+  void SetMorph(MorphHandler handler) { morph_ = std::move(handler); }
   // Who may call what (null: anyone, for in-process tests), and where apply and delete are
   // recorded (null: nowhere). Set once, before serving.
   void SetAccess(Access* access) { access_ = access; }
@@ -88,6 +93,7 @@ class ControllerService final : public ControllerServiceBase {
   Clock& clock_;
   std::function<mkfleet::v1::StatsResponse()> stats_;
   Preview preview_;
+  MorphHandler morph_;
   Access* access_ = nullptr;
   AuditLog* audit_ = nullptr;
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);

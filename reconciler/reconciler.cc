@@ -291,7 +291,29 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
     batch.insert(h);
   }
-  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views));
+  // A `morph prepare` holds until a morph other than the one seen then shows.
+  std::set<std::string> retry;
+  for (auto it = morph_retry_.begin(); it != morph_retry_.end();) {
+    std::string seen;
+    if (auto s = serving_.find(it->first); s != serving_.end()) {
+      auto v = views.find(s->second.first);
+      if (v != views.end()) {
+        auto in = v->second.instances.find(s->second.second);
+        if (in != v->second.instances.end()) seen = in->second.status().morph().id();
+      }
+    }
+    if (seen != it->second) {
+      it = morph_retry_.erase(it);
+    } else {
+      retry.insert(it->first);
+      ++it;
+    }
+  }
+  FleetPlan fleet =
+      PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views), retry);
+  for (const auto& [name, p] : fleet.planned) {
+    if (p.standby_for.empty()) serving_[name] = {p.host, p.kernel};
+  }
 
   // The hosts' batches go out in parallel; each worker takes the next host.
   std::vector<std::string> order(batch.begin(), batch.end());
@@ -518,6 +540,108 @@ std::map<std::string, std::vector<std::string>> Reconciler::Preview(const std::v
         absl::StrCat("would be unschedulable: ", u.reason));
   }
   return out;
+}
+
+absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& request) {
+  const std::string& name = request.name();
+  const std::string what = absl::StrCat("KernelInstance/", name);
+  std::string host, kernel;
+  std::shared_ptr<HostConnection> link;
+  v1::ObservedInstance seen;
+  {
+    absl::MutexLock pass(&pass_mu_);
+    auto s = serving_.find(name);
+    if (s == serving_.end()) return absl::NotFoundError(absl::StrCat(what, " is not placed on any host"));
+    host = s->second.first;
+    kernel = s->second.second;
+    std::map<std::string, std::shared_ptr<HostConnection>> links;
+    std::map<std::string, HostView> views = Views(&links);
+    auto l = links.find(host);
+    if (l == links.end() || !views[host].connected) {
+      return absl::UnavailableError(absl::StrCat(what, ": host ", host, " is not connected"));
+    }
+    link = l->second;
+    auto in = views[host].instances.find(kernel);
+    if (in == views[host].instances.end()) return absl::NotFoundError(absl::StrCat(what, " has no kernel on ", host));
+    seen = in->second;
+  }
+  v1::MorphResponse out;
+  out.set_host(host);
+  out.set_kernel(kernel);
+  const v1::InstanceStatus& st = seen.status();
+  if (st.has_morph()) *out.mutable_morph() = st.morph();
+  out.set_revision(st.revision().empty() ? ProvenanceRevision(st.provenance()) : st.revision());
+  out.set_previous_revision(st.previous_revision());
+  const v1::MorphPhase phase = st.morph().phase();
+  const bool running = st.has_morph() && phase != v1::MORPH_PHASE_UNSPECIFIED && phase != v1::MORPH_COMMITTED &&
+                       phase != v1::MORPH_ROLLED_BACK;
+  const std::string& verb = request.verb();
+  if (verb == "status") return out;
+  if (verb == "commit" || verb == "rollback") {
+    if (!running) {
+      if (phase == v1::MORPH_COMMITTED && verb == "commit") {
+        return absl::FailedPreconditionError(absl::StrCat("the live update ", st.morph().id(), " of ", what,
+                                                          " is already committed (revision ", out.revision(), ")"));
+      }
+      if (phase == v1::MORPH_COMMITTED) {
+        return absl::FailedPreconditionError(absl::StrCat("the live update ", st.morph().id(), " of ", what,
+                                                          " is already committed: too late to roll back"));
+      }
+      return absl::FailedPreconditionError(absl::StrCat("no live update of ", what, " is in progress"));
+    }
+    v1::ActionBatch batch;
+    v1::Action* a = batch.add_actions();
+    a->set_instance(kernel);
+    a->set_id(absl::StrCat(host, "/", kernel, "/morph-", verb, "/", st.morph().id()));
+    if (verb == "commit") {
+      a->mutable_morph_commit();
+    } else {
+      a->mutable_morph_rollback()->set_reason(request.reason().empty() ? "rollback requested" : request.reason());
+    }
+    auto r = link->Execute(batch);
+    if (!r.ok()) return r.status();
+    if (r->results_size() != 1) return absl::InternalError("the agent answered no result");
+    const v1::ActionResult& res = r->results(0);
+    if (res.code() != 0) return absl::Status(static_cast<absl::StatusCode>(res.code()), res.message());
+    out.set_message(verb == "commit" ? absl::StrCat("committing the live update ", st.morph().id(), " of ", what)
+                                     : absl::StrCat("rolling back the live update ", st.morph().id(), " of ", what));
+    return out;
+  }
+  if (verb == "prepare") {
+    if (running) {
+      return absl::FailedPreconditionError(absl::StrCat("the live update ", st.morph().id(), " of ", what,
+                                                        " is already in progress (", st.morph().id(), ")"));
+    }
+    auto objects = ReadObjects();
+    if (!objects.ok()) return objects.status();
+    const v1::KernelInstanceSpec* spec = nullptr;
+    for (const auto& ki : objects->instances) {
+      if (ki.metadata().name() == name) spec = &ki.spec();
+    }
+    if (spec == nullptr) {
+      std::string set = planner::SetOfMember(name, host, objects->sets);
+      for (const auto& s : objects->sets) {
+        if (s.metadata().name() == set) spec = &s.spec().template_().spec();
+      }
+    }
+    if (spec == nullptr) return absl::NotFoundError(absl::StrCat("no ", what));
+    if (spec->update().strategy() != v1::UPDATE_MORPH) {
+      return absl::FailedPreconditionError(absl::StrCat(what, ": spec.update.strategy is Replace; set it to Morph"));
+    }
+    if (SameKernel(*spec, st.provenance())) {
+      return absl::FailedPreconditionError(absl::StrCat("nothing to update: ", what, " already runs its spec's kernel "
+                                                        "(revision ", out.revision(), ")"));
+    }
+    {
+      absl::MutexLock pass(&pass_mu_);
+      morph_retry_[name] = st.morph().id();
+    }
+    queue_.Add(host);
+    out.set_message(absl::StrCat("the live update of ", what, " to revision ",
+                                 KernelRevision(spec->kernel(), spec->rootfs().image()), " starts on the next pass"));
+    return out;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("morph: unknown verb \"", verb, "\" (status, prepare, commit, rollback)"));
 }
 
 }  // namespace mkfleet::reconciler

@@ -100,6 +100,11 @@ class Reconciler {
   // web-1 on node-a: the boot CPU 4 is not in the new placement".
   std::map<std::string, std::vector<std::string>> Preview(const std::vector<mkfleet::v1::Object>& objects);
 
+  // kmorphctl's verbs (controller.proto MorphRequest) on the instance `request.name`:
+  // FailedPrecondition for a refusal (no morph in progress, already committed, nothing to
+  // update), NotFound for an instance that is not placed.
+  absl::StatusOr<mkfleet::v1::MorphResponse> Morph(const mkfleet::v1::MorphRequest& request);
+
   int64_t actions_sent() const { return dispatcher_.actions_sent(); }
   int64_t passes() const { return passes_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
@@ -159,6 +164,11 @@ class Reconciler {
   bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
+  // Where each placed instance runs after the last pass: host and serving kernel.
+  std::map<std::string, std::pair<std::string, std::string>> serving_ ABSL_GUARDED_BY(pass_mu_);
+  // Instances whose held (rolled back) revision may morph again: `mkapply morph prepare`;
+  // the value is the morph id seen when asked (dropped once another one shows).
+  std::map<std::string, std::string> morph_retry_ ABSL_GUARDED_BY(pass_mu_);
   // Per reachable host, a fingerprint of the action ids of its plan in the last pass.
   std::map<std::string, size_t> last_plan_seen_ ABSL_GUARDED_BY(pass_mu_);
   // Creates sent whose kernel the host's view does not show yet, by request name: planned
