@@ -270,6 +270,13 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         partners.insert(m.new_kernel());
       }
     }
+    // After a live update "<R>-next" serves R (the one after goes back to the name R).
+    for (const auto& [kernel, in] : seen) {
+      if (!absl::EndsWith(kernel, kNextSuffix) || partners.count(kernel)) continue;
+      std::string base = kernel.substr(0, kernel.size() - kNextSuffix.size());
+      bool known = kis.count(base) > 0 || !planner::SetOfMember(base, name, sets).empty();
+      if (known && (!seen.count(base) || partners.count(base))) morphed[base] = kernel;
+    }
     for (const auto& [kernel, in] : seen) {
       if (partners.count(kernel)) {
         if (!deleting && in.status().placement().cpus_size() > 0) {
@@ -295,25 +302,22 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       // After a takeover X-standby (role primary) serves X, and X (role standby) serves
       // X-standby: each request's current placement is that of the kernel serving it.
       std::string request = kernel;
-      // After a live update "<R>-next" serves R (the one after goes back to the name R).
       if (absl::EndsWith(kernel, kNextSuffix)) {
         std::string base = kernel.substr(0, kernel.size() - kNextSuffix.size());
-        bool known = kis.count(base) > 0 || !planner::SetOfMember(base, name, sets).empty();
-        if (known && (!seen.count(base) || partners.count(base))) {
-          request = base;
-          morphed[base] = kernel;
-        }
+        if (auto m = morphed.find(base); m != morphed.end() && m->second == kernel) request = base;
       }
       if (absl::EndsWith(kernel, kStandbySuffix) && in.status().role() == "primary") {
         std::string base = kernel.substr(0, kernel.size() - kStandbySuffix.size());
-        auto b = seen.find(base);
+        // The primary it took over from: "<base>", or "<base>-next" after a live update.
+        auto b = seen.find(morphed.count(base) ? morphed.at(base) : base);
         if (b != seen.end() && b->second.status().role() == "standby") {
           request = base;
           swapped.insert(base);
         }
       } else if (in.status().role() == "standby") {
-        auto s = seen.find(kernel + kStandbySuffix);
-        if (s != seen.end() && s->second.status().role() == "primary") request = kernel + kStandbySuffix;
+        std::string logical = request;
+        auto s = seen.find(logical + kStandbySuffix);
+        if (s != seen.end() && s->second.status().role() == "primary") request = logical + kStandbySuffix;
       }
       // A kernel of an earlier incarnation of the name (deleted, then applied again while
       // this host was out of touch) is not the new object's: it is deleted, never kept.
@@ -328,6 +332,11 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         spec = &sets_by_name.at(set)->spec().template_().spec();
       }
       if (!earlier && !deleting && spec != nullptr && spec->update().strategy() == v1::UPDATE_MORPH &&
+          in.status().role() == "primary" && absl::EndsWith(kernel, kStandbySuffix)) {
+        // Served by its warm standby after a takeover: the kernels' names are taken.
+        morph_blocked[request] = absl::StrCat("MorphBlocked: ", request, " is served by its standby ", kernel,
+                                              " after a takeover; a live update waits until it is re-created");
+      } else if (!earlier && !deleting && spec != nullptr && spec->update().strategy() == v1::UPDATE_MORPH &&
           in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE && !MorphRunning(in.status()) &&
           !SameKernel(*spec, in.status().provenance())) {
         const v1::MorphStatus& last = in.status().morph();
@@ -380,7 +389,9 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   auto kernel_of = [&](const std::string& request, const std::string& standby_for) {
     if (auto m = morphed.find(request); standby_for.empty() && m != morphed.end()) return m->second;
     if (standby_for.empty()) return swapped.count(request) ? request + kStandbySuffix : request;
-    return swapped.count(standby_for) ? standby_for : request;
+    if (!swapped.count(standby_for)) return request;
+    auto m = morphed.find(standby_for);
+    return m != morphed.end() ? m->second : standby_for;
   };
   // Sets that select a host still expected to connect keep exactly their members.
   for (const v1::InstanceSet& s : sets) {

@@ -290,6 +290,96 @@ namespace {
 
 // The Host's pool spec against what its agent lends: a PoolChange first in the plan, and
 // nothing placed on what is leaving.
+// Live update: a kernel change under strategy Morph gets a surge beside the instance and a
+// morph-start; the new kernel is left alone while the morph runs; once committed, web-1-next
+// serves web-1 (nothing deleted or re-created), and the next update boots web-1 again.
+TEST(PlanFleetTest, MorphPlacesASurgeAndFollowsTheServingKernel) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  v1::KernelInstance web = Instance("web-1", "node-a", 4);
+  web.mutable_spec()->mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  FleetPlan first = PlanFleet(hosts, views, {web}, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  HostView& view = views["node-a"];
+  const v1::Placement placed = view.instances["web-1"].status().placement();
+
+  web.mutable_spec()->mutable_kernel()->set_image("/k/vmlinux-2");
+  FleetPlan plan = PlanFleet(hosts, views, {web}, {});
+  ASSERT_EQ(plan.hosts["node-a"].actions.size(), 1u) << plan.hosts["node-a"].DebugString();
+  const v1::Action& a = plan.hosts["node-a"].actions[0];
+  ASSERT_TRUE(a.has_morph_start());
+  EXPECT_EQ(a.instance(), "web-1");
+  EXPECT_EQ(a.morph_start().next(), "web-1-next");
+  EXPECT_EQ(a.morph_start().surge().host(), "node-a");
+  EXPECT_EQ(a.morph_start().surge().numa_nodes(0), placed.numa_nodes(0)) << "the surge goes on its NUMA node";
+  for (uint32_t c : a.morph_start().surge().cpus()) {
+    EXPECT_THAT(placed.cpus(), ::testing::Not(::testing::Contains(c))) << "the surge takes free CPUs";
+  }
+  EXPECT_EQ(a.morph_start().target().SerializeAsString(), plan.placements.at("web-1").SerializeAsString());
+  EXPECT_THAT(plan.unschedulable, IsEmpty());
+  EXPECT_EQ(plan.planned.count("morph-surge/web-1"), 0u);
+
+  // Running: the new kernel is held as it is, nothing is planned for either.
+  v1::ObservedInstance& old = view.instances["web-1"];
+  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
+  m->set_phase(v1::MORPH_TRANSFERRING);
+  m->set_old_kernel("web-1");
+  m->set_new_kernel("web-1-next");
+  v1::ObservedInstance next = old;
+  next.set_name("web-1-next");
+  *next.mutable_status()->mutable_placement() = a.morph_start().surge();
+  next.mutable_status()->clear_morph();
+  view.instances["web-1-next"] = next;
+  FleetPlan during = PlanFleet(hosts, views, {web}, {});
+  EXPECT_THAT(during.hosts["node-a"].actions, IsEmpty()) << during.hosts["node-a"].DebugString();
+  EXPECT_THAT(during.unmanaged["node-a"], IsEmpty());
+
+  // Committed: web-1 is gone, web-1-next serves web-1 with the new kernel.
+  view.instances.erase("web-1");
+  v1::ObservedInstance& serving = view.instances["web-1-next"];
+  *serving.mutable_status()->mutable_placement() = placed;
+  serving.mutable_status()->mutable_provenance()->set_kernel_path("/k/vmlinux-2");
+  serving.mutable_status()->mutable_morph()->set_phase(v1::MORPH_COMMITTED);
+  FleetPlan after = PlanFleet(hosts, views, {web}, {});
+  EXPECT_THAT(after.hosts["node-a"].actions, IsEmpty()) << after.hosts["node-a"].DebugString();
+  EXPECT_EQ(after.planned.at("web-1").kernel, "web-1-next");
+
+  // The next update boots web-1 beside web-1-next.
+  web.mutable_spec()->mutable_kernel()->set_image("/k/vmlinux-3");
+  FleetPlan third = PlanFleet(hosts, views, {web}, {});
+  ASSERT_EQ(third.hosts["node-a"].actions.size(), 1u);
+  EXPECT_EQ(third.hosts["node-a"].actions[0].instance(), "web-1-next");
+  EXPECT_EQ(third.hosts["node-a"].actions[0].morph_start().next(), "web-1");
+}
+
+TEST(PlanFleetTest, MorphWithoutRoomSaysWhyAndARolledBackRevisionIsHeld) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  v1::KernelInstance web = Instance("web-1", "node-a", 4);
+  web.mutable_spec()->mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  web.mutable_spec()->mutable_update()->mutable_morph()->mutable_surge()->set_cpus(1000);
+  FleetPlan first = PlanFleet(hosts, views, {web}, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  web.mutable_spec()->mutable_kernel()->set_image("/k/vmlinux-2");
+  FleetPlan plan = PlanFleet(hosts, views, {web}, {});
+  EXPECT_THAT(plan.hosts["node-a"].actions, IsEmpty());
+  EXPECT_THAT(plan.hosts["node-a"].notes.at("web-1"), HasSubstr("MorphNoSurge: no room for the new kernel"));
+  EXPECT_THAT(plan.unschedulable, IsEmpty()) << "a surge is not an instance";
+
+  // A rolled-back revision is held until asked again.
+  web.mutable_spec()->mutable_update()->mutable_morph()->mutable_surge()->set_cpus(2);
+  v1::MorphStatus* m = views["node-a"].instances["web-1"].mutable_status()->mutable_morph();
+  m->set_phase(v1::MORPH_ROLLED_BACK);
+  m->set_revision(KernelRevision(web.spec().kernel(), ""));
+  m->set_reason("validation failed");
+  FleetPlan held = PlanFleet(hosts, views, {web}, {});
+  EXPECT_THAT(held.hosts["node-a"].actions, IsEmpty());
+  EXPECT_THAT(held.hosts["node-a"].notes.at("web-1"), HasSubstr("MorphHeld: "));
+  FleetPlan retried = PlanFleet(hosts, views, {web}, {}, {}, {"web-1"});
+  ASSERT_EQ(retried.hosts["node-a"].actions.size(), 1u);
+  EXPECT_TRUE(retried.hosts["node-a"].actions[0].has_morph_start());
+}
+
 TEST(PoolChangeTest, DifferingPoolIsChangedFirstAndPlannedWithWhatStays) {
   v1::Host h = Host("node-a");
   h.mutable_metadata()->set_generation(2);

@@ -142,7 +142,7 @@ class Builder {
     // A live update that cannot start (no surge room, a held revision) is progress withheld,
     // not a fault: Progressing=False with the reason.
     std::string morph_reason, morph_message;
-    for (const char* kind : {"MorphNoSurge", "MorphHeld"}) {
+    for (const char* kind : {"MorphNoSurge", "MorphHeld", "MorphBlocked"}) {
       if (absl::StartsWith(blocked, absl::StrCat(kind, ": "))) {
         morph_reason = kind == std::string("MorphHeld") ? "MorphRolledBack" : kind;
         morph_message = blocked.substr(strlen(kind) + 2);
