@@ -173,7 +173,9 @@ class Builder {
       degraded_message = blocked;
     }
     const bool connected = view.connected;
-    const bool converged = connected && !acting && !pending && st.kernel_state() == want && blocked.empty();
+    // A live update that runs, or a kernel other than the spec's, is not there yet.
+    const bool converged = connected && !acting && !pending && st.kernel_state() == want && blocked.empty() &&
+                           !morphing && (observed == view.instances.end() || SameKernel(*p.spec, st.provenance()));
     const bool failed = degraded_reason == "ActionFailed" || degraded_reason == "KernelFailed" ||
                         degraded_reason == "CrashLoop";
     st.set_phase(failed && !converged ? "Failed" : converged ? PhaseFor(want) : "Creating");

@@ -251,6 +251,35 @@ TEST_F(MorphProcessTest, PanickingNewKernelRollsBackAndTheOldNeverStops) {
   EXPECT_EQ(StopsOf("web"), 0) << "the old kernel stopped";
 }
 
+TEST_F(MorphProcessTest, SecondMorphToAKernelPanickingOnBootRollsBackBesideAStandby) {
+  StartMorphAgent();
+  StartController();
+  const std::string standby =
+      "  failover:\n    policy: Standby\n    standby: {cpus: 2, memory: 512Mi}\n";
+  StartWeb(standby);
+  ASSERT_EQ(Change((dir_ / "vmlinux-2").string(), standby), 0);
+  ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_COMMITTED && Status("web").phase() == "Running"; }))
+      << Status("web").DebugString() << agents_["node-a"].process->Log();
+  std::ofstream(dir_ / "vmlinux-late-panic", std::ios::binary) << std::string("\x7f" "ELF", 4)
+                                                               << "mkfleet-emulator:panic-after-ms=0";
+  ASSERT_EQ(Change((dir_ / "vmlinux-late-panic").string(), standby), 0);
+  ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_ROLLED_BACK; })) << [&] {
+    std::string all;
+    for (const auto& e : ControllerEvents()) all += e.name() + " " + e.reason() + " " + e.message() + "\n";
+    return all;
+  }();
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  v1::InstanceStatus st = Status("web");
+  EXPECT_EQ(st.kernel(), "web-next") << controller_->Log() << agents_["node-a"].process->Log();
+  EXPECT_EQ(st.morph().phase(), v1::MORPH_ROLLED_BACK);
+  auto on_agent = OnAgent("node-a");
+  EXPECT_EQ(on_agent.count("web"), 0u) << "the failed new kernel is still there";
+  ASSERT_TRUE(on_agent.count("web-next"));
+  EXPECT_EQ(on_agent["web-next"].placement().devices_size(), 1);
+  ASSERT_TRUE(CountsAgain());
+  EXPECT_EQ(CheckLog().size(), 2u);
+}
+
 TEST_F(MorphProcessTest, FailedValidationRollsBack) {
   StartMorphAgent();
   StartController();

@@ -94,6 +94,7 @@ pid_t EmulatedKernel::GuestPid(absl::string_view instance) {
 void EmulatedKernel::Activate(Instance& in, absl::Duration at) {
   in.active_at.reset();
   in.status = "active";
+  in.shown_active = false;
   if (in.hang_on_boot) in.hung = true;
   if (in.panic_after) in.crash_at = at + *in.panic_after;
 }
@@ -142,7 +143,9 @@ void EmulatedKernel::Advance(State& s) {
       Activate(in, *in.active_at);
       changed = true;
     }
-    if (in.crash_at && now >= *in.crash_at && in.status == "active" && !in.halted_at) {
+    // A marked image crashes at its time, but only once its boot was seen (a status read
+    // said active): then the crash shows as what it is, an unrequested active -> loaded.
+    if (in.crash_at && now >= *in.crash_at && in.status == "active" && !in.halted_at && in.shown_active) {
       Stopped(in, "loaded");  // the marked image panics: an unrequested active -> loaded
       ++counters_.panics;
       changed = true;
@@ -177,7 +180,10 @@ absl::StatusOr<std::string> EmulatedKernel::Read(absl::string_view path) {
     if (it != state_.instances.end()) {
       const Instance& in = it->second;
       if (parts[2] == "id") return absl::StrCat(in.id, "\n");
-      if (parts[2] == "status") return absl::StrCat(in.status, "\n");
+      if (parts[2] == "status") {
+        if (in.status == "active") in.shown_active = true;
+        return absl::StrCat(in.status, "\n");
+      }
       if (parts[2] == "device_tree") return InstanceBlob(in);
     }
   }

@@ -115,7 +115,8 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     // What the loaded image's markers ask for (a bad kernel for tests, see KexecFileLoad).
     std::optional<absl::Duration> panic_after;  // crash this long after boot
     bool hang_on_boot = false;
-    std::optional<absl::Duration> crash_at;   // a marked image crashes then
+    std::optional<absl::Duration> crash_at;   // a marked image crashes then (once seen active)
+    mutable bool shown_active = false;        // a status read has said active since the boot
     std::string guest_profile;                // mkfleet.guest=PROFILE on the command line
     pid_t guest_pid = 0;                      // its mkguest process, while active
     bool guest_frozen = false;                // stopped (the instance hangs)

@@ -183,7 +183,8 @@ TEST_F(GuestsTest, ARestartedEmulatorAdoptsTheRunningGuest) {
 TEST_F(GuestsTest, MarkedImagesPanicOrHangOnBoot) {
   ASSERT_TRUE(CreateAndLoad("p", 10, 4, "panics", "mkfleet.guest=p1").ok());
   ASSERT_TRUE(emu_->Reboot(kRebootStart, 10).ok());
-  // It crashed at boot: an unrequested active -> loaded, seen on the next read.
+  // It came up, then crashed: an unrequested active -> loaded, seen on the next read.
+  EXPECT_EQ(*emu_->Read("instances/p/status"), "active\n");
   EXPECT_EQ(*emu_->Read("instances/p/status"), "loaded\n");
   EXPECT_EQ(emu_->counters().panics, 1);
   EXPECT_EQ(emu_->GuestPid("p"), 0);
