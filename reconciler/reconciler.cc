@@ -63,6 +63,10 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
     if (e.kind() == "KernelInstance" && e.name().empty()) {
       e.set_kind("Host");
       e.set_name(host);
+    } else if (e.kind() == "KernelInstance") {
+      absl::MutexLock lock(&kernel_names_mu_);
+      auto n = kernel_names_.find({host, e.name()});
+      if (n != kernel_names_.end()) e.set_name(n->second);
     }
     if (action) e.set_reason(e.reason() == "ActionDone" ? "AgentActionDone" : "AgentActionFailed");
     keep.push_back(std::move(e));
@@ -311,8 +315,14 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   FleetPlan fleet =
       PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views), retry);
+  std::map<std::pair<std::string, std::string>, std::string> kernel_names;
   for (const auto& [name, p] : fleet.planned) {
     if (p.standby_for.empty()) serving_[name] = {p.host, p.kernel};
+    if (p.kernel != name) kernel_names[{p.host, p.kernel}] = name;
+  }
+  {
+    absl::MutexLock lock(&kernel_names_mu_);
+    kernel_names_ = std::move(kernel_names);
   }
 
   // The hosts' batches go out in parallel; each worker takes the next host.

@@ -169,6 +169,10 @@ class Reconciler {
   // Instances whose held (rolled back) revision may morph again: `mkapply morph prepare`;
   // the value is the morph id seen when asked (dropped once another one shows).
   std::map<std::string, std::string> morph_retry_ ABSL_GUARDED_BY(pass_mu_);
+  // (host, kernel) -> the instance it serves, where the names differ (after a live update):
+  // agents name kernels in their events, people look for the instance.
+  absl::Mutex kernel_names_mu_;
+  std::map<std::pair<std::string, std::string>, std::string> kernel_names_ ABSL_GUARDED_BY(kernel_names_mu_);
   // Per reachable host, a fingerprint of the action ids of its plan in the last pass.
   std::map<std::string, size_t> last_plan_seen_ ABSL_GUARDED_BY(pass_mu_);
   // Creates sent whose kernel the host's view does not show yet, by request name: planned
