@@ -107,7 +107,7 @@ std::shared_ptr<Morpher::Run> Morpher::Find(const std::string& name) {
   return found;
 }
 
-absl::Status Morpher::Save(Run& run) {
+absl::Status Morpher::Save(Run& run, bool sync) {
   absl::MutexLock saving(&run.save_mu);
   v1::MorphRecord copy;
   {
@@ -116,7 +116,7 @@ absl::Status Morpher::Save(Run& run) {
   }
   mkdir(options_.dir.c_str(), 0700);
   return WriteFileAtomically(absl::StrCat(options_.dir, "/", copy.status().id(), ".morph"), copy.SerializeAsString(),
-                             0600, /*sync=*/true);
+                             0600, sync);
 }
 
 absl::Status Morpher::Start(const std::string& instance, const v1::MorphStart& start) {
@@ -168,8 +168,11 @@ absl::Status Morpher::Start(const std::string& instance, const v1::MorphStart& s
     st->set_manual(start.manual_commit());
     st->set_started_unix_ms(absl::ToUnixMillis(clock_.Now()));
   }
-  // Journaled before it is known (a restart finds it) and before anything runs.
-  MK_RETURN_IF_ERROR(Save(*run));
+  // Journaled before it is known (a restart finds it) and before anything runs: synced, the
+  // one step that is. The others are written (they outlive the agent) but not synced: what
+  // a restart needs beyond this record the kernel tells (the surge kernel holds devices only
+  // once the commit moved them), so no fsync sits in the handover.
+  MK_RETURN_IF_ERROR(Save(*run, /*sync=*/true));
   absl::MutexLock lock(&mu_);
   // Earlier morphs of these kernels are history now: only the newest is reported.
   for (auto it = runs_.begin(); it != runs_.end();) {
@@ -321,6 +324,15 @@ absl::Status Morpher::Interrupted(Run& run) {
   return absl::OkStatus();
 }
 
+bool Morpher::NextHoldsDevices(Run& run) {
+  auto obs = kernel_.Observe();
+  if (!obs.ok()) return false;
+  for (const auto& in : obs->instances) {
+    if (in.name == run.record.start().next()) return !in.resources.devices.empty();
+  }
+  return false;
+}
+
 absl::StatusOr<std::unique_ptr<kmp::Connection>> Morpher::Connect(Run& run, const std::string& name, uint32_t id,
                                                                   absl::Duration wait) {
   absl::Duration until = clock_.Monotonic() + wait;
@@ -400,6 +412,10 @@ void Morpher::Drive(std::shared_ptr<Run> run_ptr) {
     absl::MutexLock lock(&mu_);
     phase = run.record.status().phase();
     if (phase == v1::MORPH_PHASE_UNSPECIFIED) phase = v1::MORPH_PREPARING;
+  }
+  if (run.resumed && phase < v1::MORPH_COMMITTING && NextHoldsDevices(run)) {
+    // The commit moved the devices (the journal had not said so yet): it goes on.
+    phase = v1::MORPH_COMMITTING;
   }
   if (run.resumed && phase < v1::MORPH_COMMITTING) {
     // The agent was restarted: the guests' connections and the handover's timing are gone.
@@ -714,8 +730,10 @@ absl::Status Morpher::CommitDevices(Run& run) {
     // Did an earlier run of this agent move them already (killed before it journaled so)?
     std::set<std::string> on_new;
     for (const auto& d : new_info->resources.devices) on_new.insert(d.pci_id);
-    bool all_on_new = !devices.empty() && std::all_of(devices.begin(), devices.end(),
-                                                       [&](const std::string& d) { return on_new.count(d) > 0; });
+    // A surge kernel holds devices only once the commit moved them there.
+    bool all_on_new = devices.empty() ? !on_new.empty() && run.resumed
+                                      : std::all_of(devices.begin(), devices.end(),
+                                                    [&](const std::string& d) { return on_new.count(d) > 0; });
     if (!all_on_new && run.resumed) {
       // Killed inside COMMITTING before the devices moved: the guests' connections are gone,
       // so it goes back (the old kernel never stopped).

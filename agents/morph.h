@@ -13,8 +13,9 @@
 // guest; `next` halted, unloaded, removed; MORPH_ROLLBACK to the old guest, which resumes)
 // -> ROLLED_BACK. The old kernel is never stopped before the commit.
 //
-// Every step is journaled (one file per morph under `dir`, replaced atomically and synced)
-// before it runs. After a restart, Resume() drives each unfinished morph to an end: one
+// Every step is journaled (one file per morph under `dir`, replaced atomically; the first
+// synced, the others written: they outlive the agent, and what a restart needs beyond the
+// first the kernel tells) before it runs. After a restart, Resume() drives each unfinished morph to an end: one
 // that had not moved the devices rolls back (the kernel says whether they moved), one that
 // had goes on committing. So a device is never owned by both kernels or by neither.
 // Rollback triggers: the new kernel crashes or stops answering, a hook fails or times out
@@ -99,7 +100,9 @@ class Morpher final : public MorphHandler {
   std::shared_ptr<Run> Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Launch(std::shared_ptr<Run> run) ABSL_LOCKS_EXCLUDED(mu_);
   void Drive(std::shared_ptr<Run> run);
-  absl::Status Save(Run& run);
+  absl::Status Save(Run& run, bool sync = false);
+  // Whether the new kernel holds devices (only the commit gives it any).
+  bool NextHoldsDevices(Run& run);
   // Steps; a non-OK status rolls the morph back with its message as the reason.
   absl::Status Prepare(Run& run);
   absl::Status Negotiate(Run& run);
