@@ -535,7 +535,8 @@ absl::Status Morpher::Prepare(Run& run) {
   }
   run.old_id = old_info->id;
   // The old side first: without its guest there is nothing to hand over.
-  MK_ASSIGN_OR_RETURN(run.old_conn, Connect(run, old_name, run.old_id, absl::Seconds(2)));
+  MK_ASSIGN_OR_RETURN(run.old_conn,
+                      Connect(run, old_name, run.old_id, std::min(absl::Seconds(2), options_.heartbeat_wait)));
   MK_ASSIGN_OR_RETURN(v1::KernelState state, kernel_.StateOf(next));
   if (state == v1::KERNEL_STATE_ABSENT) {
     // It may be handed every CPU of the target's nodes (a kernel onlines only CPUs it
@@ -603,7 +604,21 @@ absl::Status Morpher::Prepare(Run& run) {
   for (const auto& in : obs.instances) {
     if (in.name == next) run.new_id = in.id;
   }
-  MK_ASSIGN_OR_RETURN(run.new_conn, Connect(run, next, run.new_id, options_.heartbeat_wait));
+  absl::Duration hb_wait = options_.heartbeat_wait;
+  if (start.timeout_ms() > 0) {
+    absl::Duration left = absl::FromUnixMillis(run.record.status().started_unix_ms()) +
+                          absl::Milliseconds(start.timeout_ms()) - clock_.Now();
+    hb_wait = std::max(absl::Milliseconds(1), std::min(hb_wait, left));
+  }
+  auto new_conn = Connect(run, next, run.new_id, hb_wait);
+  if (!new_conn.ok() && start.timeout_ms() > 0 &&
+      clock_.Now() >= absl::FromUnixMillis(run.record.status().started_unix_ms()) + absl::Milliseconds(start.timeout_ms())) {
+    return absl::DeadlineExceededError(absl::StrCat("the morph exceeded its timeout of ",
+                                                    absl::FormatDuration(absl::Milliseconds(start.timeout_ms())),
+                                                    " while Preparing: ", new_conn.status().message()));
+  }
+  if (!new_conn.ok()) return new_conn.status();
+  run.new_conn = *std::move(new_conn);
   v1::KmpMorphPrepare p;
   p.set_morph_id(run.record.status().id());
   p.set_old_id(run.old_id);

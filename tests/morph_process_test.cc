@@ -34,7 +34,10 @@ class MorphProcessTest : public ProcessFleetTest {
     script(hooks_ + "/wl/start", "#!/bin/sh\n" + d +
                                      "if [ ! -e \"$D/first\" ]; then echo $ID > \"$D/first\"; echo 0 > \"$D/counter.$ID\"; "
                                      "touch \"$D/serving.$ID\"; fi\n\"$D/workload\" $ID </dev/null >/dev/null 2>&1 &\n");
-    script(hooks_ + "/wl/quiesce", "#!/bin/sh\n" + d + "flock \"$D/lock\" rm -f \"$D/serving.$ID\"\n");
+    script(hooks_ + "/wl/quiesce", "#!/bin/sh\n" + d +
+                                       "[ -e \"$D/fail-quiesce\" ] && { echo 'cannot quiesce' >&2; exit 3; }\n"
+                                       "[ -e \"$D/slow-quiesce\" ] && sleep 30\n"
+                                       "flock \"$D/lock\" rm -f \"$D/serving.$ID\"\n");
     script(hooks_ + "/wl/checkpoint", "#!/bin/sh\n" + d + "cat \"$D/counter.$ID\"\n");
     script(hooks_ + "/wl/restore", "#!/bin/sh\n" + d + "cat > \"$D/counter.$ID\"\n");
     script(hooks_ + "/wl/validate", "#!/bin/sh\n" + d +
@@ -256,7 +259,11 @@ TEST_F(MorphProcessTest, SecondMorphToAKernelPanickingOnBootRollsBackBesideAStan
   StartController();
   const std::string standby =
       "  failover:\n    policy: Standby\n    standby: {cpus: 2, memory: 512Mi}\n";
-  StartWeb(standby);
+  // The standby comes after web's workload started (its guest runs the same hooks, and the
+  // first guest up serves).
+  StartWeb();
+  ASSERT_EQ(Change(vmlinux_, standby), 0);
+  ASSERT_TRUE(Eventually([&] { return OnAgent("node-a").count("web-standby") > 0; }));
   ASSERT_EQ(Change((dir_ / "vmlinux-2").string(), standby), 0);
   ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_COMMITTED && Status("web").phase() == "Running"; }))
       << Status("web").DebugString() << agents_["node-a"].process->Log();
@@ -274,10 +281,48 @@ TEST_F(MorphProcessTest, SecondMorphToAKernelPanickingOnBootRollsBackBesideAStan
   EXPECT_EQ(st.morph().phase(), v1::MORPH_ROLLED_BACK);
   auto on_agent = OnAgent("node-a");
   EXPECT_EQ(on_agent.count("web"), 0u) << "the failed new kernel is still there";
+  EXPECT_EQ(on_agent.count("web-standby"), 1u);
   ASSERT_TRUE(on_agent.count("web-next"));
   EXPECT_EQ(on_agent["web-next"].placement().devices_size(), 1);
   ASSERT_TRUE(CountsAgain());
   EXPECT_EQ(CheckLog().size(), 2u);
+}
+
+TEST_F(MorphProcessTest, HangingNewKernelRollsBack) {
+  StartMorphAgent();
+  StartController();
+  StartWeb();
+  std::ofstream(dir_ / "vmlinux-hangs", std::ios::binary) << std::string("\x7f" "ELF", 4)
+                                                          << "mkfleet-emulator:hang-on-boot";
+  ASSERT_EQ(Change((dir_ / "vmlinux-hangs").string(), "    morph: {timeout: 3s}\n"), 0);
+  ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_ROLLED_BACK; })) << controller_->Log();
+  EXPECT_THAT(Status("web").morph().reason(), ::testing::HasSubstr("did not answer"));
+  ASSERT_TRUE(CountsAgain());
+  EXPECT_EQ(CheckLog().size(), 1u);
+  ExpectOneOwner("web");
+  EXPECT_EQ(StopsOf("web"), 0);
+}
+
+TEST_F(MorphProcessTest, FailingAndTimedOutHooksRollBack) {
+  StartMorphAgent();
+  StartController();
+  StartWeb("    morph: {timeout: 4s}\n");
+  std::ofstream(data_ + "/fail-quiesce") << "";
+  ASSERT_EQ(Change((dir_ / "vmlinux-2").string(), "    morph: {timeout: 4s}\n"), 0);
+  ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_ROLLED_BACK; })) << controller_->Log();
+  EXPECT_THAT(Status("web").morph().reason(), ::testing::HasSubstr("cannot quiesce"));
+  fs::remove(data_ + "/fail-quiesce");
+  // A hook that outlives the morph's timeout (and the guest's hook timeout, 10 s).
+  std::ofstream(data_ + "/slow-quiesce") << "";
+  std::string out;
+  std::string id = Status("web").morph().id();
+  ASSERT_EQ(Mkapply({"morph", "prepare", "instance", "web"}, &out), 0) << out;
+  ASSERT_TRUE(Eventually([&] { return Status("web").morph().id() != id && Phase() == v1::MORPH_ROLLED_BACK; }))
+      << controller_->Log();
+  EXPECT_THAT(Status("web").morph().reason(), ::testing::HasSubstr("no answer within"));
+  fs::remove(data_ + "/slow-quiesce");
+  ExpectOneOwner("web");
+  EXPECT_EQ(StopsOf("web"), 0);
 }
 
 TEST_F(MorphProcessTest, FailedValidationRollsBack) {
@@ -368,7 +413,11 @@ TEST_F(MorphProcessTest, SetMemberMorphs) {
   ASSERT_TRUE(Eventually([&] {
     v1::InstanceStatus st = Status(member);
     return st.morph().phase() == v1::MORPH_COMMITTED && st.phase() == "Running";
-  })) << controller_->Log();
+  })) << Status(member).DebugString() << [&] {
+    std::string all;
+    for (const auto& e : ControllerEvents()) all += e.name() + " " + e.reason() + " " + e.message() + "\n";
+    return all;
+  }();
   EXPECT_EQ(Status(member).kernel(), member + "-next");
   ASSERT_TRUE(CountsAgain());
   EXPECT_EQ(CheckLog().size(), 2u);
