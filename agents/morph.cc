@@ -33,20 +33,6 @@ std::string Us(uint64_t us) { return absl::FormatDuration(absl::Microseconds(us)
 
 }  // namespace
 
-const char* MorphPhaseName(v1::MorphPhase phase) {
-  switch (phase) {
-    case v1::MORPH_PREPARING: return "Preparing";
-    case v1::MORPH_NEGOTIATING: return "Negotiating";
-    case v1::MORPH_TRANSFERRING: return "Transferring";
-    case v1::MORPH_VALIDATING: return "Validating";
-    case v1::MORPH_COMMITTING: return "Committing";
-    case v1::MORPH_COMMITTED: return "Committed";
-    case v1::MORPH_ROLLING_BACK: return "RollingBack";
-    case v1::MORPH_ROLLED_BACK: return "RolledBack";
-    default: return "Unknown";
-  }
-}
-
 struct Morpher::Run {
   v1::MorphRecord record;  // under Morpher::mu_
   std::thread thread;
@@ -202,46 +188,38 @@ void Morpher::Launch(std::shared_ptr<Run> run) {
   run->thread = std::thread([this, run] { Drive(run); });
 }
 
-absl::Status Morpher::Commit(const std::string& instance) {
+absl::Status Morpher::Request(const std::string& instance, bool commit, const std::string& reason) {
   std::shared_ptr<Run> run;
   {
     absl::MutexLock lock(&mu_);
     run = Find(instance);
     if (run == nullptr) return absl::FailedPreconditionError(absl::StrCat("no morph of ", instance, " in progress"));
-    v1::MorphPhase p = run->record.status().phase();
-    if (p == v1::MORPH_COMMITTED || p == v1::MORPH_COMMITTING) {
-      return absl::FailedPreconditionError(absl::StrCat("morph ", run->record.status().id(), " of ", instance,
-                                                        " is already ", MorphPhaseName(p)));
+    const v1::MorphStatus& st = run->record.status();
+    const std::string what = absl::StrCat("morph ", st.id(), " of ", instance);
+    if (st.phase() == v1::MORPH_COMMITTED || st.phase() == v1::MORPH_COMMITTING) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " is already ", MorphPhaseName(st.phase()),
+                                                        commit ? "" : ": too late to roll back"));
     }
-    if (p == v1::MORPH_ROLLED_BACK || p == v1::MORPH_ROLLING_BACK || run->record.rollback_requested()) {
-      return absl::FailedPreconditionError(absl::StrCat("morph ", run->record.status().id(), " of ", instance,
-                                                        " is rolling back: ",
-                                                        run->record.status().reason()));
+    bool rolling = st.phase() == v1::MORPH_ROLLED_BACK || st.phase() == v1::MORPH_ROLLING_BACK ||
+                   run->record.rollback_requested();
+    if (rolling && commit) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " is rolling back: ", st.reason()));
     }
-    if (run->record.status().commit_requested()) return absl::OkStatus();
-    run->record.mutable_status()->set_commit_requested(true);
+    if (rolling || (commit && st.commit_requested())) return absl::OkStatus();  // asked already
+    if (commit) {
+      run->record.mutable_status()->set_commit_requested(true);
+    } else {
+      run->record.set_rollback_requested(true);
+      run->record.set_rollback_reason(reason.empty() ? "rollback requested" : reason);
+    }
   }
   return Save(*run);
 }
 
+absl::Status Morpher::Commit(const std::string& instance) { return Request(instance, /*commit=*/true, ""); }
+
 absl::Status Morpher::Rollback(const std::string& instance, const std::string& reason) {
-  std::shared_ptr<Run> run;
-  {
-    absl::MutexLock lock(&mu_);
-    run = Find(instance);
-    if (run == nullptr) return absl::FailedPreconditionError(absl::StrCat("no morph of ", instance, " in progress"));
-    v1::MorphPhase p = run->record.status().phase();
-    if (p == v1::MORPH_COMMITTED || p == v1::MORPH_COMMITTING) {
-      return absl::FailedPreconditionError(absl::StrCat("morph ", run->record.status().id(), " of ", instance,
-                                                        " is already ", MorphPhaseName(p), ": too late to roll back"));
-    }
-    if (p == v1::MORPH_ROLLED_BACK || p == v1::MORPH_ROLLING_BACK || run->record.rollback_requested()) {
-      return absl::OkStatus();
-    }
-    run->record.set_rollback_requested(true);
-    run->record.set_rollback_reason(reason.empty() ? "rollback requested" : reason);
-  }
-  return Save(*run);
+  return Request(instance, /*commit=*/false, reason);
 }
 
 absl::Status Morpher::Resume() {

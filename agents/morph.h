@@ -41,13 +41,12 @@
 #include "kernel/host_kernel.h"
 #include "mkfleet/v1/agent.pb.h"
 #include "planner/topology.h"
+#include "proto/morph_phase.h"
 
 namespace mkfleet::agents {
 
-const char* MorphPhaseName(mkfleet::v1::MorphPhase phase);
-inline bool MorphEnded(mkfleet::v1::MorphPhase p) {
-  return p == mkfleet::v1::MORPH_COMMITTED || p == mkfleet::v1::MORPH_ROLLED_BACK;
-}
+using ::mkfleet::MorphEnded;
+using ::mkfleet::MorphPhaseName;
 
 struct MorphHooks {
   // An event about instance `name` (type Normal/Warning, reason, message).
@@ -96,6 +95,8 @@ class Morpher final : public MorphHandler {
 
  private:
   struct Run;
+  // Commit (or roll back) the running morph of `instance`, refusing what cannot be.
+  absl::Status Request(const std::string& instance, bool commit, const std::string& reason);
   // The morph of `instance` (by old or new kernel), under mu_.
   std::shared_ptr<Run> Find(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Launch(std::shared_ptr<Run> run) ABSL_LOCKS_EXCLUDED(mu_);

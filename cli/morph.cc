@@ -9,27 +9,12 @@
 #include "cli/remote_util.h"
 #include "cli/table.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/morph_phase.h"
 
 namespace mkfleet::cli {
 namespace {
 
 namespace v1 = mkfleet::v1;
-
-const char* PhaseName(v1::MorphPhase p) {
-  switch (p) {
-    case v1::MORPH_PREPARING: return "Preparing";
-    case v1::MORPH_NEGOTIATING: return "Negotiating";
-    case v1::MORPH_TRANSFERRING: return "Transferring";
-    case v1::MORPH_VALIDATING: return "Validating";
-    case v1::MORPH_COMMITTING: return "Committing";
-    case v1::MORPH_COMMITTED: return "Committed";
-    case v1::MORPH_ROLLING_BACK: return "RollingBack";
-    case v1::MORPH_ROLLED_BACK: return "RolledBack";
-    default: return "None";
-  }
-}
-
-bool Ended(v1::MorphPhase p) { return p == v1::MORPH_COMMITTED || p == v1::MORPH_ROLLED_BACK; }
 
 std::string Micros(uint64_t us) {
   if (us == 0) return "-";
@@ -46,7 +31,7 @@ void PrintStatus(const std::string& name, const v1::MorphResponse& r, std::ostre
   }
   const v1::MorphStatus& m = r.morph();
   out << "Live update:        " << m.id() << "\n";
-  out << "  Phase:            " << PhaseName(m.phase())
+  out << "  Phase:            " << MorphPhaseName(m.phase())
       << (m.manual() && m.phase() == v1::MORPH_VALIDATING && !m.commit_requested()
               ? " (validated: waiting for `mkapply morph commit instance " + name + "`)"
               : "")
@@ -55,14 +40,14 @@ void PrintStatus(const std::string& name, const v1::MorphResponse& r, std::ostre
   out << "  Revisions:        " << m.previous_revision() << " -> " << m.revision() << "\n";
   out << "  Commit:           " << (m.manual() ? "Manual" : "Auto") << "\n";
   if (m.started_unix_ms() != 0) out << "  Started:          " << ClockTime(m.started_unix_ms()) << "\n";
-  if (Ended(m.phase())) {
+  if (MorphEnded(m.phase())) {
     out << "  Took:             " << Micros(m.total_us()) << "\n";
     out << "  Handover gap:     " << Micros(m.handover_gap_us()) << "\n";
     out << "  State moved:      " << m.state_bytes() << " bytes\n";
   }
   if (!m.reason().empty()) {
     out << "  Reason:           " << m.reason()
-        << (m.failed_in() != v1::MORPH_PHASE_UNSPECIFIED ? absl::StrCat(" (in ", PhaseName(m.failed_in()), ")") : "")
+        << (m.failed_in() != v1::MORPH_PHASE_UNSPECIFIED ? absl::StrCat(" (in ", MorphPhaseName(m.failed_in()), ")") : "")
         << "\n";
   }
 }
@@ -108,12 +93,12 @@ int RunMorph(const MorphOptions& options, std::ostream& out, std::ostream& err) 
     bool ours = s->has_morph() && (options.verb != "prepare" || m.id() != before);
     if (ours && m.phase() != last) {
       last = m.phase();
-      out << "  " << PhaseName(last) << (m.reason().empty() ? "" : ": " + m.reason()) << "\n" << std::flush;
+      out << "  " << MorphPhaseName(last) << (m.reason().empty() ? "" : ": " + m.reason()) << "\n" << std::flush;
     }
-    if (ours && Ended(m.phase())) {
+    if (ours && MorphEnded(m.phase())) {
       PrintStatus(options.name, *s, out);
       bool wanted = options.verb == "rollback" ? m.phase() == v1::MORPH_ROLLED_BACK : m.phase() == v1::MORPH_COMMITTED;
-      if (!wanted) err << "error: the live update " << m.id() << " ended " << PhaseName(m.phase()) << "\n";
+      if (!wanted) err << "error: the live update " << m.id() << " ended " << MorphPhaseName(m.phase()) << "\n";
       return wanted ? kExitOk : kExitFailure;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

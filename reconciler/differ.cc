@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "proto/morph_phase.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -89,22 +90,6 @@ std::string Bytes(uint64_t b) {
 
 std::string CpuText(const std::vector<uint32_t>& cpus) { return absl::StrJoin(cpus, ","); }
 
-bool MorphEnded(v1::MorphPhase p) {
-  return p == v1::MORPH_COMMITTED || p == v1::MORPH_ROLLED_BACK || p == v1::MORPH_PHASE_UNSPECIFIED;
-}
-
-const char* MorphPhaseWord(v1::MorphPhase p) {
-  switch (p) {
-    case v1::MORPH_PREPARING: return "Preparing";
-    case v1::MORPH_NEGOTIATING: return "Negotiating";
-    case v1::MORPH_TRANSFERRING: return "Transferring";
-    case v1::MORPH_VALIDATING: return "Validating";
-    case v1::MORPH_COMMITTING: return "Committing";
-    case v1::MORPH_ROLLING_BACK: return "RollingBack";
-    default: return "Unknown";
-  }
-}
-
 }  // namespace
 
 bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
@@ -171,7 +156,7 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
   std::set<std::string> morphing;
   for (const v1::ObservedInstance& o : observed) {
     const v1::MorphStatus& m = o.status().morph();
-    if (o.status().has_morph() && !MorphEnded(m.phase()) && m.old_kernel() == o.name()) morphing.insert(m.new_kernel());
+    if (MorphRunning(o.status()) && m.old_kernel() == o.name()) morphing.insert(m.new_kernel());
   }
   // Gone from the desired state: delete.
   for (const auto& [name, o] : have) {
@@ -228,10 +213,10 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
                           !SameKernel(d->spec, st.provenance());
-    if (state == v1::KERNEL_STATE_ACTIVE && st.has_morph() && !MorphEnded(st.morph().phase())) {
+    if (state == v1::KERNEL_STATE_ACTIVE && MorphRunning(st)) {
       // A live update runs: the agent drives it; nothing else is done to the kernel meanwhile.
       b.changes_[name] = {Kind::kMorph, false,
-                          absl::StrCat("live update in progress (", MorphPhaseWord(st.morph().phase()), ")")};
+                          absl::StrCat("live update in progress (", MorphPhaseName(st.morph().phase()), ")")};
       continue;
     }
     if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE) {

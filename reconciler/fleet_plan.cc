@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/morph_phase.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -19,10 +20,6 @@ const std::string kStandbySuffix = "-standby";
 const std::string kNextSuffix = "-next";
 const std::string kSurgePrefix = "morph-surge/";
 
-bool MorphRunning(const v1::InstanceStatus& st) {
-  v1::MorphPhase p = st.morph().phase();
-  return st.has_morph() && p != v1::MORPH_PHASE_UNSPECIFIED && p != v1::MORPH_COMMITTED && p != v1::MORPH_ROLLED_BACK;
-}
 
 bool SamePool(const planner::Pool& a, const planner::Pool& b) {
   return a.cpus == b.cpus && a.memory == b.memory && a.devices == b.devices;

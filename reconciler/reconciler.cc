@@ -1,5 +1,7 @@
 #include "reconciler/reconciler.h"
 
+#include "proto/morph_phase.h"
+
 #include <malloc.h>
 
 #include <functional>
@@ -583,8 +585,7 @@ absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& requ
   out.set_revision(st.revision().empty() ? ProvenanceRevision(st.provenance()) : st.revision());
   out.set_previous_revision(st.previous_revision());
   const v1::MorphPhase phase = st.morph().phase();
-  const bool running = st.has_morph() && phase != v1::MORPH_PHASE_UNSPECIFIED && phase != v1::MORPH_COMMITTED &&
-                       phase != v1::MORPH_ROLLED_BACK;
+  const bool running = MorphRunning(st);
   const std::string& verb = request.verb();
   if (verb == "status") return out;
   if (verb == "commit" || verb == "rollback") {

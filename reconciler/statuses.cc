@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/morph_phase.h"
 #include "reconciler/objects.h"
 
 namespace mkfleet::reconciler {
@@ -81,18 +82,6 @@ class Builder {
     return p != in_.previous.end() ? &p->second : nullptr;
   }
 
-  static const char* MorphPhaseTitle(v1::MorphPhase p) {
-    switch (p) {
-      case v1::MORPH_PREPARING: return "Preparing";
-      case v1::MORPH_NEGOTIATING: return "Negotiating";
-      case v1::MORPH_TRANSFERRING: return "Transferring";
-      case v1::MORPH_VALIDATING: return "Validating";
-      case v1::MORPH_COMMITTING: return "Committing";
-      case v1::MORPH_ROLLING_BACK: return "RollingBack";
-      default: return "";
-    }
-  }
-
   v1::InstanceStatus InstanceStatus(const std::string& name, const PlannedInstance& p) {
     const v1::KernelState want = Wanted(p.spec->phase());
     v1::InstanceStatus st;
@@ -149,8 +138,7 @@ class Builder {
       }
     }
     const v1::MorphPhase morph_phase = st.morph().phase();
-    const bool morphing = st.has_morph() && morph_phase != v1::MORPH_COMMITTED &&
-                          morph_phase != v1::MORPH_ROLLED_BACK && morph_phase != v1::MORPH_PHASE_UNSPECIFIED;
+    const bool morphing = MorphRunning(st);
     // Why it is not as wanted, most telling first.
     std::string degraded_reason, degraded_message;
     if (o.failed.count(p.kernel)) {
@@ -193,7 +181,7 @@ class Builder {
       message = degraded_message;
     } else if (morphing) {
       reason = "Morphing";
-      message = absl::StrCat("live update ", MorphPhaseTitle(morph_phase), "; the old kernel serves until the commit");
+      message = absl::StrCat("live update ", MorphPhaseName(morph_phase), "; the old kernel serves until the commit");
     } else if (!morph_reason.empty()) {
       reason = morph_reason;
       message = absl::StrCat("serving the previous kernel (revision ", st.revision(), "); ", morph_message);
@@ -204,7 +192,7 @@ class Builder {
     }
     *st.add_conditions() = Cond("Ready", converged, reason, message);
     if (morphing) {
-      *st.add_conditions() = Cond("Progressing", true, absl::StrCat("Morph", MorphPhaseTitle(morph_phase)),
+      *st.add_conditions() = Cond("Progressing", true, absl::StrCat("Morph", MorphPhaseName(morph_phase)),
                                   absl::StrCat("live update to revision ", st.morph().revision(), " (", st.morph().new_kernel(),
                                                " beside ", st.morph().old_kernel(), ")",
                                                st.morph().manual() && morph_phase == v1::MORPH_VALIDATING
