@@ -322,6 +322,10 @@ absl::StatusOr<std::unique_ptr<kmp::Connection>> Morpher::Connect(Run& run, cons
       v1::KmpHeartbeat hb;
       auto rsp = (*conn)->Call(MsgType::kHeartbeatReq, hb, std::min(wait, absl::Seconds(2)));
       if (rsp.ok() && hb.ParseFromString(rsp->payload) && hb.instance_id() == id) return std::move(*conn);
+      if (absl::IsDataLoss(rsp.status()) || absl::IsResourceExhausted(rsp.status())) {
+        // Not a guest that is still coming up: one that speaks garbage.
+        return absl::DataLossError(absl::StrCat("the guest of ", name, ": corrupt KMP frame: ", rsp.status().message()));
+      }
       last = rsp.ok() ? absl::DataLossError(absl::StrCat("its guest answered for instance ", hb.instance_id()))
                       : rsp.status();
     } else {

@@ -53,6 +53,17 @@ class MorphProcessTest : public ProcessFleetTest {
     ProcessFleetTest::TearDown();
   }
 
+  // A guest binary for the agent: the real mkguest, but for profile "bad" a hostile guest
+  // that answers with bytes that are no KMP frame.
+  std::string GuestWrapper() {
+    std::string path = (dir_ / "guest-wrapper").string();
+    std::string mkguest = fs::absolute("guest/mkguest").string(), bad = fs::absolute("tests/bad_guest").string();
+    std::ofstream(path) << "#!/bin/sh\ncase \"$*\" in\n  *hooks/bad*) exec \"" << bad << "\" \"$@\" ;;\nesac\nexec \""
+                        << mkguest << "\" \"$@\"\n";
+    fs::permissions(path, fs::perms::owner_all);
+    return path;
+  }
+
   void StartMorphAgent(const std::string& kill_at = "") {
     AgentSpec& a = agents_["node-a"];
     a.name = "node-a";
@@ -67,7 +78,7 @@ class MorphProcessTest : public ProcessFleetTest {
         std::vector<std::string>{"agents/mkagent", "--topology", kXml, "--listen", "127.0.0.1:" + std::to_string(a.port),
                                  "--state-dir", (dir_ / "node-a").string(), "--reserve-cores", "1", "--reserve-memory",
                                  "1Gi", "--host", "node-a", "--tls-dir", pki_->agent("node-a"), "--image-dir",
-                                 dir_.string(), "--guest-hooks", hooks_},
+                                 dir_.string(), "--guest-hooks", hooks_, "--guest-binary", GuestWrapper()},
         (dir_ / ("node-a-" + std::to_string(++runs_) + ".log")).string());
     unsetenv("MKAGENT_TEST_KILL_AT_MORPH_PHASE");
     ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
@@ -321,6 +332,24 @@ TEST_F(MorphProcessTest, FailingAndTimedOutHooksRollBack) {
       << controller_->Log();
   EXPECT_THAT(Status("web").morph().reason(), ::testing::HasSubstr("no answer within"));
   fs::remove(data_ + "/slow-quiesce");
+  ExpectOneOwner("web");
+  EXPECT_EQ(StopsOf("web"), 0);
+}
+
+TEST_F(MorphProcessTest, CorruptKmpFramesRollBack) {
+  StartMorphAgent();
+  StartController();
+  StartWeb();
+  // The new kernel's command line picks the hostile guest.
+  std::string yaml = WebYaml((dir_ / "vmlinux-2").string());
+  yaml.replace(yaml.find("mkfleet.guest=wl"), 16, "mkfleet.guest=bad");
+  std::string out;
+  ASSERT_EQ(Mkapply({"apply", "-f", Write("web.yaml", yaml)}, &out), 0) << out;
+  ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_ROLLED_BACK; })) << controller_->Log();
+  EXPECT_THAT(Status("web").morph().reason(), ::testing::HasSubstr("the guest of web-next: corrupt KMP frame"));
+  EXPECT_TRUE(agents_["node-a"].process->Running()) << "the agent must survive a bad frame";
+  ASSERT_TRUE(CountsAgain());
+  EXPECT_EQ(CheckLog().size(), 1u);
   ExpectOneOwner("web");
   EXPECT_EQ(StopsOf("web"), 0);
 }
