@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
+#include "proto/morph_phase.h"
 #include "cli/controller_client.h"
 #include "cli/remote_util.h"
 #include "cli/table.h"
@@ -63,6 +64,17 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
         << v1::KernelState_Name(st.kernel_state()) << (st.role().empty() ? "" : ", role " + st.role())
         << (st.kernel().empty() || st.kernel() == m.name() ? "" : ", served by kernel " + st.kernel())
         << ", observed generation " << st.observed_generation() << ", restarts " << st.restart_count() << ")\n";
+    if (!st.revision().empty()) {
+      out << "Revision:     " << st.revision()
+          << (st.previous_revision().empty() ? "" : "  (previous " + st.previous_revision() + ")") << "\n";
+    }
+    if (st.has_morph()) {
+      const v1::MorphStatus& mo = st.morph();
+      out << "Live update:  " << MorphPhaseName(mo.phase()) << "  " << mo.old_kernel() << " -> " << mo.new_kernel()
+          << ", revision " << mo.previous_revision() << " -> " << mo.revision()
+          << (mo.handover_gap_us() > 0 ? absl::StrCat(", handover gap ", mo.handover_gap_us() / 1000.0, " ms") : "")
+          << (mo.reason().empty() ? "" : "; " + mo.reason()) << "\n";
+    }
     const v1::Placement& p = st.placement();
     if (p.cpus_size() > 0) {
       std::vector<uint32_t> cpus(p.cpus().begin(), p.cpus().end());

@@ -189,6 +189,10 @@ TEST_F(MorphProcessTest, AutoMorphHandsOverWithoutLosingAnIncrement) {
   ExpectOneOwner("web-next");
   EXPECT_TRUE(HasEvent("MorphPreparing"));
   EXPECT_TRUE(HasEvent("MorphCommitted"));
+  std::string out;
+  ASSERT_EQ(Mkapply({"describe", "instance", "web"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("Revision:     " + st.revision() + "  (previous " + before + ")"));
+  EXPECT_THAT(out, ::testing::HasSubstr("Live update:  Committed  web -> web-next"));
   // A second update goes back to the name web.
   ASSERT_EQ(Change(vmlinux_), 0);
   ASSERT_TRUE(Eventually([&] { return Phase() == v1::MORPH_COMMITTED && Status("web").kernel() == "web"; }))
