@@ -345,12 +345,24 @@ grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::Mo
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "morph: instance name \"" + request->name().substr(0, 64) + "\" is not a DNS label");
   }
+  // prepare, commit and rollback change a kernel: they are audited like applies.
+  v1::AuditRecord record;
+  record.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
+  record.set_verb("morph " + verb);
+  record.add_objects("KernelInstance/" + request->name());
   auto caller = Allow(*context, verb == "status" ? "get" : "morph", "KernelInstance", request->name());
-  if (!caller.ok()) return ToGrpc(caller.status());
+  if (!caller.ok()) {
+    if (verb != "status") RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
+    return ToGrpc(caller.status());
+  }
   if (!morph_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller runs no live updates");
   v1::MorphRequest req = *request;
   if (verb == "rollback" && req.reason().empty()) req.set_reason("rollback requested by " + caller->identity.ToString());
   auto r = morph_(req);
+  if (verb != "status") {
+    if (r.ok()) record.set_message(r->message());
+    RecordAudit(*context, caller->identity, std::move(record), r.status());
+  }
   if (!r.ok()) return ToGrpc(r.status());
   *response = *std::move(r);
   return grpc::Status::OK;

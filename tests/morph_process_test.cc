@@ -219,6 +219,9 @@ TEST_F(MorphProcessTest, ManualMorphWaitsForCommit) {
   EXPECT_THAT(out, ::testing::HasSubstr("waiting for `mkapply morph commit instance web`"));
   ASSERT_EQ(Mkapply({"morph", "commit", "instance", "web", "--wait"}, &out), 0) << out;
   EXPECT_THAT(out, ::testing::HasSubstr("Committed"));
+  ASSERT_EQ(Mkapply({"audit"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("morph commit"));
+  EXPECT_THAT(out, ::testing::HasSubstr("FAILED_PRECONDITION"));  // the refused commit before
   ASSERT_TRUE(Eventually([&] { return Status("web").kernel() == "web-next"; }));
   EXPECT_EQ(Mkapply({"morph", "commit", "instance", "web"}, &out), 1) << out;
   EXPECT_THAT(out, ::testing::HasSubstr("already committed"));
