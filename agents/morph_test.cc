@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "agents/action_journal.h"
 #include "agents/executor.h"
+#include "agents/testing/workload_log.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernel/emulator/emulated_kernel.h"
@@ -206,28 +207,9 @@ class MorphTest : public ::testing::Test {
     auto b = morpher_->StatusOf("web-next");
     return a ? *a : b ? *b : v1::MorphStatus();
   }
-  int64_t Counter() {
-    std::ifstream in(dir_ + "/data/log");
-    std::string line, last;
-    while (std::getline(in, line)) last = line;
-    std::istringstream l(last);
-    int64_t id = 0, v = 0;
-    l >> id >> v;
-    return v;
-  }
-  // The workload log: no increment lost or repeated, and the serving instance changed at
-  // most once (returns the ids in order of service).
-  std::vector<int64_t> CheckLog() {
-    std::ifstream in(dir_ + "/data/log");
-    int64_t id, v, expect = 1;
-    std::vector<int64_t> ids;
-    while (in >> id >> v) {
-      EXPECT_EQ(v, expect) << "increment " << expect << " lost or repeated (instance " << id << ")";
-      expect = v + 1;
-      if (ids.empty() || ids.back() != id) ids.push_back(id);
-    }
-    return ids;
-  }
+  int64_t Counter() { return agents::testing::LastCount(dir_ + "/data/log"); }
+  // No increment lost or repeated; the ids that served, in order.
+  std::vector<int64_t> CheckLog() { return agents::testing::CheckWorkloadLog(dir_ + "/data/log"); }
   // Each device is owned by exactly one kernel, or is free in the pool.
   void CheckDeviceOwners(const std::string& owner) {
     auto obs = hk_->Observe();

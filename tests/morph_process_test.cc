@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "agents/testing/workload_log.h"
 #include "tests/fleet_fixture.h"
 
 namespace mkfleet {
@@ -112,27 +113,9 @@ class MorphProcessTest : public ProcessFleetTest {
   v1::MorphPhase Phase() { return Status("web").morph().phase(); }
   bool Ended() { return Phase() == v1::MORPH_COMMITTED || Phase() == v1::MORPH_ROLLED_BACK; }
 
-  int64_t Counter() {
-    std::ifstream in(data_ + "/log");
-    std::string line, last;
-    while (std::getline(in, line)) last = line;
-    std::istringstream l(last);
-    int64_t id = 0, v = 0;
-    l >> id >> v;
-    return v;
-  }
+  int64_t Counter() { return agents::testing::LastCount(data_ + "/log"); }
   // No increment lost or repeated; the ids that served, in order.
-  std::vector<int64_t> CheckLog() {
-    std::ifstream in(data_ + "/log");
-    int64_t id, v, expect = 1;
-    std::vector<int64_t> ids;
-    while (in >> id >> v) {
-      EXPECT_EQ(v, expect) << "increment " << expect << " lost or repeated";
-      expect = v + 1;
-      if (ids.empty() || ids.back() != id) ids.push_back(id);
-    }
-    return ids;
-  }
+  std::vector<int64_t> CheckLog() { return agents::testing::CheckWorkloadLog(data_ + "/log"); }
   bool CountsAgain() {
     int64_t at = Counter();
     return Eventually([&] { return Counter() > at + 3; });
