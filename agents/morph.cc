@@ -444,7 +444,7 @@ void Morpher::Drive(std::shared_ptr<Run> run_ptr) {
         next = v1::MORPH_COMMITTED;
         break;
       case v1::MORPH_ROLLING_BACK:
-        RollBack(run);
+        s = RollBack(run);
         next = v1::MORPH_ROLLED_BACK;
         break;
       default:
@@ -856,7 +856,7 @@ absl::Status Morpher::Finish(Run& run) {
   return absl::OkStatus();
 }
 
-void Morpher::RollBack(Run& run) {
+absl::Status Morpher::RollBack(Run& run) {
   const std::string& old_name = run.record.instance();
   const std::string& next = run.record.start().next();
   v1::KmpMorphRollback rb;
@@ -868,25 +868,36 @@ void Morpher::RollBack(Run& run) {
   // The new kernel goes, with whatever it was given (its guest first, best effort).
   if (run.new_conn) (void)run.new_conn->Call(MsgType::kMorphRollback, rb, absl::Seconds(1));
   run.new_conn.reset();
-  std::string problems;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  // Until it is gone: a rollback that left the new kernel (and its surge) behind is no
+  // rollback. Retried with backoff; an agent stopping meanwhile leaves the journal at
+  // RollingBack, and the next start goes on with it.
+  absl::Duration backoff = absl::Milliseconds(10);
+  bool warned = false;
+  while (true) {
+    absl::Status s;
     auto state = kernel_.StateOf(next);
     if (!state.ok()) {
-      problems = std::string(state.status().message());
-      continue;
+      s = state.status();
+    } else {
+      if (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED) s = kernel_.Halt(next, /*force=*/true);
+      if (s.ok() && (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED ||
+                     *state == v1::KERNEL_STATE_LOADED)) {
+        s = kernel_.Unload(next);
+      }
+      if (s.ok() && *state != v1::KERNEL_STATE_ABSENT) s = kernel_.Remove(next);
     }
-    absl::Status s;
-    if (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED) s = kernel_.Halt(next, /*force=*/true);
-    if (s.ok() && (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED ||
-                   *state == v1::KERNEL_STATE_LOADED)) {
-      s = kernel_.Unload(next);
+    if (s.ok()) break;
+    if (!warned && hooks_.event) {
+      warned = true;
+      hooks_.event(run.record.start().next().size() < old_name.size() ? next : old_name, "Warning",
+                   "MorphRollbackRetry", absl::StrCat("removing ", next, ": ", s.message(), "; retrying"));
     }
-    if (s.ok() && *state != v1::KERNEL_STATE_ABSENT) s = kernel_.Remove(next);
-    if (s.ok()) {
-      problems.clear();
-      break;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::CancelledError("the agent is stopping");
     }
-    problems = std::string(s.message());
+    clock_.SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
   }
   // The old guest resumes its workload (it never stopped running; it may be quiesced).
   absl::Status resumed;
@@ -912,8 +923,8 @@ void Morpher::RollBack(Run& run) {
   }
   absl::MutexLock lock(&mu_);
   v1::MorphStatus* st = run.record.mutable_status();
-  if (!problems.empty()) st->set_reason(absl::StrCat(st->reason(), "; removing ", next, ": ", problems));
   if (!resumed.ok()) st->set_reason(absl::StrCat(st->reason(), "; the old guest did not resume: ", resumed.message()));
+  return absl::OkStatus();
 }
 
 }  // namespace mkfleet::agents

@@ -111,7 +111,9 @@ class Morpher final : public MorphHandler {
   absl::Status Validate(Run& run);
   absl::Status CommitDevices(Run& run);
   absl::Status Finish(Run& run);
-  void RollBack(Run& run);
+  // Cancelled when the agent stops before the new kernel is gone (the journal says
+  // RollingBack; the next start goes on).
+  absl::Status RollBack(Run& run);
   void SetPhase(Run& run, mkfleet::v1::MorphPhase phase, const std::string& message);
   // Dials instance `id`'s guest and waits for its heartbeat (naming `id`).
   absl::StatusOr<std::unique_ptr<kmp::Connection>> Connect(Run& run, const std::string& name, uint32_t id,

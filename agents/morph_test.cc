@@ -338,6 +338,20 @@ TEST_F(MorphTest, NewKernelPanickingDuringTheMorphRollsBack) {
   ExpectRolledBack(st, "crashed");
 }
 
+TEST_F(MorphTest, ARollbackEndsOnlyOnceTheNewKernelIsGone) {
+  // The new kernel panics, and the kernel refuses to remove it for a while: the morph stays
+  // RollingBack (it never says RolledBack with web-next still there) and ends once it could.
+  emu_->SetBusy("web-next", true);
+  ASSERT_TRUE(morpher_->Start("web", Start("m4c", dir_ + "/panics")).ok());
+  ASSERT_TRUE(WaitFor([&] { return StatusOf("web").phase() == v1::MORPH_ROLLING_BACK; }));
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(StatusOf("web").phase(), v1::MORPH_ROLLING_BACK) << StatusOf("web").reason();
+  EXPECT_NE(*hk_->StateOf("web-next"), v1::KERNEL_STATE_ABSENT);
+  emu_->SetBusy("web-next", false);
+  ExpectRolledBack(End(), "crashed");
+  EXPECT_THAT(Events(), HasSubstr("MorphRollbackRetry"));
+}
+
 TEST_F(MorphTest, NewKernelHangingRollsBack) {
   ASSERT_TRUE(morpher_->Start("web", Start("m5", dir_ + "/hangs")).ok());
   ExpectRolledBack(End(), "did not answer");

@@ -70,7 +70,8 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   absl::Status InjectHang(absl::string_view instance);
   // The next overlay write fails with `err` (applied nothing, tx status failed).
   void FailNextOverlay(int err);
-  // Any overlay touching this CPU (physical id) or PCI function fails with EBUSY.
+  // Any overlay touching this CPU (physical id) or PCI function fails with EBUSY; so does the
+  // removal of an instance of this name.
   void SetBusy(const std::string& resource, bool busy);
   // The next graceful halt of `instance` takes `delay` (slow), or ends in "failed".
   absl::Status SetHaltBehavior(absl::string_view instance, absl::Duration delay, bool fail);

@@ -74,6 +74,7 @@ absl::Status EmulatedKernel::CheckBusy(const Fragment& f) const {
     bool hit = touches(f.cpu_add) || touches(f.cpu_remove) || touches_dev(f.device_add) || touches_dev(f.device_remove);
     for (uint64_t c : f.create_resources.cpus) hit |= absl::StrCat(c) == b;
     for (const auto& d : f.create_resources.devices) hit |= d.pci_id == b;
+    hit |= f.remove_name.has_value() && *f.remove_name == b;  // a busy instance cannot go
     if (hit) return Busy("overlay", absl::StrCat(b, " is busy"));
   }
   return absl::OkStatus();
