@@ -185,7 +185,36 @@ void Morpher::Launch(std::shared_ptr<Run> run) {
     hooks_.hold(run->record.instance());
     hooks_.hold(run->record.start().next());
   }
+  if (options_.inline_runs) {
+    Drive(run);
+    return;
+  }
   run->thread = std::thread([this, run] { Drive(run); });
+}
+
+absl::Status Morpher::Retry(Run& run, const std::string& reason, const std::function<absl::Status()>& step) {
+  absl::Duration backoff = absl::Milliseconds(10);
+  bool warned = false;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status s = step();
+    if (s.ok()) return s;
+    if (!warned && hooks_.event) {
+      warned = true;
+      std::string name = run.record.instance();
+      if (run.record.start().next().size() < name.size()) name = run.record.start().next();
+      hooks_.event(name, "Warning", reason, absl::StrCat(s.message(), "; retrying"));
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::CancelledError("the agent is stopping");
+    }
+    if (options_.retries > 0 && attempt >= options_.retries) {
+      // Left to the next start of the agent (the journal says where it stopped).
+      return absl::CancelledError(absl::StrCat("gave up after ", attempt, " attempts: ", s.message()));
+    }
+    clock_.SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
 }
 
 absl::Status Morpher::Request(const std::string& instance, bool commit, const std::string& reason) {
@@ -777,19 +806,24 @@ absl::Status Morpher::Finish(Run& run) {
   const v1::MorphStart& start = run.record.start();
   const std::string& old_name = run.record.instance();
   const std::string& next = start.next();
-  // The old kernel retires: halted (its guest ended after COMMIT), unloaded, removed.
-  MK_ASSIGN_OR_RETURN(v1::KernelState state, kernel_.StateOf(old_name));
-  if (state == v1::KERNEL_STATE_ACTIVE || state == v1::KERNEL_STATE_FAILED) {
-    absl::Status h = state == v1::KERNEL_STATE_ACTIVE ? kernel_.Halt(old_name, /*force=*/false)
-                                                      : absl::UnknownError("failed");
-    if (!h.ok()) MK_RETURN_IF_ERROR(kernel_.Halt(old_name, /*force=*/true));
-    state = v1::KERNEL_STATE_LOADED;
-  }
-  if (state == v1::KERNEL_STATE_LOADED) {
-    MK_RETURN_IF_ERROR(kernel_.Unload(old_name));
-    state = v1::KERNEL_STATE_READY;
-  }
-  if (state == v1::KERNEL_STATE_READY) MK_RETURN_IF_ERROR(kernel_.Remove(old_name));
+  // The old kernel retires: halted (its guest ended after COMMIT), unloaded, removed. Not
+  // committed before it is gone (retried; an agent stopping meanwhile goes on at its next
+  // start, the journal saying the devices moved).
+  MK_RETURN_IF_ERROR(Retry(run, "MorphCommitRetry", [&]() -> absl::Status {
+    MK_ASSIGN_OR_RETURN(v1::KernelState state, kernel_.StateOf(old_name));
+    if (state == v1::KERNEL_STATE_ACTIVE || state == v1::KERNEL_STATE_FAILED) {
+      absl::Status h = state == v1::KERNEL_STATE_ACTIVE ? kernel_.Halt(old_name, /*force=*/false)
+                                                        : absl::UnknownError("failed");
+      if (!h.ok()) MK_RETURN_IF_ERROR(kernel_.Halt(old_name, /*force=*/true));
+      state = v1::KERNEL_STATE_LOADED;
+    }
+    if (state == v1::KERNEL_STATE_LOADED) {
+      MK_RETURN_IF_ERROR(kernel_.Unload(old_name));
+      state = v1::KERNEL_STATE_READY;
+    }
+    if (state == v1::KERNEL_STATE_READY) MK_RETURN_IF_ERROR(kernel_.Remove(old_name));
+    return absl::OkStatus();
+  }));
   // CPUs: the target's, keeping the new kernel's boot core (the boot CPU cannot go); one
   // core of the target's fewer for it, so the count is the spec's.
   MK_ASSIGN_OR_RETURN(kernel::HostObservation obs, kernel_.Observe());
@@ -871,34 +905,20 @@ absl::Status Morpher::RollBack(Run& run) {
   // Until it is gone: a rollback that left the new kernel (and its surge) behind is no
   // rollback. Retried with backoff; an agent stopping meanwhile leaves the journal at
   // RollingBack, and the next start goes on with it.
-  absl::Duration backoff = absl::Milliseconds(10);
-  bool warned = false;
-  while (true) {
-    absl::Status s;
-    auto state = kernel_.StateOf(next);
-    if (!state.ok()) {
-      s = state.status();
-    } else {
-      if (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED) s = kernel_.Halt(next, /*force=*/true);
-      if (s.ok() && (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED ||
-                     *state == v1::KERNEL_STATE_LOADED)) {
-        s = kernel_.Unload(next);
-      }
-      if (s.ok() && *state != v1::KERNEL_STATE_ABSENT) s = kernel_.Remove(next);
+  MK_RETURN_IF_ERROR(Retry(run, "MorphRollbackRetry", [&]() -> absl::Status {
+    MK_ASSIGN_OR_RETURN(v1::KernelState state, kernel_.StateOf(next));
+    // Loaded may be still booting (a kernel that did not come up in time): forced down too.
+    if (state == v1::KERNEL_STATE_ACTIVE || state == v1::KERNEL_STATE_FAILED || state == v1::KERNEL_STATE_LOADED) {
+      MK_RETURN_IF_ERROR(kernel_.Halt(next, /*force=*/true));
+      state = v1::KERNEL_STATE_LOADED;
     }
-    if (s.ok()) break;
-    if (!warned && hooks_.event) {
-      warned = true;
-      hooks_.event(run.record.start().next().size() < old_name.size() ? next : old_name, "Warning",
-                   "MorphRollbackRetry", absl::StrCat("removing ", next, ": ", s.message(), "; retrying"));
+    if (state == v1::KERNEL_STATE_LOADED) {
+      MK_RETURN_IF_ERROR(kernel_.Unload(next));
+      state = v1::KERNEL_STATE_READY;
     }
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return absl::CancelledError("the agent is stopping");
-    }
-    clock_.SleepFor(backoff);
-    backoff = std::min(backoff * 2, absl::Seconds(1));
-  }
+    if (state != v1::KERNEL_STATE_ABSENT) MK_RETURN_IF_ERROR(kernel_.Remove(next));
+    return absl::OkStatus();
+  }));
   // The old guest resumes its workload (it never stopped running; it may be quiesced).
   absl::Status resumed;
   if (!run.old_conn) {

@@ -64,6 +64,12 @@ struct MorphOptions {
   std::string dir;  // the journal: one file per morph
   absl::Duration call_timeout = absl::Seconds(30);  // one KMP exchange (hooks included)
   absl::Duration heartbeat_wait = absl::Seconds(30);  // a new guest has this long to answer
+  // Run each morph in the caller's thread (Start returns once it ended, or the retries
+  // below gave up): the deterministic fleet simulation drives the agent from one thread.
+  bool inline_runs = false;
+  // Attempts at removing a kernel (the new one in a rollback, the old one after the commit)
+  // before leaving it to the agent's next start; 0: until it works or the agent stops.
+  int retries = 0;
   // Test hook: called at the start of each phase (e.g. to SIGKILL the agent there).
   std::function<void(mkfleet::v1::MorphPhase)> on_phase;
 };
@@ -114,6 +120,9 @@ class Morpher final : public MorphHandler {
   // Cancelled when the agent stops before the new kernel is gone (the journal says
   // RollingBack; the next start goes on).
   absl::Status RollBack(Run& run);
+  // Runs `step` until it succeeds; Cancelled when the agent stops or `retries` ran out. One
+  // Warning event `reason` on the first failure.
+  absl::Status Retry(Run& run, const std::string& reason, const std::function<absl::Status()>& step);
   void SetPhase(Run& run, mkfleet::v1::MorphPhase phase, const std::string& message);
   // Dials instance `id`'s guest and waits for its heartbeat (naming `id`).
   absl::StatusOr<std::unique_ptr<kmp::Connection>> Connect(Run& run, const std::string& name, uint32_t id,

@@ -176,6 +176,13 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     b.Basis(it->second->version());
     const v1::InstanceStatus& st = it->second->status();
     v1::KernelState state = st.kernel_state();
+    if (MorphRunning(st)) {
+      // A live update runs: the agent drives it; nothing else is done to the kernel meanwhile
+      // (not even a re-create: it waits for the update to end).
+      b.changes_[name] = {Kind::kMorph, false,
+                          absl::StrCat("live update in progress (", MorphPhaseName(st.morph().phase()), ")")};
+      continue;
+    }
     const v1::Placement& now = st.placement();
     const v1::Placement& target = d->placement;
     if (it->second->owner() != d->owner && !d->owner.empty()) {
@@ -213,12 +220,6 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
                           !SameKernel(d->spec, st.provenance());
-    if (state == v1::KERNEL_STATE_ACTIVE && MorphRunning(st)) {
-      // A live update runs: the agent drives it; nothing else is done to the kernel meanwhile.
-      b.changes_[name] = {Kind::kMorph, false,
-                          absl::StrCat("live update in progress (", MorphPhaseName(st.morph().phase()), ")")};
-      continue;
-    }
     if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE) {
       if (!d->morph_surge) {
         b.notes_[name] = d->morph_blocked.empty() ? "MorphNoSurge: no surge placement" : d->morph_blocked;

@@ -184,6 +184,13 @@ TEST(ComputePlanTest, ARunningMorphIsLeftToTheAgent) {
   Plan p = ComputePlan("h", {a}, {old, next});
   EXPECT_THAT(p.actions, IsEmpty()) << p.DebugString();
   EXPECT_EQ(p.changes.at("a").kind, InstanceChange::Kind::kMorph);
+  // Found by the fleet simulation (seed 10): a resize that needs a re-create (the boot CPU
+  // leaves the placement) took the old kernel down in the middle of its live update.
+  DesiredInstance moved = a;
+  moved.placement.clear_cpus();
+  moved.placement.add_cpus(5);
+  Plan q = ComputePlan("h", {moved}, {old, next});
+  EXPECT_THAT(q.actions, IsEmpty()) << q.DebugString();
   // Once it ended, the kernel nobody wants is deleted as usual.
   m->set_phase(v1::MORPH_ROLLED_BACK);
   EXPECT_THAT(Steps(ComputePlan("h", {a}, {old, next})), ::testing::Contains("delete-halt:a-next"));

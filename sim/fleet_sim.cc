@@ -21,6 +21,7 @@
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
+#include "sim/sim_guests.h"
 #include "manifests/loader.h"
 #include "planner/topology_source.h"
 #include "reconciler/agent_client.h"
@@ -84,6 +85,7 @@ struct SimHost {
   int64_t effects_seen = 0;
   std::set<std::string> busy;   // physical CPU ids made busy
   int foreign = 0;
+  std::unique_ptr<SimGuests> guests;  // the instances' guests (live updates), in process
 };
 
 struct Delayed {
@@ -313,6 +315,7 @@ absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch&
     std::cerr << "    batch " << batch.fence().sequence() << " to " << host.name << ": " << absl::StrJoin(ids, " ") << "\n";
   }
   auto r = host.agent->Execute(batch);
+  host.guests->Join();
   if (host.ck->dead()) {
     KillAgent(h, "died inside a batch");
     return absl::UnavailableError("connection reset");
@@ -397,6 +400,18 @@ void World::StartAgent(int h) {
   ao.host = host.name;
   ao.state_dir = host.dir;
   host.agent = std::make_unique<agents::Agent>(ao, *host.hk, host.topology, *host.journal, *host.probe, clock_);
+  // Live updates run in this thread (inline), against in-process guests; a kernel that keeps
+  // failing (the agent dying inside a batch) leaves them to the next start.
+  if (host.guests == nullptr) host.guests = std::make_unique<SimGuests>(*host.emu);
+  agents::MorphOptions mo;
+  mo.dir = host.dir + "/morph";
+  mo.inline_runs = true;
+  mo.retries = 3;
+  mo.heartbeat_wait = absl::Seconds(2);  // simulated time: boots take up to a few hundred ms
+  SimGuests* guests = host.guests.get();
+  absl::Status morph = host.agent->EnableMorph([guests](uint32_t id) { return guests->Dial(id); }, mo);
+  host.guests->Join();
+  if (!morph.ok() && violation_.ok()) violation_ = Fail(absl::StrCat("the morph journal of ", host.name, ": ", morph.message()));
   ++host.incarnation;
   host.agent->executor().SetObserver(
       [this, h](const v1::Action& a, const v1::ActionResult& r) { OnAction(h, a, r); });
@@ -699,7 +714,15 @@ void World::UserOp() {
     std::string change;
     if (what == 0) {
       s->mutable_kernel()->set_image(s->kernel().image() == good_image_ ? other_image_ : good_image_);
-      change = "new kernel (Replace)";
+      // Half of the kernel changes are live updates: the new kernel boots beside the old one
+      // and takes over (or it rolls back and the old one runs on).
+      if (rng_.P(0.5)) {
+        s->mutable_update()->set_strategy(v1::UPDATE_MORPH);
+        change = "new kernel (Morph)";
+      } else {
+        s->mutable_update()->set_strategy(v1::UPDATE_REPLACE);
+        change = "new kernel (Replace)";
+      }
     } else if (what == 1) {
       s->mutable_kernel()->set_image(bad_image_);
       change = "a kernel image that does not exist";

@@ -6,7 +6,10 @@
 // in the middle of a batch, between a kernel change and its journal record). A random
 // workload of user operations runs against it: apply, change, resize (also beyond what a
 // host has), delete and re-create the same names, scale sets up and down, cordon and delete
-// hosts, bad kernels, panics and hangs; and attacks: hostile applies (cpus 0, names that are
+// hosts, bad kernels, panics and hangs, kernel changes by live update (Morph: the agents run
+// their morphs inline against in-process guests, sim/sim_guests.h; a morph meets the same
+// crashes, faults and concurrent spec changes, and (a) catches a kernel it leaves behind);
+// and attacks: hostile applies (cpus 0, names that are
 // no DNS label, id 9999, unknown enums, relative kernel paths) through the controller's
 // checks, hostile batches (../../ names, 4 KiB ids, 1,101 actions, relative images) through
 // the agent's.
