@@ -557,6 +557,11 @@ absl::Status Morpher::Prepare(Run& run) {
       if (topology_->core_of_pu.contains(cpu)) nodes.insert(topology_->cores[topology_->core_of_pu.at(cpu)].numa);
     }
     MK_ASSIGN_OR_RETURN(kernel::InstanceResources r, PlacementResources(*topology_, start.surge(), nodes));
+    // Created on the target's NUMA nodes too (after its own): the CPUs and memory it takes
+    // over at the commit are on them, and a kernel grows only onto nodes it was created on.
+    for (uint32_t n : start.target().numa_nodes()) {
+      if (std::find(r.numa_nodes.begin(), r.numa_nodes.end(), n) == r.numa_nodes.end()) r.numa_nodes.push_back(n);
+    }
     std::vector<kernel::MemoryEntry> extra;
     for (const auto& m : start.surge().memory()) {
       if (r.numa_nodes.empty() || m.node() == r.numa_nodes[0] || m.bytes() == 0) continue;
@@ -848,13 +853,41 @@ absl::Status Morpher::Finish(Run& run) {
   const std::vector<uint64_t>& cur = info->resources.cpus;
   std::vector<uint64_t> final_cpus;
   if (!cur.empty() && !target.empty()) {
-    int boot_core = core_of.count(cur[0]) ? core_of[cur[0]] : -1;
-    for (uint64_t c : cur) {
-      if (c == cur[0] || (boot_core >= 0 && core_of.count(c) && core_of[c] == boot_core)) final_cpus.push_back(c);
+    // Whole cores, as the planner placed the target: the new kernel's boot core (with its
+    // siblings where they are free in the pool) instead of the target's last core(s).
+    std::set<uint64_t> lent;  // held by other kernels
+    for (const auto& in : obs.instances) {
+      if (in.name != next) lent.insert(in.resources.cpus.begin(), in.resources.cpus.end());
     }
+    std::set<uint64_t> pool(obs.pool.cpus.begin(), obs.pool.cpus.end());
+    final_cpus.push_back(cur[0]);
+    auto core = core_of.find(cur[0]);
+    std::vector<uint64_t> siblings;
+    if (core != core_of.end()) {
+      for (uint32_t pu : topology_->cores[core->second].pus) {
+        auto it = topology_->physical_ids.find(pu);
+        uint64_t p = it != topology_->physical_ids.end() ? it->second : pu;
+        bool usable = std::find(cur.begin(), cur.end(), p) != cur.end() || (pool.count(p) && !lent.count(p));
+        if (p != cur[0] && usable) siblings.push_back(p);
+      }
+    }
+    if (1 + siblings.size() <= target.size()) final_cpus.insert(final_cpus.end(), siblings.begin(), siblings.end());
+    // The target's cores in order, each whole, while they fit.
+    std::vector<std::vector<uint64_t>> groups;
     for (uint64_t c : target) {
-      if (final_cpus.size() >= target.size()) break;
-      if (std::find(final_cpus.begin(), final_cpus.end(), c) == final_cpus.end()) final_cpus.push_back(c);
+      int k = core_of.count(c) ? core_of[c] : -1;
+      if (groups.empty() || k < 0 || !core_of.count(groups.back().front()) || core_of[groups.back().front()] != k) {
+        groups.push_back({});
+      }
+      groups.back().push_back(c);
+    }
+    for (const auto& g : groups) {
+      std::vector<uint64_t> fresh;
+      for (uint64_t c : g) {
+        if (std::find(final_cpus.begin(), final_cpus.end(), c) == final_cpus.end()) fresh.push_back(c);
+      }
+      if (final_cpus.size() + fresh.size() > target.size()) continue;
+      final_cpus.insert(final_cpus.end(), fresh.begin(), fresh.end());
     }
   }
   std::vector<kernel::CpuEntry> add, remove;
