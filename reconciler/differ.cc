@@ -220,7 +220,9 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
                           !SameKernel(d->spec, st.provenance());
-    if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE) {
+    // A live update keeps a kernel running: only one that runs and is to go on running.
+    if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE &&
+        d->spec.phase() == v1::PHASE_RUNNING) {
       if (!d->morph_surge) {
         b.notes_[name] = d->morph_blocked.empty() ? "MorphNoSurge: no surge placement" : d->morph_blocked;
         continue;

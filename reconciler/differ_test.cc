@@ -158,6 +158,20 @@ TEST(ComputePlanTest, MorphStartsALiveUpdateOnTheSurge) {
   EXPECT_FALSE(p.changes.at("a").disruptive);
 }
 
+TEST(ComputePlanTest, MorphOnlyKeepsAKernelRunningThatIsToRunOn) {
+  // Found by the fleet simulation (seed 840 on 2 hosts): a kernel change with phase Loaded
+  // live-updated the kernel, then halted the new one.
+  DesiredInstance a = Want("a", {2}, 128, v1::PHASE_LOADED);
+  v1::ObservedInstance running = Have(a, v1::KERNEL_STATE_ACTIVE);
+  a.spec.mutable_kernel()->set_image("/k/vmlinux-new");
+  a.spec.mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  v1::Placement surge;
+  surge.add_cpus(6);
+  a.morph_surge = surge;
+  a.morph_next = "a-next";
+  EXPECT_THAT(Steps(ComputePlan("h", {a}, {running})), ElementsAre("replace-halt:a", "replace-unload:a", "replace-load:a"));
+}
+
 TEST(ComputePlanTest, MorphWithoutSurgeRoomTouchesNothingAndSaysWhy) {
   DesiredInstance a = Want("a", {2}, 128);
   v1::ObservedInstance running = Have(a, v1::KERNEL_STATE_ACTIVE);

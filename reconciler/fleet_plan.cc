@@ -334,6 +334,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         morph_blocked[request] = absl::StrCat("MorphBlocked: ", request, " is served by its standby ", kernel,
                                               " after a takeover; a live update waits until it is re-created");
       } else if (!earlier && !deleting && spec != nullptr && spec->update().strategy() == v1::UPDATE_MORPH &&
+                 spec->phase() == v1::PHASE_RUNNING &&
           in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE && !MorphRunning(in.status()) &&
           !SameKernel(*spec, in.status().provenance())) {
         const v1::MorphStatus& last = in.status().morph();
