@@ -44,6 +44,16 @@ v1::KernelState StateAfter(const v1::Action& a) {
   }
 }
 
+kernel::KernelImage KernelImageOf(const v1::LoadKernel& load) {
+  kernel::KernelImage image;
+  image.kernel_path = load.kernel().image();
+  image.initrd_path = load.kernel().initrd();
+  image.cmdline = load.kernel().cmdline();
+  image.sha256 = load.kernel().sha256();
+  image.rootfs_image = load.rootfs().image();
+  return image;
+}
+
 bool ValidInstanceName(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
   for (char c : name) {
@@ -61,11 +71,7 @@ absl::Status Executor::Preflight(const v1::ActionBatch& batch, const std::string
     if (a.instance() != instance) continue;
     if (a.has_halt() || a.has_unload() || a.has_remove()) down = true;
     if (a.has_load() && down && !journal_.Lookup(a.id())) {
-      kernel::KernelImage image;
-      image.kernel_path = a.load().kernel().image();
-      image.initrd_path = a.load().kernel().initrd();
-      image.sha256 = a.load().kernel().sha256();
-      absl::Status s = kernel_.CheckImage(instance, image);
+      absl::Status s = kernel_.CheckImage(instance, KernelImageOf(a.load()));
       if (!s.ok()) {
         return absl::Status(s.code(), absl::StrCat("not taken down: its new kernel would not load: ", s.message()));
       }
@@ -190,12 +196,7 @@ absl::Status Executor::Run(const v1::Action& a) {
       if (a.has_morph_commit()) return morph_->Commit(name);
       return morph_->Rollback(name, a.morph_rollback().reason());
     case v1::Action::kLoad: {
-      kernel::KernelImage image;
-      image.kernel_path = a.load().kernel().image();
-      image.initrd_path = a.load().kernel().initrd();
-      image.cmdline = a.load().kernel().cmdline();
-      image.sha256 = a.load().kernel().sha256();
-      image.rootfs_image = a.load().rootfs().image();
+      kernel::KernelImage image = KernelImageOf(a.load());
       if (image.kernel_path.empty()) return absl::InvalidArgumentError(absl::StrCat("action ", a.id(), ": no kernel image"));
       return kernel_.Load(name, image);
     }

@@ -33,6 +33,9 @@
 namespace mkfleet::agents {
 
 // Runs the live-update actions (agents/morph.h; the Agent provides it).
+// The image a LoadKernel action loads.
+kernel::KernelImage KernelImageOf(const mkfleet::v1::LoadKernel& load);
+
 class MorphHandler {
  public:
   virtual ~MorphHandler() = default;

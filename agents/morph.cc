@@ -31,6 +31,28 @@ bool ValidMorphId(const std::string& id) {
 
 std::string Us(uint64_t us) { return absl::FormatDuration(absl::Microseconds(us)); }
 
+// The instance a morph serves, as people know it: of its two kernels (L and L-next), L.
+std::string ServedName(const v1::MorphRecord& r) {
+  return r.start().next().size() < r.instance().size() ? r.start().next() : r.instance();
+}
+
+// What is left of the morph's timeout (PREPARING..VALIDATING) at `now`; infinite without one.
+absl::Duration Left(const v1::MorphRecord& r, absl::Time now) {
+  if (r.start().timeout_ms() == 0) return absl::InfiniteDuration();
+  return absl::FromUnixMillis(r.status().started_unix_ms()) + absl::Milliseconds(r.start().timeout_ms()) - now;
+}
+
+std::string TimeoutText(const v1::MorphRecord& r) {
+  return absl::StrCat("the morph exceeded its timeout of ", absl::FormatDuration(absl::Milliseconds(r.start().timeout_ms())));
+}
+
+const kernel::InstanceInfo* FindInstance(const kernel::HostObservation& obs, const std::string& name) {
+  for (const auto& in : obs.instances) {
+    if (in.name == name) return &in;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 struct Morpher::Run {
@@ -200,9 +222,7 @@ absl::Status Morpher::Retry(Run& run, const std::string& reason, const std::func
     if (s.ok()) return s;
     if (!warned && hooks_.event) {
       warned = true;
-      std::string name = run.record.instance();
-      if (run.record.start().next().size() < name.size()) name = run.record.start().next();
-      hooks_.event(name, "Warning", reason, absl::StrCat(s.message(), "; retrying"));
+      hooks_.event(ServedName(run.record), "Warning", reason, absl::StrCat(s.message(), "; retrying"));
     }
     {
       absl::MutexLock lock(&mu_);
@@ -310,9 +330,7 @@ void Morpher::SetPhase(Run& run, v1::MorphPhase phase, const std::string& messag
         st->set_total_us(static_cast<uint64_t>(absl::ToInt64Microseconds(clock_.Monotonic() - run.started_mono)));
       }
     }
-    // Named for the instance they serve: of the two kernels (L and L-next), L.
-    name = run.record.instance();
-    if (run.record.start().next().size() < name.size()) name = run.record.start().next();
+    name = ServedName(run.record);
   }
   absl::Status saved = Save(run);
   if (hooks_.event) {
@@ -333,11 +351,8 @@ absl::Status Morpher::Interrupted(Run& run) {
 
 bool Morpher::NextHoldsDevices(Run& run) {
   auto obs = kernel_.Observe();
-  if (!obs.ok()) return false;
-  for (const auto& in : obs->instances) {
-    if (in.name == run.record.start().next()) return !in.resources.devices.empty();
-  }
-  return false;
+  const kernel::InstanceInfo* next = obs.ok() ? FindInstance(*obs, run.record.start().next()) : nullptr;
+  return next != nullptr && !next->resources.devices.empty();
 }
 
 absl::StatusOr<std::unique_ptr<kmp::Connection>> Morpher::Connect(Run& run, const std::string& name, uint32_t id,
@@ -380,14 +395,10 @@ absl::StatusOr<kmp::Frame> Morpher::Call(Run& run, kmp::Connection& conn, const 
   {
     absl::MutexLock lock(&mu_);
     phase = run.record.status().phase();
-    if (phase < v1::MORPH_COMMITTING && run.record.start().timeout_ms() > 0) {
-      absl::Time deadline = absl::FromUnixMillis(run.record.status().started_unix_ms()) +
-                            absl::Milliseconds(run.record.start().timeout_ms());
-      absl::Duration left = deadline - clock_.Now();
+    if (phase < v1::MORPH_COMMITTING) {
+      absl::Duration left = Left(run.record, clock_.Now());
       if (left <= absl::ZeroDuration()) {
-        return absl::DeadlineExceededError(absl::StrCat("the morph exceeded its timeout of ",
-                                                        absl::FormatDuration(absl::Milliseconds(run.record.start().timeout_ms())),
-                                                        " while ", MorphPhaseName(phase)));
+        return absl::DeadlineExceededError(absl::StrCat(TimeoutText(run.record), " while ", MorphPhaseName(phase)));
       }
       timeout = std::min(timeout, left);
     }
@@ -440,9 +451,7 @@ void Morpher::Drive(std::shared_ptr<Run> run_ptr) {
     SetPhase(run, phase, why);
   }
   if (!run.resumed && phase == v1::MORPH_PREPARING && hooks_.event) {
-    std::string name = run.record.instance();
-    if (run.record.start().next().size() < name.size()) name = run.record.start().next();
-    hooks_.event(name, "Normal", "MorphPreparing",
+    hooks_.event(ServedName(run.record), "Normal", "MorphPreparing",
                  absl::StrCat("live update ", run.record.status().id(), ": booting ", run.record.start().next(),
                               " beside ", run.record.instance(), " (revision ", run.record.start().revision(), ")"));
   }
@@ -537,10 +546,7 @@ absl::Status Morpher::Prepare(Run& run) {
   const std::string& old_name = run.record.instance();
   const std::string& next = start.next();
   MK_ASSIGN_OR_RETURN(kernel::HostObservation obs, kernel_.Observe());
-  const kernel::InstanceInfo* old_info = nullptr;
-  for (const auto& in : obs.instances) {
-    if (in.name == old_name) old_info = &in;
-  }
+  const kernel::InstanceInfo* old_info = FindInstance(obs, old_name);
   if (old_info == nullptr || old_info->state != v1::KERNEL_STATE_ACTIVE) {
     return absl::FailedPreconditionError(absl::StrCat(old_name, " is not running"));
   }
@@ -574,35 +580,21 @@ absl::Status Morpher::Prepare(Run& run) {
     state = v1::KERNEL_STATE_READY;
   }
   if (state == v1::KERNEL_STATE_READY) {
-    kernel::KernelImage image;
-    image.kernel_path = start.load().kernel().image();
-    image.initrd_path = start.load().kernel().initrd();
-    image.cmdline = start.load().kernel().cmdline();
-    image.sha256 = start.load().kernel().sha256();
-    image.rootfs_image = start.load().rootfs().image();
-    MK_RETURN_IF_ERROR(kernel_.Load(next, image));
+    MK_RETURN_IF_ERROR(kernel_.Load(next, KernelImageOf(start.load())));
     state = v1::KERNEL_STATE_LOADED;
   }
   if (state == v1::KERNEL_STATE_LOADED) {
     // Asked to boot, then watched: up (active), or crashed while booting (it was active and
     // is not, or never came up within the wait).
     MK_RETURN_IF_ERROR(kernel_.Start(next, /*wait=*/false));
-    absl::Duration wait = options_.heartbeat_wait;
-    if (start.timeout_ms() > 0) {
-      // Within the morph's own deadline too.
-      absl::Duration left = absl::FromUnixMillis(run.record.status().started_unix_ms()) +
-                            absl::Milliseconds(start.timeout_ms()) - clock_.Now();
-      wait = std::max(absl::ZeroDuration(), std::min(wait, left));
-    }
+    // Within the morph's own deadline too.
+    const absl::Duration wait =
+        std::max(absl::ZeroDuration(), std::min(options_.heartbeat_wait, Left(run.record, clock_.Now())));
     absl::Duration until = clock_.Monotonic() + wait;
-    bool seen_active = false;
     while (true) {
       MK_RETURN_IF_ERROR(Interrupted(run));
       MK_ASSIGN_OR_RETURN(state, kernel_.StateOf(next));
-      if (state == v1::KERNEL_STATE_ACTIVE) {
-        seen_active = true;
-        break;
-      }
+      if (state == v1::KERNEL_STATE_ACTIVE) break;
       if (state != v1::KERNEL_STATE_LOADED || clock_.Monotonic() >= until) {
         return absl::UnavailableError(absl::StrCat("the new kernel ", next, " did not boot: ",
                                                    kernel::KernelStateName(state), " after ",
@@ -611,27 +603,18 @@ absl::Status Morpher::Prepare(Run& run) {
       }
       clock_.SleepFor(absl::Milliseconds(1));
     }
-    (void)seen_active;
   }
   if (state != v1::KERNEL_STATE_ACTIVE) {
     return absl::FailedPreconditionError(absl::StrCat("the new kernel ", next, " is ", kernel::KernelStateName(state)));
   }
   MK_ASSIGN_OR_RETURN(obs, kernel_.Observe());
-  for (const auto& in : obs.instances) {
-    if (in.name == next) run.new_id = in.id;
-  }
-  absl::Duration hb_wait = options_.heartbeat_wait;
-  if (start.timeout_ms() > 0) {
-    absl::Duration left = absl::FromUnixMillis(run.record.status().started_unix_ms()) +
-                          absl::Milliseconds(start.timeout_ms()) - clock_.Now();
-    hb_wait = std::max(absl::Milliseconds(1), std::min(hb_wait, left));
-  }
+  if (const kernel::InstanceInfo* in = FindInstance(obs, next)) run.new_id = in->id;
+  const absl::Duration hb_wait =
+      std::max(absl::Milliseconds(1), std::min(options_.heartbeat_wait, Left(run.record, clock_.Now())));
   auto new_conn = Connect(run, next, run.new_id, hb_wait);
-  if (!new_conn.ok() && start.timeout_ms() > 0 &&
-      clock_.Now() >= absl::FromUnixMillis(run.record.status().started_unix_ms()) + absl::Milliseconds(start.timeout_ms())) {
-    return absl::DeadlineExceededError(absl::StrCat("the morph exceeded its timeout of ",
-                                                    absl::FormatDuration(absl::Milliseconds(start.timeout_ms())),
-                                                    " while Preparing: ", new_conn.status().message()));
+  if (!new_conn.ok() && Left(run.record, clock_.Now()) <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(TimeoutText(run.record), " while Preparing: ", new_conn.status().message()));
   }
   if (!new_conn.ok()) return new_conn.status();
   run.new_conn = *std::move(new_conn);
@@ -736,12 +719,8 @@ absl::Status Morpher::CommitDevices(Run& run) {
   const std::string& old_name = run.record.instance();
   const std::string& next = run.record.start().next();
   MK_ASSIGN_OR_RETURN(kernel::HostObservation obs, kernel_.Observe());
-  const kernel::InstanceInfo* old_info = nullptr;
-  const kernel::InstanceInfo* new_info = nullptr;
-  for (const auto& in : obs.instances) {
-    if (in.name == old_name) old_info = &in;
-    if (in.name == next) new_info = &in;
-  }
+  const kernel::InstanceInfo* old_info = FindInstance(obs, old_name);
+  const kernel::InstanceInfo* new_info = FindInstance(obs, next);
   bool moved;
   std::vector<std::string> devices;
   {
@@ -832,10 +811,7 @@ absl::Status Morpher::Finish(Run& run) {
   // CPUs: the target's, keeping the new kernel's boot core (the boot CPU cannot go); one
   // core of the target's fewer for it, so the count is the spec's.
   MK_ASSIGN_OR_RETURN(kernel::HostObservation obs, kernel_.Observe());
-  const kernel::InstanceInfo* info = nullptr;
-  for (const auto& in : obs.instances) {
-    if (in.name == next) info = &in;
-  }
+  const kernel::InstanceInfo* info = FindInstance(obs, next);
   if (info == nullptr) return absl::InternalError(absl::StrCat(next, " is gone after the commit"));
   std::vector<uint64_t> target;
   for (int i = 0; i < start.target().cpus_size(); ++i) {
@@ -958,11 +934,8 @@ absl::Status Morpher::RollBack(Run& run) {
     uint32_t id = run.old_id;
     if (id == 0) {
       auto obs = kernel_.Observe();
-      if (obs.ok()) {
-        for (const auto& in : obs->instances) {
-          if (in.name == old_name) id = in.id;
-        }
-      }
+      const kernel::InstanceInfo* old_info = obs.ok() ? FindInstance(*obs, old_name) : nullptr;
+      if (old_info != nullptr) id = old_info->id;
     }
     auto conn = dial_ ? dial_(id) : absl::UnavailableError("no guest channel");
     if (conn.ok()) run.old_conn = *std::move(conn);

@@ -247,9 +247,8 @@ Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& de
                                        ", beside it as ", d->morph_next)};
       continue;
     }
-    if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH) {
-      // Not running: nothing to keep alive, so the kernel is simply replaced.
-    }
+    // A kernel change under Morph on a kernel that does not run (or is not to run on) has
+    // nothing to keep alive: it is replaced below.
     std::vector<std::string> resize;  // what hot-plug changes, for people
     // Hot-plug: removals first (releases), additions after everything else is freed.
     std::vector<uint32_t> cpu_remove, cpu_add;

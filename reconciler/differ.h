@@ -45,6 +45,11 @@ struct DesiredInstance {
 // compares (image, initrd, command line, rootfs image).
 std::string KernelRevision(const mkfleet::v1::KernelSpec& kernel, const std::string& rootfs_image);
 std::string ProvenanceRevision(const mkfleet::v1::Provenance& p);
+// The revision of the kernel an observed instance runs: as its agent reports it (after a live
+// update), else from its provenance.
+inline std::string ServingRevision(const mkfleet::v1::InstanceStatus& st) {
+  return st.revision().empty() ? ProvenanceRevision(st.provenance()) : st.revision();
+}
 // Whether the loaded kernel (its provenance) is the one the spec asks for.
 bool SameKernel(const mkfleet::v1::KernelInstanceSpec& spec, const mkfleet::v1::Provenance& p);
 

@@ -66,7 +66,7 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
       e.set_kind("Host");
       e.set_name(host);
     } else if (e.kind() == "KernelInstance") {
-      absl::MutexLock lock(&kernel_names_mu_);
+      absl::MutexLock lock(&served_mu_);
       auto n = kernel_names_.find({host, e.name()});
       if (n != kernel_names_.end()) e.set_name(n->second);
     }
@@ -299,32 +299,35 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   // A `morph prepare` holds until a morph other than the one seen then shows.
   std::set<std::string> retry;
-  for (auto it = morph_retry_.begin(); it != morph_retry_.end();) {
-    std::string seen;
-    if (auto s = serving_.find(it->first); s != serving_.end()) {
-      auto v = views.find(s->second.first);
-      if (v != views.end()) {
-        auto in = v->second.instances.find(s->second.second);
-        if (in != v->second.instances.end()) seen = in->second.status().morph().id();
+  {
+    absl::MutexLock lock(&served_mu_);
+    for (auto it = morph_retry_.begin(); it != morph_retry_.end();) {
+      std::string seen;
+      if (auto s = serving_.find(it->first); s != serving_.end()) {
+        auto v = views.find(s->second.first);
+        if (v != views.end()) {
+          auto in = v->second.instances.find(s->second.second);
+          if (in != v->second.instances.end()) seen = in->second.status().morph().id();
+        }
       }
-    }
-    if (seen != it->second) {
-      it = morph_retry_.erase(it);
-    } else {
-      retry.insert(it->first);
-      ++it;
+      if (seen != it->second) {
+        it = morph_retry_.erase(it);
+      } else {
+        retry.insert(it->first);
+        ++it;
+      }
     }
   }
   FleetPlan fleet =
       PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views), retry);
-  std::map<std::pair<std::string, std::string>, std::string> kernel_names;
-  for (const auto& [name, p] : fleet.planned) {
-    if (p.standby_for.empty()) serving_[name] = {p.host, p.kernel};
-    if (p.kernel != name) kernel_names[{p.host, p.kernel}] = name;
-  }
   {
-    absl::MutexLock lock(&kernel_names_mu_);
-    kernel_names_ = std::move(kernel_names);
+    absl::MutexLock lock(&served_mu_);
+    serving_.clear();
+    kernel_names_.clear();
+    for (const auto& [name, p] : fleet.planned) {
+      if (p.standby_for.empty()) serving_[name] = {p.host, p.kernel};
+      if (p.kernel != name) kernel_names_[{p.host, p.kernel}] = name;
+    }
   }
 
   // The hosts' batches go out in parallel; each worker takes the next host.
@@ -561,28 +564,30 @@ absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& requ
   std::shared_ptr<HostConnection> link;
   v1::ObservedInstance seen;
   {
-    absl::MutexLock pass(&pass_mu_);
+    absl::MutexLock lock(&served_mu_);
     auto s = serving_.find(name);
     if (s == serving_.end()) return absl::NotFoundError(absl::StrCat(what, " is not placed on any host"));
     host = s->second.first;
     kernel = s->second.second;
-    std::map<std::string, std::shared_ptr<HostConnection>> links;
-    std::map<std::string, HostView> views = Views(&links);
-    auto l = links.find(host);
-    if (l == links.end() || !views[host].connected) {
-      return absl::UnavailableError(absl::StrCat(what, ": host ", host, " is not connected"));
-    }
-    link = l->second;
-    auto in = views[host].instances.find(kernel);
-    if (in == views[host].instances.end()) return absl::NotFoundError(absl::StrCat(what, " has no kernel on ", host));
-    seen = in->second;
   }
+  {
+    absl::MutexLock lock(&mu_);
+    auto c = connections_.find(host);
+    if (c != connections_.end()) link = c->second.link;
+  }
+  const HostView view = link != nullptr ? link->View() : HostView();
+  if (link == nullptr || !view.connected) {
+    return absl::UnavailableError(absl::StrCat(what, ": host ", host, " is not connected"));
+  }
+  auto in = view.instances.find(kernel);
+  if (in == view.instances.end()) return absl::NotFoundError(absl::StrCat(what, " has no kernel on ", host));
+  seen = in->second;
   v1::MorphResponse out;
   out.set_host(host);
   out.set_kernel(kernel);
   const v1::InstanceStatus& st = seen.status();
   if (st.has_morph()) *out.mutable_morph() = st.morph();
-  out.set_revision(st.revision().empty() ? ProvenanceRevision(st.provenance()) : st.revision());
+  out.set_revision(ServingRevision(st));
   out.set_previous_revision(st.previous_revision());
   const v1::MorphPhase phase = st.morph().phase();
   const bool running = MorphRunning(st);
@@ -644,7 +649,7 @@ absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& requ
                                                         "(revision ", out.revision(), ")"));
     }
     {
-      absl::MutexLock pass(&pass_mu_);
+      absl::MutexLock lock(&served_mu_);
       morph_retry_[name] = st.morph().id();
     }
     queue_.Add(host);

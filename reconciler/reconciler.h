@@ -164,15 +164,16 @@ class Reconciler {
   bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
-  // Where each placed instance runs after the last pass: host and serving kernel.
-  std::map<std::string, std::pair<std::string, std::string>> serving_ ABSL_GUARDED_BY(pass_mu_);
-  // Instances whose held (rolled back) revision may morph again: `mkapply morph prepare`;
-  // the value is the morph id seen when asked (dropped once another one shows).
-  std::map<std::string, std::string> morph_retry_ ABSL_GUARDED_BY(pass_mu_);
-  // (host, kernel) -> the instance it serves, where the names differ (after a live update):
-  // agents name kernels in their events, people look for the instance.
-  absl::Mutex kernel_names_mu_;
-  std::map<std::pair<std::string, std::string>, std::string> kernel_names_ ABSL_GUARDED_BY(kernel_names_mu_);
+  // What the last pass planned, for the morph verbs and agent events (not held across a
+  // pass: a call never waits for one). Where each placed instance runs (host, serving
+  // kernel); (host, kernel) -> the instance it serves where the names differ (after a live
+  // update: agents name kernels in their events, people look for the instance); and the
+  // instances whose held (rolled back) revision may morph again (`mkapply morph prepare`),
+  // with the morph id seen when asked (dropped once another one shows).
+  absl::Mutex served_mu_;
+  std::map<std::string, std::pair<std::string, std::string>> serving_ ABSL_GUARDED_BY(served_mu_);
+  std::map<std::pair<std::string, std::string>, std::string> kernel_names_ ABSL_GUARDED_BY(served_mu_);
+  std::map<std::string, std::string> morph_retry_ ABSL_GUARDED_BY(served_mu_);
   // Per reachable host, a fingerprint of the action ids of its plan in the last pass.
   std::map<std::string, size_t> last_plan_seen_ ABSL_GUARDED_BY(pass_mu_);
   // Creates sent whose kernel the host's view does not show yet, by request name: planned

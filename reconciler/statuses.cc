@@ -103,7 +103,7 @@ class Builder {
       st.set_restart_count(seen.restart_count());
       st.set_role(seen.role());
       if (seen.has_morph()) *st.mutable_morph() = seen.morph();
-      st.set_revision(seen.revision().empty() ? ProvenanceRevision(seen.provenance()) : seen.revision());
+      st.set_revision(ServingRevision(seen));
       st.set_previous_revision(seen.previous_revision());
       const v1::Condition* degraded = Find(seen.conditions(), "Degraded");
       if (degraded != nullptr && degraded->status() == v1::CONDITION_TRUE) crash_loop = degraded->message();

@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 
 extern char** environ;
 
@@ -30,21 +31,8 @@ bool DnsLabel(absl::string_view s) {
   return true;
 }
 
-// A /proc file's text ("" once the process is gone: its files fail with ESRCH while it
-// exits, which std::ifstream turns into an exception).
-std::string ReadProcFile(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "";
-  std::string out;
-  char buf[4096];
-  while (true) {
-    ssize_t n = read(fd, buf, sizeof buf);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return out;
-}
+// A /proc file's text ("" once the process is gone).
+std::string ReadProcFile(const std::string& path) { return ReadFile(path).value_or(""); }
 
 // Every process of session `sid` (from /proc/<pid>/stat, field 6).
 std::vector<pid_t> SessionMembers(pid_t sid) {
