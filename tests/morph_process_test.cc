@@ -198,6 +198,8 @@ TEST_F(MorphProcessTest, ManualMorphWaitsForCommit) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(Phase(), v1::MORPH_VALIDATING) << "it must wait for the commit";
   EXPECT_EQ(Status("web").kernel(), "web");
+  // Found by the demo: `apply --wait` said web Ready while its live update had just begun.
+  EXPECT_NE(Status("web").phase(), "Running") << "not Ready while a live update runs";
   ASSERT_EQ(Mkapply({"morph", "status", "instance", "web"}, &out), 0) << out;
   EXPECT_THAT(out, ::testing::HasSubstr("waiting for `mkapply morph commit instance web`"));
   ASSERT_EQ(Mkapply({"morph", "commit", "instance", "web", "--wait"}, &out), 0) << out;
