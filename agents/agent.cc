@@ -108,6 +108,35 @@ void Agent::Start() {
   });
 }
 
+bool Agent::TickIfDue() {
+  const bool tracked = options_.kernel_generation && options_.kernel_next_change;
+  // Read before the pass: a change made during it (by it, or by a batch) brings another.
+  const uint64_t generation = tracked ? options_.kernel_generation() : 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_) return false;
+    bool due = !tracked || !ticked_ || refresh_requested_ || generation != seen_generation_ ||
+               clock_.Monotonic() >= next_due_;
+    if (!due) return false;
+    ticked_ = true;
+    refresh_requested_ = false;
+    seen_generation_ = generation;
+  }
+  Tick();
+  if (!tracked) return true;
+  absl::Duration next = options_.kernel_next_change();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [name, w] : watched_) {
+    next = std::min(next, w.restart_at);
+    const v1::LocalPolicy* policy = PolicyFor(name);
+    if (w.last == v1::KERNEL_STATE_ACTIVE && policy != nullptr && policy->failover().policy() != v1::FAILOVER_NONE) {
+      next = std::min(next, w.next_probe);
+    }
+  }
+  next_due_ = next;
+  return true;
+}
+
 void Agent::Stop() {
   {
     absl::MutexLock lock(&mu_);
@@ -567,6 +596,7 @@ absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
       watched_[p.standby_instance()].role = "standby";
     }
   }
+  refresh_requested_ = true;  // probes follow the new policies from the next pass
   return absl::OkStatus();
 }
 

@@ -21,6 +21,7 @@
 #define MKFLEET_AGENTS_AGENT_H_
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +50,11 @@ struct AgentOptions {
   absl::Duration restart_window = absl::Seconds(60);
   size_t max_events = 256;
   std::string version = "0.1.0";
+  // The kernel's change tracking (the emulator's, EmulatedKernel::Generation and
+  // NextTimedChange): with both set, TickIfDue() skips passes in which nothing can have
+  // changed. Unset (a real kernel): every TickIfDue() is a pass.
+  std::function<uint64_t()> kernel_generation;
+  std::function<absl::Duration()> kernel_next_change;
 };
 
 class Agent {
@@ -67,6 +73,11 @@ class Agent {
   void Stop();
   // One watchdog pass (tests drive it with a simulated clock).
   void Tick();
+  // For one watchdog shared by many agents (FleetWatchdog, instead of Start()): a pass if
+  // one is due (a batch or a morph changed something, the kernel's generation moved, a
+  // liveness probe, a restart or a timed kernel change is due, or this is the first), else
+  // nothing. Returns whether it ran a pass.
+  bool TickIfDue();
 
   mkfleet::v1::InventoryResponse Inventory();
   // ABORTED (nothing run) for a stale fence; else one result per action.
@@ -154,6 +165,10 @@ class Agent {
   int64_t batches_done_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
+  // TickIfDue: the kernel generation the last pass started from, and when the next is due.
+  bool ticked_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t seen_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration next_due_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
   // Kernels a running morph watches (the watchdog leaves them alone), by hold count.
   std::map<std::string, int> morphing_ ABSL_GUARDED_BY(mu_);

@@ -17,6 +17,7 @@
 #include "agents/action_journal.h"
 #include "agents/agent.h"
 #include "agents/agent_service.h"
+#include "agents/fleet_watchdog.h"
 #include "agents/liveness.h"
 #include "common/clock.h"
 #include "common/file_util.h"
@@ -53,7 +54,8 @@ struct Settings {
   uint64_t reserve_memory = 0;
   uint32_t vsock_port = 1023;
   bool faults = false;
-  bool lean = false;
+  bool lean = false;   // one of many hosts in this process: the shared watchdog drives it
+  bool bench = false;  // --bench: the action journal is not fdatasync'd
   security::TlsOptions tls;
   kernel::ImageDirs images;
   bool require_digest = false;
@@ -181,7 +183,9 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     if (obs.ok() && obs->instances.empty()) MK_RETURN_IF_ERROR(rt->hk->SetPool(ps));
   }
 
-  auto journal = agents::ActionJournal::Open(state_dir + "/journal");
+  agents::ActionJournal::Options jo;
+  jo.sync = !settings.bench;
+  auto journal = agents::ActionJournal::Open(state_dir + "/journal", jo);
   if (!journal.ok()) return journal.status();
   rt->journal = *std::move(journal);
   agents::AgentOptions ao;
@@ -189,6 +193,11 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.state_dir = state_dir;
   ao.version = kVersion;
   ao.poll_interval = settings.poll;
+  if (settings.lean && rt->emulator != nullptr) {
+    kernel::EmulatedKernel* emu = rt->emulator.get();
+    ao.kernel_generation = [emu] { return emu->Generation(); };
+    ao.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+  }
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
   if (!rt->agent->load_status().ok()) return rt->agent->load_status();
   agents::MorphOptions mo;
@@ -201,7 +210,7 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
                                                        /*require_controller=*/!tls.insecure);
   rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
   if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
-  rt->agent->Start();
+  if (!settings.lean) rt->agent->Start();  // else the process's FleetWatchdog
   return rt;
 }
 
@@ -250,7 +259,8 @@ int main(int argc, char** argv) {
   app.add_option("--ports-file", ports_file, "write \"NAME ADDRESS\" per host to this file once all listen");
   app.add_option("--boot-time", boot_time, "emulated: how long a boot takes (e.g. 300ms)");
   app.add_option("--halt-time", halt_time, "emulated: how long a graceful halt takes");
-  app.add_option("--poll-interval", poll_interval, "how often the watchdog observes the kernel (default 10ms)");
+  app.add_option("--poll-interval", poll_interval, "how often the watchdog observes the kernel (default 10ms); with --hosts N, how "
+                 "often one shared watchdog looks at every host, observing only those where something changed");
   app.add_option("--vfs-per-nic", vfs_per_nic, "SR-IOV VFs per NIC for XML/synthetic topologies");
   app.add_option("--reserve-cores", reserve_cores,
                  "if set, write a pool at start (while no instance exists): the host keeps this many cores");
@@ -265,6 +275,10 @@ int main(int argc, char** argv) {
   std::string guest_hooks;
   app.add_option("--guest-hooks", guest_hooks,
                  "emulated: PROFILE's morph hooks are DIR/PROFILE (default STATE-DIR/guest-hooks)");
+  bool bench = false;
+  app.add_flag("--bench", bench,
+               "benchmarks only: the action journal is written but not fdatasync'd (an action done just before a "
+               "power loss may run again); the emulated kernel's state is never synced in any mode");
   app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC (to the controller's "
                                                    "certificate only)");
   Settings settings;
@@ -297,6 +311,7 @@ int main(int argc, char** argv) {
   settings.faults = faults;
   settings.reserve_cores = reserve_cores;
   settings.lean = hosts > 1;
+  settings.bench = bench;
   auto boot = manifests::ParseDurationMs(boot_time);
   auto halt = manifests::ParseDurationMs(halt_time);
   auto poll = manifests::ParseDurationMs(poll_interval);
@@ -325,8 +340,10 @@ int main(int argc, char** argv) {
   RaiseFileLimit();
 
   std::vector<std::unique_ptr<HostRuntime>> runtimes;
+  std::unique_ptr<agents::FleetWatchdog> watchdog;
   auto stop_all = [&] {
     for (auto& rt : runtimes) rt->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (watchdog != nullptr) watchdog->Stop();
     for (auto& rt : runtimes) rt->agent->Stop();
   };
   for (uint32_t i = 0; i < hosts; ++i) {
@@ -346,6 +363,13 @@ int main(int argc, char** argv) {
     }
     runtimes.push_back(*std::move(rt));
     if (hosts > 1 && (i + 1) % 100 == 0) std::cerr << "mkagent: " << i + 1 << "/" << hosts << " hosts listening\n";
+  }
+  if (settings.lean) {
+    // One watchdog for every host: a pass only where something changed (agents/fleet_watchdog.h).
+    std::vector<agents::Agent*> agents;
+    for (auto& rt : runtimes) agents.push_back(rt->agent.get());
+    watchdog = std::make_unique<agents::FleetWatchdog>(agents, settings.poll, std::min<int>(2, runtimes.size()));
+    watchdog->Start();
   }
   if (!ports_file.empty()) {
     std::string lines;

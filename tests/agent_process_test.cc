@@ -214,3 +214,75 @@ TEST_F(AgentProcessTest, CorruptStateFilesAreRefusedAtStart) {
 
 }  // namespace
 }  // namespace mkfleet
+
+namespace mkfleet {
+namespace {
+
+// mkagent --hosts N: one shared watchdog instead of a thread per host (its thread count
+// stays near one per host: the gRPC server's poller), yet a host's boot that ends by itself
+// and a crash are still seen, on the host where they happened.
+TEST_F(AgentProcessTest, ManyHostsShareOneWatchdogAndStillSeeEveryChange) {
+  constexpr int kHosts = 40;
+  std::string tls_root;
+  for (int i = 1; i <= kHosts; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "many-%04d", i);
+    tls_root = fs::path(pki_->agent(name)).parent_path().string();
+  }
+  testing::Process p({"agents/mkagent", "--hosts", std::to_string(kHosts), "--topology", kTopology, "--listen",
+                      "127.0.0.1:0", "--state-dir", (dir_ / "hosts").string(), "--reserve-cores", "1",
+                      "--boot-time", "300ms", "--host", "many", "--ports-file", (dir_ / "ports").string(),
+                      "--tls-dir", tls_root, "--image-dir", dir_.string(), "--enable-fault-injection"},
+                     (dir_ / "many.log").string());
+  ASSERT_FALSE(p.WaitFor("emulated hosts .* ports").empty()) << p.Log();
+  std::ifstream ports(dir_ / "ports");
+  std::string name, address, last_name, last_address;
+  while (ports >> name >> address) last_name = name, last_address = address;
+  ASSERT_EQ(last_name, "many-0040");
+  int threads = 0;
+  for (auto& e : fs::directory_iterator("/proc/" + std::to_string(p.pid()) + "/task")) threads += e.is_directory();
+  EXPECT_LT(threads, kHosts + 30) << "a watchdog thread per host?";
+
+  auto stub = v1::Agent::NewStub(
+      security::TestPki::Channel(pki_->controller(), last_address, security::Identity::Agent(last_name)));
+  grpc::ClientContext ctx;
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(stub->Execute(&ctx, TenActions(), &r).ok());
+  // The watchdog sees the boots end (300 ms, by themselves), then a crash.
+  auto state = [&] {
+    grpc::ClientContext wctx;
+    wctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    auto reader = stub->Watch(&wctx, v1::WatchRequest());
+    v1::HostState s;
+    reader->Read(&s);
+    wctx.TryCancel();
+    return s;
+  };
+  auto all_active = [&] {
+    v1::HostState s = state();
+    int active = 0;
+    for (const auto& in : s.instances()) active += in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE;
+    return active == 3;
+  };
+  bool up = false;
+  for (int i = 0; i < 100 && !(up = all_active()); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(up);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  grpc::ClientContext fctx;
+  v1::FaultRequest fault;
+  fault.set_instance("b");
+  fault.set_fault("panic");
+  v1::Empty empty;
+  ASSERT_TRUE(stub->InjectFault(&fctx, fault, &empty).ok());
+  bool crashed = false;
+  for (int i = 0; i < 100 && !crashed; ++i) {
+    v1::HostState s = state();
+    for (const auto& e : s.events()) crashed |= e.reason() == "Crashed" && e.name() == "b";
+    if (!crashed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(crashed) << p.Log();
+  EXPECT_EQ(p.Kill(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace mkfleet

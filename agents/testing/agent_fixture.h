@@ -22,7 +22,7 @@
 namespace mkfleet::agents {
 
 struct TestHost {
-  explicit TestHost(const std::string& name) {
+  explicit TestHost(const std::string& name, absl::Duration boot_time = absl::ZeroDuration()) {
     dir = std::filesystem::path(::testing::TempDir()) / (name + "-" + std::to_string(getpid()));
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
@@ -35,6 +35,7 @@ struct TestHost {
     kernel::EmulatorOptions o = kernel::MachineFromTopology(*topology);
     o.pci_devices = {"0000:04:00.0", "0000:04:00.1"};
     o.clock = &clock;
+    o.boot_time = boot_time;
     emu = std::make_unique<kernel::EmulatedKernel>(o);
     kernel::HostKernelOptions ho;
     ho.host = name;

@@ -158,7 +158,24 @@ void EmulatedKernel::Advance(State& s) {
       changed = true;
     }
   }
-  if (changed && &s == &state_) SyncGuests();
+  if (changed && &s == &state_) {
+    SyncGuests();
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+absl::Duration EmulatedKernel::NextTimedChange() {
+  absl::MutexLock lock(&mu_);
+  absl::Duration next = absl::InfiniteDuration();
+  for (const auto& [name, in] : state_.instances) {
+    if (in.active_at) next = std::min(next, *in.active_at);
+    if (in.halted_at) next = std::min(next, *in.halted_at);
+    // A marked image's crash waits for its boot to be seen; until then a read is the change.
+    if (in.crash_at && in.status == "active" && !in.halted_at) {
+      next = std::min(next, in.shown_active ? *in.crash_at : Now());
+    }
+  }
+  return next;
 }
 
 EmulatedKernel::Instance* EmulatedKernel::FindById(uint32_t id) {

@@ -10,6 +10,7 @@
 #ifndef MKFLEET_KERNEL_EMULATOR_EMULATED_KERNEL_H_
 #define MKFLEET_KERNEL_EMULATOR_EMULATED_KERNEL_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -93,6 +94,15 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     int panics = 0;  // crashes (injected, or a kernel image marked to panic)
   };
   Counters counters() const;
+
+  // Change tracking for a watchdog that observes only when something may have changed
+  // (mkagent --hosts N): Generation() rises with every change of the kernel's state (an
+  // overlay, a load, a start, a halt, a crash, a fault); NextTimedChange() is the monotonic
+  // time of the next change that comes by itself (a boot or halt finishing, a marked image's
+  // crash), infinite if none is pending. A reader that saw generation G and observes again
+  // when it differs, or at NextTimedChange(), misses nothing.
+  uint64_t Generation() const { return generation_.load(std::memory_order_acquire); }
+  absl::Duration NextTimedChange();
 
   // The state file could not be read at start (then the kernel starts empty).
   absl::Status load_status() const { return load_status_; }
@@ -191,6 +201,7 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   std::vector<std::string> busy_ ABSL_GUARDED_BY(mu_);
   Counters counters_ ABSL_GUARDED_BY(mu_);
   GuestProcesses guests_;
+  std::atomic<uint64_t> generation_{0};
   absl::Status load_status_;
 };
 

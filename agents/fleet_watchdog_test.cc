@@ -1,0 +1,163 @@
+#include "agents/fleet_watchdog.h"
+
+#include <thread>
+
+#include "agents/agent.h"
+#include "agents/testing/agent_fixture.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::agents {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::Contains;
+
+// An agent whose passes are offered by TickIfDue, over an emulated kernel that tracks its
+// changes (as mkagent --hosts N sets it up).
+class TrackedAgent {
+ public:
+  explicit TrackedAgent(const std::string& name, absl::Duration boot = absl::ZeroDuration()) : host(name, boot) {
+    probe = NewEmulatorProbe(*host.emu);
+    AgentOptions o;
+    o.host = name;
+    o.state_dir = (host.dir / "agent").string();
+    kernel::EmulatedKernel* emu = host.emu.get();
+    o.kernel_generation = [emu] { return emu->Generation(); };
+    o.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+    agent = std::make_unique<Agent>(o, *host.hk, host.topology, *host.journal, *probe, host.clock);
+  }
+  std::vector<std::string> Reasons(const std::string& name) {
+    std::vector<std::string> out;
+    for (const auto& e : agent->Events()) {
+      if (e.name() == name) out.push_back(e.reason());
+    }
+    return out;
+  }
+  v1::KernelState Observed(const std::string& name) {
+    v1::HostState state = agent->Snapshot();
+    for (const auto& in : state.instances()) {
+      if (in.name() == name) return in.status().kernel_state();
+    }
+    return v1::KERNEL_STATE_UNKNOWN;
+  }
+
+  TestHost host;
+  std::unique_ptr<LivenessProbe> probe;
+  std::unique_ptr<Agent> agent;
+};
+
+TEST(TickIfDueTest, AnIdleHostIsNotObservedAgain) {
+  TrackedAgent t("idle");
+  EXPECT_TRUE(t.agent->TickIfDue());  // the first pass always runs
+  for (int i = 0; i < 50; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(10));
+    EXPECT_FALSE(t.agent->TickIfDue()) << "pass " << i;
+  }
+}
+
+TEST(TickIfDueTest, ABatchBringsAPassThatShowsItsResult) {
+  TrackedAgent t("batch");
+  ASSERT_TRUE(t.agent->TickIfDue());
+  auto r = t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux));
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(t.agent->TickIfDue());
+  EXPECT_EQ(t.Observed("web-1"), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_FALSE(t.agent->TickIfDue());
+}
+
+TEST(TickIfDueTest, ABootEndingByItselfIsSeenWhenItIsDue) {
+  TrackedAgent t("boot", absl::Milliseconds(300));
+  ASSERT_TRUE(t.agent->TickIfDue());
+  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
+  while (t.agent->TickIfDue()) {
+  }
+  // A boot that is not waited for (as the watchdog's restarts): the pass its start brings
+  // sees it booting; the next comes when the boot ends.
+  ASSERT_TRUE(t.host.hk->Halt("web-1", /*force=*/true).ok());
+  ASSERT_TRUE(t.host.hk->Start("web-1", /*wait=*/false).ok());
+  EXPECT_TRUE(t.agent->TickIfDue());
+  EXPECT_NE(t.Observed("web-1"), v1::KERNEL_STATE_ACTIVE);
+  t.host.clock.Advance(absl::Milliseconds(100));
+  EXPECT_FALSE(t.agent->TickIfDue()) << "nothing is due before the boot ends";
+  t.host.clock.Advance(absl::Milliseconds(200));
+  EXPECT_TRUE(t.agent->TickIfDue()) << "the boot's end is a timed change";
+  EXPECT_EQ(t.Observed("web-1"), v1::KERNEL_STATE_ACTIVE);
+}
+
+TEST(TickIfDueTest, ACrashIsSeenAtTheNextOfferAndRestartedWhenTheBackoffEnds) {
+  TrackedAgent t("crash");
+  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
+  v1::SetPolicyRequest req;
+  v1::LocalPolicy* p = req.add_policies();
+  p->set_instance("web-1");
+  p->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
+  p->mutable_failover()->mutable_heartbeat()->set_interval(1000);
+  ASSERT_TRUE(t.agent->SetPolicy(req).ok());
+  while (t.agent->TickIfDue()) {
+  }
+  ASSERT_TRUE(t.host.emu->InjectPanic("web-1").ok());
+  EXPECT_TRUE(t.agent->TickIfDue()) << "the kernel's generation moved";
+  EXPECT_THAT(t.Reasons("web-1"), Contains("Crashed"));
+  while (t.agent->TickIfDue()) {
+  }
+  t.host.clock.Advance(absl::Milliseconds(100));  // the restart backoff
+  EXPECT_TRUE(t.agent->TickIfDue()) << "the restart is due";
+  EXPECT_THAT(t.Reasons("web-1"), Contains("Restarted"));
+}
+
+TEST(TickIfDueTest, AHungInstanceIsProbedAtItsHeartbeat) {
+  TrackedAgent t("hang");
+  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
+  v1::SetPolicyRequest req;
+  v1::LocalPolicy* p = req.add_policies();
+  p->set_instance("web-1");
+  p->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
+  p->mutable_failover()->mutable_heartbeat()->set_interval(50);
+  p->mutable_failover()->mutable_heartbeat()->set_misses(2);
+  ASSERT_TRUE(t.agent->SetPolicy(req).ok());
+  while (t.agent->TickIfDue()) {
+  }
+  // A hang changes nothing a read shows; only the probes find it.
+  ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
+  for (int i = 0; i < 20; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(10));
+    t.agent->TickIfDue();
+  }
+  EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
+  EXPECT_THAT(t.Reasons("web-1"), Contains("ForceHalted"));
+}
+
+TEST(FleetWatchdogTest, OneThreadServesEveryAgentAndIdlesWhenNothingChanges) {
+  std::vector<std::unique_ptr<TrackedAgent>> hosts;
+  std::vector<Agent*> agents;
+  for (int i = 0; i < 3; ++i) {
+    hosts.push_back(std::make_unique<TrackedAgent>("fw" + std::to_string(i)));
+    agents.push_back(hosts.back()->agent.get());
+  }
+  FleetWatchdog dog(agents, absl::Milliseconds(2), 1);
+  dog.Start();
+  auto wait_for = [&](auto done) {
+    for (int i = 0; i < 2000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return done();
+  };
+  ASSERT_TRUE(wait_for([&] { return dog.passes() >= 3; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  uint64_t idle = dog.passes();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(dog.passes(), idle) << "no pass while nothing changes";
+  ASSERT_TRUE(hosts[2]->agent->Execute(BootBatch("web-1", {2, 18}, hosts[2]->host.vmlinux)).ok());
+  ASSERT_TRUE(wait_for([&] { return hosts[2]->Observed("web-1") == v1::KERNEL_STATE_ACTIVE; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a pass after the batch's own
+  ASSERT_TRUE(hosts[2]->host.emu->InjectPanic("web-1").ok());
+  auto crashed = [&] {
+    auto r = hosts[2]->Reasons("web-1");
+    return std::find(r.begin(), r.end(), "Crashed") != r.end();
+  };
+  EXPECT_TRUE(wait_for(crashed));
+  EXPECT_THAT(hosts[2]->Reasons("web-1"), Contains("Crashed"));
+  dog.Stop();
+}
+
+}  // namespace
+}  // namespace mkfleet::agents
