@@ -157,6 +157,25 @@ void CheckKernelInstance(const KernelInstance& ki, Reporter& r) {
   CheckInstanceSpec(ki.spec(), "spec", r);
 }
 
+// A rollout's budgets: none may be 0 (no update could proceed); a canary count is at most
+// the replicas (`replicas` 0: perHost, not known here).
+void CheckRollout(const Rollout& ro, uint32_t replicas, const std::string& at, Reporter& r) {
+  if (replicas > 0 && ro.canary().value_case() == IntOrPercent::kCount && ro.canary().count() > replicas) {
+    r.At(at + ".canary", absl::StrCat("must be at most replicas (", replicas, "), got ", ro.canary().count()));
+  }
+  auto at_least_one = [&](bool has, const IntOrPercent& v, const char* field) {
+    if (!has) return;
+    if ((v.value_case() == IntOrPercent::kCount && v.count() == 0) ||
+        (v.value_case() == IntOrPercent::kPercent && v.percent() == 0)) {
+      r.At(at + "." + field, "must be at least 1 (or 1%), or no update could proceed");
+    }
+  };
+  at_least_one(ro.has_max_unavailable(), ro.max_unavailable(), "maxUnavailable");
+  at_least_one(ro.has_max_surge(), ro.max_surge(), "maxSurge");
+  at_least_one(ro.has_max_failures(), ro.max_failures(), "maxFailures");
+  if (ro.has_waves() && ro.waves().by().empty()) r.At(at + ".waves.by", "required: the host label key waves go by");
+}
+
 void CheckInstanceSet(const InstanceSet& set, Reporter& r) {
   CheckHeader(set.api_version(), r);
   const InstanceSetSpec& spec = set.spec();
@@ -177,18 +196,7 @@ void CheckInstanceSet(const InstanceSet& set, Reporter& r) {
   if (!spec.spread_by().empty() && spec.count_case() == InstanceSetSpec::kPerHost) {
     r.AtKey("spec.spreadBy", "only applies with replicas (perHost places on every host)");
   }
-  const Rollout& ro = spec.rollout();
-  if (spec.count_case() == InstanceSetSpec::kReplicas && ro.canary() > spec.replicas()) {
-    r.At("spec.rollout.canary", absl::StrCat("must be at most replicas (", spec.replicas(), "), got ",
-                                             ro.canary()));
-  }
-  if (ro.has_max_unavailable()) {
-    const IntOrPercent& mu = ro.max_unavailable();
-    if ((mu.value_case() == IntOrPercent::kCount && mu.count() == 0) ||
-        (mu.value_case() == IntOrPercent::kPercent && mu.percent() == 0)) {
-      r.At("spec.rollout.maxUnavailable", "must be at least 1 (or 1%), or no update could proceed");
-    }
-  }
+  CheckRollout(spec.rollout(), spec.count_case() == InstanceSetSpec::kReplicas ? spec.replicas() : 0, "spec.rollout", r);
   CheckInstanceSpec(t, "spec.template.spec", r);
 }
 

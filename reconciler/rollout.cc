@@ -1,0 +1,418 @@
+#include "reconciler/rollout.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace mkfleet::reconciler {
+
+namespace v1 = mkfleet::v1;
+
+namespace {
+
+constexpr absl::Duration kDefaultHealthTimeout = absl::Seconds(60);
+constexpr size_t kMaxReasons = 10;
+
+// FNV-1a of the parts: the canary order (stable across processes and runs).
+uint64_t OrderHash(const std::string& owner, uint32_t revision, const std::string& name) {
+  uint64_t h = 1469598103934665603ull;
+  for (const std::string& part : {owner, std::to_string(revision), name}) {
+    for (unsigned char c : part) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  }
+  return h;
+}
+
+int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
+
+}  // namespace
+
+const char* RolloutPhaseName(v1::RolloutPhase phase) {
+  switch (phase) {
+    case v1::ROLLOUT_COMPLETE:
+      return "Complete";
+    case v1::ROLLOUT_PROGRESSING:
+      return "Progressing";
+    case v1::ROLLOUT_PAUSED:
+      return "Paused";
+    case v1::ROLLOUT_FAILED:
+      return "Failed";
+    case v1::ROLLOUT_ROLLING_BACK:
+      return "RollingBack";
+    case v1::ROLLOUT_ROLLED_BACK:
+      return "RolledBack";
+    default:
+      return "Unknown";
+  }
+}
+
+uint32_t Resolve(const v1::IntOrPercent& v, uint32_t total, uint32_t fallback, uint32_t min) {
+  uint32_t n = fallback;
+  if (v.value_case() == v1::IntOrPercent::kCount) n = v.count();
+  if (v.value_case() == v1::IntOrPercent::kPercent) {
+    n = static_cast<uint32_t>((static_cast<uint64_t>(total) * v.percent() + 99) / 100);
+  }
+  return std::max(n, min);
+}
+
+RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) {
+  RolloutStep out;
+  v1::RolloutProgress& p = *progress;
+  const std::string before = p.SerializeAsString();
+  const v1::Rollout& policy = view.policy;
+  const uint32_t total = static_cast<uint32_t>(view.members.size());
+  auto event = [&](const std::string& reason, const std::string& message) { out.events.emplace_back(reason, message); };
+  auto kernel_of = [&](uint32_t revision) -> std::string {
+    auto it = view.kernel_of_revision.find(revision);
+    return it == view.kernel_of_revision.end() ? "" : it->second;
+  };
+
+  // A new revision starts a rollout from the last one that completed.
+  if (p.revision() == 0) {
+    p.set_revision(view.target);
+    p.set_stable(view.target);
+    p.set_phase(v1::ROLLOUT_COMPLETE);
+    p.set_canary_passed(true);
+  } else if (p.revision() != view.target) {
+    uint32_t stable = p.phase() == v1::ROLLOUT_COMPLETE ? p.revision() : p.stable();
+    bool paused = p.paused();
+    p.Clear();
+    p.set_revision(view.target);
+    p.set_stable(stable);
+    p.set_paused(paused);
+    p.set_phase(paused ? v1::ROLLOUT_PAUSED : v1::ROLLOUT_PROGRESSING);
+    p.set_started_unix_ms(Ms(view.now));
+    event("RolloutStarted", absl::StrCat("revision ", view.target, " (from revision ", stable, ")"));
+  }
+  const std::string target_kernel = view.target_kernel;
+  const std::string stable_kernel = kernel_of(p.stable());
+  const bool holding_back = p.phase() == v1::ROLLOUT_ROLLING_BACK || p.phase() == v1::ROLLOUT_ROLLED_BACK;
+  // What a member not let move runs: the revision of its kernel (the newest with it); a new
+  // one, or one whose kernel is no revision's, the target (the stable one while held back).
+  auto unmoved = [&](const RolloutMember& m) -> uint32_t {
+    auto it = view.revision_of_kernel.find(m.kernel);
+    if (it != view.revision_of_kernel.end() && !m.kernel.empty()) return it->second;
+    return holding_back ? p.stable() : view.target;
+  };
+
+  // Members by name, and their classification against the stored progress.
+  std::map<std::string, const RolloutMember*> members;
+  for (const RolloutMember& m : view.members) members[m.name] = &m;
+  const absl::Duration min_ready = absl::Milliseconds(policy.min_ready());
+  const absl::Duration health_timeout =
+      policy.health_timeout() > 0 ? absl::Milliseconds(policy.health_timeout()) : kDefaultHealthTimeout;
+  const bool rolling = p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED;
+
+  if (rolling) {
+    // New members, and members already at the target, take part at once (no budget: they
+    // are being created, or already there).
+    for (const RolloutMember& m : view.members) {
+      if (p.members().count(m.name)) continue;
+      if (m.kernel.empty() || m.kernel == target_kernel) {
+        (*p.mutable_members())[m.name].set_admitted_unix_ms(Ms(view.now));
+      }
+    }
+    // Health of every admitted member.
+    // (In name order: the reasons kept are the same on every run.)
+    for (const auto& [name, member] : members) {
+      auto found = p.mutable_members()->find(name);
+      if (found == p.mutable_members()->end()) continue;  // not let move
+      v1::MemberProgress& mp = found->second;
+      if (mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
+      const RolloutMember& m = *member;
+      const bool at_target = m.kernel == target_kernel;
+      std::string failed;
+      if (!m.failure.empty() && (m.failed_kernel.empty() || m.failed_kernel == target_kernel)) {
+        failed = m.failure;
+      } else if (at_target && m.up) {
+        if (mp.ready_since_unix_ms() == 0) mp.set_ready_since_unix_ms(Ms(view.now));
+        if (view.now - absl::FromUnixMillis(mp.ready_since_unix_ms()) >= min_ready) mp.set_done(true);
+      } else {
+        mp.set_ready_since_unix_ms(0);
+        if (view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) >= health_timeout) {
+          failed = absl::StrCat("not Ready within healthTimeout ", absl::FormatDuration(health_timeout));
+        }
+      }
+      if (!failed.empty()) {
+        mp.set_failed(failed);
+        p.set_failures(p.failures() + 1);
+        if (static_cast<size_t>(p.reasons_size()) < kMaxReasons) p.add_reasons(absl::StrCat(name, ": ", failed));
+        event("MemberFailed", absl::StrCat(name, " at revision ", view.target, ": ", failed));
+      }
+    }
+    const uint32_t max_failures = Resolve(policy.max_failures(), total, 1, 1);
+    if (p.failures() >= max_failures) {
+      const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
+      p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
+      event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", p.failures(), " member(s) failed (",
+                                          absl::StrJoin(p.reasons(), "; "), ")",
+                                          rollback ? absl::StrCat("; rolling back to revision ", p.stable())
+                                                   : "; stopped (autoRollback off)"));
+    }
+  }
+
+  // The waves' order: the policy's list first, then the other values sorted.
+  std::vector<std::string> wave_order;
+  {
+    std::set<std::string> values;
+    for (const RolloutMember& m : view.members) values.insert(m.wave);
+    for (const std::string& v : policy.waves().order()) {
+      if (values.erase(v)) wave_order.push_back(v);
+    }
+    wave_order.insert(wave_order.end(), values.begin(), values.end());
+  }
+  // Members in the order they move: by wave, then by hash.
+  std::map<std::string, size_t> wave_index;
+  for (size_t i = 0; i < wave_order.size(); ++i) wave_index[wave_order[i]] = i;
+  std::vector<const RolloutMember*> order;
+  for (const RolloutMember& m : view.members) order.push_back(&m);
+  std::sort(order.begin(), order.end(), [&](const RolloutMember* a, const RolloutMember* b) {
+    size_t wa = wave_index[a->wave], wb = wave_index[b->wave];
+    if (wa != wb) return wa < wb;
+    uint64_t ha = OrderHash(view.owner, view.target, a->name), hb = OrderHash(view.owner, view.target, b->name);
+    return ha != hb ? ha < hb : a->name < b->name;
+  });
+  auto progress_of = [&](const std::string& name) -> const v1::MemberProgress* {
+    auto it = p.members().find(name);
+    return it == p.members().end() ? nullptr : &it->second;
+  };
+  auto finished = [&](const std::string& name) {
+    const v1::MemberProgress* mp = progress_of(name);
+    return mp != nullptr && (mp->done() || !mp->failed().empty());
+  };
+
+  // The budget: Replace, members down (for any reason) or admitted and not done; Morph,
+  // members admitted and not done. An admitted member counts until it is done (Ready for
+  // minReady), as Kubernetes counts a pod unavailable until ready for minReadySeconds.
+  struct Load {
+    uint32_t limit = 0, busy = 0, failed_down = 0, moving = 0;
+    bool all_finished = true;
+  };
+  auto load = [&] {
+    Load l;
+    l.limit = view.morph ? Resolve(policy.max_surge(), total, 1, 1) : Resolve(policy.max_unavailable(), total, 1, 1);
+    for (const RolloutMember& m : view.members) {
+      const v1::MemberProgress* mp = progress_of(m.name);
+      const bool admitted = mp != nullptr && mp->admitted_unix_ms() > 0;
+      const bool failed = admitted && !mp->failed().empty();
+      const bool settled = admitted && (mp->done() || failed);
+      l.busy += view.morph ? admitted && !settled : !m.up || (admitted && !settled);
+      l.failed_down += failed && !m.up;
+      l.moving += admitted && !settled;
+      l.all_finished &= settled;
+    }
+    return l;
+  };
+  if (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED) {
+    const uint32_t canaries = policy.has_canary() ? Resolve(policy.canary(), total, 0, 0) : 0;
+    // The canaries: chosen once per rollout, in the first wave that has members to move.
+    if (canaries > 0 && !p.canary_passed()) {
+      uint32_t chosen = 0;
+      for (const auto& [name, mp] : p.members()) chosen += mp.canary();
+      if (chosen == 0) {
+        std::string first_wave;
+        bool found = false;
+        for (const RolloutMember* m : order) {
+          if (m->kernel != target_kernel && !m->kernel.empty()) {
+            first_wave = m->wave;
+            found = true;
+            break;
+          }
+        }
+        for (const RolloutMember* m : order) {
+          if (!found || chosen >= canaries) break;
+          if (m->wave != first_wave || m->kernel == target_kernel || m->kernel.empty()) continue;
+          (*p.mutable_members())[m->name].set_canary(true);
+          ++chosen;
+        }
+        if (chosen == 0) p.set_canary_passed(true);  // nothing to move: no canary step
+      }
+    }
+    const Load now = load();
+    const uint32_t limit = now.limit, failed_down = now.failed_down;
+    const uint32_t budget = now.limit > now.busy ? now.limit - now.busy : 0;
+    // Failed members that hold the whole budget (down after a Replace) leave nothing to go on
+    // with: the rollout stops rather than stall below maxFailures.
+    if (budget == 0 && now.moving == 0 && failed_down >= limit && !now.all_finished) {
+      const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
+      p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
+      if (static_cast<size_t>(p.reasons_size()) < kMaxReasons) {
+        p.add_reasons(absl::StrCat(failed_down, " failed member(s) are down and hold the whole budget (", limit, ")"));
+      }
+      event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", failed_down,
+                                          " failed member(s) are down and hold the whole budget",
+                                          rollback ? absl::StrCat("; rolling back to revision ", p.stable())
+                                                   : "; stopped (autoRollback off)"));
+    }
+  }
+  if (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED) {
+    const Load now = load();
+    uint32_t budget = now.limit > now.busy ? now.limit - now.busy : 0;
+    auto admit = [&](const RolloutMember& m) {
+      if (budget == 0) return false;
+      v1::MemberProgress& mp = (*p.mutable_members())[m.name];
+      if (mp.admitted_unix_ms() > 0) return false;
+      mp.set_admitted_unix_ms(Ms(view.now));
+      --budget;
+      return true;
+    };
+    const bool user_paused = p.paused();
+    if (!p.canary_passed()) {
+      bool all_done = true;
+      for (const auto& [name, mp] : p.members()) {
+        if (mp.canary() && !(mp.done() || !mp.failed().empty())) all_done = false;
+      }
+      if (all_done) {
+        p.set_canary_passed(true);
+        if (policy.pause_after_canary()) {
+          p.set_paused(true);
+          event("CanaryPassed", absl::StrCat("revision ", view.target,
+                                             ": the canaries are Ready; paused (`mkapply rollout resume`)"));
+        } else {
+          event("CanaryPassed", absl::StrCat("revision ", view.target, ": the canaries are Ready"));
+        }
+      } else if (!user_paused) {
+        for (const RolloutMember* m : order) {
+          const v1::MemberProgress* mp = progress_of(m->name);
+          if (mp != nullptr && mp->canary()) admit(*m);
+        }
+      }
+    }
+    if (p.canary_passed() && !p.paused()) {
+      // The current wave: the first with a member not finished.
+      std::string wave;
+      bool any = false;
+      for (const RolloutMember* m : order) {
+        if (!finished(m->name)) {
+          wave = m->wave;
+          any = true;
+          break;
+        }
+      }
+      if (any) {
+        if (wave != p.wave() && !policy.waves().by().empty()) {
+          event("WaveStarted", absl::StrCat("revision ", view.target, ": wave ", policy.waves().by(), "=", wave));
+        }
+        p.set_wave(wave);
+        for (const RolloutMember* m : order) {
+          if (m->wave == wave && m->kernel != target_kernel) admit(*m);
+        }
+      }
+    }
+    p.set_phase(p.paused() ? v1::ROLLOUT_PAUSED : v1::ROLLOUT_PROGRESSING);
+    // Complete: every member finished (done, or failed below maxFailures).
+    bool complete = true;
+    for (const RolloutMember& m : view.members) complete &= finished(m.name);
+    if (complete && p.canary_passed()) {
+      p.set_phase(v1::ROLLOUT_COMPLETE);
+      p.set_stable(view.target);
+      p.set_finished_unix_ms(Ms(view.now));
+      p.set_paused(false);
+      p.clear_members();
+      p.set_wave("");
+      event("RolloutComplete", absl::StrCat("revision ", view.target, ": every member (", total, ") updated",
+                                            p.failures() > 0 ? absl::StrCat(", ", p.failures(), " failed") : ""));
+    }
+  }
+
+  if (p.phase() == v1::ROLLOUT_ROLLING_BACK) {
+    bool back = true;
+    for (const RolloutMember& m : view.members) {
+      const v1::MemberProgress* mp = progress_of(m.name);
+      if (mp == nullptr || mp->admitted_unix_ms() == 0) continue;
+      back &= m.kernel == stable_kernel && m.up;
+    }
+    if (back) {
+      p.set_phase(v1::ROLLOUT_ROLLED_BACK);
+      p.set_finished_unix_ms(Ms(view.now));
+      event("RolledBack", absl::StrCat("revision ", view.target, " rolled back to revision ", p.stable(),
+                                       "; held until a new change or `mkapply rollout undo`"));
+    }
+  }
+
+  // What each member runs.
+  for (const RolloutMember& m : view.members) {
+    const v1::MemberProgress* mp = progress_of(m.name);
+    const bool admitted = mp != nullptr && mp->admitted_unix_ms() > 0;
+    uint32_t revision;
+    switch (p.phase()) {
+      case v1::ROLLOUT_COMPLETE:
+        revision = view.target;
+        break;
+      case v1::ROLLOUT_ROLLING_BACK:
+      case v1::ROLLOUT_ROLLED_BACK:
+        revision = admitted ? p.stable() : unmoved(m);
+        break;
+      default:  // Progressing, Paused, Failed (held as it is)
+        revision = admitted ? view.target : unmoved(m);
+        break;
+    }
+    if (revision != view.target) out.revision_of[m.name] = revision;
+  }
+
+  // Status: the canaries, then each wave.
+  v1::RolloutStatus& st = out.status;
+  st.set_revision(p.revision());
+  st.set_stable(p.stable());
+  st.set_phase(RolloutPhaseName(p.phase()));
+  st.set_paused(p.paused());
+  st.set_current_wave(p.wave());
+  st.set_failures(p.failures());
+  *st.mutable_reasons() = p.reasons();
+  std::map<std::string, v1::WaveStatus> waves;
+  v1::WaveStatus canary;
+  canary.set_value("canary");
+  for (const RolloutMember& m : view.members) {
+    const v1::MemberProgress* mp = progress_of(m.name);
+    const bool updated = m.kernel == target_kernel && !target_kernel.empty();
+    const bool ready = p.phase() == v1::ROLLOUT_COMPLETE ? (updated && m.up) : (mp != nullptr && mp->done());
+    const bool failed = mp != nullptr && !mp->failed().empty();
+    for (v1::WaveStatus* w : {&waves[m.wave], mp != nullptr && mp->canary() ? &canary : nullptr}) {
+      if (w == nullptr) continue;
+      w->set_total(w->total() + 1);
+      w->set_updated(w->updated() + updated);
+      w->set_ready(w->ready() + ready);
+      w->set_failed(w->failed() + failed);
+    }
+  }
+  if (canary.total() > 0) *st.add_waves() = canary;
+  for (const std::string& w : wave_order) {
+    v1::WaveStatus& ws = waves[w];
+    ws.set_value(w);
+    *st.add_waves() = ws;
+  }
+  switch (p.phase()) {
+    case v1::ROLLOUT_COMPLETE:
+      st.set_message(absl::StrCat("revision ", p.revision(), " everywhere"));
+      break;
+    case v1::ROLLOUT_PAUSED:
+      st.set_message(!p.canary_passed() || p.members().empty()
+                         ? "paused by the user (`mkapply rollout resume`)"
+                         : "paused (`mkapply rollout resume` goes on)");
+      break;
+    case v1::ROLLOUT_PROGRESSING:
+      st.set_message(!p.canary_passed() ? "updating the canaries"
+                                        : policy.waves().by().empty()
+                                              ? "updating"
+                                              : absl::StrCat("updating wave ", policy.waves().by(), "=", p.wave()));
+      break;
+    case v1::ROLLOUT_FAILED:
+      st.set_message(absl::StrCat("stopped: ", p.failures(), " member(s) failed; autoRollback is off"));
+      break;
+    case v1::ROLLOUT_ROLLING_BACK:
+      st.set_message(absl::StrCat("rolling back to revision ", p.stable()));
+      break;
+    case v1::ROLLOUT_ROLLED_BACK:
+      st.set_message(absl::StrCat("revision ", p.revision(), " failed and is held; revision ", p.stable(),
+                                  " runs (a new change or `mkapply rollout undo` starts a new rollout)"));
+      break;
+    default:
+      break;
+  }
+  out.changed = p.SerializeAsString() != before;
+  return out;
+}
+
+}  // namespace mkfleet::reconciler

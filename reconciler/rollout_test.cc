@@ -1,0 +1,374 @@
+#include "reconciler/rollout.h"
+
+#include <set>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+// A toy fleet on a simulated clock: each step the engine decides, then each member moves
+// toward the kernel of its revision: down one step (Replace), up the next unless the kernel
+// is bad. It records the most members down at once and every kernel a member ever ran.
+class Fleet {
+ public:
+  Fleet(int n, int waves, bool morph = false) : morph_(morph) {
+    for (int i = 0; i < n; ++i) {
+      RolloutMember m;
+      m.name = "web-" + std::to_string(i);
+      m.wave = waves > 0 ? "zone-" + std::string(1, static_cast<char>('a' + i % waves)) : "";
+      m.kernel = "k1";
+      m.up = true;
+      members_.push_back(m);
+    }
+    view_.owner = "InstanceSet/web";
+    view_.target = 1;
+    view_.target_kernel = "k1";
+    view_.revision_of_kernel = {{"k1", 1}};
+    view_.kernel_of_revision = {{1, "k1"}};
+    view_.morph = morph;
+    view_.now = absl::FromUnixSeconds(1000000);
+  }
+
+  void NewRevision(const std::string& kernel) {
+    ++view_.target;
+    view_.target_kernel = kernel;
+    view_.revision_of_kernel[kernel] = view_.target;
+    view_.kernel_of_revision[view_.target] = kernel;
+  }
+
+  RolloutStep Step(absl::Duration dt = absl::Seconds(1)) {
+    view_.members = members_;
+    RolloutStep s = StepRollout(view_, &progress_);
+    for (auto& e : s.events) events_.push_back(e.first);
+    // Members move one stage per step.
+    for (RolloutMember& m : members_) {
+      uint32_t rev = s.revision_of.count(m.name) ? s.revision_of.at(m.name) : view_.target;
+      const std::string& want = view_.kernel_of_revision.at(rev);
+      if (m.kernel != want) {
+        if (morph_) {
+          // A live update: the old kernel serves until it commits (or rolls back).
+          if (bad_.count(want)) {
+            m.failure = "live update rolled back: health hook failed";
+            m.failed_kernel = want;
+          } else {
+            m.kernel = want;
+          }
+        } else {
+          m.up = false;
+          m.kernel = want;
+        }
+        touched_.insert(m.name);
+      } else if (!m.up && m.kernel == want && !bad_.count(m.kernel)) {
+        m.up = true;
+      }
+    }
+    int down = 0;
+    for (const RolloutMember& m : members_) down += !m.up;
+    max_down_ = std::max(max_down_, down);
+    view_.now += dt;
+    return s;
+  }
+
+  // Steps until the phase is `phase` (at most `limit` steps); returns the last step.
+  RolloutStep StepUntil(const std::string& phase, int limit = 500) {
+    RolloutStep s;
+    for (int i = 0; i < limit; ++i) {
+      s = Step();
+      if (s.status.phase() == phase) return s;
+    }
+    ADD_FAILURE() << "no " << phase << " after " << limit << " steps; phase " << s.status.phase();
+    return s;
+  }
+
+  int Count(const std::string& kernel) const {
+    int n = 0;
+    for (const RolloutMember& m : members_) n += m.kernel == kernel;
+    return n;
+  }
+
+  v1::Rollout& policy() { return view_.policy; }
+  v1::RolloutProgress& progress() { return progress_; }
+  std::vector<RolloutMember>& members() { return members_; }
+  std::set<std::string> bad_;
+  std::set<std::string> touched_;
+  std::vector<std::string> events_;
+  int max_down_ = 0;
+
+ private:
+  bool morph_;
+  std::vector<RolloutMember> members_;
+  RolloutView view_;
+  v1::RolloutProgress progress_;
+};
+
+TEST(RolloutTest, ResolveCountsAndRoundsPercentsUp) {
+  v1::IntOrPercent v;
+  EXPECT_EQ(Resolve(v, 100, 1, 1), 1u);
+  v.set_percent(1);
+  EXPECT_EQ(Resolve(v, 10000, 1, 1), 100u);
+  EXPECT_EQ(Resolve(v, 150, 1, 1), 2u);
+  v.set_count(7);
+  EXPECT_EQ(Resolve(v, 3, 1, 1), 7u);
+}
+
+TEST(RolloutTest, FirstSightIsCompleteAndNothingMoves) {
+  Fleet f(4, 0);
+  RolloutStep s = f.Step();
+  EXPECT_EQ(s.status.phase(), "Complete");
+  EXPECT_THAT(s.revision_of, IsEmpty());
+  EXPECT_TRUE(s.changed);
+  EXPECT_FALSE(f.Step().changed);
+}
+
+TEST(RolloutTest, WavesFinishOneValueBeforeTheNextWithinTheBudget) {
+  Fleet f(12, 3);
+  f.policy().mutable_waves()->set_by("zone");
+  f.policy().mutable_max_unavailable()->set_count(2);
+  f.Step();
+  f.NewRevision("k2");
+  // Which wave each member was admitted in, in order of admission.
+  std::vector<std::string> admitted_waves;
+  std::set<std::string> seen;
+  for (int i = 0; i < 200; ++i) {
+    RolloutStep s = f.Step();
+    for (const auto& [name, mp] : f.progress().members()) {
+      if (mp.admitted_unix_ms() > 0 && seen.insert(name).second) {
+        admitted_waves.push_back("zone-" + std::string(1, static_cast<char>('a' + std::stoi(name.substr(4)) % 3)));
+      }
+    }
+    if (s.status.phase() == "Complete") break;
+  }
+  EXPECT_EQ(f.Count("k2"), 12);
+  ASSERT_EQ(admitted_waves.size(), 12u);
+  EXPECT_TRUE(std::is_sorted(admitted_waves.begin(), admitted_waves.end())) << "a wave started before the last ended";
+  EXPECT_LE(f.max_down_, 2) << "maxUnavailable 2 exceeded";
+  EXPECT_EQ(f.max_down_, 2) << "the budget was not used";
+  EXPECT_THAT(f.events_, ::testing::Contains("WaveStarted"));
+  EXPECT_EQ(f.events_.back(), "RolloutComplete");
+}
+
+TEST(RolloutTest, TheWaveOrderOfThePolicyComesFirst) {
+  Fleet f(6, 3);
+  f.policy().mutable_waves()->set_by("zone");
+  f.policy().mutable_waves()->add_order("zone-c");
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();
+  f.Step();
+  for (const auto& [name, mp] : f.progress().members()) {
+    if (mp.admitted_unix_ms() > 0) EXPECT_EQ(std::stoi(name.substr(4)) % 3, 2) << name << " is not in zone-c";
+  }
+  EXPECT_EQ(f.progress().wave(), "zone-c");
+}
+
+TEST(RolloutTest, CanariesAreDeterministicAndInTheFirstWave) {
+  auto canaries = [](int seed_skip) {
+    Fleet f(100, 2);
+    f.policy().mutable_waves()->set_by("zone");
+    f.policy().mutable_canary()->set_percent(3);
+    f.policy().set_pause_after_canary(true);
+    f.Step();
+    f.NewRevision("k2");
+    for (int i = 0; i < seed_skip; ++i) f.Step(absl::Milliseconds(1));
+    f.Step();
+    std::vector<std::string> out;
+    for (const auto& [name, mp] : f.progress().members()) {
+      if (mp.canary()) out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  std::vector<std::string> a = canaries(0), b = canaries(3);
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a, b);
+  for (const std::string& name : a) EXPECT_EQ(std::stoi(name.substr(4)) % 2, 0) << name << " is not in zone-a";
+}
+
+TEST(RolloutTest, PauseAfterCanaryWaitsForResumeAndOnlyCanariesMove) {
+  Fleet f(20, 0);
+  f.policy().mutable_canary()->set_count(2);
+  f.policy().set_pause_after_canary(true);
+  f.policy().mutable_max_unavailable()->set_count(5);
+  f.Step();
+  f.NewRevision("k2");
+  RolloutStep s = f.StepUntil("Paused");
+  EXPECT_EQ(f.Count("k2"), 2);
+  for (int i = 0; i < 20; ++i) f.Step();
+  EXPECT_EQ(f.Count("k2"), 2) << "moved while paused";
+  EXPECT_THAT(s.status.message(), HasSubstr("resume"));
+  ASSERT_EQ(s.status.waves_size(), 2);
+  EXPECT_EQ(s.status.waves(0).value(), "canary");
+  EXPECT_EQ(s.status.waves(0).ready(), 2u);
+  f.progress().set_paused(false);  // mkapply rollout resume
+  f.StepUntil("Complete");
+  EXPECT_EQ(f.Count("k2"), 20);
+  EXPECT_LE(f.max_down_, 5);
+}
+
+TEST(RolloutTest, MinReadyHoldsAMemberUntilItHasBeenReadyThatLong) {
+  Fleet f(2, 0);
+  f.policy().set_min_ready(10000);
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();  // admits web-?; it goes down
+  f.Step();  // up again at k2
+  f.Step();  // Ready since now
+  int steps = 0;
+  while (f.Step().status.phase() != "Complete" && steps < 100) ++steps;
+  // Two members one after the other, each Ready for 10 s at 1 s a step.
+  EXPECT_GE(steps, 18);
+  EXPECT_LT(steps, 30);
+}
+
+TEST(RolloutTest, ABadKernelFailsAtTheCanaryAndOnlyTheCanaryIsRolledBack) {
+  Fleet f(50, 2);
+  f.policy().mutable_waves()->set_by("zone");
+  f.policy().mutable_canary()->set_count(1);
+  f.policy().mutable_max_unavailable()->set_percent(10);
+  f.policy().set_health_timeout(5000);
+  f.Step();
+  f.NewRevision("k2");
+  f.bad_.insert("k2");
+  RolloutStep s = f.StepUntil("RolledBack");
+  EXPECT_EQ(f.touched_.size(), 1u) << "more than the canary was touched";
+  EXPECT_EQ(f.Count("k1"), 50);
+  EXPECT_EQ(s.status.failures(), 1u);
+  EXPECT_THAT(s.status.reasons(0), HasSubstr("healthTimeout"));
+  EXPECT_THAT(f.events_, ::testing::Contains("RolloutFailed"));
+  // Held: nothing moves to the failed revision again.
+  for (int i = 0; i < 30; ++i) EXPECT_EQ(f.Step().status.phase(), "RolledBack");
+  EXPECT_EQ(f.Count("k2"), 0);
+  // A new revision (the fix) rolls out from the stable one.
+  f.bad_.clear();
+  f.NewRevision("k3");
+  f.StepUntil("Complete");
+  EXPECT_EQ(f.Count("k3"), 50);
+}
+
+TEST(RolloutTest, WithoutAutoRollbackAFailedRolloutStopsAsItIs) {
+  Fleet f(10, 0);
+  f.policy().set_auto_rollback(false);
+  f.policy().set_health_timeout(3000);
+  f.policy().mutable_max_failures()->set_count(1);
+  f.Step();
+  f.NewRevision("k2");
+  f.bad_.insert("k2");
+  f.StepUntil("Failed");
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(f.Step().status.phase(), "Failed");
+  EXPECT_EQ(f.Count("k2"), 1) << "the failed member stays; nobody else moves";
+}
+
+TEST(RolloutTest, MaxFailuresCountsFailedMembersBeforeStopping) {
+  // Live updates that roll back leave their member up: the rollout goes on past the first
+  // failure and stops at the second.
+  Fleet f(10, 0, /*morph=*/true);
+  f.policy().mutable_max_failures()->set_count(2);
+  f.Step();
+  f.NewRevision("k2");
+  f.bad_.insert("k2");
+  RolloutStep s = f.StepUntil("RolledBack");
+  EXPECT_EQ(s.status.failures(), 2u);
+  EXPECT_EQ(f.touched_.size(), 2u);
+  EXPECT_EQ(f.Count("k1"), 10);
+}
+
+TEST(RolloutTest, FailedMembersHoldingTheWholeBudgetStopTheRollout) {
+  // Replace: a failed member stays down; below maxFailures it would stall the rollout for
+  // ever, so a budget used up by failed members alone stops it.
+  Fleet f(10, 0);
+  f.policy().set_health_timeout(2000);
+  f.policy().mutable_max_failures()->set_count(5);
+  f.policy().mutable_max_unavailable()->set_count(2);
+  f.Step();
+  f.NewRevision("k2");
+  f.bad_.insert("k2");
+  RolloutStep s = f.StepUntil("RolledBack");
+  EXPECT_EQ(s.status.failures(), 2u);
+  EXPECT_THAT(s.status.reasons(), ::testing::Contains(HasSubstr("budget")));
+  EXPECT_EQ(f.Count("k1"), 10);
+}
+
+TEST(RolloutTest, MorphPacesByMaxSurgeAndARolledBackMorphIsAFailure) {
+  Fleet f(8, 0, /*morph=*/true);
+  f.policy().mutable_max_surge()->set_count(2);
+  f.Step();
+  f.NewRevision("k2");
+  uint32_t most = 0;
+  for (int i = 0; i < 50; ++i) {
+    RolloutStep s = f.Step();
+    uint32_t moving = 0;
+    for (const auto& [name, mp] : f.progress().members()) moving += mp.admitted_unix_ms() > 0 && !mp.done();
+    most = std::max(most, moving);
+    if (s.status.phase() == "Complete") break;
+  }
+  EXPECT_EQ(f.Count("k2"), 8);
+  EXPECT_EQ(f.max_down_, 0) << "a live update never takes a member down";
+  EXPECT_LE(most, 2u);
+  f.NewRevision("k3");
+  f.bad_.insert("k3");
+  RolloutStep s = f.StepUntil("RolledBack");
+  EXPECT_THAT(s.status.reasons(0), HasSubstr("live update rolled back"));
+  EXPECT_EQ(f.Count("k3"), 0);
+}
+
+TEST(RolloutTest, ARestartFromStoredProgressAdmitsNobodyTwice) {
+  Fleet f(30, 3);
+  f.policy().mutable_waves()->set_by("zone");
+  f.policy().mutable_max_unavailable()->set_count(3);
+  f.Step();
+  f.NewRevision("k2");
+  for (int i = 0; i < 8; ++i) f.Step();
+  // The controller dies; a new one reads the progress back from the store.
+  std::string stored = f.progress().SerializeAsString();
+  std::map<std::string, int64_t> admitted;
+  for (const auto& [name, mp] : f.progress().members()) admitted[name] = mp.admitted_unix_ms();
+  v1::RolloutProgress reread;
+  ASSERT_TRUE(reread.ParseFromString(stored));
+  f.progress() = reread;
+  f.StepUntil("Complete");
+  EXPECT_EQ(f.Count("k2"), 30);
+  EXPECT_LE(f.max_down_, 3);
+  // Members admitted before the restart kept their admission (none was admitted again):
+  // every member was touched once.
+  EXPECT_EQ(f.touched_.size(), 30u);
+}
+
+TEST(RolloutTest, PauseByTheUserStopsAdmissions) {
+  Fleet f(10, 0);
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();
+  f.progress().set_paused(true);
+  f.Step();
+  int before = f.Count("k2");
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(f.Step().status.phase(), "Paused");
+  EXPECT_LE(f.Count("k2"), before + 1);  // the one admitted before the pause finishes
+  f.progress().set_paused(false);
+  f.StepUntil("Complete");
+  EXPECT_EQ(f.Count("k2"), 10);
+}
+
+TEST(RolloutTest, NewMembersDuringARollbackGetTheStableRevision) {
+  Fleet f(4, 0);
+  f.policy().set_health_timeout(2000);
+  f.Step();
+  f.NewRevision("k2");
+  f.bad_.insert("k2");
+  f.StepUntil("RolledBack");
+  RolloutMember fresh;
+  fresh.name = "web-new";
+  f.members().push_back(fresh);
+  RolloutStep s = f.Step();
+  ASSERT_TRUE(s.revision_of.count("web-new"));
+  EXPECT_EQ(s.revision_of.at("web-new"), 1u);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
