@@ -10,7 +10,9 @@ namespace v1 = mkfleet::v1;
 
 v1::Role RequiredRole(absl::string_view verb, absl::string_view kind) {
   if (verb == "audit") return v1::ROLE_ADMIN;
-  if (verb != "apply" && verb != "delete" && verb != "prune" && verb != "morph") return v1::ROLE_VIEWER;
+  if (verb != "apply" && verb != "delete" && verb != "prune" && verb != "morph" && verb != "rollout") {
+    return v1::ROLE_VIEWER;
+  }
   if (kind == "KernelInstance" || kind == "InstanceSet") return v1::ROLE_OPERATOR;
   return v1::ROLE_ADMIN;  // Host, RoleBinding, and any kind added later until said otherwise
 }

@@ -22,6 +22,9 @@
 namespace mkfleet::reconciler {
 namespace {
 
+// The longest change cause an apply may record (`mkapply apply --message`).
+constexpr size_t kMaxChangeCause = 1024;
+
 namespace v1 = mkfleet::v1;
 
 grpc::Status ToGrpc(const absl::Status& s) {
@@ -93,6 +96,11 @@ void ControllerService::RecordAudit(const grpc::ServerContextBase& context, cons
 grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::ApplyRequest& request, bool dry_run,
                                         v1::ApplyResponse* response) {
   std::vector<v1::Object> objects(request.objects().begin(), request.objects().end());
+  if (request.message().size() > kMaxChangeCause) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("apply: --message is ", request.message().size(), " bytes; at most ",
+                                     kMaxChangeCause));
+  }
   // Viewers may diff; what an apply writes is checked per object below.
   auto caller = Allow(context, "diff", "");
   if (!caller.ok()) {
@@ -136,6 +144,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   }
   ApplyOptions options;
   options.source = request.source();
+  options.change_cause = request.message();
   options.dry_run = dry_run;
   options.prune = request.prune();
   if (!dry_run && access_ != nullptr) {
@@ -360,6 +369,75 @@ grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::Mo
   if (verb == "rollback" && req.reason().empty()) req.set_reason("rollback requested by " + caller->identity.ToString());
   auto r = morph_(req);
   if (verb != "status") {
+    if (r.ok()) record.set_message(r->message());
+    RecordAudit(*context, caller->identity, std::move(record), r.status());
+  }
+  if (!r.ok()) return ToGrpc(r.status());
+  *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::RolloutRequest* request,
+                                        v1::RolloutResponse* response) {
+  const std::string& verb = request->verb();
+  if (verb != "status" && verb != "history" && verb != "pause" && verb != "resume" && verb != "undo") {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "rollout: want a verb status, history, pause, resume or undo, got \"" + verb.substr(0, 32) + "\"");
+  }
+  if (!request->kind().empty() && request->kind() != "InstanceSet") {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "rollout: only InstanceSets have rollouts, got kind \"" + request->kind().substr(0, 32) + "\"");
+  }
+  if (!manifests::IsDnsLabel(request->name())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "rollout: set name \"" + request->name().substr(0, 64) + "\" is not a DNS label");
+  }
+  const bool reads = verb == "status" || verb == "history";
+  v1::AuditRecord record;
+  record.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
+  record.set_verb("rollout " + verb);
+  record.add_objects("InstanceSet/" + request->name());
+  auto caller = Allow(*context, reads ? "get" : "rollout", "InstanceSet", request->name());
+  if (!caller.ok()) {
+    if (!reads) RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
+    return ToGrpc(caller.status());
+  }
+  if (rollouts_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller runs no rollouts");
+  auto set = objects_.Get("InstanceSet", request->name());
+  if (!set.ok()) return ToGrpc(set.status());
+  if (!set->has_value()) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "InstanceSet/" + request->name() + " does not exist");
+  }
+  absl::StatusOr<v1::RolloutResponse> r;
+  if (reads) {
+    r = rollouts_->Status(request->name());
+  } else if (verb == "pause" || verb == "resume") {
+    r = rollouts_->SetPaused(request->name(), verb == "pause");
+  } else {
+    // undo: the set again, with the older revision's template: a new revision.
+    uint32_t number = 0;
+    auto tmpl = rollouts_->UndoTemplate(request->name(), request->to_revision(), &number);
+    if (tmpl.ok()) {
+      v1::Object next = **set;
+      v1::InstanceSet& s = *next.mutable_instance_set();
+      *s.mutable_spec()->mutable_template_() = *tmpl;
+      s.clear_status();
+      ApplyOptions options;
+      options.source = s.metadata().source();
+      options.change_cause = absl::StrCat("undo to revision ", number, " by ", caller->identity.ToString());
+      auto applied = objects_.Apply({next}, options);
+      if (!applied.ok()) {
+        r = applied.status();
+      } else {
+        r = rollouts_->Status(request->name());
+        if (r.ok()) r->set_message(absl::StrCat("InstanceSet/", request->name(), ": the template of revision ", number,
+                                                " applied again (a new revision)"));
+      }
+    } else {
+      r = tmpl.status();
+    }
+  }
+  if (!reads) {
     if (r.ok()) record.set_message(r->message());
     RecordAudit(*context, caller->identity, std::move(record), r.status());
   }

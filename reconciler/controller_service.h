@@ -19,6 +19,7 @@
 #include "reconciler/audit_log.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
+#include "reconciler/rollouts.h"
 #include "reconciler/watch_hub.h"
 
 namespace mkfleet::reconciler {
@@ -54,6 +55,12 @@ class ControllerService final : public ControllerServiceBase {
                      mkfleet::v1::AuditResponse* response) override;
   grpc::Status Morph(grpc::ServerContext*, const mkfleet::v1::MorphRequest* request,
                      mkfleet::v1::MorphResponse* response) override;
+  // status and history read the set's rollout record; pause and resume change it; undo
+  // applies the set again with an older revision's template (a new revision).
+  grpc::Status Rollout(grpc::ServerContext*, const mkfleet::v1::RolloutRequest* request,
+                       mkfleet::v1::RolloutResponse* response) override;
+  // Where Rollout goes (the reconciler's; set once, before serving).
+  void SetRollouts(Rollouts* rollouts) { rollouts_ = rollouts; }
   // Where Morph goes (Reconciler::Morph; set once, before serving).
   using MorphHandler = std::function<absl::StatusOr<mkfleet::v1::MorphResponse>(const mkfleet::v1::MorphRequest&)>;
   void SetMorph(MorphHandler handler) { morph_ = std::move(handler); }
@@ -94,6 +101,7 @@ class ControllerService final : public ControllerServiceBase {
   std::function<mkfleet::v1::StatsResponse()> stats_;
   Preview preview_;
   MorphHandler morph_;
+  Rollouts* rollouts_ = nullptr;
   Access* access_ = nullptr;
   AuditLog* audit_ = nullptr;
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);

@@ -208,8 +208,14 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
 
 FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets,
-                    const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry) {
+                    const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry,
+                    const std::map<std::string, const v1::KernelInstanceSpec*>& member_specs) {
   FleetPlan out;
+  // A set member's spec: the revision its rollout holds it at, else the set's template.
+  auto member_spec = [&](const std::string& member, const v1::InstanceSet& s) {
+    auto held = member_specs.find(member);
+    return held != member_specs.end() ? held->second : &s.spec().template_().spec();
+  };
   std::map<std::string, std::string> morphed;        // request -> the "-next" kernel serving it
   std::map<std::string, std::string> morph_blocked;  // request -> why no live update starts
   std::set<std::string> surges;                      // requests with a surge request
@@ -326,7 +332,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       if (auto ki = kis.find(request); ki != kis.end()) {
         spec = &ki->second->spec();
       } else if (std::string set = planner::SetOfMember(request, name, sets); !set.empty()) {
-        spec = &sets_by_name.at(set)->spec().template_().spec();
+        spec = member_spec(request, *sets_by_name.at(set));
       }
       if (!earlier && !deleting && spec != nullptr && spec->update().strategy() == v1::UPDATE_MORPH &&
           in.status().role() == "primary" && absl::EndsWith(kernel, kStandbySuffix)) {
@@ -483,7 +489,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     auto member = placed.member_of.find(r.name);
     if (member != placed.member_of.end()) {
       const v1::InstanceSet& s = *set_by_name.at(member->second);
-      planned.spec = &s.spec().template_().spec();
+      planned.spec = member_spec(r.name, s);
       planned.generation = s.metadata().generation();
       planned.owner = "InstanceSet/" + s.metadata().name();
       planned.recorded_owner = planned.owner;

@@ -19,7 +19,8 @@
 // once committed, the kernel "<name>-next" serves <name> (and the next update boots <name>
 // again). A revision that rolled back is held (`morph_retry` lifts that for one request).
 //
-// Rollouts: a set member whose plan takes it down (a kernel Replace, a re-create) goes
+// Rollouts (rollouts.h): `member_specs` holds set members at the spec of the revision their
+// rollout keeps them at; the others run their set's template. Besides, a set member whose plan takes it down (a kernel Replace, a re-create) goes
 // only while fewer than the set's `rollout.maxUnavailable` members (default 1) are down;
 // the others wait (`deferred`), in name order, for a later pass.
 //
@@ -100,7 +101,8 @@ FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<
                     const std::vector<mkfleet::v1::KernelInstance>& instances,
                     const std::vector<mkfleet::v1::InstanceSet>& sets,
                     const std::map<std::string, mkfleet::v1::Placement>& in_flight = {},
-                    const std::set<std::string>& morph_retry = {});
+                    const std::set<std::string>& morph_retry = {},
+                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {});
 
 }  // namespace mkfleet::reconciler
 

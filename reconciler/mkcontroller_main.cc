@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });
+  service.SetRollouts(&loop.rollouts());
   service.SetStatsSource([&loop] {
     v1::StatsResponse r;
     r.set_actions_sent(loop.actions_sent());

@@ -110,6 +110,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
     v1::ObjectChange* change = response.add_changes();
     change->set_kind(kind);
     change->set_name(name);
+    meta->set_change_cause(options.change_cause);
     if (!existing->has_value()) {
       meta->set_generation(1);
       change->set_generation(1);
@@ -124,6 +125,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       bool undelete = old_meta.deletion_unix_ms() != 0;
       meta->set_generation(old_meta.generation() + (spec_changed ? 1 : 0));
       change->set_generation(meta->generation());
+      if (!spec_changed) meta->set_change_cause(old_meta.change_cause());
       if (!spec_changed && !undelete && old_meta.source() == options.source) {
         change->set_change("unchanged");
         continue;

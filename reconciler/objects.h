@@ -30,6 +30,9 @@ struct ApplyOptions {
   std::string source;  // who applies (a path, a git URL); required for prune
   bool dry_run = false;
   bool prune = false;  // delete what `source` applied before and no longer does
+  // Why (`mkapply apply --message`): recorded as metadata.change_cause of each object whose
+  // spec it changes (an object it leaves unchanged keeps its cause).
+  std::string change_cause;
   // Asked for every object written ("apply") or pruned ("prune") before anything is:
   // an error refuses the whole apply with it.
   std::function<absl::Status(absl::string_view verb, absl::string_view kind, absl::string_view name)> authorize;

@@ -17,6 +17,10 @@
 
 namespace mkfleet::reconciler {
 namespace {
+
+// How soon a pass follows one that left a rollout under way (its minReady and healthTimeout
+// move on with time, not only with the hosts' changes).
+constexpr absl::Duration kRolloutTick = absl::Milliseconds(250);
 namespace v1 = mkfleet::v1;
 
 // A pass serves every ready host at once, so the global limit (per host taken) is sized
@@ -41,6 +45,7 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
       dispatcher_(store, clock,
                   {options_.instance_backoff_base, options_.instance_backoff_max,
                    [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); }}),
+      rollouts_(store, clock),
       last_resync_(clock.Monotonic()) {}
 
 std::ostream& Reconciler::Log() {
@@ -318,8 +323,15 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       }
     }
   }
-  FleetPlan fleet =
-      PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views), retry);
+  // The sets' rollouts decide which members may move to their set's newest revision.
+  std::map<std::string, std::pair<std::string, std::string>> serving;
+  {
+    absl::MutexLock lock(&served_mu_);
+    serving = serving_;
+  }
+  RolloutPass rollout = rollouts_.Step(objects->hosts, objects->sets, views, serving);
+  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views),
+                              retry, rollout.member_specs);
   {
     absl::MutexLock lock(&served_mu_);
     serving_.clear();
@@ -363,8 +375,11 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     by_host[order[i]] = std::move(outcomes[i]);
   }
   NoteSent(fleet, views, by_host);
-  RecordStatuses(batch, *objects, fleet, views, by_host, std::move(events));
+  for (v1::Event& e : rollout.events) events.push_back(std::move(e));
+  RecordStatuses(batch, *objects, fleet, views, by_host, rollout.statuses, std::move(events));
   FinalizeDrained(fleet);
+  // A rollout under way moves on with time too (minReady, healthTimeout): another pass soon.
+  if (rollout.active && !objects->hosts.empty()) queue_.AddAfter(objects->hosts.front().metadata().name(), kRolloutTick);
   // One plan covers the fleet: a host outside this batch whose plan it changed (a set that
   // may grow now that another host connected, a slot another host gave up) gets a pass of
   // its own, not only at its next change or the resync. Once per distinct plan: a plan held
@@ -466,7 +481,8 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
 
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                                 const std::map<std::string, HostView>& views,
-                                const std::map<std::string, HostOutcome>& outcomes, std::vector<v1::Event> events) {
+                                const std::map<std::string, HostOutcome>& outcomes,
+                                const std::map<std::string, v1::RolloutStatus>& rollouts, std::vector<v1::Event> events) {
   if (!status_loaded_) {
     auto kvs = store_.List("/status/");
     if (kvs.ok()) {
@@ -476,7 +492,7 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
     }
   }
   StatusUpdate update = ComputeStatuses(
-      {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_});
+      {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts});
   for (v1::Event& e : update.events) events.push_back(std::move(e));
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);

@@ -40,6 +40,7 @@
 #include "reconciler/host_connection.h"
 #include "reconciler/objects.h"
 #include "reconciler/statuses.h"
+#include "reconciler/rollouts.h"
 #include "reconciler/store.h"
 #include "reconciler/work_queue.h"
 
@@ -105,6 +106,9 @@ class Reconciler {
   // update), NotFound for an instance that is not placed.
   absl::StatusOr<mkfleet::v1::MorphResponse> Morph(const mkfleet::v1::MorphRequest& request);
 
+  // The sets' rollouts (`mkapply rollout`): records, pause and resume, undo's template.
+  Rollouts& rollouts() { return rollouts_; }
+
   int64_t actions_sent() const { return dispatcher_.actions_sent(); }
   int64_t passes() const { return passes_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
@@ -137,6 +141,7 @@ class Reconciler {
   void RunDue(absl::Duration wait);
   void RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
+                      const std::map<std::string, mkfleet::v1::RolloutStatus>& rollouts,
                       std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
@@ -149,6 +154,7 @@ class Reconciler {
   const ReconcilerOptions options_;
   WorkQueue queue_;
   Dispatcher dispatcher_;  // sends the plans, fenced, with per-instance backoff
+  Rollouts rollouts_;      // the sets' revisions and rollouts
 
   absl::Mutex mu_;
   std::map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);

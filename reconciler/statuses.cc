@@ -373,14 +373,40 @@ class Builder {
       st.set_replicas(want);
       st.set_ready_replicas(c.ready);
       st.set_updated_replicas(c.updated);
+      // The rollout: members updated are those running the newest revision; the set is not
+      // Ready while one is under way, stopped or held.
+      const v1::RolloutStatus* rollout = nullptr;
+      if (in_.rollouts != nullptr) {
+        auto r = in_.rollouts->find(name);
+        if (r != in_.rollouts->end()) rollout = &r->second;
+      }
+      bool rolled = true;
+      if (rollout != nullptr) {
+        *st.mutable_rollout() = *rollout;
+        st.set_current_revision(rollout->stable());
+        st.set_update_revision(rollout->revision());
+        uint32_t updated = 0;
+        for (const v1::WaveStatus& w : rollout->waves()) {
+          if (w.value() != "canary" || rollout->waves_size() == 1) updated += w.updated();
+        }
+        st.set_updated_replicas(std::min(updated, c.updated));
+        rolled = rollout->phase() == "Complete";
+      }
       bool frozen = in_.fleet.frozen_sets.count(name) > 0;
-      bool all = problems.empty() && !frozen && c.members == want && c.ready == want;
+      bool all = problems.empty() && !frozen && c.members == want && c.ready == want && rolled;
       *st.add_conditions() = Cond("Scheduled", problems.empty(), problems.empty() ? "Placed" : "Unschedulable",
                                   absl::StrJoin(problems, "; "));
       *st.add_conditions() =
           Cond("Ready", all, all ? "AllReady" : frozen ? "HostsConnecting" : "Converging",
                absl::StrCat(c.ready, "/", want, " ready",
                             frozen ? "; waiting for every selected host to connect before changing members" : ""));
+      if (rollout != nullptr && !rolled) {
+        const std::string& phase = rollout->phase();
+        const bool stopped = phase == "Failed" || phase == "RollingBack" || phase == "RolledBack";
+        *st.add_conditions() =
+            Cond("Progressing", !stopped, stopped ? "RolloutFailed" : phase == "Paused" ? "RolloutPaused" : "RollingOut",
+                 absl::StrCat("revision ", rollout->revision(), ": ", rollout->message()));
+      }
       if (c.failed > 0) {
         *st.add_conditions() = Cond("Degraded", true, "MembersFailed",
                                     absl::StrCat(c.failed, " failed; first ", c.first_failure));

@@ -47,6 +47,8 @@ struct PassInputs {
   const std::map<std::string, HostOutcome>& outcomes;
   // The statuses stored now: key (StatusKey) -> serialized status.
   const std::map<std::string, std::string>& previous;
+  // The sets' rollouts, by set name (may be null).
+  const std::map<std::string, mkfleet::v1::RolloutStatus>* rollouts = nullptr;
 };
 
 struct StatusUpdate {

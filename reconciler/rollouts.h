@@ -1,0 +1,79 @@
+// Rollouts: the controller's side of the rollout engine (rollout.h) for InstanceSets. Each
+// pass it keeps every set's template revisions (a new one per change of the template, with
+// the change cause; the last `revisionHistoryLimit` (10) kept, and always the stable one),
+// steps each set's rollout from what the hosts show, and says which revision each member
+// runs: PlanFleet plans a member held back by the rollout with its revision's template.
+// The record (revisions and progress) is in the store at /rollouts/InstanceSet/<name>,
+// written when it changes, so a restarted controller goes on where the last one was.
+// The verbs of `mkapply rollout` (pause, resume, undo's template, history, status) act on
+// the same records. Thread-safety: every method is safe to call concurrently.
+#ifndef MKFLEET_RECONCILER_ROLLOUTS_H_
+#define MKFLEET_RECONCILER_ROLLOUTS_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "mkfleet/v1/controller.pb.h"
+#include "mkfleet/v1/manifest.pb.h"
+#include "reconciler/host_connection.h"
+#include "reconciler/store.h"
+
+namespace mkfleet::reconciler {
+
+inline constexpr char kRolloutPrefix[] = "/rollouts/InstanceSet/";
+inline constexpr uint32_t kDefaultRevisionHistory = 10;
+
+// The hex hash of a template (deterministic serialization): a revision's identity.
+std::string TemplateHash(const mkfleet::v1::InstanceTemplate& t);
+
+struct RolloutPass {
+  // Members held at another revision than their set's newest: the spec they run (pointing
+  // into `specs`).
+  std::map<std::string, const mkfleet::v1::KernelInstanceSpec*> member_specs;
+  std::map<std::pair<std::string, uint32_t>, mkfleet::v1::KernelInstanceSpec> specs;  // (set, revision)
+  std::map<std::string, mkfleet::v1::RolloutStatus> statuses;  // by set name
+  std::vector<mkfleet::v1::Event> events;
+  bool active = false;  // a rollout is under way: pass again soon (minReady, healthTimeout)
+};
+
+class Rollouts {
+ public:
+  Rollouts(Store& store, Clock& clock) : store_(store), clock_(clock) {}
+
+  // One step of every set's rollout. `serving`: member -> (host, kernel) from the last
+  // pass (which kernel serves a member during and after a live update).
+  RolloutPass Step(const std::vector<mkfleet::v1::Host>& hosts, const std::vector<mkfleet::v1::InstanceSet>& sets,
+                   const std::map<std::string, HostView>& views,
+                   const std::map<std::string, std::pair<std::string, std::string>>& serving);
+
+  // The verbs. status and history read; pause and resume change the progress; undo returns
+  // the set with the template of revision `to` (0: the one before the newest) and the
+  // change cause to write (the caller applies it). NotFound for a set without a record yet.
+  absl::StatusOr<mkfleet::v1::RolloutResponse> Status(const std::string& set);
+  absl::StatusOr<mkfleet::v1::RolloutResponse> SetPaused(const std::string& set, bool paused);
+  absl::StatusOr<mkfleet::v1::InstanceTemplate> UndoTemplate(const std::string& set, uint32_t to, uint32_t* number);
+
+ private:
+  struct Entry {
+    mkfleet::v1::RolloutRecord record;
+    mkfleet::v1::RolloutStatus status;  // as of the last step
+  };
+  absl::Status LoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SaveLocked(const std::string& set) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  mkfleet::v1::RolloutResponse ResponseLocked(const Entry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Store& store_;
+  Clock& clock_;
+  absl::Mutex mu_;
+  bool loaded_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);  // by set name
+};
+
+}  // namespace mkfleet::reconciler
+
+#endif  // MKFLEET_RECONCILER_ROLLOUTS_H_
