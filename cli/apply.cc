@@ -162,6 +162,7 @@ int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::
   v1::ApplyRequest request;
   for (const manifests::LoadedObject& o : loaded.objects) *request.add_objects() = o.object;
   request.set_source(options.source.empty() ? absl::StrJoin(options.paths, ",") : options.source);
+  request.set_message(options.message);
   request.set_prune(options.prune);
   request.set_dry_run(diff || options.dry_run);
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);

@@ -57,6 +57,7 @@ struct ApplyOptions {
   absl::Duration request_timeout = absl::Seconds(30);
   security::TlsOptions tls;  // this user's credentials (--tls-dir, MKFLEET_TLS_DIR) or --insecure
   std::string source;  // default: the paths given, joined by ","
+  std::string message;  // the change cause recorded by the set revisions it makes
   bool prune = false;
   bool dry_run = false;
   // After applying: wait until what this apply changed is there at the generation applied
@@ -149,6 +150,27 @@ struct MorphOptions {
 // rolled back); commit (update.morph.commit Manual) and rollback (before the commit).
 // Refusals (no morph in progress, already committed, nothing to update) exit 1.
 int RunMorph(const MorphOptions& options, std::ostream& out, std::ostream& err);
+
+struct RolloutOptions {
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;
+  std::string verb;  // status | pause | resume | undo | history
+  std::string kind;  // "set" (InstanceSet)
+  std::string name;
+  uint32_t to_revision = 0;  // undo
+  std::string output = "text";  // text | json
+  // status: follow until the rollout completes (exit 0), fails (1) or pauses (3).
+  bool watch = false;
+  absl::Duration watch_timeout = absl::Hours(1);
+  absl::Duration interval = absl::Milliseconds(500);
+};
+
+// `mkapply rollout VERB set/NAME`: a set's rollout (status with a bar per wave, pause,
+// resume, undo [--to-revision N], history).
+int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& err);
+// The exit code of `rollout status --watch` when the rollout is paused.
+inline constexpr int kExitPaused = 3;
 
 struct CertsOptions {
   std::string action;       // init | issue

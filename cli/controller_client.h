@@ -29,6 +29,7 @@ class ControllerClient {
                               const std::function<bool(const mkfleet::v1::Event&)>& on_event) = 0;
   virtual absl::StatusOr<mkfleet::v1::AuditResponse> Audit(const mkfleet::v1::AuditRequest& request) = 0;
   virtual absl::StatusOr<mkfleet::v1::MorphResponse> Morph(const mkfleet::v1::MorphRequest& request) = 0;
+  virtual absl::StatusOr<mkfleet::v1::RolloutResponse> Rollout(const mkfleet::v1::RolloutRequest& request) = 0;
   // Where it connects, for messages.
   virtual const std::string& address() const = 0;
 };

@@ -144,16 +144,27 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     }
     t.Print(out, 1, colour);
   } else {
-    std::vector<std::string> header = {"NAME", "REPLICAS", "READY", "UPDATED"};
+    // CURRENT: the revision most members run (the stable one) and the newest when a rollout
+    // moves to it; ROLLOUT: its phase.
+    std::vector<std::string> header = {"NAME", "REPLICAS", "CURRENT", "UPDATED", "READY", "ROLLOUT"};
     if (wide) {
       for (const char* h : {"COUNT", "SELECTOR", "GENERATION", "SOURCE"}) header.push_back(h);
     }
     Table t(header);
     for (const v1::Object& o : objects) {
       const v1::InstanceSet& s = o.instance_set();
-      std::vector<std::string> row = {s.metadata().name(), std::to_string(s.status().replicas()),
-                                      std::to_string(s.status().ready_replicas()),
-                                      std::to_string(s.status().updated_replicas())};
+      const v1::InstanceSetStatus& st = s.status();
+      std::string current = st.current_revision() == 0 ? "-" : absl::StrCat(st.current_revision());
+      if (st.update_revision() != 0 && st.update_revision() != st.current_revision()) {
+        absl::StrAppend(&current, "->", st.update_revision());
+      }
+      std::string rollout = st.rollout().phase().empty() ? "-" : st.rollout().phase();
+      if (rollout == "Progressing" && !st.rollout().current_wave().empty()) {
+        absl::StrAppend(&rollout, " (", st.rollout().current_wave(), ")");
+      }
+      std::vector<std::string> row = {s.metadata().name(), std::to_string(st.replicas()), current,
+                                      std::to_string(st.updated_replicas()), std::to_string(st.ready_replicas()),
+                                      rollout};
       if (wide) {
         std::vector<std::string> selector;
         std::map<std::string, std::string> sorted(s.spec().host_selector().match_labels().begin(),

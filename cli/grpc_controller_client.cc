@@ -55,6 +55,10 @@ class GrpcControllerClient final : public ControllerClient {
     if (s.error_code() == grpc::StatusCode::CANCELLED) return absl::OkStatus();
     return FromGrpc(s);
   }
+  absl::StatusOr<v1::RolloutResponse> Rollout(const v1::RolloutRequest& request) override {
+    return Unary<v1::RolloutResponse>(
+        [&](grpc::ClientContext* ctx, v1::RolloutResponse* r) { return stub_->Rollout(ctx, request, r); });
+  }
   absl::StatusOr<v1::MorphResponse> Morph(const v1::MorphRequest& request) override {
     return Unary<v1::MorphResponse>([&](grpc::ClientContext* ctx, v1::MorphResponse* r) { return stub_->Morph(ctx, request, r); });
   }

@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
         ->required();
     cmd->add_option("--source", apply.source, "who owns these objects, for --prune (default: the -f paths)");
     cmd->add_flag("--prune", apply.prune, "also delete objects this source applied before and no longer has");
+    cmd->add_option("-m,--message", apply.message,
+                    "why: recorded as the change cause of the set revisions this apply makes (`rollout history`)");
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
   apply_cmd->add_flag("--wait", apply.wait,
@@ -176,6 +178,27 @@ int main(int argc, char** argv) {
   morph_cmd->add_option("-o,--output", morph.output, "status: text (default) or json")
       ->check(CLI::IsMember({"text", "json"}));
 
+  mkfleet::cli::RolloutOptions rollout;
+  std::string rollout_timeout = "1h";
+  CLI::App* rollout_cmd = app.add_subcommand(
+      "rollout",
+      "An InstanceSet's rollout to its newest template revision (canary, waves, budgets, health gates): `status` "
+      "(a progress bar per wave; --watch follows it), `pause`, `resume`, `undo [--to-revision N]` (apply an older "
+      "revision's template again, as a new revision), `history` (revisions with their change causes).\nExit 0; 1 "
+      "when refused or unreachable, or when --watch sees the rollout fail; 3 when --watch sees it paused; 2 on bad "
+      "usage.");
+  rollout_cmd->add_option("verb", rollout.verb, "status, pause, resume, undo or history")
+      ->required()
+      ->check(CLI::IsMember({"status", "pause", "resume", "undo", "history"}));
+  rollout_cmd->add_option("target", rollout.name, "set/NAME (or: set NAME)")->required();
+  rollout_cmd->add_option("name", rollout.kind, "NAME when the kind is given apart");
+  rollout_cmd->add_option("--to-revision", rollout.to_revision, "undo: the revision to go back to (default: the one "
+                                                                 "before, or the stable one after a failure)");
+  rollout_cmd->add_flag("-w,--watch", rollout.watch, "status: follow until it completes (0), fails (1) or pauses (3)");
+  rollout_cmd->add_option("--timeout", rollout_timeout, "with --watch: how long (default 1h)")->check(DurationValidator());
+  rollout_cmd->add_option("-o,--output", rollout.output, "status, history: text (default) or json")
+      ->check(CLI::IsMember({"text", "json"}));
+
   mkfleet::cli::CertsOptions certs;
   CLI::App* certs_cmd = app.add_subcommand(
       "certs",
@@ -219,6 +242,13 @@ int main(int argc, char** argv) {
     return mkfleet::cli::RunCerts(certs, std::cout, std::cerr);
   }
   if (audit_cmd->parsed()) return mkfleet::cli::RunAudit(audit, std::cout, std::cerr);
+  if (rollout_cmd->parsed()) {
+    rollout.controller = controller;
+    rollout.request_timeout = Duration(request_timeout);
+    rollout.tls = tls;
+    rollout.watch_timeout = Duration(rollout_timeout);
+    return mkfleet::cli::RunRollout(rollout, std::cout, std::cerr);
+  }
   if (morph_cmd->parsed()) {
     morph.controller = controller;
     morph.request_timeout = Duration(request_timeout);

@@ -103,7 +103,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   const absl::Duration min_ready = absl::Milliseconds(policy.min_ready());
   const absl::Duration health_timeout =
       policy.health_timeout() > 0 ? absl::Milliseconds(policy.health_timeout()) : kDefaultHealthTimeout;
-  const bool rolling = p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED;
+  const bool rolling = !view.frozen && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED);
 
   if (rolling) {
     // New members, and members already at the target, take part at once (no budget: they
@@ -205,7 +205,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     }
     return l;
   };
-  if (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED) {
+  if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
     const uint32_t canaries = policy.has_canary() ? Resolve(policy.canary(), total, 0, 0) : 0;
     // The canaries: chosen once per rollout, in the first wave that has members to move.
     if (canaries > 0 && !p.canary_passed()) {
@@ -247,7 +247,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
                                                    : "; stopped (autoRollback off)"));
     }
   }
-  if (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED) {
+  if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
     const Load now = load();
     uint32_t budget = now.limit > now.busy ? now.limit - now.busy : 0;
     auto admit = [&](const RolloutMember& m) {
@@ -317,7 +317,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     }
   }
 
-  if (p.phase() == v1::ROLLOUT_ROLLING_BACK) {
+  if (!view.frozen && p.phase() == v1::ROLLOUT_ROLLING_BACK) {
     bool back = true;
     for (const RolloutMember& m : view.members) {
       const v1::MemberProgress* mp = progress_of(m.name);
@@ -410,6 +410,9 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       break;
     default:
       break;
+  }
+  if (view.frozen && p.phase() != v1::ROLLOUT_COMPLETE) {
+    st.set_message(absl::StrCat("waiting for every host the set selects to connect (", st.message(), ")"));
   }
   out.changed = p.SerializeAsString() != before;
   return out;

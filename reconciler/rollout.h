@@ -52,6 +52,10 @@ struct RolloutView {
   std::map<uint32_t, std::string> kernel_of_revision;
   std::vector<RolloutMember> members;  // every member seen, in any order
   absl::Time now;
+  // Some host the set selects is not connected (a controller just started, an agent away):
+  // members may be missing from `members`, so nothing moves on (no admission, failure or
+  // completion) and members run what they were told.
+  bool frozen = false;
 };
 
 struct RolloutStep {

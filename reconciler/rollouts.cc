@@ -9,6 +9,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "proto/morph_phase.h"
+#include "planner/placement.h"
 #include "reconciler/differ.h"
 #include "reconciler/rollout.h"
 
@@ -148,6 +149,13 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
       dirty = true;
     }
     RolloutView view;
+    // Frozen while a host the set selects is not connected: its members are not known.
+    for (const v1::Host& h : hosts) {
+      std::map<std::string, std::string> labels(h.metadata().labels().begin(), h.metadata().labels().end());
+      if (!planner::Matches(set.spec().host_selector(), labels)) continue;
+      auto v = views.find(h.metadata().name());
+      if (v == views.end() || !v->second.connected) view.frozen = true;
+    }
     view.owner = "InstanceSet/" + name;
     view.policy = set.spec().rollout();
     view.morph = tmpl.spec().update().strategy() == v1::UPDATE_MORPH;
@@ -201,6 +209,7 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
     }
     RolloutStep step = StepRollout(view, rec.mutable_progress());
     dirty |= step.changed;
+    step.status.set_observed_generation(set.metadata().generation());
     e.status = step.status;
     out.statuses[name] = step.status;
     for (const auto& [reason, message] : step.events) {

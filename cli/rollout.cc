@@ -1,0 +1,171 @@
+// mkapply rollout status|pause|resume|undo|history set/NAME.
+#include <unistd.h>
+
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "cli/commands.h"
+#include "cli/controller_client.h"
+#include "cli/remote_util.h"
+#include "cli/table.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace mkfleet::cli {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+constexpr int kBarWidth = 24;
+
+std::string Bar(uint32_t done, uint32_t total) {
+  int filled = total == 0 ? kBarWidth : static_cast<int>(static_cast<uint64_t>(done) * kBarWidth / total);
+  std::string bar = "[";
+  for (int i = 0; i < kBarWidth; ++i) bar += i < filled ? "#" : ".";
+  return bar + "]";
+}
+
+void PrintStatus(const std::string& set, const v1::RolloutStatus& st, std::ostream& out) {
+  out << "InstanceSet/" << set << ": revision " << st.revision() << " (stable " << st.stable() << "), "
+      << st.phase() << (st.paused() && st.phase() != "Paused" ? " (paused)" : "") << ": " << st.message() << "\n";
+  for (const v1::WaveStatus& w : st.waves()) {
+    std::string label = w.value() == "canary" ? "canary" : w.value().empty() ? "members" : w.value();
+    bool current = st.phase() != "Complete" && w.value() != "canary" && w.value() == st.current_wave() &&
+                   st.waves_size() > 1;
+    out << "  " << label << std::string(label.size() < 12 ? 12 - label.size() : 1, ' ') << Bar(w.ready(), w.total())
+        << " " << w.updated() << "/" << w.total() << " updated, " << w.ready() << " ready, " << w.failed() << " failed"
+        << (current ? "  <- current wave" : "") << "\n";
+  }
+  if (st.failures() > 0) {
+    out << "  Failures: " << st.failures() << "\n";
+    for (const std::string& r : st.reasons()) out << "    " << r << "\n";
+  }
+}
+
+void PrintJson(const google::protobuf::Message& m, std::ostream& out) {
+  std::string text;
+  (void)google::protobuf::util::MessageToJsonString(m, &text);
+  out << text << "\n";
+}
+
+// The set's generation now (0 if it cannot be read).
+int64_t Generation(ControllerClient& client, const std::string& set) {
+  v1::GetRequest req;
+  req.set_kind("InstanceSet");
+  req.set_name(set);
+  auto r = client.Get(req);
+  if (!r.ok() || r->objects_size() == 0) return 0;
+  return r->objects(0).instance_set().metadata().generation();
+}
+
+}  // namespace
+
+int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& err) {
+  // set/NAME, or KIND NAME (the second positional lands in `kind`).
+  std::string kind, name;
+  if (!options.kind.empty()) {
+    kind = options.name;
+    name = options.kind;
+  } else {
+    std::vector<std::string> parts = absl::StrSplit(options.name, absl::MaxSplits('/', 1));
+    if (parts.size() != 2) {
+      err << "error: rollout " << options.verb << ": want set/NAME, got \"" << options.name << "\"\n";
+      return kExitInvalid;
+    }
+    kind = parts[0];
+    name = parts[1];
+  }
+  if (CanonicalKind(kind) != "InstanceSet") {
+    err << "error: rollouts are per InstanceSet: mkapply rollout " << options.verb << " set/NAME\n";
+    return kExitInvalid;
+  }
+  if (options.watch && options.verb != "status") {
+    err << "error: --watch goes with rollout status\n";
+    return kExitInvalid;
+  }
+  if (options.to_revision != 0 && options.verb != "undo") {
+    err << "error: --to-revision goes with rollout undo\n";
+    return kExitInvalid;
+  }
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  v1::RolloutRequest request;
+  request.set_kind("InstanceSet");
+  request.set_name(name);
+  request.set_verb(options.verb);
+  request.set_to_revision(options.to_revision);
+  auto response = (*client)->Rollout(request);
+  if (!response.ok()) return Report(response.status(), options.controller, err);
+  if (options.verb == "history") {
+    if (options.output == "json") {
+      PrintJson(*response, out);
+      return kExitOk;
+    }
+    Table t({"REVISION", "HASH", "TIME", "KERNEL", "CHANGE-CAUSE"});
+    for (const v1::RevisionInfo& r : response->revisions()) {
+      std::string number = absl::StrCat(r.number());
+      if (r.number() == response->status().revision()) number += " (newest)";
+      if (r.number() == response->status().stable() && r.number() != response->status().revision()) {
+        number += " (stable)";
+      }
+      t.Add({number, r.hash(), ClockTime(r.time_unix_ms()), r.kernel(),
+                r.change_cause().empty() ? "-" : r.change_cause()});
+    }
+    t.Print(out);
+    return kExitOk;
+  }
+  if (options.verb != "status") {
+    out << response->message() << "\n";
+    return kExitOk;
+  }
+  if (!options.watch) {
+    if (options.output == "json") {
+      PrintJson(response->status(), out);
+    } else {
+      PrintStatus(name, response->status(), out);
+    }
+    return kExitOk;
+  }
+  // --watch: until the status is about the set's current generation and has ended.
+  const absl::Time deadline = absl::Now() + options.watch_timeout;
+  const bool tty = isatty(STDOUT_FILENO) && &out == &std::cout;
+  std::string last;
+  while (true) {
+    const v1::RolloutStatus& st = response->status();
+    const bool current = st.observed_generation() >= Generation(**client, name);
+    std::string text;
+    {
+      std::ostringstream s;
+      PrintStatus(name, st, s);
+      text = s.str();
+    }
+    if (text != last) {
+      if (tty && !last.empty()) out << "\n";
+      out << text << std::flush;
+      last = text;
+    }
+    if (current && st.phase() == "Complete") return kExitOk;
+    if (current && (st.phase() == "Failed" || st.phase() == "RollingBack" || st.phase() == "RolledBack")) {
+      err << "error: the rollout of InstanceSet/" << name << " to revision " << st.revision() << " failed\n";
+      return kExitFailure;
+    }
+    if (current && st.phase() == "Paused") {
+      err << "InstanceSet/" << name << ": paused (`mkapply rollout resume set/" << name << "` goes on)\n";
+      return kExitPaused;
+    }
+    if (absl::Now() >= deadline) {
+      err << "error: the rollout of InstanceSet/" << name << " did not end within "
+          << absl::FormatDuration(options.watch_timeout) << "\n";
+      return kExitFailure;
+    }
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(options.interval));
+    request.set_verb("status");
+    response = (*client)->Rollout(request);
+    if (!response.ok()) return Report(response.status(), options.controller, err);
+  }
+}
+
+}  // namespace mkfleet::cli

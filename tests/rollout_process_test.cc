@@ -1,0 +1,315 @@
+// Rollouts with real processes: six mkagents (emulated kernels) in three zones, one
+// mkcontroller, mkapply. A kernel change of an InstanceSet (perHost 1: six members) goes
+// canary first, then zone by zone, never more than maxUnavailable members down (sampled
+// from the agents throughout); a kernel that panics on boot is caught at the canary and
+// rolled back with only the canary touched; pause, resume, undo and history through
+// mkapply; a controller SIGKILLed mid-wave finishes with every member updated exactly once.
+#include <signal.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "tests/fleet_fixture.h"
+
+namespace mkfleet {
+namespace {
+
+const std::vector<std::string> kHosts = {"node-a", "node-b", "node-c", "node-d", "node-e", "node-f"};
+
+class RolloutProcessTest : public ProcessFleetTest {
+ protected:
+  void SetUp() override {
+    ProcessFleetTest::SetUp();
+    std::ofstream(dir_ / "vmlinux-2", std::ios::binary) << std::string("\x7f" "ELF", 4) << "the new kernel";
+    std::ofstream(dir_ / "vmlinux-3", std::ios::binary) << std::string("\x7f" "ELF", 4) << "the newer kernel";
+    std::ofstream(dir_ / "vmlinux-panics", std::ios::binary) << std::string("\x7f" "ELF", 4)
+                                                             << "mkfleet-emulator:panic-after-ms=0";
+    for (const std::string& h : kHosts) StartAgent(h, "100ms");
+    StartController();
+    std::string hosts;
+    for (size_t i = 0; i < kHosts.size(); ++i) {
+      hosts += "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata:\n  name: " + kHosts[i] + "\n  labels: {zone: z" +
+               std::to_string(i / 2) + "}\nspec:\n  agent: 127.0.0.1:" + std::to_string(agents_[kHosts[i]].port) +
+               "\n  pool:\n    hostReserved: {cores: 1, memory: 1Gi}\n---\n";
+    }
+    hosts_yaml_ = hosts;
+  }
+
+  std::string SetYaml(const std::string& image, const std::string& rollout) {
+    return hosts_yaml_ +
+           "apiVersion: mkfleet.io/v1\nkind: InstanceSet\nmetadata: {name: edge}\nspec:\n  perHost: 1\n"
+           "  template:\n    spec:\n      kernel: {image: " +
+           image + ", cmdline: \"console=mktty0\"}\n      resources: {cpus: 2, memory: 512Mi}\n  rollout: " + rollout +
+           "\n";
+  }
+  int Apply(const std::string& yaml, const std::string& message = "") {
+    std::string out;
+    std::vector<std::string> args = {"apply", "-f", Write("set-" + std::to_string(++applies_) + ".yaml", yaml)};
+    if (!message.empty()) args.insert(args.end(), {"--message", message});
+    int rc = Mkapply(args, &out);
+    EXPECT_EQ(rc, 0) << out;
+    return rc;
+  }
+  v1::InstanceSetStatus SetStatus() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GetRequest req;
+    req.set_kind("InstanceSet");
+    req.set_name("edge");
+    v1::GetResponse r;
+    if (!stub_->Get(&ctx, req, &r).ok() || r.objects_size() != 1) return {};
+    return r.objects(0).instance_set().status();
+  }
+  // The rollout to `revision` is complete and the set Ready.
+  bool Done(uint32_t revision) {
+    v1::InstanceSetStatus st = SetStatus();
+    return st.update_revision() == revision && st.rollout().phase() == "Complete" && SetReady();
+  }
+  bool SetReady() {
+    v1::InstanceSetStatus st = SetStatus();
+    for (const v1::Condition& c : st.conditions()) {
+      if (c.type() == "Ready") return c.status() == v1::CONDITION_TRUE;
+    }
+    return false;
+  }
+  // The kernel image each host's member runs (hosts whose member is down are absent); one
+  // channel per agent, kept (a channel and a stream per sample would hit the agents' limits
+  // on a client's streams and read as "down").
+  std::map<std::string, std::string> Running(bool* complete = nullptr) {
+    std::map<std::string, std::string> out;
+    if (complete != nullptr) *complete = true;
+    for (const std::string& h : kHosts) {
+      auto& stub = agent_stubs_[h];
+      if (stub == nullptr) {
+        stub = v1::Agent::NewStub(security::TestPki::Channel(
+            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      auto reader = stub->Watch(&ctx, v1::WatchRequest());
+      v1::HostState snapshot;
+      bool read = reader->Read(&snapshot);
+      ctx.TryCancel();
+      reader->Finish();
+      if (!read) {
+        if (complete != nullptr) *complete = false;
+        continue;
+      }
+      for (const auto& in : snapshot.instances()) {
+        if (in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE) {
+          out[h] = fs::path(in.status().provenance().kernel_path()).filename();
+        }
+      }
+    }
+    return out;
+  }
+  void StartFleet(const std::string& rollout) {
+    ASSERT_EQ(Apply(SetYaml(vmlinux_, rollout), "first"), 0);
+    ASSERT_TRUE(Eventually([&] { return SetReady(); }, 30)) << controller_->Log();
+  }
+
+  // Watches every agent (one stream each, kept) until `done` or the timeout: the most hosts
+  // whose member was down at once, and the order in which hosts first ran `image`. Every
+  // change each agent reports is seen, so a short outage is not missed between samples.
+  struct Sampled {
+    int max_down = 0;
+    std::string worst;  // the hosts when the most were down
+    std::vector<std::string> order;
+  };
+  Sampled SampleUntil(const std::string& image, const std::function<bool()>& done,
+                      std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    Sampled s;
+    std::mutex mu;
+    std::map<std::string, std::map<std::string, v1::ObservedInstance>> seen;  // host -> kernel -> state
+    std::set<std::string> ran;
+    auto recount = [&] {
+      if (seen.size() < kHosts.size()) return;  // not every agent's first snapshot yet
+      int down = 0;
+      std::string text;
+      for (const std::string& h : kHosts) {
+        bool up = false;
+        for (const auto& [name, in] : seen[h]) {
+          up |= in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE;
+          text += h + ": " + name + "=" + in.status().phase() + " " +
+                  fs::path(in.status().provenance().kernel_path()).filename().string() + "\n";
+          if (in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE &&
+              fs::path(in.status().provenance().kernel_path()).filename() == image && ran.insert(h).second) {
+            s.order.push_back(h);
+          }
+        }
+        down += !up;
+      }
+      if (down > s.max_down) {
+        s.max_down = down;
+        s.worst = text;
+      }
+    };
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    std::vector<std::thread> readers;
+    for (const std::string& h : kHosts) {
+      contexts.push_back(std::make_unique<grpc::ClientContext>());
+      grpc::ClientContext* ctx = contexts.back().get();
+      readers.emplace_back([&, h, ctx] {
+        auto stub = v1::Agent::NewStub(security::TestPki::Channel(
+            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
+        auto reader = stub->Watch(ctx, v1::WatchRequest());
+        v1::HostState hs;
+        while (reader->Read(&hs)) {
+          std::lock_guard<std::mutex> lock(mu);
+          auto& mine = seen[h];
+          if (hs.snapshot()) mine.clear();
+          for (const auto& in : hs.instances()) mine[in.name()] = in;
+          for (const auto& name : hs.removed()) mine.erase(name);
+          recount();
+        }
+        reader->Finish();
+      });
+    }
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end && !done()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (auto& ctx : contexts) ctx->TryCancel();
+    for (auto& t : readers) t.join();
+    return s;
+  }
+
+  std::string hosts_yaml_;
+  int applies_ = 0;
+  std::map<std::string, std::unique_ptr<v1::Agent::Stub>> agent_stubs_;
+};
+
+TEST_F(RolloutProcessTest, AThreeWaveReplaceRolloutStaysInItsBudgetAndGoesZoneByZone) {
+  const std::string rollout = "{canary: 1, waves: {by: zone}, maxUnavailable: 1, healthTimeout: 20s}";
+  StartFleet(rollout);
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout), "kernel 2 for the edge"), 0);
+  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
+  EXPECT_LE(s.max_down, 1) << "maxUnavailable 1 exceeded\n" << s.worst << [&] {
+    std::string all;
+    for (const v1::Event& e : ControllerEvents()) all += e.name() + " " + e.reason() + " " + e.message() + "\n";
+    return all;
+  }();
+  ASSERT_EQ(s.order.size(), 6u) << controller_->Log();
+  // Zone by zone (z0: a, b; z1: c, d; z2: e, f), the canary first in z0.
+  auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
+  for (size_t i = 1; i < s.order.size(); ++i) EXPECT_LE(zone(s.order[i - 1]), zone(s.order[i])) << s.order[i];
+  v1::InstanceSetStatus st = SetStatus();
+  EXPECT_EQ(st.current_revision(), 2u);
+  EXPECT_EQ(st.update_revision(), 2u);
+  EXPECT_EQ(st.updated_replicas(), 6u);
+  std::string out;
+  EXPECT_EQ(Mkapply({"rollout", "status", "set/edge", "--watch"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("Complete"));
+  EXPECT_EQ(Mkapply({"rollout", "history", "set/edge"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("kernel 2 for the edge"));
+  EXPECT_THAT(out, ::testing::HasSubstr("first"));
+  EXPECT_EQ(Mkapply({"get", "sets"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("edge +6 +2 +6 +6 +Complete"));
+  bool started = false, complete = false, waves = false;
+  std::vector<v1::Event> events = ControllerEvents();
+  for (const v1::Event& e : events) {
+    started |= e.reason() == "RolloutStarted";
+    complete |= e.reason() == "RolloutComplete";
+    waves |= e.reason() == "WaveStarted";
+  }
+  EXPECT_TRUE(started && complete && waves);
+  // Each member was replaced exactly once: two boots per host.
+  for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h;
+}
+
+TEST_F(RolloutProcessTest, AKernelThatPanicsIsCaughtAtTheCanaryAndRolledBack) {
+  const std::string rollout = "{canary: 1, waves: {by: zone}, maxUnavailable: 2, healthTimeout: 3s}";
+  StartFleet(rollout);
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-panics").string(), rollout), "a bad kernel"), 0);
+  std::string out;
+  EXPECT_EQ(Mkapply({"rollout", "status", "set/edge", "--watch", "--timeout", "60s"}, &out), 1) << out;
+  ASSERT_TRUE(Eventually([&] { return SetStatus().rollout().phase() == "RolledBack"; }, 30))
+      << SetStatus().DebugString() << controller_->Log();
+  ASSERT_TRUE(Eventually([&] { return Running().size() == 6; }));
+  std::map<std::string, std::string> running = Running();
+  for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux") << h;
+  v1::InstanceSetStatus st = SetStatus();
+  EXPECT_EQ(st.current_revision(), 1u);
+  EXPECT_EQ(st.update_revision(), 2u);
+  bool failed_condition = false;
+  for (const v1::Condition& c : st.conditions()) failed_condition |= c.reason() == "RolloutFailed";
+  EXPECT_TRUE(failed_condition);
+  // Held: nothing tries the bad kernel again.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(SetStatus().rollout().phase(), "RolledBack");
+  // Undo: the good template again (revision 3), nothing to move.
+  EXPECT_EQ(Mkapply({"rollout", "undo", "set/edge"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("revision 1"));
+  ASSERT_TRUE(Eventually([&] { return SetStatus().update_revision() == 3 && SetReady(); }, 30))
+      << controller_->Log();
+  // Only the canary's host booted the bad kernel: one host three boots (first, bad, back), the
+  // others one.
+  int touched = 0;
+  for (const std::string& h : kHosts) {
+    kernel::EmulatedKernel::Counters c = StopAndCount(h);
+    touched += c.starts > 1;
+    if (c.starts == 1) EXPECT_EQ(c.panics, 0) << h;
+  }
+  EXPECT_EQ(touched, 1);
+}
+
+TEST_F(RolloutProcessTest, PauseAfterCanaryResumeAndPauseThroughMkapply) {
+  const std::string rollout = "{canary: 1, pauseAfterCanary: true, maxUnavailable: 1}";
+  StartFleet(rollout);
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
+  std::string out;
+  EXPECT_EQ(Mkapply({"rollout", "status", "set/edge", "--watch", "--timeout", "60s"}, &out), 3) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("canary"));
+  int moved = 0;
+  std::map<std::string, std::string> running = Running();
+  for (const auto& [h, k] : running) moved += k == "vmlinux-2";
+  EXPECT_EQ(moved, 1);
+  EXPECT_EQ(Mkapply({"rollout", "resume", "set/edge"}, &out), 0) << out;
+  // Pause again at once: it stops before every member moved.
+  ASSERT_TRUE(Eventually([&] {
+    int n = 0;
+    std::map<std::string, std::string> r = Running();
+    for (const auto& [h, k] : r) n += k == "vmlinux-2";
+    return n >= 2;
+  }));
+  EXPECT_EQ(Mkapply({"rollout", "pause", "set/edge"}, &out), 0) << out;
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  int paused_at = 0;
+  running = Running();
+  for (const auto& [h, k] : running) paused_at += k == "vmlinux-2";
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  int later = 0;
+  running = Running();
+  for (const auto& [h, k] : running) later += k == "vmlinux-2";
+  EXPECT_EQ(later, paused_at) << "moved while paused";
+  EXPECT_LT(later, 6);
+  EXPECT_EQ(Mkapply({"rollout", "resume", "set/edge"}, &out), 0) << out;
+  EXPECT_EQ(Mkapply({"rollout", "status", "set/edge", "--watch", "--timeout", "60s"}, &out), 0) << out;
+  // Bad usage: exit 2.
+  EXPECT_EQ(Mkapply({"rollout", "status", "instance/edge"}, &out), 2) << out;
+  EXPECT_EQ(Mkapply({"rollout", "undo", "set/edge", "--to-revision", "9"}, &out), 1) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("no revision 9"));
+}
+
+TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdatedOnce) {
+  const std::string rollout = "{waves: {by: zone}, maxUnavailable: 1, minReady: 500ms}";
+  StartFleet(rollout);
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
+  // Kill it once the second zone has begun.
+  ASSERT_TRUE(Eventually([&] {
+    auto r = Running();
+    return r.count("node-c") && r["node-c"] == "vmlinux-2";
+  }, 60)) << controller_->Log();
+  controller_->Kill(SIGKILL);
+  StartController();
+  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
+  EXPECT_LE(s.max_down, 1);
+  std::map<std::string, std::string> running = Running();
+  for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
+  EXPECT_EQ(running.size(), 6u);
+  for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
+}
+
+}  // namespace
+}  // namespace mkfleet
