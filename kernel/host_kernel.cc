@@ -203,6 +203,7 @@ absl::StatusOr<InstanceInfo> HostKernel::Get(absl::string_view name, bool proven
     return status.status();
   }
   info.state = ParseKernelState(*status);
+  NoteState(name, info.state);
   MK_ASSIGN_OR_RETURN(std::string id, fs_.Read(absl::StrCat("instances/", name, "/id")));
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(id), &info.id)) {
     return absl::InternalError(absl::StrCat(What("read id of", name), ": \"", id, "\""));
@@ -237,7 +238,21 @@ absl::StatusOr<v1::KernelState> HostKernel::ReadState(absl::string_view name) {
     if (ErrnoOf(status.status()) == ENOENT) return v1::KERNEL_STATE_ABSENT;
     return status.status();
   }
-  return ParseKernelState(*status);
+  v1::KernelState state = ParseKernelState(*status);
+  NoteState(name, state);
+  return state;
+}
+
+void HostKernel::NoteState(absl::string_view name, v1::KernelState state) {
+  if (state != v1::KERNEL_STATE_ACTIVE) return;
+  absl::MutexLock lock(&seen_mu_);
+  ++active_reads_[std::string(name)];
+}
+
+uint64_t HostKernel::ActiveReads(absl::string_view name) {
+  absl::MutexLock lock(&seen_mu_);
+  auto it = active_reads_.find(std::string(name));
+  return it == active_reads_.end() ? 0 : it->second;
 }
 
 absl::StatusOr<HostObservation> HostKernel::Observe() {
@@ -371,11 +386,17 @@ absl::Status HostKernel::Transact(absl::string_view action, absl::string_view na
   return absl::InternalError(absl::StrCat(What(action, name), ": transaction tx_", *mine, " is ", st));
 }
 
-absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, absl::Duration timeout) {
+absl::Status HostKernel::WaitFor(absl::string_view name, v1::KernelState want, absl::Duration timeout,
+                                 uint64_t active_reads) {
   absl::Duration deadline = clock_->Monotonic() + timeout;
   while (true) {
     MK_ASSIGN_OR_RETURN(v1::KernelState state, ReadState(name));
     if (state == want) return absl::OkStatus();
+    if (want == v1::KERNEL_STATE_ACTIVE && state == v1::KERNEL_STATE_LOADED && active_reads != ~uint64_t{0} &&
+        ActiveReads(name) > active_reads) {
+      return absl::AbortedError(absl::StrCat(What("start", name),
+                                             ": the kernel stopped right after it booted (a panic or poweroff inside)"));
+    }
     if (state == v1::KERNEL_STATE_FAILED) {
       return absl::InternalError(absl::StrCat(What("wait for", name), ": the instance failed"));
     }
@@ -640,6 +661,7 @@ absl::Status HostKernel::CheckImage(absl::string_view name, const KernelImage& i
 }
 
 absl::Status HostKernel::Start(absl::string_view name, bool wait) {
+  const uint64_t active_reads = ActiveReads(name);
   {
     absl::MutexLock lock(&mu_);
     MK_ASSIGN_OR_RETURN(InstanceInfo info, Get(name, /*provenance=*/false, /*resources=*/false));
@@ -651,7 +673,7 @@ absl::Status HostKernel::Start(absl::string_view name, bool wait) {
     if (!st.ok() && ErrnoOf(st) != EBUSY) return ErrnoStatus(ErrnoOf(st), What("start", name), st.message());
   }
   if (!wait) return absl::OkStatus();
-  return WaitFor(name, v1::KERNEL_STATE_ACTIVE, options_.start_timeout);
+  return WaitFor(name, v1::KERNEL_STATE_ACTIVE, options_.start_timeout, active_reads);
 }
 
 absl::Status HostKernel::Halt(absl::string_view name, bool force) {

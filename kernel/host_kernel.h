@@ -184,9 +184,15 @@ class HostKernel {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Polls the instance's state without holding mu_ (a boot may take a minute; other calls
   // go on meanwhile).
-  absl::Status WaitFor(absl::string_view name, mkfleet::v1::KernelState want, absl::Duration timeout)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // `active_reads`: for a start, ActiveReads before it began (a wait for active that then
+  // sees loaded after another reader saw active fails at once); ~0 for none.
+  absl::Status WaitFor(absl::string_view name, mkfleet::v1::KernelState want, absl::Duration timeout,
+                       uint64_t active_reads = ~uint64_t{0}) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<mkfleet::v1::KernelState> ReadState(absl::string_view name);
+  // Every status read that said active, per instance: a start's wait that sees loaded again
+  // after one (by any reader, e.g. the watchdog) knows the kernel stopped right after booting.
+  void NoteState(absl::string_view name, mkfleet::v1::KernelState state) ABSL_LOCKS_EXCLUDED(seen_mu_);
+  uint64_t ActiveReads(absl::string_view name) ABSL_LOCKS_EXCLUDED(seen_mu_);
   absl::StatusOr<Dialect> Dialect_() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The record kept beside each instance (owner, provenance): <state_dir>/<name>.record.
   std::string RecordPath(absl::string_view name) const;
@@ -202,6 +208,8 @@ class HostKernel {
   Syscalls& sys_;
   const HostKernelOptions options_;
   Clock* const clock_;
+  absl::Mutex seen_mu_;
+  std::map<std::string, uint64_t> active_reads_ ABSL_GUARDED_BY(seen_mu_);
   absl::Mutex mu_;
   // Each instance's last device tree and what it decoded to: an observation decodes only
   // what changed.

@@ -647,3 +647,70 @@ TEST(PoolChangeTest, BaselineWhenEmptyThenOnlyFreeResourcesMove) {
 
 }  // namespace
 }  // namespace mkfleet::kernel
+
+namespace mkfleet::kernel {
+namespace {
+
+// A simulated clock that runs `hook` after every sleep: another thread's read (the agent's
+// watchdog) between two polls of a wait.
+class HookClock final : public Clock {
+ public:
+  absl::Time Now() override { return inner_.Now(); }
+  absl::Duration Monotonic() override { return inner_.Monotonic(); }
+  void SleepFor(absl::Duration d) override {
+    inner_.Advance(d);
+    if (hook) hook();
+  }
+  std::function<void()> hook;
+
+ private:
+  SimulatedClock inner_;
+};
+
+// Defect (found by rollout_process_test): a start waited its whole start_timeout (60 s) for
+// a kernel that booted and crashed at once when another reader (the watchdog) saw it active
+// first: the wait only saw loaded, before and after the boot. The agent's batch outlived
+// the controller's call deadline, and the rollout to a kernel panicking on boot stalled.
+TEST(HostKernelStartTest, AKernelThatCrashesRightAfterBootFailsTheStartAtOnce) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("start-crash-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string image = (dir / "vmlinux-panics").string();
+  std::ofstream(image, std::ios::binary) << std::string("\x7f" "ELF", 4) << "mkfleet-emulator:panic-after-ms=0";
+  HookClock clock;
+  EmulatorOptions o;
+  o.cpus = {0, 1, 2, 3};
+  o.memory = {{0, 0, 8ull << 30}};
+  o.clock = &clock;
+  o.boot_time = absl::Milliseconds(300);
+  EmulatedKernel emu(o);
+  HostKernelOptions ho;
+  ho.host = "node-a";
+  ho.lock_path = (dir / "kernel.lock").string();
+  ho.kerf_lock_path = (dir / "kerf.lock").string();
+  ho.state_dir = (dir / "state").string();
+  ho.clock = &clock;
+  ho.images.dirs = {dir.string()};
+  HostKernel hk(emu, emu, ho);
+  PoolState pool;
+  pool.cpus = {1, 2, 3};
+  pool.memory = {{0, 4ull << 30, 0}};
+  ASSERT_TRUE(hk.SetPool(pool).ok());
+  InstanceResources r;
+  r.cpus = {1};
+  r.memory_bytes = 512ull << 20;
+  r.numa_nodes = {0};
+  ASSERT_TRUE(hk.Create("web-1", 7, r).ok());
+  ASSERT_TRUE(hk.Load("web-1", {image, "", "console=mktty0", "", ""}).ok());
+  clock.hook = [&] { (void)hk.Observe(); };  // the watchdog reads between the wait's polls
+  absl::Duration t0 = clock.Monotonic();
+  absl::Status s = hk.Start("web-1", /*wait=*/true);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("stopped right after it booted"));
+  EXPECT_LT(clock.Monotonic() - t0, absl::Seconds(2)) << "waited for the start timeout";
+  clock.hook = nullptr;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace mkfleet::kernel

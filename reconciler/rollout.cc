@@ -207,6 +207,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   };
   if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
     const uint32_t canaries = policy.has_canary() ? Resolve(policy.canary(), total, 0, 0) : 0;
+    if (canaries == 0) p.set_canary_passed(true);  // no canary step
     // The canaries: chosen once per rollout, in the first wave that has members to move.
     if (canaries > 0 && !p.canary_passed()) {
       uint32_t chosen = 0;

@@ -372,3 +372,37 @@ TEST(RolloutTest, NewMembersDuringARollbackGetTheStableRevision) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// Defect (found by rollout_process_test): a restarted controller stepped a rollout before
+// its hosts connected, saw no members, declared it complete, and every member was replaced
+// at once. While frozen (a selected host not connected) nothing moves on.
+TEST(RolloutTest, AFrozenRolloutNeitherCompletesNorAdmits) {
+  Fleet f(6, 0);
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();  // admits one
+  v1::RolloutProgress saved = f.progress();
+  RolloutView view;
+  view.owner = "InstanceSet/web";
+  view.target = 2;
+  view.target_kernel = "k2";
+  view.revision_of_kernel = {{"k1", 1}, {"k2", 2}};
+  view.kernel_of_revision = {{1, "k1"}, {2, "k2"}};
+  view.now = absl::FromUnixSeconds(2000000);
+  view.frozen = true;  // no host connected yet: no members seen
+  RolloutStep s = StepRollout(view, &f.progress());
+  EXPECT_EQ(s.status.phase(), "Progressing");
+  EXPECT_FALSE(s.changed);
+  EXPECT_EQ(f.progress().SerializeAsString(), saved.SerializeAsString());
+  // Members seen while frozen run what they were told: nobody new is admitted.
+  view.members = f.members();
+  s = StepRollout(view, &f.progress());
+  EXPECT_FALSE(s.changed);
+  EXPECT_THAT(s.status.message(), HasSubstr("connect"));
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

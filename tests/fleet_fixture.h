@@ -56,7 +56,8 @@ class ProcessFleetTest : public ::testing::Test {
   void TearDown() override {
     controller_.reset();
     agents_.clear();
-    fs::remove_all(dir_);
+    // MKFLEET_KEEP_TEST_DIR=1 keeps the processes' logs and state of a failed test.
+    if (getenv("MKFLEET_KEEP_TEST_DIR") == nullptr || !HasFailure()) fs::remove_all(dir_);
   }
 
   // Starts (or restarts, same port and state) the agent `name`.
