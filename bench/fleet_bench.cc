@@ -31,42 +31,20 @@
 #include "absl/time/clock.h"
 #include "security/certs.h"
 #include "security/tls.h"
+#include "bench/fleet_harness.h"
 #include "tests/process_util.h"
 
 namespace {
 
 namespace v1 = mkfleet::v1;
-using Clock = std::chrono::steady_clock;
+using mkfleet::bench::Channel;
+using mkfleet::bench::Clock;
+using mkfleet::bench::MakePki;
+using mkfleet::bench::Run;
+using mkfleet::bench::Seconds;
+using mkfleet::bench::Stats;
 
-double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-std::string Runfile(const std::string& path) {
-  for (const char* base : {static_cast<const char*>(getenv("RUNFILES_DIR")), "bench/fleet_bench.runfiles"}) {
-    if (base == nullptr) continue;
-    std::string p = std::string(base) + "/mkfleet/" + path;
-    if (std::filesystem::exists(p)) return p;
-  }
-  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::string p = self + ".runfiles/mkfleet/" + path;
-  if (std::filesystem::exists(p)) return p;
-  std::cerr << "fleet_bench: cannot find " << path << " in the runfiles\n";
-  std::exit(2);
-}
-
-int Run(const std::vector<std::string>& argv, const std::string& log) {
-  mkfleet::testing::Process p(argv, log);
-  while (p.Running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  return p.Kill(0);
-}
-
-v1::StatsResponse Stats(v1::Controller::Stub& stub) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::StatsResponse r;
-  grpc::Status s = stub.Stats(&ctx, v1::StatsRequest(), &r);
-  if (!s.ok()) std::cerr << "fleet_bench: Stats: " << s.error_message() << "\n";
-  return r;
-}
+std::string Runfile(const std::string& path) { return mkfleet::bench::Runfile("bench/fleet_bench", path); }
 
 // Ready members of the sets, and how many there should be.
 std::pair<uint32_t, uint32_t> SetReadiness(v1::Controller::Stub& stub) {
@@ -82,41 +60,6 @@ std::pair<uint32_t, uint32_t> SetReadiness(v1::Controller::Stub& stub) {
     want += o.instance_set().status().replicas();
   }
   return {ready, want};
-}
-
-// The fleet's CA in `pki`: the controller, an admin user and one agent per host
-// (node-0001 ...), as mkapply certs would lay them out.
-bool MakePki(const std::string& pki, int hosts) {
-  using mkfleet::security::Identity;
-  if (!mkfleet::security::InitCa(pki, absl::Now(), absl::Hours(24)).ok()) return false;
-  std::vector<Identity> ids = {Identity::Controller(), Identity::User("admin", {"fleet-admins"})};
-  for (int i = 1; i <= hosts; ++i) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "node-%04d", i);
-    ids.push_back(Identity::Agent(name));
-  }
-  for (const Identity& id : ids) {
-    absl::Status s = mkfleet::security::IssueCert(
-        pki, mkfleet::security::CertOptions::For(id, absl::Now(), absl::Hours(24)), mkfleet::security::IdentityDir(pki, id));
-    if (!s.ok()) {
-      std::cerr << "fleet_bench: " << s.message() << "\n";
-      return false;
-    }
-  }
-  return true;
-}
-
-// A channel to the controller as the admin in `dir` (plaintext when empty).
-std::shared_ptr<grpc::Channel> Channel(const std::string& dir, const std::string& address) {
-  mkfleet::security::TlsOptions o;
-  o.dir = dir;
-  o.insecure = dir.empty();
-  auto tls = mkfleet::security::ClientTls::Create(o);
-  if (!tls.ok()) {
-    std::cerr << "fleet_bench: " << tls.status().message() << "\n";
-    std::exit(1);
-  }
-  return *(*tls)->Channel(address, mkfleet::security::Identity::Controller());
 }
 
 // One whole run: agents, controller, apply until Ready, no-op re-apply; in `dir`, with
@@ -145,7 +88,7 @@ Result RunFleet(int hosts, bool tls, const std::string& dir) {
   mkfleet::testing::Process agents({mkagent, "--hosts", std::to_string(hosts), "--topology",
                                     "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
                                     "--state-dir", dir + "/agents", "--host", "node", "--reserve-cores", "1",
-                                    "--reserve-memory", "4Gi", "--poll-interval", "1s", "--ports-file",
+                                    "--reserve-memory", "4Gi", "--bench", "--ports-file",
                                     dir + "/ports", "--image-dir", dir, tls_flag, tls ? pki + "/agents" : "--insecure"},
                                    dir + "/mkagent.log");
   if (agents.WaitFor("emulated hosts .* ports", std::chrono::seconds(300)).empty()) {
@@ -166,14 +109,7 @@ Result RunFleet(int hosts, bool tls, const std::string& dir) {
   auto stub = v1::Controller::NewStub(Channel(tls ? admin : "", address));
 
   // The floor: one round trip to the idle controller.
-  std::vector<double> trips;
-  for (int i = 0; i < 200; ++i) {
-    auto t = Clock::now();
-    Stats(*stub);
-    trips.push_back(Seconds(Clock::now() - t));
-  }
-  std::sort(trips.begin(), trips.end());
-  const double floor_s = trips[trips.size() / 2];
+  const double floor_s = mkfleet::bench::ControllerRoundTrip(*stub);
   std::printf("%s floor: one controller round trip (Stats, median of 200): %.3f ms\n", mode, floor_s * 1000);
 
   // The manifests: one file of Hosts, one of sets, and a stand-in kernel image.

@@ -120,8 +120,16 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       auto found = p.mutable_members()->find(name);
       if (found == p.mutable_members()->end()) continue;  // not let move
       v1::MemberProgress& mp = found->second;
-      if (mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
       const RolloutMember& m = *member;
+      // A member done at the target that goes down again (a kernel that crashes some time
+      // after its boot) is not done any more: it must be Ready again within healthTimeout.
+      if (mp.done() && mp.failed().empty() && m.kernel == target_kernel && !m.up) {
+        mp.set_done(false);
+        mp.set_ready_since_unix_ms(0);
+        mp.set_admitted_unix_ms(Ms(view.now));
+        event("MemberRegressed", absl::StrCat(name, " at revision ", view.target, " is down again after it was Ready"));
+      }
+      if (mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
       const bool at_target = m.kernel == target_kernel;
       std::string failed;
       if (!m.failure.empty() && (m.failed_kernel.empty() || m.failed_kernel == target_kernel)) {

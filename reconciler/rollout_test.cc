@@ -406,3 +406,36 @@ TEST(RolloutTest, AFrozenRolloutNeitherCompletesNorAdmits) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// Defect (found by rollout_process_test): a kernel that panics right after it booted was
+// Ready for a moment; with minReady 0 the canary was done, the next wave began, and the
+// crash afterwards counted for nothing. A done member that goes down again must be Ready
+// again within healthTimeout, else it has failed.
+TEST(RolloutTest, ADoneMemberThatGoesDownAgainMustRecoverOrFail) {
+  Fleet f(10, 0);
+  f.policy().mutable_canary()->set_count(1);
+  f.policy().set_health_timeout(3000);
+  f.Step();
+  f.NewRevision("k2");
+  // The canary boots and is Ready (minReady 0: done at once), then its kernel crashes.
+  for (int i = 0; i < 4; ++i) f.Step();
+  std::string canary;
+  for (const auto& [name, mp] : f.progress().members()) {
+    if (mp.canary()) canary = name;
+  }
+  ASSERT_FALSE(canary.empty());
+  f.bad_.insert("k2");
+  for (RolloutMember& m : f.members()) {
+    if (m.kernel == "k2") m.up = false;  // crashed
+  }
+  RolloutStep s = f.StepUntil("RolledBack");
+  EXPECT_EQ(s.status.failures(), 1u);
+  EXPECT_THAT(f.events_, ::testing::Contains("MemberRegressed"));
+  EXPECT_EQ(f.Count("k1"), 10);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

@@ -390,7 +390,9 @@ class Builder {
           if (w.value() != "canary" || rollout->waves_size() == 1) updated += w.updated();
         }
         st.set_updated_replicas(std::min(updated, c.updated));
-        rolled = rollout->phase() == "Complete";
+        // A rolled-back set serves its stable revision everywhere: Ready (its Progressing
+        // condition says the newest revision failed and is held).
+        rolled = rollout->phase() == "Complete" || rollout->phase() == "RolledBack";
       }
       bool frozen = in_.fleet.frozen_sets.count(name) > 0;
       bool all = problems.empty() && !frozen && c.members == want && c.ready == want && rolled;
@@ -400,7 +402,7 @@ class Builder {
           Cond("Ready", all, all ? "AllReady" : frozen ? "HostsConnecting" : "Converging",
                absl::StrCat(c.ready, "/", want, " ready",
                             frozen ? "; waiting for every selected host to connect before changing members" : ""));
-      if (rollout != nullptr && !rolled) {
+      if (rollout != nullptr && rollout->phase() != "Complete") {
         const std::string& phase = rollout->phase();
         const bool stopped = phase == "Failed" || phase == "RollingBack" || phase == "RolledBack";
         *st.add_conditions() =

@@ -219,7 +219,8 @@ TEST_F(RolloutProcessTest, AThreeWaveReplaceRolloutStaysInItsBudgetAndGoesZoneBy
 }
 
 TEST_F(RolloutProcessTest, AKernelThatPanicsIsCaughtAtTheCanaryAndRolledBack) {
-  const std::string rollout = "{canary: 1, waves: {by: zone}, maxUnavailable: 2, healthTimeout: 3s}";
+  // minReady: a kernel that panics right after its boot is Ready for a moment.
+  const std::string rollout = "{canary: 1, waves: {by: zone}, maxUnavailable: 2, minReady: 2s, healthTimeout: 3s}";
   StartFleet(rollout);
   ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-panics").string(), rollout), "a bad kernel"), 0);
   std::string out;
@@ -246,12 +247,16 @@ TEST_F(RolloutProcessTest, AKernelThatPanicsIsCaughtAtTheCanaryAndRolledBack) {
   // Only the canary's host booted the bad kernel: one host three boots (first, bad, back), the
   // others one.
   int touched = 0;
+  std::string counts;
   for (const std::string& h : kHosts) {
     kernel::EmulatedKernel::Counters c = StopAndCount(h);
     touched += c.starts > 1;
+    counts += h + ": starts " + std::to_string(c.starts) + ", panics " + std::to_string(c.panics) + ", creates " +
+              std::to_string(c.creates) + ", loads " + std::to_string(c.loads) + "\n";
     if (c.starts == 1) EXPECT_EQ(c.panics, 0) << h;
   }
-  EXPECT_EQ(touched, 1);
+  std::string events;
+  EXPECT_EQ(touched, 1) << counts << controller_->Log();
 }
 
 TEST_F(RolloutProcessTest, PauseAfterCanaryResumeAndPauseThroughMkapply) {

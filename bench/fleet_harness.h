@@ -1,0 +1,116 @@
+// What the fleet benchmarks share (fleet_bench, rollout_bench): their programs from the
+// runfiles, running a command to its end, the controller's Stats, a fleet CA with one agent
+// certificate per host (node-0001 ...), and a channel to the controller as the admin.
+#ifndef MKFLEET_BENCH_FLEET_HARNESS_H_
+#define MKFLEET_BENCH_FLEET_HARNESS_H_
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "mkfleet/v1/controller.grpc.pb.h"
+#include "security/certs.h"
+#include "security/tls.h"
+#include "tests/process_util.h"
+
+namespace mkfleet::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// `path` (e.g. "agents/mkagent") in the runfiles of the running benchmark `self`.
+inline std::string Runfile(const std::string& self, const std::string& path) {
+  for (const char* base : {static_cast<const char*>(getenv("RUNFILES_DIR")), (self + ".runfiles").c_str()}) {
+    if (base == nullptr) continue;
+    std::string p = std::string(base) + "/mkfleet/" + path;
+    if (std::filesystem::exists(p)) return p;
+  }
+  std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::string p = exe + ".runfiles/mkfleet/" + path;
+  if (std::filesystem::exists(p)) return p;
+  std::cerr << self << ": cannot find " << path << " in the runfiles\n";
+  std::exit(2);
+}
+
+// Runs `argv` to its end (output to `log`); its wait status.
+inline int Run(const std::vector<std::string>& argv, const std::string& log) {
+  mkfleet::testing::Process p(argv, log);
+  while (p.Running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return p.Kill(0);
+}
+
+inline mkfleet::v1::StatsResponse Stats(mkfleet::v1::Controller::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mkfleet::v1::StatsResponse r;
+  grpc::Status s = stub.Stats(&ctx, mkfleet::v1::StatsRequest(), &r);
+  if (!s.ok()) std::cerr << "Stats: " << s.error_message() << "\n";
+  return r;
+}
+
+// The median of `n` empty round trips to the controller (Stats): the fleet benchmarks' floor.
+inline double ControllerRoundTrip(mkfleet::v1::Controller::Stub& stub, int n = 200) {
+  std::vector<double> trips;
+  for (int i = 0; i < n; ++i) {
+    auto t = Clock::now();
+    Stats(stub);
+    trips.push_back(Seconds(Clock::now() - t));
+  }
+  std::sort(trips.begin(), trips.end());
+  return trips[trips.size() / 2];
+}
+
+// The name of host i (1-based): node-0001 ...
+inline std::string HostName(int i) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "node-%04d", i);
+  return name;
+}
+
+// The fleet's CA in `pki`: the controller, an admin user and one agent per host, as mkapply
+// certs would lay them out.
+inline bool MakePki(const std::string& pki, int hosts) {
+  using mkfleet::security::Identity;
+  if (!mkfleet::security::InitCa(pki, absl::Now(), absl::Hours(24)).ok()) return false;
+  std::vector<Identity> ids = {Identity::Controller(), Identity::User("admin", {"fleet-admins"})};
+  for (int i = 1; i <= hosts; ++i) ids.push_back(Identity::Agent(HostName(i)));
+  for (const Identity& id : ids) {
+    absl::Status s = mkfleet::security::IssueCert(
+        pki, mkfleet::security::CertOptions::For(id, absl::Now(), absl::Hours(24)), mkfleet::security::IdentityDir(pki, id));
+    if (!s.ok()) {
+      std::cerr << "pki: " << s.message() << "\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+// A channel to `address` with the credentials in `dir` (plaintext when empty), expecting the
+// server to be `peer`.
+inline std::shared_ptr<grpc::Channel> Channel(const std::string& dir, const std::string& address,
+                                              const mkfleet::security::Identity& peer =
+                                                  mkfleet::security::Identity::Controller()) {
+  mkfleet::security::TlsOptions o;
+  o.dir = dir;
+  o.insecure = dir.empty();
+  auto tls = mkfleet::security::ClientTls::Create(o);
+  if (!tls.ok()) {
+    std::cerr << "channel: " << tls.status().message() << "\n";
+    std::exit(1);
+  }
+  return *(*tls)->Channel(address, peer);
+}
+
+}  // namespace mkfleet::bench
+
+#endif  // MKFLEET_BENCH_FLEET_HARNESS_H_
