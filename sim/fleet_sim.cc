@@ -174,6 +174,7 @@ class World {
   // Stop licenses: object ("KernelInstance/x", "InstanceSet/s", "Host/h") or kernel
   // ("h/k") -> the step it was granted.
   std::map<std::string, int64_t> licenses_;
+  std::set<std::string> rolled_back_;  // "set@revision" whose rollout failed (licensed once)
   std::map<std::string, int64_t> born_;  // "h/k" -> the step it was first seen (this run)
   std::set<std::string> established_;    // KernelInstances seen running since (re)created
   std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
@@ -579,6 +580,15 @@ v1::Object World::Set(const std::string& name) {
   t->mutable_kernel()->set_image(good_image_);
   t->mutable_resources()->set_cpus(2);
   t->mutable_resources()->set_memory(256ull << 20);
+  if (rng_.P(0.6)) {
+    // A rollout policy: kernel changes paced by the rollout engine (reconciler/rollout.h).
+    v1::Rollout* r = set->mutable_spec()->mutable_rollout();
+    r->mutable_max_unavailable()->set_count(static_cast<uint32_t>(rng_.I(1, 2)));
+    if (rng_.P(0.3)) r->mutable_canary()->set_count(1);
+    if (rng_.P(0.5)) r->mutable_waves()->set_by("zone");
+    if (rng_.P(0.3)) r->set_min_ready(200);
+    r->set_health_timeout(3000);
+  }
   return o;
 }
 
@@ -771,7 +781,29 @@ void World::UserOp() {
     v1::InstanceSetSpec* spec = o.mutable_instance_set()->mutable_spec();
     std::string change = "create";
     if (exists) {
-      int what = rng_.I(0, 3);
+      int what = rng_.I(0, 5);
+      if (what == 4 && reconciler_ != nullptr) {
+        // mkapply rollout pause / resume.
+        bool pause = rng_.P(0.5);
+        auto r = reconciler_->rollouts().SetPaused(name, pause);
+        Trace(absl::StrCat("user: rollout ", pause ? "pause" : "resume", " InstanceSet/", name, ": ",
+                           r.ok() ? r->message() : std::string(r.status().message())));
+        return;
+      }
+      if (what == 5 && reconciler_ != nullptr) {
+        // mkapply rollout undo: the older revision's template, applied as a new revision.
+        uint32_t number = 0;
+        auto t = reconciler_->rollouts().UndoTemplate(name, 0, &number);
+        if (!t.ok()) {
+          Trace(absl::StrCat("user: rollout undo InstanceSet/", name, ": ", t.status().message()));
+          return;
+        }
+        *spec->mutable_template_() = *t;
+        change = absl::StrCat("rollout undo to revision ", number);
+        License(absl::StrCat("InstanceSet/", name), change);
+        Trace(absl::StrCat("user: ", change, " InstanceSet/", name, ": ", describe(Apply(o))));
+        return;
+      }
       if (what == 0 && spec->has_replicas()) {
         spec->set_replicas(static_cast<uint32_t>(rng_.I(0, 8)));
         change = absl::StrCat("scale to ", spec->replicas());
@@ -975,6 +1007,35 @@ absl::Status World::CheckStep() {
         if (!fresh) return Fail(absl::StrCat("(c): the plan puts ", it->second, " and ", name, " on CPU ", it->first));
       }
     }
+    // Rollouts: a rollback stops the members it moves back (the engine asks for it, as a user
+    // change would); (g) a revision that failed and is held is planned for no member.
+    for (const v1::Object& o : List("InstanceSet")) {
+      const std::string& set = o.instance_set().metadata().name();
+      auto r = reconciler_->rollouts().Status(set);
+      if (!r.ok()) continue;
+      const v1::RolloutStatus& st = r->status();
+      const std::string key = absl::StrCat(set, "@", st.revision());
+      if ((st.phase() == "RollingBack" || st.phase() == "RolledBack") && !rolled_back_.count(key)) {
+        rolled_back_.insert(key);
+        License("InstanceSet/" + set, absl::StrCat("rollout of revision ", st.revision(), " failed"));
+      }
+      if (st.phase() != "RolledBack") continue;
+      std::string failed, stable;
+      for (const v1::RevisionInfo& rev : r->revisions()) {
+        if (rev.number() == st.revision()) failed = rev.kernel();
+        if (rev.number() == st.stable()) stable = rev.kernel();
+      }
+      if (failed.empty() || failed == stable) continue;
+      // (The plan's spec pointers do not outlive its pass: its actions are looked at.)
+      for (const auto& [host, hp] : plan.hosts) {
+        for (const v1::Action& a : hp.actions) {
+          if (a.has_load() && a.load().kernel().image() == failed && absl::StartsWith(a.instance(), set + "-")) {
+            return Fail(absl::StrCat("(g): InstanceSet/", set, " holds revision ", st.revision(), " (", failed,
+                                     ") after it failed, yet the plan loads it into ", host, "/", a.instance()));
+          }
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }
@@ -991,6 +1052,10 @@ absl::Status World::Settle() {
   }
   controller_sends_left_ = -1;
   if (reconciler_ == nullptr) StartController();
+  // Paused rollouts go on (the user resumes them), so that the fleet can converge.
+  for (const v1::Object& o : List("InstanceSet")) {
+    (void)reconciler_->rollouts().SetPaused(o.instance_set().metadata().name(), false);
+  }
   // Still in flight when the faults stopped: delivered now.
   for (int i = 0; i < 40; ++i) {
     OneStep();
@@ -1083,6 +1148,30 @@ absl::Status World::CheckQuiescent() {
     if (s.status().ready_replicas() > members) {
       return Fail(absl::StrCat("(e): InstanceSet/", s.metadata().name(), " says ", s.status().ready_replicas(),
                                " ready with ", members, " kernels"));
+    }
+    // (i) a rollout has ended: complete, every member on the newest revision's kernel; or
+    // rolled back, every member on the stable revision's.
+    if (reconciler_ == nullptr) continue;
+    auto r = reconciler_->rollouts().Status(s.metadata().name());
+    if (!r.ok()) continue;
+    const v1::RolloutStatus& st = r->status();
+    if (st.phase() != "Complete" && st.phase() != "RolledBack") {
+      return Fail(absl::StrCat("(i): InstanceSet/", s.metadata().name(), "'s rollout of revision ", st.revision(),
+                               " is ", st.phase(), " at quiescence: ", st.message()));
+    }
+    std::string want = s.spec().template_().spec().kernel().image();
+    if (st.phase() == "RolledBack") {
+      for (const v1::RevisionInfo& rev : r->revisions()) {
+        if (rev.number() == st.stable()) want = rev.kernel();
+      }
+    }
+    for (const std::string& key : kernels_of["InstanceSet/" + s.metadata().name()]) {
+      const kernel::InstanceInfo& in = info[key];
+      if (in.state == v1::KERNEL_STATE_ACTIVE && in.provenance.kernel_path() != want) {
+        return Fail(absl::StrCat("(i): InstanceSet/", s.metadata().name(), "'s rollout is ", st.phase(), " (revision ",
+                                 st.revision(), ", stable ", st.stable(), ") but ", key, " runs ",
+                                 in.provenance.kernel_path(), ", not ", want));
+      }
     }
   }
   for (const v1::Object& o : List("KernelInstance")) {
