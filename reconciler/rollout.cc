@@ -211,6 +211,16 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       l.moving += admitted && !settled;
       l.all_finished &= settled;
     }
+    // Members let move that are not seen now are being re-created (a Replace): down, for as
+    // long as they could still come back Ready (healthTimeout); after that they are gone
+    // (their host or the set shrank) and hold nothing.
+    for (const auto& [name, mp] : p.members()) {
+      if (members.count(name) || mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
+      if (view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout) {
+        ++l.busy;
+        ++l.moving;
+      }
+    }
     return l;
   };
   if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
@@ -218,6 +228,12 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     if (canaries == 0) p.set_canary_passed(true);  // no canary step
     // The canaries: chosen once per rollout, in the first wave that has members to move.
     if (canaries > 0 && !p.canary_passed()) {
+      // Canaries gone before they were let move (their host or the set shrank) are chosen anew.
+      std::vector<std::string> gone;
+      for (const auto& [name, mp] : p.members()) {
+        if (mp.canary() && mp.admitted_unix_ms() == 0 && !members.count(name)) gone.push_back(name);
+      }
+      for (const std::string& name : gone) p.mutable_members()->erase(name);
       uint32_t chosen = 0;
       for (const auto& [name, mp] : p.members()) chosen += mp.canary();
       if (chosen == 0) {
@@ -271,7 +287,10 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     if (!p.canary_passed()) {
       bool all_done = true;
       for (const auto& [name, mp] : p.members()) {
-        if (mp.canary() && !(mp.done() || !mp.failed().empty())) all_done = false;
+        // (One let move and gone counts as long as it could come back: see load().)
+        bool present = members.count(name) > 0 ||
+                       (mp.admitted_unix_ms() > 0 && view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout);
+        if (mp.canary() && present && !(mp.done() || !mp.failed().empty())) all_done = false;
       }
       if (all_done) {
         p.set_canary_passed(true);

@@ -439,3 +439,52 @@ TEST(RolloutTest, ADoneMemberThatGoesDownAgainMustRecoverOrFail) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// Defect (simulation seed 54): the canary's host was deleted before the canary was let move
+// (the rollout was paused); the canary was never seen again and the rollout waited for it
+// for ever. A canary gone before it moved is chosen anew.
+TEST(RolloutTest, ACanaryThatIsGoneIsChosenAnew) {
+  Fleet f(6, 0);
+  f.policy().mutable_canary()->set_count(1);
+  f.Step();
+  f.NewRevision("k2");
+  f.progress().set_paused(true);
+  f.Step();  // the canary is chosen, not let move (paused)
+  std::string canary;
+  for (const auto& [name, mp] : f.progress().members()) {
+    if (mp.canary()) canary = name;
+  }
+  ASSERT_FALSE(canary.empty());
+  auto& m = f.members();
+  m.erase(std::remove_if(m.begin(), m.end(), [&](const RolloutMember& x) { return x.name == canary; }), m.end());
+  f.progress().set_paused(false);
+  f.StepUntil("Complete", 100);
+  EXPECT_EQ(f.Count("k2"), 5);
+}
+
+// A member let move that is being re-created (not seen for a while) still holds the budget.
+TEST(RolloutTest, AMemberBeingRecreatedHoldsTheBudget) {
+  Fleet f(6, 0);
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();  // admits one (maxUnavailable 1)
+  std::string moving;
+  for (const auto& [name, mp] : f.progress().members()) {
+    if (mp.admitted_unix_ms() > 0) moving = name;
+  }
+  ASSERT_FALSE(moving.empty());
+  auto& m = f.members();
+  std::vector<RolloutMember> saved = m;
+  m.erase(std::remove_if(m.begin(), m.end(), [&](const RolloutMember& x) { return x.name == moving; }), m.end());
+  for (RolloutMember& x : m) x.up = true;
+  f.Step();
+  int admitted = 0;
+  for (const auto& [name, mp] : f.progress().members()) admitted += mp.admitted_unix_ms() > 0;
+  EXPECT_EQ(admitted, 1) << "another member was let move while the first is re-created";
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

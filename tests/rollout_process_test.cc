@@ -36,12 +36,14 @@ class RolloutProcessTest : public ProcessFleetTest {
     hosts_yaml_ = hosts;
   }
 
-  std::string SetYaml(const std::string& image, const std::string& rollout) {
+  // `morph`: update.strategy Morph, each member running mkguest (profile wl, no hooks).
+  std::string SetYaml(const std::string& image, const std::string& rollout, bool morph = false) {
     return hosts_yaml_ +
            "apiVersion: mkfleet.io/v1\nkind: InstanceSet\nmetadata: {name: edge}\nspec:\n  perHost: 1\n"
            "  template:\n    spec:\n      kernel: {image: " +
-           image + ", cmdline: \"console=mktty0\"}\n      resources: {cpus: 2, memory: 512Mi}\n  rollout: " + rollout +
-           "\n";
+           image + ", cmdline: \"console=mktty0" + (morph ? " mkfleet.guest=wl" : "") +
+           "\"}\n      resources: {cpus: 2, memory: 512Mi}\n" +
+           (morph ? "      update: {strategy: Morph, morph: {timeout: 20s}}\n" : "") + "  rollout: " + rollout + "\n";
   }
   int Apply(const std::string& yaml, const std::string& message = "") {
     std::string out;
@@ -314,6 +316,28 @@ TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdate
   for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
   EXPECT_EQ(running.size(), 6u);
   for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
+}
+
+TEST_F(RolloutProcessTest, AThreeWaveMorphRolloutNeverStopsAMember) {
+  for (const std::string& h : kHosts) fs::create_directories(dir_ / h / "guest-hooks" / "wl");
+  const std::string rollout = "{canary: 1, waves: {by: zone}, maxSurge: 2, healthTimeout: 30s}";
+  ASSERT_EQ(Apply(SetYaml(vmlinux_, rollout, true), "first"), 0);
+  ASSERT_TRUE(Eventually([&] { return SetReady(); }, 30)) << controller_->Log();
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout, true), "kernel 2, live"), 0);
+  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); }, std::chrono::seconds(90));
+  EXPECT_EQ(s.max_down, 0) << "a live update took a member down\n" << s.worst << controller_->Log();
+  ASSERT_EQ(s.order.size(), 6u) << controller_->Log();
+  auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
+  for (size_t i = 1; i < s.order.size(); ++i) EXPECT_LE(zone(s.order[i - 1]), zone(s.order[i])) << s.order[i];
+  EXPECT_EQ(SetStatus().updated_replicas(), 6u);
+  // No member's kernel stopped: each host's old kernel was halted only after its handover,
+  // never crashed or force-halted.
+  for (const std::string& h : kHosts) {
+    kernel::EmulatedKernel::Counters c = StopAndCount(h);
+    EXPECT_EQ(c.starts, 2) << h << ": one live update each";
+    EXPECT_EQ(c.force_halts, 0) << h;
+    EXPECT_EQ(c.panics, 0) << h;
+  }
 }
 
 }  // namespace
