@@ -209,12 +209,16 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
 FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::string, HostView>& views,
                     const std::vector<v1::KernelInstance>& instances, const std::vector<v1::InstanceSet>& sets,
                     const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry,
-                    const std::map<std::string, const v1::KernelInstanceSpec*>& member_specs) {
+                    const std::map<std::string, const v1::KernelInstanceSpec*>& member_specs,
+                    const std::map<std::string, const v1::KernelInstanceSpec*>& set_specs) {
   FleetPlan out;
-  // A set member's spec: the revision its rollout holds it at, else the set's template.
+  // A set member's spec: the revision its rollout holds it at, else the one the rollout
+  // holds the set's other members at, else the set's template.
   auto member_spec = [&](const std::string& member, const v1::InstanceSet& s) {
     auto held = member_specs.find(member);
-    return held != member_specs.end() ? held->second : &s.spec().template_().spec();
+    if (held != member_specs.end()) return held->second;
+    auto set = set_specs.find(s.metadata().name());
+    return set != set_specs.end() ? set->second : &s.spec().template_().spec();
   };
   std::map<std::string, std::string> morphed;        // request -> the "-next" kernel serving it
   std::map<std::string, std::string> morph_blocked;  // request -> why no live update starts

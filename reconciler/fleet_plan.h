@@ -102,7 +102,8 @@ FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<
                     const std::vector<mkfleet::v1::InstanceSet>& sets,
                     const std::map<std::string, mkfleet::v1::Placement>& in_flight = {},
                     const std::set<std::string>& morph_retry = {},
-                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {});
+                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {},
+                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& set_specs = {});
 
 }  // namespace mkfleet::reconciler
 

@@ -331,7 +331,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   RolloutPass rollout = rollouts_.Step(objects->hosts, objects->sets, views, serving);
   FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views),
-                              retry, rollout.member_specs);
+                              retry, rollout.member_specs, rollout.set_specs);
   {
     absl::MutexLock lock(&served_mu_);
     serving_.clear();

@@ -361,6 +361,8 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   }
 
   // What each member runs.
+  const bool held_back = p.phase() == v1::ROLLOUT_ROLLING_BACK || p.phase() == v1::ROLLOUT_ROLLED_BACK;
+  out.default_revision = held_back ? p.stable() : view.target;
   for (const RolloutMember& m : view.members) {
     const v1::MemberProgress* mp = progress_of(m.name);
     const bool admitted = mp != nullptr && mp->admitted_unix_ms() > 0;
@@ -377,7 +379,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
         revision = admitted ? view.target : unmoved(m);
         break;
     }
-    if (revision != view.target) out.revision_of[m.name] = revision;
+    if (revision != out.default_revision) out.revision_of[m.name] = revision;
   }
 
   // Status: the canaries, then each wave.

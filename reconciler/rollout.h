@@ -59,8 +59,11 @@ struct RolloutView {
 };
 
 struct RolloutStep {
-  // The revision each member is to run; members not listed run the target.
+  // The revision each member is to run; members not listed (and members not seen yet, such
+  // as those about to be created) run `default_revision`: the target, or the stable one
+  // while a failed revision is held back.
   std::map<std::string, uint32_t> revision_of;
+  uint32_t default_revision = 0;
   // Transitions (reason, message), in order.
   std::vector<std::pair<std::string, std::string>> events;
   mkfleet::v1::RolloutStatus status;

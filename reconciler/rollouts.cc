@@ -216,12 +216,19 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
       bool warning = reason == "RolloutFailed" || reason == "MemberFailed";
       out.events.push_back(SetEvent(name, warning, reason, message, now));
     }
-    for (const auto& [member, revision] : step.revision_of) {
+    auto spec_of = [&](uint32_t revision) -> const v1::KernelInstanceSpec* {
       for (const v1::TemplateRevision& r : rec.revisions()) {
         if (r.number() != revision) continue;
         auto [it, fresh] = out.specs.emplace(std::make_pair(name, revision), r.template_().spec());
-        out.member_specs[member] = &it->second;
+        return &it->second;
       }
+      return nullptr;
+    };
+    for (const auto& [member, revision] : step.revision_of) {
+      if (const v1::KernelInstanceSpec* spec = spec_of(revision)) out.member_specs[member] = spec;
+    }
+    if (step.default_revision != view.target) {
+      if (const v1::KernelInstanceSpec* spec = spec_of(step.default_revision)) out.set_specs[name] = spec;
     }
     const v1::RolloutPhase phase = rec.progress().phase();
     out.active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;

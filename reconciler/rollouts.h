@@ -35,6 +35,9 @@ struct RolloutPass {
   // Members held at another revision than their set's newest: the spec they run (pointing
   // into `specs`).
   std::map<std::string, const mkfleet::v1::KernelInstanceSpec*> member_specs;
+  // Per set, what its other members (and those about to be created) run when it is not its
+  // template: the stable revision's spec while a failed revision is held back.
+  std::map<std::string, const mkfleet::v1::KernelInstanceSpec*> set_specs;
   std::map<std::pair<std::string, uint32_t>, mkfleet::v1::KernelInstanceSpec> specs;  // (set, revision)
   std::map<std::string, mkfleet::v1::RolloutStatus> statuses;  // by set name
   std::vector<mkfleet::v1::Event> events;
