@@ -10,6 +10,7 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
+using ::testing::HasSubstr;
 
 std::string HostWithPool(const std::string& pool) {
   return "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata: {name: node-a}\nspec:\n"
@@ -136,6 +137,26 @@ TEST(InstanceSetChecksTest, RolloutLimits) {
   EXPECT_THAT(ErrorLines(LoadString(Set("  replicas: 2\n  rollout: {maxUnavailable: 120%}\n"))),
               ElementsAre("t.yaml:6:29: InstanceSet/edge: spec.rollout.maxUnavailable: invalid "
                           "percentage \"120%\" (a whole number from 0 to 100)"));
+}
+
+TEST(InstanceSetChecksTest, RolloutBudgetsAndWaves) {
+  // The fields of docs/manifests.md's rollout block load, with counts or percents.
+  LoadResult ok = LoadString(Set("  replicas: 4\n  rollout: {canary: \"25%\", maxSurge: \"10%\", waves: {by: zone, "
+                                 "order: [z2]}, minReady: 30s, maxFailures: 2, autoRollback: false}\n"));
+  ASSERT_TRUE(ok.ok()) << ::testing::PrintToString(ErrorLines(ok));
+  const Rollout& r = ok.objects[0].object.instance_set().spec().rollout();
+  EXPECT_EQ(r.canary().percent(), 25u);
+  EXPECT_EQ(r.max_surge().percent(), 10u);
+  EXPECT_EQ(r.waves().by(), "zone");
+  EXPECT_EQ(r.waves().order(0), "z2");
+  EXPECT_EQ(r.min_ready(), 30000u);
+  EXPECT_EQ(r.max_failures().count(), 2u);
+  EXPECT_FALSE(r.auto_rollback());
+  // Budgets of 0 could never let a member move; waves need the label they go by.
+  EXPECT_THAT(ErrorLines(LoadString(Set("  replicas: 2\n  rollout: {maxSurge: 0, maxFailures: 0%, waves: {order: [a]}}\n"))),
+              ElementsAre(HasSubstr("spec.rollout.maxSurge: must be at least 1"),
+                          HasSubstr("spec.rollout.maxFailures: must be at least 1"),
+                          HasSubstr("spec.rollout.waves.by: required")));
 }
 
 TEST(InstanceSetChecksTest, SpreadByOnlyWithReplicas) {
