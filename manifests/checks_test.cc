@@ -144,7 +144,7 @@ TEST(InstanceSetChecksTest, RolloutBudgetsAndWaves) {
   LoadResult ok = LoadString(Set("  replicas: 4\n  rollout: {canary: \"25%\", maxSurge: \"10%\", waves: {by: zone, "
                                  "order: [z2]}, minReady: 30s, maxFailures: 2, autoRollback: false}\n"));
   ASSERT_TRUE(ok.ok()) << ::testing::PrintToString(ErrorLines(ok));
-  const Rollout& r = ok.objects[0].object.instance_set().spec().rollout();
+  const mkfleet::v1::Rollout& r = ok.objects[0].object.instance_set().spec().rollout();
   EXPECT_EQ(r.canary().percent(), 25u);
   EXPECT_EQ(r.max_surge().percent(), 10u);
   EXPECT_EQ(r.waves().by(), "zone");
