@@ -93,7 +93,11 @@ class FleetPlacer {
     InstanceRequest r;
     r.name = MemberName(s.metadata().name(), host, n);
     r.host = host;
-    r.resources = s.spec().template_().spec().resources();
+    auto held = in_.member_resources.find(r.name);
+    auto set = in_.set_resources.find(s.metadata().name());
+    r.resources = held != in_.member_resources.end() ? held->second
+                  : set != in_.set_resources.end()   ? set->second
+                                                     : s.spec().template_().spec().resources();
     return r;
   }
 

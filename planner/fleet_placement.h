@@ -48,6 +48,11 @@ struct FleetInput {
   // More requests, placed after everything else (a live update's surge: `standby_for` its
   // instance, on that instance's host). One that does not fit is unschedulable, with why.
   std::vector<InstanceRequest> after;
+  // Set members whose rollout holds them at an older revision of their set's template: that
+  // revision's resources, by member name; and per set, those of the members not listed
+  // (while a failed revision is held back). Others take their set's template.
+  std::map<std::string, mkfleet::v1::Resources> member_resources;
+  std::map<std::string, mkfleet::v1::Resources> set_resources;
 };
 
 struct FleetPlacement {

@@ -227,6 +227,8 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   for (const v1::InstanceSet& s : sets) sets_by_name[s.metadata().name()] = &s;
   planner::FleetInput input;
   input.sets = sets;
+  for (const auto& [member, spec] : member_specs) input.member_resources[member] = spec->resources();
+  for (const auto& [set, spec] : set_specs) input.set_resources[set] = spec->resources();
   std::set<std::string> known, reachable, swapped, settling;
   std::map<std::string, std::string> unavailable;  // host -> why instances fixed to it wait
   std::map<std::string, std::vector<v1::ObservedInstance>> managed;  // host -> its managed kernels

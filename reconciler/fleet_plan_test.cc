@@ -423,3 +423,30 @@ TEST(PoolChangeTest, DifferingPoolIsChangedFirstAndPlannedWithWhatStays) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// A member its rollout holds at an older revision runs all of that revision: its kernel and
+// its resources (the placement was made with the newest template's, so a change of kernel
+// and CPUs resized the held members before their kernel moved).
+TEST(PlanFleetTest, AMemberHeldAtAnOlderRevisionKeepsThatRevisionsResources) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  std::vector<v1::InstanceSet> sets = {PerHostSet("edge", 2)};
+  FleetPlan plan = PlanFleet(hosts, views, {}, sets);
+  RunAsPlaced(plan, "node-a", views["node-a"]);
+  v1::KernelInstanceSpec old_spec = sets[0].spec().template_().spec();
+  // Revision 2: another kernel and twice the CPUs; edge-node-a-0 is held at revision 1.
+  v1::KernelInstanceSpec* t = sets[0].mutable_spec()->mutable_template_()->mutable_spec();
+  t->mutable_kernel()->set_image("/var/lib/mkfleet/kernels/vmlinux-2");
+  t->mutable_resources()->set_cpus(old_spec.resources().cpus() * 2);
+  std::map<std::string, const v1::KernelInstanceSpec*> held = {{"edge-node-a-0", &old_spec}};
+  FleetPlan next = PlanFleet(hosts, views, {}, sets, {}, {}, held);
+  EXPECT_EQ(next.placements.at("edge-node-a-0").cpus_size(), static_cast<int>(old_spec.resources().cpus()));
+  EXPECT_FALSE(next.hosts["node-a"].changes.count("edge-node-a-0")) << next.hosts["node-a"].DebugString();
+  EXPECT_EQ(next.placements.at("edge-node-a-1").cpus_size(), static_cast<int>(t->resources().cpus()));
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
