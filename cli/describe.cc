@@ -140,6 +140,20 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
         << "\n";
     out << "Replicas:     " << set.status().replicas() << " (" << set.status().ready_replicas() << " ready, "
         << set.status().updated_replicas() << " updated)\n";
+    const v1::RolloutStatus& ro = set.status().rollout();
+    if (!ro.phase().empty()) {
+      out << "Revision:     " << set.status().current_revision()
+          << (set.status().update_revision() != set.status().current_revision()
+                  ? absl::StrCat(" (newest ", set.status().update_revision(), ")")
+                  : "")
+          << "\n";
+      out << "Rollout:      " << ro.phase() << ": " << ro.message() << "\n";
+      for (const v1::WaveStatus& w : ro.waves()) {
+        out << "  " << (w.value().empty() ? "members" : w.value()) << ": " << w.updated() << "/" << w.total()
+            << " updated, " << w.ready() << " ready, " << w.failed() << " failed\n";
+      }
+      for (const std::string& r : ro.reasons()) out << "  failed: " << r << "\n";
+    }
     PrintConditions(set.status().conditions(), out);
   }
   // Recent events about it.

@@ -208,6 +208,9 @@ TEST_F(RolloutProcessTest, AThreeWaveReplaceRolloutStaysInItsBudgetAndGoesZoneBy
   EXPECT_THAT(out, ::testing::HasSubstr("first"));
   EXPECT_EQ(Mkapply({"get", "sets"}, &out), 0) << out;
   EXPECT_THAT(out, ::testing::ContainsRegex("edge +6 +2 +6 +6 +Complete"));
+  EXPECT_EQ(Mkapply({"describe", "set", "edge"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("Rollout:      Complete: revision 2 everywhere"));
+  EXPECT_THAT(out, ::testing::HasSubstr("z2: 2/2 updated, 2 ready, 0 failed"));
   bool started = false, complete = false, waves = false;
   std::vector<v1::Event> events = ControllerEvents();
   for (const v1::Event& e : events) {
