@@ -34,6 +34,19 @@ class TrackedAgent {
     }
     return out;
   }
+  // Boots web-1 with failover Restart and this heartbeat, then runs every pass due.
+  void BootWithRestartPolicy(uint64_t heartbeat_ms, uint32_t misses) {
+    ASSERT_TRUE(agent->Execute(BootBatch("web-1", {2, 18}, host.vmlinux)).ok());
+    v1::SetPolicyRequest req;
+    v1::LocalPolicy* p = req.add_policies();
+    p->set_instance("web-1");
+    p->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
+    p->mutable_failover()->mutable_heartbeat()->set_interval(heartbeat_ms);
+    p->mutable_failover()->mutable_heartbeat()->set_misses(misses);
+    ASSERT_TRUE(agent->SetPolicy(req).ok());
+    while (agent->TickIfDue()) {
+    }
+  }
   v1::KernelState Observed(const std::string& name) {
     v1::HostState state = agent->Snapshot();
     for (const auto& in : state.instances()) {
@@ -87,15 +100,7 @@ TEST(TickIfDueTest, ABootEndingByItselfIsSeenWhenItIsDue) {
 
 TEST(TickIfDueTest, ACrashIsSeenAtTheNextOfferAndRestartedWhenTheBackoffEnds) {
   TrackedAgent t("crash");
-  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
-  v1::SetPolicyRequest req;
-  v1::LocalPolicy* p = req.add_policies();
-  p->set_instance("web-1");
-  p->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
-  p->mutable_failover()->mutable_heartbeat()->set_interval(1000);
-  ASSERT_TRUE(t.agent->SetPolicy(req).ok());
-  while (t.agent->TickIfDue()) {
-  }
+  t.BootWithRestartPolicy(1000, 0);
   ASSERT_TRUE(t.host.emu->InjectPanic("web-1").ok());
   EXPECT_TRUE(t.agent->TickIfDue()) << "the kernel's generation moved";
   EXPECT_THAT(t.Reasons("web-1"), Contains("Crashed"));
@@ -108,16 +113,7 @@ TEST(TickIfDueTest, ACrashIsSeenAtTheNextOfferAndRestartedWhenTheBackoffEnds) {
 
 TEST(TickIfDueTest, AHungInstanceIsProbedAtItsHeartbeat) {
   TrackedAgent t("hang");
-  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
-  v1::SetPolicyRequest req;
-  v1::LocalPolicy* p = req.add_policies();
-  p->set_instance("web-1");
-  p->mutable_failover()->set_policy(v1::FAILOVER_RESTART);
-  p->mutable_failover()->mutable_heartbeat()->set_interval(50);
-  p->mutable_failover()->mutable_heartbeat()->set_misses(2);
-  ASSERT_TRUE(t.agent->SetPolicy(req).ok());
-  while (t.agent->TickIfDue()) {
-  }
+  t.BootWithRestartPolicy(50, 2);
   // A hang changes nothing a read shows; only the probes find it.
   ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
   for (int i = 0; i < 20; ++i) {

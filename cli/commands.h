@@ -156,8 +156,8 @@ struct RolloutOptions {
   absl::Duration request_timeout = absl::Seconds(30);
   security::TlsOptions tls;
   std::string verb;  // status | pause | resume | undo | history
-  std::string kind;  // "set" (InstanceSet)
-  std::string name;
+  // "set/NAME", or "set" and "NAME".
+  std::vector<std::string> target;
   uint32_t to_revision = 0;  // undo
   std::string output = "text";  // text | json
   // status: follow until the rollout completes (exit 0), fails (1) or pauses (3).

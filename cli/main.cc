@@ -190,8 +190,7 @@ int main(int argc, char** argv) {
   rollout_cmd->add_option("verb", rollout.verb, "status, pause, resume, undo or history")
       ->required()
       ->check(CLI::IsMember({"status", "pause", "resume", "undo", "history"}));
-  rollout_cmd->add_option("target", rollout.name, "set/NAME (or: set NAME)")->required();
-  rollout_cmd->add_option("name", rollout.kind, "NAME when the kind is given apart");
+  rollout_cmd->add_option("target", rollout.target, "set/NAME (or: set NAME)")->required()->expected(1, 2);
   rollout_cmd->add_option("--to-revision", rollout.to_revision, "undo: the revision to go back to (default: the one "
                                                                  "before, or the stable one after a failure)");
   rollout_cmd->add_flag("-w,--watch", rollout.watch, "status: follow until it completes (0), fails (1) or pauses (3)");

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
@@ -64,20 +65,16 @@ int64_t Generation(ControllerClient& client, const std::string& set) {
 }  // namespace
 
 int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& err) {
-  // set/NAME, or KIND NAME (the second positional lands in `kind`).
-  std::string kind, name;
-  if (!options.kind.empty()) {
-    kind = options.name;
-    name = options.kind;
-  } else {
-    std::vector<std::string> parts = absl::StrSplit(options.name, absl::MaxSplits('/', 1));
-    if (parts.size() != 2) {
-      err << "error: rollout " << options.verb << ": want set/NAME, got \"" << options.name << "\"\n";
-      return kExitInvalid;
-    }
-    kind = parts[0];
-    name = parts[1];
+  // set/NAME, or KIND NAME.
+  std::vector<std::string> parts = options.target;
+  if (parts.size() == 1) parts = absl::StrSplit(parts[0], absl::MaxSplits('/', 1));
+  if (parts.size() != 2) {
+    err << "error: rollout " << options.verb << ": want set/NAME, got \"" << absl::StrJoin(options.target, " ")
+        << "\"\n";
+    return kExitInvalid;
   }
+  const std::string& kind = parts[0];
+  const std::string& name = parts[1];
   if (CanonicalKind(kind) != "InstanceSet") {
     err << "error: rollouts are per InstanceSet: mkapply rollout " << options.verb << " set/NAME\n";
     return kExitInvalid;

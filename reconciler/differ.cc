@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/fnv.h"
 #include "proto/morph_phase.h"
 
 namespace mkfleet::reconciler {
@@ -102,12 +103,8 @@ bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
 namespace {
 std::string RevisionOf(const std::string& image, const std::string& initrd, const std::string& cmdline,
                        const std::string& rootfs) {
-  // FNV-1a, 64 bits, over the fields with separators: stable across runs and builds.
-  uint64_t h = 1469598103934665603ull;
-  for (const std::string* f : {&image, &initrd, &cmdline, &rootfs}) {
-    for (unsigned char c : *f) h = (h ^ c) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
-  }
+  // Over the fields with separators: stable across runs and builds.
+  uint64_t h = Fnv1a().Field(image).Field(initrd).Field(cmdline).Field(rootfs).value();
   return absl::StrFormat("%08x", static_cast<uint32_t>(h ^ (h >> 32)));
 }
 }  // namespace

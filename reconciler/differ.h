@@ -50,6 +50,17 @@ std::string ProvenanceRevision(const mkfleet::v1::Provenance& p);
 inline std::string ServingRevision(const mkfleet::v1::InstanceStatus& st) {
   return st.revision().empty() ? ProvenanceRevision(st.provenance()) : st.revision();
 }
+// The kernel state a spec's phase asks for (Running: active).
+inline mkfleet::v1::KernelState WantedKernelState(mkfleet::v1::Phase phase) {
+  return phase == mkfleet::v1::PHASE_READY    ? mkfleet::v1::KERNEL_STATE_READY
+         : phase == mkfleet::v1::PHASE_LOADED ? mkfleet::v1::KERNEL_STATE_LOADED
+                                              : mkfleet::v1::KERNEL_STATE_ACTIVE;
+}
+// The names mkfleet gives an instance's other kernels: its warm standby, the new kernel of a
+// live update, and the planner's request for that update's surge room.
+inline const std::string kStandbySuffix = "-standby";
+inline const std::string kNextSuffix = "-next";
+inline const std::string kSurgePrefix = "morph-surge/";
 // Whether the loaded kernel (its provenance) is the one the spec asks for.
 bool SameKernel(const mkfleet::v1::KernelInstanceSpec& spec, const mkfleet::v1::Provenance& p);
 

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/fnv.h"
 #include "proto/morph_phase.h"
 
 namespace mkfleet::reconciler {
@@ -16,9 +17,6 @@ namespace {
 
 namespace v1 = mkfleet::v1;
 
-const std::string kStandbySuffix = "-standby";
-const std::string kNextSuffix = "-next";
-const std::string kSurgePrefix = "morph-surge/";
 
 
 bool SamePool(const planner::Pool& a, const planner::Pool& b) {
@@ -55,19 +53,10 @@ v1::Action PoolChangeAction(const std::string& host, int64_t generation, const p
   *basis.mutable_cpus() = now.cpus();
   *basis.mutable_memory() = now.memory();
   *basis.mutable_devices() = now.devices();
-  // FNV-1a: stable across runs (a restarted controller sends the same id).
-  uint64_t hash = 1469598103934665603ull;
-  for (const std::string& part : {basis.SerializeAsString(), c->SerializeAsString()}) {
-    for (unsigned char ch : part) hash = (hash ^ ch) * 1099511628211ull;
-  }
+  // Stable across runs (a restarted controller sends the same id).
+  uint64_t hash = Fnv1a().Add(basis.SerializeAsString()).Add(c->SerializeAsString()).value();
   a.set_id(absl::StrCat(host, "/pool/g", generation, "/pool-change-", absl::Hex(hash)));
   return a;
-}
-
-v1::KernelState WantedState(v1::Phase phase) {
-  return phase == v1::PHASE_READY ? v1::KERNEL_STATE_READY
-         : phase == v1::PHASE_LOADED ? v1::KERNEL_STATE_LOADED
-                                     : v1::KERNEL_STATE_ACTIVE;
 }
 
 void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
@@ -94,7 +83,7 @@ void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
       disrupt = change != plan->second.changes.end() && change->second.disruptive;
     }
     auto h = state.find(p.host);
-    bool up = h != state.end() && h->second.count(p.kernel) && h->second.at(p.kernel) == WantedState(p.spec->phase());
+    bool up = h != state.end() && h->second.count(p.kernel) && h->second.at(p.kernel) == WantedKernelState(p.spec->phase());
     // A member already down goes ahead (updating it costs nothing) and counts as down.
     if (!up) {
       ++t.down;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/fnv.h"
 
 namespace mkfleet::reconciler {
 
@@ -17,12 +18,7 @@ constexpr size_t kMaxReasons = 10;
 
 // FNV-1a of the parts: the canary order (stable across processes and runs).
 uint64_t OrderHash(const std::string& owner, uint32_t revision, const std::string& name) {
-  uint64_t h = 1469598103934665603ull;
-  for (const std::string& part : {owner, std::to_string(revision), name}) {
-    for (unsigned char c : part) h = (h ^ c) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
-  }
-  return h;
+  return Fnv1a().Field(owner).Field(std::to_string(revision)).Field(name).value();
 }
 
 int64_t Ms(absl::Time t) { return absl::ToUnixMillis(t); }
@@ -88,13 +84,14 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   }
   const std::string target_kernel = view.target_kernel;
   const std::string stable_kernel = kernel_of(p.stable());
-  const bool holding_back = p.phase() == v1::ROLLOUT_ROLLING_BACK || p.phase() == v1::ROLLOUT_ROLLED_BACK;
-  // What a member not let move runs: the revision of its kernel (the newest with it); a new
-  // one, or one whose kernel is no revision's, the target (the stable one while held back).
-  auto unmoved = [&](const RolloutMember& m) -> uint32_t {
-    auto it = view.revision_of_kernel.find(m.kernel);
-    if (it != view.revision_of_kernel.end() && !m.kernel.empty()) return it->second;
-    return holding_back ? p.stable() : view.target;
+  // The rollout stops at a failure: back to the stable revision (autoRollback, the default),
+  // or held as it is.
+  auto stop = [&](const std::string& why) {
+    const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
+    p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
+    event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", why,
+                                        rollback ? absl::StrCat("; rolling back to revision ", p.stable())
+                                                 : "; stopped (autoRollback off)"));
   };
 
   // Members by name, and their classification against the stored progress.
@@ -152,12 +149,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     }
     const uint32_t max_failures = Resolve(policy.max_failures(), total, 1, 1);
     if (p.failures() >= max_failures) {
-      const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
-      p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
-      event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", p.failures(), " member(s) failed (",
-                                          absl::StrJoin(p.reasons(), "; "), ")",
-                                          rollback ? absl::StrCat("; rolling back to revision ", p.stable())
-                                                   : "; stopped (autoRollback off)"));
+      stop(absl::StrCat(p.failures(), " member(s) failed (", absl::StrJoin(p.reasons(), "; "), ")"));
     }
   }
 
@@ -261,15 +253,10 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     // Failed members that hold the whole budget (down after a Replace) leave nothing to go on
     // with: the rollout stops rather than stall below maxFailures.
     if (budget == 0 && now.moving == 0 && failed_down >= limit && !now.all_finished) {
-      const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
-      p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
       if (static_cast<size_t>(p.reasons_size()) < kMaxReasons) {
         p.add_reasons(absl::StrCat(failed_down, " failed member(s) are down and hold the whole budget (", limit, ")"));
       }
-      event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", failed_down,
-                                          " failed member(s) are down and hold the whole budget",
-                                          rollback ? absl::StrCat("; rolling back to revision ", p.stable())
-                                                   : "; stopped (autoRollback off)"));
+      stop(absl::StrCat(failed_down, " failed member(s) are down and hold the whole budget"));
     }
   }
   if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
@@ -363,6 +350,12 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   // What each member runs.
   const bool held_back = p.phase() == v1::ROLLOUT_ROLLING_BACK || p.phase() == v1::ROLLOUT_ROLLED_BACK;
   out.default_revision = held_back ? p.stable() : view.target;
+  // A member not let move runs the revision of its kernel (the newest with it); a new one, or
+  // one whose kernel is no revision's, the default.
+  auto unmoved = [&](const RolloutMember& m) -> uint32_t {
+    auto it = view.revision_of_kernel.find(m.kernel);
+    return it != view.revision_of_kernel.end() && !m.kernel.empty() ? it->second : out.default_revision;
+  };
   for (const RolloutMember& m : view.members) {
     const v1::MemberProgress* mp = progress_of(m.name);
     const bool admitted = mp != nullptr && mp->admitted_unix_ms() > 0;

@@ -93,6 +93,30 @@ class Fleet {
     return n;
   }
 
+  // Members the progress marks canaries, and those let move, by name.
+  std::vector<std::string> Canaries() const {
+    std::vector<std::string> out;
+    for (const auto& [name, mp] : progress_.members()) {
+      if (mp.canary()) out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  std::vector<std::string> Admitted() const {
+    std::vector<std::string> out;
+    for (const auto& [name, mp] : progress_.members()) {
+      if (mp.admitted_unix_ms() > 0) out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  // The member is gone from what the hosts show.
+  void Remove(const std::string& name) {
+    members_.erase(std::remove_if(members_.begin(), members_.end(),
+                                  [&](const RolloutMember& m) { return m.name == name; }),
+                   members_.end());
+  }
+
   v1::Rollout& policy() { return view_.policy; }
   v1::RolloutProgress& progress() { return progress_; }
   std::vector<RolloutMember>& members() { return members_; }
@@ -162,9 +186,7 @@ TEST(RolloutTest, TheWaveOrderOfThePolicyComesFirst) {
   f.NewRevision("k2");
   f.Step();
   f.Step();
-  for (const auto& [name, mp] : f.progress().members()) {
-    if (mp.admitted_unix_ms() > 0) EXPECT_EQ(std::stoi(name.substr(4)) % 3, 2) << name << " is not in zone-c";
-  }
+  for (const std::string& name : f.Admitted()) EXPECT_EQ(std::stoi(name.substr(4)) % 3, 2) << name << " is not in zone-c";
   EXPECT_EQ(f.progress().wave(), "zone-c");
 }
 
@@ -178,12 +200,7 @@ TEST(RolloutTest, CanariesAreDeterministicAndInTheFirstWave) {
     f.NewRevision("k2");
     for (int i = 0; i < seed_skip; ++i) f.Step(absl::Milliseconds(1));
     f.Step();
-    std::vector<std::string> out;
-    for (const auto& [name, mp] : f.progress().members()) {
-      if (mp.canary()) out.push_back(name);
-    }
-    std::sort(out.begin(), out.end());
-    return out;
+    return f.Canaries();
   };
   std::vector<std::string> a = canaries(0), b = canaries(3);
   ASSERT_EQ(a.size(), 3u);
@@ -424,11 +441,7 @@ TEST(RolloutTest, ADoneMemberThatGoesDownAgainMustRecoverOrFail) {
   f.NewRevision("k2");
   // The canary boots and is Ready (minReady 0: done at once), then its kernel crashes.
   for (int i = 0; i < 4; ++i) f.Step();
-  std::string canary;
-  for (const auto& [name, mp] : f.progress().members()) {
-    if (mp.canary()) canary = name;
-  }
-  ASSERT_FALSE(canary.empty());
+  ASSERT_EQ(f.Canaries().size(), 1u);
   f.bad_.insert("k2");
   for (RolloutMember& m : f.members()) {
     if (m.kernel == "k2") m.up = false;  // crashed
@@ -455,13 +468,8 @@ TEST(RolloutTest, ACanaryThatIsGoneIsChosenAnew) {
   f.NewRevision("k2");
   f.progress().set_paused(true);
   f.Step();  // the canary is chosen, not let move (paused)
-  std::string canary;
-  for (const auto& [name, mp] : f.progress().members()) {
-    if (mp.canary()) canary = name;
-  }
-  ASSERT_FALSE(canary.empty());
-  auto& m = f.members();
-  m.erase(std::remove_if(m.begin(), m.end(), [&](const RolloutMember& x) { return x.name == canary; }), m.end());
+  ASSERT_EQ(f.Canaries().size(), 1u);
+  f.Remove(f.Canaries()[0]);
   f.progress().set_paused(false);
   f.StepUntil("Complete", 100);
   EXPECT_EQ(f.Count("k2"), 5);
@@ -473,19 +481,11 @@ TEST(RolloutTest, AMemberBeingRecreatedHoldsTheBudget) {
   f.Step();
   f.NewRevision("k2");
   f.Step();  // admits one (maxUnavailable 1)
-  std::string moving;
-  for (const auto& [name, mp] : f.progress().members()) {
-    if (mp.admitted_unix_ms() > 0) moving = name;
-  }
-  ASSERT_FALSE(moving.empty());
-  auto& m = f.members();
-  std::vector<RolloutMember> saved = m;
-  m.erase(std::remove_if(m.begin(), m.end(), [&](const RolloutMember& x) { return x.name == moving; }), m.end());
-  for (RolloutMember& x : m) x.up = true;
+  ASSERT_EQ(f.Admitted().size(), 1u);
+  f.Remove(f.Admitted()[0]);
+  for (RolloutMember& x : f.members()) x.up = true;
   f.Step();
-  int admitted = 0;
-  for (const auto& [name, mp] : f.progress().members()) admitted += mp.admitted_unix_ms() > 0;
-  EXPECT_EQ(admitted, 1) << "another member was let move while the first is re-created";
+  EXPECT_EQ(f.Admitted().size(), 1u) << "another member was let move while the first is re-created";
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 #include <set>
 
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "common/fnv.h"
 #include "common/status_macros.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
@@ -18,15 +20,6 @@ namespace mkfleet::reconciler {
 namespace v1 = mkfleet::v1;
 
 namespace {
-
-constexpr char kNext[] = "-next";
-constexpr char kStandby[] = "-standby";
-
-v1::KernelState Wanted(v1::Phase phase) {
-  return phase == v1::PHASE_READY ? v1::KERNEL_STATE_READY
-         : phase == v1::PHASE_LOADED ? v1::KERNEL_STATE_LOADED
-                                     : v1::KERNEL_STATE_ACTIVE;
-}
 
 std::string KernelOf(const v1::InstanceTemplate& t) {
   return KernelRevision(t.spec().kernel(), t.spec().rootfs().image());
@@ -54,8 +47,7 @@ std::string TemplateHash(const v1::InstanceTemplate& t) {
     coded.SetSerializationDeterministic(true);
     t.SerializeToCodedStream(&coded);
   }
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  const uint64_t h = Fnv1a().Add(bytes).value();
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
   return std::string(hex, 10);
@@ -108,9 +100,9 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
   std::map<std::string, std::vector<std::pair<std::string, const v1::ObservedInstance*>>> seen;  // set -> (host, in)
   for (const auto& [host, view] : views) {
     for (const auto& [kernel, in] : view.instances) {
-      if (!absl::StartsWith(in.owner(), "InstanceSet/")) continue;
-      if (absl::EndsWith(kernel, kStandby)) continue;
-      seen[in.owner().substr(12)].emplace_back(host, &in);
+      absl::string_view set = in.owner();
+      if (!absl::ConsumePrefix(&set, "InstanceSet/") || absl::EndsWith(kernel, kStandbySuffix)) continue;
+      seen[std::string(set)].emplace_back(host, &in);
     }
   }
   std::set<std::string> live;
@@ -171,7 +163,7 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
     for (const auto& [host, in] : seen[name]) {
       std::string member = in->name();
-      if (absl::EndsWith(member, kNext)) member = member.substr(0, member.size() - 5);
+      if (absl::EndsWith(member, kNextSuffix)) member = member.substr(0, member.size() - kNextSuffix.size());
       auto s = serving.find(member);
       bool serves = s != serving.end() ? s->second.second == in->name() : in->name() == member;
       if (serves || !members.count(member)) members[member] = {host, in};
@@ -204,7 +196,7 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
         m.failure = absl::StrCat("live update rolled back: ", st.morph().reason());
         m.failed_kernel = st.morph().revision();
       }
-      m.up = st.kernel_state() == Wanted(tmpl.spec().phase()) && !degraded && !MorphRunning(st);
+      m.up = st.kernel_state() == WantedKernelState(tmpl.spec().phase()) && !degraded && !MorphRunning(st);
       view.members.push_back(std::move(m));
     }
     RolloutStep step = StepRollout(view, rec.mutable_progress());

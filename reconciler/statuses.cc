@@ -22,17 +22,6 @@ v1::Condition Cond(const std::string& type, bool ok, const std::string& reason, 
   return c;
 }
 
-v1::KernelState Wanted(v1::Phase phase) {
-  switch (phase) {
-    case v1::PHASE_READY:
-      return v1::KERNEL_STATE_READY;
-    case v1::PHASE_LOADED:
-      return v1::KERNEL_STATE_LOADED;
-    default:
-      return v1::KERNEL_STATE_ACTIVE;
-  }
-}
-
 std::string PhaseFor(v1::KernelState want) {
   return want == v1::KERNEL_STATE_ACTIVE ? "Running" : want == v1::KERNEL_STATE_LOADED ? "Loaded" : "Ready";
 }
@@ -83,7 +72,7 @@ class Builder {
   }
 
   v1::InstanceStatus InstanceStatus(const std::string& name, const PlannedInstance& p) {
-    const v1::KernelState want = Wanted(p.spec->phase());
+    const v1::KernelState want = WantedKernelState(p.spec->phase());
     v1::InstanceStatus st;
     st.set_owner(p.owner);
     st.set_kernel(p.kernel);

@@ -17,6 +17,12 @@ namespace {
 
 const std::vector<std::string> kHosts = {"node-a", "node-b", "node-c", "node-d", "node-e", "node-f"};
 
+// Hosts in zone order (z0: a, b; z1: c, d; z2: e, f) as the rollout must visit them.
+void ExpectZoneByZone(const std::vector<std::string>& order) {
+  auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
+  for (size_t i = 1; i < order.size(); ++i) EXPECT_LE(zone(order[i - 1]), zone(order[i])) << order[i];
+}
+
 class RolloutProcessTest : public ProcessFleetTest {
  protected:
   void SetUp() override {
@@ -193,9 +199,7 @@ TEST_F(RolloutProcessTest, AThreeWaveReplaceRolloutStaysInItsBudgetAndGoesZoneBy
     return all;
   }();
   ASSERT_EQ(s.order.size(), 6u) << controller_->Log();
-  // Zone by zone (z0: a, b; z1: c, d; z2: e, f), the canary first in z0.
-  auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
-  for (size_t i = 1; i < s.order.size(); ++i) EXPECT_LE(zone(s.order[i - 1]), zone(s.order[i])) << s.order[i];
+  ExpectZoneByZone(s.order);  // the canary first, in z0
   v1::InstanceSetStatus st = SetStatus();
   EXPECT_EQ(st.current_revision(), 2u);
   EXPECT_EQ(st.update_revision(), 2u);
@@ -260,7 +264,6 @@ TEST_F(RolloutProcessTest, AKernelThatPanicsIsCaughtAtTheCanaryAndRolledBack) {
               std::to_string(c.creates) + ", loads " + std::to_string(c.loads) + "\n";
     if (c.starts == 1) EXPECT_EQ(c.panics, 0) << h;
   }
-  std::string events;
   EXPECT_EQ(touched, 1) << counts << controller_->Log();
 }
 
@@ -330,8 +333,7 @@ TEST_F(RolloutProcessTest, AThreeWaveMorphRolloutNeverStopsAMember) {
   Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); }, std::chrono::seconds(90));
   EXPECT_EQ(s.max_down, 0) << "a live update took a member down\n" << s.worst << controller_->Log();
   ASSERT_EQ(s.order.size(), 6u) << controller_->Log();
-  auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
-  for (size_t i = 1; i < s.order.size(); ++i) EXPECT_LE(zone(s.order[i - 1]), zone(s.order[i])) << s.order[i];
+  ExpectZoneByZone(s.order);
   EXPECT_EQ(SetStatus().updated_replicas(), 6u);
   // No member's kernel stopped: each host's old kernel was halted only after its handover,
   // never crashed or force-halted.
