@@ -2,6 +2,8 @@
 #include <functional>
 #include <map>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
@@ -143,6 +145,39 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
       t.Add(row);
     }
     t.Print(out, 1, colour);
+  } else if (kind == "RolloutPolicy") {
+    // As for sets: CURRENT the stable revision (->the newest while a rollout moves to it).
+    Table t({"NAME", "SELECTOR", "INSTANCES", "CURRENT", "ROLLOUT", "MESSAGE"});
+    for (const v1::Object& o : objects) {
+      const v1::RolloutPolicy& p = o.rollout_policy();
+      const v1::RolloutPolicyStatus& st = p.status();
+      std::vector<std::string> selector;
+      std::map<std::string, std::string> sorted(p.spec().selector().match_labels().begin(),
+                                                p.spec().selector().match_labels().end());
+      for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
+      std::string current = st.current_revision() == 0 ? "-" : absl::StrCat(st.current_revision());
+      if (st.update_revision() != 0 && st.update_revision() != st.current_revision()) {
+        absl::StrAppend(&current, "->", st.update_revision());
+      }
+      t.Add({p.metadata().name(), selector.empty() ? "-" : absl::StrJoin(selector, ","), std::to_string(st.members()),
+             current, st.rollout().phase().empty() ? "-" : st.rollout().phase(),
+             st.rollout().message().empty() ? "-" : st.rollout().message()});
+    }
+    t.Print(out);
+  } else if (kind == "RoleBinding") {
+    Table t({"NAME", "ROLE", "SUBJECTS"});
+    for (const v1::Object& o : objects) {
+      const v1::RoleBinding& b = o.role_binding();
+      std::vector<std::string> subjects;
+      for (const v1::Subject& s : b.spec().subjects()) {
+        subjects.push_back(absl::StrCat(s.kind() == v1::SUBJECT_GROUP ? "Group/" : "User/", s.name()));
+      }
+      // (As written in manifests: viewer, operator, admin.)
+      std::string role = absl::AsciiStrToLower(v1::Role_Name(b.spec().role()));
+      if (absl::StartsWith(role, "role_")) role = role.substr(5);
+      t.Add({b.metadata().name(), role, subjects.empty() ? "-" : absl::StrJoin(subjects, ",")});
+    }
+    t.Print(out);
   } else {
     // CURRENT: the revision most members run (the stable one) and the newest when a rollout
     // moves to it; ROLLOUT: its phase.

@@ -32,7 +32,7 @@ absl::Duration Duration(const std::string& text) { return *mkfleet::cli::ParseDu
 int main(int argc, char** argv) {
   CLI::App app{
       "mkapply: declarative control of multikernel Linux fleets.\n"
-      "Validate and plan manifests (Host, KernelInstance, InstanceSet, RoleBinding) and apply them to mkcontroller.\n"
+      "Validate and plan manifests (Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding) and apply them to mkcontroller.\n"
       "Remote commands authenticate with your certificate: --tls-dir DIR or MKFLEET_TLS_DIR (see `certs`)."};
   app.set_version_flag("--version", std::string("mkapply ") + mkfleet::kVersion);
   app.require_subcommand(1);
@@ -182,15 +182,16 @@ int main(int argc, char** argv) {
   std::string rollout_timeout = "1h";
   CLI::App* rollout_cmd = app.add_subcommand(
       "rollout",
-      "An InstanceSet's rollout to its newest template revision (canary, waves, budgets, health gates): `status` "
-      "(a progress bar per wave; --watch follows it), `pause`, `resume`, `undo [--to-revision N]` (apply an older "
-      "revision's template again, as a new revision), `history` (revisions with their change causes).\nExit 0; 1 "
+      "An InstanceSet's rollout to its newest template revision, or a RolloutPolicy's over the KernelInstances it "
+      "selects (canary, waves, budgets, health gates): `status` (a progress bar per wave; --watch follows it), "
+      "`pause`, `resume`, `undo [--to-revision N]` (apply an older revision's template, or the policy's instances' "
+      "specs then, again, as a new revision), `history` (revisions with their change causes).\nExit 0; 1 "
       "when refused or unreachable, or when --watch sees the rollout fail; 3 when --watch sees it paused; 2 on bad "
       "usage.");
   rollout_cmd->add_option("verb", rollout.verb, "status, pause, resume, undo or history")
       ->required()
       ->check(CLI::IsMember({"status", "pause", "resume", "undo", "history"}));
-  rollout_cmd->add_option("target", rollout.target, "set/NAME (or: set NAME)")->required()->expected(1, 2);
+  rollout_cmd->add_option("target", rollout.target, "set/NAME or policy/NAME (or: set NAME)")->required()->expected(1, 2);
   rollout_cmd->add_option("--to-revision", rollout.to_revision, "undo: the revision to go back to (default: the one "
                                                                  "before, or the stable one after a failure)");
   rollout_cmd->add_flag("-w,--watch", rollout.watch, "status: follow until it completes (0), fails (1) or pauses (3)");

@@ -35,13 +35,16 @@ std::string CanonicalKind(const std::string& kind) {
   }
   if (k == "instanceset" || k == "instancesets" || k == "set" || k == "sets") return "InstanceSet";
   if (k == "rolebinding" || k == "rolebindings" || k == "rb") return "RoleBinding";
+  if (k == "rolloutpolicy" || k == "rolloutpolicies" || k == "policy" || k == "policies" || k == "rp") {
+    return "RolloutPolicy";
+  }
   return "";
 }
 
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err) {
   *kind = CanonicalKind(given);
   if (kind->empty()) {
-    err << "error: unknown kind \"" << given << "\" (Host, KernelInstance, InstanceSet or RoleBinding)\n";
+    err << "error: unknown kind \"" << given << "\" (Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding)\n";
   }
   return !kind->empty();
 }

@@ -1,4 +1,4 @@
-// mkapply rollout status|pause|resume|undo|history set/NAME.
+// mkapply rollout status|pause|resume|undo|history set/NAME or policy/NAME.
 #include <unistd.h>
 
 #include <iostream>
@@ -29,8 +29,8 @@ std::string Bar(uint32_t done, uint32_t total) {
   return bar + "]";
 }
 
-void PrintStatus(const std::string& set, const v1::RolloutStatus& st, std::ostream& out) {
-  out << "InstanceSet/" << set << ": revision " << st.revision() << " (stable " << st.stable() << "), "
+void PrintStatus(const std::string& key, const v1::RolloutStatus& st, std::ostream& out) {
+  out << key << ": revision " << st.revision() << " (stable " << st.stable() << "), "
       << st.phase() << (st.paused() && st.phase() != "Paused" ? " (paused)" : "") << ": " << st.message() << "\n";
   for (const v1::WaveStatus& w : st.waves()) {
     std::string label = w.value() == "canary" ? "canary" : w.value().empty() ? "members" : w.value();
@@ -62,6 +62,32 @@ int64_t Generation(ControllerClient& client, const std::string& set) {
   return r->objects(0).instance_set().metadata().generation();
 }
 
+// The newest store revision of a policy and the KernelInstances it selects (0 if they cannot
+// be read): a status observed at or after it has seen their last change.
+int64_t PolicyFloor(ControllerClient& client, const std::string& policy) {
+  v1::GetRequest req;
+  req.set_kind("RolloutPolicy");
+  req.set_name(policy);
+  auto p = client.Get(req);
+  if (!p.ok() || p->objects_size() == 0) return 0;
+  const v1::RolloutPolicy& rp = p->objects(0).rollout_policy();
+  int64_t floor = rp.metadata().revision();
+  req.set_kind("KernelInstance");
+  req.clear_name();
+  auto instances = client.Get(req);
+  if (!instances.ok()) return 0;
+  for (const v1::Object& o : instances->objects()) {
+    const v1::ObjectMeta& m = o.kernel_instance().metadata();
+    bool match = true;
+    for (const auto& [k, v] : rp.spec().selector().match_labels()) {
+      auto l = m.labels().find(k);
+      match &= l != m.labels().end() && l->second == v;
+    }
+    if (match) floor = std::max(floor, m.revision());
+  }
+  return floor;
+}
+
 }  // namespace
 
 int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& err) {
@@ -69,16 +95,19 @@ int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& e
   std::vector<std::string> parts = options.target;
   if (parts.size() == 1) parts = absl::StrSplit(parts[0], absl::MaxSplits('/', 1));
   if (parts.size() != 2) {
-    err << "error: rollout " << options.verb << ": want set/NAME, got \"" << absl::StrJoin(options.target, " ")
+    err << "error: rollout " << options.verb << ": want set/NAME or policy/NAME, got \"" << absl::StrJoin(options.target, " ")
         << "\"\n";
     return kExitInvalid;
   }
-  const std::string& kind = parts[0];
+  const std::string kind = CanonicalKind(parts[0]);
   const std::string& name = parts[1];
-  if (CanonicalKind(kind) != "InstanceSet") {
-    err << "error: rollouts are per InstanceSet: mkapply rollout " << options.verb << " set/NAME\n";
+  if (kind != "InstanceSet" && kind != "RolloutPolicy") {
+    err << "error: rollouts are per InstanceSet or RolloutPolicy: mkapply rollout " << options.verb
+        << " set/NAME or policy/NAME\n";
     return kExitInvalid;
   }
+  const std::string key = kind + "/" + name;
+  const std::string short_key = (kind == "InstanceSet" ? "set/" : "policy/") + name;
   if (options.watch && options.verb != "status") {
     err << "error: --watch goes with rollout status\n";
     return kExitInvalid;
@@ -90,7 +119,7 @@ int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& e
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
   if (!client.ok()) return ReportSetup(client.status(), err);
   v1::RolloutRequest request;
-  request.set_kind("InstanceSet");
+  request.set_kind(kind);
   request.set_name(name);
   request.set_verb(options.verb);
   request.set_to_revision(options.to_revision);
@@ -122,21 +151,24 @@ int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& e
     if (options.output == "json") {
       PrintJson(response->status(), out);
     } else {
-      PrintStatus(name, response->status(), out);
+      PrintStatus(key, response->status(), out);
     }
     return kExitOk;
   }
-  // --watch: until the status is about the set's current generation and has ended.
+  // --watch: until the status is about the set's current generation (a policy's: a pass saw
+  // the last change of it and its instances) and has ended.
+  const int64_t floor = kind == "RolloutPolicy" ? PolicyFloor(**client, name) : 0;
   const absl::Time deadline = absl::Now() + options.watch_timeout;
   const bool tty = isatty(STDOUT_FILENO) && &out == &std::cout;
   std::string last;
   while (true) {
     const v1::RolloutStatus& st = response->status();
-    const bool current = st.observed_generation() >= Generation(**client, name);
+    const bool current = kind == "InstanceSet" ? st.observed_generation() >= Generation(**client, name)
+                                               : st.observed_revision() >= floor;
     std::string text;
     {
       std::ostringstream s;
-      PrintStatus(name, st, s);
+      PrintStatus(key, st, s);
       text = s.str();
     }
     if (text != last) {
@@ -146,15 +178,15 @@ int RunRollout(const RolloutOptions& options, std::ostream& out, std::ostream& e
     }
     if (current && st.phase() == "Complete") return kExitOk;
     if (current && (st.phase() == "Failed" || st.phase() == "RollingBack" || st.phase() == "RolledBack")) {
-      err << "error: the rollout of InstanceSet/" << name << " to revision " << st.revision() << " failed\n";
+      err << "error: the rollout of " << key << " to revision " << st.revision() << " failed\n";
       return kExitFailure;
     }
     if (current && st.phase() == "Paused") {
-      err << "InstanceSet/" << name << ": paused (`mkapply rollout resume set/" << name << "` goes on)\n";
+      err << key << ": paused (`mkapply rollout resume " << short_key << "` goes on)\n";
       return kExitPaused;
     }
     if (absl::Now() >= deadline) {
-      err << "error: the rollout of InstanceSet/" << name << " did not end within "
+      err << "error: the rollout of " << key << " did not end within "
           << absl::FormatDuration(options.watch_timeout) << "\n";
       return kExitFailure;
     }

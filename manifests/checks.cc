@@ -200,6 +200,14 @@ void CheckInstanceSet(const InstanceSet& set, Reporter& r) {
   CheckInstanceSpec(t, "spec.template.spec", r);
 }
 
+void CheckRolloutPolicy(const RolloutPolicy& policy, Reporter& r) {
+  CheckHeader(policy.api_version(), r);
+  if (policy.spec().selector().match_labels().empty()) {
+    r.AtKey("spec.selector.matchLabels", "required: at least one label (a policy paces the instances it selects)");
+  }
+  CheckRollout(policy.spec().rollout(), 0, "spec.rollout", r);
+}
+
 void CheckHost(const Host& host, Reporter& r) {
   CheckHeader(host.api_version(), r);
   CheckPool(host.spec().pool(), r);
@@ -221,6 +229,9 @@ void CheckObject(const LoadedObject& object, std::vector<Diagnostic>* errors) {
       break;
     case Object::kRoleBinding:
       CheckHeader(object.object.role_binding().api_version(), r);
+      break;
+    case Object::kRolloutPolicy:
+      CheckRolloutPolicy(object.object.rollout_policy(), r);
       break;
     default:
       break;

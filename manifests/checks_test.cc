@@ -159,6 +159,21 @@ TEST(InstanceSetChecksTest, RolloutBudgetsAndWaves) {
                           HasSubstr("spec.rollout.waves.by: required")));
 }
 
+TEST(RolloutPolicyChecksTest, LoadsAndChecksItsSelectorAndBudgets) {
+  const std::string head = "apiVersion: mkfleet.io/v1\nkind: RolloutPolicy\nmetadata: {name: web}\nspec:\n";
+  LoadResult ok = LoadString(head + "  selector: {matchLabels: {tier: web}}\n  rollout: {canary: 1%, waves: {by: zone}}\n");
+  ASSERT_TRUE(ok.ok()) << ::testing::PrintToString(ErrorLines(ok));
+  const mkfleet::v1::RolloutPolicy& p = ok.objects[0].object.rollout_policy();
+  EXPECT_EQ(p.spec().selector().match_labels().at("tier"), "web");
+  EXPECT_EQ(p.spec().rollout().canary().percent(), 1u);
+  // A selector that selects everything, or none at all, is refused; so is a budget of 0.
+  EXPECT_THAT(ErrorLines(LoadString(head + "  selector: {matchLabels: {}}\n  rollout: {maxUnavailable: 0}\n")),
+              ElementsAre(HasSubstr("RolloutPolicy/web: spec.selector.matchLabels: required: at least one label"),
+                          HasSubstr("RolloutPolicy/web: spec.rollout.maxUnavailable: must be at least 1")));
+  EXPECT_THAT(ErrorLines(LoadString(head + "  rollout: {canary: 1}\n")),
+              ElementsAre(HasSubstr("RolloutPolicy/web: spec.selector: ")));
+}
+
 TEST(InstanceSetChecksTest, SpreadByOnlyWithReplicas) {
   EXPECT_THAT(ErrorLines(LoadString(Set("  perHost: 1\n  spreadBy: rack\n"))),
               ElementsAre("t.yaml:6:3: InstanceSet/edge: spec.spreadBy: only applies with replicas "

@@ -21,7 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using mkfleet::v1::Object;
 
-constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet", "RoleBinding"};
+constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet", "RoleBinding", "RolloutPolicy"};
 
 const YamlNode* Lookup(const YamlNode& map, absl::string_view key) {
   if (map.kind != YamlNode::Kind::kMap) return nullptr;
@@ -36,6 +36,7 @@ google::protobuf::Message* MessageForKind(absl::string_view kind, Object* object
   if (kind == "KernelInstance") return object->mutable_kernel_instance();
   if (kind == "InstanceSet") return object->mutable_instance_set();
   if (kind == "RoleBinding") return object->mutable_role_binding();
+  if (kind == "RolloutPolicy") return object->mutable_rollout_policy();
   return nullptr;
 }
 
@@ -90,6 +91,8 @@ absl::string_view KindOf(const Object& object) {
       return "InstanceSet";
     case Object::kRoleBinding:
       return "RoleBinding";
+    case Object::kRolloutPolicy:
+      return "RolloutPolicy";
     default:
       return "";
   }
@@ -105,6 +108,8 @@ const mkfleet::v1::ObjectMeta& MetadataOf(const Object& object) {
       return object.instance_set().metadata();
     case Object::kRoleBinding:
       return object.role_binding().metadata();
+    case Object::kRolloutPolicy:
+      return object.rollout_policy().metadata();
     default:
       return mkfleet::v1::ObjectMeta::default_instance();
   }
@@ -156,7 +161,7 @@ void LoadText(absl::string_view file, absl::string_view text, const LoadOptions&
           {file_name, kind != nullptr ? kind->pos : root.pos,
            absl::StrCat("document ", d + 1), "kind",
            absl::StrCat(kind == nullptr ? "is required" : "must be a string",
-                        " (one of Host, KernelInstance, InstanceSet, RoleBinding)")});
+                        " (one of Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding)")});
       continue;
     }
     LoadedObject loaded;
@@ -167,7 +172,7 @@ void LoadText(absl::string_view file, absl::string_view text, const LoadOptions&
       result->errors.push_back(
           {file_name, kind->pos, absl::StrCat(kind->value, "/", name_text), "kind",
            absl::StrCat("unknown kind \"", kind->value,
-                        "\" (expected Host, KernelInstance, InstanceSet or RoleBinding",
+                        "\" (expected Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding",
                         suggestion.empty() ? "" : "; did you mean \"", suggestion,
                         suggestion.empty() ? "" : "\"?", ")")});
       continue;

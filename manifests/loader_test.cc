@@ -210,13 +210,13 @@ TEST(LoaderTest, ApiVersionAndKind) {
   doc.replace(doc.find("KernelInstance"), 14, "KernelInstanse");
   EXPECT_THAT(InstanceErrors(doc),
               ElementsAre("t.yaml:9:7: KernelInstanse/web-1: kind: unknown kind \"KernelInstanse\" "
-                          "(expected Host, KernelInstance, InstanceSet or RoleBinding; did you mean "
+                          "(expected Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding; did you mean "
                           "\"KernelInstance\"?)"));
   doc = Instance();
   doc.erase(doc.find("kind: KernelInstance\n"), 21);
   EXPECT_THAT(InstanceErrors(doc),
               ElementsAre("t.yaml:8:1: document 2: kind: is required (one of Host, KernelInstance, "
-                          "InstanceSet, RoleBinding)"));
+                          "InstanceSet, RolloutPolicy, RoleBinding)"));
 }
 
 TEST(LoaderTest, MorphUpdateFields) {

@@ -214,6 +214,9 @@ void Emit(const mkfleet::v1::Object& object, const PrintOptions& options, YAML::
     case mkfleet::v1::Object::kRoleBinding:
       msg = &object.role_binding();
       break;
+    case mkfleet::v1::Object::kRolloutPolicy:
+      msg = &object.rollout_policy();
+      break;
     default:
       out << YAML::BeginMap << YAML::EndMap;
       return;

@@ -13,7 +13,7 @@ v1::Role RequiredRole(absl::string_view verb, absl::string_view kind) {
   if (verb != "apply" && verb != "delete" && verb != "prune" && verb != "morph" && verb != "rollout") {
     return v1::ROLE_VIEWER;
   }
-  if (kind == "KernelInstance" || kind == "InstanceSet") return v1::ROLE_OPERATOR;
+  if (kind == "KernelInstance" || kind == "InstanceSet" || kind == "RolloutPolicy") return v1::ROLE_OPERATOR;
   return v1::ROLE_ADMIN;  // Host, RoleBinding, and any kind added later until said otherwise
 }
 

@@ -63,13 +63,14 @@ v1::AuditRecord ApplyRecord(const v1::ApplyRequest& request) {
 grpc::Status UnknownKind(const std::string& kind) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat("kind: unknown kind \"", kind,
-                                   "\" (Host, KernelInstance, InstanceSet or RoleBinding)"));
+                                   "\" (Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding)"));
 }
 
 }  // namespace
 
 bool IsKnownKind(const std::string& kind) {
-  return kind == "Host" || kind == "KernelInstance" || kind == "InstanceSet" || kind == "RoleBinding";
+  return kind == "Host" || kind == "KernelInstance" || kind == "InstanceSet" || kind == "RoleBinding" ||
+         kind == "RolloutPolicy";
 }
 
 absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContextBase& context, absl::string_view verb,
@@ -270,6 +271,7 @@ grpc::ServerWriteReactor<v1::ObjectWatchEvent>* ControllerService::Watch(grpc::C
       if (parts[2] == "KernelInstance") o.mutable_kernel_instance()->mutable_metadata()->set_name(parts[3]);
       if (parts[2] == "InstanceSet") o.mutable_instance_set()->mutable_metadata()->set_name(parts[3]);
       if (parts[2] == "RoleBinding") o.mutable_role_binding()->mutable_metadata()->set_name(parts[3]);
+      if (parts[2] == "RolloutPolicy") o.mutable_rollout_policy()->mutable_metadata()->set_name(parts[3]);
     } else if (!event.mutable_object()->ParseFromString(e.value)) {
       return std::nullopt;
     }
@@ -377,6 +379,35 @@ grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::Mo
   return grpc::Status::OK;
 }
 
+absl::StatusOr<v1::RolloutResponse> ControllerService::UndoPolicy(const std::string& name, uint32_t to,
+                                                                 const std::string& who) {
+  const std::string key = "RolloutPolicy/" + name;
+  uint32_t number = 0;
+  MK_ASSIGN_OR_RETURN(auto specs, rollouts_->UndoSpecs(name, to, &number));
+  std::vector<v1::Object> next;
+  for (const auto& [instance, spec] : specs) {
+    MK_ASSIGN_OR_RETURN(auto current, objects_.Get("KernelInstance", instance));
+    if (!current.has_value()) continue;  // deleted since: nothing to undo
+    v1::Object o = *std::move(current);
+    if (o.kernel_instance().spec().SerializeAsString() == spec.SerializeAsString()) continue;
+    *o.mutable_kernel_instance()->mutable_spec() = spec;
+    o.mutable_kernel_instance()->clear_status();
+    next.push_back(std::move(o));
+  }
+  if (next.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(key, ": the instances already have the specs of revision ", number, " (nothing to undo)"));
+  }
+  ApplyOptions options;
+  options.source = next.front().kernel_instance().metadata().source();
+  options.change_cause = absl::StrCat("undo to revision ", number, " of ", key, " by ", who);
+  MK_RETURN_IF_ERROR(objects_.Apply(next, options).status());
+  MK_ASSIGN_OR_RETURN(v1::RolloutResponse r, rollouts_->Status("RolloutPolicy", name));
+  r.set_message(
+      absl::StrCat(key, ": the specs of revision ", number, " applied again to ", next.size(), " instance(s) (a new revision)"));
+  return r;
+}
+
 grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::RolloutRequest* request,
                                         v1::RolloutResponse* response) {
   const std::string& verb = request->verb();
@@ -384,35 +415,40 @@ grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "rollout: want a verb status, history, pause, resume or undo, got \"" + verb.substr(0, 32) + "\"");
   }
-  if (!request->kind().empty() && request->kind() != "InstanceSet") {
+  const std::string kind = request->kind().empty() ? "InstanceSet" : request->kind();
+  if (kind != "InstanceSet" && kind != "RolloutPolicy") {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "rollout: only InstanceSets have rollouts, got kind \"" + request->kind().substr(0, 32) + "\"");
+                        "rollout: only InstanceSets and RolloutPolicies have rollouts, got kind \"" +
+                            request->kind().substr(0, 32) + "\"");
   }
   if (!manifests::IsDnsLabel(request->name())) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "rollout: set name \"" + request->name().substr(0, 64) + "\" is not a DNS label");
+                        "rollout: name \"" + request->name().substr(0, 64) + "\" is not a DNS label");
   }
+  const std::string key = kind + "/" + request->name();
   const bool reads = verb == "status" || verb == "history";
   v1::AuditRecord record;
   record.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
   record.set_verb("rollout " + verb);
-  record.add_objects("InstanceSet/" + request->name());
-  auto caller = Allow(*context, reads ? "get" : "rollout", "InstanceSet", request->name());
+  record.add_objects(key);
+  auto caller = Allow(*context, reads ? "get" : "rollout", kind, request->name());
   if (!caller.ok()) {
     if (!reads) RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
     return ToGrpc(caller.status());
   }
   if (rollouts_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller runs no rollouts");
-  auto set = objects_.Get("InstanceSet", request->name());
+  auto set = objects_.Get(kind, request->name());
   if (!set.ok()) return ToGrpc(set.status());
-  if (!set->has_value()) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "InstanceSet/" + request->name() + " does not exist");
-  }
+  if (!set->has_value()) return grpc::Status(grpc::StatusCode::NOT_FOUND, key + " does not exist");
   absl::StatusOr<v1::RolloutResponse> r;
   if (reads) {
-    r = rollouts_->Status(request->name());
+    r = rollouts_->Status(kind, request->name());
   } else if (verb == "pause" || verb == "resume") {
-    r = rollouts_->SetPaused(request->name(), verb == "pause");
+    r = rollouts_->SetPaused(kind, request->name(), verb == "pause");
+  } else if (kind == "RolloutPolicy") {
+    // undo: the instances of the older revision that still exist, with their specs then:
+    // one atomic apply, a new revision of the policy.
+    r = UndoPolicy(request->name(), request->to_revision(), caller->identity.ToString());
   } else {
     // undo: the set again, with the older revision's template: a new revision.
     uint32_t number = 0;
@@ -429,8 +465,8 @@ grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::
       if (!applied.ok()) {
         r = applied.status();
       } else {
-        r = rollouts_->Status(request->name());
-        if (r.ok()) r->set_message(absl::StrCat("InstanceSet/", request->name(), ": the template of revision ", number,
+        r = rollouts_->Status(kind, request->name());
+        if (r.ok()) r->set_message(absl::StrCat(key, ": the template of revision ", number,
                                                 " applied again (a new revision)"));
       }
     } else {

@@ -86,6 +86,9 @@ class ControllerService final : public ControllerServiceBase {
   void SetPreview(Preview preview) { preview_ = std::move(preview); }
 
  private:
+  // undo of a RolloutPolicy: the instances of revision `to` that still exist get their specs
+  // then, in one atomic apply (a new revision of the policy).
+  absl::StatusOr<mkfleet::v1::RolloutResponse> UndoPolicy(const std::string& name, uint32_t to, const std::string& who);
   grpc::Status DoApply(grpc::ServerContext& context, const mkfleet::v1::ApplyRequest& request, bool dry_run,
                        mkfleet::v1::ApplyResponse* response);
   // The caller, allowed to `verb` `kind`/`name`; else the refusal (PERMISSION_DENIED).

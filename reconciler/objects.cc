@@ -25,6 +25,8 @@ v1::ObjectMeta* MutableMeta(v1::Object& o) {
       return o.mutable_instance_set()->mutable_metadata();
     case v1::Object::kRoleBinding:
       return o.mutable_role_binding()->mutable_metadata();
+    case v1::Object::kRolloutPolicy:
+      return o.mutable_rollout_policy()->mutable_metadata();
     default:
       return nullptr;
   }
@@ -48,6 +50,9 @@ std::string SpecOf(const v1::Object& o) {
       break;
     case v1::Object::kRoleBinding:
       spec = copy.role_binding().spec().SerializeAsString();
+      break;
+    case v1::Object::kRolloutPolicy:
+      spec = copy.rollout_policy().spec().SerializeAsString();
       break;
     default:
       break;
@@ -192,6 +197,9 @@ void SetStatus(v1::Object& o, const std::string& value) {
       break;
     case v1::Object::kInstanceSet:
       o.mutable_instance_set()->mutable_status()->ParseFromString(value);
+      break;
+    case v1::Object::kRolloutPolicy:
+      o.mutable_rollout_policy()->mutable_status()->ParseFromString(value);
       break;
     default:
       break;

@@ -269,6 +269,9 @@ absl::StatusOr<Reconciler::Objects_> Reconciler::ReadObjects() {
   for (const v1::Object& o : *host_objects) out.hosts.push_back(o.host());
   for (const v1::Object& o : *instance_objects) out.instances.push_back(o.kernel_instance());
   for (const v1::Object& o : *set_objects) out.sets.push_back(o.instance_set());
+  auto policy_objects = objects_.List("RolloutPolicy");
+  if (!policy_objects.ok()) return policy_objects.status();
+  for (const v1::Object& o : *policy_objects) out.policies.push_back(o.rollout_policy());
   return out;
 }
 
@@ -287,6 +290,9 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   absl::MutexLock pass(&pass_mu_);
   ++passes_;
   std::map<std::string, absl::Status> result;
+  // Every write up to this revision is in what ReadObjects reads (a RolloutPolicy's status
+  // says so: `rollout status --watch` waits for a pass that saw the change).
+  const absl::StatusOr<int64_t> read_revision = store_.Revision();
   auto objects = ReadObjects();
   if (!objects.ok()) {
     for (const std::string& h : batch_hosts) result[h] = objects.status();
@@ -323,15 +329,31 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       }
     }
   }
-  // The sets' rollouts decide which members may move to their set's newest revision.
+  // The rollouts decide which set members may move to their set's newest revision, and
+  // which KernelInstances a RolloutPolicy paces may move to their spec.
   std::map<std::string, std::pair<std::string, std::string>> serving;
   {
     absl::MutexLock lock(&served_mu_);
     serving = serving_;
   }
-  RolloutPass rollout = rollouts_.Step(objects->hosts, objects->sets, views, serving);
-  FleetPlan fleet = PlanFleet(objects->hosts, views, objects->instances, objects->sets, InFlightPlacements(views),
+  RolloutPass rollout =
+      rollouts_.Step(objects->hosts, objects->sets, objects->instances, objects->policies, views, serving,
+                     read_revision.ok() ? *read_revision : 0);
+  // Instances a policy holds back are planned with the spec it holds them at.
+  std::vector<v1::KernelInstance> held_instances;
+  if (!rollout.instance_specs.empty()) {
+    held_instances = objects->instances;
+    for (v1::KernelInstance& ki : held_instances) {
+      auto held = rollout.instance_specs.find(ki.metadata().name());
+      if (held != rollout.instance_specs.end()) *ki.mutable_spec() = held->second;
+    }
+  }
+  const std::vector<v1::KernelInstance>& planned_instances =
+      rollout.instance_specs.empty() ? objects->instances : held_instances;
+  FleetPlan fleet = PlanFleet(objects->hosts, views, planned_instances, objects->sets, InFlightPlacements(views),
                               retry, rollout.member_specs, rollout.set_specs);
+  // (Their status says what holds them: a rollout, not a fault.)
+  for (const auto& [instance, why] : rollout.held) fleet.deferred.emplace(instance, why);
   {
     absl::MutexLock lock(&served_mu_);
     serving_.clear();
@@ -376,7 +398,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   NoteSent(fleet, views, by_host);
   for (v1::Event& e : rollout.events) events.push_back(std::move(e));
-  RecordStatuses(batch, *objects, fleet, views, by_host, rollout.statuses, std::move(events));
+  RecordStatuses(batch, *objects, fleet, views, by_host, rollout, std::move(events));
   FinalizeDrained(fleet);
   // A rollout under way moves on with time too (minReady, healthTimeout): another pass soon.
   if (rollout.active && !objects->hosts.empty()) queue_.AddAfter(objects->hosts.front().metadata().name(), kRolloutTick);
@@ -482,7 +504,7 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                                 const std::map<std::string, HostView>& views,
                                 const std::map<std::string, HostOutcome>& outcomes,
-                                const std::map<std::string, v1::RolloutStatus>& rollouts, std::vector<v1::Event> events) {
+                                const RolloutPass& rollouts, std::vector<v1::Event> events) {
   if (!status_loaded_) {
     auto kvs = store_.List("/status/");
     if (kvs.ok()) {
@@ -492,7 +514,8 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
     }
   }
   StatusUpdate update = ComputeStatuses(
-      {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts});
+      {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts.statuses,
+       &objects.policies, &rollouts.policy_statuses});
   for (v1::Event& e : update.events) events.push_back(std::move(e));
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);

@@ -129,6 +129,7 @@ class Reconciler {
     std::vector<mkfleet::v1::Host> hosts;
     std::vector<mkfleet::v1::KernelInstance> instances;
     std::vector<mkfleet::v1::InstanceSet> sets;
+    std::vector<mkfleet::v1::RolloutPolicy> policies;
   };
 
   absl::StatusOr<Objects_> ReadObjects();
@@ -141,8 +142,7 @@ class Reconciler {
   void RunDue(absl::Duration wait);
   void RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
-                      const std::map<std::string, mkfleet::v1::RolloutStatus>& rollouts,
-                      std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+                      const RolloutPass& rollouts, std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
   std::map<std::string, HostView> Views(std::map<std::string, std::shared_ptr<HostConnection>>* links);

@@ -60,9 +60,15 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   const v1::Rollout& policy = view.policy;
   const uint32_t total = static_cast<uint32_t>(view.members.size());
   auto event = [&](const std::string& reason, const std::string& message) { out.events.emplace_back(reason, message); };
-  auto kernel_of = [&](uint32_t revision) -> std::string {
-    auto it = view.kernel_of_revision.find(revision);
-    return it == view.kernel_of_revision.end() ? "" : it->second;
+  static const std::string kNone;
+  // The KernelRevision of `revision` for member `m` (its own with a RolloutPolicy).
+  auto kernel_at = [&](const RolloutMember& m, uint32_t revision) -> const std::string& {
+    const auto& of = m.kernels.empty() ? view.kernel_of_revision : m.kernels;
+    auto it = of.find(revision);
+    return it == of.end() ? kNone : it->second;
+  };
+  auto target_of = [&](const RolloutMember& m) -> const std::string& {
+    return m.kernels.empty() ? view.target_kernel : kernel_at(m, view.target);
   };
 
   // A new revision starts a rollout from the last one that completed.
@@ -82,13 +88,12 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     p.set_started_unix_ms(Ms(view.now));
     event("RolloutStarted", absl::StrCat("revision ", view.target, " (from revision ", stable, ")"));
   }
-  const std::string target_kernel = view.target_kernel;
-  const std::string stable_kernel = kernel_of(p.stable());
   // The rollout stops at a failure: back to the stable revision (autoRollback, the default),
   // or held as it is.
   auto stop = [&](const std::string& why) {
     const bool rollback = !policy.has_auto_rollback() || policy.auto_rollback();
     p.set_phase(rollback ? v1::ROLLOUT_ROLLING_BACK : v1::ROLLOUT_FAILED);
+    if (rollback) p.set_rolling_back_unix_ms(Ms(view.now));
     event("RolloutFailed", absl::StrCat("revision ", view.target, ": ", why,
                                         rollback ? absl::StrCat("; rolling back to revision ", p.stable())
                                                  : "; stopped (autoRollback off)"));
@@ -107,7 +112,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     // are being created, or already there).
     for (const RolloutMember& m : view.members) {
       if (p.members().count(m.name)) continue;
-      if (m.kernel.empty() || m.kernel == target_kernel) {
+      if (m.kernel.empty() || m.kernel == target_of(m)) {
         (*p.mutable_members())[m.name].set_admitted_unix_ms(Ms(view.now));
       }
     }
@@ -120,6 +125,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       const RolloutMember& m = *member;
       // A member done at the target that goes down again (a kernel that crashes some time
       // after its boot) is not done any more: it must be Ready again within healthTimeout.
+      const std::string& target_kernel = target_of(m);
       if (mp.done() && mp.failed().empty() && m.kernel == target_kernel && !m.up) {
         mp.set_done(false);
         mp.set_ready_since_unix_ms(0);
@@ -232,7 +238,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
         std::string first_wave;
         bool found = false;
         for (const RolloutMember* m : order) {
-          if (m->kernel != target_kernel && !m->kernel.empty()) {
+          if (m->kernel != target_of(*m) && !m->kernel.empty()) {
             first_wave = m->wave;
             found = true;
             break;
@@ -240,7 +246,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
         }
         for (const RolloutMember* m : order) {
           if (!found || chosen >= canaries) break;
-          if (m->wave != first_wave || m->kernel == target_kernel || m->kernel.empty()) continue;
+          if (m->wave != first_wave || m->kernel == target_of(*m) || m->kernel.empty()) continue;
           (*p.mutable_members())[m->name].set_canary(true);
           ++chosen;
         }
@@ -312,7 +318,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
         }
         p.set_wave(wave);
         for (const RolloutMember* m : order) {
-          if (m->wave == wave && m->kernel != target_kernel) admit(*m);
+          if (m->wave == wave && m->kernel != target_of(*m)) admit(*m);
         }
       }
     }
@@ -333,16 +339,29 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   }
 
   if (!view.frozen && p.phase() == v1::ROLLOUT_ROLLING_BACK) {
+    // Back once every member let move runs the stable revision again and is Ready; or, for
+    // one that cannot be (its stable revision does not come up either), once healthTimeout
+    // has passed since the rollback started: its own status says why.
     bool back = true;
+    std::vector<std::string> not_back;
     for (const RolloutMember& m : view.members) {
       const v1::MemberProgress* mp = progress_of(m.name);
       if (mp == nullptr || mp->admitted_unix_ms() == 0) continue;
-      back &= m.kernel == stable_kernel && m.up;
+      // (A policy's instance new since the stable revision has none to go back to.)
+      const std::string& stable_kernel = kernel_at(m, p.stable());
+      if (!m.kernels.empty() && stable_kernel.empty()) continue;
+      if (m.kernel != stable_kernel || !m.up) {
+        back = false;
+        not_back.push_back(m.name);
+      }
     }
-    if (back) {
+    const bool timed_out = p.rolling_back_unix_ms() > 0 &&
+                           view.now - absl::FromUnixMillis(p.rolling_back_unix_ms()) >= health_timeout;
+    if (back || timed_out) {
       p.set_phase(v1::ROLLOUT_ROLLED_BACK);
       p.set_finished_unix_ms(Ms(view.now));
       event("RolledBack", absl::StrCat("revision ", view.target, " rolled back to revision ", p.stable(),
+                                       back ? "" : absl::StrCat(" (not Ready at it: ", absl::StrJoin(not_back, ", "), ")"),
                                        "; held until a new change or `mkapply rollout undo`"));
     }
   }
@@ -353,8 +372,15 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   // A member not let move runs the revision of its kernel (the newest with it); a new one, or
   // one whose kernel is no revision's, the default.
   auto unmoved = [&](const RolloutMember& m) -> uint32_t {
+    if (m.kernel.empty()) return out.default_revision;
+    if (!m.kernels.empty()) {
+      for (auto it = m.kernels.rbegin(); it != m.kernels.rend(); ++it) {
+        if (it->second == m.kernel) return it->first;
+      }
+      return out.default_revision;
+    }
     auto it = view.revision_of_kernel.find(m.kernel);
-    return it != view.revision_of_kernel.end() && !m.kernel.empty() ? it->second : out.default_revision;
+    return it != view.revision_of_kernel.end() ? it->second : out.default_revision;
   };
   for (const RolloutMember& m : view.members) {
     const v1::MemberProgress* mp = progress_of(m.name);
@@ -389,7 +415,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   canary.set_value("canary");
   for (const RolloutMember& m : view.members) {
     const v1::MemberProgress* mp = progress_of(m.name);
-    const bool updated = m.kernel == target_kernel && !target_kernel.empty();
+    const bool updated = m.kernel == target_of(m) && !m.kernel.empty();
     const bool ready = p.phase() == v1::ROLLOUT_COMPLETE ? (updated && m.up) : (mp != nullptr && mp->done());
     const bool failed = mp != nullptr && !mp->failed().empty();
     for (v1::WaveStatus* w : {&waves[m.wave], mp != nullptr && mp->canary() ? &canary : nullptr}) {

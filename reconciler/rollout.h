@@ -39,10 +39,13 @@ struct RolloutMember {
   bool up = false;      // Ready: in its wanted state, not degraded, no live update running
   std::string failure;  // it crash-loops, or its live update to `failed_kernel` rolled back: why
   std::string failed_kernel;  // the kernel revision `failure` is about ("" any)
+  // A RolloutPolicy's member has a spec of its own in each revision: revision -> its
+  // KernelRevision there. Empty for a set's member (the view's revisions are the members').
+  std::map<uint32_t, std::string> kernels;
 };
 
 struct RolloutView {
-  std::string owner;  // "InstanceSet/web"
+  std::string owner;  // "InstanceSet/web", "RolloutPolicy/web-fleet"
   mkfleet::v1::Rollout policy;
   bool morph = false;  // the target's update strategy is Morph
   uint32_t target = 0;              // the newest revision

@@ -50,7 +50,7 @@ class Fleet {
     // Members move one stage per step.
     for (RolloutMember& m : members_) {
       uint32_t rev = s.revision_of.count(m.name) ? s.revision_of.at(m.name) : s.default_revision;
-      const std::string& want = view_.kernel_of_revision.at(rev);
+      const std::string& want = m.kernels.empty() ? view_.kernel_of_revision.at(rev) : m.kernels.at(rev);
       if (m.kernel != want) {
         if (morph_) {
           // A live update: the old kernel serves until it commits (or rolls back).
@@ -74,6 +74,26 @@ class Fleet {
     max_down_ = std::max(max_down_, down);
     view_.now += dt;
     return s;
+  }
+
+  // A RolloutPolicy's members: each has a kernel of its own ("<name>@1") in each revision.
+  void OwnKernels() {
+    for (RolloutMember& m : members_) {
+      m.kernel = m.name + "@1";
+      m.kernels = {{1, m.kernel}};
+    }
+    view_.owner = "RolloutPolicy/web";
+    view_.target_kernel.clear();
+    view_.kernel_of_revision.clear();
+    view_.revision_of_kernel.clear();
+  }
+  // A policy revision: the members in `changed` get that kernel, the others keep theirs.
+  void PolicyRevision(const std::map<std::string, std::string>& changed) {
+    ++view_.target;
+    for (RolloutMember& m : members_) {
+      auto c = changed.find(m.name);
+      m.kernels[view_.target] = c != changed.end() ? c->second : m.kernels.rbegin()->second;
+    }
   }
 
   // Steps until the phase is `phase` (at most `limit` steps); returns the last step.
@@ -486,6 +506,77 @@ TEST(RolloutTest, AMemberBeingRecreatedHoldsTheBudget) {
   for (RolloutMember& x : f.members()) x.up = true;
   f.Step();
   EXPECT_EQ(f.Admitted().size(), 1u) << "another member was let move while the first is re-created";
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// A RolloutPolicy: only the instances whose own spec changed move, within the budget and
+// wave by wave; a bad change is caught at the canary and only the canary goes back.
+TEST(RolloutTest, APolicyMovesOnlyTheChangedInstancesEachToItsOwnKernel) {
+  Fleet f(12, 3);
+  f.OwnKernels();
+  f.policy().mutable_canary()->set_count(1);
+  f.policy().mutable_max_unavailable()->set_count(2);
+  f.policy().mutable_waves()->set_by("zone");
+  EXPECT_EQ(f.Step().status.phase(), "Complete");
+  std::map<std::string, std::string> changed;
+  for (int i = 0; i < 12; i += 2) changed["web-" + std::to_string(i)] = "web-" + std::to_string(i) + "@2";
+  f.PolicyRevision(changed);
+  f.StepUntil("Complete");
+  EXPECT_LE(f.max_down_, 2);
+  EXPECT_EQ(f.touched_, (std::set<std::string>{"web-0", "web-2", "web-4", "web-6", "web-8", "web-10"}));
+  for (const RolloutMember& m : f.members()) {
+    EXPECT_EQ(m.kernel, changed.count(m.name) ? changed.at(m.name) : m.name + "@1") << m.name;
+  }
+
+  // A bad change of every instance: the canary fails, goes back to its own stable kernel.
+  f.touched_.clear();
+  f.events_.clear();
+  std::map<std::string, std::string> bad;
+  for (const RolloutMember& m : f.members()) {
+    bad[m.name] = m.name + "@bad";
+    f.bad_.insert(m.name + "@bad");
+  }
+  f.PolicyRevision(bad);
+  f.policy().set_health_timeout(5000);
+  RolloutStep s = f.StepUntil("RolledBack");
+  const std::vector<std::string> canaries = f.Canaries();
+  ASSERT_EQ(canaries.size(), 1u);
+  EXPECT_EQ(f.touched_, std::set<std::string>(canaries.begin(), canaries.end()));
+  EXPECT_EQ(s.status.revision(), 3u);
+  EXPECT_EQ(s.status.stable(), 2u);
+  for (const RolloutMember& m : f.members()) {
+    EXPECT_EQ(m.kernel, changed.count(m.name) ? changed.at(m.name) : m.name + "@1") << m.name;
+    EXPECT_TRUE(m.up) << m.name;
+  }
+  // Held: the failed revision stays out for every instance, the canary included.
+  for (int i = 0; i < 5; ++i) s = f.Step();
+  EXPECT_EQ(s.status.phase(), "RolledBack");
+  EXPECT_EQ(f.Count("web-0@bad") + f.Count("web-1@bad"), 0);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// A rollback whose stable revision does not come up either (the sim's seed 35: an instance
+// created with an image that cannot load) ends after healthTimeout instead of hanging.
+TEST(RolloutTest, ARollbackToAStableRevisionThatCannotComeUpEndsAfterTheHealthTimeout) {
+  Fleet f(4, 0);
+  f.policy().mutable_canary()->set_count(1);
+  f.policy().set_health_timeout(5000);
+  f.Step();
+  f.bad_ = {"k1", "k2"};  // from now on neither kernel comes up
+  f.NewRevision("k2");
+  RolloutStep s = f.StepUntil("RolledBack", 60);
+  EXPECT_EQ(s.status.stable(), 1u);
+  EXPECT_THAT(f.events_, ::testing::Contains("RolledBack"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "reconciler/rollouts.h"
 
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -21,15 +22,21 @@ namespace v1 = mkfleet::v1;
 
 namespace {
 
-std::string KernelOf(const v1::InstanceTemplate& t) {
-  return KernelRevision(t.spec().kernel(), t.spec().rootfs().image());
+std::string KernelOf(const v1::KernelInstanceSpec& spec) { return KernelRevision(spec.kernel(), spec.rootfs().image()); }
+std::string KernelOf(const v1::InstanceTemplate& t) { return KernelOf(t.spec()); }
+
+// "InstanceSet/web" -> ("InstanceSet", "web").
+std::pair<std::string, std::string> Split(const std::string& key) {
+  size_t slash = key.find('/');
+  return {key.substr(0, slash), slash == std::string::npos ? "" : key.substr(slash + 1)};
 }
 
-v1::Event SetEvent(const std::string& set, bool warning, const std::string& reason, const std::string& message,
-                   absl::Time now) {
+v1::Event OwnerEvent(const std::string& key, bool warning, const std::string& reason, const std::string& message,
+                     absl::Time now) {
   v1::Event e;
-  e.set_kind("InstanceSet");
-  e.set_name(set);
+  auto [kind, name] = Split(key);
+  e.set_kind(kind);
+  e.set_name(name);
   e.set_type(warning ? "Warning" : "Normal");
   e.set_reason(reason);
   e.set_message(message);
@@ -37,21 +44,102 @@ v1::Event SetEvent(const std::string& set, bool warning, const std::string& reas
   return e;
 }
 
-}  // namespace
-
-std::string TemplateHash(const v1::InstanceTemplate& t) {
+// The hex hash of a message's deterministic serialization.
+std::string MessageHash(const google::protobuf::Message& m) {
   std::string bytes;
   {
     google::protobuf::io::StringOutputStream out(&bytes);
     google::protobuf::io::CodedOutputStream coded(&out);
     coded.SetSerializationDeterministic(true);
-    t.SerializeToCodedStream(&coded);
+    m.SerializeToCodedStream(&coded);
   }
   const uint64_t h = Fnv1a().Add(bytes).value();
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
   return std::string(hex, 10);
 }
+
+// Adds revision `hash` as the newest to `revisions` (oldest first), unless it is the newest
+// already: one seen before (an undo) moves to the newest with a new number; the oldest go
+// beyond `keep`, but never the stable revision (a rollback goes back to it). Returns the new
+// revision, or null when `hash` is the newest.
+template <typename Revision>
+Revision* AddRevision(google::protobuf::RepeatedPtrField<Revision>* revisions, const std::string& hash,
+                      uint32_t stable, uint32_t keep, const std::string& cause, absl::Time now) {
+  if (!revisions->empty() && revisions->rbegin()->hash() == hash) return nullptr;
+  uint32_t number = revisions->empty() ? 1 : revisions->rbegin()->number() + 1;
+  for (int i = 0; i < revisions->size(); ++i) {
+    if ((*revisions)[i].hash() == hash && (*revisions)[i].number() != stable) {
+      revisions->DeleteSubrange(i, 1);
+      break;
+    }
+  }
+  Revision* r = revisions->Add();
+  r->set_number(number);
+  r->set_hash(hash);
+  r->set_change_cause(cause);
+  r->set_time_unix_ms(absl::ToUnixMillis(now));
+  while (static_cast<uint32_t>(revisions->size()) > keep) {
+    int drop = (*revisions)[0].number() == stable && revisions->size() > 1 ? 1 : 0;
+    if (drop == revisions->size() - 1) break;
+    revisions->DeleteSubrange(drop, 1);
+  }
+  return r;
+}
+
+// A member as the engine sees it, from the status of the kernel that serves it. `phase_of`:
+// the phase of the newest revision with a KernelRevision (null: none): a member is up when in
+// the state its own revision wants (one held at a Loaded revision is not down for the sake
+// of a Running one it has not been let move to yet).
+RolloutMember MemberOf(const std::string& name, const v1::InstanceStatus& st, v1::Phase target_phase,
+                       const std::function<const v1::Phase*(const std::string&)>& phase_of) {
+  RolloutMember m;
+  m.name = name;
+  m.kernel = ServingRevision(st);
+  bool degraded = false;
+  for (const v1::Condition& c : st.conditions()) {
+    if (c.type() == "Degraded" && c.status() == v1::CONDITION_TRUE) {
+      degraded = true;
+      if (c.reason() == "CrashLoop") {
+        m.failure = absl::StrCat("crash loop: ", c.message());
+        m.failed_kernel = m.kernel;
+      }
+    }
+  }
+  if (st.morph().phase() == v1::MORPH_ROLLED_BACK) {
+    m.failure = absl::StrCat("live update rolled back: ", st.morph().reason());
+    m.failed_kernel = st.morph().revision();
+  }
+  const v1::Phase* own = m.kernel.empty() ? nullptr : phase_of(m.kernel);
+  m.up = st.kernel_state() == WantedKernelState(own != nullptr ? *own : target_phase) && !degraded && !MorphRunning(st);
+  return m;
+}
+
+// The value of host label `key` of `host` ("" without one).
+std::string LabelOf(const std::map<std::string, const v1::Host*>& hosts, const std::string& host,
+                    const std::string& key) {
+  if (key.empty()) return "";
+  auto h = hosts.find(host);
+  if (h == hosts.end()) return "";
+  auto l = h->second->metadata().labels().find(key);
+  return l != h->second->metadata().labels().end() ? l->second : "";
+}
+
+// One member per logical name: the kernel the last pass said serves it (during and after a
+// live update, "<name>-next" may), else the one named for it.
+void AddServing(std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>>* members,
+                const std::string& host, const v1::ObservedInstance* in,
+                const std::map<std::string, std::pair<std::string, std::string>>& serving) {
+  std::string member = in->name();
+  if (absl::EndsWith(member, kNextSuffix)) member = member.substr(0, member.size() - kNextSuffix.size());
+  auto s = serving.find(member);
+  bool serves = s != serving.end() ? s->second.second == in->name() : in->name() == member;
+  if (serves || !members->count(member)) (*members)[member] = {host, in};
+}
+
+}  // namespace
+
+std::string TemplateHash(const v1::InstanceTemplate& t) { return MessageHash(t); }
 
 absl::Status Rollouts::LoadLocked() {
   if (loaded_) return absl::OkStatus();
@@ -69,10 +157,10 @@ absl::Status Rollouts::LoadLocked() {
   return absl::OkStatus();
 }
 
-absl::Status Rollouts::SaveLocked(const std::string& set) {
-  auto it = entries_.find(set);
-  absl::StatusOr<int64_t> r = it == entries_.end() ? store_.Delete(kRolloutPrefix + set)
-                                                   : store_.Put(kRolloutPrefix + set, it->second.record.SerializeAsString());
+absl::Status Rollouts::SaveLocked(const std::string& key) {
+  auto it = entries_.find(key);
+  absl::StatusOr<int64_t> r = it == entries_.end() ? store_.Delete(kRolloutPrefix + key)
+                                                   : store_.Put(kRolloutPrefix + key, it->second.record.SerializeAsString());
   if (!r.ok() && !absl::IsNotFound(r.status())) {
     loaded_ = false;  // read back what the store has at the next step
     return r.status();
@@ -81,19 +169,46 @@ absl::Status Rollouts::SaveLocked(const std::string& set) {
 }
 
 RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector<v1::InstanceSet>& sets,
-                           const std::map<std::string, HostView>& views,
-                           const std::map<std::string, std::pair<std::string, std::string>>& serving) {
+                           const std::vector<v1::KernelInstance>& instances,
+                           const std::vector<v1::RolloutPolicy>& policies, const std::map<std::string, HostView>& views,
+                           const std::map<std::string, std::pair<std::string, std::string>>& serving,
+                           int64_t objects_revision) {
   RolloutPass out;
   const absl::Time now = clock_.Now();
   absl::MutexLock lock(&mu_);
   if (absl::Status s = LoadLocked(); !s.ok()) {
-    // Without the records nothing is held back: the sets' templates apply as they are, as
-    // before rollouts existed. Said once per pass as a warning on each set.
+    // Without the records nothing is held back: the sets' templates and the instances' specs
+    // apply as they are, as before rollouts existed. Said once per pass as a warning on each.
     for (const v1::InstanceSet& set : sets) {
-      out.events.push_back(SetEvent(set.metadata().name(), true, "RolloutStoreError", std::string(s.message()), now));
+      out.events.push_back(OwnerEvent("InstanceSet/" + set.metadata().name(), true, "RolloutStoreError",
+                                      std::string(s.message()), now));
+    }
+    for (const v1::RolloutPolicy& policy : policies) {
+      out.events.push_back(OwnerEvent("RolloutPolicy/" + policy.metadata().name(), true, "RolloutStoreError",
+                                      std::string(s.message()), now));
     }
     return out;
   }
+  std::set<std::string> live;
+  StepSets(hosts, sets, views, serving, now, &live, &out);
+  StepPolicies(hosts, instances, policies, views, serving, now, objects_revision, &live, &out);
+  // Records of deleted sets and policies go.
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (live.count(it->first)) {
+      ++it;
+      continue;
+    }
+    std::string gone = it->first;
+    it = entries_.erase(it);
+    (void)SaveLocked(gone);
+  }
+  return out;
+}
+
+void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1::InstanceSet>& sets,
+                        const std::map<std::string, HostView>& views,
+                        const std::map<std::string, std::pair<std::string, std::string>>& serving, absl::Time now,
+                        std::set<std::string>* live, RolloutPass* out) {
   std::map<std::string, const v1::Host*> host_by_name;
   for (const v1::Host& h : hosts) host_by_name[h.metadata().name()] = &h;
   // Members of each set as the hosts show them: the kernel that serves each.
@@ -105,39 +220,19 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
       seen[std::string(set)].emplace_back(host, &in);
     }
   }
-  std::set<std::string> live;
   for (const v1::InstanceSet& set : sets) {
     const std::string& name = set.metadata().name();
-    live.insert(name);
-    Entry& e = entries_[name];
+    const std::string key = "InstanceSet/" + name;
+    live->insert(key);
+    Entry& e = entries_[key];
     v1::RolloutRecord& rec = e.record;
     bool dirty = false;
-    // The revisions: a template not seen before is the newest; one seen before (an undo)
-    // moves to the newest with a new number.
     const v1::InstanceTemplate& tmpl = set.spec().template_();
-    const std::string hash = TemplateHash(tmpl);
-    if (rec.revisions().empty() || rec.revisions().rbegin()->hash() != hash) {
-      uint32_t number = rec.revisions().empty() ? 1 : rec.revisions().rbegin()->number() + 1;
-      for (int i = 0; i < rec.revisions_size(); ++i) {
-        if (rec.revisions(i).hash() == hash && rec.revisions(i).number() != rec.progress().stable()) {
-          rec.mutable_revisions()->DeleteSubrange(i, 1);
-          break;
-        }
-      }
-      v1::TemplateRevision* r = rec.add_revisions();
-      r->set_number(number);
-      r->set_hash(hash);
-      r->set_change_cause(set.metadata().change_cause());
-      r->set_time_unix_ms(absl::ToUnixMillis(now));
+    const uint32_t keep =
+        set.spec().has_revision_history_limit() ? set.spec().revision_history_limit() : kDefaultRevisionHistory;
+    if (v1::TemplateRevision* r = AddRevision(rec.mutable_revisions(), TemplateHash(tmpl), rec.progress().stable(),
+                                              keep, set.metadata().change_cause(), now)) {
       *r->mutable_template_() = tmpl;
-      // The oldest go, but never the stable revision (a rollback goes back to it).
-      const uint32_t keep = set.spec().has_revision_history_limit() ? set.spec().revision_history_limit()
-                                                                    : kDefaultRevisionHistory;
-      while (static_cast<uint32_t>(rec.revisions_size()) > keep) {
-        int drop = rec.revisions(0).number() == rec.progress().stable() && rec.revisions_size() > 1 ? 1 : 0;
-        if (drop == rec.revisions_size() - 1) break;
-        rec.mutable_revisions()->DeleteSubrange(drop, 1);
-      }
       dirty = true;
     }
     RolloutView view;
@@ -148,7 +243,7 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
       auto v = views.find(h.metadata().name());
       if (v == views.end() || !v->second.connected) view.frozen = true;
     }
-    view.owner = "InstanceSet/" + name;
+    view.owner = key;
     view.policy = set.spec().rollout();
     view.morph = tmpl.spec().update().strategy() == v1::UPDATE_MORPH;
     view.target = rec.revisions().rbegin()->number();
@@ -158,89 +253,253 @@ RolloutPass Rollouts::Step(const std::vector<v1::Host>& hosts, const std::vector
       view.revision_of_kernel[KernelOf(r.template_())] = r.number();
       view.kernel_of_revision[r.number()] = KernelOf(r.template_());
     }
-    // One member per logical name: the kernel the last pass said serves it (during and
-    // after a live update, "<name>-next" may), else the one named for it.
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
-    for (const auto& [host, in] : seen[name]) {
-      std::string member = in->name();
-      if (absl::EndsWith(member, kNextSuffix)) member = member.substr(0, member.size() - kNextSuffix.size());
-      auto s = serving.find(member);
-      bool serves = s != serving.end() ? s->second.second == in->name() : in->name() == member;
-      if (serves || !members.count(member)) members[member] = {host, in};
-    }
-    const std::string& wave_key = view.policy.waves().by();
+    for (const auto& [host, in] : seen[name]) AddServing(&members, host, in, serving);
+    std::map<std::string, v1::Phase> phase_of_kernel;  // the newest revision's with that kernel
+    for (const v1::TemplateRevision& r : rec.revisions()) phase_of_kernel[KernelOf(r.template_())] = r.template_().spec().phase();
+    auto phase_of = [&](const std::string& kernel) -> const v1::Phase* {
+      auto it = phase_of_kernel.find(kernel);
+      return it == phase_of_kernel.end() ? nullptr : &it->second;
+    };
     for (const auto& [member, where] : members) {
-      const v1::ObservedInstance& in = *where.second;
-      const v1::InstanceStatus& st = in.status();
-      RolloutMember m;
-      m.name = member;
-      if (!wave_key.empty()) {
-        auto h = host_by_name.find(where.first);
-        if (h != host_by_name.end()) {
-          auto l = h->second->metadata().labels().find(wave_key);
-          if (l != h->second->metadata().labels().end()) m.wave = l->second;
-        }
-      }
-      m.kernel = ServingRevision(st);
-      bool degraded = false;
-      for (const v1::Condition& c : st.conditions()) {
-        if (c.type() == "Degraded" && c.status() == v1::CONDITION_TRUE) {
-          degraded = true;
-          if (c.reason() == "CrashLoop") {
-            m.failure = absl::StrCat("crash loop: ", c.message());
-            m.failed_kernel = m.kernel;
-          }
-        }
-      }
-      if (st.morph().phase() == v1::MORPH_ROLLED_BACK) {
-        m.failure = absl::StrCat("live update rolled back: ", st.morph().reason());
-        m.failed_kernel = st.morph().revision();
-      }
-      m.up = st.kernel_state() == WantedKernelState(tmpl.spec().phase()) && !degraded && !MorphRunning(st);
+      RolloutMember m = MemberOf(member, where.second->status(), tmpl.spec().phase(), phase_of);
+      m.wave = LabelOf(host_by_name, where.first, view.policy.waves().by());
       view.members.push_back(std::move(m));
     }
     RolloutStep step = StepRollout(view, rec.mutable_progress());
     dirty |= step.changed;
     step.status.set_observed_generation(set.metadata().generation());
     e.status = step.status;
-    out.statuses[name] = step.status;
+    out->statuses[name] = step.status;
     for (const auto& [reason, message] : step.events) {
       bool warning = reason == "RolloutFailed" || reason == "MemberFailed";
-      out.events.push_back(SetEvent(name, warning, reason, message, now));
+      out->events.push_back(OwnerEvent(key, warning, reason, message, now));
     }
     auto spec_of = [&](uint32_t revision) -> const v1::KernelInstanceSpec* {
       for (const v1::TemplateRevision& r : rec.revisions()) {
         if (r.number() != revision) continue;
-        auto [it, fresh] = out.specs.emplace(std::make_pair(name, revision), r.template_().spec());
+        auto [it, fresh] = out->specs.emplace(std::make_pair(name, revision), r.template_().spec());
         return &it->second;
       }
       return nullptr;
     };
     for (const auto& [member, revision] : step.revision_of) {
-      if (const v1::KernelInstanceSpec* spec = spec_of(revision)) out.member_specs[member] = spec;
+      if (const v1::KernelInstanceSpec* spec = spec_of(revision)) out->member_specs[member] = spec;
     }
     if (step.default_revision != view.target) {
-      if (const v1::KernelInstanceSpec* spec = spec_of(step.default_revision)) out.set_specs[name] = spec;
+      if (const v1::KernelInstanceSpec* spec = spec_of(step.default_revision)) out->set_specs[name] = spec;
     }
     const v1::RolloutPhase phase = rec.progress().phase();
-    out.active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;
+    out->active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;
     if (dirty) {
-      if (absl::Status s = SaveLocked(name); !s.ok()) {
-        out.events.push_back(SetEvent(name, true, "RolloutStoreError", std::string(s.message()), now));
+      if (absl::Status s = SaveLocked(key); !s.ok()) {
+        out->events.push_back(OwnerEvent(key, true, "RolloutStoreError", std::string(s.message()), now));
       }
     }
   }
-  // Records of deleted sets go.
-  for (auto it = entries_.begin(); it != entries_.end();) {
-    if (live.count(it->first)) {
-      ++it;
-      continue;
+}
+
+void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vector<v1::KernelInstance>& instances,
+                            const std::vector<v1::RolloutPolicy>& policies,
+                            const std::map<std::string, HostView>& views,
+                            const std::map<std::string, std::pair<std::string, std::string>>& serving,
+                            absl::Time now, int64_t objects_revision, std::set<std::string>* live,
+                            RolloutPass* out) {
+  if (policies.empty()) return;
+  std::map<std::string, const v1::Host*> host_by_name;
+  for (const v1::Host& h : hosts) host_by_name[h.metadata().name()] = &h;
+  // Which policy paces each instance: the first by name that selects it.
+  std::vector<const v1::RolloutPolicy*> ordered;
+  for (const v1::RolloutPolicy& p : policies) ordered.push_back(&p);
+  std::sort(ordered.begin(), ordered.end(),
+            [](auto* a, auto* b) { return a->metadata().name() < b->metadata().name(); });
+  std::map<std::string, std::string> paced_by;  // instance -> policy
+  std::map<std::string, std::vector<const v1::KernelInstance*>> selected;  // policy -> its instances, by name
+  std::map<std::string, std::vector<std::string>> conflicts;               // policy -> instances another paces
+  for (const v1::RolloutPolicy* p : ordered) {
+    const std::string& policy = p->metadata().name();
+    selected[policy];
+    for (const v1::KernelInstance& ki : instances) {
+      if (ki.metadata().deletion_unix_ms() != 0) continue;
+      std::map<std::string, std::string> labels(ki.metadata().labels().begin(), ki.metadata().labels().end());
+      if (!planner::Matches(p->spec().selector(), labels)) continue;
+      auto [it, first] = paced_by.emplace(ki.metadata().name(), policy);
+      if (first) {
+        selected[policy].push_back(&ki);
+      } else {
+        conflicts[policy].push_back(absl::StrCat(ki.metadata().name(), " (paced by RolloutPolicy/", it->second, ")"));
+      }
     }
-    std::string gone = it->first;
-    it = entries_.erase(it);
-    (void)SaveLocked(gone);
   }
-  return out;
+  // The kernels serving the paced instances, as the hosts show them.
+  std::map<std::string, std::vector<std::pair<std::string, const v1::ObservedInstance*>>> seen;  // instance -> (host, in)
+  for (const auto& [host, view] : views) {
+    for (const auto& [kernel, in] : view.instances) {
+      if (absl::EndsWith(kernel, kStandbySuffix) || absl::StartsWith(in.owner(), "InstanceSet/")) continue;
+      std::string logical = kernel;
+      if (absl::EndsWith(logical, kNextSuffix)) logical = logical.substr(0, logical.size() - kNextSuffix.size());
+      if (paced_by.count(logical)) seen[logical].emplace_back(host, &in);
+    }
+  }
+  for (const v1::RolloutPolicy* p : ordered) {
+    const std::string& name = p->metadata().name();
+    const std::string key = "RolloutPolicy/" + name;
+    live->insert(key);
+    Entry& e = entries_[key];
+    v1::RolloutRecord& rec = e.record;
+    bool dirty = false;
+    const std::vector<const v1::KernelInstance*>& mine = selected[name];
+    // The revision: the selected instances' names and specs.
+    std::map<std::string, std::string> spec_hash;  // instance -> hash of its spec
+    Fnv1a whole;
+    std::string cause;
+    const v1::PolicyRevision* newest = rec.policy_revisions().empty() ? nullptr : &*rec.policy_revisions().rbegin();
+    for (const v1::KernelInstance* ki : mine) {
+      const std::string& instance = ki->metadata().name();
+      const std::string h = MessageHash(ki->spec());
+      spec_hash[instance] = h;
+      whole.Field(instance).Field(h);
+      // The change cause: the first instance (by name) whose spec changed and says why.
+      if (cause.empty() && !ki->metadata().change_cause().empty()) {
+        const bool changed = newest == nullptr || !newest->specs().count(instance) || newest->specs().at(instance) != h;
+        if (changed) cause = ki->metadata().change_cause();
+      }
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(whole.value()));
+    const uint32_t keep = p->spec().has_revision_history_limit() ? p->spec().revision_history_limit()
+                                                                  : kDefaultRevisionHistory;
+    if (v1::PolicyRevision* r = AddRevision(rec.mutable_policy_revisions(), std::string(hex, 10),
+                                            rec.progress().stable(), keep, cause, now)) {
+      for (const v1::KernelInstance* ki : mine) {
+        (*r->mutable_specs())[ki->metadata().name()] = spec_hash[ki->metadata().name()];
+        (*rec.mutable_specs())[spec_hash[ki->metadata().name()]] = ki->spec();
+      }
+      // The specs no kept revision names go.
+      std::set<std::string> used;
+      for (const v1::PolicyRevision& pr : rec.policy_revisions()) {
+        for (const auto& [instance, h] : pr.specs()) used.insert(h);
+      }
+      for (auto it = rec.mutable_specs()->begin(); it != rec.mutable_specs()->end();) {
+        it = used.count(it->first) ? std::next(it) : rec.mutable_specs()->erase(it);
+      }
+      dirty = true;
+    }
+    std::map<std::string, std::string> kernel_of_spec;  // spec hash -> its KernelRevision
+    for (const auto& [h, spec] : rec.specs()) kernel_of_spec[h] = KernelOf(spec);
+    RolloutView view;
+    view.owner = key;
+    view.policy = p->spec().rollout();
+    view.target = rec.policy_revisions().rbegin()->number();
+    view.now = now;
+    bool all_morph = !mine.empty();
+    std::set<std::string> their_hosts;
+    for (const v1::KernelInstance* ki : mine) {
+      all_morph &= ki->spec().update().strategy() == v1::UPDATE_MORPH;
+      if (ki->spec().target_case() == v1::KernelInstanceSpec::kHost) {
+        their_hosts.insert(ki->spec().host());
+        continue;
+      }
+      for (const v1::Host& h : hosts) {
+        std::map<std::string, std::string> labels(h.metadata().labels().begin(), h.metadata().labels().end());
+        if (planner::Matches(ki->spec().host_selector(), labels)) their_hosts.insert(h.metadata().name());
+      }
+    }
+    view.morph = all_morph;
+    // Frozen while a host its instances may run on is not connected.
+    for (const std::string& h : their_hosts) {
+      auto v = views.find(h);
+      if (host_by_name.count(h) && (v == views.end() || !v->second.connected)) view.frozen = true;
+    }
+    // The members: the instances the change is about, those whose spec differs from the
+    // stable revision's (or that it lacks); the others are not part of it (an instance down
+    // for its own reasons neither fails nor holds up a change to the others).
+    const v1::RolloutProgress& before = rec.progress();
+    uint32_t stable = before.stable();
+    if (before.revision() == 0) {
+      stable = view.target;
+    } else if (before.revision() != view.target && before.phase() == v1::ROLLOUT_COMPLETE) {
+      stable = before.revision();
+    }
+    const v1::PolicyRevision* stable_rev = nullptr;
+    for (const v1::PolicyRevision& r : rec.policy_revisions()) {
+      if (r.number() == stable) stable_rev = &r;
+    }
+    for (const v1::KernelInstance* ki : mine) {
+      const std::string& instance = ki->metadata().name();
+      if (stable_rev != nullptr && stable_rev->specs().count(instance) &&
+          stable_rev->specs().at(instance) == spec_hash[instance]) {
+        continue;
+      }
+      std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> found;
+      for (const auto& [host, in] : seen[instance]) AddServing(&found, host, in, serving);
+      auto where = found.find(instance);
+      if (where == found.end()) continue;
+      std::map<std::string, v1::Phase> phase_of_kernel;  // the newest revision's with that kernel
+      std::map<uint32_t, std::string> kernels;
+      for (const v1::PolicyRevision& r : rec.policy_revisions()) {
+        auto h = r.specs().find(instance);
+        if (h == r.specs().end()) continue;
+        kernels[r.number()] = kernel_of_spec[h->second];
+        phase_of_kernel[kernel_of_spec[h->second]] = rec.specs().at(h->second).phase();
+      }
+      auto phase_of = [&](const std::string& kernel) -> const v1::Phase* {
+        auto it = phase_of_kernel.find(kernel);
+        return it == phase_of_kernel.end() ? nullptr : &it->second;
+      };
+      RolloutMember m = MemberOf(instance, where->second.second->status(), ki->spec().phase(), phase_of);
+      m.wave = LabelOf(host_by_name, where->second.first, view.policy.waves().by());
+      m.kernels = std::move(kernels);
+      view.members.push_back(std::move(m));
+    }
+    RolloutStep step = StepRollout(view, rec.mutable_progress());
+    dirty |= step.changed;
+    step.status.set_observed_generation(p->metadata().generation());
+    step.status.set_observed_revision(objects_revision);
+    e.status = step.status;
+    for (const auto& [reason, message] : step.events) {
+      bool warning = reason == "RolloutFailed" || reason == "MemberFailed";
+      out->events.push_back(OwnerEvent(key, warning, reason, message, now));
+    }
+    // What each instance runs: its spec in the revision the rollout keeps it at (an instance
+    // not seen yet runs the default revision's, when that one has it).
+    auto spec_in = [&](const std::string& instance, uint32_t revision) -> const v1::KernelInstanceSpec* {
+      for (const v1::PolicyRevision& r : rec.policy_revisions()) {
+        if (r.number() != revision) continue;
+        auto h = r.specs().find(instance);
+        if (h == r.specs().end()) return nullptr;
+        auto spec = rec.specs().find(h->second);
+        return spec != rec.specs().end() ? &spec->second : nullptr;
+      }
+      return nullptr;
+    };
+    const v1::RolloutPhase phase = rec.progress().phase();
+    for (const v1::KernelInstance* ki : mine) {
+      const std::string& instance = ki->metadata().name();
+      auto r = step.revision_of.find(instance);
+      const uint32_t revision = r != step.revision_of.end() ? r->second : step.default_revision;
+      if (revision == view.target) continue;
+      const v1::KernelInstanceSpec* spec = spec_in(instance, revision);
+      if (spec == nullptr || spec->SerializeAsString() == ki->spec().SerializeAsString()) continue;
+      out->instance_specs[instance] = *spec;
+      out->held[instance] =
+          absl::StrCat("RolloutPolicy/", name, " holds it at revision ", revision, " (rollout ",
+                       RolloutPhaseName(phase), ": ", step.status.message(), ")");
+    }
+    v1::RolloutPolicyStatus st;
+    st.set_members(static_cast<uint32_t>(mine.size()));
+    st.set_current_revision(step.status.stable());
+    st.set_update_revision(step.status.revision());
+    *st.mutable_rollout() = step.status;
+    for (const std::string& c : conflicts[name]) st.add_conflicts(c);
+    out->policy_statuses[name] = std::move(st);
+    out->active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;
+    if (dirty) {
+      if (absl::Status s = SaveLocked(key); !s.ok()) {
+        out->events.push_back(OwnerEvent(key, true, "RolloutStoreError", std::string(s.message()), now));
+      }
+    }
+  }
 }
 
 v1::RolloutResponse Rollouts::ResponseLocked(const Entry& e) const {
@@ -254,69 +513,109 @@ v1::RolloutResponse Rollouts::ResponseLocked(const Entry& e) const {
     info->set_time_unix_ms(rev.time_unix_ms());
     info->set_kernel(rev.template_().spec().kernel().image());
   }
+  for (const v1::PolicyRevision& rev : e.record.policy_revisions()) {
+    v1::RevisionInfo* info = r.add_revisions();
+    info->set_number(rev.number());
+    info->set_hash(rev.hash());
+    info->set_change_cause(rev.change_cause());
+    info->set_time_unix_ms(rev.time_unix_ms());
+    // The kernels of its instances: one image, or how many differ.
+    std::set<std::string> images;
+    for (const auto& [instance, h] : rev.specs()) {
+      auto spec = e.record.specs().find(h);
+      if (spec != e.record.specs().end()) images.insert(spec->second.kernel().image());
+    }
+    info->set_kernel(images.size() == 1 ? *images.begin()
+                                        : absl::StrCat(images.size(), " kernels over ", rev.specs_size(), " instances"));
+  }
   return r;
 }
 
-absl::StatusOr<v1::RolloutResponse> Rollouts::Status(const std::string& set) {
-  absl::MutexLock lock(&mu_);
+absl::StatusOr<Rollouts::Entry*> Rollouts::FindLocked(const std::string& kind, const std::string& name) {
   MK_RETURN_IF_ERROR(LoadLocked());
-  auto it = entries_.find(set);
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("InstanceSet/", set, " has no rollout record yet"));
-  return ResponseLocked(it->second);
+  auto it = entries_.find(kind + "/" + name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat(kind, "/", name, " has no rollout record yet"));
+  return &it->second;
 }
 
-absl::StatusOr<v1::RolloutResponse> Rollouts::SetPaused(const std::string& set, bool paused) {
+absl::StatusOr<v1::RolloutResponse> Rollouts::Status(const std::string& kind, const std::string& name) {
   absl::MutexLock lock(&mu_);
-  MK_RETURN_IF_ERROR(LoadLocked());
-  auto it = entries_.find(set);
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("InstanceSet/", set, " has no rollout record yet"));
-  v1::RolloutProgress& p = *it->second.record.mutable_progress();
+  MK_ASSIGN_OR_RETURN(Entry * e, FindLocked(kind, name));
+  return ResponseLocked(*e);
+}
+
+absl::StatusOr<v1::RolloutResponse> Rollouts::SetPaused(const std::string& kind, const std::string& name, bool paused) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(Entry * e, FindLocked(kind, name));
+  const std::string key = kind + "/" + name;
+  v1::RolloutProgress& p = *e->record.mutable_progress();
   v1::RolloutResponse r;
   if (p.paused() == paused) {
-    r = ResponseLocked(it->second);
-    r.set_message(absl::StrCat("InstanceSet/", set, " is already ", paused ? "paused" : "not paused"));
+    r = ResponseLocked(*e);
+    r.set_message(absl::StrCat(key, " is already ", paused ? "paused" : "not paused"));
     return r;
   }
   p.set_paused(paused);
   if (p.phase() == v1::ROLLOUT_PAUSED && !paused) p.set_phase(v1::ROLLOUT_PROGRESSING);
   if (p.phase() == v1::ROLLOUT_PROGRESSING && paused) p.set_phase(v1::ROLLOUT_PAUSED);
-  it->second.status.set_paused(paused);
-  it->second.status.set_phase(RolloutPhaseName(p.phase()));
-  MK_RETURN_IF_ERROR(SaveLocked(set));
-  r = ResponseLocked(it->second);
-  r.set_message(absl::StrCat("InstanceSet/", set, paused ? " paused" : " resumed"));
+  e->status.set_paused(paused);
+  e->status.set_phase(RolloutPhaseName(p.phase()));
+  MK_RETURN_IF_ERROR(SaveLocked(key));
+  r = ResponseLocked(*e);
+  r.set_message(absl::StrCat(key, paused ? " paused" : " resumed"));
   return r;
+}
+
+absl::StatusOr<uint32_t> Rollouts::UndoTargetLocked(const std::string& key, const Entry& e, uint32_t to) {
+  std::vector<uint32_t> numbers;
+  for (const v1::TemplateRevision& r : e.record.revisions()) numbers.push_back(r.number());
+  for (const v1::PolicyRevision& r : e.record.policy_revisions()) numbers.push_back(r.number());
+  if (to == 0) {
+    // The one before the newest; after a held failure, the stable one.
+    const v1::RolloutProgress& p = e.record.progress();
+    if (p.phase() == v1::ROLLOUT_ROLLED_BACK || p.phase() == v1::ROLLOUT_FAILED) {
+      to = p.stable();
+    } else if (numbers.size() >= 2) {
+      to = numbers[numbers.size() - 2];
+    } else {
+      return absl::FailedPreconditionError(absl::StrCat(key, " has only one revision: nothing to undo"));
+    }
+  }
+  if (std::find(numbers.begin(), numbers.end(), to) == numbers.end()) {
+    std::string kept;
+    for (uint32_t n : numbers) absl::StrAppend(&kept, kept.empty() ? "" : ", ", n);
+    return absl::NotFoundError(absl::StrCat(key, " has no revision ", to, " (kept: ", kept, ")"));
+  }
+  if (to == numbers.back()) return absl::FailedPreconditionError(absl::StrCat(key, ": revision ", to, " is the newest"));
+  return to;
 }
 
 absl::StatusOr<v1::InstanceTemplate> Rollouts::UndoTemplate(const std::string& set, uint32_t to, uint32_t* number) {
   absl::MutexLock lock(&mu_);
-  MK_RETURN_IF_ERROR(LoadLocked());
-  auto it = entries_.find(set);
-  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("InstanceSet/", set, " has no rollout record yet"));
-  const auto& revs = it->second.record.revisions();
-  if (to == 0) {
-    // The one before the newest; after a held failure, the stable one.
-    const v1::RolloutProgress& p = it->second.record.progress();
-    if (p.phase() == v1::ROLLOUT_ROLLED_BACK || p.phase() == v1::ROLLOUT_FAILED) {
-      to = p.stable();
-    } else if (revs.size() >= 2) {
-      to = revs[revs.size() - 2].number();
-    } else {
-      return absl::FailedPreconditionError(absl::StrCat("InstanceSet/", set, " has only one revision: nothing to undo"));
+  MK_ASSIGN_OR_RETURN(Entry * e, FindLocked("InstanceSet", set));
+  MK_ASSIGN_OR_RETURN(uint32_t revision, UndoTargetLocked("InstanceSet/" + set, *e, to));
+  if (number != nullptr) *number = revision;
+  for (const v1::TemplateRevision& r : e->record.revisions()) {
+    if (r.number() == revision) return r.template_();
+  }
+  return absl::InternalError("unreachable: a revision found is kept");
+}
+
+absl::StatusOr<std::map<std::string, v1::KernelInstanceSpec>> Rollouts::UndoSpecs(const std::string& policy,
+                                                                                  uint32_t to, uint32_t* number) {
+  absl::MutexLock lock(&mu_);
+  MK_ASSIGN_OR_RETURN(Entry * e, FindLocked("RolloutPolicy", policy));
+  MK_ASSIGN_OR_RETURN(uint32_t revision, UndoTargetLocked("RolloutPolicy/" + policy, *e, to));
+  if (number != nullptr) *number = revision;
+  std::map<std::string, v1::KernelInstanceSpec> out;
+  for (const v1::PolicyRevision& r : e->record.policy_revisions()) {
+    if (r.number() != revision) continue;
+    for (const auto& [instance, h] : r.specs()) {
+      auto spec = e->record.specs().find(h);
+      if (spec != e->record.specs().end()) out[instance] = spec->second;
     }
   }
-  for (const v1::TemplateRevision& r : revs) {
-    if (r.number() == to) {
-      if (number != nullptr) *number = to;
-      if (r.number() == revs.rbegin()->number()) {
-        return absl::FailedPreconditionError(absl::StrCat("InstanceSet/", set, ": revision ", to, " is the newest"));
-      }
-      return r.template_();
-    }
-  }
-  std::string kept;
-  for (const v1::TemplateRevision& r : revs) absl::StrAppend(&kept, kept.empty() ? "" : ", ", r.number());
-  return absl::NotFoundError(absl::StrCat("InstanceSet/", set, " has no revision ", to, " (kept: ", kept, ")"));
+  return out;
 }
 
 }  // namespace mkfleet::reconciler

@@ -50,6 +50,7 @@ class Builder {
     Instances();
     Hosts();
     Sets();
+    Policies();
     return std::move(out_);
   }
 
@@ -413,6 +414,37 @@ class Builder {
                                           absl::StrCat(st.ready_replicas(), "/", st.replicas(), " ready")));
         }
       }
+    }
+  }
+
+  void Policies() {
+    if (in_.policies == nullptr || in_.policy_statuses == nullptr) return;
+    for (const v1::RolloutPolicy& p : *in_.policies) {
+      const std::string& name = p.metadata().name();
+      auto computed = in_.policy_statuses->find(name);
+      if (computed == in_.policy_statuses->end()) continue;
+      v1::RolloutPolicyStatus st = computed->second;
+      const v1::RolloutStatus& rollout = st.rollout();
+      const std::string& phase = rollout.phase();
+      // Ready once every instance runs the newest revision, or the stable one after a
+      // rollback (Progressing then says the newest failed and is held).
+      const bool ready = phase == "Complete" || phase == "RolledBack";
+      *st.add_conditions() = Cond("Ready", ready, ready ? (phase == "Complete" ? "AllUpdated" : "RolledBack") : "RollingOut",
+                                  absl::StrCat(st.members(), " instance(s); revision ",
+                                               ready ? rollout.stable() : rollout.revision(), ": ", rollout.message()));
+      if (phase != "Complete") {
+        const bool stopped = phase == "Failed" || phase == "RollingBack" || phase == "RolledBack";
+        *st.add_conditions() =
+            Cond("Progressing", !stopped, stopped ? "RolloutFailed" : phase == "Paused" ? "RolloutPaused" : "RollingOut",
+                 absl::StrCat("revision ", rollout.revision(), ": ", rollout.message()));
+      }
+      if (st.conflicts_size() > 0) {
+        *st.add_conditions() = Cond("Conflict", true, "SelectedByAnother",
+                                    absl::StrCat("another policy paces ", absl::StrJoin(st.conflicts(), ", ")));
+      }
+      if (ready) st.set_observed_generation(p.metadata().generation());
+      Stamp(st.mutable_conditions(), p.metadata().generation());
+      Put(StatusKey("RolloutPolicy", name), st);
     }
   }
 

@@ -11,6 +11,7 @@
 // dialect, pool usage, phase (Terminating while a deleted Host drains), unmanaged kernels,
 // conditions Reachable / PoolValid / PoolSynced. Sets: replicas (the spec's count), ready and
 // updated members (only those seen on a connected host), conditions Scheduled / Ready.
+// RolloutPolicies: members, revisions, the rollout, conditions Ready / Progressing / Conflict.
 #ifndef MKFLEET_RECONCILER_STATUSES_H_
 #define MKFLEET_RECONCILER_STATUSES_H_
 
@@ -49,6 +50,9 @@ struct PassInputs {
   const std::map<std::string, std::string>& previous;
   // The sets' rollouts, by set name (may be null).
   const std::map<std::string, mkfleet::v1::RolloutStatus>* rollouts = nullptr;
+  // The RolloutPolicies and their statuses as the rollouts computed them (may be null).
+  const std::vector<mkfleet::v1::RolloutPolicy>* policies = nullptr;
+  const std::map<std::string, mkfleet::v1::RolloutPolicyStatus>* policy_statuses = nullptr;
 };
 
 struct StatusUpdate {

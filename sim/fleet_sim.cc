@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_replace.h"
 #include "agents/action_journal.h"
 #include "agents/agent.h"
@@ -131,6 +132,7 @@ class World {
   void OnAction(int h, const v1::Action& a, const v1::ActionResult& r);
   void OneStep();
   void UserOp();
+  void PolicyOp();
   // Attacks (step 7): each must be refused and change nothing (invariant h).
   void HostileApply();
   void HostileBatch(int h);
@@ -551,6 +553,8 @@ v1::Object World::Instance(const std::string& name, int host, uint32_t cpus, uin
   s->set_host(hosts_[host]->name);
   s->mutable_kernel()->set_image(good_image_);
   s->mutable_kernel()->set_cmdline("console=mktty0");
+  // Half are paced by the RolloutPolicy p0 when it exists (PolicyOp).
+  if (rng_.P(0.5)) (*ki->mutable_metadata()->mutable_labels())["tier"] = "web";
   s->mutable_resources()->set_cpus(cpus);
   s->mutable_resources()->set_memory(mib << 20);
   if (rng_.P(0.15)) s->mutable_resources()->set_smt(v1::SMT_ANY);
@@ -785,7 +789,7 @@ void World::UserOp() {
       if (what == 4 && reconciler_ != nullptr) {
         // mkapply rollout pause / resume.
         bool pause = rng_.P(0.5);
-        auto r = reconciler_->rollouts().SetPaused(name, pause);
+        auto r = reconciler_->rollouts().SetPaused("InstanceSet", name, pause);
         Trace(absl::StrCat("user: rollout ", pause ? "pause" : "resume", " InstanceSet/", name, ": ",
                            r.ok() ? r->message() : std::string(r.status().message())));
         return;
@@ -826,11 +830,15 @@ void World::UserOp() {
     Trace(absl::StrCat("user: ", change, " InstanceSet/", name, ": ", describe(Apply(o))));
     return;
   }
-  if (op < 90) {
+  if (op < 88) {
+    PolicyOp();
+    return;
+  }
+  if (op < 91) {
     HostileApply();
     return;
   }
-  if (op < 93) {
+  if (op < 94) {
     // Cordon or uncordon a host (or bring back a deleted one).
     int h = rng_.I(0, o_.hosts - 1);
     bool cordon = rng_.P(0.5);
@@ -843,6 +851,61 @@ void World::UserOp() {
   absl::Status st = objects_->Delete("Host", hosts_[h]->name, absl::ToUnixMillis(clock_.Now())).status();
   if (st.ok()) License(absl::StrCat("Host/", hosts_[h]->name), "host deleted");
   Trace(absl::StrCat("user: delete Host/", hosts_[h]->name, ": ", describe(st)));
+}
+
+// The RolloutPolicy p0 (KernelInstances labelled tier=web): create or change its rollout,
+// pause or resume it, undo its last change, or delete it.
+void World::PolicyOp() {
+  auto describe = [](const absl::Status& s) { return s.ok() ? std::string("ok") : std::string(s.message()); };
+  auto existing = List("RolloutPolicy");
+  int what = rng_.I(0, 9);
+  if (!existing.empty() && what >= 7 && reconciler_ != nullptr) {
+    if (what == 9) {
+      // mkapply rollout undo: the instances of the older revision get their specs then.
+      uint32_t number = 0;
+      auto specs = reconciler_->rollouts().UndoSpecs("p0", 0, &number);
+      if (!specs.ok()) {
+        Trace(absl::StrCat("user: rollout undo RolloutPolicy/p0: ", specs.status().message()));
+        return;
+      }
+      for (const v1::Object& o : List("KernelInstance")) {
+        auto spec = specs->find(o.kernel_instance().metadata().name());
+        if (spec == specs->end()) continue;
+        v1::Object next = o;
+        next.mutable_kernel_instance()->clear_status();
+        *next.mutable_kernel_instance()->mutable_spec() = spec->second;
+        const std::string name = o.kernel_instance().metadata().name();
+        absl::Status st = Apply(next);
+        if (st.ok()) License("KernelInstance/" + name, absl::StrCat("rollout undo of RolloutPolicy/p0 to revision ", number));
+        Trace(absl::StrCat("user: rollout undo RolloutPolicy/p0 to revision ", number, ": KernelInstance/", name, ": ",
+                           describe(st)));
+      }
+      return;
+    }
+    bool pause = what == 7;
+    auto r = reconciler_->rollouts().SetPaused("RolloutPolicy", "p0", pause);
+    Trace(absl::StrCat("user: rollout ", pause ? "pause" : "resume", " RolloutPolicy/p0: ",
+                       r.ok() ? r->message() : std::string(r.status().message())));
+    return;
+  }
+  if (!existing.empty() && what == 6) {
+    absl::Status st = objects_->Delete("RolloutPolicy", "p0").status();
+    Trace(absl::StrCat("user: delete RolloutPolicy/p0: ", describe(st)));
+    return;
+  }
+  v1::Object o;
+  v1::RolloutPolicy* p = o.mutable_rollout_policy();
+  p->set_api_version("mkfleet.io/v1");
+  p->set_kind("RolloutPolicy");
+  p->mutable_metadata()->set_name("p0");
+  (*p->mutable_spec()->mutable_selector()->mutable_match_labels())["tier"] = "web";
+  v1::Rollout* r = p->mutable_spec()->mutable_rollout();
+  r->mutable_max_unavailable()->set_count(static_cast<uint32_t>(rng_.I(1, 2)));
+  if (rng_.P(0.5)) r->mutable_canary()->set_count(1);
+  if (rng_.P(0.5)) r->mutable_waves()->set_by("zone");
+  if (rng_.P(0.3)) r->set_min_ready(200);
+  r->set_health_timeout(3000);
+  Trace(absl::StrCat("user: ", existing.empty() ? "create" : "change", " RolloutPolicy/p0: ", describe(Apply(o))));
 }
 
 void World::Fault() {
@@ -1011,7 +1074,7 @@ absl::Status World::CheckStep() {
     // change would); (g) a revision that failed and is held is planned for no member.
     for (const v1::Object& o : List("InstanceSet")) {
       const std::string& set = o.instance_set().metadata().name();
-      auto r = reconciler_->rollouts().Status(set);
+      auto r = reconciler_->rollouts().Status("InstanceSet", set);
       if (!r.ok()) continue;
       const v1::RolloutStatus& st = r->status();
       const std::string key = absl::StrCat(set, "@", st.revision());
@@ -1037,6 +1100,24 @@ absl::Status World::CheckStep() {
       }
     }
   }
+  // A policy's rollback stops the instances it moves back (the engine asks for it).
+  for (const v1::Object& o : List("RolloutPolicy")) {
+    const std::string& policy = o.rollout_policy().metadata().name();
+    auto r = reconciler_->rollouts().Status("RolloutPolicy", policy);
+    if (!r.ok()) continue;
+    const v1::RolloutStatus& st = r->status();
+    const std::string key = absl::StrCat("RolloutPolicy/", policy, "@", st.revision());
+    if ((st.phase() == "RollingBack" || st.phase() == "RolledBack") && !rolled_back_.count(key)) {
+      rolled_back_.insert(key);
+      for (const v1::Object& k : List("KernelInstance")) {
+        const auto& labels = k.kernel_instance().metadata().labels();
+        if (labels.count("tier") && labels.at("tier") == "web") {
+          License("KernelInstance/" + k.kernel_instance().metadata().name(),
+                  absl::StrCat("rollout of RolloutPolicy/", policy, " revision ", st.revision(), " failed"));
+        }
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -1054,7 +1135,10 @@ absl::Status World::Settle() {
   if (reconciler_ == nullptr) StartController();
   // Paused rollouts go on (the user resumes them), so that the fleet can converge.
   for (const v1::Object& o : List("InstanceSet")) {
-    (void)reconciler_->rollouts().SetPaused(o.instance_set().metadata().name(), false);
+    (void)reconciler_->rollouts().SetPaused("InstanceSet", o.instance_set().metadata().name(), false);
+  }
+  for (const v1::Object& o : List("RolloutPolicy")) {
+    (void)reconciler_->rollouts().SetPaused("RolloutPolicy", o.rollout_policy().metadata().name(), false);
   }
   // Still in flight when the faults stopped: delivered now.
   for (int i = 0; i < 40; ++i) {
@@ -1071,7 +1155,19 @@ absl::Status World::Settle() {
     auto [links, up] = reconciler_->HostCounts();
     return links == up;
   };
-  while (step_ - std::max(last_non_failing_send_, last_effect_) < 80 || !all_connected()) {
+  // ... and no rollout under way (one waits for its members' healthTimeout and minReady).
+  auto rollouts_ended = [this] {
+    for (const std::string kind : {"InstanceSet", "RolloutPolicy"}) {
+      for (const v1::Object& o : List(kind)) {
+        const std::string& name = kind == "InstanceSet" ? o.instance_set().metadata().name()
+                                                        : o.rollout_policy().metadata().name();
+        auto r = reconciler_->rollouts().Status(kind, name);
+        if (r.ok() && (r->status().phase() == "Progressing" || r->status().phase() == "RollingBack")) return false;
+      }
+    }
+    return true;
+  };
+  while (step_ - std::max(last_non_failing_send_, last_effect_) < 80 || !all_connected() || !rollouts_ended()) {
     if (step_ - settle_start > o_.settle_steps) {
       return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps,
                                 " steps after the faults stopped; still sending ", last_sent_));
@@ -1152,7 +1248,7 @@ absl::Status World::CheckQuiescent() {
     // (i) a rollout has ended: complete, every member on the newest revision's kernel; or
     // rolled back, every member on the stable revision's.
     if (reconciler_ == nullptr) continue;
-    auto r = reconciler_->rollouts().Status(s.metadata().name());
+    auto r = reconciler_->rollouts().Status("InstanceSet", s.metadata().name());
     if (!r.ok()) continue;
     const v1::RolloutStatus& st = r->status();
     if (st.phase() != "Complete" && st.phase() != "RolledBack") {
@@ -1171,6 +1267,39 @@ absl::Status World::CheckQuiescent() {
         return Fail(absl::StrCat("(i): InstanceSet/", s.metadata().name(), "'s rollout is ", st.phase(), " (revision ",
                                  st.revision(), ", stable ", st.stable(), ") but ", key, " runs ",
                                  in.provenance.kernel_path(), ", not ", want));
+      }
+    }
+  }
+  // (i) a policy's rollout has ended (complete, or rolled back and held), and an instance is
+  // held at another spec than its own only by a policy whose rollout failed.
+  std::map<std::string, std::string> policy_phase;
+  for (const v1::Object& o : List("RolloutPolicy")) {
+    const std::string& policy = o.rollout_policy().metadata().name();
+    auto r = reconciler_->rollouts().Status("RolloutPolicy", policy);
+    if (!r.ok()) continue;
+    const v1::RolloutStatus& st = r->status();
+    policy_phase[policy] = st.phase();
+    if (st.phase() != "Complete" && st.phase() != "RolledBack") {
+      std::string waves;
+      for (const v1::WaveStatus& w : st.waves()) {
+        absl::StrAppend(&waves, " [", w.value(), ": ", w.updated(), "/", w.total(), " updated, ", w.ready(), " ready, ",
+                        w.failed(), " failed]");
+      }
+      return Fail(absl::StrCat("(i): RolloutPolicy/", policy, "'s rollout of revision ", st.revision(), " is ",
+                               st.phase(), " at quiescence: ", st.message(), waves));
+    }
+  }
+  for (const v1::Object& o : List("KernelInstance")) {
+    for (const v1::Condition& c : o.kernel_instance().status().conditions()) {
+      if (c.type() != "Ready" || c.reason() != "RolloutWaiting") continue;
+      absl::string_view who = c.message();
+      who = who.substr(0, who.find(' '));
+      const bool by_policy = absl::ConsumePrefix(&who, "RolloutPolicy/");
+      const std::string policy(who);
+      if (!by_policy || policy_phase[policy] != "RolledBack") {
+        return Fail(absl::StrCat("(i): KernelInstance/", o.kernel_instance().metadata().name(),
+                                 " is held at quiescence: ", c.message(), " (policy phase ",
+                                 policy_phase.count(policy) ? policy_phase[policy] : "none", ")"));
       }
     }
   }

@@ -262,7 +262,9 @@ TEST_F(RolloutProcessTest, AKernelThatPanicsIsCaughtAtTheCanaryAndRolledBack) {
     touched += c.starts > 1;
     counts += h + ": starts " + std::to_string(c.starts) + ", panics " + std::to_string(c.panics) + ", creates " +
               std::to_string(c.creates) + ", loads " + std::to_string(c.loads) + "\n";
-    if (c.starts == 1) EXPECT_EQ(c.panics, 0) << h;
+    if (c.starts == 1) {
+      EXPECT_EQ(c.panics, 0) << h;
+    }
   }
   EXPECT_EQ(touched, 1) << counts << controller_->Log();
 }
