@@ -322,6 +322,7 @@ int Main(int hosts, bool tls) {
   std::printf("   controller peak RSS %.1f MiB\n", after.peak_rss_bytes() / 1048576.0);
   std::fflush(stdout);
   watching.reset();  // its streams and channels go before their certificates
+  stub.reset();      // (and the controller's channel, which reloads the admin's)
   int c = controller.Kill(SIGTERM), a = agents.Kill(SIGTERM);
   bool clean = WIFEXITED(c) && WEXITSTATUS(c) == 0 && WIFEXITED(a) && WEXITSTATUS(a) == 0;
   if (!clean) std::cerr << "rollout_bench: unclean stop (controller " << c << ", agents " << a << ")\n";

@@ -68,6 +68,11 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
       out << "Revision:     " << st.revision()
           << (st.previous_revision().empty() ? "" : "  (previous " + st.previous_revision() + ")") << "\n";
     }
+    if (!st.rollout_owner().empty()) {
+      out << "Rollout:      " << st.rollout_owner() << ", runs "
+          << (st.rollout_revision() == 0 ? std::string("no kept revision") : "revision " + std::to_string(st.rollout_revision()))
+          << "\n";
+    }
     if (st.has_morph()) {
       const v1::MorphStatus& mo = st.morph();
       out << "Live update:  " << MorphPhaseName(mo.phase()) << "  " << mo.old_kernel() << " -> " << mo.new_kernel()

@@ -68,8 +68,9 @@ TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk) << err.str();
   EXPECT_THAT(out.str(), HasSubstr("Host/node-a created\n"));
   EXPECT_THAT(out.str(), HasSubstr("InstanceSet/edge created\n"));
+  EXPECT_THAT(out.str(), HasSubstr("RolloutPolicy/web-fleet created\n"));
   std::string applied = out.str();
-  EXPECT_EQ(std::count(applied.begin(), applied.end(), '\n'), 7) << applied;
+  EXPECT_EQ(std::count(applied.begin(), applied.end(), '\n'), 8) << applied;
   out.str("");
   ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk);
   EXPECT_EQ(out.str().find("created"), std::string::npos) << out.str();

@@ -16,7 +16,7 @@ TEST(ValidateTest, ExamplesAreValid) {
   ValidateOptions options;
   options.paths = {"examples"};
   EXPECT_EQ(RunValidate(options, out, err), kExitOk);
-  EXPECT_EQ(out.str(), "7 objects valid: 3 Host, 3 KernelInstance, 1 InstanceSet\n");
+  EXPECT_EQ(out.str(), "8 objects valid: 3 Host, 3 KernelInstance, 1 InstanceSet, 1 RolloutPolicy\n");
   EXPECT_EQ(err.str(), "");
 }
 

@@ -515,7 +515,7 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
   }
   StatusUpdate update = ComputeStatuses(
       {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts.statuses,
-       &objects.policies, &rollouts.policy_statuses});
+       &objects.policies, &rollouts.policy_statuses, &rollouts.member_revisions});
   for (v1::Event& e : update.events) events.push_back(std::move(e));
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);

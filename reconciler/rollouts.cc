@@ -264,6 +264,8 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     for (const auto& [member, where] : members) {
       RolloutMember m = MemberOf(member, where.second->status(), tmpl.spec().phase(), phase_of);
       m.wave = LabelOf(host_by_name, where.first, view.policy.waves().by());
+      auto runs = view.revision_of_kernel.find(m.kernel);
+      out->member_revisions[member] = {key, runs != view.revision_of_kernel.end() ? runs->second : 0};
       view.members.push_back(std::move(m));
     }
     RolloutStep step = StepRollout(view, rec.mutable_progress());
@@ -427,10 +429,6 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     }
     for (const v1::KernelInstance* ki : mine) {
       const std::string& instance = ki->metadata().name();
-      if (stable_rev != nullptr && stable_rev->specs().count(instance) &&
-          stable_rev->specs().at(instance) == spec_hash[instance]) {
-        continue;
-      }
       std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> found;
       for (const auto& [host, in] : seen[instance]) AddServing(&found, host, in, serving);
       auto where = found.find(instance);
@@ -448,6 +446,15 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
         return it == phase_of_kernel.end() ? nullptr : &it->second;
       };
       RolloutMember m = MemberOf(instance, where->second.second->status(), ki->spec().phase(), phase_of);
+      uint32_t runs = 0;
+      for (const auto& [number, kernel] : kernels) {
+        if (kernel == m.kernel && !m.kernel.empty()) runs = number;
+      }
+      out->member_revisions[instance] = {key, runs};
+      if (stable_rev != nullptr && stable_rev->specs().count(instance) &&
+          stable_rev->specs().at(instance) == spec_hash[instance]) {
+        continue;
+      }
       m.wave = LabelOf(host_by_name, where->second.first, view.policy.waves().by());
       m.kernels = std::move(kernels);
       view.members.push_back(std::move(m));

@@ -49,6 +49,9 @@ struct RolloutPass {
   std::map<std::string, mkfleet::v1::KernelInstanceSpec> instance_specs;
   std::map<std::string, std::string> held;
   std::map<std::string, mkfleet::v1::RolloutPolicyStatus> policy_statuses;  // by policy name
+  // Members seen (set members and paced instances): the rollout ("InstanceSet/web") and the
+  // revision of it whose kernel each runs (0: none kept).
+  std::map<std::string, std::pair<std::string, uint32_t>> member_revisions;
   std::vector<mkfleet::v1::Event> events;
   bool active = false;  // a rollout is under way: pass again soon (minReady, healthTimeout)
 };

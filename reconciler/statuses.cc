@@ -77,6 +77,13 @@ class Builder {
     v1::InstanceStatus st;
     st.set_owner(p.owner);
     st.set_kernel(p.kernel);
+    if (in_.member_revisions != nullptr) {
+      auto r = in_.member_revisions->find(name);
+      if (r != in_.member_revisions->end()) {
+        st.set_rollout_owner(r->second.first);
+        st.set_rollout_revision(r->second.second);
+      }
+    }
     const std::string& host = p.host;
     *st.add_conditions() = Cond("Scheduled", true, "Placed", absl::StrCat("on ", host));
     const HostView& view = in_.views.at(host);

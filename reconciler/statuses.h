@@ -53,6 +53,8 @@ struct PassInputs {
   // The RolloutPolicies and their statuses as the rollouts computed them (may be null).
   const std::vector<mkfleet::v1::RolloutPolicy>* policies = nullptr;
   const std::map<std::string, mkfleet::v1::RolloutPolicyStatus>* policy_statuses = nullptr;
+  // Members: the rollout that paces each and the revision of it it runs (may be null).
+  const std::map<std::string, std::pair<std::string, uint32_t>>* member_revisions = nullptr;
 };
 
 struct StatusUpdate {

@@ -182,7 +182,9 @@ TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZ
   EXPECT_EQ(Mkapply({"rollout", "history", "policy/web"}, &out), 0) << out;
   EXPECT_THAT(out, ::testing::HasSubstr("kernel 2 for the web tier"));
   EXPECT_EQ(Mkapply({"get", "policies"}, &out), 0) << out;
-  EXPECT_THAT(out, ::testing::HasSubstr("web"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("web +tier=web +6 +2 +Complete"));
+  EXPECT_EQ(Mkapply({"describe", "instance", "web-a"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("Rollout:      RolloutPolicy/web, runs revision 2"));
 
   // A kernel that panics: the canary fails, goes back; the other five are never touched.
   ASSERT_EQ(Apply(Yaml((dir_ / "vmlinux-panics").string()), "a bad kernel"), 0);
