@@ -94,6 +94,17 @@ Standing Stand(const Waited& w, const v1::Object& o) {
     s.progress = Progress(reachable ? "Connected" : "Not connected", st.conditions());
     s.failure = Failure(st.conditions(), w.generation);
     s.done = st.observed_generation() >= w.generation && reachable && ConditionTrue(st.conditions(), "PoolValid");
+  } else if (o.has_rollout_policy()) {
+    // Done once its instances run their specs (or, after a failed change, the stable ones).
+    const v1::RolloutPolicyStatus& st = o.rollout_policy().status();
+    const bool ready = ConditionTrue(st.conditions(), "Ready");
+    s.progress = Progress(ready ? "Ready" : st.rollout().phase().empty() ? "Pending" : st.rollout().phase(),
+                          st.conditions());
+    s.failure = Failure(st.conditions(), w.generation);
+    s.done = st.observed_generation() >= w.generation && ready;
+  } else if (o.has_role_binding()) {
+    s.progress = "Stored";  // no status: it takes effect with the next request checked
+    s.done = true;
   }
   return s;
 }

@@ -238,6 +238,37 @@ TEST_F(WaitTest, AGrownSetIsWaitedForAtItsNewCount) {
   EXPECT_THAT(err.str(), HasSubstr("timed out after 1s; not done: InstanceSet/s"));
 }
 
+TEST_F(WaitTest, PoliciesAreWaitedForAndRoleBindingsAreDoneAtOnce) {
+  // The demo's --wait timed out on a RolloutPolicy (no branch for the kind: never done);
+  // a RoleBinding, which has no status, the same.
+  std::ostringstream out, err;
+  Status("Host", "h1", ReadyHost(1));
+  const std::string policy =
+      "apiVersion: mkfleet.io/v1\nkind: RolloutPolicy\nmetadata: {name: p}\nspec:\n"
+      "  selector: {matchLabels: {tier: web}}\n";
+  const std::string binding =
+      "apiVersion: mkfleet.io/v1\nkind: RoleBinding\nmetadata: {name: ops}\nspec:\n  role: viewer\n"
+      "  subjects: [{kind: Group, name: ops}]\n";
+  v1::RolloutPolicyStatus ready;
+  ready.set_observed_generation(1);
+  *ready.add_conditions() = Cond("Ready", true, "AllUpdated", "0 instance(s)", 1);
+  Status("RolloutPolicy", "p", ready);
+  std::string file = Write("policy.yaml", HostYaml() + "---\n" + policy + "---\n" + binding);
+  ASSERT_EQ(RunApply(Waiting(file), out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("all ready"));
+  EXPECT_THAT(out.str(), HasSubstr("RolloutPolicy/p: Ready"));
+  // One that is not Ready (its rollout runs) is waited for.
+  v1::RolloutPolicyStatus rolling;
+  rolling.set_observed_generation(0);
+  *rolling.add_conditions() = Cond("Ready", false, "RollingOut", "revision 2: updating", 2);
+  Status("RolloutPolicy", "p", rolling);
+  out.str("");
+  err.str("");
+  std::string changed = Write("policy2.yaml", HostYaml() + "---\n" + policy + "  rollout: {canary: 1}\n");
+  EXPECT_EQ(RunApply(Waiting(changed), out, err), kExitFailure);
+  EXPECT_THAT(err.str(), HasSubstr("timed out after 1s; not done: RolloutPolicy/p"));
+}
+
 TEST_F(WaitTest, FailsAtOnceWithTheRealCause) {
   // Defect 4: --wait waited out its timeout on an instance already Failed and showed
   // "Ready: Converging" instead of the cause. (The statuses are written first, as the
