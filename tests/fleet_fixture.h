@@ -10,7 +10,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -196,6 +198,102 @@ class ProcessFleetTest : public ::testing::Test {
     EXPECT_EQ(c.removes, 0);
   }
 
+  // The kernel image (file name) each of `hosts` runs (hosts with no running kernel are
+  // absent); one channel per agent, kept (a channel and a stream per sample would hit the
+  // agents' limits on a client's streams and read as "down"). `complete`: every agent answered.
+  std::map<std::string, std::string> RunningImages(const std::vector<std::string>& hosts, bool* complete = nullptr) {
+    std::map<std::string, std::string> out;
+    if (complete != nullptr) *complete = true;
+    for (const std::string& h : hosts) {
+      auto& stub = agent_stubs_[h];
+      if (stub == nullptr) {
+        stub = v1::Agent::NewStub(security::TestPki::Channel(
+            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      auto reader = stub->Watch(&ctx, v1::WatchRequest());
+      v1::HostState snapshot;
+      bool read = reader->Read(&snapshot);
+      ctx.TryCancel();
+      reader->Finish();
+      if (!read) {
+        if (complete != nullptr) *complete = false;
+        continue;
+      }
+      for (const auto& in : snapshot.instances()) {
+        if (in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE) {
+          out[h] = fs::path(in.status().provenance().kernel_path()).filename();
+        }
+      }
+    }
+    return out;
+  }
+
+  // Watches every agent of `hosts` (one stream each, kept) until `done` or the timeout: the
+  // most hosts with no running kernel at once, and the order in which hosts first ran
+  // `image`. Every change each agent reports is seen, so a short outage is not missed.
+  struct Sampled {
+    int max_down = 0;
+    std::string worst;  // the hosts when the most were down
+    std::vector<std::string> order;
+  };
+  Sampled SampleUntil(const std::vector<std::string>& hosts, const std::string& image,
+                      const std::function<bool()>& done, std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    Sampled s;
+    std::mutex mu;
+    std::map<std::string, std::map<std::string, v1::ObservedInstance>> seen;  // host -> kernel -> state
+    std::set<std::string> ran;
+    auto recount = [&] {
+      if (seen.size() < hosts.size()) return;  // not every agent's first snapshot yet
+      int down = 0;
+      std::string text;
+      for (const std::string& h : hosts) {
+        bool up = false;
+        for (const auto& [name, in] : seen[h]) {
+          const bool active = in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE;
+          const std::string file = fs::path(in.status().provenance().kernel_path()).filename();
+          up |= active;
+          text += h + ": " + name + "=" + in.status().phase() + " " + file + "\n";
+          if (active && file == image && ran.insert(h).second) s.order.push_back(h);
+        }
+        down += !up;
+      }
+      if (down > s.max_down) {
+        s.max_down = down;
+        s.worst = text;
+      }
+    };
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    std::vector<std::thread> readers;
+    for (const std::string& h : hosts) {
+      contexts.push_back(std::make_unique<grpc::ClientContext>());
+      grpc::ClientContext* ctx = contexts.back().get();
+      readers.emplace_back([&, h, ctx] {
+        auto stub = v1::Agent::NewStub(security::TestPki::Channel(
+            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
+        auto reader = stub->Watch(ctx, v1::WatchRequest());
+        v1::HostState hs;
+        while (reader->Read(&hs)) {
+          std::lock_guard<std::mutex> lock(mu);
+          auto& mine = seen[h];
+          if (hs.snapshot()) mine.clear();
+          for (const auto& in : hs.instances()) mine[in.name()] = in;
+          for (const auto& name : hs.removed()) mine.erase(name);
+          recount();
+        }
+        reader->Finish();
+      });
+    }
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end && !done()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (auto& ctx : contexts) ctx->TryCancel();
+    for (auto& t : readers) t.join();
+    return s;
+  }
+
   fs::path dir_;
   std::unique_ptr<security::TestPki> pki_;
   std::string vmlinux_;
@@ -204,6 +302,7 @@ class ProcessFleetTest : public ::testing::Test {
   std::map<std::string, AgentSpec> agents_;
   std::unique_ptr<testing::Process> controller_;
   std::unique_ptr<v1::Controller::Stub> stub_;
+  std::map<std::string, std::unique_ptr<v1::Agent::Stub>> agent_stubs_;  // RunningImages' channels
 };
 
 }  // namespace mkfleet

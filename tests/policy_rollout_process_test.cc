@@ -4,9 +4,6 @@
 // from the agents throughout); a kernel that panics is caught at the canary and only the
 // canary goes back, the others never touched and the failed change held; `mkapply rollout
 // undo policy/web` applies the instances' good specs again.
-#include <mutex>
-#include <thread>
-
 #include "tests/fleet_fixture.h"
 
 namespace mkfleet {
@@ -84,83 +81,8 @@ class PolicyRolloutProcessTest : public ProcessFleetTest {
     for (const v1::Condition& c : st.conditions()) ready |= c.type() == "Ready" && c.status() == v1::CONDITION_TRUE;
     return st.update_revision() == revision && st.rollout().phase() == phase && ready;
   }
-  // The kernel image each host runs (hosts with no running kernel are absent).
-  std::map<std::string, std::string> Running() {
-    std::map<std::string, std::string> out;
-    for (const std::string& h : kHosts) {
-      auto& stub = agent_stubs_[h];
-      if (stub == nullptr) {
-        stub = v1::Agent::NewStub(security::TestPki::Channel(
-            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
-      }
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-      auto reader = stub->Watch(&ctx, v1::WatchRequest());
-      v1::HostState snapshot;
-      bool read = reader->Read(&snapshot);
-      ctx.TryCancel();
-      reader->Finish();
-      if (!read) continue;
-      for (const auto& in : snapshot.instances()) {
-        if (in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE) {
-          out[h] = fs::path(in.status().provenance().kernel_path()).filename();
-        }
-      }
-    }
-    return out;
-  }
-  // The most hosts down at once until `done`, and the order hosts first ran `image` (every
-  // change each agent streams is seen).
-  std::pair<int, std::vector<std::string>> SampleUntil(const std::string& image, const std::function<bool()>& done) {
-    std::mutex mu;
-    int max_down = 0;
-    std::vector<std::string> order;
-    std::map<std::string, std::map<std::string, v1::ObservedInstance>> seen;
-    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-    std::vector<std::thread> readers;
-    for (const std::string& h : kHosts) {
-      contexts.push_back(std::make_unique<grpc::ClientContext>());
-      grpc::ClientContext* ctx = contexts.back().get();
-      readers.emplace_back([&, h, ctx] {
-        auto stub = v1::Agent::NewStub(security::TestPki::Channel(
-            pki_->controller(), "127.0.0.1:" + std::to_string(agents_[h].port), security::Identity::Agent(h)));
-        auto reader = stub->Watch(ctx, v1::WatchRequest());
-        v1::HostState hs;
-        while (reader->Read(&hs)) {
-          std::lock_guard<std::mutex> lock(mu);
-          auto& mine = seen[h];
-          if (hs.snapshot()) mine.clear();
-          for (const auto& in : hs.instances()) mine[in.name()] = in;
-          for (const auto& name : hs.removed()) mine.erase(name);
-          if (seen.size() < kHosts.size()) continue;
-          int down = 0;
-          for (const std::string& host : kHosts) {
-            bool up = false;
-            for (const auto& [name, in] : seen[host]) {
-              const bool active = in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE;
-              up |= active;
-              if (active && fs::path(in.status().provenance().kernel_path()).filename() == image &&
-                  std::find(order.begin(), order.end(), host) == order.end()) {
-                order.push_back(host);
-              }
-            }
-            down += !up;
-          }
-          max_down = std::max(max_down, down);
-        }
-        reader->Finish();
-      });
-    }
-    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < end && !done()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    for (auto& ctx : contexts) ctx->TryCancel();
-    for (auto& t : readers) t.join();
-    return {max_down, order};
-  }
-
   std::string hosts_yaml_;
   int applies_ = 0;
-  std::map<std::string, std::unique_ptr<v1::Agent::Stub>> agent_stubs_;
 };
 
 TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZoneAndABadOneIsRolledBack) {
@@ -171,8 +93,9 @@ TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZ
 
   // One apply changes all six kernels: the policy paces it.
   ASSERT_EQ(Apply(Yaml((dir_ / "vmlinux-2").string()), "kernel 2 for the web tier"), 0);
-  auto [max_down, order] = SampleUntil("vmlinux-2", [&] { return At(2, "Complete") && NotReady().empty(); });
-  EXPECT_LE(max_down, 1) << "maxUnavailable 1 exceeded";
+  Sampled s = SampleUntil(kHosts, "vmlinux-2", [&] { return At(2, "Complete") && NotReady().empty(); });
+  EXPECT_LE(s.max_down, 1) << "maxUnavailable 1 exceeded\n" << s.worst;
+  const std::vector<std::string>& order = s.order;
   ASSERT_EQ(order.size(), 6u) << PolicyStatus().DebugString() << controller_->Log();
   auto zone = [](const std::string& h) { return (h[5] - 'a') / 2; };
   for (size_t i = 1; i < order.size(); ++i) EXPECT_LE(zone(order[i - 1]), zone(order[i])) << order[i];
@@ -190,8 +113,8 @@ TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZ
   ASSERT_EQ(Apply(Yaml((dir_ / "vmlinux-panics").string()), "a bad kernel"), 0);
   EXPECT_EQ(Mkapply({"rollout", "status", "policy/web", "--watch", "--timeout", "60s"}, &out), 1) << out;
   ASSERT_TRUE(Eventually([&] { return At(3, "RolledBack"); }, 30)) << PolicyStatus().DebugString() << controller_->Log();
-  ASSERT_TRUE(Eventually([&] { return Running().size() == 6; }));
-  for (const auto& [h, k] : Running()) EXPECT_EQ(k, "vmlinux-2") << h;
+  ASSERT_TRUE(Eventually([&] { return RunningImages(kHosts).size() == 6; }));
+  for (const auto& [h, k] : RunningImages(kHosts)) EXPECT_EQ(k, "vmlinux-2") << h;
   // Held: every instance waits at its stable spec (not Ready: its spec is not what runs), and
   // the policy says why.
   std::map<std::string, std::string> held = NotReady();
@@ -207,7 +130,7 @@ TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZ
   EXPECT_THAT(out, ::testing::HasSubstr("revision 2 applied again to 6 instance(s)"));
   ASSERT_TRUE(Eventually([&] { return At(4, "Complete") && NotReady().empty(); }, 30))
       << PolicyStatus().DebugString() << controller_->Log();
-  for (const auto& [h, k] : Running()) EXPECT_EQ(k, "vmlinux-2") << h;
+  for (const auto& [h, k] : RunningImages(kHosts)) EXPECT_EQ(k, "vmlinux-2") << h;
   // Only the canary's host booted the bad kernel: two boots on each host (the first kernel,
   // kernel 2), more only on the canary's (the bad kernel, and back).
   int touched = 0;
