@@ -385,9 +385,14 @@ absl::StatusOr<v1::RolloutResponse> ControllerService::UndoPolicy(const std::str
   uint32_t number = 0;
   MK_ASSIGN_OR_RETURN(auto specs, rollouts_->UndoSpecs(name, to, &number));
   std::vector<v1::Object> next;
-  for (const auto& [instance, spec] : specs) {
+  for (const auto& [id, spec] : specs) {
+    const std::string instance = id.substr(0, id.rfind('@'));
     MK_ASSIGN_OR_RETURN(auto current, objects_.Get("KernelInstance", instance));
-    if (!current.has_value()) continue;  // deleted since: nothing to undo
+    // Deleted since, or deleted and applied again (another instance of that name): nothing to undo.
+    if (!current.has_value() ||
+        absl::StrCat(instance, "@", current->kernel_instance().metadata().created_revision()) != id) {
+      continue;
+    }
     v1::Object o = *std::move(current);
     if (o.kernel_instance().spec().SerializeAsString() == spec.SerializeAsString()) continue;
     *o.mutable_kernel_instance()->mutable_spec() = spec;

@@ -351,13 +351,17 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     v1::RolloutRecord& rec = e.record;
     bool dirty = false;
     const std::vector<const v1::KernelInstance*>& mine = selected[name];
-    // The revision: the selected instances' names and specs.
-    std::map<std::string, std::string> spec_hash;  // instance -> hash of its spec
+    // The revision: the selected instances (each incarnation of a name apart: one deleted and
+    // applied again is a new instance, never held at the old one's spec) and their specs.
+    auto id_of = [](const v1::KernelInstance& ki) {
+      return absl::StrCat(ki.metadata().name(), "@", ki.metadata().created_revision());
+    };
+    std::map<std::string, std::string> spec_hash;  // instance id -> hash of its spec
     Fnv1a whole;
     std::string cause;
     const v1::PolicyRevision* newest = rec.policy_revisions().empty() ? nullptr : &*rec.policy_revisions().rbegin();
     for (const v1::KernelInstance* ki : mine) {
-      const std::string& instance = ki->metadata().name();
+      const std::string instance = id_of(*ki);
       const std::string h = MessageHash(ki->spec());
       spec_hash[instance] = h;
       whole.Field(instance).Field(h);
@@ -374,8 +378,8 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     if (v1::PolicyRevision* r = AddRevision(rec.mutable_policy_revisions(), std::string(hex, 10),
                                             rec.progress().stable(), keep, cause, now)) {
       for (const v1::KernelInstance* ki : mine) {
-        (*r->mutable_specs())[ki->metadata().name()] = spec_hash[ki->metadata().name()];
-        (*rec.mutable_specs())[spec_hash[ki->metadata().name()]] = ki->spec();
+        (*r->mutable_specs())[id_of(*ki)] = spec_hash[id_of(*ki)];
+        (*rec.mutable_specs())[spec_hash[id_of(*ki)]] = ki->spec();
       }
       // The specs no kept revision names go.
       std::set<std::string> used;
@@ -429,6 +433,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     }
     for (const v1::KernelInstance* ki : mine) {
       const std::string& instance = ki->metadata().name();
+      const std::string id = id_of(*ki);
       std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> found;
       for (const auto& [host, in] : seen[instance]) AddServing(&found, host, in, serving);
       auto where = found.find(instance);
@@ -436,7 +441,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
       std::map<std::string, v1::Phase> phase_of_kernel;  // the newest revision's with that kernel
       std::map<uint32_t, std::string> kernels;
       for (const v1::PolicyRevision& r : rec.policy_revisions()) {
-        auto h = r.specs().find(instance);
+        auto h = r.specs().find(id);
         if (h == r.specs().end()) continue;
         kernels[r.number()] = kernel_of_spec[h->second];
         phase_of_kernel[kernel_of_spec[h->second]] = rec.specs().at(h->second).phase();
@@ -451,8 +456,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
         if (kernel == m.kernel && !m.kernel.empty()) runs = number;
       }
       out->member_revisions[instance] = {key, runs};
-      if (stable_rev != nullptr && stable_rev->specs().count(instance) &&
-          stable_rev->specs().at(instance) == spec_hash[instance]) {
+      if (stable_rev != nullptr && stable_rev->specs().count(id) && stable_rev->specs().at(id) == spec_hash[id]) {
         continue;
       }
       m.wave = LabelOf(host_by_name, where->second.first, view.policy.waves().by());
@@ -470,10 +474,10 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     }
     // What each instance runs: its spec in the revision the rollout keeps it at (an instance
     // not seen yet runs the default revision's, when that one has it).
-    auto spec_in = [&](const std::string& instance, uint32_t revision) -> const v1::KernelInstanceSpec* {
+    auto spec_in = [&](const std::string& id, uint32_t revision) -> const v1::KernelInstanceSpec* {
       for (const v1::PolicyRevision& r : rec.policy_revisions()) {
         if (r.number() != revision) continue;
-        auto h = r.specs().find(instance);
+        auto h = r.specs().find(id);
         if (h == r.specs().end()) return nullptr;
         auto spec = rec.specs().find(h->second);
         return spec != rec.specs().end() ? &spec->second : nullptr;
@@ -486,7 +490,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
       auto r = step.revision_of.find(instance);
       const uint32_t revision = r != step.revision_of.end() ? r->second : step.default_revision;
       if (revision == view.target) continue;
-      const v1::KernelInstanceSpec* spec = spec_in(instance, revision);
+      const v1::KernelInstanceSpec* spec = spec_in(id_of(*ki), revision);
       if (spec == nullptr || spec->SerializeAsString() == ki->spec().SerializeAsString()) continue;
       out->instance_specs[instance] = *spec;
       out->held[instance] =

@@ -76,6 +76,7 @@ class Rollouts {
   absl::StatusOr<mkfleet::v1::RolloutResponse> Status(const std::string& kind, const std::string& name);
   absl::StatusOr<mkfleet::v1::RolloutResponse> SetPaused(const std::string& kind, const std::string& name, bool paused);
   absl::StatusOr<mkfleet::v1::InstanceTemplate> UndoTemplate(const std::string& set, uint32_t to, uint32_t* number);
+  // UndoSpecs: by instance "<name>@<created revision>" (an incarnation of the name).
   absl::StatusOr<std::map<std::string, mkfleet::v1::KernelInstanceSpec>> UndoSpecs(const std::string& policy, uint32_t to,
                                                                                   uint32_t* number);
 

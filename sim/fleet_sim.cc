@@ -869,7 +869,8 @@ void World::PolicyOp() {
         return;
       }
       for (const v1::Object& o : List("KernelInstance")) {
-        auto spec = specs->find(o.kernel_instance().metadata().name());
+        const v1::ObjectMeta& meta = o.kernel_instance().metadata();
+        auto spec = specs->find(absl::StrCat(meta.name(), "@", meta.created_revision()));
         if (spec == specs->end()) continue;
         v1::Object next = o;
         next.mutable_kernel_instance()->clear_status();
