@@ -2,6 +2,8 @@
 #include <deque>
 #include <map>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
@@ -14,6 +16,22 @@
 namespace mkfleet::cli {
 
 namespace v1 = mkfleet::v1;
+
+namespace {
+
+// A rollout's revision, phase and waves (a set's or a policy's).
+void PrintRollout(uint32_t current, uint32_t newest, const v1::RolloutStatus& ro, std::ostream& out) {
+  if (ro.phase().empty()) return;
+  out << "Revision:     " << current << (newest != current ? absl::StrCat(" (newest ", newest, ")") : "") << "\n";
+  out << "Rollout:      " << ro.phase() << ": " << ro.message() << "\n";
+  for (const v1::WaveStatus& w : ro.waves()) {
+    out << "  " << (w.value().empty() ? "members" : w.value()) << ": " << w.updated() << "/" << w.total()
+        << " updated, " << w.ready() << " ready, " << w.failed() << " failed\n";
+  }
+  for (const std::string& r : ro.reasons()) out << "  failed: " << r << "\n";
+}
+
+}  // namespace
 
 int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err) {
   std::string kind;
@@ -137,6 +155,24 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     }
     out << "Instances:    " << n << (n ? "\n" : "\n");
     if (n) t.Print(out);
+  } else if (o.has_rollout_policy()) {
+    const v1::RolloutPolicy& p = o.rollout_policy();
+    std::map<std::string, std::string> sorted(p.spec().selector().match_labels().begin(),
+                                              p.spec().selector().match_labels().end());
+    std::vector<std::string> selector;
+    for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
+    out << "Selector:     " << absl::StrJoin(selector, ",") << " (" << p.status().members() << " instance(s))\n";
+    PrintRollout(p.status().current_revision(), p.status().update_revision(), p.status().rollout(), out);
+    for (const std::string& c : p.status().conflicts()) out << "  conflict: " << c << "\n";
+    PrintConditions(p.status().conditions(), out);
+  } else if (o.has_role_binding()) {
+    const v1::RoleBinding& b = o.role_binding();
+    std::string role = absl::AsciiStrToLower(v1::Role_Name(b.spec().role()));
+    if (absl::StartsWith(role, "role_")) role = role.substr(5);
+    out << "Role:         " << role << "\n";
+    for (const v1::Subject& subject : b.spec().subjects()) {
+      out << "Subject:      " << (subject.kind() == v1::SUBJECT_GROUP ? "Group/" : "User/") << subject.name() << "\n";
+    }
   } else {
     const v1::InstanceSet& set = o.instance_set();
     out << "Count:        "
@@ -145,20 +181,7 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
         << "\n";
     out << "Replicas:     " << set.status().replicas() << " (" << set.status().ready_replicas() << " ready, "
         << set.status().updated_replicas() << " updated)\n";
-    const v1::RolloutStatus& ro = set.status().rollout();
-    if (!ro.phase().empty()) {
-      out << "Revision:     " << set.status().current_revision()
-          << (set.status().update_revision() != set.status().current_revision()
-                  ? absl::StrCat(" (newest ", set.status().update_revision(), ")")
-                  : "")
-          << "\n";
-      out << "Rollout:      " << ro.phase() << ": " << ro.message() << "\n";
-      for (const v1::WaveStatus& w : ro.waves()) {
-        out << "  " << (w.value().empty() ? "members" : w.value()) << ": " << w.updated() << "/" << w.total()
-            << " updated, " << w.ready() << " ready, " << w.failed() << " failed\n";
-      }
-      for (const std::string& r : ro.reasons()) out << "  failed: " << r << "\n";
-    }
+    PrintRollout(set.status().current_revision(), set.status().update_revision(), set.status().rollout(), out);
     PrintConditions(set.status().conditions(), out);
   }
   // Recent events about it.

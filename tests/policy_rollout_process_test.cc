@@ -124,6 +124,10 @@ TEST_F(PolicyRolloutProcessTest, AChangeOfSixInstancesGoesCanaryFirstThenZoneByZ
   const v1::RolloutPolicyStatus st = PolicyStatus();
   for (const v1::Condition& c : st.conditions()) failed_condition |= c.reason() == "RolloutFailed";
   EXPECT_TRUE(failed_condition);
+  EXPECT_EQ(Mkapply({"describe", "policy", "web"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("Selector:     tier=web (6 instance(s))"));
+  EXPECT_THAT(out, ::testing::HasSubstr("Revision:     2 (newest 3)"));
+  EXPECT_THAT(out, ::testing::HasSubstr("Rollout:      RolledBack"));
 
   // Undo: the instances get the specs of revision 2 again (a new revision, nothing moves).
   EXPECT_EQ(Mkapply({"rollout", "undo", "policy/web"}, &out), 0) << out;
