@@ -371,8 +371,13 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   out.default_revision = held_back ? p.stable() : view.target;
   // A member not let move runs the revision of its kernel (the newest with it); a new one, or
   // one whose kernel is no revision's, the default.
+  // The stable revision first when its kernel is the member's: a member the rollout has not
+  // let move stays at the spec it was last brought to (the sim's seed 1083: one rolled back
+  // to the stable revision was moved to a newer revision with the same kernel but another
+  // size when the next change restarted the rollout, outside the budget).
   auto unmoved = [&](const RolloutMember& m) -> uint32_t {
     if (m.kernel.empty()) return out.default_revision;
+    if (kernel_at(m, p.stable()) == m.kernel) return p.stable();
     if (!m.kernels.empty()) {
       for (auto it = m.kernels.rbegin(); it != m.kernels.rend(); ++it) {
         if (it->second == m.kernel) return it->first;

@@ -581,3 +581,30 @@ TEST(RolloutTest, ARollbackToAStableRevisionThatCannotComeUpEndsAfterTheHealthTi
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// The sim's seed 1083: a member the rollout has not let move stays at the stable revision
+// when it runs that one's kernel, not at a newer revision with the same kernel (another size
+// or phase) that a later change superseded before it completed.
+TEST(RolloutTest, AMemberNotLetMoveStaysAtTheStableRevisionWhenItRunsItsKernel) {
+  Fleet f(4, 0);
+  f.policy().set_min_ready(5000);
+  f.policy().mutable_canary()->set_count(1);
+  f.Step();             // revision 1 (k1): complete
+  f.NewRevision("k1");  // revision 2: the same kernel, another spec
+  f.Step();
+  f.NewRevision("k3");  // revision 3 supersedes it before it completed: from stable 1
+  RolloutStep s = f.Step();
+  EXPECT_EQ(s.status.stable(), 1u);
+  int held = 0;
+  for (const auto& [name, revision] : s.revision_of) {
+    EXPECT_EQ(revision, 1u) << name;
+    ++held;
+  }
+  EXPECT_EQ(held, 3);  // all but the canary
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

@@ -176,7 +176,8 @@ class World {
   // Stop licenses: object ("KernelInstance/x", "InstanceSet/s", "Host/h") or kernel
   // ("h/k") -> the step it was granted.
   std::map<std::string, int64_t> licenses_;
-  std::set<std::string> rolled_back_;  // "set@revision" whose rollout failed (licensed once)
+  std::set<std::string> rolled_back_;
+  std::map<std::string, std::string> rollout_seen_;  // "Kind/name" -> "revision phase" last traced  // "set@revision" whose rollout failed (licensed once)
   std::map<std::string, int64_t> born_;  // "h/k" -> the step it was first seen (this run)
   std::set<std::string> established_;    // KernelInstances seen running since (re)created
   std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
@@ -1107,6 +1108,12 @@ absl::Status World::CheckStep() {
     auto r = reconciler_->rollouts().Status("RolloutPolicy", policy);
     if (!r.ok()) continue;
     const v1::RolloutStatus& st = r->status();
+    std::string& seen = rollout_seen_["RolloutPolicy/" + policy];
+    const std::string now = absl::StrCat("revision ", st.revision(), " (stable ", st.stable(), ") ", st.phase());
+    if (seen != now) {
+      seen = now;
+      Trace(absl::StrCat("rollout RolloutPolicy/", policy, ": ", now, ": ", st.message()));
+    }
     const std::string key = absl::StrCat("RolloutPolicy/", policy, "@", st.revision());
     if ((st.phase() == "RollingBack" || st.phase() == "RolledBack") && !rolled_back_.count(key)) {
       rolled_back_.insert(key);
