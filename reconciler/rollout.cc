@@ -102,6 +102,9 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   // Members by name, and their classification against the stored progress.
   std::map<std::string, const RolloutMember*> members;
   for (const RolloutMember& m : view.members) members[m.name] = &m;
+  // Members let move and not seen now may be being re-created, unless as many as wanted are
+  // seen: then they are gone for good.
+  const bool all_seen = view.expected_members > 0 && total >= view.expected_members;
   const absl::Duration min_ready = absl::Milliseconds(policy.min_ready());
   const absl::Duration health_timeout =
       policy.health_timeout() > 0 ? absl::Milliseconds(policy.health_timeout()) : kDefaultHealthTimeout;
@@ -213,7 +216,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     // long as they could still come back Ready (healthTimeout); after that they are gone
     // (their host or the set shrank) and hold nothing.
     for (const auto& [name, mp] : p.members()) {
-      if (members.count(name) || mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
+      if (all_seen || members.count(name) || mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
       if (view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout) {
         ++l.busy;
         ++l.moving;
@@ -268,12 +271,15 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
     const Load now = load();
     uint32_t budget = now.limit > now.busy ? now.limit - now.busy : 0;
+    // (Replace: a member that is down counts against the budget already, so moving it takes
+    // nothing from it; else one down and not yet let move would hold the budget for good.)
     auto admit = [&](const RolloutMember& m) {
-      if (budget == 0) return false;
+      const bool free = !view.morph && !m.up;
+      if (budget == 0 && !free) return false;
       v1::MemberProgress& mp = (*p.mutable_members())[m.name];
       if (mp.admitted_unix_ms() > 0) return false;
       mp.set_admitted_unix_ms(Ms(view.now));
-      --budget;
+      if (!free) --budget;
       return true;
     };
     const bool user_paused = p.paused();
@@ -282,7 +288,8 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       for (const auto& [name, mp] : p.members()) {
         // (One let move and gone counts as long as it could come back: see load().)
         bool present = members.count(name) > 0 ||
-                       (mp.admitted_unix_ms() > 0 && view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout);
+                       (!all_seen && mp.admitted_unix_ms() > 0 &&
+                        view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout);
         if (mp.canary() && present && !(mp.done() || !mp.failed().empty())) all_done = false;
       }
       if (all_done) {

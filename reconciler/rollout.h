@@ -59,6 +59,10 @@ struct RolloutView {
   // members may be missing from `members`, so nothing moves on (no admission, failure or
   // completion) and members run what they were told.
   bool frozen = false;
+  // How many members the owner wants (0: not known). With at least that many seen, a member
+  // let move and not seen now is gone for good (a set that shrank), not being re-created:
+  // it holds no budget.
+  uint32_t expected_members = 0;
 };
 
 struct RolloutStep {

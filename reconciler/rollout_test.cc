@@ -138,6 +138,7 @@ class Fleet {
   }
 
   v1::Rollout& policy() { return view_.policy; }
+  RolloutView& view() { return view_; }
   v1::RolloutProgress& progress() { return progress_; }
   std::vector<RolloutMember>& members() { return members_; }
   std::set<std::string> bad_;
@@ -604,6 +605,59 @@ TEST(RolloutTest, AMemberNotLetMoveStaysAtTheStableRevisionWhenItRunsItsKernel) 
     ++held;
   }
   EXPECT_EQ(held, 3);  // all but the canary
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// The sim's seed 2097: a member down (at the old revision) and not yet let move held the
+// whole Replace budget and so could never be let move: the rollout stalled for good. Moving
+// a member that is down takes nothing from the budget (as Kubernetes replaces unhealthy old
+// pods first).
+TEST(RolloutTest, AMemberThatIsDownIsLetMoveWithoutTakingTheBudget) {
+  Fleet f(3, 0);
+  f.policy().mutable_max_unavailable()->set_count(1);
+  f.Step();
+  f.bad_ = {"k1"};  // the old kernel does not come up again
+  f.members()[0].up = false;
+  f.NewRevision("k2");
+  f.StepUntil("Complete", 50);
+  EXPECT_EQ(f.Count("k2"), 3);
+  EXPECT_LE(f.max_down_, 1);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// The sim's seed 2097: a set shrank while its rollout ran; the members it let go (moved, then
+// deleted) held the budget for healthTimeout as if being re-created, and the one left waited
+// a minute to move. With as many members seen as the set wants, the gone ones hold nothing.
+TEST(RolloutTest, MembersGoneWhenTheSetShrankHoldNoBudget) {
+  Fleet f(3, 0);
+  f.policy().mutable_max_unavailable()->set_count(1);
+  f.policy().set_health_timeout(60000);
+  f.Step();
+  f.NewRevision("k2");
+  f.Step();  // one let move
+  ASSERT_EQ(f.Admitted().size(), 1u);
+  const std::string moving = f.Admitted()[0];
+  // The set shrinks to the one member not moving... (its count is now 1, and 1 is seen)
+  std::string kept;
+  for (const RolloutMember& m : f.members()) {
+    if (m.name != moving && kept.empty()) kept = m.name;
+  }
+  for (const std::string& name : {std::string("web-0"), std::string("web-1"), std::string("web-2")}) {
+    if (name != kept) f.Remove(name);
+  }
+  f.view().expected_members = 1;
+  f.StepUntil("Complete", 10);  // well within the 60 s healthTimeout
+  EXPECT_EQ(f.Count("k2"), 1);
 }
 
 }  // namespace

@@ -1164,13 +1164,23 @@ absl::Status World::Settle() {
     return links == up;
   };
   // ... and no rollout under way (one waits for its members' healthTimeout and minReady).
-  auto rollouts_ended = [this] {
+  std::string rollout_running;  // the last rollout seen under way, and where it stands
+  auto rollouts_ended = [&] {
     for (const std::string kind : {"InstanceSet", "RolloutPolicy"}) {
       for (const v1::Object& o : List(kind)) {
         const std::string& name = kind == "InstanceSet" ? o.instance_set().metadata().name()
                                                         : o.rollout_policy().metadata().name();
         auto r = reconciler_->rollouts().Status(kind, name);
-        if (r.ok() && (r->status().phase() == "Progressing" || r->status().phase() == "RollingBack")) return false;
+        if (r.ok() && (r->status().phase() == "Progressing" || r->status().phase() == "RollingBack")) {
+          std::string waves;
+          for (const v1::WaveStatus& w : r->status().waves()) {
+            absl::StrAppend(&waves, " [", w.value(), ": ", w.updated(), "/", w.total(), " updated, ", w.ready(),
+                            " ready, ", w.failed(), " failed]");
+          }
+          rollout_running = absl::StrCat(kind, "/", name, "'s rollout of revision ", r->status().revision(), " is ",
+                                         r->status().phase(), ": ", r->status().message(), waves);
+          return false;
+        }
       }
     }
     return true;
@@ -1178,7 +1188,8 @@ absl::Status World::Settle() {
   while (step_ - std::max(last_non_failing_send_, last_effect_) < 80 || !all_connected() || !rollouts_ended()) {
     if (step_ - settle_start > o_.settle_steps) {
       return Fail(absl::StrCat("(f): no convergence within ", o_.settle_steps,
-                                " steps after the faults stopped; still sending ", last_sent_));
+                                " steps after the faults stopped; still sending ", last_sent_,
+                                rollout_running.empty() ? "" : "; " + rollout_running));
     }
     OneStep();
     if (absl::Status s = CheckStep(); !s.ok()) return s;
