@@ -102,9 +102,9 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   // Members by name, and their classification against the stored progress.
   std::map<std::string, const RolloutMember*> members;
   for (const RolloutMember& m : view.members) members[m.name] = &m;
-  // Members let move and not seen now may be being re-created, unless as many as wanted are
-  // seen: then they are gone for good.
-  const bool all_seen = view.expected_members > 0 && total >= view.expected_members;
+  // Members let move and not seen now may be being re-created, unless the last pass did not
+  // place them: then they are gone for good.
+  auto gone_for_good = [&](const std::string& name) { return view.placed.has_value() && !view.placed->count(name); };
   const absl::Duration min_ready = absl::Milliseconds(policy.min_ready());
   const absl::Duration health_timeout =
       policy.health_timeout() > 0 ? absl::Milliseconds(policy.health_timeout()) : kDefaultHealthTimeout;
@@ -216,7 +216,10 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     // long as they could still come back Ready (healthTimeout); after that they are gone
     // (their host or the set shrank) and hold nothing.
     for (const auto& [name, mp] : p.members()) {
-      if (all_seen || members.count(name) || mp.admitted_unix_ms() == 0 || mp.done() || !mp.failed().empty()) continue;
+      if (members.count(name) || gone_for_good(name) || mp.admitted_unix_ms() == 0 || mp.done() ||
+          !mp.failed().empty()) {
+        continue;
+      }
       if (view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout) {
         ++l.busy;
         ++l.moving;
@@ -288,7 +291,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       for (const auto& [name, mp] : p.members()) {
         // (One let move and gone counts as long as it could come back: see load().)
         bool present = members.count(name) > 0 ||
-                       (!all_seen && mp.admitted_unix_ms() > 0 &&
+                       (!gone_for_good(name) && mp.admitted_unix_ms() > 0 &&
                         view.now - absl::FromUnixMillis(mp.admitted_unix_ms()) < health_timeout);
         if (mp.canary() && present && !(mp.done() || !mp.failed().empty())) all_done = false;
       }

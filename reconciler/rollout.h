@@ -23,6 +23,8 @@
 #define MKFLEET_RECONCILER_ROLLOUT_H_
 
 #include <map>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,10 +61,10 @@ struct RolloutView {
   // members may be missing from `members`, so nothing moves on (no admission, failure or
   // completion) and members run what they were told.
   bool frozen = false;
-  // How many members the owner wants (0: not known). With at least that many seen, a member
-  // let move and not seen now is gone for good (a set that shrank), not being re-created:
-  // it holds no budget.
-  uint32_t expected_members = 0;
+  // The members the last reconcile pass placed (null: not known). A member let move and not
+  // seen now holds budget while it is being re-created (a Replace); one the last pass did not
+  // place is gone for good (a set that shrank, or one that no longer fits) and holds none.
+  std::optional<std::set<std::string>> placed;
 };
 
 struct RolloutStep {

@@ -237,17 +237,17 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     }
     RolloutView view;
     // Frozen while a host the set selects is not connected: its members are not known.
-    uint32_t selected = 0;
     for (const v1::Host& h : hosts) {
       std::map<std::string, std::string> labels(h.metadata().labels().begin(), h.metadata().labels().end());
       if (!planner::Matches(set.spec().host_selector(), labels)) continue;
-      ++selected;
       auto v = views.find(h.metadata().name());
       if (v == views.end() || !v->second.connected) view.frozen = true;
     }
-    view.expected_members = set.spec().count_case() == v1::InstanceSetSpec::kReplicas
-                                ? set.spec().replicas()
-                                : set.spec().per_host() * selected;
+    // Members let move that the last pass placed (the others are gone for good).
+    view.placed.emplace();
+    for (const auto& [member, mp] : rec.progress().members()) {
+      if (serving.count(member)) view.placed->insert(member);
+    }
     view.owner = key;
     view.policy = set.spec().rollout();
     view.morph = tmpl.spec().update().strategy() == v1::UPDATE_MORPH;
