@@ -115,6 +115,14 @@ RolloutMember MemberOf(const std::string& name, const v1::InstanceStatus& st, v1
   return m;
 }
 
+// The stable revision the next step goes from: a new revision starts from the last one that
+// completed (StepRollout's rule, needed before it to judge the members).
+uint32_t StableFor(const v1::RolloutProgress& before, uint32_t target) {
+  if (before.revision() == 0) return target;
+  if (before.revision() != target && before.phase() == v1::ROLLOUT_COMPLETE) return before.revision();
+  return before.stable();
+}
+
 // The value of host label `key` of `host` ("" without one).
 std::string LabelOf(const std::map<std::string, const v1::Host*>& hosts, const std::string& host,
                     const std::string& key) {
@@ -260,8 +268,15 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     }
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
     for (const auto& [host, in] : seen[name]) AddServing(&members, host, in, serving);
-    std::map<std::string, v1::Phase> phase_of_kernel;  // the newest revision's with that kernel
+    // The phase a member is judged against: that of the revision it runs (the engine keeps a
+    // member not let move at the stable revision when it runs that one's kernel, else at the
+    // newest revision with its kernel).
+    std::map<std::string, v1::Phase> phase_of_kernel;
+    const uint32_t stable = StableFor(rec.progress(), view.target);
     for (const v1::TemplateRevision& r : rec.revisions()) phase_of_kernel[KernelOf(r.template_())] = r.template_().spec().phase();
+    for (const v1::TemplateRevision& r : rec.revisions()) {
+      if (r.number() == stable) phase_of_kernel[KernelOf(r.template_())] = r.template_().spec().phase();
+    }
     auto phase_of = [&](const std::string& kernel) -> const v1::Phase* {
       auto it = phase_of_kernel.find(kernel);
       return it == phase_of_kernel.end() ? nullptr : &it->second;
@@ -425,13 +440,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     // The members: the instances the change is about, those whose spec differs from the
     // stable revision's (or that it lacks); the others are not part of it (an instance down
     // for its own reasons neither fails nor holds up a change to the others).
-    const v1::RolloutProgress& before = rec.progress();
-    uint32_t stable = before.stable();
-    if (before.revision() == 0) {
-      stable = view.target;
-    } else if (before.revision() != view.target && before.phase() == v1::ROLLOUT_COMPLETE) {
-      stable = before.revision();
-    }
+    const uint32_t stable = StableFor(rec.progress(), view.target);
     const v1::PolicyRevision* stable_rev = nullptr;
     for (const v1::PolicyRevision& r : rec.policy_revisions()) {
       if (r.number() == stable) stable_rev = &r;
@@ -443,13 +452,19 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
       for (const auto& [host, in] : seen[instance]) AddServing(&found, host, in, serving);
       auto where = found.find(instance);
       if (where == found.end()) continue;
-      std::map<std::string, v1::Phase> phase_of_kernel;  // the newest revision's with that kernel
+      // The phase it is judged against: that of the revision it runs (the stable one when it
+      // runs its kernel, else the newest with its kernel), as for sets.
+      std::map<std::string, v1::Phase> phase_of_kernel;
       std::map<uint32_t, std::string> kernels;
       for (const v1::PolicyRevision& r : rec.policy_revisions()) {
         auto h = r.specs().find(id);
         if (h == r.specs().end()) continue;
         kernels[r.number()] = kernel_of_spec[h->second];
         phase_of_kernel[kernel_of_spec[h->second]] = rec.specs().at(h->second).phase();
+      }
+      if (stable_rev != nullptr && stable_rev->specs().count(id)) {
+        const std::string& h = stable_rev->specs().at(id);
+        phase_of_kernel[kernel_of_spec[h]] = rec.specs().at(h).phase();
       }
       auto phase_of = [&](const std::string& kernel) -> const v1::Phase* {
         auto it = phase_of_kernel.find(kernel);
