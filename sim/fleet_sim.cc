@@ -1102,6 +1102,17 @@ absl::Status World::CheckStep() {
       }
     }
   }
+  // A resize that could not be met (Resized=False, Infeasible) is still asked for: it re-creates
+  // the instance once room appears, maybe after its kernel was replaced meanwhile (seed 7071:
+  // a live update in between, then the resize 130 steps later).
+  for (const v1::Object& o : List("KernelInstance")) {
+    for (const v1::Condition& c : o.kernel_instance().status().conditions()) {
+      if (c.type() != "Resized" || c.status() != v1::CONDITION_FALSE) continue;
+      const std::string who = "KernelInstance/" + o.kernel_instance().metadata().name();
+      auto l = licenses_.find(who);
+      if (l == licenses_.end() || l->second + 20 < step_) License(who, "resize pending: " + c.message());
+    }
+  }
   // A policy's rollback stops the instances it moves back (the engine asks for it).
   for (const v1::Object& o : List("RolloutPolicy")) {
     const std::string& policy = o.rollout_policy().metadata().name();
@@ -1331,8 +1342,14 @@ absl::Status World::CheckQuiescent() {
     for (const v1::Object& h : List("Host")) {
       host_going |= h.host().metadata().name() == ki.spec().host() && h.host().metadata().deletion_unix_ms() != 0;
     }
-    // (A kernel asked for that cannot load is not run: if the old one had stopped, it stays so.)
-    if (established_.count(name) && ki.spec().phase() == v1::PHASE_RUNNING && !host_going &&
+    // (A kernel asked for that cannot load is not run: if the old one had stopped, it stays so.
+    // A policy whose rollout failed holds the instance at its stable spec, which may not say
+    // Running: checked by (i) above.)
+    bool held = false;
+    for (const v1::Condition& c : st.conditions()) {
+      held |= c.type() == "Ready" && c.reason() == "RolloutWaiting" && absl::StartsWith(c.message(), "RolloutPolicy/");
+    }
+    if (established_.count(name) && ki.spec().phase() == v1::PHASE_RUNNING && !host_going && !held &&
         ki.spec().kernel().image() != bad_image_) {
       const std::string serving =
           absl::StrCat(ki.spec().host(), "/", st.kernel().empty() ? name : st.kernel());
