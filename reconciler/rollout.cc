@@ -212,6 +212,13 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
       l.moving += admitted && !settled;
       l.all_finished &= settled;
     }
+    // Members being created (placed, not seen yet, never let move) are down (Replace).
+    if (!view.morph) {
+      for (const std::string& name : view.creating) {
+        const v1::MemberProgress* mp = progress_of(name);
+        if (!members.count(name) && (mp == nullptr || mp->admitted_unix_ms() == 0)) ++l.busy;
+      }
+    }
     // Members let move that are not seen now are being re-created (a Replace): down, for as
     // long as they could still come back Ready (healthTimeout); after that they are gone
     // (their host or the set shrank) and hold nothing.

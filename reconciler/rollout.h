@@ -65,6 +65,9 @@ struct RolloutView {
   // seen now holds budget while it is being re-created (a Replace); one the last pass did not
   // place is gone for good (a set that shrank, or one that no longer fits) and holds none.
   std::optional<std::set<std::string>> placed;
+  // Members the last pass placed that no host shows yet (being created): down, for the
+  // Replace budget (the planner's own maxUnavailable guard counts them so).
+  std::set<std::string> creating;
 };
 
 struct RolloutStep {

@@ -662,3 +662,25 @@ TEST(RolloutTest, MembersGoneWhenTheSetShrankHoldNoBudget) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// The sim's seed 9014: a member being created (placed, not seen yet) was not counted as down,
+// so the engine let another move while the planner's own maxUnavailable guard held that one
+// back; it was not Ready within healthTimeout and failed the rollout.
+TEST(RolloutTest, AMemberBeingCreatedCountsAsDown) {
+  Fleet f(3, 0);
+  f.policy().mutable_max_unavailable()->set_count(1);
+  f.Step();
+  f.view().creating = {"web-9"};
+  f.NewRevision("k2");
+  f.Step();
+  EXPECT_THAT(f.Admitted(), IsEmpty());
+  f.view().creating.clear();  // it is there now
+  f.StepUntil("Complete", 50);
+  EXPECT_EQ(f.Count("k2"), 3);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

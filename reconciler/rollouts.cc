@@ -268,6 +268,12 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     }
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
     for (const auto& [host, in] : seen[name]) AddServing(&members, host, in, serving);
+    // Members the last pass placed that no host shows yet: being created.
+    for (const auto& [member, where] : serving) {
+      if (absl::StartsWith(member, absl::StrCat(name, "-", where.first, "-")) && !members.count(member)) {
+        view.creating.insert(member);
+      }
+    }
     // The phase a member is judged against: that of the revision it runs (the engine keeps a
     // member not let move at the stable revision when it runs that one's kernel, else at the
     // newest revision with its kernel).
