@@ -2,8 +2,6 @@
 #include <deque>
 #include <map>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
@@ -62,10 +60,7 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
   out << "Name:         " << m.name() << "\n";
   out << "Kind:         " << kind << "\n";
   if (!m.labels().empty()) {
-    std::map<std::string, std::string> sorted(m.labels().begin(), m.labels().end());
-    std::vector<std::string> labels;
-    for (const auto& [k, v] : sorted) labels.push_back(k + "=" + v);
-    out << "Labels:       " << absl::StrJoin(labels, ", ") << "\n";
+    out << "Labels:       " << LabelsText(m.labels(), ", ") << "\n";
   }
   out << "Source:       " << (m.source().empty() ? "-" : m.source()) << "   generation " << m.generation()
       << ", revision " << m.revision() << "\n";
@@ -157,19 +152,13 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     if (n) t.Print(out);
   } else if (o.has_rollout_policy()) {
     const v1::RolloutPolicy& p = o.rollout_policy();
-    std::map<std::string, std::string> sorted(p.spec().selector().match_labels().begin(),
-                                              p.spec().selector().match_labels().end());
-    std::vector<std::string> selector;
-    for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
-    out << "Selector:     " << absl::StrJoin(selector, ",") << " (" << p.status().members() << " instance(s))\n";
+    out << "Selector:     " << LabelsText(p.spec().selector().match_labels()) << " (" << p.status().members() << " instance(s))\n";
     PrintRollout(p.status().current_revision(), p.status().update_revision(), p.status().rollout(), out);
     for (const std::string& c : p.status().conflicts()) out << "  conflict: " << c << "\n";
     PrintConditions(p.status().conditions(), out);
   } else if (o.has_role_binding()) {
     const v1::RoleBinding& b = o.role_binding();
-    std::string role = absl::AsciiStrToLower(v1::Role_Name(b.spec().role()));
-    if (absl::StartsWith(role, "role_")) role = role.substr(5);
-    out << "Role:         " << role << "\n";
+    out << "Role:         " << RoleText(b.spec().role()) << "\n";
     for (const v1::Subject& subject : b.spec().subjects()) {
       out << "Subject:      " << (subject.kind() == v1::SUBJECT_GROUP ? "Group/" : "User/") << subject.name() << "\n";
     }

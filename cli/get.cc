@@ -2,8 +2,6 @@
 #include <functional>
 #include <map>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
@@ -132,11 +130,9 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
           absl::StrCat(Bytes(SumBytes(st.pool().memory_free())), "/", Bytes(SumBytes(st.pool().memory()))),
           absl::StrCat(st.pool().devices_free_size(), "/", st.pool().devices_size())};
       if (wide) {
-        std::vector<std::string> labels;
-        std::map<std::string, std::string> sorted(h.metadata().labels().begin(), h.metadata().labels().end());
-        for (const auto& [k, v] : sorted) labels.push_back(k + "=" + v);
+        const std::string labels = LabelsText(h.metadata().labels());
         for (std::string cell : {h.spec().agent(), st.agent_version().empty() ? "-" : st.agent_version(),
-                                 labels.empty() ? "-" : absl::StrJoin(labels, ","),
+                                 labels.empty() ? "-" : labels,
                                  absl::StrCat(h.metadata().generation()),
                                  h.metadata().source().empty() ? "-" : h.metadata().source()}) {
           row.push_back(cell);
@@ -151,15 +147,12 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     for (const v1::Object& o : objects) {
       const v1::RolloutPolicy& p = o.rollout_policy();
       const v1::RolloutPolicyStatus& st = p.status();
-      std::vector<std::string> selector;
-      std::map<std::string, std::string> sorted(p.spec().selector().match_labels().begin(),
-                                                p.spec().selector().match_labels().end());
-      for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
+      const std::string selector = LabelsText(p.spec().selector().match_labels());
       std::string current = st.current_revision() == 0 ? "-" : absl::StrCat(st.current_revision());
       if (st.update_revision() != 0 && st.update_revision() != st.current_revision()) {
         absl::StrAppend(&current, "->", st.update_revision());
       }
-      t.Add({p.metadata().name(), selector.empty() ? "-" : absl::StrJoin(selector, ","), std::to_string(st.members()),
+      t.Add({p.metadata().name(), selector.empty() ? "-" : selector, std::to_string(st.members()),
              current, st.rollout().phase().empty() ? "-" : st.rollout().phase(),
              st.rollout().message().empty() ? "-" : st.rollout().message()});
     }
@@ -172,10 +165,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
       for (const v1::Subject& s : b.spec().subjects()) {
         subjects.push_back(absl::StrCat(s.kind() == v1::SUBJECT_GROUP ? "Group/" : "User/", s.name()));
       }
-      // (As written in manifests: viewer, operator, admin.)
-      std::string role = absl::AsciiStrToLower(v1::Role_Name(b.spec().role()));
-      if (absl::StartsWith(role, "role_")) role = role.substr(5);
-      t.Add({b.metadata().name(), role, subjects.empty() ? "-" : absl::StrJoin(subjects, ",")});
+      t.Add({b.metadata().name(), RoleText(b.spec().role()), subjects.empty() ? "-" : absl::StrJoin(subjects, ",")});
     }
     t.Print(out);
   } else {
@@ -201,13 +191,10 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
                                       std::to_string(st.updated_replicas()), std::to_string(st.ready_replicas()),
                                       rollout};
       if (wide) {
-        std::vector<std::string> selector;
-        std::map<std::string, std::string> sorted(s.spec().host_selector().match_labels().begin(),
-                                                  s.spec().host_selector().match_labels().end());
-        for (const auto& [k, v] : sorted) selector.push_back(k + "=" + v);
+        const std::string selector = LabelsText(s.spec().host_selector().match_labels());
         std::string count = s.spec().has_per_host() ? absl::StrCat("perHost ", s.spec().per_host())
                                                     : absl::StrCat("replicas ", s.spec().replicas());
-        for (std::string cell : {count, selector.empty() ? "-" : absl::StrJoin(selector, ","),
+        for (std::string cell : {count, selector.empty() ? "-" : selector,
                                  absl::StrCat(s.metadata().generation()),
                                  s.metadata().source().empty() ? "-" : s.metadata().source()}) {
           row.push_back(cell);

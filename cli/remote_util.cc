@@ -1,6 +1,10 @@
 #include "cli/remote_util.h"
 
+#include <map>
+
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "cli/commands.h"
 
 namespace mkfleet::cli {
@@ -25,6 +29,18 @@ int Report(const absl::Status& s, const std::string& controller, std::ostream& e
 int ReportSetup(const absl::Status& s, std::ostream& err) {
   err << "error: " << s.message() << "\n";
   return kExitInvalid;
+}
+
+std::string LabelsText(const google::protobuf::Map<std::string, std::string>& labels, const char* sep) {
+  std::map<std::string, std::string> sorted(labels.begin(), labels.end());
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : sorted) parts.push_back(k + "=" + v);
+  return absl::StrJoin(parts, sep);
+}
+
+std::string RoleText(mkfleet::v1::Role role) {
+  std::string text = absl::AsciiStrToLower(mkfleet::v1::Role_Name(role));
+  return absl::StartsWith(text, "role_") ? text.substr(5) : text;
 }
 
 std::string CanonicalKind(const std::string& kind) {

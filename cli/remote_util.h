@@ -26,6 +26,13 @@ bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err)
 
 // Loads manifests for the controller (which checks host references against its store
 // too); false with every error on `err` when any is invalid.
+// Labels (or a selector's matchLabels) as "k=v" sorted by key and joined by `sep` ("" for
+// none).
+std::string LabelsText(const google::protobuf::Map<std::string, std::string>& labels, const char* sep = ",");
+
+// A role as manifests write it: viewer, operator, admin.
+std::string RoleText(mkfleet::v1::Role role);
+
 bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err);
 
 }  // namespace mkfleet::cli

@@ -53,6 +53,12 @@ uint32_t Resolve(const v1::IntOrPercent& v, uint32_t total, uint32_t fallback, u
   return std::max(n, min);
 }
 
+uint32_t StableFor(const v1::RolloutProgress& progress, uint32_t target) {
+  if (progress.revision() == 0) return target;
+  if (progress.revision() != target && progress.phase() == v1::ROLLOUT_COMPLETE) return progress.revision();
+  return progress.stable();
+}
+
 RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) {
   RolloutStep out;
   v1::RolloutProgress& p = *progress;
@@ -78,7 +84,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     p.set_phase(v1::ROLLOUT_COMPLETE);
     p.set_canary_passed(true);
   } else if (p.revision() != view.target) {
-    uint32_t stable = p.phase() == v1::ROLLOUT_COMPLETE ? p.revision() : p.stable();
+    const uint32_t stable = StableFor(p, view.target);
     bool paused = p.paused();
     p.Clear();
     p.set_revision(view.target);

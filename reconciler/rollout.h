@@ -85,6 +85,10 @@ struct RolloutStep {
 // A count or a percentage of `total` (rounded up), at least `min`; `fallback` when unset.
 uint32_t Resolve(const mkfleet::v1::IntOrPercent& v, uint32_t total, uint32_t fallback, uint32_t min);
 
+// The stable revision a step of `progress` towards `target` goes from: a new target starts
+// from the last revision that completed.
+uint32_t StableFor(const mkfleet::v1::RolloutProgress& progress, uint32_t target);
+
 // One step: updates `progress` (as stored; an empty one starts at `view.target` complete).
 RolloutStep StepRollout(const RolloutView& view, mkfleet::v1::RolloutProgress* progress);
 

@@ -115,14 +115,6 @@ RolloutMember MemberOf(const std::string& name, const v1::InstanceStatus& st, v1
   return m;
 }
 
-// The stable revision the next step goes from: a new revision starts from the last one that
-// completed (StepRollout's rule, needed before it to judge the members).
-uint32_t StableFor(const v1::RolloutProgress& before, uint32_t target) {
-  if (before.revision() == 0) return target;
-  if (before.revision() != target && before.phase() == v1::ROLLOUT_COMPLETE) return before.revision();
-  return before.stable();
-}
-
 // The value of host label `key` of `host` ("" without one).
 std::string LabelOf(const std::map<std::string, const v1::Host*>& hosts, const std::string& host,
                     const std::string& key) {
@@ -542,20 +534,19 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
 v1::RolloutResponse Rollouts::ResponseLocked(const Entry& e) const {
   v1::RolloutResponse r;
   *r.mutable_status() = e.status;
-  for (const v1::TemplateRevision& rev : e.record.revisions()) {
+  auto add = [&](const auto& rev) {
     v1::RevisionInfo* info = r.add_revisions();
     info->set_number(rev.number());
     info->set_hash(rev.hash());
     info->set_change_cause(rev.change_cause());
     info->set_time_unix_ms(rev.time_unix_ms());
-    info->set_kernel(rev.template_().spec().kernel().image());
+    return info;
+  };
+  for (const v1::TemplateRevision& rev : e.record.revisions()) {
+    add(rev)->set_kernel(rev.template_().spec().kernel().image());
   }
   for (const v1::PolicyRevision& rev : e.record.policy_revisions()) {
-    v1::RevisionInfo* info = r.add_revisions();
-    info->set_number(rev.number());
-    info->set_hash(rev.hash());
-    info->set_change_cause(rev.change_cause());
-    info->set_time_unix_ms(rev.time_unix_ms());
+    v1::RevisionInfo* info = add(rev);
     // The kernels of its instances: one image, or how many differ.
     std::set<std::string> images;
     for (const auto& [instance, h] : rev.specs()) {
