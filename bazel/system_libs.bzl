@@ -18,6 +18,7 @@ _PKG_CONFIG = {
     "tcmalloc": ["libtcmalloc_minimal"],
     "crypto": ["libcrypto"],
     "zlib": ["zlib"],
+    "libgit2": ["libgit2"],
     "absl": [
         "absl_status",
         "absl_statusor",
@@ -37,6 +38,7 @@ _RAW = {
     "grpc_reflection": ["-lgrpc++_reflection"],
     "cli11": [],
     "nlohmann_json": [],
+    "gpgme": ["-lgpgme", "-lassuan", "-lgpg-error"],
 }
 
 def _system_libs_impl(ctx):

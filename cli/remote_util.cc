@@ -54,13 +54,14 @@ std::string CanonicalKind(const std::string& kind) {
   if (k == "rolloutpolicy" || k == "rolloutpolicies" || k == "policy" || k == "policies" || k == "rp") {
     return "RolloutPolicy";
   }
+  if (k == "gitsource" || k == "gitsources" || k == "source" || k == "sources" || k == "gs") return "GitSource";
   return "";
 }
 
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err) {
   *kind = CanonicalKind(given);
   if (kind->empty()) {
-    err << "error: unknown kind \"" << given << "\" (Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding)\n";
+    err << "error: unknown kind \"" << given << "\" (Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding or GitSource)\n";
   }
   return !kind->empty();
 }

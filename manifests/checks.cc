@@ -208,6 +208,25 @@ void CheckRolloutPolicy(const RolloutPolicy& policy, Reporter& r) {
   CheckRollout(policy.spec().rollout(), 0, "spec.rollout", r);
 }
 
+void CheckGitSource(const GitSource& source, Reporter& r) {
+  CheckHeader(source.api_version(), r);
+  const GitSourceSpec& spec = source.spec();
+  int refs = !spec.ref().branch().empty() + !spec.ref().tag().empty() + !spec.ref().commit().empty();
+  if (refs > 1) r.AtKey("spec.ref", "at most one of branch, tag, commit");
+  const GitCredentials& c = spec.credentials();
+  bool ssh = absl::StartsWith(spec.url(), "ssh://");
+  bool https = absl::StartsWith(spec.url(), "https://");
+  if (ssh && (c.ssh_key_file().empty() || c.known_hosts_file().empty())) {
+    r.AtKey("spec.credentials", "an ssh:// url needs sshKeyFile and knownHostsFile (an unknown host key is refused)");
+  }
+  if (!ssh && (!c.ssh_key_file().empty() || !c.known_hosts_file().empty())) {
+    r.AtKey("spec.credentials", "sshKeyFile and knownHostsFile only apply to an ssh:// url");
+  }
+  if (!https && (!c.token_file().empty() || !c.username().empty())) {
+    r.AtKey("spec.credentials", "tokenFile and username only apply to an https:// url");
+  }
+}
+
 void CheckHost(const Host& host, Reporter& r) {
   CheckHeader(host.api_version(), r);
   CheckPool(host.spec().pool(), r);
@@ -232,6 +251,9 @@ void CheckObject(const LoadedObject& object, std::vector<Diagnostic>* errors) {
       break;
     case Object::kRolloutPolicy:
       CheckRolloutPolicy(object.object.rollout_policy(), r);
+      break;
+    case Object::kGitSource:
+      CheckGitSource(object.object.git_source(), r);
       break;
     default:
       break;

@@ -85,6 +85,42 @@ bool IsPrincipalName(absl::string_view s) {
 
 bool IsLabelValue(absl::string_view s) { return s.empty() || IsLabelName(s); }
 
+bool IsRepoPath(absl::string_view s) {
+  if (s.empty()) return true;
+  if (s.front() == '/' || s.size() > 1024) return false;
+  for (absl::string_view part : absl::StrSplit(s, '/')) {
+    if (part.empty()) continue;  // "a//b" and a trailing '/' are harmless
+    if (part == "." || part == "..") return false;
+    for (unsigned char c : part) {
+      if (c < 0x20 || c == 0x7f || c == '\\') return false;
+    }
+  }
+  return true;
+}
+
+bool IsGitUrl(absl::string_view s) {
+  if (s.size() > 2048) return false;
+  for (unsigned char c : s) {
+    if (c <= 0x20 || c == 0x7f) return false;
+  }
+  absl::string_view rest = s;
+  if (absl::ConsumePrefix(&rest, "file://")) return rest.size() > 1 && rest.front() == '/';
+  if (!absl::ConsumePrefix(&rest, "ssh://") && !absl::ConsumePrefix(&rest, "https://")) return false;
+  size_t slash = rest.find('/');
+  if (slash == absl::string_view::npos || slash + 1 == rest.size()) return false;  // a path is needed
+  absl::string_view authority = rest.substr(0, slash);
+  size_t at = authority.rfind('@');
+  if (at != absl::string_view::npos) authority.remove_prefix(at + 1);
+  if (authority.empty()) return false;
+  size_t colon = authority.rfind(':');
+  if (colon != absl::string_view::npos && authority.front() != '[') {
+    int port = 0;
+    if (!absl::SimpleAtoi(authority.substr(colon + 1), &port) || port <= 0 || port > 65535) return false;
+    authority = authority.substr(0, colon);
+  }
+  return !authority.empty();
+}
+
 std::string CheckFormat(mkfleet::v1::Format format, absl::string_view text) {
   auto got = [&] { return absl::StrCat(", got \"", text, "\""); };
   switch (format) {
@@ -142,6 +178,16 @@ std::string CheckFormat(mkfleet::v1::Format format, absl::string_view text) {
         return "";
       }
       return absl::StrCat("must be an absolute path", got());
+    case mkfleet::v1::FORMAT_GIT_URL:
+      if (IsGitUrl(text)) return "";
+      return absl::StrCat("must be a git URL: file:///path, ssh://[user@]host[:port]/path or https://host/path",
+                          got());
+    case mkfleet::v1::FORMAT_GIT_SHA:
+      if (text.size() == 40 && AllOf(text, IsHex)) return "";
+      return absl::StrCat("must be a full commit id (40 hexadecimal digits), got ", text.size(), " characters");
+    case mkfleet::v1::FORMAT_REPO_PATH:
+      if (IsRepoPath(text)) return "";
+      return absl::StrCat("must be a folder inside the repository (relative, no \"..\")", got());
     default:
       return "";
   }

@@ -20,6 +20,10 @@ bool IsLabelKey(absl::string_view s);
 bool IsPrincipalName(absl::string_view s);
 // Empty, or like a label key's name part.
 bool IsLabelValue(absl::string_view s);
+// A relative folder inside a repository: no leading '/', no "." or ".." part.
+bool IsRepoPath(absl::string_view s);
+// file:///path, ssh://[user@]host[:port]/path or https://host[:port]/path.
+bool IsGitUrl(absl::string_view s);
 
 // "" when `text` fits `format`, else a message such as
 // "must be a PCI address like 0000:04:00.1, got \"04:00.1\"".

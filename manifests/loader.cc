@@ -21,7 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using mkfleet::v1::Object;
 
-constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet", "RoleBinding", "RolloutPolicy"};
+constexpr absl::string_view kKinds[] = {"Host", "KernelInstance", "InstanceSet", "RoleBinding", "RolloutPolicy", "GitSource"};
 
 const YamlNode* Lookup(const YamlNode& map, absl::string_view key) {
   if (map.kind != YamlNode::Kind::kMap) return nullptr;
@@ -37,6 +37,7 @@ google::protobuf::Message* MessageForKind(absl::string_view kind, Object* object
   if (kind == "InstanceSet") return object->mutable_instance_set();
   if (kind == "RoleBinding") return object->mutable_role_binding();
   if (kind == "RolloutPolicy") return object->mutable_rollout_policy();
+  if (kind == "GitSource") return object->mutable_git_source();
   return nullptr;
 }
 
@@ -93,6 +94,8 @@ absl::string_view KindOf(const Object& object) {
       return "RoleBinding";
     case Object::kRolloutPolicy:
       return "RolloutPolicy";
+    case Object::kGitSource:
+      return "GitSource";
     default:
       return "";
   }
@@ -110,6 +113,8 @@ const mkfleet::v1::ObjectMeta& MetadataOf(const Object& object) {
       return object.role_binding().metadata();
     case Object::kRolloutPolicy:
       return object.rollout_policy().metadata();
+    case Object::kGitSource:
+      return object.git_source().metadata();
     default:
       return mkfleet::v1::ObjectMeta::default_instance();
   }

@@ -217,6 +217,9 @@ void Emit(const mkfleet::v1::Object& object, const PrintOptions& options, YAML::
     case mkfleet::v1::Object::kRolloutPolicy:
       msg = &object.rollout_policy();
       break;
+    case mkfleet::v1::Object::kGitSource:
+      msg = &object.git_source();
+      break;
     default:
       out << YAML::BeginMap << YAML::EndMap;
       return;

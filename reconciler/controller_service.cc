@@ -63,14 +63,14 @@ v1::AuditRecord ApplyRecord(const v1::ApplyRequest& request) {
 grpc::Status UnknownKind(const std::string& kind) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat("kind: unknown kind \"", kind,
-                                   "\" (Host, KernelInstance, InstanceSet, RolloutPolicy or RoleBinding)"));
+                                   "\" (Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding or GitSource)"));
 }
 
 }  // namespace
 
 bool IsKnownKind(const std::string& kind) {
   return kind == "Host" || kind == "KernelInstance" || kind == "InstanceSet" || kind == "RoleBinding" ||
-         kind == "RolloutPolicy";
+         kind == "RolloutPolicy" || kind == "GitSource";
 }
 
 absl::StatusOr<Access::Caller> ControllerService::Allow(const grpc::ServerContextBase& context, absl::string_view verb,
@@ -272,6 +272,7 @@ grpc::ServerWriteReactor<v1::ObjectWatchEvent>* ControllerService::Watch(grpc::C
       if (parts[2] == "InstanceSet") o.mutable_instance_set()->mutable_metadata()->set_name(parts[3]);
       if (parts[2] == "RoleBinding") o.mutable_role_binding()->mutable_metadata()->set_name(parts[3]);
       if (parts[2] == "RolloutPolicy") o.mutable_rollout_policy()->mutable_metadata()->set_name(parts[3]);
+      if (parts[2] == "GitSource") o.mutable_git_source()->mutable_metadata()->set_name(parts[3]);
     } else if (!event.mutable_object()->ParseFromString(e.value)) {
       return std::nullopt;
     }

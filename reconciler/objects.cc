@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -27,6 +28,8 @@ v1::ObjectMeta* MutableMeta(v1::Object& o) {
       return o.mutable_role_binding()->mutable_metadata();
     case v1::Object::kRolloutPolicy:
       return o.mutable_rollout_policy()->mutable_metadata();
+    case v1::Object::kGitSource:
+      return o.mutable_git_source()->mutable_metadata();
     default:
       return nullptr;
   }
@@ -54,6 +57,9 @@ std::string SpecOf(const v1::Object& o) {
     case v1::Object::kRolloutPolicy:
       spec = copy.rollout_policy().spec().SerializeAsString();
       break;
+    case v1::Object::kGitSource:
+      spec = copy.git_source().spec().SerializeAsString();
+      break;
     default:
       break;
   }
@@ -65,6 +71,18 @@ std::string SpecOf(const v1::Object& o) {
 
 std::string ObjectKey(absl::string_view kind, absl::string_view name) {
   return absl::StrCat("/objects/", kind, "/", name);
+}
+
+bool IsGitSource(absl::string_view source) { return absl::StartsWith(source, kGitSourcePrefix); }
+
+std::string OwnershipConflict(absl::string_view kind, absl::string_view name, const v1::ObjectMeta& owner) {
+  std::string where;
+  if (!owner.source_commit().empty()) {
+    where = absl::StrCat(" (commit ", owner.source_commit().substr(0, 7),
+                         owner.source_path().empty() ? "" : absl::StrCat(", ", owner.source_path()), ")");
+  }
+  return absl::StrCat(kind, "/", name, " is owned by ", owner.source(), where,
+                      ": change it in the repository, or pass --force-conflicts to take it over");
 }
 
 absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& objects, const ApplyOptions& options) {
@@ -103,7 +121,10 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
   v1::ApplyResponse response;
   std::vector<Compare> compares;
   std::vector<Op> ops;
-  for (const v1::Object& o : objects) {
+  std::vector<std::string> conflicts;
+  const bool from_git = IsGitSource(options.source);
+  for (size_t i = 0; i < objects.size(); ++i) {
+    const v1::Object& o = objects[i];
     std::string kind(manifests::KindOf(o));
     const std::string& name = manifests::MetadataOf(o).name();
     std::string key = ObjectKey(kind, name);
@@ -112,6 +133,8 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
     v1::Object next = o;
     v1::ObjectMeta* meta = MutableMeta(next);
     meta->set_source(options.source);
+    meta->set_source_commit(from_git ? options.commit : "");
+    meta->set_source_path(from_git && i < options.paths.size() ? options.paths[i] : "");
     v1::ObjectChange* change = response.add_changes();
     change->set_kind(kind);
     change->set_name(name);
@@ -125,13 +148,23 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       v1::Object old;
       if (!old.ParseFromString((*existing)->value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
       const v1::ObjectMeta& old_meta = manifests::MetadataOf(old);
+      if (IsGitSource(old_meta.source()) && old_meta.source() != options.source && !options.force_conflicts) {
+        if (conflicts.size() < 20) conflicts.push_back(OwnershipConflict(kind, name, old_meta));
+        continue;
+      }
       bool spec_changed = SpecOf(old) != SpecOf(next);
+      // An object a commit leaves as it was keeps the commit that last changed it (an apply
+      // of a commit that changes one file writes one object, not all).
+      if (!spec_changed && old_meta.source() == options.source && from_git) {
+        meta->set_source_commit(old_meta.source_commit());
+      }
       // Applying a Host that is being deleted keeps it (its deletion is called off).
       bool undelete = old_meta.deletion_unix_ms() != 0;
       meta->set_generation(old_meta.generation() + (spec_changed ? 1 : 0));
       change->set_generation(meta->generation());
       if (!spec_changed) meta->set_change_cause(old_meta.change_cause());
-      if (!spec_changed && !undelete && old_meta.source() == options.source) {
+      if (!spec_changed && !undelete && old_meta.source() == options.source &&
+          old_meta.source_path() == meta->source_path()) {
         change->set_change("unchanged");
         continue;
       }
@@ -139,6 +172,9 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       compares.push_back({key, (*existing)->mod_revision});
     }
     ops.push_back({Op::Type::kPut, key, next.SerializeAsString(), 0});
+  }
+  if (!conflicts.empty()) {
+    return absl::FailedPreconditionError(absl::StrJoin(conflicts, "; "));
   }
   if (!options.source.empty()) {
     std::string inv_key = "/inventory/" + options.source;
@@ -151,6 +187,12 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
         auto gone = store_.Get(key);
         if (!gone.ok()) return gone.status();
         if (!gone->has_value()) continue;
+        // Taken over by another source since (--force-conflicts, or another apply): not ours.
+        v1::Object owned_object;
+        if (owned_object.ParseFromString((*gone)->value) &&
+            manifests::MetadataOf(owned_object).source() != options.source) {
+          continue;
+        }
         compares.push_back({key, (*gone)->mod_revision});
         ops.push_back({Op::Type::kDelete, key, "", 0});
         std::vector<std::string> parts = absl::StrSplit(key, '/');
@@ -200,6 +242,9 @@ void SetStatus(v1::Object& o, const std::string& value) {
       break;
     case v1::Object::kRolloutPolicy:
       o.mutable_rollout_policy()->mutable_status()->ParseFromString(value);
+      break;
+    case v1::Object::kGitSource:
+      o.mutable_git_source()->mutable_status()->ParseFromString(value);
       break;
     default:
       break;
@@ -306,10 +351,16 @@ absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, a
 }
 
 absl::StatusOr<std::string> Objects::Delete(absl::string_view kind, absl::string_view name, int64_t now_unix_ms,
-                                            bool force) {
-  if (kind == "Host") MK_RETURN_IF_ERROR(HostUnused(name));
+                                            bool force, bool force_conflicts) {
   auto current = store_.Get(ObjectKey(kind, name));
   if (!current.ok()) return current.status();
+  if (current->has_value() && !force_conflicts) {
+    v1::Object o;
+    if (o.ParseFromString((*current)->value) && IsGitSource(manifests::MetadataOf(o).source())) {
+      return absl::FailedPreconditionError(OwnershipConflict(kind, name, manifests::MetadataOf(o)));
+    }
+  }
+  if (kind == "Host") MK_RETURN_IF_ERROR(HostUnused(name));
   if (!current->has_value()) {
     // A set member exists only through its set.
     auto member = Get(kind, name, /*with_members=*/true);
@@ -333,6 +384,22 @@ absl::StatusOr<std::string> Objects::Delete(absl::string_view kind, absl::string
   }
   MK_RETURN_IF_ERROR(Remove(kind, name, (*current)->mod_revision));
   return std::string("deleted");
+}
+
+absl::Status Objects::Update(absl::string_view kind, absl::string_view name,
+                             const std::function<void(v1::Object&)>& change) {
+  const std::string key = ObjectKey(kind, name);
+  auto current = store_.Get(key);
+  if (!current.ok()) return current.status();
+  if (!current->has_value()) return absl::NotFoundError(absl::StrCat(kind, "/", name, " does not exist"));
+  v1::Object o;
+  if (!o.ParseFromString((*current)->value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
+  v1::Object next = o;
+  change(next);
+  if (SpecOf(next) != SpecOf(o)) MutableMeta(next)->set_generation(MutableMeta(next)->generation() + 1);
+  std::string value = next.SerializeAsString();
+  if (value == (*current)->value) return absl::OkStatus();
+  return store_.Txn({{key, (*current)->mod_revision}}, {{Op::Type::kPut, key, std::move(value), 0}}).status();
 }
 
 absl::Status Objects::HostUnused(absl::string_view name) {

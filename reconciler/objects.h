@@ -26,6 +26,12 @@ std::string ObjectKey(absl::string_view kind, absl::string_view name);
 // Where an object's status lives: /status/<Kind>/<name> (set members have only this).
 std::string StatusKey(absl::string_view kind, absl::string_view name);
 
+// "git:prod" for objects a GitSource applies.
+inline constexpr absl::string_view kGitSourcePrefix = "git:";
+bool IsGitSource(absl::string_view source);
+// Why a change to `kind/name`, owned by git source `owner`, is refused without --force-conflicts.
+std::string OwnershipConflict(absl::string_view kind, absl::string_view name, const mkfleet::v1::ObjectMeta& owner);
+
 struct ApplyOptions {
   std::string source;  // who applies (a path, a git URL); required for prune
   bool dry_run = false;
@@ -33,6 +39,14 @@ struct ApplyOptions {
   // Why (`mkapply apply --message`): recorded as metadata.change_cause of each object whose
   // spec it changes (an object it leaves unchanged keeps its cause).
   std::string change_cause;
+  // A git source's commit (full sha), and each object's file in the repository (parallel
+  // to the objects; may be empty): recorded in metadata.source_commit and source_path of
+  // each object the apply creates or changes.
+  std::string commit;
+  std::vector<std::string> paths;
+  // An object another git source owns ("git:<name>") is refused (FailedPrecondition naming
+  // the owner) unless this is set: then this source takes it.
+  bool force_conflicts = false;
   // Asked for every object written ("apply") or pruned ("prune") before anything is:
   // an error refuses the whole apply with it.
   std::function<absl::Status(absl::string_view verb, absl::string_view kind, absl::string_view name)> authorize;
@@ -64,8 +78,13 @@ class Objects {
   // deletes its kernels, then removes it (FinishHostDelete); with `force` it goes at once,
   // its kernels left running. NotFound if absent; FailedPrecondition for a Host that a
   // KernelInstance still names, or for a set member.
+  // An object a git source owns is refused (FailedPrecondition naming it) unless
+  // `force_conflicts`.
   absl::StatusOr<std::string> Delete(absl::string_view kind, absl::string_view name, int64_t now_unix_ms = 0,
-                                     bool force = false);
+                                     bool force = false, bool force_conflicts = false);
+  // Reads kind/name, lets `change` edit it and writes it back if it changed (compare-and-
+  // swap; metadata.generation bumped when the spec did). NotFound if absent.
+  absl::Status Update(absl::string_view kind, absl::string_view name, const std::function<void(mkfleet::v1::Object&)>& change);
   // Removes a Host marked for deletion, with its status, if it is still marked; refused
   // (FailedPrecondition) while a KernelInstance names it.
   absl::Status FinishHostDelete(const std::string& name);
