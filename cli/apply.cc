@@ -175,6 +175,7 @@ int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::
   request.set_source(options.source.empty() ? absl::StrJoin(options.paths, ",") : options.source);
   request.set_message(options.message);
   request.set_prune(options.prune);
+  request.set_force_conflicts(options.force_conflicts);
   request.set_dry_run(diff || options.dry_run);
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
   if (!client.ok()) return ReportSetup(client.status(), err);

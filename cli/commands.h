@@ -60,6 +60,7 @@ struct ApplyOptions {
   std::string message;  // the change cause recorded by the set revisions it makes
   bool prune = false;
   bool dry_run = false;
+  bool force_conflicts = false;  // take over objects a GitSource owns
   // After applying: wait until what this apply changed is there at the generation applied
   // (instances Ready, sets at their replica count, Hosts connected with a valid pool,
   // pruned objects gone), printing progress; fail at once (exit 1, with the cause) when
@@ -87,6 +88,7 @@ struct GetOptions {
   bool colour = false;             // colour the phase column (a terminal)
   bool unmanaged = false;          // get instances: the kernels no object owns, per host
   bool force = false;              // delete a Host at once, leaving its kernels running
+  bool force_conflicts = false;    // delete an object a GitSource owns
 };
 
 // Lists objects (set members included among instances) as a table (wide: placement,
@@ -188,6 +190,20 @@ struct CertsOptions {
 // (group fleet-admins). `certs issue KIND [NAME]`: one more identity from the CA in
 // --ca-dir. Prints what was written. 0, 2 on bad input, 1 on failure.
 int RunCerts(const CertsOptions& options, std::ostream& out, std::ostream& err);
+
+struct SourceOptions {
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;
+  std::string verb;  // sync | suspend | resume
+  std::string kind;  // "source" (GitSource)
+  std::string name;
+};
+
+// `mkapply sync|suspend|resume source NAME`: fetch a GitSource now and apply its commit
+// (like `flux reconcile source git`), or stop and start its fetches. Prints what was done;
+// 0, 1 when the fetch, verification or apply failed (the reason printed), 2 on bad input.
+int RunSource(const SourceOptions& options, std::ostream& out, std::ostream& err);
 
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
 std::string CanonicalKind(const std::string& kind);

@@ -30,6 +30,7 @@ class ControllerClient {
   virtual absl::StatusOr<mkfleet::v1::AuditResponse> Audit(const mkfleet::v1::AuditRequest& request) = 0;
   virtual absl::StatusOr<mkfleet::v1::MorphResponse> Morph(const mkfleet::v1::MorphRequest& request) = 0;
   virtual absl::StatusOr<mkfleet::v1::RolloutResponse> Rollout(const mkfleet::v1::RolloutRequest& request) = 0;
+  virtual absl::StatusOr<mkfleet::v1::SourceResponse> Source(const mkfleet::v1::SourceRequest& request) = 0;
   // Where it connects, for messages.
   virtual const std::string& address() const = 0;
 };

@@ -43,6 +43,7 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
   request.set_kind(kind);
   request.set_name(options.name);
   request.set_force(options.force);
+  request.set_force_conflicts(options.force_conflicts);
   auto response = (*client)->Delete(request);
   if (!response.ok()) return Report(response.status(), options.controller, err);
   if (response->result() == "terminating") {

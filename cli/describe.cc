@@ -62,8 +62,9 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
   if (!m.labels().empty()) {
     out << "Labels:       " << LabelsText(m.labels(), ", ") << "\n";
   }
-  out << "Source:       " << (m.source().empty() ? "-" : m.source()) << "   generation " << m.generation()
-      << ", revision " << m.revision() << "\n";
+  out << "Source:       " << SourceText(m) << (m.source_path().empty() ? "" : "  (" + m.source_path() + ")")
+      << "   generation " << m.generation() << ", revision " << m.revision() << "\n";
+  if (!m.change_cause().empty()) out << "Change cause: " << m.change_cause() << "\n";
   if (o.has_kernel_instance()) {
     const v1::KernelInstance& ki = o.kernel_instance();
     const v1::InstanceStatus& st = ki.status();
@@ -156,6 +157,36 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     PrintRollout(p.status().current_revision(), p.status().update_revision(), p.status().rollout(), out);
     for (const std::string& c : p.status().conflicts()) out << "  conflict: " << c << "\n";
     PrintConditions(p.status().conditions(), out);
+  } else if (o.has_git_source()) {
+    const v1::GitSource& g = o.git_source();
+    const v1::GitSourceStatus& st = g.status();
+    const v1::GitRef& ref = g.spec().ref();
+    out << "URL:          " << g.spec().url() << "\n";
+    out << "Ref:          "
+        << (!ref.tag().empty()      ? "tag " + ref.tag()
+            : !ref.commit().empty() ? "commit " + ref.commit()
+                                    : "branch " + (ref.branch().empty() ? std::string("main") : ref.branch()))
+        << "   path " << (g.spec().path().empty() ? "/" : g.spec().path()) << "   prune "
+        << (g.spec().prune() ? "yes" : "no") << (g.spec().suspend() ? "   SUSPENDED" : "") << "\n";
+    if (!g.spec().verify().keyring().empty()) out << "Verify:       signed by a key of " << g.spec().verify().keyring() << "\n";
+    auto commit = [&](const char* label, const v1::CommitInfo& c) {
+      if (c.sha().empty()) {
+        out << label << "-\n";
+        return;
+      }
+      out << label << c.sha().substr(0, 7) << " " << c.subject() << "  (" << c.author() << ", "
+          << ClockTime(c.time_unix_ms()) << (c.signed_by().empty() ? "" : ", signed by " + c.signed_by()) << ")\n";
+    };
+    commit("Fetched:      ", st.last_fetched());
+    commit("Applied:      ", st.last_applied());
+    out << "Objects:      " << st.objects() << "\n";
+    out << "Last fetch:   " << (st.last_fetch_unix_ms() == 0 ? "-" : ClockTime(st.last_fetch_unix_ms()))
+        << "   next fetch " << (st.next_fetch_unix_ms() == 0 ? "-" : ClockTime(st.next_fetch_unix_ms())) << "\n";
+    if (st.errors_size() > 0) {
+      out << "Errors (" << st.errors_size() << "):\n";
+      for (const std::string& e : st.errors()) out << "  " << e << "\n";
+    }
+    PrintConditions(st.conditions(), out);
   } else if (o.has_role_binding()) {
     const v1::RoleBinding& b = o.role_binding();
     out << "Role:         " << RoleText(b.spec().role()) << "\n";

@@ -106,7 +106,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
         for (std::string cell : {st.kernel().empty() ? "-" : st.kernel(), st.owner().empty() ? "-" : st.owner(),
                                  Ranges(cpus), devices.empty() ? "-" : absl::StrJoin(devices, ","),
                                  absl::StrCat(ki.metadata().generation()),
-                                 ki.metadata().source().empty() ? "-" : ki.metadata().source()}) {
+                                 SourceText(ki.metadata())}) {
           row.push_back(cell);
         }
       }
@@ -134,7 +134,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
         for (std::string cell : {h.spec().agent(), st.agent_version().empty() ? "-" : st.agent_version(),
                                  labels.empty() ? "-" : labels,
                                  absl::StrCat(h.metadata().generation()),
-                                 h.metadata().source().empty() ? "-" : h.metadata().source()}) {
+                                 SourceText(h.metadata())}) {
           row.push_back(cell);
         }
       }
@@ -155,6 +155,38 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
       t.Add({p.metadata().name(), selector.empty() ? "-" : selector, std::to_string(st.members()),
              current, st.rollout().phase().empty() ? "-" : st.rollout().phase(),
              st.rollout().message().empty() ? "-" : st.rollout().message()});
+    }
+    t.Print(out);
+  } else if (kind == "GitSource") {
+    // READY and the applied commit first: what Flux's `flux get sources git` shows.
+    std::vector<std::string> header = {"NAME", "READY", "APPLIED", "FETCHED", "OBJECTS", "MESSAGE"};
+    if (wide) {
+      for (const char* h : {"URL", "REF", "PATH", "SUSPENDED", "NEXT-FETCH"}) header.push_back(h);
+    }
+    Table t(header);
+    for (const v1::Object& o : objects) {
+      const v1::GitSource& g = o.git_source();
+      const v1::GitSourceStatus& st = g.status();
+      const v1::Condition* ready = FindCondition(st.conditions(), "Ready");
+      std::string message = ready == nullptr ? "-" : ready->message();
+      std::vector<std::string> row = {
+          g.metadata().name(),
+          ready == nullptr ? "-" : (ready->status() == v1::CONDITION_TRUE ? "True" : "False"),
+          st.last_applied().sha().empty() ? "-" : st.last_applied().sha().substr(0, 7),
+          st.last_fetched().sha().empty() ? "-" : st.last_fetched().sha().substr(0, 7),
+          std::to_string(st.objects()), message};
+      if (wide) {
+        const v1::GitRef& ref = g.spec().ref();
+        std::string r = !ref.tag().empty()      ? "tag " + ref.tag()
+                        : !ref.commit().empty() ? "commit " + ref.commit().substr(0, 7)
+                                                : "branch " + (ref.branch().empty() ? std::string("main") : ref.branch());
+        for (std::string cell : {g.spec().url(), r, g.spec().path().empty() ? std::string("/") : g.spec().path(),
+                                 std::string(g.spec().suspend() ? "yes" : "no"),
+                                 st.next_fetch_unix_ms() == 0 ? "-" : ClockTime(st.next_fetch_unix_ms())}) {
+          row.push_back(cell);
+        }
+      }
+      t.Add(row);
     }
     t.Print(out);
   } else if (kind == "RoleBinding") {
@@ -196,7 +228,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
                                                     : absl::StrCat("replicas ", s.spec().replicas());
         for (std::string cell : {count, selector.empty() ? "-" : selector,
                                  absl::StrCat(s.metadata().generation()),
-                                 s.metadata().source().empty() ? "-" : s.metadata().source()}) {
+                                 SourceText(s.metadata())}) {
           row.push_back(cell);
         }
       }

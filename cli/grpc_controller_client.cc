@@ -59,6 +59,10 @@ class GrpcControllerClient final : public ControllerClient {
     return Unary<v1::RolloutResponse>(
         [&](grpc::ClientContext* ctx, v1::RolloutResponse* r) { return stub_->Rollout(ctx, request, r); });
   }
+  absl::StatusOr<v1::SourceResponse> Source(const v1::SourceRequest& request) override {
+    return Unary<v1::SourceResponse>(
+        [&](grpc::ClientContext* ctx, v1::SourceResponse* r) { return stub_->Source(ctx, request, r); });
+  }
   absl::StatusOr<v1::MorphResponse> Morph(const v1::MorphRequest& request) override {
     return Unary<v1::MorphResponse>([&](grpc::ClientContext* ctx, v1::MorphResponse* r) { return stub_->Morph(ctx, request, r); });
   }

@@ -32,7 +32,7 @@ absl::Duration Duration(const std::string& text) { return *mkfleet::cli::ParseDu
 int main(int argc, char** argv) {
   CLI::App app{
       "mkapply: declarative control of multikernel Linux fleets.\n"
-      "Validate and plan manifests (Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding) and apply them to mkcontroller.\n"
+      "Validate and plan manifests (Host, KernelInstance, InstanceSet, RolloutPolicy, RoleBinding, GitSource) and apply them to mkcontroller.\n"
       "Remote commands authenticate with your certificate: --tls-dir DIR or MKFLEET_TLS_DIR (see `certs`)."};
   app.set_version_flag("--version", std::string("mkapply ") + mkfleet::kVersion);
   app.require_subcommand(1);
@@ -101,6 +101,8 @@ int main(int argc, char** argv) {
                     "why: recorded as the change cause of the set revisions this apply makes (`rollout history`)");
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
+  apply_cmd->add_flag("--force-conflicts", apply.force_conflicts,
+                      "take over objects a GitSource owns (refused otherwise, naming the source and commit)");
   apply_cmd->add_flag("--wait", apply.wait,
                       "wait until what was applied is there at the generation applied: instances Ready, sets at "
                       "their count, Hosts connected with a valid pool, pruned objects gone; fails at once with the "
@@ -116,12 +118,14 @@ int main(int argc, char** argv) {
       "terminating meanwhile); --force removes it at once, leaving them running.\n"
       "Exit 0, 1 when absent or unreachable, 2 on bad input.");
   for (CLI::App* cmd : {get_cmd, delete_cmd}) {
-    cmd->add_option("kind", get.kind, "hosts, instances (ki) or sets");
+    cmd->add_option("kind", get.kind, "hosts, instances (ki), sets, policies, rolebindings or sources");
     cmd->add_option("name", get.name, "object name");
   }
   get_cmd->get_option("kind")->required();
   delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
   delete_cmd->add_flag("--force", get.force, "a Host: remove it at once; its kernels are left running, unmanaged");
+  delete_cmd->add_flag("--force-conflicts", get.force_conflicts,
+                       "delete an object a GitSource owns (it comes back with the source's next change of it)");
   get_cmd->add_option("-o,--output", get.output,
                       "table (default), wide (placement, serving kernel, owner, agent...), yaml or json")
       ->check(CLI::IsMember({"table", "wide", "yaml", "json"}));
@@ -130,7 +134,7 @@ int main(int argc, char** argv) {
       "describe",
       "Show one object in full: status, placement, conditions and its recent events; a host's instances.\n"
       "Exit 0, 1 when absent or unreachable.");
-  describe_cmd->add_option("kind", get.kind, "host, instance (ki) or set")->required();
+  describe_cmd->add_option("kind", get.kind, "host, instance (ki), set, policy, rolebinding or source")->required();
   describe_cmd->add_option("name", get.name, "object name")->required();
 
   mkfleet::cli::EventsOptions events;
@@ -199,6 +203,23 @@ int main(int argc, char** argv) {
   rollout_cmd->add_option("-o,--output", rollout.output, "status, history: text (default) or json")
       ->check(CLI::IsMember({"text", "json"}));
 
+  mkfleet::cli::SourceOptions source;
+  std::vector<CLI::App*> source_cmds;
+  for (const char* verb : {"sync", "suspend", "resume"}) {
+    std::string help =
+        std::string(verb) == "sync"
+            ? "Fetch a GitSource now and apply its commit (again, if applied), like `flux reconcile source git`; "
+              "prints what was applied, or every error of a refused commit.\nExit 0; 1 when the fetch, the "
+              "signature check or the apply failed; 2 on bad usage."
+        : std::string(verb) == "suspend"
+            ? "Stop fetching a GitSource (what it applied stays) until `resume`.\nExit 0, 1 when refused."
+            : "Fetch a suspended GitSource again (at once, then every interval).\nExit 0, 1 when refused.";
+    CLI::App* cmd = app.add_subcommand(verb, help);
+    cmd->add_option("kind", source.kind, "source (a GitSource)")->required();
+    cmd->add_option("name", source.name, "the GitSource")->required();
+    source_cmds.push_back(cmd);
+  }
+
   mkfleet::cli::CertsOptions certs;
   CLI::App* certs_cmd = app.add_subcommand(
       "certs",
@@ -242,6 +263,14 @@ int main(int argc, char** argv) {
     return mkfleet::cli::RunCerts(certs, std::cout, std::cerr);
   }
   if (audit_cmd->parsed()) return mkfleet::cli::RunAudit(audit, std::cout, std::cerr);
+  for (CLI::App* cmd : source_cmds) {
+    if (!cmd->parsed()) continue;
+    source.verb = cmd->get_name();
+    source.controller = controller;
+    source.request_timeout = Duration(request_timeout);
+    source.tls = tls;
+    return mkfleet::cli::RunSource(source, std::cout, std::cerr);
+  }
   if (rollout_cmd->parsed()) {
     rollout.controller = controller;
     rollout.request_timeout = Duration(request_timeout);

@@ -43,6 +43,12 @@ std::string RoleText(mkfleet::v1::Role role) {
   return absl::StartsWith(text, "role_") ? text.substr(5) : text;
 }
 
+std::string SourceText(const mkfleet::v1::ObjectMeta& meta) {
+  if (meta.source().empty()) return "-";
+  if (meta.source_commit().empty()) return meta.source();
+  return meta.source() + "@" + meta.source_commit().substr(0, 7);
+}
+
 std::string CanonicalKind(const std::string& kind) {
   std::string k = absl::AsciiStrToLower(kind);
   if (k == "host" || k == "hosts") return "Host";

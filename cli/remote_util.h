@@ -32,6 +32,9 @@ std::string LabelsText(const google::protobuf::Map<std::string, std::string>& la
 
 // A role as manifests write it: viewer, operator, admin.
 std::string RoleText(mkfleet::v1::Role role);
+// Who applied an object: "git:prod@1a2b3c4" for a GitSource's (its commit), else the apply's
+// source (the manifest paths), "-" for none.
+std::string SourceText(const mkfleet::v1::ObjectMeta& meta);
 
 bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err);
 

@@ -68,6 +68,23 @@ grpc::Status UnknownKind(const std::string& kind) {
 
 }  // namespace
 
+absl::Status CheckPinned(const std::vector<v1::Object>& objects) {
+  std::vector<std::string> unpinned;
+  for (const v1::Object& o : objects) {
+    if (o.has_kernel_instance() && o.kernel_instance().spec().kernel().sha256().empty()) {
+      unpinned.push_back(absl::StrCat("KernelInstance/", o.kernel_instance().metadata().name(), ": spec.kernel.sha256"));
+    }
+    if (o.has_instance_set() && o.instance_set().spec().template_().spec().kernel().sha256().empty()) {
+      unpinned.push_back(
+          absl::StrCat("InstanceSet/", o.instance_set().metadata().name(), ": spec.template.spec.kernel.sha256"));
+    }
+  }
+  if (unpinned.empty()) return absl::OkStatus();
+  if (unpinned.size() > 20) unpinned.resize(20);
+  return absl::InvalidArgumentError(absl::StrCat(
+      absl::StrJoin(unpinned, "; "), ": required (this controller runs --require-digest: every kernel is pinned)"));
+}
+
 bool IsKnownKind(const std::string& kind) {
   return kind == "Host" || kind == "KernelInstance" || kind == "InstanceSet" || kind == "RoleBinding" ||
          kind == "RolloutPolicy" || kind == "GitSource";
@@ -102,6 +119,11 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
                         absl::StrCat("apply: --message is ", request.message().size(), " bytes; at most ",
                                      kMaxChangeCause));
   }
+  if (IsGitSource(request.source())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("source: \"", request.source().substr(0, 64),
+                                     "\": sources starting with git: are the GitSources' own"));
+  }
   // Viewers may diff; what an apply writes is checked per object below.
   auto caller = Allow(context, "diff", "");
   if (!caller.ok()) {
@@ -123,21 +145,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   // with its field, nothing written, and only what a manifest may say is stored.
   auto checked = manifests::RevalidateObjects(objects);
   if (checked.ok() && require_digest_) {
-    std::vector<std::string> unpinned;
-    for (const v1::Object& o : *checked) {
-      if (o.has_kernel_instance() && o.kernel_instance().spec().kernel().sha256().empty()) {
-        unpinned.push_back(absl::StrCat("KernelInstance/", o.kernel_instance().metadata().name(), ": spec.kernel.sha256"));
-      }
-      if (o.has_instance_set() && o.instance_set().spec().template_().spec().kernel().sha256().empty()) {
-        unpinned.push_back(
-            absl::StrCat("InstanceSet/", o.instance_set().metadata().name(), ": spec.template.spec.kernel.sha256"));
-      }
-    }
-    if (!unpinned.empty()) {
-      if (unpinned.size() > 20) unpinned.resize(20);
-      checked = absl::InvalidArgumentError(absl::StrCat(
-          absl::StrJoin(unpinned, "; "), ": required (this controller runs --require-digest: every kernel is pinned)"));
-    }
+    if (absl::Status pinned = CheckPinned(*checked); !pinned.ok()) checked = pinned;
   }
   if (!checked.ok()) {
     if (!dry_run) RecordAudit(context, caller->identity, ApplyRecord(request), checked.status());
@@ -148,6 +156,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   options.change_cause = request.message();
   options.dry_run = dry_run;
   options.prune = request.prune();
+  options.force_conflicts = request.force_conflicts();
   if (!dry_run && access_ != nullptr) {
     options.authorize = [&](absl::string_view verb, absl::string_view kind, absl::string_view name) {
       return access_->Check(*caller, verb, kind, name);
@@ -226,7 +235,8 @@ grpc::Status ControllerService::Delete(grpc::ServerContext* context, const v1::D
     return ToGrpc(caller.status());
   }
   auto result =
-      objects_.Delete(request->kind(), request->name(), absl::ToUnixMillis(clock_.Now()), request->force());
+      objects_.Delete(request->kind(), request->name(), absl::ToUnixMillis(clock_.Now()), request->force(),
+                      request->force_conflicts());
   if (result.ok()) record.set_message(*result);
   RecordAudit(*context, caller->identity, std::move(record), result.status());
   if (!result.ok()) return ToGrpc(result.status());
@@ -404,6 +414,14 @@ absl::StatusOr<v1::RolloutResponse> ControllerService::UndoPolicy(const std::str
     return absl::FailedPreconditionError(
         absl::StrCat(key, ": the instances already have the specs of revision ", number, " (nothing to undo)"));
   }
+  for (const v1::Object& o : next) {
+    const v1::ObjectMeta& meta = o.kernel_instance().metadata();
+    if (IsGitSource(meta.source())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          key, ": KernelInstance/", meta.name(), " is owned by ", meta.source(),
+          ": undo in the repository (git revert), which the source applies as a new revision"));
+    }
+  }
   ApplyOptions options;
   options.source = next.front().kernel_instance().metadata().source();
   options.change_cause = absl::StrCat("undo to revision ", number, " of ", key, " by ", who);
@@ -459,6 +477,11 @@ grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::
     // undo: the set again, with the older revision's template: a new revision.
     uint32_t number = 0;
     auto tmpl = rollouts_->UndoTemplate(request->name(), request->to_revision(), &number);
+    if (tmpl.ok() && IsGitSource((*set)->instance_set().metadata().source())) {
+      tmpl = absl::FailedPreconditionError(absl::StrCat(
+          key, " is owned by ", (*set)->instance_set().metadata().source(),
+          ": undo in the repository (git revert), which the source applies as a new revision"));
+    }
     if (tmpl.ok()) {
       v1::Object next = **set;
       v1::InstanceSet& s = *next.mutable_instance_set();
@@ -485,6 +508,51 @@ grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::
   }
   if (!r.ok()) return ToGrpc(r.status());
   *response = *std::move(r);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::Source(grpc::ServerContext* context, const v1::SourceRequest* request,
+                                       v1::SourceResponse* response) {
+  const std::string& verb = request->verb();
+  if (verb != "sync" && verb != "suspend" && verb != "resume") {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "source: want a verb sync, suspend or resume, got \"" + verb.substr(0, 32) + "\"");
+  }
+  if (grpc::Status n = CheckName(request->name(), /*may_be_empty=*/false); !n.ok()) return n;
+  const std::string key = "GitSource/" + request->name();
+  v1::AuditRecord record;
+  record.set_verb(verb + " source");
+  record.add_objects(key);
+  auto caller = Allow(*context, verb, "GitSource", request->name());
+  if (!caller.ok()) {
+    RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
+    return ToGrpc(caller.status());
+  }
+  absl::StatusOr<std::string> r;
+  if (verb == "sync") {
+    r = sync_ ? sync_(request->name()) : absl::UnimplementedError("this controller runs no GitSources");
+  } else {
+    const bool suspend = verb == "suspend";
+    absl::Status s = objects_.Update("GitSource", request->name(), [&](v1::Object& o) {
+      o.mutable_git_source()->mutable_spec()->set_suspend(suspend);
+    });
+    if (s.ok()) {
+      r = absl::StrCat(key, suspend ? " suspended: nothing is fetched until it is resumed; what it applied stays"
+                                    : " resumed");
+      if (!suspend && sync_) {
+        auto synced = sync_(request->name());
+        r = absl::StrCat(*r, "; ", synced.ok() ? *synced : std::string(synced.status().message()));
+      }
+    } else {
+      r = s;
+    }
+  }
+  if (r.ok()) record.set_message(*r);
+  RecordAudit(*context, caller->identity, std::move(record), r.status());
+  if (!r.ok()) return ToGrpc(r.status());
+  response->set_message(*r);
+  auto o = objects_.Get("GitSource", request->name());
+  if (o.ok() && o->has_value()) *response->mutable_source() = (*o)->git_source();
   return grpc::Status::OK;
 }
 

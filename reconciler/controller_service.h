@@ -29,6 +29,10 @@ namespace mkfleet::reconciler {
 using ControllerServiceBase = mkfleet::v1::Controller::WithCallbackMethod_Watch<
     mkfleet::v1::Controller::WithCallbackMethod_Events<mkfleet::v1::Controller::Service>>;
 
+// --require-digest: InvalidArgument naming each KernelInstance and InstanceSet whose kernel
+// is not pinned by kernel.sha256 (the first 20).
+absl::Status CheckPinned(const std::vector<mkfleet::v1::Object>& objects);
+
 class ControllerService final : public ControllerServiceBase {
  public:
   ControllerService(Store& store, Objects& objects, EventLog* events = nullptr, Clock& clock = Clock::Real())
@@ -59,6 +63,12 @@ class ControllerService final : public ControllerServiceBase {
   // applies the set again with an older revision's template (a new revision).
   grpc::Status Rollout(grpc::ServerContext*, const mkfleet::v1::RolloutRequest* request,
                        mkfleet::v1::RolloutResponse* response) override;
+  // sync: fetch the GitSource now and apply its commit; suspend, resume: its spec.suspend.
+  grpc::Status Source(grpc::ServerContext*, const mkfleet::v1::SourceRequest* request,
+                      mkfleet::v1::SourceResponse* response) override;
+  // Where `sync` goes (SourceController::Sync; set once, before serving).
+  using SyncHandler = std::function<absl::StatusOr<std::string>(const std::string& name)>;
+  void SetSync(SyncHandler sync) { sync_ = std::move(sync); }
   // Where Rollout goes (the reconciler's; set once, before serving).
   void SetRollouts(Rollouts* rollouts) { rollouts_ = rollouts; }
   // Where Morph goes (Reconciler::Morph; set once, before serving).
@@ -104,6 +114,7 @@ class ControllerService final : public ControllerServiceBase {
   std::function<mkfleet::v1::StatsResponse()> stats_;
   Preview preview_;
   MorphHandler morph_;
+  SyncHandler sync_;
   Rollouts* rollouts_ = nullptr;
   Access* access_ = nullptr;
   AuditLog* audit_ = nullptr;

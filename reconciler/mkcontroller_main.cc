@@ -11,6 +11,8 @@
 #include <memory>
 #include <thread>
 
+#include "gitops/source_controller.h"
+
 #include "CLI/CLI.hpp"
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
@@ -92,6 +94,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-streams-per-client", max_streams_per_client,
                  "open watch and event streams per client identity (default 16)")
       ->check(CLI::Range(1, 100000));
+  std::string git_cache;
+  app.add_option("--git-cache", git_cache,
+                 "folder of the GitSources' repository mirrors (default: beside the store, STORE.git)");
+  std::string git_interval = "1m";
+  app.add_option("--git-interval", git_interval, "how often a GitSource without spec.interval is fetched (default 1m)");
   app.add_option("--audit-retain", audit_retain,
                  "audit records younger than this are never evicted (default 720h, 30 days)");
   CLI11_PARSE(app, argc, argv);
@@ -111,6 +118,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   audit_options.retain = absl::Milliseconds(*retain);
+  auto git_every = manifests::ParseDurationMs(git_interval);
+  if (!git_every.ok() || *git_every < 1000) {
+    std::cerr << "mkcontroller: --git-interval: want a duration of 1s or more such as 1m, got \"" << git_interval << "\"\n";
+    return 2;
+  }
+  if (git_cache.empty()) git_cache = store_spec.substr(7) + ".git";
   auto quota = manifests::ParseBytes(store_quota);
   if (!quota.ok()) {
     std::cerr << "mkcontroller: --store-quota: " << quota.status().message() << "\n";
@@ -157,6 +170,13 @@ int main(int argc, char** argv) {
   service.SetStreamLimits(max_streams_per_client, max_streams);
   service.SetStoreQuota(static_cast<int64_t>(*quota));
   service.SetRequireDigest(require_digest);
+  gitops::SourceControllerOptions source_options;
+  source_options.cache_dir = git_cache;
+  source_options.default_interval = absl::Milliseconds(*git_every);
+  if (require_digest) source_options.check = reconciler::CheckPinned;
+  gitops::SourceController sources(**store, objects, events->get(), audit->get(), Clock::Real(), source_options);
+  service.SetSync([&sources](const std::string& name) { return sources.Sync(name); });
+
   int port = 0;
   auto server = reconciler::StartControllerServer(service, listen, &port, *server_creds);
   if (server == nullptr || port == 0) {
@@ -185,9 +205,11 @@ int main(int argc, char** argv) {
     return r;
   });
   loop.Start();
+  sources.Start();
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", "
             << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
+  sources.Stop();
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;
   return 0;
