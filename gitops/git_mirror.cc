@@ -291,11 +291,6 @@ absl::StatusOr<CommitMeta> GitMirror::Fetch(const GitTarget& target) {
   } else {
     specs = {absl::StrCat("+refs/heads/", target.branch.empty() ? "main" : target.branch, ":", local)};
   }
-  // A ref the remote no longer has must not leave the last fetch's answer behind.
-  if (target.commit.empty()) {
-    Owned<git_reference, git_reference_free> old;
-    if (git_reference_lookup(&old.p, repo_, local.c_str()) == 0) git_reference_delete(old.p);
-  }
   std::vector<char*> raw;
   for (std::string& s : specs) raw.push_back(s.data());
   git_strarray refspecs{raw.data(), raw.size()};
@@ -307,6 +302,24 @@ absl::StatusOr<CommitMeta> GitMirror::Fetch(const GitTarget& target) {
       return absl::PermissionDeniedError(absl::StrCat("fetch ", target.url, ": ", message));
     }
     return absl::UnavailableError(absl::StrCat("fetch ", target.url, ": ", message));
+  }
+  // A ref the remote no longer has must not leave the last fetch's answer behind (the
+  // local ref stays otherwise: kept, it tells the remote what we have, so a fetch brings
+  // only the new objects).
+  if (target.commit.empty()) {
+    const std::string wanted = !target.tag.empty() ? "refs/tags/" + target.tag
+                                                   : "refs/heads/" + (target.branch.empty() ? std::string("main")
+                                                                                            : target.branch);
+    const git_remote_head** heads = nullptr;
+    size_t count = 0;
+    bool listed = false;
+    if (git_remote_ls(&heads, &count, remote.p) == 0) {
+      for (size_t i = 0; i < count; ++i) listed |= wanted == heads[i]->name;
+    }
+    if (!listed) {
+      Owned<git_reference, git_reference_free> old;
+      if (git_reference_lookup(&old.p, repo_, local.c_str()) == 0) git_reference_delete(old.p);
+    }
   }
   git_oid oid;
   if (!target.commit.empty()) {

@@ -123,12 +123,31 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
   std::vector<Op> ops;
   std::vector<std::string> conflicts;
   const bool from_git = IsGitSource(options.source);
+  // A large apply (a repository's commit) reads each kind it touches in one list rather
+  // than an object at a time.
+  std::map<std::string, KeyValue> prefetched;
+  std::set<std::string> prefetched_kinds;
+  if (objects.size() > 64) {
+    for (const v1::Object& o : objects) {
+      std::string kind(manifests::KindOf(o));
+      if (!prefetched_kinds.insert(kind).second) continue;
+      auto kvs = store_.List(absl::StrCat("/objects/", kind, "/"));
+      if (!kvs.ok()) return kvs.status();
+      for (KeyValue& kv : *kvs) prefetched.emplace(kv.key, std::move(kv));
+    }
+  }
   for (size_t i = 0; i < objects.size(); ++i) {
     const v1::Object& o = objects[i];
     std::string kind(manifests::KindOf(o));
     const std::string& name = manifests::MetadataOf(o).name();
     std::string key = ObjectKey(kind, name);
-    auto existing = store_.Get(key);
+    absl::StatusOr<std::optional<KeyValue>> existing;
+    if (prefetched_kinds.count(kind)) {
+      auto it = prefetched.find(key);
+      existing = it == prefetched.end() ? std::optional<KeyValue>() : std::optional<KeyValue>(it->second);
+    } else {
+      existing = store_.Get(key);
+    }
     if (!existing.ok()) return existing.status();
     v1::Object next = o;
     v1::ObjectMeta* meta = MutableMeta(next);
