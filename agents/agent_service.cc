@@ -1,5 +1,7 @@
 #include "agents/agent_service.h"
 
+#include "agents/kerf_ops.h"
+
 #include <cerrno>
 #include <set>
 
@@ -97,9 +99,12 @@ grpc::Status AgentService::InjectFault(grpc::ServerContext* context, const v1::F
     s = faults_->SetHaltBehavior(request->instance(), absl::Seconds(5), false);
   } else if (f == "fail-halt") {
     s = faults_->SetHaltBehavior(request->instance(), absl::ZeroDuration(), true);
+  } else if (IsKerfOperation(f)) {
+    if (kerf_ == nullptr) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this agent has no out-of-band operator");
+    s = KerfOperation(*kerf_, f, request->instance(), request->resource());
   } else {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("unknown fault \"", f, "\" (panic, hang, fail-overlay, busy, unbusy, slow-halt, fail-halt)"));
+                        absl::StrCat("unknown fault \"", f, "\" (panic, hang, fail-overlay, busy, unbusy, slow-halt, fail-halt, kerf-halt, kerf-remove, kerf-cpu-remove, kerf-memory-remove, kerf-create)"));
   }
   return ToGrpc(s);
 }

@@ -14,6 +14,7 @@
 #include "common/stream_limiter.h"
 #include "grpcpp/grpcpp.h"
 #include "kernel/emulator/emulated_kernel.h"
+#include "kernel/host_kernel.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
 
 namespace mkfleet::agents {
@@ -34,6 +35,9 @@ class AgentService final : public mkfleet::v1::Agent::Service {
                          mkfleet::v1::SetPolicyResponse*) override;
   grpc::Status InjectFault(grpc::ServerContext*, const mkfleet::v1::FaultRequest* request,
                            mkfleet::v1::Empty*) override;
+  // The out-of-band operator (agents/kerf_ops.h) for the kerf-* faults: a HostKernel of its
+  // own over the emulated kernel. Set once, before serving.
+  void SetKerf(std::unique_ptr<kernel::HostKernel> kerf) { kerf_ = std::move(kerf); }
 
  private:
   // OK when the caller may call `method`.
@@ -43,6 +47,7 @@ class AgentService final : public mkfleet::v1::Agent::Service {
   kernel::EmulatedKernel* faults_;
   bool enable_faults_;
   bool require_controller_;
+  std::unique_ptr<kernel::HostKernel> kerf_;
   // The controller keeps one Watch per host; a few more are allowed (a restarting one).
   StreamLimiter streams_{4, 8};
 };

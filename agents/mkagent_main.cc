@@ -209,6 +209,15 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   }
   rt->service = std::make_unique<agents::AgentService>(*rt->agent, rt->emulator.get(), settings.faults,
                                                        /*require_controller=*/!tls.insecure);
+  if (settings.faults && rt->emulator != nullptr) {
+    // mkfault's kerf-* operations: an operator's own driver, taking kerf's lock (the agent's
+    // driver takes it too, so they never interleave) and none of the agent's records.
+    kernel::HostKernelOptions kerf;
+    kerf.host = name;
+    kerf.kerf_lock_path = ho.kerf_lock_path;  // kerf's own lock, as kerf takes it
+    kerf.cache_records = false;
+    rt->service->SetKerf(std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, kerf));
+  }
   rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
   if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
   if (!settings.lean) rt->agent->Start();  // else the process's FleetWatchdog

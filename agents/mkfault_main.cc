@@ -22,9 +22,12 @@ int main(int argc, char** argv) {
   app.add_option("fault", fault,
                  "panic | hang (instance), busy | unbusy (resource: a CPU number or a PCI address, the "
                  "kernel answers EBUSY), fail-overlay (the next transaction fails), slow-halt | fail-halt "
-                 "(instance)")
+                 "(instance); out of band, as an operator's kerf would, not through the agent: kerf-halt, "
+                 "kerf-remove, kerf-cpu-remove, kerf-memory-remove (instance), kerf-create (a new instance no "
+                 "object owns: --instance NAME, --resource a free pool CPU's physical id or none)")
       ->required()
-      ->check(CLI::IsMember({"panic", "hang", "busy", "unbusy", "fail-overlay", "slow-halt", "fail-halt"}));
+      ->check(CLI::IsMember({"panic", "hang", "busy", "unbusy", "fail-overlay", "slow-halt", "fail-halt", "kerf-halt",
+                             "kerf-remove", "kerf-cpu-remove", "kerf-memory-remove", "kerf-create"}));
   app.add_option("--agent", agent, "the mkagent address (default 127.0.0.1:7101)");
   app.add_option("--host", host, "the agent's Host (its certificate must name it)");
   mkfleet::security::TlsOptions tls;
@@ -33,7 +36,8 @@ int main(int argc, char** argv) {
   app.add_option("--resource", resource, "busy/unbusy: the resource");
   app.add_option("--timeout", timeout, "seconds to wait for the agent (default 10)");
   CLI11_PARSE(app, argc, argv);
-  bool needs_instance = fault == "panic" || fault == "hang" || fault == "slow-halt" || fault == "fail-halt";
+  bool needs_instance = fault == "panic" || fault == "hang" || fault == "slow-halt" || fault == "fail-halt" ||
+                        fault.rfind("kerf-", 0) == 0;
   if (needs_instance && instance.empty()) {
     std::cerr << "mkfault: " << fault << " needs --instance\n";
     return 2;

@@ -199,7 +199,45 @@ int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err) 
   return ApplyOrDiff(options, false, out, err);
 }
 
+namespace {
+
+// diff --live: the drift the controller records in each Host's status.
+int DiffLive(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  v1::GetRequest request;
+  request.set_kind("Host");
+  auto got = (*client)->Get(request);
+  if (!got.ok()) return Report(got.status(), options.controller, err);
+  Table t({"HOST", "OBJECT", "FIELD", "WANTED", "FOUND", "POLICY", "SINCE"});
+  for (const v1::Object& o : got->objects()) {
+    for (const v1::Drift& d : o.host().status().drift()) {
+      t.Add({o.host().metadata().name(), d.object(), d.field(), d.wanted(), d.found(), d.policy(),
+             ClockTime(d.since_unix_ms())});
+    }
+  }
+  if (t.rows() == 0) {
+    out << "no drift: every host runs what mkfleet made it run\n";
+    return kExitOk;
+  }
+  t.Print(out);
+  return kExitFailure;
+}
+
+}  // namespace
+
 int RunDiff(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
+  if (options.live) {
+    if (!options.paths.empty()) {
+      err << "error: diff --live compares the hosts with the stored objects; it takes no -f\n";
+      return kExitInvalid;
+    }
+    return DiffLive(options, out, err);
+  }
+  if (options.paths.empty()) {
+    err << "error: diff needs -f PATH (or --live)\n";
+    return kExitInvalid;
+  }
   return ApplyOrDiff(options, true, out, err);
 }
 

@@ -61,6 +61,7 @@ struct ApplyOptions {
   bool prune = false;
   bool dry_run = false;
   bool force_conflicts = false;  // take over objects a GitSource owns
+  bool live = false;             // diff --live: the drift found now, from the hosts' statuses
   // After applying: wait until what this apply changed is there at the generation applied
   // (instances Ready, sets at their replica count, Hosts connected with a valid pool,
   // pruned objects gone), printing progress; fail at once (exit 1, with the cause) when

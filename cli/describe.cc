@@ -137,7 +137,17 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     for (const v1::KernelRef& k : st.unmanaged()) {
       out << "Unmanaged:    " << k.name() << " (" << v1::KernelState_Name(k.kernel_state()).substr(13) << ", CPUs "
           << Ranges(std::vector<uint32_t>(k.placement().cpus().begin(), k.placement().cpus().end()))
-          << "): no object owns it; left alone\n";
+          << "): no object owns it; "
+          << (h.spec().unmanaged() == v1::UNMANAGED_REMOVE ? "being deleted (unmanaged: Remove)" : "left alone") << "\n";
+    }
+    out << "Drift policy: "
+        << (h.spec().drift_policy() == v1::DRIFT_REPORT    ? "Report"
+            : h.spec().drift_policy() == v1::DRIFT_CORRECT ? "Correct"
+                                                           : "the controller's (--drift-policy)")
+        << "\n";
+    for (const v1::Drift& d : st.drift()) {
+      out << "Drift:        " << d.object() << " " << d.field() << ": wanted " << d.wanted() << ", found " << d.found()
+          << " (" << d.policy() << ", since " << ClockTime(d.since_unix_ms()) << ")\n";
     }
     Table t({"  NAME", "PHASE", "CPUS", "MEMORY", "ROLE"});
     int n = 0;

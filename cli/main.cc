@@ -89,18 +89,22 @@ int main(int argc, char** argv) {
       "--wait, when something failed or the timeout passed).");
   CLI::App* diff_cmd = app.add_subcommand(
       "diff",
-      "Show what `apply` would change, writing nothing, and what that would do to running kernels.\n"
-      "Exit 0 when nothing would change, 1 when something would, 2 on invalid input.");
+      "Show what `apply` would change, writing nothing, and what that would do to running kernels; with "
+      "--live, where the hosts' kernels differ from the desired state by changes made outside mkfleet (drift).\n"
+      "Exit 0 when nothing would change (no drift), 1 when something would (drift found), 2 on invalid input.");
   for (CLI::App* cmd : {apply_cmd, diff_cmd}) {
-    cmd->add_option("-f,--filename", apply.paths,
-                    "Manifest file or directory (recursive, *.yaml/*.yml); - for stdin")
-        ->required();
+    CLI::Option* files = cmd->add_option("-f,--filename", apply.paths,
+                                         "Manifest file or directory (recursive, *.yaml/*.yml); - for stdin");
+    if (cmd == apply_cmd) files->required();
     cmd->add_option("--source", apply.source, "who owns these objects, for --prune (default: the -f paths)");
     cmd->add_flag("--prune", apply.prune, "also delete objects this source applied before and no longer has");
     cmd->add_option("-m,--message", apply.message,
                     "why: recorded as the change cause of the set revisions this apply makes (`rollout history`)");
   }
   apply_cmd->add_flag("--dry-run", apply.dry_run, "check and report, writing nothing (same as diff)");
+  diff_cmd->add_flag("--live", apply.live,
+                     "the drift the controller finds now: per host, the object, the field, what is wanted, what is "
+                     "found and the drift policy (no -f)");
   apply_cmd->add_flag("--force-conflicts", apply.force_conflicts,
                       "take over objects a GitSource owns (refused otherwise, naming the source and commit)");
   apply_cmd->add_flag("--wait", apply.wait,

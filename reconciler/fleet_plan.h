@@ -86,6 +86,9 @@ struct FleetPlan {
   // Set members whose update (a kernel Replace or a re-create) waits for the rollout
   // budget: instance -> why. Their actions are left out of the plans.
   std::map<std::string, std::string> deferred;
+  // Instances changed outside mkfleet on a host whose driftPolicy is Report: left as found
+  // (their actions taken out of the plans by DriftTracker), and why.
+  std::map<std::string, std::string> drift_held;
   // Per host: kernels no object owns.
   std::map<std::string, std::vector<mkfleet::v1::KernelRef>> unmanaged;
   // Deleted Hosts with no managed kernel left: they can go.

@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-streams-per-client", max_streams_per_client,
                  "open watch and event streams per client identity (default 16)")
       ->check(CLI::Range(1, 100000));
+  std::string drift_policy = "Correct";
+  app.add_option("--drift-policy", drift_policy,
+                 "what a Host without spec.driftPolicy does about changes made outside mkfleet: Correct (put "
+                 "them back, the default) or Report (record them only)")
+      ->check(CLI::IsMember({"Correct", "Report"}));
   std::string git_cache;
   app.add_option("--git-cache", git_cache,
                  "folder of the GitSources' repository mirrors (default: beside the store, STORE.git)");
@@ -190,6 +195,7 @@ int main(int argc, char** argv) {
   ro.instance_backoff_max = absl::Seconds(backoff_max_seconds);
   ro.history_window = history_window;
   ro.agent_tls = *agent_tls;
+  ro.drift_policy = drift_policy == "Report" ? v1::DRIFT_REPORT : v1::DRIFT_CORRECT;
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });

@@ -46,6 +46,7 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
                   {options_.instance_backoff_base, options_.instance_backoff_max,
                    [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); }}),
       rollouts_(store, clock),
+      drift_(options_.drift_policy),
       last_resync_(clock.Monotonic()) {}
 
 std::ostream& Reconciler::Log() {
@@ -354,6 +355,9 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
                               retry, rollout.member_specs, rollout.set_specs);
   // (Their status says what holds them: a rollout, not a fault.)
   for (const auto& [instance, why] : rollout.held) fleet.deferred.emplace(instance, why);
+  // Changes made outside mkfleet: put back (the plan does) or, driftPolicy Report, withheld.
+  LoadStatusCache();
+  DriftPass drift = drift_.Step(batch, objects->hosts, views, status_cache_, absl::ToUnixMillis(clock_.Now()), &fleet);
   {
     absl::MutexLock lock(&served_mu_);
     serving_.clear();
@@ -398,7 +402,8 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   NoteSent(fleet, views, by_host);
   for (v1::Event& e : rollout.events) events.push_back(std::move(e));
-  RecordStatuses(batch, *objects, fleet, views, by_host, rollout, std::move(events));
+  for (v1::Event& e : drift.events) events.push_back(std::move(e));
+  RecordStatuses(batch, *objects, fleet, views, by_host, rollout, drift, std::move(events));
   FinalizeDrained(fleet);
   // A rollout under way moves on with time too (minReady, healthTimeout): another pass soon.
   if (rollout.active && !objects->hosts.empty()) queue_.AddAfter(objects->hosts.front().metadata().name(), kRolloutTick);
@@ -501,21 +506,23 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
   }
 }
 
+void Reconciler::LoadStatusCache() {
+  if (status_loaded_) return;
+  auto kvs = store_.List("/status/");
+  if (!kvs.ok()) return;
+  status_cache_.clear();
+  for (KeyValue& kv : *kvs) status_cache_[kv.key] = std::move(kv.value);
+  status_loaded_ = true;
+}
+
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                                 const std::map<std::string, HostView>& views,
                                 const std::map<std::string, HostOutcome>& outcomes,
-                                const RolloutPass& rollouts, std::vector<v1::Event> events) {
-  if (!status_loaded_) {
-    auto kvs = store_.List("/status/");
-    if (kvs.ok()) {
-      status_cache_.clear();
-      for (KeyValue& kv : *kvs) status_cache_[kv.key] = std::move(kv.value);
-      status_loaded_ = true;
-    }
-  }
+                                const RolloutPass& rollouts, const DriftPass& drift, std::vector<v1::Event> events) {
+  LoadStatusCache();
   StatusUpdate update = ComputeStatuses(
       {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts.statuses,
-       &objects.policies, &rollouts.policy_statuses, &rollouts.member_revisions});
+       &objects.policies, &rollouts.policy_statuses, &rollouts.member_revisions, &drift.by_host});
   for (v1::Event& e : update.events) events.push_back(std::move(e));
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);

@@ -33,6 +33,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "reconciler/drift.h"
 #include "reconciler/agent_client.h"
 #include "reconciler/dispatch.h"
 #include "reconciler/event_log.h"
@@ -70,6 +71,8 @@ struct ReconcilerOptions {
   // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
   // a pass does not hold the previous fleet's plan while it builds the next.
   bool keep_last_plan = false;
+  // What a host without spec.driftPolicy does about changes made outside mkfleet.
+  mkfleet::v1::DriftPolicy drift_policy = mkfleet::v1::DRIFT_CORRECT;
 };
 
 class Reconciler {
@@ -142,7 +145,10 @@ class Reconciler {
   void RunDue(absl::Duration wait);
   void RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
-                      const RolloutPass& rollouts, std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+                      const RolloutPass& rollouts, const DriftPass& drift, std::vector<mkfleet::v1::Event> events)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // Reads the stored statuses into status_cache_ if they are not there (or may be stale).
+  void LoadStatusCache() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
   std::map<std::string, HostView> Views(std::map<std::string, std::shared_ptr<HostConnection>>* links);
@@ -155,6 +161,7 @@ class Reconciler {
   WorkQueue queue_;
   Dispatcher dispatcher_;  // sends the plans, fenced, with per-instance backoff
   Rollouts rollouts_;      // the sets' revisions and rollouts
+  DriftTracker drift_;     // changes made outside mkfleet
 
   absl::Mutex mu_;
   std::map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);

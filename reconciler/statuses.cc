@@ -125,6 +125,9 @@ class Builder {
     auto deferred = in_.fleet.deferred.find(name);
     const bool waiting = deferred != in_.fleet.deferred.end();
     if (waiting) blocked = deferred->second;
+    auto drift_held = in_.fleet.drift_held.find(name);
+    const bool drifted = drift_held != in_.fleet.drift_held.end();
+    if (drifted) blocked = drift_held->second;
     // A live update that cannot start (no surge room, a held revision) is progress withheld,
     // not a fault: Progressing=False with the reason.
     std::string morph_reason, morph_message;
@@ -153,7 +156,7 @@ class Builder {
     } else if (!o.sent.ok() && acting) {
       degraded_reason = "HostError";
       degraded_message = std::string(o.sent.message());
-    } else if (!blocked.empty() && !waiting && morph_reason.empty()) {
+    } else if (!blocked.empty() && !waiting && !drifted && morph_reason.empty()) {
       degraded_reason = "UpdateNotSupported";
       degraded_message = blocked;
     }
@@ -172,6 +175,9 @@ class Builder {
       message = absl::StrCat("host ", host, ": ", view.error);
     } else if (waiting) {
       reason = "RolloutWaiting";
+      message = blocked;
+    } else if (drifted) {
+      reason = "Drifted";
       message = blocked;
     } else if (!degraded_reason.empty()) {
       reason = degraded_reason == "UpdateNotSupported" ? "UpdateBlocked" : degraded_reason;
@@ -202,6 +208,7 @@ class Builder {
           Cond("Progressing", acting || waiting, acting ? "ActionsSent" : waiting ? "RollingOut" : "Idle", "");
     }
     if (!degraded_reason.empty()) *st.add_conditions() = Cond("Degraded", true, degraded_reason, degraded_message);
+    if (drifted) *st.add_conditions() = Cond("Drifted", true, "DriftReported", blocked);
     auto infeasible = in_.fleet.infeasible.find(name);
     if (infeasible != in_.fleet.infeasible.end()) {
       // Like Kubernetes' in-place resize: it keeps running as it is.
@@ -290,6 +297,12 @@ class Builder {
       if (unmanaged != in_.fleet.unmanaged.end()) {
         for (const v1::KernelRef& k : unmanaged->second) *st.add_unmanaged() = k;
       }
+      if (in_.drift != nullptr) {
+        auto drift = in_.drift->find(name);
+        if (drift != in_.drift->end()) {
+          for (const v1::Drift& d : drift->second) *st.add_drift() = d;
+        }
+      }
       *st.add_conditions() = Cond("Reachable", v.connected,
                                   v.connected ? "Connected" : v.reachable ? "Connecting" : "Unreachable", v.error);
       auto problem = in_.fleet.host_problems.find(name);
@@ -315,15 +328,7 @@ class Builder {
                                         v.connected ? absl::StrCat("agent ", st.agent_version(), ", dialect ", st.dialect())
                                                     : v.error));
       }
-      std::set<std::string> known;
-      for (const v1::KernelRef& k : old.unmanaged()) known.insert(k.name());
-      for (const v1::KernelRef& k : st.unmanaged()) {
-        if (known.count(k.name())) continue;
-        out_.events.push_back(MakeEvent("Host", name, name, true, "Unmanaged",
-                                        absl::StrCat("kernel ", k.name(), " (", v1::KernelState_Name(k.kernel_state()),
-                                                     ", ", k.placement().cpus_size(),
-                                                     " CPUs) runs here but no object owns it; it is left alone")));
-      }
+      // (New unmanaged kernels are events of the drift tracker: DriftDetected, field unmanaged.)
       if (deleting && !old.phase().empty() && old.phase() != "Terminating") {
         out_.events.push_back(MakeEvent("Host", name, name, false, "Terminating", "deleting its instances first"));
       }

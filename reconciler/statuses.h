@@ -55,6 +55,8 @@ struct PassInputs {
   const std::map<std::string, mkfleet::v1::RolloutPolicyStatus>* policy_statuses = nullptr;
   // Members: the rollout that paces each and the revision of it it runs (may be null).
   const std::map<std::string, std::pair<std::string, uint32_t>>* member_revisions = nullptr;
+  // The batch hosts' drift (DriftTracker), by host (may be null).
+  const std::map<std::string, std::vector<mkfleet::v1::Drift>>* drift = nullptr;
 };
 
 struct StatusUpdate {

@@ -1,0 +1,1 @@
+#include "reconciler/drift.h"
