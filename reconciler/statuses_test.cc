@@ -20,12 +20,14 @@ class StatusesTest : public ::testing::Test {
   // the last call (as the store would hold them).
   // `only`: the hosts this pass serves (default all); the others keep their statuses.
   StatusUpdate Pass(const FleetPlan& fleet, const std::map<std::string, HostOutcome>& outcomes = {},
-                    std::set<std::string> only = {}) {
+                    std::set<std::string> only = {},
+                    const std::map<std::string, std::vector<v1::Drift>>* drift = nullptr) {
     std::set<std::string> batch = std::move(only);
     if (batch.empty()) {
       for (const v1::Host& h : hosts_) batch.insert(h.metadata().name());
     }
     PassInputs in{batch, hosts_, instances_, sets_, fleet, views_, outcomes, stored_};
+    in.drift = drift;
     StatusUpdate u = ComputeStatuses(in);
     for (const auto& [key, value] : u.writes) stored_[key] = value;
     for (const std::string& key : u.deletes) stored_.erase(key);
@@ -164,15 +166,26 @@ TEST_F(StatusesTest, HostsSayTerminatingAndNameKernelsNoObjectOwns) {
   foreign.mutable_status()->mutable_placement()->add_cpus(4);
   views_["node-a"].instances["by-hand"] = foreign;
   hosts_[1].mutable_metadata()->set_deletion_unix_ms(1);
-  StatusUpdate u = Pass(Plan());
+  // The drift tracker's findings for the pass (the unmanaged kernel among them) go in the
+  // host's status; its events are the tracker's (DriftDetected), not the statuses'.
+  std::map<std::string, std::vector<v1::Drift>> drift;
+  v1::Drift d;
+  d.set_object("Kernel/by-hand");
+  d.set_field("unmanaged");
+  drift["node-a"].push_back(d);
+  StatusUpdate u = Pass(Plan(), {}, {}, &drift);
   v1::HostStatus a = HostStatus("node-a");
   ASSERT_EQ(a.unmanaged_size(), 1);
   EXPECT_EQ(a.unmanaged(0).name(), "by-hand");
+  ASSERT_EQ(a.drift_size(), 1);
+  EXPECT_EQ(a.drift(0).object(), "Kernel/by-hand");
+  EXPECT_EQ(HostStatus("node-b").drift_size(), 0);
   EXPECT_EQ(a.phase(), "Ready");
-  EXPECT_THAT(Reasons(u), ::testing::Contains("Host/node-a Unmanaged"));
   EXPECT_EQ(HostStatus("node-b").phase(), "Terminating");
-  // Reported once, not every pass.
-  EXPECT_THAT(Reasons(Pass(Plan())), ::testing::Not(::testing::Contains("Host/node-a Unmanaged")));
+  EXPECT_THAT(Reasons(u), ::testing::Not(::testing::Contains("Host/node-a Unmanaged")));
+  // Gone once the tracker finds none.
+  Pass(Plan());
+  EXPECT_EQ(HostStatus("node-a").drift_size(), 0);
 }
 
 }  // namespace

@@ -1,3 +1,4 @@
+#include "agents/kerf_ops.h"
 #include "sim/fleet_sim.h"
 
 #include <algorithm>
@@ -86,6 +87,7 @@ struct SimHost {
   int64_t effects_seen = 0;
   std::set<std::string> busy;   // physical CPU ids made busy
   int foreign = 0;
+  std::set<std::string> foreign_alive;  // kernels started by hand: mkfleet never removes them
   std::unique_ptr<SimGuests> guests;  // the instances' guests (live updates), in process
 };
 
@@ -972,7 +974,7 @@ void World::Fault() {
     Trace(absl::StrCat("fault: CPU (physical ", id, ") of ", host.name, busy ? " busy" : " free again"));
   } else if (what < 86) {
     HostileBatch(h);
-  } else if (what < 90) {
+  } else if (what < 88) {
     // Someone starts a kernel by hand (kerf): mkfleet must leave it alone and report it.
     auto pool = host.truth->PoolCpus();
     auto obs = host.truth->Observe();
@@ -990,7 +992,27 @@ void World::Fault() {
     r.numa_nodes = {0};
     std::string name = absl::StrCat("foreign-", host.foreign++);
     absl::Status s = host.truth->Create(name, std::nullopt, r);
+    if (s.ok()) host.foreign_alive.insert(name);
     Trace(absl::StrCat("fault: a kernel started by hand: ", host.name, "/", name, ": ", s.ok() ? "ok" : s.message()));
+  } else if (what < 95) {
+    // Drift: an operator changes a managed kernel by hand, as kerf would (halt, remove, a CPU
+    // or a memory region hot-removed): the controller must put it back (driftPolicy Correct).
+    std::vector<std::string> managed;
+    auto obs = host.truth->Observe();
+    if (!obs.ok()) return;
+    for (const auto& in : obs->instances) {
+      if (!in.owner.empty() && (in.state == v1::KERNEL_STATE_ACTIVE || in.state == v1::KERNEL_STATE_LOADED)) {
+        managed.push_back(in.name);
+      }
+    }
+    if (managed.empty()) return;
+    static const char* kOps[] = {"kerf-halt", "kerf-remove", "kerf-cpu-remove", "kerf-memory-remove"};
+    std::string op = kOps[rng_.I(0, 3)];
+    std::string k = rng_.Pick(managed);
+    absl::Status s = agents::KerfOperation(*host.truth, op, k, "");
+    if (s.ok() && (op == "kerf-halt" || op == "kerf-remove")) License(absl::StrCat(host.name, "/", k), "drift");
+    ++result_.drift_changes;
+    Trace(absl::StrCat("fault: out of band ", op, " of ", host.name, "/", k, ": ", s.ok() ? "ok" : s.message()));
   } else {
     // The network gets worse or better.
     double scale = rng_.P(0.5) ? 0.0 : rng_.I(1, 4);
@@ -1240,6 +1262,25 @@ absl::Status World::CheckQuiescent() {
   for (const v1::Object& o : List("Host")) {
     stored_hosts.insert(o.host().metadata().name());
     for (const v1::KernelRef& k : o.host().status().unmanaged()) reported[o.host().metadata().name()].insert(k.name());
+  }
+  // (j) unmanaged kernels are left alone (no Host here says `unmanaged: Remove`), and once the
+  // fleet converged, no drift is left but them.
+  for (const v1::Object& o : List("Host")) {
+    for (const v1::Drift& d : o.host().status().drift()) {
+      if (d.field() != "unmanaged") {
+        return Fail(absl::StrCat("(j): ", o.host().metadata().name(), " still has drift at quiescence: ", d.object(), " ",
+                                 d.field(), " wanted ", d.wanted(), ", found ", d.found()));
+      }
+    }
+  }
+  for (const auto& host : hosts_) {
+    auto obs = host->truth->Observe();
+    if (!obs.ok()) return Fail("observe");
+    std::set<std::string> there;
+    for (const auto& in : obs->instances) there.insert(in.name);
+    for (const std::string& f : host->foreign_alive) {
+      if (!there.count(f)) return Fail(absl::StrCat("(j): the unmanaged kernel ", host->name, "/", f, " was removed"));
+    }
   }
   std::map<std::string, std::vector<std::string>> kernels_of;  // owner -> "host/kernel"
   std::map<std::string, v1::KernelState> state;                // "host/kernel" -> state

@@ -57,6 +57,7 @@ struct SimResult {
   int64_t steps = 0;
   int64_t user_ops = 0;
   int64_t faults = 0;
+  int64_t drift_changes = 0;  // out-of-band changes made to managed kernels (kerf-*)
   int64_t actions = 0;  // actions the controller sent
   std::vector<std::string> tail;  // the last lines of the trace
 };

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!soak) {
       std::cout << "seed " << o.seed << ": ok, " << r.steps << " steps, " << r.user_ops << " user operations, "
-                << r.faults << " faults, " << r.actions << " actions, trace " << std::hex << r.trace_hash << std::dec
+                << r.faults << " faults (" << r.drift_changes << " out-of-band changes), " << r.actions << " actions, trace " << std::hex << r.trace_hash << std::dec
                 << std::endl;
       return 0;
     }
