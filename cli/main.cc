@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
                      "the drift the controller finds now: per host, the object, the field, what is wanted, what is "
                      "found and the drift policy (no -f)");
   apply_cmd->add_flag("--force-conflicts", apply.force_conflicts,
-                      "take over objects a GitSource owns (refused otherwise, naming the source and commit)");
+                      "take over objects a GitSource owns until its next commit (refused otherwise, naming the source and commit)");
   apply_cmd->add_flag("--wait", apply.wait,
                       "wait until what was applied is there at the generation applied: instances Ready, sets at "
                       "their count, Hosts connected with a valid pool, pruned objects gone; fails at once with the "
@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
   delete_cmd->add_flag("--force", get.force, "a Host: remove it at once; its kernels are left running, unmanaged");
   delete_cmd->add_flag("--force-conflicts", get.force_conflicts,
-                       "delete an object a GitSource owns (it comes back with the source's next change of it)");
+                       "delete an object a GitSource owns (its next commit that still has it brings it back)");
   get_cmd->add_option("-o,--output", get.output,
                       "table (default), wide (placement, serving kernel, owner, agent...), yaml or json")
       ->check(CLI::IsMember({"table", "wide", "yaml", "json"}));

@@ -197,6 +197,10 @@ absl::Status SourceController::Load(SourceState& state, const v1::GitSourceSpec&
                                     manifests::LoadResult* result) {
   auto files = state.mirror->Files(sha, spec.path());
   if (!files.ok()) return files.status();
+  if (files->size() > options_.max_files) {
+    return absl::ResourceExhaustedError(absl::StrCat("path ", spec.path().empty() ? "/" : spec.path(), " has ",
+                                                     files->size(), " manifests; at most ", options_.max_files));
+  }
   manifests::LoadOptions load;
   load.check_host_references = false;  // the store may hold the Host; Apply checks against both
   load.max_file_bytes = options_.max_file_bytes;

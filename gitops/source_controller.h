@@ -47,6 +47,7 @@ struct SourceControllerOptions {
   // the commit with its message.
   std::function<absl::Status(const std::vector<mkfleet::v1::Object>&)> check;
   size_t max_file_bytes = 16 << 20;
+  size_t max_files = 100000;  // manifests per commit (a repository is input too)
   size_t max_errors = 200;  // listed in the status; the rest are counted
 };
 

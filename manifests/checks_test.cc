@@ -180,5 +180,37 @@ TEST(InstanceSetChecksTest, SpreadByOnlyWithReplicas) {
                           "(perHost places on every host)"));
 }
 
+std::string Source(const std::string& spec) {
+  return "apiVersion: mkfleet.io/v1\nkind: GitSource\nmetadata: {name: prod}\nspec:\n" + spec;
+}
+
+TEST(GitSourceChecksTest, ValidSources) {
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: file:///srv/git/fleet.git\n  path: clusters/prod\n"
+                                           "  interval: 30s\n  prune: true\n"))),
+              IsEmpty());
+  EXPECT_THAT(ErrorLines(LoadString(Source(
+                  "  url: ssh://git@git.example.com:2222/infra/fleet.git\n  ref: {tag: v1.4}\n"
+                  "  credentials: {sshKeyFile: /etc/k, knownHostsFile: /etc/kh}\n  verify: {keyring: /etc/t.gpg}\n"))),
+              IsEmpty());
+}
+
+TEST(GitSourceChecksTest, EveryBadFieldIsReported) {
+  auto lines = ErrorLines(LoadString(Source(
+      "  url: ftp://example.com/x\n  path: ../etc\n  interval: 10ms\n")));
+  EXPECT_THAT(lines, ElementsAre(HasSubstr("spec.url: must be a git URL"),
+                                 HasSubstr("spec.path: must be a folder inside the repository"),
+                                 HasSubstr("spec.interval: must be at least 1s, got 10ms")));
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: file:///x\n  ref: {branch: main, tag: v1}\n"))),
+              ElementsAre(HasSubstr("spec.ref: at most one of branch, tag, commit")));
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: ssh://git@h/x.git\n"))),
+              ElementsAre(HasSubstr("spec.credentials: an ssh:// url needs sshKeyFile and knownHostsFile")));
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: file:///x\n  credentials: {tokenFile: /t}\n"))),
+              ElementsAre(HasSubstr("tokenFile and username only apply to an https:// url")));
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: file:///x\n  ref: {commit: abc}\n"))),
+              ElementsAre(HasSubstr("spec.ref.commit: must be a full commit id")));
+  EXPECT_THAT(ErrorLines(LoadString(Source("  url: file:///x\n  verify: {}\n"))),
+              ElementsAre(HasSubstr("spec.verify.keyring")));
+}
+
 }  // namespace
 }  // namespace mkfleet::manifests

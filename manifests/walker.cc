@@ -65,7 +65,12 @@ bool ParseBool(absl::string_view s, bool* out) {
 
 std::string RangeMessage(const mkfleet::v1::FieldRules& rules, uint64_t limit_max,
                          const std::string& got, bool bytes) {
-  auto fmt = [&](int64_t v) { return bytes ? FormatBytes(v) : absl::StrCat(v); };
+  // Limits in the field's unit: "at least 1s", not "at least 1000" (milliseconds).
+  auto fmt = [&](int64_t v) {
+    if (bytes) return FormatBytes(v);
+    if (rules.unit() == mkfleet::v1::UNIT_DURATION_MS) return FormatDurationMs(v);
+    return absl::StrCat(v);
+  };
   int64_t lo = rules.has_min() ? rules.min() : 0;
   if (rules.has_max()) {
     return absl::StrCat("must be between ", fmt(lo), " and ", fmt(rules.max()), ", got ", got);

@@ -161,6 +161,19 @@ TEST_F(DriftTest, MissingHaltedAndACrashedKernel) {
   EXPECT_THAT(fresh.Step({"node-a"}, {host_}, views_, statuses_, 2, &crashed).events, IsEmpty());
 }
 
+TEST_F(DriftTest, AnotherKernelOrCommandLineIsDrift) {
+  FleetPlan settle = Fleet();
+  Step(settle);
+  auto& web = *views_["node-a"].instances["web-1"].mutable_status()->mutable_provenance();
+  web.set_kernel_path("/boot/vmlinuz-by-hand");
+  auto& db = *views_["node-a"].instances["db-1"].mutable_status()->mutable_provenance();
+  db.set_cmdline("console=mktty0 debug");
+  FleetPlan fix = Fleet({"web-1", "db-1"});
+  auto lines = Lines(Step(fix));
+  EXPECT_THAT(lines, Contains(HasSubstr("web-1 kernel: wanted /boot/vmlinuz, found /boot/vmlinuz-by-hand")));
+  EXPECT_THAT(lines, Contains(HasSubstr("db-1 cmdline: wanted \"console=mktty0\", found \"console=mktty0 debug\"")));
+}
+
 TEST_F(DriftTest, AfterARestartTheStoredConvergedStatusIsTheBaseline) {
   v1::InstanceStatus st = views_["node-a"].instances["web-1"].status();
   st.set_phase("Running");
