@@ -282,9 +282,17 @@ TEST_F(ControllerServiceTest, StreamsAreCappedPerClientAndInAll) {
   service_->SetStreamLimits(2, 3);
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::ObjectWatchEvent>>> open;
+  // Every call has a deadline: a stream the server accepted where the test expected a refusal
+  // (or the reverse) fails the test instead of hanging it.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
   auto watch = [&]() {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(deadline);
     open.push_back(stub_->Watch(contexts.back().get(), v1::ObjectWatchRequest()));
+    // Accepted (the server holds its slot) before the next one is opened: the server takes
+    // the calls of one client concurrently, so the third could otherwise arrive first (the
+    // hang under load of an earlier version of this test).
+    open.back()->WaitForInitialMetadata();
     return open.back().get();
   };
   auto status_of = [](grpc::ClientReader<v1::ObjectWatchEvent>* r, grpc::ClientContext* ctx) {

@@ -52,6 +52,9 @@ class FollowReactor final : public grpc::ServerWriteReactor<Msg> {
         options_(options),
         slot_(std::move(slot)),
         shim_(std::make_shared<Shim>(this)) {
+    // At once, before any message: a client can tell an accepted stream (its initial
+    // metadata) from one still on its way or refused (ClientReader::WaitForInitialMetadata).
+    this->StartSendInitialMetadata();
     if (options_.follow) hub_.Subscribe(shim_);
     Pump();
   }
