@@ -1,4 +1,3 @@
-#include "agents/kerf_ops.h"
 #include "sim/fleet_sim.h"
 
 #include <algorithm>
@@ -16,15 +15,20 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/str_replace.h"
 #include "agents/action_journal.h"
+#include "agents/kerf_ops.h"
 #include "agents/agent.h"
 #include "agents/liveness.h"
 #include "agents/request_checks.h"
 #include "common/testing/simulated_clock.h"
+#include "gitops/source_controller.h"
+#include "gitops/testing/git_fixture.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "kernel/emulator/emulated_kernel.h"
 #include "kernel/emulator/machine.h"
 #include "kernel/host_kernel.h"
 #include "sim/sim_guests.h"
 #include "manifests/loader.h"
+#include "manifests/printer.h"
 #include "planner/topology_source.h"
 #include "reconciler/agent_client.h"
 #include "reconciler/event_log.h"
@@ -135,6 +139,14 @@ class World {
   void OneStep();
   void UserOp();
   void PolicyOp();
+  // GitOps (step 10): commits to the GitSource's repository; invariant (k) after each fetch.
+  void GitOp();
+  std::string Commit(const std::string& message);
+  // Commit ids depend on the scratch folder (kernel paths in the files): traces say "c3".
+  std::string Scrub(std::string text) const;
+  absl::Status CheckSource(bool quiescent);
+  // After the source ran: a newly applied commit licenses stopping what it changed or removed.
+  void NoteApplied();
   // Attacks (step 7): each must be refused and change nothing (invariant h).
   void HostileApply();
   void HostileBatch(int h);
@@ -161,6 +173,17 @@ class World {
   std::unique_ptr<reconciler::Objects> objects_;
   std::unique_ptr<reconciler::EventLog> events_;
   std::unique_ptr<reconciler::Reconciler> reconciler_;
+  std::unique_ptr<gitops::SourceController> sources_;  // mkcontroller's, up and down with it
+  // The repository of GitSource "repo" (its work tree is the remote): its files, and per
+  // commit what it holds ("g0" -> the spec), or nothing for a commit with an invalid file.
+  std::string repo_dir_;
+  std::map<std::string, std::string> repo_files_;  // path -> text
+  std::map<std::string, std::map<std::string, v1::KernelInstanceSpec>> commits_;
+  std::set<std::string> bad_commits_;
+  std::vector<std::string> history_;  // the branch's commits, oldest first
+  std::map<std::string, int> commit_index_;  // sha -> its number, for the traces
+  std::string applied_seen_;                  // the source's applied commit, as last noted
+  std::string head_;
   int64_t controller_down_until_ = -1;
   int controller_sends_left_ = -1;  // >= 0: the controller dies after this many more calls
   NetFaults net_;
@@ -344,7 +367,8 @@ absl::StatusOr<v1::ExecuteResponse> World::Deliver(int h, const v1::ActionBatch&
 
 void World::Trace(const std::string& line) {
   // The scratch directory differs between runs of one seed: not part of the trace.
-  std::string l = absl::StrCat("[", step_, "] ", absl::StrReplaceAll(line, {{o_.dir, "$DIR"}}));
+  // Nor are commit ids (they depend on it, through the kernel paths in the files).
+  std::string l = absl::StrCat("[", step_, "] ", Scrub(absl::StrReplaceAll(line, {{o_.dir, "$DIR"}})));
   for (unsigned char c : l) hash_ = (hash_ ^ c) * 1099511628211ull;
   hash_ = (hash_ ^ '\n') * 1099511628211ull;
   if (o_.verbose) std::cerr << l << "\n";
@@ -386,6 +410,62 @@ void World::Setup() {
   store_ = *reconciler::OpenSqliteStore(o_.dir + "/store.db", clock_);
   StartController();
   for (size_t i = 0; i < hosts_.size(); ++i) Apply(Host(static_cast<int>(i), false)).IgnoreError();
+  // GitOps: a repository (its work tree is the remote) with an empty first commit, and
+  // GitSource "repo" on its folder fleet/, fetched every 2 s (40 steps), pruning.
+  repo_dir_ = o_.dir + "/repo";
+  fs::remove_all(repo_dir_);
+  fs::remove_all(o_.dir + "/git-cache");
+  fs::create_directories(repo_dir_);
+  testing::MustShell("git init -q -b main " + testing::Quote(repo_dir_));
+  Commit("an empty fleet");
+  manifests::LoadResult source;
+  manifests::LoadText("source.yaml",
+                      absl::StrCat("apiVersion: mkfleet.io/v1\nkind: GitSource\nmetadata: {name: repo}\nspec:\n",
+                                   "  url: file://", repo_dir_, "\n  path: fleet\n  interval: 2s\n  prune: true\n"),
+                      {}, &source);
+  if (source.ok()) Apply(source.objects[0].object).IgnoreError();
+}
+
+// Commits the work tree (repo_files_) with dates of the simulated clock, so that the same
+// seed makes the same commits (and ids). Records what the commit holds.
+std::string World::Commit(const std::string& message) {
+  fs::remove_all(repo_dir_ + "/fleet");
+  fs::create_directories(repo_dir_ + "/fleet");
+  std::ofstream(repo_dir_ + "/fleet/README") << "the fleet\n";  // the folder exists in every commit
+  std::map<std::string, v1::KernelInstanceSpec> holds;
+  bool bad = false;
+  for (const auto& [path, text] : repo_files_) {
+    std::ofstream(repo_dir_ + "/" + path) << text;
+    manifests::LoadResult one;
+    manifests::LoadText(path, text, {}, &one);
+    if (!one.ok() || one.objects.size() != 1) {
+      bad = true;
+      continue;
+    }
+    holds[one.objects[0].object.kernel_instance().metadata().name()] = one.objects[0].object.kernel_instance().spec();
+  }
+  const std::string date = absl::StrCat("@", absl::ToUnixSeconds(clock_.Now()), " +0000");
+  const std::string git = absl::StrCat("GIT_CONFIG_NOSYSTEM=1 HOME=", testing::Quote(o_.dir), " GIT_AUTHOR_DATE='", date,
+                                       "' GIT_COMMITTER_DATE='", date, "' git -C ", testing::Quote(repo_dir_),
+                                       " -c user.name=Sim -c user.email=sim@example.com -c commit.gpgsign=false ");
+  testing::MustShell(git + "add -A && " + git + "commit -q --allow-empty -m " + testing::Quote(message));
+  std::string sha(absl::StripAsciiWhitespace(testing::MustShell("git -C " + testing::Quote(repo_dir_) + " rev-parse HEAD")));
+  if (bad) {
+    bad_commits_.insert(sha);
+  } else {
+    commits_[sha] = std::move(holds);
+  }
+  history_.push_back(sha);
+  commit_index_.emplace(sha, static_cast<int>(commit_index_.size()));
+  head_ = sha;
+  return sha;
+}
+
+std::string World::Scrub(std::string text) const {
+  for (const auto& [sha, index] : commit_index_) {
+    text = absl::StrReplaceAll(text, {{sha, absl::StrCat("c", index)}, {sha.substr(0, 7), absl::StrCat("c", index)}});
+  }
+  return text;
 }
 
 void World::StartAgent(int h) {
@@ -456,6 +536,9 @@ void World::StartController() {
     return std::make_unique<SimAgentClient>(*this, HostIndex(host));
   };
   reconciler_ = std::make_unique<reconciler::Reconciler>(*store_, *objects_, clock_, ro, events_.get());
+  gitops::SourceControllerOptions so;
+  so.cache_dir = o_.dir + "/git-cache";
+  sources_ = std::make_unique<gitops::SourceController>(*store_, *objects_, events_.get(), nullptr, clock_, so);
   controller_down_until_ = -1;
   controller_sends_left_ = -1;
   Trace("controller up");
@@ -466,6 +549,7 @@ void World::StartController() {
 
 void World::KillController(const std::string& why) {
   if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  sources_.reset();
   reconciler_.reset();
   events_.reset();
   objects_.reset();
@@ -843,11 +927,15 @@ void World::UserOp() {
     PolicyOp();
     return;
   }
-  if (op < 91) {
+  if (op < 90) {
     HostileApply();
     return;
   }
-  if (op < 94) {
+  if (op < 93) {
+    GitOp();
+    return;
+  }
+  if (op < 95) {
     // Cordon or uncordon a host (or bring back a deleted one).
     int h = rng_.I(0, o_.hosts - 1);
     bool cordon = rng_.P(0.5);
@@ -860,6 +948,77 @@ void World::UserOp() {
   absl::Status st = objects_->Delete("Host", hosts_[h]->name, absl::ToUnixMillis(clock_.Now())).status();
   if (st.ok()) License(absl::StrCat("Host/", hosts_[h]->name), "host deleted");
   Trace(absl::StrCat("user: delete Host/", hosts_[h]->name, ": ", describe(st)));
+}
+
+// GitOps: the user commits to the repository (an instance added, changed or removed, an
+// invalid file and its fix, a force-push), suspends or resumes the source, syncs it, or
+// tries to change what the source owns by hand (refused, invariant h).
+void World::GitOp() {
+  auto describe = [](const absl::Status& s) { return s.ok() ? std::string("ok") : std::string(s.message()); };
+  int what = rng_.I(0, 9);
+  const std::string name = rng_.Pick(std::vector<std::string>{"g0", "g1", "g2"});
+  const std::string path = "fleet/" + name + ".yaml";
+  if (what <= 5) {
+    std::string message;
+    if (what <= 3 || !repo_files_.count(path)) {
+      int h = rng_.I(0, o_.hosts - 1);
+      uint32_t cpus = static_cast<uint32_t>(rng_.Pick(std::vector<int>{1, 2, 2, 4}));
+      uint64_t mib = static_cast<uint64_t>(rng_.Pick(std::vector<int>{256, 512, 1024}));
+      v1::Object o = Instance(name, h, cpus, mib);
+      repo_files_[path] = manifests::PrintYaml(o);
+      message = absl::StrCat(name, " on h", h, " ", cpus, " CPUs ", mib, "Mi");
+    } else if (what == 4) {
+      repo_files_.erase(path);
+      message = "remove " + name;
+    }
+    if (what == 5) {
+      repo_files_["fleet/bad.yaml"] =
+          "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: bad}\nspec: {host: h0}\n";
+      message = "an invalid manifest";
+    } else if (repo_files_.erase("fleet/bad.yaml")) {
+      absl::StrAppend(&message, " (and the invalid manifest fixed)");
+    }
+    std::string sha = Commit(message);
+    Trace(absl::StrCat("user: git commit ", sha.substr(0, 7), " ", message, bad_commits_.count(sha) ? " (invalid)" : ""));
+    return;
+  }
+  if (what == 6) {
+    // A force-push: the branch's last commit is replaced (history rewritten).
+    if (history_.size() < 2) return;
+    history_.pop_back();
+    testing::MustShell("git -C " + testing::Quote(repo_dir_) + " reset -q --hard " + history_.back());
+    std::string sha = Commit("rewritten: " + name + " replaced");
+    Trace(absl::StrCat("user: git force-push ", sha.substr(0, 7)));
+    return;
+  }
+  if (what == 7) {
+    bool suspend = rng_.P(0.5);
+    absl::Status st = objects_->Update("GitSource", "repo", [&](v1::Object& o) {
+      o.mutable_git_source()->mutable_spec()->set_suspend(suspend);
+    });
+    Trace(absl::StrCat("user: ", suspend ? "suspend" : "resume", " GitSource/repo: ", describe(st)));
+    return;
+  }
+  if (what == 8 && sources_ != nullptr) {
+    auto r = sources_->Sync("repo");
+    Trace(absl::StrCat("user: sync GitSource/repo: ", r.ok() ? *r : std::string(r.status().message())));
+    NoteApplied();
+    return;
+  }
+  // By hand, without --force-conflicts: refused, nothing changes.
+  bool owned = false;
+  for (const v1::Object& o : List("KernelInstance")) {
+    owned |= o.kernel_instance().metadata().name() == name && o.kernel_instance().metadata().source() == "git:repo";
+  }
+  if (!owned) return;
+  auto before = store_->Revision();
+  absl::Status st = rng_.P(0.5) ? Apply(Instance(name, 0, 1, 256))
+                                : objects_->Delete("KernelInstance", name, absl::ToUnixMillis(clock_.Now())).status();
+  auto after = store_->Revision();
+  Trace(absl::StrCat("user: change KernelInstance/", name, " of git:repo by hand: ", describe(st)));
+  if ((st.ok() || !before.ok() || !after.ok() || *before != *after) && violation_.ok()) {
+    violation_ = Fail(absl::StrCat("(h): a change by hand of KernelInstance/", name, ", owned by git:repo, was not refused"));
+  }
 }
 
 // The RolloutPolicy p0 (KernelInstances labelled tier=web): create or change its rollout,
@@ -1057,10 +1216,34 @@ void World::OneStep() {
     reconciler_->Step();
     if (controller_sends_left_ == 0) KillController("died in a pass");
   }
+  // The source controller's thread, one round: fetches (and applies) what is due.
+  if (sources_ != nullptr && sources_->RunOnce() > 0) NoteApplied();
+}
+
+void World::NoteApplied() {
+  auto o = objects_ == nullptr ? absl::StatusOr<std::optional<v1::Object>>(std::nullopt) : objects_->Get("GitSource", "repo");
+  if (!o.ok() || !o->has_value()) return;
+  const v1::GitSourceStatus& st = (*o)->git_source().status();
+  const std::string& applied = st.last_applied().sha();
+  if (applied == applied_seen_) return;
+  Trace(absl::StrCat("source: applied ", applied.substr(0, 7), " (fetched ", st.last_fetched().sha().substr(0, 7), ")"));
+  static const std::map<std::string, v1::KernelInstanceSpec> kNone;
+  auto old_it = commits_.find(applied_seen_);
+  auto new_it = commits_.find(applied);
+  const auto& before = old_it == commits_.end() ? kNone : old_it->second;
+  const auto& after = new_it == commits_.end() ? kNone : new_it->second;
+  for (const auto& [name, spec] : before) {
+    auto now = after.find(name);
+    if (now == after.end() || !google::protobuf::util::MessageDifferencer::Equals(now->second, spec)) {
+      License("KernelInstance/" + name, "a git commit changes or removes it");
+    }
+  }
+  applied_seen_ = applied;
 }
 
 absl::Status World::CheckStep() {
   if (!violation_.ok()) return violation_;
+  if (absl::Status s = CheckSource(/*quiescent=*/false); !s.ok()) return s;
   for (size_t h = 0; h < hosts_.size(); ++h) {
     SimHost& host = *hosts_[h];
     auto obs = host.truth->Observe();
@@ -1180,6 +1363,13 @@ absl::Status World::Settle() {
   }
   controller_sends_left_ = -1;
   if (reconciler_ == nullptr) StartController();
+  // A suspended source is resumed and synced: the repository's newest commit is the desired state.
+  (void)objects_->Update("GitSource", "repo", [](v1::Object& o) { o.mutable_git_source()->mutable_spec()->set_suspend(false); });
+  if (sources_ != nullptr) {
+    auto synced = sources_->Sync("repo");
+    Trace(absl::StrCat("source: synced: ", synced.ok() ? *synced : std::string(synced.status().message())));
+    NoteApplied();
+  }
   // Paused rollouts go on (the user resumes them), so that the fleet can converge.
   for (const v1::Object& o : List("InstanceSet")) {
     (void)reconciler_->rollouts().SetPaused("InstanceSet", o.instance_set().metadata().name(), false);
@@ -1253,7 +1443,65 @@ std::string ConditionsText(const v1::InstanceStatus& st) {
   return out;
 }
 
+// (k) GitOps: the objects a GitSource owns are exactly those of the commit it applied, with
+// its specs (an apply is atomic: never part of a commit, never a refused commit); at
+// quiescence it has fetched the branch's newest commit and applied it or says why not.
+absl::Status World::CheckSource(bool quiescent) {
+  if (objects_ == nullptr) return absl::OkStatus();
+  auto source = objects_->Get("GitSource", "repo");
+  if (!source.ok() || !source->has_value()) return absl::OkStatus();
+  const v1::GitSourceStatus& st = (*source)->git_source().status();
+  const std::string& applied = st.last_applied().sha();
+  if (bad_commits_.count(applied)) return Fail(absl::StrCat("(k): the invalid commit ", applied.substr(0, 7), " was applied"));
+  std::map<std::string, v1::KernelInstanceSpec> owned;
+  for (const v1::Object& o : List("KernelInstance")) {
+    if (o.kernel_instance().metadata().source() == "git:repo") {
+      owned[o.kernel_instance().metadata().name()] = o.kernel_instance().spec();
+    }
+  }
+  if (!applied.empty()) {
+    auto want = commits_.find(applied);
+    if (want == commits_.end()) return Fail(absl::StrCat("(k): applied an unknown commit ", applied));
+    std::vector<std::string> wrong;
+    for (const auto& [name, spec] : want->second) {
+      auto it = owned.find(name);
+      if (it == owned.end()) {
+        wrong.push_back(name + " missing");
+      } else if (!google::protobuf::util::MessageDifferencer::Equals(it->second, spec)) {
+        wrong.push_back(name + " has another spec");
+      }
+    }
+    for (const auto& [name, spec] : owned) {
+      if (!want->second.count(name)) wrong.push_back(name + " is not in the commit");
+    }
+    if (!wrong.empty()) {
+      return Fail(absl::StrCat("(k): the objects of git:repo are not those of commit ", applied.substr(0, 7), ": ",
+                               absl::StrJoin(wrong, ", ")));
+    }
+  } else if (!owned.empty()) {
+    return Fail("(k): git:repo owns objects and has applied no commit");
+  }
+  if (quiescent) {
+    if (st.last_fetched().sha() != head_) {
+      return Fail(absl::StrCat("(k): at quiescence the source fetched ", st.last_fetched().sha().substr(0, 7),
+                               ", the branch is at ", head_.substr(0, 7)));
+    }
+    bool refused = false;
+    for (const v1::Condition& c : st.conditions()) {
+      refused |= c.type() == "Applied" && c.status() == v1::CONDITION_FALSE &&
+                 absl::StrContains(c.message(), head_.substr(0, 7));
+    }
+    if (applied != head_ && !refused) {
+      return Fail(absl::StrCat("(k): at quiescence the source applied ", applied.substr(0, 7), ", not the newest ",
+                               head_.substr(0, 7), ", and does not say why"));
+    }
+    if (bad_commits_.count(head_) && !refused) return Fail("(k): the newest commit is invalid and not refused");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status World::CheckQuiescent() {
+  if (absl::Status s = CheckSource(/*quiescent=*/true); !s.ok()) return s;
   reconciler::FleetPlan plan = reconciler_->LastPlanForTest();
   std::set<std::string> desired;  // "host/kernel"
   for (const auto& [name, p] : plan.planned) desired.insert(absl::StrCat(p.host, "/", p.kernel));
