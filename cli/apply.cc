@@ -201,16 +201,17 @@ int RunApply(const ApplyOptions& options, std::ostream& out, std::ostream& err) 
 
 namespace {
 
+int PrintDrift(const v1::GetResponse& hosts, std::ostream& out);
+
 // diff --live: the drift the controller records in each Host's status.
 int DiffLive(const ApplyOptions& options, std::ostream& out, std::ostream& err) {
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
-  if (!client.ok()) return ReportSetup(client.status(), err);
-  v1::GetRequest request;
-  request.set_kind("Host");
-  auto got = (*client)->Get(request);
-  if (!got.ok()) return Report(got.status(), options.controller, err);
+  return WithHosts(options.controller, options.request_timeout, options.tls, err,
+                   [&](const v1::GetResponse& hosts) { return PrintDrift(hosts, out); });
+}
+
+int PrintDrift(const v1::GetResponse& hosts, std::ostream& out) {
   Table t({"HOST", "OBJECT", "FIELD", "WANTED", "FOUND", "POLICY", "SINCE"});
-  for (const v1::Object& o : got->objects()) {
+  for (const v1::Object& o : hosts.objects()) {
     for (const v1::Drift& d : o.host().status().drift()) {
       t.Add({o.host().metadata().name(), d.object(), d.field(), d.wanted(), d.found(), d.policy(),
              ClockTime(d.since_unix_ms())});

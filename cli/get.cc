@@ -16,16 +16,17 @@ namespace {
 
 namespace v1 = mkfleet::v1;
 
+int PrintUnmanagedOf(const v1::GetResponse& hosts, std::ostream& out, std::ostream& err);
+
 // The kernels that run on hosts without an object owning them, from the hosts' statuses.
 int PrintUnmanaged(const GetOptions& options, std::ostream& out, std::ostream& err) {
-  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
-  if (!client.ok()) return ReportSetup(client.status(), err);
-  v1::GetRequest request;
-  request.set_kind("Host");
-  auto got = (*client)->Get(request);
-  if (!got.ok()) return Report(got.status(), options.controller, err);
+  return WithHosts(options.controller, options.request_timeout, options.tls, err,
+                   [&](const v1::GetResponse& hosts) { return PrintUnmanagedOf(hosts, out, err); });
+}
+
+int PrintUnmanagedOf(const v1::GetResponse& hosts, std::ostream& out, std::ostream& err) {
   Table t({"HOST", "NAME", "STATE", "CPUS", "CPU-LIST", "MEMORY", "OWNER"});
-  for (const v1::Object& o : got->objects()) {
+  for (const v1::Object& o : hosts.objects()) {
     for (const v1::KernelRef& k : o.host().status().unmanaged()) {
       t.Add({o.host().metadata().name(), k.name(), v1::KernelState_Name(k.kernel_state()).substr(13),
              std::to_string(k.placement().cpus_size()),

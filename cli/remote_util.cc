@@ -72,6 +72,17 @@ bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err)
   return !kind->empty();
 }
 
+int WithHosts(const std::string& controller, absl::Duration request_timeout, const security::TlsOptions& tls,
+              std::ostream& err, const std::function<int(const mkfleet::v1::GetResponse&)>& print) {
+  auto client = NewGrpcControllerClient(controller, request_timeout, tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  mkfleet::v1::GetRequest request;
+  request.set_kind("Host");
+  auto got = (*client)->Get(request);
+  if (!got.ok()) return Report(got.status(), controller, err);
+  return print(*got);
+}
+
 bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err) {
   manifests::LoadOptions load_options;
   load_options.check_host_references = false;

@@ -4,6 +4,7 @@
 #ifndef MKFLEET_CLI_REMOTE_UTIL_H_
 #define MKFLEET_CLI_REMOTE_UTIL_H_
 
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -35,6 +36,11 @@ std::string RoleText(mkfleet::v1::Role role);
 // Who applied an object: "git:prod@1a2b3c4" for a GitSource's (its commit), else the apply's
 // source (the manifest paths), "-" for none.
 std::string SourceText(const mkfleet::v1::ObjectMeta& meta);
+
+// Lists every Host (with its status) from the controller at `controller` and hands them to
+// `print`; on a failure to connect or list, reports it and returns the exit code.
+int WithHosts(const std::string& controller, absl::Duration request_timeout, const security::TlsOptions& tls,
+              std::ostream& err, const std::function<int(const mkfleet::v1::GetResponse&)>& print);
 
 bool LoadForController(const std::vector<std::string>& paths, manifests::LoadResult* loaded, std::ostream& err);
 

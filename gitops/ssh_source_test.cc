@@ -1,8 +1,5 @@
 // GitSources over ssh://, against an sshd this test starts on a loopback port with its own
 // host key (skipped, saying so, where sshd is not installed).
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <filesystem>
 #include <fstream>
 
@@ -27,17 +24,6 @@ using testing::TestRepo;
 
 constexpr char kSshd[] = "/usr/sbin/sshd";
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 std::string Read(const std::string& path) {
   std::ifstream in(path);
@@ -55,7 +41,7 @@ class SshSourceTest : public ::testing::Test {
     MustShell("cp " + d + "/client_key.pub " + d + "/authorized_keys && chmod 600 " + d + "/authorized_keys");
     std::error_code ec;
     std::filesystem::create_directories("/run/sshd", ec);  // sshd's privilege separation folder
-    port_ = FreePort();
+    port_ = mkfleet::testing::FreePort();
     std::ofstream(d + "/sshd_config") << "Port " << port_ << "\nListenAddress 127.0.0.1\nHostKey " << d
                                       << "/host_key\nAuthorizedKeysFile " << d << "/authorized_keys\nPidFile " << d
                                       << "/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"

@@ -19,21 +19,10 @@
 #include "mkfleet/v1/agent.grpc.pb.h"
 #include "planner/topology_source.h"
 #include "security/testing/test_pki.h"
+#include "tests/process_util.h"
 
 namespace mkfleet::testing {
 
-// A loopback port free right now (for a process that must keep its port across restarts).
-inline int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 // Polls `pred` every 50 ms for up to `seconds`.
 template <typename Pred>
