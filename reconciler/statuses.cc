@@ -42,9 +42,20 @@ void Stamp(google::protobuf::RepeatedPtrField<v1::Condition>* conditions, int64_
   for (v1::Condition& c : *conditions) c.set_observed_generation(generation);
 }
 
+v1::SourceRef RefOf(const v1::ObjectMeta& meta) {
+  v1::SourceRef ref;
+  ref.set_source(meta.source());
+  ref.set_commit(meta.source_commit());
+  ref.set_path(meta.source_path());
+  return ref;
+}
+
 class Builder {
  public:
-  explicit Builder(const PassInputs& in) : in_(in) {}
+  explicit Builder(const PassInputs& in) : in_(in) {
+    for (const v1::KernelInstance& ki : in_.instances) source_of_["KernelInstance/" + ki.metadata().name()] = RefOf(ki.metadata());
+    for (const v1::InstanceSet& s : in_.sets) source_of_["InstanceSet/" + s.metadata().name()] = RefOf(s.metadata());
+  }
 
   StatusUpdate Run() {
     Instances();
@@ -221,6 +232,9 @@ class Builder {
 
   void Record(const std::string& name, const std::string& host, v1::InstanceStatus st, int64_t generation) {
     Stamp(st.mutable_conditions(), generation);
+    // A set member's spec comes from its set.
+    auto from = source_of_.find(st.owner().empty() ? "KernelInstance/" + name : st.owner());
+    if (from != source_of_.end()) *st.mutable_applied_from() = from->second;
     const std::string* before = Put(StatusKey("KernelInstance", name), st);
     if (before == nullptr) return;
     v1::InstanceStatus old;
@@ -287,6 +301,7 @@ class Builder {
       static const HostView kNoView;
       const HostView& v = vi != in_.views.end() ? vi->second : kNoView;
       v1::HostStatus st;
+      *st.mutable_applied_from() = RefOf(h.metadata());
       st.set_reachable(v.connected);
       st.set_dialect(v.inventory.dialect());
       st.set_agent_version(v.inventory.agent_version());
@@ -364,6 +379,7 @@ class Builder {
     for (const v1::InstanceSet& s : in_.sets) {
       const std::string& name = s.metadata().name();
       v1::InstanceSetStatus st;
+      *st.mutable_applied_from() = RefOf(s.metadata());
       std::vector<std::string> problems;
       const std::string prefix = name + "-";
       for (const auto& u : in_.fleet.unschedulable) {
@@ -436,6 +452,7 @@ class Builder {
       auto computed = in_.policy_statuses->find(name);
       if (computed == in_.policy_statuses->end()) continue;
       v1::RolloutPolicyStatus st = computed->second;
+      *st.mutable_applied_from() = RefOf(p.metadata());
       const v1::RolloutStatus& rollout = st.rollout();
       const std::string& phase = rollout.phase();
       // Ready once every instance runs the newest revision, or the stable one after a
@@ -463,6 +480,7 @@ class Builder {
   static const std::string kEmpty;
   const PassInputs& in_;
   StatusUpdate out_;
+  std::map<std::string, v1::SourceRef> source_of_;  // "KernelInstance/x", "InstanceSet/s" -> where its spec came from
   std::set<std::string> keep_;  // status keys of instances that exist
 };
 

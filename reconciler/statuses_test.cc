@@ -94,6 +94,22 @@ TEST_F(StatusesTest, ReadyOnlyWhenItRunsAsSpecifiedAndNothingIsLeftToDo) {
   EXPECT_THAT(again.events, IsEmpty());
 }
 
+TEST_F(StatusesTest, StatusesSayWhereTheSpecCameFrom) {
+  instances_ = {reconciler::Instance("web-1", "node-a", 4)};
+  v1::ObjectMeta& meta = *instances_[0].mutable_metadata();
+  meta.set_source("git:prod");
+  meta.set_source_commit("1a2b3c4d5e6f00112233445566778899aabbccdd");
+  meta.set_source_path("clusters/prod/web.yaml");
+  hosts_[0].mutable_metadata()->set_source("hosts.yaml");
+  Pass(Plan());
+  const v1::SourceRef from = Instance("web-1").applied_from();
+  EXPECT_EQ(from.source(), "git:prod");
+  EXPECT_EQ(from.commit(), "1a2b3c4d5e6f00112233445566778899aabbccdd");
+  EXPECT_EQ(from.path(), "clusters/prod/web.yaml");
+  EXPECT_EQ(HostStatus("node-a").applied_from().source(), "hosts.yaml");
+  EXPECT_EQ(HostStatus("node-a").applied_from().commit(), "");
+}
+
 TEST_F(StatusesTest, AFailedActionIsNamedAndItsSetIsDegraded) {
   // Defect 5: `describe` did not say which action of a batch failed.
   sets_ = {PerHostSet("edge", 1)};

@@ -92,6 +92,10 @@ TEST_F(GitopsProcessTest, SourceAppliesCommitsAndOwnsWhatItApplied) {
   ASSERT_EQ(Mkapply({"describe", "ki", "web-1"}, &out), 0) << out;
   EXPECT_THAT(out, AllOf(HasSubstr("git:prod@" + sha_.substr(0, 7) + "  (fleet/web.yaml)"),
                          HasSubstr("Change cause: Add the example fleet")));
+  // The status says it too, once the controller's next pass wrote it.
+  out = WaitFor({"get", "ki", "web-1", "-o", "json"},
+                "\"appliedFrom\": \\{\\s*\"source\": \"git:prod\",\\s*\"commit\": \"" + sha_ + "\"");
+  EXPECT_THAT(out, HasSubstr("\"path\": \"fleet/web.yaml\""));
 
   // mkapply cannot change or delete what the source owns, unless it forces.
   ASSERT_EQ(Mkapply({"apply", "-f", "examples/db.yaml"}, &out), 1) << out;
