@@ -1656,8 +1656,10 @@ absl::Status World::CheckQuiescent() {
     }
     if (established_.count(name) && ki.spec().phase() == v1::PHASE_RUNNING && !host_going && !held &&
         ki.spec().kernel().image() != bad_image_) {
-      const std::string serving =
-          absl::StrCat(ki.spec().host(), "/", st.kernel().empty() ? name : st.kernel());
+      // Where it runs: a move to another host that cannot be met keeps it where it was
+      // (Resized=False Infeasible; seed 296: a commit moved g2 to a full host).
+      const std::string& where = st.placement().host().empty() ? ki.spec().host() : st.placement().host();
+      const std::string serving = absl::StrCat(where, "/", st.kernel().empty() ? name : st.kernel());
       if (state[serving] != v1::KERNEL_STATE_ACTIVE) {
         return Fail(absl::StrCat("(b'): KernelInstance/", name, " ran and wants Running but ", serving, " is ",
                                  kernel::KernelStateName(state.count(serving) ? state[serving] : v1::KERNEL_STATE_ABSENT),
