@@ -15,17 +15,26 @@ namespace {
 constexpr uint64_t kBlock = 128ull << 20;  // kerf-create's memory
 
 absl::Status Remove(kernel::HostKernel& kerf, const std::string& name) {
-  auto state = kerf.StateOf(name);
-  if (!state.ok()) return state.status();
-  if (*state == v1::KERNEL_STATE_ABSENT) return absl::NotFoundError(absl::StrCat("no instance ", name));
-  if (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED) {
-    if (absl::Status s = kerf.Halt(name, /*force=*/true); !s.ok()) return s;
+  // Halt, unload, remove: three calls, not one transaction, so the controller may start it
+  // again in between (it puts a halted kernel back): taken from the top, a few times.
+  absl::Status last;
+  for (int step = 0, failures = 0; step < 20 && failures < 5; ++step) {
+    auto state = kerf.StateOf(name);
+    if (!state.ok()) return state.status();
+    if (*state == v1::KERNEL_STATE_ABSENT) {
+      return step == 0 ? absl::NotFoundError(absl::StrCat("no instance ", name)) : absl::OkStatus();
+    }
+    if (*state == v1::KERNEL_STATE_ACTIVE || *state == v1::KERNEL_STATE_FAILED) {
+      last = kerf.Halt(name, /*force=*/true);
+    } else if (*state == v1::KERNEL_STATE_LOADED) {
+      last = kerf.Unload(name);
+    } else {
+      last = kerf.Remove(name);
+      if (last.ok()) return last;
+    }
+    if (!last.ok()) ++failures;
   }
-  state = kerf.StateOf(name);
-  if (state.ok() && *state == v1::KERNEL_STATE_LOADED) {
-    if (absl::Status s = kerf.Unload(name); !s.ok()) return s;
-  }
-  return kerf.Remove(name);
+  return last.ok() ? absl::AbortedError(absl::StrCat(name, " kept being started again")) : last;
 }
 
 absl::Status RemoveCpu(kernel::HostKernel& kerf, const std::string& name, const std::string& resource) {
