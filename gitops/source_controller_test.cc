@@ -346,6 +346,23 @@ TEST_F(SourceControllerTest, ObjectsOfASourceAreOnlyChangedWithForceConflicts) {
   EXPECT_TRUE(objects_->Delete("KernelInstance", "db-1", 0, false, /*force_conflicts=*/true).ok());
 }
 
+TEST_F(SourceControllerTest, ObjectsOfADeletedSourceAreNobodysAndStay) {
+  CommitFleet();
+  ApplySource();
+  controller_->RunOnce();
+  ASSERT_TRUE(objects_->Delete("GitSource", "prod", 0, false, /*force_conflicts=*/false).ok());
+  controller_->RunOnce();
+  ASSERT_TRUE(Get("KernelInstance", "web-1").has_value()) << "what a deleted source applied stays";
+  manifests::LoadResult loaded;
+  manifests::LoadText("web.yaml", Instance("web-1", "4Gi"), {}, &loaded);
+  reconciler::ApplyOptions by_hand;
+  by_hand.source = "web.yaml";
+  auto r = objects_->Apply({loaded.objects[0].object}, by_hand);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Get("KernelInstance", "web-1")->kernel_instance().metadata().source(), "web.yaml");
+  EXPECT_TRUE(objects_->Delete("KernelInstance", "db-1").ok());
+}
+
 TEST_F(SourceControllerTest, TwoSourcesCannotOwnOneObject) {
   CommitFleet();
   ApplySource();

@@ -167,7 +167,8 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
       v1::Object old;
       if (!old.ParseFromString((*existing)->value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
       const v1::ObjectMeta& old_meta = manifests::MetadataOf(old);
-      if (IsGitSource(old_meta.source()) && old_meta.source() != options.source && !options.force_conflicts) {
+      if (IsGitSource(old_meta.source()) && old_meta.source() != options.source && !options.force_conflicts &&
+          SourceExists(old_meta.source())) {
         if (conflicts.size() < 20) conflicts.push_back(OwnershipConflict(kind, name, old_meta));
         continue;
       }
@@ -375,7 +376,8 @@ absl::StatusOr<std::string> Objects::Delete(absl::string_view kind, absl::string
   if (!current.ok()) return current.status();
   if (current->has_value() && !force_conflicts) {
     v1::Object o;
-    if (o.ParseFromString((*current)->value) && IsGitSource(manifests::MetadataOf(o).source())) {
+    if (o.ParseFromString((*current)->value) && IsGitSource(manifests::MetadataOf(o).source()) &&
+        SourceExists(manifests::MetadataOf(o).source())) {
       return absl::FailedPreconditionError(OwnershipConflict(kind, name, manifests::MetadataOf(o)));
     }
   }
@@ -419,6 +421,11 @@ absl::Status Objects::Update(absl::string_view kind, absl::string_view name,
   std::string value = next.SerializeAsString();
   if (value == (*current)->value) return absl::OkStatus();
   return store_.Txn({{key, (*current)->mod_revision}}, {{Op::Type::kPut, key, std::move(value), 0}}).status();
+}
+
+bool Objects::SourceExists(absl::string_view source) {
+  auto kv = store_.Get(ObjectKey("GitSource", source.substr(kGitSourcePrefix.size())));
+  return !kv.ok() || kv->has_value();  // a store error protects the object
 }
 
 absl::Status Objects::HostUnused(absl::string_view name) {

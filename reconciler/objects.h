@@ -44,8 +44,8 @@ struct ApplyOptions {
   // each object the apply creates or changes.
   std::string commit;
   std::vector<std::string> paths;
-  // An object another git source owns ("git:<name>") is refused (FailedPrecondition naming
-  // the owner) unless this is set: then this source takes it.
+  // An object another git source owns ("git:<name>", while that GitSource exists) is refused
+  // (FailedPrecondition naming the owner) unless this is set: then this source takes it.
   bool force_conflicts = false;
   // Asked for every object written ("apply") or pruned ("prune") before anything is:
   // an error refuses the whole apply with it.
@@ -90,6 +90,9 @@ class Objects {
   absl::Status FinishHostDelete(const std::string& name);
 
  private:
+  // Whether the GitSource of `source` ("git:<name>") exists: the objects of a deleted one
+  // are nobody's (mkapply may change them).
+  bool SourceExists(absl::string_view source);
   // FailedPrecondition when a KernelInstance names the Host.
   absl::Status HostUnused(absl::string_view name);
   // Deletes the object (at `revision`) and its status in one transaction.
