@@ -114,7 +114,7 @@ int Wait(ControllerClient& client, const v1::ApplyResponse& applied, const Apply
   std::vector<Waited> pending;
   for (const v1::ObjectChange& c : applied.changes()) {
     // What this apply changed: an unchanged object's state is not this apply's doing.
-    if (c.change() == "unchanged") continue;
+    if (c.change() == "unchanged" || c.change() == "adopted") continue;
     pending.push_back({c.kind(), c.name(), c.generation(), c.change() == "pruned"});
   }
   std::map<std::string, std::string> last;  // "Kind/name" -> its last progress line

@@ -346,6 +346,19 @@ TEST_F(SourceControllerTest, ObjectsOfASourceAreOnlyChangedWithForceConflicts) {
   EXPECT_TRUE(objects_->Delete("KernelInstance", "db-1", 0, false, /*force_conflicts=*/true).ok());
 }
 
+TEST_F(SourceControllerTest, WhatMkapplyAppliedIsAdopted) {
+  CommitFleet();
+  manifests::LoadResult loaded;
+  manifests::LoadText("hosts.yaml", kHost, {}, &loaded);
+  reconciler::ApplyOptions by_hand;
+  by_hand.source = "hosts.yaml";
+  ASSERT_TRUE(objects_->Apply({loaded.objects[0].object}, by_hand).ok());
+  ApplySource();
+  controller_->RunOnce();
+  EXPECT_THAT(Condition(Status(), "Applied"), HasSubstr("1 adopted, 2 created"));
+  EXPECT_EQ(Get("Host", "node-a")->host().metadata().source(), "git:prod");
+}
+
 TEST_F(SourceControllerTest, ObjectsOfADeletedSourceAreNobodysAndStay) {
   CommitFleet();
   ApplySource();

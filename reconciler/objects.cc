@@ -188,7 +188,11 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
         change->set_change("unchanged");
         continue;
       }
-      change->set_change(spec_changed || undelete ? "configured" : "unchanged");
+      // Same spec from another source: it changes hands (a GitSource taking over what mkapply
+      // applied, --force-conflicts).
+      change->set_change(spec_changed || undelete          ? "configured"
+                         : old_meta.source() != options.source ? "adopted"
+                                                               : "unchanged");
       compares.push_back({key, (*existing)->mod_revision});
     }
     ops.push_back({Op::Type::kPut, key, next.SerializeAsString(), 0});
