@@ -236,7 +236,9 @@ absl::StatusOr<std::string> SourceController::Reconcile(const v1::GitSource& sou
   const v1::GitSourceSpec& spec = source.spec();
   const int64_t generation = source.metadata().generation();
   SourceState& state = states_[name];
-  const bool spec_changed = state.generation != generation;
+  // Changed since it was last worked on; after a restart, since the stored status says.
+  const bool spec_changed =
+      state.generation >= 0 ? state.generation != generation : source.status().observed_generation() != generation;
   state.generation = generation;
   v1::GitSourceStatus st = source.status();
   st.set_observed_generation(generation);

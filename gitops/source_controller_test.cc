@@ -422,9 +422,16 @@ TEST_F(SourceControllerTest, RestartDoesNotApplyTheSameCommitAgain) {
   SourceControllerOptions options;
   options.cache_dir = tmp_.path() + "/cache";
   SourceController restarted(*store_, *objects_, events_.get(), nullptr, clock_, options);
+  auto applied_events = [&] {
+    int n = 0;
+    for (const std::string& line : EventLines()) n += absl::StrContains(line, "SourceApplied");
+    return n;
+  };
+  const int events_before = applied_events();
   EXPECT_EQ(restarted.RunOnce(), 1);  // fetched at once after a restart...
   auto objects = objects_->List("KernelInstance");
   for (const v1::Object& o : *objects) EXPECT_LE(o.kernel_instance().metadata().revision(), *rev) << "...not applied again";
+  EXPECT_EQ(applied_events(), events_before) << "nothing applied, nothing said";
 }
 
 }  // namespace
