@@ -14,6 +14,16 @@ namespace {
 
 constexpr uint64_t kBlock = 128ull << 20;  // kerf-create's memory
 
+// The instance `name` as the kernel shows it now.
+absl::StatusOr<kernel::InstanceInfo> Find(kernel::HostKernel& kerf, const std::string& name) {
+  auto obs = kerf.Observe();
+  if (!obs.ok()) return obs.status();
+  for (kernel::InstanceInfo& i : obs->instances) {
+    if (i.name == name) return std::move(i);
+  }
+  return absl::NotFoundError(absl::StrCat("no instance ", name));
+}
+
 absl::Status Remove(kernel::HostKernel& kerf, const std::string& name) {
   // Halt, unload, remove: three calls, not one transaction, so the controller may start it
   // again in between (it puts a halted kernel back): taken from the top, a few times.
@@ -38,11 +48,8 @@ absl::Status Remove(kernel::HostKernel& kerf, const std::string& name) {
 }
 
 absl::Status RemoveCpu(kernel::HostKernel& kerf, const std::string& name, const std::string& resource) {
-  auto obs = kerf.Observe();
-  if (!obs.ok()) return obs.status();
-  auto info = std::find_if(obs->instances.begin(), obs->instances.end(),
-                           [&](const kernel::InstanceInfo& i) { return i.name == name; });
-  if (info == obs->instances.end()) return absl::NotFoundError(absl::StrCat("no instance ", name));
+  auto info = Find(kerf, name);
+  if (!info.ok()) return info.status();
   const std::vector<uint64_t>& cpus = info->resources.cpus;
   if (cpus.size() < 2) return absl::FailedPreconditionError(absl::StrCat(name, " has only its boot CPU"));
   uint64_t cpu = cpus.back();
@@ -60,11 +67,8 @@ absl::Status RemoveCpu(kernel::HostKernel& kerf, const std::string& name, const 
 
 absl::Status RemoveMemory(kernel::HostKernel& kerf, const std::string& name) {
   // One whole region a hot-remove can give back (the kernel takes regions, not bytes).
-  auto obs = kerf.Observe();
-  if (!obs.ok()) return obs.status();
-  auto info = std::find_if(obs->instances.begin(), obs->instances.end(),
-                           [&](const kernel::InstanceInfo& i) { return i.name == name; });
-  if (info == obs->instances.end()) return absl::NotFoundError(absl::StrCat("no instance ", name));
+  auto info = Find(kerf, name);
+  if (!info.ok()) return info.status();
   for (const auto& [node, sizes] : info->removable_by_node) {
     if (sizes.empty()) continue;
     auto release = kerf.MemoryToRelease(name, node, sizes.front());

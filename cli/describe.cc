@@ -170,13 +170,8 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
   } else if (o.has_git_source()) {
     const v1::GitSource& g = o.git_source();
     const v1::GitSourceStatus& st = g.status();
-    const v1::GitRef& ref = g.spec().ref();
     out << "URL:          " << g.spec().url() << "\n";
-    out << "Ref:          "
-        << (!ref.tag().empty()      ? "tag " + ref.tag()
-            : !ref.commit().empty() ? "commit " + ref.commit()
-                                    : "branch " + (ref.branch().empty() ? std::string("main") : ref.branch()))
-        << "   path " << (g.spec().path().empty() ? "/" : g.spec().path()) << "   prune "
+    out << "Ref:          " << RefText(g.spec().ref(), /*short_commit=*/false) << "   path " << (g.spec().path().empty() ? "/" : g.spec().path()) << "   prune "
         << (g.spec().prune() ? "yes" : "no") << (g.spec().suspend() ? "   SUSPENDED" : "") << "\n";
     if (!g.spec().verify().keyring().empty()) out << "Verify:       signed by a key of " << g.spec().verify().keyring() << "\n";
     auto commit = [&](const char* label, const v1::CommitInfo& c) {

@@ -177,11 +177,7 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
           st.last_fetched().sha().empty() ? "-" : st.last_fetched().sha().substr(0, 7),
           std::to_string(st.objects()), message};
       if (wide) {
-        const v1::GitRef& ref = g.spec().ref();
-        std::string r = !ref.tag().empty()      ? "tag " + ref.tag()
-                        : !ref.commit().empty() ? "commit " + ref.commit().substr(0, 7)
-                                                : "branch " + (ref.branch().empty() ? std::string("main") : ref.branch());
-        for (std::string cell : {g.spec().url(), r, g.spec().path().empty() ? std::string("/") : g.spec().path(),
+        for (std::string cell : {g.spec().url(), RefText(g.spec().ref(), /*short_commit=*/true), g.spec().path().empty() ? std::string("/") : g.spec().path(),
                                  std::string(g.spec().suspend() ? "yes" : "no"),
                                  st.next_fetch_unix_ms() == 0 ? "-" : ClockTime(st.next_fetch_unix_ms())}) {
           row.push_back(cell);

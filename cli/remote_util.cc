@@ -49,6 +49,12 @@ std::string SourceText(const mkfleet::v1::ObjectMeta& meta) {
   return meta.source() + "@" + meta.source_commit().substr(0, 7);
 }
 
+std::string RefText(const mkfleet::v1::GitRef& ref, bool short_commit) {
+  if (!ref.tag().empty()) return "tag " + ref.tag();
+  if (!ref.commit().empty()) return "commit " + (short_commit ? ref.commit().substr(0, 7) : ref.commit());
+  return "branch " + (ref.branch().empty() ? std::string("main") : ref.branch());
+}
+
 std::string CanonicalKind(const std::string& kind) {
   std::string k = absl::AsciiStrToLower(kind);
   if (k == "host" || k == "hosts") return "Host";

@@ -36,6 +36,9 @@ std::string RoleText(mkfleet::v1::Role role);
 // Who applied an object: "git:prod@1a2b3c4" for a GitSource's (its commit), else the apply's
 // source (the manifest paths), "-" for none.
 std::string SourceText(const mkfleet::v1::ObjectMeta& meta);
+// A GitSource's ref: "branch main" (the default), "tag v1.4", "commit 1a2b3c4" (`short_commit`)
+// or the whole id.
+std::string RefText(const mkfleet::v1::GitRef& ref, bool short_commit);
 
 // Lists every Host (with its status) from the controller at `controller` and hands them to
 // `print`; on a failure to connect or list, reports it and returns the exit code.

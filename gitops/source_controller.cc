@@ -359,13 +359,7 @@ absl::StatusOr<std::string> SourceController::Reconcile(const v1::GitSource& sou
       v1::AuditRecord record;
       record.set_identity(absl::StrCat("controller (", GitSourceName(name), ")"));
       record.set_verb(spec.prune() ? "apply --prune" : "apply");
-      for (const v1::Object& o : objects) {
-        if (record.objects_size() == 100) {
-          record.add_objects(absl::StrCat("... ", objects.size() - 100, " more"));
-          break;
-        }
-        record.add_objects(absl::StrCat(manifests::KindOf(o), "/", manifests::MetadataOf(o).name()));
-      }
+      reconciler::AddAuditObjects(objects, &record);
       record.set_source(GitSourceName(name));
       record.set_commit(commit.sha);
       record.set_result(result.ok() ? "OK" : absl::StatusCodeToString(result.status().code()));

@@ -14,9 +14,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "manifests/loader.h"
 #include "mkfleet/v1/controller.pb.h"
 #include "reconciler/store.h"
 
@@ -28,6 +30,20 @@ struct AuditOptions {
   size_t max_records = 10000;
   absl::Duration retain = absl::Hours(24 * 30);
 };
+
+// What an audit record keeps of an apply's objects: "Kind/name" of the first hundred (a
+// record is not a copy of the request), then "... N more".
+template <typename Objects>
+void AddAuditObjects(const Objects& objects, mkfleet::v1::AuditRecord* record) {
+  int n = 0;
+  for (const mkfleet::v1::Object& o : objects) {
+    if (n++ == 100) {
+      record->add_objects(absl::StrCat("... ", objects.size() - 100, " more"));
+      return;
+    }
+    record->add_objects(absl::StrCat(manifests::KindOf(o), "/", manifests::MetadataOf(o).name().substr(0, 253)));
+  }
+}
 
 class AuditLog {
  public:

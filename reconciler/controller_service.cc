@@ -43,18 +43,11 @@ grpc::Status CheckName(const std::string& name, bool may_be_empty) {
                                    "\" is not a DNS label (a-z, 0-9 and -, at most 63 characters)"));
 }
 
-// What the audit log keeps of an apply: the objects asked for (a hundred at most: a record
-// is not a copy of the request), its source and commit.
+// What the audit log keeps of an apply: the objects asked for, its source and commit.
 v1::AuditRecord ApplyRecord(const v1::ApplyRequest& request) {
   v1::AuditRecord record;
   record.set_verb("apply");
-  for (const v1::Object& o : request.objects()) {
-    if (record.objects_size() == 100) {
-      record.add_objects(absl::StrCat("... ", request.objects_size() - 100, " more"));
-      break;
-    }
-    record.add_objects(absl::StrCat(manifests::KindOf(o), "/", manifests::MetadataOf(o).name().substr(0, 253)));
-  }
+  AddAuditObjects(request.objects(), &record);
   record.set_source(request.source().substr(0, 1024));
   record.set_commit(request.commit().substr(0, 64));
   return record;

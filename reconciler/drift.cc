@@ -70,14 +70,27 @@ v1::Event DriftEvent(const std::string& object, const std::string& host, const s
 
 std::string PolicyName(v1::DriftPolicy p) { return p == v1::DRIFT_REPORT ? "Report" : "Correct"; }
 
+// Takes the actions `drop` picks out of `plan`.
+template <typename Pred>
+void EraseActions(Plan& plan, Pred drop) {
+  plan.actions.erase(std::remove_if(plan.actions.begin(), plan.actions.end(), drop), plan.actions.end());
+}
+
 // Removes `kernel`'s actions (and what the plan says it would change) from `plan`.
 void Withhold(Plan& plan, const std::string& kernel) {
-  auto& actions = *&plan.actions;
-  actions.erase(std::remove_if(actions.begin(), actions.end(),
-                               [&](const v1::Action& a) { return a.instance() == kernel; }),
-                actions.end());
+  EraseActions(plan, [&](const v1::Action& a) { return a.instance() == kernel; });
   plan.changes.erase(kernel);
 }
+
+// DriftDetected's message: "cpus: wanted 2-3, found 2 (putting it back)".
+std::string Detected(const std::string& field, const std::string& wanted, const std::string& found,
+                     v1::DriftPolicy policy) {
+  return absl::StrCat(field, ": wanted ", wanted, ", found ", found,
+                      policy == v1::DRIFT_REPORT ? " (driftPolicy Report: left as found)" : " (putting it back)");
+}
+
+// Once nothing is left to do: put back by mkfleet, or as wanted again by other hands.
+const char* Ended(bool corrected) { return corrected ? "DriftCorrected" : "DriftResolved"; }
 
 }  // namespace
 
@@ -156,7 +169,10 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       base = settled_.end();
     }
 
-    // What differs from the baseline, field by field.
+    // What the host shows now (once per instance and pass), and what differs from the
+    // baseline, field by field.
+    std::map<std::string, std::string> now;
+    if (present) now = DriftFields(observed->second.status());
     std::vector<v1::Drift> items;
     if (base != settled_.end()) {
       const std::string object = "KernelInstance/" + name;
@@ -173,7 +189,6 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       if (!present) {
         item("instance", absl::StrCat(base->second.fields.at("state"), " on ", p.host), "missing");
       } else if (observed->second.status().kernel_state() != v1::KERNEL_STATE_FAILED) {  // a crash: failover's
-        std::map<std::string, std::string> now = DriftFields(observed->second.status());
         for (const char* field : kFieldOrder) {
           if (now[field] != base->second.fields.at(field)) item(field, base->second.fields.at(field), now[field]);
         }
@@ -194,10 +209,8 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
           d.set_since_unix_ms(old->since_unix_ms());
           continue;
         }
-        out.events.push_back(DriftEvent(
-            d.object(), p.host, "Warning", "DriftDetected",
-            absl::StrCat(d.field(), ": wanted ", d.wanted(), ", found ", d.found(),
-                         policy == v1::DRIFT_REPORT ? " (driftPolicy Report: left as found)" : " (putting it back)")));
+        out.events.push_back(
+            DriftEvent(d.object(), p.host, "Warning", "DriftDetected", Detected(d.field(), d.wanted(), d.found(), policy)));
       }
       if (!correcting) known = items;  // (while correcting: what was found first, for DriftCorrected)
       if (policy == v1::DRIFT_REPORT) {
@@ -220,8 +233,6 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
     }
     if (!known.empty()) {
       // Nothing left to do for it: put back, or as wanted again by other hands.
-      std::map<std::string, std::string> now;
-      if (present) now = DriftFields(observed->second.status());
       std::vector<std::string> fields;
       for (const v1::Drift& d : known) {
         const std::string& value = d.field() == "instance" ? now["state"] : now[d.field()];
@@ -229,7 +240,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       }
       const bool corrected = known.front().policy() == "Correct";
       out.events.push_back(DriftEvent(
-          "KernelInstance/" + name, p.host, "Normal", corrected ? "DriftCorrected" : "DriftResolved",
+          "KernelInstance/" + name, p.host, "Normal", Ended(corrected),
           absl::StrCat(corrected ? "put back: " : "as wanted again (not by mkfleet): ", absl::StrJoin(fields, "; "))));
     }
     drifted_.erase(name);
@@ -238,7 +249,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       continue;
     }
     if (observed->second.status().kernel_state() == WantedKernelState(p.spec->phase())) {
-      settled_[name] = Baseline{p.generation, p.host, p.kernel, p.recorded_owner, DriftFields(observed->second.status())};
+      settled_[name] = Baseline{p.generation, p.host, p.kernel, p.recorded_owner, std::move(now)};
     }
   }
   // Instances gone from the plan (deleted, unscheduled, their host out of the batch): only
@@ -264,7 +275,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
     if (change == fleet->pool_changes.end()) {
       if (pool_drift_.count(h)) {
         const bool corrected = pool_drift_[h].policy() == "Correct";
-        out.events.push_back(DriftEvent("Host/" + h, h, "Normal", corrected ? "DriftCorrected" : "DriftResolved",
+        out.events.push_back(DriftEvent("Host/" + h, h, "Normal", Ended(corrected),
                                         corrected ? "pool: put back" : "pool: as wanted again (not by mkfleet)"));
         pool_drift_.erase(h);
       }
@@ -284,19 +295,12 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       if (old != pool_drift_.end() && old->second.found() == d.found()) {
         d.set_since_unix_ms(old->second.since_unix_ms());
       } else {
-        out.events.push_back(DriftEvent(
-            "Host/" + h, h, "Warning", "DriftDetected",
-            absl::StrCat("pool: wanted ", d.wanted(), ", found ", d.found(),
-                         policy == v1::DRIFT_REPORT ? " (driftPolicy Report: left as found)" : " (putting it back)")));
+        out.events.push_back(
+            DriftEvent("Host/" + h, h, "Warning", "DriftDetected", Detected("pool", d.wanted(), d.found(), policy)));
       }
       pool_drift_[h] = d;
       out.by_host[h].push_back(d);
-      if (policy == v1::DRIFT_REPORT) {
-        auto& actions = plan.actions;
-        actions.erase(std::remove_if(actions.begin(), actions.end(),
-                                     [](const v1::Action& a) { return a.has_pool_change(); }),
-                      actions.end());
-      }
+      if (policy == v1::DRIFT_REPORT) EraseActions(plan, [](const v1::Action& a) { return a.has_pool_change(); });
     }
 
     std::map<std::string, int64_t>& known = unmanaged_[h];
@@ -333,7 +337,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
     }
     for (const auto& [kernel, since] : known) {
       if (!now.count(kernel)) {
-        out.events.push_back(DriftEvent("Kernel/" + kernel, h, "Normal", remove ? "DriftCorrected" : "DriftResolved",
+        out.events.push_back(DriftEvent("Kernel/" + kernel, h, "Normal", Ended(remove),
                                         remove ? "unmanaged kernel deleted" : "unmanaged kernel gone"));
       }
     }
