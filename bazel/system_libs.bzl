@@ -41,6 +41,13 @@ _RAW = {
     "gpgme": ["-lgpgme", "-lassuan", "-lgpg-error"],
 }
 
+_ETCD_SRC = "/usr/share/gocode/src/go.etcd.io/etcd"
+_ETCD_PROTOS = [
+    "etcdserver/etcdserverpb/rpc.proto",
+    "mvcc/mvccpb/kv.proto",
+    "auth/authpb/auth.proto",
+]
+
 def _system_libs_impl(ctx):
     lines = ['package(default_visibility = ["//visibility:public"])', ""]
     for name, pkgs in _PKG_CONFIG.items():
@@ -52,6 +59,14 @@ def _system_libs_impl(ctx):
     for name, flags in _RAW.items():
         deps = ["grpc"] if name == "grpc_reflection" else []
         lines.append("cc_library(name = %r, linkopts = %r, deps = %r)" % (name, flags, [":" + d for d in deps]))
+    # etcd's v3 API protos, as Debian's golang-etcd-server-dev ships them (proto/etcd strips
+    # their Go-only options before generating C++).
+    etcd = ctx.path(_ETCD_SRC)
+    if not etcd.exists:
+        fail("%s is missing (run scripts/setup: golang-etcd-server-dev)" % _ETCD_SRC)
+    for p in _ETCD_PROTOS:
+        ctx.symlink(_ETCD_SRC + "/" + p, "etcd/" + p)
+    lines.append("filegroup(name = \"etcd_protos\", srcs = %r)" % ["etcd/" + p for p in _ETCD_PROTOS])
     ctx.file("WORKSPACE", "")
     ctx.file("BUILD.bazel", "\n".join(lines) + "\n")
 

@@ -101,7 +101,8 @@ class SqliteStore final : public Store {
     return Txn({}, {{Op::Type::kDelete, key, "", 0}});
   }
 
-  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& compares, const std::vector<Op>& ops) override {
+  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& compares, const std::vector<Op>& ops_in) override {
+    const std::vector<Op> ops = LastOpPerKey(ops_in);
     absl::MutexLock lock(&mu_);
     if (!Exec("BEGIN IMMEDIATE")) return Error("begin");
     auto rollback = [&](absl::Status s) {
@@ -119,6 +120,10 @@ class SqliteStore final : public Store {
     }
     auto rev = RevisionLocked();
     if (!rev.ok()) return rollback(rev.status());
+    if (ops.empty()) {  // nothing written: no new revision (as etcd)
+      Exec("ROLLBACK");
+      return *rev;
+    }
     int64_t next = *rev + 1;
     Stmt put(db_, "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?1, ?2, ?3, ?3, ?4) "
                   "ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4");
@@ -136,6 +141,7 @@ class SqliteStore final : public Store {
         s.Bind(1, op.key);
       }
       if (s.Step() != SQLITE_DONE) return rollback(Error(op.type == Op::Type::kPut ? "put" : "delete"));
+      if (op.type == Op::Type::kDelete && sqlite3_changes(db_) == 0) continue;  // absent: no event (as etcd)
       hist.Reset();
       hist.Bind(1, next).Bind(2, static_cast<int64_t>(i)).Bind(3, op.key).BindBlob(4, op.value);
       hist.Bind(5, op.type == Op::Type::kDelete ? 1 : 0);

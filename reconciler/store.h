@@ -4,7 +4,8 @@
 // changes are replayable in revision order from any revision still in the history
 // (watch); keys can hang off leases that expire.
 //
-// OpenSqliteStore is the embedded default: one SQLite file in WAL mode.
+// OpenSqliteStore is the embedded default: one SQLite file in WAL mode; OpenEtcdStore
+// (etcd_store.h) the same contract on an etcd cluster.
 // Thread-safety: implementations are safe to call concurrently.
 #ifndef MKFLEET_RECONCILER_STORE_H_
 #define MKFLEET_RECONCILER_STORE_H_
@@ -38,7 +39,8 @@ struct Event {
 };
 
 // Transactions: if every compare holds, every op is applied at one new revision;
-// otherwise nothing is, and Aborted names the first failing compare.
+// otherwise nothing is, and Aborted names the first failing compare. A transaction without
+// ops writes nothing and takes no revision; deleting an absent key records no event.
 struct Compare {
   std::string key;
   int64_t mod_revision = 0;  // the key's revision must equal this (0: the key must not exist)
@@ -51,6 +53,11 @@ struct Op {
   std::string value;
   int64_t lease = 0;
 };
+
+// `ops` with each key once: a key written twice in one transaction keeps its last op, in
+// the place of its first (the same end state; etcd refuses a key twice). Every Store's Txn
+// applies this first, so all backends record the same events.
+std::vector<Op> LastOpPerKey(const std::vector<Op>& ops);
 
 class Store {
  public:
