@@ -3,9 +3,11 @@
 #include "agents/kerf_ops.h"
 
 #include <cerrno>
+#include <cstring>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agents/request_checks.h"
 #include "common/grpc_server.h"
 #include "security/tls.h"
@@ -17,6 +19,22 @@ namespace v1 = mkfleet::v1;
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::StatusOr<std::shared_ptr<RequestLog>> RequestLog::Open(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "a");
+  if (f == nullptr) return absl::InvalidArgumentError(absl::StrCat(path, ": ", strerror(errno)));
+  return std::shared_ptr<RequestLog>(new RequestLog(f));
+}
+
+RequestLog::~RequestLog() { fclose(f_); }
+
+void RequestLog::Record(const std::string& host, const char* method, const v1::Fence& fence, const std::string& detail) {
+  std::string line = absl::StrCat(absl::ToUnixMillis(absl::Now()), " ", host, " ", method, " fence=", fence.epoch(), ".",
+                                  fence.sequence(), " ", detail.empty() ? "-" : detail, "\n");
+  absl::MutexLock lock(&mu_);
+  fwrite(line.data(), 1, line.size(), f_);
+  fflush(f_);
 }
 
 grpc::Status AgentService::Allow(const grpc::ServerContext& context, const char* method) const {
@@ -60,6 +78,11 @@ grpc::Status AgentService::Execute(grpc::ServerContext* context, const v1::Actio
                                    v1::ExecuteResponse* response) {
   if (grpc::Status a = Allow(*context, "Execute"); !a.ok()) return a;
   if (absl::Status c = CheckBatch(*batch); !c.ok()) return ToGrpc(c);
+  if (request_log_ != nullptr) {
+    std::string ids;
+    for (const auto& a : batch->actions()) absl::StrAppend(&ids, ids.empty() ? "" : ",", a.id());
+    request_log_->Record(agent_.host(), "Execute", batch->fence(), ids);
+  }
   auto r = agent_.Execute(*batch);
   if (!r.ok()) return ToGrpc(r.status());
   *response = *std::move(r);
@@ -70,6 +93,7 @@ grpc::Status AgentService::SetPolicy(grpc::ServerContext* context, const v1::Set
                                      v1::SetPolicyResponse*) {
   if (grpc::Status a = Allow(*context, "SetPolicy"); !a.ok()) return a;
   if (absl::Status c = CheckPolicies(*request); !c.ok()) return ToGrpc(c);
+  if (request_log_ != nullptr) request_log_->Record(agent_.host(), "SetPolicy", request->fence(), "");
   return ToGrpc(agent_.SetPolicy(*request));
 }
 

@@ -7,9 +7,11 @@
 #ifndef MKFLEET_AGENTS_AGENT_SERVICE_H_
 #define MKFLEET_AGENTS_AGENT_SERVICE_H_
 
+#include <cstdio>
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "agents/agent.h"
 #include "common/stream_limiter.h"
 #include "grpcpp/grpcpp.h"
@@ -18,6 +20,22 @@
 #include "mkfleet/v1/agent.grpc.pb.h"
 
 namespace mkfleet::agents {
+
+// Appends one line per Execute and SetPolicy call received (mkagent --request-log), for
+// checking who sent what and when (e.g. that two controllers never acted on one host at
+// once): "<unix ms> <host> <method> fence=<epoch>.<sequence> <action ids, comma-separated>".
+// Written and flushed before the call is carried out. Thread-safe.
+class RequestLog {
+ public:
+  static absl::StatusOr<std::shared_ptr<RequestLog>> Open(const std::string& path);
+  ~RequestLog();
+  void Record(const std::string& host, const char* method, const mkfleet::v1::Fence& fence, const std::string& detail);
+
+ private:
+  explicit RequestLog(FILE* f) : f_(f) {}
+  absl::Mutex mu_;
+  FILE* f_;
+};
 
 class AgentService final : public mkfleet::v1::Agent::Service {
  public:
@@ -38,6 +56,8 @@ class AgentService final : public mkfleet::v1::Agent::Service {
   // The out-of-band operator (agents/kerf_ops.h) for the kerf-* faults: a HostKernel of its
   // own over the emulated kernel. Set once, before serving.
   void SetKerf(std::unique_ptr<kernel::HostKernel> kerf) { kerf_ = std::move(kerf); }
+  // Where received Execute and SetPolicy calls are logged (null: nowhere). Set before serving.
+  void SetRequestLog(std::shared_ptr<RequestLog> log) { request_log_ = std::move(log); }
 
  private:
   // OK when the caller may call `method`.
@@ -48,6 +68,7 @@ class AgentService final : public mkfleet::v1::Agent::Service {
   bool enable_faults_;
   bool require_controller_;
   std::unique_ptr<kernel::HostKernel> kerf_;
+  std::shared_ptr<RequestLog> request_log_;
   // The controller keeps one Watch per host; a few more are allowed (a restarting one).
   StreamLimiter streams_{4, 8};
 };

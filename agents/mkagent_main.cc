@@ -57,6 +57,7 @@ struct Settings {
   bool faults = false;
   bool lean = false;   // one of many hosts in this process: the shared watchdog drives it
   bool bench = false;  // --bench: the action journal is not fdatasync'd
+  std::shared_ptr<agents::RequestLog> request_log;  // --request-log
   security::TlsOptions tls;
   kernel::ImageDirs images;
   bool require_digest = false;
@@ -218,6 +219,7 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     kerf.cache_records = false;
     rt->service->SetKerf(std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, kerf));
   }
+  if (settings.request_log != nullptr) rt->service->SetRequestLog(settings.request_log);
   rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
   if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
   if (!settings.lean) rt->agent->Start();  // else the process's FleetWatchdog
@@ -293,6 +295,10 @@ int main(int argc, char** argv) {
   app.add_flag("--bench", bench,
                "benchmarks only: the action journal is written but not fdatasync'd (an action done just before a "
                "power loss may run again); the emulated kernel's state is never synced in any mode");
+  std::string request_log;
+  app.add_option("--request-log", request_log,
+                 "append a line per Execute and SetPolicy received to FILE (time, host, fence, action ids), e.g. to "
+                 "check that two controllers never acted on a host at once");
   app.add_flag("--enable-fault-injection", faults, "emulated: allow the InjectFault debug RPC (to the controller's "
                                                    "certificate only)");
   Settings settings;
@@ -323,6 +329,11 @@ int main(int argc, char** argv) {
   }
   settings.vsock_port = vsock_port;
   settings.faults = faults;
+  if (!request_log.empty()) {
+    auto log = agents::RequestLog::Open(request_log);
+    if (!log.ok()) return Fail("--request-log: " + std::string(log.status().message()));
+    settings.request_log = *log;
+  }
   settings.reserve_cores = reserve_cores;
   settings.lean = hosts > 1;
   settings.bench = bench;

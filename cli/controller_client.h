@@ -31,6 +31,10 @@ class ControllerClient {
   virtual absl::StatusOr<mkfleet::v1::MorphResponse> Morph(const mkfleet::v1::MorphRequest& request) = 0;
   virtual absl::StatusOr<mkfleet::v1::RolloutResponse> Rollout(const mkfleet::v1::RolloutRequest& request) = 0;
   virtual absl::StatusOr<mkfleet::v1::SourceResponse> Source(const mkfleet::v1::SourceRequest& request) = 0;
+  // The control plane's members and leader (`mkapply get controllers`).
+  virtual absl::StatusOr<mkfleet::v1::ControllersResponse> Controllers() {
+    return absl::UnimplementedError("this client has no Controllers call");
+  }
   // Where it connects, for messages.
   virtual const std::string& address() const = 0;
 };

@@ -1,9 +1,11 @@
 // mkapply get.
+#include <algorithm>
 #include <functional>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/controller_client.h"
 #include "cli/remote_util.h"
@@ -44,7 +46,47 @@ int PrintUnmanagedOf(const v1::GetResponse& hosts, std::ostream& out, std::ostre
 
 }  // namespace
 
+// "45s", "3m", "2h", "4d": how long ago, in its largest unit.
+std::string Age(int64_t ms) {
+  int64_t s = std::max<int64_t>(0, ms / 1000);
+  if (s < 120) return absl::StrCat(s, "s");
+  if (s < 7200) return absl::StrCat(s / 60, "m");
+  if (s < 172800) return absl::StrCat(s / 3600, "h");
+  return absl::StrCat(s / 86400, "d");
+}
+
+// `get controllers`: the control plane's members, which leads, and who owns what.
+int PrintControllers(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  auto got = (*client)->Controllers();
+  if (!got.ok()) return Report(got.status(), options.controller, err);
+  if (options.output == "json" || options.output == "yaml") {
+    google::protobuf::util::JsonPrintOptions json;
+    json.add_whitespace = true;
+    std::string text;
+    (void)google::protobuf::util::MessageToJsonString(*got, &text, json);
+    out << text;
+    return kExitOk;
+  }
+  if (got->mode() == "single") {
+    out << "one controller (no --ha): " << options.controller << " reconciles the whole fleet\n";
+    return kExitOk;
+  }
+  Table t({"NAME", "ADDRESS", "ROLE", "HOSTS", "VERSION", "AGE"});
+  const int64_t now = absl::ToUnixMillis(absl::Now());
+  for (const v1::ControllerMember& m : got->members()) {
+    std::string hosts = got->mode() == "sharded" ? std::to_string(m.hosts()) : (m.leader() ? "all" : "-");
+    t.Add({m.name(), m.address(), m.leader() ? "leader" : "follower", hosts, m.version(),
+           Age(now - m.started_unix_ms())});
+  }
+  t.Print(out);
+  if (got->leader().empty()) err << "no leader elected at the moment (one is when a member's lease allows)\n";
+  return kExitOk;
+}
+
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  if (options.kind == "controllers" || options.kind == "controller") return PrintControllers(options, out, err);
   std::string kind;
   if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   if (options.unmanaged) {

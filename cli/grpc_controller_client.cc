@@ -63,6 +63,11 @@ class GrpcControllerClient final : public ControllerClient {
     return Unary<v1::SourceResponse>(
         [&](grpc::ClientContext* ctx, v1::SourceResponse* r) { return stub_->Source(ctx, request, r); });
   }
+  absl::StatusOr<v1::ControllersResponse> Controllers() override {
+    v1::ControllersRequest request;
+    return Unary<v1::ControllersResponse>(
+        [&](grpc::ClientContext* ctx, v1::ControllersResponse* r) { return stub_->Controllers(ctx, request, r); });
+  }
   absl::StatusOr<v1::MorphResponse> Morph(const v1::MorphRequest& request) override {
     return Unary<v1::MorphResponse>([&](grpc::ClientContext* ctx, v1::MorphResponse* r) { return stub_->Morph(ctx, request, r); });
   }

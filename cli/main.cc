@@ -122,7 +122,9 @@ int main(int argc, char** argv) {
       "terminating meanwhile); --force removes it at once, leaving them running.\n"
       "Exit 0, 1 when absent or unreachable, 2 on bad input.");
   for (CLI::App* cmd : {get_cmd, delete_cmd}) {
-    cmd->add_option("kind", get.kind, "hosts, instances (ki), sets, policies, rolebindings or sources");
+    cmd->add_option("kind", get.kind,
+                    "hosts, instances (ki), sets, policies, rolebindings, sources, or controllers (the control "
+                    "plane's members and leader)");
     cmd->add_option("name", get.name, "object name");
   }
   get_cmd->get_option("kind")->required();

@@ -346,8 +346,26 @@ grpc::Status ControllerService::Stats(grpc::ServerContext* context, const v1::St
   return grpc::Status::OK;
 }
 
+grpc::Status ControllerService::OnLeader() const {
+  if (!leader_check_) return grpc::Status::OK;
+  absl::Status s = leader_check_();
+  return s.ok() ? grpc::Status::OK : grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+}
+
+grpc::Status ControllerService::Controllers(grpc::ServerContext* context, const v1::ControllersRequest*,
+                                            v1::ControllersResponse* response) {
+  if (auto caller = Allow(*context, "stats", "stats"); !caller.ok()) return ToGrpc(caller.status());
+  if (controllers_) {
+    *response = controllers_();
+  } else {
+    response->set_mode("single");
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::MorphRequest* request,
                                       v1::MorphResponse* response) {
+  if (grpc::Status l = OnLeader(); !l.ok()) return l;
   const std::string& verb = request->verb();
   if (verb != "status" && verb != "prepare" && verb != "commit" && verb != "rollback") {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -427,6 +445,7 @@ absl::StatusOr<v1::RolloutResponse> ControllerService::UndoPolicy(const std::str
 
 grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::RolloutRequest* request,
                                         v1::RolloutResponse* response) {
+  if (grpc::Status l = OnLeader(); !l.ok()) return l;
   const std::string& verb = request->verb();
   if (verb != "status" && verb != "history" && verb != "pause" && verb != "resume" && verb != "undo") {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -506,6 +525,7 @@ grpc::Status ControllerService::Rollout(grpc::ServerContext* context, const v1::
 
 grpc::Status ControllerService::Source(grpc::ServerContext* context, const v1::SourceRequest* request,
                                        v1::SourceResponse* response) {
+  if (grpc::Status l = OnLeader(); !l.ok()) return l;
   const std::string& verb = request->verb();
   if (verb != "sync" && verb != "suspend" && verb != "resume") {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -66,6 +66,14 @@ class ControllerService final : public ControllerServiceBase {
   // sync: fetch the GitSource now and apply its commit; suspend, resume: its spec.suspend.
   grpc::Status Source(grpc::ServerContext*, const mkfleet::v1::SourceRequest* request,
                       mkfleet::v1::SourceResponse* response) override;
+  // The control plane's members (mkcontroller --ha; unset: this controller alone).
+  grpc::Status Controllers(grpc::ServerContext*, const mkfleet::v1::ControllersRequest*,
+                           mkfleet::v1::ControllersResponse* response) override;
+  void SetControllers(std::function<mkfleet::v1::ControllersResponse()> source) { controllers_ = std::move(source); }
+  // In a control plane of several controllers, OK only on the leader: morph, rollout and
+  // source verbs need its loop and are refused elsewhere (UNAVAILABLE, naming the leader).
+  // Reads, applies and deletes go to the shared store from any member. Set before serving.
+  void SetLeaderCheck(std::function<absl::Status()> check) { leader_check_ = std::move(check); }
   // Where `sync` goes (SourceController::Sync; set once, before serving).
   using SyncHandler = std::function<absl::StatusOr<std::string>(const std::string& name)>;
   void SetSync(SyncHandler sync) { sync_ = std::move(sync); }
@@ -112,6 +120,10 @@ class ControllerService final : public ControllerServiceBase {
   EventLog* events_;
   Clock& clock_;
   std::function<mkfleet::v1::StatsResponse()> stats_;
+  std::function<mkfleet::v1::ControllersResponse()> controllers_;
+  std::function<absl::Status()> leader_check_;
+  // leader_check_'s refusal, or OK.
+  grpc::Status OnLeader() const;
   Preview preview_;
   MorphHandler morph_;
   SyncHandler sync_;

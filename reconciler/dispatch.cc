@@ -86,6 +86,10 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
   }
   if (retry_in != absl::InfiniteDuration() && options_.retry_after) options_.retry_after(host, retry_in);
   if (batch.actions_size() > 0) {
+    if (options_.may_act && !options_.may_act()) {
+      out.sent = absl::UnavailableError("this controller is not the leader: nothing sent");
+      return out;
+    }
     *batch.mutable_fence() = NextFence(host);
     actions_sent_ += batch.actions_size();
     auto response = link.Execute(batch);
@@ -165,6 +169,7 @@ void Dispatcher::SendPolicies(const std::string& host, HostConnection& link, con
     auto sent = policies_sent_.find(host);
     if (sent != policies_sent_.end() ? sent->second == wire : policies.policies_size() == 0) return;
   }
+  if (options_.may_act && !options_.may_act()) return;
   *policies.mutable_fence() = NextFence(host);
   absl::Status s = link.SetPolicy(policies);
   if (s.ok()) {

@@ -29,6 +29,9 @@ class Dispatcher {
     absl::Duration backoff_max = absl::Seconds(1000);
     // Called when `host` should get another pass after `delay` (an instance's backoff).
     std::function<void(const std::string& host, absl::Duration delay)> retry_after;
+    // Asked right before each call to an agent; false: nothing is sent (a controller that
+    // is no longer the leader must not act). Null: always.
+    std::function<bool()> may_act;
   };
   Dispatcher(Store& store, Clock& clock, Options options);
 

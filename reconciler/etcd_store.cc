@@ -290,6 +290,13 @@ class EtcdStore : public Store {
     return absl::UnavailableError("store: no etcd endpoint answered the lease keep-alive");
   }
 
+  absl::Status RevokeLease(int64_t lease) override {
+    pb::LeaseRevokeRequest req;
+    req.set_id(lease);
+    pb::LeaseRevokeResponse resp;
+    return Call(&pb::Lease::Stub::LeaseRevoke, &Endpoint::lease, req, &resp);
+  }
+
   absl::StatusOr<int> ExpireLeases() override { return 0; }  // etcd expires them itself
 
   absl::Status Ping() {

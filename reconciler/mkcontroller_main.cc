@@ -3,9 +3,17 @@
 //
 // It serves the object API (apply, diff, get, delete, watch) and runs the reconcile loop:
 // connections to every Host's agent, and per host the plan that converges it.
+//
+// With --ha (on an etcd store) several mkcontrollers form one control plane: all serve
+// the API, one (the elected leader) runs the reconcile loop and the GitSources. A leader
+// that loses its lease stops acting at once and exits (status 3) for its supervisor to
+// start it again as a follower, as Kubernetes' controllers do: no state of a former term
+// lingers.
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -24,6 +32,8 @@
 #include "reconciler/access.h"
 #include "reconciler/audit_log.h"
 #include "reconciler/controller_service.h"
+#include "reconciler/election.h"
+#include "reconciler/etcd_store.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 #include "reconciler/reconciler.h"
@@ -57,7 +67,31 @@ int main(int argc, char** argv) {
   CLI::App app{"mkcontroller: the mkfleet controller. Stores the fleet's manifests and serves mkapply."};
   app.set_version_flag("--version", std::string("mkcontroller ") + kVersion);
   app.add_option("--listen", listen, "gRPC address (default 127.0.0.1:7100; port 0 picks one and prints it)");
-  app.add_option("--store", store_spec, "sqlite:PATH (the store file; created if missing)")->required();
+  app.add_option("--store", store_spec,
+                 "sqlite:PATH (the store file; created if missing) or etcd:http://HOST:PORT[,http://HOST:PORT...] "
+                 "(an etcd v3 cluster's client URLs)")
+      ->required();
+  std::string etcd_prefix = "/mkfleet";
+  app.add_option("--etcd-prefix", etcd_prefix,
+                 "etcd: the key prefix of this control plane's data (default /mkfleet; one etcd can hold several)");
+  int etcd_max_txn_ops = 128;
+  app.add_option("--etcd-max-txn-ops", etcd_max_txn_ops,
+                 "etcd: operations per transaction, as etcd's --max-txn-ops (default 128, etcd's default; an apply of "
+                 "N objects needs about 2N+1: raise both for large applies)")
+      ->check(CLI::Range(1, 10000000));
+  bool ha = false;
+  app.add_flag("--ha", ha,
+               "run as one member of a highly available control plane on an etcd store: members elect a leader, "
+               "which reconciles; the others serve the API and take over when its lease expires");
+  std::string lease_ttl = "5s";
+  app.add_option("--lease-ttl", lease_ttl,
+                 "--ha: the leader's lease; a dead leader is replaced within about this long (default 5s, at least 2s)");
+  std::string member_name;
+  app.add_option("--name", member_name, "--ha: this member's name, unique in the control plane (default HOSTNAME:PORT)");
+  std::string advertise;
+  app.add_option("--advertise", advertise,
+                 "--ha: the address mkapply reaches this member at, shown by `mkapply get controllers` (default: "
+                 "--listen's)");
   app.add_option("--resync", resync_seconds, "seconds between full reconcile passes (default 30)")
       ->check(CLI::PositiveNumber);
   app.add_option("--unreachable-after", unreachable_seconds,
@@ -108,9 +142,28 @@ int main(int argc, char** argv) {
                  "audit records younger than this are never evicted (default 720h, 30 days)");
   CLI11_PARSE(app, argc, argv);
 
-  if (!absl::StartsWith(store_spec, "sqlite:") || store_spec.size() == 7) {
-    std::cerr << "mkcontroller: --store: expected sqlite:PATH, got \"" << store_spec
-              << "\" (etcd is not supported by this build)\n";
+  const bool on_etcd = absl::StartsWith(store_spec, "etcd:");
+  std::vector<std::string> etcd_endpoints;
+  if (on_etcd) {
+    auto endpoints = reconciler::ParseEtcdEndpoints(store_spec);
+    if (!endpoints.ok()) {
+      std::cerr << "mkcontroller: --store: " << endpoints.status().message() << "\n";
+      return 2;
+    }
+    etcd_endpoints = *endpoints;
+  } else if (!absl::StartsWith(store_spec, "sqlite:") || store_spec.size() == 7) {
+    std::cerr << "mkcontroller: --store: expected sqlite:PATH or etcd:http://HOST:PORT[,...], got \"" << store_spec
+              << "\"\n";
+    return 2;
+  }
+  if (ha && !on_etcd) {
+    std::cerr << "mkcontroller: --ha: needs an etcd store (--store etcd:http://HOST:PORT[,...]); a SQLite file "
+                 "has one controller\n";
+    return 2;
+  }
+  auto ttl_ms = manifests::ParseDurationMs(lease_ttl);
+  if (!ttl_ms.ok() || *ttl_ms < 2000) {
+    std::cerr << "mkcontroller: --lease-ttl: want a duration of 2s or more such as 5s, got \"" << lease_ttl << "\"\n";
     return 2;
   }
   if (absl::Status t = security::CheckTransport(tls, listen, "--listen"); !t.ok()) {
@@ -128,7 +181,11 @@ int main(int argc, char** argv) {
     std::cerr << "mkcontroller: --git-interval: want a duration of 1s or more such as 1m, got \"" << git_interval << "\"\n";
     return 2;
   }
-  if (git_cache.empty()) git_cache = store_spec.substr(7) + ".git";
+  if (git_cache.empty()) {
+    git_cache = on_etcd ? std::string(getenv("TMPDIR") != nullptr ? getenv("TMPDIR") : "/var/tmp") + "/mkcontroller-" +
+                              std::to_string(getuid()) + ".git"
+                        : store_spec.substr(7) + ".git";
+  }
   auto quota = manifests::ParseBytes(store_quota);
   if (!quota.ok()) {
     std::cerr << "mkcontroller: --store-quota: " << quota.status().message() << "\n";
@@ -147,12 +204,22 @@ int main(int argc, char** argv) {
   }
 
   RaiseFileLimit();  // one connection per host
-  auto store_lock = OpenStoreFile(store_spec.substr(7));
-  if (!store_lock.ok()) {
-    std::cerr << "mkcontroller: --store: " << store_lock.status().message() << "\n";
-    return 2;
+  absl::StatusOr<std::unique_ptr<StateLock>> store_lock;
+  absl::StatusOr<std::unique_ptr<reconciler::Store>> store;
+  if (on_etcd) {
+    reconciler::EtcdStoreOptions eo;
+    eo.endpoints = etcd_endpoints;
+    eo.prefix = etcd_prefix;
+    eo.max_txn_ops = etcd_max_txn_ops;
+    store = reconciler::OpenEtcdStore(eo);
+  } else {
+    store_lock = OpenStoreFile(store_spec.substr(7));
+    if (!store_lock.ok()) {
+      std::cerr << "mkcontroller: --store: " << store_lock.status().message() << "\n";
+      return 2;
+    }
+    store = reconciler::OpenSqliteStore(store_spec.substr(7), Clock::Real());
   }
-  auto store = reconciler::OpenSqliteStore(store_spec.substr(7), Clock::Real());
   if (!store.ok()) {
     std::cerr << "mkcontroller: --store: " << store.status().message() << "\n";
     return 1;
@@ -196,6 +263,15 @@ int main(int argc, char** argv) {
   ro.history_window = history_window;
   ro.agent_tls = *agent_tls;
   ro.drift_policy = drift_policy == "Report" ? v1::DRIFT_REPORT : v1::DRIFT_CORRECT;
+  // --ha: the election decides when this member's loop and sources run.
+  std::unique_ptr<reconciler::Election> election;
+  if (ha) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    if (member_name.empty()) member_name = std::string(host) + ":" + std::to_string(port);
+    if (advertise.empty()) advertise = listen.substr(0, listen.rfind(':') + 1) + std::to_string(port);
+    ro.may_act = [&election] { return election != nullptr && election->IsLeader(); };
+  }
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });
@@ -210,11 +286,56 @@ int main(int argc, char** argv) {
     r.set_hosts_connected(connected);
     return r;
   });
-  loop.Start();
-  sources.Start();
+  if (ha) {
+    reconciler::ElectionOptions eo;
+    eo.name = member_name;
+    eo.address = advertise;
+    eo.version = kVersion;
+    eo.ttl = absl::Milliseconds(*ttl_ms);
+    eo.on_elected = [&loop, &sources] {
+      loop.Start();
+      sources.Start();
+    };
+    eo.on_lost = [] {
+      // may_act is already false: nothing more is sent. Exit at once (threads may hang on
+      // an unreachable etcd) for the supervisor to start a clean follower.
+      std::cout << "mkcontroller: lost the leadership; exiting (status 3) to start again as a follower" << std::endl;
+      std::cerr.flush();
+      std::_Exit(3);
+    };
+    election = std::make_unique<reconciler::Election>(**store, Clock::Real(), eo);
+    reconciler::Election* e = election.get();
+    service.SetLeaderCheck([e]() -> absl::Status {
+      if (e->IsLeader()) return absl::OkStatus();
+      std::string leader = e->Leader(), address;
+      for (const auto& m : e->Members()) {
+        if (m.name() == leader) address = m.address();
+      }
+      if (leader.empty()) return absl::UnavailableError(e->name() + " is not the leader, and none is elected yet; retry");
+      return absl::UnavailableError(e->name() + " is not the leader: ask " + leader + " at " + address);
+    });
+    service.SetControllers([e] {
+      v1::ControllersResponse r;
+      r.set_mode("ha");
+      r.set_leader(e->Leader());
+      r.set_answered_by(e->name());
+      for (auto& m : e->Members()) {
+        m.set_leader(m.name() == r.leader());
+        *r.add_members() = std::move(m);
+      }
+      return r;
+    });
+    election->Start();
+  } else {
+    loop.Start();
+    sources.Start();
+  }
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", "
-            << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port << std::endl;
+            << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port;
+  if (ha) std::cout << ", member " << member_name << " of a control plane (leader lease " << lease_ttl << ")";
+  std::cout << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
+  if (election != nullptr) election->Stop();  // resigns if leading (the others take over at once)
   sources.Stop();
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;

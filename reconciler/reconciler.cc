@@ -44,7 +44,8 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
       queue_(clock, QueueOptions(options_.host_backoff_max)),
       dispatcher_(store, clock,
                   {options_.instance_backoff_base, options_.instance_backoff_max,
-                   [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); }}),
+                   [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); },
+                   options_.may_act}),
       rollouts_(store, clock),
       drift_(options_.drift_policy),
       last_resync_(clock.Monotonic()) {}
@@ -519,6 +520,7 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
                                 const std::map<std::string, HostView>& views,
                                 const std::map<std::string, HostOutcome>& outcomes,
                                 const RolloutPass& rollouts, const DriftPass& drift, std::vector<v1::Event> events) {
+  if (options_.may_act && !options_.may_act()) return;  // a deposed leader records nothing
   LoadStatusCache();
   StatusUpdate update = ComputeStatuses(
       {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts.statuses,

@@ -71,6 +71,9 @@ struct ReconcilerOptions {
   // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
   // a pass does not hold the previous fleet's plan while it builds the next.
   bool keep_last_plan = false;
+  // Asked right before each call to an agent (null: always yes): false while this
+  // controller is not the leader of its control plane (Election::IsLeader).
+  std::function<bool()> may_act;
   // What a host without spec.driftPolicy does about changes made outside mkfleet.
   mkfleet::v1::DriftPolicy drift_policy = mkfleet::v1::DRIFT_CORRECT;
 };

@@ -273,6 +273,13 @@ class SqliteStore final : public Store {
       while (s.Step() == SQLITE_ROW) expired.push_back(s.Int(0));
     }
     for (int64_t lease : expired) {
+      if (absl::Status s = RevokeLease(lease); !s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+    }
+    return static_cast<int>(expired.size());
+  }
+
+  absl::Status RevokeLease(int64_t lease) override {
+    {
       std::vector<Op> ops;
       {
         absl::MutexLock lock(&mu_);
@@ -281,14 +288,17 @@ class SqliteStore final : public Store {
         while (s.Step() == SQLITE_ROW) ops.push_back({Op::Type::kDelete, s.Blob(0), "", 0});
         Stmt d(db_, "DELETE FROM leases WHERE id = ?1");
         d.Bind(1, lease);
-        d.Step();
+        if (d.Step() != SQLITE_DONE) return Error("revoke");
+        if (sqlite3_changes(db_) == 0) {
+          return absl::NotFoundError(absl::StrCat("store: lease ", lease, " expired or unknown"));
+        }
       }
       if (!ops.empty()) {
         auto r = Txn({}, ops);
         if (!r.ok()) return r.status();
       }
     }
-    return static_cast<int>(expired.size());
+    return absl::OkStatus();
   }
 
   bool Exec(const char* sql) { return sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }

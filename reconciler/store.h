@@ -88,6 +88,8 @@ class Store {
   virtual absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) = 0;
   // NotFound for an unknown or expired lease.
   virtual absl::Status KeepAlive(int64_t lease) = 0;
+  // Ends `lease` now: its keys are deleted (one revision). NotFound for an unknown one.
+  virtual absl::Status RevokeLease(int64_t lease) = 0;
   // Deletes the keys of every expired lease (one revision per lease); returns how many
   // leases expired.
   virtual absl::StatusOr<int> ExpireLeases() = 0;

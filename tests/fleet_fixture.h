@@ -3,6 +3,13 @@
 // same port and state, one mkcontroller (same port and store across restarts), mkapply and
 // mkfault, and what a test reads back: statuses, events, what each agent runs, and each
 // emulated kernel's operation counters (from its state file, once its agent stopped).
+//
+// With ha_ set before StartController, the controller is a control plane instead: a
+// three-member etcd and three `mkcontroller --ha` (member i on etcd member i only, so
+// pausing etcd member i cuts controller i off). controller_ and stub_ are then the leader;
+// after the test kills it, StartController starts it again (as its supervisor would, now a
+// follower) and makes the new leader controller_. Every agent logs the requests it
+// receives (--request-log), for ExpectNoSplitBrain.
 #ifndef MKFLEET_TESTS_FLEET_FIXTURE_H_
 #define MKFLEET_TESTS_FLEET_FIXTURE_H_
 
@@ -14,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -26,6 +34,7 @@
 #include "planner/topology_source.h"
 #include "security/testing/test_pki.h"
 #include "tests/fleet_util.h"
+#include "tests/etcd_cluster.h"
 #include "tests/process_util.h"
 
 namespace mkfleet {
@@ -57,6 +66,8 @@ class ProcessFleetTest : public ::testing::Test {
   }
   void TearDown() override {
     controller_.reset();
+    members_.clear();
+    etcd_.reset();
     agents_.clear();
     // MKFLEET_KEEP_TEST_DIR=1 keeps the processes' logs and state of a failed test.
     if (getenv("MKFLEET_KEEP_TEST_DIR") == nullptr || !HasFailure()) fs::remove_all(dir_);
@@ -73,11 +84,13 @@ class ProcessFleetTest : public ::testing::Test {
                                  "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
                                  "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
                                  boot_time, "--enable-fault-injection", "--tls-dir", pki_->agent(name),
-                                 "--image-dir", dir_.string()},
+                                 "--image-dir", dir_.string(), "--request-log",
+                                 (dir_ / ("requests-" + name + ".log")).string()},
         (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
     ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
   }
   void StartController() {
+    if (ha_) return StartControlPlane();
     controller_.reset();  // the old one first: it holds the store's lock
     controller_ = std::make_unique<testing::Process>(
         std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
@@ -87,6 +100,113 @@ class ProcessFleetTest : public ::testing::Test {
     ASSERT_FALSE(controller_->WaitFor("listening on port ([0-9]+)").empty()) << controller_->Log();
     stub_ = v1::Controller::NewStub(security::TestPki::Channel(
         pki_->admin(), "127.0.0.1:" + std::to_string(controller_port_), security::Identity::Controller()));
+  }
+
+  // --- The control plane (ha_) ---
+  static constexpr int kMembers = 3;
+  std::vector<std::string> MemberArgv(int i) {
+    return {"reconciler/mkcontroller", "--store", "etcd:" + etcd_->endpoint(i), "--ha", "--name",
+            "c" + std::to_string(i), "--lease-ttl", "3s", "--listen", "127.0.0.1:" + std::to_string(member_ports_[i]),
+            "--resync", "1", "--unreachable-after", "1", "--tls-dir", pki_->controller(), "--etcd-max-txn-ops",
+            "10000", "--git-cache", (dir_ / ("git-" + std::to_string(i))).string()};
+  }
+  void StartMember(int i) {
+    members_[i] = std::make_unique<testing::Process>(
+        MemberArgv(i), (dir_ / ("controller-c" + std::to_string(i) + "-" + std::to_string(++runs_) + ".log")).string());
+    ASSERT_FALSE(members_[i]->WaitFor("listening on port ([0-9]+)").empty()) << members_[i]->Log();
+  }
+  // The control plane's view from member i (empty mode when it does not answer).
+  v1::ControllersResponse Controllers(int i) {
+    auto stub = v1::Controller::NewStub(security::TestPki::Channel(
+        pki_->admin(), "127.0.0.1:" + std::to_string(member_ports_[i]), security::Identity::Controller()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ControllersResponse r;
+    if (!stub->Controllers(&ctx, v1::ControllersRequest(), &r).ok()) return {};
+    return r;
+  }
+  // The index of the leader every running member agrees on, other than `not_index`; -1
+  // while there is none.
+  int AgreedLeader(int not_index = -1) {
+    int leader = -1;
+    for (int i = 0; i < kMembers; ++i) {
+      const bool running = (members_[i] != nullptr && members_[i]->Running()) || (i == leader_index_ && controller_ && controller_->Running());
+      if (!running) continue;
+      v1::ControllersResponse r = Controllers(i);
+      if (r.leader().size() < 2) return -1;
+      int l = r.leader()[1] - '0';
+      if (leader != -1 && l != leader) return -1;
+      leader = l;
+    }
+    return leader == not_index ? -1 : leader;
+  }
+  void StartControlPlane() {
+    if (etcd_ == nullptr) {
+      etcd_ = std::make_unique<testing::EtcdCluster>((dir_ / "etcd").string(), kMembers);
+      ASSERT_TRUE(etcd_->ok()) << etcd_->Log(0);
+      members_.resize(kMembers);
+      for (int i = 0; i < kMembers; ++i) member_ports_.push_back(FreePort());
+      for (int i = 0; i < kMembers; ++i) StartMember(i);
+    } else {
+      // The former leader (killed by the test): back into its slot, started again.
+      ASSERT_GE(leader_index_, 0);
+      members_[leader_index_] = std::move(controller_);
+      killed_at_ = std::chrono::system_clock::now();
+      StartMember(leader_index_);
+    }
+    const int former = leader_index_;
+    int leader = -1;
+    ASSERT_TRUE(Eventually([&] { return (leader = AgreedLeader(former)) >= 0; }, 30))
+        << "no leader elected; member logs:\n" << members_[0]->Log() << members_[1]->Log() << members_[2]->Log();
+    leader_index_ = leader;
+    controller_ = std::move(members_[leader]);
+    controller_port_ = member_ports_[leader];
+    stub_ = v1::Controller::NewStub(security::TestPki::Channel(
+        pki_->admin(), "127.0.0.1:" + std::to_string(controller_port_), security::Identity::Controller()));
+  }
+  // Per host, the fences of the requests its agent received, in the order received: the
+  // epochs never go down (a later leader's higher epoch is never followed by an earlier
+  // leader's request), so two controllers never acted on one host at once.
+  struct Request {
+    int64_t unix_ms = 0;
+    std::string method;
+    int64_t epoch = 0;
+  };
+  std::map<std::string, std::vector<Request>> ReceivedRequests() {
+    std::map<std::string, std::vector<Request>> out;
+    for (const auto& [name, a] : agents_) {
+      std::ifstream in(dir_ / ("requests-" + name + ".log"));
+      std::string line;
+      while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        Request r;
+        std::string host, fence;
+        fields >> r.unix_ms >> host >> r.method >> fence;
+        r.epoch = std::atoll(fence.substr(6, fence.find('.') - 6).c_str());
+        out[host].push_back(r);
+      }
+    }
+    return out;
+  }
+  void ExpectNoSplitBrain() {
+    for (const auto& [host, requests] : ReceivedRequests()) {
+      for (size_t i = 1; i < requests.size(); ++i) {
+        EXPECT_LE(requests[i - 1].epoch, requests[i].epoch)
+            << host << ": a request of epoch " << requests[i].epoch << " came after one of epoch "
+            << requests[i - 1].epoch << " (two controllers acting at once)";
+      }
+    }
+  }
+  // Milliseconds from `since` to the first request any agent received after it (-1: none).
+  int64_t FirstRequestAfter(std::chrono::system_clock::time_point since) {
+    const int64_t t = std::chrono::duration_cast<std::chrono::milliseconds>(since.time_since_epoch()).count();
+    int64_t first = -1;
+    for (const auto& [host, requests] : ReceivedRequests()) {
+      for (const Request& r : requests) {
+        if (r.unix_ms >= t && (first < 0 || r.unix_ms < first)) first = r.unix_ms;
+      }
+    }
+    return first < 0 ? -1 : first - t;
   }
 
   int Run(std::vector<std::string> argv, std::string* output) {
@@ -301,6 +421,13 @@ class ProcessFleetTest : public ::testing::Test {
   int runs_ = 0;
   std::map<std::string, AgentSpec> agents_;
   std::unique_ptr<testing::Process> controller_;
+  // The control plane (ha_).
+  bool ha_ = false;
+  std::unique_ptr<testing::EtcdCluster> etcd_;
+  std::vector<std::unique_ptr<testing::Process>> members_;  // the leader's slot is empty (it is controller_)
+  std::vector<int> member_ports_;
+  int leader_index_ = -1;
+  std::chrono::system_clock::time_point killed_at_;
   std::unique_ptr<v1::Controller::Stub> stub_;
   std::map<std::string, std::unique_ptr<v1::Agent::Stub>> agent_stubs_;  // RunningImages' channels
 };

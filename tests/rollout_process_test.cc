@@ -234,6 +234,37 @@ TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdate
   for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
 }
 
+// The same on a control plane (three `mkcontroller --ha` on etcd): the leader SIGKILLed
+// mid-wave, another member takes the rollout over from the store.
+class HaRolloutProcessTest : public RolloutProcessTest {
+ protected:
+  void SetUp() override {
+    ha_ = true;
+    RolloutProcessTest::SetUp();
+  }
+};
+
+TEST_F(HaRolloutProcessTest, TheLeaderKilledMidWaveIsReplacedAndEveryMemberIsUpdatedOnce) {
+  const std::string rollout = "{waves: {by: zone}, maxUnavailable: 1, minReady: 500ms}";
+  StartFleet(rollout);
+  const int first = leader_index_;
+  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
+  ASSERT_TRUE(Eventually([&] {
+    auto r = Running();
+    return r.count("node-c") && r["node-c"] == "vmlinux-2";
+  }, 60)) << controller_->Log();
+  controller_->Kill(SIGKILL);
+  StartController();  // the former leader back as a follower; the new leader's stub
+  EXPECT_NE(leader_index_, first);
+  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
+  EXPECT_LE(s.max_down, 1);
+  std::map<std::string, std::string> running = Running();
+  for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
+  EXPECT_EQ(running.size(), 6u);
+  ExpectNoSplitBrain();
+  for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
+}
+
 TEST_F(RolloutProcessTest, AThreeWaveMorphRolloutNeverStopsAMember) {
   for (const std::string& h : kHosts) fs::create_directories(dir_ / h / "guest-hooks" / "wl");
   const std::string rollout = "{canary: 1, waves: {by: zone}, maxSurge: 2, healthTimeout: 30s}";

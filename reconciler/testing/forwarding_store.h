@@ -33,6 +33,7 @@ class ForwardingStore : public Store {
   absl::StatusOr<int64_t> SizeBytes() override { return inner_.SizeBytes(); }
   absl::StatusOr<int64_t> GrantLease(absl::Duration ttl) override { return inner_.GrantLease(ttl); }
   absl::Status KeepAlive(int64_t lease) override { return inner_.KeepAlive(lease); }
+  absl::Status RevokeLease(int64_t lease) override { return inner_.RevokeLease(lease); }
   absl::StatusOr<int> ExpireLeases() override { return inner_.ExpireLeases(); }
 
  private:
