@@ -1,6 +1,7 @@
-// What the fleet benchmarks share (fleet_bench, rollout_bench): their programs from the
-// runfiles, running a command to its end, the controller's Stats, a fleet CA with one agent
-// certificate per host (node-0001 ...), and a channel to the controller as the admin.
+// What the fleet benchmarks share (fleet_bench, rollout_bench, harness_bench): their programs
+// from the runfiles, running a command to its end, the controller's Stats, a process's CPU
+// seconds and peak RSS from /proc, a fleet CA with one agent certificate per host
+// (node-0001 ...), and a channel to the controller as the admin.
 #ifndef MKFLEET_BENCH_FLEET_HARNESS_H_
 #define MKFLEET_BENCH_FLEET_HARNESS_H_
 
@@ -10,7 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +73,35 @@ inline double ControllerRoundTrip(mkfleet::v1::Controller::Stub& stub, int n = 2
   std::sort(trips.begin(), trips.end());
   return trips[trips.size() / 2];
 }
+
+// utime + stime of process `pid` so far, in seconds (from /proc/PID/stat; -1 if gone).
+inline double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = text.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(text.substr(close + 2));
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
+}
+
+// A field of /proc/PID/status ("VmHWM", "Threads"), as written there ("" if absent).
+inline std::string StatusField(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
+  }
+  return "";
+}
+
+// Peak resident set of `pid` in MiB (VmHWM).
+inline double PeakRssMib(pid_t pid) { return std::atol(StatusField(pid, "VmHWM").c_str()) / 1024.0; }
 
 // The name of host i (1-based): node-0001 ...
 inline std::string HostName(int i) {

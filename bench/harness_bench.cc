@@ -23,31 +23,6 @@ struct Cost {
   double start_s = 0;
 };
 
-// utime + stime of `pid`, in clock ticks.
-long long CpuTicks(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t close = text.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream rest(text.substr(close + 2));
-  std::string field;
-  long long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::stoll(field);
-    if (i == 15) stime = std::stoll(field);
-  }
-  return utime + stime;
-}
-
-std::string StatusField(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
-  }
-  return "";
-}
-
 Cost Measure(const std::string& mkagent, int hosts, int seconds, const std::string& dir) {
   Cost c;
   std::filesystem::create_directories(dir);
@@ -63,12 +38,12 @@ Cost Measure(const std::string& mkagent, int hosts, int seconds, const std::stri
   }
   c.start_s = mkfleet::bench::Seconds(mkfleet::bench::Clock::now() - t0);
   std::this_thread::sleep_for(std::chrono::seconds(2));  // past the start's own work
-  long long before = CpuTicks(agent.pid());
+  double before = mkfleet::bench::CpuSeconds(agent.pid());
   std::this_thread::sleep_for(std::chrono::seconds(seconds));
-  long long after = CpuTicks(agent.pid());
-  c.cpu_share = static_cast<double>(after - before) / sysconf(_SC_CLK_TCK) / seconds;
-  c.threads = std::atoi(StatusField(agent.pid(), "Threads").c_str());
-  c.rss_kib = std::atol(StatusField(agent.pid(), "VmRSS").c_str());
+  double after = mkfleet::bench::CpuSeconds(agent.pid());
+  c.cpu_share = (after - before) / seconds;
+  c.threads = std::atoi(mkfleet::bench::StatusField(agent.pid(), "Threads").c_str());
+  c.rss_kib = std::atol(mkfleet::bench::StatusField(agent.pid(), "VmRSS").c_str());
   agent.Kill(SIGTERM);
   return c;
 }

@@ -90,6 +90,18 @@ void Election::Stop() {
   lease_ = 0;
 }
 
+void Election::Crash() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  if (guard_.joinable()) guard_.join();
+  leader_.store(false);
+  lease_ = 0;
+}
+
 void Election::StepDown(const std::string& why, bool notify) {
   if (!leader_.exchange(false)) return;
   Log() << "mkcontroller: " << options_.name << " steps down as leader: " << why << std::endl;

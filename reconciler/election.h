@@ -48,7 +48,8 @@ struct ElectionOptions {
   // Whether this member may lead (sharded members all register; only one leads the global
   // steps). False: a member only.
   bool campaign = true;
-  // Called on the election's thread, without locks held: after winning, and after stepping
+  // Called on the election's thread, without locks held, and must return quickly (the
+  // lease is renewed on that thread): after winning, and after stepping
   // down on its own (lost the lease, or could not renew it in time; not on Stop). on_lost
   // may run on a second thread (the guard that steps down while a store call hangs).
   std::function<void()> on_elected;
@@ -66,6 +67,9 @@ class Election {
   void Start();
   // Steps down (deleting the leader key and the member's lease keys) and stops the thread.
   void Stop();
+  // Tests and the simulation: stops as a killed process does, resigning nothing (its lease
+  // runs out in the store).
+  void Crash();
   // One round: renew or grant the lease, register, step down when due, campaign when the
   // leader key is absent. Never blocks longer than the store's calls.
   void Step();

@@ -5,36 +5,12 @@
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "reconciler/testing/forwarding_store.h"
+#include "reconciler/testing/cut_store.h"
 
 namespace mkfleet::reconciler {
 namespace {
 
 using ::testing::ElementsAre;
-
-// A member's own view of the store: it can be cut off (every call Unavailable), as a
-// controller partitioned from etcd is.
-class CutStore : public ForwardingStore {
- public:
-  using ForwardingStore::ForwardingStore;
-  bool cut = false;
-  absl::StatusOr<std::optional<KeyValue>> Get(const std::string& key) override {
-    if (cut) return absl::UnavailableError("cut");
-    return ForwardingStore::Get(key);
-  }
-  absl::StatusOr<int64_t> Txn(const std::vector<Compare>& c, const std::vector<Op>& o) override {
-    if (cut) return absl::UnavailableError("cut");
-    return ForwardingStore::Txn(c, o);
-  }
-  absl::Status KeepAlive(int64_t lease) override {
-    if (cut) return absl::UnavailableError("cut");
-    return ForwardingStore::KeepAlive(lease);
-  }
-  absl::StatusOr<int> ExpireLeases() override {
-    if (cut) return absl::UnavailableError("cut");
-    return ForwardingStore::ExpireLeases();
-  }
-};
 
 class ElectionTest : public ::testing::Test {
  protected:

@@ -265,6 +265,7 @@ int main(int argc, char** argv) {
   ro.drift_policy = drift_policy == "Report" ? v1::DRIFT_REPORT : v1::DRIFT_CORRECT;
   // --ha: the election decides when this member's loop and sources run.
   std::unique_ptr<reconciler::Election> election;
+  std::thread starter;  // starts the loop once elected
   if (ha) {
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
@@ -292,9 +293,13 @@ int main(int argc, char** argv) {
     eo.address = advertise;
     eo.version = kVersion;
     eo.ttl = absl::Milliseconds(*ttl_ms);
-    eo.on_elected = [&loop, &sources] {
-      loop.Start();
-      sources.Start();
+    eo.on_elected = [&loop, &sources, &starter] {
+      // Not on the election's thread: dialling a thousand agents takes seconds, and the
+      // lease must be renewed meanwhile.
+      starter = std::thread([&loop, &sources] {
+        loop.Start();
+        sources.Start();
+      });
     };
     eo.on_lost = [] {
       // may_act is already false: nothing more is sent. Exit at once (threads may hang on
@@ -336,6 +341,7 @@ int main(int argc, char** argv) {
   std::cout << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
   if (election != nullptr) election->Stop();  // resigns if leading (the others take over at once)
+  if (starter.joinable()) starter.join();
   sources.Stop();
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;

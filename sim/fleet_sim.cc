@@ -33,7 +33,9 @@
 #include "reconciler/agent_client.h"
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
+#include "reconciler/election.h"
 #include "reconciler/reconciler.h"
+#include "reconciler/testing/cut_store.h"
 #include "reconciler/store.h"
 #include "sim/crashing_kernel.h"
 
@@ -46,6 +48,7 @@ namespace fs = std::filesystem;
 // 2 NUMA nodes x 4 cores x 2 threads: 7 cores to lend (the core of CPU 0 stays).
 constexpr char kTopology[] = "pack:2 numa:1(memory=4GiB) core:4 pu:2";
 constexpr absl::Duration kStep = absl::Milliseconds(50);
+constexpr absl::Duration kLeaseTtl = absl::Seconds(2);  // 40 steps
 
 int64_t Effects(const kernel::EmulatedKernel::Counters& c) {
   return c.creates + c.removes + c.loads + c.unloads + c.starts + c.halts + c.force_halts + c.cpu_adds +
@@ -174,6 +177,19 @@ class World {
   std::unique_ptr<reconciler::EventLog> events_;
   std::unique_ptr<reconciler::Reconciler> reconciler_;
   std::unique_ptr<gitops::SourceController> sources_;  // mkcontroller's, up and down with it
+  // Leader election (step 11): the controller is a member of a control plane and acts only
+  // while it leads (its Reconciler's may_act). Faults: its view of the store cut off for a
+  // while (it must step down before its lease can expire), and a rival member campaigning
+  // (it leads whenever the controller's lease lapses). Invariant (l): never two leaders, and
+  // nothing reaches an agent from a controller that is not the leader.
+  std::unique_ptr<reconciler::CutStore> election_view_;
+  std::unique_ptr<reconciler::Election> election_;
+  std::unique_ptr<reconciler::Election> rival_;
+  int64_t cut_until_ = -1, rival_until_ = -1;
+  int incarnation_ = 0;
+  bool led_ = false;  // the controller led after the last step
+  void StepElection();
+  void EndElectionFaults();
   // The repository of GitSource "repo" (its work tree is the remote): its files, and per
   // commit what it holds ("g0" -> the spec), or nothing for a commit with an invalid file.
   std::string repo_dir_;
@@ -275,6 +291,9 @@ absl::StatusOr<v1::InventoryResponse> World::Inventory(int h) {
 }
 
 absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch& batch) {
+  if ((election_ == nullptr || !election_->IsLeader()) && violation_.ok()) {
+    violation_ = Fail(absl::StrCat("(l): a batch to ", hosts_[h]->name, " from a controller that is not the leader"));
+  }
   if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
   if (controller_sends_left_ > 0) --controller_sends_left_;
   for (const v1::Action& a : batch.actions()) {
@@ -307,6 +326,9 @@ absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch&
 }
 
 absl::Status World::SetPolicy(int h, const v1::SetPolicyRequest& request) {
+  if ((election_ == nullptr || !election_->IsLeader()) && violation_.ok()) {
+    violation_ = Fail(absl::StrCat("(l): policies to ", hosts_[h]->name, " from a controller that is not the leader"));
+  }
   if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
   if (rng_.P(net_.drop)) return absl::UnavailableError("dropped");
   if (rng_.P(net_.delay)) {
@@ -535,6 +557,13 @@ void World::StartController() {
   ro.client_factory = [this](const std::string& host, const std::string&) -> std::unique_ptr<reconciler::AgentClient> {
     return std::make_unique<SimAgentClient>(*this, HostIndex(host));
   };
+  election_view_ = std::make_unique<reconciler::CutStore>(*store_);
+  reconciler::ElectionOptions eo;
+  eo.name = absl::StrCat("controller-", ++incarnation_);
+  eo.ttl = kLeaseTtl;
+  eo.log = nullptr;
+  election_ = std::make_unique<reconciler::Election>(*election_view_, clock_, eo);
+  ro.may_act = [this] { return election_ != nullptr && election_->IsLeader(); };
   reconciler_ = std::make_unique<reconciler::Reconciler>(*store_, *objects_, clock_, ro, events_.get());
   gitops::SourceControllerOptions so;
   so.cache_dir = o_.dir + "/git-cache";
@@ -553,6 +582,11 @@ void World::KillController(const std::string& why) {
   reconciler_.reset();
   events_.reset();
   objects_.reset();
+  if (election_ != nullptr) election_->Crash();  // its lease runs out in the store
+  election_.reset();
+  election_view_.reset();
+  cut_until_ = -1;
+  led_ = false;
   controller_down_until_ = step_ + rng_.I(3, 30);
   controller_sends_left_ = -1;
   Trace(absl::StrCat("fault: controller killed (", why, "), back at step ", controller_down_until_));
@@ -1089,6 +1123,25 @@ void World::PolicyOp() {
 
 void World::Fault() {
   ++result_.faults;
+  if (rng_.P(0.08)) {
+    // The control plane: the controller cut off from the store, or a rival campaigning.
+    if (rng_.P(0.5)) {
+      if (election_view_ != nullptr && cut_until_ < 0) {
+        election_view_->cut = true;
+        cut_until_ = step_ + rng_.I(10, 120);
+        Trace(absl::StrCat("fault: the controller cut off from the store until step ", cut_until_));
+      }
+    } else if (rival_ == nullptr) {
+      reconciler::ElectionOptions eo;
+      eo.name = "rival";
+      eo.ttl = kLeaseTtl;
+      eo.log = nullptr;
+      rival_ = std::make_unique<reconciler::Election>(*store_, clock_, eo);
+      rival_until_ = step_ + rng_.I(20, 150);
+      Trace(absl::StrCat("fault: a rival controller campaigns until step ", rival_until_));
+    }
+    return;
+  }
   int h = rng_.I(0, o_.hosts - 1);
   SimHost& host = *hosts_[h];
   int what = rng_.I(0, 99);
@@ -1222,12 +1275,43 @@ void World::OneStep() {
     }
   }
   if (reconciler_ == nullptr && controller_down_until_ >= 0 && step_ >= controller_down_until_) StartController();
+  StepElection();
   if (reconciler_ != nullptr) {
     reconciler_->Step();
     if (controller_sends_left_ == 0) KillController("died in a pass");
   }
   // The source controller's thread, one round: fetches (and applies) what is due.
   if (sources_ != nullptr && sources_->RunOnce() > 0) NoteApplied();
+}
+
+void World::StepElection() {
+  if (cut_until_ >= 0 && step_ >= cut_until_) EndElectionFaults();
+  if (rival_ != nullptr && step_ >= rival_until_) {
+    rival_->Stop();  // resigns
+    rival_.reset();
+    rival_until_ = -1;
+    Trace("the rival controller stops");
+  }
+  if (election_ != nullptr) election_->Step();
+  if (rival_ != nullptr) rival_->Step();
+  const bool leads = election_ != nullptr && election_->IsLeader();
+  if (leads != led_) Trace(leads ? "the controller leads" : "the controller steps down");
+  led_ = leads;
+  if (leads && rival_ != nullptr && rival_->IsLeader() && violation_.ok()) {
+    violation_ = Fail("(l): the controller and the rival both lead");
+  }
+}
+
+void World::EndElectionFaults() {
+  if (election_view_ != nullptr) election_view_->cut = false;
+  if (cut_until_ >= 0) Trace("the controller reaches the store again");
+  cut_until_ = -1;
+  if (rival_ != nullptr) {
+    rival_->Stop();
+    rival_.reset();
+    rival_until_ = -1;
+    Trace("the rival controller stops");
+  }
 }
 
 void World::NoteApplied() {
@@ -1392,6 +1476,7 @@ absl::Status World::Settle() {
     OneStep();
     if (absl::Status s = CheckStep(); !s.ok()) return s;
   }
+  EndElectionFaults();
   Trace("faults stopped");
   const int64_t settle_start = step_;
   // Converged: for 4 resync periods, only retries of failing actions, none of them taking effect

@@ -22,6 +22,10 @@
 //  (d) no action id takes effect in a kernel twice;
 //  (h) every attack is refused and changes nothing, and every batch the controller sends
 //      passes the agent's checks;
+//  (l) the controller is a member of a control plane (reconciler/election.h, lease 2 s):
+//      cut off from the store it steps down before its lease can expire, a rival member
+//      campaigns now and then; never two leaders, and no batch or policy reaches an agent
+//      from a controller that is not the leader;
 // and, once faults stop, that the fleet converges within a bounded number of steps and a
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
