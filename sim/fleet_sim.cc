@@ -108,7 +108,7 @@ struct Delayed {
 
 class World {
  public:
-  explicit World(const SimOptions& o) : o_(o), rng_(o.seed) {}
+  explicit World(const SimOptions& o) : o_(o), rng_(o.seed), election_rng_(o.seed ^ 0x9e3779b97f4a7c15ull) {}
 
   SimResult Run();
 
@@ -170,6 +170,9 @@ class World {
 
   const SimOptions o_;
   Rng rng_;
+  // The control plane's faults draw from their own stream, so that they do not move the
+  // other faults and operations of a seed.
+  Rng election_rng_;
   SimulatedClock clock_;
   std::vector<std::unique_ptr<SimHost>> hosts_;
   std::unique_ptr<reconciler::Store> store_;
@@ -189,6 +192,7 @@ class World {
   int incarnation_ = 0;
   bool led_ = false;  // the controller led after the last step
   void StepElection();
+  void ElectionFault();
   void EndElectionFaults();
   // The repository of GitSource "repo" (its work tree is the remote): its files, and per
   // commit what it holds ("g0" -> the spec), or nothing for a commit with an invalid file.
@@ -1123,25 +1127,6 @@ void World::PolicyOp() {
 
 void World::Fault() {
   ++result_.faults;
-  if (rng_.P(0.08)) {
-    // The control plane: the controller cut off from the store, or a rival campaigning.
-    if (rng_.P(0.5)) {
-      if (election_view_ != nullptr && cut_until_ < 0) {
-        election_view_->cut = true;
-        cut_until_ = step_ + rng_.I(10, 120);
-        Trace(absl::StrCat("fault: the controller cut off from the store until step ", cut_until_));
-      }
-    } else if (rival_ == nullptr) {
-      reconciler::ElectionOptions eo;
-      eo.name = "rival";
-      eo.ttl = kLeaseTtl;
-      eo.log = nullptr;
-      rival_ = std::make_unique<reconciler::Election>(*store_, clock_, eo);
-      rival_until_ = step_ + rng_.I(20, 150);
-      Trace(absl::StrCat("fault: a rival controller campaigns until step ", rival_until_));
-    }
-    return;
-  }
   int h = rng_.I(0, o_.hosts - 1);
   SimHost& host = *hosts_[h];
   int what = rng_.I(0, 99);
@@ -1282,6 +1267,25 @@ void World::OneStep() {
   }
   // The source controller's thread, one round: fetches (and applies) what is due.
   if (sources_ != nullptr && sources_->RunOnce() > 0) NoteApplied();
+}
+
+void World::ElectionFault() {
+  ++result_.faults;
+  if (election_rng_.P(0.5)) {
+    if (election_view_ != nullptr && cut_until_ < 0) {
+      election_view_->cut = true;
+      cut_until_ = step_ + election_rng_.I(10, 120);
+      Trace(absl::StrCat("fault: the controller cut off from the store until step ", cut_until_));
+    }
+  } else if (rival_ == nullptr) {
+    reconciler::ElectionOptions eo;
+    eo.name = "rival";
+    eo.ttl = kLeaseTtl;
+    eo.log = nullptr;
+    rival_ = std::make_unique<reconciler::Election>(*store_, clock_, eo);
+    rival_until_ = step_ + election_rng_.I(20, 150);
+    Trace(absl::StrCat("fault: a rival controller campaigns until step ", rival_until_));
+  }
 }
 
 void World::StepElection() {
@@ -1793,6 +1797,7 @@ SimResult World::Run() {
     OneStep();
     if (rng_.P(0.08)) UserOp();
     if (o_.faults && rng_.P(0.02)) Fault();
+    if (o_.faults && election_rng_.P(0.003)) ElectionFault();
     s = CheckStep();
   }
   if (s.ok()) s = Settle();

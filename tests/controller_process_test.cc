@@ -85,11 +85,19 @@ TEST_F(ControllerProcessTest, ObjectsSurviveSigkillAndSigtermIsClean) {
 }
 
 TEST_F(ControllerProcessTest, BadStoreFlagExits2) {
-  testing::Process p({"reconciler/mkcontroller", "--store", "etcd:127.0.0.1:2379"}, (dir_ / "bad.log").string());
-  int status = p.Kill(0);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 2);
-  EXPECT_THAT(p.Log(), HasSubstr("--store: expected sqlite:PATH"));
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), "reconciler/mkcontroller");
+    testing::Process p(args, (dir_ / "bad.log").string());
+    int status = p.Kill(0);
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 2) << p.Log();
+    return p.Log();
+  };
+  EXPECT_THAT(run({"--store", "mysql:/x"}), HasSubstr("--store: expected sqlite:PATH or etcd:http://HOST:PORT"));
+  EXPECT_THAT(run({"--store", "etcd:127.0.0.1:2379"}), HasSubstr("--store: \"127.0.0.1:2379\": want http://HOST:PORT"));
+  EXPECT_THAT(run({"--store", "sqlite:" + (dir_ / "s.db").string(), "--ha"}), HasSubstr("--ha: needs an etcd store"));
+  EXPECT_THAT(run({"--store", "etcd:http://127.0.0.1:1", "--ha", "--lease-ttl", "1s"}),
+              HasSubstr("--lease-ttl: want a duration of 2s or more"));
 }
 
 TEST_F(ControllerProcessTest, ASecondControllerOnTheSameStoreExits2AndABadStoreIsRefused) {
