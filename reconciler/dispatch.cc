@@ -148,7 +148,10 @@ void Dispatcher::SendPolicies(const std::string& host, HostConnection& link, con
   // names the kernel that backs it) and restart.
   v1::SetPolicyRequest policies;
   policies.set_replace(true);
-  for (const auto& [name, p] : fleet.planned) {
+  static const std::vector<std::string> kNone;
+  auto on = fleet.planned_on.find(host);
+  for (const std::string& name : on != fleet.planned_on.end() ? on->second : kNone) {
+    const PlannedInstance& p = fleet.planned.at(name);
     if (p.host != host || !p.standby_for.empty() || p.spec == nullptr) continue;
     v1::LocalPolicy* lp = policies.add_policies();
     lp->set_instance(p.kernel);

@@ -515,6 +515,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     desired[planned.host].push_back(std::move(d));
     out.planned[r.name] = std::move(planned);
   }
+  for (const auto& [name, p] : out.planned) out.planned_on[p.host].push_back(name);
   for (const std::string& host : reachable) {
     out.hosts[host] = ComputePlan(host, desired[host], managed[host], views.at(host).state_version);
   }

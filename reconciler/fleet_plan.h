@@ -74,6 +74,9 @@ struct FleetPlan {
   std::map<std::string, Plan> hosts;  // every reachable host, with a possibly empty plan
   std::map<std::string, mkfleet::v1::Placement> placements;  // by instance name
   std::map<std::string, PlannedInstance> planned;             // by instance name, placed ones
+  // The names in `planned` per host, in name order (what one host's send looks at: a scan
+  // of `planned` per host was hosts x instances per pass).
+  std::map<std::string, std::vector<std::string>> planned_on;
   // By instance name, or by set name for replicas that fit nowhere.
   std::vector<planner::Unschedulable> unschedulable;
   // Running instances whose changed resources cannot be met: kept as they are, and why.

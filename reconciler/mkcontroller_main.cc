@@ -9,7 +9,6 @@
 // that loses its lease stops acting at once and exits (status 3) for its supervisor to
 // start it again as a follower, as Kubernetes' controllers do: no state of a former term
 // lingers.
-#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include "gitops/source_controller.h"
 
 #include "CLI/CLI.hpp"
+#include "gperftools/malloc_extension.h"
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
@@ -46,12 +46,6 @@ int main(int argc, char** argv) {
   // mkagent serving 1,000 hosts under a rollout, in perf). The tests and the simulation,
   // which link the libraries without these mains, keep it on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#ifdef __GLIBC__
-  // One thread per host connection (a thousand at fleet scale), mostly idle: glibc's arena
-  // per thread only fragments the heap. Two arenas keep the worker and the connections apart
-  // (fleet_bench peak RSS ~252 -> ~240 MiB, apply time unchanged). MALLOC_ARENA_MAX overrides.
-  if (getenv("MALLOC_ARENA_MAX") == nullptr) mallopt(M_ARENA_MAX, 2);
-#endif
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -256,6 +250,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   reconciler::ReconcilerOptions ro;
+  // tcmalloc (linked in): a pass allocates the fleet's plan and frees it; its pages go back
+  // to the system after each pass, so the peak is one pass, not one per thread's cache.
+  ro.after_pass = [] { MallocExtension::instance()->ReleaseFreeMemory(); };
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
   ro.host_backoff_max = absl::Seconds(backoff_max_seconds);

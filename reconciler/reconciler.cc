@@ -2,7 +2,6 @@
 
 #include "proto/morph_phase.h"
 
-#include <malloc.h>
 
 #include <functional>
 #include <iostream>
@@ -239,12 +238,7 @@ void Reconciler::RunDue(absl::Duration wait) {
   std::vector<std::string> batch = {host};
   while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
   std::map<std::string, absl::Status> results = ReconcileHosts(batch);
-#ifdef __GLIBC__
-  // A pass allocates the fleet's plan and frees it; give the pages back, so that the next
-  // pass, run from another thread's arena, does not add its own on top (peak RSS at a
-  // thousand hosts: 278 -> see bench/fleet_bench).
-  malloc_trim(0);
-#endif
+  if (options_.after_pass) options_.after_pass();
   for (const std::string& h : batch) {
     const absl::Status& s = results[h];
     if (s.ok()) {

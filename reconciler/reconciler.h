@@ -71,6 +71,8 @@ struct ReconcilerOptions {
   // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
   // a pass does not hold the previous fleet's plan while it builds the next.
   bool keep_last_plan = false;
+  // Called after each pass of the threaded loop (mkcontroller: give freed memory back).
+  std::function<void()> after_pass;
   // Asked right before each call to an agent (null: always yes): false while this
   // controller is not the leader of its control plane (Election::IsLeader).
   std::function<bool()> may_act;
