@@ -27,7 +27,25 @@ bool EventMatches(const mkfleet::v1::Event& event, const EventFilter& f) {
 }
 
 EventLog::FoldKey EventLog::KeyOf(const mkfleet::v1::Event& e) {
+  // An aggregate's message names its latest object: not part of what it folds by.
+  if (e.name() == kAggregateName) return {e.kind(), e.name(), e.type(), e.reason(), ""};
   return {e.kind(), e.name(), e.type(), e.reason(), e.message()};
+}
+
+bool EventLog::Aggregate(mkfleet::v1::Event& e, int64_t t) {
+  if (e.name().empty() || e.name() == kAggregateName) return false;
+  auto& recent = similar_[{e.kind(), e.type(), e.reason()}];
+  for (auto it = recent.begin(); it != recent.end();) {  // older than the window: forgotten
+    it = it->second < t - absl::ToInt64Milliseconds(kAggregateWindow) ? recent.erase(it) : std::next(it);
+  }
+  const bool known = recent.count(e.name()) > 0;
+  if (!known && recent.size() >= kAggregateAfter) {
+    e.set_message(absl::StrCat("similar events of many ", e.kind(), "s; the latest: ", e.name(), ": ", e.message()));
+    e.set_name(kAggregateName);
+    return true;
+  }
+  recent[e.name()] = t;
+  return false;
 }
 
 absl::StatusOr<std::unique_ptr<EventLog>> EventLog::Open(Store& store, Clock& clock, size_t max_events) {
@@ -111,6 +129,7 @@ absl::Status EventLog::RecordAll(std::vector<mkfleet::v1::Event> events) {
     e.set_time_unix_ms(last_time);
     e.set_count(1);
     e.set_first_unix_ms(last_time);
+    Aggregate(e, last_time);
     FoldKey fold = KeyOf(e);
     auto carry = carried.find(fold);
     if (i < skip) {

@@ -6,6 +6,13 @@
 // its time the latest, moved to the end; so a minute of retries is one line with a count,
 // not hundreds. The history is in time order: an event's time is never before the one
 // recorded before it (an agent's event that arrives late takes the arrival's turn).
+//
+// Similar events of many objects are aggregated, as Kubernetes' EventAggregator does: once
+// more than kAggregateAfter objects of one kind had an event of the same type and reason
+// within kAggregateWindow, the events of further objects fold into one aggregate (name "*",
+// the count, the latest object and message), so 10,000 instances turning Ready are one
+// line, not a history that evicted everything else. An object already seen in the window
+// keeps its own events.
 // Thread-safety: safe to call concurrently.
 #ifndef MKFLEET_RECONCILER_EVENT_LOG_H_
 #define MKFLEET_RECONCILER_EVENT_LOG_H_
@@ -28,6 +35,9 @@ namespace mkfleet::reconciler {
 
 inline constexpr char kEventPrefix[] = "/events/";
 inline constexpr char kAgentSeqPrefix[] = "/agentseq/";
+inline constexpr char kAggregateName[] = "*";
+inline constexpr size_t kAggregateAfter = 10;
+inline constexpr absl::Duration kAggregateWindow = absl::Minutes(10);
 
 // Which events a listing wants (every field optional).
 struct EventFilter {
@@ -62,6 +72,9 @@ class EventLog {
  private:
   using FoldKey = std::tuple<std::string, std::string, std::string, std::string, std::string>;
   static FoldKey KeyOf(const mkfleet::v1::Event& e);
+  // Turns `e` (at time `t`) into its aggregate when its kind, type and reason were seen for
+  // too many other objects lately; true when it did.
+  bool Aggregate(mkfleet::v1::Event& e, int64_t t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   EventLog(Store& store, Clock& clock, size_t max_events) : store_(store), clock_(clock), max_(max_events) {}
   Store& store_;
@@ -74,6 +87,9 @@ class EventLog {
   std::map<std::string, mkfleet::v1::Event> stored_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<FoldKey, std::string> by_fold_ ABSL_GUARDED_BY(mu_);  // -> store key
   std::map<std::string, int64_t> agent_seq_ ABSL_GUARDED_BY(mu_);
+  // (kind, type, reason) -> object name -> when last seen, within the window.
+  std::map<std::tuple<std::string, std::string, std::string>, std::map<std::string, int64_t>> similar_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace mkfleet::reconciler

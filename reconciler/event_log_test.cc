@@ -199,3 +199,51 @@ TEST(EventLogTest, ABatchLargerThanTheBoundKeepsItsNewestWithTheirCounts) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+TEST(EventLogTest, TenThousandSimilarEventsAggregateAndEvictNothingElse) {
+  SimulatedClock clock;
+  auto store = *OpenSqliteStore(FreshStorePath("aggregate"), clock);
+  auto log = *EventLog::Open(*store, clock, 2000);
+  mkfleet::v1::Event warning = Ev("db-1", "ActionFailed");
+  warning.set_type("Warning");
+  warning.set_message("create: EBUSY");
+  ASSERT_TRUE(log->Record(warning).ok());
+  for (int batch = 0; batch < 10; ++batch) {
+    std::vector<mkfleet::v1::Event> events;
+    for (int i = 0; i < 1000; ++i) {
+      mkfleet::v1::Event e = Ev("web-" + std::to_string(batch * 1000 + i), "Ready");
+      e.set_type("Normal");
+      e.set_message("running what the spec says");
+      events.push_back(e);
+    }
+    ASSERT_TRUE(log->RecordAll(events).ok());
+    clock.Advance(absl::Seconds(1));
+  }
+  auto all = *log->List();
+  // The warning, the first ten objects' own events, and one aggregate of the other 9,990.
+  ASSERT_EQ(all.size(), 12u);
+  EXPECT_EQ(all[0].name(), "db-1");
+  EXPECT_EQ(all[1].name(), "web-0");
+  const mkfleet::v1::Event& aggregate = all.back();
+  EXPECT_EQ(aggregate.name(), "*");
+  EXPECT_EQ(aggregate.reason(), "Ready");
+  EXPECT_EQ(aggregate.count(), 9990);
+  EXPECT_EQ(aggregate.message(),
+            "similar events of many KernelInstances; the latest: web-9999: running what the spec says");
+  // An object seen in the window keeps its own events; another reason is not aggregated.
+  ASSERT_TRUE(log->Record(Ev("web-3", "Ready")).ok());
+  ASSERT_TRUE(log->Record(Ev("web-5000", "Deleted")).ok());
+  all = *log->List({"KernelInstance", "web-5000"});
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].reason(), "Deleted");
+  // Past the window, objects have their own events again.
+  clock.Advance(absl::Minutes(11));
+  ASSERT_TRUE(log->Record(Ev("web-7777", "Ready")).ok());
+  EXPECT_EQ(log->List({"KernelInstance", "web-7777"})->size(), 1u);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler
