@@ -159,6 +159,7 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
                                                    : absl::StrCat(message.substr(0, kMaxEventMessage), "..."));
   e.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
   ++version_;
+  if (change_hook_) change_hook_();
   e.set_seq(version_);
   events_.push_back(e);
   while (events_.size() > options_.max_events) events_.pop_front();
@@ -296,7 +297,10 @@ void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
     if (!now_names.count(name)) removed_names.push_back(name);
   }
   bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
-  if (pool_changed || !changed.empty() || !removed_names.empty()) ++version_;
+  if (pool_changed || !changed.empty() || !removed_names.empty()) {
+    ++version_;
+    if (change_hook_) change_hook_();
+  }
   if (pool_changed) pool_changed_at_ = version_;
   for (v1::ObservedInstance* in : changed) {
     in->set_version(version_);

@@ -98,6 +98,10 @@ class Agent {
 
   // The full state now.
   mkfleet::v1::HostState Snapshot();
+  // Called after every change of the state (a new resource version), with the agent's lock
+  // held: it must be cheap and must not call into the agent (agent_watch.h's notifier only
+  // marks the agent). Set before the agent is shared between threads.
+  void SetChangeHook(std::function<void()> hook) { change_hook_ = std::move(hook); }
   // Waits until the state is newer than `version` (or `timeout`); returns the changes since
   // `version` (a full snapshot if `version` is too old to diff). False on timeout.
   bool WaitForChange(int64_t version, absl::Duration timeout, mkfleet::v1::HostState* out);
@@ -150,6 +154,7 @@ class Agent {
   std::map<std::string, mkfleet::v1::LocalPolicy> policies_ ABSL_GUARDED_BY(mu_);
   mkfleet::v1::HostState state_ ABSL_GUARDED_BY(mu_);  // full, at version_
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> change_hook_;
   std::map<std::string, int64_t> changed_at_ ABSL_GUARDED_BY(mu_);  // instance -> version of last change
   std::deque<std::pair<int64_t, std::string>> removed_at_ ABSL_GUARDED_BY(mu_);  // (version, name), oldest first
   int64_t removals_forgotten_ ABSL_GUARDED_BY(mu_) = 0;  // the newest version of a forgotten removal

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "agents/agent_watch.h"
 #include "agents/request_checks.h"
 #include "common/grpc_server.h"
 #include "security/tls.h"
@@ -37,7 +38,24 @@ void RequestLog::Record(const std::string& host, const char* method, const v1::F
   fflush(f_);
 }
 
-grpc::Status AgentService::Allow(const grpc::ServerContext& context, const char* method) const {
+namespace {
+
+// A stream refused before it starts.
+class RefusedWatch final : public grpc::ServerWriteReactor<v1::HostState> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+AgentService::AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults, bool require_controller)
+    : agent_(agent), faults_(faults), enable_faults_(enable_faults), require_controller_(require_controller) {
+  Agent* a = &agent_;
+  agent_.SetChangeHook([a] { WatchNotifier::Default().Changed(a); });
+}
+
+grpc::Status AgentService::Allow(const grpc::ServerContextBase& context, const char* method) const {
   if (!require_controller_) return grpc::Status::OK;
   security::Identity peer = security::PeerIdentity(context);
   if (peer.kind == security::Identity::Kind::kController) return grpc::Status::OK;
@@ -53,25 +71,12 @@ grpc::Status AgentService::Inventory(grpc::ServerContext* context, const v1::Inv
   return grpc::Status::OK;
 }
 
-grpc::Status AgentService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
-                                 grpc::ServerWriter<v1::HostState>* writer) {
-  if (grpc::Status a = Allow(*context, "Watch"); !a.ok()) return a;
+grpc::ServerWriteReactor<v1::HostState>* AgentService::Watch(grpc::CallbackServerContext* context,
+                                                            const v1::WatchRequest* request) {
+  if (grpc::Status a = Allow(*context, "Watch"); !a.ok()) return new RefusedWatch(a);
   auto slot = streams_.Acquire(security::PeerKey(*context));
-  if (!slot.ok()) return ToGrpc(slot.status());
-  v1::HostState snapshot = agent_.Snapshot();
-  int64_t version = request->resource_version();
-  // A client that is current resumes with changes; any other gets a fresh snapshot.
-  if (version != snapshot.resource_version()) {
-    if (!writer->Write(snapshot)) return grpc::Status::OK;
-    version = snapshot.resource_version();
-  }
-  while (!context->IsCancelled()) {
-    v1::HostState changes;
-    if (!agent_.WaitForChange(version, absl::Milliseconds(200), &changes)) continue;
-    version = changes.resource_version();
-    if (!writer->Write(changes)) break;
-  }
-  return grpc::Status::OK;
+  if (!slot.ok()) return new RefusedWatch(ToGrpc(slot.status()));
+  return new AgentWatchReactor(agent_, request->resource_version(), *std::move(slot));
 }
 
 grpc::Status AgentService::Execute(grpc::ServerContext* context, const v1::ActionBatch* batch,

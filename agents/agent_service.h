@@ -37,16 +37,18 @@ class RequestLog {
   FILE* f_;
 };
 
-class AgentService final : public mkfleet::v1::Agent::Service {
+// Watch is on gRPC's callback API (agent_watch.h: no thread per stream); the other calls
+// are synchronous.
+class AgentService final : public mkfleet::v1::Agent::WithCallbackMethod_Watch<mkfleet::v1::Agent::Service> {
  public:
   // `faults` (the emulated kernel) may be null; fault injection also needs `enable_faults`.
-  AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults, bool require_controller = false)
-      : agent_(agent), faults_(faults), enable_faults_(enable_faults), require_controller_(require_controller) {}
+  // Installs the agent's change hook (its Watch streams are woken by it).
+  AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults, bool require_controller = false);
 
   grpc::Status Inventory(grpc::ServerContext*, const mkfleet::v1::InventoryRequest*,
                          mkfleet::v1::InventoryResponse* response) override;
-  grpc::Status Watch(grpc::ServerContext* context, const mkfleet::v1::WatchRequest* request,
-                     grpc::ServerWriter<mkfleet::v1::HostState>* writer) override;
+  grpc::ServerWriteReactor<mkfleet::v1::HostState>* Watch(grpc::CallbackServerContext* context,
+                                                          const mkfleet::v1::WatchRequest* request) override;
   grpc::Status Execute(grpc::ServerContext*, const mkfleet::v1::ActionBatch* batch,
                        mkfleet::v1::ExecuteResponse* response) override;
   grpc::Status SetPolicy(grpc::ServerContext*, const mkfleet::v1::SetPolicyRequest* request,
@@ -61,7 +63,7 @@ class AgentService final : public mkfleet::v1::Agent::Service {
 
  private:
   // OK when the caller may call `method`.
-  grpc::Status Allow(const grpc::ServerContext& context, const char* method) const;
+  grpc::Status Allow(const grpc::ServerContextBase& context, const char* method) const;
 
   Agent& agent_;
   kernel::EmulatedKernel* faults_;
