@@ -17,6 +17,7 @@
 #include "common/status_macros.h"
 #include "agents/action_journal.h"
 #include "agents/agent.h"
+#include "agents/agent_router.h"
 #include "agents/agent_service.h"
 #include "agents/fleet_watchdog.h"
 #include "agents/liveness.h"
@@ -91,7 +92,8 @@ std::function<void(v1::MorphPhase)> KillAtPhaseHook() {
 }
 
 // One host's agent: its kernel (emulated or real), driver, journal, agent core and gRPC
-// server. A process serving N emulated hosts runs N of these, the same code each.
+// server. A process serving N emulated hosts runs N of these, the same code each, behind
+// one shared server (one port per host, agents/agent_router.h).
 struct HostRuntime {
   std::string name;
   std::unique_ptr<StateLock> state_lock;  // this host's state directory, held while it runs
@@ -104,7 +106,9 @@ struct HostRuntime {
   std::unique_ptr<agents::ActionJournal> journal;
   std::unique_ptr<agents::Agent> agent;
   std::unique_ptr<agents::AgentService> service;
-  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::Server> server;  // its own (one host); null with --hosts N (one shared)
+  std::string listen;
+  std::shared_ptr<grpc::ServerCredentials> credentials;
   int port = 0;
 };
 
@@ -220,8 +224,12 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     rt->service->SetKerf(std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, kerf));
   }
   if (settings.request_log != nullptr) rt->service->SetRequestLog(settings.request_log);
-  rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, settings.lean, *creds);
-  if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
+  rt->listen = listen;
+  rt->credentials = *creds;
+  if (!settings.lean) {
+    rt->server = agents::StartAgentServer(*rt->service, listen, &rt->port, false, *creds);
+    if (rt->server == nullptr || rt->port == 0) return absl::UnavailableError("cannot listen on " + listen);
+  }
   if (!settings.lean) rt->agent->Start();  // else the process's FleetWatchdog
   return rt;
 }
@@ -270,7 +278,9 @@ int main(int argc, char** argv) {
                                            "with --hosts N, one subdirectory per host")->required();
   app.add_option("--host", host, "this host's name in events (default: the hostname); with --hosts N, the prefix of "
                                  "the names PREFIX-0001 ... PREFIX-N");
-  app.add_option("--hosts", hosts, "emulated: serve this many hosts from this process (default 1)")
+  app.add_option("--hosts", hosts,
+                 "emulated: serve this many hosts from this process (default 1): one gRPC server, one port per host "
+                 "with its own certificate, a call routed to the host whose port it was addressed to")
       ->check(CLI::Range(1, 10000));
   app.add_option("--ports-file", ports_file, "write \"NAME ADDRESS\" per host to this file once all listen");
   app.add_option("--boot-time", boot_time, "emulated: how long a boot takes (e.g. 300ms)");
@@ -366,8 +376,13 @@ int main(int argc, char** argv) {
 
   std::vector<std::unique_ptr<HostRuntime>> runtimes;
   std::unique_ptr<agents::FleetWatchdog> watchdog;
+  agents::AgentRouter router;                 // --hosts N: routes each call to its host
+  std::unique_ptr<grpc::Server> shared;       // --hosts N: the one server
   auto stop_all = [&] {
-    for (auto& rt : runtimes) rt->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (shared != nullptr) shared->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    for (auto& rt : runtimes) {
+      if (rt->server != nullptr) rt->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    }
     if (watchdog != nullptr) watchdog->Stop();
     for (auto& rt : runtimes) rt->agent->Stop();
   };
@@ -387,7 +402,25 @@ int main(int argc, char** argv) {
       return Fail(absl::StrCat("host ", name, ": ", rt.status().message()));
     }
     runtimes.push_back(*std::move(rt));
-    if (hosts > 1 && (i + 1) % 100 == 0) std::cerr << "mkagent: " << i + 1 << "/" << hosts << " hosts listening\n";
+    if (hosts > 1 && (i + 1) % 100 == 0) std::cerr << "mkagent: " << i + 1 << "/" << hosts << " hosts ready\n";
+  }
+  if (settings.lean) {
+    // Every host's port on one server: one thread pool for all of them.
+    std::vector<Listen> listens;
+    for (auto& rt : runtimes) listens.push_back({rt->listen, rt->credentials, &rt->port});
+    shared = StartGrpcServerOnPorts(router, "mkfleet.v1.Agent", listens, 128);
+    if (shared == nullptr) {
+      stop_all();
+      return Fail("cannot listen on the hosts' ports (" + runtimes.front()->listen + " ...)");
+    }
+    for (auto& rt : runtimes) {
+      if (rt->port == 0) {
+        stop_all();
+        return Fail("host " + rt->name + ": cannot listen on " + rt->listen);
+      }
+      router.Add(rt->port, rt->service.get());
+      router.AddAuthority(security::Identity::Agent(rt->name).DnsName(), rt->service.get());
+    }
   }
   if (settings.lean) {
     // One watchdog for every host: a pass only where something changed (agents/fleet_watchdog.h).
@@ -413,8 +446,8 @@ int main(int argc, char** argv) {
               << runtimes.back()->name << ", each " << topology->Summary() << ", ports " << runtimes.front()->port
               << " ... " << runtimes.back()->port << std::endl;
   }
-  // The first server waits for the signal; then every one stops.
-  ServeUntilSignal(*runtimes[0]->server, set, "mkagent");
+  // The (first) server waits for the signal; then every one stops.
+  ServeUntilSignal(shared != nullptr ? *shared : *runtimes[0]->server, set, "mkagent");
   stop_all();
   std::cout << "mkagent: stopped" << std::endl;
   return 0;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -45,6 +46,30 @@ inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, con
   // this, new calls get RESOURCE_EXHAUSTED instead of a new thread.
   grpc::ResourceQuota quota(service_name + " server");
   quota.SetMaxThreads(lean ? 16 : kMaxServerThreads);
+  builder.SetResourceQuota(quota);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
+  return server;
+}
+
+// One server for many listening ports, each with its own credentials (mkagent --hosts N:
+// every emulated host's port, with that host's certificate, on one server and one thread
+// pool). `ports[i]` receives the port bound for `listens[i]`. Null when it cannot listen.
+struct Listen {
+  std::string address;
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  int* port = nullptr;
+};
+inline std::unique_ptr<grpc::Server> StartGrpcServerOnPorts(grpc::Service& service, const std::string& service_name,
+                                                            const std::vector<Listen>& listens, int max_threads) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  for (const Listen& l : listens) builder.AddListeningPort(l.address, l.credentials, l.port);
+  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  grpc::ResourceQuota quota(service_name + " server");
+  quota.SetMaxThreads(max_threads);
   builder.SetResourceQuota(quota);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
