@@ -290,13 +290,10 @@ int main(int argc, char** argv) {
     eo.address = advertise;
     eo.version = kVersion;
     eo.ttl = absl::Milliseconds(*ttl_ms);
-    eo.on_elected = [&loop, &sources, &starter] {
-      // Not on the election's thread: dialling a thousand agents takes seconds, and the
-      // lease must be renewed meanwhile.
-      starter = std::thread([&loop, &sources] {
-        loop.Start();
-        sources.Start();
-      });
+    eo.on_elected = [&sources, &starter] {
+      // Not on the election's thread (the lease is renewed there). The loop runs already:
+      // as a follower it kept its connections and views; its passes start now.
+      starter = std::thread([&sources] { sources.Start(); });
     };
     eo.on_lost = [] {
       // may_act is already false: nothing more is sent. Exit at once (threads may hang on
@@ -327,6 +324,7 @@ int main(int argc, char** argv) {
       }
       return r;
     });
+    loop.Start();  // connections only, until elected (may_act)
     election->Start();
   } else {
     loop.Start();

@@ -232,6 +232,12 @@ void Reconciler::PollStore(absl::Duration wait) {
 }
 
 void Reconciler::RunDue(absl::Duration wait) {
+  if (options_.may_act && !options_.may_act()) {
+    // A follower: its connections and views stay current, its queue fills; it passes
+    // nothing until it leads (then it takes over without dialling every agent first).
+    clock_.SleepFor(std::min(wait, absl::Milliseconds(50)));
+    return;
+  }
   std::string host;
   if (!queue_.Get(&host, wait)) return;
   // Every host ready now joins this pass: one plan for all of them.

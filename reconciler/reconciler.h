@@ -73,8 +73,10 @@ struct ReconcilerOptions {
   bool keep_last_plan = false;
   // Called after each pass of the threaded loop (mkcontroller: give freed memory back).
   std::function<void()> after_pass;
-  // Asked right before each call to an agent (null: always yes): false while this
-  // controller is not the leader of its control plane (Election::IsLeader).
+  // Asked right before each call to an agent and before each threaded pass (null: always
+  // yes): false while this controller is not the leader of its control plane
+  // (Election::IsLeader). A follower's loop keeps its connections and views and runs no
+  // pass.
   std::function<bool()> may_act;
   // What a host without spec.driftPolicy does about changes made outside mkfleet.
   mkfleet::v1::DriftPolicy drift_policy = mkfleet::v1::DRIFT_CORRECT;

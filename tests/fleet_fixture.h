@@ -8,7 +8,7 @@
 // three-member etcd and three `mkcontroller --ha` (member i on etcd member i only, so
 // pausing etcd member i cuts controller i off). controller_ and stub_ are then the leader;
 // after the test kills it, StartController starts it again (as its supervisor would, now a
-// follower) and makes the new leader controller_. Every agent logs the requests it
+// follower, once another leads) and makes the new leader controller_. Every agent logs the requests it
 // receives (--request-log), for ExpectNoSplitBrain.
 #ifndef MKFLEET_TESTS_FLEET_FIXTURE_H_
 #define MKFLEET_TESTS_FLEET_FIXTURE_H_
@@ -148,16 +148,17 @@ class ProcessFleetTest : public ::testing::Test {
       for (int i = 0; i < kMembers; ++i) member_ports_.push_back(FreePort());
       for (int i = 0; i < kMembers; ++i) StartMember(i);
     } else {
-      // The former leader (killed by the test): back into its slot, started again.
+      // The former leader (killed by the test) back into its slot.
       ASSERT_GE(leader_index_, 0);
       members_[leader_index_] = std::move(controller_);
       killed_at_ = std::chrono::system_clock::now();
-      StartMember(leader_index_);
     }
     const int former = leader_index_;
     int leader = -1;
     ASSERT_TRUE(Eventually([&] { return (leader = AgreedLeader(former)) >= 0; }, 30))
         << "no leader elected; member logs:\n" << members_[0]->Log() << members_[1]->Log() << members_[2]->Log();
+    // Another leads: the former leader starts again, as its supervisor would, a follower now.
+    if (former >= 0) StartMember(former);
     leader_index_ = leader;
     controller_ = std::move(members_[leader]);
     controller_port_ = member_ports_[leader];
