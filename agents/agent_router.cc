@@ -1,5 +1,7 @@
 #include "agents/agent_router.h"
 
+#include "agents/agent_watch.h"
+
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -8,16 +10,6 @@
 namespace mkfleet::agents {
 
 namespace v1 = mkfleet::v1;
-
-namespace {
-
-class RefusedWatch final : public grpc::ServerWriteReactor<v1::HostState> {
- public:
-  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
 
 AgentService* AgentRouter::Route(const grpc::ServerContextBase& context, grpc::Status* why) const {
   grpc::string_ref authority = context.ExperimentalGetAuthority();

@@ -38,17 +38,6 @@ void RequestLog::Record(const std::string& host, const char* method, const v1::F
   fflush(f_);
 }
 
-namespace {
-
-// A stream refused before it starts.
-class RefusedWatch final : public grpc::ServerWriteReactor<v1::HostState> {
- public:
-  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
-
 AgentService::AgentService(Agent& agent, kernel::EmulatedKernel* faults, bool enable_faults, bool require_controller)
     : agent_(agent), faults_(faults), enable_faults_(enable_faults), require_controller_(require_controller) {
   Agent* a = &agent_;

@@ -46,6 +46,13 @@ class WatchNotifier {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// A Watch refused before it starts (its status at once).
+class RefusedWatch final : public grpc::ServerWriteReactor<mkfleet::v1::HostState> {
+ public:
+  explicit RefusedWatch(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 // One Watch: the snapshot (unless the client is current), then the changes, as they come.
 class AgentWatchReactor final : public grpc::ServerWriteReactor<mkfleet::v1::HostState> {
  public:

@@ -92,6 +92,29 @@ class RolloutProcessTest : public ProcessFleetTest {
     return ProcessFleetTest::SampleUntil(kHosts, image, done, timeout);
   }
 
+  // Starts a zone-by-zone rollout, SIGKILLs the controller (on a control plane: the
+  // leader) once the second zone has begun, starts it again (another member leads), and
+  // checks the rollout finishes within its budget with every member updated exactly once.
+  void KillMidWaveAndFinish() {
+    const std::string rollout = "{waves: {by: zone}, maxUnavailable: 1, minReady: 500ms}";
+    StartFleet(rollout);
+    const int leader = leader_index_;
+    ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
+    ASSERT_TRUE(Eventually([&] {
+      auto r = Running();
+      return r.count("node-c") && r["node-c"] == "vmlinux-2";
+    }, 60)) << controller_->Log();
+    controller_->Kill(SIGKILL);
+    StartController();
+    if (ha_) EXPECT_NE(leader_index_, leader);
+    Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
+    EXPECT_LE(s.max_down, 1);
+    std::map<std::string, std::string> running = Running();
+    for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
+    EXPECT_EQ(running.size(), 6u);
+    for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
+  }
+
   std::string hosts_yaml_;
   int applies_ = 0;
 };
@@ -215,24 +238,7 @@ TEST_F(RolloutProcessTest, PauseAfterCanaryResumeAndPauseThroughMkapply) {
   EXPECT_THAT(out, ::testing::HasSubstr("no revision 9"));
 }
 
-TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdatedOnce) {
-  const std::string rollout = "{waves: {by: zone}, maxUnavailable: 1, minReady: 500ms}";
-  StartFleet(rollout);
-  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
-  // Kill it once the second zone has begun.
-  ASSERT_TRUE(Eventually([&] {
-    auto r = Running();
-    return r.count("node-c") && r["node-c"] == "vmlinux-2";
-  }, 60)) << controller_->Log();
-  controller_->Kill(SIGKILL);
-  StartController();
-  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
-  EXPECT_LE(s.max_down, 1);
-  std::map<std::string, std::string> running = Running();
-  for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
-  EXPECT_EQ(running.size(), 6u);
-  for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
-}
+TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdatedOnce) { KillMidWaveAndFinish(); }
 
 // The same on a control plane (three `mkcontroller --ha` on etcd): the leader SIGKILLed
 // mid-wave, another member takes the rollout over from the store.
@@ -245,24 +251,8 @@ class HaRolloutProcessTest : public RolloutProcessTest {
 };
 
 TEST_F(HaRolloutProcessTest, TheLeaderKilledMidWaveIsReplacedAndEveryMemberIsUpdatedOnce) {
-  const std::string rollout = "{waves: {by: zone}, maxUnavailable: 1, minReady: 500ms}";
-  StartFleet(rollout);
-  const int first = leader_index_;
-  ASSERT_EQ(Apply(SetYaml((dir_ / "vmlinux-2").string(), rollout)), 0);
-  ASSERT_TRUE(Eventually([&] {
-    auto r = Running();
-    return r.count("node-c") && r["node-c"] == "vmlinux-2";
-  }, 60)) << controller_->Log();
-  controller_->Kill(SIGKILL);
-  StartController();  // the former leader back as a follower; the new leader's stub
-  EXPECT_NE(leader_index_, first);
-  Sampled s = SampleUntil("vmlinux-2", [&] { return Done(2); });
-  EXPECT_LE(s.max_down, 1);
-  std::map<std::string, std::string> running = Running();
-  for (const auto& [h, k] : running) EXPECT_EQ(k, "vmlinux-2") << h;
-  EXPECT_EQ(running.size(), 6u);
+  KillMidWaveAndFinish();
   ExpectNoSplitBrain();
-  for (const std::string& h : kHosts) EXPECT_EQ(StopAndCount(h).starts, 2) << h << " updated more than once";
 }
 
 TEST_F(RolloutProcessTest, AThreeWaveMorphRolloutNeverStopsAMember) {
