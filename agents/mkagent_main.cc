@@ -278,6 +278,11 @@ int main(int argc, char** argv) {
                                            "with --hosts N, one subdirectory per host")->required();
   app.add_option("--host", host, "this host's name in events (default: the hostname); with --hosts N, the prefix of "
                                  "the names PREFIX-0001 ... PREFIX-N");
+  uint32_t first_host = 0;
+  app.add_option("--first-host", first_host,
+                 "with --hosts N: number the hosts from this + 1 (several processes sharing one fleet's names: a "
+                 "process holds about 3 files per host, and 20,000 is a common limit)")
+      ->check(CLI::Range(0u, 1000000u));
   app.add_option("--hosts", hosts,
                  "emulated: serve this many hosts from this process (default 1): one gRPC server, one port per host "
                  "with its own certificate, a call routed to the host whose port it was addressed to")
@@ -390,7 +395,7 @@ int main(int argc, char** argv) {
     std::string name = host, dir = state_dir;
     if (hosts > 1) {
       char suffix[16];
-      std::snprintf(suffix, sizeof(suffix), "-%04u", i + 1);
+      std::snprintf(suffix, sizeof(suffix), "-%04u", i + 1 + first_host);
       name += suffix;
       dir += "/" + name;
     }

@@ -1,5 +1,5 @@
-// fleet_bench: the controller at fleet scale, measured apart from its test harness. One
-// `mkagent --hosts N --bench` serves N emulated hosts (synthetic 2-node 32-core topology,
+// fleet_bench: the controller at fleet scale, measured apart from its test harness.
+// `mkagent --hosts N --bench` (one process per 2,500 hosts) serves N emulated hosts (synthetic 2-node 32-core topology,
 // zero boot time; it logs every request it receives); mkcontroller on a fresh store; two
 // InstanceSets (perHost 6 and 4: 10 instances per host) applied with the real `mkapply`,
 // with mutual TLS. For the controller alone (its CPU seconds from /proc/PID/stat; with
@@ -149,14 +149,23 @@ class Fleet {
   }
   void Stop() {
     for (auto& c : controllers_) c.reset();
-    agents_.reset();
+    agents_.clear();
     etcd_.reset();
+  }
+  // The agents' CPU seconds so far, all processes.
+  double HarnessCpu() const {
+    double sum = 0;
+    for (const auto& a : agents_) sum += CpuSeconds(a->pid());
+    return sum;
   }
 
   const Options o_;
   const std::string store_;
   const std::string dir_;
-  std::unique_ptr<Process> agents_;
+  // The emulated hosts, at most kHostsPerProcess per mkagent (a process holds about 3 files
+  // per host, and 20,000 open files is a common limit).
+  static constexpr int kHostsPerProcess = 2500;
+  std::vector<std::unique_ptr<Process>> agents_;
   std::unique_ptr<mkfleet::testing::EtcdCluster> etcd_;
   std::vector<std::unique_ptr<Process>> controllers_;
   std::vector<int> ports_;
@@ -168,17 +177,28 @@ bool Fleet::StartAgents() {
   if (o_.tls && !MakePki(pki(), o_.hosts)) return false;
   request_log_ = dir_ + "/requests.log";
   auto t0 = Clock::now();
-  agents_ = std::make_unique<Process>(
-      std::vector<std::string>{Runfile("agents/mkagent"), "--hosts", std::to_string(o_.hosts), "--topology",
-                               "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
-                               "--state-dir", dir_ + "/agents", "--host", "node", "--reserve-cores", "1",
-                               "--reserve-memory", "4Gi", "--bench", "--ports-file", dir_ + "/ports", "--image-dir",
-                               dir_, "--request-log", request_log_, o_.tls ? "--tls-dir" : "--insecure",
-                               o_.tls ? pki() + "/agents" : "--insecure"},
-      dir_ + "/mkagent.log");
-  if (agents_->WaitFor("emulated hosts .* ports", std::chrono::seconds(600)).empty()) {
-    std::cerr << "fleet_bench: mkagent did not start:\n" << agents_->Log();
-    return false;
+  for (int first = 0; first < o_.hosts; first += kHostsPerProcess) {
+    const int n = std::min(kHostsPerProcess, o_.hosts - first);
+    const std::string k = std::to_string(agents_.size());
+    agents_.push_back(std::make_unique<Process>(
+        std::vector<std::string>{Runfile("agents/mkagent"), "--hosts", std::to_string(n), "--first-host",
+                                 std::to_string(first), "--topology",
+                                 "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
+                                 "--state-dir", dir_ + "/agents", "--host", "node", "--reserve-cores", "1",
+                                 "--reserve-memory", "4Gi", "--bench", "--ports-file", dir_ + "/ports-" + k,
+                                 "--image-dir", dir_, "--request-log", request_log_, o_.tls ? "--tls-dir" : "--insecure",
+                                 o_.tls ? pki() + "/agents" : "--insecure"},
+        dir_ + "/mkagent-" + k + ".log"));
+  }
+  for (auto& a : agents_) {
+    if (a->WaitFor("emulated hosts .* ports", std::chrono::seconds(600)).empty()) {
+      std::cerr << "fleet_bench: mkagent did not start:\n" << a->Log();
+      return false;
+    }
+  }
+  {
+    std::ofstream ports(dir_ + "/ports");
+    for (size_t k = 0; k < agents_.size(); ++k) ports << std::ifstream(dir_ + "/ports-" + std::to_string(k)).rdbuf();
   }
   std::cout << Mode() << " " << o_.hosts << " emulated hosts listening after " << Seconds(Clock::now() - t0) << " s"
             << std::endl;
@@ -272,7 +292,7 @@ Result Fleet::Measure() {
   }
 
   // 1. Apply from scratch until all Ready.
-  double cpu0 = CpuSeconds(cpid), harness0 = CpuSeconds(agents_->pid());
+  double cpu0 = CpuSeconds(cpid), harness0 = HarnessCpu();
   auto start = Clock::now();
   if (Apply(dir_ + "/manifests", leader, "apply1.log") != 0) {
     std::ifstream in(dir_ + "/apply1.log");
@@ -296,7 +316,7 @@ Result Fleet::Measure() {
   }
   result.converge_s = Seconds(Clock::now() - start);
   result.converge_cpu = CpuSeconds(cpid) - cpu0;
-  result.harness_cpu = CpuSeconds(agents_->pid()) - harness0;
+  result.harness_cpu = HarnessCpu() - harness0;
   v1::StatsResponse after = Stats(*stub);
   const bool all_ready = want == static_cast<uint32_t>(o_.hosts * per_host) && ready == want;
   const double target = o_.hosts <= 1000 ? 15 : 120;
@@ -359,8 +379,10 @@ Result Fleet::Measure() {
     int s = c->Kill(SIGTERM);
     clean = clean && WIFEXITED(s) && WEXITSTATUS(s) == 0;
   }
-  int a = agents_->Kill(SIGTERM);
-  clean = clean && WIFEXITED(a) && WEXITSTATUS(a) == 0;
+  for (auto& agent : agents_) {
+    int a = agent->Kill(SIGTERM);
+    clean = clean && WIFEXITED(a) && WEXITSTATUS(a) == 0;
+  }
   if (!clean) std::cerr << "fleet_bench: unclean stop\n";
   result.ok = all_ready && clean && result.change_ms >= 0;
   result.floor_s = floor_s;
