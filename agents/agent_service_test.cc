@@ -1,6 +1,9 @@
 // The Agent gRPC service in-process, on a free loopback port, through a real stub.
 #include "agents/agent_service.h"
 
+#include "agents/agent_router.h"
+#include "common/grpc_server.h"
+
 #include <thread>
 
 #include "agents/testing/agent_fixture.h"
@@ -324,6 +327,48 @@ TEST_F(AgentServiceTest, WithTlsOnlyTheControllerMayCallAndFaultsStayOffUnlessEn
   grpc::Status fault = controller->InjectFault(&ctx, f, &e);
   EXPECT_EQ(fault.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(fault.error_message(), HasSubstr("fault injection is off"));
+  server->Shutdown(std::chrono::system_clock::now());
+}
+
+// One server for many hosts (mkagent --hosts N): a call reaches the host it was addressed to
+// (by the authority's name or port), a Watch too; another authority is NOT_FOUND.
+TEST_F(AgentServiceTest, TheRouterSendsACallToTheHostItWasAddressedTo) {
+  AgentRouter router;
+  int port = 0;
+  std::vector<Listen> listens = {{"127.0.0.1:0", grpc::InsecureServerCredentials(), &port}};
+  auto server = StartGrpcServerOnPorts(router, "mkfleet.v1.Agent", listens, 8);
+  ASSERT_NE(server, nullptr);
+  router.Add(port, service_.get());
+  router.AddAuthority("svc.agent.example", service_.get());
+  auto call = [&](const std::string& authority) {
+    grpc::ChannelArguments args;
+    if (!authority.empty()) args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, authority);
+    auto stub = v1::Agent::NewStub(
+        grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext ctx;
+    v1::InventoryResponse r;
+    grpc::Status s = stub->Inventory(&ctx, v1::InventoryRequest(), &r);
+    return std::make_pair(s, r.host());
+  };
+  auto by_port = call("");
+  ASSERT_TRUE(by_port.first.ok()) << by_port.first.error_message();
+  EXPECT_EQ(by_port.second, "svc");
+  auto by_name = call("svc.agent.example");
+  ASSERT_TRUE(by_name.first.ok()) << by_name.first.error_message();
+  EXPECT_EQ(by_name.second, "svc");
+  auto other = call("127.0.0.1:1");
+  EXPECT_EQ(other.first.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(other.first.error_message(), ::testing::HasSubstr("no emulated host here serves \"127.0.0.1:1\""));
+  // A Watch through the router: the snapshot of the host.
+  auto stub = v1::Agent::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext wctx;
+  auto reader = stub->Watch(&wctx, v1::WatchRequest());
+  v1::HostState snapshot;
+  ASSERT_TRUE(reader->Read(&snapshot));
+  EXPECT_TRUE(snapshot.snapshot());
+  wctx.TryCancel();
+  reader->Finish();
   server->Shutdown(std::chrono::system_clock::now());
 }
 
