@@ -1,6 +1,4 @@
 #include <chrono>
-#include <deque>
-#include <functional>
 
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
@@ -23,80 +21,22 @@ void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
 }
 
-// A Watch on gRPC's callback API: messages queue as they come (no thread waits on the
-// stream); Next takes them, blocking or not; `wake` says when there is something.
-class GrpcWatchStream final : public WatchStream, public grpc::ClientReadReactor<v1::HostState> {
+class GrpcWatchStream final : public WatchStream {
  public:
-  GrpcWatchStream(v1::Agent::Stub& stub, const v1::WatchRequest& request) : request_(request) {
-    stub.async()->Watch(&ctx_, &request_, this);
-    StartRead(&incoming_);
-    StartCall();
+  GrpcWatchStream(v1::Agent::Stub& stub, const v1::WatchRequest& request) {
+    reader_ = stub.Watch(&ctx_, request);
   }
-  ~GrpcWatchStream() override {
-    ctx_.TryCancel();
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));  // gRPC is done with this reactor
-  }
-  Result Next(v1::HostState* out, bool block, absl::Status* ended) override {
-    absl::MutexLock lock(&mu_);
-    if (block) {
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || done_; };
-      mu_.Await(absl::Condition(&ready));
-    }
-    if (!queue_.empty()) {
-      *out = std::move(queue_.front());
-      queue_.pop_front();
-      return Result::kMessage;
-    }
-    if (!done_) return Result::kPending;
-    *ended = status_.ok() ? absl::UnavailableError("watch stream ended") : FromGrpc(status_);
+  Result Next(v1::HostState* out, bool, absl::Status* ended) override {
+    if (reader_->Read(out)) return Result::kMessage;
+    grpc::Status s = reader_->Finish();
+    *ended = s.ok() ? absl::UnavailableError("watch stream ended") : FromGrpc(s);
     return Result::kEnded;
   }
   void Cancel() override { ctx_.TryCancel(); }
-  void SetWake(std::function<void()> wake) override {
-    bool now;
-    {
-      absl::MutexLock lock(&mu_);
-      wake_ = wake;
-      now = !queue_.empty() || done_;
-    }
-    if (now && wake) wake();
-  }
-  bool Wakes() const override { return true; }
-
-  void OnReadDone(bool ok) override {
-    std::function<void()> wake;
-    {
-      absl::MutexLock lock(&mu_);
-      if (ok) queue_.push_back(std::move(incoming_));
-      wake = wake_;
-    }
-    if (ok) {
-      incoming_.Clear();
-      StartRead(&incoming_);
-    }
-    if (wake && ok) wake();
-  }
-  void OnDone(const grpc::Status& s) override {
-    std::function<void()> wake;
-    {
-      absl::MutexLock lock(&mu_);
-      status_ = s;
-      done_ = true;
-      wake = wake_;
-    }
-    if (wake) wake();
-  }
 
  private:
   grpc::ClientContext ctx_;
-  const v1::WatchRequest request_;
-  v1::HostState incoming_;  // the read in flight
-  absl::Mutex mu_;
-  std::deque<v1::HostState> queue_ ABSL_GUARDED_BY(mu_);
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
-  std::function<void()> wake_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<grpc::ClientReader<v1::HostState>> reader_;
 };
 
 class GrpcAgentClient final : public AgentClient {

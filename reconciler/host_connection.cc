@@ -105,7 +105,6 @@ bool HostConnection::Connect() {
   pending_inventory_ = *std::move(inventory);
   first_message_ = true;
   std::shared_ptr<WatchStream> stream = client_->Watch(v1::WatchRequest());
-  if (on_stream_) on_stream_(*stream);
   absl::MutexLock lock(&mu_);
   if (stopping_) return false;
   stream_ = std::move(stream);
@@ -204,102 +203,6 @@ void HostConnection::Run() {
         if (stopping_) return;
       }
       Down(ended);
-    }
-  }
-}
-
-std::optional<absl::Duration> HostConnection::RetryAt() const {
-  absl::MutexLock lock(&mu_);
-  if (stream_ != nullptr || stopping_) return std::nullopt;
-  return retry_at_;
-}
-
-ConnectionPool::ConnectionPool(Clock& clock, int threads) : clock_(clock) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
-}
-
-ConnectionPool::~ConnectionPool() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  for (auto& t : threads_) t.join();
-}
-
-void ConnectionPool::Add(const std::shared_ptr<HostConnection>& c) {
-  std::weak_ptr<HostConnection> weak = c;
-  c->SetOnStream([this, weak](WatchStream& stream) { stream.SetWake([this, weak] { Wake(weak); }); });
-  {
-    absl::MutexLock lock(&mu_);
-    entries_[c.get()].c = weak;
-  }
-  Wake(weak);
-}
-
-void ConnectionPool::Wake(const std::weak_ptr<HostConnection>& c) {
-  std::shared_ptr<HostConnection> strong = c.lock();
-  if (strong == nullptr) return;
-  absl::MutexLock lock(&mu_);
-  auto it = entries_.find(strong.get());
-  if (it == entries_.end() || stopping_) return;
-  Entry& e = it->second;
-  if (e.running) {
-    e.again = true;
-  } else if (!e.queued) {
-    e.queued = true;
-    ready_.push_back(strong.get());
-  }
-}
-
-void ConnectionPool::Run() {
-  while (true) {
-    std::shared_ptr<HostConnection> c;
-    const HostConnection* key = nullptr;
-    {
-      absl::MutexLock lock(&mu_);
-      while (true) {
-        if (stopping_) return;
-        // Due retries join the ready queue.
-        const absl::Duration now = clock_.Monotonic();
-        while (!timers_.empty() && timers_.begin()->first <= now) {
-          auto it = entries_.find(timers_.begin()->second);
-          timers_.erase(timers_.begin());
-          if (it != entries_.end() && !it->second.queued && !it->second.running) {
-            it->second.queued = true;
-            ready_.push_back(it->first);
-          }
-        }
-        if (!ready_.empty()) break;
-        absl::Duration wait = timers_.empty() ? absl::Milliseconds(200)
-                                              : std::min(absl::Milliseconds(200), timers_.begin()->first - now);
-        auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !ready_.empty() || stopping_; };
-        mu_.AwaitWithTimeout(absl::Condition(&has_work), std::max(wait, absl::Milliseconds(1)));
-      }
-      key = ready_.front();
-      ready_.pop_front();
-      auto it = entries_.find(key);
-      if (it == entries_.end()) continue;
-      c = it->second.c.lock();
-      if (c == nullptr) {
-        entries_.erase(it);  // gone
-        continue;
-      }
-      it->second.queued = false;
-      it->second.running = true;
-    }
-    c->Poll();
-    std::optional<absl::Duration> retry = c->RetryAt();
-    absl::MutexLock lock(&mu_);
-    auto it = entries_.find(key);
-    if (it == entries_.end()) continue;
-    Entry& e = it->second;
-    e.running = false;
-    if (e.again) {
-      e.again = false;
-      e.queued = true;
-      ready_.push_back(key);
-    } else if (retry) {
-      timers_.emplace(*retry, key);
     }
   }
 }
