@@ -25,12 +25,21 @@ namespace mkfleet {
 inline constexpr int kMaxRequestBytes = 4 << 20;
 inline constexpr int kMaxServerThreads = 512;
 
-// `lean` serves with one completion queue and one polling thread (a process serving many
-// emulated hosts, one server each, would otherwise start threads by the thousand).
-inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
-                                                     const std::string& address, int* port,
-                                                     std::shared_ptr<grpc::ServerCredentials> credentials,
-                                                     bool lean = false) {
+// One server for one or many listening ports, each with its own credentials (mkagent
+// --hosts N: every emulated host's port, with that host's certificate, on one server and
+// one thread pool). `listens[i].port` receives the port bound. No request past 4 MiB is
+// read (RESOURCE_EXHAUSTED; the services bound what is inside); the sync server's threads
+// are bounded by `max_threads` (each call holds one while it runs: past it, new calls get
+// RESOURCE_EXHAUSTED instead of a new thread). `lean`: one completion queue and one polling
+// thread. Null when it cannot listen.
+struct Listen {
+  std::string address;
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  int* port = nullptr;
+};
+inline std::unique_ptr<grpc::Server> StartGrpcServerOnPorts(grpc::Service& service, const std::string& service_name,
+                                                            const std::vector<Listen>& listens, int max_threads,
+                                                            bool lean = false) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -39,33 +48,6 @@ inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, con
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
     builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
   }
-  builder.AddListeningPort(address, std::move(credentials), port);
-  // No request past 4 MiB is read (RESOURCE_EXHAUSTED); the services bound what is inside.
-  builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
-  // The sync server's threads are bounded too (each call holds one while it runs): past
-  // this, new calls get RESOURCE_EXHAUSTED instead of a new thread.
-  grpc::ResourceQuota quota(service_name + " server");
-  quota.SetMaxThreads(lean ? 16 : kMaxServerThreads);
-  builder.SetResourceQuota(quota);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
-  return server;
-}
-
-// One server for many listening ports, each with its own credentials (mkagent --hosts N:
-// every emulated host's port, with that host's certificate, on one server and one thread
-// pool). `ports[i]` receives the port bound for `listens[i]`. Null when it cannot listen.
-struct Listen {
-  std::string address;
-  std::shared_ptr<grpc::ServerCredentials> credentials;
-  int* port = nullptr;
-};
-inline std::unique_ptr<grpc::Server> StartGrpcServerOnPorts(grpc::Service& service, const std::string& service_name,
-                                                            const std::vector<Listen>& listens, int max_threads) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   for (const Listen& l : listens) builder.AddListeningPort(l.address, l.credentials, l.port);
   builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
   grpc::ResourceQuota quota(service_name + " server");
@@ -75,6 +57,15 @@ inline std::unique_ptr<grpc::Server> StartGrpcServerOnPorts(grpc::Service& servi
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
   return server;
+}
+
+// One port.
+inline std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service& service, const std::string& service_name,
+                                                     const std::string& address, int* port,
+                                                     std::shared_ptr<grpc::ServerCredentials> credentials,
+                                                     bool lean = false) {
+  return StartGrpcServerOnPorts(service, service_name, {{address, std::move(credentials), port}},
+                                lean ? 16 : kMaxServerThreads, lean);
 }
 
 // Blocks until one of the signals in `signals` arrives (the caller blocked them in every

@@ -181,10 +181,6 @@ void Election::Step() {
     auto won = store_.Txn({{kLeaderKey, 0}}, {{Op::Type::kPut, kLeaderKey, options_.name, lease_}});
     if (won.ok()) {
       leader = options_.name;
-      {
-        absl::MutexLock lock(&mu_);
-        leader_name_ = leader;
-      }
       leader_.store(true);
       Log() << "mkcontroller: " << options_.name << " is the leader" << std::endl;
       Register();

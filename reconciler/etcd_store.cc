@@ -179,7 +179,7 @@ class EtcdStore : public Store {
     create->set_key(std::string(1, '\0'));
     create->set_range_end(std::string(1, '\0'));
     create->set_start_revision(after + 1);
-    if (!stream->Write(req)) return Finish(stream.get(), ep);
+    if (!stream->Write(req)) return ToAbsl(stream->Finish(), ep);
     pb::WatchResponse resp;
     bool done = false;
     while (!done && stream->Read(&resp)) {
@@ -215,21 +215,21 @@ class EtcdStore : public Store {
       return absl::UnavailableError(absl::StrCat("store: etcd ", ep.url, ": the watch ended before revision ",
                                                  *current, ": ", s.error_message()));
     }
-    // A transaction's last events may come in the same response as later ones: keep only
-    // what is at or before `current`.
     return out;
   }
 
   absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
-    {
-      std::lock_guard<std::mutex> lock(rev_mu_);
-      if (latest_ > after) return latest_;
-    }
-    auto now = Revision();
-    if (!now.ok()) return now.status();
     std::unique_lock<std::mutex> lock(rev_mu_);
-    latest_ = std::max(latest_, *now);
-    if (!follower_.joinable() && !stopping_) follower_ = std::thread([this] { Follow(); });
+    if (latest_ > after) return latest_;
+    if (!follower_.joinable()) {
+      // The first wait: the present, then the follow keeps latest_ from there.
+      lock.unlock();
+      auto now = Revision();
+      if (!now.ok()) return now.status();
+      lock.lock();
+      latest_ = std::max(latest_, *now);
+      if (!follower_.joinable() && !stopping_) follower_ = std::thread([this] { Follow(); });
+    }
     rev_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] { return latest_ > after || stopping_; });
     return latest_;
   }
@@ -299,11 +299,6 @@ class EtcdStore : public Store {
 
   absl::StatusOr<int> ExpireLeases() override { return 0; }  // etcd expires them itself
 
-  absl::Status Ping() {
-    auto r = Revision();
-    return r.status();
-  }
-
  private:
   struct Endpoint {
     std::string url;
@@ -314,19 +309,15 @@ class EtcdStore : public Store {
     std::unique_ptr<pb::Maintenance::Stub> maintenance;
   };
 
-  static KeyValue FromPb(const mvccpb::KeyValue& kv, size_t strip) {
-    return {kv.key().substr(strip), kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease()};
+  // A stored key as the store's callers see it (without the prefix).
+  KeyValue FromPb(const mvccpb::KeyValue& kv) const {
+    return {kv.key().substr(options_.prefix.size()), kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease()};
   }
-  KeyValue FromPb(const mvccpb::KeyValue& kv) const { return FromPb(kv, options_.prefix.size()); }
 
   absl::Status ToAbsl(const grpc::Status& s, const Endpoint& ep) const {
     std::string msg = s.error_message();
     if (absl::StartsWith(msg, "etcdserver: ")) msg = msg.substr(12);
     return absl::Status(Code(s.error_code()), absl::StrCat("store: etcd ", ep.url, ": ", msg));
-  }
-
-  absl::Status Finish(grpc::ClientReaderWriter<pb::WatchRequest, pb::WatchResponse>* stream, const Endpoint& ep) {
-    return ToAbsl(stream->Finish(), ep);
   }
 
   // One unary call, on the current endpoint and then the others while they are unavailable.
@@ -477,7 +468,7 @@ absl::StatusOr<std::unique_ptr<Store>> OpenEtcdStore(const EtcdStoreOptions& opt
   if (options.endpoints.empty()) return absl::InvalidArgumentError("etcd store: no endpoint");
   if (options.max_txn_ops < 1) return absl::InvalidArgumentError("etcd store: max_txn_ops must be at least 1");
   auto store = std::make_unique<EtcdStore>(options);
-  if (absl::Status s = store->Ping(); !s.ok()) return s;
+  if (absl::Status s = store->Revision().status(); !s.ok()) return s;  // the cluster answers
   return std::unique_ptr<Store>(std::move(store));
 }
 

@@ -32,8 +32,8 @@ EventLog::FoldKey EventLog::KeyOf(const mkfleet::v1::Event& e) {
   return {e.kind(), e.name(), e.type(), e.reason(), e.message()};
 }
 
-bool EventLog::Aggregate(mkfleet::v1::Event& e, int64_t t) {
-  if (e.name().empty() || e.name() == kAggregateName) return false;
+void EventLog::Aggregate(mkfleet::v1::Event& e, int64_t t) {
+  if (e.name().empty() || e.name() == kAggregateName) return;
   auto& recent = similar_[{e.kind(), e.type(), e.reason()}];
   for (auto it = recent.begin(); it != recent.end();) {  // older than the window: forgotten
     it = it->second < t - absl::ToInt64Milliseconds(kAggregateWindow) ? recent.erase(it) : std::next(it);
@@ -42,10 +42,9 @@ bool EventLog::Aggregate(mkfleet::v1::Event& e, int64_t t) {
   if (!known && recent.size() >= kAggregateAfter) {
     e.set_message(absl::StrCat("similar events of many ", e.kind(), "s; the latest: ", e.name(), ": ", e.message()));
     e.set_name(kAggregateName);
-    return true;
+    return;
   }
   recent[e.name()] = t;
-  return false;
 }
 
 absl::StatusOr<std::unique_ptr<EventLog>> EventLog::Open(Store& store, Clock& clock, size_t max_events) {

@@ -73,8 +73,8 @@ class EventLog {
   using FoldKey = std::tuple<std::string, std::string, std::string, std::string, std::string>;
   static FoldKey KeyOf(const mkfleet::v1::Event& e);
   // Turns `e` (at time `t`) into its aggregate when its kind, type and reason were seen for
-  // too many other objects lately; true when it did.
-  bool Aggregate(mkfleet::v1::Event& e, int64_t t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // too many other objects lately.
+  void Aggregate(mkfleet::v1::Event& e, int64_t t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   EventLog(Store& store, Clock& clock, size_t max_events) : store_(store), clock_(clock), max_(max_events) {}
   Store& store_;
