@@ -77,10 +77,14 @@ int PrintControllers(const GetOptions& options, std::ostream& out, std::ostream&
   const int64_t now = absl::ToUnixMillis(absl::Now());
   for (const v1::ControllerMember& m : got->members()) {
     std::string hosts = got->mode() == "sharded" ? std::to_string(m.hosts()) : (m.leader() ? "all" : "-");
-    t.Add({m.name(), m.address(), m.leader() ? "leader" : "follower", hosts, m.version(),
-           Age(now - m.started_unix_ms())});
+    t.Add({m.name(), m.address(), m.leader() ? "leader" : (got->mode() == "sharded" ? "member" : "follower"), hosts,
+           m.version(), Age(now - m.started_unix_ms())});
   }
   t.Print(out);
+  if (got->mode() == "sharded") {
+    out << got->shards() << " shards over " << got->members_size()
+        << " members: each sends to the hosts it owns, the leader plans for all (-o json lists the hosts)\n";
+  }
   if (got->leader().empty()) err << "no leader elected at the moment (one is when a member's lease allows)\n";
   return kExitOk;
 }

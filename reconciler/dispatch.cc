@@ -17,6 +17,11 @@ constexpr char kEpochKey[] = "/controller/epoch";
 Dispatcher::Dispatcher(Store& store, Clock& clock, Options options)
     : store_(store), clock_(clock), options_(std::move(options)) {}
 
+void Dispatcher::NewEpoch() {
+  absl::MutexLock lock(&mu_);
+  epoch_ = 0;
+}
+
 int64_t Dispatcher::Epoch() {
   if (epoch_ != 0) return epoch_;
   // One more than any earlier controller on this store: agents refuse their late batches.
@@ -54,6 +59,11 @@ void Dispatcher::Forget(const std::string& host) {
 }
 
 HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet) {
+  return Send(host, link, plan, PoliciesFor(host, fleet));
+}
+
+HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, const Plan& plan,
+                             const v1::SetPolicyRequest& policies) {
   HostOutcome out;
   const absl::Duration now = clock_.Monotonic();
   v1::ActionBatch batch;
@@ -86,8 +96,8 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
   }
   if (retry_in != absl::InfiniteDuration() && options_.retry_after) options_.retry_after(host, retry_in);
   if (batch.actions_size() > 0) {
-    if (options_.may_act && !options_.may_act()) {
-      out.sent = absl::UnavailableError("this controller is not the leader: nothing sent");
+    if (options_.may_send && !options_.may_send(host)) {
+      out.sent = absl::UnavailableError(absl::StrCat("this controller may not act on host ", host, " now: nothing sent"));
       return out;
     }
     *batch.mutable_fence() = NextFence(host);
@@ -137,15 +147,11 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
     }
     if (retry_in != absl::InfiniteDuration() && options_.retry_after) options_.retry_after(host, retry_in);
   }
-  if (out.sent.ok()) SendPolicies(host, link, fleet, &out);
+  if (out.sent.ok()) SendPolicies(host, link, policies, &out);
   return out;
 }
 
-void Dispatcher::SendPolicies(const std::string& host, HostConnection& link, const FleetPlan& fleet,
-                              HostOutcome* out) {
-  // The watchdog's local policies for the instances placed here (KernelInstances and set
-  // members), the complete set so that deleted instances' policies go: failover (Standby
-  // names the kernel that backs it) and restart.
+v1::SetPolicyRequest PoliciesFor(const std::string& host, const FleetPlan& fleet) {
   v1::SetPolicyRequest policies;
   policies.set_replace(true);
   static const std::vector<std::string> kNone;
@@ -166,13 +172,19 @@ void Dispatcher::SendPolicies(const std::string& host, HostConnection& link, con
       }
     }
   }
+  return policies;
+}
+
+void Dispatcher::SendPolicies(const std::string& host, HostConnection& link, v1::SetPolicyRequest policies,
+                              HostOutcome* out) {
+  policies.clear_fence();
   std::string wire = policies.SerializeAsString();
   {
     absl::MutexLock lock(&mu_);
     auto sent = policies_sent_.find(host);
     if (sent != policies_sent_.end() ? sent->second == wire : policies.policies_size() == 0) return;
   }
-  if (options_.may_act && !options_.may_act()) return;
+  if (options_.may_send && !options_.may_send(host)) return;
   *policies.mutable_fence() = NextFence(host);
   absl::Status s = link.SetPolicy(policies);
   if (s.ok()) {

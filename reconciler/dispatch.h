@@ -22,6 +22,11 @@
 
 namespace mkfleet::reconciler {
 
+// The watchdog's local policies for the instances `fleet` places on `host` (KernelInstances
+// and set members), the complete set so that deleted instances' policies go: failover
+// (Standby names the kernel that backs it) and restart. No fence.
+mkfleet::v1::SetPolicyRequest PoliciesFor(const std::string& host, const FleetPlan& fleet);
+
 class Dispatcher {
  public:
   struct Options {
@@ -29,14 +34,22 @@ class Dispatcher {
     absl::Duration backoff_max = absl::Seconds(1000);
     // Called when `host` should get another pass after `delay` (an instance's backoff).
     std::function<void(const std::string& host, absl::Duration delay)> retry_after;
-    // Asked right before each call to an agent; false: nothing is sent (a controller that
-    // is no longer the leader must not act). Null: always.
-    std::function<bool()> may_act;
+    // Asked right before each call to `host`'s agent; false: nothing is sent (a
+    // controller that is no longer the leader, or a sharded member that no longer owns the
+    // host, must not act). Null: always.
+    std::function<bool(const std::string& host)> may_send;
   };
   Dispatcher(Store& store, Clock& clock, Options options);
 
-  // Sends `host` its plan (less what backs off) and, when they changed, its policies.
+  // Sends `host` its plan (less what backs off) and, when they changed, its policies
+  // (PoliciesFor).
   HostOutcome Send(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet);
+  // The same with the policies given (a sharded member sends what its leader published).
+  HostOutcome Send(const std::string& host, HostConnection& link, const Plan& plan,
+                   const mkfleet::v1::SetPolicyRequest& policies);
+  // The next call raises the epoch in the store again (a sharded member whose hosts
+  // changed: batches of the members that had them before are refused from then on).
+  void NewEpoch();
   // Forgets what is kept for `host` (deleted), except its fence sequence, which only rises.
   void Forget(const std::string& host);
   int64_t actions_sent() const { return actions_sent_.load(); }
@@ -51,7 +64,8 @@ class Dispatcher {
   // The fence for the next call to `host`.
   mkfleet::v1::Fence NextFence(const std::string& host);
   int64_t Epoch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SendPolicies(const std::string& host, HostConnection& link, const FleetPlan& fleet, HostOutcome* out);
+  void SendPolicies(const std::string& host, HostConnection& link, mkfleet::v1::SetPolicyRequest policies,
+                    HostOutcome* out);
 
   Store& store_;
   Clock& clock_;

@@ -125,6 +125,7 @@ void Election::Register() {
 }
 
 void Election::ReadMembers() {
+  const absl::Duration started = clock_.Monotonic();
   auto list = store_.List(kMembersPrefix);
   if (!list.ok()) return;
   std::vector<v1::ControllerMember> members;
@@ -140,6 +141,7 @@ void Election::ReadMembers() {
       changed = members[i].name() != members_[i].name() || members[i].lease() != members_[i].lease();
     }
     members_ = members;
+    members_read_ = started;
   }
   if (changed && options_.on_members) options_.on_members(members);
 }
@@ -163,6 +165,7 @@ void Election::Step() {
       SetValidUntil(sent + options_.ttl - margin_);
     } else if (s.code() == absl::StatusCode::kNotFound) {
       lease_ = 0;  // granted again next round
+      SetValidUntil(-absl::InfiniteDuration());
       StepDown("its lease expired");
       return;
     }
@@ -202,6 +205,12 @@ void Election::SetValidUntil(absl::Duration t) {
 absl::Duration Election::ValidUntil() const {
   absl::MutexLock lock(&mu_);
   return valid_until_;
+}
+
+bool Election::MemberValid() const {
+  const absl::Duration now = clock_.Monotonic();
+  absl::MutexLock lock(&mu_);
+  return now < valid_until_ && now < members_read_ + options_.ttl - margin_;
 }
 
 std::string Election::Leader() const {

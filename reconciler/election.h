@@ -75,6 +75,12 @@ class Election {
   void Step();
 
   bool IsLeader() const { return leader_.load(); }
+  // Whether this member's registration and member list are current: its lease was
+  // confirmed, and the member list read, less than ttl - margin ago. A sharded member sends
+  // to its hosts only while it is: one whose list is older may not know that a member
+  // joined and took some of its hosts (the one that joined waits a ttl before it uses
+  // them, ShardMap's handover).
+  bool MemberValid() const;
   // The leader's name as last read ("" while none).
   std::string Leader() const;
   // The registered members as last read, in name order (this one included once registered).
@@ -108,7 +114,10 @@ class Election {
   std::string leader_name_ ABSL_GUARDED_BY(mu_);
   std::vector<mkfleet::v1::ControllerMember> members_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Duration valid_until_ ABSL_GUARDED_BY(mu_);  // Monotonic(): the leadership is trusted until then
+  // Monotonic(): the registration (and the leadership, if any) is trusted until then.
+  absl::Duration valid_until_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
+  // Monotonic() when the member list was last read (its read started).
+  absl::Duration members_read_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
   std::thread thread_;
   std::thread guard_;
 };

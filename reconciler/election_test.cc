@@ -107,6 +107,25 @@ TEST_F(ElectionTest, APartitionedLeaderStepsDownBeforeItsLeaseCanExpire) {
   EXPECT_EQ(members_[1]->Members().size(), 3u);
 }
 
+TEST_F(ElectionTest, ACutOffFollowerIsNoValidMemberBeforeItsLeaseCanExpire) {
+  EXPECT_FALSE(members_[1]->MemberValid()) << "not registered yet";
+  StepAll();
+  EXPECT_TRUE(members_[1]->MemberValid());
+  Run(absl::Seconds(3));
+  views_[1]->cut = true;  // b renews once a round (1 s): its last renewal was at 3 s
+  Run(absl::Seconds(3));
+  EXPECT_TRUE(members_[1]->MemberValid()) << "at 6 s, within 3 s + ttl - ttl/5";
+  Run(absl::Seconds(1));
+  EXPECT_FALSE(members_[1]->MemberValid()) << "at 7 s its lease may expire any moment (8 s)";
+  EXPECT_EQ(members_[0]->Members().size(), 3u) << "its registration still stands";
+  Run(absl::Seconds(2));
+  EXPECT_EQ(members_[0]->Members().size(), 2u) << "gone with its lease";
+  views_[1]->cut = false;
+  Run(absl::Seconds(3));  // finds the lease gone (invalid meanwhile), registers again, a reads it
+  EXPECT_TRUE(members_[1]->MemberValid());
+  EXPECT_EQ(members_[0]->Members().size(), 3u);
+}
+
 TEST_F(ElectionTest, AStoppedLeaderResignsAtOnce) {
   StepAll();
   ASSERT_TRUE(members_[0]->IsLeader());

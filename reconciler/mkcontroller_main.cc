@@ -9,6 +9,10 @@
 // that loses its lease stops acting at once and exits (status 3) for its supervisor to
 // start it again as a follower, as Kubernetes' controllers do: no state of a former term
 // lingers.
+//
+// With --shards K (implies --ha) the members also split the hosts: each sends to its own
+// (consistent hashing of K shards over the live members); the leader plans for all
+// (reconciler.h: ReconcilerOptions.shards).
 #include <signal.h>
 #include <unistd.h>
 
@@ -37,6 +41,7 @@
 #include "reconciler/event_log.h"
 #include "reconciler/objects.h"
 #include "reconciler/reconciler.h"
+#include "reconciler/shards.h"
 #include "reconciler/store.h"
 #include "security/tls.h"
 
@@ -77,6 +82,12 @@ int main(int argc, char** argv) {
   app.add_flag("--ha", ha,
                "run as one member of a highly available control plane on an etcd store: members elect a leader, "
                "which reconciles; the others serve the API and take over when its lease expires");
+  int shards = 0;
+  app.add_option("--shards", shards,
+                 "run as one member of a sharded control plane on an etcd store (implies --ha): hosts fall into "
+                 "this many shards, spread over the live members by consistent hashing; each member sends to its "
+                 "own hosts, the leader plans for all (e.g. 64; 0: not sharded)")
+      ->check(CLI::Range(0, 65536));
   std::string lease_ttl = "5s";
   app.add_option("--lease-ttl", lease_ttl,
                  "--ha: the leader's lease; a dead leader is replaced within about this long (default 5s, at least 2s)");
@@ -150,8 +161,9 @@ int main(int argc, char** argv) {
               << "\"\n";
     return 2;
   }
+  if (shards > 0) ha = true;
   if (ha && !on_etcd) {
-    std::cerr << "mkcontroller: --ha: needs an etcd store (--store etcd:http://HOST:PORT[,...]); a SQLite file "
+    std::cerr << "mkcontroller: " << (shards > 0 ? "--shards" : "--ha") << ": needs an etcd store (--store etcd:http://HOST:PORT[,...]); a SQLite file "
                  "has one controller\n";
     return 2;
   }
@@ -262,6 +274,7 @@ int main(int argc, char** argv) {
   ro.drift_policy = drift_policy == "Report" ? v1::DRIFT_REPORT : v1::DRIFT_CORRECT;
   // --ha: the election decides when this member's loop and sources run.
   std::unique_ptr<reconciler::Election> election;
+  std::unique_ptr<reconciler::ShardMap> shard_map;
   std::thread starter;  // starts the loop once elected
   if (ha) {
     char host[256] = {0};
@@ -269,6 +282,14 @@ int main(int argc, char** argv) {
     if (member_name.empty()) member_name = std::string(host) + ":" + std::to_string(port);
     if (advertise.empty()) advertise = listen.substr(0, listen.rfind(':') + 1) + std::to_string(port);
     ro.may_act = [&election] { return election != nullptr && election->IsLeader(); };
+    if (shards > 0) {
+      // A shard taken from a live member is used after a lease: by then that member has
+      // seen the new list, or its own list is too old for it to act (MemberValid).
+      shard_map = std::make_unique<reconciler::ShardMap>(
+          member_name, shards, Clock::Real(), absl::Milliseconds(*ttl_ms),
+          [&election] { return election != nullptr && election->MemberValid(); });
+      ro.shards = shard_map.get();
+    }
   }
   reconciler::Reconciler loop(**store, objects, Clock::Real(), ro, events->get());
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
@@ -290,11 +311,25 @@ int main(int argc, char** argv) {
     eo.address = advertise;
     eo.version = kVersion;
     eo.ttl = absl::Milliseconds(*ttl_ms);
-    eo.on_elected = [&sources, &starter] {
+    eo.on_elected = [&sources, &starter, &loop] {
       // Not on the election's thread (the lease is renewed there). The loop runs already:
-      // as a follower it kept its connections and views; its passes start now.
+      // as a follower it kept its connections and views; its passes start now (sharded:
+      // it dials every host first, the planner needs them all).
+      loop.ShardsChanged();
       starter = std::thread([&sources] { sources.Start(); });
     };
+    if (shard_map != nullptr) {
+      eo.on_members = [&shard_map, &loop](const std::vector<v1::ControllerMember>& members) {
+        std::vector<std::string> names;
+        int64_t own_lease = 0;
+        for (const auto& m : members) {
+          names.push_back(m.name());
+          if (m.name() == shard_map->self()) own_lease = m.lease();
+        }
+        shard_map->SetMembers(names, own_lease);
+        loop.ShardsChanged();  // a new epoch at every change of the members, even with the same hosts
+      };
+    }
     eo.on_lost = [] {
       // may_act is already false: nothing more is sent. Exit at once (threads may hang on
       // an unreachable etcd) for the supervisor to start a clean follower.
@@ -313,14 +348,31 @@ int main(int argc, char** argv) {
       if (leader.empty()) return absl::UnavailableError(e->name() + " is not the leader, and none is elected yet; retry");
       return absl::UnavailableError(e->name() + " is not the leader: ask " + leader + " at " + address);
     });
-    service.SetControllers([e] {
+    service.SetControllers([e, shards, &objects] {
       v1::ControllersResponse r;
-      r.set_mode("ha");
+      r.set_mode(shards > 0 ? "sharded" : "ha");
       r.set_leader(e->Leader());
       r.set_answered_by(e->name());
+      std::vector<std::string> names;
       for (auto& m : e->Members()) {
         m.set_leader(m.name() == r.leader());
+        names.push_back(m.name());
         *r.add_members() = std::move(m);
+      }
+      if (shards > 0) {
+        // Who owns which hosts, as every member computes it from the same list.
+        r.set_shards(shards);
+        const std::vector<std::string> owner = reconciler::AssignShards(names, shards);
+        std::map<std::string, v1::ControllerMember*> by_name;
+        for (auto& m : *r.mutable_members()) by_name[m.name()] = &m;
+        auto hosts = objects.List("Host");
+        for (const v1::Object& o : hosts.ok() ? *hosts : std::vector<v1::Object>{}) {
+          const std::string& host = o.host().metadata().name();
+          auto m = by_name.find(owner[reconciler::ShardOf(host, shards)]);
+          if (m == by_name.end()) continue;
+          m->second->set_hosts(m->second->hosts() + 1);
+          if (m->second->host_names_size() < 20) m->second->add_host_names(host);
+        }
       }
       return r;
     });
@@ -333,6 +385,7 @@ int main(int argc, char** argv) {
   std::cout << "mkcontroller " << kVersion << ": store " << store_spec << ", "
             << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port;
   if (ha) std::cout << ", member " << member_name << " of a control plane (leader lease " << lease_ttl << ")";
+  if (shards > 0) std::cout << ", " << shards << " shards";
   std::cout << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
   if (election != nullptr) election->Stop();  // resigns if leading (the others take over at once)

@@ -12,6 +12,8 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "reconciler/fleet_plan.h"
 
 namespace mkfleet::reconciler {
@@ -20,7 +22,40 @@ namespace {
 // How soon a pass follows one that left a rollout under way (its minReady and healthTimeout
 // move on with time, not only with the hosts' changes).
 constexpr absl::Duration kRolloutTick = absl::Milliseconds(250);
+// Sharded: a host this member is assigned but does not own yet (handing over) is looked at
+// again this soon.
+constexpr absl::Duration kHandoverTick = absl::Milliseconds(200);
+constexpr char kShardsPrefix[] = "/shards/";
+constexpr char kWorkPrefix[] = "/shards/work/";
+constexpr char kReportPrefix[] = "/shards/report/";
 namespace v1 = mkfleet::v1;
+
+std::string Deterministic(const google::protobuf::Message& m) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    m.SerializeToCodedStream(&coded);
+  }
+  return out;
+}
+
+// Runs fn(i) for i in [0, n) on up to `parallel` threads (the caller's alone for 1).
+void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  };
+  size_t workers = std::min<size_t>(n, std::max(1, parallel));
+  if (workers <= 1) {
+    worker();
+    return;
+  }
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < workers; ++i) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+}
 
 // A pass serves every ready host at once, so the global limit (per host taken) is sized
 // for a fleet of thousands; per-host backoff keeps its defaults (5 ms doubling to 1000 s).
@@ -44,7 +79,9 @@ Reconciler::Reconciler(Store& store, Objects& objects, Clock& clock, ReconcilerO
       dispatcher_(store, clock,
                   {options_.instance_backoff_base, options_.instance_backoff_max,
                    [this](const std::string& host, absl::Duration delay) { queue_.AddAfter(host, delay); },
-                   options_.may_act}),
+                   [this](const std::string& host) {
+                     return options_.shards != nullptr ? options_.shards->Owns(host) : Leading();
+                   }}),
       rollouts_(store, clock),
       drift_(options_.drift_policy),
       last_resync_(clock.Monotonic()) {}
@@ -164,7 +201,12 @@ void Reconciler::SyncConnections(bool objects_changed) {
   auto hosts = objects_.List("Host");
   if (!hosts.ok()) return;
   std::map<std::string, std::string> wanted;
-  for (const v1::Object& o : *hosts) wanted[o.host().metadata().name()] = o.host().spec().agent();
+  // Sharded: a member that does not lead connects to the hosts it is assigned only.
+  const bool some = options_.shards != nullptr && !Leading();
+  for (const v1::Object& o : *hosts) {
+    const std::string& name = o.host().metadata().name();
+    if (!some || options_.shards->Assigned(name)) wanted[name] = o.host().spec().agent();
+  }
   std::vector<std::shared_ptr<HostConnection>> closed;
   std::vector<std::string> forgotten;
   {
@@ -188,7 +230,10 @@ void Reconciler::SyncConnections(bool objects_changed) {
       o.call_timeout = options_.call_timeout;
       o.on_change = [this](const std::string& h) { queue_.Add(h); };
       if (events_ != nullptr) {
-        o.on_events = [this](const std::string& h, std::vector<v1::Event> e) { ForwardAgentEvents(h, std::move(e)); };
+        o.on_events = [this](const std::string& h, std::vector<v1::Event> e) {
+          // Sharded: the leader sees every host; the host's owner records its events.
+          if (options_.shards == nullptr || options_.shards->Assigned(h)) ForwardAgentEvents(h, std::move(e));
+        };
         o.events_after = events_->LastAgentSeq(host);
       }
       std::unique_ptr<AgentClient> client =
@@ -212,10 +257,23 @@ void Reconciler::SyncConnections(bool objects_changed) {
 void Reconciler::PollStore(absl::Duration wait) {
   auto next = store_.WaitForRevision(seen_revision_, wait);
   bool changed = false;
+  if (options_.shards != nullptr) {
+    if (shards_changed_.exchange(false)) {
+      // New owners: fresh fences (the former owners' late batches are refused), and every
+      // owned host gets its work again.
+      dispatcher_.NewEpoch();
+      {
+        absl::MutexLock lock(&shard_mu_);
+        work_sent_.clear();
+      }
+      changed = true;
+    }
+    if (next.ok()) FollowShards(seen_revision_, *next);
+  }
   if (next.ok() && *next > seen_revision_) {
     // Only object changes matter; the loop's own status writes must not wake it.
     auto events = store_.EventsSince(seen_revision_, "/objects/");
-    changed = !events.ok() || !events->empty();
+    changed |= !events.ok() || !events->empty();
     seen_revision_ = *next;
   }
   bool resync = clock_.Monotonic() - last_resync_ >= options_.resync;
@@ -232,7 +290,8 @@ void Reconciler::PollStore(absl::Duration wait) {
 }
 
 void Reconciler::RunDue(absl::Duration wait) {
-  if (options_.may_act && !options_.may_act()) {
+  const bool leading = Leading();
+  if (!leading && options_.shards == nullptr) {
     // A follower: its connections and views stay current, its queue fills; it passes
     // nothing until it leads (then it takes over without dialling every agent first).
     clock_.SleepFor(std::min(wait, absl::Milliseconds(50)));
@@ -243,7 +302,8 @@ void Reconciler::RunDue(absl::Duration wait) {
   // Every host ready now joins this pass: one plan for all of them.
   std::vector<std::string> batch = {host};
   while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
-  std::map<std::string, absl::Status> results = ReconcileHosts(batch);
+  // A sharded member that does not lead sends its hosts what the leader published.
+  std::map<std::string, absl::Status> results = leading ? ReconcileHosts(batch) : SendPublished(batch);
   if (options_.after_pass) options_.after_pass();
   for (const std::string& h : batch) {
     const absl::Status& s = results[h];
@@ -369,34 +429,44 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
   }
 
-  // The hosts' batches go out in parallel; each worker takes the next host.
+  // The hosts' batches go out in parallel; each worker takes the next host. Sharded: the
+  // hosts of other members get their plans through the store.
   std::vector<std::string> order(batch.begin(), batch.end());
   std::vector<HostOutcome> outcomes(order.size());
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i = next++; i < order.size(); i = next++) {
-      const std::string& h = order[i];
-      auto plan = fleet.hosts.find(h);
-      if (plan == fleet.hosts.end()) {
-        const HostView& v = views[h];
-        if (!v.connected) outcomes[i].sent = absl::UnavailableError(absl::StrCat("host ", h, ": ", v.error));
-        continue;
-      }
-      outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
+  std::vector<bool> published(order.size(), false);
+  std::vector<Op> publish;
+  ForEachParallel(order.size(), options_.parallel_sends, [&](size_t i) {
+    const std::string& h = order[i];
+    auto plan = fleet.hosts.find(h);
+    if (plan == fleet.hosts.end()) {
+      const HostView& v = views[h];
+      if (!v.connected) outcomes[i].sent = absl::UnavailableError(absl::StrCat("host ", h, ": ", v.error));
+      return;
     }
-  };
-  size_t workers = std::min<size_t>(order.size(), std::max(1, options_.parallel_sends));
-  if (workers <= 1) {
-    worker();
-  } else {
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < workers; ++i) threads.emplace_back(worker);
-    for (auto& t : threads) t.join();
+    if (options_.shards != nullptr && !options_.shards->Assigned(h)) {
+      outcomes[i] = Publish(h, plan->second, fleet, &publish);
+      published[i] = true;
+      return;
+    }
+    if (options_.shards != nullptr && !options_.shards->Owns(h)) {
+      queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
+      return;
+    }
+    outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
+  });
+  if (!publish.empty() && Leading()) {
+    auto written = store_.Txn({}, publish);
+    if (!written.ok()) {
+      Log() << "shards: publishing " << publish.size() << " hosts' work: " << written.status().message() << "\n";
+      absl::MutexLock lock(&shard_mu_);
+      for (const Op& op : publish) shard_work_.erase(op.key.substr(sizeof(kWorkPrefix) - 1));  // again next pass
+    }
   }
   std::map<std::string, HostOutcome> by_host;
   std::vector<v1::Event> events;
   for (size_t i = 0; i < order.size(); ++i) {
-    result[order[i]] = outcomes[i].sent;
+    // What its owner reported is the host's outcome for the statuses; this pass sent nothing.
+    result[order[i]] = published[i] ? absl::OkStatus() : outcomes[i].sent;
     for (v1::Event& e : outcomes[i].events) events.push_back(std::move(e));
     outcomes[i].events.clear();
     by_host[order[i]] = std::move(outcomes[i]);
@@ -503,6 +573,9 @@ void Reconciler::FinalizeDrained(const FleetPlan& fleet) {
     if (events_ != nullptr) {
       events_->Record(MakeEvent("Host", host, host, false, "Deleted", "its instances are gone")).IgnoreError();
       events_->ForgetHost(host).IgnoreError();
+    }
+    if (options_.shards != nullptr) {
+      (void)store_.Txn({}, {{Op::Type::kDelete, kWorkPrefix + host, "", 0}, {Op::Type::kDelete, kReportPrefix + host, "", 0}});
     }
   }
 }
@@ -706,6 +779,163 @@ absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& requ
     return out;
   }
   return absl::InvalidArgumentError(absl::StrCat("morph: unknown verb \"", verb, "\" (status, prepare, commit, rollback)"));
+}
+
+void Reconciler::NoteShardRecord(const std::string& key, const std::string& value, bool deleted, bool queue) {
+  const bool leading = Leading();
+  if (absl::StartsWith(key, kWorkPrefix)) {
+    const std::string host = key.substr(sizeof(kWorkPrefix) - 1);
+    {
+      absl::MutexLock lock(&shard_mu_);
+      if (deleted) {
+        shard_work_.erase(host);
+      } else {
+        shard_work_[host] = value;
+      }
+    }
+    // New work for a host this member sends to (the leader's own writes wake nobody).
+    if (queue && !leading && options_.shards->Assigned(host)) queue_.Add(host);
+  } else if (absl::StartsWith(key, kReportPrefix)) {
+    const std::string host = key.substr(sizeof(kReportPrefix) - 1);
+    {
+      absl::MutexLock lock(&shard_mu_);
+      v1::HostReport r;
+      if (deleted || !r.ParseFromString(value)) {
+        shard_reports_.erase(host);
+      } else {
+        shard_reports_[host] = std::move(r);
+      }
+    }
+    // An owner's outcome: the leader's statuses take it in a pass of that host.
+    if (queue && leading && !options_.shards->Assigned(host)) queue_.Add(host);
+  }
+}
+
+void Reconciler::FollowShards(int64_t after, int64_t now) {
+  if (shards_loaded_ && now > after) {
+    auto events = store_.EventsSince(after, kShardsPrefix);
+    if (events.ok()) {
+      for (const Event& e : *events) NoteShardRecord(e.key, e.value, e.type == Event::Type::kDelete, true);
+      return;
+    }
+    shards_loaded_ = false;  // compacted past `after`: read them whole
+  }
+  if (shards_loaded_) return;
+  auto all = store_.List(kShardsPrefix);
+  if (!all.ok()) return;
+  {
+    absl::MutexLock lock(&shard_mu_);
+    shard_work_.clear();
+    shard_reports_.clear();
+  }
+  for (const KeyValue& kv : *all) NoteShardRecord(kv.key, kv.value, false, true);
+  shards_loaded_ = true;
+}
+
+HostOutcome Reconciler::Publish(const std::string& host, const Plan& plan, const FleetPlan& fleet,
+                                std::vector<Op>* publish) {
+  v1::HostWork work;
+  for (const v1::Action& a : plan.actions) *work.add_actions() = a;
+  *work.mutable_policies() = PoliciesFor(host, fleet);
+  std::string wire = Deterministic(work);
+  HostOutcome out;
+  for (const v1::Action& a : plan.actions) out.in_plan.insert(a.instance());
+  absl::MutexLock lock(&shard_mu_);
+  auto& last = shard_work_[host];
+  if (last != wire) {
+    last = wire;
+    publish->push_back({Op::Type::kPut, kWorkPrefix + host, std::move(wire), 0});
+  }
+  auto report = shard_reports_.find(host);
+  if (report != shard_reports_.end()) {
+    const v1::HostReport& r = report->second;
+    for (const auto& [kernel, why] : r.failed()) {
+      if (out.in_plan.count(kernel)) out.failed[kernel] = why;
+    }
+    for (const auto& [kernel, why] : r.held_back()) {
+      if (out.in_plan.count(kernel)) out.held_back[kernel] = why;
+    }
+    out.pool_note = r.pool_note();
+  }
+  return out;
+}
+
+std::map<std::string, absl::Status> Reconciler::SendPublished(const std::vector<std::string>& hosts) {
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& h : hosts) {
+      auto c = connections_.find(h);
+      if (c != connections_.end()) links[h] = c->second.link;
+    }
+  }
+  std::vector<absl::Status> results(hosts.size());
+  std::vector<std::vector<v1::Event>> events(hosts.size());
+  std::vector<Op> reports;
+  ForEachParallel(hosts.size(), options_.parallel_sends, [&](size_t i) {
+    const std::string& h = hosts[i];
+    auto link = links.find(h);
+    if (link == links.end() || !options_.shards->Assigned(h)) return;  // not this member's (any more)
+    if (!options_.shards->Owns(h)) {
+      queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
+      return;
+    }
+    std::string wire;
+    {
+      absl::MutexLock lock(&shard_mu_);
+      auto w = shard_work_.find(h);
+      if (w == shard_work_.end()) return;  // nothing published for it yet
+      wire = w->second;
+      auto sent = work_sent_.find(h);
+      // Sent already and it went through: the agent's journal would only replay it.
+      if (sent != work_sent_.end() && sent->second == std::make_pair(absl::HashOf(wire), true)) return;
+    }
+    v1::HostWork work;
+    if (!work.ParseFromString(wire)) {
+      results[i] = absl::DataLossError(absl::StrCat("host ", h, ": the published work does not parse"));
+      return;
+    }
+    Plan plan;
+    plan.actions.assign(work.actions().begin(), work.actions().end());
+    HostOutcome out = dispatcher_.Send(h, *link->second, plan, work.policies());
+    v1::HostReport report;
+    report.set_member(options_.shards->self());
+    if (!out.sent.ok()) report.set_error(std::string(out.sent.message()));
+    report.mutable_failed()->insert(out.failed.begin(), out.failed.end());
+    report.mutable_held_back()->insert(out.held_back.begin(), out.held_back.end());
+    report.set_pool_note(out.pool_note);
+    std::string report_wire = Deterministic(report);
+    {
+      absl::MutexLock lock(&shard_mu_);
+      work_sent_[h] = {absl::HashOf(wire), out.sent.ok() && out.failed.empty() && out.held_back.empty()};
+      auto& last = reported_[h];
+      if (last != report_wire) {
+        last = report_wire;
+        reports.push_back({Op::Type::kPut, kReportPrefix + h, std::move(report_wire), 0});
+      }
+    }
+    events[i] = std::move(out.events);
+    results[i] = out.sent;
+  });
+  if (!reports.empty()) {
+    auto written = store_.Txn({}, reports);
+    if (!written.ok()) {
+      Log() << "shards: reporting " << reports.size() << " hosts: " << written.status().message() << "\n";
+      absl::MutexLock lock(&shard_mu_);
+      for (const Op& op : reports) reported_.erase(op.key.substr(sizeof(kReportPrefix) - 1));
+    }
+  }
+  std::vector<v1::Event> all;
+  for (auto& e : events) {
+    for (v1::Event& one : e) all.push_back(std::move(one));
+  }
+  if (events_ != nullptr && !all.empty()) {
+    absl::Status e = events_->RecordAll(std::move(all));
+    if (!e.ok()) Log() << "events: " << e.message() << "\n";
+  }
+  std::map<std::string, absl::Status> out;
+  for (size_t i = 0; i < hosts.size(); ++i) out[hosts[i]] = results[i];
+  return out;
 }
 
 }  // namespace mkfleet::reconciler

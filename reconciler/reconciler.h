@@ -33,6 +33,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "mkfleet/v1/controller.pb.h"
 #include "reconciler/drift.h"
 #include "reconciler/agent_client.h"
 #include "reconciler/dispatch.h"
@@ -42,6 +43,7 @@
 #include "reconciler/objects.h"
 #include "reconciler/statuses.h"
 #include "reconciler/rollouts.h"
+#include "reconciler/shards.h"
 #include "reconciler/store.h"
 #include "reconciler/work_queue.h"
 
@@ -80,6 +82,15 @@ struct ReconcilerOptions {
   std::function<bool()> may_act;
   // What a host without spec.driftPolicy does about changes made outside mkfleet.
   mkfleet::v1::DriftPolicy drift_policy = mkfleet::v1::DRIFT_CORRECT;
+  // A sharded control plane (mkcontroller --shards; null: not sharded): which hosts this
+  // member sends to. The leader (may_act) still plans the whole fleet, with a connection to
+  // every host: it sends the hosts it owns their plans and publishes the others' in the
+  // store (`/shards/work/<host>`: actions and policies). Every member keeps connections to
+  // the hosts it is assigned, sends each what the leader published for it (each change
+  // once, again after a failure, fenced with its own epoch, raised whenever the members
+  // change) and reports the outcome (`/shards/report/<host>`), which the leader's statuses
+  // take as that host's. The agents' events go to the store from the host's owner only.
+  const ShardMap* shards = nullptr;
 };
 
 class Reconciler {
@@ -99,6 +110,12 @@ class Reconciler {
   // The next time (Clock::Monotonic) something is due in the work queue: a driver may
   // skip to it.
   absl::Duration NextDue();
+
+  // Sharded: the members (or this member's leadership) changed. The watcher opens and
+  // closes connections for the new assignment, raises the epoch for the next batches and
+  // sends every owned host its published work again. Cheap: callable from the election's
+  // thread.
+  void ShardsChanged() { shards_changed_ = true; }
 
   // One pass for `host`: plan the fleet, send this host's actions. Returns why it failed.
   absl::Status ReconcileHost(const std::string& host);
@@ -159,6 +176,16 @@ class Reconciler {
   void FinalizeDrained(const FleetPlan& fleet);
   void ForwardAgentEvents(const std::string& host, std::vector<mkfleet::v1::Event> events);
   std::map<std::string, HostView> Views(std::map<std::string, std::shared_ptr<HostConnection>>* links);
+  // Whether this controller plans (not a follower of an HA or sharded control plane).
+  bool Leading() const { return !options_.may_act || options_.may_act(); }
+  // Sharded: reads the published work and reports (List), or follows their changes.
+  void FollowShards(int64_t after, int64_t now);
+  void NoteShardRecord(const std::string& key, const std::string& value, bool deleted, bool queue);
+  // Sharded, on the leader: `host`'s plan as published for its owner (queued in `publish`
+  // when it changed), and the outcome its owner last reported.
+  HostOutcome Publish(const std::string& host, const Plan& plan, const FleetPlan& fleet, std::vector<Op>* publish);
+  // Sharded, on a member that does not lead: sends the hosts it owns their published work.
+  std::map<std::string, absl::Status> SendPublished(const std::vector<std::string>& hosts);
 
   Store& store_;
   Objects& objects_;
@@ -212,6 +239,17 @@ class Reconciler {
   void NoteSent(const FleetPlan& fleet, const std::map<std::string, HostView>& views,
                 const std::map<std::string, HostOutcome>& outcomes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+
+  // Sharded: the published records as last read (host -> serialized HostWork; reports),
+  // what this member last sent each host it owns (a fingerprint of the work, and whether
+  // it went through without a failure) and the reports it last wrote.
+  std::atomic<bool> shards_changed_{false};
+  bool shards_loaded_ = false;  // the store watcher's
+  absl::Mutex shard_mu_;
+  std::map<std::string, std::string> shard_work_ ABSL_GUARDED_BY(shard_mu_);
+  std::map<std::string, mkfleet::v1::HostReport> shard_reports_ ABSL_GUARDED_BY(shard_mu_);
+  std::map<std::string, std::pair<size_t, bool>> work_sent_ ABSL_GUARDED_BY(shard_mu_);
+  std::map<std::string, std::string> reported_ ABSL_GUARDED_BY(shard_mu_);
 
   std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};

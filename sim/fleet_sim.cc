@@ -35,6 +35,7 @@
 #include "reconciler/objects.h"
 #include "reconciler/election.h"
 #include "reconciler/reconciler.h"
+#include "reconciler/shards.h"
 #include "reconciler/testing/cut_store.h"
 #include "reconciler/store.h"
 #include "sim/crashing_kernel.h"
@@ -114,8 +115,8 @@ class World {
 
   // The network, for the controller's clients.
   absl::StatusOr<v1::InventoryResponse> Inventory(int h);
-  absl::StatusOr<v1::ExecuteResponse> Execute(int h, const v1::ActionBatch& batch);
-  absl::Status SetPolicy(int h, const v1::SetPolicyRequest& request);
+  absl::StatusOr<v1::ExecuteResponse> Execute(int h, const v1::ActionBatch& batch, int member);
+  absl::Status SetPolicy(int h, const v1::SetPolicyRequest& request, int member);
   agents::Agent* AgentOf(int h) { return hosts_[h]->agent.get(); }
   int IncarnationOf(int h) { return hosts_[h]->incarnation; }
   bool StreamBreaks() { return rng_.P(net_.stream_break); }
@@ -188,12 +189,38 @@ class World {
   std::unique_ptr<reconciler::CutStore> election_view_;
   std::unique_ptr<reconciler::Election> election_;
   std::unique_ptr<reconciler::Election> rival_;
+  reconciler::Election* election_raw_ = nullptr;  // election_, for the shard map's validity
+  reconciler::Election* peer_election_raw_ = nullptr;
   int64_t cut_until_ = -1, rival_until_ = -1;
   int incarnation_ = 0;
   bool led_ = false;  // the controller led after the last step
   void StepElection();
   void ElectionFault();
   void EndElectionFaults();
+  // Sharding (o_.shards > 0): the controller's shard map, and the peer, a member that never
+  // campaigns (so the controller is the one that plans) and sends its hosts what the
+  // controller publishes. Faults: the peer killed (back later under a new name) or cut off
+  // from the store. Invariant (m).
+  struct Peer {
+    std::unique_ptr<reconciler::CutStore> view;
+    std::unique_ptr<reconciler::Objects> objects;
+    std::unique_ptr<reconciler::EventLog> events;
+    std::unique_ptr<reconciler::Election> election;
+    std::unique_ptr<reconciler::ShardMap> shards;
+    std::unique_ptr<reconciler::Reconciler> loop;
+  };
+  std::unique_ptr<reconciler::ShardMap> shard_map_;
+  std::unique_ptr<Peer> peer_;
+  int peer_incarnation_ = 0;
+  int64_t peer_down_until_ = -1, peer_cut_until_ = -1;
+  reconciler::ReconcilerOptions LoopOptions(int member);
+  std::unique_ptr<reconciler::ShardMap> NewShardMap(const std::string& name, reconciler::Election** election);
+  void StartPeer();
+  void KillPeer(const std::string& why);
+  void StepPeer();
+  void PeerFault();
+  // Whether `member` (0: the controller, 1: the peer) may send to host h now, else (l)/(m).
+  void CheckSender(int h, int member, const char* what);
   // The repository of GitSource "repo" (its work tree is the remote): its files, and per
   // commit what it holds ("g0" -> the spec), or nothing for a commit with an invalid file.
   std::string repo_dir_;
@@ -270,21 +297,22 @@ class SimStream final : public reconciler::WatchStream {
 
 class SimAgentClient final : public reconciler::AgentClient {
  public:
-  SimAgentClient(World& w, int h) : w_(w), h_(h) {}
+  SimAgentClient(World& w, int h, int member) : w_(w), h_(h), member_(member) {}
   absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration) override { return w_.Inventory(h_); }
   std::unique_ptr<reconciler::WatchStream> Watch(const v1::WatchRequest&) override {
     return std::make_unique<SimStream>(w_, h_);
   }
   absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch& batch, absl::Duration) override {
-    return w_.Execute(h_, batch);
+    return w_.Execute(h_, batch, member_);
   }
   absl::Status SetPolicy(const v1::SetPolicyRequest& request, absl::Duration) override {
-    return w_.SetPolicy(h_, request);
+    return w_.SetPolicy(h_, request, member_);
   }
 
  private:
   World& w_;
   int h_;
+  int member_;  // 0: the controller, 1: the peer (sharded)
 };
 
 absl::StatusOr<v1::InventoryResponse> World::Inventory(int h) {
@@ -294,12 +322,25 @@ absl::StatusOr<v1::InventoryResponse> World::Inventory(int h) {
   return hosts_[h]->agent->Inventory();
 }
 
-absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch& batch) {
-  if ((election_ == nullptr || !election_->IsLeader()) && violation_.ok()) {
-    violation_ = Fail(absl::StrCat("(l): a batch to ", hosts_[h]->name, " from a controller that is not the leader"));
+void World::CheckSender(int h, int member, const char* what) {
+  if (!violation_.ok()) return;
+  if (o_.shards == 0) {
+    if (election_ == nullptr || !election_->IsLeader()) {
+      violation_ = Fail(absl::StrCat("(l): ", what, " to ", hosts_[h]->name, " from a controller that is not the leader"));
+    }
+    return;
   }
-  if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
-  if (controller_sends_left_ > 0) --controller_sends_left_;
+  const reconciler::ShardMap* map = member == 0 ? shard_map_.get() : (peer_ != nullptr ? peer_->shards.get() : nullptr);
+  if (map == nullptr || !map->Owns(hosts_[h]->name)) {
+    violation_ = Fail(absl::StrCat("(m): ", what, " to ", hosts_[h]->name, " from ", member == 0 ? "the controller" : "the peer",
+                                   ", which does not own it"));
+  }
+}
+
+absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch& batch, int member) {
+  CheckSender(h, member, "a batch");
+  if (member == 0 && controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
+  if (member == 0 && controller_sends_left_ > 0) --controller_sends_left_;
   for (const v1::Action& a : batch.actions()) {
     if (!failing_.count(absl::StrCat(hosts_[h]->name, "/", a.instance()))) {
       last_non_failing_send_ = step_;
@@ -329,11 +370,9 @@ absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch&
   return r;
 }
 
-absl::Status World::SetPolicy(int h, const v1::SetPolicyRequest& request) {
-  if ((election_ == nullptr || !election_->IsLeader()) && violation_.ok()) {
-    violation_ = Fail(absl::StrCat("(l): policies to ", hosts_[h]->name, " from a controller that is not the leader"));
-  }
-  if (controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
+absl::Status World::SetPolicy(int h, const v1::SetPolicyRequest& request, int member) {
+  CheckSender(h, member, "policies");
+  if (member == 0 && controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
   if (rng_.P(net_.drop)) return absl::UnavailableError("dropped");
   if (rng_.P(net_.delay)) {
     delayed_.push_back({step_ + rng_.I(1, 30), h, true, {}, request});
@@ -435,6 +474,7 @@ void World::Setup() {
   for (size_t i = 0; i < hosts_.size(); ++i) StartAgent(static_cast<int>(i));
   store_ = *reconciler::OpenSqliteStore(o_.dir + "/store.db", clock_);
   StartController();
+  if (o_.shards > 0) StartPeer();
   for (size_t i = 0; i < hosts_.size(); ++i) Apply(Host(static_cast<int>(i), false)).IgnoreError();
   // GitOps: a repository (its work tree is the remote) with an empty first commit, and
   // GitSource "repo" on its folder fleet/, fetched every 2 s (40 steps), pruning.
@@ -545,11 +585,9 @@ void World::KillAgent(int h, const std::string& why) {
   ++result_.faults;
 }
 
-void World::StartController() {
-  objects_ = std::make_unique<reconciler::Objects>(*store_);
-  events_ = *reconciler::EventLog::Open(*store_, clock_, 500);
+reconciler::ReconcilerOptions World::LoopOptions(int member) {
   reconciler::ReconcilerOptions ro;
-  ro.keep_last_plan = true;  // the invariants read the last pass's plan
+  ro.keep_last_plan = member == 0;  // the invariants read the last pass's plan
   ro.resync = absl::Seconds(1);
   ro.unreachable_after = absl::Seconds(2);
   ro.parallel_sends = 1;
@@ -558,15 +596,50 @@ void World::StartController() {
   ro.host_backoff_max = absl::Seconds(2);
   ro.instance_backoff_max = absl::Seconds(2);
   ro.log = o_.verbose ? &std::cerr : nullptr;
-  ro.client_factory = [this](const std::string& host, const std::string&) -> std::unique_ptr<reconciler::AgentClient> {
-    return std::make_unique<SimAgentClient>(*this, HostIndex(host));
+  ro.client_factory = [this, member](const std::string& host,
+                                     const std::string&) -> std::unique_ptr<reconciler::AgentClient> {
+    return std::make_unique<SimAgentClient>(*this, HostIndex(host), member);
   };
+  return ro;
+}
+
+// A member's shard map, fed by its election's member list (a member that joined is handed
+// its shards after a lease: the one that had them has seen the list by then, or stopped).
+std::unique_ptr<reconciler::ShardMap> World::NewShardMap(const std::string& name, reconciler::Election** election) {
+  return std::make_unique<reconciler::ShardMap>(name, o_.shards, clock_, kLeaseTtl,
+                                                [election] { return *election != nullptr && (*election)->MemberValid(); });
+}
+
+void World::StartController() {
+  objects_ = std::make_unique<reconciler::Objects>(*store_);
+  events_ = *reconciler::EventLog::Open(*store_, clock_, 500);
+  reconciler::ReconcilerOptions ro = LoopOptions(0);
   election_view_ = std::make_unique<reconciler::CutStore>(*store_);
   reconciler::ElectionOptions eo;
   eo.name = absl::StrCat("controller-", ++incarnation_);
   eo.ttl = kLeaseTtl;
   eo.log = nullptr;
+  if (o_.shards > 0) {
+    election_raw_ = nullptr;
+    shard_map_ = NewShardMap(eo.name, &election_raw_);
+    eo.on_members = [this](const std::vector<v1::ControllerMember>& members) {
+      std::vector<std::string> names;
+      int64_t own = 0;
+      for (const auto& m : members) {
+        names.push_back(m.name());
+        if (m.name() == shard_map_->self()) own = m.lease();
+      }
+      shard_map_->SetMembers(names, own);
+      if (reconciler_ != nullptr) reconciler_->ShardsChanged();
+    };
+    // Elected, it dials every host (the planner needs them all).
+    eo.on_elected = [this] {
+      if (reconciler_ != nullptr) reconciler_->ShardsChanged();
+    };
+    ro.shards = shard_map_.get();
+  }
   election_ = std::make_unique<reconciler::Election>(*election_view_, clock_, eo);
+  election_raw_ = election_.get();
   ro.may_act = [this] { return election_ != nullptr && election_->IsLeader(); };
   reconciler_ = std::make_unique<reconciler::Reconciler>(*store_, *objects_, clock_, ro, events_.get());
   gitops::SourceControllerOptions so;
@@ -580,6 +653,77 @@ void World::StartController() {
   }
 }
 
+void World::StartPeer() {
+  peer_ = std::make_unique<Peer>();
+  Peer& p = *peer_;
+  const std::string name = absl::StrCat("peer-", ++peer_incarnation_);
+  p.view = std::make_unique<reconciler::CutStore>(*store_);
+  p.objects = std::make_unique<reconciler::Objects>(*store_);
+  p.events = *reconciler::EventLog::Open(*store_, clock_, 500);
+  peer_election_raw_ = nullptr;
+  p.shards = NewShardMap(name, &peer_election_raw_);
+  reconciler::ElectionOptions eo;
+  eo.name = name;
+  eo.ttl = kLeaseTtl;
+  eo.log = nullptr;
+  eo.campaign = false;
+  eo.on_members = [this](const std::vector<v1::ControllerMember>& members) {
+    std::vector<std::string> names;
+    int64_t own = 0;
+    for (const auto& m : members) {
+      names.push_back(m.name());
+      if (m.name() == peer_->shards->self()) own = m.lease();
+    }
+    peer_->shards->SetMembers(names, own);
+    if (peer_->loop != nullptr) peer_->loop->ShardsChanged();
+  };
+  p.election = std::make_unique<reconciler::Election>(*p.view, clock_, eo);
+  peer_election_raw_ = p.election.get();
+  reconciler::ReconcilerOptions ro = LoopOptions(1);
+  ro.may_act = [] { return false; };  // it never plans
+  ro.shards = p.shards.get();
+  p.loop = std::make_unique<reconciler::Reconciler>(*store_, *p.objects, clock_, ro, p.events.get());
+  peer_down_until_ = -1;
+  Trace(absl::StrCat("peer up (", name, ")"));
+}
+
+void World::KillPeer(const std::string& why) {
+  if (peer_ == nullptr) return;
+  result_.actions += peer_->loop->actions_sent();
+  peer_->loop.reset();
+  peer_->election->Crash();  // its lease runs out in the store
+  peer_election_raw_ = nullptr;
+  peer_.reset();
+  peer_cut_until_ = -1;
+  peer_down_until_ = step_ + rng_.I(20, 120);
+  Trace(absl::StrCat("fault: peer killed (", why, "), back at step ", peer_down_until_));
+}
+
+void World::StepPeer() {
+  if (o_.shards == 0) return;
+  if (peer_ == nullptr && peer_down_until_ >= 0 && step_ >= peer_down_until_) StartPeer();
+  if (peer_ == nullptr) return;
+  if (peer_cut_until_ >= 0 && step_ >= peer_cut_until_) {
+    peer_->view->cut = false;
+    peer_cut_until_ = -1;
+    Trace("the peer reaches the store again");
+  }
+  peer_->election->Step();
+  peer_->loop->Step();
+}
+
+void World::PeerFault() {
+  if (peer_ == nullptr) return;
+  ++result_.faults;
+  if (election_rng_.P(0.5)) {
+    KillPeer("SIGKILL");
+  } else if (peer_cut_until_ < 0) {
+    peer_->view->cut = true;
+    peer_cut_until_ = step_ + election_rng_.I(10, 120);
+    Trace(absl::StrCat("fault: the peer cut off from the store until step ", peer_cut_until_));
+  }
+}
+
 void World::KillController(const std::string& why) {
   if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
   sources_.reset();
@@ -587,8 +731,10 @@ void World::KillController(const std::string& why) {
   events_.reset();
   objects_.reset();
   if (election_ != nullptr) election_->Crash();  // its lease runs out in the store
+  election_raw_ = nullptr;
   election_.reset();
   election_view_.reset();
+  shard_map_.reset();
   cut_until_ = -1;
   led_ = false;
   controller_down_until_ = step_ + rng_.I(3, 30);
@@ -1265,6 +1411,7 @@ void World::OneStep() {
     reconciler_->Step();
     if (controller_sends_left_ == 0) KillController("died in a pass");
   }
+  StepPeer();
   // The source controller's thread, one round: fetches (and applies) what is due.
   if (sources_ != nullptr && sources_->RunOnce() > 0) NoteApplied();
 }
@@ -1341,6 +1488,14 @@ void World::NoteApplied() {
 
 absl::Status World::CheckStep() {
   if (!violation_.ok()) return violation_;
+  // (m) one owner per host at every step.
+  if (o_.shards > 0 && shard_map_ != nullptr && peer_ != nullptr) {
+    for (const auto& host : hosts_) {
+      if (shard_map_->Owns(host->name) && peer_->shards->Owns(host->name)) {
+        return Fail(absl::StrCat("(m): ", host->name, " is owned by the controller and the peer at once"));
+      }
+    }
+  }
   if (absl::Status s = CheckSource(/*quiescent=*/false); !s.ok()) return s;
   for (size_t h = 0; h < hosts_.size(); ++h) {
     SimHost& host = *hosts_[h];
@@ -1481,6 +1636,12 @@ absl::Status World::Settle() {
     if (absl::Status s = CheckStep(); !s.ok()) return s;
   }
   EndElectionFaults();
+  if (o_.shards > 0 && peer_ == nullptr) StartPeer();
+  if (peer_ != nullptr && peer_cut_until_ >= 0) {
+    peer_->view->cut = false;
+    peer_cut_until_ = -1;
+    Trace("the peer reaches the store again");
+  }
   Trace("faults stopped");
   const int64_t settle_start = step_;
   // Converged: for 4 resync periods, only retries of failing actions, none of them taking effect
@@ -1798,6 +1959,7 @@ SimResult World::Run() {
     if (rng_.P(0.08)) UserOp();
     if (o_.faults && rng_.P(0.02)) Fault();
     if (o_.faults && election_rng_.P(0.003)) ElectionFault();
+    if (o_.faults && o_.shards > 0 && election_rng_.P(0.004)) PeerFault();
     s = CheckStep();
   }
   if (s.ok()) s = Settle();
@@ -1807,8 +1969,10 @@ SimResult World::Run() {
   result_.trace_hash = hash_;
   result_.steps = step_;
   if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  if (peer_ != nullptr) result_.actions += peer_->loop->actions_sent();
   result_.tail.assign(tail_.begin(), tail_.end());
-  // The controller goes before the agents it holds clients to.
+  // The controllers go before the agents they hold clients to.
+  peer_.reset();
   reconciler_.reset();
   events_.reset();
   objects_.reset();
@@ -1824,7 +1988,7 @@ SimResult RunFleetSim(const SimOptions& options) {
 
 std::string ReplayCommand(const SimOptions& o) {
   return absl::StrCat("bazel run //sim:mkfleet_sim -- --seed ", o.seed, " --hosts ", o.hosts, " --steps ", o.steps,
-                      o.faults ? "" : " --no-faults", " --verbose");
+                      o.shards > 0 ? absl::StrCat(" --shards ", o.shards) : "", o.faults ? "" : " --no-faults", " --verbose");
 }
 
 }  // namespace mkfleet::sim

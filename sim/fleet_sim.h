@@ -26,6 +26,10 @@
 //      cut off from the store it steps down before its lease can expire, a rival member
 //      campaigns now and then; never two leaders, and no batch or policy reaches an agent
 //      from a controller that is not the leader;
+//  (m) sharded (`shards` > 0): a second member, the peer, sends to the hosts the ring gives
+//      it what the leader publishes (reconciler/shards.h); it is killed and cut off from the
+//      store now and then. At no step do two members own one host, and no batch or policy
+//      reaches an agent from a member that does not own its host;
 // and, once faults stop, that the fleet converges within a bounded number of steps and a
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
@@ -53,6 +57,7 @@ struct SimOptions {
   bool faults = true;       // network faults and crashes
   std::string dir;          // scratch directory (state dirs, kernel images); required
   bool verbose = false;     // print the trace as it goes
+  int shards = 0;           // > 0: a sharded control plane of the controller and a peer
 };
 
 struct SimResult {

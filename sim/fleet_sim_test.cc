@@ -36,6 +36,27 @@ TEST_P(FleetSimSeeds, HoldsItsInvariants) {
 
 INSTANTIATE_TEST_SUITE_P(Ci, FleetSimSeeds, ::testing::Range<uint64_t>(1, 81));
 
+// A sharded control plane: the controller plans, a peer member sends to its share of the
+// hosts; the peer is killed and cut off now and then (invariant m), on five hosts so that
+// both own some.
+class ShardedFleetSimSeeds : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(ShardedFleetSimSeeds, HoldsItsInvariants) {
+  SimOptions o = Options(GetParam());
+  o.hosts = 5;
+  o.shards = 16;
+  o.steps = 1200;
+  SimResult r = RunFleetSim(o);
+  std::filesystem::remove_all(o.dir);
+  EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
+                             << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+  EXPECT_GT(r.user_ops, 10);
+  EXPECT_GT(r.faults, 3);
+  EXPECT_GT(r.actions, 20);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ci, ShardedFleetSimSeeds, ::testing::Range<uint64_t>(1, 21));
+
 // Longer runs on more hosts.
 TEST(FleetSimTest, LongRunsOnFiveHosts) {
   for (uint64_t seed : {1001, 1002, 1003}) {

@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   auto* hosts_opt = app.add_option("--hosts", o.hosts, "hosts (default 3; --soak varies it, 2 to 5, unless given)");
   auto* steps_opt = app.add_option("--steps", o.steps, "workload steps (default 600; --soak: 1800 on 5 hosts, unless given)");
   app.add_flag("--verbose", o.verbose, "print the trace");
+  app.add_option("--shards", o.shards,
+                 "> 0: a sharded control plane (this many shards) of the controller and a peer member (default 0)")
+      ->check(CLI::Range(0, 4096));
   app.add_flag("--no-faults", no_faults, "no crashes and no network faults");
   app.add_flag("--soak", soak, "run seed after seed until a violation, --minutes, or Ctrl-C");
   app.add_option("--minutes", minutes, "with --soak: stop after this many minutes (0: until stopped)");

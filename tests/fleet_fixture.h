@@ -108,7 +108,7 @@ class ProcessFleetTest : public ::testing::Test {
     return {"reconciler/mkcontroller", "--store", "etcd:" + etcd_->endpoint(i), "--ha", "--name",
             "c" + std::to_string(i), "--lease-ttl", "3s", "--listen", "127.0.0.1:" + std::to_string(member_ports_[i]),
             "--resync", "1", "--unreachable-after", "1", "--tls-dir", pki_->controller(), "--etcd-max-txn-ops",
-            "10000", "--git-cache", (dir_ / ("git-" + std::to_string(i))).string()};
+            "10000", "--git-cache", (dir_ / ("git-" + std::to_string(i))).string(), "--shards", std::to_string(shards_)};
   }
   void StartMember(int i) {
     members_[i] = std::make_unique<testing::Process>(
@@ -422,8 +422,9 @@ class ProcessFleetTest : public ::testing::Test {
   int runs_ = 0;
   std::map<std::string, AgentSpec> agents_;
   std::unique_ptr<testing::Process> controller_;
-  // The control plane (ha_).
+  // The control plane (ha_), sharded when shards_ > 0.
   bool ha_ = false;
+  int shards_ = 0;
   std::unique_ptr<testing::EtcdCluster> etcd_;
   std::vector<std::unique_ptr<testing::Process>> members_;  // the leader's slot is empty (it is controller_)
   std::vector<int> member_ports_;
