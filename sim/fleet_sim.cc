@@ -1649,8 +1649,17 @@ absl::Status World::Settle() {
   // the controller connected to every host (a host whose connection is still backing off has
   // had nothing sent yet: seed 8116, a delete made while its agent was down).
   auto all_connected = [this] {
+    // The controller leads again (a cut-off one stepped down; it sent nothing since).
+    if (election_ == nullptr || !election_->IsLeader()) return false;
     auto [links, up] = reconciler_->HostCounts();
-    return links == up;
+    if (links != up) return false;
+    // Sharded: and every host has a member that may send to it (none still handed over).
+    if (o_.shards > 0) {
+      for (const auto& h : hosts_) {
+        if (!shard_map_->Owns(h->name) && (peer_ == nullptr || !peer_->shards->Owns(h->name))) return false;
+      }
+    }
+    return true;
   };
   // ... and no rollout under way (one waits for its members' healthTimeout and minReady).
   std::string rollout_running;  // the last rollout seen under way, and where it stands
