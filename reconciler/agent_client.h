@@ -8,6 +8,7 @@
 #ifndef MKFLEET_RECONCILER_AGENT_CLIENT_H_
 #define MKFLEET_RECONCILER_AGENT_CLIENT_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -27,6 +28,12 @@ class WatchStream {
   virtual Result Next(mkfleet::v1::HostState* out, bool block, absl::Status* ended) = 0;
   // Makes a blocked Next return kEnded; safe from any thread.
   virtual void Cancel() = 0;
+  // `wake` is called (from any thread, without the stream's locks) whenever Next may have
+  // something new: a message or the end. Streams that cannot tell keep the default (their
+  // owner must poll or block).
+  virtual void SetWake(std::function<void()> wake) {}
+  // Whether SetWake works (a connection pool may then wait for wake-ups instead of polling).
+  virtual bool Wakes() const { return false; }
 };
 
 class AgentClient {

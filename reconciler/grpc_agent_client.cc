@@ -1,4 +1,6 @@
 #include <chrono>
+#include <deque>
+#include <functional>
 
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
@@ -21,22 +23,88 @@ void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
 }
 
-class GrpcWatchStream final : public WatchStream {
+// A Watch on gRPC's callback API: messages queue as they come (no thread waits on the
+// stream); Next takes them, blocking or not; `wake` says when there is something.
+// Teardown: the destructor waits for OnDone, which may still be running after it signalled
+// (its wake-up last): what OnDone touches then is the shared state, kept alive by its own
+// reference, never the stream.
+class GrpcWatchStream final : public WatchStream, public grpc::ClientReadReactor<v1::HostState> {
  public:
-  GrpcWatchStream(v1::Agent::Stub& stub, const v1::WatchRequest& request) {
-    reader_ = stub.Watch(&ctx_, request);
+  GrpcWatchStream(v1::Agent::Stub& stub, const v1::WatchRequest& request) : request_(request) {
+    stub.async()->Watch(&ctx_, &request_, this);
+    StartRead(&incoming_);
+    StartCall();
   }
-  Result Next(v1::HostState* out, bool, absl::Status* ended) override {
-    if (reader_->Read(out)) return Result::kMessage;
-    grpc::Status s = reader_->Finish();
-    *ended = s.ok() ? absl::UnavailableError("watch stream ended") : FromGrpc(s);
+  ~GrpcWatchStream() override {
+    ctx_.TryCancel();
+    absl::MutexLock lock(&state_->mu);
+    state_->mu.Await(absl::Condition(&state_->done));  // gRPC is done with this reactor
+  }
+  Result Next(v1::HostState* out, bool block, absl::Status* ended) override {
+    State& st = *state_;
+    absl::MutexLock lock(&st.mu);
+    if (block) {
+      auto ready = [&st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st.mu) { return !st.queue.empty() || st.done; };
+      st.mu.Await(absl::Condition(&ready));
+    }
+    if (!st.queue.empty()) {
+      *out = std::move(st.queue.front());
+      st.queue.pop_front();
+      return Result::kMessage;
+    }
+    if (!st.done) return Result::kPending;
+    *ended = st.status.ok() ? absl::UnavailableError("watch stream ended") : FromGrpc(st.status);
     return Result::kEnded;
   }
   void Cancel() override { ctx_.TryCancel(); }
+  void SetWake(std::function<void()> wake) override {
+    bool now;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->wake = wake;
+      now = !state_->queue.empty() || state_->done;
+    }
+    if (now && wake) wake();
+  }
+  bool Wakes() const override { return true; }
+
+  void OnReadDone(bool ok) override {
+    std::function<void()> wake;
+    {
+      absl::MutexLock lock(&state_->mu);
+      if (ok) state_->queue.push_back(std::move(incoming_));
+      wake = state_->wake;
+    }
+    if (ok) {
+      incoming_.Clear();
+      StartRead(&incoming_);
+    }
+    if (wake && ok) wake();
+  }
+  void OnDone(const grpc::Status& s) override {
+    std::shared_ptr<State> state = state_;  // `this` may be gone once `done` is set
+    std::function<void()> wake;
+    {
+      absl::MutexLock lock(&state->mu);
+      state->status = s;
+      state->done = true;
+      wake = state->wake;
+    }
+    if (wake) wake();
+  }
 
  private:
+  struct State {
+    absl::Mutex mu;
+    std::deque<v1::HostState> queue ABSL_GUARDED_BY(mu);
+    bool done ABSL_GUARDED_BY(mu) = false;
+    grpc::Status status ABSL_GUARDED_BY(mu);
+    std::function<void()> wake ABSL_GUARDED_BY(mu);
+  };
   grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReader<v1::HostState>> reader_;
+  const v1::WatchRequest request_;
+  v1::HostState incoming_;  // the read in flight
+  const std::shared_ptr<State> state_ = std::make_shared<State>();
 };
 
 class GrpcAgentClient final : public AgentClient {

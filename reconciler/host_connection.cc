@@ -105,6 +105,7 @@ bool HostConnection::Connect() {
   pending_inventory_ = *std::move(inventory);
   first_message_ = true;
   std::shared_ptr<WatchStream> stream = client_->Watch(v1::WatchRequest());
+  if (on_stream_) on_stream_(*stream);
   absl::MutexLock lock(&mu_);
   if (stopping_) return false;
   stream_ = std::move(stream);
@@ -204,6 +205,113 @@ void HostConnection::Run() {
       }
       Down(ended);
     }
+  }
+}
+
+std::optional<absl::Duration> HostConnection::RetryAt() const {
+  absl::MutexLock lock(&mu_);
+  if (stream_ != nullptr || stopping_) return std::nullopt;
+  return retry_at_;
+}
+
+ConnectionPool::ConnectionPool(Clock& clock, int threads) : clock_(clock), core_(std::make_shared<Core>()) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+}
+
+ConnectionPool::~ConnectionPool() {
+  {
+    absl::MutexLock lock(&core_->mu);
+    core_->stopping = true;
+  }
+  for (auto& t : threads_) t.join();
+}
+
+void ConnectionPool::Add(const std::shared_ptr<HostConnection>& c) {
+  // The streams wake the pool from gRPC's threads: by the connection's address, never with
+  // a strong reference (the last one dropped there would destroy the connection, and its
+  // channel, inside a callback of that channel), through the core (alive as long as a
+  // stream may call).
+  const HostConnection* key = c.get();
+  std::shared_ptr<Core> core = core_;
+  c->SetOnStream([core, key](WatchStream& stream) { stream.SetWake([core, key] { core->Wake(key); }); });
+  {
+    absl::MutexLock lock(&core_->mu);
+    core_->entries[key].c = c;
+  }
+  core_->Wake(key);
+}
+
+void ConnectionPool::Core::Wake(const HostConnection* key) {
+  absl::MutexLock lock(&mu);
+  auto it = entries.find(key);
+  if (it == entries.end() || stopping) return;
+  Entry& e = it->second;
+  if (e.running) {
+    e.again = true;
+  } else if (!e.queued) {
+    e.queued = true;
+    ready.push_back(key);
+  }
+}
+
+void ConnectionPool::Run() {
+  Core& core = *core_;
+  while (true) {
+    std::shared_ptr<HostConnection> c;
+    const HostConnection* key = nullptr;
+    {
+      absl::MutexLock lock(&core.mu);
+      while (true) {
+        if (core.stopping) return;
+        // Due retries join the ready queue.
+        const absl::Duration now = clock_.Monotonic();
+        while (!core.timers.empty() && core.timers.begin()->first <= now) {
+          auto it = core.entries.find(core.timers.begin()->second);
+          core.timers.erase(core.timers.begin());
+          if (it != core.entries.end() && !it->second.queued && !it->second.running) {
+            it->second.queued = true;
+            core.ready.push_back(it->first);
+          }
+        }
+        if (!core.ready.empty()) break;
+        absl::Duration wait = core.timers.empty()
+                                  ? absl::Milliseconds(200)
+                                  : std::min(absl::Milliseconds(200), core.timers.begin()->first - now);
+        auto has_work = [&core]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(core.mu) { return !core.ready.empty() || core.stopping; };
+        core.mu.AwaitWithTimeout(absl::Condition(&has_work), std::max(wait, absl::Milliseconds(1)));
+      }
+      key = core.ready.front();
+      core.ready.pop_front();
+      auto it = core.entries.find(key);
+      if (it == core.entries.end()) continue;
+      c = it->second.c.lock();
+      if (c == nullptr) {
+        core.entries.erase(it);  // gone
+        continue;
+      }
+      it->second.queued = false;
+      it->second.running = true;
+    }
+    c->Poll();
+    std::optional<absl::Duration> retry = c->RetryAt();
+    {
+      absl::MutexLock lock(&core.mu);
+      auto it = core.entries.find(key);
+      if (it != core.entries.end()) {
+        Entry& e = it->second;
+        e.running = false;
+        if (e.again) {
+          e.again = false;
+          e.queued = true;
+          core.ready.push_back(key);
+        } else if (retry) {
+          core.timers.emplace(*retry, key);
+        }
+      }
+    }
+    // Outside the lock: this may be the last reference (the connection then stops here,
+    // and its stream's last wake-up needs the lock).
+    c.reset();
   }
 }
 

@@ -5,15 +5,20 @@
 // fresh snapshot. The host is reported Unreachable once the link has been down for longer
 // than `unreachable_after` (a blip does not flap the status).
 //
-// Two ways to drive it: Start() runs it on its own thread (mkcontroller), or Poll() does
-// one step without blocking, on the caller's clock (the fleet simulation).
+// Three ways to drive it: Start() runs it on its own thread; a ConnectionPool polls it on a
+// few shared threads when its stream has something or its retry is due (mkcontroller: no
+// thread per host); or Poll() does one step without blocking, on the caller's clock (the
+// fleet simulation).
 // Thread-safety: View, Execute and SetPolicy may be called from any thread; Start, Stop and
 // Poll from one.
 #ifndef MKFLEET_RECONCILER_HOST_CONNECTION_H_
 #define MKFLEET_RECONCILER_HOST_CONNECTION_H_
 
 #include <functional>
+#include <deque>
 #include <map>
+#include <optional>
+#include <vector>
 #include <memory>
 #include <string>
 #include <thread>
@@ -69,9 +74,13 @@ class HostConnection {
   void Cancel();
   // Cancels and joins the thread.
   void Stop();
-  // One step on the caller's thread, never blocking: connects when a retry is due, and
-  // folds every message the stream has.
+  // One step on the caller's thread, never blocking (but for connecting, a call of at most
+  // call_timeout): connects when a retry is due, and folds every message the stream has.
   void Poll();
+  // When the link is down: the Monotonic() time its next connect is due; nullopt while up.
+  std::optional<absl::Duration> RetryAt() const;
+  // Called with the stream when one is opened (a pool sets the stream's wake-up here).
+  void SetOnStream(std::function<void(WatchStream&)> on_stream) { on_stream_ = std::move(on_stream); }
 
   HostView View() const;
   const std::string& address() const { return address_; }
@@ -109,6 +118,45 @@ class HostConnection {
   absl::Duration backoff_ = absl::Milliseconds(100);
   int64_t last_event_seq_ = 0;
   std::thread thread_;
+  std::function<void(WatchStream&)> on_stream_;
+};
+
+// ConnectionPool: drives many HostConnections on a few threads. A connection is polled when
+// its stream wakes it (a message, its end) and when its retry is due; never by two threads
+// at once. Connecting (Inventory) holds a thread for up to the call timeout.
+// Thread-safety: Add from any thread.
+class ConnectionPool {
+ public:
+  ConnectionPool(Clock& clock, int threads);
+  // Stops the threads (the connections must be stopped first).
+  ~ConnectionPool();
+  ConnectionPool(const ConnectionPool&) = delete;
+  ConnectionPool& operator=(const ConnectionPool&) = delete;
+
+  // Polls `c` now and whenever it is woken or due (its streams wake the pool by themselves).
+  void Add(const std::shared_ptr<HostConnection>& c);
+
+ private:
+  struct Entry {
+    std::weak_ptr<HostConnection> c;
+    bool queued = false;
+    bool running = false;
+    bool again = false;  // woken while running: poll once more
+  };
+  // What the streams' wake-ups reach: shared with them, so that one after the pool is gone
+  // finds it stopped instead of freed. Connections are keyed by address (see Add).
+  struct Core {
+    void Wake(const HostConnection* key);
+    absl::Mutex mu;
+    std::map<const HostConnection*, Entry> entries ABSL_GUARDED_BY(mu);
+    std::deque<const HostConnection*> ready ABSL_GUARDED_BY(mu);
+    std::multimap<absl::Duration, const HostConnection*> timers ABSL_GUARDED_BY(mu);
+    bool stopping ABSL_GUARDED_BY(mu) = false;
+  };
+  void Run();
+  Clock& clock_;
+  const std::shared_ptr<Core> core_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace mkfleet::reconciler

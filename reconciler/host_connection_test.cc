@@ -93,5 +93,50 @@ TEST(HostConnectionNoAgentTest, NothingListeningIsReportedAndStopIsPrompt) {
   EXPECT_LT(absl::Now() - before, absl::Seconds(5));
 }
 
+// The same on a pool of two threads (mkcontroller): no thread of its own, woken by its
+// stream; several connections, one of them to nothing (its retries come by the pool's timer).
+TEST_F(HostConnectionTest, APoolDrivesConnectionsWithoutAThreadEach) {
+  std::atomic<int> changes{0};
+  HostConnectionOptions options;
+  options.on_change = [&](const std::string&) { ++changes; };
+  auto pool = std::make_unique<ConnectionPool>(Clock::Real(), 2);
+  auto conn = std::make_shared<HostConnection>("node-a", Address(), NewGrpcAgentClient(Address()), Clock::Real(),
+                                               options);
+  auto second = std::make_shared<HostConnection>("node-a", Address(), NewGrpcAgentClient(Address()), Clock::Real(),
+                                                 options);
+  HostConnectionOptions nothing;
+  nothing.unreachable_after = absl::ZeroDuration();
+  auto dead = std::make_shared<HostConnection>("node-z", "127.0.0.1:1", NewGrpcAgentClient("127.0.0.1:1"),
+                                               Clock::Real(), nothing);
+  pool->Add(conn);
+  pool->Add(second);
+  pool->Add(dead);
+  ASSERT_TRUE(Eventually(*conn, [](const HostView& v) { return v.connected; })) << conn->View().error;
+  ASSERT_TRUE(Eventually(*second, [](const HostView& v) { return v.connected; })) << second->View().error;
+  auto r = conn->Execute(agents::BootBatch("web-1", {2, 18}, host_.vmlinux));
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (auto* c : {conn.get(), second.get()}) {
+    ASSERT_TRUE(Eventually(*c, [](const HostView& v) { return v.instances.count("web-1") == 1; }));
+  }
+  // The dead one was tried again and again (its backoff grows: 100 ms, 200 ms, ...).
+  ASSERT_TRUE(Eventually(*dead, [](const HostView& v) { return v.error.find("127.0.0.1:1") != std::string::npos; }));
+  EXPECT_FALSE(dead->View().reachable);
+  ASSERT_TRUE(dead->RetryAt().has_value());
+  // The agent goes away: the connections see it, and reconnect once it is back.
+  served_.StopServing();
+  ASSERT_TRUE(Eventually(*conn, [](const HostView& v) { return !v.connected; }));
+  for (auto* c : {conn.get(), second.get(), dead.get()}) {
+    c->Cancel();
+    c->Stop();
+  }
+  conn.reset();
+  second.reset();
+  dead.reset();
+  absl::Time before = absl::Now();
+  pool.reset();
+  EXPECT_LT(absl::Now() - before, absl::Seconds(2));
+  EXPECT_GE(changes.load(), 4);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

@@ -262,6 +262,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   reconciler::ReconcilerOptions ro;
+  ro.connection_threads = 8;  // no thread per host: the agents' streams wake the pool
   // tcmalloc (linked in): a pass allocates the fleet's plan and frees it; its pages go back
   // to the system after each pass, so the peak is one pass, not one per thread's cache.
   ro.after_pass = [] { MallocExtension::instance()->ReleaseFreeMemory(); };

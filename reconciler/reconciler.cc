@@ -133,6 +133,7 @@ FleetPlan Reconciler::LastPlanForTest() {
 }
 
 void Reconciler::Start() {
+  if (options_.connection_threads > 0) pool_ = std::make_unique<ConnectionPool>(clock_, options_.connection_threads);
   {
     absl::MutexLock lock(&mu_);
     threaded_ = true;
@@ -177,6 +178,8 @@ void Reconciler::Stop() {
   // All asked at once, then joined: one slow agent does not hold up the others.
   for (auto& [host, c] : connections) c.link->Cancel();
   for (auto& [host, c] : connections) c.link->Stop();
+  connections.clear();  // their streams end (and wake the pool) before the pool goes
+  pool_.reset();
 }
 
 void Reconciler::Step() {
@@ -240,7 +243,11 @@ void Reconciler::SyncConnections(bool objects_changed) {
           options_.client_factory ? options_.client_factory(host, address)
                                   : NewGrpcAgentClient(address, host, options_.agent_tls.get());
       auto link = std::make_shared<HostConnection>(host, address, std::move(client), clock_, o);
-      if (threaded_) link->Start();
+      if (threaded_ && pool_ != nullptr) {
+        pool_->Add(link);
+      } else if (threaded_) {
+        link->Start();
+      }
       connections_[host] = {address, std::move(link)};
     }
   }

@@ -14,8 +14,8 @@
 // A deleted Host is drained (its kernels deleted) and removed once empty. History is
 // compacted to a window on every resync.
 //
-// Two ways to drive it: Start() runs it on threads (a store watcher, a worker, and one per
-// host connection), as mkcontroller does; or Step() does one round without blocking or
+// Two ways to drive it: Start() runs it on threads (a store watcher, a worker, and the host
+// connections: one thread each, or a pool of a few, as mkcontroller does); or Step() does one round without blocking or
 // threads, on the injected clock, for a driver that owns time (the fleet simulation).
 // Thread-safety: Start/Stop/Step from one thread; passes are serialized internally.
 #ifndef MKFLEET_RECONCILER_RECONCILER_H_
@@ -60,6 +60,8 @@ struct ReconcilerOptions {
   std::shared_ptr<const security::ClientTls> agent_tls;
   // Hosts whose batches are sent at once (1: one after the other, deterministic).
   int parallel_sends = 32;
+  // Start(): the host connections run on a pool of this many threads (0: a thread each).
+  int connection_threads = 0;
   // Store revisions of history kept (older history is compacted on every resync).
   int64_t history_window = 10000;
   // Per-host retry backoff after a failed pass (house default: 5 ms doubling to 1000 s).
@@ -255,6 +257,7 @@ class Reconciler {
   std::atomic<int64_t> passes_{0};
   std::thread watcher_;
   std::thread worker_;
+  std::unique_ptr<ConnectionPool> pool_;  // connection_threads > 0
 };
 
 }  // namespace mkfleet::reconciler
