@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +29,8 @@ constexpr absl::Duration kHandoverTick = absl::Milliseconds(200);
 constexpr char kShardsPrefix[] = "/shards/";
 constexpr char kWorkPrefix[] = "/shards/work/";
 constexpr char kReportPrefix[] = "/shards/report/";
+// The store revision of the objects the leader's last published plans were made from.
+constexpr char kPlannedKey[] = "/shards/planned";
 namespace v1 = mkfleet::v1;
 
 std::string Deterministic(const google::protobuf::Message& m) {
@@ -141,6 +144,7 @@ void Reconciler::Start() {
   SyncConnections(true);
   auto rev = store_.Revision();
   seen_revision_ = rev.ok() ? *rev : 0;
+  objects_revision_ = seen_revision_;
   watcher_ = std::thread([this] {
     while (true) {
       {
@@ -186,6 +190,7 @@ void Reconciler::Step() {
   if (seen_revision_ < 0) {
     auto rev = store_.Revision();
     seen_revision_ = rev.ok() ? *rev : 0;
+    objects_revision_ = seen_revision_;
     SyncConnections(true);
   }
   PollStore(absl::ZeroDuration());
@@ -281,6 +286,12 @@ void Reconciler::PollStore(absl::Duration wait) {
     // Only object changes matter; the loop's own status writes must not wake it.
     auto events = store_.EventsSince(seen_revision_, "/objects/");
     changed |= !events.ok() || !events->empty();
+    // A sharded member sends published work only once the leader has planned from these.
+    if (!events.ok()) {
+      objects_revision_ = *next;
+    } else if (!events->empty()) {
+      objects_revision_ = std::max(objects_revision_.load(), events->back().revision);
+    }
     seen_revision_ = *next;
   }
   bool resync = clock_.Monotonic() - last_resync_ >= options_.resync;
@@ -451,8 +462,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       return;
     }
     if (options_.shards != nullptr && !options_.shards->Assigned(h)) {
-      outcomes[i] = Publish(h, plan->second, fleet, &publish);
-      published[i] = true;
+      published[i] = true;  // below, with every other member's host
       return;
     }
     if (options_.shards != nullptr && !options_.shards->Owns(h)) {
@@ -461,12 +471,42 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
     outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
   });
+  if (options_.shards != nullptr) {
+    // Every other member's host gets this pass's plan (not only the hosts of the batch), a
+    // host without one (out of this leader's sight) none, and the mark says from which
+    // objects: an owner sends work only once it is at least as new as the objects it saw
+    // change (a plan made before a delete must not run after it).
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < order.size(); ++i) index[order[i]] = i;
+    for (const auto& [h, plan] : fleet.hosts) {
+      if (options_.shards->Assigned(h)) continue;
+      HostOutcome o = Publish(h, plan, fleet, &publish);
+      auto i = index.find(h);
+      if (i != index.end()) outcomes[i->second] = std::move(o);
+    }
+    absl::MutexLock lock(&shard_mu_);
+    for (auto w = shard_work_.begin(); w != shard_work_.end();) {
+      if (fleet.hosts.count(w->first) || options_.shards->Assigned(w->first)) {
+        ++w;
+        continue;
+      }
+      publish.push_back({Op::Type::kDelete, kWorkPrefix + w->first, "", 0});
+      w = shard_work_.erase(w);
+    }
+    if (read_revision.ok() && *read_revision != planned_written_) {
+      publish.push_back({Op::Type::kPut, kPlannedKey, std::to_string(*read_revision), 0});
+      planned_written_ = *read_revision;
+    }
+  }
   if (!publish.empty() && Leading()) {
     auto written = store_.Txn({}, publish);
     if (!written.ok()) {
       Log() << "shards: publishing " << publish.size() << " hosts' work: " << written.status().message() << "\n";
       absl::MutexLock lock(&shard_mu_);
-      for (const Op& op : publish) shard_work_.erase(op.key.substr(sizeof(kWorkPrefix) - 1));  // again next pass
+      for (const Op& op : publish) {
+        if (absl::StartsWith(op.key, kWorkPrefix)) shard_work_.erase(op.key.substr(sizeof(kWorkPrefix) - 1));
+      }
+      planned_written_ = -1;  // all again next pass
     }
   }
   std::map<std::string, HostOutcome> by_host;
@@ -802,6 +842,14 @@ void Reconciler::NoteShardRecord(const std::string& key, const std::string& valu
     }
     // New work for a host this member sends to (the leader's own writes wake nobody).
     if (queue && !leading && options_.shards->Assigned(host)) queue_.Add(host);
+  } else if (key == kPlannedKey) {
+    int64_t r = 0;
+    if (!deleted && absl::SimpleAtoi(value, &r)) planned_revision_ = r;
+    // Work held back as possibly stale may go now.
+    if (queue && !leading) {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [host, c] : connections_) queue_.Add(host);
+    }
   } else if (absl::StartsWith(key, kReportPrefix)) {
     const std::string host = key.substr(sizeof(kReportPrefix) - 1);
     {
@@ -887,6 +935,9 @@ std::map<std::string, absl::Status> Reconciler::SendPublished(const std::vector<
       queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
       return;
     }
+    // Planned before the objects last changed: wait for the leader's next pass (the mark's
+    // change brings the host round again).
+    if (planned_revision_.load() < objects_revision_.load()) return;
     std::string wire;
     {
       absl::MutexLock lock(&shard_mu_);

@@ -246,6 +246,11 @@ class Reconciler {
   // what this member last sent each host it owns (a fingerprint of the work, and whether
   // it went through without a failure) and the reports it last wrote.
   std::atomic<bool> shards_changed_{false};
+  // The newest revision of an object change this member saw, and the revision of the
+  // objects the leader's published work was planned from (`/shards/planned`).
+  std::atomic<int64_t> objects_revision_{0};
+  std::atomic<int64_t> planned_revision_{0};
+  int64_t planned_written_ ABSL_GUARDED_BY(shard_mu_) = -1;  // the leader's last mark
   bool shards_loaded_ = false;  // the store watcher's
   absl::Mutex shard_mu_;
   std::map<std::string, std::string> shard_work_ ABSL_GUARDED_BY(shard_mu_);
