@@ -19,7 +19,9 @@
 // --ha K (etcd only): K `mkcontroller --ha` on that etcd; the leader reconciles, and after
 // the figures the leader is SIGKILLed and a one-instance change applied through a follower:
 // 5. failover: from SIGKILL to the first request an agent receives from the new leader.
-// Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--tls on|off]
+// --shards S (with --ha K): the members split the hosts into S shards (each sends to its
+// own, the leader plans for all); the figures are still the leader's.
+// Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--tls on|off]
 // (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log.)
 #include <signal.h>
 #include <unistd.h>
@@ -104,6 +106,7 @@ struct Options {
   bool tls = true;
   std::string store = "sqlite";
   int ha = 1;
+  int shards = 0;
 };
 
 struct Result {
@@ -125,7 +128,9 @@ class Fleet {
 
  private:
   std::string Mode() const {
-    return absl::StrCat("[", store_, o_.ha > 1 ? absl::StrCat(", ha ", o_.ha) : "", o_.tls ? "" : ", plaintext", "]");
+    return absl::StrCat("[", store_, o_.ha > 1 ? absl::StrCat(", ha ", o_.ha) : "",
+                        o_.ha > 1 && o_.shards > 0 ? absl::StrCat(", shards ", o_.shards) : "", o_.tls ? "" : ", plaintext",
+                        "]");
   }
   bool StartAgents();
   bool StartControllers();
@@ -227,6 +232,7 @@ bool Fleet::StartControllers() {
                                      "--git-cache", dir_ + "/git-" + std::to_string(i)};
     argv.insert(argv.end(), store_flags.begin(), store_flags.end());
     if (o_.ha > 1) argv.insert(argv.end(), {"--ha", "--name", "c" + std::to_string(i)});
+    if (o_.ha > 1 && o_.shards > 0) argv.insert(argv.end(), {"--shards", std::to_string(o_.shards)});
     controllers_.push_back(std::make_unique<Process>(argv, dir_ + "/mkcontroller-" + std::to_string(i) + ".log"));
     if (controllers_.back()->WaitFor("listening on port ([0-9]+)").empty()) {
       std::cerr << "fleet_bench: mkcontroller did not start:\n" << controllers_.back()->Log();
@@ -395,8 +401,9 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   Options o;
   auto usage = [](std::ostream& out) {
-    out << "usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--tls on|off]\n"
-           "  (default 1000 hosts, sqlite, one controller, mutual TLS; --ha needs etcd)\n";
+    out << "usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--tls on|off]\n"
+           "  (default 1000 hosts, sqlite, one controller, mutual TLS; --ha needs etcd; --shards S: the K members\n"
+           "  split the hosts into S shards, the leader's figures are printed)\n";
   };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -407,6 +414,8 @@ int main(int argc, char** argv) {
       o.store = argv[++i];
     } else if (a == "--ha" && !next.empty()) {
       o.ha = std::atoi(argv[++i]);
+    } else if (a == "--shards" && !next.empty()) {
+      o.shards = std::atoi(argv[++i]);
     } else if (a == "--tls" && (next == "on" || next == "off")) {
       o.tls = std::string(argv[++i]) == "on";
     } else {
@@ -415,7 +424,7 @@ int main(int argc, char** argv) {
       return help ? 0 : 2;
     }
   }
-  if (o.hosts < 1 || o.ha < 1) return 2;
+  if (o.hosts < 1 || o.ha < 1 || o.shards < 0) return 2;
   if (o.store != "sqlite" && !mkfleet::testing::EtcdCluster::Available()) {
     std::cerr << "fleet_bench: no " << mkfleet::testing::EtcdCluster::kBinary << " (run scripts/setup)\n";
     return 2;
@@ -431,7 +440,9 @@ int main(int argc, char** argv) {
   }
   if (o.store != "sqlite") {
     Fleet f(o, "etcd", dir + "/etcd");
-    results.emplace_back(o.ha > 1 ? absl::StrCat("etcd, ha ", o.ha) : "etcd", f.Measure());
+    results.emplace_back(o.ha > 1 ? absl::StrCat("etcd, ha ", o.ha, o.shards > 0 ? absl::StrCat(", sh ", o.shards) : "")
+                                  : "etcd",
+                         f.Measure());
   }
   bool ok = true;
   if (results.size() > 1) {
