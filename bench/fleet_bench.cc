@@ -22,7 +22,8 @@
 // --shards S (with --ha K): the members split the hosts into S shards (each sends to its
 // own, the leader plans for all); the figures are still the leader's.
 // Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--tls on|off]
-// (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log.)
+// (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log;
+// FLEET_BENCH_CONTROLLER_FLAGS adds mkcontroller flags, e.g. "--connection-threads 0".)
 #include <signal.h>
 #include <unistd.h>
 
@@ -231,6 +232,11 @@ bool Fleet::StartControllers() {
                                      o_.tls ? "--tls-dir" : "--insecure", o_.tls ? pki() + "/controller" : "--insecure",
                                      "--git-cache", dir_ + "/git-" + std::to_string(i)};
     argv.insert(argv.end(), store_flags.begin(), store_flags.end());
+    // FLEET_BENCH_CONTROLLER_FLAGS: more mkcontroller flags, space-separated (comparisons).
+    if (const char* more = getenv("FLEET_BENCH_CONTROLLER_FLAGS")) {
+      std::istringstream words(more);
+      for (std::string w; words >> w;) argv.push_back(w);
+    }
     if (o_.ha > 1) argv.insert(argv.end(), {"--ha", "--name", "c" + std::to_string(i)});
     if (o_.ha > 1 && o_.shards > 0) argv.insert(argv.end(), {"--shards", std::to_string(o_.shards)});
     controllers_.push_back(std::make_unique<Process>(argv, dir_ + "/mkcontroller-" + std::to_string(i) + ".log"));

@@ -82,6 +82,10 @@ int main(int argc, char** argv) {
   app.add_flag("--ha", ha,
                "run as one member of a highly available control plane on an etcd store: members elect a leader, "
                "which reconciles; the others serve the API and take over when its lease expires");
+  int connection_threads = 8;
+  app.add_option("--connection-threads", connection_threads,
+                 "threads that keep the agents' connections and watch streams (default 8; 0: one per host)")
+      ->check(CLI::Range(0, 4096));
   int shards = 0;
   app.add_option("--shards", shards,
                  "run as one member of a sharded control plane on an etcd store (implies --ha): hosts fall into "
@@ -262,7 +266,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   reconciler::ReconcilerOptions ro;
-  ro.connection_threads = 8;  // no thread per host: the agents' streams wake the pool
+  ro.connection_threads = connection_threads;  // no thread per host: the agents' streams wake the pool
   // tcmalloc (linked in): a pass allocates the fleet's plan and frees it; its pages go back
   // to the system after each pass, so the peak is one pass, not one per thread's cache.
   ro.after_pass = [] { MallocExtension::instance()->ReleaseFreeMemory(); };
