@@ -357,7 +357,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
           surges.insert(request);
         }
       }
-      if (!earlier && in.status().has_placement() && in.status().placement().cpus_size() > 0) {
+      // Seen on two hosts (its spec moved it; the old kernel is not deleted yet): the
+      // kernel on the host the spec names is the current one (sim seed 27, sharded).
+      auto seen_elsewhere = input.current.find(request);
+      const bool other_is_current = seen_elsewhere != input.current.end() && spec != nullptr &&
+                                    !spec->host().empty() && seen_elsewhere->second.host() == spec->host();
+      if (!earlier && !other_is_current && in.status().has_placement() && in.status().placement().cpus_size() > 0) {
         v1::Placement p = in.status().placement();
         p.set_host(name);
         input.current[request] = std::move(p);

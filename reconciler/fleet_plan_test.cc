@@ -49,6 +49,35 @@ TEST(PlanFleetTest, PlacesInstancesAndSetsThenIsStableOnceRunning) {
   EXPECT_THAT(removed.hosts["node-b"].actions, IsEmpty());
 }
 
+TEST(PlanFleetTest, AnInstanceMovedToAnotherHostKeepsItsNewKernelWhileTheOldIsStillThere) {
+  // Found by the sharded fleet simulation (seed 27): g2 moved from h4 to h2 by its spec; the
+  // new kernel ran on h2 while h4 (its agent down) still had the old one. The old one's
+  // placement (last in host order) was taken for the current one, so each pass placed g2 on
+  // h2 afresh; once another kernel there went, the fresh placement differed and the new
+  // kernel was re-created for no change.
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  // web-1 on node-b and another instance on node-a take the same (first) cores of each.
+  FleetPlan first = PlanFleet(hosts, views, {Instance("other", "node-a", 2), Instance("web-1", "node-b", 2)}, {});
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  RunAsPlaced(first, "node-b", views["node-b"]);
+  // web-1 moved to node-a: next to `other`, off the cores it had on node-b.
+  std::vector<v1::KernelInstance> moved = {Instance("other", "node-a", 2), Instance("web-1", "node-a", 2)};
+  FleetPlan plan = PlanFleet(hosts, views, moved, {});
+  EXPECT_THAT(Creates(plan.hosts["node-a"]), ElementsAre("web-1"));
+  const v1::Placement placed = plan.placements.at("web-1");
+  RunAsPlaced(plan, "node-a", views["node-a"]);  // node-b's old kernel is not deleted yet
+  // `other` goes: its cores are free, and web-1 stays where it runs.
+  views["node-a"].instances.erase("other");
+  FleetPlan again = PlanFleet(hosts, views, {moved[1]}, {});
+  EXPECT_EQ(again.placements.at("web-1").SerializeAsString(), placed.SerializeAsString())
+      << again.placements.at("web-1").DebugString();
+  EXPECT_THAT(again.hosts["node-a"].actions, IsEmpty()) << again.hosts["node-a"].DebugString();
+  // The old kernel goes.
+  ASSERT_FALSE(again.hosts["node-b"].actions.empty());
+  EXPECT_TRUE(again.hosts["node-b"].actions.back().has_remove()) << again.hosts["node-b"].DebugString();
+}
+
 TEST(PlanFleetTest, AKernelOfADeletedIncarnationIsNeverTheNewObjects) {
   // Found by the fleet simulation (seed 5294 on 4 hosts): web-1 was deleted while its host
   // was out of touch and created again on another host, where it did not fit. Its old kernel
