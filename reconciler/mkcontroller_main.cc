@@ -325,13 +325,7 @@ int main(int argc, char** argv) {
     };
     if (shard_map != nullptr) {
       eo.on_members = [&shard_map, &loop](const std::vector<v1::ControllerMember>& members) {
-        std::vector<std::string> names;
-        int64_t own_lease = 0;
-        for (const auto& m : members) {
-          names.push_back(m.name());
-          if (m.name() == shard_map->self()) own_lease = m.lease();
-        }
-        shard_map->SetMembers(names, own_lease);
+        shard_map->SetMembersFrom(members);
         loop.ShardsChanged();  // a new epoch at every change of the members, even with the same hosts
       };
     }

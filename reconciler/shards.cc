@@ -84,6 +84,16 @@ bool ShardMap::SetMembers(const std::vector<std::string>& members, int64_t own_l
   return changed;
 }
 
+bool ShardMap::SetMembersFrom(const std::vector<mkfleet::v1::ControllerMember>& members) {
+  std::vector<std::string> names;
+  int64_t own_lease = 0;
+  for (const auto& m : members) {
+    names.push_back(m.name());
+    if (m.name() == self_) own_lease = m.lease();
+  }
+  return SetMembers(names, own_lease);
+}
+
 bool ShardMap::Assigned(const std::string& host) const {
   absl::MutexLock lock(&mu_);
   return owner_[ShardOf(host, shards_)] == self_;

@@ -27,6 +27,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "mkfleet/v1/controller.pb.h"
 
 namespace mkfleet::reconciler {
 
@@ -51,6 +52,8 @@ class ShardMap {
   // off from the store): the others may have taken its shards, so it takes them back like
   // shards of a live member, after the handover.
   bool SetMembers(const std::vector<std::string>& members, int64_t own_lease = 0);
+  // The same from the election's list (Election::Members, ElectionOptions.on_members).
+  bool SetMembersFrom(const std::vector<mkfleet::v1::ControllerMember>& members);
 
   // Whether the ring gives `host` to this member (it keeps a connection to it).
   bool Assigned(const std::string& host) const;

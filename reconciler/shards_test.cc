@@ -11,6 +11,8 @@
 namespace mkfleet::reconciler {
 namespace {
 
+namespace v1 = mkfleet::v1;
+
 std::map<std::string, int> Count(const std::vector<std::string>& owner) {
   std::map<std::string, int> n;
   for (const std::string& o : owner) ++n[o];
@@ -136,6 +138,29 @@ TEST(ShardMapTest, HostsOfADeadMemberAreUsedAtOnceThoseOfALiveOneAfterTheHandove
   for (const std::string& h : of_a) EXPECT_FALSE(a.Owns(h)) << h;
   valid = true;
   for (const std::string& h : of_a) EXPECT_TRUE(a.Owns(h)) << h;
+}
+
+TEST(ShardMapTest, TheElectionsListGivesTheNamesAndThisMembersLease) {
+  SimulatedClock clock;
+  auto member = [](const std::string& name, int64_t lease) {
+    v1::ControllerMember m;
+    m.set_name(name);
+    m.set_lease(lease);
+    return m;
+  };
+  ShardMap a("a", 64, clock, absl::Seconds(1));
+  EXPECT_TRUE(a.SetMembersFrom({member("a", 7), member("b", 8)}));
+  EXPECT_THAT(a.members(), ::testing::ElementsAre("a", "b"));
+  clock.Advance(absl::Seconds(1));
+  std::string mine;
+  for (int i = 0; i < 100 && mine.empty(); ++i) {
+    if (a.Owns(absl::StrCat("node-", i))) mine = absl::StrCat("node-", i);
+  }
+  ASSERT_FALSE(mine.empty());
+  EXPECT_FALSE(a.SetMembersFrom({member("a", 7), member("b", 9)})) << "b's new lease moves nothing of a's";
+  EXPECT_TRUE(a.Owns(mine));
+  EXPECT_TRUE(a.SetMembersFrom({member("a", 11), member("b", 9)})) << "a's own lease changed: it lapsed";
+  EXPECT_FALSE(a.Owns(mine));
 }
 
 }  // namespace

@@ -623,13 +623,7 @@ void World::StartController() {
     election_raw_ = nullptr;
     shard_map_ = NewShardMap(eo.name, &election_raw_);
     eo.on_members = [this](const std::vector<v1::ControllerMember>& members) {
-      std::vector<std::string> names;
-      int64_t own = 0;
-      for (const auto& m : members) {
-        names.push_back(m.name());
-        if (m.name() == shard_map_->self()) own = m.lease();
-      }
-      shard_map_->SetMembers(names, own);
+      shard_map_->SetMembersFrom(members);
       if (reconciler_ != nullptr) reconciler_->ShardsChanged();
     };
     // Elected, it dials every host (the planner needs them all).
@@ -668,13 +662,7 @@ void World::StartPeer() {
   eo.log = nullptr;
   eo.campaign = false;
   eo.on_members = [this](const std::vector<v1::ControllerMember>& members) {
-    std::vector<std::string> names;
-    int64_t own = 0;
-    for (const auto& m : members) {
-      names.push_back(m.name());
-      if (m.name() == peer_->shards->self()) own = m.lease();
-    }
-    peer_->shards->SetMembers(names, own);
+    peer_->shards->SetMembersFrom(members);
     if (peer_->loop != nullptr) peer_->loop->ShardsChanged();
   };
   p.election = std::make_unique<reconciler::Election>(*p.view, clock_, eo);

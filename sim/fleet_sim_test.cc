@@ -20,19 +20,20 @@ SimOptions Options(uint64_t seed) {
   return o;
 }
 
-class FleetSimSeeds : public ::testing::TestWithParam<uint64_t> {};
-
-TEST_P(FleetSimSeeds, HoldsItsInvariants) {
-  SimOptions o = Options(GetParam());
+// Runs `o`: its invariants hold, and it did something (work and faults).
+void ExpectHolds(const SimOptions& o) {
   SimResult r = RunFleetSim(o);
   std::filesystem::remove_all(o.dir);
   EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
                              << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
-  // The run did something: work and faults.
   EXPECT_GT(r.user_ops, 10);
   EXPECT_GT(r.faults, 3);
   EXPECT_GT(r.actions, 20);
 }
+
+class FleetSimSeeds : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(FleetSimSeeds, HoldsItsInvariants) { ExpectHolds(Options(GetParam())); }
 
 INSTANTIATE_TEST_SUITE_P(Ci, FleetSimSeeds, ::testing::Range<uint64_t>(1, 81));
 
@@ -46,13 +47,7 @@ TEST_P(ShardedFleetSimSeeds, HoldsItsInvariants) {
   o.hosts = 5;
   o.shards = 16;
   o.steps = 1200;
-  SimResult r = RunFleetSim(o);
-  std::filesystem::remove_all(o.dir);
-  EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
-                             << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
-  EXPECT_GT(r.user_ops, 10);
-  EXPECT_GT(r.faults, 3);
-  EXPECT_GT(r.actions, 20);
+  ExpectHolds(o);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ci, ShardedFleetSimSeeds, ::testing::Range<uint64_t>(1, 21));

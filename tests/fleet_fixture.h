@@ -115,15 +115,24 @@ class ProcessFleetTest : public ::testing::Test {
         MemberArgv(i), (dir_ / ("controller-c" + std::to_string(i) + "-" + std::to_string(++runs_) + ".log")).string());
     ASSERT_FALSE(members_[i]->WaitFor("listening on port ([0-9]+)").empty()) << members_[i]->Log();
   }
-  // The control plane's view from member i (empty mode when it does not answer).
-  v1::ControllersResponse Controllers(int i) {
+  // A call to member i, as the admin, with a 2 s deadline: Controllers or Stats.
+  template <typename Response, typename Request, typename Method>
+  Response AskMember(int i, Method method) {
     auto stub = v1::Controller::NewStub(security::TestPki::Channel(
         pki_->admin(), "127.0.0.1:" + std::to_string(member_ports_[i]), security::Identity::Controller()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    v1::ControllersResponse r;
-    if (!stub->Controllers(&ctx, v1::ControllersRequest(), &r).ok()) return {};
+    Response r;
+    if (!((*stub).*method)(&ctx, Request(), &r).ok()) return {};
     return r;
+  }
+  // The counters of member i (zero when it does not answer).
+  v1::StatsResponse MemberStats(int i) {
+    return AskMember<v1::StatsResponse, v1::StatsRequest>(i, &v1::Controller::Stub::Stats);
+  }
+  // The control plane's view from member i (empty mode when it does not answer).
+  v1::ControllersResponse Controllers(int i) {
+    return AskMember<v1::ControllersResponse, v1::ControllersRequest>(i, &v1::Controller::Stub::Controllers);
   }
   // The index of the leader every running member agrees on, other than `not_index`; -1
   // while there is none.

@@ -111,16 +111,6 @@ class ShardedProcessTest : public HaProcessTest {
     HaProcessTest::SetUp();
     shards_ = 16;
   }
-  v1::StatsResponse Stats(int i) {
-    auto stub = v1::Controller::NewStub(security::TestPki::Channel(
-        pki_->admin(), "127.0.0.1:" + std::to_string(member_ports_[i]), security::Identity::Controller()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    v1::StatsResponse r;
-    (void)stub->Stats(&ctx, v1::StatsRequest(), &r);
-    return r;
-  }
-  testing::Process& Member(int i) { return i == leader_index_ ? *controller_ : *members_[i]; }
 };
 
 TEST_F(ShardedProcessTest, HostsAreSplitAndAKilledMembersHostsMoveToTheOthers) {
@@ -162,8 +152,8 @@ TEST_F(ShardedProcessTest, HostsAreSplitAndAKilledMembersHostsMoveToTheOthers) {
   for (int i = 0; i < kMembers; ++i) {
     int owned = 0;
     for (const auto& [h, o] : owner) owned += o == i;
-    if (owned > 0) EXPECT_GT(Stats(i).actions_sent(), 0) << "c" << i << " owns " << owned << " hosts";
-    if (owned == 0) EXPECT_EQ(Stats(i).actions_sent(), 0) << "c" << i << " owns no host";
+    if (owned > 0) EXPECT_GT(MemberStats(i).actions_sent(), 0) << "c" << i << " owns " << owned << " hosts";
+    if (owned == 0) EXPECT_EQ(MemberStats(i).actions_sent(), 0) << "c" << i << " owns no host";
     if (i != leader_index_ && owned > 0 && victim < 0) victim = i;
   }
   ASSERT_GE(victim, 0) << "no member but the leader owns a host";
@@ -213,7 +203,7 @@ TEST_F(ShardedProcessTest, HostsAreSplitAndAKilledMembersHostsMoveToTheOthers) {
   // list, from members that are alive, and sends them the next change.
   StartMember(victim);
   ASSERT_TRUE(Eventually([&] { return Controllers(leader_index_).members_size() == kMembers; }, 30));
-  const int64_t before = Stats(victim).actions_sent();
+  const int64_t before = MemberStats(victim).actions_sent();
   yaml.clear();
   std::vector<std::string> third;
   for (const std::string& h : hosts) {
@@ -222,7 +212,7 @@ TEST_F(ShardedProcessTest, HostsAreSplitAndAKilledMembersHostsMoveToTheOthers) {
   }
   ASSERT_EQ(Mkapply({"apply", "-f", Write("third.yaml", yaml)}, &out), 0) << out;
   ASSERT_TRUE(Eventually([&] { return AllRunning(third); }, 60)) << controller_->Log() << members_[victim]->Log();
-  EXPECT_GT(Stats(victim).actions_sent(), before) << "the member that came back sends to its hosts again";
+  EXPECT_GT(MemberStats(victim).actions_sent(), before) << "the member that came back sends to its hosts again";
   ExpectNoRepeatedActions();
   ExpectNoSplitBrain();
   for (const std::string& h : hosts) {
