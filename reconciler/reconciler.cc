@@ -485,8 +485,11 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       if (i != index.end()) outcomes[i->second] = std::move(o);
     }
     absl::MutexLock lock(&shard_mu_);
+    // Work stays only for the other members' hosts this pass planned: a host this leader
+    // sends to itself keeps none either (else, moved to another member later, its stale
+    // work would go out there: sim seed 588, a create sent after the instance's delete).
     for (auto w = shard_work_.begin(); w != shard_work_.end();) {
-      if (fleet.hosts.count(w->first) || options_.shards->Assigned(w->first)) {
+      if (fleet.hosts.count(w->first) && !options_.shards->Assigned(w->first)) {
         ++w;
         continue;
       }
