@@ -13,8 +13,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "proto/deterministic.h"
 #include "reconciler/fleet_plan.h"
 
 namespace mkfleet::reconciler {
@@ -32,17 +31,6 @@ constexpr char kReportPrefix[] = "/shards/report/";
 // The store revision of the objects the leader's last published plans were made from.
 constexpr char kPlannedKey[] = "/shards/planned";
 namespace v1 = mkfleet::v1;
-
-std::string Deterministic(const google::protobuf::Message& m) {
-  std::string out;
-  {
-    google::protobuf::io::StringOutputStream stream(&out);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&coded);
-  }
-  return out;
-}
 
 // Runs fn(i) for i in [0, n) on up to `parallel` threads (the caller's alone for 1).
 void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& fn) {
@@ -451,8 +439,8 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   // hosts of other members get their plans through the store.
   std::vector<std::string> order(batch.begin(), batch.end());
   std::vector<HostOutcome> outcomes(order.size());
-  std::vector<bool> published(order.size(), false);
   std::vector<Op> publish;
+  std::map<std::string, HostOutcome> published;  // sharded: other members' hosts, as their owners reported
   ForEachParallel(order.size(), options_.parallel_sends, [&](size_t i) {
     const std::string& h = order[i];
     auto plan = fleet.hosts.find(h);
@@ -461,10 +449,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       if (!v.connected) outcomes[i].sent = absl::UnavailableError(absl::StrCat("host ", h, ": ", v.error));
       return;
     }
-    if (options_.shards != nullptr && !options_.shards->Assigned(h)) {
-      published[i] = true;  // below, with every other member's host
-      return;
-    }
+    if (options_.shards != nullptr && !options_.shards->Assigned(h)) return;  // published below
     if (options_.shards != nullptr && !options_.shards->Owns(h)) {
       queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
       return;
@@ -476,13 +461,8 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     // host without one (out of this leader's sight) none, and the mark says from which
     // objects: an owner sends work only once it is at least as new as the objects it saw
     // change (a plan made before a delete must not run after it).
-    std::map<std::string, size_t> index;
-    for (size_t i = 0; i < order.size(); ++i) index[order[i]] = i;
     for (const auto& [h, plan] : fleet.hosts) {
-      if (options_.shards->Assigned(h)) continue;
-      HostOutcome o = Publish(h, plan, fleet, &publish);
-      auto i = index.find(h);
-      if (i != index.end()) outcomes[i->second] = std::move(o);
+      if (!options_.shards->Assigned(h)) published[h] = Publish(h, plan, fleet, &publish);
     }
     absl::MutexLock lock(&shard_mu_);
     // Work stays only for the other members' hosts this pass planned: a host this leader
@@ -516,7 +496,9 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   std::vector<v1::Event> events;
   for (size_t i = 0; i < order.size(); ++i) {
     // What its owner reported is the host's outcome for the statuses; this pass sent nothing.
-    result[order[i]] = published[i] ? absl::OkStatus() : outcomes[i].sent;
+    auto p = published.find(order[i]);
+    if (p != published.end()) outcomes[i] = std::move(p->second);
+    result[order[i]] = p != published.end() ? absl::OkStatus() : outcomes[i].sent;
     for (v1::Event& e : outcomes[i].events) events.push_back(std::move(e));
     outcomes[i].events.clear();
     by_host[order[i]] = std::move(outcomes[i]);
@@ -895,7 +877,7 @@ HostOutcome Reconciler::Publish(const std::string& host, const Plan& plan, const
   v1::HostWork work;
   for (const v1::Action& a : plan.actions) *work.add_actions() = a;
   *work.mutable_policies() = PoliciesFor(host, fleet);
-  std::string wire = Deterministic(work);
+  std::string wire = DeterministicBytes(work);
   HostOutcome out;
   for (const v1::Action& a : plan.actions) out.in_plan.insert(a.instance());
   absl::MutexLock lock(&shard_mu_);
@@ -965,7 +947,7 @@ std::map<std::string, absl::Status> Reconciler::SendPublished(const std::vector<
     report.mutable_failed()->insert(out.failed.begin(), out.failed.end());
     report.mutable_held_back()->insert(out.held_back.begin(), out.held_back.end());
     report.set_pool_note(out.pool_note);
-    std::string report_wire = Deterministic(report);
+    std::string report_wire = DeterministicBytes(report);
     {
       absl::MutexLock lock(&shard_mu_);
       work_sent_[h] = {absl::HashOf(wire), out.sent.ok() && out.failed.empty() && out.held_back.empty()};

@@ -1,5 +1,7 @@
 #include "reconciler/rollouts.h"
 
+#include "proto/deterministic.h"
+
 #include <algorithm>
 #include <functional>
 #include <set>
@@ -9,8 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/fnv.h"
 #include "common/status_macros.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "proto/morph_phase.h"
 #include "planner/placement.h"
 #include "reconciler/differ.h"
@@ -46,14 +46,7 @@ v1::Event OwnerEvent(const std::string& key, bool warning, const std::string& re
 
 // The hex hash of a message's deterministic serialization.
 std::string MessageHash(const google::protobuf::Message& m) {
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream out(&bytes);
-    google::protobuf::io::CodedOutputStream coded(&out);
-    coded.SetSerializationDeterministic(true);
-    m.SerializeToCodedStream(&coded);
-  }
-  const uint64_t h = Fnv1a().Add(bytes).value();
+  const uint64_t h = Fnv1a().Add(DeterministicBytes(m)).value();
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
   return std::string(hex, 10);

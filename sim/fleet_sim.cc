@@ -189,8 +189,6 @@ class World {
   std::unique_ptr<reconciler::CutStore> election_view_;
   std::unique_ptr<reconciler::Election> election_;
   std::unique_ptr<reconciler::Election> rival_;
-  reconciler::Election* election_raw_ = nullptr;  // election_, for the shard map's validity
-  reconciler::Election* peer_election_raw_ = nullptr;
   int64_t cut_until_ = -1, rival_until_ = -1;
   int incarnation_ = 0;
   bool led_ = false;  // the controller led after the last step
@@ -214,7 +212,9 @@ class World {
   int peer_incarnation_ = 0;
   int64_t peer_down_until_ = -1, peer_cut_until_ = -1;
   reconciler::ReconcilerOptions LoopOptions(int member);
-  std::unique_ptr<reconciler::ShardMap> NewShardMap(const std::string& name, reconciler::Election** election);
+  // `election` says whether the member's registration is current (its Election, read when asked).
+  std::unique_ptr<reconciler::ShardMap> NewShardMap(const std::string& name,
+                                                    std::function<const reconciler::Election*()> election);
   void StartPeer();
   void KillPeer(const std::string& why);
   void StepPeer();
@@ -605,9 +605,12 @@ reconciler::ReconcilerOptions World::LoopOptions(int member) {
 
 // A member's shard map, fed by its election's member list (a member that joined is handed
 // its shards after a lease: the one that had them has seen the list by then, or stopped).
-std::unique_ptr<reconciler::ShardMap> World::NewShardMap(const std::string& name, reconciler::Election** election) {
-  return std::make_unique<reconciler::ShardMap>(name, o_.shards, clock_, kLeaseTtl,
-                                                [election] { return *election != nullptr && (*election)->MemberValid(); });
+std::unique_ptr<reconciler::ShardMap> World::NewShardMap(const std::string& name,
+                                                        std::function<const reconciler::Election*()> election) {
+  return std::make_unique<reconciler::ShardMap>(name, o_.shards, clock_, kLeaseTtl, [election] {
+    const reconciler::Election* e = election();
+    return e != nullptr && e->MemberValid();
+  });
 }
 
 void World::StartController() {
@@ -620,8 +623,7 @@ void World::StartController() {
   eo.ttl = kLeaseTtl;
   eo.log = nullptr;
   if (o_.shards > 0) {
-    election_raw_ = nullptr;
-    shard_map_ = NewShardMap(eo.name, &election_raw_);
+    shard_map_ = NewShardMap(eo.name, [this] { return election_.get(); });
     eo.on_members = [this](const std::vector<v1::ControllerMember>& members) {
       shard_map_->SetMembersFrom(members);
       if (reconciler_ != nullptr) reconciler_->ShardsChanged();
@@ -633,7 +635,6 @@ void World::StartController() {
     ro.shards = shard_map_.get();
   }
   election_ = std::make_unique<reconciler::Election>(*election_view_, clock_, eo);
-  election_raw_ = election_.get();
   ro.may_act = [this] { return election_ != nullptr && election_->IsLeader(); };
   reconciler_ = std::make_unique<reconciler::Reconciler>(*store_, *objects_, clock_, ro, events_.get());
   gitops::SourceControllerOptions so;
@@ -654,8 +655,7 @@ void World::StartPeer() {
   p.view = std::make_unique<reconciler::CutStore>(*store_);
   p.objects = std::make_unique<reconciler::Objects>(*store_);
   p.events = *reconciler::EventLog::Open(*store_, clock_, 500);
-  peer_election_raw_ = nullptr;
-  p.shards = NewShardMap(name, &peer_election_raw_);
+  p.shards = NewShardMap(name, [this] { return peer_ != nullptr ? peer_->election.get() : nullptr; });
   reconciler::ElectionOptions eo;
   eo.name = name;
   eo.ttl = kLeaseTtl;
@@ -666,7 +666,6 @@ void World::StartPeer() {
     if (peer_->loop != nullptr) peer_->loop->ShardsChanged();
   };
   p.election = std::make_unique<reconciler::Election>(*p.view, clock_, eo);
-  peer_election_raw_ = p.election.get();
   reconciler::ReconcilerOptions ro = LoopOptions(1);
   ro.may_act = [] { return false; };  // it never plans
   ro.shards = p.shards.get();
@@ -680,7 +679,6 @@ void World::KillPeer(const std::string& why) {
   result_.actions += peer_->loop->actions_sent();
   peer_->loop.reset();
   peer_->election->Crash();  // its lease runs out in the store
-  peer_election_raw_ = nullptr;
   peer_.reset();
   peer_cut_until_ = -1;
   peer_down_until_ = step_ + rng_.I(20, 120);
@@ -719,7 +717,6 @@ void World::KillController(const std::string& why) {
   events_.reset();
   objects_.reset();
   if (election_ != nullptr) election_->Crash();  // its lease runs out in the store
-  election_raw_ = nullptr;
   election_.reset();
   election_view_.reset();
   shard_map_.reset();
