@@ -66,16 +66,64 @@ Executor::Executor(kernel::HostKernel& kernel, ActionJournal& journal, std::shar
     : kernel_(kernel), journal_(journal), topology_(std::move(topology)) {}
 
 absl::Status Executor::Preflight(const v1::ActionBatch& batch, const std::string& instance) {
-  bool down = false;
+  bool down = false, removed = false;
+  // Other instances the batch removes before this one's create (their resources count as free).
+  std::set<std::string> freed;
+  const v1::Action* create = nullptr;
   for (const v1::Action& a : batch.actions()) {
-    if (a.instance() != instance) continue;
-    if (a.has_halt() || a.has_unload() || a.has_remove()) down = true;
+    if (a.instance() != instance) {
+      if (down && a.has_remove() && create == nullptr) freed.insert(a.instance());
+      continue;
+    }
+    if (a.has_halt() || a.has_unload() || a.has_remove()) {
+      // Already done (a re-sent batch): the kernel is down; nothing left to protect.
+      if (!down && journal_.Lookup(a.id())) return absl::OkStatus();
+      down = true;
+    }
+    removed |= down && a.has_remove();
+    if (removed && a.has_create() && create == nullptr && !journal_.Lookup(a.id())) create = &a;
     if (a.has_load() && down && !journal_.Lookup(a.id())) {
       absl::Status s = kernel_.CheckImage(instance, KernelImageOf(a.load()));
       if (!s.ok()) {
         return absl::Status(s.code(), absl::StrCat("not taken down: its new kernel would not load: ", s.message()));
       }
-      return absl::OkStatus();
+      break;
+    }
+  }
+  return create != nullptr ? CheckFits(instance, *create, freed) : absl::OkStatus();
+}
+
+absl::Status Executor::CheckFits(const std::string& instance, const v1::Action& create,
+                                 const std::set<std::string>& freed) {
+  MK_ASSIGN_OR_RETURN(kernel::InstanceResources r, Resources(create.create()));
+  MK_ASSIGN_OR_RETURN(kernel::HostObservation seen, kernel_.Observe());
+  auto refuse = [&](const std::string& why) {
+    return absl::ResourceExhaustedError(absl::StrCat("not taken down: its new placement would not fit: ", why));
+  };
+  std::map<uint64_t, std::string> cpu_holder;
+  std::map<std::string, std::string> device_holder;
+  std::map<uint32_t, uint64_t> used;  // per NUMA node (OS index), by the instances that stay
+  for (const kernel::InstanceInfo& in : seen.instances) {
+    if (in.name == instance || freed.count(in.name)) continue;
+    for (uint64_t cpu : in.resources.cpus) cpu_holder[cpu] = in.name;
+    for (const kernel::InstanceDevice& d : in.resources.devices) device_holder[d.pci_id] = in.name;
+    for (const auto& [node, bytes] : in.memory_by_node) used[node] += bytes;
+  }
+  for (uint64_t cpu : r.cpus) {
+    if (auto h = cpu_holder.find(cpu); h != cpu_holder.end()) return refuse(absl::StrCat("CPU ", cpu, " is ", h->second, "'s"));
+  }
+  for (const kernel::InstanceDevice& d : r.devices) {
+    auto h = device_holder.find(d.pci_id);
+    if (h != device_holder.end()) return refuse(absl::StrCat("device ", d.pci_id, " is ", h->second, "'s"));
+  }
+  std::map<uint32_t, uint64_t> pool;
+  for (const kernel::PoolMemory& m : seen.pool.memory) pool[m.numa] += m.size;
+  for (const v1::NodeBytes& m : create.create().placement().memory()) {
+    const uint64_t total = pool[m.node()], taken = used[m.node()];
+    const uint64_t left = total > taken ? total - taken : 0;
+    if (m.bytes() > left) {
+      return refuse(absl::StrCat("NUMA node ", m.node(), " has ", left >> 20, " MiB for it (its own and the free), it needs ",
+                                 m.bytes() >> 20, " MiB"));
     }
   }
   return absl::OkStatus();

@@ -77,7 +77,12 @@ class Executor {
                                                                   const mkfleet::v1::MemoryChange& change, bool add);
   // The image checks a load in the same batch will make, done before the instance's first
   // action when that action takes it down.
+  // And for a re-create (taken down, removed, created again), that its new placement fits in
+  // what it holds, what is free and what the batch removes before its create: a re-create
+  // into room another action was to make (and did not) keeps the old kernel running.
   absl::Status Preflight(const mkfleet::v1::ActionBatch& batch, const std::string& instance);
+  absl::Status CheckFits(const std::string& instance, const mkfleet::v1::Action& create,
+                         const std::set<std::string>& freed);
 
   kernel::HostKernel& kernel_;
   ActionJournal& journal_;

@@ -192,6 +192,96 @@ TEST_F(ExecutorTest, AReplacementsImageIsCheckedBeforeTheOldKernelGoes) {
   EXPECT_EQ(host_.emu->counters().halts, 0);
 }
 
+// A batch that re-creates `name` (down, removed, created again) with `bytes` on NUMA node 0.
+v1::ActionBatch Recreate(const std::string& name, const std::string& prefix, const v1::ActionBatch& boot,
+                         uint64_t bytes) {
+  v1::ActionBatch b;
+  v1::Action halt = Act(prefix + "-halt", name, v1::KERNEL_STATE_ACTIVE);
+  halt.mutable_halt();
+  *b.add_actions() = halt;
+  v1::Action unload = Act(prefix + "-unload", name, v1::KERNEL_STATE_LOADED);
+  unload.mutable_unload();
+  *b.add_actions() = unload;
+  v1::Action remove = Act(prefix + "-remove", name, v1::KERNEL_STATE_READY);
+  remove.mutable_remove();
+  *b.add_actions() = remove;
+  for (int i = 0; i < boot.actions_size(); ++i) {
+    v1::Action a = boot.actions(i);
+    a.set_id(prefix + "-" + a.id());
+    if (a.has_create()) a.mutable_create()->mutable_placement()->mutable_memory(0)->set_bytes(bytes);
+    *b.add_actions() = a;
+  }
+  return b;
+}
+
+// Sim seed 595 (sharded): a re-create planned into memory that another instance was to give
+// back (its shrink failed earlier in the batch: its new kernel would not load) took the
+// running kernel down, then its create failed EBUSY, every retry, for good.
+TEST_F(ExecutorTest, AReCreateThatWouldNotFitDoesNotTakeTheKernelDown) {
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
+  v1::ActionBatch other = Boot("web-2", "b2");
+  auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
+  p->clear_cpus();
+  for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
+  p->set_boot_cpu(4);
+  p->clear_devices();
+  p->mutable_memory(0)->set_bytes(6ull << 30);  // node 0: 8 GiB, 1 GiB left free
+  ASSERT_TRUE(exec_.Execute(other).ok());
+  ASSERT_EQ(*host_.hk->StateOf("web-2"), v1::KERNEL_STATE_ACTIVE);
+
+  // 3 GiB > its own 1 GiB + 1 GiB free: refused before the halt, web-1 runs on.
+  v1::ExecuteResponse r = *exec_.Execute(Recreate("web-1", "big", Boot("web-1", "b1"), 3ull << 30));
+  EXPECT_EQ(r.results(0).code(), static_cast<int>(absl::StatusCode::kResourceExhausted)) << r.results(0).message();
+  EXPECT_THAT(r.results(0).message(), HasSubstr("not taken down: its new placement would not fit"));
+  EXPECT_THAT(r.results(0).message(), HasSubstr("NUMA node 0"));
+  for (int i = 1; i < r.results_size(); ++i) EXPECT_THAT(r.results(i).message(), HasSubstr("not run"));
+  EXPECT_EQ(*host_.hk->StateOf("web-1"), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_EQ(host_.emu->counters().halts, 0);
+
+  // 2 GiB fits (its own and the free): re-created.
+  r = *exec_.Execute(Recreate("web-1", "fits", Boot("web-1", "b1"), 2ull << 30));
+  for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
+  EXPECT_EQ(*host_.hk->StateOf("web-1"), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_EQ((*host_.hk->InstanceMemory("web-1"))[0], 2ull << 30);
+}
+
+TEST_F(ExecutorTest, AReCreateCountsWhatTheBatchRemovesBeforeItsCreate) {
+  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
+  v1::ActionBatch other = Boot("web-2", "b2");
+  auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
+  p->clear_cpus();
+  for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
+  p->set_boot_cpu(4);
+  p->clear_devices();
+  p->mutable_memory(0)->set_bytes(6ull << 30);
+  ASSERT_TRUE(exec_.Execute(other).ok());
+  // web-1 goes down first, web-2 is deleted next, then web-1 comes back with 7 GiB and
+  // web-2's CPUs: it fits once web-2 is gone, which happens before its create.
+  v1::ActionBatch b = Recreate("web-1", "grow", Boot("web-1", "b1"), 7ull << 30);
+  v1::ActionBatch mixed;
+  for (int i = 0; i < 3; ++i) *mixed.add_actions() = b.actions(i);
+  for (const char* op : {"halt", "unload", "remove"}) {
+    v1::Action a = Act(std::string("del-") + op, "web-2",
+                       std::string(op) == "halt"     ? v1::KERNEL_STATE_ACTIVE
+                       : std::string(op) == "unload" ? v1::KERNEL_STATE_LOADED
+                                                     : v1::KERNEL_STATE_READY);
+    if (std::string(op) == "halt") a.mutable_halt();
+    if (std::string(op) == "unload") a.mutable_unload();
+    if (std::string(op) == "remove") a.mutable_remove();
+    *mixed.add_actions() = a;
+  }
+  for (int i = 3; i < b.actions_size(); ++i) *mixed.add_actions() = b.actions(i);
+  auto* cp = mixed.mutable_actions(6)->mutable_create()->mutable_placement();
+  ASSERT_TRUE(mixed.actions(6).has_create());
+  cp->clear_cpus();
+  for (uint32_t c : {4, 5, 20, 21}) cp->add_cpus(c);
+  cp->set_boot_cpu(4);
+  v1::ExecuteResponse r = *exec_.Execute(mixed);
+  for (const auto& res : r.results()) EXPECT_EQ(res.code(), 0) << res.id() << ": " << res.message();
+  EXPECT_EQ(*host_.hk->StateOf("web-1"), v1::KERNEL_STATE_ACTIVE);
+  EXPECT_EQ(*host_.hk->StateOf("web-2"), v1::KERNEL_STATE_ABSENT);
+}
+
 TEST_F(ExecutorTest, StaleFencesAreRefusedAlsoAfterARestart) {
   v1::ActionBatch newer = Boot("web-1", "n");
   newer.mutable_fence()->set_epoch(3);
