@@ -55,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(Ci, ShardedFleetSimSeeds, ::testing::Range<uint64_t>(1,
 // cut off, owning a host another had: m), 122 and 173 (settled while a host was handed
 // over or the controller did not lead), 303 and 588 (stale work after a delete: b), 27 (an
 // instance moved by its spec re-created beside its old kernel: b).
-INSTANTIATE_TEST_SUITE_P(FoundDefects, ShardedFleetSimSeeds, ::testing::Values(27, 122, 173, 303, 588, 595, 613));
+INSTANTIATE_TEST_SUITE_P(FoundDefects, ShardedFleetSimSeeds, ::testing::Values(27, 122, 173, 303, 588, 595, 605, 613));
 
 // Longer runs on more hosts.
 TEST(FleetSimTest, LongRunsOnFiveHosts) {
