@@ -168,6 +168,7 @@ class Fleet {
   const Options o_;
   const std::string store_;
   const std::string dir_;
+  mkfleet::bench::HarnessStateDir hosts_dir_{dir_};
   // The emulated hosts, at most kHostsPerProcess per mkagent (a process holds about 3 files
   // per host, and 20,000 open files is a common limit).
   static constexpr int kHostsPerProcess = 2500;
@@ -190,7 +191,8 @@ bool Fleet::StartAgents() {
         std::vector<std::string>{Runfile("agents/mkagent"), "--hosts", std::to_string(n), "--first-host",
                                  std::to_string(first), "--topology",
                                  "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
-                                 "--state-dir", dir_ + "/agents", "--host", "node", "--reserve-cores", "1",
+                                 "--state-dir", hosts_dir_.path() + "/agents", "--host", "node",
+                                 "--reserve-cores", "1",
                                  "--reserve-memory", "4Gi", "--bench", "--ports-file", dir_ + "/ports-" + k,
                                  "--image-dir", dir_, "--request-log", request_log_, o_.tls ? "--tls-dir" : "--insecure",
                                  o_.tls ? pki() + "/agents" : "--insecure"},

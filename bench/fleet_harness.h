@@ -1,7 +1,8 @@
 // What the fleet benchmarks share (fleet_bench, rollout_bench, harness_bench): their programs
 // from the runfiles, running a command to its end, the controller's Stats, a process's CPU
 // seconds and peak RSS from /proc, a fleet CA with one agent certificate per host
-// (node-0001 ...), and a channel to the controller as the admin.
+// (node-0001 ...), a channel to the controller as the admin, and where the emulated hosts
+// keep their state.
 #ifndef MKFLEET_BENCH_FLEET_HARNESS_H_
 #define MKFLEET_BENCH_FLEET_HARNESS_H_
 
@@ -143,6 +144,32 @@ inline std::shared_ptr<grpc::Channel> Channel(const std::string& dir, const std:
   }
   return *(*tls)->Channel(address, peer);
 }
+
+// Where a benchmark's emulated hosts (mkagent --state-dir: journals, records, the emulated
+// kernels' state) live: a fresh directory on /dev/shm when there is one, else `fallback`.
+// They are the harness, not what is measured (the controller's store stays on disk); on a
+// disk file system the inode each atomic file replace takes cost mkagent half its CPU at
+// 1,000 hosts (ext4's inode allocation under churn). Removed with this object.
+class HarnessStateDir {
+ public:
+  explicit HarnessStateDir(const std::string& fallback) {
+    char tmpl[] = "/dev/shm/mkfleet-hosts.XXXXXX";
+    const char* made = access("/dev/shm", W_OK) == 0 ? mkdtemp(tmpl) : nullptr;
+    path_ = made != nullptr ? made : fallback;
+    owned_ = made != nullptr;
+  }
+  ~HarnessStateDir() {
+    std::error_code ec;
+    if (owned_) std::filesystem::remove_all(path_, ec);
+  }
+  HarnessStateDir(const HarnessStateDir&) = delete;
+  HarnessStateDir& operator=(const HarnessStateDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
 
 }  // namespace mkfleet::bench
 

@@ -27,9 +27,11 @@ Cost Measure(const std::string& mkagent, int hosts, int seconds, const std::stri
   Cost c;
   std::filesystem::create_directories(dir);
   auto t0 = mkfleet::bench::Clock::now();
+  mkfleet::bench::HarnessStateDir hosts_dir(dir);
   mkfleet::testing::Process agent({mkagent, "--hosts", std::to_string(hosts), "--topology",
                                    "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
-                                   "--state-dir", dir + "/state", "--host", "node", "--bench", "--insecure",
+                                   "--state-dir", hosts_dir.path() + "/state",
+                                   "--host", "node", "--bench", "--insecure",
                                    "--guest-binary", "none"},
                                   dir + "/mkagent.log");
   if (agent.WaitFor(hosts > 1 ? "emulated hosts .* ports" : "listening on port", std::chrono::seconds(300)).empty()) {

@@ -189,9 +189,11 @@ int Main(int hosts, bool tls) {
   std::cout << "rollout_bench: " << hosts << " emulated hosts (one mkagent --bench, boot 0 ms) in " << kZones
             << " zones, InstanceSet perHost " << kPerHost << " = " << hosts * kPerHost << " members, "
             << (tls ? "mutual TLS" : "plaintext") << "; work dir " << dir << std::endl;
+  mkfleet::bench::HarnessStateDir hosts_dir(dir);
   mkfleet::testing::Process agents({mkagent, "--hosts", std::to_string(hosts), "--topology",
                                     "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
-                                    "--state-dir", dir + "/agents", "--host", "node", "--reserve-cores", "1",
+                                    "--state-dir", hosts_dir.path() + "/agents",
+                                    "--host", "node", "--reserve-cores", "1",
                                     "--reserve-memory", "4Gi", "--bench", "--ports-file", dir + "/ports",
                                     "--image-dir", dir, "--guest-binary", "none", tls_flag,
                                     tls ? pki + "/agents" : "--insecure"},
