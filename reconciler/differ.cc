@@ -142,18 +142,26 @@ const char* ChangeName(InstanceChange::Kind kind) {
 
 Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& desired,
                  const std::vector<v1::ObservedInstance>& observed, int64_t host_version) {
+  std::vector<const v1::ObservedInstance*> at;
+  at.reserve(observed.size());
+  for (const v1::ObservedInstance& o : observed) at.push_back(&o);
+  return ComputePlanFor(host, desired, at, host_version);
+}
+
+Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>& desired,
+                    const std::vector<const v1::ObservedInstance*>& observed, int64_t host_version) {
   const std::string& host_name = host;
   Builder b(host);
   std::map<std::string, const DesiredInstance*> want;
   for (const DesiredInstance& d : desired) want[d.name] = &d;
   std::map<std::string, const v1::ObservedInstance*> have;
-  for (const v1::ObservedInstance& o : observed) have[o.name()] = &o;
+  for (const v1::ObservedInstance* o : observed) have[o->name()] = o;
 
   // The new kernel of a live update that runs is the agent's until the update ends.
   std::set<std::string> morphing;
-  for (const v1::ObservedInstance& o : observed) {
-    const v1::MorphStatus& m = o.status().morph();
-    if (MorphRunning(o.status()) && m.old_kernel() == o.name()) morphing.insert(m.new_kernel());
+  for (const v1::ObservedInstance* o : observed) {
+    const v1::MorphStatus& m = o->status().morph();
+    if (MorphRunning(o->status()) && m.old_kernel() == o->name()) morphing.insert(m.new_kernel());
   }
   // Gone from the desired state: delete.
   for (const auto& [name, o] : have) {

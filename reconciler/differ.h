@@ -87,6 +87,10 @@ struct Plan {
 
 Plan ComputePlan(const std::string& host, const std::vector<DesiredInstance>& desired,
                  const std::vector<mkfleet::v1::ObservedInstance>& observed, int64_t host_version = 0);
+// The same, on the agent's reports where they are (PlanFleet: no copy of every instance
+// every pass).
+Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>& desired,
+                    const std::vector<const mkfleet::v1::ObservedInstance*>& observed, int64_t host_version = 0);
 
 // "create", "re-create", ...: the kind's word for people.
 const char* ChangeName(InstanceChange::Kind kind);

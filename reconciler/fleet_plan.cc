@@ -60,12 +60,12 @@ v1::Action PoolChangeAction(const std::string& host, int64_t generation, const p
 }
 
 void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
-                   const std::map<std::string, std::vector<v1::ObservedInstance>>& observed, FleetPlan* out) {
+                   const std::map<std::string, std::vector<const v1::ObservedInstance*>>& observed, FleetPlan* out) {
   std::map<std::string, const v1::InstanceSet*> by_name;
   for (const v1::InstanceSet& s : sets) by_name["InstanceSet/" + s.metadata().name()] = &s;
   std::map<std::string, std::map<std::string, v1::KernelState>> state;  // host -> kernel -> state
   for (const auto& [host, list] : observed) {
-    for (const v1::ObservedInstance& o : list) state[host][o.name()] = o.status().kernel_state();
+    for (const v1::ObservedInstance* o : list) state[host][o->name()] = o->status().kernel_state();
   }
   struct Tally {
     uint32_t replicas = 0, down = 0;
@@ -220,7 +220,8 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   for (const auto& [set, spec] : set_specs) input.set_resources[set] = spec->resources();
   std::set<std::string> known, reachable, swapped, settling;
   std::map<std::string, std::string> unavailable;  // host -> why instances fixed to it wait
-  std::map<std::string, std::vector<v1::ObservedInstance>> managed;  // host -> its managed kernels
+  // host -> its managed kernels (where the views hold them)
+  std::map<std::string, std::vector<const v1::ObservedInstance*>> managed;
   std::map<std::string, const v1::KernelInstance*> kis;
   for (const v1::KernelInstance& ki : instances) kis[ki.metadata().name()] = &ki;
   for (const v1::Host& h : hosts) {
@@ -295,7 +296,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         if (!deleting) input.fixed[absl::StrCat("unmanaged/", name, "/", kernel)] = ref.placement();
         continue;
       }
-      managed[name].push_back(in);
+      managed[name].push_back(&in);
       if (deleting) continue;
       // After a takeover X-standby (role primary) serves X, and X (role standby) serves
       // X-standby: each request's current placement is that of the kernel serving it.
@@ -522,7 +523,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   }
   for (const auto& [name, p] : out.planned) out.planned_on[p.host].push_back(name);
   for (const std::string& host : reachable) {
-    out.hosts[host] = ComputePlan(host, desired[host], managed[host], views.at(host).state_version);
+    out.hosts[host] = ComputePlanFor(host, desired[host], managed[host], views.at(host).state_version);
   }
   LimitRollouts(sets, managed, &out);
   for (const std::string& host : reachable) {

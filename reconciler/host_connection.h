@@ -34,13 +34,48 @@
 
 namespace mkfleet::reconciler {
 
+// A map that copies of it share until one of them changes it (copy-on-write). A HostView is
+// copied into every pass (1,000 hosts x 10 instances at fleet_bench's size) and changes only
+// when its agent reports: the copy costs a pointer, not every instance. Reading goes through
+// const access only; a change (operator[], erase, clear) first takes a copy of its own when
+// another HostView still shares the map.
+template <typename K, typename V>
+class CowMap {
+ public:
+  using Map = std::map<K, V>;
+  using const_iterator = typename Map::const_iterator;
+  using iterator = const_iterator;
+  using value_type = typename Map::value_type;
+
+  CowMap() : map_(std::make_shared<Map>()) {}
+  const_iterator begin() const { return map_->begin(); }
+  const_iterator end() const { return map_->end(); }
+  const_iterator find(const K& key) const { return map_->find(key); }
+  size_t count(const K& key) const { return map_->count(key); }
+  const V& at(const K& key) const { return map_->at(key); }
+  size_t size() const { return map_->size(); }
+  bool empty() const { return map_->empty(); }
+  V& operator[](const K& key) { return Own()[key]; }
+  size_t erase(const K& key) { return Own().erase(key); }
+  void clear() { map_ = std::make_shared<Map>(); }
+
+ private:
+  // Copies are made and changed under their owner's lock (HostConnection::mu_): a count of
+  // one means no other HostView holds the map.
+  Map& Own() {
+    if (map_.use_count() > 1) map_ = std::make_shared<Map>(*map_);
+    return *map_;
+  }
+  std::shared_ptr<Map> map_;
+};
+
 struct HostView {
   bool connected = false;  // the Watch stream is up
   bool reachable = false;  // connected, or down for less than unreachable_after
   std::string error;       // why the link is down ("" when connected)
   mkfleet::v1::InventoryResponse inventory;  // without its topology (parsed below)
   std::shared_ptr<const planner::Topology> topology;  // from the inventory
-  std::map<std::string, mkfleet::v1::ObservedInstance> instances;
+  CowMap<std::string, mkfleet::v1::ObservedInstance> instances;
   mkfleet::v1::PoolUsage pool;
   int64_t resource_version = 0;
   // The version of the last change of instances or pool (an event alone moves only

@@ -140,3 +140,35 @@ TEST_F(HostConnectionTest, APoolDrivesConnectionsWithoutAThreadEach) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// HostView::instances is shared between a view and its copies (every pass copies every
+// host's view) until one of them changes: a change must never show in another copy.
+TEST(CowMapTest, CopiesShareTheMapUntilOneOfThemChangesIt) {
+  CowMap<std::string, int> a;
+  a["x"] = 1;
+  CowMap<std::string, int> b = a;
+  EXPECT_EQ(&*a.find("x"), &*b.find("x"));  // one map, not a copy per view
+  b["x"] = 2;
+  b["y"] = 3;
+  EXPECT_EQ(a.at("x"), 1);
+  EXPECT_EQ(a.count("y"), 0u);
+  EXPECT_EQ(b.at("x"), 2);
+  CowMap<std::string, int> c = b;
+  EXPECT_EQ(c.erase("x"), 1u);
+  EXPECT_EQ(b.count("x"), 1u);
+  c.clear();
+  EXPECT_EQ(b.size(), 2u);
+  EXPECT_TRUE(c.empty());
+  // The only holder changes its map in place.
+  CowMap<std::string, int> d;
+  d["k"] = 1;
+  const int* before = &d.at("k");
+  d["k"] = 5;
+  EXPECT_EQ(&d.at("k"), before);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

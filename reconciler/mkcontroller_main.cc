@@ -267,9 +267,15 @@ int main(int argc, char** argv) {
   }
   reconciler::ReconcilerOptions ro;
   ro.connection_threads = connection_threads;  // no thread per host: the agents' streams wake the pool
-  // tcmalloc (linked in): a pass allocates the fleet's plan and frees it; its pages go back
-  // to the system after each pass, so the peak is one pass, not one per thread's cache.
-  ro.after_pass = [] { MallocExtension::instance()->ReleaseFreeMemory(); };
+  // tcmalloc (linked in): a pass allocates the fleet's plan and frees it. The next pass
+  // reuses those pages, so giving them back after every pass lowered no peak and cost a
+  // third of the loop's CPU in page faults (fleet_bench, 1,000 hosts: one change 483 -> 337
+  // ms); they go back at most every 10 s, so a quiet controller still shrinks.
+  ro.after_pass = [last = absl::Now()]() mutable {
+    if (absl::Now() - last < absl::Seconds(10)) return;
+    MallocExtension::instance()->ReleaseFreeMemory();
+    last = absl::Now();
+  };
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
   ro.host_backoff_max = absl::Seconds(backoff_max_seconds);

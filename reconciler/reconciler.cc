@@ -334,12 +334,16 @@ absl::StatusOr<Reconciler::Objects_> Reconciler::ReadObjects() {
   if (!instance_objects.ok()) return instance_objects.status();
   auto set_objects = objects_.List("InstanceSet");
   if (!set_objects.ok()) return set_objects.status();
-  for (const v1::Object& o : *host_objects) out.hosts.push_back(o.host());
-  for (const v1::Object& o : *instance_objects) out.instances.push_back(o.kernel_instance());
-  for (const v1::Object& o : *set_objects) out.sets.push_back(o.instance_set());
+  // Moved, not copied (a pass reads every object: 10,000 instances at 1,000 hosts).
+  out.hosts.reserve(host_objects->size());
+  out.instances.reserve(instance_objects->size());
+  out.sets.reserve(set_objects->size());
+  for (v1::Object& o : *host_objects) out.hosts.push_back(std::move(*o.mutable_host()));
+  for (v1::Object& o : *instance_objects) out.instances.push_back(std::move(*o.mutable_kernel_instance()));
+  for (v1::Object& o : *set_objects) out.sets.push_back(std::move(*o.mutable_instance_set()));
   auto policy_objects = objects_.List("RolloutPolicy");
   if (!policy_objects.ok()) return policy_objects.status();
-  for (const v1::Object& o : *policy_objects) out.policies.push_back(o.rollout_policy());
+  for (v1::Object& o : *policy_objects) out.policies.push_back(std::move(*o.mutable_rollout_policy()));
   return out;
 }
 

@@ -181,14 +181,24 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   // Members in the order they move: by wave, then by hash.
   std::map<std::string, size_t> wave_index;
   for (size_t i = 0; i < wave_order.size(); ++i) wave_index[wave_order[i]] = i;
-  std::vector<const RolloutMember*> order;
-  for (const RolloutMember& m : view.members) order.push_back(&m);
-  std::sort(order.begin(), order.end(), [&](const RolloutMember* a, const RolloutMember* b) {
-    size_t wa = wave_index[a->wave], wb = wave_index[b->wave];
-    if (wa != wb) return wa < wb;
-    uint64_t ha = OrderHash(view.owner, view.target, a->name), hb = OrderHash(view.owner, view.target, b->name);
-    return ha != hb ? ha < hb : a->name < b->name;
+  // (Each member's key computed once: a set of 6,000 members sorts in ~80,000 comparisons.)
+  struct Keyed {
+    size_t wave;
+    uint64_t hash;
+    const RolloutMember* member;
+  };
+  std::vector<Keyed> keyed;
+  keyed.reserve(view.members.size());
+  for (const RolloutMember& m : view.members) {
+    keyed.push_back({wave_index[m.wave], OrderHash(view.owner, view.target, m.name), &m});
+  }
+  std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
+    if (a.wave != b.wave) return a.wave < b.wave;
+    return a.hash != b.hash ? a.hash < b.hash : a.member->name < b.member->name;
   });
+  std::vector<const RolloutMember*> order;
+  order.reserve(keyed.size());
+  for (const Keyed& k : keyed) order.push_back(k.member);
   auto progress_of = [&](const std::string& name) -> const v1::MemberProgress* {
     auto it = p.members().find(name);
     return it == p.members().end() ? nullptr : &it->second;
