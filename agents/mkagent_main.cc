@@ -148,7 +148,10 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     fs_ptr = rt->emulator.get();
     sys_ptr = rt->emulator.get();
     std::string vsock_dir = state_dir + "/vsock";
-    rt->dial = [vsock_dir](uint32_t id) -> absl::StatusOr<std::unique_ptr<kmp::Connection>> {
+    kernel::EmulatedKernel* emu = rt->emulator.get();
+    rt->dial = [vsock_dir, emu](uint32_t id) -> absl::StatusOr<std::unique_ptr<kmp::Connection>> {
+      // No guest runs on this host: nothing to look up (see EmulatedKernel::RunsGuests).
+      if (!emu->RunsGuests()) return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
       std::string path = kernel::VsockPath(vsock_dir, id, kernel::kGuestPort);
       if (access(path.c_str(), F_OK) != 0) return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
       return kmp::DialUnix(path, absl::Milliseconds(200));

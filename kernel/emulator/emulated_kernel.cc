@@ -128,6 +128,9 @@ void EmulatedKernel::SyncGuests() {
       in.guest_frozen = in.hung;
     }
   }
+  size_t running = 0;
+  for (const auto& [name, in] : state_.instances) running += in.guest_pid > 0;
+  guests_running_.store(running, std::memory_order_release);
 }
 
 EmulatedKernel::Counters EmulatedKernel::counters() const {

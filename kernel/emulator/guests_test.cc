@@ -118,9 +118,12 @@ class GuestsTest : public ::testing::Test {
 TEST_F(GuestsTest, GuestRunsWhileActiveAndItsSessionDiesWithTheInstance) {
   ASSERT_TRUE(CreateAndLoad("a", 7, 2, "vmlinux", "console=mktty0 mkfleet.guest=p1").ok());
   EXPECT_EQ(emu_->GuestPid("a"), 0);  // loaded, not booted: no guest yet
+  EXPECT_FALSE(emu_->RunsGuests());
   ASSERT_TRUE(emu_->Reboot(kRebootStart, 7).ok());
   pid_t guest = emu_->GuestPid("a");
   ASSERT_GT(guest, 0);
+  // The probes look for a guest's socket only while one runs.
+  EXPECT_TRUE(emu_->RunsGuests());
   EXPECT_EQ(*Heartbeat(7), 7u);
   pid_t workload = WorkloadOf(7);
   ASSERT_TRUE(Alive(workload));
@@ -131,6 +134,7 @@ TEST_F(GuestsTest, GuestRunsWhileActiveAndItsSessionDiesWithTheInstance) {
   // Force-halt: guest and workload gone, no socket answers.
   ASSERT_TRUE(emu_->Reboot(kRebootForceHalt, 7).ok());
   EXPECT_EQ(emu_->GuestPid("a"), 0);
+  EXPECT_FALSE(emu_->RunsGuests());
   EXPECT_FALSE(Alive(guest));
   for (int i = 0; i < 100 && Alive(workload); ++i) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_FALSE(Alive(workload));
@@ -157,6 +161,7 @@ TEST_F(GuestsTest, AnInstanceThatDoesNotAskRunsNoGuest) {
   ASSERT_TRUE(CreateAndLoad("b", 8, 3, "vmlinux", "console=mktty0").ok());
   ASSERT_TRUE(emu_->Reboot(kRebootStart, 8).ok());
   EXPECT_EQ(emu_->GuestPid("b"), 0);
+  EXPECT_FALSE(emu_->RunsGuests());
   EXPECT_FALSE(Heartbeat(8, absl::Milliseconds(200)).ok());
 }
 
@@ -172,6 +177,7 @@ TEST_F(GuestsTest, ARestartedEmulatorAdoptsTheRunningGuest) {
   pid_t guest = emu_->GuestPid("a");
   ASSERT_GT(guest, 0);
   emu_ = NewEmulator();  // the agent restarts; the kernel (and its guest) ran on
+  EXPECT_TRUE(emu_->RunsGuests()) << "an adopted guest counts";
   EXPECT_EQ(emu_->GuestPid("a"), guest);
   EXPECT_TRUE(Alive(guest));
   EXPECT_EQ(*Heartbeat(7), 7u);
