@@ -369,8 +369,6 @@ void Agent::Tick(bool observe) {
         if (w.last == v1::KERNEL_STATE_ACTIVE) seen.push_back({name, {w.id, w.last}});
       }
     }
-    // A probe due within half a heartbeat goes with this pass's: one host's probes fall
-    // together after the first round (one pass per heartbeat, not one per instance).
     auto heartbeat = [&](const v1::LocalPolicy& policy) {
       return policy.failover().heartbeat().interval() > 0 ? absl::Milliseconds(policy.failover().heartbeat().interval())
                                                           : options_.default_heartbeat;
@@ -392,7 +390,7 @@ void Agent::Tick(bool observe) {
         Event(name, "Warning", "Crashed", "unrequested active -> loaded (kernel panic or poweroff inside)");
         OnFailure(name, w, "crash", &steps);
       } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
-                 policy->failover().policy() != v1::FAILOVER_NONE && now + heartbeat(*policy) / 2 >= w.next_probe) {
+                 policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
         const absl::Duration every = heartbeat(*policy);
         uint32_t misses = policy->failover().heartbeat().misses() > 0 ? policy->failover().heartbeat().misses()
                                                                      : options_.default_misses;

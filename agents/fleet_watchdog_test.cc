@@ -142,10 +142,9 @@ TEST(TickIfDueTest, AHungInstanceIsProbedAtItsHeartbeat) {
 }
 
 // At 1,000 emulated hosts with 10 running instances each, every instance's probe was a
-// pass of its own that read the whole kernel: 1.3 cores of mkagent while nothing changed
-// (fleet_bench). A host's probes now go together after the first round, and a pass that
-// only probes reads nothing.
-TEST(TickIfDueTest, AHostsProbesGoTogetherAndReadNothing) {
+// pass that read the whole kernel: 1.3 cores of mkagent while nothing changed (fleet_bench).
+// A pass that only probes reads nothing.
+TEST(TickIfDueTest, APassThatOnlyProbesReadsNothing) {
   TrackedAgent t("probes");
   ASSERT_TRUE(t.agent->TickIfDue());
   const std::vector<std::vector<uint32_t>> cpus = {{2, 18}, {3, 19}, {4, 20}, {5, 21}};
@@ -172,10 +171,10 @@ TEST(TickIfDueTest, AHostsProbesGoTogetherAndReadNothing) {
     passes += t.agent->TickIfDue();
   }
   const int probes = t.probes->calls - probes_before;
-  // Each instance is probed about once per heartbeat (100 ms): 4 x 10 over the second.
+  // Each instance is probed once per heartbeat (100 ms): 4 x 10 over the second.
   EXPECT_GE(probes, 36);
-  EXPECT_LE(probes, 48);
-  EXPECT_LE(passes, 13) << "one pass per heartbeat for the host, not one per instance";
+  EXPECT_LE(probes, 44);
+  EXPECT_GE(passes, 10);
   EXPECT_EQ(t.agent->observations(), reads_before) << "nothing changed: nothing to read";
   // A hang is still found by the probes alone.
   ASSERT_TRUE(t.host.emu->InjectHang("web-3").ok());
