@@ -112,26 +112,20 @@ bool Agent::TickIfDue() {
   const bool tracked = options_.kernel_generation && options_.kernel_next_change;
   // Read before the pass: a change made during it (by it, or by a batch) brings another.
   const uint64_t generation = tracked ? options_.kernel_generation() : 0;
-  bool observe = true;
   {
     absl::MutexLock lock(&mu_);
     if (stop_) return false;
-    const absl::Duration now = clock_.Monotonic();
-    bool due = !tracked || !ticked_ || refresh_requested_ || generation != seen_generation_ || now >= next_due_;
+    bool due = !tracked || !ticked_ || refresh_requested_ || generation != seen_generation_ ||
+               clock_.Monotonic() >= next_due_;
     if (!due) return false;
-    // Due only to liveness probes: nothing a read shows can have changed (at 1,000 emulated
-    // hosts with 10 instances each, a read per probe was 1.3 cores of mkagent at rest).
-    observe = !tracked || !ticked_ || refresh_requested_ || generation != seen_generation_ || now >= kernel_due_;
-    for (const auto& [name, w] : watched_) observe |= now >= w.restart_at;
     ticked_ = true;
     refresh_requested_ = false;
     seen_generation_ = generation;
   }
-  Tick(observe);
+  Tick();
   if (!tracked) return true;
   absl::Duration next = options_.kernel_next_change();
   absl::MutexLock lock(&mu_);
-  kernel_due_ = next;
   for (const auto& [name, w] : watched_) {
     next = std::min(next, w.restart_at);
     const v1::LocalPolicy* policy = PolicyFor(name);
@@ -331,7 +325,7 @@ const v1::LocalPolicy* Agent::PolicyFor(const std::string& name) const {
   return it == policies_.end() ? nullptr : &it->second;
 }
 
-void Agent::Tick(bool observe) {
+void Agent::Tick() {
   // The observation and every kernel call happen without the lock: Execute, Watch and
   // Inventory go on meanwhile, and a slow call delays nothing else.
   int64_t batches_before;
@@ -341,11 +335,7 @@ void Agent::Tick(bool observe) {
   }
   // Decided on this observation; published only after the watchdog has acted on it, so
   // the controller does not act on a crash the watchdog is handling (a restart, a takeover).
-  absl::StatusOr<kernel::HostObservation> obs = kernel::HostObservation();
-  if (observe) {
-    obs = kernel_.Observe();
-    ++observations_;
-  }
+  auto obs = kernel_.Observe();
   absl::Duration now = clock_.Monotonic();
   std::vector<Step> steps;
   struct ProbeJob {
@@ -360,23 +350,11 @@ void Agent::Tick(bool observe) {
       Fold(obs);
       return;
     }
-    // The instances to look at: as observed, or (a pass that only probes) as last seen.
-    std::vector<std::pair<std::string, std::pair<uint32_t, v1::KernelState>>> seen;
-    if (observe) {
-      for (const kernel::InstanceInfo& in : obs->instances) seen.push_back({in.name, {in.id, in.state}});
-    } else {
-      for (const auto& [name, w] : watched_) {
-        if (w.last == v1::KERNEL_STATE_ACTIVE) seen.push_back({name, {w.id, w.last}});
-      }
-    }
-    auto heartbeat = [&](const v1::LocalPolicy& policy) {
-      return policy.failover().heartbeat().interval() > 0 ? absl::Milliseconds(policy.failover().heartbeat().interval())
-                                                          : options_.default_heartbeat;
-    };
-    for (const auto& [name, id_state] : seen) {
+    for (const kernel::InstanceInfo& in : obs->instances) {
+      const std::string& name = in.name;
       Watched& w = watched_[name];
-      v1::KernelState cur = id_state.second;
-      w.id = id_state.first;
+      v1::KernelState cur = in.state;
+      w.id = in.id;
       // An Execute is changing it, or changed it after this observation: it records the
       // result itself.
       if (in_flight_.count(name) || morphing_.count(name)) continue;
@@ -391,7 +369,9 @@ void Agent::Tick(bool observe) {
         OnFailure(name, w, "crash", &steps);
       } else if (cur == v1::KERNEL_STATE_ACTIVE && policy != nullptr &&
                  policy->failover().policy() != v1::FAILOVER_NONE && now >= w.next_probe) {
-        const absl::Duration every = heartbeat(*policy);
+        absl::Duration every = policy->failover().heartbeat().interval() > 0
+                                   ? absl::Milliseconds(policy->failover().heartbeat().interval())
+                                   : options_.default_heartbeat;
         uint32_t misses = policy->failover().heartbeat().misses() > 0 ? policy->failover().heartbeat().misses()
                                                                      : options_.default_misses;
         w.next_probe = now + every;
@@ -419,7 +399,6 @@ void Agent::Tick(bool observe) {
     }
   }
   if (steps.empty()) {
-    if (!observe) return;  // nothing read, nothing new to publish
     absl::MutexLock lock(&mu_);
     Fold(obs);
     return;
@@ -454,7 +433,6 @@ void Agent::Tick(bool observe) {
   // The acted-on instances' new states are the baseline for the next pass (a restart is not
   // mistaken for anything, the old primary's state after a takeover is expected).
   auto after = kernel_.Observe();
-  ++observations_;
   absl::MutexLock lock(&mu_);
   Fold(after);
   std::set<std::string> acted;

@@ -20,7 +20,6 @@
 #ifndef MKFLEET_AGENTS_AGENT_H_
 #define MKFLEET_AGENTS_AGENT_H_
 
-#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -72,17 +71,13 @@ class Agent {
   // Runs the watchdog on its own thread until Stop().
   void Start();
   void Stop();
-  // One watchdog pass (tests drive it with a simulated clock). `observe` false: the kernel
-  // cannot have changed since the last observation (TickIfDue knows), so the pass only runs
-  // the liveness probes that are due, on the instances as last seen, and reads nothing.
-  void Tick(bool observe = true);
+  // One watchdog pass (tests drive it with a simulated clock).
+  void Tick();
   // For one watchdog shared by many agents (FleetWatchdog, instead of Start()): a pass if
   // one is due (a batch or a morph changed something, the kernel's generation moved, a
   // liveness probe, a restart or a timed kernel change is due, or this is the first), else
-  // nothing. A pass due only to probes reads nothing. Returns whether it ran a pass.
+  // nothing. Returns whether it ran a pass.
   bool TickIfDue();
-  // How many times the watchdog read the whole kernel (Observe).
-  uint64_t observations() const { return observations_.load(); }
 
   mkfleet::v1::InventoryResponse Inventory();
   // ABORTED (nothing run) for a stale fence; else one result per action.
@@ -177,9 +172,6 @@ class Agent {
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
   // TickIfDue: the kernel generation the last pass started from, and when the next is due.
   bool ticked_ ABSL_GUARDED_BY(mu_) = false;
-  // When the kernel's next change that comes by itself is due (from the last pass).
-  absl::Duration kernel_due_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
-  std::atomic<uint64_t> observations_{0};
   uint64_t seen_generation_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Duration next_due_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   int64_t pool_changed_at_ ABSL_GUARDED_BY(mu_) = 0;  // version of the last pool change
