@@ -24,6 +24,21 @@ class ExecutorTest : public ::testing::Test {
   Executor exec_{*host_.hk, *host_.journal, host_.topology};
   v1::ExecuteResponse r_;
 
+  // web-1 (1 GiB, with a device) and web-2 (6 GiB on CPUs 4,5,20,21): node 0's 8 GiB pool
+  // keeps 1 GiB free.
+  void BootWebOneAndTwo() {
+    ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
+    v1::ActionBatch other = Boot("web-2", "b2");
+    auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
+    p->clear_cpus();
+    for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
+    p->set_boot_cpu(4);
+    p->clear_devices();
+    p->mutable_memory(0)->set_bytes(6ull << 30);
+    ASSERT_TRUE(exec_.Execute(other).ok());
+    ASSERT_EQ(*host_.hk->StateOf("web-2"), v1::KERNEL_STATE_ACTIVE);
+  }
+
   v1::ActionBatch Boot(const std::string& name, const std::string& prefix) {
     v1::ActionBatch b;
     v1::Action create = Act(prefix + "-create", name, v1::KERNEL_STATE_ABSENT);
@@ -218,16 +233,7 @@ v1::ActionBatch Recreate(const std::string& name, const std::string& prefix, con
 // back (its shrink failed earlier in the batch: its new kernel would not load) took the
 // running kernel down, then its create failed EBUSY, every retry, for good.
 TEST_F(ExecutorTest, AReCreateThatWouldNotFitDoesNotTakeTheKernelDown) {
-  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
-  v1::ActionBatch other = Boot("web-2", "b2");
-  auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
-  p->clear_cpus();
-  for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
-  p->set_boot_cpu(4);
-  p->clear_devices();
-  p->mutable_memory(0)->set_bytes(6ull << 30);  // node 0: 8 GiB, 1 GiB left free
-  ASSERT_TRUE(exec_.Execute(other).ok());
-  ASSERT_EQ(*host_.hk->StateOf("web-2"), v1::KERNEL_STATE_ACTIVE);
+  BootWebOneAndTwo();
 
   // 3 GiB > its own 1 GiB + 1 GiB free: refused before the halt, web-1 runs on.
   v1::ExecuteResponse r = *exec_.Execute(Recreate("web-1", "big", Boot("web-1", "b1"), 3ull << 30));
@@ -246,15 +252,7 @@ TEST_F(ExecutorTest, AReCreateThatWouldNotFitDoesNotTakeTheKernelDown) {
 }
 
 TEST_F(ExecutorTest, AReCreateCountsWhatTheBatchRemovesBeforeItsCreate) {
-  ASSERT_TRUE(exec_.Execute(Boot("web-1", "b1")).ok());
-  v1::ActionBatch other = Boot("web-2", "b2");
-  auto* p = other.mutable_actions(0)->mutable_create()->mutable_placement();
-  p->clear_cpus();
-  for (uint32_t c : {4, 5, 20, 21}) p->add_cpus(c);
-  p->set_boot_cpu(4);
-  p->clear_devices();
-  p->mutable_memory(0)->set_bytes(6ull << 30);
-  ASSERT_TRUE(exec_.Execute(other).ok());
+  BootWebOneAndTwo();
   // web-1 goes down first, web-2 is deleted next, then web-1 comes back with 7 GiB and
   // web-2's CPUs: it fits once web-2 is gone, which happens before its create.
   v1::ActionBatch b = Recreate("web-1", "grow", Boot("web-1", "b1"), 7ull << 30);
