@@ -75,11 +75,11 @@ class Executor {
   // The bytes per node to add (or remove) to reach the change's target, or its relative form.
   absl::StatusOr<std::vector<mkfleet::v1::NodeBytes>> MemoryDelta(const std::string& instance,
                                                                   const mkfleet::v1::MemoryChange& change, bool add);
-  // The image checks a load in the same batch will make, done before the instance's first
-  // action when that action takes it down.
-  // And for a re-create (taken down, removed, created again), that its new placement fits in
-  // what it holds, what is free and what the batch removes before its create: a re-create
-  // into room another action was to make (and did not) keeps the old kernel running.
+  // Before the instance's first action, when that action takes it down: the image checks a
+  // load in the same batch will make, and for a re-create (down, removed, created again)
+  // that its new placement fits in what it holds, what is free and what the batch removes
+  // before its create (CheckFits): a re-create into room another action was to make, and
+  // did not, keeps the old kernel running.
   absl::Status Preflight(const mkfleet::v1::ActionBatch& batch, const std::string& instance);
   absl::Status CheckFits(const std::string& instance, const mkfleet::v1::Action& create,
                          const std::set<std::string>& freed);

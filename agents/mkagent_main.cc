@@ -150,10 +150,11 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
     std::string vsock_dir = state_dir + "/vsock";
     kernel::EmulatedKernel* emu = rt->emulator.get();
     rt->dial = [vsock_dir, emu](uint32_t id) -> absl::StatusOr<std::unique_ptr<kmp::Connection>> {
-      // No guest runs on this host: nothing to look up (see EmulatedKernel::RunsGuests).
-      if (!emu->RunsGuests()) return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
+      // While no guest runs on this host there is nothing to look up (EmulatedKernel::RunsGuests).
       std::string path = kernel::VsockPath(vsock_dir, id, kernel::kGuestPort);
-      if (access(path.c_str(), F_OK) != 0) return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
+      if (!emu->RunsGuests() || access(path.c_str(), F_OK) != 0) {
+        return absl::NotFoundError("instance " + std::to_string(id) + " runs no guest");
+      }
       return kmp::DialUnix(path, absl::Milliseconds(200));
     };
     rt->probe = agents::NewKmpProbe(rt->dial, agents::NewEmulatorProbe(*rt->emulator));

@@ -43,6 +43,10 @@
 namespace mkfleet::sim {
 namespace {
 
+// Who a kernel's recorded owner licenses: "KernelInstance/x@<created revision>" gives
+// "KernelInstance/x" (licences name objects, not incarnations); others as they are.
+absl::string_view LicenseeOf(absl::string_view owner) { return owner.substr(0, owner.rfind('@')); }
+
 namespace v1 = mkfleet::v1;
 namespace fs = std::filesystem;
 
@@ -732,8 +736,7 @@ std::string World::Owner(int h, const std::string& kernel) {
   auto obs = hosts_[h]->truth->Observe();
   if (!obs.ok()) return "";
   for (const auto& in : obs->instances) {
-    // "KernelInstance/x@<created revision>": licences are given to "KernelInstance/x".
-    if (in.name == kernel) return in.owner.substr(0, in.owner.rfind('@'));
+    if (in.name == kernel) return std::string(LicenseeOf(in.owner));
   }
   return "";
 }
@@ -1132,9 +1135,8 @@ void World::UserOp() {
     // says: (b') starts over for it (sim seed 613, sharded).
     if (auto obs = hosts_[h]->truth->Observe(); obs.ok()) {
       for (const auto& in : obs->instances) {
-        absl::string_view owner = in.owner;
-        if (!absl::ConsumePrefix(&owner, "KernelInstance/")) continue;
-        established_.erase(std::string(owner.substr(0, owner.rfind('@'))));
+        absl::string_view who = LicenseeOf(in.owner);
+        if (absl::ConsumePrefix(&who, "KernelInstance/")) established_.erase(std::string(who));
       }
     }
   }

@@ -54,7 +54,8 @@ INSTANTIATE_TEST_SUITE_P(Ci, ShardedFleetSimSeeds, ::testing::Range<uint64_t>(1,
 // Sharded seeds of the sweep that found defects: 3 and 4 (a member on its first list, or
 // cut off, owning a host another had: m), 122 and 173 (settled while a host was handed
 // over or the controller did not lead), 303 and 588 (stale work after a delete: b), 27 (an
-// instance moved by its spec re-created beside its old kernel: b).
+// instance moved by its spec re-created beside its old kernel: b), 595 (a re-create into room
+// a failed shrink did not make: b'), 605 and 613 (gaps in j and b' themselves).
 INSTANTIATE_TEST_SUITE_P(FoundDefects, ShardedFleetSimSeeds, ::testing::Values(27, 122, 173, 303, 588, 595, 605, 613));
 
 // Longer runs on more hosts.
