@@ -57,17 +57,26 @@ class FleetPlacer {
     }
     std::vector<InstanceRequest> requests = BuildRequests(in_.instances);
     std::vector<SetPlan> sets;
+    size_t members = 0;
     for (const v1::InstanceSet& s : in_.sets) {
-      SetPlan sp = ExpandSet(s);
+      sets.push_back(ExpandSet(s));
+      members += sets.back().members.size();
+    }
+    requests.reserve(requests.size() + members);
+    engine_.Reserve(requests.capacity() + in_.fixed.size() + in_.after.size());
+    for (const SetPlan& sp : sets) {
       for (const InstanceRequest& r : sp.members) {
-        out_.member_of[r.name] = s.metadata().name();
+        out_.member_of.insert_or_assign(out_.member_of.end(), r.name, sp.set->metadata().name());
         requests.push_back(r);
       }
-      sets.push_back(std::move(sp));
     }
     PlaceRequests(requests);
+    out_.requests = std::move(requests);  // (AddReplicas adds its own after them)
     for (SetPlan& sp : sets) AddReplicas(sp);
-    if (!in_.after.empty()) PlaceRequests(in_.after);
+    if (!in_.after.empty()) {
+      PlaceRequests(in_.after);
+      out_.requests.insert(out_.requests.end(), in_.after.begin(), in_.after.end());
+    }
     std::sort(out_.unschedulable.begin(), out_.unschedulable.end(),
               [](const Unschedulable& a, const Unschedulable& b) { return a.name < b.name; });
     return std::move(out_);
@@ -167,21 +176,24 @@ class FleetPlacer {
     return sp;
   }
 
+  // Places `requests` (the caller adds them to out_.requests).
   void PlaceRequests(const std::vector<InstanceRequest>& requests) {
-    out_.requests.insert(out_.requests.end(), requests.begin(), requests.end());
     // Current placements still valid and unchanged, by name.
     std::vector<const InstanceRequest*> changed, fresh;
     std::vector<const InstanceRequest*> by_name;
+    by_name.reserve(requests.size());
     for (const InstanceRequest& r : requests) by_name.push_back(&r);
     std::sort(by_name.begin(), by_name.end(), [](auto* a, auto* b) { return a->name < b->name; });
+    // Both in name order: `current` is walked once beside them (10,000 names at 1,000 hosts).
+    auto cur = in_.current.begin();
     for (const InstanceRequest* r : by_name) {
-      auto cur = in_.current.find(r->name);
-      if (cur == in_.current.end()) {
+      while (cur != in_.current.end() && cur->first < r->name) ++cur;
+      if (cur == in_.current.end() || cur->first != r->name) {
         fresh.push_back(r);
       } else if (engine_.Keep(*r, cur->second)) {
         v1::Placement p = cur->second;
         p.set_instance_id(r->id);
-        out_.placements[r->name] = std::move(p);
+        out_.placements.insert_or_assign(out_.placements.end(), r->name, std::move(p));
       } else {
         changed.push_back(r);
       }

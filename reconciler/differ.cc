@@ -51,18 +51,18 @@ class Builder {
   // Brings a new instance up to its desired phase.
   void Create(const DesiredInstance& d, const std::string& why) {
     v1::Action& c = Add(acquires_, d.name, d.generation, why + "-create", v1::KERNEL_STATE_ABSENT);
-    *c.mutable_create()->mutable_placement() = d.placement;
-    c.mutable_create()->set_id(d.spec.has_id() ? d.spec.id() : 0);
+    *c.mutable_create()->mutable_placement() = d.Where();
+    c.mutable_create()->set_id(d.Spec().has_id() ? d.Spec().id() : 0);
     c.mutable_create()->set_owner(d.owner);
-    if (d.spec.phase() == v1::PHASE_READY) return;
+    if (d.Spec().phase() == v1::PHASE_READY) return;
     Load(d, why, v1::KERNEL_STATE_READY);
-    if (d.spec.phase() == v1::PHASE_RUNNING) Start(d, why);
+    if (d.Spec().phase() == v1::PHASE_RUNNING) Start(d, why);
   }
 
   void Load(const DesiredInstance& d, const std::string& why, v1::KernelState expect) {
     v1::Action& l = Add(acquires_, d.name, d.generation, why + "-load", expect);
-    *l.mutable_load()->mutable_kernel() = d.spec.kernel();
-    if (d.spec.has_rootfs()) *l.mutable_load()->mutable_rootfs() = d.spec.rootfs();
+    *l.mutable_load()->mutable_kernel() = d.Spec().kernel();
+    if (d.Spec().has_rootfs()) *l.mutable_load()->mutable_rootfs() = d.Spec().rootfs();
   }
 
   void Start(const DesiredInstance& d, const std::string& why) {
@@ -189,7 +189,7 @@ Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>&
       continue;
     }
     const v1::Placement& now = st.placement();
-    const v1::Placement& target = d->placement;
+    const v1::Placement& target = d->Where();
     if (it->second->owner() != d->owner && !d->owner.empty()) {
       // Adopted (a kernel that matches by name but was not created for this owner).
       b.Add(b.claims_, name, d->generation, "claim", v1::KERNEL_STATE_UNKNOWN).mutable_claim()->set_owner(d->owner);
@@ -224,23 +224,23 @@ Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>&
     }
     // Kernel, initrd, command line or rootfs changed.
     bool kernel_changes = (state == v1::KERNEL_STATE_LOADED || state == v1::KERNEL_STATE_ACTIVE) &&
-                          !SameKernel(d->spec, st.provenance());
+                          !SameKernel(d->Spec(), st.provenance());
     // A live update keeps a kernel running: only one that runs and is to go on running.
-    if (kernel_changes && d->spec.update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE &&
-        d->spec.phase() == v1::PHASE_RUNNING) {
+    if (kernel_changes && d->Spec().update().strategy() == v1::UPDATE_MORPH && state == v1::KERNEL_STATE_ACTIVE &&
+        d->Spec().phase() == v1::PHASE_RUNNING) {
       if (!d->morph_surge) {
         b.notes_[name] = d->morph_blocked.empty() ? "MorphNoSurge: no surge placement" : d->morph_blocked;
         continue;
       }
-      const v1::MorphSpec& m = d->spec.update().morph();
+      const v1::MorphSpec& m = d->Spec().update().morph();
       v1::Action& a = b.Add(b.acquires_, name, d->generation, "morph-start", v1::KERNEL_STATE_ACTIVE);
       v1::MorphStart* ms = a.mutable_morph_start();
       ms->set_morph_id(absl::StrCat(host_name, ".", name, ".g", d->generation, ".v", it->second->version()));
       ms->set_next(d->morph_next);
       *ms->mutable_surge() = *d->morph_surge;
       ms->mutable_surge()->clear_devices();
-      *ms->mutable_load()->mutable_kernel() = d->spec.kernel();
-      if (d->spec.has_rootfs()) *ms->mutable_load()->mutable_rootfs() = d->spec.rootfs();
+      *ms->mutable_load()->mutable_kernel() = d->Spec().kernel();
+      if (d->Spec().has_rootfs()) *ms->mutable_load()->mutable_rootfs() = d->Spec().rootfs();
       *ms->mutable_target() = target;
       ms->set_manual_commit(m.commit() == v1::MORPH_COMMIT_MANUAL);
       ms->set_timeout_ms(m.timeout() > 0 ? m.timeout() : 60000);
@@ -248,7 +248,7 @@ Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>&
       ms->set_revision(d->revision);
       ms->set_previous_revision(ProvenanceRevision(st.provenance()));
       b.changes_[name] = {Kind::kMorph, false,
-                          absl::StrCat("live update (morph) to ", d->spec.kernel().image(), ", revision ", d->revision,
+                          absl::StrCat("live update (morph) to ", d->Spec().kernel().image(), ", revision ", d->revision,
                                        ", beside it as ", d->morph_next)};
       continue;
     }
@@ -311,7 +311,7 @@ Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>&
       b.Add(b.releases_, name, d->generation, "replace-unload", v1::KERNEL_STATE_LOADED).mutable_unload();
       after = v1::KERNEL_STATE_READY;
     }
-    v1::Phase phase = d->spec.phase();
+    v1::Phase phase = d->Spec().phase();
     if (after == v1::KERNEL_STATE_FAILED) {
       b.Add(b.releases_, name, d->generation, "rescue-force-halt", v1::KERNEL_STATE_FAILED).mutable_halt()->set_force(true);
       after = v1::KERNEL_STATE_LOADED;
@@ -352,7 +352,7 @@ Plan ComputePlanFor(const std::string& host, const std::vector<DesiredInstance>&
     if (kernel_changes) {
       b.changes_[name] = {Kind::kReplace, state == v1::KERNEL_STATE_ACTIVE,
                           absl::StrCat("replace the kernel (", st.provenance().kernel_path(), " -> ",
-                                       d->spec.kernel().image(), ")")};
+                                       d->Spec().kernel().image(), ")")};
     } else if (!resize.empty()) {
       b.changes_[name] = {Kind::kResize, false, "hot-plug " + absl::StrJoin(resize, ", ")};
     } else if (!phase_change.empty()) {

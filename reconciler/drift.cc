@@ -131,7 +131,17 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
 
   // ---- Instances.
   std::set<std::string> seen;
-  for (const auto& [name, p] : fleet->planned) {
+  // The batch's hosts' instances, in name order (not a scan of the whole fleet's).
+  std::vector<const std::string*> names;
+  for (const std::string& h : batch) {
+    auto on = fleet->planned_on.find(h);
+    if (on == fleet->planned_on.end() || !judged(h)) continue;
+    for (const std::string& name : on->second) names.push_back(&name);
+  }
+  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+  for (const std::string* n : names) {
+    const std::string& name = *n;
+    const PlannedInstance& p = fleet->planned.at(name);
     if (!p.standby_for.empty() || !judged(p.host)) continue;
     seen.insert(name);
     const HostView& view = views.at(p.host);

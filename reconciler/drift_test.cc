@@ -51,6 +51,7 @@ class DriftTest : public ::testing::Test {
       p.generation = generation;
       p.spec = &spec_;
     }
+    f.planned_on["node-a"] = {"db-1", "web-1"};
     Plan& plan = f.hosts["node-a"];
     for (const std::string& k : actions_for) {
       v1::Action a;

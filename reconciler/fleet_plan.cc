@@ -61,6 +61,13 @@ v1::Action PoolChangeAction(const std::string& host, int64_t generation, const p
 
 void LimitRollouts(const std::vector<v1::InstanceSet>& sets,
                    const std::map<std::string, std::vector<const v1::ObservedInstance*>>& observed, FleetPlan* out) {
+  // Nothing to hold back unless some plan takes a kernel down (most passes: the tally below
+  // reads every member).
+  bool any = false;
+  for (const auto& [host, plan] : out->hosts) {
+    for (const auto& [kernel, change] : plan.changes) any |= change.disruptive;
+  }
+  if (!any) return;
   std::map<std::string, const v1::InstanceSet*> by_name;
   for (const v1::InstanceSet& s : sets) by_name["InstanceSet/" + s.metadata().name()] = &s;
   std::map<std::string, std::map<std::string, v1::KernelState>> state;  // host -> kernel -> state
@@ -476,12 +483,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     }
   }
   out.infeasible = std::move(placed.infeasible);
-  out.placements = placed.placements;
 
   // What each request runs: its instance's spec, its primary's (standby), or its set's template.
   std::map<std::string, const v1::InstanceSet*> set_by_name;
   for (const v1::InstanceSet& s : sets) set_by_name[s.metadata().name()] = &s;
   std::map<std::string, std::vector<DesiredInstance>> desired;
+  std::map<const v1::KernelInstanceSpec*, std::string> revisions;
   for (const planner::InstanceRequest& r : placed.requests) {
     if (absl::StartsWith(r.name, kSurgePrefix)) continue;
     auto p = placed.placements.find(r.name);
@@ -508,9 +515,13 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     d.name = planned.kernel;
     d.owner = planned.recorded_owner;
     d.generation = planned.generation;
-    d.spec = *planned.spec;
-    d.placement = p->second;
-    d.revision = KernelRevision(d.spec.kernel(), d.spec.rootfs().image());
+    d.spec_of = planned.spec;  // into the inputs, and into `placed` (alive until the plans are made)
+    d.placement_of = &p->second;
+    auto revision = revisions.find(planned.spec);  // a set's members share one spec
+    if (revision == revisions.end()) {
+      revision = revisions.emplace(planned.spec, KernelRevision(planned.spec->kernel(), planned.spec->rootfs().image())).first;
+    }
+    d.revision = revision->second;
     if (r.standby_for.empty()) {
       if (auto surge = surge_at.find(r.name); surge != surge_at.end()) {
         d.morph_surge = surge->second;
@@ -525,6 +536,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   for (const std::string& host : reachable) {
     out.hosts[host] = ComputePlanFor(host, desired[host], managed[host], views.at(host).state_version);
   }
+  out.placements = std::move(placed.placements);  // (after the plans: `desired` points into it)
   LimitRollouts(sets, managed, &out);
   for (const std::string& host : reachable) {
     auto pool = out.pool_changes.find(host);

@@ -350,6 +350,61 @@ absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind, bo
   return out;
 }
 
+absl::Status Objects::RefreshSpecs() {
+  // Read before the history: whatever is written meanwhile is read again next time (each
+  // event sets what its key holds, so applying one twice changes nothing).
+  MK_ASSIGN_OR_RETURN(const int64_t now, store_.Revision());
+  if (specs_revision_ == now) return absl::OkStatus();
+  constexpr absl::string_view kPrefix = "/objects/";
+  auto parse = [](const std::string& key, const std::string& value, int64_t created, int64_t modified,
+                  v1::Object* o) -> absl::Status {
+    if (!o->ParseFromString(value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
+    MutableMeta(*o)->set_revision(modified);
+    MutableMeta(*o)->set_created_revision(created);
+    return absl::OkStatus();
+  };
+  auto events = specs_revision_ < 0 ? absl::OutOfRangeError("first read")
+                                    : store_.EventsSince(specs_revision_, std::string(kPrefix));
+  if (!events.ok()) {  // the first read, or history compacted past the copy
+    MK_ASSIGN_OR_RETURN(std::vector<KeyValue> all, store_.List(std::string(kPrefix)));
+    specs_.clear();
+    for (const KeyValue& kv : all) {
+      v1::Object o;
+      MK_RETURN_IF_ERROR(parse(kv.key, kv.value, kv.create_revision, kv.mod_revision, &o));
+      specs_.emplace_hint(specs_.end(), kv.key, std::move(o));
+    }
+    specs_revision_ = now;
+    return absl::OkStatus();
+  }
+  for (const Event& e : *events) {
+    if (e.type == Event::Type::kDelete) {
+      specs_.erase(e.key);
+      continue;
+    }
+    v1::Object o;
+    auto it = specs_.find(e.key);
+    const int64_t created = it != specs_.end() ? MutableMeta(it->second)->created_revision() : e.revision;
+    MK_RETURN_IF_ERROR(parse(e.key, e.value, created, e.revision, &o));
+    specs_.insert_or_assign(e.key, std::move(o));
+  }
+  specs_revision_ = now;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::Object>> Objects::ListSpecs(absl::string_view kind) {
+  absl::MutexLock lock(&specs_mu_);
+  if (absl::Status s = RefreshSpecs(); !s.ok()) {
+    specs_revision_ = -1;  // read whole next time
+    return s;
+  }
+  const std::string prefix = absl::StrCat("/objects/", kind, "/");
+  std::vector<v1::Object> out;
+  for (auto it = specs_.lower_bound(prefix); it != specs_.end() && absl::StartsWith(it->first, prefix); ++it) {
+    out.push_back(it->second);
+  }
+  return out;
+}
+
 absl::StatusOr<std::optional<v1::Object>> Objects::Get(absl::string_view kind, absl::string_view name,
                                                       bool with_members) {
   auto kv = store_.Get(ObjectKey(kind, name));

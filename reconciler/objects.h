@@ -10,12 +10,14 @@
 #define MKFLEET_RECONCILER_OBJECTS_H_
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "mkfleet/v1/controller.pb.h"
 #include "mkfleet/v1/manifest.pb.h"
 #include "reconciler/store.h"
@@ -69,6 +71,12 @@ class Objects {
   absl::StatusOr<std::vector<mkfleet::v1::Object>> List(absl::string_view kind, bool with_members = false);
   absl::StatusOr<std::optional<mkfleet::v1::Object>> Get(absl::string_view kind, absl::string_view name,
                                                          bool with_members = false);
+  // The objects of `kind` as List returns them but without their status (what a reconcile
+  // pass reads: it writes the statuses itself), from a parsed copy kept current from the
+  // store's history: a pass reads every Host, but between two passes only the objects that
+  // changed are read and parsed again (a full read took 10-57 ms at 1,000 hosts). As new as
+  // the store was when called. A history compacted past the copy reads all again.
+  absl::StatusOr<std::vector<mkfleet::v1::Object>> ListSpecs(absl::string_view kind);
   // Writes statuses (serialized at StatusKey) and deletes others, in one transaction.
   absl::Status WriteStatuses(const std::vector<std::pair<std::string, std::string>>& puts,
                              const std::vector<std::string>& deletes);
@@ -98,7 +106,14 @@ class Objects {
   // Deletes the object (at `revision`) and its status in one transaction.
   absl::Status Remove(absl::string_view kind, absl::string_view name, int64_t revision);
 
+  // ListSpecs' copy: every object by key ("/objects/<kind>/<name>"), parsed, with its
+  // revisions; one read of the history brings all kinds up to date.
+  absl::Status RefreshSpecs() ABSL_EXCLUSIVE_LOCKS_REQUIRED(specs_mu_);
+
   Store& store_;
+  absl::Mutex specs_mu_;
+  int64_t specs_revision_ ABSL_GUARDED_BY(specs_mu_) = -1;  // everything up to it is in
+  std::map<std::string, mkfleet::v1::Object> specs_ ABSL_GUARDED_BY(specs_mu_);
 };
 
 }  // namespace mkfleet::reconciler

@@ -193,5 +193,55 @@ TEST_F(ObjectsTest, StatusesAndSetMembers) {
   EXPECT_EQ(objects_->List("KernelInstance", true)->size(), 1u);
 }
 
+// ListSpecs returns what List does, without statuses, after every kind of write: creates,
+// spec changes, statuses, deletes and re-creates (a new created revision), other kinds, and
+// a history compacted past its copy.
+TEST_F(ObjectsTest, ListSpecsFollowsEveryWrite) {
+  auto same = [&](const std::string& kind, const std::string& step) {
+    auto listed = objects_->List(kind);
+    auto specs = objects_->ListSpecs(kind);
+    ASSERT_TRUE(listed.ok()) << listed.status();
+    ASSERT_TRUE(specs.ok()) << specs.status();
+    ASSERT_EQ(listed->size(), specs->size()) << step;
+    for (size_t i = 0; i < listed->size(); ++i) {
+      v1::Object want = (*listed)[i];
+      if (want.has_host()) want.mutable_host()->clear_status();
+      if (want.has_kernel_instance()) want.mutable_kernel_instance()->clear_status();
+      EXPECT_EQ(want.DebugString(), (*specs)[i].DebugString()) << step;
+    }
+  };
+  ApplyOptions opts{"", false, false};
+  ASSERT_TRUE(objects_->Apply({Host("node-a"), Host("node-b"), Instance("web-1", "node-a", 4)}, opts).ok());
+  same("Host", "first read");
+  same("KernelInstance", "first read");
+  ASSERT_TRUE(objects_->Apply({Instance("web-1", "node-a", 8), Instance("web-2", "node-b", 2)}, opts).ok());
+  v1::InstanceStatus running;
+  running.set_phase("Running");
+  ASSERT_TRUE(objects_->WriteStatuses({{StatusKey("KernelInstance", "web-2"), running.SerializeAsString()}}, {}).ok());
+  same("KernelInstance", "a change, a new instance and a status");
+  same("Host", "no change");
+  auto specs = objects_->ListSpecs("KernelInstance");
+  ASSERT_EQ(specs->size(), 2u);
+  EXPECT_EQ((*specs)[0].kernel_instance().spec().resources().cpus(), 8u);
+  EXPECT_FALSE((*specs)[1].kernel_instance().has_status());
+
+  // Deleted and applied again: a new created revision.
+  const int64_t first = (*specs)[1].kernel_instance().metadata().created_revision();
+  ASSERT_TRUE(objects_->Delete("KernelInstance", "web-2").ok());
+  same("KernelInstance", "deleted");
+  ASSERT_TRUE(objects_->Apply({Instance("web-2", "node-b", 3)}, opts).ok());
+  same("KernelInstance", "applied again");
+  EXPECT_GT((*objects_->ListSpecs("KernelInstance"))[1].kernel_instance().metadata().created_revision(), first);
+  ASSERT_TRUE(objects_->Apply({Host("node-c")}, opts).ok());
+  same("Host", "a host added");
+
+  // History compacted past the copy: read whole again.
+  ASSERT_TRUE(objects_->Apply({Instance("web-3", "node-c", 1)}, opts).ok());
+  ASSERT_TRUE(store_->Compact(*store_->Revision()).ok());
+  ASSERT_TRUE(objects_->Apply({Instance("web-4", "node-c", 1)}, opts).ok());
+  same("KernelInstance", "after a compaction");
+  EXPECT_EQ(objects_->ListSpecs("KernelInstance")->size(), 4u);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

@@ -254,8 +254,11 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
     for (const auto& [host, in] : seen[name]) AddServing(&members, host, in, serving);
     // Members the last pass placed that no host shows yet: being created.
+    // ("<set>-<host>-<n>": compared in place, there are as many as members in the fleet)
     for (const auto& [member, where] : serving) {
-      if (absl::StartsWith(member, absl::StrCat(name, "-", where.first, "-")) && !members.count(member)) {
+      absl::string_view rest = member;
+      if (absl::ConsumePrefix(&rest, name) && absl::ConsumePrefix(&rest, "-") && absl::ConsumePrefix(&rest, where.first) &&
+          absl::StartsWith(rest, "-") && !members.count(member)) {
         view.creating.insert(member);
       }
     }

@@ -1,6 +1,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "reconciler/store.h"
@@ -22,6 +23,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 constexpr char kHistory[] = R"sql(
 CREATE TABLE IF NOT EXISTS history2 (rev INTEGER NOT NULL, pos INTEGER NOT NULL, key TEXT NOT NULL, value BLOB,
                                      deleted INTEGER NOT NULL, PRIMARY KEY (rev, pos)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history2_key ON history2 (key, rev);
 )sql";
 
 constexpr char kMigrateV1[] = R"sql(
@@ -168,9 +170,19 @@ class SqliteStore final : public Store {
       return absl::OutOfRangeError(absl::StrCat("store: history before revision ", compacted + 1,
                                                 " was compacted; list again"));
     }
-    Stmt s(db_, "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
-                "ORDER BY rev, pos");
+    // Most rows are the controller's statuses: the history of any other prefix (objects,
+    // shards: a few rows among tens of thousands) is read through the key index, not by
+    // scanning every row since `after`.
+    std::string end = prefix;
+    while (!end.empty() && static_cast<unsigned char>(end.back()) == 0xff) end.pop_back();
+    if (!end.empty()) end.back() = static_cast<char>(end.back() + 1);
+    const bool by_key = !end.empty() && prefix != "/" && !absl::StartsWith(prefix, "/status/");
+    Stmt s(db_, by_key ? "SELECT rev, key, value, deleted FROM history2 INDEXED BY history2_key "
+                         "WHERE key >= ?3 AND key < ?4 AND rev > ?1 ORDER BY rev, pos"
+                       : "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
+                         "ORDER BY rev, pos");
     s.Bind(1, after).Bind(2, static_cast<int64_t>(prefix.size())).Bind(3, prefix);
+    if (by_key) s.Bind(4, end);
     std::vector<Event> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/testing/simulated_clock.h"
 #include "gmock/gmock.h"
@@ -175,6 +176,28 @@ TEST_P(StoreTest, WatchHistoryInOrderWithPrefixAndCompaction) {
   ASSERT_TRUE(store_->Compact(b + 1).ok());  // already: fine
   EXPECT_EQ(store_->EventsSince(b + 1, "/").status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(store_->EventsSince(b + 2, "/")->size(), 2u);
+}
+
+// A prefix's history holds its keys only, next to keys that sort right beside it ("/i0"
+// follows "/i/" byte-wise), in revision order and, in one transaction, in op order.
+TEST_P(StoreTest, EventsOfAPrefixAreItsKeysOnlyInOrder) {
+  const int64_t b = base_;
+  ASSERT_TRUE(store_->Put("/i", "outside").ok());      // b+1
+  ASSERT_TRUE(store_->Put("/i0", "outside").ok());     // b+2
+  ASSERT_TRUE(store_->Put("/i/z", "1").ok());          // b+3
+  ASSERT_TRUE(store_->Txn({}, {{Op::Type::kPut, "/i/b", "2", 0}, {Op::Type::kPut, "/h", "outside", 0},
+                               {Op::Type::kPut, "/i/a", "3", 0}})
+                  .ok());                                // b+4
+  ASSERT_TRUE(store_->Put("/i/", "4").ok());           // b+5
+  ASSERT_TRUE(store_->Delete("/i/z").ok());            // b+6
+  auto events = store_->EventsSince(b, "/i/");
+  ASSERT_TRUE(events.ok()) << events.status();
+  std::vector<std::string> seen;
+  for (const Event& e : *events) {
+    seen.push_back(absl::StrCat(e.revision - b, " ", e.key, e.type == Event::Type::kDelete ? " deleted" : ""));
+  }
+  EXPECT_THAT(seen, ::testing::ElementsAre("3 /i/z", "4 /i/b", "4 /i/a", "5 /i/", "6 /i/z deleted"));
+  EXPECT_EQ(store_->EventsSince(b + 4, "/i/")->size(), 2u);
 }
 
 TEST_P(StoreTest, WaitForRevisionWakesOnAWrite) {
