@@ -62,7 +62,7 @@ class ProcessFleetTest : public ::testing::Test {
     pki_ = std::make_unique<security::TestPki>((dir_ / "pki").string());
     vmlinux_ = (dir_ / "vmlinux").string();
     std::ofstream(vmlinux_, std::ios::binary) << std::string("\x7f" "ELF", 4) << std::string(4096, 'k');
-    controller_port_ = FreePort();
+    controller_port_ = 0;  // its first start picks one (see StartAgent)
   }
   void TearDown() override {
     controller_.reset();
@@ -77,7 +77,9 @@ class ProcessFleetTest : public ::testing::Test {
   void StartAgent(const std::string& name, const std::string& boot_time = "300ms") {
     AgentSpec& a = agents_[name];
     a.name = name;
-    if (a.port == 0) a.port = FreePort();
+    // First start: the agent picks a free port itself (a port found free and bound later
+    // may be taken in between by a parallel test); restarts keep it.
+    const bool first = a.port == 0;
     a.process.reset();  // the old one first: it holds the state directory's lock
     a.process = std::make_unique<testing::Process>(
         std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
@@ -87,7 +89,9 @@ class ProcessFleetTest : public ::testing::Test {
                                  "--image-dir", dir_.string(), "--request-log",
                                  (dir_ / ("requests-" + name + ".log")).string()},
         (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
-    ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
+    const std::string port = a.process->WaitFor("listening on port ([0-9]+)");
+    ASSERT_FALSE(port.empty()) << a.process->Log();
+    if (first) a.port = std::stoi(port);
   }
   void StartController() {
     if (ha_) return StartControlPlane();
@@ -97,7 +101,9 @@ class ProcessFleetTest : public ::testing::Test {
                                  "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
                                  "--unreachable-after", "1", "--tls-dir", pki_->controller()},
         (dir_ / ("controller-" + std::to_string(++runs_) + ".log")).string());
-    ASSERT_FALSE(controller_->WaitFor("listening on port ([0-9]+)").empty()) << controller_->Log();
+    const std::string port = controller_->WaitFor("listening on port ([0-9]+)");
+    ASSERT_FALSE(port.empty()) << controller_->Log();
+    controller_port_ = std::stoi(port);
     stub_ = v1::Controller::NewStub(security::TestPki::Channel(
         pki_->admin(), "127.0.0.1:" + std::to_string(controller_port_), security::Identity::Controller()));
   }

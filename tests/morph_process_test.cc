@@ -68,7 +68,7 @@ class MorphProcessTest : public ProcessFleetTest {
   void StartMorphAgent(const std::string& kill_at = "") {
     AgentSpec& a = agents_["node-a"];
     a.name = "node-a";
-    if (a.port == 0) a.port = FreePort();
+    const bool first = a.port == 0;  // then the agent picks a free port (see StartAgent)
     a.process.reset();
     if (kill_at.empty()) {
       unsetenv("MKAGENT_TEST_KILL_AT_MORPH_PHASE");
@@ -82,7 +82,9 @@ class MorphProcessTest : public ProcessFleetTest {
                                  dir_.string(), "--guest-hooks", hooks_, "--guest-binary", GuestWrapper()},
         (dir_ / ("node-a-" + std::to_string(++runs_) + ".log")).string());
     unsetenv("MKAGENT_TEST_KILL_AT_MORPH_PHASE");
-    ASSERT_FALSE(a.process->WaitFor("listening on port ([0-9]+)").empty()) << a.process->Log();
+    const std::string port = a.process->WaitFor("listening on port ([0-9]+)");
+    ASSERT_FALSE(port.empty()) << a.process->Log();
+    if (first) a.port = std::stoi(port);
   }
 
   // node-a lends its two NICs too.
