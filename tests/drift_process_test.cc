@@ -3,6 +3,8 @@
 // within a resync, puts it back (driftPolicy Correct) or only reports it (Report), with the
 // events; an unmanaged kernel is reported and left alone unless the Host says Remove; and
 // once corrected the next passes send nothing.
+#include <algorithm>
+
 #include "tests/fleet_fixture.h"
 
 namespace mkfleet {
@@ -38,10 +40,13 @@ class DriftProcessTest : public ProcessFleetTest {
     return stub_->Stats(&ctx, v1::StatsRequest(), &s).ok() ? s.actions_sent() : -1;
   }
 
-  // Events with `reason` whose message has `text`.
+  // Occurrences of events with `reason` whose message has `text` (the same event again is
+  // counted on the one kept).
   int CountEvents(const std::string& reason, const std::string& text) {
     int n = 0;
-    for (const v1::Event& e : ControllerEvents()) n += e.reason() == reason && e.message().find(text) != std::string::npos;
+    for (const v1::Event& e : ControllerEvents()) {
+      if (e.reason() == reason && e.message().find(text) != std::string::npos) n += std::max(1, e.count());
+    }
     return n;
   }
 
@@ -73,10 +78,22 @@ TEST_F(DriftProcessTest, EachOutOfBandChangeIsDetectedAndPutBack) {
   for (const Case& c : {Case{"kerf-cpu-remove", "cpus"}, Case{"kerf-memory-remove", "memory"},
                         Case{"kerf-halt", "state"}, Case{"kerf-remove", "instance"}}) {
     SCOPED_TRACE(c.fault);
+    // An out-of-band removal is three calls (halt, unload, remove), as with kerf's CLI: the
+    // controller may see it halfway, halted, and start putting the state back before the
+    // kernel is gone (under load, most runs). Then it is the state's drift, put back by a
+    // create once the kernel is gone.
+    std::vector<std::string> fields = {c.field};
+    if (c.fault == "kerf-remove") fields.push_back("state");
+    auto count = [&](const std::string& reason, const std::string& before, const std::string& after) {
+      int n = 0;
+      for (const std::string& f : fields) n += CountEvents(reason, before + f + after);
+      return n;
+    };
+    const int detected = count("DriftDetected", "", ": wanted"), corrected = count("DriftCorrected", "put back: ", "");
     ASSERT_EQ(Mkfault("node-a", {c.fault, "--instance", "web-1"}, &out), 0) << out;
-    ASSERT_TRUE(Eventually([&] { return CountEvents("DriftDetected", c.field + ": wanted") > 0; }, 10))
+    ASSERT_TRUE(Eventually([&] { return count("DriftDetected", "", ": wanted") > detected; }, 10))
         << c.field << " drift not detected";
-    ASSERT_TRUE(Eventually([&] { return CountEvents("DriftCorrected", "put back: " + c.field) > 0; }, 20))
+    ASSERT_TRUE(Eventually([&] { return count("DriftCorrected", "put back: ", "") > corrected; }, 20))
         << c.field << " not corrected";
     ASSERT_TRUE(Eventually([&] { return AllRunning({"web-1"}); }, 10));
     auto on_agent = OnAgent("node-a");
