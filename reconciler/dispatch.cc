@@ -51,7 +51,6 @@ v1::Fence Dispatcher::NextFence(const std::string& host) {
 void Dispatcher::Forget(const std::string& host) {
   absl::MutexLock lock(&mu_);
   policies_sent_.erase(host);
-  done_.erase(host);
   // The fence sequence stays: the host's agent keeps the highest it took, so a Host applied
   // again in this run must go on above it (sim seed 8331). One integer per host name.
   for (auto b = backoff_.lower_bound(host + "/"); b != backoff_.end() && absl::StartsWith(b->first, host + "/");) {
@@ -74,15 +73,6 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
     // tried again; the host's others go on, and so does a new plan for it (another intent:
     // e.g. deleting what failed to load).
     absl::MutexLock lock(&mu_);
-    // Actions this host's agent has done that its view does not show yet: a plan from that
-    // view holds them again, with the same ids (they carry the view's version), and they
-    // are not sent again. Done ids the plan no longer holds are forgotten.
-    std::set<std::string>& done = done_[host];
-    std::set<std::string> still_planned;
-    for (const v1::Action& a : plan.actions) {
-      if (done.count(a.id())) still_planned.insert(a.id());
-    }
-    done.swap(still_planned);
     std::set<std::string> retried;  // instances whose plan still holds the failed action
     for (const v1::Action& a : plan.actions) {
       auto b = backoff_.find(absl::StrCat(host, "/", a.instance()));
@@ -98,10 +88,6 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
         out.held_back[a.instance()] = absl::StrCat(b->second.why, " (retry ", b->second.failures + 1, " in ",
                                                     absl::FormatDuration(absl::Ceil(b->second.next - now, absl::Milliseconds(1))), ")");
         retry_in = std::min(retry_in, b->second.next - now);
-        continue;
-      }
-      if (done.count(a.id())) {
-        out.in_plan.insert(a.instance());  // done: waiting for the view to show it
         continue;
       }
       *batch.add_actions() = a;
@@ -142,10 +128,6 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
         }
       }
       absl::MutexLock lock(&mu_);
-      std::set<std::string>& done = done_[host];
-      for (const v1::ActionResult& r : response->results()) {
-        if (r.code() == 0) done.insert(r.id());
-      }
       for (const std::string& instance : out.in_plan) {
         const std::string key = absl::StrCat(host, "/", instance);
         auto failed = out.failed.find(instance);

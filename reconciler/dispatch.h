@@ -11,7 +11,6 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <set>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
@@ -42,8 +41,7 @@ class Dispatcher {
   };
   Dispatcher(Store& store, Clock& clock, Options options);
 
-  // Sends `host` its plan (less what backs off, and less what its agent has done but its
-  // view does not show yet: the same ids again) and, when they changed, its policies
+  // Sends `host` its plan (less what backs off) and, when they changed, its policies
   // (PoliciesFor).
   HostOutcome Send(const std::string& host, HostConnection& link, const Plan& plan, const FleetPlan& fleet);
   // The same with the policies given (a sharded member sends what its leader published).
@@ -77,8 +75,6 @@ class Dispatcher {
   std::map<std::string, int64_t> sequence_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> policies_sent_ ABSL_GUARDED_BY(mu_);  // serialized
   std::map<std::string, Backoff> backoff_ ABSL_GUARDED_BY(mu_);           // "host/kernel" ->
-  // Per host: ids of actions its agent has done that its plan still holds (see Send).
-  std::map<std::string, std::set<std::string>> done_ ABSL_GUARDED_BY(mu_);
   std::atomic<int64_t> actions_sent_{0};
 };
 

@@ -322,26 +322,5 @@ TEST_F(InFlightTest, AConnectionClosedDuringAPassLivesUntilThePassIsDone) {
   EXPECT_TRUE(gate->destroyed) << "the closed connection was never let go";
 }
 
-// A batch the agent has done is not sent again while the host's view does not show it yet
-// (it would be planned again, with the same ids, from the same view): fleet_bench on etcd
-// with three controllers sent 40-52 thousand actions for 30 thousand, the agents' journals
-// answering the repeats. Once the view moves, what is still wanted goes with new ids.
-TEST_F(InFlightTest, ADoneBatchIsNotSentAgainBeforeTheViewShowsIt) {
-  Apply({HostObject(0, false), HostObject(1, false)});
-  for (int i = 0; i < 3; ++i) Step({0, 1});
-  const int64_t before = loop_->actions_sent();
-  Apply({Instance("web-1", "h0", 2)});
-  Step({1});  // the create goes out; h0 does not publish
-  const int64_t create = loop_->actions_sent() - before;
-  ASSERT_GT(create, 0);
-  ASSERT_EQ(Running(0), 1) << "the create ran";
-  for (int i = 0; i < 12; ++i) Step({1});  // resyncs while h0's view still lacks web-1
-  EXPECT_EQ(loop_->actions_sent() - before, create) << "the done create was sent again";
-  for (int i = 0; i < 5; ++i) Step({0, 1});
-  EXPECT_EQ(loop_->actions_sent() - before, create) << "nothing was left to send once seen";
-  EXPECT_EQ(Running(0), 1);
-  EXPECT_EQ(hosts_[0]->emu->counters().creates, 1);
-}
-
 }  // namespace
 }  // namespace mkfleet::reconciler
