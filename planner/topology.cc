@@ -1,8 +1,12 @@
 #include "planner/topology.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 
 namespace mkfleet::planner {
 
@@ -169,6 +173,42 @@ absl::StatusOr<Topology> TopologyFromProto(const mkfleet::v1::TopologyInfo& info
   }
   t.Finish();
   return t;
+}
+
+absl::StatusOr<std::shared_ptr<const Topology>> SharedTopologyFromProto(const mkfleet::v1::TopologyInfo& info) {
+  // Keyed by the reported bytes: equal bytes parse to equal topologies (a topology that
+  // serializes differently is only not shared).
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* known = new absl::flat_hash_map<std::string, std::weak_ptr<const Topology>>();
+  std::string key;
+  {
+    google::protobuf::io::StringOutputStream out(&key);
+    google::protobuf::io::CodedOutputStream coded(&out);
+    coded.SetSerializationDeterministic(true);  // physical_ids is a map
+    info.SerializeToCodedStream(&coded);
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto it = known->find(key);
+    if (it != known->end()) {
+      if (std::shared_ptr<const Topology> t = it->second.lock()) return t;
+    }
+  }
+  absl::StatusOr<Topology> parsed = TopologyFromProto(info);
+  if (!parsed.ok()) return parsed.status();
+  auto shared = std::make_shared<const Topology>(*std::move(parsed));
+  absl::MutexLock lock(&mu);
+  // Entries whose topology no host holds any more go as new ones come (bounded by the
+  // distinct topologies in use).
+  if (known->size() >= 64) {
+    for (auto it = known->begin(); it != known->end();) {
+      auto next = std::next(it);
+      if (it->second.expired()) known->erase(it);
+      it = next;
+    }
+  }
+  (*known)[std::move(key)] = shared;
+  return std::shared_ptr<const Topology>(shared);
 }
 
 }  // namespace mkfleet::planner

@@ -8,6 +8,7 @@
 #define MKFLEET_PLANNER_TOPOLOGY_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,10 @@ struct Topology {
 // core names a known NUMA node and has PUs, no PU is in two cores, PCI functions name
 // known nodes. InvalidArgument names the field ("topology.cores[3].numa_node: ...").
 absl::StatusOr<Topology> TopologyFromProto(const mkfleet::v1::TopologyInfo& info);
+// The same, shared: hosts whose agents report the same topology (a fleet of one server
+// model) get one parsed copy while any of them holds it (the controller holds one per host:
+// about 25 KiB each for a 64-PU server, 1,000 hosts alike were 25 MiB). Thread-safe.
+absl::StatusOr<std::shared_ptr<const Topology>> SharedTopologyFromProto(const mkfleet::v1::TopologyInfo& info);
 
 }  // namespace mkfleet::planner
 

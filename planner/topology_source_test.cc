@@ -151,6 +151,25 @@ TEST(TopologyProtoTest, RoundTripsEveryTestTopology) {
   EXPECT_GE(checked, 3);
 }
 
+// Hosts that report the same topology share one parsed copy; another topology gets its
+// own, and a bad one is refused as TopologyFromProto refuses it.
+TEST(TopologyProtoTest, EqualTopologiesAreParsedOnceAndShared) {
+  auto a = NewSyntheticTopologySource("pack:2 numa:1(memory=8GiB) core:4 pu:2")->Load();
+  auto b = NewSyntheticTopologySource("pack:1 numa:2(memory=8GiB) core:2 pu:2")->Load();
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto a1 = SharedTopologyFromProto(a->ToProto());
+  auto a2 = SharedTopologyFromProto(a->ToProto());
+  auto b1 = SharedTopologyFromProto(b->ToProto());
+  ASSERT_TRUE(a1.ok() && a2.ok() && b1.ok());
+  EXPECT_EQ(a1->get(), a2->get());
+  EXPECT_NE(a1->get(), b1->get());
+  EXPECT_EQ((*a1)->cores.size(), a->cores.size());
+  EXPECT_EQ((*b1)->numa.size(), 2u);
+  mkfleet::v1::TopologyInfo bad = a->ToProto();
+  bad.mutable_cores(0)->clear_pus();
+  EXPECT_EQ(SharedTopologyFromProto(bad).status().message(), "topology.cores[0].pus: empty");
+}
+
 TEST(TopologyProtoTest, RejectsInconsistentTopologiesNamingTheField) {
   auto synthetic = NewSyntheticTopologySource("pack:1 numa:2(memory=8GiB) core:2 pu:2")->Load();
   ASSERT_TRUE(synthetic.ok());

@@ -95,12 +95,12 @@ bool HostConnection::Connect() {
     Down(inventory.status());
     return false;
   }
-  auto topology = planner::TopologyFromProto(inventory->topology());
+  auto topology = planner::SharedTopologyFromProto(inventory->topology());
   if (!topology.ok()) {
     Down(absl::InvalidArgumentError(absl::StrCat("inventory: ", topology.status().message())));
     return false;
   }
-  pending_topology_ = std::make_shared<const planner::Topology>(*std::move(topology));
+  pending_topology_ = *std::move(topology);
   inventory->clear_topology();  // kept parsed; views are copied every pass
   pending_inventory_ = *std::move(inventory);
   first_message_ = true;
