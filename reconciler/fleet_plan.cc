@@ -270,10 +270,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
     // Live updates: the new kernel of one that runs is the agent's until it ends (held as it
     // is, never planned for).
     std::set<std::string> partners;
+    std::map<std::string, const v1::ObservedInstance*> old_of;  // new kernel -> the one it replaces
     for (const auto& [kernel, in] : seen) {
       const v1::MorphStatus& m = in.status().morph();
       if (MorphRunning(in.status()) && m.old_kernel() == kernel && seen.count(m.new_kernel())) {
         partners.insert(m.new_kernel());
+        old_of[m.new_kernel()] = &in;
       }
     }
     // After a live update "<R>-next" serves R (the one after goes back to the name R).
@@ -288,6 +290,16 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         if (!deleting && in.status().placement().cpus_size() > 0) {
           v1::Placement p = in.status().placement();
           p.set_host(name);
+          // The devices it is to take over are reported with it while the old kernel still
+          // holds them: they stay the old one's (its request keeps its placement).
+          if (auto o = old_of.find(kernel); o != old_of.end()) {
+            std::set<std::string> held;
+            for (const v1::PlacedDevice& d : o->second->status().placement().devices()) held.insert(d.pci());
+            auto* devices = p.mutable_devices();
+            devices->erase(std::remove_if(devices->begin(), devices->end(),
+                                          [&](const v1::PlacedDevice& d) { return held.count(d.pci()) > 0; }),
+                           devices->end());
+          }
           input.fixed[absl::StrCat("morph/", name, "/", kernel)] = std::move(p);
         }
         continue;

@@ -4,6 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "planner/testing/test_topologies.h"
 #include "reconciler/testing/fleet_views.h"
 
 namespace mkfleet::reconciler {
@@ -475,6 +476,60 @@ TEST(PlanFleetTest, AMemberHeldAtAnOlderRevisionKeepsThatRevisionsResources) {
   EXPECT_EQ(next.placements.at("edge-node-a-0").cpus_size(), static_cast<int>(old_spec.resources().cpus()));
   EXPECT_FALSE(next.hosts["node-a"].changes.count("edge-node-a-0")) << next.hosts["node-a"].DebugString();
   EXPECT_EQ(next.placements.at("edge-node-a-1").cpus_size(), static_cast<int>(t->resources().cpus()));
+}
+
+// While a live update prepares, the agent reports the new kernel with the devices it is to
+// take over, which the old kernel still holds: the old one's request is unchanged and keeps
+// its placement (scripts/demo failed 1 run in 6 with `Resized=False Infeasible: ... device
+// nic0: no free Network function (0000:81:00.0 is in use by morph/node-a/web-1-next)`).
+TEST(PlanFleetTest, ADeviceHandedOverInALiveUpdateIsNotAConflictForTheOldKernel) {
+  auto topology = planner::XmlTopology("32em64t-2n8c2t-pci-normalio.xml");
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  HostView view;
+  view.connected = view.reachable = true;
+  view.topology = topology;
+  for (uint32_t c = 2; c <= 15; ++c) view.pool.add_cpus(c);
+  for (uint32_t c = 18; c <= 31; ++c) view.pool.add_cpus(c);
+  for (const planner::NumaNode& n : topology->numa) {
+    auto* m = view.pool.add_memory();
+    m->set_node(n.os_index);
+    m->set_bytes(16ull << 30);
+  }
+  view.pool.add_devices("0000:81:00.0");
+  std::map<std::string, HostView> views = {{"node-a", view}};
+  v1::KernelInstance web = Instance("web-1", "node-a", 4);
+  web.mutable_spec()->mutable_update()->set_strategy(v1::UPDATE_MORPH);
+  auto* nic = web.mutable_spec()->mutable_resources()->add_devices();
+  nic->set_name("nic0");
+  nic->mutable_select()->set_device_class(v1::DEVICE_CLASS_NETWORK);
+  FleetPlan first = PlanFleet(hosts, views, {web}, {});
+  ASSERT_THAT(first.unschedulable, IsEmpty());
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  ASSERT_EQ(views["node-a"].instances["web-1"].status().placement().devices_size(), 1);
+
+  web.mutable_spec()->mutable_kernel()->set_image("/k/vmlinux-2");
+  FleetPlan plan = PlanFleet(hosts, views, {web}, {});
+  ASSERT_EQ(plan.hosts["node-a"].actions.size(), 1u) << plan.hosts["node-a"].DebugString();
+  const v1::Action a = plan.hosts["node-a"].actions[0];
+  ASSERT_TRUE(a.has_morph_start());
+
+  // Preparing: web-1-next on the surge's CPUs, reported with the NIC it is to take over.
+  HostView& v = views["node-a"];
+  v1::ObservedInstance& old = v.instances["web-1"];
+  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
+  m->set_phase(v1::MORPH_PREPARING);
+  m->set_old_kernel("web-1");
+  m->set_new_kernel("web-1-next");
+  v1::ObservedInstance next = old;
+  next.set_name("web-1-next");
+  *next.mutable_status()->mutable_placement() = a.morph_start().surge();
+  *next.mutable_status()->mutable_placement()->mutable_devices() = old.status().placement().devices();
+  next.mutable_status()->clear_morph();
+  v.instances["web-1-next"] = next;
+  FleetPlan during = PlanFleet(hosts, views, {web}, {});
+  EXPECT_THAT(during.infeasible, IsEmpty()) << (during.infeasible.empty() ? "" : during.infeasible.begin()->second);
+  EXPECT_THAT(during.unschedulable, IsEmpty());
+  EXPECT_THAT(during.hosts["node-a"].actions, IsEmpty()) << during.hosts["node-a"].DebugString();
 }
 
 }  // namespace
