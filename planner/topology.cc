@@ -5,8 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "proto/deterministic.h"
 
 namespace mkfleet::planner {
 
@@ -180,13 +179,7 @@ absl::StatusOr<std::shared_ptr<const Topology>> SharedTopologyFromProto(const mk
   // serializes differently is only not shared).
   static absl::Mutex mu(absl::kConstInit);
   static auto* known = new absl::flat_hash_map<std::string, std::weak_ptr<const Topology>>();
-  std::string key;
-  {
-    google::protobuf::io::StringOutputStream out(&key);
-    google::protobuf::io::CodedOutputStream coded(&out);
-    coded.SetSerializationDeterministic(true);  // physical_ids is a map
-    info.SerializeToCodedStream(&coded);
-  }
+  std::string key = DeterministicBytes(info);  // (physical_ids is a map)
   {
     absl::MutexLock lock(&mu);
     auto it = known->find(key);

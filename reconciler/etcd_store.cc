@@ -18,20 +18,6 @@ namespace {
 
 namespace pb = etcdserverpb;
 
-// The end of the range of keys starting with `prefix` (etcd's "prefix + 1"); "\0" (every key
-// from the start) for an empty prefix or one of only 0xff bytes.
-std::string PrefixEnd(const std::string& prefix) {
-  std::string end = prefix;
-  while (!end.empty()) {
-    unsigned char c = static_cast<unsigned char>(end.back());
-    if (c < 0xff) {
-      end.back() = static_cast<char>(c + 1);
-      return end;
-    }
-    end.pop_back();
-  }
-  return std::string(1, '\0');
-}
 
 std::chrono::system_clock::time_point Deadline(absl::Duration d) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d);

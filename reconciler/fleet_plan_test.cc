@@ -320,6 +320,20 @@ namespace {
 
 // The Host's pool spec against what its agent lends: a PoolChange first in the plan, and
 // nothing placed on what is leaving.
+// A live update of `old` under way in `phase`: `old` says so, and the new kernel it returns
+// ("<old>-next") runs on `surge`.
+v1::ObservedInstance MorphPartner(v1::ObservedInstance& old, v1::MorphPhase phase, const v1::Placement& surge) {
+  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
+  m->set_phase(phase);
+  m->set_old_kernel(old.name());
+  m->set_new_kernel(old.name() + "-next");
+  v1::ObservedInstance next = old;
+  next.set_name(old.name() + "-next");
+  *next.mutable_status()->mutable_placement() = surge;
+  next.mutable_status()->clear_morph();
+  return next;
+}
+
 // Live update: a kernel change under strategy Morph gets a surge beside the instance and a
 // morph-start; the new kernel is left alone while the morph runs; once committed, web-1-next
 // serves web-1 (nothing deleted or re-created), and the next update boots web-1 again.
@@ -351,15 +365,7 @@ TEST(PlanFleetTest, MorphPlacesASurgeAndFollowsTheServingKernel) {
 
   // Running: the new kernel is held as it is, nothing is planned for either.
   v1::ObservedInstance& old = view.instances["web-1"];
-  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
-  m->set_phase(v1::MORPH_TRANSFERRING);
-  m->set_old_kernel("web-1");
-  m->set_new_kernel("web-1-next");
-  v1::ObservedInstance next = old;
-  next.set_name("web-1-next");
-  *next.mutable_status()->mutable_placement() = a.morph_start().surge();
-  next.mutable_status()->clear_morph();
-  view.instances["web-1-next"] = next;
+  view.instances["web-1-next"] = MorphPartner(old, v1::MORPH_TRANSFERRING, a.morph_start().surge());
   FleetPlan during = PlanFleet(hosts, views, {web}, {});
   EXPECT_THAT(during.hosts["node-a"].actions, IsEmpty()) << during.hosts["node-a"].DebugString();
   EXPECT_THAT(during.unmanaged["node-a"], IsEmpty());
@@ -516,15 +522,8 @@ TEST(PlanFleetTest, ADeviceHandedOverInALiveUpdateIsNotAConflictForTheOldKernel)
   // Preparing: web-1-next on the surge's CPUs, reported with the NIC it is to take over.
   HostView& v = views["node-a"];
   v1::ObservedInstance& old = v.instances["web-1"];
-  v1::MorphStatus* m = old.mutable_status()->mutable_morph();
-  m->set_phase(v1::MORPH_PREPARING);
-  m->set_old_kernel("web-1");
-  m->set_new_kernel("web-1-next");
-  v1::ObservedInstance next = old;
-  next.set_name("web-1-next");
-  *next.mutable_status()->mutable_placement() = a.morph_start().surge();
+  v1::ObservedInstance next = MorphPartner(old, v1::MORPH_PREPARING, a.morph_start().surge());
   *next.mutable_status()->mutable_placement()->mutable_devices() = old.status().placement().devices();
-  next.mutable_status()->clear_morph();
   v.instances["web-1-next"] = next;
   FleetPlan during = PlanFleet(hosts, views, {web}, {});
   EXPECT_THAT(during.infeasible, IsEmpty()) << (during.infeasible.empty() ? "" : during.infeasible.begin()->second);

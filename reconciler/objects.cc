@@ -275,6 +275,16 @@ void SetStatus(v1::Object& o, const std::string& value) {
   }
 }
 
+// A stored object with its revisions (what List and ListSpecs return of each).
+absl::StatusOr<v1::Object> ParseStored(const std::string& key, const std::string& value, int64_t created,
+                                       int64_t modified) {
+  v1::Object o;
+  if (!o.ParseFromString(value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
+  MutableMeta(o)->set_revision(modified);
+  MutableMeta(o)->set_created_revision(created);
+  return o;
+}
+
 // A set member has no stored object, only the status the controller writes; it is shown
 // as a KernelInstance with the set template's spec, on its host.
 v1::Object MemberObject(const std::string& name, const v1::InstanceStatus& status,
@@ -321,12 +331,8 @@ absl::StatusOr<std::vector<v1::Object>> Objects::List(absl::string_view kind, bo
   for (const KeyValue& kv : *statuses) status_of[kv.key.substr(status_prefix.size())] = &kv.value;
   std::vector<v1::Object> out;
   for (const KeyValue& kv : *kvs) {
-    v1::Object o;
-    if (!o.ParseFromString(kv.value)) return absl::DataLossError(absl::StrCat("store: ", kv.key, " is corrupt"));
-    v1::ObjectMeta* meta = MutableMeta(o);
-    meta->set_revision(kv.mod_revision);
-    meta->set_created_revision(kv.create_revision);
-    auto st = status_of.find(meta->name());
+    MK_ASSIGN_OR_RETURN(v1::Object o, ParseStored(kv.key, kv.value, kv.create_revision, kv.mod_revision));
+    auto st = status_of.find(MutableMeta(o)->name());
     if (st != status_of.end()) {
       SetStatus(o, *st->second);
       status_of.erase(st);
@@ -356,21 +362,13 @@ absl::Status Objects::RefreshSpecs() {
   MK_ASSIGN_OR_RETURN(const int64_t now, store_.Revision());
   if (specs_revision_ == now) return absl::OkStatus();
   constexpr absl::string_view kPrefix = "/objects/";
-  auto parse = [](const std::string& key, const std::string& value, int64_t created, int64_t modified,
-                  v1::Object* o) -> absl::Status {
-    if (!o->ParseFromString(value)) return absl::DataLossError(absl::StrCat("store: ", key, " is corrupt"));
-    MutableMeta(*o)->set_revision(modified);
-    MutableMeta(*o)->set_created_revision(created);
-    return absl::OkStatus();
-  };
   auto events = specs_revision_ < 0 ? absl::OutOfRangeError("first read")
                                     : store_.EventsSince(specs_revision_, std::string(kPrefix));
   if (!events.ok()) {  // the first read, or history compacted past the copy
     MK_ASSIGN_OR_RETURN(std::vector<KeyValue> all, store_.List(std::string(kPrefix)));
     specs_.clear();
     for (const KeyValue& kv : all) {
-      v1::Object o;
-      MK_RETURN_IF_ERROR(parse(kv.key, kv.value, kv.create_revision, kv.mod_revision, &o));
+      MK_ASSIGN_OR_RETURN(v1::Object o, ParseStored(kv.key, kv.value, kv.create_revision, kv.mod_revision));
       specs_.emplace_hint(specs_.end(), kv.key, std::move(o));
     }
     specs_revision_ = now;
@@ -381,10 +379,9 @@ absl::Status Objects::RefreshSpecs() {
       specs_.erase(e.key);
       continue;
     }
-    v1::Object o;
     auto it = specs_.find(e.key);
     const int64_t created = it != specs_.end() ? MutableMeta(it->second)->created_revision() : e.revision;
-    MK_RETURN_IF_ERROR(parse(e.key, e.value, created, e.revision, &o));
+    MK_ASSIGN_OR_RETURN(v1::Object o, ParseStored(e.key, e.value, created, e.revision));
     specs_.insert_or_assign(e.key, std::move(o));
   }
   specs_revision_ = now;

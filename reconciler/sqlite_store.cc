@@ -173,10 +173,8 @@ class SqliteStore final : public Store {
     // Most rows are the controller's statuses: the history of any other prefix (objects,
     // shards: a few rows among tens of thousands) is read through the key index, not by
     // scanning every row since `after`.
-    std::string end = prefix;
-    while (!end.empty() && static_cast<unsigned char>(end.back()) == 0xff) end.pop_back();
-    if (!end.empty()) end.back() = static_cast<char>(end.back() + 1);
-    const bool by_key = !end.empty() && prefix != "/" && !absl::StartsWith(prefix, "/status/");
+    const std::string end = PrefixEnd(prefix);
+    const bool by_key = end != std::string(1, '\0') && prefix != "/" && !absl::StartsWith(prefix, "/status/");
     Stmt s(db_, by_key ? "SELECT rev, key, value, deleted FROM history2 INDEXED BY history2_key "
                          "WHERE key >= ?3 AND key < ?4 AND rev > ?1 ORDER BY rev, pos"
                        : "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "

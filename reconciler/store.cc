@@ -19,4 +19,17 @@ std::vector<Op> LastOpPerKey(const std::vector<Op>& ops) {
   return out;
 }
 
+std::string PrefixEnd(const std::string& prefix) {
+  std::string end = prefix;
+  while (!end.empty()) {
+    unsigned char c = static_cast<unsigned char>(end.back());
+    if (c < 0xff) {
+      end.back() = static_cast<char>(c + 1);
+      return end;
+    }
+    end.pop_back();
+  }
+  return std::string(1, '\0');
+}
+
 }  // namespace mkfleet::reconciler

@@ -59,6 +59,10 @@ struct Op {
 // applies this first, so all backends record the same events.
 std::vector<Op> LastOpPerKey(const std::vector<Op>& ops);
 
+// The end of the range of keys starting with `prefix` (etcd's "prefix + 1"); "\0" (every key
+// from the start) for an empty prefix or one of only 0xff bytes.
+std::string PrefixEnd(const std::string& prefix);
+
 class Store {
  public:
   virtual ~Store() = default;
