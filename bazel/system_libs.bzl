@@ -50,13 +50,16 @@ _ETCD_PROTOS = [
 
 def _system_libs_impl(ctx):
     lines = ['package(default_visibility = ["//visibility:public"])', ""]
+    all_flags = []
     for name, pkgs in _PKG_CONFIG.items():
         res = ctx.execute(["pkg-config", "--libs"] + pkgs)
         if res.return_code != 0:
             fail("pkg-config --libs %s failed (run scripts/setup): %s" % (" ".join(pkgs), res.stderr))
         flags = [f for f in res.stdout.strip().split(" ") if f]
+        all_flags.extend(flags)
         lines.append("cc_library(name = %r, linkopts = %r)" % (name, flags))
     for name, flags in _RAW.items():
+        all_flags.extend(flags)
         deps = ["grpc"] if name == "grpc_reflection" else []
         lines.append("cc_library(name = %r, linkopts = %r, deps = %r)" % (name, flags, [":" + d for d in deps]))
     # etcd's v3 API protos, as Debian's golang-etcd-server-dev ships them (proto/etcd strips
@@ -67,6 +70,15 @@ def _system_libs_impl(ctx):
     for p in _ETCD_PROTOS:
         ctx.symlink(_ETCD_SRC + "/" + p, "etcd/" + p)
     lines.append("filegroup(name = \"etcd_protos\", srcs = %r)" % ["etcd/" + p for p in _ETCD_PROTOS])
+    # The libraries whose static archive Debian ships (the -dev packages): what
+    # //bazel:static_system.bzl links statically into a binary that starts often (mkapply).
+    static = {}
+    for flag in all_flags:
+        if flag.startswith("-l") and not flag.startswith("-l:") and flag not in static:
+            res = ctx.execute(["gcc", "-print-file-name=lib%s.a" % flag[2:]])
+            if res.return_code == 0 and res.stdout.strip().startswith("/"):
+                static[flag] = res.stdout.strip()
+    ctx.file("static_libs.bzl", "STATIC_ARCHIVES = %r\n" % static)
     ctx.file("WORKSPACE", "")
     ctx.file("BUILD.bazel", "\n".join(lines) + "\n")
 

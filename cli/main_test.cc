@@ -65,6 +65,23 @@ class MkapplyTest : public ::testing::Test {
   std::string address_;
 };
 
+TEST_F(MkapplyTest, TheSystemLibrariesAreLinkedInNotLoadedAtEachStart) {
+  // //bazel:static_system.bzl: loading Debian's gRPC, protobuf, Abseil and OpenSSL as 66
+  // shared objects was most of what a short command cost.
+  std::string out;
+  testing::Process p({"/usr/bin/ldd", "cli/mkapply"}, (dir_ / "ldd.log").string());
+  while (p.Running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  int status = p.Kill(0);
+  out = p.Log();
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_THAT(out, HasSubstr("libc.so"));
+  for (const char* lib : {"libgrpc", "libprotobuf", "libabsl_", "libssl", "libcrypto", "libyaml"}) {
+    EXPECT_THAT(out, ::testing::Not(HasSubstr(lib))) << lib << " is loaded at start";
+  }
+  // And it runs.
+  EXPECT_EQ(Run({"--help"}, &out), 0) << out;
+}
+
 TEST_F(MkapplyTest, GlobalFlagsGoBeforeOrAfterTheSubcommandAndTheEnvironmentCounts) {
   // Defect 10: `mkapply --controller X get` was refused, MKFLEET_CONTROLLER ignored.
   std::string out;

@@ -13,6 +13,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "proto/deterministic.h"
 #include "reconciler/fleet_plan.h"
 
@@ -193,7 +194,27 @@ void Reconciler::Step() {
 
 absl::Duration Reconciler::NextDue() { return queue_.NextDue(); }
 
-void Reconciler::SyncConnections(bool objects_changed) {
+bool Reconciler::HostsConcerned(const std::vector<Event>& events, std::set<std::string>* hosts) {
+  constexpr absl::string_view kHosts = "/objects/Host/";
+  constexpr absl::string_view kInstances = "/objects/KernelInstance/";
+  for (const Event& e : events) {
+    absl::string_view key = e.key;
+    if (absl::ConsumePrefix(&key, kHosts)) {
+      hosts->insert(std::string(key));
+      continue;
+    }
+    if (!absl::ConsumePrefix(&key, kInstances) || e.type != Event::Type::kPut) return false;
+    v1::Object o;
+    if (!o.ParseFromString(e.value) || o.kernel_instance().spec().host().empty()) return false;
+    hosts->insert(o.kernel_instance().spec().host());
+    absl::MutexLock lock(&served_mu_);
+    auto s = serving_->find(std::string(key));
+    if (s != serving_->end()) hosts->insert(s->second.first);
+  }
+  return true;
+}
+
+void Reconciler::SyncConnections(bool objects_changed, const std::set<std::string>* concerned) {
   auto hosts = objects_.ListSpecs("Host");
   if (!hosts.ok()) return;
   std::map<std::string, std::string> wanted;
@@ -250,7 +271,8 @@ void Reconciler::SyncConnections(bool objects_changed) {
   // On a resync a failing host keeps its backoff (its retry is already scheduled); a change
   // of the objects may be the fix, so it goes at once.
   for (const auto& [host, address] : wanted) {
-    if (objects_changed || queue_.Failures(host) == 0) queue_.Add(host);
+    const bool go = objects_changed ? concerned == nullptr || concerned->count(host) > 0 : queue_.Failures(host) == 0;
+    if (go) queue_.Add(host);
   }
 }
 
@@ -270,10 +292,15 @@ void Reconciler::PollStore(absl::Duration wait) {
     }
     if (next.ok()) FollowShards(seen_revision_, *next);
   }
+  // The hosts the object changes concern (all of them unless every change is known to
+  // concern only some: a pinned instance's change need not pass the whole fleet's hosts).
+  std::set<std::string> concerned;
+  bool some = options_.shards == nullptr;  // (sharded: the leader publishes every host's plan)
   if (next.ok() && *next > seen_revision_) {
     // Only object changes matter; the loop's own status writes must not wake it.
     auto events = store_.EventsSince(seen_revision_, "/objects/");
     changed |= !events.ok() || !events->empty();
+    some = some && events.ok() && HostsConcerned(*events, &concerned);
     // A sharded member sends published work only once the leader has planned from these.
     if (!events.ok()) {
       objects_revision_ = *next;
@@ -292,7 +319,7 @@ void Reconciler::PollStore(absl::Duration wait) {
       if (!s.ok()) Log() << "store: compact: " << s.message() << "\n";
     }
   }
-  SyncConnections(changed);
+  SyncConnections(changed, some && !resync ? &concerned : nullptr);
 }
 
 void Reconciler::RunDue(absl::Duration wait) {
@@ -361,6 +388,7 @@ std::map<std::string, HostView> Reconciler::Views(std::map<std::string, std::sha
 std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector<std::string>& batch_hosts) {
   absl::MutexLock pass(&pass_mu_);
   ++passes_;
+  hosts_reconciled_ += static_cast<int64_t>(batch_hosts.size());
   std::map<std::string, absl::Status> result;
   // Every write up to this revision is in what ReadObjects reads (a RolloutPolicy's status
   // says so: `rollout status --watch` waits for a pass that saw the change).
@@ -386,7 +414,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     absl::MutexLock lock(&served_mu_);
     for (auto it = morph_retry_.begin(); it != morph_retry_.end();) {
       std::string seen;
-      if (auto s = serving_.find(it->first); s != serving_.end()) {
+      if (auto s = serving_->find(it->first); s != serving_->end()) {
         auto v = views.find(s->second.first);
         if (v != views.end()) {
           auto in = v->second.instances.find(s->second.second);
@@ -403,13 +431,13 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   // The rollouts decide which set members may move to their set's newest revision, and
   // which KernelInstances a RolloutPolicy paces may move to their spec.
-  std::map<std::string, std::pair<std::string, std::string>> serving;
+  std::shared_ptr<const Serving> serving;
   {
     absl::MutexLock lock(&served_mu_);
     serving = serving_;
   }
   RolloutPass rollout =
-      rollouts_.Step(objects->hosts, objects->sets, objects->instances, objects->policies, views, serving,
+      rollouts_.Step(objects->hosts, objects->sets, objects->instances, objects->policies, views, *serving,
                      read_revision.ok() ? *read_revision : 0);
   // Instances a policy holds back are planned with the spec it holds them at.
   std::vector<v1::KernelInstance> held_instances;
@@ -430,13 +458,15 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   LoadStatusCache();
   DriftPass drift = drift_.Step(batch, objects->hosts, views, status_cache_, absl::ToUnixMillis(clock_.Now()), &fleet);
   {
-    absl::MutexLock lock(&served_mu_);
-    serving_.clear();
-    kernel_names_.clear();
+    auto now_serving = std::make_shared<Serving>();
+    std::map<std::pair<std::string, std::string>, std::string> names;
     for (const auto& [name, p] : fleet.planned) {
-      if (p.standby_for.empty()) serving_[name] = {p.host, p.kernel};
-      if (p.kernel != name) kernel_names_[{p.host, p.kernel}] = name;
+      if (p.standby_for.empty()) now_serving->emplace_hint(now_serving->end(), name, std::make_pair(p.host, p.kernel));
+      if (p.kernel != name) names[{p.host, p.kernel}] = name;
     }
+    absl::MutexLock lock(&served_mu_);
+    serving_ = std::move(now_serving);
+    kernel_names_ = std::move(names);
   }
 
   // The hosts' batches go out in parallel; each worker takes the next host. Sharded: the
@@ -722,8 +752,8 @@ absl::StatusOr<v1::MorphResponse> Reconciler::Morph(const v1::MorphRequest& requ
   v1::ObservedInstance seen;
   {
     absl::MutexLock lock(&served_mu_);
-    auto s = serving_.find(name);
-    if (s == serving_.end()) return absl::NotFoundError(absl::StrCat(what, " is not placed on any host"));
+    auto s = serving_->find(name);
+    if (s == serving_->end()) return absl::NotFoundError(absl::StrCat(what, " is not placed on any host"));
     host = s->second.first;
     kernel = s->second.second;
   }

@@ -140,6 +140,8 @@ class Reconciler {
 
   int64_t actions_sent() const { return dispatcher_.actions_sent(); }
   int64_t passes() const { return passes_.load(); }
+  // The hosts of all passes' batches, summed (a pass over 3 hosts counts 3).
+  int64_t hosts_reconciled() const { return hosts_reconciled_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
@@ -163,8 +165,13 @@ class Reconciler {
 
   absl::StatusOr<Objects_> ReadObjects();
   // Opens connections to new hosts (or hosts whose agent address changed), closes those
-  // of deleted hosts, and queues every host (on a plain resync, not those backing off).
-  void SyncConnections(bool objects_changed);
+  // of deleted hosts, and queues every host (on a plain resync, not those backing off);
+  // after a change of objects that concerns only some hosts (`concerned`), only those.
+  void SyncConnections(bool objects_changed, const std::set<std::string>* concerned = nullptr);
+  // The hosts a change of objects concerns, or false when it may concern any: a Host's own;
+  // a KernelInstance fixed to a host: that host and the one the last pass placed it on.
+  // (A host whose plan the pass changes all the same gets a pass of its own after it.)
+  bool HostsConcerned(const std::vector<Event>& events, std::set<std::string>* hosts);
   // Looks at the store once (waiting up to `wait` for a new revision) and resyncs when due.
   void PollStore(absl::Duration wait);
   // Takes the hosts due in the queue (waiting up to `wait` for the first) and runs a pass.
@@ -220,7 +227,9 @@ class Reconciler {
   // instances whose held (rolled back) revision may morph again (`mkapply morph prepare`),
   // with the morph id seen when asked (dropped once another one shows).
   absl::Mutex served_mu_;
-  std::map<std::string, std::pair<std::string, std::string>> serving_ ABSL_GUARDED_BY(served_mu_);
+  // (Shared and never changed once made: a pass reads the last one without copying it.)
+  using Serving = std::map<std::string, std::pair<std::string, std::string>>;
+  std::shared_ptr<const Serving> serving_ ABSL_GUARDED_BY(served_mu_) = std::make_shared<const Serving>();
   std::map<std::pair<std::string, std::string>, std::string> kernel_names_ ABSL_GUARDED_BY(served_mu_);
   std::map<std::string, std::string> morph_retry_ ABSL_GUARDED_BY(served_mu_);
   // Per reachable host, a fingerprint of the action ids of its plan in the last pass.
@@ -260,6 +269,7 @@ class Reconciler {
 
   std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};
+  std::atomic<int64_t> hosts_reconciled_{0};
   std::thread watcher_;
   std::thread worker_;
   std::unique_ptr<ConnectionPool> pool_;  // connection_threads > 0
