@@ -1481,6 +1481,10 @@ void World::NoteApplied() {
     if (now == after.end() || !google::protobuf::util::MessageDifferencer::Equals(now->second, spec)) {
       License("KernelInstance/" + name, "a git commit changes or removes it");
     }
+    // Removed: the object is deleted, and one a later commit brings back is a new object
+    // that starts over, as after a user's delete (seed 5171: g1, removed by c3 where it had
+    // run, came back with c4 on a full host; (b') held the new object to the old one's run).
+    if (now == after.end()) established_.erase(name);
   }
   applied_seen_ = applied;
 }
