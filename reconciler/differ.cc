@@ -103,9 +103,19 @@ bool SameKernel(const v1::KernelInstanceSpec& spec, const v1::Provenance& p) {
 namespace {
 std::string RevisionOf(const std::string& image, const std::string& initrd, const std::string& cmdline,
                        const std::string& rootfs) {
+  // A pass asks for the revision of every member of a set, which all run one kernel: the
+  // last answer is kept (per thread) and given again for the same four strings.
+  thread_local struct {
+    std::string image, initrd, cmdline, rootfs, revision;
+  } last;
+  if (!last.revision.empty() && image == last.image && initrd == last.initrd && cmdline == last.cmdline &&
+      rootfs == last.rootfs) {
+    return last.revision;
+  }
   // Over the fields with separators: stable across runs and builds.
   uint64_t h = Fnv1a().Field(image).Field(initrd).Field(cmdline).Field(rootfs).value();
-  return absl::StrFormat("%08x", static_cast<uint32_t>(h ^ (h >> 32)));
+  last = {image, initrd, cmdline, rootfs, absl::StrCat(absl::Hex(static_cast<uint32_t>(h ^ (h >> 32)), absl::kZeroPad8))};
+  return last.revision;
 }
 }  // namespace
 

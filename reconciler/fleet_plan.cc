@@ -379,13 +379,14 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       }
       // Seen on two hosts (its spec moved it; the old kernel is not deleted yet): the
       // kernel on the host the spec names is the current one (sim seed 27, sharded).
-      auto seen_elsewhere = input.current.find(request);
-      const bool other_is_current = seen_elsewhere != input.current.end() && spec != nullptr &&
-                                    !spec->host().empty() && seen_elsewhere->second.host() == spec->host();
+      auto at = input.current.lower_bound(request);  // (one lookup for the test and the insert)
+      const bool seen_elsewhere = at != input.current.end() && at->first == request;
+      const bool other_is_current =
+          seen_elsewhere && spec != nullptr && !spec->host().empty() && at->second.host() == spec->host();
       if (!earlier && !other_is_current && in.status().has_placement() && in.status().placement().cpus_size() > 0) {
-        v1::Placement p = in.status().placement();
+        v1::Placement& p = seen_elsewhere ? at->second : input.current.emplace_hint(at, request, v1::Placement())->second;
+        p = in.status().placement();
         p.set_host(name);
-        input.current[request] = std::move(p);
         if (in.reports_removable_memory()) {
           auto& removable = input.removable_memory[request];
           for (const v1::NodeBytes& r : in.removable_memory()) removable[r.node()].push_back(r.bytes());

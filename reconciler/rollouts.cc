@@ -124,10 +124,11 @@ void AddServing(std::map<std::string, std::pair<std::string, const v1::ObservedI
                 const std::string& host, const v1::ObservedInstance* in,
                 const std::map<std::string, std::pair<std::string, std::string>>& serving) {
   std::string member = in->name();
-  if (absl::EndsWith(member, kNextSuffix)) member = member.substr(0, member.size() - kNextSuffix.size());
+  if (absl::EndsWith(member, kNextSuffix)) member.resize(member.size() - kNextSuffix.size());
   auto s = serving.find(member);
   bool serves = s != serving.end() ? s->second.second == in->name() : in->name() == member;
-  if (serves || !members->count(member)) (*members)[member] = {host, in};
+  auto [it, added] = members->try_emplace(std::move(member), host, in);
+  if (!added && serves) it->second = {host, in};
 }
 
 }  // namespace
@@ -205,12 +206,15 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
   std::map<std::string, const v1::Host*> host_by_name;
   for (const v1::Host& h : hosts) host_by_name[h.metadata().name()] = &h;
   // Members of each set as the hosts show them: the kernel that serves each.
-  std::map<std::string, std::vector<std::pair<std::string, const v1::ObservedInstance*>>> seen;  // set -> (host, in)
+  // (Found by the set's name as a view into the owner: no string made per member.)
+  std::map<std::string, std::vector<std::pair<std::string, const v1::ObservedInstance*>>, std::less<>> seen;
   for (const auto& [host, view] : views) {
     for (const auto& [kernel, in] : view.instances) {
       absl::string_view set = in.owner();
       if (!absl::ConsumePrefix(&set, "InstanceSet/") || absl::EndsWith(kernel, kStandbySuffix)) continue;
-      seen[std::string(set)].emplace_back(host, &in);
+      auto it = seen.find(set);
+      if (it == seen.end()) it = seen.emplace(std::string(set), std::vector<std::pair<std::string, const v1::ObservedInstance*>>()).first;
+      it->second.emplace_back(host, &in);
     }
   }
   for (const v1::InstanceSet& set : sets) {
@@ -252,7 +256,9 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
       view.kernel_of_revision[r.number()] = KernelOf(r.template_());
     }
     std::map<std::string, std::pair<std::string, const v1::ObservedInstance*>> members;
-    for (const auto& [host, in] : seen[name]) AddServing(&members, host, in, serving);
+    if (auto it = seen.find(name); it != seen.end()) {
+      for (const auto& [host, in] : it->second) AddServing(&members, host, in, serving);
+    }
     // Members the last pass placed that no host shows yet: being created.
     // ("<set>-<host>-<n>": compared in place, there are as many as members in the fleet)
     for (const auto& [member, where] : serving) {
@@ -279,7 +285,9 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
       RolloutMember m = MemberOf(member, where.second->status(), tmpl.spec().phase(), phase_of);
       m.wave = LabelOf(host_by_name, where.first, view.policy.waves().by());
       auto runs = view.revision_of_kernel.find(m.kernel);
-      out->member_revisions[member] = {key, runs != view.revision_of_kernel.end() ? runs->second : 0};
+      // (Members come in name order, and the sets' names prefix theirs: mostly appended.)
+      out->member_revisions.insert_or_assign(out->member_revisions.end(), member,
+                                             std::make_pair(key, runs != view.revision_of_kernel.end() ? runs->second : 0));
       view.members.push_back(std::move(m));
     }
     RolloutStep step = StepRollout(view, rec.mutable_progress());
