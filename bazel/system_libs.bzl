@@ -72,12 +72,22 @@ def _system_libs_impl(ctx):
     lines.append("filegroup(name = \"etcd_protos\", srcs = %r)" % ["etcd/" + p for p in _ETCD_PROTOS])
     # The libraries whose static archive Debian ships (the -dev packages): what
     # //bazel:static_system.bzl links statically into a binary that starts often (mkapply).
+    # (Looked up in the compiler's library directories, in its order: one gcc call, not one
+    # per library.)
+    res = ctx.execute(["gcc", "-print-search-dirs"])
+    dirs = []
+    for line in res.stdout.splitlines():
+        if line.startswith("libraries: ="):
+            dirs = [d for d in line[len("libraries: ="):].split(":") if d]
     static = {}
     for flag in all_flags:
-        if flag.startswith("-l") and not flag.startswith("-l:") and flag not in static:
-            res = ctx.execute(["gcc", "-print-file-name=lib%s.a" % flag[2:]])
-            if res.return_code == 0 and res.stdout.strip().startswith("/"):
-                static[flag] = res.stdout.strip()
+        if not flag.startswith("-l") or flag.startswith("-l:") or flag in static:
+            continue
+        for d in dirs:
+            archive = ctx.path(d + "/lib%s.a" % flag[2:])
+            if archive.exists:
+                static[flag] = str(archive)
+                break
     ctx.file("static_libs.bzl", "STATIC_ARCHIVES = %r\n" % static)
     ctx.file("WORKSPACE", "")
     ctx.file("BUILD.bazel", "\n".join(lines) + "\n")

@@ -5,6 +5,8 @@
 // cost of an uncontended lock pair here (92.6 ns against 26.0 ns) and a point where all
 // threads of a daemon meet. Tests keep the detector. MKFLEET_MUTEX_DEADLOCK_CHECK=1 keeps it
 // on in a binary too, for debugging a hang.
+#include "common/release_mutex.h"
+
 #include <cstdlib>
 #include <cstring>
 
@@ -22,7 +24,6 @@ const bool kDetectorOff = [] {
 
 }  // namespace
 
-// For the test that the binaries run with the detector off.
 bool MutexDeadlockDetectorOff() { return kDetectorOff; }
 
 }  // namespace mkfleet::common

@@ -1,10 +1,11 @@
 // The binaries link release_mutex: a lock-order inversion, which the deadlock detector of
 // Debian's absl (built without NDEBUG) reports and aborts on, passes unnoticed with it off.
+#include "common/release_mutex.h"
+
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 
 namespace mkfleet::common {
-bool MutexDeadlockDetectorOff();
 namespace {
 
 TEST(ReleaseMutexTest, TheDeadlockDetectorIsOffInTheBinaries) {

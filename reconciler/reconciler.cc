@@ -197,6 +197,7 @@ absl::Duration Reconciler::NextDue() { return queue_.NextDue(); }
 bool Reconciler::HostsConcerned(const std::vector<Event>& events, std::set<std::string>* hosts) {
   constexpr absl::string_view kHosts = "/objects/Host/";
   constexpr absl::string_view kInstances = "/objects/KernelInstance/";
+  absl::MutexLock lock(&served_mu_);
   for (const Event& e : events) {
     absl::string_view key = e.key;
     if (absl::ConsumePrefix(&key, kHosts)) {
@@ -207,7 +208,6 @@ bool Reconciler::HostsConcerned(const std::vector<Event>& events, std::set<std::
     v1::Object o;
     if (!o.ParseFromString(e.value) || o.kernel_instance().spec().host().empty()) return false;
     hosts->insert(o.kernel_instance().spec().host());
-    absl::MutexLock lock(&served_mu_);
     auto s = serving_->find(std::string(key));
     if (s != serving_->end()) hosts->insert(s->second.first);
   }

@@ -207,13 +207,14 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
   for (const v1::Host& h : hosts) host_by_name[h.metadata().name()] = &h;
   // Members of each set as the hosts show them: the kernel that serves each.
   // (Found by the set's name as a view into the owner: no string made per member.)
-  std::map<std::string, std::vector<std::pair<std::string, const v1::ObservedInstance*>>, std::less<>> seen;
+  using Seen = std::vector<std::pair<std::string, const v1::ObservedInstance*>>;  // (host, in)
+  std::map<std::string, Seen, std::less<>> seen;
   for (const auto& [host, view] : views) {
     for (const auto& [kernel, in] : view.instances) {
       absl::string_view set = in.owner();
       if (!absl::ConsumePrefix(&set, "InstanceSet/") || absl::EndsWith(kernel, kStandbySuffix)) continue;
       auto it = seen.find(set);
-      if (it == seen.end()) it = seen.emplace(std::string(set), std::vector<std::pair<std::string, const v1::ObservedInstance*>>()).first;
+      if (it == seen.end()) it = seen.emplace(std::string(set), Seen()).first;
       it->second.emplace_back(host, &in);
     }
   }
