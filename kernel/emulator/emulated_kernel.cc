@@ -115,12 +115,16 @@ void EmulatedKernel::SyncGuests() {
     if (!want && in.guest_pid > 0) {
       GuestProcesses::Kill(in.guest_pid);
       in.guest_pid = 0;
+      in.guest_start = 0;
       in.guest_frozen = false;
     }
     if (want && in.guest_pid == 0) {
-      auto pid = guests_.Start(in.id, in.guest_profile);
+      auto started = guests_.Start(in.id, in.guest_profile);
       // A guest that cannot start is a guest that does not answer: the probes say so.
-      if (pid.ok()) in.guest_pid = *pid;
+      if (started.ok()) {
+        in.guest_pid = started->pid;
+        in.guest_start = started->start_time;
+      }
       in.guest_frozen = false;
     }
     if (in.guest_pid > 0 && in.hung != in.guest_frozen) {

@@ -135,6 +135,7 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     mutable bool shown_active = false;        // a status read has said active since the boot
     std::string guest_profile;                // mkfleet.guest=PROFILE on the command line
     pid_t guest_pid = 0;                      // its mkguest process, while active
+    uint64_t guest_start = 0;                 // that process's start time (GuestProcesses)
     bool guest_frozen = false;                // stopped (the instance hangs)
     std::optional<absl::Duration> active_at;  // booting until then
     std::optional<absl::Duration> halted_at;  // halting until then

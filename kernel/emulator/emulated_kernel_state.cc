@@ -86,6 +86,7 @@ void EmulatedKernel::Save() {
     n.SetU32("stops", static_cast<uint32_t>(in.stops));
     n.SetString("guest-profile", in.guest_profile);
     n.SetU32("guest-pid", static_cast<uint32_t>(in.guest_pid));
+    if (in.guest_start != 0) n.SetU64s("guest-start", {in.guest_start});
     n.SetU32("hang-on-boot", in.hang_on_boot);
     // Durations in ns, as u64 pairs: presence, value (monotonic time outlives the process).
     auto opt = [](const std::optional<absl::Duration>& d) {
@@ -158,7 +159,12 @@ absl::Status EmulatedKernel::Load() {
       in.crash_at = opt("crash-at");
       // Adopted only if that process still is this instance's guest (not a reused pid).
       pid_t pid = static_cast<pid_t>(u32(n, "guest-pid"));
-      if (pid > 0 && guests_.IsGuest(pid, in.id)) in.guest_pid = pid;
+      auto start = n.U64s("guest-start");
+      uint64_t started = start.ok() && start->size() == 1 ? (*start)[0] : 0;
+      if (pid > 0 && guests_.IsGuest(pid, started, in.id)) {
+        in.guest_pid = pid;
+        in.guest_start = started;
+      }
       in.guest_frozen = in.hung && in.guest_pid > 0;
       state_.instances[n.name] = std::move(in);
     }

@@ -34,6 +34,15 @@ bool DnsLabel(absl::string_view s) {
 // A /proc file's text ("" once the process is gone).
 std::string ReadProcFile(const std::string& path) { return ReadFile(path).value_or(""); }
 
+// The fields of /proc/<pid>/stat after "pid (comm) ": comm may hold spaces and parentheses,
+// so they start after the last ')'. Empty once the process is gone.
+std::vector<std::string> StatFields(pid_t pid) {
+  std::string stat = ReadProcFile(absl::StrCat("/proc/", pid, "/stat"));
+  size_t end = stat.rfind(')');
+  if (end == std::string::npos || end + 2 > stat.size()) return {};
+  return absl::StrSplit(stat.substr(end + 2), ' ');
+}
+
 // Every process of session `sid` (from /proc/<pid>/stat, field 6).
 std::vector<pid_t> SessionMembers(pid_t sid) {
   std::vector<pid_t> out;
@@ -42,11 +51,8 @@ std::vector<pid_t> SessionMembers(pid_t sid) {
   while (dirent* e = readdir(d)) {
     pid_t pid;
     if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
-    std::string stat = ReadProcFile(absl::StrCat("/proc/", pid, "/stat"));
-    // pid (comm) state ppid pgrp session ...: comm may hold spaces; parse after the last ')'.
-    size_t end = stat.rfind(')');
-    if (end == std::string::npos || end + 2 > stat.size()) continue;
-    std::vector<std::string> fields = absl::StrSplit(stat.substr(end + 2), ' ');
+    // state ppid pgrp session ...
+    std::vector<std::string> fields = StatFields(pid);
     pid_t session;
     if (fields.size() > 3 && absl::SimpleAtoi(fields[3], &session) && session == sid) out.push_back(pid);
   }
@@ -72,7 +78,7 @@ absl::StatusOr<std::string> GuestProfile(absl::string_view cmdline) {
   return std::string();
 }
 
-absl::StatusOr<pid_t> GuestProcesses::Start(uint32_t id, const std::string& profile) {
+absl::StatusOr<GuestProcesses::Started> GuestProcesses::Start(uint32_t id, const std::string& profile) {
   mkdir(options_.socket_dir.c_str(), 0700);
   std::string socket = VsockPath(options_.socket_dir, id, kGuestPort);
   std::string log = absl::StrCat(options_.socket_dir, "/", id, ".log");
@@ -112,7 +118,15 @@ absl::StatusOr<pid_t> GuestProcesses::Start(uint32_t id, const std::string& prof
     return absl::InternalError(absl::StrCat("start the guest of instance ", id, " (", options_.binary,
                                             "): ", strerror(err)));
   }
-  return pid;
+  return Started{pid, StartTime(pid)};
+}
+
+uint64_t GuestProcesses::StartTime(pid_t pid) {
+  // state is field 3, starttime field 22: the 20th after the state.
+  std::vector<std::string> fields = StatFields(pid);
+  uint64_t start = 0;
+  if (fields.size() > 19 && absl::SimpleAtoi(fields[19], &start)) return start;
+  return 0;
 }
 
 void GuestProcesses::Kill(pid_t pid) {
@@ -127,9 +141,8 @@ void GuestProcesses::Kill(pid_t pid) {
   if (waitpid(pid, &status, 0) == pid) return;
   // Not our child (adopted after a restart): wait until it is gone.
   for (int i = 0; i < 2000 && kill(pid, 0) == 0; ++i) {
-    std::string stat = ReadProcFile(absl::StrCat("/proc/", pid, "/stat"));
-    size_t end = stat.rfind(')');
-    if (end != std::string::npos && end + 2 < stat.size() && stat[end + 2] == 'Z') return;
+    std::vector<std::string> fields = StatFields(pid);
+    if (!fields.empty() && fields[0] == "Z") return;
     usleep(1000);
   }
 }
@@ -139,10 +152,20 @@ void GuestProcesses::Freeze(pid_t pid, bool frozen) {
   for (pid_t p : SessionMembers(pid)) kill(p, frozen ? SIGSTOP : SIGCONT);
 }
 
-bool GuestProcesses::IsGuest(pid_t pid, uint32_t id) const {
+bool GuestProcesses::IsGuest(pid_t pid, uint64_t start_time, uint32_t id) const {
   if (pid <= 0 || kill(pid, 0) != 0) return false;
-  std::string cmdline = ReadProcFile(absl::StrCat("/proc/", pid, "/cmdline"));
-  return absl::StrContains(cmdline, VsockPath(options_.socket_dir, id, kGuestPort) + std::string(1, '\0'));
+  if (start_time != 0 && StartTime(pid) != start_time) return false;  // a reused pid
+  std::string want = VsockPath(options_.socket_dir, id, kGuestPort) + std::string(1, '\0');
+  // Right after posix_spawn the child's exec may not have set up its arguments yet: its
+  // command line reads empty for that moment (as it does for a zombie or a kernel thread).
+  for (int i = 0; i < 1000; ++i) {
+    std::string cmdline = ReadProcFile(absl::StrCat("/proc/", pid, "/cmdline"));
+    if (!cmdline.empty()) return absl::StrContains(cmdline, want);
+    std::vector<std::string> fields = StatFields(pid);
+    if (fields.empty() || fields[0] == "Z" || fields[0] == "X") return false;
+    usleep(1000);
+  }
+  return false;
 }
 
 }  // namespace mkfleet::kernel

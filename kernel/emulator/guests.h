@@ -6,8 +6,9 @@
 //  - Each guest is a session of its own, so that everything it and its hooks start dies with
 //    it: stopping an instance (halt, panic, force-halt) SIGKILLs the whole session.
 //  - A hung instance's session is stopped (SIGSTOP): its guest no longer answers.
-//  - Guests outlive the agent process, as kernels do; the emulator records their pids in its
-//    state file and adopts them after a restart (only a process that still is that guest).
+//  - Guests outlive the agent process, as kernels do; the emulator records their pids and
+//    start times in its state file and adopts them after a restart (only a process that still
+//    is that guest: same pid, same start time, the instance's socket on its command line).
 //  - Each guest exits by itself once `exit_with` (the emulator's state file) is gone, so a
 //    test that removes its folder leaves nothing behind.
 // Thread-compatible: the emulated kernel calls it under its lock.
@@ -47,14 +48,25 @@ class GuestProcesses {
   explicit GuestProcesses(GuestOptions options) : options_(std::move(options)) {}
   bool enabled() const { return !options_.binary.empty(); }
 
-  // Starts instance `id`'s guest with PROFILE's hooks; its pid.
-  absl::StatusOr<pid_t> Start(uint32_t id, const std::string& profile);
+  // A started guest: its pid and its start time (clock ticks after boot, /proc/<pid>/stat
+  // field 22), which tell it from a later process given the same pid.
+  struct Started {
+    pid_t pid = 0;
+    uint64_t start_time = 0;
+  };
+  // Starts instance `id`'s guest with PROFILE's hooks.
+  absl::StatusOr<Started> Start(uint32_t id, const std::string& profile);
   // SIGKILLs the guest's whole session and waits until it is gone.
   static void Kill(pid_t pid);
   // Stops (SIGSTOP) or continues (SIGCONT) the guest's whole session.
   static void Freeze(pid_t pid, bool frozen);
-  // Whether `pid` still is instance `id`'s guest (after a restart: not a reused pid).
-  bool IsGuest(pid_t pid, uint32_t id) const;
+  // Whether `pid` still is instance `id`'s guest (after a restart: not a reused pid). A
+  // `start_time` of 0 (a state file from before start times were kept) checks the command
+  // line only. A guest whose exec has not yet set up its arguments (posix_spawn returns
+  // before that) is waited for, up to a second.
+  bool IsGuest(pid_t pid, uint64_t start_time, uint32_t id) const;
+  // The start time of process `pid`, 0 if there is none.
+  static uint64_t StartTime(pid_t pid);
 
  private:
   GuestOptions options_;

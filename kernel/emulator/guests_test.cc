@@ -8,10 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -184,6 +186,42 @@ TEST_F(GuestsTest, ARestartedEmulatorAdoptsTheRunningGuest) {
   ASSERT_TRUE(emu_->Reboot(kRebootForceHalt, 7).ok());
   for (int i = 0; i < 200 && Alive(guest); ++i) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_FALSE(Alive(guest));
+}
+
+// A guest is recognised from the moment Start returns: an agent that restarts right after a
+// boot adopts it, not a second guest beside it. posix_spawn returns once the child's exec
+// released the parent's memory, before the kernel has set up the new program's arguments, so
+// /proc/<pid>/cmdline can still be empty then (busy CPUs widen that window).
+TEST_F(GuestsTest, AGuestIsItsInstancesFromTheMomentItStarts) {
+  GuestOptions o;
+  o.binary = "guest/mkguest";
+  o.socket_dir = dir_ + "/vsock";
+  o.hooks_root = dir_ + "/hooks";
+  o.exit_with = dir_ + "/vmlinux";
+  GuestProcesses guests(o);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int i = 0; i < 2; ++i) {
+    busy.emplace_back([&stop] {
+      volatile uint64_t x = 0;
+      while (!stop.load(std::memory_order_relaxed)) x = x + 1;
+    });
+  }
+  int missed = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto started = guests.Start(20, "p1");
+    ASSERT_TRUE(started.ok()) << started.status();
+    pid_t pid = started->pid;
+    ASSERT_GT(started->start_time, 0u);
+    missed += !guests.IsGuest(pid, started->start_time, 20);
+    EXPECT_FALSE(guests.IsGuest(pid, started->start_time, 21)) << "another instance's guest";
+    EXPECT_FALSE(guests.IsGuest(pid, started->start_time + 1, 20)) << "a later process with that pid";
+    GuestProcesses::Kill(pid);
+    EXPECT_FALSE(guests.IsGuest(pid, started->start_time, 20)) << "a guest that is gone";
+  }
+  stop = true;
+  for (std::thread& t : busy) t.join();
+  EXPECT_EQ(missed, 0) << "guests not recognised right after their start";
 }
 
 TEST_F(GuestsTest, MarkedImagesPanicOrHangOnBoot) {
