@@ -173,6 +173,12 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ho.state_dir = state_dir + "/provenance";
   ho.images = settings.images;
   ho.require_digest = settings.require_digest;
+  if (rt->emulator != nullptr) {
+    // The emulator says when it changed: an observation at rest reads nothing.
+    kernel::EmulatedKernel* emu = rt->emulator.get();
+    ho.kernel_generation = [emu] { return emu->Generation(); };
+    ho.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+  }
   rt->hk = std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, ho);
 
   if (settings.reserve_cores > 0) {

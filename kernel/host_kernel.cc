@@ -256,7 +256,21 @@ uint64_t HostKernel::ActiveReads(absl::string_view name) {
 }
 
 absl::StatusOr<HostObservation> HostKernel::Observe() {
+  const bool tracked = options_.cache_records && options_.kernel_generation && options_.kernel_next_change;
+  // Read before the observation: a change during it makes the next one read again.
+  const uint64_t generation = tracked ? options_.kernel_generation() : 0;
+  uint64_t records_changed = 0;
+  if (tracked) {
+    absl::MutexLock lock(&records_mu_);
+    records_changed = records_changed_;
+  }
   absl::MutexLock lock(&mu_);
+  if (tracked && last_observation_ && last_observation_->generation == generation &&
+      last_observation_->records_changed == records_changed && clock_->Monotonic() < last_observation_->until) {
+    return last_observation_->obs;
+  }
+  observe_reads_.fetch_add(1, std::memory_order_relaxed);
+  last_observation_.reset();
   HostObservation obs;
   MK_ASSIGN_OR_RETURN(obs.dialect, Dialect_());
   MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
@@ -282,6 +296,7 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
       }
     }
   }
+  if (tracked) last_observation_ = LastObservation{obs, generation, records_changed, options_.kernel_next_change()};
   return obs;
 }
 
@@ -909,6 +924,7 @@ v1::InstanceRecord HostKernel::ReadRecord(absl::string_view name) const {
 void HostKernel::CacheRecord(absl::string_view name, std::optional<v1::InstanceRecord> record) const {
   if (!options_.cache_records) return;
   absl::MutexLock lock(&records_mu_);
+  ++records_changed_;
   if (record) {
     records_[std::string(name)] = *std::move(record);
   } else {

@@ -15,6 +15,8 @@
 #ifndef MKFLEET_KERNEL_HOST_KERNEL_H_
 #define MKFLEET_KERNEL_HOST_KERNEL_H_
 
+#include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,6 +50,14 @@ struct HostKernelOptions {
   // agent holding the host's lock); a second reader of a directory another HostKernel
   // writes (the simulation's view of the truth) must read the files.
   bool cache_records = true;
+  // The kernel's change tracking (the emulator's EmulatedKernel::Generation and
+  // NextTimedChange). With both set and cache_records, Observe returns its last observation
+  // again while the kernel's generation has not moved, no timed kernel change is due and no
+  // record changed: an emulated host's liveness-probe passes at rest read nothing (a read
+  // decodes the pool's and every instance's device tree and /proc/iomem). Unset (a real
+  // kernel, whose changes nothing announces): every Observe reads.
+  std::function<uint64_t()> kernel_generation;
+  std::function<absl::Duration()> kernel_next_change;
   // Where kernel images and initrds may come from (kernel/image_files.h); none: nowhere.
   ImageDirs images;
   // Refuse to load a kernel that the spec does not pin by sha256.
@@ -98,6 +108,8 @@ class HostKernel {
   // Reads the live pool and picks the dialect the kernel speaks.
   absl::StatusOr<Dialect> ProbeDialect();
   absl::StatusOr<HostObservation> Observe();
+  // Observations read from the kernel (not answered from the last one), for tests.
+  uint64_t observe_reads() const { return observe_reads_.load(std::memory_order_relaxed); }
   // KERNEL_STATE_ABSENT for an instance the kernel does not know.
   absl::StatusOr<mkfleet::v1::KernelState> StateOf(absl::string_view name);
 
@@ -216,6 +228,16 @@ class HostKernel {
   std::map<std::string, std::pair<std::string, InstanceResources>, std::less<>> decoded_ ABSL_GUARDED_BY(mu_);
   mutable absl::Mutex records_mu_;
   mutable std::map<std::string, mkfleet::v1::InstanceRecord, std::less<>> records_ ABSL_GUARDED_BY(records_mu_);
+  mutable uint64_t records_changed_ ABSL_GUARDED_BY(records_mu_) = 0;  // every CacheRecord
+  // The last observation, and what it was read at (HostKernelOptions::kernel_generation).
+  struct LastObservation {
+    HostObservation obs;
+    uint64_t generation = 0;
+    uint64_t records_changed = 0;
+    absl::Duration until;  // the kernel's next timed change then
+  };
+  std::optional<LastObservation> last_observation_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> observe_reads_{0};
   std::optional<Dialect> dialect_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> max_tx_ ABSL_GUARDED_BY(mu_);  // highest transaction id seen
   int lock_fd_ ABSL_GUARDED_BY(mu_) = -1;                // our lock file, opened once

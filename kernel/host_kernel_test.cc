@@ -99,6 +99,11 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     ho.clock = &clock_;
     ho.images.dirs = {dir_.string()};
     ho.require_digest = require_digest_;
+    // The emulator's change tracking, as mkagent gives it: the suite holds for the driver
+    // that answers unchanged observations from its last read.
+    EmulatedKernel* emu = emu_.get();
+    ho.kernel_generation = [emu] { return emu->Generation(); };
+    ho.kernel_next_change = [emu] { return emu->NextTimedChange(); };
     return std::make_unique<HostKernel>(*emu_, *emu_, ho);
   }
 
@@ -709,6 +714,84 @@ TEST(HostKernelStartTest, AKernelThatCrashesRightAfterBootFailsTheStartAtOnce) {
   EXPECT_THAT(s.message(), HasSubstr("stopped right after it booted"));
   EXPECT_LT(clock.Monotonic() - t0, absl::Seconds(2)) << "waited for the start timeout";
   clock.hook = nullptr;
+  fs::remove_all(dir);
+}
+
+// With the emulator's change tracking, an observation at rest reads nothing; any change (the
+// kernel's, a timed one such as a boot finishing, a record of ours) reads again, and what
+// the driver answers is always what a read would say.
+TEST(ObservationTest, AtRestAnObservationReadsNothingAndEveryChangeReadsAgain) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("observe-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string image = (dir / "vmlinux").string();
+  std::ofstream(image, std::ios::binary) << std::string("\x7f" "ELF", 4) << "a kernel";
+  SimulatedClock clock;
+  EmulatorOptions o = Machine();
+  o.clock = &clock;
+  o.boot_time = absl::Milliseconds(300);
+  EmulatedKernel emu(o);
+  HostKernelOptions ho;
+  ho.host = "node-a";
+  ho.state_dir = (dir / "state").string();
+  ho.clock = &clock;
+  ho.images.dirs = {dir.string()};
+  ho.kernel_generation = [&emu] { return emu.Generation(); };
+  ho.kernel_next_change = [&emu] { return emu.NextTimedChange(); };
+  HostKernel hk(emu, emu, ho);
+  // Another driver reading every time: what the cached one says must equal it.
+  HostKernelOptions plain = ho;
+  plain.kernel_generation = nullptr;
+  plain.kernel_next_change = nullptr;
+  plain.cache_records = false;  // a second reader of the records hk writes
+  HostKernel reader(emu, emu, plain);
+  auto same = [&] {
+    auto a = hk.Observe();
+    auto b = reader.Observe();
+    if (!a.ok() || !b.ok()) return std::string("observe failed");
+    std::string out;
+    if (a->instances.size() != b->instances.size()) return std::string("instance count differs");
+    for (size_t i = 0; i < a->instances.size(); ++i) {
+      const InstanceInfo& x = a->instances[i];
+      const InstanceInfo& y = b->instances[i];
+      if (x.name != y.name || x.state != y.state || x.owner != y.owner || x.resources.cpus != y.resources.cpus ||
+          x.provenance.SerializeAsString() != y.provenance.SerializeAsString() || x.memory_by_node != y.memory_by_node) {
+        out += x.name + " differs; ";
+      }
+    }
+    if (a->pool.cpus != b->pool.cpus) out += "pool differs";
+    return out;
+  };
+  ASSERT_TRUE(hk.SetPool(Pool()).ok());
+  ASSERT_TRUE(hk.Create("web-1", 7, Web(), "owner-a").ok());
+  ASSERT_TRUE(hk.Load("web-1", {image, "", "console=mktty0", "", ""}).ok());
+  EXPECT_EQ(same(), "");
+  uint64_t reads = hk.observe_reads();
+  EXPECT_EQ(same(), "");
+  EXPECT_EQ(same(), "");
+  EXPECT_EQ(hk.observe_reads(), reads) << "nothing changed: nothing read";
+
+  // A boot: asked now, active after the boot time (a timed change, no call in between).
+  ASSERT_TRUE(hk.Start("web-1", /*wait=*/false).ok());
+  EXPECT_EQ(same(), "");
+  EXPECT_EQ(hk.Observe()->instances[0].state, v1::KERNEL_STATE_LOADED);
+  clock.Advance(absl::Milliseconds(400));
+  EXPECT_EQ(hk.Observe()->instances[0].state, v1::KERNEL_STATE_ACTIVE) << "the boot finished without a call";
+  EXPECT_EQ(same(), "");
+  reads = hk.observe_reads();
+  clock.Advance(absl::Seconds(10));
+  EXPECT_EQ(same(), "");
+  EXPECT_EQ(hk.observe_reads(), reads) << "at rest";
+
+  // A change made beside this driver (a panic inside the instance).
+  ASSERT_TRUE(emu.InjectPanic("web-1").ok());
+  EXPECT_EQ(hk.Observe()->instances[0].state, v1::KERNEL_STATE_LOADED);
+  EXPECT_EQ(same(), "");
+
+  // A record of ours: the owner.
+  ASSERT_TRUE(hk.SetOwner("web-1", "owner-b").ok());
+  EXPECT_EQ(hk.Observe()->instances[0].owner, "owner-b");
+  EXPECT_EQ(same(), "");
   fs::remove_all(dir);
 }
 
