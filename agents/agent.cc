@@ -180,6 +180,27 @@ void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
     return;
   }
   last_observe_error_.clear();
+  // The same read as the last fold (the driver answered from it: nothing changed in the
+  // kernel) and the same watchdog records and morphs: the state stays as it is. At rest, an
+  // emulated host's probe passes cost no rebuild of its state.
+  std::vector<FoldInput> inputs;
+  inputs.reserve(obs->instances.size());
+  for (const kernel::InstanceInfo& info : obs->instances) {
+    FoldInput& in = inputs.emplace_back();
+    auto w = watched_.find(info.name);
+    if (w != watched_.end()) {
+      in.role = w->second.role;
+      in.restart_count = w->second.restart_count;
+      in.crash_loop = w->second.crash_loop;
+      in.restarts = w->second.restarts.size();
+    }
+    if (morpher_ != nullptr) {
+      if (auto m = morpher_->StatusOf(info.name)) in.morph = m->SerializeAsString();
+    }
+  }
+  if (obs->read != 0 && obs->read == folded_read_ && inputs == folded_inputs_) return;
+  folded_read_ = obs->read;
+  folded_inputs_ = std::move(inputs);
   // Physical -> logical CPU numbers for users.
   absl::flat_hash_map<uint64_t, uint32_t> logical;
   for (const auto& [l, p] : topology_->physical_ids) logical[p] = l;

@@ -123,6 +123,19 @@ class Agent {
   // Observes the kernel (no lock held) and folds the result into the state.
   void Refresh() ABSL_LOCKS_EXCLUDED(mu_);
   void Fold(const absl::StatusOr<kernel::HostObservation>& obs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What of the agent's own state a fold shows beside an observed instance (its watchdog
+  // record and its morph): a fold of the same read with the same of these changes nothing.
+  struct FoldInput {
+    std::string role;
+    uint32_t restart_count = 0;
+    bool crash_loop = false;
+    size_t restarts = 0;
+    std::string morph;  // the serialized MorphStatus, "" for none
+    bool operator==(const FoldInput& o) const {
+      return role == o.role && restart_count == o.restart_count && crash_loop == o.crash_loop &&
+             restarts == o.restarts && morph == o.morph;
+    }
+  };
   // What the watchdog decided to do this pass, done without the lock.
   struct Step {
     enum Kind { kForceHalt, kTakeover, kRestart } kind;
@@ -156,6 +169,9 @@ class Agent {
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void()> change_hook_;
   std::map<std::string, int64_t> changed_at_ ABSL_GUARDED_BY(mu_);  // instance -> version of last change
+  // The last fold's observation (HostObservation::read, 0: none) and agent-side inputs.
+  uint64_t folded_read_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<FoldInput> folded_inputs_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<int64_t, std::string>> removed_at_ ABSL_GUARDED_BY(mu_);  // (version, name), oldest first
   int64_t removals_forgotten_ ABSL_GUARDED_BY(mu_) = 0;  // the newest version of a forgotten removal
   // The version this run started at: anything older comes from an earlier run, which may

@@ -269,9 +269,9 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
       last_observation_->records_changed == records_changed && clock_->Monotonic() < last_observation_->until) {
     return last_observation_->obs;
   }
-  observe_reads_.fetch_add(1, std::memory_order_relaxed);
   last_observation_.reset();
   HostObservation obs;
+  obs.read = observe_reads_.fetch_add(1, std::memory_order_relaxed) + 1;
   MK_ASSIGN_OR_RETURN(obs.dialect, Dialect_());
   MK_ASSIGN_OR_RETURN(std::string blob, fs_.Read("device_tree"));
   if (!blob.empty()) {

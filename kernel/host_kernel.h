@@ -91,6 +91,10 @@ struct HostObservation {
   Dialect dialect = Dialect::kV1;
   PoolState pool;
   std::vector<InstanceInfo> instances;
+  // Which read of the kernel this is (HostKernel counts them from 1): an observation answered
+  // from the last read (HostKernelOptions::kernel_generation) carries that read's number, so
+  // a reader can tell it has seen all of it already. 0: not numbered.
+  uint64_t read = 0;
 };
 
 mkfleet::v1::KernelState ParseKernelState(absl::string_view status);
