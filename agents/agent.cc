@@ -34,7 +34,7 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
       clock_(clock),
       journal_(journal),
       executor_(kernel, journal, topology_) {
-  auto obs = kernel_.Observe();
+  auto obs = kernel_.ObserveShared();
   absl::MutexLock lock(&mu_);
   // Versions start at the wall clock, so a client's version from an earlier run of this
   // agent is older than everything here and gets a fresh snapshot.
@@ -166,20 +166,21 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
 }
 
 void Agent::Refresh() {
-  auto obs = kernel_.Observe();
+  auto obs = kernel_.ObserveShared();
   absl::MutexLock lock(&mu_);
   Fold(obs);
 }
 
-void Agent::Fold(const absl::StatusOr<kernel::HostObservation>& obs) {
-  if (!obs.ok()) {
+void Agent::Fold(const Observation& observed) {
+  if (!observed.ok()) {
     // Reported once per distinct error, so a persistent one does not flood the events.
-    std::string message(obs.status().message());
+    std::string message(observed.status().message());
     if (message != last_observe_error_) Event("", "Warning", "ObserveFailed", message);
     last_observe_error_ = message;
     return;
   }
   last_observe_error_.clear();
+  const kernel::HostObservation* obs = observed->get();
   // The same read as the last fold (the driver answered from it: nothing changed in the
   // kernel) and the same watchdog records and morphs: the state stays as it is. At rest, an
   // emulated host's probe passes cost no rebuild of its state.
@@ -356,7 +357,7 @@ void Agent::Tick() {
   }
   // Decided on this observation; published only after the watchdog has acted on it, so
   // the controller does not act on a crash the watchdog is handling (a restart, a takeover).
-  auto obs = kernel_.Observe();
+  auto obs = kernel_.ObserveShared();
   absl::Duration now = clock_.Monotonic();
   std::vector<Step> steps;
   struct ProbeJob {
@@ -371,7 +372,7 @@ void Agent::Tick() {
       Fold(obs);
       return;
     }
-    for (const kernel::InstanceInfo& in : obs->instances) {
+    for (const kernel::InstanceInfo& in : (*obs)->instances) {
       const std::string& name = in.name;
       Watched& w = watched_[name];
       v1::KernelState cur = in.state;
@@ -453,7 +454,7 @@ void Agent::Tick() {
   }
   // The acted-on instances' new states are the baseline for the next pass (a restart is not
   // mistaken for anything, the old primary's state after a takeover is expected).
-  auto after = kernel_.Observe();
+  auto after = kernel_.ObserveShared();
   absl::MutexLock lock(&mu_);
   Fold(after);
   std::set<std::string> acted;

@@ -122,7 +122,8 @@ class Agent {
 
   // Observes the kernel (no lock held) and folds the result into the state.
   void Refresh() ABSL_LOCKS_EXCLUDED(mu_);
-  void Fold(const absl::StatusOr<kernel::HostObservation>& obs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using Observation = absl::StatusOr<std::shared_ptr<const kernel::HostObservation>>;
+  void Fold(const Observation& observed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What of the agent's own state a fold shows beside an observed instance (its watchdog
   // record and its morph): a fold of the same read with the same of these changes nothing.
   struct FoldInput {

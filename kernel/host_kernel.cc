@@ -256,6 +256,11 @@ uint64_t HostKernel::ActiveReads(absl::string_view name) {
 }
 
 absl::StatusOr<HostObservation> HostKernel::Observe() {
+  MK_ASSIGN_OR_RETURN(std::shared_ptr<const HostObservation> obs, ObserveShared());
+  return *obs;
+}
+
+absl::StatusOr<std::shared_ptr<const HostObservation>> HostKernel::ObserveShared() {
   const bool tracked = options_.cache_records && options_.kernel_generation && options_.kernel_next_change;
   // Read before the observation: a change during it makes the next one read again.
   const uint64_t generation = tracked ? options_.kernel_generation() : 0;
@@ -296,8 +301,9 @@ absl::StatusOr<HostObservation> HostKernel::Observe() {
       }
     }
   }
-  if (tracked) last_observation_ = LastObservation{obs, generation, records_changed, options_.kernel_next_change()};
-  return obs;
+  auto shared = std::make_shared<const HostObservation>(std::move(obs));
+  if (tracked) last_observation_ = LastObservation{shared, generation, records_changed, options_.kernel_next_change()};
+  return shared;
 }
 
 absl::StatusOr<std::map<std::string, HostKernel::RegionsByNode>> HostKernel::MemoryRegions(const PoolState& pool) {

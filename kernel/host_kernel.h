@@ -112,6 +112,8 @@ class HostKernel {
   // Reads the live pool and picks the dialect the kernel speaks.
   absl::StatusOr<Dialect> ProbeDialect();
   absl::StatusOr<HostObservation> Observe();
+  // The same, shared: an observation answered from the last read is not copied.
+  absl::StatusOr<std::shared_ptr<const HostObservation>> ObserveShared();
   // Observations read from the kernel (not answered from the last one), for tests.
   uint64_t observe_reads() const { return observe_reads_.load(std::memory_order_relaxed); }
   // KERNEL_STATE_ABSENT for an instance the kernel does not know.
@@ -235,7 +237,7 @@ class HostKernel {
   mutable uint64_t records_changed_ ABSL_GUARDED_BY(records_mu_) = 0;  // every CacheRecord
   // The last observation, and what it was read at (HostKernelOptions::kernel_generation).
   struct LastObservation {
-    HostObservation obs;
+    std::shared_ptr<const HostObservation> obs;
     uint64_t generation = 0;
     uint64_t records_changed = 0;
     absl::Duration until;  // the kernel's next timed change then
