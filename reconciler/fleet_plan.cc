@@ -324,7 +324,12 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
         std::string base = kernel.substr(0, kernel.size() - kNextSuffix.size());
         if (auto m = morphed.find(base); m != morphed.end() && m->second == kernel) request = base;
       }
-      if (absl::EndsWith(kernel, kStandbySuffix) && in.status().role() == "primary") {
+      // A kernel of an earlier incarnation of the name (deleted, then applied again while
+      // this host was out of touch) is not the new object's: it is deleted, never kept, and
+      // its roles say nothing of the new object's kernels (a takeover of the old one does not
+      // swap the new one's names: sim seed 11139).
+      const bool earlier = FromAnEarlierIncarnation(in.owner(), kis);
+      if (!earlier && absl::EndsWith(kernel, kStandbySuffix) && in.status().role() == "primary") {
         std::string base = kernel.substr(0, kernel.size() - kStandbySuffix.size());
         // The primary it took over from: "<base>", or "<base>-next" after a live update.
         auto b = seen.find(morphed.count(base) ? morphed.at(base) : base);
@@ -332,14 +337,11 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
           request = base;
           swapped.insert(base);
         }
-      } else if (in.status().role() == "standby") {
+      } else if (!earlier && in.status().role() == "standby") {
         std::string logical = request;
         auto s = seen.find(logical + kStandbySuffix);
         if (s != seen.end() && s->second.status().role() == "primary") request = logical + kStandbySuffix;
       }
-      // A kernel of an earlier incarnation of the name (deleted, then applied again while
-      // this host was out of touch) is not the new object's: it is deleted, never kept.
-      const bool earlier = FromAnEarlierIncarnation(in.owner(), kis);
       // A running kernel that differs from a spec with update strategy Morph: its live
       // update needs a surge (placed like a warm standby, on its NUMA nodes), unless the
       // same revision rolled back (held until the spec changes or `mkapply morph prepare`).

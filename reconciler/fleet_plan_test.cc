@@ -109,6 +109,47 @@ TEST(PlanFleetTest, AKernelOfADeletedIncarnationIsNeverTheNewObjects) {
   EXPECT_THAT(kept.hosts["node-a"].actions, IsEmpty()) << kept.hosts["node-a"].DebugString();
 }
 
+TEST(PlanFleetTest, ATakeoverByADeletedIncarnationDoesNotSwapTheNewObjectsKernels) {
+  // Found by the fleet simulation (seed 11139 on 5 hosts): web-1's standby had taken over
+  // (web-1-standby serving as primary) when web-1 was deleted while its host was out of
+  // touch; web-1 was created again on another host. The old kernels' roles marked the new
+  // object as swapped: its primary was created as web-1-standby, and the next pass, with the
+  // old kernels gone, deleted that running kernel to create web-1.
+  auto standby = [](v1::KernelInstance ki) {
+    ki.mutable_spec()->mutable_failover()->set_policy(v1::FAILOVER_STANDBY);
+    ki.mutable_spec()->mutable_failover()->mutable_standby()->set_cpus(2);
+    ki.mutable_spec()->mutable_failover()->mutable_standby()->set_memory(1ull << 30);
+    return ki;
+  };
+  std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}, {"node-b", Connected()}};
+  v1::KernelInstance old = standby(Instance("web-1", "node-a", 4));
+  old.mutable_metadata()->set_created_revision(5);
+  FleetPlan first = PlanFleet(hosts, views, {old}, {});
+  ASSERT_EQ(first.placements.count("web-1-standby"), 1u);
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  // The takeover on node-a: the standby serves.
+  views["node-a"].instances["web-1-standby"].mutable_status()->set_role("primary");
+  views["node-a"].instances["web-1"].mutable_status()->set_role("standby");
+  views["node-a"].connected = false;  // then node-a is out of touch
+  v1::KernelInstance again = standby(Instance("web-1", "node-b", 4));
+  again.mutable_metadata()->set_created_revision(9);
+  FleetPlan plan = PlanFleet(hosts, views, {again}, {});
+  ASSERT_EQ(plan.planned.count("web-1"), 1u);
+  EXPECT_EQ(plan.planned.at("web-1").host, "node-b");
+  EXPECT_EQ(plan.planned.at("web-1").kernel, "web-1") << "the new object's primary is its own kernel, not swapped";
+  ASSERT_EQ(plan.planned.count("web-1-standby"), 1u);
+  EXPECT_EQ(plan.planned.at("web-1-standby").kernel, "web-1-standby");
+  // The old incarnation's takeover still holds for the same incarnation.
+  v1::KernelInstance same = again;
+  same.mutable_metadata()->set_created_revision(5);
+  same.mutable_spec()->set_host("node-a");
+  views["node-a"].connected = true;
+  FleetPlan kept = PlanFleet(hosts, views, {same}, {});
+  ASSERT_EQ(kept.planned.count("web-1"), 1u);
+  EXPECT_EQ(kept.planned.at("web-1").kernel, "web-1-standby") << "after its takeover the standby serves it";
+}
+
 TEST(PlanFleetTest, DisconnectedHostsWaitAndKeepTheirInstances) {
   std::vector<v1::Host> hosts = {Host("node-a"), Host("node-b"), Host("node-c")};
   HostView down = Connected();
