@@ -2,6 +2,7 @@
 // re-applying changes nothing, SIGTERM stops it with exit 0, and exit codes hold.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -98,7 +99,7 @@ TEST_F(ControllerProcessTest, ANewConnectionIsServedAtOnceAtAnyMoment) {
   auto controller = StartController("c.log");
   const std::string target = "127.0.0.1:" + port_;
   std::vector<double> ms;
-  for (int i = 0; i < 200; ++i) {  // ~6 s: five of the callback threads' cycles
+  for (int i = 0; i < 300; ++i) {  // ~9 s: eight of the callback threads' cycles
     auto t0 = std::chrono::steady_clock::now();
     auto stub = mkfleet::v1::Controller::NewStub(
         security::TestPki::Channel(pki_->admin(), target, security::Identity::Controller()));
@@ -109,14 +110,19 @@ TEST_F(ControllerProcessTest, ANewConnectionIsServedAtOnceAtAnyMoment) {
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // A call on a fresh connection takes ~10 ms here (the TLS handshake); one that waited for
+  // the poller takes 60-100 ms more, once per cycle. Slow: over 45 ms and over 4x the median
+  // (a loaded machine slows every call); a loaded machine may also delay a few.
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double limit = std::max(45.0, 4 * sorted[sorted.size() / 2]);
   int slow = 0;
   std::string all;
   for (double m : ms) {
-    slow += m > 45;
+    slow += m > limit;
     all += std::to_string(static_cast<int>(m)) + " ";
   }
-  // A call on a fresh connection takes a few ms here; a busy machine may delay one or two.
-  EXPECT_LE(slow, 2) << "calls over 45 ms (each, ms): " << all;
+  EXPECT_LE(slow, 3) << "calls over " << limit << " ms (each, ms): " << all;
 }
 
 TEST_F(ControllerProcessTest, BadStoreFlagExits2) {
