@@ -23,8 +23,7 @@ class TrackedAgent {
     o.host = name;
     o.state_dir = (host.dir / "agent").string();
     kernel::EmulatedKernel* emu = host.emu.get();
-    o.kernel_generation = [emu] { return emu->Generation(); };
-    o.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+    emu->TrackChanges(o);
     agent = std::make_unique<Agent>(o, *host.hk, host.topology, *host.journal, *probe, host.clock);
   }
   std::vector<std::string> Reasons(const std::string& name) {

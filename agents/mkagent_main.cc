@@ -174,10 +174,7 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ho.images = settings.images;
   ho.require_digest = settings.require_digest;
   if (rt->emulator != nullptr) {
-    // The emulator says when it changed: an observation at rest reads nothing.
-    kernel::EmulatedKernel* emu = rt->emulator.get();
-    ho.kernel_generation = [emu] { return emu->Generation(); };
-    ho.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+    rt->emulator->TrackChanges(ho);  // an observation at rest reads nothing
   }
   rt->hk = std::make_unique<kernel::HostKernel>(*fs_ptr, *sys_ptr, ho);
 
@@ -210,9 +207,7 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.version = kVersion;
   ao.poll_interval = settings.poll;
   if (settings.lean && rt->emulator != nullptr) {
-    kernel::EmulatedKernel* emu = rt->emulator.get();
-    ao.kernel_generation = [emu] { return emu->Generation(); };
-    ao.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+    rt->emulator->TrackChanges(ao);
   }
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
   if (!rt->agent->load_status().ok()) return rt->agent->load_status();

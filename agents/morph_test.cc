@@ -94,10 +94,7 @@ class MorphTest : public ::testing::Test {
     ho.host = "h";
     ho.state_dir = dir_ + "/provenance";
     ho.images.dirs = {dir_};
-    // The emulator's change tracking, as mkagent gives it (unchanged observations are not read).
-    kernel::EmulatedKernel* tracked = emu_.get();
-    ho.kernel_generation = [tracked] { return tracked->Generation(); };
-    ho.kernel_next_change = [tracked] { return tracked->NextTimedChange(); };
+    emu_->TrackChanges(ho);  // as mkagent does: unchanged observations are not read
     hk_ = std::make_unique<kernel::HostKernel>(*emu_, *emu_, ho);
     kernel::PoolState pool;
     for (size_t i = 2; i < o.cpus.size(); ++i) pool.cpus.push_back(o.cpus[i]);

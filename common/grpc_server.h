@@ -26,13 +26,6 @@ namespace mkfleet {
 inline constexpr int kMaxRequestBytes = 4 << 20;
 inline constexpr int kMaxServerThreads = 512;
 
-// One server for one or many listening ports, each with its own credentials (mkagent
-// --hosts N: every emulated host's port, with that host's certificate, on one server and
-// one thread pool). `listens[i].port` receives the port bound. No request past 4 MiB is
-// read (RESOURCE_EXHAUSTED; the services bound what is inside); the sync server's threads
-// are bounded by `max_threads` (each call holds one while it runs: past it, new calls get
-// RESOURCE_EXHAUSTED instead of a new thread). `lean`: one completion queue and one polling
-// thread. Null when it cannot listen.
 // One thread that always waits in gRPC's poller, so that a new connection or call is read at
 // once. On Linux gRPC 1.51 polls every socket of the process from whichever threads wait in
 // it; the threads of its callback API ("nexting" threads) sleep 100 ms after each idle second,
@@ -49,6 +42,13 @@ inline void KeepOnePoller() {
   });
 }
 
+// One server for one or many listening ports, each with its own credentials (mkagent
+// --hosts N: every emulated host's port, with that host's certificate, on one server and
+// one thread pool). `listens[i].port` receives the port bound. No request past 4 MiB is
+// read (RESOURCE_EXHAUSTED; the services bound what is inside); the sync server's threads
+// are bounded by `max_threads` (each call holds one while it runs: past it, new calls get
+// RESOURCE_EXHAUSTED instead of a new thread). `lean`: one completion queue and one polling
+// thread. Null when it cannot listen.
 struct Listen {
   std::string address;
   std::shared_ptr<grpc::ServerCredentials> credentials;

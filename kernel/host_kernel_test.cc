@@ -101,9 +101,7 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     ho.require_digest = require_digest_;
     // The emulator's change tracking, as mkagent gives it: the suite holds for the driver
     // that answers unchanged observations from its last read.
-    EmulatedKernel* emu = emu_.get();
-    ho.kernel_generation = [emu] { return emu->Generation(); };
-    ho.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+    emu_->TrackChanges(ho);
     return std::make_unique<HostKernel>(*emu_, *emu_, ho);
   }
 
@@ -736,8 +734,7 @@ TEST(ObservationTest, AtRestAnObservationReadsNothingAndEveryChangeReadsAgain) {
   ho.state_dir = (dir / "state").string();
   ho.clock = &clock;
   ho.images.dirs = {dir.string()};
-  ho.kernel_generation = [&emu] { return emu.Generation(); };
-  ho.kernel_next_change = [&emu] { return emu.NextTimedChange(); };
+  emu.TrackChanges(ho);
   HostKernel hk(emu, emu, ho);
   // Another driver reading every time: what the cached one says must equal it.
   HostKernelOptions plain = ho;

@@ -547,9 +547,7 @@ void World::StartAgent(int h) {
   ho.clock = &clock_;
   ho.images.dirs = {o_.dir};  // the workload's kernel images
   // As mkagent runs it on an emulator: observations at rest come from the last read.
-  kernel::EmulatedKernel* emu = host.emu.get();
-  ho.kernel_generation = [emu] { return emu->Generation(); };
-  ho.kernel_next_change = [emu] { return emu->NextTimedChange(); };
+  host.emu->TrackChanges(ho);
   host.hk = std::make_unique<kernel::HostKernel>(*host.ck, *host.ck, ho);
   agents::ActionJournal::Options jo;
   jo.sync = false;

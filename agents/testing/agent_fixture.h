@@ -42,10 +42,7 @@ struct TestHost {
     ho.state_dir = (dir / "state").string();
     ho.clock = &clock;
     ho.images.dirs = {dir.string()};  // where vmlinux is
-    // The emulator's change tracking, as mkagent gives it (unchanged observations are not read).
-    kernel::EmulatedKernel* tracked = emu.get();
-    ho.kernel_generation = [tracked] { return tracked->Generation(); };
-    ho.kernel_next_change = [tracked] { return tracked->NextTimedChange(); };
+    emu->TrackChanges(ho);  // as mkagent does: unchanged observations are not read
     hk = std::make_unique<kernel::HostKernel>(*emu, *emu, ho);
     kernel::PoolState pool;
     for (size_t i = 2; i < o.cpus.size(); ++i) pool.cpus.push_back(o.cpus[i]);

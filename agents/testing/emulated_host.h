@@ -37,10 +37,7 @@ struct EmulatedHost {
     ho.state_dir = state + "/provenance";
     ho.clock = &clock;
     ho.images.dirs = {dir};  // the tests' kernel images live in `dir`
-    // The emulator's change tracking, as mkagent gives it (unchanged observations are not read).
-    kernel::EmulatedKernel* tracked = emu.get();
-    ho.kernel_generation = [tracked] { return tracked->Generation(); };
-    ho.kernel_next_change = [tracked] { return tracked->NextTimedChange(); };
+    emu->TrackChanges(ho);  // as mkagent does: unchanged observations are not read
     hk = std::make_unique<kernel::HostKernel>(*emu, *emu, ho);
     ActionJournal::Options jo;
     jo.sync = false;

@@ -108,6 +108,13 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   // when it differs, or at NextTimedChange(), misses nothing.
   uint64_t Generation() const { return generation_.load(std::memory_order_acquire); }
   absl::Duration NextTimedChange();
+  // Gives `options` (HostKernelOptions, agents::AgentOptions: their kernel_generation and
+  // kernel_next_change) this kernel's change tracking. The kernel must outlive their users.
+  template <typename Options>
+  void TrackChanges(Options& options) {
+    options.kernel_generation = [this] { return Generation(); };
+    options.kernel_next_change = [this] { return NextTimedChange(); };
+  }
 
   // The state file could not be read at start (then the kernel starts empty).
   absl::Status load_status() const { return load_status_; }
