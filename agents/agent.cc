@@ -125,11 +125,15 @@ bool Agent::TickIfDue() {
   Tick();
   if (!tracked) return true;
   absl::Duration next = options_.kernel_next_change();
+  // An instance whose probe answered on the kernel as it is now would answer the same.
+  const bool follows = options_.probe_follows_kernel && options_.probe_follows_kernel();
+  const uint64_t now_generation = options_.kernel_generation();
   absl::MutexLock lock(&mu_);
   for (const auto& [name, w] : watched_) {
     next = std::min(next, w.restart_at);
     const v1::LocalPolicy* policy = PolicyFor(name);
-    if (w.last == v1::KERNEL_STATE_ACTIVE && policy != nullptr && policy->failover().policy() != v1::FAILOVER_NONE) {
+    if (w.last == v1::KERNEL_STATE_ACTIVE && policy != nullptr && policy->failover().policy() != v1::FAILOVER_NONE &&
+        !(follows && w.answered && w.misses == 0 && w.answered_at == now_generation)) {
       next = std::min(next, w.next_probe);
     }
   }
@@ -357,6 +361,8 @@ void Agent::Tick() {
   }
   // Decided on this observation; published only after the watchdog has acted on it, so
   // the controller does not act on a crash the watchdog is handling (a restart, a takeover).
+  // Read before the observation and the probes: a probe's answer holds for this generation.
+  const uint64_t generation = options_.kernel_generation ? options_.kernel_generation() : 0;
   auto obs = kernel_.ObserveShared();
   absl::Duration now = clock_.Monotonic();
   std::vector<Step> steps;
@@ -384,6 +390,7 @@ void Agent::Tick() {
       if (touched != touched_at_.end() && touched->second > batches_before) continue;
       v1::KernelState last = w.last;
       w.last = cur;
+      if (cur != v1::KERNEL_STATE_ACTIVE) w.answered = false;
       const v1::LocalPolicy* policy = PolicyFor(name);
       if (last == v1::KERNEL_STATE_ACTIVE && cur == v1::KERNEL_STATE_LOADED &&
           w.restart_at == absl::InfiniteDuration()) {
@@ -414,6 +421,8 @@ void Agent::Tick() {
     Watched& w = it->second;
     if (alive) {
       w.misses = 0;
+      w.answered = true;
+      w.answered_at = generation;
     } else if (++w.misses >= job.misses) {
       w.misses = 0;
       Event(job.name, "Warning", "Hung", absl::StrCat(job.misses, " liveness probes failed in a row"));

@@ -55,6 +55,11 @@ struct AgentOptions {
   // changed. Unset (a real kernel): every TickIfDue() is a pass.
   std::function<uint64_t()> kernel_generation;
   std::function<absl::Duration()> kernel_next_change;
+  // Whether the liveness probe's answer changes only with the kernel's tracked state (the
+  // emulator's probe while it runs no guest; asked at every pass). With the change tracking,
+  // an instance whose last probe answered is probed again only once the kernel changed
+  // since; one that missed keeps its heartbeat. Unset: every heartbeat probes.
+  std::function<bool()> probe_follows_kernel;
 };
 
 class Agent {
@@ -113,6 +118,10 @@ class Agent {
     uint32_t id = 0;
     uint32_t misses = 0;
     absl::Duration next_probe;
+    // The kernel's generation before the last probe that answered (probe_follows_kernel),
+    // and whether there was one since the instance last became active.
+    uint64_t answered_at = 0;
+    bool answered = false;
     std::deque<absl::Duration> restarts;  // times of recent restarts
     absl::Duration restart_at = absl::InfiniteDuration();  // a pending restart
     bool crash_loop = false;

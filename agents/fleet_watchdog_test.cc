@@ -1,5 +1,6 @@
 #include "agents/fleet_watchdog.h"
 
+#include <atomic>
 #include <thread>
 
 #include "agents/agent.h"
@@ -15,15 +16,35 @@ using ::testing::Contains;
 
 // An agent whose passes are offered by TickIfDue, over an emulated kernel that tracks its
 // changes (as mkagent --hosts N sets it up).
+// Counts the probes it passes on.
+class CountingProbe final : public LivenessProbe {
+ public:
+  explicit CountingProbe(std::unique_ptr<LivenessProbe> inner) : inner_(std::move(inner)) {}
+  bool Probe(const std::string& instance, uint32_t id) override {
+    ++probes;
+    return inner_->Probe(instance, id);
+  }
+  std::atomic<int> probes{0};
+
+ private:
+  std::unique_ptr<LivenessProbe> inner_;
+};
+
 class TrackedAgent {
  public:
-  explicit TrackedAgent(const std::string& name, absl::Duration boot = absl::ZeroDuration()) : host(name, boot) {
-    probe = NewEmulatorProbe(*host.emu);
+  // `probe_follows_kernel`: as mkagent sets it on an emulator that runs no guest.
+  explicit TrackedAgent(const std::string& name, absl::Duration boot = absl::ZeroDuration(),
+                        bool probe_follows_kernel = false)
+      : host(name, boot) {
+    auto counting = std::make_unique<CountingProbe>(NewEmulatorProbe(*host.emu));
+    counter = counting.get();
+    probe = std::move(counting);
     AgentOptions o;
     o.host = name;
     o.state_dir = (host.dir / "agent").string();
     kernel::EmulatedKernel* emu = host.emu.get();
     emu->TrackChanges(o);
+    if (probe_follows_kernel) o.probe_follows_kernel = [] { return true; };
     agent = std::make_unique<Agent>(o, *host.hk, host.topology, *host.journal, *probe, host.clock);
   }
   std::vector<std::string> Reasons(const std::string& name) {
@@ -56,6 +77,7 @@ class TrackedAgent {
 
   TestHost host;
   std::unique_ptr<LivenessProbe> probe;
+  CountingProbe* counter = nullptr;
   std::unique_ptr<Agent> agent;
 };
 
@@ -121,6 +143,61 @@ TEST(TickIfDueTest, AHungInstanceIsProbedAtItsHeartbeat) {
   }
   EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
   EXPECT_THAT(t.Reasons("web-1"), Contains("ForceHalted"));
+}
+
+TEST(TickIfDueTest, AnInstanceThatAnsweredIsProbedAgainOnlyAfterItsKernelChanged) {
+  // Where the probe's answer follows the kernel's tracked state (the emulator without
+  // guests), a probe of an unchanged kernel can only answer as the last one did: a running
+  // instance with a failover policy costs nothing between changes, and a hang (a change) is
+  // still found at its heartbeat.
+  TrackedAgent t("follows", absl::ZeroDuration(), /*probe_follows_kernel=*/true);
+  t.BootWithRestartPolicy(50, 2);
+  t.host.clock.Advance(absl::Milliseconds(60));
+  t.agent->TickIfDue();  // the first probe after the policy came
+  const int probed = t.counter->probes.load();
+  EXPECT_GE(probed, 1);
+  for (int i = 0; i < 20; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(50));
+    EXPECT_FALSE(t.agent->TickIfDue()) << "pass " << i << ": nothing changed";
+  }
+  EXPECT_EQ(t.counter->probes.load(), probed);
+  ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
+  for (int i = 0; i < 20; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(10));
+    t.agent->TickIfDue();
+  }
+  EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
+  EXPECT_THAT(t.Reasons("web-1"), Contains("ForceHalted"));
+}
+
+TEST(TickIfDueTest, AChangeBeforeTheNextHeartbeatStillBringsTheProbe) {
+  // A change that comes before an instance's next heartbeat brings a pass in which that
+  // instance is not due yet: it must be probed at its heartbeat all the same, not only at
+  // the change after.
+  TrackedAgent t("later", absl::ZeroDuration(), /*probe_follows_kernel=*/true);
+  t.BootWithRestartPolicy(50, 2);  // probed at once
+  const int probed = t.counter->probes.load();
+  ASSERT_GE(probed, 1);
+  ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
+  t.host.clock.Advance(absl::Milliseconds(10));
+  EXPECT_TRUE(t.agent->TickIfDue()) << "the hang moved the generation";
+  EXPECT_EQ(t.counter->probes.load(), probed) << "the heartbeat is not due yet";
+  for (int i = 0; i < 30; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(10));
+    t.agent->TickIfDue();
+  }
+  EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
+}
+
+TEST(TickIfDueTest, WithoutTheHintEveryHeartbeatProbes) {
+  TrackedAgent t("plain");
+  t.BootWithRestartPolicy(50, 2);
+  const int before = t.counter->probes.load();
+  for (int i = 0; i < 10; ++i) {
+    t.host.clock.Advance(absl::Milliseconds(50));
+    EXPECT_TRUE(t.agent->TickIfDue()) << "pass " << i;
+  }
+  EXPECT_GE(t.counter->probes.load() - before, 10);
 }
 
 TEST(FleetWatchdogTest, OneThreadServesEveryAgentAndIdlesWhenNothingChanges) {

@@ -208,6 +208,8 @@ absl::StatusOr<std::unique_ptr<HostRuntime>> StartHost(const std::string& name, 
   ao.poll_interval = settings.poll;
   if (settings.lean && rt->emulator != nullptr) {
     rt->emulator->TrackChanges(ao);
+    // The emulator's probe answers from its state; a guest's heartbeat does not.
+    ao.probe_follows_kernel = [emu = rt->emulator.get()] { return !emu->RunsGuests(); };
   }
   rt->agent = std::make_unique<agents::Agent>(ao, *rt->hk, topology, *rt->journal, *rt->probe, Clock::Real());
   if (!rt->agent->load_status().ok()) return rt->agent->load_status();

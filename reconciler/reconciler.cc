@@ -33,6 +33,31 @@ constexpr char kReportPrefix[] = "/shards/report/";
 constexpr char kPlannedKey[] = "/shards/planned";
 namespace v1 = mkfleet::v1;
 
+// A pass's phases on the wall clock (not the injected one: what the machine spent), for
+// the line a slow pass logs.
+class PassTimer {
+ public:
+  explicit PassTimer(size_t hosts) : hosts_(hosts), start_(absl::Now()), last_(start_) {}
+  void Phase(const char* name) {
+    const absl::Time now = absl::Now();
+    phases_.emplace_back(name, now - last_);
+    last_ = now;
+  }
+  absl::Duration Total() const { return last_ - start_; }
+  std::string Line() const {
+    std::string out = absl::StrCat("slow pass: ", hosts_, " hosts in ", absl::ToInt64Milliseconds(Total()), " ms (");
+    for (size_t i = 0; i < phases_.size(); ++i) {
+      absl::StrAppend(&out, i ? ", " : "", phases_[i].first, " ", absl::ToInt64Milliseconds(phases_[i].second));
+    }
+    return out + " ms)";
+  }
+
+ private:
+  size_t hosts_;
+  absl::Time start_, last_;
+  std::vector<std::pair<const char*, absl::Duration>> phases_;
+};
+
 // Runs fn(i) for i in [0, n) on up to `parallel` threads (the caller's alone for 1).
 void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& fn) {
   std::atomic<size_t> next{0};
@@ -389,6 +414,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   absl::MutexLock pass(&pass_mu_);
   ++passes_;
   hosts_reconciled_ += static_cast<int64_t>(batch_hosts.size());
+  PassTimer timer(batch_hosts.size());
   std::map<std::string, absl::Status> result;
   // Every write up to this revision is in what ReadObjects reads (a RolloutPolicy's status
   // says so: `rollout status --watch` waits for a pass that saw the change).
@@ -398,8 +424,10 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     for (const std::string& h : batch_hosts) result[h] = objects.status();
     return result;
   }
+  timer.Phase("read objects");
   std::map<std::string, std::shared_ptr<HostConnection>> links;
   std::map<std::string, HostView> views = Views(&links);
+  timer.Phase("views");
   std::set<std::string> batch;
   for (const std::string& h : batch_hosts) {
     if (!links.count(h)) {
@@ -439,6 +467,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   RolloutPass rollout =
       rollouts_.Step(objects->hosts, objects->sets, objects->instances, objects->policies, views, *serving,
                      read_revision.ok() ? *read_revision : 0);
+  timer.Phase("rollouts");
   // Instances a policy holds back are planned with the spec it holds them at.
   std::vector<v1::KernelInstance> held_instances;
   if (!rollout.instance_specs.empty()) {
@@ -452,11 +481,13 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       rollout.instance_specs.empty() ? objects->instances : held_instances;
   FleetPlan fleet = PlanFleet(objects->hosts, views, planned_instances, objects->sets, InFlightPlacements(views),
                               retry, rollout.member_specs, rollout.set_specs);
+  timer.Phase("plan");
   // (Their status says what holds them: a rollout, not a fault.)
   for (const auto& [instance, why] : rollout.held) fleet.deferred.emplace(instance, why);
   // Changes made outside mkfleet: put back (the plan does) or, driftPolicy Report, withheld.
   LoadStatusCache();
   DriftPass drift = drift_.Step(batch, objects->hosts, views, status_cache_, absl::ToUnixMillis(clock_.Now()), &fleet);
+  timer.Phase("drift");
   {
     auto now_serving = std::make_shared<Serving>();
     std::map<std::pair<std::string, std::string>, std::string> names;
@@ -490,6 +521,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
     outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
   });
+  timer.Phase("send");
   if (options_.shards != nullptr) {
     // Every other member's host gets this pass's plan (not only the hosts of the batch), a
     // host without one (out of this leader's sight) none, and the mark says from which
@@ -540,7 +572,9 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   NoteSent(fleet, views, by_host);
   for (v1::Event& e : rollout.events) events.push_back(std::move(e));
   for (v1::Event& e : drift.events) events.push_back(std::move(e));
+  timer.Phase("publish");
   RecordStatuses(batch, *objects, fleet, views, by_host, rollout, drift, std::move(events));
+  timer.Phase("statuses");
   FinalizeDrained(fleet);
   // A rollout under way moves on with time too (minReady, healthTimeout): another pass soon.
   if (rollout.active && !objects->hosts.empty()) queue_.AddAfter(objects->hosts.front().metadata().name(), kRolloutTick);
@@ -561,6 +595,10 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   last_plan_seen_ = std::move(plan_seen);
   for (const std::string& h : others) queue_.Add(h);
   if (options_.keep_last_plan) last_plan_ = std::move(fleet);
+  timer.Phase("requeue");
+  if (options_.slow_pass > absl::ZeroDuration() && timer.Total() >= options_.slow_pass) {
+    Log() << timer.Line() << "\n";
+  }
   return result;
 }
 

@@ -82,6 +82,8 @@ struct ReconcilerOptions {
   // (Election::IsLeader). A follower's loop keeps its connections and views and runs no
   // pass.
   std::function<bool()> may_act;
+  // A pass that takes at least this long (wall clock) logs its phases; zero: none does.
+  absl::Duration slow_pass = absl::Seconds(1);
   // What a host without spec.driftPolicy does about changes made outside mkfleet.
   mkfleet::v1::DriftPolicy drift_policy = mkfleet::v1::DRIFT_CORRECT;
   // A sharded control plane (mkcontroller --shards; null: not sharded): which hosts this
