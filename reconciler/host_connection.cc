@@ -233,15 +233,15 @@ void ConnectionPool::Add(const std::shared_ptr<HostConnection>& c) {
   // stream may call).
   const HostConnection* key = c.get();
   std::shared_ptr<Core> core = core_;
-  c->SetOnStream([core, key](WatchStream& stream) { stream.SetWake([core, key] { core->Wake(key); }); });
+  c->SetOnStream([core, key](WatchStream& stream) { stream.SetWake([core, key] { core->Wake(key, true); }); });
   {
     absl::MutexLock lock(&core_->mu);
     core_->entries[key].c = c;
   }
-  core_->Wake(key);
+  core_->Wake(key, false);
 }
 
-void ConnectionPool::Core::Wake(const HostConnection* key) {
+void ConnectionPool::Core::Wake(const HostConnection* key, bool streamed_wake) {
   absl::MutexLock lock(&mu);
   auto it = entries.find(key);
   if (it == entries.end() || stopping) return;
@@ -250,7 +250,7 @@ void ConnectionPool::Core::Wake(const HostConnection* key) {
     e.again = true;
   } else if (!e.queued) {
     e.queued = true;
-    ready.push_back(key);
+    (streamed_wake ? streamed : ready).push_back(key);
   }
 }
 
@@ -273,15 +273,18 @@ void ConnectionPool::Run() {
             core.ready.push_back(it->first);
           }
         }
-        if (!core.ready.empty()) break;
+        if (!core.streamed.empty() || !core.ready.empty()) break;
         absl::Duration wait = core.timers.empty()
                                   ? absl::Milliseconds(200)
                                   : std::min(absl::Milliseconds(200), core.timers.begin()->first - now);
-        auto has_work = [&core]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(core.mu) { return !core.ready.empty() || core.stopping; };
+        auto has_work = [&core]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(core.mu) {
+          return !core.streamed.empty() || !core.ready.empty() || core.stopping;
+        };
         core.mu.AwaitWithTimeout(absl::Condition(&has_work), std::max(wait, absl::Milliseconds(1)));
       }
-      key = core.ready.front();
-      core.ready.pop_front();
+      std::deque<const HostConnection*>& from = core.streamed.empty() ? core.ready : core.streamed;
+      key = from.front();
+      from.pop_front();
       auto it = core.entries.find(key);
       if (it == core.entries.end()) continue;
       c = it->second.c.lock();
@@ -300,10 +303,10 @@ void ConnectionPool::Run() {
       if (it != core.entries.end()) {
         Entry& e = it->second;
         e.running = false;
-        if (e.again) {
+        if (e.again) {  // woken while it ran: by its stream
           e.again = false;
           e.queued = true;
-          core.ready.push_back(key);
+          core.streamed.push_back(key);
         } else if (retry) {
           core.timers.emplace(*retry, key);
         }

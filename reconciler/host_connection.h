@@ -158,7 +158,8 @@ class HostConnection {
 
 // ConnectionPool: drives many HostConnections on a few threads. A connection is polled when
 // its stream wakes it (a message, its end) and when its retry is due; never by two threads
-// at once. Connecting (Inventory) holds a thread for up to the call timeout.
+// at once; what streams bring before connects. Connecting (Inventory) holds a thread for
+// up to the call timeout.
 // Thread-safety: Add from any thread.
 class ConnectionPool {
  public:
@@ -181,9 +182,14 @@ class ConnectionPool {
   // What the streams' wake-ups reach: shared with them, so that one after the pool is gone
   // finds it stopped instead of freed. Connections are keyed by address (see Add).
   struct Core {
-    void Wake(const HostConnection* key);
+    // `streamed`: woken by its stream (a message, its end), not to connect.
+    void Wake(const HostConnection* key, bool streamed);
     absl::Mutex mu;
     std::map<const HostConnection*, Entry> entries ABSL_GUARDED_BY(mu);
+    // Connections woken by their streams go first, then those to connect: a connect holds
+    // a thread for a round trip and a handshake, and thousands of them wait at a start;
+    // a connected host's messages must not wait behind them.
+    std::deque<const HostConnection*> streamed ABSL_GUARDED_BY(mu);
     std::deque<const HostConnection*> ready ABSL_GUARDED_BY(mu);
     std::multimap<absl::Duration, const HostConnection*> timers ABSL_GUARDED_BY(mu);
     bool stopping ABSL_GUARDED_BY(mu) = false;

@@ -3,6 +3,8 @@
 
 #include <atomic>
 
+#include "absl/strings/str_cat.h"
+
 #include "agents/testing/served_agent.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -136,6 +138,65 @@ TEST_F(HostConnectionTest, APoolDrivesConnectionsWithoutAThreadEach) {
   pool.reset();
   EXPECT_LT(absl::Now() - before, absl::Seconds(2));
   EXPECT_GE(changes.load(), 4);
+}
+
+// An agent that takes its time to answer Inventory (a TLS handshake on a busy machine), and
+// then is not there.
+class SlowAgentClient final : public AgentClient {
+ public:
+  explicit SlowAgentClient(std::atomic<int>* calls) : calls_(calls) {}
+  absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration) override {
+    absl::SleepFor(absl::Milliseconds(20));
+    ++*calls_;
+    return absl::UnavailableError("slow agent: not there");
+  }
+  std::unique_ptr<WatchStream> Watch(const v1::WatchRequest&) override { return nullptr; }
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch&, absl::Duration) override {
+    return absl::UnavailableError("slow agent: not there");
+  }
+  absl::Status SetPolicy(const v1::SetPolicyRequest&, absl::Duration) override {
+    return absl::UnavailableError("slow agent: not there");
+  }
+
+ private:
+  std::atomic<int>* calls_;
+};
+
+// A controller starting before thousands of agents connects to all of them through a few
+// threads. What a connected host's stream brings goes before the connects still waiting:
+// else no host counts as connected (and none is reconciled) until every connect was tried.
+TEST_F(HostConnectionTest, APoolFoldsAConnectedHostsStreamBeforeConnectingTheOthers) {
+  std::atomic<int> slow_calls{0};
+  std::atomic<int> calls_when_connected{-1};
+  auto pool = std::make_unique<ConnectionPool>(Clock::Real(), 1);
+  HostConnectionOptions options;
+  std::atomic<HostConnection*> watched{nullptr};
+  options.on_change = [&](const std::string&) {
+    HostConnection* c = watched.load();
+    if (calls_when_connected.load() < 0 && c != nullptr && c->View().connected) calls_when_connected = slow_calls.load();
+  };
+  auto conn = std::make_shared<HostConnection>("node-a", Address(), NewGrpcAgentClient(Address()), Clock::Real(),
+                                               options);
+  watched = conn.get();
+  std::vector<std::shared_ptr<HostConnection>> slow;
+  for (int i = 0; i < 40; ++i) {
+    slow.push_back(std::make_shared<HostConnection>(absl::StrCat("slow-", i), "slow:0",
+                                                    std::make_unique<SlowAgentClient>(&slow_calls), Clock::Real()));
+  }
+  pool->Add(conn);
+  for (auto& s : slow) pool->Add(s);
+  ASSERT_TRUE(Eventually(*conn, [](const HostView& v) { return v.connected; })) << conn->View().error;
+  for (int i = 0; i < 500 && calls_when_connected.load() < 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  // Its stream's first message came while the others were still waiting to be tried.
+  EXPECT_GE(calls_when_connected.load(), 0);
+  EXPECT_LE(calls_when_connected.load(), 5) << "of 40 slow connects tried before the connected host was folded";
+  for (auto& c : slow) c->Cancel();
+  conn->Cancel();
+  for (auto& c : slow) c->Stop();
+  conn->Stop();
+  slow.clear();
+  conn.reset();
+  pool.reset();
 }
 
 }  // namespace
