@@ -335,10 +335,20 @@ TEST_P(ContractTest, CrashAndHangDetection) {
   ASSERT_TRUE(emu_->InjectHang("web-1").ok());
   EXPECT_EQ(State(), v1::KERNEL_STATE_ACTIVE);  // a hang stays active ...
   EXPECT_FALSE(emu_->Probe("web-1"));           // ... but the probe fails
+  const uint64_t before = emu_->Generation();
   absl::Status s = hk_->Halt("web-1", false);
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(s.message(), HasSubstr("ETIMEDOUT"));
   EXPECT_EQ(State(), v1::KERNEL_STATE_FAILED);
+  // The halt that timed out changed the kernel: its change tracking says so, and an
+  // observation shows it (sim seed 30103: an agent kept publishing it active, and the
+  // controller kept sending a delete that expected it active).
+  EXPECT_GT(emu_->Generation(), before);
+  auto seen = hk_->ObserveShared();
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  bool failed = false;
+  for (const auto& in : (*seen)->instances) failed |= in.name == "web-1" && in.state == v1::KERNEL_STATE_FAILED;
+  EXPECT_TRUE(failed);
   ASSERT_TRUE(hk_->Halt("web-1", true).ok());  // a forced halt rescues it
   EXPECT_EQ(State(), v1::KERNEL_STATE_LOADED);
 }

@@ -100,6 +100,9 @@ struct FleetPlan {
   std::set<std::string> frozen_sets;
 };
 
+// `keep_sets`: sets that keep exactly the members they have (as frozen_sets, without being
+// reported there): a plan of part of the fleet (Reconciler's early send) must not add or
+// remove members it cannot see the rest of.
 // `in_flight`: requests whose create was sent but whose kernel the views do not show yet,
 // where they were sent: planned there as if they ran (kept, their resources held; first to
 // go when their set shrinks), so a pass in between does not place them again elsewhere.
@@ -109,7 +112,8 @@ FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<
                     const std::map<std::string, mkfleet::v1::Placement>& in_flight = {},
                     const std::set<std::string>& morph_retry = {},
                     const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {},
-                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& set_specs = {});
+                    const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& set_specs = {},
+                    const std::set<std::string>& keep_sets = {});
 
 }  // namespace mkfleet::reconciler
 

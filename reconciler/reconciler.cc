@@ -58,6 +58,14 @@ class PassTimer {
   std::vector<std::pair<const char*, absl::Duration>> phases_;
 };
 
+// A put of a KernelInstance fixed to a host (spec.host).
+bool IsPinnedInstancePut(const Event& e) {
+  absl::string_view key = e.key;
+  if (e.type != Event::Type::kPut || !absl::ConsumePrefix(&key, "/objects/KernelInstance/")) return false;
+  v1::Object o;
+  return o.ParseFromString(e.value) && !o.kernel_instance().spec().host().empty();
+}
+
 // Runs fn(i) for i in [0, n) on up to `parallel` threads (the caller's alone for 1).
 void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& fn) {
   std::atomic<size_t> next{0};
@@ -325,6 +333,15 @@ void Reconciler::PollStore(absl::Duration wait) {
     // Only object changes matter; the loop's own status writes must not wake it.
     auto events = store_.EventsSince(seen_revision_, "/objects/");
     changed |= !events.ok() || !events->empty();
+    // What an early send may follow: puts of pinned KernelInstances only.
+    if (!events.ok()) {
+      nonlocal_revision_ = *next;
+    } else {
+      for (const Event& e : *events) {
+        if (!IsPinnedInstancePut(e)) nonlocal_revision_ = std::max(nonlocal_revision_.load(), e.revision);
+      }
+    }
+    classified_revision_ = *next;
     some = some && events.ok() && HostsConcerned(*events, &concerned);
     // A sharded member sends published work only once the leader has planned from these.
     if (!events.ok()) {
@@ -415,6 +432,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   ++passes_;
   hosts_reconciled_ += static_cast<int64_t>(batch_hosts.size());
   PassTimer timer(batch_hosts.size());
+  if (EarlySend(batch_hosts)) timer.Phase("early send");
   std::map<std::string, absl::Status> result;
   // Every write up to this revision is in what ReadObjects reads (a RolloutPolicy's status
   // says so: `rollout status --watch` waits for a pass that saw the change).
@@ -570,6 +588,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     by_host[order[i]] = std::move(outcomes[i]);
   }
   NoteSent(fleet, views, by_host);
+  NoteSettled(fleet, *objects, rollout, views, retry, read_revision.ok() ? *read_revision : -1);
   for (v1::Event& e : rollout.events) events.push_back(std::move(e));
   for (v1::Event& e : drift.events) events.push_back(std::move(e));
   timer.Phase("publish");

@@ -5,6 +5,16 @@
 // those hosts its plan in one fenced batch (hosts in parallel) and its local policies, then
 // records statuses (ComputeStatuses) and events in one store transaction each.
 //
+// Early send: a pass whose batch hosts are concerned only by changes of KernelInstances
+// pinned to them (spec.host), while the last whole pass found nothing waiting, held or
+// unschedulable anywhere (no rollout, no RolloutPolicy), nothing to do on those hosts and
+// nothing on its way to them, and their views have not changed since, first plans just those hosts (their
+// pinned instances, what runs there, sets keeping exactly their members) and sends them
+// that, then plans the whole fleet as always. A change then reaches its agent without
+// waiting for a plan of 10,000 hosts; the whole pass that follows finds the same actions
+// (same ids: the agent runs them once). It sends early only actions for those pinned
+// instances; anything else (a set member, an instance elsewhere) leaves it to the pass.
+//
 // Failures: a host whose call fails backs off (5 ms doubling to 1000 s); an instance whose
 // action fails backs off on its own (its actions are held back, the host's others go on).
 // Action ids are deterministic per (plan step, observed version) and the agent journals
@@ -82,6 +92,12 @@ struct ReconcilerOptions {
   // (Election::IsLeader). A follower's loop keeps its connections and views and runs no
   // pass.
   std::function<bool()> may_act;
+  // Early sends (see Reconciler); false: every pass plans the whole fleet before it sends.
+  bool early_send = true;
+  // Early sends: also plan the whole fleet from the same inputs and send
+  // early only when the batch hosts' actions are the same (a mismatch is counted and
+  // logged, nothing goes early). For the simulation and tests: it costs a whole plan.
+  bool check_early_sends = false;
   // A pass that takes at least this long (wall clock) logs its phases; zero: none does.
   absl::Duration slow_pass = absl::Seconds(1);
   // What a host without spec.driftPolicy does about changes made outside mkfleet.
@@ -145,6 +161,10 @@ class Reconciler {
   // The hosts of all passes' batches, summed (a pass over 3 hosts counts 3).
   int64_t hosts_reconciled() const { return hosts_reconciled_.load(); }
   int64_t status_writes() const { return status_writes_.load(); }
+  // Batches sent early (see above), and with check_early_sends, those whose whole-fleet
+  // plan differed (a defect: then nothing was sent early).
+  int64_t early_sends() const { return early_sends_.load(); }
+  int64_t early_send_mismatches() const { return early_send_mismatches_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
   // The last pass's plan (for tests and the simulation's invariants).
@@ -182,6 +202,13 @@ class Reconciler {
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
                       const RolloutPass& rollouts, const DriftPass& drift, std::vector<mkfleet::v1::Event> events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // The early send for `batch` when it may go (see the class comment); false otherwise.
+  bool EarlySend(const std::vector<std::string>& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // After a whole pass: whether it found nothing waiting anywhere, and which hosts it found
+  // with nothing to do, for the next early send.
+  void NoteSettled(const FleetPlan& fleet, const Objects_& objects, const RolloutPass& rollout,
+                   const std::map<std::string, HostView>& views, const std::set<std::string>& retry,
+                   int64_t read_revision) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   // Reads the stored statuses into status_cache_ if they are not there (or may be stale).
   void LoadStatusCache() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   void FinalizeDrained(const FleetPlan& fleet);
@@ -269,6 +296,21 @@ class Reconciler {
   std::map<std::string, std::pair<size_t, bool>> work_sent_ ABSL_GUARDED_BY(shard_mu_);
   std::map<std::string, std::string> reported_ ABSL_GUARDED_BY(shard_mu_);
 
+  // The last whole pass, when it found nothing waiting anywhere: the store revision of its
+  // objects, and the view version of each host it found with nothing to do.
+  struct Settled {
+    bool valid = false;
+    int64_t read_revision = -1;
+    std::map<std::string, int64_t> versions;
+    std::map<std::string, std::string> standby_host;  // instance -> its warm standby's host
+  };
+  Settled settled_ ABSL_GUARDED_BY(pass_mu_);
+  // The store watcher's: the newest object change that is not a put of a pinned
+  // KernelInstance, and the revision up to which it has looked at every change.
+  std::atomic<int64_t> nonlocal_revision_{0};
+  std::atomic<int64_t> classified_revision_{0};
+  std::atomic<int64_t> early_sends_{0};
+  std::atomic<int64_t> early_send_mismatches_{0};
   std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};
   std::atomic<int64_t> hosts_reconciled_{0};

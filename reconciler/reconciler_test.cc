@@ -280,3 +280,47 @@ TEST_F(ReconcilerTest, SetMembersHaveStatusAndTheSetCountsThem) {
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// A change of a pinned instance on a settled fleet goes to its agent before the whole
+// fleet is planned (checked against the whole plan: the same actions); a change that may
+// concern any host (an instance with no host) waits for the whole pass.
+TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetIsSentEarlyAndMatchesTheWholePlan) {
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(200);
+  options.check_early_sends = true;
+  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
+  reconciler_->Start();
+  v1::Object set;
+  v1::InstanceSet* s = set.mutable_instance_set();
+  s->mutable_metadata()->set_name("cache");
+  s->mutable_spec()->set_replicas(1);
+  *s->mutable_spec()->mutable_template_()->mutable_spec() = Instance("x", 2).kernel_instance().spec();
+  s->mutable_spec()->mutable_template_()->mutable_spec()->clear_host();
+  ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2), set}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto o = objects_->Get("KernelInstance", "web-1");
+    return o.ok() && o->has_value() && (*o)->kernel_instance().status().phase() == "Running" &&
+           StateOf("cache-node-a-0") == v1::KERNEL_STATE_ACTIVE;
+  })) << agent_->Snapshot().DebugString();
+  absl::SleepFor(absl::Milliseconds(600));  // resyncs: a pass finds the fleet settled
+  EXPECT_EQ(reconciler_->early_sends(), 0);
+  ASSERT_TRUE(objects_->Apply({Instance("web-2", 2)}, ApplyOptions{"t2", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] { return StateOf("web-2") == v1::KERNEL_STATE_ACTIVE; }));
+  EXPECT_EQ(reconciler_->early_sends(), 1);
+  EXPECT_EQ(reconciler_->early_send_mismatches(), 0);
+  // What ran early is what the plan wanted: the pass after sends nothing more for it.
+  EXPECT_EQ(StateOf("cache-node-a-0"), v1::KERNEL_STATE_ACTIVE);
+  absl::SleepFor(absl::Milliseconds(600));
+  v1::Object loose = Instance("web-3", 2);
+  loose.mutable_kernel_instance()->mutable_spec()->clear_host();
+  ASSERT_TRUE(objects_->Apply({loose}, ApplyOptions{"t3", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] { return StateOf("web-3") == v1::KERNEL_STATE_ACTIVE; }));
+  EXPECT_EQ(reconciler_->early_sends(), 1) << "an instance with no host may go anywhere: the whole pass places it";
+  EXPECT_EQ(reconciler_->early_send_mismatches(), 0);
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

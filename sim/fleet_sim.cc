@@ -598,6 +598,8 @@ reconciler::ReconcilerOptions World::LoopOptions(int member) {
   ro.unreachable_after = absl::Seconds(2);
   ro.parallel_sends = 1;
   ro.history_window = 300;
+  ro.early_send = o_.early_send;
+  ro.check_early_sends = true;  // (n)
   // Time runs compressed here (resync 1 s): so do the retries' longest waits.
   ro.host_backoff_max = absl::Seconds(2);
   ro.instance_backoff_max = absl::Seconds(2);
@@ -717,7 +719,10 @@ void World::PeerFault() {
 }
 
 void World::KillController(const std::string& why) {
-  if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  if (reconciler_ != nullptr) {
+    result_.actions += reconciler_->actions_sent();
+    result_.early_sends += reconciler_->early_sends();
+  }
   sources_.reset();
   reconciler_.reset();
   events_.reset();
@@ -1493,6 +1498,10 @@ void World::NoteApplied() {
 
 absl::Status World::CheckStep() {
   if (!violation_.ok()) return violation_;
+  // (n) what went early is what the whole plan sends.
+  if (reconciler_ != nullptr && reconciler_->early_send_mismatches() > 0) {
+    return Fail("(n): an early send differed from the whole fleet's plan for its hosts");
+  }
   // (m) one owner per host at every step.
   if (o_.shards > 0 && shard_map_ != nullptr && peer_ != nullptr) {
     for (const auto& host : hosts_) {
@@ -1997,7 +2006,10 @@ SimResult World::Run() {
   result_.status = s;
   result_.trace_hash = hash_;
   result_.steps = step_;
-  if (reconciler_ != nullptr) result_.actions += reconciler_->actions_sent();
+  if (reconciler_ != nullptr) {
+    result_.actions += reconciler_->actions_sent();
+    result_.early_sends += reconciler_->early_sends();
+  }
   if (peer_ != nullptr) result_.actions += peer_->loop->actions_sent();
   result_.tail.assign(tail_.begin(), tail_.end());
   // The controllers go before the agents they hold clients to.
@@ -2017,7 +2029,8 @@ SimResult RunFleetSim(const SimOptions& options) {
 
 std::string ReplayCommand(const SimOptions& o) {
   return absl::StrCat("bazel run //sim:mkfleet_sim -- --seed ", o.seed, " --hosts ", o.hosts, " --steps ", o.steps,
-                      o.shards > 0 ? absl::StrCat(" --shards ", o.shards) : "", o.faults ? "" : " --no-faults", " --verbose");
+                      o.shards > 0 ? absl::StrCat(" --shards ", o.shards) : "", o.faults ? "" : " --no-faults",
+                      o.early_send ? "" : " --no-early-send", " --verbose");
 }
 
 }  // namespace mkfleet::sim

@@ -30,6 +30,8 @@
 //      it what the leader publishes (reconciler/shards.h); it is killed and cut off from the
 //      store now and then. At no step do two members own one host, and no batch or policy
 //      reaches an agent from a member that does not own its host;
+//  (n) a change sent early (Reconciler's early send: pinned instances on a settled fleet)
+//      is what the whole fleet's plan sends those hosts (checked at every early send);
 // and, once faults stop, that the fleet converges within a bounded number of steps and a
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
@@ -55,6 +57,7 @@ struct SimOptions {
   int steps = 600;          // steps of workload and faults
   int settle_steps = 1200;  // the bound for convergence once faults stop
   bool faults = true;       // network faults and crashes
+  bool early_send = true;   // the controller's early sends (reconciler.h); (n) checks each
   std::string dir;          // scratch directory (state dirs, kernel images); required
   bool verbose = false;     // print the trace as it goes
   int shards = 0;           // > 0: a sharded control plane of the controller and a peer
@@ -68,6 +71,7 @@ struct SimResult {
   int64_t faults = 0;
   int64_t drift_changes = 0;  // out-of-band changes made to managed kernels (kerf-*)
   int64_t actions = 0;  // actions the controller sent
+  int64_t early_sends = 0;  // batches the controller sent early (each checked by (n))
   std::vector<std::string> tail;  // the last lines of the trace
 };
 

@@ -469,6 +469,7 @@ absl::Status EmulatedKernel::Reboot(uint32_t cmd, uint32_t instance_id) {
       if (in->status != "active" || in->halted_at) return Inval("halt", absl::StrCat("the instance is ", in->status));
       if (in->hung) {
         Stopped(*in, "failed");  // it never quiesces: the kernel gives up after 30 s
+        Save();                  // a change like any other: kept, and its generation moves
         return ErrnoStatus(ETIMEDOUT, "halt", "the instance did not shut down");
       }
       ++counters_.halts;

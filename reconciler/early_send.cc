@@ -1,0 +1,200 @@
+// Reconciler's early send (reconciler.h): a change of pinned KernelInstances on a settled
+// fleet goes to its hosts before the whole fleet is planned.
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "reconciler/reconciler.h"
+
+namespace mkfleet::reconciler {
+namespace {
+
+namespace v1 = mkfleet::v1;
+
+std::vector<std::string> ActionIds(const Plan& plan) {
+  std::vector<std::string> ids;
+  for (const v1::Action& a : plan.actions) ids.push_back(a.id());
+  return ids;
+}
+
+}  // namespace
+
+void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, const RolloutPass& rollout,
+                             const std::map<std::string, HostView>& views, const std::set<std::string>& retry,
+                             int64_t read_revision) {
+  settled_.valid = false;
+  settled_.versions.clear();
+  settled_.standby_host.clear();
+  if (options_.shards != nullptr || read_revision < 0) return;
+  // Nothing waits for room, for a host, for a rollout or for a decision of this pass's.
+  // (A host's problems, such as a pool device its topology lacks, are its own: a host
+  // left out has no plan, and an early send needs one.)
+  if (!fleet.unschedulable.empty() || !fleet.infeasible.empty() || !fleet.waiting.empty() || !fleet.deferred.empty() ||
+      !fleet.drift_held.empty() || !fleet.pool_changes.empty() || !fleet.frozen_sets.empty() || !fleet.drained.empty()) {
+    return;
+  }
+  if (rollout.active || !rollout.member_specs.empty() || !rollout.set_specs.empty() || !rollout.instance_specs.empty() ||
+      !rollout.held.empty() || !objects.policies.empty() || !retry.empty()) {
+    return;
+  }
+  // The hosts with nothing to do: what an early send may plan anew.
+  for (const auto& [host, plan] : fleet.hosts) {
+    auto v = views.find(host);
+    if (plan.actions.empty() && v != views.end()) {
+      settled_.versions.emplace_hint(settled_.versions.end(), host, v->second.state_version);
+    }
+  }
+  // Warm standbys may run on another host than their instance's.
+  for (const auto& [request, p] : fleet.planned) {
+    if (!p.standby_for.empty()) settled_.standby_host[p.standby_for] = p.host;
+  }
+  settled_.read_revision = read_revision;
+  settled_.valid = true;
+}
+
+bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
+  if (!options_.early_send || !settled_.valid || options_.shards != nullptr || !Leading()) return false;
+  const absl::StatusOr<int64_t> revision = store_.Revision();
+  // Every object change up to now was looked at, and each was a pinned instance's put.
+  if (!revision.ok() || classified_revision_.load() < *revision ||
+      nonlocal_revision_.load() > settled_.read_revision) {
+    return false;
+  }
+  {
+    absl::MutexLock lock(&served_mu_);
+    if (!morph_retry_.empty()) return false;
+  }
+  const std::set<std::string> in_batch(batch.begin(), batch.end());
+  for (const auto& [request, f] : in_flight_) {
+    if (in_batch.count(f.placement.host())) return false;  // a create on its way there
+  }
+  // The batch hosts, connected, as the last pass saw them with nothing to do.
+  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const std::string& h : batch) {
+      auto c = connections_.find(h);
+      if (c == connections_.end()) return false;
+      links[h] = c->second.link;
+    }
+  }
+  std::map<std::string, HostView> views;
+  for (const auto& [h, link] : links) {
+    HostView v = link->View();
+    auto seen = settled_.versions.find(h);
+    if (!v.connected || seen == settled_.versions.end() || seen->second != v.state_version) return false;
+    views[h] = std::move(v);
+  }
+  auto instance_objects = objects_.ListSpecs("KernelInstance");
+  auto set_objects = objects_.ListSpecs("InstanceSet");
+  auto policy_objects = objects_.ListSpecs("RolloutPolicy");
+  if (!instance_objects.ok() || !set_objects.ok() || !policy_objects.ok() || !policy_objects->empty()) return false;
+  std::vector<v1::Host> hosts;
+  for (const std::string& h : batch) {
+    auto o = objects_.Get("Host", h);
+    if (!o.ok() || !o->has_value()) return false;
+    const v1::Host& host = (*o)->host();
+    v1::DriftPolicy drift = host.spec().drift_policy() == v1::DRIFT_POLICY_UNSPECIFIED ? options_.drift_policy
+                                                                                         : host.spec().drift_policy();
+    if (host.metadata().deletion_unix_ms() != 0 || drift == v1::DRIFT_REPORT) return false;
+    hosts.push_back(host);
+  }
+  // What was read is the store at `revision`: nothing written meanwhile.
+  const absl::StatusOr<int64_t> after = store_.Revision();
+  if (!after.ok() || *after != *revision) return false;
+  std::shared_ptr<const Serving> serving;
+  {
+    absl::MutexLock lock(&served_mu_);
+    serving = serving_;
+  }
+  // The batch hosts' instances: those pinned there and those running there; one moving
+  // between a batch host and another is left to the whole pass.
+  std::vector<v1::KernelInstance> instances;
+  std::map<std::string, std::string> pinned;  // instance -> its host
+  for (v1::Object& o : *instance_objects) {
+    v1::KernelInstance& ki = *o.mutable_kernel_instance();
+    const std::string& name = ki.metadata().name();
+    auto s = serving->find(name);
+    const bool runs_here = s != serving->end() && in_batch.count(s->second.first);
+    const bool pinned_here = in_batch.count(ki.spec().host()) > 0;
+    if (!runs_here && !pinned_here) continue;
+    if (s != serving->end() && ki.spec().host() != s->second.first) return false;
+    // Its standby elsewhere: this part of the fleet cannot see it.
+    auto standby = settled_.standby_host.find(name);
+    if (standby != settled_.standby_host.end() && !in_batch.count(standby->second)) return false;
+    if (pinned_here) pinned[name] = ki.spec().host();
+    instances.push_back(std::move(ki));
+  }
+  std::vector<v1::InstanceSet> sets;
+  std::set<std::string> keep;
+  for (v1::Object& o : *set_objects) {
+    keep.insert(o.instance_set().metadata().name());
+    sets.push_back(std::move(*o.mutable_instance_set()));
+  }
+  FleetPlan part = PlanFleet(hosts, views, instances, sets, {}, {}, {}, {}, keep);
+  if (!part.unschedulable.empty() || !part.infeasible.empty() || !part.waiting.empty() || !part.deferred.empty() ||
+      !part.pool_changes.empty() || !part.drained.empty()) {
+    return false;
+  }
+  // Only the pinned instances' actions go early.
+  bool any = false;
+  for (const std::string& h : batch) {
+    auto plan = part.hosts.find(h);
+    if (plan == part.hosts.end()) return false;
+    std::map<std::string, std::string> kernel_of;  // kernel -> the pinned instance it serves
+    for (const std::string& request : part.planned_on[h]) {
+      const PlannedInstance& p = part.planned.at(request);
+      const std::string& object = p.standby_for.empty() ? request : p.standby_for;
+      if (p.owner.empty() && pinned.count(object) && pinned[object] == h) kernel_of[p.kernel] = object;
+    }
+    for (const v1::Action& a : plan->second.actions) {
+      if (!kernel_of.count(a.instance())) return false;
+      any = true;
+    }
+  }
+  if (!any) return false;
+  if (options_.check_early_sends) {
+    // The whole pass's plan from the same store revision and views (a settled fleet: no
+    // rollout, nothing in flight).
+    auto objects = ReadObjects();
+    if (!objects.ok()) return false;
+    std::map<std::string, std::shared_ptr<HostConnection>> all_links;
+    std::map<std::string, HostView> all_views = Views(&all_links);
+    for (const auto& [h, v] : views) all_views[h] = v;
+    FleetPlan whole = PlanFleet(objects->hosts, all_views, objects->instances, objects->sets);
+    for (const std::string& h : batch) {
+      auto w = whole.hosts.find(h);
+      const std::vector<std::string> early = ActionIds(part.hosts.at(h));
+      const std::vector<std::string> full = w == whole.hosts.end() ? std::vector<std::string>() : ActionIds(w->second);
+      if (early != full) {
+        ++early_send_mismatches_;
+        Log() << "early send to " << h << " differs from the whole plan: early [" << absl::StrJoin(early, ", ")
+              << "], whole [" << absl::StrJoin(full, ", ") << "]\n";
+        return false;
+      }
+    }
+  }
+  std::map<std::string, HostOutcome> outcomes;
+  std::vector<v1::Event> events;
+  for (const std::string& h : batch) {
+    const Plan& plan = part.hosts.at(h);
+    if (plan.actions.empty()) continue;
+    if (options_.check_early_sends) Log() << "early send to " << h << ": " << absl::StrJoin(ActionIds(plan), " ") << "\n";
+    HostOutcome o = dispatcher_.Send(h, *links.at(h), plan, part);
+    for (v1::Event& e : o.events) events.push_back(std::move(e));
+    o.events.clear();
+    outcomes[h] = std::move(o);
+  }
+  NoteSent(part, views, outcomes);
+  if (events_ != nullptr && !events.empty()) {
+    absl::Status s = events_->RecordAll(std::move(events));
+    if (!s.ok()) Log() << "events: " << s.message() << "\n";
+  }
+  ++early_sends_;
+  return true;
+}
+
+}  // namespace mkfleet::reconciler
