@@ -273,6 +273,11 @@ int main(int argc, char** argv) {
   // ms). At most every 10 s, what is free beyond 64 MiB goes back: a quiet controller
   // shrinks after a burst, and its next pass (at 1,000 hosts one frees about 40 MiB) finds
   // its pages still mapped.
+  // Spans go back to the system as soon as they are free: a fleet connecting while passes
+  // run interleaves what stays (views, statuses, baselines) with what a pass frees, and the
+  // free pages between them stayed mapped (fleet_bench, 1,000 hosts: peak RSS 305-308 MiB
+  // -> ~291 MiB).
+  MallocExtension::instance()->SetNumericProperty("tcmalloc.aggressive_memory_decommit", 1);
   ro.after_pass = [last = absl::Now()]() mutable {
     if (absl::Now() - last < absl::Seconds(10)) return;
     last = absl::Now();
