@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/deterministic.h"
 #include "reconciler/reconciler.h"
 
 namespace mkfleet::reconciler {
@@ -18,6 +19,13 @@ std::vector<std::string> ActionIds(const Plan& plan) {
   std::vector<std::string> ids;
   for (const v1::Action& a : plan.actions) ids.push_back(a.id());
   return ids;
+}
+
+// The actions whole (their ids say which step of which change, not on which CPUs).
+std::vector<std::string> ActionBytes(const Plan& plan) {
+  std::vector<std::string> out;
+  for (const v1::Action& a : plan.actions) out.push_back(DeterministicBytes(a));
+  return out;
 }
 
 }  // namespace
@@ -169,7 +177,15 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
       auto w = whole.hosts.find(h);
       const std::vector<std::string> early = ActionIds(part.hosts.at(h));
       const std::vector<std::string> full = w == whole.hosts.end() ? std::vector<std::string>() : ActionIds(w->second);
-      if (early != full) {
+      const bool same = w != whole.hosts.end() && ActionBytes(part.hosts.at(h)) == ActionBytes(w->second);
+      if (!same) {
+        if (early == full) {
+          for (size_t i = 0; i < early.size(); ++i) {
+            if (DeterministicBytes(part.hosts.at(h).actions[i]) == DeterministicBytes(w->second.actions[i])) continue;
+            Log() << "early send to " << h << ": " << early[i] << " differs: early " << part.hosts.at(h).actions[i].ShortDebugString()
+                  << " whole " << w->second.actions[i].ShortDebugString() << "\n";
+          }
+        }
         ++early_send_mismatches_;
         Log() << "early send to " << h << " differs from the whole plan: early [" << absl::StrJoin(early, ", ")
               << "], whole [" << absl::StrJoin(full, ", ") << "]\n";
