@@ -67,6 +67,14 @@ class TrackedAgent {
     while (agent->TickIfDue()) {
     }
   }
+  // Hangs web-1, then offers a pass every 10 ms, `passes` times.
+  void HangAndOffer(int passes) {
+    ASSERT_TRUE(host.emu->InjectHang("web-1").ok());
+    for (int i = 0; i < passes; ++i) {
+      host.clock.Advance(absl::Milliseconds(10));
+      agent->TickIfDue();
+    }
+  }
   v1::KernelState Observed(const std::string& name) {
     v1::HostState state = agent->Snapshot();
     for (const auto& in : state.instances()) {
@@ -136,11 +144,7 @@ TEST(TickIfDueTest, AHungInstanceIsProbedAtItsHeartbeat) {
   TrackedAgent t("hang");
   t.BootWithRestartPolicy(50, 2);
   // A hang changes nothing a read shows; only the probes find it.
-  ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
-  for (int i = 0; i < 20; ++i) {
-    t.host.clock.Advance(absl::Milliseconds(10));
-    t.agent->TickIfDue();
-  }
+  t.HangAndOffer(20);
   EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
   EXPECT_THAT(t.Reasons("web-1"), Contains("ForceHalted"));
 }
@@ -161,11 +165,7 @@ TEST(TickIfDueTest, AnInstanceThatAnsweredIsProbedAgainOnlyAfterItsKernelChanged
     EXPECT_FALSE(t.agent->TickIfDue()) << "pass " << i << ": nothing changed";
   }
   EXPECT_EQ(t.counter->probes.load(), probed);
-  ASSERT_TRUE(t.host.emu->InjectHang("web-1").ok());
-  for (int i = 0; i < 20; ++i) {
-    t.host.clock.Advance(absl::Milliseconds(10));
-    t.agent->TickIfDue();
-  }
+  t.HangAndOffer(20);
   EXPECT_THAT(t.Reasons("web-1"), Contains("Hung"));
   EXPECT_THAT(t.Reasons("web-1"), Contains("ForceHalted"));
 }
