@@ -188,8 +188,11 @@ class FleetPlacer {
     auto cur = in_.current.begin();
     for (const InstanceRequest* r : by_name) {
       while (cur != in_.current.end() && cur->first < r->name) ++cur;
+      std::string unused;
       if (cur == in_.current.end() || cur->first != r->name) {
         fresh.push_back(r);
+      } else if (in_.hold_current.count(r->name) && engine_.Hold(r->name, cur->second, &unused)) {
+        out_.placements.insert_or_assign(out_.placements.end(), r->name, cur->second);
       } else if (engine_.Keep(*r, cur->second)) {
         v1::Placement p = cur->second;
         p.set_instance_id(r->id);

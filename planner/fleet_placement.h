@@ -43,6 +43,10 @@ struct FleetInput {
   // Held as they are before anything else, by a name of their own.
   std::map<std::string, mkfleet::v1::Placement> fixed;
   std::set<std::string> frozen_sets;
+  // Requests kept exactly where they run (`current`) whatever their spec asks: their
+  // actions are withheld this pass (a RolloutPolicy holds them back), so what their spec
+  // would give back is not free for others.
+  std::set<std::string> hold_current;
   // Set members to remove first when a set shrinks (not ready, failed).
   std::set<std::string> removal_first;
   // More requests, placed after everything else (a live update's surge: `standby_for` its

@@ -207,7 +207,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
                     const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry,
                     const std::map<std::string, const v1::KernelInstanceSpec*>& member_specs,
                     const std::map<std::string, const v1::KernelInstanceSpec*>& set_specs,
-                    const std::set<std::string>& keep_sets) {
+                    const std::set<std::string>& keep_sets, const std::set<std::string>& hold_current) {
   FleetPlan out;
   // A set member's spec: the revision its rollout holds it at, else the one the rollout
   // holds the set's other members at, else the set's template.
@@ -431,6 +431,7 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
   }
   input.frozen_sets = out.frozen_sets;
   input.frozen_sets.insert(keep_sets.begin(), keep_sets.end());
+  input.hold_current = hold_current;
 
   // Instances fixed to a host that takes no part wait for it (they are not unschedulable).
   for (const v1::KernelInstance& ki : instances) {

@@ -100,6 +100,8 @@ struct FleetPlan {
   std::set<std::string> frozen_sets;
 };
 
+// `hold_current`: instances planned exactly where they run whatever their spec (a
+// RolloutPolicy holds their actions back: what their spec would free is not free).
 // `keep_sets`: sets that keep exactly the members they have (as frozen_sets, without being
 // reported there): a plan of part of the fleet (Reconciler's early send) must not add or
 // remove members it cannot see the rest of.
@@ -113,7 +115,8 @@ FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<
                     const std::set<std::string>& morph_retry = {},
                     const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {},
                     const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& set_specs = {},
-                    const std::set<std::string>& keep_sets = {});
+                    const std::set<std::string>& keep_sets = {},
+                    const std::set<std::string>& hold_current = {});
 
 }  // namespace mkfleet::reconciler
 

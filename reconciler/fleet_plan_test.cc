@@ -574,3 +574,43 @@ TEST(PlanFleetTest, ADeviceHandedOverInALiveUpdateIsNotAConflictForTheOldKernel)
 
 }  // namespace
 }  // namespace mkfleet::reconciler
+
+namespace mkfleet::reconciler {
+namespace {
+
+// An instance whose actions are withheld (a RolloutPolicy holds it at an older revision)
+// is planned where it runs: what its held spec would give back is not free for others
+// while it still runs on it (sim seed 30367: a set member was placed on a held instance's
+// CPUs and its create failed EBUSY at every pass).
+TEST(PlanFleetTest, AnInstanceHeldBackKeepsWhatItRunsOn) {
+  std::vector<v1::Host> hosts = {Host("node-a")};
+  std::map<std::string, HostView> views = {{"node-a", Connected()}};
+  // Both NUMA nodes mostly taken (14 + 12 of the pool's 30 CPUs).
+  std::vector<v1::KernelInstance> instances = {Instance("web-1", "node-a", 12), Instance("web-0", "node-a", 14)};
+  FleetPlan first = PlanFleet(hosts, views, instances, {});
+  ASSERT_THAT(first.unschedulable, IsEmpty());
+  RunAsPlaced(first, "node-a", views["node-a"]);
+  const v1::Placement running = first.placements.at("web-1");
+  // Held at a revision with 2 CPUs; a new instance that fits only in what that would free.
+  instances[0].mutable_spec()->mutable_resources()->set_cpus(2);
+  instances[0].mutable_metadata()->set_generation(2);
+  instances.push_back(Instance("web-2", "node-a", 12));
+  auto overlaps = [&](const FleetPlan& plan) {
+    auto w2 = plan.placements.find("web-2");
+    if (w2 == plan.placements.end()) return false;
+    for (uint32_t c : w2->second.cpus()) {
+      for (uint32_t r : running.cpus()) {
+        if (c == r) return true;
+      }
+    }
+    return false;
+  };
+  ASSERT_TRUE(overlaps(PlanFleet(hosts, views, instances, {})))
+      << "the case needs web-2 to fit only on what web-1's shrink frees";
+  FleetPlan held = PlanFleet(hosts, views, instances, {}, {}, {}, {}, {}, {}, {"web-1"});
+  EXPECT_FALSE(overlaps(held));
+  EXPECT_EQ(held.placements.at("web-1").SerializeAsString(), running.SerializeAsString());
+}
+
+}  // namespace
+}  // namespace mkfleet::reconciler

@@ -497,8 +497,11 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   }
   const std::vector<v1::KernelInstance>& planned_instances =
       rollout.instance_specs.empty() ? objects->instances : held_instances;
+  // What a rollout holds back keeps what it runs on: its actions are withheld this pass.
+  std::set<std::string> held;
+  for (const auto& [instance, why] : rollout.held) held.insert(instance);
   FleetPlan fleet = PlanFleet(objects->hosts, views, planned_instances, objects->sets, InFlightPlacements(views),
-                              retry, rollout.member_specs, rollout.set_specs);
+                              retry, rollout.member_specs, rollout.set_specs, {}, held);
   timer.Phase("plan");
   // (Their status says what holds them: a rollout, not a fault.)
   for (const auto& [instance, why] : rollout.held) fleet.deferred.emplace(instance, why);
