@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "proto/deterministic.h"
@@ -26,6 +27,12 @@ std::vector<std::string> ActionBytes(const Plan& plan) {
   std::vector<std::string> out;
   for (const v1::Action& a : plan.actions) out.push_back(DeterministicBytes(a));
   return out;
+}
+
+size_t Fingerprint(const Plan& plan) {
+  size_t h = plan.actions.size();
+  for (const std::string& a : ActionBytes(plan)) h = absl::HashOf(h, a);
+  return h;
 }
 
 }  // namespace
@@ -63,7 +70,14 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
   settled_.valid = true;
 }
 
+const HostOutcome* Reconciler::SentEarly(const std::string& host, const Plan& plan, const HostView& view) {
+  auto e = early_sent_.find(host);
+  if (e == early_sent_.end() || e->second.state_version != view.state_version) return nullptr;
+  return e->second.actions == Fingerprint(plan) ? &e->second.outcome : nullptr;
+}
+
 bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
+  early_sent_.clear();
   if (!options_.early_send || !settled_.valid || options_.shards != nullptr || !Leading()) return false;
   const absl::StatusOr<int64_t> revision = store_.Revision();
   // Every object change up to now was looked at, and each was a pinned instance's put.
@@ -202,6 +216,7 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
     HostOutcome o = dispatcher_.Send(h, *links.at(h), plan, part);
     for (v1::Event& e : o.events) events.push_back(std::move(e));
     o.events.clear();
+    if (o.sent.ok()) early_sent_[h] = {Fingerprint(plan), views.at(h).state_version, o};
     outcomes[h] = std::move(o);
   }
   NoteSent(part, views, outcomes);

@@ -540,8 +540,15 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
       return;
     }
+    // The early send of this pass sent this batch already, and the host has not reported
+    // since: once is enough.
+    if (const HostOutcome* early = SentEarly(h, plan->second, views.at(h)); early != nullptr) {
+      outcomes[i] = *early;
+      return;
+    }
     outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
   });
+  early_sent_.clear();
   timer.Phase("send");
   if (options_.shards != nullptr) {
     // Every other member's host gets this pass's plan (not only the hosts of the batch), a

@@ -305,6 +305,18 @@ class Reconciler {
     std::map<std::string, std::string> standby_host;  // instance -> its warm standby's host
   };
   Settled settled_ ABSL_GUARDED_BY(pass_mu_);
+  // What the early send of this pass sent each host: the actions (a fingerprint), the view
+  // version they were planned from, and the outcome. The whole pass that follows does not
+  // send the same batch again to a host that has reported nothing since.
+  struct EarlySent {
+    size_t actions = 0;
+    int64_t state_version = 0;
+    HostOutcome outcome;
+  };
+  std::map<std::string, EarlySent> early_sent_ ABSL_GUARDED_BY(pass_mu_);
+  // The early send's batch for `host` if `plan` is that batch and `view` unchanged since.
+  const HostOutcome* SentEarly(const std::string& host, const Plan& plan, const HostView& view)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   // The store watcher's: the newest object change that is not a put of a pinned
   // KernelInstance, and the revision up to which it has looked at every change.
   std::atomic<int64_t> nonlocal_revision_{0};

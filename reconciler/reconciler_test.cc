@@ -307,9 +307,13 @@ TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetIsSentEarlyAndMatchesTheWhole
   })) << agent_->Snapshot().DebugString();
   absl::SleepFor(absl::Milliseconds(600));  // resyncs: a pass finds the fleet settled
   EXPECT_EQ(reconciler_->early_sends(), 0);
+  const int64_t before = reconciler_->actions_sent();
   ASSERT_TRUE(objects_->Apply({Instance("web-2", 2)}, ApplyOptions{"t2", false, false}).ok());
   ASSERT_TRUE(Eventually([&] { return StateOf("web-2") == v1::KERNEL_STATE_ACTIVE; }));
   EXPECT_EQ(reconciler_->early_sends(), 1);
+  // Sent once: the whole pass after it does not send the same batch again.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(reconciler_->actions_sent() - before, 3) << "create, load, start";
   EXPECT_EQ(reconciler_->early_send_mismatches(), 0);
   // What ran early is what the plan wanted: the pass after sends nothing more for it.
   EXPECT_EQ(StateOf("cache-node-a-0"), v1::KERNEL_STATE_ACTIVE);
