@@ -22,6 +22,12 @@ std::vector<std::string> ActionIds(const Plan& plan) {
   return ids;
 }
 
+std::string ActionsText(const Plan& plan) {
+  std::vector<std::string> out;
+  for (const v1::Action& a : plan.actions) out.push_back(a.ShortDebugString());
+  return absl::StrJoin(out, "; ");
+}
+
 // The actions whole (their ids say which step of which change, not on which CPUs).
 std::vector<std::string> ActionBytes(const Plan& plan) {
   std::vector<std::string> out;
@@ -31,7 +37,7 @@ std::vector<std::string> ActionBytes(const Plan& plan) {
 
 size_t Fingerprint(const Plan& plan) {
   size_t h = plan.actions.size();
-  for (const std::string& a : ActionBytes(plan)) h = absl::HashOf(h, a);
+  for (const v1::Action& a : plan.actions) h = absl::HashOf(h, DeterministicBytes(a));
   return h;
 }
 
@@ -43,7 +49,7 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
   settled_.valid = false;
   settled_.versions.clear();
   settled_.standby_host.clear();
-  if (options_.shards != nullptr || read_revision < 0) return;
+  if (!options_.early_send || options_.shards != nullptr || read_revision < 0) return;
   // Nothing waits for room, for a host, for a rollout or for a decision of this pass's.
   // (A host's problems, such as a pool device its topology lacks, are its own: a host
   // left out has no plan, and an early send needs one.)
@@ -135,7 +141,7 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
   // The batch hosts' instances: those pinned there and those running there; one moving
   // between a batch host and another is left to the whole pass.
   std::vector<v1::KernelInstance> instances;
-  std::map<std::string, std::string> pinned;  // instance -> its host
+  std::map<std::string, std::string> pinned;  // instance -> its host (a batch host)
   for (v1::Object& o : *instance_objects) {
     v1::KernelInstance& ki = *o.mutable_kernel_instance();
     const std::string& name = ki.metadata().name();
@@ -170,7 +176,8 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
     for (const std::string& request : part.planned_on[h]) {
       const PlannedInstance& p = part.planned.at(request);
       const std::string& object = p.standby_for.empty() ? request : p.standby_for;
-      if (p.owner.empty() && pinned.count(object) && pinned[object] == h) kernel_of[p.kernel] = object;
+      auto pin = pinned.find(object);
+      if (p.owner.empty() && pin != pinned.end() && pin->second == h) kernel_of[p.kernel] = object;
     }
     for (const v1::Action& a : plan->second.actions) {
       if (!kernel_of.count(a.instance())) return false;
@@ -188,23 +195,15 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
     for (const auto& [h, v] : views) all_views[h] = v;
     FleetPlan whole = PlanFleet(objects->hosts, all_views, objects->instances, objects->sets);
     for (const std::string& h : batch) {
+      const Plan none;
       auto w = whole.hosts.find(h);
-      const std::vector<std::string> early = ActionIds(part.hosts.at(h));
-      const std::vector<std::string> full = w == whole.hosts.end() ? std::vector<std::string>() : ActionIds(w->second);
-      const bool same = w != whole.hosts.end() && ActionBytes(part.hosts.at(h)) == ActionBytes(w->second);
-      if (!same) {
-        if (early == full) {
-          for (size_t i = 0; i < early.size(); ++i) {
-            if (DeterministicBytes(part.hosts.at(h).actions[i]) == DeterministicBytes(w->second.actions[i])) continue;
-            Log() << "early send to " << h << ": " << early[i] << " differs: early " << part.hosts.at(h).actions[i].ShortDebugString()
-                  << " whole " << w->second.actions[i].ShortDebugString() << "\n";
-          }
-        }
-        ++early_send_mismatches_;
-        Log() << "early send to " << h << " differs from the whole plan: early [" << absl::StrJoin(early, ", ")
-              << "], whole [" << absl::StrJoin(full, ", ") << "]\n";
-        return false;
-      }
+      const Plan& early = part.hosts.at(h);
+      const Plan& full = w == whole.hosts.end() ? none : w->second;
+      if (ActionBytes(early) == ActionBytes(full)) continue;
+      ++early_send_mismatches_;
+      Log() << "early send to " << h << " differs from the whole plan: early [" << ActionsText(early) << "], whole ["
+            << ActionsText(full) << "]\n";
+      return false;
     }
   }
   std::map<std::string, HostOutcome> outcomes;

@@ -267,25 +267,13 @@ int main(int argc, char** argv) {
   }
   reconciler::ReconcilerOptions ro;
   ro.connection_threads = connection_threads;  // no thread per host: the agents' streams wake the pool
-  // tcmalloc (linked in): a pass allocates the fleet's plan and frees it. The next pass
-  // reuses those pages, so giving them back after every pass lowered no peak and cost a
-  // third of the loop's CPU in page faults (fleet_bench, 1,000 hosts: one change 483 -> 337
-  // ms). At most every 10 s, what is free beyond 64 MiB goes back: a quiet controller
-  // shrinks after a burst, and its next pass (at 1,000 hosts one frees about 40 MiB) finds
-  // its pages still mapped.
-  // Spans go back to the system as soon as they are free: a fleet connecting while passes
-  // run interleaves what stays (views, statuses, baselines) with what a pass frees, and the
-  // free pages between them stayed mapped (fleet_bench, 1,000 hosts: peak RSS 305-308 MiB
-  // -> ~291 MiB).
+  // tcmalloc (linked in) gives spans back to the system as soon as they are free: a fleet
+  // connecting while passes run interleaves what stays (views, statuses, baselines) with what
+  // a pass frees, and the free pages between them stayed mapped (fleet_bench, 1,000 hosts:
+  // peak RSS 305-308 MiB -> ~291 MiB; it costs page faults in every pass: ~1 CPU s over the
+  // converge at 1,000 hosts, ~60 at 10,000). It replaces the release of what was free beyond
+  // 64 MiB every 10 s, which left nothing to release once spans went back at once.
   MallocExtension::instance()->SetNumericProperty("tcmalloc.aggressive_memory_decommit", 1);
-  ro.after_pass = [last = absl::Now()]() mutable {
-    if (absl::Now() - last < absl::Seconds(10)) return;
-    last = absl::Now();
-    constexpr size_t kKeep = size_t{64} << 20;
-    size_t free = 0;
-    MallocExtension* m = MallocExtension::instance();
-    if (m->GetNumericProperty("tcmalloc.pageheap_free_bytes", &free) && free > kKeep) m->ReleaseToSystem(free - kKeep);
-  };
   ro.resync = absl::Seconds(resync_seconds);
   ro.unreachable_after = absl::Seconds(unreachable_seconds);
   ro.host_backoff_max = absl::Seconds(backoff_max_seconds);

@@ -379,7 +379,6 @@ void Reconciler::RunDue(absl::Duration wait) {
   while (queue_.Get(&host, absl::ZeroDuration())) batch.push_back(host);
   // A sharded member that does not lead sends its hosts what the leader published.
   std::map<std::string, absl::Status> results = leading ? ReconcileHosts(batch) : SendPublished(batch);
-  if (options_.after_pass) options_.after_pass();
   for (const std::string& h : batch) {
     const absl::Status& s = results[h];
     if (s.ok()) {

@@ -85,8 +85,6 @@ struct ReconcilerOptions {
   // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
   // a pass does not hold the previous fleet's plan while it builds the next.
   bool keep_last_plan = false;
-  // Called after each pass of the threaded loop (mkcontroller: give freed memory back).
-  std::function<void()> after_pass;
   // Asked right before each call to an agent and before each threaded pass (null: always
   // yes): false while this controller is not the leader of its control plane
   // (Election::IsLeader). A follower's loop keeps its connections and views and runs no
