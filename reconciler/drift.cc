@@ -211,14 +211,15 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       // it back, what it passes through (created, not started yet) is not news.
       const bool correcting = !known.empty() && policy == v1::DRIFT_CORRECT && known.front().policy() == "Correct";
       for (v1::Drift& d : items) {
-        if (correcting) break;
+        // Known since it was found (while correcting: whatever it passes through).
         auto old = std::find_if(known.begin(), known.end(), [&](const v1::Drift& k) {
-          return k.field() == d.field() && k.found() == d.found();
+          return k.field() == d.field() && (correcting || k.found() == d.found());
         });
         if (old != known.end()) {
           d.set_since_unix_ms(old->since_unix_ms());
           continue;
         }
+        if (correcting) continue;
         out.events.push_back(
             DriftEvent(d.object(), p.host, "Warning", "DriftDetected", Detected(d.field(), d.wanted(), d.found(), policy)));
       }

@@ -10,6 +10,8 @@
 #include "absl/strings/str_join.h"
 #include "proto/deterministic.h"
 #include "reconciler/reconciler.h"
+#include "reconciler/rollouts.h"
+#include "reconciler/statuses.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -48,6 +50,7 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
                              int64_t read_revision) {
   settled_.valid = false;
   settled_.versions.clear();
+  settled_.idle.clear();
   settled_.standby_host.clear();
   if (!options_.early_send || options_.shards != nullptr || read_revision < 0) return;
   // Nothing waits for room, for a host, for a rollout or for a decision of this pass's.
@@ -66,6 +69,7 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
     auto v = views.find(host);
     if (plan.actions.empty() && v != views.end()) {
       settled_.versions.emplace_hint(settled_.versions.end(), host, v->second.state_version);
+      settled_.idle.emplace_hint(settled_.idle.end(), host, v->second.state_version);
     }
   }
   // Warm standbys may run on another host than their instance's.
@@ -76,36 +80,45 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
   settled_.valid = true;
 }
 
-const HostOutcome* Reconciler::SentEarly(const std::string& host, const Plan& plan, const HostView& view) {
+const HostOutcome* Reconciler::SentEarly(const std::string& host, const Plan& plan) {
+  // (Whatever the host reported since: the same actions would be answered from its journal.)
   auto e = early_sent_.find(host);
-  if (e == early_sent_.end() || e->second.state_version != view.state_version) return nullptr;
+  if (e == early_sent_.end()) return nullptr;
   return e->second.actions == Fingerprint(plan) ? &e->second.outcome : nullptr;
 }
 
-bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
+Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
+                                        std::map<std::string, absl::Status>* result) {
   early_sent_.clear();
-  if (!options_.early_send || !settled_.valid || options_.shards != nullptr || !Leading()) return false;
+  local_check_.clear();
+  if (!options_.early_send || !settled_.valid || options_.shards != nullptr || !Leading()) return Early::kNone;
   const absl::StatusOr<int64_t> revision = store_.Revision();
-  // Every object change up to now was looked at, and each was a pinned instance's put.
-  if (!revision.ok() || classified_revision_.load() < *revision ||
-      nonlocal_revision_.load() > settled_.read_revision) {
-    return false;
+  // Every object change up to now was a pinned instance's put: those the store watcher
+  // looked at, and any since (the passes' own status writes move the revision too).
+  if (!revision.ok() || nonlocal_revision_.load() > settled_.read_revision) return Early::kNone;
+  // A rollout paused, resumed or undone since (its record, not an object) is the whole pass's.
+  auto rollouts = store_.EventsSince(settled_.read_revision, kRolloutPrefix);
+  if (!rollouts.ok() || !rollouts->empty()) return Early::kNone;
+  if (const int64_t classified = classified_revision_.load(); classified < *revision) {
+    auto events = store_.EventsSince(classified, "/objects/");
+    if (!events.ok()) return Early::kNone;
+    for (const Event& e : *events) {
+      if (!IsPinnedInstancePut(e)) return Early::kNone;
+    }
   }
   {
     absl::MutexLock lock(&served_mu_);
-    if (!morph_retry_.empty()) return false;
+    if (!morph_retry_.empty()) return Early::kNone;
   }
   const std::set<std::string> in_batch(batch.begin(), batch.end());
-  for (const auto& [request, f] : in_flight_) {
-    if (in_batch.count(f.placement.host())) return false;  // a create on its way there
-  }
-  // The batch hosts, connected, as the last pass saw them with nothing to do.
+  // The batch hosts, connected, each with only its pinned instances' work left when it was
+  // last planned (a whole pass that found it idle, or a local pass).
   std::map<std::string, std::shared_ptr<HostConnection>> links;
   {
     absl::MutexLock lock(&mu_);
     for (const std::string& h : batch) {
       auto c = connections_.find(h);
-      if (c == connections_.end()) return false;
+      if (c == connections_.end()) return Early::kNone;
       links[h] = c->second.link;
     }
   }
@@ -113,26 +126,40 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
   for (const auto& [h, link] : links) {
     HostView v = link->View();
     auto seen = settled_.versions.find(h);
-    if (!v.connected || seen == settled_.versions.end() || seen->second != v.state_version) return false;
+    if (!v.connected || seen == settled_.versions.end()) return Early::kNone;
     views[h] = std::move(v);
+  }
+  // A create on its way to a batch host: only once the host shows it (then it is no
+  // longer in flight).
+  for (auto it = in_flight_.begin(); it != in_flight_.end();) {
+    auto v = views.find(it->second.placement.host());
+    if (v == views.end()) {
+      ++it;
+    } else if (v->second.instances.count(it->second.kernel)) {
+      it = in_flight_.erase(it);
+    } else {
+      return Early::kNone;
+    }
   }
   auto instance_objects = objects_.ListSpecs("KernelInstance");
   auto set_objects = objects_.ListSpecs("InstanceSet");
   auto policy_objects = objects_.ListSpecs("RolloutPolicy");
-  if (!instance_objects.ok() || !set_objects.ok() || !policy_objects.ok() || !policy_objects->empty()) return false;
+  if (!instance_objects.ok() || !set_objects.ok() || !policy_objects.ok() || !policy_objects->empty()) {
+    return Early::kNone;
+  }
   std::vector<v1::Host> hosts;
   for (const std::string& h : batch) {
     auto o = objects_.Get("Host", h);
-    if (!o.ok() || !o->has_value()) return false;
+    if (!o.ok() || !o->has_value()) return Early::kNone;
     const v1::Host& host = (*o)->host();
     v1::DriftPolicy drift = host.spec().drift_policy() == v1::DRIFT_POLICY_UNSPECIFIED ? options_.drift_policy
                                                                                          : host.spec().drift_policy();
-    if (host.metadata().deletion_unix_ms() != 0 || drift == v1::DRIFT_REPORT) return false;
+    if (host.metadata().deletion_unix_ms() != 0 || drift == v1::DRIFT_REPORT) return Early::kNone;
     hosts.push_back(host);
   }
   // What was read is the store at `revision`: nothing written meanwhile.
   const absl::StatusOr<int64_t> after = store_.Revision();
-  if (!after.ok() || *after != *revision) return false;
+  if (!after.ok() || *after != *revision) return Early::kNone;
   std::shared_ptr<const Serving> serving;
   {
     absl::MutexLock lock(&served_mu_);
@@ -149,10 +176,10 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
     const bool runs_here = s != serving->end() && in_batch.count(s->second.first);
     const bool pinned_here = in_batch.count(ki.spec().host()) > 0;
     if (!runs_here && !pinned_here) continue;
-    if (s != serving->end() && ki.spec().host() != s->second.first) return false;
+    if (s != serving->end() && ki.spec().host() != s->second.first) return Early::kNone;
     // Its standby elsewhere: this part of the fleet cannot see it.
     auto standby = settled_.standby_host.find(name);
-    if (standby != settled_.standby_host.end() && !in_batch.count(standby->second)) return false;
+    if (standby != settled_.standby_host.end() && !in_batch.count(standby->second)) return Early::kNone;
     if (pinned_here) pinned[name] = ki.spec().host();
     instances.push_back(std::move(ki));
   }
@@ -165,13 +192,18 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
   FleetPlan part = PlanFleet(hosts, views, instances, sets, {}, {}, {}, {}, keep);
   if (!part.unschedulable.empty() || !part.infeasible.empty() || !part.waiting.empty() || !part.deferred.empty() ||
       !part.pool_changes.empty() || !part.drained.empty()) {
-    return false;
+    return Early::kNone;
+  }
+  // The batch hosts' instances as last planned are all still planned there: a set member
+  // gone (removed out of band) is the whole pass's to place again.
+  for (const auto& [name, where] : *serving) {
+    if (in_batch.count(where.first) && !part.planned.count(name)) return Early::kNone;
   }
   // Only the pinned instances' actions go early.
   bool any = false;
   for (const std::string& h : batch) {
     auto plan = part.hosts.find(h);
-    if (plan == part.hosts.end()) return false;
+    if (plan == part.hosts.end()) return Early::kNone;
     std::map<std::string, std::string> kernel_of;  // kernel -> the pinned instance it serves
     for (const std::string& request : part.planned_on[h]) {
       const PlannedInstance& p = part.planned.at(request);
@@ -180,16 +212,15 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
       if (p.owner.empty() && pin != pinned.end() && pin->second == h) kernel_of[p.kernel] = object;
     }
     for (const v1::Action& a : plan->second.actions) {
-      if (!kernel_of.count(a.instance())) return false;
+      if (!kernel_of.count(a.instance())) return Early::kNone;
       any = true;
     }
   }
-  if (!any) return false;
   if (options_.check_early_sends) {
     // The whole pass's plan from the same store revision and views (a settled fleet: no
-    // rollout, nothing in flight).
+    // rollout; what is in flight is on other hosts).
     auto objects = ReadObjects();
-    if (!objects.ok()) return false;
+    if (!objects.ok()) return Early::kNone;
     std::map<std::string, std::shared_ptr<HostConnection>> all_links;
     std::map<std::string, HostView> all_views = Views(&all_links);
     for (const auto& [h, v] : views) all_views[h] = v;
@@ -203,28 +234,90 @@ bool Reconciler::EarlySend(const std::vector<std::string>& batch) {
       ++early_send_mismatches_;
       Log() << "early send to " << h << " differs from the whole plan: early [" << ActionsText(early) << "], whole ["
             << ActionsText(full) << "]\n";
-      return false;
+      return Early::kNone;
     }
   }
+  // Changes made outside mkfleet on these hosts (driftPolicy Correct: the plan puts them back).
+  LoadStatusCache();
+  DriftPass drift = drift_.Step(in_batch, hosts, views, status_cache_, absl::ToUnixMillis(clock_.Now()), &part);
   std::map<std::string, HostOutcome> outcomes;
   std::vector<v1::Event> events;
   for (const std::string& h : batch) {
     const Plan& plan = part.hosts.at(h);
+    HostOutcome& o = outcomes[h];
     if (plan.actions.empty()) continue;
     if (options_.check_early_sends) Log() << "early send to " << h << ": " << absl::StrJoin(ActionIds(plan), " ") << "\n";
-    HostOutcome o = dispatcher_.Send(h, *links.at(h), plan, part);
+    o = dispatcher_.Send(h, *links.at(h), plan, part);
     for (v1::Event& e : o.events) events.push_back(std::move(e));
     o.events.clear();
-    if (o.sent.ok()) early_sent_[h] = {Fingerprint(plan), views.at(h).state_version, o};
-    outcomes[h] = std::move(o);
+    if (o.sent.ok()) early_sent_[h] = {Fingerprint(plan), o};
   }
   NoteSent(part, views, outcomes);
-  if (events_ != nullptr && !events.empty()) {
-    absl::Status s = events_->RecordAll(std::move(events));
-    if (!s.ok()) Log() << "events: " << s.message() << "\n";
+  if (any) ++early_sends_;
+  for (v1::Event& e : drift.events) events.push_back(std::move(e));
+  // The batch hosts' own statuses. A set member's that changed needs its set's counted
+  // again over the whole fleet: the whole pass follows.
+  PassInputs in{in_batch, hosts, instances, sets, part, views, outcomes, status_cache_};
+  in.drift = &drift.by_host;
+  in.local = true;
+  StatusUpdate update = ComputeStatuses(in);
+  bool members = false;
+  for (const auto& [request, p] : part.planned) {
+    members |= !p.owner.empty() && update.writes.count(StatusKey("KernelInstance", request)) > 0;
   }
-  ++early_sends_;
-  return true;
+  if (options_.may_act && !options_.may_act()) return Early::kSent;  // a deposed leader records nothing
+  if (members) {
+    // (The whole pass computes the same statuses; written then, with the sets'.)
+    if (events_ != nullptr && !events.empty()) {
+      absl::Status s = events_->RecordAll(std::move(events));
+      if (!s.ok()) Log() << "events: " << s.message() << "\n";
+    }
+    return any ? Early::kSent : Early::kNone;
+  }
+  WriteStatuses(std::move(update), std::move(events));
+  // Where the batch's instances run now, and each host's plan, as the whole pass notes them.
+  {
+    std::shared_ptr<Serving> now_serving;
+    for (const auto& [name, p] : part.planned) {
+      if (!p.standby_for.empty()) continue;
+      auto s = serving->find(name);
+      if (s != serving->end() && s->second == std::make_pair(p.host, p.kernel)) continue;
+      if (now_serving == nullptr) now_serving = std::make_shared<Serving>(*serving);
+      (*now_serving)[name] = {p.host, p.kernel};
+    }
+    absl::MutexLock lock(&served_mu_);
+    for (auto it = kernel_names_.begin(); it != kernel_names_.end();) {
+      it = in_batch.count(it->first.first) ? kernel_names_.erase(it) : std::next(it);
+    }
+    for (const auto& [name, p] : part.planned) {
+      if (p.kernel != name) kernel_names_[{p.host, p.kernel}] = name;
+    }
+    if (now_serving != nullptr) serving_ = std::move(now_serving);
+  }
+  for (const std::string& h : batch) {
+    const Plan& plan = part.hosts.at(h);
+    size_t fingerprint = plan.actions.size();
+    for (const v1::Action& a : plan.actions) fingerprint = absl::HashOf(fingerprint, a.id());
+    last_plan_seen_[h] = fingerprint;
+    const int64_t version = views.at(h).state_version;
+    settled_.versions[h] = version;
+    if (plan.actions.empty()) {
+      settled_.idle[h] = version;
+    } else {
+      settled_.idle.erase(h);
+    }
+    (*result)[h] = outcomes[h].sent;
+  }
+  ++local_passes_;
+  if (options_.check_early_sends) {
+    // (A batch that failed is sent again by the whole pass: another outcome to record.)
+    bool sent = true;
+    for (const auto& [h, o] : outcomes) sent &= o.sent.ok();
+    for (const std::string& h : batch) {
+      if (sent) local_check_[h] = views.at(h).state_version;
+    }
+  }
+  return Early::kDone;
 }
 
 }  // namespace mkfleet::reconciler

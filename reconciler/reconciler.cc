@@ -58,14 +58,6 @@ class PassTimer {
   std::vector<std::pair<const char*, absl::Duration>> phases_;
 };
 
-// A put of a KernelInstance fixed to a host (spec.host).
-bool IsPinnedInstancePut(const Event& e) {
-  absl::string_view key = e.key;
-  if (e.type != Event::Type::kPut || !absl::ConsumePrefix(&key, "/objects/KernelInstance/")) return false;
-  v1::Object o;
-  return o.ParseFromString(e.value) && !o.kernel_instance().spec().host().empty();
-}
-
 // Runs fn(i) for i in [0, n) on up to `parallel` threads (the caller's alone for 1).
 void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& fn) {
   std::atomic<size_t> next{0};
@@ -392,6 +384,13 @@ void Reconciler::RunDue(absl::Duration wait) {
   }
 }
 
+bool Reconciler::IsPinnedInstancePut(const Event& e) {
+  absl::string_view key = e.key;
+  if (e.type != Event::Type::kPut || !absl::ConsumePrefix(&key, "/objects/KernelInstance/")) return false;
+  v1::Object o;
+  return o.ParseFromString(e.value) && !o.kernel_instance().spec().host().empty();
+}
+
 absl::Status Reconciler::ReconcileHost(const std::string& host) { return ReconcileHosts({host})[host]; }
 
 absl::StatusOr<Reconciler::Objects_> Reconciler::ReadObjects() {
@@ -431,8 +430,14 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   ++passes_;
   hosts_reconciled_ += static_cast<int64_t>(batch_hosts.size());
   PassTimer timer(batch_hosts.size());
-  if (EarlySend(batch_hosts)) timer.Phase("early send");
   std::map<std::string, absl::Status> result;
+  const Early early = EarlySend(batch_hosts, &result);
+  if (early != Early::kNone) timer.Phase(early == Early::kDone ? "local pass" : "early send");
+  if (early == Early::kDone && !options_.check_early_sends) {
+    if (options_.slow_pass > absl::ZeroDuration() && timer.Total() >= options_.slow_pass) Log() << timer.Line() << "\n";
+    return result;
+  }
+  result.clear();
   // Every write up to this revision is in what ReadObjects reads (a RolloutPolicy's status
   // says so: `rollout status --watch` waits for a pass that saw the change).
   const absl::StatusOr<int64_t> read_revision = store_.Revision();
@@ -539,9 +544,8 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       queue_.AddAfter(h, kHandoverTick);  // taking it over from its former owner
       return;
     }
-    // The early send of this pass sent this batch already, and the host has not reported
-    // since: once is enough.
-    if (const HostOutcome* early = SentEarly(h, plan->second, views.at(h)); early != nullptr) {
+    // The early send of this pass sent this batch already: once is enough.
+    if (const HostOutcome* early = SentEarly(h, plan->second); early != nullptr) {
       outcomes[i] = *early;
       return;
     }
@@ -549,6 +553,20 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   });
   early_sent_.clear();
   timer.Phase("send");
+  if (!local_check_.empty()) {
+    // After a local pass: a host that had nothing to do at the view it still shows has
+    // nothing now either (the local pass changed no other host's plan).
+    for (const auto& [h, plan] : fleet.hosts) {
+      auto idle = settled_.idle.find(h);
+      auto v = views.find(h);
+      if (batch.count(h) || plan.actions.empty() || idle == settled_.idle.end() || v == views.end() ||
+          v->second.state_version != idle->second) {
+        continue;
+      }
+      LocalMismatch(absl::StrCat("host ", h, " was idle at view ", idle->second, " and now has ", plan.actions.size(),
+                                 " action(s), first ", plan.actions.front().ShortDebugString()));
+    }
+  }
   if (options_.shards != nullptr) {
     // Every other member's host gets this pass's plan (not only the hosts of the batch), a
     // host without one (out of this leader's sight) none, and the mark says from which
@@ -602,6 +620,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   for (v1::Event& e : drift.events) events.push_back(std::move(e));
   timer.Phase("publish");
   RecordStatuses(batch, *objects, fleet, views, by_host, rollout, drift, std::move(events));
+  local_check_.clear();
   timer.Phase("statuses");
   FinalizeDrained(fleet);
   // A rollout under way moves on with time too (minReady, healthTimeout): another pass soon.
@@ -730,6 +749,42 @@ void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Object
   StatusUpdate update = ComputeStatuses(
       {batch, objects.hosts, objects.instances, objects.sets, fleet, views, outcomes, status_cache_, &rollouts.statuses,
        &objects.policies, &rollouts.policy_statuses, &rollouts.member_revisions, &drift.by_host});
+  if (!local_check_.empty()) {
+    // The local pass recorded what this pass records, unless a batch host reported since.
+    bool same = true;
+    for (const auto& [h, version] : local_check_) {
+      auto v = views.find(h);
+      same = same && v != views.end() && v->second.state_version == version;
+    }
+    if (same && (!update.writes.empty() || !update.deletes.empty())) {
+      std::string first = update.writes.empty() ? update.deletes.front() : update.writes.begin()->first;
+      if (!update.writes.empty()) {
+        // Both sides, readable.
+        auto text = [&](const std::string& value) -> std::string {
+          std::unique_ptr<google::protobuf::Message> m;
+          if (absl::StartsWith(first, StatusKey("Host", ""))) m = std::make_unique<v1::HostStatus>();
+          if (absl::StartsWith(first, StatusKey("KernelInstance", ""))) m = std::make_unique<v1::InstanceStatus>();
+          if (absl::StartsWith(first, StatusKey("InstanceSet", ""))) m = std::make_unique<v1::InstanceSetStatus>();
+          return m != nullptr && m->ParseFromString(value) ? m->ShortDebugString() : "?";
+        };
+        auto before = status_cache_.find(first);
+        absl::StrAppend(&first, ": recorded [", before == status_cache_.end() ? "none" : text(before->second),
+                        "], whole pass [", text(update.writes.begin()->second), "]");
+      }
+      LocalMismatch(absl::StrCat(update.writes.size(), " status write(s) and ", update.deletes.size(),
+                                 " delete(s) left to the whole pass, first ", first));
+    }
+    local_check_.clear();
+  }
+  WriteStatuses(std::move(update), std::move(events));
+}
+
+void Reconciler::LocalMismatch(const std::string& what) {
+  ++early_send_mismatches_;
+  Log() << "local pass: the whole pass after it differs: " << what << "\n";
+}
+
+void Reconciler::WriteStatuses(StatusUpdate update, std::vector<v1::Event> events) {
   for (v1::Event& e : update.events) events.push_back(std::move(e));
   std::vector<std::pair<std::string, std::string>> writes(update.writes.begin(), update.writes.end());
   absl::Status s = objects_.WriteStatuses(writes, update.deletes);

@@ -15,6 +15,16 @@
 // (same ids: the agent runs them once). It sends early only actions for those pinned
 // instances; anything else (a set member, an instance elsewhere) leaves it to the pass.
 //
+// Local pass: when such an early send (or the same reading with nothing to send) leaves
+// no set member's status changed, it stands for the whole pass: the batch hosts' statuses
+// and drift are recorded from that part of the plan and no whole-fleet plan follows (the
+// rest of the fleet's plan cannot have changed: only pinned instances of these hosts did).
+// A host a local pass served stays eligible with its new view (the report of what was just
+// sent, a pinned instance's restart), as long as what it needs is only its pinned
+// instances' actions. With check_early_sends (the simulation) the whole pass still runs
+// after it and must find nothing more to do: no other action, no status to write, and no
+// host that was idle at its current view given work (a mismatch otherwise).
+//
 // Failures: a host whose call fails backs off (5 ms doubling to 1000 s); an instance whose
 // action fails backs off on its own (its actions are held back, the host's others go on).
 // Action ids are deterministic per (plan step, observed version) and the agent journals
@@ -163,6 +173,8 @@ class Reconciler {
   // plan differed (a defect: then nothing was sent early).
   int64_t early_sends() const { return early_sends_.load(); }
   int64_t early_send_mismatches() const { return early_send_mismatches_.load(); }
+  // Passes a local pass stood for (no whole-fleet plan; see above).
+  int64_t local_passes() const { return local_passes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
   // The last pass's plan (for tests and the simulation's invariants).
@@ -200,8 +212,17 @@ class Reconciler {
                       const std::map<std::string, HostView>& views, const std::map<std::string, HostOutcome>& outcomes,
                       const RolloutPass& rollouts, const DriftPass& drift, std::vector<mkfleet::v1::Event> events)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
-  // The early send for `batch` when it may go (see the class comment); false otherwise.
-  bool EarlySend(const std::vector<std::string>& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // The early send for `batch` when it may go (see the class comment): kNone when it may
+  // not, kSent when it sent and the whole pass follows, kDone when it was a local pass
+  // (`result` then holds each batch host's outcome; with check_early_sends the whole pass
+  // still follows, as a check).
+  enum class Early { kNone, kSent, kDone };
+  Early EarlySend(const std::vector<std::string>& batch, std::map<std::string, absl::Status>* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // Whether `e` puts a KernelInstance with spec.host (what an early send may follow).
+  static bool IsPinnedInstancePut(const Event& e);
+  // Writes a pass's statuses (one transaction) and events.
+  void WriteStatuses(StatusUpdate update, std::vector<mkfleet::v1::Event> events) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   // After a whole pass: whether it found nothing waiting anywhere, and which hosts it found
   // with nothing to do, for the next early send.
   void NoteSettled(const FleetPlan& fleet, const Objects_& objects, const RolloutPass& rollout,
@@ -299,28 +320,34 @@ class Reconciler {
   struct Settled {
     bool valid = false;
     int64_t read_revision = -1;
+    // Hosts whose remaining work was known to be their pinned instances' only, at this view
+    // version; and those with nothing to do at all, at this version (the check's).
     std::map<std::string, int64_t> versions;
+    std::map<std::string, int64_t> idle;
     std::map<std::string, std::string> standby_host;  // instance -> its warm standby's host
   };
   Settled settled_ ABSL_GUARDED_BY(pass_mu_);
-  // What the early send of this pass sent each host: the actions (a fingerprint), the view
-  // version they were planned from, and the outcome. The whole pass that follows does not
-  // send the same batch again to a host that has reported nothing since.
+  // What the early send of this pass sent each host: the actions (a fingerprint) and the
+  // outcome. The whole pass that follows does not send the same batch again.
   struct EarlySent {
     size_t actions = 0;
-    int64_t state_version = 0;
     HostOutcome outcome;
   };
   std::map<std::string, EarlySent> early_sent_ ABSL_GUARDED_BY(pass_mu_);
-  // The early send's batch for `host` if `plan` is that batch and `view` unchanged since.
-  const HostOutcome* SentEarly(const std::string& host, const Plan& plan, const HostView& view)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // check_early_sends: the local pass this whole pass checks (its batch hosts' view
+  // versions then); empty when none.
+  std::map<std::string, int64_t> local_check_ ABSL_GUARDED_BY(pass_mu_);
+  // The whole pass after a local pass found more to do (check_early_sends): logs and counts.
+  void LocalMismatch(const std::string& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // The early send's outcome for `host` if `plan` is the batch it sent.
+  const HostOutcome* SentEarly(const std::string& host, const Plan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   // The store watcher's: the newest object change that is not a put of a pinned
   // KernelInstance, and the revision up to which it has looked at every change.
   std::atomic<int64_t> nonlocal_revision_{0};
   std::atomic<int64_t> classified_revision_{0};
   std::atomic<int64_t> early_sends_{0};
   std::atomic<int64_t> early_send_mismatches_{0};
+  std::atomic<int64_t> local_passes_{0};
   std::atomic<int64_t> status_writes_{0};
   std::atomic<int64_t> passes_{0};
   std::atomic<int64_t> hosts_reconciled_{0};

@@ -60,6 +60,7 @@ class Builder {
   StatusUpdate Run() {
     Instances();
     Hosts();
+    if (in_.local) return std::move(out_);
     Sets();
     Policies();
     return std::move(out_);
@@ -93,6 +94,14 @@ class Builder {
       if (r != in_.member_revisions->end()) {
         st.set_rollout_owner(r->second.first);
         st.set_rollout_revision(r->second.second);
+      }
+    } else if (in_.local && !p.owner.empty()) {
+      // A local pass changes no set member: it runs the revision recorded last.
+      const std::string* before = Current(StatusKey("KernelInstance", name));
+      v1::InstanceStatus old;
+      if (before != nullptr && old.ParseFromString(*before)) {
+        st.set_rollout_owner(old.rollout_owner());
+        st.set_rollout_revision(old.rollout_revision());
       }
     }
     const std::string& host = p.host;
@@ -281,6 +290,7 @@ class Builder {
     }
     // Set members neither planned nor running anywhere are gone; so are the statuses of
     // deleted KernelInstances.
+    if (in_.local) return;
     std::set<std::string> running;
     for (const auto& [h, v] : in_.views) {
       for (const auto& [k, ob] : v.instances) running.insert(k);

@@ -57,6 +57,10 @@ struct PassInputs {
   const std::map<std::string, std::pair<std::string, uint32_t>>* member_revisions = nullptr;
   // The batch hosts' drift (DriftTracker), by host (may be null).
   const std::map<std::string, std::vector<mkfleet::v1::Drift>>* drift = nullptr;
+  // A local pass (Reconciler's early send that stands for the whole pass): only the batch
+  // hosts' own statuses (their instances and themselves); no sweep of deleted instances'
+  // statuses, no sets, no policies (`instances` and `fleet` hold only the batch's part).
+  bool local = false;
 };
 
 struct StatusUpdate {

@@ -722,6 +722,7 @@ void World::KillController(const std::string& why) {
   if (reconciler_ != nullptr) {
     result_.actions += reconciler_->actions_sent();
     result_.early_sends += reconciler_->early_sends();
+    result_.local_passes += reconciler_->local_passes();
   }
   sources_.reset();
   reconciler_.reset();
@@ -2009,6 +2010,7 @@ SimResult World::Run() {
   if (reconciler_ != nullptr) {
     result_.actions += reconciler_->actions_sent();
     result_.early_sends += reconciler_->early_sends();
+    result_.local_passes += reconciler_->local_passes();
   }
   if (peer_ != nullptr) result_.actions += peer_->loop->actions_sent();
   result_.tail.assign(tail_.begin(), tail_.end());

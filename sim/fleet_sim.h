@@ -72,6 +72,7 @@ struct SimResult {
   int64_t drift_changes = 0;  // out-of-band changes made to managed kernels (kerf-*)
   int64_t actions = 0;  // actions the controller sent
   int64_t early_sends = 0;  // batches the controller sent early (each checked by (n))
+  int64_t local_passes = 0;  // local passes (each checked by (n) against the whole pass after it)
   std::vector<std::string> tail;  // the last lines of the trace
 };
 

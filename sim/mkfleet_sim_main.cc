@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   o.early_send = !no_early;
   signal(SIGINT, [](int) { stop = true; });
   auto start = std::chrono::steady_clock::now();
-  int64_t runs = 0, steps = 0, faults = 0, ops = 0, actions = 0, early = 0;
+  int64_t runs = 0, steps = 0, faults = 0, ops = 0, actions = 0, early = 0, local = 0;
   std::string base = (std::filesystem::temp_directory_path() / ("mkfleet-sim-" + std::to_string(getpid()))).string();
   const int given_hosts = o.hosts, given_steps = o.steps;
   while (true) {
@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
     ops += r.user_ops;
     actions += r.actions;
     early += r.early_sends;
+    local += r.local_passes;
     if (!r.status.ok()) {
       std::cout << "seed " << o.seed << ": " << r.status.message() << "\n  last lines of the trace:\n    "
                 << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << mkfleet::sim::ReplayCommand(o) << std::endl;
@@ -66,18 +67,18 @@ int main(int argc, char** argv) {
     double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!soak) {
       std::cout << "seed " << o.seed << ": ok, " << r.steps << " steps, " << r.user_ops << " user operations, "
-                << r.faults << " faults (" << r.drift_changes << " out-of-band changes), " << r.actions << " actions (" << r.early_sends << " batches sent early), trace " << std::hex << r.trace_hash << std::dec
+                << r.faults << " faults (" << r.drift_changes << " out-of-band changes), " << r.actions << " actions (" << r.early_sends << " batches sent early, " << r.local_passes << " local passes), trace " << std::hex << r.trace_hash << std::dec
                 << std::endl;
       return 0;
     }
     if (runs % 10 == 0 || stop) {
       std::cout << "soak: " << runs << " seeds (" << o.seed << " last), " << steps << " steps, " << ops
-                << " user operations, " << faults << " faults, " << actions << " actions (" << early << " batches sent early), " << static_cast<int>(elapsed)
+                << " user operations, " << faults << " faults, " << actions << " actions (" << early << " batches sent early, " << local << " local passes), " << static_cast<int>(elapsed)
                 << " s, no violation" << std::endl;
     }
     if (stop || (minutes > 0 && elapsed >= minutes * 60.0)) {
       std::cout << "soak: done: " << runs << " seeds, " << steps << " steps, " << ops << " user operations, " << faults
-                << " faults injected, " << actions << " actions (" << early << " batches sent early), " << static_cast<int>(elapsed) << " s, no violation"
+                << " faults injected, " << actions << " actions (" << early << " batches sent early, " << local << " local passes), " << static_cast<int>(elapsed) << " s, no violation"
                 << std::endl;
       return 0;
     }
