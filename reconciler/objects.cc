@@ -89,10 +89,7 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
   if (options.prune && options.source.empty()) return absl::InvalidArgumentError("prune needs a source");
   // Checks across the set and the store.
   std::set<std::string> keys;
-  std::set<std::string> hosts;
-  auto stored_hosts = store_.List("/objects/Host/");
-  if (!stored_hosts.ok()) return stored_hosts.status();
-  for (const KeyValue& kv : *stored_hosts) hosts.insert(kv.key.substr(std::string("/objects/Host/").size()));
+  std::set<std::string> hosts;  // the Hosts named by the objects' KernelInstances that exist
   std::vector<std::string> problems;
   for (const v1::Object& o : objects) {
     std::string kind(manifests::KindOf(o));
@@ -103,6 +100,24 @@ absl::StatusOr<v1::ApplyResponse> Objects::Apply(const std::vector<v1::Object>& 
     }
     if (!keys.insert(ObjectKey(kind, name)).second) problems.push_back(absl::StrCat(kind, "/", name, ": given twice"));
     if (o.has_host()) hosts.insert(name);
+  }
+  // The stored ones: each looked up (a fleet's Hosts are not all read for one instance),
+  // or listed when many are named.
+  std::set<std::string> named;
+  for (const v1::Object& o : objects) {
+    const std::string& host = o.has_kernel_instance() ? o.kernel_instance().spec().host() : "";
+    if (!host.empty() && !hosts.count(host)) named.insert(host);
+  }
+  if (named.size() > 64) {
+    auto stored_hosts = store_.List("/objects/Host/");
+    if (!stored_hosts.ok()) return stored_hosts.status();
+    for (const KeyValue& kv : *stored_hosts) hosts.insert(kv.key.substr(std::string("/objects/Host/").size()));
+  } else {
+    for (const std::string& host : named) {
+      auto kv = store_.Get(ObjectKey("Host", host));
+      if (!kv.ok()) return kv.status();
+      if (kv->has_value()) hosts.insert(host);
+    }
   }
   for (const v1::Object& o : objects) {
     if (o.has_kernel_instance() && !o.kernel_instance().spec().host().empty() &&

@@ -76,6 +76,26 @@ TEST_F(ObjectsTest, CreateConfigureUnchangedAndGenerations) {
   EXPECT_EQ((**objects_->Get("KernelInstance", "web-1")).kernel_instance().metadata().generation(), 3);
 }
 
+// Stored Hosts are found whether an apply names a few (each looked up) or many (listed).
+TEST_F(ObjectsTest, InstancesFindTheStoredHostsTheyName) {
+  std::vector<v1::Object> hosts;
+  for (int i = 0; i < 80; ++i) hosts.push_back(Host("node-" + std::to_string(i)));
+  ASSERT_TRUE(objects_->Apply(hosts, ApplyOptions{"s", false, false}).ok());
+  for (int count : {3, 80}) {
+    std::vector<v1::Object> instances;
+    for (int i = 0; i < count; ++i) {
+      instances.push_back(Instance("web-" + std::to_string(i), "node-" + std::to_string(i), 2));
+    }
+    EXPECT_TRUE(objects_->Apply(instances, ApplyOptions{"s", false, false}).ok()) << count;
+    instances.push_back(Instance("web-x", "node-x", 2));
+    const int64_t before = *store_->Revision();
+    auto r = objects_->Apply(instances, ApplyOptions{"s", false, false});
+    ASSERT_FALSE(r.ok()) << count;
+    EXPECT_THAT(r.status().message(), HasSubstr("KernelInstance/web-x: spec.host: no Host named \"node-x\"")) << count;
+    EXPECT_EQ(*store_->Revision(), before);
+  }
+}
+
 TEST_F(ObjectsTest, BadReferenceWritesNothing) {
   auto r = objects_->Apply({Host("node-a"), Instance("web-1", "node-a", 4), Instance("web-2", "node-zz", 4)},
                            ApplyOptions{"s", false, false});

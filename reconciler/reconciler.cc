@@ -321,6 +321,7 @@ void Reconciler::PollStore(absl::Duration wait) {
   // concern only some: a pinned instance's change need not pass the whole fleet's hosts).
   std::set<std::string> concerned;
   bool some = options_.shards == nullptr;  // (sharded: the leader publishes every host's plan)
+  bool hosts_changed = false;              // a Host object (its connection may change)
   if (next.ok() && *next > seen_revision_) {
     // Only object changes matter; the loop's own status writes must not wake it.
     auto events = store_.EventsSince(seen_revision_, "/objects/");
@@ -328,9 +329,11 @@ void Reconciler::PollStore(absl::Duration wait) {
     // What an early send may follow: puts of pinned KernelInstances only.
     if (!events.ok()) {
       nonlocal_revision_ = *next;
+      hosts_changed = true;
     } else {
       for (const Event& e : *events) {
         if (!IsPinnedInstancePut(e)) nonlocal_revision_ = std::max(nonlocal_revision_.load(), e.revision);
+        hosts_changed |= absl::StartsWith(e.key, "/objects/Host/");
       }
     }
     classified_revision_ = *next;
@@ -352,6 +355,23 @@ void Reconciler::PollStore(absl::Duration wait) {
       absl::Status s = store_.Compact(*next - options_.history_window);
       if (!s.ok()) Log() << "store: compact: " << s.message() << "\n";
     }
+  }
+  if (!resync && !hosts_changed && options_.shards == nullptr) {
+    // No Host changed: the connections stay as they are (not a read of every Host for
+    // one instance's change); the hosts the change concerns get a pass.
+    std::vector<std::string> go;
+    {
+      absl::MutexLock lock(&mu_);
+      if (some) {
+        for (const std::string& host : concerned) {
+          if (connections_.count(host)) go.push_back(host);
+        }
+      } else {
+        for (const auto& [host, c] : connections_) go.push_back(host);
+      }
+    }
+    for (const std::string& host : go) queue_.Add(host);
+    return;
   }
   SyncConnections(changed, some && !resync ? &concerned : nullptr);
 }
