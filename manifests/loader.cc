@@ -14,6 +14,7 @@
 #include "manifests/printer.h"
 #include "manifests/schema.h"
 #include "manifests/walker.h"
+#include "proto/deterministic.h"
 
 namespace mkfleet::manifests {
 namespace {
@@ -248,7 +249,25 @@ void CheckObjects(const LoadOptions& options, LoadResult* result) {
                    });
 }
 
-absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>& objects) {
+bool RevalidationCache::Contains(const std::string& bytes) const {
+  absl::MutexLock lock(&mu_);
+  return valid_.contains(bytes);
+}
+
+void RevalidationCache::Add(std::vector<std::string> valid) {
+  absl::MutexLock lock(&mu_);
+  for (std::string& bytes : valid) {
+    if (valid_.contains(bytes)) continue;
+    if (bytes_ + bytes.size() > max_bytes_) {
+      valid_.clear();
+      bytes_ = 0;
+    }
+    bytes_ += bytes.size();
+    valid_.insert(std::move(bytes));
+  }
+}
+
+absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>& objects, RevalidationCache* cache) {
   constexpr size_t kMaxErrors = 20;
   auto cut = [](absl::string_view text, size_t n) {
     return text.size() <= n ? std::string(text) : absl::StrCat(text.substr(0, n), "...");
@@ -258,6 +277,7 @@ absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>&
   LoadResult result;
   std::vector<std::string> errors;
   std::vector<std::string> files;  // objects[i], per loaded object
+  std::vector<std::string> remembered;  // for the cache, once all pass
   for (size_t i = 0; i < objects.size(); ++i) {
     std::string file = absl::StrCat("objects[", i, "]");
     absl::string_view kind = KindOf(objects[i]);
@@ -265,13 +285,32 @@ absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>&
       errors.push_back(file + ": an object without kind");
       continue;
     }
+    std::string bytes;
+    if (cache != nullptr) {
+      bytes = DeterministicBytes(objects[i]);
+      if (cache->Contains(bytes)) {
+        // Valid as it is: only the checks across the objects (below) see it again.
+        LoadedObject same;
+        same.object = objects[i];
+        same.label = absl::StrCat(kind, "/", MetadataOf(objects[i]).name());
+        same.file = file;
+        result.objects.push_back(std::move(same));
+        continue;
+      }
+    }
     size_t before = result.objects.size();
+    const size_t errors_before = result.errors.size();
     LoadText(file, PrintYaml(objects[i]), options, &result);
     for (size_t j = before; j < result.objects.size(); ++j) {
       if (KindOf(result.objects[j].object) != kind) {
         errors.push_back(absl::StrCat(file, ": kind: \"", cut(KindOf(result.objects[j].object), 40),
                                       "\" does not match the object (", kind, ")"));
       }
+    }
+    // Loaded back as sent, without a fault: the same bytes need no second look.
+    if (cache != nullptr && result.objects.size() == before + 1 && result.errors.size() == errors_before &&
+        DeterministicBytes(result.objects.back().object) == bytes) {
+      remembered.push_back(std::move(bytes));
     }
   }
   CheckObjects(options, &result);
@@ -289,6 +328,7 @@ absl::StatusOr<std::vector<Object>> RevalidateObjects(const std::vector<Object>&
     if (n > kMaxErrors) absl::StrAppend(&text, "; and ", n - kMaxErrors, " more");
     return absl::InvalidArgumentError(text);
   }
+  if (cache != nullptr) cache->Add(std::move(remembered));
   std::vector<Object> out;
   out.reserve(result.objects.size());
   for (LoadedObject& o : result.objects) out.push_back(std::move(o.object));

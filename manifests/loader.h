@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "manifests/yaml_tree.h"
 #include "mkfleet/v1/manifest.pb.h"
 
@@ -87,7 +89,28 @@ void CheckObjects(const LoadOptions& options, LoadResult* result);
 // hold the Host). Returns the objects as loaded back, output-only fields dropped; or
 // InvalidArgument listing the errors ("objects[1] KernelInstance/web-1: spec.resources.memory:
 // ..."), names and messages cut short so that the error stays small whatever the input.
-absl::StatusOr<std::vector<mkfleet::v1::Object>> RevalidateObjects(const std::vector<mkfleet::v1::Object>& objects);
+//
+// With a cache, an object sent again exactly as one that passed before (the same bytes, as
+// loaded back) skips its own checks; the checks across the objects still run over all.
+class RevalidationCache;
+absl::StatusOr<std::vector<mkfleet::v1::Object>> RevalidateObjects(const std::vector<mkfleet::v1::Object>& objects,
+                                                                  RevalidationCache* cache = nullptr);
+
+// The objects RevalidateObjects found valid as sent, by their exact bytes (no hash: a
+// collision would let an object past the checks); at most `max_bytes` of them, then it
+// starts over. Thread-safe.
+class RevalidationCache {
+ public:
+  explicit RevalidationCache(size_t max_bytes = 32 << 20) : max_bytes_(max_bytes) {}
+  bool Contains(const std::string& bytes) const;
+  void Add(std::vector<std::string> valid);
+
+ private:
+  const size_t max_bytes_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_set<std::string> valid_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
 
 // "Host", "KernelInstance", "InstanceSet", or "" for an empty Object.
 absl::string_view KindOf(const mkfleet::v1::Object& object);

@@ -12,6 +12,7 @@
 namespace mkfleet::manifests {
 namespace {
 
+namespace v1 = mkfleet::v1;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -23,6 +24,36 @@ std::vector<std::string> InstanceErrors(const std::string& doc) {
 
 // Line numbers below count from the Instance() document, which starts after the
 // 6-line Host document and its "---" (so the instance's line 1 is file line 8).
+
+// An apply's objects are checked again as protos; with a cache, those that passed as sent
+// skip their own checks the next time, while the checks across objects still see them
+// and an object that failed is checked again.
+TEST(LoaderTest, RevalidationRemembersOnlyWhatPassedAsSent) {
+  LoadResult loaded = LoadString(HostDoc() + "---\n" + Instance("", ""));
+  ASSERT_THAT(ErrorLines(loaded), IsEmpty());
+  std::vector<v1::Object> objects;
+  for (const LoadedObject& o : loaded.objects) objects.push_back(o.object);
+  RevalidationCache cache;
+  auto first = RevalidateObjects(objects, &cache);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto again = RevalidateObjects(objects, &cache);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->size(), first->size());
+  for (size_t i = 0; i < first->size(); ++i) EXPECT_EQ((*again)[i].DebugString(), (*first)[i].DebugString());
+  // Across objects: the same Host twice is refused even though each passed alone.
+  std::vector<v1::Object> twice = {objects[0], objects[0]};
+  auto duplicate = RevalidateObjects(twice, &cache);
+  ASSERT_FALSE(duplicate.ok());
+  EXPECT_THAT(duplicate.status().message(), HasSubstr("duplicate name"));
+  // A bad object stays bad, and a good one changed is checked (not taken for the old one).
+  v1::Object bad = objects[1];
+  bad.mutable_kernel_instance()->mutable_spec()->mutable_resources()->set_cpus(0);
+  for (int round = 0; round < 2; ++round) {
+    auto r = RevalidateObjects({objects[0], bad}, &cache);
+    ASSERT_FALSE(r.ok()) << round;
+    EXPECT_THAT(r.status().message(), HasSubstr("spec.resources.cpus")) << round;
+  }
+}
 
 TEST(LoaderTest, ValidInstanceFillsTheMessage) {
   LoadResult r = LoadString(HostDoc() + "---\n" +

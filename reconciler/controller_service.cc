@@ -136,7 +136,7 @@ grpc::Status ControllerService::DoApply(grpc::ServerContext& context, const v1::
   }
   // The checks of `mkapply validate`, on whatever a client sends: a bad object is refused
   // with its field, nothing written, and only what a manifest may say is stored.
-  auto checked = manifests::RevalidateObjects(objects);
+  auto checked = manifests::RevalidateObjects(objects, &revalidated_);
   if (checked.ok() && require_digest_) {
     if (absl::Status pinned = CheckPinned(*checked); !pinned.ok()) checked = pinned;
   }

@@ -14,6 +14,7 @@
 #include "common/clock.h"
 #include "common/stream_limiter.h"
 #include "grpcpp/grpcpp.h"
+#include "manifests/loader.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "reconciler/access.h"
 #include "reconciler/audit_log.h"
@@ -133,6 +134,9 @@ class ControllerService final : public ControllerServiceBase {
   std::unique_ptr<StreamLimiter> streams_ = std::make_unique<StreamLimiter>(16, 256);
   int64_t store_quota_ = 0;
   bool require_digest_ = false;
+  // Objects that passed the checks as sent: a re-apply of the same ones checks only what
+  // spans them (10,000 unchanged Hosts are not printed and parsed again).
+  manifests::RevalidationCache revalidated_;
   // Every Watch and followed Events stream reads the store's changes from here.
   std::unique_ptr<WatchHub> hub_;
 };
