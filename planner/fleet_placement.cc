@@ -186,6 +186,20 @@ class FleetPlacer {
     std::sort(by_name.begin(), by_name.end(), [](auto* a, auto* b) { return a->name < b->name; });
     // Both in name order: `current` is walked once beside them (10,000 names at 1,000 hosts).
     auto cur = in_.current.begin();
+    // Those that hold cores whole are kept after the others: a core whose other thread a
+    // running instance uses (it got there by hand, or by a pool change) is then kept as
+    // shared, whatever the names (kept first, it took the core whole and the other one was
+    // moved: sim seed 40107).
+    std::vector<std::pair<const InstanceRequest*, const v1::Placement*>> whole;
+    auto keep = [&](const InstanceRequest* r, const v1::Placement& current) {
+      if (engine_.Keep(*r, current)) {
+        v1::Placement p = current;
+        p.set_instance_id(r->id);
+        out_.placements.insert_or_assign(r->name, std::move(p));
+      } else {
+        changed.push_back(r);
+      }
+    };
     for (const InstanceRequest* r : by_name) {
       while (cur != in_.current.end() && cur->first < r->name) ++cur;
       std::string unused;
@@ -193,14 +207,13 @@ class FleetPlacer {
         fresh.push_back(r);
       } else if (in_.hold_current.count(r->name) && engine_.Hold(r->name, cur->second, &unused)) {
         out_.placements.insert_or_assign(out_.placements.end(), r->name, cur->second);
-      } else if (engine_.Keep(*r, cur->second)) {
-        v1::Placement p = cur->second;
-        p.set_instance_id(r->id);
-        out_.placements.insert_or_assign(out_.placements.end(), r->name, std::move(p));
+      } else if (r->resources.smt() == v1::SMT_WHOLE_CORE) {
+        whole.emplace_back(r, &cur->second);
       } else {
-        changed.push_back(r);
+        keep(r, cur->second);
       }
     }
+    for (const auto& [r, current] : whole) keep(r, *current);
     // Changed ones first hold what they have, all of them: one changed instance never
     // takes what another one still runs on (a running instance's resources are released
     // only once its own new placement is secured).

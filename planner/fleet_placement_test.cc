@@ -195,6 +195,46 @@ TEST_F(FleetPlacementTest, ARunningInstanceStaysWhenASiblingThreadGetsAnotherTen
   EXPECT_TRUE(r.infeasible.empty());
 }
 
+TEST_F(FleetPlacementTest, RunningInstancesOnSiblingThreadsStayWhateverTheirNames) {
+  // Found by the fleet simulation (seed 40107): a, holding its core whole, and b (any
+  // thread) ran on the two threads of one core; a, kept first by name, took the core whole
+  // and b was re-created elsewhere. Kept the other way round, both stayed.
+  for (const auto& [whole, any] : {std::make_pair("a", "b"), std::make_pair("b", "a")}) {
+    FleetInput in;
+    in.hosts = {WholeHost("h", t_)};
+    auto instance = [](const std::string& name, bool any_thread) {
+      v1::KernelInstance k;
+      k.mutable_metadata()->set_name(name);
+      k.mutable_spec()->set_host("h");
+      k.mutable_spec()->mutable_resources()->set_cpus(1);
+      k.mutable_spec()->mutable_resources()->set_memory(256ull << 20);
+      if (any_thread) k.mutable_spec()->mutable_resources()->set_smt(v1::SMT_ANY);
+      return k;
+    };
+    in.instances = {instance(whole, false), instance(any, true)};
+    const uint32_t core = 1;
+    auto placed = [&](uint32_t pu) {
+      v1::Placement p;
+      p.set_host("h");
+      p.add_cpus(pu);
+      p.set_boot_cpu(pu);
+      p.add_numa_nodes(0);
+      auto* m = p.add_memory();
+      m->set_node(0);
+      m->set_bytes(256ull << 20);
+      return p;
+    };
+    in.current[whole] = placed(t_->cores[core].pus[0]);
+    in.current[any] = placed(t_->cores[core].pus[1]);
+    FleetPlacement r = PlaceFleet(in);
+    ASSERT_EQ(r.placements.size(), 2u) << whole;
+    EXPECT_EQ(r.placements.at(whole).cpus(0), t_->cores[core].pus[0]) << whole << " holds the core whole";
+    EXPECT_EQ(r.placements.at(any).cpus(0), t_->cores[core].pus[1]) << any << " runs on any thread";
+    EXPECT_TRUE(r.unschedulable.empty());
+    EXPECT_TRUE(r.infeasible.empty());
+  }
+}
+
 TEST_F(FleetPlacementTest, AMemoryShrinkHotRemoveCannotDoKeepsTheInstanceAsItIs) {
   // Found by the fleet simulation (seed 769): a running instance created with 2Gi, changed to
   // 1Gi, got a memory-remove that could never succeed (its only region holds the image), and
