@@ -81,6 +81,27 @@ class ReconcilerTest : public ::testing::Test {
   agents::TestHost& host_ = served_.host;
   std::unique_ptr<agents::Agent>& agent_ = served_.agent;
   const int& port_ = served_.port;
+  // Starts the loop on threads with `options` (and `events`, may be null).
+  void Start(ReconcilerOptions options, EventLog* events = nullptr) {
+    reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), std::move(options), events);
+    reconciler_->Start();
+  }
+  // An InstanceSet of 2-CPU members on any host: `replicas` in all, or `per_host` on each.
+  v1::Object SetObject(const std::string& name, uint32_t replicas, uint32_t per_host = 0) {
+    v1::Object set;
+    v1::InstanceSet* is = set.mutable_instance_set();
+    is->mutable_metadata()->set_name(name);
+    if (per_host > 0) {
+      is->mutable_spec()->set_per_host(per_host);
+    } else {
+      is->mutable_spec()->set_replicas(replicas);
+    }
+    v1::KernelInstanceSpec* t = is->mutable_spec()->mutable_template_()->mutable_spec();
+    *t = Instance("x", 2).kernel_instance().spec();
+    t->clear_host();
+    return set;
+  }
+
   std::unique_ptr<Store> store_;
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> reconciler_;
@@ -217,15 +238,10 @@ TEST_F(ReconcilerTest, StandbyTakeoverIsKeptAndReported) {
 TEST_F(ReconcilerTest, SetMembersHaveStatusAndTheSetCountsThem) {
   ReconcilerOptions options;
   options.resync = absl::Milliseconds(200);
-  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
-  reconciler_->Start();
-  v1::Object set;
+  Start(options);
+  v1::Object set = SetObject("edge", 0, 3);
   v1::InstanceSet* is = set.mutable_instance_set();
-  is->mutable_metadata()->set_name("edge");
-  is->mutable_spec()->set_per_host(3);
   v1::KernelInstanceSpec* t = is->mutable_spec()->mutable_template_()->mutable_spec();
-  *t = Instance("x", 2).kernel_instance().spec();
-  t->clear_host();
   ASSERT_TRUE(objects_->Apply({HostObject(), set}, ApplyOptions{"t", false, false}).ok());
   ASSERT_TRUE(Eventually([&] {
     auto o = objects_->Get("InstanceSet", "edge");
@@ -322,14 +338,8 @@ TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetIsSentEarlyAndMatchesTheWhole
   options.client_factory = [&](const std::string& host, const std::string& address) -> std::unique_ptr<AgentClient> {
     return std::make_unique<RecordingClient>(NewGrpcAgentClient(address, host), &sent_mu, &sent);
   };
-  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
-  reconciler_->Start();
-  v1::Object set;
-  v1::InstanceSet* s = set.mutable_instance_set();
-  s->mutable_metadata()->set_name("cache");
-  s->mutable_spec()->set_replicas(1);
-  *s->mutable_spec()->mutable_template_()->mutable_spec() = Instance("x", 2).kernel_instance().spec();
-  s->mutable_spec()->mutable_template_()->mutable_spec()->clear_host();
+  Start(options);
+  v1::Object set = SetObject("cache", 1);
   ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2), set}, ApplyOptions{"t", false, false}).ok());
   ASSERT_TRUE(Eventually([&] {
     auto o = objects_->Get("KernelInstance", "web-1");
@@ -374,14 +384,8 @@ TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetIsSentEarlyAndMatchesTheWhole
 TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetNeedsNoWholePass) {
   ReconcilerOptions options;
   options.resync = absl::Milliseconds(200);
-  reconciler_ = std::make_unique<Reconciler>(*store_, *objects_, Clock::Real(), options);
-  reconciler_->Start();
-  v1::Object set;
-  v1::InstanceSet* s = set.mutable_instance_set();
-  s->mutable_metadata()->set_name("cache");
-  s->mutable_spec()->set_replicas(1);
-  *s->mutable_spec()->mutable_template_()->mutable_spec() = Instance("x", 2).kernel_instance().spec();
-  s->mutable_spec()->mutable_template_()->mutable_spec()->clear_host();
+  Start(options);
+  v1::Object set = SetObject("cache", 1);
   ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2), set}, ApplyOptions{"t", false, false}).ok());
   auto running = [&](const std::string& name) {
     auto o = objects_->Get("KernelInstance", name, /*with_members=*/true);
