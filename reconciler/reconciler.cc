@@ -75,11 +75,14 @@ void ForEachParallel(size_t n, int parallel, const std::function<void(size_t)>& 
 }
 
 // A pass serves every ready host at once, so the global limit (per host taken) is sized
-// for a fleet of thousands; per-host backoff keeps its defaults (5 ms doubling to 1000 s).
+// for a fleet of ten thousand: hosts that connect together are planned in one or two
+// passes, not one pass per 2,000 (each plans the whole fleet: 10,000 hosts converged in
+// 33 passes and 158 s, against 51 passes and 163-170 s); per-host backoff keeps its
+// defaults (5 ms doubling to 1000 s).
 WorkQueueOptions QueueOptions(absl::Duration max_delay) {
   WorkQueueOptions o;
-  o.qps = 2000;
-  o.burst = 2000;
+  o.qps = 10000;
+  o.burst = 10000;
   o.max_delay = max_delay;
   return o;
 }
