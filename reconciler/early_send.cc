@@ -287,29 +287,10 @@ Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
   }
   WriteStatuses(std::move(update), std::move(events));
   // Where the batch's instances run now, and each host's plan, as the whole pass notes them.
-  {
-    std::shared_ptr<Serving> now_serving;
-    for (const auto& [name, p] : part.planned) {
-      if (!p.standby_for.empty()) continue;
-      auto s = serving->find(name);
-      if (s != serving->end() && s->second == std::make_pair(p.host, p.kernel)) continue;
-      if (now_serving == nullptr) now_serving = std::make_shared<Serving>(*serving);
-      (*now_serving)[name] = {p.host, p.kernel};
-    }
-    absl::MutexLock lock(&served_mu_);
-    for (auto it = kernel_names_.begin(); it != kernel_names_.end();) {
-      it = in_batch.count(it->first.first) ? kernel_names_.erase(it) : std::next(it);
-    }
-    for (const auto& [name, p] : part.planned) {
-      if (p.kernel != name) kernel_names_[{p.host, p.kernel}] = name;
-    }
-    if (now_serving != nullptr) serving_ = std::move(now_serving);
-  }
+  NoteServing(part, &in_batch);
   for (const std::string& h : batch) {
     const Plan& plan = part.hosts.at(h);
-    size_t fingerprint = plan.actions.size();
-    for (const v1::Action& a : plan.actions) fingerprint = absl::HashOf(fingerprint, a.id());
-    last_plan_seen_[h] = fingerprint;
+    last_plan_seen_[h] = PlanIds(plan);
     const int64_t version = views.at(h).state_version;
     settled_.versions[h] = version;
     if (plan.actions.empty()) {
@@ -324,8 +305,8 @@ Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
     // (A batch that failed is sent again by the whole pass: another outcome to record.)
     bool sent = true;
     for (const auto& [h, o] : outcomes) sent &= o.sent.ok();
-    for (const std::string& h : batch) {
-      if (sent) local_check_[h] = views.at(h).state_version;
+    if (sent) {
+      for (const std::string& h : batch) local_check_[h] = views.at(h).state_version;
     }
   }
   return Early::kDone;

@@ -298,10 +298,55 @@ void Reconciler::SyncConnections(bool objects_changed, const std::set<std::strin
   for (auto& c : closed) c->Stop();
   // On a resync a failing host keeps its backoff (its retry is already scheduled); a change
   // of the objects may be the fix, so it goes at once.
-  for (const auto& [host, address] : wanted) {
+  std::vector<std::string> names;
+  for (const auto& [host, address] : wanted) names.push_back(host);
+  QueueHosts(names, objects_changed, concerned);
+}
+
+void Reconciler::QueueHosts(const std::vector<std::string>& hosts, bool objects_changed,
+                            const std::set<std::string>* concerned) {
+  for (const std::string& host : hosts) {
     const bool go = objects_changed ? concerned == nullptr || concerned->count(host) > 0 : queue_.Failures(host) == 0;
     if (go) queue_.Add(host);
   }
+}
+
+size_t Reconciler::PlanIds(const Plan& plan) {
+  size_t fingerprint = plan.actions.size();
+  for (const v1::Action& a : plan.actions) fingerprint = absl::HashOf(fingerprint, a.id());
+  return fingerprint;
+}
+
+void Reconciler::NoteServing(const FleetPlan& fleet, const std::set<std::string>* hosts) {
+  std::shared_ptr<const Serving> before;
+  {
+    absl::MutexLock lock(&served_mu_);
+    before = serving_;
+  }
+  // A whole plan says where everything runs; a part of it (`hosts`) changes only its own
+  // instances' entries (the map is copied only when one changes).
+  std::shared_ptr<Serving> now = hosts == nullptr ? std::make_shared<Serving>() : nullptr;
+  for (const auto& [name, p] : fleet.planned) {
+    if (!p.standby_for.empty()) continue;
+    if (now == nullptr) {
+      auto s = before->find(name);
+      if (s != before->end() && s->second == std::make_pair(p.host, p.kernel)) continue;
+      now = std::make_shared<Serving>(*before);
+    }
+    if (hosts == nullptr) {
+      now->emplace_hint(now->end(), name, std::make_pair(p.host, p.kernel));  // (name order)
+    } else {
+      (*now)[name] = {p.host, p.kernel};
+    }
+  }
+  absl::MutexLock lock(&served_mu_);
+  for (auto it = kernel_names_.begin(); it != kernel_names_.end();) {
+    it = hosts == nullptr || hosts->count(it->first.first) ? kernel_names_.erase(it) : std::next(it);
+  }
+  for (const auto& [name, p] : fleet.planned) {
+    if (p.kernel != name) kernel_names_[{p.host, p.kernel}] = name;
+  }
+  if (now != nullptr) serving_ = std::move(now);
 }
 
 void Reconciler::PollStore(absl::Duration wait) {
@@ -362,18 +407,12 @@ void Reconciler::PollStore(absl::Duration wait) {
   if (!resync && !hosts_changed && options_.shards == nullptr) {
     // No Host changed: the connections stay as they are (not a read of every Host for
     // one instance's change); the hosts the change concerns get a pass.
-    std::vector<std::string> go;
+    std::vector<std::string> hosts;
     {
       absl::MutexLock lock(&mu_);
-      if (some) {
-        for (const std::string& host : concerned) {
-          if (connections_.count(host)) go.push_back(host);
-        }
-      } else {
-        for (const auto& [host, c] : connections_) go.push_back(host);
-      }
+      for (const auto& [host, c] : connections_) hosts.push_back(host);
     }
-    for (const std::string& host : go) queue_.Add(host);
+    QueueHosts(hosts, changed, some ? &concerned : nullptr);
     return;
   }
   SyncConnections(changed, some && !resync ? &concerned : nullptr);
@@ -536,17 +575,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   LoadStatusCache();
   DriftPass drift = drift_.Step(batch, objects->hosts, views, status_cache_, absl::ToUnixMillis(clock_.Now()), &fleet);
   timer.Phase("drift");
-  {
-    auto now_serving = std::make_shared<Serving>();
-    std::map<std::pair<std::string, std::string>, std::string> names;
-    for (const auto& [name, p] : fleet.planned) {
-      if (p.standby_for.empty()) now_serving->emplace_hint(now_serving->end(), name, std::make_pair(p.host, p.kernel));
-      if (p.kernel != name) names[{p.host, p.kernel}] = name;
-    }
-    absl::MutexLock lock(&served_mu_);
-    serving_ = std::move(now_serving);
-    kernel_names_ = std::move(names);
-  }
+  NoteServing(fleet, nullptr);
 
   // The hosts' batches go out in parallel; each worker takes the next host. Sharded: the
   // hosts of other members get their plans through the store.
@@ -655,8 +684,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   std::map<std::string, size_t> plan_seen;
   std::vector<std::string> others;
   for (const auto& [h, plan] : fleet.hosts) {
-    size_t fingerprint = plan.actions.size();
-    for (const v1::Action& a : plan.actions) fingerprint = absl::HashOf(fingerprint, a.id());
+    const size_t fingerprint = PlanIds(plan);
     plan_seen[h] = fingerprint;
     if (batch.count(h) || plan.actions.empty()) continue;
     auto last = last_plan_seen_.find(h);

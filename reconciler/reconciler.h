@@ -219,6 +219,14 @@ class Reconciler {
   enum class Early { kNone, kSent, kDone };
   Early EarlySend(const std::vector<std::string>& batch, std::map<std::string, absl::Status>* result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  // Queues `hosts` after a look at the store: those `concerned` when objects changed (all
+  // when null), else those not backing off.
+  void QueueHosts(const std::vector<std::string>& hosts, bool objects_changed, const std::set<std::string>* concerned);
+  // A hash of a plan's action ids (a pass requeues a host whose plan it changed).
+  static size_t PlanIds(const Plan& plan);
+  // Notes where `fleet` runs each instance (serving_) and the kernels named otherwise
+  // (kernel_names_): all of them, or only those on `hosts` when given (a local pass).
+  void NoteServing(const FleetPlan& fleet, const std::set<std::string>* hosts);
   // Whether `e` puts a KernelInstance with spec.host (what an early send may follow).
   static bool IsPinnedInstancePut(const Event& e);
   // Writes a pass's statuses (one transaction) and events.
