@@ -51,6 +51,7 @@ class Stmt {
     return *this;
   }
   int Step() { return sqlite3_step(s_); }
+  int64_t Steps() const { return sqlite3_stmt_status(s_, SQLITE_STMTSTATUS_VM_STEP, 0); }
   // Ready to bind and step again.
   void Reset() {
     sqlite3_reset(s_);
@@ -67,6 +68,8 @@ class Stmt {
   int rc_;
 };
 
+thread_local int64_t last_list_steps = 0;
+
 class SqliteStore final : public Store {
  public:
   SqliteStore(sqlite3* db, Clock& clock) : db_(db), clock_(clock) {}
@@ -79,12 +82,20 @@ class SqliteStore final : public Store {
 
   absl::StatusOr<std::vector<KeyValue>> List(const std::string& prefix) override {
     absl::MutexLock lock(&mu_);
-    Stmt s(db_, "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 "
-                "ORDER BY key");
+    // Through the key index from the prefix to its end (the rows after it, e.g. a fleet's
+    // statuses after its objects, are not visited); a prefix of 0xff bytes has no end.
+    const std::string end = PrefixEnd(prefix);
+    const bool bounded = end != std::string(1, '\0');
+    Stmt s(db_, bounded ? "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND key < ?3 "
+                          "AND substr(key, 1, ?2) = ?1 ORDER BY key"
+                        : "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 "
+                          "ORDER BY key");
     s.Bind(1, prefix).Bind(2, static_cast<int64_t>(prefix.size()));
+    if (bounded) s.Bind(3, end);
     std::vector<KeyValue> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) out.push_back({s.Blob(0), s.Blob(1), s.Int(2), s.Int(3), s.Int(4)});
+    last_list_steps = s.Steps();
     if (rc != SQLITE_DONE) return Error("list");
     return out;
   }
@@ -383,5 +394,7 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, 
   if (!migrated.ok()) return absl::Status(migrated.code(), absl::StrCat("store ", path, ": ", migrated.message()));
   return std::unique_ptr<Store>(std::move(store));
 }
+
+int64_t SqliteLastListStepsForTest() { return last_list_steps; }
 
 }  // namespace mkfleet::reconciler

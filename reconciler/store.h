@@ -102,6 +102,10 @@ class Store {
 // Opens (creating if needed) the SQLite store at `path`.
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, Clock& clock);
 
+// For tests: the virtual-machine steps of this thread's last List of a SQLite store (how
+// many rows it visited, not only those it returned).
+int64_t SqliteLastListStepsForTest();
+
 }  // namespace mkfleet::reconciler
 
 #endif  // MKFLEET_RECONCILER_STORE_H_

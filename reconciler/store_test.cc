@@ -392,6 +392,29 @@ TEST_F(SqliteStoreTest, AnEmptyStoreIsAtRevisionZero) {
   EXPECT_EQ(*store_->Put("/a", "1"), 1);
 }
 
+TEST_F(SqliteStoreTest, AListVisitsOnlyItsPrefixsRows) {
+  // A fleet's statuses sort after its objects: listing the few InstanceSets must not walk
+  // every status to the end of the table (it did, ten times a second under `--wait`).
+  std::vector<Op> ops;
+  for (int i = 0; i < 2000; ++i) ops.push_back({Op::Type::kPut, absl::StrCat("/status/KernelInstance/k", i), "s", 0});
+  ops.push_back({Op::Type::kPut, "/objects/InstanceSet/a", "1", 0});
+  ops.push_back({Op::Type::kPut, "/objects/InstanceSet/b", "2", 0});
+  ops.push_back({Op::Type::kPut, "/objects/InstanceSetX", "3", 0});   // shares the text, not the prefix
+  ops.push_back({Op::Type::kPut, "/objects/InstanceSet0", "4", 0});   // the byte after '/'
+  ASSERT_TRUE(store_->Txn({}, ops).ok());
+  auto sets = store_->List("/objects/InstanceSet/");
+  ASSERT_TRUE(sets.ok());
+  ASSERT_EQ(sets->size(), 2u);
+  EXPECT_EQ((*sets)[0].key, "/objects/InstanceSet/a");
+  EXPECT_EQ((*sets)[1].key, "/objects/InstanceSet/b");
+  EXPECT_LT(SqliteLastListStepsForTest(), 200);
+  // The last prefix of the table, and a prefix whose end is past every byte.
+  EXPECT_EQ(store_->List("/status/KernelInstance/")->size(), 2000u);
+  ASSERT_TRUE(store_->Put(std::string("/\xff\xff"), "5").ok());
+  EXPECT_EQ(store_->List(std::string("/\xff"))->size(), 1u);
+  EXPECT_EQ(store_->List("")->size(), 2005u);
+}
+
 TEST_F(SqliteStoreTest, OpensAStoreOfTheFirstHistoryFormat) {
   store_.reset();
   for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path_ + suffix);
