@@ -55,8 +55,11 @@ INSTANTIATE_TEST_SUITE_P(Ci, ShardedFleetSimSeeds, ::testing::Range<uint64_t>(1,
 // cut off, owning a host another had: m), 122 and 173 (settled while a host was handed
 // over or the controller did not lead), 303 and 588 (stale work after a delete: b), 27 (an
 // instance moved by its spec re-created beside its old kernel: b), 595 (a re-create into room
-// a failed shrink did not make: b'), 605 and 613 (gaps in j and b' themselves).
-INSTANTIATE_TEST_SUITE_P(FoundDefects, ShardedFleetSimSeeds, ::testing::Values(27, 122, 173, 303, 588, 595, 605, 613));
+// a failed shrink did not make: b'), 605 and 613 (gaps in j and b' themselves), 12035 (a
+// placement not stable between two passes: b; passes since session 8's changes, which one
+// fixed it is not pinned down: its trajectory changed with them).
+INSTANTIATE_TEST_SUITE_P(FoundDefects, ShardedFleetSimSeeds,
+                         ::testing::Values(27, 122, 173, 303, 588, 595, 605, 613, 12035));
 
 // Longer runs on more hosts.
 TEST(FleetSimTest, LongRunsOnFiveHosts) {
@@ -87,7 +90,8 @@ TEST(FleetSimTest, SeedsThatFoundDefects) {
                                          {3273, 3, 600}, {5175, 5, 1800}, {7071, 5, 1800},
                                          {9014, 4, 600}, {11446, 4, 600}, {19, 5, 1800}, {296, 2, 600}, {5171, 5, 1800},
                                          {11139, 5, 1800}, {30002, 4, 600}, {30103, 5, 1800}, {30367, 5, 1800},
-                                         {40004, 2, 600}, {40024, 2, 600}, {40107, 5, 1800}, {42175, 5, 1800}}) {
+                                         {40004, 2, 600}, {40024, 2, 600}, {40107, 5, 1800}, {42175, 5, 1800},
+                                         {30435, 5, 1800}}) {
     SimOptions o = Options(c.seed);
     o.hosts = c.hosts;
     o.steps = c.steps;
