@@ -255,29 +255,39 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
     if (canaries == 0) p.set_canary_passed(true);  // no canary step
     // The canaries: chosen once per rollout, in the first wave that has members to move.
     if (canaries > 0 && !p.canary_passed()) {
-      // Canaries gone before they were let move (their host or the set shrank) are chosen anew.
-      std::vector<std::string> gone;
+      // Canaries gone before they were let move (their host or the set shrank) are chosen
+      // anew; so are all of them while none has moved: a member that went down meanwhile
+      // becomes the canary (moving it takes no budget; else, down and never let move, it
+      // would hold the budget the canary waits for: sim seed 42014).
+      bool any_moved = false;
+      for (const auto& [name, mp] : p.members()) any_moved |= mp.canary() && mp.admitted_unix_ms() > 0;
+      std::vector<std::string> again;
       for (const auto& [name, mp] : p.members()) {
-        if (mp.canary() && mp.admitted_unix_ms() == 0 && !members.count(name)) gone.push_back(name);
+        if (mp.canary() && mp.admitted_unix_ms() == 0 && (!any_moved || !members.count(name))) again.push_back(name);
       }
-      for (const std::string& name : gone) p.mutable_members()->erase(name);
+      for (const std::string& name : again) p.mutable_members()->erase(name);
       uint32_t chosen = 0;
       for (const auto& [name, mp] : p.members()) chosen += mp.canary();
       if (chosen == 0) {
-        std::string first_wave;
-        bool found = false;
+        // The first wave with a member to move, that of a member down if one is; in it, the
+        // members down first, then in order.
+        auto to_move = [&](const RolloutMember& m) { return m.kernel != target_of(m) && !m.kernel.empty(); };
+        const RolloutMember* first = nullptr;
         for (const RolloutMember* m : order) {
-          if (m->kernel != target_of(*m) && !m->kernel.empty()) {
-            first_wave = m->wave;
-            found = true;
+          if (!to_move(*m)) continue;
+          if (first == nullptr) first = m;
+          if (!m->up) {
+            first = m;
             break;
           }
         }
-        for (const RolloutMember* m : order) {
-          if (!found || chosen >= canaries) break;
-          if (m->wave != first_wave || m->kernel == target_of(*m) || m->kernel.empty()) continue;
-          (*p.mutable_members())[m->name].set_canary(true);
-          ++chosen;
+        for (bool down : {true, false}) {
+          for (const RolloutMember* m : order) {
+            if (first == nullptr || chosen >= canaries) break;
+            if (m->wave != first->wave || !to_move(*m) || m->up == down || p.members().count(m->name)) continue;
+            (*p.mutable_members())[m->name].set_canary(true);
+            ++chosen;
+          }
         }
         if (chosen == 0) p.set_canary_passed(true);  // nothing to move: no canary step
       }

@@ -496,6 +496,34 @@ TEST(RolloutTest, ACanaryThatIsGoneIsChosenAnew) {
   EXPECT_EQ(f.Count("k2"), 5);
 }
 
+// Defect (simulation seed 42014): a member down for its own reasons (never let move) held the
+// whole budget (maxUnavailable 1) while the canary, up, waited for budget: the rollout stood
+// at its canary for ever. A member that is down costs no budget to move: it is the canary.
+TEST(RolloutTest, AMemberDownBeforeTheRolloutIsTheCanaryNotAHoldUp) {
+  Fleet f(6, 2);
+  f.policy().mutable_canary()->set_count(1);
+  f.Step();
+  f.NewRevision("k2");
+  f.progress().set_paused(true);
+  f.Step();  // a canary is chosen, not let move (paused)
+  ASSERT_EQ(f.Canaries().size(), 1u);
+  // Another member, of the other wave, goes down and stays down at its old kernel.
+  std::string down;
+  for (RolloutMember& m : f.members()) {
+    if (m.name != f.Canaries()[0] && m.wave != f.members()[0].wave) {
+      down = m.name;
+      m.up = false;
+      break;
+    }
+  }
+  ASSERT_FALSE(down.empty());
+  f.bad_.insert("k1");  // (only a member down at k1 stays down; k2 comes up)
+  f.progress().set_paused(false);
+  f.StepUntil("Complete", 100);
+  EXPECT_EQ(f.Count("k2"), 6);
+  EXPECT_LE(f.max_down_, 1) << "the budget (maxUnavailable 1) was exceeded";
+}
+
 // A member let move that is being re-created (not seen for a while) still holds the budget.
 TEST(RolloutTest, AMemberBeingRecreatedHoldsTheBudget) {
   Fleet f(6, 0);
