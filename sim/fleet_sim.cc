@@ -256,6 +256,7 @@ class World {
   std::map<std::string, std::string> rollout_seen_;  // "Kind/name" -> "revision phase" last traced  // "set@revision" whose rollout failed (licensed once)
   std::map<std::string, int64_t> born_;  // "h/k" -> the step it was first seen (this run)
   std::set<std::string> established_;    // KernelInstances seen running since (re)created
+  std::set<std::string> removed_resize_pending_;  // removed out of band while a resize waited: (b') starts over
   std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
   std::set<std::string> failing_;        // "h/k" whose last action failed
   int64_t last_non_failing_send_ = 0;    // the step of the last call with an action that is not a retry
@@ -1371,6 +1372,20 @@ void World::Fault() {
     std::string k = rng_.Pick(managed);
     absl::Status s = agents::KerfOperation(*host.truth, op, k, "");
     if (s.ok() && (op == "kerf-halt" || op == "kerf-remove")) License(absl::StrCat(host.name, "/", k), "drift");
+    if (s.ok() && op == "kerf-remove") {
+      // Removed while a resize of it was pending (kept on its placement: no room for the
+      // spec): the controller re-creates it at its spec, which may not fit, so (b') starts
+      // over for it once its status says it is not running, as for a create refused after a
+    // fault (seed 41243).
+      for (const v1::Object& o : List("KernelInstance")) {
+        const v1::KernelInstance& ki = o.kernel_instance();
+        const std::string& serving = ki.status().kernel().empty() ? ki.metadata().name() : ki.status().kernel();
+        if (ki.status().placement().host() != host.name || serving != k) continue;
+        for (const v1::Condition& c : ki.status().conditions()) {
+          if (c.type() == "Resized" && c.status() == v1::CONDITION_FALSE) removed_resize_pending_.insert(ki.metadata().name());
+        }
+      }
+    }
     ++result_.drift_changes;
     Trace(absl::StrCat("fault: out of band ", op, " of ", host.name, "/", k, ": ", s.ok() ? "ok" : s.message()));
   } else {
@@ -1544,6 +1559,11 @@ absl::Status World::CheckStep() {
   }
   for (const v1::Object& o : List("KernelInstance")) {
     const v1::KernelInstance& ki = o.kernel_instance();
+    if (removed_resize_pending_.count(ki.metadata().name())) {
+      if (ki.status().phase() == "Running") continue;  // (not seen gone yet)
+      established_.erase(ki.metadata().name());
+      removed_resize_pending_.erase(ki.metadata().name());
+    }
     if (ki.status().phase() == "Running" && live_hosts.count(ki.status().placement().host())) {
       established_.insert(ki.metadata().name());
     }
