@@ -15,7 +15,6 @@ namespace v1 = mkfleet::v1;
 
 namespace {
 
-constexpr const char* kFieldOrder[] = {"state", "cpus", "memory", "devices", "kernel", "cmdline"};
 
 std::string StateName(v1::KernelState s) {
   switch (s) {
@@ -94,22 +93,30 @@ const char* Ended(bool corrected) { return corrected ? "DriftCorrected" : "Drift
 
 }  // namespace
 
-std::map<std::string, std::string> DriftFields(const v1::InstanceStatus& observed) {
-  std::map<std::string, std::string> f;
-  f["state"] = StateName(observed.kernel_state());
-  f["cpus"] = manifests::FormatCpuList({observed.placement().cpus().begin(), observed.placement().cpus().end()});
-  f["memory"] = MemoryText(observed.placement().memory());
+DriftValues DriftFields(const v1::InstanceStatus& observed) {
+  DriftValues f;
+  f[0] = StateName(observed.kernel_state());
+  f[1] = manifests::FormatCpuList({observed.placement().cpus().begin(), observed.placement().cpus().end()});
+  f[2] = MemoryText(observed.placement().memory());
   std::vector<std::string> devices;
   for (const v1::PlacedDevice& d : observed.placement().devices()) devices.push_back(d.pci());
   std::sort(devices.begin(), devices.end());
-  f["devices"] = devices.empty() ? "-" : absl::StrJoin(devices, ",");
+  f[3] = devices.empty() ? "-" : absl::StrJoin(devices, ",");
   const v1::Provenance& p = observed.provenance();
-  f["kernel"] = p.kernel_path().empty() ? "-"
-                                        : absl::StrCat(p.kernel_path(), p.kernel_sha256().empty()
-                                                                            ? ""
-                                                                            : " sha256:" + p.kernel_sha256().substr(0, 12));
-  f["cmdline"] = p.cmdline().empty() ? "\"\"" : absl::StrCat("\"", p.cmdline(), "\"");
+  f[4] = p.kernel_path().empty() ? "-"
+                                 : absl::StrCat(p.kernel_path(), p.kernel_sha256().empty()
+                                                                     ? ""
+                                                                     : " sha256:" + p.kernel_sha256().substr(0, 12));
+  f[5] = p.cmdline().empty() ? "\"\"" : absl::StrCat("\"", p.cmdline(), "\"");
   return f;
+}
+
+const std::string& DriftField(const DriftValues& values, absl::string_view field) {
+  static const std::string kNone;
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (field == kDriftFieldNames[i]) return values[i];
+  }
+  return kNone;
 }
 
 v1::DriftPolicy DriftTracker::PolicyOf(const v1::Host& host) const {
@@ -181,7 +188,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
 
     // What the host shows now (once per instance and pass), and what differs from the
     // baseline, field by field.
-    std::map<std::string, std::string> now;
+    DriftValues now;
     if (present) now = DriftFields(observed->second.status());
     std::vector<v1::Drift> items;
     if (base != settled_.end()) {
@@ -197,10 +204,10 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
         items.push_back(std::move(d));
       };
       if (!present) {
-        item("instance", absl::StrCat(base->second.fields.at("state"), " on ", p.host), "missing");
+        item("instance", absl::StrCat(DriftField(base->second.fields, "state"), " on ", p.host), "missing");
       } else if (observed->second.status().kernel_state() != v1::KERNEL_STATE_FAILED) {  // a crash: failover's
-        for (const char* field : kFieldOrder) {
-          if (now[field] != base->second.fields.at(field)) item(field, base->second.fields.at(field), now[field]);
+        for (size_t i = 0; i < now.size(); ++i) {
+          if (now[i] != base->second.fields[i]) item(kDriftFieldNames[i], base->second.fields[i], now[i]);
         }
       }
     }
@@ -246,7 +253,7 @@ DriftPass DriftTracker::Step(const std::set<std::string>& batch, const std::vect
       // Nothing left to do for it: put back, or as wanted again by other hands.
       std::vector<std::string> fields;
       for (const v1::Drift& d : known) {
-        const std::string& value = d.field() == "instance" ? now["state"] : now[d.field()];
+        const std::string& value = DriftField(now, d.field() == "instance" ? "state" : d.field());
         fields.push_back(value.empty() ? d.field() : absl::StrCat(d.field(), " ", value));
       }
       const bool corrected = known.front().policy() == "Correct";

@@ -23,11 +23,14 @@
 #ifndef MKFLEET_RECONCILER_DRIFT_H_
 #define MKFLEET_RECONCILER_DRIFT_H_
 
+#include <array>
+#include <iterator>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "mkfleet/v1/manifest.pb.h"
 #include "mkfleet/v1/state.pb.h"
 #include "reconciler/fleet_plan.h"
@@ -39,6 +42,15 @@ struct DriftPass {
   std::map<std::string, std::vector<mkfleet::v1::Drift>> by_host;  // the batch hosts' current drift
   std::vector<mkfleet::v1::Event> events;
 };
+
+// The fields drift is judged on, from what an agent reports of an instance, as people read
+// them: state, cpus, memory, devices, kernel, cmdline (kDriftFieldNames, in that order; a
+// baseline is kept for every settled instance: six strings, not a map of them).
+inline constexpr const char* kDriftFieldNames[] = {"state", "cpus", "memory", "devices", "kernel", "cmdline"};
+using DriftValues = std::array<std::string, std::size(kDriftFieldNames)>;
+DriftValues DriftFields(const mkfleet::v1::InstanceStatus& observed);
+// The value of `field` (one of kDriftFieldNames; "" for any other name).
+const std::string& DriftField(const DriftValues& values, absl::string_view field);
 
 class DriftTracker {
  public:
@@ -58,7 +70,7 @@ class DriftTracker {
   struct Baseline {
     int64_t generation = 0;
     std::string host, kernel, owner;
-    std::map<std::string, std::string> fields;  // field -> value as people read it
+    DriftValues fields;  // in kDriftFieldNames' order
   };
   mkfleet::v1::DriftPolicy PolicyOf(const mkfleet::v1::Host& host) const;
 
@@ -69,9 +81,6 @@ class DriftTracker {
   std::map<std::string, mkfleet::v1::Drift> pool_drift_;               // by host
   std::map<std::string, std::map<std::string, int64_t>> unmanaged_;    // host -> kernel -> since
 };
-
-// The fields drift is judged on, from what an agent reports of an instance.
-std::map<std::string, std::string> DriftFields(const mkfleet::v1::InstanceStatus& observed);
 
 }  // namespace mkfleet::reconciler
 
