@@ -60,7 +60,9 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
       !fleet.drift_held.empty() || !fleet.pool_changes.empty() || !fleet.frozen_sets.empty() || !fleet.drained.empty()) {
     return;
   }
-  if (rollout.active || !rollout.member_specs.empty() || !rollout.set_specs.empty() || !rollout.instance_specs.empty() ||
+  // (A paused rollout too: it ends when its members have been Ready for minReady, which
+  // only a whole pass sees: sim seed 60022.)
+  if (rollout.active || rollout.paused || !rollout.member_specs.empty() || !rollout.set_specs.empty() || !rollout.instance_specs.empty() ||
       !rollout.held.empty() || !objects.policies.empty() || !retry.empty()) {
     return;
   }

@@ -316,6 +316,7 @@ void Rollouts::StepSets(const std::vector<v1::Host>& hosts, const std::vector<v1
     }
     const v1::RolloutPhase phase = rec.progress().phase();
     out->active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;
+    out->paused |= phase == v1::ROLLOUT_PAUSED;
     if (dirty) {
       if (absl::Status s = SaveLocked(key); !s.ok()) {
         out->events.push_back(OwnerEvent(key, true, "RolloutStoreError", std::string(s.message()), now));
@@ -528,6 +529,7 @@ void Rollouts::StepPolicies(const std::vector<v1::Host>& hosts, const std::vecto
     for (const std::string& c : conflicts[name]) st.add_conflicts(c);
     out->policy_statuses[name] = std::move(st);
     out->active |= phase == v1::ROLLOUT_PROGRESSING || phase == v1::ROLLOUT_ROLLING_BACK;
+    out->paused |= phase == v1::ROLLOUT_PAUSED;
     if (dirty) {
       if (absl::Status s = SaveLocked(key); !s.ok()) {
         out->events.push_back(OwnerEvent(key, true, "RolloutStoreError", std::string(s.message()), now));

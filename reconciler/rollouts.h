@@ -54,6 +54,9 @@ struct RolloutPass {
   std::map<std::string, std::pair<std::string, uint32_t>> member_revisions;
   std::vector<mkfleet::v1::Event> events;
   bool active = false;  // a rollout is under way: pass again soon (minReady, healthTimeout)
+  // A rollout is paused: it moves nobody, but its members' minReady still ends it
+  // (Complete), so the fleet is not settled (a local pass would not see it end).
+  bool paused = false;
 };
 
 class Rollouts {
