@@ -253,7 +253,7 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
   if (rolling && (p.phase() == v1::ROLLOUT_PROGRESSING || p.phase() == v1::ROLLOUT_PAUSED)) {
     const uint32_t canaries = policy.has_canary() ? Resolve(policy.canary(), total, 0, 0) : 0;
     if (canaries == 0) p.set_canary_passed(true);  // no canary step
-    // The canaries: chosen once per rollout, in the first wave that has members to move.
+    // The canaries: kept once one has moved; until then chosen each pass (below).
     if (canaries > 0 && !p.canary_passed()) {
       // Canaries gone before they were let move (their host or the set shrank) are chosen
       // anew; so are all of them while none has moved: a member that went down meanwhile
