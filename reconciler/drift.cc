@@ -15,7 +15,6 @@ namespace v1 = mkfleet::v1;
 
 namespace {
 
-
 std::string StateName(v1::KernelState s) {
   switch (s) {
     case v1::KERNEL_STATE_ACTIVE:

@@ -281,13 +281,17 @@ RolloutStep StepRollout(const RolloutView& view, v1::RolloutProgress* progress) 
             break;
           }
         }
-        for (bool down : {true, false}) {
-          for (const RolloutMember* m : order) {
-            if (first == nullptr || chosen >= canaries) break;
-            if (m->wave != first->wave || !to_move(*m) || m->up == down || p.members().count(m->name)) continue;
-            (*p.mutable_members())[m->name].set_canary(true);
-            ++chosen;
+        std::vector<const RolloutMember*> candidates;
+        for (const RolloutMember* m : order) {
+          if (first != nullptr && m->wave == first->wave && to_move(*m) && !p.members().count(m->name)) {
+            candidates.push_back(m);
           }
+        }
+        std::stable_partition(candidates.begin(), candidates.end(), [](const RolloutMember* m) { return !m->up; });
+        for (const RolloutMember* m : candidates) {
+          if (chosen >= canaries) break;
+          (*p.mutable_members())[m->name].set_canary(true);
+          ++chosen;
         }
         if (chosen == 0) p.set_canary_passed(true);  // nothing to move: no canary step
       }

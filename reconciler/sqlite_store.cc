@@ -86,10 +86,9 @@ class SqliteStore final : public Store {
     // statuses after its objects, are not visited); a prefix of 0xff bytes has no end.
     const std::string end = PrefixEnd(prefix);
     const bool bounded = end != std::string(1, '\0');
-    Stmt s(db_, bounded ? "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND key < ?3 "
-                          "AND substr(key, 1, ?2) = ?1 ORDER BY key"
-                        : "SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 "
-                          "ORDER BY key");
+    const std::string sql = absl::StrCat("SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key >= ?1 ",
+                                         bounded ? "AND key < ?3 " : "", "AND substr(key, 1, ?2) = ?1 ORDER BY key");
+    Stmt s(db_, sql.c_str());
     s.Bind(1, prefix).Bind(2, static_cast<int64_t>(prefix.size()));
     if (bounded) s.Bind(3, end);
     std::vector<KeyValue> out;

@@ -1376,7 +1376,7 @@ void World::Fault() {
       // Removed while a resize of it was pending (kept on its placement: no room for the
       // spec): the controller re-creates it at its spec, which may not fit, so (b') starts
       // over for it once its status says it is not running, as for a create refused after a
-    // fault (seed 41243).
+      // fault (seed 41243).
       for (const v1::Object& o : List("KernelInstance")) {
         const v1::KernelInstance& ki = o.kernel_instance();
         const std::string& serving = ki.status().kernel().empty() ? ki.metadata().name() : ki.status().kernel();
