@@ -51,6 +51,11 @@ HostView HostConnection::View() const {
   return v;
 }
 
+bool HostConnection::Connected() const {
+  absl::MutexLock lock(&mu_);
+  return view_.connected;
+}
+
 absl::StatusOr<v1::ExecuteResponse> HostConnection::Execute(const v1::ActionBatch& batch) {
   {
     absl::MutexLock lock(&mu_);

@@ -118,6 +118,8 @@ class HostConnection {
   void SetOnStream(std::function<void(WatchStream&)> on_stream) { on_stream_ = std::move(on_stream); }
 
   HostView View() const;
+  // Whether the Watch stream is up (View().connected, without copying the view).
+  bool Connected() const;
   const std::string& address() const { return address_; }
   // Sends a batch; Unavailable when the host is not connected.
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);

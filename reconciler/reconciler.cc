@@ -141,9 +141,15 @@ void Reconciler::ForwardAgentEvents(const std::string& host, std::vector<v1::Eve
 }
 
 std::pair<int, int> Reconciler::HostCounts() {
-  std::map<std::string, std::shared_ptr<HostConnection>> links;
+  // (Asked several times a second by clients that wait: no copy of every host's view.)
+  std::vector<std::shared_ptr<HostConnection>> links;
+  {
+    absl::MutexLock lock(&mu_);
+    links.reserve(connections_.size());
+    for (const auto& [name, c] : connections_) links.push_back(c.link);
+  }
   int connected = 0;
-  for (const auto& [name, v] : Views(&links)) connected += v.connected ? 1 : 0;
+  for (const auto& link : links) connected += link->Connected() ? 1 : 0;
   return {static_cast<int>(links.size()), connected};
 }
 

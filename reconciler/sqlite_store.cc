@@ -1,6 +1,8 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <atomic>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -23,7 +25,8 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 constexpr char kHistory[] = R"sql(
 CREATE TABLE IF NOT EXISTS history2 (rev INTEGER NOT NULL, pos INTEGER NOT NULL, key TEXT NOT NULL, value BLOB,
                                      deleted INTEGER NOT NULL, PRIMARY KEY (rev, pos)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history2_key ON history2 (key, rev);
+DROP INDEX IF EXISTS history2_key;
+CREATE INDEX IF NOT EXISTS history2_top ON history2 (substr(key, 1, instr(substr(key, 2), '/') + 1), rev, pos);
 )sql";
 
 constexpr char kMigrateV1[] = R"sql(
@@ -68,7 +71,16 @@ class Stmt {
   int rc_;
 };
 
-thread_local int64_t last_list_steps = 0;
+thread_local int64_t last_read_steps = 0;
+
+// The top-level folder of the keys under `prefix` ("/objects/" for "/objects/Host/"), as
+// the history index computes it from each key; empty when keys under `prefix` may have
+// different ones ("/", "/objects").
+std::string TopFolder(const std::string& prefix) {
+  if (prefix.empty() || prefix[0] != '/') return "";
+  size_t second = prefix.find('/', 1);
+  return second == std::string::npos ? "" : prefix.substr(0, second + 1);
+}
 
 class SqliteStore final : public Store {
  public:
@@ -94,7 +106,7 @@ class SqliteStore final : public Store {
     std::vector<KeyValue> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) out.push_back({s.Blob(0), s.Blob(1), s.Int(2), s.Int(3), s.Int(4)});
-    last_list_steps = s.Steps();
+    last_read_steps = s.Steps();
     if (rc != SQLITE_DONE) return Error("list");
     return out;
   }
@@ -163,9 +175,11 @@ class SqliteStore final : public Store {
     m.Bind(1, next);
     if (m.Step() != SQLITE_DONE) return rollback(Error("revision"));
     if (!Exec("COMMIT")) return rollback(Error("commit"));
+    revision_.store(next, std::memory_order_release);
     return next;
   }
 
+  // (After any transaction in progress: what a read after it sees is at least this.)
   absl::StatusOr<int64_t> Revision() override {
     absl::MutexLock lock(&mu_);
     return RevisionLocked();
@@ -180,17 +194,18 @@ class SqliteStore final : public Store {
       return absl::OutOfRangeError(absl::StrCat("store: history before revision ", compacted + 1,
                                                 " was compacted; list again"));
     }
-    // Most rows are the controller's statuses: the history of any other prefix (objects,
-    // shards: a few rows among tens of thousands) is read through the key index, not by
-    // scanning every row since `after`.
-    const std::string end = PrefixEnd(prefix);
-    const bool by_key = end != std::string(1, '\0') && prefix != "/" && !absl::StartsWith(prefix, "/status/");
-    Stmt s(db_, by_key ? "SELECT rev, key, value, deleted FROM history2 INDEXED BY history2_key "
-                         "WHERE key >= ?3 AND key < ?4 AND rev > ?1 ORDER BY rev, pos"
-                       : "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
-                         "ORDER BY rev, pos");
+    // Through the index of (top-level folder, revision): the rows of the prefix's folder
+    // since `after`, not every row since then (most are the controller's statuses) nor the
+    // prefix's whole history in the window (a fleet's objects, when polling what changed).
+    // A prefix without a top-level folder ("/", "/objects") reads every row since `after`.
+    const std::string top = TopFolder(prefix);
+    Stmt s(db_, !top.empty() ? "SELECT rev, key, value, deleted FROM history2 INDEXED BY history2_top "
+                               "WHERE substr(key, 1, instr(substr(key, 2), '/') + 1) = ?4 AND rev > ?1 "
+                               "AND substr(key, 1, ?2) = ?3 ORDER BY rev, pos"
+                             : "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
+                               "ORDER BY rev, pos");
     s.Bind(1, after).Bind(2, static_cast<int64_t>(prefix.size())).Bind(3, prefix);
-    if (by_key) s.Bind(4, end);
+    if (!top.empty()) s.Bind(4, top);
     std::vector<Event> out;
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) {
@@ -201,15 +216,19 @@ class SqliteStore final : public Store {
       if (e.type == Event::Type::kPut) e.value = s.Blob(2);
       out.push_back(std::move(e));
     }
+    last_read_steps = s.Steps();
     if (rc != SQLITE_DONE) return Error("history");
     return out;
   }
 
   absl::StatusOr<int64_t> WaitForRevision(int64_t after, absl::Duration timeout) override {
     absl::Duration deadline = clock_.Monotonic() + timeout;
+    // Polled from memory: the file is this process's alone (mkcontroller holds its lock),
+    // so the last commit's revision is the file's. (Three waiters polling the file every 5
+    // ms cost 2.5 % of a 10,000-host controller's CPU.)
     while (true) {
-      auto rev = Revision();
-      if (!rev.ok() || *rev > after || clock_.Monotonic() >= deadline) return rev;
+      const int64_t committed = revision_.load(std::memory_order_acquire);
+      if (committed < 0 || committed > after || clock_.Monotonic() >= deadline) return Revision();
       clock_.SleepFor(absl::Milliseconds(5));
     }
   }
@@ -342,12 +361,14 @@ class SqliteStore final : public Store {
   absl::StatusOr<int64_t> RevisionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Stmt s(db_, "SELECT value FROM meta WHERE name = 'revision'");
     if (s.Step() != SQLITE_ROW) return Error("revision");
+    revision_.store(s.Int(0), std::memory_order_release);
     return s.Int(0);
   }
 
   sqlite3* db_;
   Clock& clock_;
   absl::Mutex mu_;
+  std::atomic<int64_t> revision_{-1};  // the last committed revision (WaitForRevision); -1 until read
 };
 
 }  // namespace
@@ -394,6 +415,6 @@ absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, 
   return std::unique_ptr<Store>(std::move(store));
 }
 
-int64_t SqliteLastListStepsForTest() { return last_list_steps; }
+int64_t SqliteLastReadStepsForTest() { return last_read_steps; }
 
 }  // namespace mkfleet::reconciler

@@ -102,9 +102,9 @@ class Store {
 // Opens (creating if needed) the SQLite store at `path`.
 absl::StatusOr<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path, Clock& clock);
 
-// For tests: the virtual-machine steps of this thread's last List of a SQLite store (how
-// many rows it visited, not only those it returned).
-int64_t SqliteLastListStepsForTest();
+// For tests: the virtual-machine steps of this thread's last List or EventsSince of a
+// SQLite store (how many rows it visited, not only those it returned).
+int64_t SqliteLastReadStepsForTest();
 
 }  // namespace mkfleet::reconciler
 

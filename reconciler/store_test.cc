@@ -407,12 +407,52 @@ TEST_F(SqliteStoreTest, AListVisitsOnlyItsPrefixsRows) {
   ASSERT_EQ(sets->size(), 2u);
   EXPECT_EQ((*sets)[0].key, "/objects/InstanceSet/a");
   EXPECT_EQ((*sets)[1].key, "/objects/InstanceSet/b");
-  EXPECT_LT(SqliteLastListStepsForTest(), 200);
+  EXPECT_LT(SqliteLastReadStepsForTest(), 200);
   // The last prefix of the table, and a prefix whose end is past every byte.
   EXPECT_EQ(store_->List("/status/KernelInstance/")->size(), 2000u);
   ASSERT_TRUE(store_->Put(std::string("/\xff\xff"), "5").ok());
   EXPECT_EQ(store_->List(std::string("/\xff"))->size(), 1u);
   EXPECT_EQ(store_->List("")->size(), 2005u);
+}
+
+TEST_F(SqliteStoreTest, AHistoryReadVisitsOnlyItsPrefixsNewRows) {
+  // The controller polls the objects' history a few times a second: after a fleet's
+  // 2,000 objects were written, reading what changed since must visit what changed since,
+  // not every object's history row in the window (nor the statuses written after them).
+  std::vector<Op> objects, statuses;
+  for (int i = 0; i < 2000; ++i) {
+    objects.push_back({Op::Type::kPut, absl::StrCat("/objects/KernelInstance/k", i), "o", 0});
+    statuses.push_back({Op::Type::kPut, absl::StrCat("/status/KernelInstance/k", i), "s", 0});
+  }
+  ASSERT_TRUE(store_->Txn({}, objects).ok());
+  const int64_t seen = *store_->Revision();
+  ASSERT_TRUE(store_->Txn({}, statuses).ok());
+  ASSERT_TRUE(store_->Put("/objects/InstanceSet/a", "1").ok());
+  ASSERT_TRUE(store_->Put("/objectsX", "2").ok());   // shares the text, not the prefix
+  ASSERT_TRUE(store_->Delete("/objects/KernelInstance/k7").ok());
+
+  auto changed = store_->EventsSince(seen, "/objects/");
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  ASSERT_EQ(changed->size(), 2u);
+  EXPECT_EQ((*changed)[0].key, "/objects/InstanceSet/a");
+  EXPECT_EQ((*changed)[1].key, "/objects/KernelInstance/k7");
+  EXPECT_EQ((*changed)[1].type, Event::Type::kDelete);
+  EXPECT_LT(SqliteLastReadStepsForTest(), 200);
+  // A narrower prefix, the same way.
+  auto sets = store_->EventsSince(seen, "/objects/InstanceSet/");
+  ASSERT_TRUE(sets.ok());
+  ASSERT_EQ(sets->size(), 1u);
+  EXPECT_LT(SqliteLastReadStepsForTest(), 200);
+  // Every prefix still reads all of its history, in revision order.
+  EXPECT_EQ(store_->EventsSince(0, "/objects/KernelInstance/")->size(), 2001u);
+  EXPECT_EQ(store_->EventsSince(seen, "/status/")->size(), 2000u);
+  auto all = store_->EventsSince(seen, "/");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2003u);
+  EXPECT_EQ((*all)[2000].key, "/objects/InstanceSet/a");
+  EXPECT_EQ((*all)[2001].key, "/objectsX");
+  EXPECT_EQ(store_->EventsSince(seen, "/objects")->size(), 3u);  // no second '/': a prefix of the text
+  EXPECT_EQ(store_->EventsSince(seen, "")->size(), 2003u);
 }
 
 TEST_F(SqliteStoreTest, OpensAStoreOfTheFirstHistoryFormat) {
