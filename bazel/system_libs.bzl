@@ -17,6 +17,7 @@ _PKG_CONFIG = {
     "benchmark": ["benchmark"],
     "tcmalloc": ["libtcmalloc_minimal"],
     "crypto": ["libcrypto"],
+    "ssl": ["libssl"],
     "zlib": ["zlib"],
     "libgit2": ["libgit2"],
     "absl": [

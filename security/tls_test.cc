@@ -7,12 +7,14 @@
 #include <thread>
 
 #include "gmock/gmock.h"
+#include "openssl/ssl.h"
 #include "grpcpp/security/tls_certificate_verifier.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "gtest/gtest.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "security/certs.h"
 #include "security/testing/test_pki.h"
+#include "security/tls_buffers.h"
 
 namespace mkfleet::security {
 namespace {
@@ -111,6 +113,25 @@ TEST_F(TlsTest, MutualTlsCarriesTheClientsIdentity) {
   who = CallAs(Issue(Identity::Agent("node-a")), Identity::Controller());
   ASSERT_TRUE(who.ok()) << who.status();
   EXPECT_EQ(*who, "agent node-a");
+}
+
+TEST_F(TlsTest, ConnectionsReleaseTheirRecordBuffersWhenIdle) {
+  // gRPC's own SSL objects (both ends of a new connection) are made with
+  // SSL_MODE_RELEASE_BUFFERS: the wrapper of SSL_new is the one gRPC's calls reach.
+  Serve(Issue(Identity::Controller()), Identity::Controller());
+  const int64_t before = TlsConnectionsReleasingBuffers();
+  auto who = CallAs(Issue(Identity::Agent("node-a")), Identity::Controller());
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_GE(TlsConnectionsReleasingBuffers(), before + 2);
+  // And any other.
+  SSL_CTX* ctx = SSL_CTX_new(TLS_method());
+  ASSERT_NE(ctx, nullptr);
+  SSL* ssl = SSL_new(ctx);
+  ASSERT_NE(ssl, nullptr);
+  EXPECT_NE(SSL_get_mode(ssl) & SSL_MODE_RELEASE_BUFFERS, 0u);
+  EXPECT_EQ(SSL_CTX_get_mode(ctx) & SSL_MODE_RELEASE_BUFFERS, 0u);  // set on the connection, not the context
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
 }
 
 TEST_F(TlsTest, ClientRefusesAServerThatIsNotWhoItDialled) {
