@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agents/agent_metrics.h"
 #include "common/file_util.h"
 #include "kernel/device_tree.h"
 
@@ -408,7 +409,7 @@ void Agent::Tick() {
       }
       if (w.restart_at != absl::InfiniteDuration() && now >= w.restart_at) {
         w.restart_at = absl::InfiniteDuration();
-        steps.push_back({Step::kRestart, name, ""});
+        steps.push_back({Step::kRestart, name, "", w.restarts.empty() ? absl::InfiniteDuration() : w.restarts.back()});
       }
     }
   }
@@ -447,7 +448,7 @@ void Agent::Tick() {
         break;
       }
       case Step::kTakeover:
-        Takeover(step.name, step.standby);
+        Takeover(step.name, step.standby, step.detected);
         break;
       case Step::kRestart: {
         // Asked to boot; the next passes see it come up (or fail again).
@@ -455,6 +456,7 @@ void Agent::Tick() {
         absl::MutexLock lock(&mu_);
         Watched& w = watched_[step.name];
         ++w.restart_count;
+        if (s.ok()) metrics::Restarted(clock_.Monotonic() - step.detected);
         Event(step.name, s.ok() ? "Normal" : "Warning", "Restarted",
               s.ok() ? absl::StrCat("started again (restart ", w.restart_count, ")") : std::string(s.message()));
         break;
@@ -485,9 +487,9 @@ void Agent::OnFailure(const std::string& name, Watched& w, const std::string& wh
   absl::Duration now = clock_.Monotonic();
   if (policy->failover().policy() == v1::FAILOVER_STANDBY && !policy->standby_instance().empty() &&
       w.role != "standby") {
-    steps->push_back({Step::kTakeover, name, policy->standby_instance()});
+    steps->push_back({Step::kTakeover, name, policy->standby_instance(), now});
     // The failed kernel comes back as the new standby, at once (after the takeover).
-    steps->push_back({Step::kRestart, name, ""});
+    steps->push_back({Step::kRestart, name, "", now});
     return;
   }
   absl::Duration window = policy->restart_window_ms() > 0 ? absl::Milliseconds(policy->restart_window_ms())
@@ -506,7 +508,7 @@ void Agent::OnFailure(const std::string& name, Watched& w, const std::string& wh
   Event(name, "Normal", "RestartScheduled", absl::StrCat("restart in ", absl::FormatDuration(backoff)));
 }
 
-void Agent::Takeover(const std::string& failed, const std::string& standby) {
+void Agent::Takeover(const std::string& failed, const std::string& standby, absl::Duration detected) {
   std::vector<kernel::DeviceEntry> devices;
   {
     absl::MutexLock lock(&mu_);
@@ -520,9 +522,11 @@ void Agent::Takeover(const std::string& failed, const std::string& standby) {
   for (const auto& d : devices) names.push_back(d.pci_id);
   absl::MutexLock lock(&mu_);
   if (!s.ok()) {
+    metrics::TakeoverFailed();
     Event(failed, "Warning", "TakeoverFailed", std::string(s.message()));
     return;
   }
+  metrics::Failover(clock_.Monotonic() - detected);
   Event(failed, "Normal", "StandbyTakeover",
         absl::StrCat(standby, " took over devices [", absl::StrJoin(names, ", "), "]"));
   // Roles swap; each now backs the other.

@@ -151,6 +151,7 @@ class Agent {
     enum Kind { kForceHalt, kTakeover, kRestart } kind;
     std::string name;
     std::string standby;  // kTakeover
+    absl::Duration detected = absl::InfiniteDuration();  // when the failure was seen (Monotonic)
   };
   void Event(const std::string& name, const std::string& type, const std::string& reason, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -158,7 +159,7 @@ class Agent {
   // scheduled restart, or giving up.
   void OnFailure(const std::string& name, Watched& w, const std::string& what, std::vector<Step>* steps)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Takeover(const std::string& name, const std::string& standby) ABSL_LOCKS_EXCLUDED(mu_);
+  void Takeover(const std::string& name, const std::string& standby, absl::Duration detected) ABSL_LOCKS_EXCLUDED(mu_);
   const mkfleet::v1::LocalPolicy* PolicyFor(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SavePolicies(const std::map<std::string, mkfleet::v1::LocalPolicy>& policies)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -24,6 +24,7 @@
 #include "common/clock.h"
 #include "common/file_util.h"
 #include "common/grpc_server.h"
+#include "common/metrics.h"
 #include "common/state_dir.h"
 #include "common/version.h"
 #include "kernel/emulator/emulated_kernel.h"
@@ -281,6 +282,10 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen,
                  "gRPC address (default 127.0.0.1:7101; port 0 picks one and prints it). With --hosts N, host i "
                  "listens on PORT+i (or on a free port each with port 0)");
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback; port 0 picks one and "
+                 "prints it); off unless given");
   app.add_option("--state-dir", state_dir, "journal, policies, provenance (and the emulated kernel's state); "
                                            "with --hosts N, one subdirectory per host")->required();
   app.add_option("--host", host, "this host's name in events (default: the hostname); with --hosts N, the prefix of "
@@ -386,6 +391,13 @@ int main(int argc, char** argv) {
   auto topology = std::make_shared<const planner::Topology>(*std::move(topo));
   RaiseFileLimit();
 
+  // Before the gRPC servers: their requests are counted from the first.
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint;
+  if (!metrics_listen.empty()) {
+    auto endpoint = metrics::Endpoint::Serve(metrics_listen, "--metrics-listen");
+    if (!endpoint.ok()) return Fail(std::string(endpoint.status().message()));
+    metrics_endpoint = *std::move(endpoint);
+  }
   std::vector<std::unique_ptr<HostRuntime>> runtimes;
   std::unique_ptr<agents::FleetWatchdog> watchdog;
   agents::AgentRouter router;                 // --hosts N: routes each call to its host
@@ -452,11 +464,15 @@ int main(int argc, char** argv) {
   }
   if (hosts == 1) {
     std::cout << "mkagent " << kVersion << ": host " << host << ", " << topology->Summary() << ", kernel "
-              << kernel_kind << ", listening on port " << runtimes[0]->port << std::endl;
+              << kernel_kind << ", listening on port " << runtimes[0]->port;
+    if (metrics_endpoint != nullptr) std::cout << ", metrics on port " << metrics_endpoint->port();
+    std::cout << std::endl;
   } else {
     std::cout << "mkagent " << kVersion << ": " << hosts << " emulated hosts " << runtimes.front()->name << " ... "
               << runtimes.back()->name << ", each " << topology->Summary() << ", ports " << runtimes.front()->port
-              << " ... " << runtimes.back()->port << std::endl;
+              << " ... " << runtimes.back()->port;
+    if (metrics_endpoint != nullptr) std::cout << ", metrics on port " << metrics_endpoint->port();
+    std::cout << std::endl;
   }
   // The (first) server waits for the signal; then every one stops.
   ServeUntilSignal(shared != nullptr ? *shared : *runtimes[0]->server, set, "mkagent");

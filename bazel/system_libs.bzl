@@ -18,6 +18,7 @@ _PKG_CONFIG = {
     "tcmalloc": ["libtcmalloc_minimal"],
     "crypto": ["libcrypto"],
     "ssl": ["libssl"],
+    "prometheus": ["prometheus-cpp-pull", "prometheus-cpp-core"],
     "zlib": ["zlib"],
     "libgit2": ["libgit2"],
     "absl": [

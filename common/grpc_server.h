@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
+#include "grpcpp/support/server_interceptor.h"
 
 namespace mkfleet {
 
@@ -40,6 +42,14 @@ inline void KeepOnePoller() {
       while (true) cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now() + std::chrono::hours(24));
     }).detach();
   });
+}
+
+// Interceptors every server this process starts from now on adds (common/metrics.h adds
+// its request metrics when metrics are on).
+using ServerInterceptorMaker = std::function<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>()>;
+inline std::vector<ServerInterceptorMaker>& ServerInterceptorMakers() {
+  static auto* makers = new std::vector<ServerInterceptorMaker>();
+  return *makers;
 }
 
 // One server for one or many listening ports, each with its own credentials (mkagent
@@ -72,6 +82,11 @@ inline std::unique_ptr<grpc::Server> StartGrpcServerOnPorts(grpc::Service& servi
   quota.SetMaxThreads(max_threads);
   builder.SetResourceQuota(quota);
   builder.RegisterService(&service);
+  if (!ServerInterceptorMakers().empty()) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    for (const ServerInterceptorMaker& make : ServerInterceptorMakers()) interceptors.push_back(make());
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service_name, true);
   return server;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "reconciler/controller_metrics.h"
 
 namespace mkfleet::reconciler {
 namespace {
@@ -102,7 +103,9 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
     }
     *batch.mutable_fence() = NextFence(host);
     actions_sent_ += batch.actions_size();
+    metrics::ActionsSent(batch);
     auto response = link.Execute(batch);
+    if (response.ok()) metrics::ActionResults(batch, *response);
     if (!response.ok()) {
       out.sent = response.status();
       out.events.push_back(MakeEvent("Host", host, host, true, "HostError", std::string(out.sent.message())));

@@ -30,11 +30,13 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/grpc_server.h"
+#include "common/metrics.h"
 #include "common/state_dir.h"
 #include "common/version.h"
 #include "manifests/units.h"
 #include "reconciler/access.h"
 #include "reconciler/audit_log.h"
+#include "reconciler/controller_metrics.h"
 #include "reconciler/controller_service.h"
 #include "reconciler/election.h"
 #include "reconciler/etcd_store.h"
@@ -43,6 +45,7 @@
 #include "reconciler/reconciler.h"
 #include "reconciler/shards.h"
 #include "reconciler/store.h"
+#include "reconciler/timed_store.h"
 #include "security/tls.h"
 
 int main(int argc, char** argv) {
@@ -58,6 +61,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
   std::string listen = "127.0.0.1:7100";
+  std::string metrics_listen;
   std::string store_spec;
   double resync_seconds = 30;
   double unreachable_seconds = 10;
@@ -66,6 +70,9 @@ int main(int argc, char** argv) {
   CLI::App app{"mkcontroller: the mkfleet controller. Stores the fleet's manifests and serves mkapply."};
   app.set_version_flag("--version", std::string("mkcontroller ") + kVersion);
   app.add_option("--listen", listen, "gRPC address (default 127.0.0.1:7100; port 0 picks one and prints it)");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback; port 0 picks one and "
+                 "prints it); off unless given");
   app.add_option("--store", store_spec,
                  "sqlite:PATH (the store file; created if missing) or etcd:http://HOST:PORT[,http://HOST:PORT...] "
                  "(an etcd v3 cluster's client URLs)")
@@ -202,6 +209,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   access_options.insecure = tls.insecure;
+  // Before the gRPC server: its requests are counted from the first.
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint;
+  if (!metrics_listen.empty()) {
+    auto endpoint = metrics::Endpoint::Serve(metrics_listen, "--metrics-listen");
+    if (!endpoint.ok()) {
+      std::cerr << "mkcontroller: " << endpoint.status().message() << "\n";
+      return 2;
+    }
+    metrics_endpoint = *std::move(endpoint);
+  }
   auto server_creds = security::ServerCredentials(tls, listen, security::Identity::Controller());
   if (!server_creds.ok()) {
     std::cerr << "mkcontroller: " << server_creds.status().message() << "\n";
@@ -234,6 +251,7 @@ int main(int argc, char** argv) {
     std::cerr << "mkcontroller: --store: " << store.status().message() << "\n";
     return 1;
   }
+  if (metrics_endpoint != nullptr) *store = reconciler::TimedStore(*std::move(store));
   reconciler::Objects objects(**store);
   auto events = reconciler::EventLog::Open(**store, Clock::Real());
   if (!events.ok()) {
@@ -304,6 +322,12 @@ int main(int argc, char** argv) {
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });
   service.SetRollouts(&loop.rollouts());
+  std::shared_ptr<reconciler::metrics::ControllerCollector> collector;
+  if (metrics_endpoint != nullptr) {
+    collector = std::make_shared<reconciler::metrics::ControllerCollector>(reconciler::metrics::Sources{
+        [&loop] { return loop.QueueDepth(); }, [&loop] { return loop.HostCounts(); }});
+    metrics_endpoint->Add(collector);
+  }
   service.SetStatsSource([&loop] {
     v1::StatsResponse r;
     r.set_actions_sent(loop.actions_sent());
@@ -389,11 +413,13 @@ int main(int argc, char** argv) {
             << (tls.insecure ? "PLAINTEXT (--insecure)" : "mutual TLS") << ", listening on port " << port;
   if (ha) std::cout << ", member " << member_name << " of a control plane (leader lease " << lease_ttl << ")";
   if (shards > 0) std::cout << ", " << shards << " shards";
+  if (metrics_endpoint != nullptr) std::cout << ", metrics on port " << metrics_endpoint->port();
   std::cout << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
   if (election != nullptr) election->Stop();  // resigns if leading (the others take over at once)
   if (starter.joinable()) starter.join();
   sources.Stop();
+  metrics_endpoint.reset();  // no scrape reads the loop once it stops
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;
   return 0;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "proto/deterministic.h"
+#include "reconciler/controller_metrics.h"
 #include "reconciler/fleet_plan.h"
 
 namespace mkfleet::reconciler {
@@ -44,6 +45,7 @@ class PassTimer {
     last_ = now;
   }
   absl::Duration Total() const { return last_ - start_; }
+  absl::Duration LastPhase() const { return phases_.empty() ? absl::ZeroDuration() : phases_.back().second; }
   std::string Line() const {
     std::string out = absl::StrCat("slow pass: ", hosts_, " hosts in ", absl::ToInt64Milliseconds(Total()), " ms (");
     for (size_t i = 0; i < phases_.size(); ++i) {
@@ -447,6 +449,7 @@ void Reconciler::RunDue(absl::Duration wait) {
       // Logged once per failure; the backoff bounds how often.
       Log() << "reconcile " << h << ": " << s.message() << " (retry " << queue_.Failures(h) + 1 << ")\n";
       queue_.AddRateLimited(h);
+      metrics::QueueRetry();
     }
     queue_.Done(h);
   }
@@ -502,6 +505,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   const Early early = EarlySend(batch_hosts, &result);
   if (early != Early::kNone) timer.Phase(early == Early::kDone ? "local pass" : "early send");
   if (early == Early::kDone && !options_.check_early_sends) {
+    metrics::PassDone("local", timer.Total());
     if (options_.slow_pass > absl::ZeroDuration() && timer.Total() >= options_.slow_pass) Log() << timer.Line() << "\n";
     return result;
   }
@@ -575,6 +579,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   FleetPlan fleet = PlanFleet(objects->hosts, views, planned_instances, objects->sets, InFlightPlacements(views),
                               retry, rollout.member_specs, rollout.set_specs, {}, held);
   timer.Phase("plan");
+  metrics::Placement(timer.LastPhase());
   // (Their status says what holds them: a rollout, not a fault.)
   for (const auto& [instance, why] : rollout.held) fleet.deferred.emplace(instance, why);
   // Changes made outside mkfleet: put back (the plan does) or, driftPolicy Report, withheld.
@@ -700,6 +705,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   for (const std::string& h : others) queue_.Add(h);
   if (options_.keep_last_plan) last_plan_ = std::move(fleet);
   timer.Phase("requeue");
+  metrics::PassDone("whole", timer.Total());
   if (options_.slow_pass > absl::ZeroDuration() && timer.Total() >= options_.slow_pass) {
     Log() << timer.Line() << "\n";
   }

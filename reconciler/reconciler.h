@@ -177,6 +177,8 @@ class Reconciler {
   int64_t local_passes() const { return local_passes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
+  // Hosts waiting in the work queue (ready or backing off).
+  size_t QueueDepth() { return queue_.Len(); }
   // The last pass's plan (for tests and the simulation's invariants).
   // The last pass's plan; empty unless options.keep_last_plan.
   FleetPlan LastPlanForTest();

@@ -7,6 +7,8 @@
 
 #include "absl/strings/match.h"
 #include "agents/testing/served_agent.h"
+#include "common/metrics.h"
+#include "reconciler/controller_metrics.h"
 #include "reconciler/agent_client.h"
 #include "reconciler/event_log.h"
 #include "gmock/gmock.h"
@@ -106,6 +108,52 @@ class ReconcilerTest : public ::testing::Test {
   std::unique_ptr<Objects> objects_;
   std::unique_ptr<Reconciler> reconciler_;
 };
+
+// A controller metric's value: a counter's for the label value `type` (empty: summed), or
+// a histogram's sample count for `kind` (empty: summed).
+double Scraped(const std::string& name, const std::string& label = "") {
+  double v = 0;
+  for (const prometheus::MetricFamily& f : mkfleet::metrics::Registry().Collect()) {
+    if (f.name != name) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (!label.empty() && (m.label.empty() || m.label[0].value != label)) continue;
+      v += f.type == prometheus::MetricType::Histogram ? m.histogram.sample_count : m.counter.value;
+    }
+  }
+  return v;
+}
+
+TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
+  mkfleet::metrics::EnableForTest();
+  const double sent = Scraped("mkfleet_actions_sent_total"), done = Scraped("mkfleet_actions_done_total");
+  const double created = Scraped("mkfleet_actions_sent_total", "create");
+  const double started = Scraped("mkfleet_actions_sent_total", "start");
+  const double whole = Scraped("mkfleet_reconcile_pass_duration_seconds", "whole");
+  const double planned = Scraped("mkfleet_placement_duration_seconds");
+  ReconcilerOptions options;
+  options.resync = absl::Seconds(30);
+  Start(options);
+  ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2)}, ApplyOptions{"t", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] { return StateOf("web-1") == v1::KERNEL_STATE_ACTIVE; }));
+  // One instance booted: one create and one start sent, every action sent done, none failed.
+  ASSERT_TRUE(Eventually([&] { return Scraped("mkfleet_actions_done_total") - done >= 3; }));
+  EXPECT_EQ(Scraped("mkfleet_actions_sent_total", "create") - created, 1);
+  EXPECT_EQ(Scraped("mkfleet_actions_sent_total", "start") - started, 1);
+  EXPECT_EQ(Scraped("mkfleet_actions_done_total") - done, Scraped("mkfleet_actions_sent_total") - sent);
+  EXPECT_EQ(Scraped("mkfleet_actions_failed_total"), 0);
+  EXPECT_GE(Scraped("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
+  EXPECT_GE(Scraped("mkfleet_placement_duration_seconds") - planned, 1);
+  // What a scrape reads from the loop.
+  metrics::ControllerCollector collector(
+      {[&] { return reconciler_->QueueDepth(); }, [&] { return reconciler_->HostCounts(); }});
+  std::map<std::string, double> hosts;
+  for (const prometheus::MetricFamily& f : collector.Collect()) {
+    if (f.name != "mkfleet_hosts") continue;
+    for (const prometheus::ClientMetric& m : f.metric) hosts[m.label[0].value] = m.gauge.value;
+  }
+  EXPECT_EQ(hosts["connected"], 1);
+  EXPECT_EQ(hosts["disconnected"], 0);
+}
 
 TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
   ReconcilerOptions options;

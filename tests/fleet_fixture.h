@@ -73,6 +73,13 @@ class ProcessFleetTest : public ::testing::Test {
     if (getenv("MKFLEET_KEEP_TEST_DIR") == nullptr || !HasFailure()) fs::remove_all(dir_);
   }
 
+  // Flags every agent or controller started from now on gets too.
+  std::vector<std::string> agent_flags_, controller_flags_;
+  static std::vector<std::string> Plus(std::vector<std::string> argv, const std::vector<std::string>& more) {
+    argv.insert(argv.end(), more.begin(), more.end());
+    return argv;
+  }
+
   // Starts (or restarts, same port and state) the agent `name`.
   void StartAgent(const std::string& name, const std::string& boot_time = "300ms") {
     AgentSpec& a = agents_[name];
@@ -82,12 +89,12 @@ class ProcessFleetTest : public ::testing::Test {
     const bool first = a.port == 0;
     a.process.reset();  // the old one first: it holds the state directory's lock
     a.process = std::make_unique<testing::Process>(
-        std::vector<std::string>{"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
-                                 "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(),
-                                 "--reserve-cores", "1", "--reserve-memory", "1Gi", "--host", name, "--boot-time",
-                                 boot_time, "--enable-fault-injection", "--tls-dir", pki_->agent(name),
-                                 "--image-dir", dir_.string(), "--request-log",
-                                 (dir_ / ("requests-" + name + ".log")).string()},
+        Plus({"agents/mkagent", "--topology", std::string("synthetic:") + kTopology, "--listen",
+              "127.0.0.1:" + std::to_string(a.port), "--state-dir", (dir_ / name).string(), "--reserve-cores", "1",
+              "--reserve-memory", "1Gi", "--host", name, "--boot-time", boot_time, "--enable-fault-injection",
+              "--tls-dir", pki_->agent(name), "--image-dir", dir_.string(), "--request-log",
+              (dir_ / ("requests-" + name + ".log")).string()},
+             agent_flags_),
         (dir_ / (name + "-" + std::to_string(++runs_) + ".log")).string());
     const std::string port = a.process->WaitFor("listening on port ([0-9]+)");
     ASSERT_FALSE(port.empty()) << a.process->Log();
@@ -97,9 +104,10 @@ class ProcessFleetTest : public ::testing::Test {
     if (ha_) return StartControlPlane();
     controller_.reset();  // the old one first: it holds the store's lock
     controller_ = std::make_unique<testing::Process>(
-        std::vector<std::string>{"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(),
-                                 "--listen", "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1",
-                                 "--unreachable-after", "1", "--tls-dir", pki_->controller()},
+        Plus({"reconciler/mkcontroller", "--store", "sqlite:" + (dir_ / "store.db").string(), "--listen",
+              "127.0.0.1:" + std::to_string(controller_port_), "--resync", "1", "--unreachable-after", "1",
+              "--tls-dir", pki_->controller()},
+             controller_flags_),
         (dir_ / ("controller-" + std::to_string(++runs_) + ".log")).string());
     const std::string port = controller_->WaitFor("listening on port ([0-9]+)");
     ASSERT_FALSE(port.empty()) << controller_->Log();
