@@ -23,13 +23,17 @@
 // 5. failover: from SIGKILL to the first request an agent receives from the new leader.
 // --shards S (with --ha K): the members split the hosts into S shards (each sends to its
 // own, the leader plans for all); the figures are still the leader's.
+// --metrics on|both: every daemon serves Prometheus metrics (--metrics-listen), scraped every
+// 5 s as Prometheus would; `both` runs SQLite without, then with them, side by side (their cost).
 // Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--changes C] [--tls on|off]
+//                    [--metrics off|on|both]
 // (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log;
 // FLEET_BENCH_CONTROLLER_FLAGS adds mkcontroller flags, e.g. "--connection-threads 0".)
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,7 +47,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "bench/fleet_harness.h"
+#include "common/testing/scrape.h"
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "tests/etcd_cluster.h"
@@ -119,7 +125,11 @@ struct Options {
   int ha = 1;
   int shards = 0;
   int changes = 5;
+  std::string metrics = "off";  // off | on | both (the SQLite run without, then with)
+  bool metrics_on = false;       // this fleet's daemons serve metrics, scraped every kScrapeEvery
 };
+
+constexpr auto kScrapeEvery = std::chrono::seconds(5);
 
 struct Result {
   bool ok = false;
@@ -142,7 +152,7 @@ class Fleet {
   std::string Mode() const {
     return absl::StrCat("[", store_, o_.ha > 1 ? absl::StrCat(", ha ", o_.ha) : "",
                         o_.ha > 1 && o_.shards > 0 ? absl::StrCat(", shards ", o_.shards) : "", o_.tls ? "" : ", plaintext",
-                        "]");
+                        o_.metrics_on ? ", metrics" : "", "]");
   }
   bool StartAgents();
   bool StartControllers();
@@ -165,9 +175,28 @@ class Fleet {
     return path;
   }
   void Stop() {
+    StopScraper();
     for (auto& c : controllers_) c.reset();
     agents_.clear();
     etcd_.reset();
+  }
+  // --metrics: what Prometheus would do, every kScrapeEvery: GET /metrics of every daemon.
+  void StartScraper() {
+    if (metrics_ports_.empty()) return;
+    scraper_ = std::thread([this] {
+      while (!stop_scraping_.WaitForNotificationWithTimeout(absl::FromChrono(kScrapeEvery))) {
+        for (int port : metrics_ports_) {
+          const std::string text = mkfleet::testing::HttpGet(port);
+          scrapes_ += text.empty() ? 0 : 1;
+          scraped_bytes_ += text.size();
+        }
+      }
+    });
+  }
+  void StopScraper() {
+    if (!scraper_.joinable()) return;
+    stop_scraping_.Notify();
+    scraper_.join();
   }
   // The agents' CPU seconds so far, all processes.
   double HarnessCpu() const {
@@ -188,6 +217,10 @@ class Fleet {
   std::vector<std::unique_ptr<Process>> controllers_;
   std::vector<int> ports_;
   std::string request_log_;
+  std::vector<int> metrics_ports_;  // --metrics: every daemon's
+  std::thread scraper_;
+  absl::Notification stop_scraping_;
+  std::atomic<int64_t> scrapes_{0}, scraped_bytes_{0};
 };
 
 bool Fleet::StartAgents() {
@@ -198,22 +231,23 @@ bool Fleet::StartAgents() {
   for (int first = 0; first < o_.hosts; first += kHostsPerProcess) {
     const int n = std::min(kHostsPerProcess, o_.hosts - first);
     const std::string k = std::to_string(agents_.size());
-    agents_.push_back(std::make_unique<Process>(
-        std::vector<std::string>{Runfile("agents/mkagent"), "--hosts", std::to_string(n), "--first-host",
-                                 std::to_string(first), "--topology",
-                                 "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
-                                 "--state-dir", hosts_dir_.path() + "/agents", "--host", "node",
-                                 "--reserve-cores", "1",
-                                 "--reserve-memory", "4Gi", "--bench", "--ports-file", dir_ + "/ports-" + k,
-                                 "--image-dir", dir_, "--request-log", request_log_, o_.tls ? "--tls-dir" : "--insecure",
-                                 o_.tls ? pki() + "/agents" : "--insecure"},
-        dir_ + "/mkagent-" + k + ".log"));
+    std::vector<std::string> argv{Runfile("agents/mkagent"), "--hosts", std::to_string(n), "--first-host",
+                                  std::to_string(first), "--topology",
+                                  "synthetic:pack:2 numa:1(memory=64GiB) core:16 pu:2", "--listen", "127.0.0.1:0",
+                                  "--state-dir", hosts_dir_.path() + "/agents", "--host", "node",
+                                  "--reserve-cores", "1",
+                                  "--reserve-memory", "4Gi", "--bench", "--ports-file", dir_ + "/ports-" + k,
+                                  "--image-dir", dir_, "--request-log", request_log_, o_.tls ? "--tls-dir" : "--insecure",
+                                  o_.tls ? pki() + "/agents" : "--insecure"};
+    if (o_.metrics_on) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+    agents_.push_back(std::make_unique<Process>(argv, dir_ + "/mkagent-" + k + ".log"));
   }
   for (auto& a : agents_) {
     if (a->WaitFor("emulated hosts .* ports", std::chrono::seconds(600)).empty()) {
       std::cerr << "fleet_bench: mkagent did not start:\n" << a->Log();
       return false;
     }
+    if (o_.metrics_on) metrics_ports_.push_back(std::atoi(a->WaitFor("metrics on port ([0-9]+)").c_str()));
   }
   {
     std::ofstream ports(dir_ + "/ports");
@@ -250,12 +284,16 @@ bool Fleet::StartControllers() {
       std::istringstream words(more);
       for (std::string w; words >> w;) argv.push_back(w);
     }
+    if (o_.metrics_on) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
     if (o_.ha > 1) argv.insert(argv.end(), {"--ha", "--name", "c" + std::to_string(i)});
     if (o_.ha > 1 && o_.shards > 0) argv.insert(argv.end(), {"--shards", std::to_string(o_.shards)});
     controllers_.push_back(std::make_unique<Process>(argv, dir_ + "/mkcontroller-" + std::to_string(i) + ".log"));
     if (controllers_.back()->WaitFor("listening on port ([0-9]+)").empty()) {
       std::cerr << "fleet_bench: mkcontroller did not start:\n" << controllers_.back()->Log();
       return false;
+    }
+    if (o_.metrics_on) {
+      metrics_ports_.push_back(std::atoi(controllers_.back()->WaitFor("metrics on port ([0-9]+)").c_str()));
     }
   }
   return true;
@@ -286,6 +324,7 @@ Result Fleet::Measure() {
   Result result;
   const int per_host = 10;
   if (!StartAgents() || !StartControllers()) return result;
+  StartScraper();
   const int leader = FindLeader();
   if (leader < 0) {
     std::cerr << "fleet_bench: no leader elected\n";
@@ -411,6 +450,13 @@ Result Fleet::Measure() {
   result.rss_mib = mkfleet::bench::PeakRssMib(cpid);
   std::printf("%s 4. controller peak RSS: %.1f MiB  [target <= %s]\n", mode.c_str(), result.rss_mib,
               o_.hosts <= 1000 ? "300 MiB" : "2 GiB");
+  if (o_.metrics_on) {
+    StopScraper();
+    std::printf("%s    metrics: %lld scrapes of %zu daemons (every %lld s), %.1f KiB each on average\n", mode.c_str(),
+                static_cast<long long>(scrapes_.load()), metrics_ports_.size(),
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kScrapeEvery).count()),
+                scrapes_ > 0 ? scraped_bytes_.load() / 1024.0 / scrapes_.load() : 0.0);
+  }
   std::fflush(stdout);
 
   // 5. Failover: the leader SIGKILLed, a change applied through a follower at once.
@@ -452,9 +498,11 @@ int main(int argc, char** argv) {
   Options o;
   auto usage = [](std::ostream& out) {
     out << "usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--changes C] [--tls on|off]\n"
+           "                   [--metrics off|on|both]\n"
            "  (default 1000 hosts, sqlite, one controller, mutual TLS; --ha needs etcd; --shards S: the K members\n"
            "  split the hosts into S shards, the leader's figures are printed; --changes C: one-instance changes\n"
-           "  timed, their median reported, default 5)\n";
+           "  timed, their median reported, default 5; --metrics on: the daemons serve Prometheus metrics, scraped\n"
+           "  every 5 s; both: the SQLite run without, then with them, side by side)\n";
   };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -469,6 +517,8 @@ int main(int argc, char** argv) {
       o.shards = std::atoi(argv[++i]);
     } else if (a == "--changes" && !next.empty()) {
       o.changes = std::atoi(argv[++i]);
+    } else if (a == "--metrics" && (next == "on" || next == "off" || next == "both")) {
+      o.metrics = argv[++i];
     } else if (a == "--tls" && (next == "on" || next == "off")) {
       o.tls = std::string(argv[++i]) == "on";
     } else {
@@ -488,11 +538,20 @@ int main(int argc, char** argv) {
   if (o.store != "etcd") {
     Options s = o;
     s.ha = 1;  // one controller on a SQLite file
-    Fleet f(s, "sqlite", dir + "/sqlite");
-    results.emplace_back("sqlite", f.Measure());
+    if (o.metrics != "on") {
+      Fleet f(s, "sqlite", dir + "/sqlite");
+      results.emplace_back("sqlite", f.Measure());
+    }
+    if (o.metrics != "off") {
+      s.metrics_on = true;
+      Fleet f(s, "sqlite", dir + "/sqlite-metrics");
+      results.emplace_back("sqlite+metrics", f.Measure());
+    }
   }
   if (o.store != "sqlite") {
-    Fleet f(o, "etcd", dir + "/etcd");
+    Options e = o;
+    e.metrics_on = o.metrics == "on";
+    Fleet f(e, "etcd", dir + "/etcd");
     results.emplace_back(o.ha > 1 ? absl::StrCat("etcd, ha ", o.ha, o.shards > 0 ? absl::StrCat(", sh ", o.shards) : "")
                                   : "etcd",
                          f.Measure());
