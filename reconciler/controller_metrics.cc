@@ -107,6 +107,12 @@ std::vector<prometheus::MetricFamily> ControllerCollector::Collect() const {
                    prometheus::MetricType::Gauge,
                    {gauge(connected, {{"state", "connected"}}), gauge(all - connected, {{"state", "disconnected"}})}});
   }
+  if (sources_.phases) {
+    prometheus::MetricFamily f{"mkfleet_instances", "KernelInstances (set members too) by the phase of their status.",
+                               prometheus::MetricType::Gauge, {}};
+    for (const auto& [phase, n] : sources_.phases()) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
+    out.push_back(std::move(f));
+  }
   return out;
 }
 

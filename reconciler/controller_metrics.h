@@ -9,10 +9,13 @@
 //   mkfleet_workqueue_retries_total                hosts queued again after a failure
 //   mkfleet_workqueue_depth                        gauge: hosts waiting (scraped)
 //   mkfleet_hosts{state}                           gauge: connected | disconnected (scraped)
+//   mkfleet_instances{phase}                       gauge: KernelInstances by their status's phase
+//                                                  (Running, Pending, Failed, ...; scraped)
 #ifndef MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 #define MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +40,7 @@ void QueueRetry();
 struct Sources {
   std::function<size_t()> queue_depth;
   std::function<std::pair<int, int>()> hosts;  // (all, connected)
+  std::function<std::map<std::string, int64_t>()> phases;
 };
 class ControllerCollector final : public prometheus::Collectable {
  public:

@@ -325,7 +325,8 @@ int main(int argc, char** argv) {
   std::shared_ptr<reconciler::metrics::ControllerCollector> collector;
   if (metrics_endpoint != nullptr) {
     collector = std::make_shared<reconciler::metrics::ControllerCollector>(reconciler::metrics::Sources{
-        [&loop] { return loop.QueueDepth(); }, [&loop] { return loop.HostCounts(); }});
+        [&loop] { return loop.QueueDepth(); }, [&loop] { return loop.HostCounts(); },
+        [&loop] { return loop.PhaseCounts(); }});
     metrics_endpoint->Add(collector);
   }
   service.SetStatsSource([&loop] {

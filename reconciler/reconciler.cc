@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "proto/deterministic.h"
+#include "common/metrics.h"
 #include "reconciler/controller_metrics.h"
 #include "reconciler/fleet_plan.h"
 
@@ -801,6 +802,34 @@ void Reconciler::LoadStatusCache() {
   status_cache_.clear();
   for (KeyValue& kv : *kvs) status_cache_[kv.key] = std::move(kv.value);
   status_loaded_ = true;
+  if (mkfleet::metrics::Enabled()) {
+    std::vector<std::pair<std::string, const std::string*>> all;
+    for (const auto& [key, value] : status_cache_) all.emplace_back(key, &value);
+    CountPhases(all, /*reset=*/true);
+  }
+}
+
+void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std::string*>>& changes, bool reset) {
+  static const std::string kInstances = StatusKey("KernelInstance", "");
+  absl::MutexLock lock(&phases_mu_);
+  if (reset) {
+    phase_of_.clear();
+    phase_counts_.clear();
+  }
+  for (const auto& [key, value] : changes) {
+    if (!absl::StartsWith(key, kInstances)) continue;
+    auto was = phase_of_.find(key);
+    if (was != phase_of_.end() && --phase_counts_[was->second] == 0) phase_counts_.erase(was->second);
+    if (value == nullptr) {
+      if (was != phase_of_.end()) phase_of_.erase(was);
+      continue;
+    }
+    v1::InstanceStatus st;
+    st.ParseFromString(*value);
+    const std::string phase = st.phase().empty() ? "Unknown" : st.phase();
+    phase_of_[key] = phase;
+    ++phase_counts_[phase];
+  }
 }
 
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,
@@ -855,8 +884,18 @@ void Reconciler::WriteStatuses(StatusUpdate update, std::vector<v1::Event> event
     Log() << "reconcile: writing " << writes.size() << " statuses: " << s.message() << "\n";
     status_loaded_ = false;  // the cache may be behind the store: read it again
   } else {
-    for (auto& [key, value] : update.writes) status_cache_[key] = std::move(value);
-    for (const std::string& key : update.deletes) status_cache_.erase(key);
+    std::vector<std::pair<std::string, const std::string*>> changed;
+    const bool counting = mkfleet::metrics::Enabled();
+    for (auto& [key, value] : update.writes) {
+      std::string& cached = status_cache_[key];
+      cached = std::move(value);
+      if (counting) changed.emplace_back(key, &cached);
+    }
+    for (const std::string& key : update.deletes) {
+      status_cache_.erase(key);
+      if (counting) changed.emplace_back(key, nullptr);
+    }
+    if (counting && !changed.empty()) CountPhases(changed, /*reset=*/false);
     status_writes_ += writes.size() + update.deletes.size();
   }
   if (events_ != nullptr && !events.empty()) {

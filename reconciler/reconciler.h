@@ -177,6 +177,11 @@ class Reconciler {
   int64_t local_passes() const { return local_passes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
+  // KernelInstances by the phase of their stored status (counted only with metrics on).
+  std::map<std::string, int64_t> PhaseCounts() {
+    absl::MutexLock lock(&phases_mu_);
+    return phase_counts_;
+  }
   // Hosts waiting in the work queue (ready or backing off).
   size_t QueueDepth() { return queue_.Len(); }
   // The last pass's plan (for tests and the simulation's invariants).
@@ -276,6 +281,13 @@ class Reconciler {
   // Passes run one at a time; what they remember between them.
   absl::Mutex pass_mu_;
   bool status_loaded_ ABSL_GUARDED_BY(pass_mu_) = false;
+  // With metrics on: each KernelInstance's phase as its stored status says, and how many
+  // are in each (what a scrape reads, without waiting for a pass).
+  void CountPhases(const std::vector<std::pair<std::string, const std::string*>>& changes, bool reset)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
+  std::map<std::string, std::string> phase_of_ ABSL_GUARDED_BY(phases_mu_);
+  absl::Mutex phases_mu_;
+  std::map<std::string, int64_t> phase_counts_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
   // What the last pass planned, for the morph verbs and agent events (not held across a

@@ -144,15 +144,25 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   EXPECT_GE(Scraped("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
   EXPECT_GE(Scraped("mkfleet_placement_duration_seconds") - planned, 1);
   // What a scrape reads from the loop.
-  metrics::ControllerCollector collector(
-      {[&] { return reconciler_->QueueDepth(); }, [&] { return reconciler_->HostCounts(); }});
-  std::map<std::string, double> hosts;
-  for (const prometheus::MetricFamily& f : collector.Collect()) {
-    if (f.name != "mkfleet_hosts") continue;
-    for (const prometheus::ClientMetric& m : f.metric) hosts[m.label[0].value] = m.gauge.value;
-  }
-  EXPECT_EQ(hosts["connected"], 1);
-  EXPECT_EQ(hosts["disconnected"], 0);
+  metrics::ControllerCollector collector({[&] { return reconciler_->QueueDepth(); },
+                                          [&] { return reconciler_->HostCounts(); },
+                                          [&] { return reconciler_->PhaseCounts(); }});
+  auto gauges = [&](const std::string& name) {
+    std::map<std::string, double> out;
+    for (const prometheus::MetricFamily& f : collector.Collect()) {
+      if (f.name != name) continue;
+      for (const prometheus::ClientMetric& m : f.metric) out[m.label[0].value] = m.gauge.value;
+    }
+    return out;
+  };
+  EXPECT_EQ(gauges("mkfleet_hosts"), (std::map<std::string, double>{{"connected", 1}, {"disconnected", 0}}));
+  ASSERT_TRUE(Eventually([&] { return gauges("mkfleet_instances")["Running"] == 1; }))
+      << ::testing::PrintToString(gauges("mkfleet_instances"));
+  EXPECT_EQ(gauges("mkfleet_instances").size(), 1u);
+  // Deleted: counted nowhere.
+  ASSERT_TRUE(objects_->Delete("KernelInstance", "web-1").ok());
+  ASSERT_TRUE(Eventually([&] { return gauges("mkfleet_instances").empty(); }))
+      << ::testing::PrintToString(gauges("mkfleet_instances"));
 }
 
 TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {

@@ -38,6 +38,7 @@ TEST_F(MetricsProcessTest, BothDaemonsServeMetricsThatFollowWhatHappened) {
   EXPECT_EQ(SeriesValue(text, "mkfleet_actions_done_total{type=\"start\"}"), 1.0) << text;
   EXPECT_EQ(SeriesValue(text, "mkfleet_actions_failed_total{type=\"start\"}"), std::nullopt) << text;
   EXPECT_EQ(SeriesValue(text, "mkfleet_hosts{state=\"connected\"}"), 1.0) << text;
+  EXPECT_EQ(SeriesValue(text, "mkfleet_instances{phase=\"Running\"}"), 1.0) << text;
   EXPECT_GE(SeriesValue(text, "mkfleet_reconcile_pass_duration_seconds_count{kind=\"whole\"}").value_or(0), 1) << text;
   EXPECT_GE(SeriesValue(text, "mkfleet_store_operation_duration_seconds_count{op=\"txn\"}").value_or(0), 1) << text;
   // mkapply's apply reached the controller's gRPC server, and was counted.
