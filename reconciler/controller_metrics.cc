@@ -113,6 +113,32 @@ std::vector<prometheus::MetricFamily> ControllerCollector::Collect() const {
     for (const auto& [phase, n] : sources_.phases()) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
     out.push_back(std::move(f));
   }
+  if (sources_.morphs) {
+    prometheus::MetricFamily f{"mkfleet_morphs", "Instances whose status shows a live update (morph), by its phase.",
+                               prometheus::MetricType::Gauge, {}};
+    for (const auto& [phase, n] : sources_.morphs()) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
+    out.push_back(std::move(f));
+  }
+  if (sources_.rollouts) {
+    prometheus::MetricFamily members{"mkfleet_rollout_members", "A rollout's members (an InstanceSet's or a RolloutPolicy's).",
+                                     prometheus::MetricType::Gauge, {}};
+    prometheus::MetricFamily updated{"mkfleet_rollout_members_updated",
+                                     "A rollout's members that run its target revision.", prometheus::MetricType::Gauge, {}};
+    prometheus::MetricFamily phase{"mkfleet_rollout_phase", "1 for a rollout's phase (Complete, Progressing, Paused, ...).",
+                                   prometheus::MetricType::Gauge, {}};
+    prometheus::MetricFamily revision{"mkfleet_rollout_target_revision", "The revision a rollout rolls out.",
+                                      prometheus::MetricType::Gauge, {}};
+    for (const auto& [rollout, g] : sources_.rollouts()) {
+      revision.metric.push_back(gauge(static_cast<double>(g.revision), {{"rollout", rollout}}));
+      members.metric.push_back(gauge(static_cast<double>(g.members), {{"rollout", rollout}}));
+      updated.metric.push_back(gauge(static_cast<double>(g.updated), {{"rollout", rollout}}));
+      phase.metric.push_back(gauge(1, {{"phase", g.phase.empty() ? "Unknown" : g.phase}, {"rollout", rollout}}));
+    }
+    out.push_back(std::move(members));
+    out.push_back(std::move(updated));
+    out.push_back(std::move(phase));
+    out.push_back(std::move(revision));
+  }
   return out;
 }
 

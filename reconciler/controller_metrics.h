@@ -11,6 +11,12 @@
 //   mkfleet_hosts{state}                           gauge: connected | disconnected (scraped)
 //   mkfleet_instances{phase}                       gauge: KernelInstances by their status's phase
 //                                                  (Running, Pending, Failed, ...; scraped)
+//   mkfleet_morphs{phase}                          gauge: instances whose status shows a live
+//                                                  update, by its phase (Preparing ... RolledBack)
+//   mkfleet_rollout_members{rollout}               gauge: a rollout's members ("InstanceSet/web",
+//   mkfleet_rollout_members_updated{rollout}         "RolloutPolicy/p"), and those at its target
+//   mkfleet_rollout_phase{rollout,phase}           gauge: 1 for its phase (Progressing, Paused, ...)
+//   mkfleet_rollout_target_revision{rollout}       gauge: the revision it rolls out
 #ifndef MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 #define MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 
@@ -36,11 +42,21 @@ void ActionsSent(const mkfleet::v1::ActionBatch& batch);
 void ActionResults(const mkfleet::v1::ActionBatch& batch, const mkfleet::v1::ExecuteResponse& response);
 void QueueRetry();
 
+// A rollout as the last whole pass left it.
+struct RolloutGauge {
+  std::string phase;
+  int64_t revision = 0;  // the target
+  int64_t members = 0;
+  int64_t updated = 0;  // members at the target revision
+};
+
 // What a scrape reads from the running controller.
 struct Sources {
   std::function<size_t()> queue_depth;
   std::function<std::pair<int, int>()> hosts;  // (all, connected)
   std::function<std::map<std::string, int64_t>()> phases;
+  std::function<std::map<std::string, int64_t>()> morphs;
+  std::function<std::map<std::string, RolloutGauge>()> rollouts;
 };
 class ControllerCollector final : public prometheus::Collectable {
  public:

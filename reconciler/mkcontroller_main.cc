@@ -326,7 +326,8 @@ int main(int argc, char** argv) {
   if (metrics_endpoint != nullptr) {
     collector = std::make_shared<reconciler::metrics::ControllerCollector>(reconciler::metrics::Sources{
         [&loop] { return loop.QueueDepth(); }, [&loop] { return loop.HostCounts(); },
-        [&loop] { return loop.PhaseCounts(); }});
+        [&loop] { return loop.PhaseCounts(); }, [&loop] { return loop.MorphCounts(); },
+        [&loop] { return loop.RolloutGauges(); }});
     metrics_endpoint->Add(collector);
   }
   service.SetStatsSource([&loop] {

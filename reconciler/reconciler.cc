@@ -563,6 +563,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       rollouts_.Step(objects->hosts, objects->sets, objects->instances, objects->policies, views, *serving,
                      read_revision.ok() ? *read_revision : 0);
   timer.Phase("rollouts");
+  if (mkfleet::metrics::Enabled()) NoteRollouts(rollout);
   // Instances a policy holds back are planned with the spec it holds them at.
   std::vector<v1::KernelInstance> held_instances;
   if (!rollout.instance_specs.empty()) {
@@ -811,25 +812,57 @@ void Reconciler::LoadStatusCache() {
 
 void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std::string*>>& changes, bool reset) {
   static const std::string kInstances = StatusKey("KernelInstance", "");
+  auto less = [](std::map<std::string, int64_t>& counts, const std::string& key) {
+    if (!key.empty() && --counts[key] == 0) counts.erase(key);
+  };
   absl::MutexLock lock(&phases_mu_);
   if (reset) {
     phase_of_.clear();
     phase_counts_.clear();
+    morph_counts_.clear();
   }
   for (const auto& [key, value] : changes) {
     if (!absl::StartsWith(key, kInstances)) continue;
     auto was = phase_of_.find(key);
-    if (was != phase_of_.end() && --phase_counts_[was->second] == 0) phase_counts_.erase(was->second);
+    if (was != phase_of_.end()) {
+      less(phase_counts_, was->second.phase);
+      less(morph_counts_, was->second.morph);
+    }
     if (value == nullptr) {
       if (was != phase_of_.end()) phase_of_.erase(was);
       continue;
     }
     v1::InstanceStatus st;
     st.ParseFromString(*value);
-    const std::string phase = st.phase().empty() ? "Unknown" : st.phase();
-    phase_of_[key] = phase;
-    ++phase_counts_[phase];
+    Phases now{st.phase().empty() ? "Unknown" : st.phase(),
+               st.morph().id().empty() ? "" : MorphPhaseName(st.morph().phase())};
+    ++phase_counts_[now.phase];
+    if (!now.morph.empty()) ++morph_counts_[now.morph];
+    phase_of_[key] = std::move(now);
   }
+}
+
+void Reconciler::NoteRollouts(const RolloutPass& rollout) {
+  std::map<std::string, metrics::RolloutGauge> gauges;
+  std::map<std::string, uint32_t> target;
+  for (const auto& [set, st] : rollout.statuses) {
+    metrics::RolloutGauge& g = gauges["InstanceSet/" + set];
+    g.phase = st.phase();
+    g.revision = target["InstanceSet/" + set] = st.revision();
+  }
+  for (const auto& [policy, st] : rollout.policy_statuses) {
+    metrics::RolloutGauge& g = gauges["RolloutPolicy/" + policy];
+    g.phase = st.rollout().phase();
+    g.revision = target["RolloutPolicy/" + policy] = st.update_revision();
+  }
+  for (const auto& [member, at] : rollout.member_revisions) {
+    auto g = gauges.find(at.first);
+    if (g == gauges.end()) continue;
+    ++g->second.members;
+    if (at.second == target[at.first]) ++g->second.updated;
+  }
+  absl::MutexLock lock(&phases_mu_);
+  rollout_gauges_ = std::move(gauges);
 }
 
 void Reconciler::RecordStatuses(const std::set<std::string>& batch, const Objects_& objects, const FleetPlan& fleet,

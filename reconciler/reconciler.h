@@ -56,6 +56,7 @@
 #include "mkfleet/v1/controller.pb.h"
 #include "reconciler/drift.h"
 #include "reconciler/agent_client.h"
+#include "reconciler/controller_metrics.h"
 #include "reconciler/dispatch.h"
 #include "reconciler/event_log.h"
 #include "reconciler/fleet_plan.h"
@@ -182,6 +183,16 @@ class Reconciler {
     absl::MutexLock lock(&phases_mu_);
     return phase_counts_;
   }
+  // Instances whose status shows a live update, by its phase (with metrics on).
+  std::map<std::string, int64_t> MorphCounts() {
+    absl::MutexLock lock(&phases_mu_);
+    return morph_counts_;
+  }
+  // The rollouts as the last whole pass left them (with metrics on).
+  std::map<std::string, metrics::RolloutGauge> RolloutGauges() {
+    absl::MutexLock lock(&phases_mu_);
+    return rollout_gauges_;
+  }
   // Hosts waiting in the work queue (ready or backing off).
   size_t QueueDepth() { return queue_.Len(); }
   // The last pass's plan (for tests and the simulation's invariants).
@@ -285,9 +296,16 @@ class Reconciler {
   // are in each (what a scrape reads, without waiting for a pass).
   void CountPhases(const std::vector<std::pair<std::string, const std::string*>>& changes, bool reset)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
-  std::map<std::string, std::string> phase_of_ ABSL_GUARDED_BY(phases_mu_);
   absl::Mutex phases_mu_;
+  struct Phases {
+    std::string phase, morph;  // morph: "" when no live update shows
+  };
+  std::map<std::string, Phases> phase_of_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, int64_t> phase_counts_ ABSL_GUARDED_BY(phases_mu_);
+  std::map<std::string, int64_t> morph_counts_ ABSL_GUARDED_BY(phases_mu_);
+  // With metrics on: the rollouts as the last whole pass left them.
+  void NoteRollouts(const RolloutPass& rollout) ABSL_LOCKS_EXCLUDED(phases_mu_);
+  std::map<std::string, metrics::RolloutGauge> rollout_gauges_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
   // What the last pass planned, for the morph verbs and agent events (not held across a

@@ -135,11 +135,16 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   Start(options);
   ASSERT_TRUE(objects_->Apply({HostObject(), Instance("web-1", 2)}, ApplyOptions{"t", false, false}).ok());
   ASSERT_TRUE(Eventually([&] { return StateOf("web-1") == v1::KERNEL_STATE_ACTIVE; }));
-  // One instance booted: one create and one start sent, every action sent done, none failed.
+  // One instance booted: a create and a start sent (a batch may go twice when a pass plans
+  // from a view that does not show it done yet: the agent's journal answers it), every
+  // action sent done, none failed.
   ASSERT_TRUE(Eventually([&] { return Scraped("mkfleet_actions_done_total") - done >= 3; }));
-  EXPECT_EQ(Scraped("mkfleet_actions_sent_total", "create") - created, 1);
-  EXPECT_EQ(Scraped("mkfleet_actions_sent_total", "start") - started, 1);
-  EXPECT_EQ(Scraped("mkfleet_actions_done_total") - done, Scraped("mkfleet_actions_sent_total") - sent);
+  EXPECT_GE(Scraped("mkfleet_actions_sent_total", "create") - created, 1);
+  EXPECT_GE(Scraped("mkfleet_actions_sent_total", "start") - started, 1);
+  EXPECT_LE(Scraped("mkfleet_actions_sent_total", "start") - started, 2);
+  ASSERT_TRUE(Eventually([&] {
+    return Scraped("mkfleet_actions_done_total") - done == Scraped("mkfleet_actions_sent_total") - sent;
+  }));
   EXPECT_EQ(Scraped("mkfleet_actions_failed_total"), 0);
   EXPECT_GE(Scraped("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
   EXPECT_GE(Scraped("mkfleet_placement_duration_seconds") - planned, 1);
@@ -163,6 +168,33 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   ASSERT_TRUE(objects_->Delete("KernelInstance", "web-1").ok());
   ASSERT_TRUE(Eventually([&] { return gauges("mkfleet_instances").empty(); }))
       << ::testing::PrintToString(gauges("mkfleet_instances"));
+}
+
+TEST_F(ReconcilerTest, ASetsRolloutShowsInTheMetrics) {
+  mkfleet::metrics::EnableForTest();
+  ReconcilerOptions options;
+  options.resync = absl::Milliseconds(200);
+  Start(options);
+  ASSERT_TRUE(objects_->Apply({HostObject(), SetObject("cache", 2)}, ApplyOptions{"t", false, false}).ok());
+  auto rollout = [&] {
+    auto all = reconciler_->RolloutGauges();
+    auto g = all.find("InstanceSet/cache");
+    return g == all.end() ? metrics::RolloutGauge{"absent"} : g->second;
+  };
+  auto done = [&](int64_t revision) {
+    auto g = rollout();
+    return g.phase == "Complete" && g.revision == revision && g.members == 2 && g.updated == 2;
+  };
+  ASSERT_TRUE(Eventually([&] { return done(1); }))
+      << rollout().phase << " r" << rollout().revision << " " << rollout().members << " " << rollout().updated;
+  // A new template: revision 2, its members move to it.
+  v1::Object next = SetObject("cache", 2);
+  next.mutable_instance_set()->mutable_spec()->mutable_template_()->mutable_spec()->mutable_kernel()->set_cmdline(
+      "console=mktty0 quiet");
+  ASSERT_TRUE(objects_->Apply({next}, ApplyOptions{"t2", false, false}).ok());
+  ASSERT_TRUE(Eventually([&] { return done(2); }))
+      << rollout().phase << " r" << rollout().revision << " " << rollout().members << " " << rollout().updated;
+  EXPECT_TRUE(reconciler_->MorphCounts().empty());  // no live update here
 }
 
 TEST_F(ReconcilerTest, ConvergesStaysQuietAndDeletes) {
