@@ -195,6 +195,12 @@ class Reconciler {
   }
   // Hosts waiting in the work queue (ready or backing off).
   size_t QueueDepth() { return queue_.Len(); }
+  // For tests: the last whole pass found the fleet settled (a pinned change may be sent
+  // early; waits for a pass in progress).
+  bool SettledForTest() {
+    absl::MutexLock pass(&pass_mu_);
+    return settled_.valid;
+  }
   // The last pass's plan (for tests and the simulation's invariants).
   // The last pass's plan; empty unless options.keep_last_plan.
   FleetPlan LastPlanForTest();

@@ -436,7 +436,10 @@ TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetIsSentEarlyAndMatchesTheWhole
     return o.ok() && o->has_value() && (*o)->kernel_instance().status().phase() == "Running" &&
            StateOf("cache-node-a-0") == v1::KERNEL_STATE_ACTIVE;
   })) << agent_->Snapshot().DebugString();
-  absl::SleepFor(absl::Milliseconds(600));  // resyncs: a pass finds the fleet settled
+  // Resyncs: a pass finds the fleet settled.
+  ASSERT_TRUE(Eventually([&] { return reconciler_->SettledForTest(); }));
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(reconciler_->SettledForTest());
   EXPECT_EQ(reconciler_->early_sends(), 0);
   ASSERT_TRUE(objects_->Apply({Instance("web-2", 2)}, ApplyOptions{"t2", false, false}).ok());
   ASSERT_TRUE(Eventually([&] { return StateOf("web-2") == v1::KERNEL_STATE_ACTIVE; }));
@@ -482,7 +485,14 @@ TEST_F(ReconcilerTest, APinnedChangeOnASettledFleetNeedsNoWholePass) {
     return o.ok() && o->has_value() && (*o)->kernel_instance().status().phase() == "Running";
   };
   ASSERT_TRUE(Eventually([&] { return running("web-1") && running("cache-node-a-0"); }));
-  absl::SleepFor(absl::Milliseconds(600));  // resyncs: a whole pass finds the fleet settled
+  // Resyncs: a whole pass finds the fleet settled, and the passes after it are local (a
+  // loaded machine may take longer than a few resyncs to get there).
+  ASSERT_TRUE(Eventually([&] {
+    if (!reconciler_->SettledForTest()) return false;
+    const int64_t before = reconciler_->passes() - reconciler_->local_passes();
+    absl::SleepFor(absl::Milliseconds(600));
+    return reconciler_->SettledForTest() && reconciler_->passes() - reconciler_->local_passes() == before;
+  }));
   const int64_t whole = reconciler_->passes() - reconciler_->local_passes();
   const int64_t local = reconciler_->local_passes();
   ASSERT_TRUE(objects_->Apply({Instance("web-2", 2)}, ApplyOptions{"t2", false, false}).ok());
