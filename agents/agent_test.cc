@@ -145,18 +145,7 @@ TEST_F(AgentTest, StandbyTakesOverTheDevices) {
   }
 }
 
-// A metric's value as a scrape shows it: a counter's (summed over its labels), or a
-// histogram's sample count.
-double Scraped(const std::string& name) {
-  double v = 0;
-  for (const prometheus::MetricFamily& f : mkfleet::metrics::Registry().Collect()) {
-    if (f.name != name) continue;
-    for (const prometheus::ClientMetric& m : f.metric) {
-      v += f.type == prometheus::MetricType::Histogram ? m.histogram.sample_count : m.counter.value;
-    }
-  }
-  return v;
-}
+using mkfleet::metrics::CollectedForTest;
 
 TEST_F(AgentTest, FailoversAndRestartsAreCountedOncePerFailure) {
   mkfleet::metrics::EnableForTest();
@@ -166,24 +155,24 @@ TEST_F(AgentTest, FailoversAndRestartsAreCountedOncePerFailure) {
   Policy("web-1", v1::FAILOVER_STANDBY, "web-1-standby");
   Policy("db-1", v1::FAILOVER_RESTART);
   agent_->Tick();
-  const double failovers = Scraped("mkfleet_agent_failovers_total");
-  const double gaps = Scraped("mkfleet_agent_handover_gap_seconds");
-  const double restarts = Scraped("mkfleet_agent_restarts_total");
-  const double latencies = Scraped("mkfleet_agent_restart_latency_seconds");
+  const double failovers = CollectedForTest("mkfleet_agent_failovers_total");
+  const double gaps = CollectedForTest("mkfleet_agent_handover_gap_seconds");
+  const double restarts = CollectedForTest("mkfleet_agent_restarts_total");
+  const double latencies = CollectedForTest("mkfleet_agent_restart_latency_seconds");
   // One panic of a primary: one takeover, and the failed kernel back as the standby.
   ASSERT_TRUE(host_.emu->InjectPanic("web-1").ok());
   TickFor(absl::Milliseconds(50));
-  EXPECT_EQ(Scraped("mkfleet_agent_failovers_total"), failovers + 1);
-  EXPECT_EQ(Scraped("mkfleet_agent_handover_gap_seconds"), gaps + 1);
-  EXPECT_EQ(Scraped("mkfleet_agent_restarts_total"), restarts + 1);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_failovers_total"), failovers + 1);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_handover_gap_seconds"), gaps + 1);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_restarts_total"), restarts + 1);
   // One panic of a kernel restarted in place: one restart, after its backoff.
   ASSERT_TRUE(host_.emu->InjectPanic("db-1").ok());
   TickFor(absl::Milliseconds(300));
   EXPECT_THAT(Reasons("db-1"), Contains("Restarted"));
-  EXPECT_EQ(Scraped("mkfleet_agent_failovers_total"), failovers + 1);
-  EXPECT_EQ(Scraped("mkfleet_agent_restarts_total"), restarts + 2);
-  EXPECT_EQ(Scraped("mkfleet_agent_restart_latency_seconds"), latencies + 2);
-  EXPECT_EQ(Scraped("mkfleet_agent_takeover_failures_total"), 0);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_failovers_total"), failovers + 1);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_restarts_total"), restarts + 2);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_restart_latency_seconds"), latencies + 2);
+  EXPECT_EQ(CollectedForTest("mkfleet_agent_takeover_failures_total"), 0);
 }
 
 TEST_F(AgentTest, WatchGivesChangesWithIncreasingVersions) {

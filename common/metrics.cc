@@ -3,26 +3,17 @@
 #include <chrono>
 #include <exception>
 
-#include "absl/strings/match.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/grpc_server.h"
 #include "prometheus/exposer.h"
+#include "security/tls.h"
 
 namespace mkfleet::metrics {
 namespace {
 
 std::atomic<bool> enabled{false};
-
-// Host part of HOST:PORT or [HOST]:PORT.
-std::string HostOf(const std::string& listen) {
-  if (!listen.empty() && listen[0] == '[') return listen.substr(1, listen.find(']') - 1);
-  return listen.substr(0, listen.rfind(':'));
-}
-
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
 
 // gRPC requests, by service, method and status code; and how long they took.
 class RequestMetrics {
@@ -42,18 +33,10 @@ class RequestMetrics {
     std::vector<std::string> parts = absl::StrSplit(full_method, '/', absl::SkipEmpty());
     const std::string service = parts.size() == 2 ? parts[0] : "";
     const std::string method = parts.size() == 2 ? parts[1] : full_method;
-    handled_.Add({{"service", service}, {"method", method}, {"code", CodeName(code)}}).Increment();
+    // (gRPC's codes are absl's, names included.)
+    const std::string code_name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+    handled_.Add({{"service", service}, {"method", method}, {"code", code_name}}).Increment();
     seconds_.Add({{"service", service}, {"method", method}}, LatencyBuckets()).Observe(seconds);
-  }
-
-  static const char* CodeName(grpc::StatusCode code) {
-    static const char* const kNames[] = {"OK",          "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-                                         "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS",    "PERMISSION_DENIED",
-                                         "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",
-                                         "UNIMPLEMENTED", "INTERNAL",         "UNAVAILABLE",       "DATA_LOSS",
-                                         "UNAUTHENTICATED"};
-    int i = static_cast<int>(code);
-    return i >= 0 && i < static_cast<int>(sizeof(kNames) / sizeof(kNames[0])) ? kNames[i] : "UNKNOWN";
   }
 
  private:
@@ -110,17 +93,20 @@ const std::shared_ptr<prometheus::Registry>& RegistryShared() {
 
 prometheus::Registry& Registry() { return *RegistryShared(); }
 
-prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  prometheus::Histogram::BucketBoundaries b;
-  for (double s = 0.00025; s < 70; s *= 2) b.push_back(s);
-  return b;
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+  static const auto* buckets = [] {
+    auto* b = new prometheus::Histogram::BucketBoundaries();
+    for (double s = 0.00025; s < 70; s *= 2) b->push_back(s);
+    return b;
+  }();
+  return *buckets;
 }
 
 absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Serve(const std::string& listen, const std::string& flag) {
   if (listen.find(':') == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(flag, " ", listen, ": expected HOST:PORT (e.g. 127.0.0.1:9464)"));
   }
-  if (!IsLoopback(HostOf(listen))) {
+  if (!security::IsLoopbackAddress(listen)) {
     return absl::FailedPreconditionError(absl::StrCat(flag, " ", listen,
                                                       ": metrics are served in plaintext, so on a loopback address "
                                                       "only (127.0.0.1 or [::1]); scrape through a local proxy"));
@@ -144,5 +130,19 @@ Endpoint::~Endpoint() = default;
 void Endpoint::Add(std::weak_ptr<prometheus::Collectable> collectable) { exposer_->RegisterCollectable(collectable); }
 
 void EnableForTest() { Enable(); }
+
+double CollectedForTest(const std::string& name, const std::string& label_value) {
+  double v = 0;
+  for (const prometheus::MetricFamily& f : Registry().Collect()) {
+    if (f.name != name) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (!label_value.empty() && (m.label.empty() || m.label[0].value != label_value)) continue;
+      v += f.type == prometheus::MetricType::Histogram ? m.histogram.sample_count
+           : f.type == prometheus::MetricType::Gauge   ? m.gauge.value
+                                                        : m.counter.value;
+    }
+  }
+  return v;
+}
 
 }  // namespace mkfleet::metrics

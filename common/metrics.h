@@ -30,7 +30,7 @@ bool Enabled();
 prometheus::Registry& Registry();
 
 // Latency buckets, in seconds: 0.25 ms to ~65 s, doubling.
-prometheus::Histogram::BucketBoundaries LatencyBuckets();
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
 
 // Serves the registry (and what else is registered on the endpoint) at http://LISTEN/metrics.
 // LISTEN is HOST:PORT (port 0 picks a free one); plaintext, so loopback only: a non-loopback
@@ -52,6 +52,10 @@ class Endpoint {
 
 // For tests: records into the registry without an endpoint.
 void EnableForTest();
+// For tests: the registry's `name` as a scrape would show it, summed over its series (those
+// whose first label has the value `label_value`, if given): a counter's or gauge's value,
+// a histogram's sample count; 0 when absent.
+double CollectedForTest(const std::string& name, const std::string& label_value = "");
 
 }  // namespace mkfleet::metrics
 

@@ -107,17 +107,17 @@ std::vector<prometheus::MetricFamily> ControllerCollector::Collect() const {
                    prometheus::MetricType::Gauge,
                    {gauge(connected, {{"state", "connected"}}), gauge(all - connected, {{"state", "disconnected"}})}});
   }
-  if (sources_.phases) {
-    prometheus::MetricFamily f{"mkfleet_instances", "KernelInstances (set members too) by the phase of their status.",
-                               prometheus::MetricType::Gauge, {}};
-    for (const auto& [phase, n] : sources_.phases()) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
+  // A gauge per phase.
+  auto by_phase = [&](const char* name, const char* help, const std::map<std::string, int64_t>& counts) {
+    prometheus::MetricFamily f{name, help, prometheus::MetricType::Gauge, {}};
+    for (const auto& [phase, n] : counts) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
     out.push_back(std::move(f));
+  };
+  if (sources_.phases) {
+    by_phase("mkfleet_instances", "KernelInstances (set members too) by the phase of their status.", sources_.phases());
   }
   if (sources_.morphs) {
-    prometheus::MetricFamily f{"mkfleet_morphs", "Instances whose status shows a live update (morph), by its phase.",
-                               prometheus::MetricType::Gauge, {}};
-    for (const auto& [phase, n] : sources_.morphs()) f.metric.push_back(gauge(static_cast<double>(n), {{"phase", phase}}));
-    out.push_back(std::move(f));
+    by_phase("mkfleet_morphs", "Instances whose status shows a live update (morph), by its phase.", sources_.morphs());
   }
   if (sources_.rollouts) {
     prometheus::MetricFamily members{"mkfleet_rollout_members", "A rollout's members (an InstanceSet's or a RolloutPolicy's).",

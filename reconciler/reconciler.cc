@@ -844,22 +844,15 @@ void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std:
 
 void Reconciler::NoteRollouts(const RolloutPass& rollout) {
   std::map<std::string, metrics::RolloutGauge> gauges;
-  std::map<std::string, uint32_t> target;
-  for (const auto& [set, st] : rollout.statuses) {
-    metrics::RolloutGauge& g = gauges["InstanceSet/" + set];
-    g.phase = st.phase();
-    g.revision = target["InstanceSet/" + set] = st.revision();
-  }
+  for (const auto& [set, st] : rollout.statuses) gauges["InstanceSet/" + set] = {st.phase(), st.revision()};
   for (const auto& [policy, st] : rollout.policy_statuses) {
-    metrics::RolloutGauge& g = gauges["RolloutPolicy/" + policy];
-    g.phase = st.rollout().phase();
-    g.revision = target["RolloutPolicy/" + policy] = st.update_revision();
+    gauges["RolloutPolicy/" + policy] = {st.rollout().phase(), st.update_revision()};
   }
   for (const auto& [member, at] : rollout.member_revisions) {
     auto g = gauges.find(at.first);
     if (g == gauges.end()) continue;
     ++g->second.members;
-    if (at.second == target[at.first]) ++g->second.updated;
+    if (at.second == g->second.revision) ++g->second.updated;
   }
   absl::MutexLock lock(&phases_mu_);
   rollout_gauges_ = std::move(gauges);

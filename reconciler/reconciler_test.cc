@@ -109,27 +109,15 @@ class ReconcilerTest : public ::testing::Test {
   std::unique_ptr<Reconciler> reconciler_;
 };
 
-// A controller metric's value: a counter's for the label value `type` (empty: summed), or
-// a histogram's sample count for `kind` (empty: summed).
-double Scraped(const std::string& name, const std::string& label = "") {
-  double v = 0;
-  for (const prometheus::MetricFamily& f : mkfleet::metrics::Registry().Collect()) {
-    if (f.name != name) continue;
-    for (const prometheus::ClientMetric& m : f.metric) {
-      if (!label.empty() && (m.label.empty() || m.label[0].value != label)) continue;
-      v += f.type == prometheus::MetricType::Histogram ? m.histogram.sample_count : m.counter.value;
-    }
-  }
-  return v;
-}
+using mkfleet::metrics::CollectedForTest;
 
 TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   mkfleet::metrics::EnableForTest();
-  const double sent = Scraped("mkfleet_actions_sent_total"), done = Scraped("mkfleet_actions_done_total");
-  const double created = Scraped("mkfleet_actions_sent_total", "create");
-  const double started = Scraped("mkfleet_actions_sent_total", "start");
-  const double whole = Scraped("mkfleet_reconcile_pass_duration_seconds", "whole");
-  const double planned = Scraped("mkfleet_placement_duration_seconds");
+  const double sent = CollectedForTest("mkfleet_actions_sent_total"), done = CollectedForTest("mkfleet_actions_done_total");
+  const double created = CollectedForTest("mkfleet_actions_sent_total", "create");
+  const double started = CollectedForTest("mkfleet_actions_sent_total", "start");
+  const double whole = CollectedForTest("mkfleet_reconcile_pass_duration_seconds", "whole");
+  const double planned = CollectedForTest("mkfleet_placement_duration_seconds");
   ReconcilerOptions options;
   options.resync = absl::Seconds(30);
   Start(options);
@@ -138,16 +126,16 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   // One instance booted: a create and a start sent (a batch may go twice when a pass plans
   // from a view that does not show it done yet: the agent's journal answers it), every
   // action sent done, none failed.
-  ASSERT_TRUE(Eventually([&] { return Scraped("mkfleet_actions_done_total") - done >= 3; }));
-  EXPECT_GE(Scraped("mkfleet_actions_sent_total", "create") - created, 1);
-  EXPECT_GE(Scraped("mkfleet_actions_sent_total", "start") - started, 1);
-  EXPECT_LE(Scraped("mkfleet_actions_sent_total", "start") - started, 2);
+  ASSERT_TRUE(Eventually([&] { return CollectedForTest("mkfleet_actions_done_total") - done >= 3; }));
+  EXPECT_GE(CollectedForTest("mkfleet_actions_sent_total", "create") - created, 1);
+  EXPECT_GE(CollectedForTest("mkfleet_actions_sent_total", "start") - started, 1);
+  EXPECT_LE(CollectedForTest("mkfleet_actions_sent_total", "start") - started, 2);
   ASSERT_TRUE(Eventually([&] {
-    return Scraped("mkfleet_actions_done_total") - done == Scraped("mkfleet_actions_sent_total") - sent;
+    return CollectedForTest("mkfleet_actions_done_total") - done == CollectedForTest("mkfleet_actions_sent_total") - sent;
   }));
-  EXPECT_EQ(Scraped("mkfleet_actions_failed_total"), 0);
-  EXPECT_GE(Scraped("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
-  EXPECT_GE(Scraped("mkfleet_placement_duration_seconds") - planned, 1);
+  EXPECT_EQ(CollectedForTest("mkfleet_actions_failed_total"), 0);
+  EXPECT_GE(CollectedForTest("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
+  EXPECT_GE(CollectedForTest("mkfleet_placement_duration_seconds") - planned, 1);
   // What a scrape reads from the loop.
   metrics::ControllerCollector collector({[&] { return reconciler_->QueueDepth(); },
                                           [&] { return reconciler_->HostCounts(); },

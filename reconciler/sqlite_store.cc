@@ -22,11 +22,15 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl_ms 
 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
 )sql";
 
+// A history row's top-level folder ("/objects/" for "/objects/Host/a"; TopFolder below is
+// the same for a prefix). The index and the queries that use it must spell it alike.
+#define MKFLEET_TOP_FOLDER "substr(key, 1, instr(substr(key, 2), '/') + 1)"
+
 constexpr char kHistory[] = R"sql(
 CREATE TABLE IF NOT EXISTS history2 (rev INTEGER NOT NULL, pos INTEGER NOT NULL, key TEXT NOT NULL, value BLOB,
                                      deleted INTEGER NOT NULL, PRIMARY KEY (rev, pos)) WITHOUT ROWID;
 DROP INDEX IF EXISTS history2_key;
-CREATE INDEX IF NOT EXISTS history2_top ON history2 (substr(key, 1, instr(substr(key, 2), '/') + 1), rev, pos);
+CREATE INDEX IF NOT EXISTS history2_top ON history2 ()sql" MKFLEET_TOP_FOLDER R"sql(, rev, pos);
 )sql";
 
 constexpr char kMigrateV1[] = R"sql(
@@ -200,7 +204,7 @@ class SqliteStore final : public Store {
     // A prefix without a top-level folder ("/", "/objects") reads every row since `after`.
     const std::string top = TopFolder(prefix);
     Stmt s(db_, !top.empty() ? "SELECT rev, key, value, deleted FROM history2 INDEXED BY history2_top "
-                               "WHERE substr(key, 1, instr(substr(key, 2), '/') + 1) = ?4 AND rev > ?1 "
+                               "WHERE " MKFLEET_TOP_FOLDER " = ?4 AND rev > ?1 "
                                "AND substr(key, 1, ?2) = ?3 ORDER BY rev, pos"
                              : "SELECT rev, key, value, deleted FROM history2 WHERE rev > ?1 AND substr(key, 1, ?2) = ?3 "
                                "ORDER BY rev, pos");

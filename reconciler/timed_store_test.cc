@@ -12,17 +12,7 @@
 namespace mkfleet::reconciler {
 namespace {
 
-// The `op` series of a store metric: a histogram's sample count, or a counter's value.
-double Scraped(const std::string& name, const std::string& op) {
-  for (const prometheus::MetricFamily& f : metrics::Registry().Collect()) {
-    if (f.name != name) continue;
-    for (const prometheus::ClientMetric& m : f.metric) {
-      if (m.label.size() != 1 || m.label[0].value != op) continue;
-      return f.type == prometheus::MetricType::Histogram ? m.histogram.sample_count : m.counter.value;
-    }
-  }
-  return 0;
-}
+using mkfleet::metrics::CollectedForTest;
 
 TEST(TimedStoreTest, EachOperationIsTimedAndItsFailuresCounted) {
   metrics::EnableForTest();
@@ -39,21 +29,21 @@ TEST(TimedStoreTest, EachOperationIsTimedAndItsFailuresCounted) {
   auto listed = store->List("/objects/Host/");
   ASSERT_TRUE(listed.ok());
   EXPECT_EQ(listed->size(), 2u);  // what the store answers, unchanged
-  EXPECT_EQ(Scraped(kSeconds, "put"), 2);
-  EXPECT_EQ(Scraped(kSeconds, "get"), 1);
-  EXPECT_EQ(Scraped(kSeconds, "list"), 1);
-  EXPECT_EQ(Scraped(kErrors, "delete"), 0);
+  EXPECT_EQ(CollectedForTest(kSeconds, "put"), 2);
+  EXPECT_EQ(CollectedForTest(kSeconds, "get"), 1);
+  EXPECT_EQ(CollectedForTest(kSeconds, "list"), 1);
+  EXPECT_EQ(CollectedForTest(kErrors, "delete"), 0);
   // A failure: timed, and counted.
   EXPECT_EQ(store->Delete("/objects/Host/none").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(Scraped(kSeconds, "delete"), 1);
-  EXPECT_EQ(Scraped(kErrors, "delete"), 1);
+  EXPECT_EQ(CollectedForTest(kSeconds, "delete"), 1);
+  EXPECT_EQ(CollectedForTest(kErrors, "delete"), 1);
   // A failed compare is a failed transaction.
   EXPECT_EQ(store->Txn({{"/objects/Host/a", 99}}, {{Op::Type::kPut, "/x", "y", 0}}).status().code(),
             absl::StatusCode::kAborted);
-  EXPECT_EQ(Scraped(kErrors, "txn"), 1);
+  EXPECT_EQ(CollectedForTest(kErrors, "txn"), 1);
   // Waiting is not an operation.
   ASSERT_TRUE(store->WaitForRevision(0, absl::Milliseconds(1)).ok());
-  EXPECT_EQ(Scraped(kSeconds, "revision"), 0);
+  EXPECT_EQ(CollectedForTest(kSeconds, "revision"), 0);
   store.reset();
   std::filesystem::remove(path);
 }
