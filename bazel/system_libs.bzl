@@ -19,6 +19,9 @@ _PKG_CONFIG = {
     "crypto": ["libcrypto"],
     "ssl": ["libssl"],
     "prometheus": ["prometheus-cpp-pull", "prometheus-cpp-core"],
+    # Debian builds cpp-httplib as a library with TLS, zlib and brotli on: its users must
+    # compile with the same -D flags (they change the classes' layout).
+    "httplib": ["cpp-httplib"],
     "zlib": ["zlib"],
     "libgit2": ["libgit2"],
     "absl": [
@@ -59,7 +62,9 @@ def _system_libs_impl(ctx):
             fail("pkg-config --libs %s failed (run scripts/setup): %s" % (" ".join(pkgs), res.stderr))
         flags = [f for f in res.stdout.strip().split(" ") if f]
         all_flags.extend(flags)
-        lines.append("cc_library(name = %r, linkopts = %r)" % (name, flags))
+        cflags = ctx.execute(["pkg-config", "--cflags"] + pkgs)
+        defines = [f[2:] for f in cflags.stdout.strip().split(" ") if f.startswith("-D")]
+        lines.append("cc_library(name = %r, linkopts = %r, defines = %r)" % (name, flags, defines))
     for name, flags in _RAW.items():
         all_flags.extend(flags)
         deps = ["grpc"] if name == "grpc_reflection" else []

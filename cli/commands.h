@@ -90,6 +90,7 @@ struct GetOptions {
   bool unmanaged = false;          // get instances: the kernels no object owns, per host
   bool force = false;              // delete a Host at once, leaving its kernels running
   bool force_conflicts = false;    // delete an object a GitSource owns
+  bool topology = false;           // describe host: also the map of its CPUs and devices
 };
 
 // Lists objects (set members included among instances) as a table (wide: placement,

@@ -35,6 +35,10 @@ class ControllerClient {
   virtual absl::StatusOr<mkfleet::v1::ControllersResponse> Controllers() {
     return absl::UnimplementedError("this client has no Controllers call");
   }
+  // A host's topology as its agent reported it (`describe host --topology`).
+  virtual absl::StatusOr<mkfleet::v1::TopologyResponse> Topology(const std::string& host) {
+    return absl::UnimplementedError("this client has no Topology call");
+  }
   // Where it connects, for messages.
   virtual const std::string& address() const = 0;
 };

@@ -9,6 +9,7 @@
 #include "cli/controller_client.h"
 #include "cli/remote_util.h"
 #include "cli/table.h"
+#include "console/picture.h"
 #include "manifests/loader.h"
 
 namespace mkfleet::cli {
@@ -36,6 +37,10 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
   if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   if (options.name.empty()) {
     err << "error: describe needs KIND NAME\n";
+    return kExitInvalid;
+  }
+  if (options.topology && kind != "Host") {
+    err << "error: --topology is for hosts (describe host NAME --topology)\n";
     return kExitInvalid;
   }
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
@@ -161,6 +166,16 @@ int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err)
     }
     out << "Instances:    " << n << (n ? "\n" : "\n");
     if (n) t.Print(out);
+    if (options.topology) {
+      auto topology = (*client)->Topology(m.name());
+      if (!topology.ok()) {
+        // The rest was printed: the map alone is missing.
+        return Report(topology.status(), options.controller, err);
+      }
+      std::vector<v1::Object> instances(all.objects().begin(), all.objects().end());
+      out << "Topology:     ";
+      out << console::TextMap(console::BuildPicture(m.name(), topology->topology(), st, instances));
+    }
   } else if (o.has_rollout_policy()) {
     const v1::RolloutPolicy& p = o.rollout_policy();
     out << "Selector:     " << LabelsText(p.spec().selector().match_labels()) << " (" << p.status().members() << " instance(s))\n";

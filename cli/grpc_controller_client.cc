@@ -63,6 +63,12 @@ class GrpcControllerClient final : public ControllerClient {
     return Unary<v1::SourceResponse>(
         [&](grpc::ClientContext* ctx, v1::SourceResponse* r) { return stub_->Source(ctx, request, r); });
   }
+  absl::StatusOr<v1::TopologyResponse> Topology(const std::string& host) override {
+    v1::TopologyRequest request;
+    request.set_host(host);
+    return Unary<v1::TopologyResponse>(
+        [&](grpc::ClientContext* ctx, v1::TopologyResponse* r) { return stub_->Topology(ctx, request, r); });
+  }
   absl::StatusOr<v1::ControllersResponse> Controllers() override {
     v1::ControllersRequest request;
     return Unary<v1::ControllersResponse>(

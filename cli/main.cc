@@ -142,6 +142,9 @@ int main(int argc, char** argv) {
       "Exit 0, 1 when absent or unreachable.");
   describe_cmd->add_option("kind", get.kind, "host, instance (ki), set, policy, rolebinding or source")->required();
   describe_cmd->add_option("name", get.name, "object name")->required();
+  describe_cmd->add_flag("--topology", get.topology,
+                         "a host: also a map of it as its agent reported it (NUMA nodes as rows, cores as cells, one "
+                         "letter per CPU for the instance that holds it) and its PCI functions with their owners");
 
   mkfleet::cli::EventsOptions events;
   std::string since;

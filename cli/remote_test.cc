@@ -122,6 +122,57 @@ TEST_F(RemoteTest, ApplyExamplesThenReapplyThenGetAndDelete) {
   EXPECT_EQ(RunGet(Get("pods"), out, err), kExitInvalid);
 }
 
+// describe host --topology: the host's map from the controller's Topology call (here a
+// hand-made 2-node, 4-core topology), after the rest of the description.
+TEST_F(RemoteTest, DescribeHostTopologyPrintsItsMap) {
+  service_->SetTopologySource([](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
+    if (host != "node-b") return absl::NotFoundError("host " + host + ": this controller has no connection to it");
+    v1::TopologyInfo t;
+    for (uint32_t n = 0; n < 2; ++n) {
+      v1::NumaNodeInfo* node = t.add_numa_nodes();
+      node->set_node(n);
+      node->set_memory_bytes(16ull << 30);
+    }
+    for (uint32_t c = 0; c < 4; ++c) {
+      v1::CoreInfo* core = t.add_cores();
+      core->set_core(c);
+      core->set_numa_node(c / 2);
+      core->set_package(c / 2);
+      core->set_l3(c / 2);
+      core->add_pus(c);
+      core->add_pus(c + 4);
+    }
+    v1::PciFunctionInfo* nic = t.add_pci();
+    nic->set_bdf("0000:81:00.0");
+    nic->set_class_id(0x0200);
+    nic->set_numa_node(1);
+    nic->add_names("eth0");
+    return t;
+  });
+  std::ostringstream out, err;
+  ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk) << err.str();
+  out.str("");
+  GetOptions describe = Get("host", "node-b");
+  describe.topology = true;
+  ASSERT_EQ(RunDescribe(describe, out, err), kExitOk) << err.str();
+  EXPECT_THAT(out.str(), HasSubstr("Agent:        127.0.0.1:7102"));
+  EXPECT_THAT(out.str(), HasSubstr("Topology:     node-b: 2 packages, 2 NUMA nodes, 4 cores, 8 CPUs (2 per core), "
+                                   "1 PCI functions\n"));
+  EXPECT_THAT(out.str(), HasSubstr("\n0     0    16Gi       .. ..\n1     1    16Gi       .. ..\n"));
+  EXPECT_THAT(out.str(), ::testing::ContainsRegex("0000:81:00.0 +Network +node 1 +eth0 +-\n"));
+  // No connection to the host here: the description, then the error; exit 1.
+  out.str("");
+  describe.name = "node-a";
+  EXPECT_EQ(RunDescribe(describe, out, err), kExitFailure);
+  EXPECT_THAT(out.str(), HasSubstr("Name:         node-a"));
+  EXPECT_THAT(err.str(), HasSubstr("host node-a: this controller has no connection to it"));
+  err.str("");
+  GetOptions instance = Get("instance", "web-1");
+  instance.topology = true;
+  EXPECT_EQ(RunDescribe(instance, out, err), kExitInvalid);
+  EXPECT_THAT(err.str(), HasSubstr("--topology is for hosts"));
+}
+
 TEST_F(RemoteTest, DeleteByFileRemovesWhatTheFilesName) {
   std::ostringstream out, err;
   ASSERT_EQ(RunApply(Apply({"examples"}), out, err), kExitOk) << err.str();

@@ -1,12 +1,16 @@
 #include "manifests/printer.h"
 
+#include "manifests/json.h"
+
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "manifests/schema.h"
 #include "manifests/units.h"
 #include "yaml-cpp/emitter.h"
+#include "yaml-cpp/yaml.h"
 
 namespace mkfleet::manifests {
 namespace {
@@ -184,7 +188,8 @@ class Printer {
 
   void EmitScalar(const Message& msg, const FieldInfo& fi, int index, YAML::Emitter& out) {
     std::string text = ScalarText(msg, fi.field, index, fi.rules.unit());
-    if (fi.field->cpp_type() == FieldDescriptor::CPPTYPE_STRING) {
+    if (fi.field->cpp_type() == FieldDescriptor::CPPTYPE_STRING ||
+        fi.field->cpp_type() == FieldDescriptor::CPPTYPE_ENUM) {  // "True" is an enum's, not a bool
       EmitString(text, out);
     } else {
       out << text;
@@ -234,6 +239,41 @@ std::string PrintYaml(const mkfleet::v1::Object& object, const PrintOptions& opt
   out.SetIndent(2);
   Emit(object, options, out);
   return absl::StrCat(out.c_str(), "\n");
+}
+
+namespace {
+
+nlohmann::ordered_json ToJson(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      nlohmann::ordered_json map = nlohmann::ordered_json::object();
+      for (const auto& kv : node) map[kv.first.Scalar()] = ToJson(kv.second);
+      return map;
+    }
+    case YAML::NodeType::Sequence: {
+      nlohmann::ordered_json list = nlohmann::ordered_json::array();
+      for (const auto& item : node) list.push_back(ToJson(item));
+      return list;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string& s = node.Scalar();
+      if (node.Tag() == "!") return s;  // quoted: a string whatever it looks like
+      if (s == "true" || s == "false") return s == "true";
+      int64_t i = 0;
+      uint64_t u = 0;
+      if (absl::SimpleAtoi(s, &i)) return i;
+      if (absl::SimpleAtoi(s, &u)) return u;
+      return s;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+nlohmann::ordered_json PrintJson(const mkfleet::v1::Object& object, const PrintOptions& options) {
+  return ToJson(YAML::Load(PrintYaml(object, options)));
 }
 
 std::string PrintYaml(const std::vector<mkfleet::v1::Object>& objects, const PrintOptions& options) {

@@ -1,4 +1,5 @@
 #include "manifests/printer.h"
+#include "manifests/json.h"
 
 #include <filesystem>
 #include <fstream>
@@ -107,6 +108,58 @@ TEST(PrinterTest, OutputOnlyFieldsOnRequest) {
   with.include_output_only = true;
   EXPECT_THAT(PrintYaml(o, with), HasSubstr("generation: 3"));
   EXPECT_THAT(PrintYaml(o, with), HasSubstr("phase: Running"));
+}
+
+// Output-only enums have no manifest spelling: they print as manifests would spell them
+// (the words after the values' common prefix), never as numbers or PHASE_RUNNING.
+TEST(PrinterTest, OutputOnlyEnumsPrintInTheManifestsStyle) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->mutable_metadata()->set_name("x");
+  ki->mutable_status()->set_kernel_state(v1::KERNEL_STATE_ACTIVE);
+  v1::Condition* c = ki->mutable_status()->add_conditions();
+  c->set_type("Ready");
+  c->set_status(v1::CONDITION_TRUE);
+  PrintOptions with;
+  with.include_output_only = true;
+  const std::string yaml = PrintYaml(o, with);
+  EXPECT_THAT(yaml, HasSubstr("kernelState: Active"));
+  EXPECT_THAT(yaml, HasSubstr("status: \"True\""));  // quoted: YAML would read a boolean
+  EXPECT_THAT(yaml, ::testing::Not(HasSubstr("KERNEL_STATE")));
+}
+
+TEST(PrinterTest, JsonHasJsonTypesInSchemaOrder) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->set_api_version("mkfleet.io/v1");
+  ki->set_kind("KernelInstance");
+  ki->mutable_metadata()->set_name("web-1");
+  ki->mutable_metadata()->set_generation(3);
+  (*ki->mutable_metadata()->mutable_labels())["tier"] = "007";
+  ki->mutable_spec()->mutable_resources()->set_cpus(4);
+  ki->mutable_spec()->mutable_resources()->set_memory(4ull << 30);
+  ki->mutable_status()->set_phase("Running");
+  ki->mutable_status()->set_kernel_state(v1::KERNEL_STATE_ACTIVE);
+  ki->mutable_status()->mutable_placement()->add_cpus(2);
+  ki->mutable_status()->mutable_placement()->add_cpus(3);
+  v1::Condition* c = ki->mutable_status()->add_conditions();
+  c->set_type("Ready");
+  c->set_status(v1::CONDITION_TRUE);
+  PrintOptions with;
+  with.include_output_only = true;
+  nlohmann::ordered_json j = PrintJson(o, with);
+  EXPECT_EQ(j["kind"], "KernelInstance");
+  EXPECT_EQ(j["metadata"]["generation"], 3);
+  EXPECT_EQ(j["metadata"]["labels"]["tier"], "007");  // a string that looks like a number stays one
+  EXPECT_EQ(j["spec"]["resources"]["cpus"], 4);
+  EXPECT_EQ(j["spec"]["resources"]["memory"], "4Gi");
+  EXPECT_EQ(j["status"]["phase"], "Running");
+  EXPECT_EQ(j["status"]["kernelState"], "Active");
+  EXPECT_EQ(j["status"]["placement"]["cpus"], nlohmann::ordered_json({2, 3}));
+  EXPECT_EQ(j["status"]["conditions"][0]["status"], "True");
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : j.items()) keys.push_back(k);
+  EXPECT_THAT(keys, ::testing::ElementsAre("apiVersion", "kind", "metadata", "spec", "status"));
 }
 
 }  // namespace

@@ -38,9 +38,36 @@ struct Tables {
   void AddEnum(const EnumDescriptor* e) {
     if (enums.contains(e)) return;
     auto info = std::make_unique<EnumInfo>();
+    // Values without a manifest spelling (those of output-only fields: KERNEL_STATE_RUNNING,
+    // CONDITION_TRUE) print in the manifests' style all the same: the words after the
+    // values' common prefix, capitalised (Running, True). Only printed, never read.
+    size_t common = std::string::npos;
+    for (int i = 1; i < e->value_count(); ++i) {
+      const std::string& a = e->value(0)->name();
+      const std::string& b = e->value(i)->name();
+      size_t n = 0;
+      while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+      common = std::min(common, n);
+    }
+    const std::string& first = e->value(0)->name();
+    size_t prefix = common == std::string::npos ? 0 : first.rfind('_', common == 0 ? 0 : common - 1);
+    prefix = prefix == std::string::npos ? 0 : prefix + 1;
     for (int i = 0; i < e->value_count(); ++i) {
       const std::string& yaml = e->value(i)->options().GetExtension(mkfleet::v1::yaml);
-      if (yaml.empty()) continue;
+      if (yaml.empty()) {
+        std::string words;
+        bool upper = true;
+        for (char c : e->value(i)->name().substr(std::min(prefix, e->value(i)->name().size()))) {
+          if (c == '_') {
+            upper = true;
+            continue;
+          }
+          words += upper ? absl::ascii_toupper(c) : absl::ascii_tolower(c);
+          upper = false;
+        }
+        info->yaml_of[e->value(i)->number()] = words.empty() ? e->value(i)->name() : words;
+        continue;
+      }
       info->by_yaml[yaml] = e->value(i)->number();
       info->yaml_of[e->value(i)->number()] = yaml;
       info->names.push_back(yaml);

@@ -29,6 +29,8 @@ struct MessageInfo {
 
 struct EnumInfo {
   absl::flat_hash_map<std::string, int> by_yaml;
+  // How each value prints: its manifest spelling, or for values without one (output-only
+  // enums) the words after the common prefix, capitalised (KERNEL_STATE_RUNNING: Running).
   absl::flat_hash_map<int, std::string> yaml_of;
   std::vector<std::string> names;  // declaration order
 };

@@ -363,6 +363,18 @@ grpc::Status ControllerService::Controllers(grpc::ServerContext* context, const 
   return grpc::Status::OK;
 }
 
+grpc::Status ControllerService::Topology(grpc::ServerContext* context, const v1::TopologyRequest* request,
+                                         v1::TopologyResponse* response) {
+  if (auto caller = Allow(*context, "get", "Host", request->host()); !caller.ok()) return ToGrpc(caller.status());
+  if (request->host().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "topology: no host named");
+  if (!topology_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this controller keeps no host connections");
+  auto got = topology_(request->host());
+  if (!got.ok()) return ToGrpc(got.status());
+  response->set_host(request->host());
+  *response->mutable_topology() = *std::move(got);
+  return grpc::Status::OK;
+}
+
 grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::MorphRequest* request,
                                       v1::MorphResponse* response) {
   if (grpc::Status l = OnLeader(); !l.ok()) return l;

@@ -71,6 +71,11 @@ class ControllerService final : public ControllerServiceBase {
   grpc::Status Controllers(grpc::ServerContext*, const mkfleet::v1::ControllersRequest*,
                            mkfleet::v1::ControllersResponse* response) override;
   void SetControllers(std::function<mkfleet::v1::ControllersResponse()> source) { controllers_ = std::move(source); }
+  grpc::Status Topology(grpc::ServerContext*, const mkfleet::v1::TopologyRequest* request,
+                        mkfleet::v1::TopologyResponse* response) override;
+  // Where Topology takes a host's (Reconciler::HostTopology; set once, before serving).
+  using TopologySource = std::function<absl::StatusOr<mkfleet::v1::TopologyInfo>(const std::string& host)>;
+  void SetTopologySource(TopologySource source) { topology_ = std::move(source); }
   // In a control plane of several controllers, OK only on the leader: morph, rollout and
   // source verbs need its loop and are refused elsewhere (UNAVAILABLE, naming the leader).
   // Reads, applies and deletes go to the shared store from any member. Set before serving.
@@ -123,6 +128,7 @@ class ControllerService final : public ControllerServiceBase {
   std::function<mkfleet::v1::StatsResponse()> stats_;
   std::function<mkfleet::v1::ControllersResponse()> controllers_;
   std::function<absl::Status()> leader_check_;
+  TopologySource topology_;
   // leader_check_'s refusal, or OK.
   grpc::Status OnLeader() const;
   Preview preview_;

@@ -56,6 +56,11 @@ bool HostConnection::Connected() const {
   return view_.connected;
 }
 
+std::shared_ptr<const planner::Topology> HostConnection::Topology() const {
+  absl::MutexLock lock(&mu_);
+  return view_.topology;
+}
+
 absl::StatusOr<v1::ExecuteResponse> HostConnection::Execute(const v1::ActionBatch& batch) {
   {
     absl::MutexLock lock(&mu_);

@@ -120,6 +120,8 @@ class HostConnection {
   HostView View() const;
   // Whether the Watch stream is up (View().connected, without copying the view).
   bool Connected() const;
+  // The topology the agent reported (null before its first inventory), without the view.
+  std::shared_ptr<const planner::Topology> Topology() const;
   const std::string& address() const { return address_; }
   // Sends a batch; Unavailable when the host is not connected.
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);

@@ -31,6 +31,7 @@
 #include "common/clock.h"
 #include "common/grpc_server.h"
 #include "common/metrics.h"
+#include "console/server.h"
 #include "common/state_dir.h"
 #include "common/version.h"
 #include "manifests/units.h"
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
 
   std::string listen = "127.0.0.1:7100";
   std::string metrics_listen;
+  std::string http_listen;
   std::string store_spec;
   double resync_seconds = 30;
   double unreachable_seconds = 10;
@@ -73,6 +75,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", metrics_listen,
                  "serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback; port 0 picks one and "
                  "prints it); off unless given");
+  app.add_option("--http", http_listen,
+                 "serve the web console (read-only pages, their JSON API under /api/, live updates) at http://ADDR/ "
+                 "(HOST:PORT on loopback; port 0 picks one and prints it); off unless given");
   app.add_option("--store", store_spec,
                  "sqlite:PATH (the store file; created if missing) or etcd:http://HOST:PORT[,http://HOST:PORT...] "
                  "(an etcd v3 cluster's client URLs)")
@@ -219,6 +224,12 @@ int main(int argc, char** argv) {
     }
     metrics_endpoint = *std::move(endpoint);
   }
+  if (!http_listen.empty()) {
+    if (absl::Status s = console::Server::CheckAddress(http_listen, "--http"); !s.ok()) {
+      std::cerr << "mkcontroller: " << s.message() << "\n";
+      return 2;
+    }
+  }
   auto server_creds = security::ServerCredentials(tls, listen, security::Identity::Controller());
   if (!server_creds.ok()) {
     std::cerr << "mkcontroller: " << server_creds.status().message() << "\n";
@@ -322,6 +333,11 @@ int main(int argc, char** argv) {
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });
   service.SetRollouts(&loop.rollouts());
+  service.SetTopologySource([&loop](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
+    auto topology = loop.HostTopology(host);
+    if (!topology.ok()) return topology.status();
+    return (*topology)->ToProto();
+  });
   std::shared_ptr<reconciler::metrics::ControllerCollector> collector;
   if (metrics_endpoint != nullptr) {
     collector = std::make_shared<reconciler::metrics::ControllerCollector>(reconciler::metrics::Sources{
@@ -329,6 +345,53 @@ int main(int argc, char** argv) {
         [&loop] { return loop.PhaseCounts(); }, [&loop] { return loop.MorphCounts(); },
         [&loop] { return loop.RolloutGauges(); }});
     metrics_endpoint->Add(collector);
+  }
+  // The console: its own reader of the store's changes (statuses too, keys only kept few),
+  // so that live pages cost nothing when it is off.
+  std::unique_ptr<reconciler::WatchHub> console_hub;
+  std::unique_ptr<console::Server> console_server;
+  if (!http_listen.empty()) {
+    reconciler::WatchHubOptions hub_options;
+    hub_options.prefixes = {"/objects/", "/status/", reconciler::kEventPrefix};
+    hub_options.max_changes = 5000;
+    hub_options.max_bytes = 4u << 20;
+    console_hub = std::make_unique<reconciler::WatchHub>(**store, hub_options);
+    reconciler::EventLog* event_log = events->get();
+    reconciler::Store* store_ptr = store->get();
+    reconciler::WatchHub* hub = console_hub.get();
+    console::Sources cs;
+    cs.list = [&objects](const std::string& kind) { return objects.List(kind, /*with_members=*/true); };
+    cs.get = [&objects](const std::string& kind, const std::string& name) {
+      return objects.Get(kind, name, /*with_members=*/true);
+    };
+    cs.topology = [&loop](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
+      auto topology = loop.HostTopology(host);
+      if (!topology.ok()) return topology.status();
+      return (*topology)->ToProto();
+    };
+    cs.events = [event_log](const std::string& kind, const std::string& name)
+        -> absl::StatusOr<std::vector<v1::Event>> {
+      if (event_log == nullptr) return std::vector<v1::Event>{};
+      reconciler::EventFilter filter;
+      filter.kind = kind;
+      filter.name = name;
+      return event_log->List(filter);
+    };
+    cs.changes = [hub](int64_t after, absl::Duration timeout, int64_t* seen) -> absl::StatusOr<std::vector<std::string>> {
+      auto changes = hub->Next(after, "/", timeout, seen);
+      if (!changes.ok()) return changes.status();
+      std::vector<std::string> keys;
+      keys.reserve(changes->size());
+      for (const reconciler::Event& e : *changes) keys.push_back(e.key);
+      return keys;
+    };
+    cs.revision = [store_ptr] { return store_ptr->Revision(); };
+    auto served = console::Server::Serve(http_listen, "--http", std::move(cs));
+    if (!served.ok()) {
+      std::cerr << "mkcontroller: " << served.status().message() << "\n";
+      return 2;
+    }
+    console_server = *std::move(served);
   }
   service.SetStatsSource([&loop] {
     v1::StatsResponse r;
@@ -416,12 +479,15 @@ int main(int argc, char** argv) {
   if (ha) std::cout << ", member " << member_name << " of a control plane (leader lease " << lease_ttl << ")";
   if (shards > 0) std::cout << ", " << shards << " shards";
   if (metrics_endpoint != nullptr) std::cout << ", metrics on port " << metrics_endpoint->port();
+  if (console_server != nullptr) std::cout << ", console on port " << console_server->port();
   std::cout << std::endl;
   ServeUntilSignal(*server, set, "mkcontroller");
   if (election != nullptr) election->Stop();  // resigns if leading (the others take over at once)
   if (starter.joinable()) starter.join();
   sources.Stop();
   metrics_endpoint.reset();  // no scrape reads the loop once it stops
+  console_server.reset();    // nor a page
+  if (console_hub != nullptr) console_hub->Stop();
   loop.Stop();
   std::cout << "mkcontroller: stopped" << std::endl;
   return 0;

@@ -156,6 +156,24 @@ std::pair<int, int> Reconciler::HostCounts() {
   return {static_cast<int>(links.size()), connected};
 }
 
+absl::StatusOr<std::shared_ptr<const planner::Topology>> Reconciler::HostTopology(const std::string& host) {
+  std::shared_ptr<HostConnection> link;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = connections_.find(host);
+    if (it == connections_.end()) {
+      return absl::NotFoundError(absl::StrCat("host ", host, ": this controller has no connection to it (no such Host",
+                                              options_.shards != nullptr ? ", or another member's shard)" : ")"));
+    }
+    link = it->second.link;
+  }
+  auto topology = link->Topology();
+  if (topology == nullptr) {
+    return absl::UnavailableError(absl::StrCat("host ", host, ": its agent has not reported its topology yet"));
+  }
+  return topology;
+}
+
 FleetPlan Reconciler::LastPlanForTest() {
   absl::MutexLock pass(&pass_mu_);
   return last_plan_;

@@ -178,6 +178,10 @@ class Reconciler {
   int64_t local_passes() const { return local_passes_.load(); }
   // Hosts with a connection, and those whose Watch stream is up.
   std::pair<int, int> HostCounts();
+  // The topology `host`'s agent reported: NotFound when this controller has no connection
+  // to the host (not a Host, or another member's shard), Unavailable before its agent's
+  // first inventory.
+  absl::StatusOr<std::shared_ptr<const planner::Topology>> HostTopology(const std::string& host);
   // KernelInstances by the phase of their stored status (counted only with metrics on).
   std::map<std::string, int64_t> PhaseCounts() {
     absl::MutexLock lock(&phases_mu_);
