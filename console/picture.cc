@@ -38,6 +38,13 @@ char PickLetter(const std::string& name, std::set<char>& used) {
   return '*';
 }
 
+// Kelly's colours of maximum contrast, without white, black and grey (the free and the
+// host kernel's CPUs).
+constexpr const char* kPalette[] = {"#f3c300", "#875692", "#f38400", "#a1caf1", "#be0032", "#c2b280", "#008856",
+                                    "#e68fac", "#0067a5", "#f99379", "#604e97", "#f6a600", "#b3446c", "#dcd300",
+                                    "#882d17", "#8db600", "#654522", "#e25822", "#2b3d26"};
+constexpr int kPaletteSize = sizeof(kPalette) / sizeof(kPalette[0]);
+
 std::string Escape(absl::string_view text) {
   std::string out;
   for (char c : text) {
@@ -218,11 +225,19 @@ HostPicture BuildPicture(const std::string& host, const v1::TopologyInfo& topolo
   }
   for (const v1::KernelRef& k : status.unmanaged()) holders.emplace(k.name(), Holder{"unmanaged", &k.placement()});
   std::set<char> used;
+  std::vector<bool> taken(kPaletteSize, false);
   for (const auto& [name, holder] : holders) {
     Owner owner;
     owner.name = name;
     owner.phase = holder.phase;
-    owner.colour = OwnerColour(name);
+    if (p.owners.size() < static_cast<size_t>(kPaletteSize)) {
+      int slot = static_cast<int>(Fnv1a().Add(name).value() % kPaletteSize);
+      while (taken[slot]) slot = (slot + 1) % kPaletteSize;
+      taken[slot] = true;
+      owner.colour = kPalette[slot];
+    } else {
+      owner.colour = OwnerColour(name);
+    }
     owner.letter = PickLetter(name, used);
     const int index = static_cast<int>(p.owners.size());
     for (uint32_t cpu : holder.placement->cpus()) {
@@ -333,27 +348,7 @@ std::string Svg(const HostPicture& p) {
                     "</title></rect><text x=\"", x + 16, "\" y=\"", y + 11, "\" class=\"devlabel\">", Escape(label),
                     "</text></g>\n");
   };
-  // Legend.
   int y = kPad;
-  int x = kPad;
-  std::vector<std::tuple<std::string, std::string, std::string>> legend;  // owner, colour, text
-  for (const Owner& o : p.owners) legend.emplace_back(o.name, o.colour, absl::StrCat(o.name, " (", o.phase, ", ", o.cpus, " CPUs)"));
-  legend.emplace_back("", kFreeColour, "free");
-  if (!p.pool.empty()) legend.emplace_back("(host)", kHostColour, "host kernel");
-  absl::StrAppend(&body, "<g class=\"legend\">\n");
-  for (const auto& [owner, colour, text] : legend) {
-    int w = 22 + static_cast<int>(text.size()) * 7;
-    if (x + w > kMaxWidth) {
-      x = kPad;
-      y += kLabel + 2;
-    }
-    absl::StrAppend(&body, "<g class=\"legend-item\" data-owner=\"", Escape(owner), "\"><rect x=\"", x, "\" y=\"", y,
-                    "\" width=\"", kPu, "\" height=\"", kPu, "\" fill=\"", colour, "\" stroke=\"#555\"/><text x=\"",
-                    x + kPu + 4, "\" y=\"", y + 11, "\">", Escape(text), "</text></g>\n");
-    x += w;
-  }
-  absl::StrAppend(&body, "</g>\n");
-  y += kLabel + kPad * 2;
   int width = 0;
   for (const auto& pkg : layout.packages) {
     // Nodes flow left to right inside the package, wrapping at kMaxWidth.
@@ -440,12 +435,37 @@ std::string Svg(const HostPicture& p) {
     width = std::max(width, 620);
   }
   width = std::max(width, 480);
+  // The legend on top, wrapped at the picture's width (drawn last: the width is known).
+  std::string drawing;
+  std::swap(drawing, body);
+  int x = kPad;
+  int ly = kPad;
+  std::vector<std::tuple<std::string, std::string, std::string>> legend;  // owner, colour, text
+  for (const Owner& o : p.owners) legend.emplace_back(o.name, o.colour, absl::StrCat(o.name, " (", o.phase, ", ", o.cpus, " CPUs)"));
+  legend.emplace_back("", kFreeColour, "free");
+  if (!p.pool.empty()) legend.emplace_back("(host)", kHostColour, "host kernel");
+  absl::StrAppend(&body, "<g class=\"legend\">\n");
+  for (const auto& [owner, colour, text] : legend) {
+    const int w = 22 + static_cast<int>(text.size()) * 7;
+    if (x > kPad && x + w > width) {
+      x = kPad;
+      ly += kLabel + 2;
+    }
+    absl::StrAppend(&body, "<g class=\"legend-item\" data-owner=\"", Escape(owner), "\"><rect x=\"", x, "\" y=\"", ly,
+                    "\" width=\"", kPu, "\" height=\"", kPu, "\" fill=\"", colour, "\" stroke=\"#555\"/><text x=\"",
+                    x + kPu + 4, "\" y=\"", ly + 11, "\">", Escape(text), "</text></g>\n");
+    x += w;
+    width = std::max(width, x + kPad);
+  }
+  absl::StrAppend(&body, "</g>\n");
+  const int top = ly + kLabel + kPad;
+  const int height = top + y + kPad;
   return absl::StrCat(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"topology\" data-host=\"", Escape(p.host), "\" width=\"", width,
-      "\" height=\"", y + kPad, "\" viewBox=\"0 0 ", width, " ", y + kPad, "\" font-family=\"sans-serif\" font-size=\"11\">\n",
+      "\" height=\"", height, "\" viewBox=\"0 0 ", width, " ", height, "\" font-family=\"sans-serif\" font-size=\"11\">\n",
       "<style>.label{font-size:12px;font-weight:bold;fill:#1f2d3d}.small{font-size:10px;fill:#4a5a6a}"
       ".devlabel{font-size:10px;fill:#1f2d3d}</style>\n",
-      "<title>", Escape(p.host), "</title>\n", body, "</svg>\n");
+      "<title>", Escape(p.host), "</title>\n", body, "<g transform=\"translate(0,", top, ")\">\n", drawing, "</g>\n</svg>\n");
 }
 
 }  // namespace mkfleet::console

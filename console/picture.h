@@ -22,7 +22,7 @@ namespace mkfleet::console {
 struct Owner {
   std::string name;    // the KernelInstance's, or an unmanaged kernel's
   std::string phase;   // the instance's phase; "unmanaged" for a kernel no object owns
-  std::string colour;  // "#rrggbb", the same for the same name everywhere (OwnerColour)
+  std::string colour;  // "#rrggbb", distinct on the host (see BuildPicture)
   char letter = '?';   // its mark in the text map, unique on the host
   int cpus = 0;        // CPUs of this host it holds
 };
@@ -37,11 +37,14 @@ struct HostPicture {
 };
 
 // `instances`: KernelInstance objects (others are skipped); those placed on `host` own
-// what their placement holds; the host's unmanaged kernels own theirs.
+// what their placement holds; the host's unmanaged kernels own theirs. Colours: each owner
+// (by name) takes the slot of a 19-colour palette of well-told-apart colours that a hash of
+// its name picks, the next free one when taken (a name keeps its colour while the host's
+// other owners do not clash with it); past 19 owners, OwnerColour.
 HostPicture BuildPicture(const std::string& host, const mkfleet::v1::TopologyInfo& topology,
                          const mkfleet::v1::HostStatus& status, const std::vector<mkfleet::v1::Object>& instances);
 
-// An instance's colour: a hue from a hash of its name (stable across pages and reloads).
+// A colour for any name: a hue from a hash of it.
 std::string OwnerColour(const std::string& name);
 inline constexpr char kHostColour[] = "#9e9e9e";  // CPUs outside the pool: the host kernel's
 inline constexpr char kFreeColour[] = "#ffffff";  // pool CPUs and devices nobody holds

@@ -1,6 +1,7 @@
 #include "console/picture.h"
 
 #include <regex>
+#include <set>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -69,7 +70,8 @@ TEST(PictureTest, SvgHasOneShapePerCpuColouredByItsOwner) {
   EXPECT_EQ(Count(svg, "<rect class=\"pu\""), 384u);
   EXPECT_EQ(Count(svg, "class=\"numa\""), 24u);
   EXPECT_EQ(Count(svg, "class=\"package\""), 4u);
-  const std::string web = OwnerColour("web-1");
+  ASSERT_EQ(p.owners[1].name, "web-1");
+  const std::string web = p.owners[1].colour;
   EXPECT_EQ(Count(svg, "data-owner=\"web-1\" fill=\"" + web + "\""), 4u);
   EXPECT_EQ(Count(svg, "data-owner=\"db\""), 2u + 1u);  // two CPUs and its legend entry
   EXPECT_THAT(PuRect(svg, 9), HasSubstr("fill=\"" + web + "\""));
@@ -77,8 +79,9 @@ TEST(PictureTest, SvgHasOneShapePerCpuColouredByItsOwner) {
   EXPECT_THAT(PuRect(svg, 200), HasSubstr(std::string("fill=\"") + kFreeColour + "\""));
   EXPECT_THAT(svg, HasSubstr("<g class=\"legend-item\" data-owner=\"web-1\"><rect x="));
   EXPECT_THAT(svg, HasSubstr("web-1 (Running, 4 CPUs)"));
-  EXPECT_NE(OwnerColour("web-1"), OwnerColour("db"));
-  EXPECT_EQ(OwnerColour("web-1"), web);  // stable
+  EXPECT_NE(p.owners[0].colour, web);
+  // Stable: the same owners get the same colours again.
+  EXPECT_EQ(BuildPicture("big", t, Pool(pool), instances).owners[1].colour, web);
   // Readable: nothing wider than the page's 1,400 px and every CPU a 14 px square.
   std::smatch m;
   ASSERT_TRUE(std::regex_search(svg, m, std::regex("width=\"([0-9]+)\" height=\"([0-9]+)\" viewBox")));
@@ -93,7 +96,7 @@ TEST(PictureTest, DevicesBesideTheirNodeWithTheirOwner) {
   HostPicture p = BuildPicture("node-a", t, v1::HostStatus(), {Instance("web-1", "node-a", {2, 3}, {nic.bdf()})});
   const std::string svg = Svg(p);
   EXPECT_EQ(Count(svg, "<rect class=\"dev\""), static_cast<size_t>(t.pci_size()));
-  EXPECT_THAT(svg, HasSubstr("data-bdf=\"" + nic.bdf() + "\" data-owner=\"web-1\" fill=\"" + OwnerColour("web-1")));
+  EXPECT_THAT(svg, HasSubstr("data-bdf=\"" + nic.bdf() + "\" data-owner=\"web-1\" fill=\"" + p.owners[0].colour));
   std::string text = TextMap(p);
   EXPECT_THAT(text, HasSubstr(nic.bdf()));
   EXPECT_THAT(text, ::testing::ContainsRegex(nic.bdf() + " .* w web-1\n"));
@@ -132,6 +135,37 @@ TEST(PictureTest, UnmanagedKernelsAndMemoryOnlyNodes) {
   int pus = 0;
   for (const auto& c : t.cores()) pus += c.pus_size();
   EXPECT_EQ(Count(svg, "<rect class=\"pu\""), static_cast<size_t>(pus));
+}
+
+// The legend wraps inside the picture, however many owners a small host has.
+TEST(PictureTest, TheLegendStaysInsideThePicture) {
+  v1::TopologyInfo t = Synthetic("pack:1 numa:1 core:8 pu:1");
+  std::vector<v1::Object> instances;
+  for (uint32_t i = 0; i < 8; ++i) instances.push_back(Instance("a-rather-long-instance-name-" + std::to_string(i), "h", {i}));
+  const std::string svg = Svg(BuildPicture("h", t, v1::HostStatus(), instances));
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(svg, m, std::regex("width=\"([0-9]+)\" height")));
+  const int width = std::stoi(m[1]);
+  EXPECT_LE(width, 1420);
+  std::regex item("<g class=\"legend-item\" data-owner=\"[^\"]*\"><rect x=\"([0-9]+)\"[^>]*/><text[^>]*>([^<]*)</text>");
+  int items = 0;
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), item); it != std::sregex_iterator(); ++it) {
+    ++items;
+    EXPECT_LE(std::stoi((*it)[1]) + 18 + 7 * static_cast<int>((*it)[2].length()), width) << (*it)[2];
+  }
+  EXPECT_EQ(items, 8 + 1);  // and "free"
+}
+
+// Every owner of a host has a colour of its own, also past the palette's 19.
+TEST(PictureTest, OwnersOfAHostHaveDistinctColours) {
+  v1::TopologyInfo t = Synthetic("pack:1 numa:1 core:32 pu:1");
+  std::vector<v1::Object> instances;
+  for (uint32_t i = 0; i < 30; ++i) instances.push_back(Instance("i-" + std::to_string(i), "h", {i}));
+  HostPicture p = BuildPicture("h", t, v1::HostStatus(), instances);
+  std::set<std::string> colours;
+  for (const Owner& o : p.owners) colours.insert(o.colour);
+  EXPECT_EQ(colours.size(), 30u);
+  EXPECT_EQ(colours.count(kHostColour) + colours.count(kFreeColour), 0u);
 }
 
 TEST(PictureTest, NamesAreEscaped) {
