@@ -6,6 +6,7 @@
 #ifndef MKFLEET_CLI_COMMANDS_H_
 #define MKFLEET_CLI_COMMANDS_H_
 
+#include <map>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -91,6 +92,12 @@ struct GetOptions {
   bool force = false;              // delete a Host at once, leaving its kernels running
   bool force_conflicts = false;    // delete an object a GitSource owns
   bool topology = false;           // describe host: also the map of its CPUs and devices
+  // What the command line named: TYPE [NAME...] or TYPE/NAME... (kind and name are then the
+  // first); and -l's label selector ("app=web,tier!=db,zone").
+  std::vector<std::string> args;
+  std::string selector;
+  bool watch = false;  // get -w: after the list, a row for each change (until interrupted)
+  absl::Duration watch_every = absl::Seconds(1);
 };
 
 // Lists objects (set members included among instances) as a table (wide: placement,
@@ -206,6 +213,26 @@ struct SourceOptions {
 // (like `flux reconcile source git`), or stop and start its fetches. Prints what was done;
 // 0, 1 when the fetch, verification or apply failed (the reason printed), 2 on bad input.
 int RunSource(const SourceOptions& options, std::ostream& out, std::ostream& err);
+
+// `mkapply version`: mkapply's version, and (unless `client_only`) the controller's; text
+// or json. 0; 1 when the controller cannot be asked (the client's is printed all the same).
+int RunVersion(const GetOptions& options, bool client_only, std::ostream& out, std::ostream& err);
+
+// `mkapply api-resources`: the types, their short names, kinds and verbs.
+int RunApiResources(std::ostream& out);
+
+// `mkapply get devices HOST`: each PCI function of the host as its agent reported it: class,
+// NUMA node, the names a manifest may use for it (BDF, netdev/block names), VFs and NVMe
+// namespaces, whether it is in the pool, and the instance that holds it.
+int RunDevices(const GetOptions& options, const std::string& host, std::ostream& out, std::ostream& err);
+
+// A shell completion script for `shell` (bash or zsh): `commands` maps each subcommand
+// (a nested one as "certs issue") to its flags.
+std::string CompletionScript(const std::string& shell, const std::map<std::string, std::vector<std::string>>& commands);
+
+// The candidate closest to `word` by edit distance, or "" when none is close (for "did you
+// mean").
+std::string Closest(const std::string& word, const std::vector<std::string>& candidates);
 
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
 std::string CanonicalKind(const std::string& kind);

@@ -35,6 +35,10 @@ class ControllerClient {
   virtual absl::StatusOr<mkfleet::v1::ControllersResponse> Controllers() {
     return absl::UnimplementedError("this client has no Controllers call");
   }
+  // The controller's counters and version (`mkapply version`).
+  virtual absl::StatusOr<mkfleet::v1::StatsResponse> Stats() {
+    return absl::UnimplementedError("this client has no Stats call");
+  }
   // A host's topology as its agent reported it (`describe host --topology`).
   virtual absl::StatusOr<mkfleet::v1::TopologyResponse> Topology(const std::string& host) {
     return absl::UnimplementedError("this client has no Topology call");

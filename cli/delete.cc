@@ -1,4 +1,6 @@
 // mkapply delete.
+#include <algorithm>
+
 #include "cli/commands.h"
 #include "cli/controller_client.h"
 #include "cli/remote_util.h"
@@ -23,6 +25,26 @@ int RunDelete(const GetOptions& options, std::ostream& out, std::ostream& err) {
       one.kind = std::string(manifests::KindOf(o->object));
       one.name = manifests::MetadataOf(o->object).name();
       int c = RunDelete(one, out, err);
+      if (c != kExitOk && code == kExitOk) code = c;
+    }
+    return code;
+  }
+  if (!options.args.empty()) {
+    std::vector<Target> targets;
+    if (int c = ExpandTargets(options, "delete", /*whole_type_needs_selector=*/true, &targets, err); c != kExitOk) {
+      return c;
+    }
+    // Instances before the hosts they name, as for -f.
+    std::stable_sort(targets.begin(), targets.end(),
+                     [](const Target& a, const Target& b) { return a.kind != "Host" && b.kind == "Host"; });
+    int code = kExitOk;
+    for (const Target& t : targets) {
+      GetOptions one = options;
+      one.args.clear();
+      one.selector.clear();
+      one.kind = t.kind;
+      one.name = t.name;
+      const int c = RunDelete(one, out, err);
       if (c != kExitOk && code == kExitOk) code = c;
     }
     return code;

@@ -33,6 +33,25 @@ void PrintRollout(uint32_t current, uint32_t newest, const v1::RolloutStatus& ro
 }  // namespace
 
 int RunDescribe(const GetOptions& options, std::ostream& out, std::ostream& err) {
+  if (!options.args.empty()) {
+    std::vector<Target> targets;
+    if (int c = ExpandTargets(options, "describe", /*whole_type_needs_selector=*/false, &targets, err); c != kExitOk) {
+      return c;
+    }
+    int code = kExitOk;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      GetOptions one = options;
+      one.args.clear();
+      one.selector.clear();
+      one.kind = targets[i].kind;
+      one.name = targets[i].name;
+      if (i > 0) out << "\n";
+      const int c = RunDescribe(one, out, err);
+      if (c == kExitInvalid) return c;
+      if (c != kExitOk) code = c;
+    }
+    return code;
+  }
   std::string kind;
   if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
   if (options.name.empty()) {

@@ -2,15 +2,18 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/controller_client.h"
+#include "cli/output.h"
 #include "cli/remote_util.h"
 #include "cli/table.h"
 #include "google/protobuf/util/json_util.h"
+#include "manifests/loader.h"
 #include "manifests/printer.h"
 
 namespace mkfleet::cli {
@@ -89,12 +92,80 @@ int PrintControllers(const GetOptions& options, std::ostream& out, std::ostream&
   return kExitOk;
 }
 
+namespace {
+
+// The table of `objects`, all of `kind`.
+void PrintTable(const std::string& kind, const std::vector<v1::Object>& objects, const GetOptions& options,
+                std::ostream& out);
+
+// One object's table row (its header: `header`).
+std::string Row(const v1::Object& o, const GetOptions& options, std::string* header) {
+  std::ostringstream table;
+  GetOptions plain = options;
+  plain.colour = false;
+  PrintTable(std::string(manifests::KindOf(o)), {o}, plain, table);
+  const std::string text = table.str();
+  const size_t eol = text.find('\n');
+  if (header != nullptr) *header = text.substr(0, eol);
+  return text.substr(eol + 1);
+}
+
+// get -w: the rows of `objects`, then a row whenever one changes, appears (a new one of a
+// listed type) or goes ("deleted"), polling the controller every watch_every. Ends with the
+// controller unreachable (1) or never (Ctrl-C).
+int Watch(ControllerClient& client, const std::vector<Target>& targets, const Selector& selector,
+          const std::vector<v1::Object>& objects, const GetOptions& options, std::ostream& out, std::ostream& err) {
+  std::map<std::string, std::string> last;  // Kind/name -> its row
+  std::string header;
+  for (const v1::Object& o : objects) {
+    std::string row = Row(o, options, header.empty() ? &header : nullptr);
+    if (last.empty()) out << header << "\n";
+    out << row;
+    last[NameOf(o)] = row;
+  }
+  out.flush();
+  while (true) {
+    absl::SleepFor(options.watch_every);
+    std::map<std::string, std::string> now;
+    for (const Target& t : targets) {
+      v1::GetRequest request;
+      request.set_kind(t.kind);
+      request.set_name(t.name);
+      auto got = client.Get(request);
+      if (!got.ok() && got.status().code() == absl::StatusCode::kNotFound) continue;
+      if (!got.ok()) return Report(got.status(), options.controller, err);
+      for (const v1::Object& o : got->objects()) {
+        if (!selector.Matches(manifests::MetadataOf(o).labels())) continue;
+        std::string row = Row(o, options, header.empty() ? &header : nullptr);
+        if (last.empty() && now.empty()) out << header << "\n";
+        auto it = last.find(NameOf(o));
+        if (it == last.end() || it->second != row) out << row;
+        now[NameOf(o)] = row;
+      }
+    }
+    for (const auto& [name, row] : last) {
+      if (now.count(name) == 0) out << name << " deleted\n";
+    }
+    out.flush();
+    last = std::move(now);
+  }
+}
+
+}  // namespace
+
 int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
-  if (options.kind == "controllers" || options.kind == "controller") return PrintControllers(options, out, err);
-  std::string kind;
-  if (!ResolveKind(options.kind, &kind, err)) return kExitInvalid;
+  std::vector<std::string> args = options.args;
+  if (args.empty() && !options.kind.empty()) {
+    args.push_back(options.kind);
+    if (!options.name.empty()) args.push_back(options.name);
+  }
+  if (!args.empty() && (args[0] == "controllers" || args[0] == "controller")) return PrintControllers(options, out, err);
+  Selector selector;
+  if (!ParseSelector(options.selector, &selector, err)) return kExitInvalid;
+  std::vector<Target> targets;
+  if (!ResolveTargets(args, "get", selector, &targets, err)) return kExitInvalid;
   if (options.unmanaged) {
-    if (kind != "KernelInstance") {
+    if (targets.size() != 1 || targets[0].kind != "KernelInstance" || !targets[0].name.empty()) {
       err << "error: --unmanaged lists instances (get instances --unmanaged)\n";
       return kExitInvalid;
     }
@@ -102,33 +173,69 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
   }
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
   if (!client.ok()) return ReportSetup(client.status(), err);
-  v1::GetRequest request;
-  request.set_kind(kind);
-  request.set_name(options.name);
-  auto got = (*client)->Get(request);
-  if (!got.ok()) return Report(got.status(), options.controller, err);
-  const v1::GetResponse& response = *got;
-  std::vector<v1::Object> objects(response.objects().begin(), response.objects().end());
-  if (options.output == "yaml") {
-    out << manifests::PrintYaml(objects);
-    return kExitOk;
-  }
-  if (options.output == "json") {
-    google::protobuf::util::JsonPrintOptions json;
-    json.add_whitespace = true;
-    std::string text;
-    auto st = google::protobuf::util::MessageToJsonString(response, &text, json);
-    if (!st.ok()) {
-      err << "error: " << st.ToString() << "\n";
-      return kExitFailure;
+  // Each target in the order given; a name that does not exist is said, and the others
+  // still printed (exit 1).
+  std::vector<v1::Object> objects;
+  int code = kExitOk;
+  for (const Target& t : targets) {
+    v1::GetRequest request;
+    request.set_kind(t.kind);
+    request.set_name(t.name);
+    auto got = (*client)->Get(request);
+    if (!got.ok()) {
+      if (got.status().code() != absl::StatusCode::kNotFound) return Report(got.status(), options.controller, err);
+      err << "error: " << t.kind << "/" << t.name << " does not exist\n";
+      code = kExitFailure;
+      continue;
     }
-    out << text;
-    return kExitOk;
+    for (const v1::Object& o : got->objects()) {
+      if (selector.Matches(manifests::MetadataOf(o).labels())) objects.push_back(o);
+    }
+  }
+  if (IsObjectFormat(options.output)) {
+    // One object named: the object itself (kubectl's way); else a List.
+    const bool single = targets.size() == 1 && !targets[0].name.empty();
+    auto text = FormatObjects(objects, single, options.output);
+    if (!text.ok()) {
+      err << "error: " << text.status().message() << "\n";
+      return kExitInvalid;
+    }
+    out << *text;
+    if (objects.empty() && code == kExitOk && options.output != "json" && options.output != "yaml") {
+      err << "no " << targets[0].kind << " objects" << (selector.empty() ? "" : " match -l " + options.selector)
+          << "\n";
+    }
+    return code;
   }
   if (objects.empty()) {
-    err << "no " << kind << " objects\n";
-    return kExitOk;
+    if (code == kExitOk) {
+      err << "no " << targets[0].kind << " objects" << (selector.empty() ? "" : " match -l " + options.selector)
+          << "\n";
+    }
+    return code;
   }
+  if (options.watch) return Watch(**client, targets, selector, objects, options, out, err);
+  // A table per kind, in the order the kinds came.
+  std::vector<std::string> kinds;
+  for (const v1::Object& o : objects) {
+    std::string k(manifests::KindOf(o));
+    if (std::find(kinds.begin(), kinds.end(), k) == kinds.end()) kinds.push_back(k);
+  }
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    std::vector<v1::Object> of;
+    for (const v1::Object& o : objects) {
+      if (manifests::KindOf(o) == kinds[i]) of.push_back(o);
+    }
+    if (i > 0) out << "\n";
+    PrintTable(kinds[i], of, options, out);
+  }
+  return code;
+}
+
+namespace {
+
+void PrintTable(const std::string& kind, const std::vector<v1::Object>& objects, const GetOptions& options,
+                std::ostream& out) {
   const bool wide = options.output == "wide";
   std::function<std::string(const std::string&)> colour;
   if (options.colour) colour = PhaseColour;
@@ -279,7 +386,8 @@ int RunGet(const GetOptions& options, std::ostream& out, std::ostream& err) {
     }
     t.Print(out);
   }
-  return kExitOk;
 }
+
+}  // namespace
 
 }  // namespace mkfleet::cli

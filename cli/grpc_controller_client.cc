@@ -63,6 +63,11 @@ class GrpcControllerClient final : public ControllerClient {
     return Unary<v1::SourceResponse>(
         [&](grpc::ClientContext* ctx, v1::SourceResponse* r) { return stub_->Source(ctx, request, r); });
   }
+  absl::StatusOr<v1::StatsResponse> Stats() override {
+    v1::StatsRequest request;
+    return Unary<v1::StatsResponse>(
+        [&](grpc::ClientContext* ctx, v1::StatsResponse* r) { return stub_->Stats(ctx, request, r); });
+  }
   absl::StatusOr<v1::TopologyResponse> Topology(const std::string& host) override {
     v1::TopologyRequest request;
     request.set_host(host);

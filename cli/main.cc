@@ -4,11 +4,14 @@
 // the subcommand, as in kubectl; MKFLEET_CONTROLLER and MKFLEET_TLS_DIR give the defaults.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
+#include "cli/output.h"
 #include "cli/table.h"
 #include "common/version.h"
 
@@ -115,33 +118,50 @@ int main(int argc, char** argv) {
       ->check(DurationValidator());
 
   mkfleet::cli::GetOptions get;
-  CLI::App* get_cmd = app.add_subcommand("get", "List objects of a kind, or show one.\nExit 0, 1 when absent or unreachable.");
+  CLI::App* get_cmd = app.add_subcommand(
+      "get",
+      "List objects of a type, or show some: TYPE [NAME...], TYPE/NAME... (types may differ), or TYPE -l "
+      "SELECTOR.\nExit 0; 1 when one is absent (the others are printed) or unreachable; 2 on bad usage.");
   CLI::App* delete_cmd = app.add_subcommand(
       "delete",
-      "Delete KIND NAME, or the objects named in -f PATH. A Host is deleted once its instances are (it is "
-      "terminating meanwhile); --force removes it at once, leaving them running.\n"
-      "Exit 0, 1 when absent or unreachable, 2 on bad input.");
-  for (CLI::App* cmd : {get_cmd, delete_cmd}) {
-    cmd->add_option("kind", get.kind,
-                    "hosts, instances (ki), sets, policies, rolebindings, sources, or controllers (the control "
-                    "plane's members and leader)");
-    cmd->add_option("name", get.name, "object name");
+      "Delete TYPE NAME..., TYPE/NAME..., TYPE -l SELECTOR, or the objects named in -f PATH. A Host is deleted once "
+      "its instances are (it is terminating meanwhile); --force removes it at once, leaving them running.\n"
+      "Exit 0, 1 when one is absent or unreachable, 2 on bad input.");
+  CLI::App* describe_cmd = app.add_subcommand(
+      "describe",
+      "Show objects in full: status, placement, conditions and recent events; a host's instances (and with "
+      "--topology its map). TYPE NAME..., TYPE/NAME... or TYPE -l SELECTOR.\n"
+      "Exit 0, 1 when one is absent or unreachable, 2 on bad usage.");
+  for (CLI::App* cmd : {get_cmd, delete_cmd, describe_cmd}) {
+    cmd->add_option("args", get.args,
+                    "TYPE [NAME...] or TYPE/NAME...: hosts, instances (ki), sets, policies, rolebindings, sources "
+                    "(mkapply api-resources); get also takes controllers (the control plane's members)");
+    cmd->add_option("-l,--selector", get.selector,
+                    "only objects whose labels match: KEY=VALUE, KEY!=VALUE, KEY, !KEY, joined by commas");
   }
-  get_cmd->get_option("kind")->required();
+  get_cmd->get_option("args")->required();
+  describe_cmd->get_option("args")->required();
   delete_cmd->add_option("-f,--filename", get.paths, "delete the objects these manifests name");
   delete_cmd->add_flag("--force", get.force, "a Host: remove it at once; its kernels are left running, unmanaged");
   delete_cmd->add_flag("--force-conflicts", get.force_conflicts,
                        "delete an object a GitSource owns (its next commit that still has it brings it back)");
-  get_cmd->add_option("-o,--output", get.output,
-                      "table (default), wide (placement, serving kernel, owner, agent...), yaml or json")
-      ->check(CLI::IsMember({"table", "wide", "yaml", "json"}));
+  get_cmd
+      ->add_option("-o,--output", get.output,
+                   "table (default); wide (placement, serving kernel, owner, agent...); yaml or json (as stored, with "
+                   "status; one object named: the object, else a List); name (TYPE/NAME); "
+                   "jsonpath=TEMPLATE ({.items[*].metadata.name}, {range .items[*]}...{end}); "
+                   "custom-columns=HEADER:PATH,... (NAME:.metadata.name,PHASE:.status.phase)")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            return v == "table" || v == "wide" || mkfleet::cli::IsObjectFormat(v)
+                       ? std::string()
+                       : "table, wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=SPEC, not " + v;
+          },
+          "FORMAT"));
   get_cmd->add_flag("--unmanaged", get.unmanaged, "instances: the kernels on hosts that no object owns");
-  CLI::App* describe_cmd = app.add_subcommand(
-      "describe",
-      "Show one object in full: status, placement, conditions and its recent events; a host's instances.\n"
-      "Exit 0, 1 when absent or unreachable.");
-  describe_cmd->add_option("kind", get.kind, "host, instance (ki), set, policy, rolebinding or source")->required();
-  describe_cmd->add_option("name", get.name, "object name")->required();
+  get_cmd->add_flag("-w,--watch", get.watch,
+                    "after the list, print a row whenever an object changes, appears or goes (polls every second; "
+                    "Ctrl-C ends it)");
   describe_cmd->add_flag("--topology", get.topology,
                          "a host: also a map of it as its agent reported it (NUMA nodes as rows, cores as cells, one "
                          "letter per CPU for the instance that holds it) and its PCI functions with their owners");
@@ -256,16 +276,93 @@ int main(int argc, char** argv) {
     c->add_option("--days", certs.days, "validity in days (default 365; the CA ten times as long)");
   }
 
+  bool version_client_only = false;
+  std::string version_output = "text";
+  CLI::App* version_cmd = app.add_subcommand("version", "Print mkapply's version and the controller's.\nExit 0, 1 when "
+                                                        "the controller cannot be asked (mkapply's is printed).");
+  version_cmd->add_flag("--client", version_client_only, "only mkapply's (no controller needed)");
+  version_cmd->add_option("-o,--output", version_output, "text (default) or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  CLI::App* resources_cmd = app.add_subcommand(
+      "api-resources", "List the types mkapply knows, their short names, kinds and verbs.\nExit 0.");
+  std::string shell;
+  CLI::App* completion_cmd = app.add_subcommand(
+      "completion",
+      "Print a shell completion script: `source <(mkapply completion bash)` (or zsh); install it as "
+      "/etc/bash_completion.d/mkapply.\nExit 0, 2 for another shell.");
+  completion_cmd->add_option("shell", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
+  std::string help_verb;
+  CLI::App* help_cmd = app.add_subcommand("help", "Show help: of mkapply, or of one command (mkapply help get).");
+  help_cmd->add_option("command", help_verb, "a command");
+
+  // The commands and their flags (completion, "did you mean").
+  std::map<std::string, std::vector<std::string>> commands;
+  std::vector<std::string> command_names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    command_names.push_back(sub->get_name());
+    auto flags_of = [](const CLI::App* c) {
+      std::vector<std::string> flags;
+      for (const CLI::Option* o : c->get_options()) {
+        for (const std::string& n : o->get_lnames()) flags.push_back("--" + n);
+        for (const std::string& n : o->get_snames()) flags.push_back("-" + n);
+      }
+      return flags;
+    };
+    commands[sub->get_name()] = flags_of(sub);
+    for (const CLI::App* nested : sub->get_subcommands([](const CLI::App*) { return true; })) {
+      commands[sub->get_name() + " " + nested->get_name()] = flags_of(nested);
+    }
+  }
+  // A mistyped command: say which was meant (CLI11 would call it an unexpected argument).
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--controller" || a == "--request-timeout" || a == "--tls-dir") {
+      ++i;  // its value
+      continue;
+    }
+    if (a.empty() || a[0] == '-') continue;
+    if (std::find(command_names.begin(), command_names.end(), a) != command_names.end()) break;
+    const std::string closest = mkfleet::cli::Closest(a, command_names);
+    std::cerr << "error: unknown command \"" << a << "\" for mkapply"
+              << (closest.empty() ? "" : "\n\nDid you mean this?\n\t" + closest) << "\n\nRun 'mkapply --help' for usage.\n";
+    return mkfleet::cli::kExitInvalid;
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : mkfleet::cli::kExitInvalid;
   }
+  if (help_cmd->parsed()) {
+    if (help_verb.empty()) {
+      std::cout << app.help();
+      return 0;
+    }
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      if (sub->get_name() == help_verb) {
+        std::cout << sub->help();
+        return 0;
+      }
+    }
+    const std::string closest = mkfleet::cli::Closest(help_verb, command_names);
+    std::cerr << "error: no command \"" << help_verb << "\"" << (closest.empty() ? "" : "; did you mean \"" + closest + "\"?")
+              << "\n";
+    return mkfleet::cli::kExitInvalid;
+  }
+  if (completion_cmd->parsed()) {
+    std::cout << mkfleet::cli::CompletionScript(shell, commands);
+    return 0;
+  }
+  if (resources_cmd->parsed()) return mkfleet::cli::RunApiResources(std::cout);
   apply.controller = get.controller = events.controller = audit.controller = controller;
   apply.request_timeout = get.request_timeout = events.request_timeout = audit.request_timeout =
       Duration(request_timeout);
   apply.tls = get.tls = events.tls = audit.tls = tls;
+  if (version_cmd->parsed()) {
+    get.output = version_output;
+    return mkfleet::cli::RunVersion(get, version_client_only, std::cout, std::cerr);
+  }
   if (!audit_since.empty()) audit.since = Duration(audit_since);
   if (certs_cmd->parsed()) {
     certs.action = certs_init->parsed() ? "init" : "issue";
@@ -303,7 +400,16 @@ int main(int argc, char** argv) {
   // Colour only on a terminal (and never with NO_COLOR or TERM=dumb).
   const char* term = getenv("TERM");
   get.colour = isatty(STDOUT_FILENO) && getenv("NO_COLOR") == nullptr && term != nullptr && std::string(term) != "dumb";
-  if (get_cmd->parsed()) return mkfleet::cli::RunGet(get, std::cout, std::cerr);
+  if (get_cmd->parsed()) {
+    if (!get.args.empty() && (get.args[0] == "devices" || get.args[0] == "device")) {
+      if (get.args.size() != 2) {
+        std::cerr << "error: get devices needs one host: mkapply get devices HOST\n";
+        return mkfleet::cli::kExitInvalid;
+      }
+      return mkfleet::cli::RunDevices(get, get.args[1], std::cout, std::cerr);
+    }
+    return mkfleet::cli::RunGet(get, std::cout, std::cerr);
+  }
   if (describe_cmd->parsed()) return mkfleet::cli::RunDescribe(get, std::cout, std::cerr);
   if (events_cmd->parsed()) return mkfleet::cli::RunEvents(events, std::cout, std::cerr);
   if (delete_cmd->parsed()) return mkfleet::cli::RunDelete(get, std::cout, std::cerr);

@@ -4,7 +4,9 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/version.h"
 #include "gmock/gmock.h"
+#include "nlohmann/json.hpp"
 #include "gtest/gtest.h"
 #include "reconciler/controller_service.h"
 #include "security/testing/test_pki.h"
@@ -137,6 +139,214 @@ TEST_F(MkapplyTest, CredentialsComeFromTheFlagOrTheEnvironmentAndNeverSilentlyGo
   // Credentials that are not a user's own (or that are unreadable) are reported at once.
   EXPECT_EQ(Run({"get", "hosts", "--controller", address_, "--tls-dir", dir_.string()}, &out), 2) << out;
   EXPECT_THAT(out, HasSubstr("ca.crt"));
+}
+
+
+// Hosts h1 (zone a), h2 (zone b), h3 (zone a) and an instance on each of h1 and h3.
+class KubectlStyleTest : public MkapplyTest {
+ protected:
+  void SetUp() override {
+    MkapplyTest::SetUp();
+    std::string text;
+    for (const auto& [name, zone] : std::vector<std::pair<std::string, std::string>>{{"h1", "a"}, {"h2", "b"}, {"h3", "a"}}) {
+      text += "apiVersion: mkfleet.io/v1\nkind: Host\nmetadata: {name: " + name + ", labels: {zone: " + zone +
+              "}}\nspec:\n  agent: 127.0.0.1:1\n  pool: {hostReserved: {cores: 1, memory: 1Gi}}\n---\n";
+    }
+    for (const char* host : {"h1", "h3"}) {
+      text += std::string("apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: web-") + host +
+              ", labels: {app: web}}\nspec:\n  host: " + host +
+              "\n  kernel: {image: /k/vmlinux}\n  resources: {cpus: 2, memory: 1Gi}\n---\n";
+    }
+    std::ofstream(dir_ / "fleet.yaml") << text;
+    std::string out;
+    ASSERT_EQ(Run({"apply", "-f", (dir_ / "fleet.yaml").string(), "--controller", address_}, &out), 0) << out;
+  }
+  int Mk(std::vector<std::string> args, std::string* out) {
+    args.push_back("--controller");
+    args.push_back(address_);
+    return Run(args, out);
+  }
+};
+
+TEST_F(KubectlStyleTest, SeveralNamesTypeSlashNameAndSelectors) {
+  std::string out;
+  ASSERT_EQ(Mk({"get", "hosts", "-l", "zone=a", "-o", "name"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h1\nHost/h3\n");
+  ASSERT_EQ(Mk({"get", "hosts", "-l", "zone!=a", "-o", "name"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h2\n");
+  ASSERT_EQ(Mk({"get", "hosts", "h3", "h1", "-o", "name"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h3\nHost/h1\n");
+  ASSERT_EQ(Mk({"get", "host/h2", "ki/web-h1", "-o", "name"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h2\nKernelInstance/web-h1\n");
+  // Two types: a table each.
+  ASSERT_EQ(Mk({"get", "host/h2", "instance/web-h1"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("NAME +REACHABLE.*\nh2 .*\n\nNAME +PHASE.*\nweb-h1 "));
+  // A missing one is said, the others printed, exit 1.
+  EXPECT_EQ(Mk({"get", "hosts", "h1", "nope", "-o", "name"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h1\n"));
+  EXPECT_THAT(out, HasSubstr("error: Host/nope does not exist"));
+  // Usage errors: exit 2.
+  EXPECT_EQ(Mk({"get", "hosts", "h1", "-l", "zone=a"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("names cannot be given with a selector"));
+  EXPECT_EQ(Mk({"get", "hosts", "host/h1"}, &out), 2) << out;
+  EXPECT_EQ(Mk({"get", "hosts", "-l", "zone=a,=b"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("is not a requirement"));
+  EXPECT_EQ(Mk({"get", "pods"}, &out), 2) << out;
+  // describe and delete take the same.
+  ASSERT_EQ(Mk({"describe", "hosts", "-l", "zone=b"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Name:         h2"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("Name:         h1")));
+  ASSERT_EQ(Mk({"describe", "host/h1", "host/h3"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("Name: +h1(.|\n)*\n\nName: +h3"));
+  EXPECT_EQ(Mk({"delete", "instances"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("never takes a whole type"));
+  ASSERT_EQ(Mk({"delete", "instances", "-l", "app=web"}, &out), 0) << out;
+  EXPECT_EQ(out, "KernelInstance/web-h1 deleted\nKernelInstance/web-h3 deleted\n");
+  EXPECT_EQ(Mk({"get", "instances", "-o", "name"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("no KernelInstance objects"));
+}
+
+TEST_F(KubectlStyleTest, OutputFormats) {
+  std::string out;
+  // One object: the object itself, as stored, with its status; sizes as quantities.
+  ASSERT_EQ(Mk({"get", "ki", "web-h1", "-o", "json"}, &out), 0) << out;
+  auto one = nlohmann::json::parse(out);
+  EXPECT_EQ(one["kind"], "KernelInstance");
+  EXPECT_EQ(one["spec"]["resources"]["memory"], "1Gi");
+  EXPECT_EQ(one["metadata"]["generation"], 1);
+  ASSERT_EQ(Mk({"get", "ki", "-o", "json"}, &out), 0) << out;
+  auto list = nlohmann::json::parse(out);
+  EXPECT_EQ(list["kind"], "List");
+  EXPECT_EQ(list["items"].size(), 2u);
+  ASSERT_EQ(Mk({"get", "ki", "web-h1", "-o", "yaml"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("kind: KernelInstance\n"));
+  EXPECT_THAT(out, HasSubstr("memory: 1Gi"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("1073741824")));
+  ASSERT_EQ(Mk({"get", "hosts", "-o", "jsonpath={.items[*].metadata.name}"}, &out), 0) << out;
+  EXPECT_EQ(out, "h1 h2 h3");
+  ASSERT_EQ(Mk({"get", "hosts", "-o", "jsonpath={range .items[*]}{.metadata.name}={.metadata.labels.zone}{\"\\n\"}{end}"},
+               &out),
+            0)
+      << out;
+  EXPECT_EQ(out, "h1=a\nh2=b\nh3=a\n");
+  ASSERT_EQ(Mk({"get", "ki", "-o", "custom-columns=NAME:.metadata.name,HOST:.spec.host,CPUS:.spec.resources.cpus"}, &out), 0)
+      << out;
+  EXPECT_EQ(out, "NAME    HOST  CPUS\nweb-h1  h1    2\nweb-h3  h3    2\n");
+  EXPECT_EQ(Mk({"get", "ki", "-o", "jsonpath={.items[*"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("jsonpath"));
+  EXPECT_EQ(Mk({"get", "ki", "-o", "xml"}, &out), 2) << out;
+}
+
+TEST_F(KubectlStyleTest, VersionResourcesCompletionHelpAndDidYouMean) {
+  std::string out;
+  ASSERT_EQ(Run({"version", "--client"}, &out), 0) << out;
+  EXPECT_EQ(out, std::string("Client: mkapply ") + kVersion + "\n");
+  ASSERT_EQ(Mk({"version"}, &out), 0) << out;
+  EXPECT_EQ(out, std::string("Client: mkapply ") + kVersion + "\nServer: mkcontroller " + kVersion + " at " + address_ + "\n");
+  ASSERT_EQ(Mk({"version", "-o", "json"}, &out), 0) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["server"]["version"], kVersion);
+  EXPECT_EQ(Run({"version", "--controller", "127.0.0.1:1", "--request-timeout", "1s"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Client: mkapply"));
+  EXPECT_THAT(out, HasSubstr("cannot reach the controller"));
+
+  ASSERT_EQ(Run({"api-resources"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::StartsWith("NAME          SHORTNAMES                   APIVERSION     KIND            VERBS\n"
+                                         "hosts         host                         mkfleet.io/v1  Host            "));
+  EXPECT_THAT(out, HasSubstr("\ninstances     ki,instance,kernelinstances  mkfleet.io/v1  KernelInstance  "));
+
+  ASSERT_EQ(Run({"completion", "bash"}, &out), 0) << out;
+  const std::string script = (dir_ / "mkapply.bash").string();
+  std::ofstream(script) << out;
+  std::string checked;
+  testing::Process syntax({"/bin/bash", "-n", script}, (dir_ / "bash-n.log").string());
+  EXPECT_EQ(syntax.Kill(0), 0) << syntax.Log();
+  // Completing `mkapply ge` and `mkapply get ` in a real bash.
+  testing::Process complete(
+      {"/bin/bash", "-c",
+       "source " + script + "; COMP_WORDS=(mkapply ge); COMP_CWORD=1; _mkapply; echo \"${COMPREPLY[*]}\"; "
+       "COMP_WORDS=(mkapply get \"\"); COMP_CWORD=2; _mkapply; echo \"${COMPREPLY[*]}\"; "
+       "COMP_WORDS=(mkapply get hosts --sel); COMP_CWORD=3; _mkapply; echo \"${COMPREPLY[*]}\""},
+      (dir_ / "complete.log").string());
+  EXPECT_EQ(complete.Kill(0), 0);
+  EXPECT_THAT(complete.Log(), ::testing::StartsWith("get\n"));
+  EXPECT_THAT(complete.Log(), HasSubstr("hosts instances sets"));
+  EXPECT_THAT(complete.Log(), ::testing::EndsWith("--selector\n"));
+  ASSERT_EQ(Run({"completion", "zsh"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::StartsWith("#compdef mkapply\n"));
+  EXPECT_EQ(Run({"completion", "fish"}, &out), 2) << out;
+
+  EXPECT_EQ(Run({"gte", "hosts"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("error: unknown command \"gte\" for mkapply\n\nDid you mean this?\n\tget\n"));
+  EXPECT_EQ(Run({"--controller", address_, "desribe", "host", "h1"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("\tdescribe\n"));
+  EXPECT_EQ(Run({"frobnicate"}, &out), 2) << out;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("Did you mean")));
+  ASSERT_EQ(Run({"help", "get"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("-l,--selector"));
+  EXPECT_THAT(out, HasSubstr("custom-columns"));
+  EXPECT_EQ(Run({"help", "gett"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("did you mean \"get\"?"));
+}
+
+TEST_F(KubectlStyleTest, GetDevicesListsEachFunctionWithItsNamesAndOwner) {
+  service_->SetTopologySource([](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
+    v1::TopologyInfo t;
+    t.add_numa_nodes()->set_node(0);
+    v1::PciFunctionInfo* nic = t.add_pci();
+    nic->set_bdf("0000:81:00.0");
+    nic->set_class_id(0x0200);
+    nic->set_numa_node(0);
+    nic->add_names("eth0");
+    nic->add_vf_bdfs("0000:81:00.1");
+    v1::PciFunctionInfo* disk = t.add_pci();
+    disk->set_bdf("0000:04:00.0");
+    disk->set_class_id(0x0108);
+    disk->set_numa_node(-1);
+    disk->set_nvme_namespaces(4);
+    return t;
+  });
+  std::string out;
+  ASSERT_EQ(Mk({"get", "devices", "h1"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::StartsWith("BDF           CLASS    NUMA  NAMES  VFS  NAMESPACES  POOL  OWNER\n"
+                                         "0000:81:00.0  Network  0     eth0   1    -           no    -\n"
+                                         "0000:04:00.0  Storage  -     -      -    4           no    -\n"));
+  EXPECT_EQ(Mk({"get", "devices"}, &out), 2) << out;
+  EXPECT_EQ(Mk({"get", "devices", "nope"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Host/nope does not exist"));
+}
+
+TEST_F(KubectlStyleTest, InterruptingWaitSaysTheApplyIsCommitted) {
+  // A Host whose agent never answers: --wait waits; Ctrl-C.
+  testing::Process p({"cli/mkapply", "apply", "-f", (dir_ / "h.yaml").string(), "--wait", "--controller", address_,
+                      "--tls-dir", pki_->admin()},
+                     (dir_ / "wait.log").string());
+  ASSERT_FALSE(p.WaitFor("Host/h1 (created|configured)").empty()) << p.Log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int status = p.Kill(SIGINT);
+  ASSERT_TRUE(WIFEXITED(status)) << p.Log();
+  EXPECT_EQ(WEXITSTATUS(status), 130) << p.Log();
+  EXPECT_THAT(p.Log(), HasSubstr("interrupted: the apply is committed"));
+  EXPECT_THAT(p.Log(), HasSubstr("mkapply events -f"));
+}
+
+TEST_F(KubectlStyleTest, WatchPrintsARowForEachChange) {
+  testing::Process p({"cli/mkapply", "get", "ki", "-w", "--controller", address_, "--tls-dir", pki_->admin()},
+                     (dir_ / "watch.log").string());
+  ASSERT_FALSE(p.WaitFor("web-h3 ").empty()) << p.Log();
+  std::string out;
+  ASSERT_EQ(Mk({"delete", "ki", "web-h1"}, &out), 0) << out;
+  EXPECT_FALSE(p.WaitFor("KernelInstance/web-h1 deleted").empty()) << p.Log();
+  std::ofstream(dir_ / "new.yaml") << "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: web-new}\n"
+                                      "spec:\n  host: h2\n  kernel: {image: /k/vmlinux}\n"
+                                      "  resources: {cpus: 2, memory: 1Gi}\n";
+  ASSERT_EQ(Mk({"apply", "-f", (dir_ / "new.yaml").string()}, &out), 0) << out;
+  EXPECT_FALSE(p.WaitFor("\nweb-new ").empty()) << p.Log();
+  p.Kill(SIGINT);
+  // One header, one row per object and change.
+  const std::string log = p.Log();
+  size_t headers = 0;
+  for (size_t at = log.find("NAME"); at != std::string::npos; at = log.find("NAME", at + 1)) ++headers;
+  EXPECT_EQ(headers, 1u) << log;
 }
 
 }  // namespace

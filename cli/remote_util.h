@@ -15,6 +15,10 @@
 #include "manifests/loader.h"
 
 namespace mkfleet::cli {
+struct GetOptions;
+}
+
+namespace mkfleet::cli {
 
 // Prints a failed call ("error: cannot reach the controller at ...") and returns the exit
 // code: 2 for invalid input (nothing was changed), 1 otherwise.
@@ -24,6 +28,29 @@ int ReportSetup(const absl::Status& s, std::ostream& err);
 
 // "hosts" -> "Host" ...; false (and the error on `err`) for an unknown kind.
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err);
+
+// One object, or (name empty) every object of a kind.
+struct Target {
+  std::string kind;  // canonical (Host, KernelInstance, ...)
+  std::string name;
+};
+// A label selector as kubectl's -l: requirements joined by commas, each KEY=VALUE (or ==),
+// KEY!=VALUE, KEY (has it) or !KEY (has it not).
+struct Selector {
+  struct Requirement {
+    std::string key, value;
+    enum Op { kEquals, kNotEquals, kExists, kNotExists } op = kEquals;
+  };
+  std::vector<Requirement> requirements;
+  bool empty() const { return requirements.empty(); }
+  bool Matches(const google::protobuf::Map<std::string, std::string>& labels) const;
+};
+// `text` as a Selector; false (and the error on `err`) when it is not one.
+bool ParseSelector(const std::string& text, Selector* selector, std::ostream& err);
+// The targets of TYPE [NAME...] or TYPE/NAME... (`verb` for messages); false (and the error
+// on `err`) on a bad kind, a mix of the two forms, or names with a selector.
+bool ResolveTargets(const std::vector<std::string>& args, const std::string& verb, const Selector& selector,
+                    std::vector<Target>* targets, std::ostream& err);
 
 // Loads manifests for the controller (which checks host references against its store
 // too); false with every error on `err` when any is invalid.
@@ -42,6 +69,13 @@ std::string RefText(const mkfleet::v1::GitRef& ref, bool short_commit);
 
 // Lists every Host (with its status) from the controller at `controller` and hands them to
 // `print`; on a failure to connect or list, reports it and returns the exit code.
+// The objects `options.args` and `options.selector` name, one by one: a whole type is
+// listed from the controller and filtered by the selector (`verb` for messages; with
+// `whole_type_needs_selector`, a type alone without -l is refused, as delete does). Returns
+// kExitOk, or the exit code after saying why on `err`.
+int ExpandTargets(const GetOptions& options, const std::string& verb, bool whole_type_needs_selector,
+                  std::vector<Target>* targets, std::ostream& err);
+
 int WithHosts(const std::string& controller, absl::Duration request_timeout, const security::TlsOptions& tls,
               std::ostream& err, const std::function<int(const mkfleet::v1::GetResponse&)>& print);
 

@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "common/grpc_server.h"
 #include "common/status_macros.h"
+#include "common/version.h"
 #include "manifests/formats.h"
 #include "reconciler/follow_reactor.h"
 #include "manifests/loader.h"
@@ -334,6 +335,7 @@ grpc::Status ControllerService::Stats(grpc::ServerContext* context, const v1::St
                                       v1::StatsResponse* response) {
   if (auto caller = Allow(*context, "stats", "stats"); !caller.ok()) return ToGrpc(caller.status());
   if (stats_) *response = stats_();
+  response->set_version(kVersion);
   // Peak resident set of this process (VmHWM), for fleet-scale checks.
   std::ifstream status("/proc/self/status");
   std::string line;

@@ -1,0 +1,83 @@
+#include "cli/output.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace mkfleet::cli {
+namespace {
+
+namespace v1 = mkfleet::v1;
+using ::testing::HasSubstr;
+
+v1::Object Instance(const std::string& name, const std::string& phase, std::vector<uint32_t> cpus) {
+  v1::Object o;
+  v1::KernelInstance* ki = o.mutable_kernel_instance();
+  ki->set_api_version("mkfleet.io/v1");
+  ki->set_kind("KernelInstance");
+  ki->mutable_metadata()->set_name(name);
+  (*ki->mutable_metadata()->mutable_labels())["app"] = "web";
+  ki->mutable_spec()->set_host("node-a");
+  ki->mutable_spec()->mutable_resources()->set_memory(4ull << 30);
+  ki->mutable_status()->set_phase(phase);
+  ki->mutable_status()->set_kernel_state(v1::KERNEL_STATE_ACTIVE);
+  for (uint32_t c : cpus) ki->mutable_status()->mutable_placement()->add_cpus(c);
+  return o;
+}
+
+const std::vector<v1::Object> kTwo = {Instance("web-1", "Running", {2, 3}), Instance("web-2", "Pending", {})};
+
+TEST(OutputTest, JsonIsTheObjectAsStoredUnwrappedWhenOne) {
+  Json one = Json::parse(*FormatObjects({kTwo[0]}, /*single=*/true, "json"));
+  EXPECT_EQ(one["kind"], "KernelInstance");
+  EXPECT_EQ(one["spec"]["resources"]["memory"], "4Gi");  // a quantity, not "4294967296"
+  EXPECT_EQ(one["status"]["kernelState"], "Active");     // as manifests spell it, not KERNEL_STATE_ACTIVE
+  EXPECT_EQ(one["status"]["placement"]["cpus"], Json({2, 3}));
+  Json list = Json::parse(*FormatObjects(kTwo, /*single=*/false, "json"));
+  EXPECT_EQ(list["kind"], "List");
+  ASSERT_EQ(list["items"].size(), 2u);
+  EXPECT_EQ(list["items"][1]["metadata"]["name"], "web-2");
+  const std::string yaml = *FormatObjects(kTwo, false, "yaml");
+  EXPECT_THAT(yaml, HasSubstr("kernelState: Active"));
+  EXPECT_THAT(yaml, HasSubstr("---\n"));
+  EXPECT_THAT(yaml, HasSubstr("memory: 4Gi"));
+}
+
+TEST(OutputTest, NameIsKindSlashName) {
+  EXPECT_EQ(*FormatObjects(kTwo, false, "name"), "KernelInstance/web-1\nKernelInstance/web-2\n");
+}
+
+
+TEST(OutputTest, JsonPathTheWaysKubectlUsersWriteIt) {
+  EXPECT_EQ(*FormatObjects(kTwo, false, "jsonpath={.items[*].metadata.name}"), "web-1 web-2");
+  EXPECT_EQ(*FormatObjects(kTwo, false, "jsonpath={.items[0].status.phase}"), "Running");
+  EXPECT_EQ(*FormatObjects(kTwo, false, "jsonpath={.items[-1].status.phase}"), "Pending");
+  EXPECT_EQ(*FormatObjects({kTwo[0]}, true, "jsonpath={.status.placement.cpus}"), "[2,3]");
+  EXPECT_EQ(*FormatObjects({kTwo[0]}, true, "jsonpath={.status.placement.cpus[*]}"), "2 3");
+  EXPECT_EQ(*FormatObjects({kTwo[0]}, true, "jsonpath={.metadata.labels['app']}"), "web");
+  EXPECT_EQ(*FormatObjects(kTwo, false,
+                           "jsonpath={range .items[*]}{.metadata.name}{\"\\t\"}{.status.phase}{\"\\n\"}{end}"),
+            "web-1\tRunning\nweb-2\tPending\n");
+  EXPECT_EQ(*FormatObjects(kTwo, false, "jsonpath=names: {range .items}{.metadata.name},{end}\\n"),
+            "names: web-1,web-2,\n");
+  EXPECT_EQ(*FormatObjects({kTwo[1]}, true, "jsonpath={.status.missing}"), "");  // missing: nothing
+  for (const char* bad : {"jsonpath={.items[*].metadata.name", "jsonpath={range .items}x", "jsonpath={end}",
+                          "jsonpath={..name}", "jsonpath={.items[x]}", "jsonpath={}"}) {
+    auto got = FormatObjects(kTwo, false, bad);
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(got.status().message(), HasSubstr("jsonpath")) << bad;
+  }
+}
+
+TEST(OutputTest, CustomColumns) {
+  EXPECT_EQ(*FormatObjects(kTwo, false, "custom-columns=NAME:.metadata.name,PHASE:.status.phase,CPUS:.status.placement.cpus[*]"),
+            "NAME   PHASE    CPUS\n"
+            "web-1  Running  2,3\n"
+            "web-2  Pending  <none>\n");
+  auto bad = FormatObjects(kTwo, false, "custom-columns=NAME");
+  EXPECT_THAT(bad.status().message(), HasSubstr("\"NAME\" is not HEADER:PATH"));
+  EXPECT_FALSE(IsObjectFormat("wide"));
+  EXPECT_TRUE(IsObjectFormat("custom-columns=A:.a"));
+}
+
+}  // namespace
+}  // namespace mkfleet::cli
