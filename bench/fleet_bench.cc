@@ -24,13 +24,20 @@
 // --shards S (with --ha K): the members split the hosts into S shards (each sends to its
 // own, the leader plans for all); the figures are still the leader's.
 // --metrics on|both: every daemon serves Prometheus metrics (--metrics-listen), scraped every
-// 5 s as Prometheus would; `both` runs SQLite without, then with them, side by side (their cost).
+// 5 s as Prometheus would, and the controller the web console (--http) with an operator's
+// fleet page open all along (its event stream read, hosts, instances and sets fetched again
+// after changes, at most once a second); `both` runs SQLite without, then with them, side by
+// side (their cost).
 // Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--changes C] [--tls on|off]
 //                    [--metrics off|on|both]
 // (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log;
 // FLEET_BENCH_CONTROLLER_FLAGS adds mkcontroller flags, e.g. "--connection-threads 0".)
 #include <signal.h>
 #include <unistd.h>
+
+#include <string_view>
+
+#include "httplib.h"
 
 #include <algorithm>
 #include <atomic>
@@ -197,6 +204,35 @@ class Fleet {
     if (!scraper_.joinable()) return;
     stop_scraping_.Notify();
     scraper_.join();
+    if (viewer_ != nullptr) viewer_->stop();
+    if (watcher_.joinable()) watcher_.join();
+  }
+  // --metrics: an operator's fleet page, open all along: its event stream, and the fleet
+  // page's three lists fetched again after changes (at most once a second; the console's
+  // page throttles itself the same way).
+  void StartViewer() {
+    if (console_port_ == 0) return;
+    viewer_ = std::make_unique<httplib::Client>("127.0.0.1", console_port_);
+    viewer_->set_read_timeout(600, 0);
+    watcher_ = std::thread([this] {
+      httplib::Client api("127.0.0.1", console_port_);
+      api.set_read_timeout(600, 0);
+      auto last = Clock::now() - std::chrono::seconds(10);
+      viewer_->Get("/api/watch", [&](const char* data, size_t n) {
+        if (stop_scraping_.HasBeenNotified()) return false;
+        if (std::string_view(data, n).find("event: change") == std::string_view::npos) return true;
+        if (Clock::now() - last < std::chrono::seconds(1)) return true;
+        const auto t = Clock::now();
+        for (const char* path : {"/api/hosts", "/api/instances", "/api/sets"}) {
+          auto r = api.Get(path);
+          if (r && r->status == 200) page_bytes_ += r->body.size();
+        }
+        page_ms_ += std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+        ++page_loads_;
+        last = Clock::now();
+        return true;
+      });
+    });
   }
   // The agents' CPU seconds so far, all processes.
   double HarnessCpu() const {
@@ -221,6 +257,10 @@ class Fleet {
   std::thread scraper_;
   absl::Notification stop_scraping_;
   std::atomic<int64_t> scrapes_{0}, scraped_bytes_{0};
+  int console_port_ = 0;  // --metrics: the leader's console
+  std::unique_ptr<httplib::Client> viewer_;
+  std::thread watcher_;
+  std::atomic<int64_t> page_loads_{0}, page_ms_{0}, page_bytes_{0};
 };
 
 bool Fleet::StartAgents() {
@@ -284,7 +324,7 @@ bool Fleet::StartControllers() {
       std::istringstream words(more);
       for (std::string w; words >> w;) argv.push_back(w);
     }
-    if (o_.metrics_on) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0"});
+    if (o_.metrics_on) argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0", "--http", "127.0.0.1:0"});
     if (o_.ha > 1) argv.insert(argv.end(), {"--ha", "--name", "c" + std::to_string(i)});
     if (o_.ha > 1 && o_.shards > 0) argv.insert(argv.end(), {"--shards", std::to_string(o_.shards)});
     controllers_.push_back(std::make_unique<Process>(argv, dir_ + "/mkcontroller-" + std::to_string(i) + ".log"));
@@ -294,6 +334,7 @@ bool Fleet::StartControllers() {
     }
     if (o_.metrics_on) {
       metrics_ports_.push_back(std::atoi(controllers_.back()->WaitFor("metrics on port ([0-9]+)").c_str()));
+      if (console_port_ == 0) console_port_ = std::atoi(controllers_.back()->WaitFor("console on port ([0-9]+)").c_str());
     }
   }
   return true;
@@ -325,6 +366,7 @@ Result Fleet::Measure() {
   const int per_host = 10;
   if (!StartAgents() || !StartControllers()) return result;
   StartScraper();
+  StartViewer();
   const int leader = FindLeader();
   if (leader < 0) {
     std::cerr << "fleet_bench: no leader elected\n";
@@ -456,6 +498,10 @@ Result Fleet::Measure() {
                 static_cast<long long>(scrapes_.load()), metrics_ports_.size(),
                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kScrapeEvery).count()),
                 scrapes_ > 0 ? scraped_bytes_.load() / 1024.0 / scrapes_.load() : 0.0);
+    std::printf("%s    console: the fleet page loaded %lld times (%.0f ms, %.0f KiB each on average)\n", mode.c_str(),
+                static_cast<long long>(page_loads_.load()),
+                page_loads_ > 0 ? static_cast<double>(page_ms_.load()) / page_loads_.load() : 0.0,
+                page_loads_ > 0 ? page_bytes_.load() / 1024.0 / page_loads_.load() : 0.0);
   }
   std::fflush(stdout);
 
@@ -545,7 +591,7 @@ int main(int argc, char** argv) {
     if (o.metrics != "off") {
       s.metrics_on = true;
       Fleet f(s, "sqlite", dir + "/sqlite-metrics");
-      results.emplace_back("sqlite+metrics", f.Measure());
+      results.emplace_back("sqlite+metrics+console", f.Measure());
     }
   }
   if (o.store != "sqlite") {

@@ -11,6 +11,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
+#include "cli/config.h"
 #include "cli/output.h"
 #include "cli/table.h"
 #include "common/version.h"
@@ -49,6 +50,11 @@ int main(int argc, char** argv) {
       ->check(DurationValidator());
   mkfleet::security::TlsOptions tls;
   mkfleet::security::AddTlsFlags(app, &tls, "your user (ROOT/users/NAME)", "MKFLEET_TLS_DIR");
+  std::string context_name;
+  app.add_option("--context", context_name,
+                 "the context of the configuration file to use (mkapply config get-contexts; default its current "
+                 "one)")
+      ->envname("MKFLEET_CONTEXT");
 
   mkfleet::cli::ValidateOptions validate;
   CLI::App* validate_cmd = app.add_subcommand(
@@ -276,6 +282,30 @@ int main(int argc, char** argv) {
     c->add_option("--days", certs.days, "validity in days (default 365; the CA ten times as long)");
   }
 
+  mkfleet::cli::ConfigOptions config;
+  config.path = mkfleet::cli::ConfigPath();
+  CLI::App* config_cmd = app.add_subcommand(
+      "config",
+      "Contexts: which controller and credentials mkapply uses, by name, in " + config.path +
+          " ($MKFLEET_CONFIG; pick one with --context or $MKFLEET_CONTEXT).\nExit 0, 1 when the file cannot be read "
+          "or written, 2 on bad usage.");
+  config_cmd->require_subcommand(1);
+  config_cmd->add_subcommand("view", "Print the configuration file.");
+  config_cmd->add_subcommand("get-contexts", "List the contexts; * marks the current one.");
+  config_cmd->add_subcommand("current-context", "Print the current context's name.");
+  for (const char* verb : {"use-context", "delete-context", "set-context"}) {
+    CLI::App* c = config_cmd->add_subcommand(
+        verb, std::string(verb) == "use-context"      ? "Make NAME the current context."
+              : std::string(verb) == "delete-context" ? "Remove the context NAME."
+                                                      : "Create or change the context NAME (the first becomes current).");
+    c->add_option("name", config.name, "the context")->required();
+  }
+  CLI::App* set_context = config_cmd->get_subcommand("set-context");
+  set_context->add_option("--controller", config.controller, "the controller's address (HOST:PORT)");
+  set_context->add_option("--tls-dir", config.tls_dir, "the folder of your credentials (ca.crt, tls.crt, tls.key)");
+  set_context->add_flag("--insecure", config.insecure, "plaintext (a loopback controller only)");
+  set_context->add_option("--request-timeout", config.request_timeout, "each call's deadline (e.g. 30s)");
+
   bool version_client_only = false;
   std::string version_output = "text";
   CLI::App* version_cmd = app.add_subcommand("version", "Print mkapply's version and the controller's.\nExit 0, 1 when "
@@ -316,7 +346,7 @@ int main(int argc, char** argv) {
   // A mistyped command: say which was meant (CLI11 would call it an unexpected argument).
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--controller" || a == "--request-timeout" || a == "--tls-dir") {
+    if (a == "--controller" || a == "--request-timeout" || a == "--tls-dir" || a == "--context" || a == "--tls-reload") {
       ++i;  // its value
       continue;
     }
@@ -349,6 +379,34 @@ int main(int argc, char** argv) {
     std::cerr << "error: no command \"" << help_verb << "\"" << (closest.empty() ? "" : "; did you mean \"" + closest + "\"?")
               << "\n";
     return mkfleet::cli::kExitInvalid;
+  }
+  if (config_cmd->parsed()) {
+    for (const CLI::App* verb : config_cmd->get_subcommands()) config.verb = verb->get_name();
+    return mkfleet::cli::RunConfig(config, std::cout, std::cerr);
+  }
+  // The context: what the flags and their environment variables do not give.
+  {
+    auto loaded = mkfleet::cli::LoadConfig(config.path);
+    if (!loaded.ok()) {
+      std::cerr << "error: " << loaded.status().message() << "\n";
+      return mkfleet::cli::kExitInvalid;
+    }
+    auto context = mkfleet::cli::SelectContext(*loaded, context_name);
+    if (!context.ok()) {
+      std::cerr << "error: " << context.status().message() << "\n";
+      return mkfleet::cli::kExitInvalid;
+    }
+    if (context->has_value()) {
+      const mkfleet::cli::Context& c = **context;
+      if (app.get_option("--controller")->count() == 0 && !c.controller.empty()) controller = c.controller;
+      if (app.get_option("--tls-dir")->count() == 0 && app.get_option("--insecure")->count() == 0) {
+        if (c.insecure) tls.insecure = true;
+        if (!c.insecure && !c.tls_dir.empty()) tls.dir = c.tls_dir;
+      }
+      if (app.get_option("--request-timeout")->count() == 0 && !c.request_timeout.empty()) {
+        request_timeout = c.request_timeout;
+      }
+    }
   }
   if (completion_cmd->parsed()) {
     std::cout << mkfleet::cli::CompletionScript(shell, commands);

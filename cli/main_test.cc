@@ -57,6 +57,20 @@ class MkapplyTest : public ::testing::Test {
     *out = p.Log();
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
+  // Runs mkapply with exactly the environment variables `env` set (none of the test's own
+  // MKFLEET_* are added).
+  int RunEnv(std::vector<std::string> args, std::string* out, const std::vector<std::string>& env) {
+    std::vector<std::string> argv = {"/usr/bin/env", "-u", "MKFLEET_TLS_DIR", "-u", "MKFLEET_CONTROLLER",
+                                     "-u", "MKFLEET_CONTEXT"};
+    argv.insert(argv.end(), env.begin(), env.end());
+    argv.push_back("cli/mkapply");
+    argv.insert(argv.end(), args.begin(), args.end());
+    testing::Process p(argv, (dir_ / "out.log").string());
+    while (p.Running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    int status = p.Kill(0);
+    *out = p.Log();
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
   std::filesystem::path dir_;
   std::unique_ptr<security::TestPki> pki_;
   std::unique_ptr<reconciler::Store> store_;
@@ -347,6 +361,58 @@ TEST_F(KubectlStyleTest, WatchPrintsARowForEachChange) {
   size_t headers = 0;
   for (size_t at = log.find("NAME"); at != std::string::npos; at = log.find("NAME", at + 1)) ++headers;
   EXPECT_EQ(headers, 1u) << log;
+}
+
+TEST_F(MkapplyTest, ContextsNameTheControllerAndTheCredentials) {
+  const std::string config = "MKFLEET_CONFIG=" + (dir_ / "cfg" / "config").string();
+  std::string out;
+  ASSERT_EQ(RunEnv({"apply", "-f", (dir_ / "h.yaml").string(), "--controller", address_, "--tls-dir", pki_->admin()},
+                   &out, {config}),
+            0)
+      << out;
+  // No context yet: no credentials, and it says how to get them.
+  EXPECT_EQ(RunEnv({"get", "hosts", "--controller", address_}, &out, {config}), 2) << out;
+  ASSERT_EQ(RunEnv({"config", "set-context", "lab", "--controller", address_, "--tls-dir", pki_->admin()}, &out,
+                   {config}),
+            0)
+      << out;
+  EXPECT_EQ(out, "Context \"lab\" created.\n");
+  ASSERT_EQ(RunEnv({"config", "set-context", "broken", "--controller", "127.0.0.1:1", "--tls-dir", pki_->admin(),
+                    "--request-timeout", "1s"},
+                   &out, {config}),
+            0)
+      << out;
+  // The first context became the current one: no flags needed.
+  ASSERT_EQ(RunEnv({"get", "hosts", "-o", "name"}, &out, {config}), 0) << out;
+  EXPECT_EQ(out, "Host/h1\n");
+  ASSERT_EQ(RunEnv({"config", "get-contexts"}, &out, {config}), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("CURRENT +NAME +CONTROLLER +CREDENTIALS +TIMEOUT\n\\* +lab +" + address_));
+  EXPECT_THAT(out, ::testing::ContainsRegex("\n +broken +127.0.0.1:1 .* 1s\n"));
+  // MKFLEET_CONTEXT and --context pick another; a flag beats the context's value.
+  EXPECT_EQ(RunEnv({"get", "hosts"}, &out, {config, "MKFLEET_CONTEXT=broken"}), 1) << out;
+  EXPECT_THAT(out, HasSubstr("cannot reach the controller at 127.0.0.1:1"));
+  EXPECT_EQ(RunEnv({"get", "hosts", "--context", "broken"}, &out, {config}), 1) << out;
+  ASSERT_EQ(RunEnv({"get", "hosts", "--context", "broken", "--controller", address_, "-o", "name"}, &out, {config}), 0)
+      << out;
+  ASSERT_EQ(RunEnv({"config", "use-context", "broken"}, &out, {config}), 0) << out;
+  EXPECT_EQ(out, "Switched to context \"broken\".\n");
+  ASSERT_EQ(RunEnv({"config", "current-context"}, &out, {config}), 0) << out;
+  EXPECT_EQ(out, "broken\n");
+  // Unknown contexts are refused, naming those there are.
+  EXPECT_EQ(RunEnv({"get", "hosts", "--context", "prod"}, &out, {config}), 2) << out;
+  EXPECT_THAT(out, HasSubstr("no context \"prod\""));
+  EXPECT_THAT(out, HasSubstr("it has lab, broken"));
+  EXPECT_EQ(RunEnv({"config", "use-context", "prod"}, &out, {config}), 2) << out;
+  ASSERT_EQ(RunEnv({"config", "delete-context", "broken"}, &out, {config}), 0) << out;
+  ASSERT_EQ(RunEnv({"config", "view"}, &out, {config}), 0) << out;
+  EXPECT_THAT(out, HasSubstr("name: lab"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("broken")));
+  EXPECT_EQ(std::filesystem::status(dir_ / "cfg" / "config").permissions() & std::filesystem::perms::others_read,
+            std::filesystem::perms::none);
+  // A broken file is named with its field.
+  std::ofstream(dir_ / "cfg" / "config") << "contexts:\n  - name: x\n    controler: a:1\n";
+  EXPECT_EQ(RunEnv({"get", "hosts"}, &out, {config}), 2) << out;
+  EXPECT_THAT(out, HasSubstr("contexts[0].controler: unknown field"));
 }
 
 }  // namespace
