@@ -7,11 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/controller_client.h"
 #include "cli/remote_util.h"
 #include "cli/table.h"
 #include "manifests/loader.h"
+#include "manifests/printer.h"
 
 namespace mkfleet::cli {
 namespace {
@@ -186,6 +188,78 @@ int Wait(ControllerClient& client, const v1::ApplyResponse& applied, const Apply
   return kExitOk;
 }
 
+}  // namespace
+
+std::string UnifiedDiff(const std::string& from_name, const std::string& to_name, const std::string& from,
+                        const std::string& to, int context) {
+  std::vector<std::string> a = absl::StrSplit(from, '\n', absl::SkipEmpty());
+  std::vector<std::string> b = absl::StrSplit(to, '\n', absl::SkipEmpty());
+  // The longest common subsequence of lines (manifests are short: a table is fine).
+  const size_t n = a.size(), m = b.size();
+  std::vector<std::vector<uint32_t>> lcs(n + 1, std::vector<uint32_t>(m + 1, 0));
+  for (size_t i = n; i-- > 0;) {
+    for (size_t j = m; j-- > 0;) {
+      lcs[i][j] = a[i] == b[j] ? lcs[i + 1][j + 1] + 1 : std::max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  // The edit script: ' ' kept, '-' only in a, '+' only in b, with each line's numbers.
+  struct Line {
+    char op;
+    size_t ai, bi;
+  };
+  std::vector<Line> script;
+  size_t i = 0, j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] == b[j]) {
+      script.push_back({' ', i++, j++});
+    } else if (i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1])) {
+      script.push_back({'-', i++, j});  // removals first, as diff -u prints them
+    } else {
+      script.push_back({'+', i, j++});
+    }
+  }
+  std::string out;
+  // Hunks: the changed lines with `context` lines around them.
+  size_t k = 0;
+  while (k < script.size()) {
+    if (script[k].op == ' ') {
+      ++k;
+      continue;
+    }
+    size_t start = k >= static_cast<size_t>(context) ? k - context : 0;
+    size_t end = k;
+    // Extend while another change is within 2 * context lines.
+    while (true) {
+      size_t next = end;
+      while (next < script.size() && script[next].op != ' ') ++next;
+      size_t gap = next;
+      while (gap < script.size() && script[gap].op == ' ') ++gap;
+      end = next;
+      if (gap < script.size() && gap - next <= static_cast<size_t>(2 * context)) {
+        end = gap;
+        continue;
+      }
+      break;
+    }
+    const size_t stop = std::min(script.size(), end + context);
+    size_t a_start = script[start].ai, b_start = script[start].bi, a_len = 0, b_len = 0;
+    std::string body;
+    for (size_t x = start; x < stop; ++x) {
+      const Line& l = script[x];
+      if (l.op != '+') ++a_len;
+      if (l.op != '-') ++b_len;
+      absl::StrAppend(&body, std::string(1, l.op), l.op == '+' ? b[l.bi] : a[l.ai], "\n");
+    }
+    if (out.empty()) absl::StrAppend(&out, "--- ", from_name, "\n+++ ", to_name, "\n");
+    absl::StrAppend(&out, "@@ -", a_len == 0 ? a_start : a_start + 1, ",", a_len, " +", b_len == 0 ? b_start : b_start + 1,
+                    ",", b_len, " @@\n", body);
+    k = stop;
+  }
+  return out;
+}
+
+namespace {
+
 int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::ostream& err) {
   manifests::LoadResult loaded;
   if (!LoadForController(options.paths, &loaded, err)) return kExitInvalid;
@@ -205,6 +279,22 @@ int ApplyOrDiff(const ApplyOptions& options, bool diff, std::ostream& out, std::
     out << c.kind() << "/" << c.name() << " " << c.change() << (request.dry_run() ? " (dry run)" : "") << "\n";
     for (const std::string& action : c.actions()) out << "  " << action << "\n";
     if (c.change() != "unchanged" || c.actions_size() > 0) changes = true;
+    if (!diff || c.change() == "unchanged") continue;
+    // diff: the fields, as the stored object and the manifest print (unified, like kubectl diff).
+    std::string live, wanted;
+    v1::GetRequest get;
+    get.set_kind(c.kind());
+    get.set_name(c.name());
+    auto stored = (*client)->Get(get);
+    if (stored.ok() && stored->objects_size() == 1) live = manifests::PrintYaml(stored->objects(0));
+    for (const manifests::LoadedObject& o : loaded.objects) {
+      if (manifests::KindOf(o.object) == c.kind() && manifests::MetadataOf(o.object).name() == c.name()) {
+        wanted = manifests::PrintYaml(o.object);
+      }
+    }
+    if (c.change() == "pruned") wanted.clear();
+    out << UnifiedDiff(live.empty() ? "/dev/null" : "live/" + c.kind() + "/" + c.name(),
+                       wanted.empty() ? "/dev/null" : "new/" + c.kind() + "/" + c.name(), live, wanted, 3);
   }
   // diff: exit 1 when something would change, like diff(1).
   if (diff && changes) return kExitFailure;

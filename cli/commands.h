@@ -234,6 +234,11 @@ std::string CompletionScript(const std::string& shell, const std::map<std::strin
 // mean").
 std::string Closest(const std::string& word, const std::vector<std::string>& candidates);
 
+// `from` and `to` compared line by line as diff -u prints it (headers `--- from_name`,
+// `+++ to_name`, hunks with `context` lines around each change); "" when they are equal.
+std::string UnifiedDiff(const std::string& from_name, const std::string& to_name, const std::string& from,
+                        const std::string& to, int context = 3);
+
 // "hosts" -> "Host", "ki" -> "KernelInstance", ...; empty when unknown.
 std::string CanonicalKind(const std::string& kind);
 

@@ -415,5 +415,29 @@ TEST_F(MkapplyTest, ContextsNameTheControllerAndTheCredentials) {
   EXPECT_THAT(out, HasSubstr("contexts[0].controler: unknown field"));
 }
 
+TEST_F(KubectlStyleTest, DiffPrintsTheFieldsThatWouldChange) {
+  std::string out;
+  // Nothing would change: exit 0, no diff.
+  ASSERT_EQ(Mk({"diff", "-f", (dir_ / "fleet.yaml").string()}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("@@")));
+  std::string text;
+  {
+    std::ifstream in(dir_ / "fleet.yaml");
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t at = text.find("name: web-h1");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(text.find("cpus: 2", at), 7, "cpus: 4");
+  std::ofstream(dir_ / "changed.yaml") << text;
+  EXPECT_EQ(Mk({"diff", "-f", (dir_ / "changed.yaml").string()}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("KernelInstance/web-h1 configured (dry run)\n"
+                             "--- live/KernelInstance/web-h1\n+++ new/KernelInstance/web-h1\n@@ "));
+  EXPECT_THAT(out, HasSubstr("\n-    cpus: 2\n+    cpus: 4\n"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("--- live/KernelInstance/web-h3")));
+  // Invalid input: exit 2, and nothing is compared.
+  std::ofstream(dir_ / "bad.yaml") << "kind: Nope\n";
+  EXPECT_EQ(Mk({"diff", "-f", (dir_ / "bad.yaml").string()}, &out), 2) << out;
+}
+
 }  // namespace
 }  // namespace mkfleet::cli

@@ -1,5 +1,7 @@
 #include "cli/output.h"
 
+#include "cli/commands.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -77,6 +79,25 @@ TEST(OutputTest, CustomColumns) {
   EXPECT_THAT(bad.status().message(), HasSubstr("\"NAME\" is not HEADER:PATH"));
   EXPECT_FALSE(IsObjectFormat("wide"));
   EXPECT_TRUE(IsObjectFormat("custom-columns=A:.a"));
+}
+
+TEST(UnifiedDiffTest, HunksAsDiffUPrintsThem) {
+  EXPECT_EQ(UnifiedDiff("a", "b", "x\ny\n", "x\ny\n"), "");
+  EXPECT_EQ(UnifiedDiff("live/KernelInstance/w", "new/KernelInstance/w",
+                        "kind: KernelInstance\nspec:\n  host: a\n  resources:\n    cpus: 2\n    memory: 1Gi\n",
+                        "kind: KernelInstance\nspec:\n  host: a\n  resources:\n    cpus: 4\n    memory: 1Gi\n"),
+            "--- live/KernelInstance/w\n+++ new/KernelInstance/w\n@@ -2,5 +2,5 @@\n spec:\n   host: a\n   resources:\n"
+            "-    cpus: 2\n+    cpus: 4\n     memory: 1Gi\n");
+  // Created: everything added, from /dev/null.
+  EXPECT_EQ(UnifiedDiff("/dev/null", "new/Host/h", "", "a\nb\n"), "--- /dev/null\n+++ new/Host/h\n@@ -0,0 +1,2 @@\n+a\n+b\n");
+  // Two changes far apart: two hunks.
+  std::string from, to;
+  for (int i = 0; i < 20; ++i) {
+    from += "l" + std::to_string(i) + "\n";
+    to += (i == 2 || i == 15 ? "L" : "l") + std::to_string(i) + "\n";
+  }
+  const std::string d = UnifiedDiff("a", "b", from, to, 1);
+  EXPECT_EQ(d, "--- a\n+++ b\n@@ -2,3 +2,3 @@\n l1\n-l2\n+L2\n l3\n@@ -15,3 +15,3 @@\n l14\n-l15\n+L15\n l16\n");
 }
 
 }  // namespace
