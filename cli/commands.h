@@ -21,9 +21,19 @@ inline constexpr int kExitFailure = 1;
 inline constexpr int kExitInvalid = 2;
 inline constexpr int kExitUnschedulable = 3;
 
+inline constexpr char kDefaultController[] = "127.0.0.1:7100";
+
 struct ValidateOptions {
   std::vector<std::string> paths;  // files, directories, "-" for stdin
   std::string output = "summary";  // summary | yaml
+  // A folder with only part of the fleet: no check that spec.host names a Host
+  // (skip_host_checks), or the controller's Hosts count as defined (hosts_from_controller,
+  // which needs the controller: the global flags).
+  bool skip_host_checks = false;
+  bool hosts_from_controller = false;
+  std::string controller = kDefaultController;
+  absl::Duration request_timeout = absl::Seconds(30);
+  security::TlsOptions tls;
 };
 
 // Loads and validates `paths`. Prints the summary (or canonical YAML) to `out` and returns
@@ -50,7 +60,6 @@ int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err);
 //
 // Every command takes the controller's address (default 127.0.0.1:7100, or
 // MKFLEET_CONTROLLER) and a per-call deadline (request_timeout).
-inline constexpr char kDefaultController[] = "127.0.0.1:7100";
 
 struct ApplyOptions {
   std::vector<std::string> paths;

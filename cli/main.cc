@@ -68,6 +68,10 @@ int main(int argc, char** argv) {
       ->required();
   validate_cmd->add_option("-o,--output", validate.output, "summary (default) or yaml (canonical form)")
       ->check(CLI::IsMember({"summary", "yaml"}));
+  validate_cmd->add_flag("--skip-host-checks", validate.skip_host_checks,
+                         "a folder with part of the fleet: spec.host may name a Host it does not define");
+  validate_cmd->add_flag("--hosts-from-controller", validate.hosts_from_controller,
+                         "a folder with part of the fleet: the controller's Hosts count as defined (asks it)");
 
   mkfleet::cli::PlanOptions plan;
   CLI::App* plan_cmd = app.add_subcommand(
@@ -451,7 +455,12 @@ int main(int argc, char** argv) {
   }
   apply.wait_timeout = Duration(wait_timeout);
   if (!since.empty()) events.since = Duration(since);
-  if (validate_cmd->parsed()) return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);
+  if (validate_cmd->parsed()) {
+    validate.controller = controller;
+    validate.request_timeout = Duration(request_timeout);
+    validate.tls = tls;
+    return mkfleet::cli::RunValidate(validate, std::cout, std::cerr);
+  }
   if (plan_cmd->parsed()) return mkfleet::cli::RunPlan(plan, std::cout, std::cerr);
   if (apply_cmd->parsed()) return mkfleet::cli::RunApply(apply, std::cout, std::cerr);
   if (diff_cmd->parsed()) return mkfleet::cli::RunDiff(apply, std::cout, std::cerr);

@@ -439,5 +439,29 @@ TEST_F(KubectlStyleTest, DiffPrintsTheFieldsThatWouldChange) {
   EXPECT_EQ(Mk({"diff", "-f", (dir_ / "bad.yaml").string()}, &out), 2) << out;
 }
 
+TEST_F(KubectlStyleTest, ValidateAFolderWithPartOfTheFleet) {
+  // Instances only: their hosts are the controller's.
+  std::filesystem::create_directories(dir_ / "part");
+  std::ofstream(dir_ / "part" / "web.yaml") << "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: w}\n"
+                                               "spec:\n  host: h2\n  kernel: {image: /k/vmlinux}\n"
+                                               "  resources: {cpus: 2, memory: 1Gi}\n";
+  std::string out;
+  EXPECT_EQ(Run({"validate", "-f", (dir_ / "part").string()}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("spec.host: no Host named \"h2\""));
+  ASSERT_EQ(Run({"validate", "-f", (dir_ / "part").string(), "--skip-host-checks"}, &out), 0) << out;
+  ASSERT_EQ(Mk({"validate", "-f", (dir_ / "part").string(), "--hosts-from-controller"}, &out), 0) << out;
+  // A host the controller does not have either: still an error, with a suggestion from its hosts.
+  std::ofstream(dir_ / "part" / "web.yaml") << "apiVersion: mkfleet.io/v1\nkind: KernelInstance\nmetadata: {name: w}\n"
+                                               "spec:\n  host: h9\n  kernel: {image: /k/vmlinux}\n"
+                                               "  resources: {cpus: 2, memory: 1Gi}\n";
+  EXPECT_EQ(Mk({"validate", "-f", (dir_ / "part").string(), "--hosts-from-controller"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("no Host named \"h9\""));
+  EXPECT_EQ(Run({"validate", "-f", (dir_ / "part").string(), "--hosts-from-controller", "--controller", "127.0.0.1:1",
+                 "--request-timeout", "1s"},
+                &out),
+            1)
+      << out;
+}
+
 }  // namespace
 }  // namespace mkfleet::cli

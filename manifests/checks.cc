@@ -261,7 +261,8 @@ void CheckObject(const LoadedObject& object, std::vector<Diagnostic>* errors) {
 }
 
 void CheckAcrossObjects(const std::vector<LoadedObject>& objects, bool check_host_references,
-                        std::vector<Diagnostic>* errors) {
+                        const std::vector<std::string>& known_hosts, std::vector<Diagnostic>* errors) {
+  const std::set<std::string> elsewhere(known_hosts.begin(), known_hosts.end());
   std::map<std::pair<absl::string_view, std::string>, const LoadedObject*> by_name;
   std::vector<std::string> host_names;
   for (const LoadedObject& o : objects) {
@@ -303,8 +304,10 @@ void CheckAcrossObjects(const std::vector<LoadedObject>& objects, bool check_hos
     Reporter r(o, label, errors);
     if (ki.spec().target_case() != KernelInstanceSpec::kHost) continue;
     const std::string& host = ki.spec().host();
-    if (check_host_references && by_name.count({"Host", host}) == 0) {
-      std::string suggestion = Suggest(host, host_names);
+    if (check_host_references && by_name.count({"Host", host}) == 0 && elsewhere.count(host) == 0) {
+      std::vector<std::string> candidates = host_names;
+      candidates.insert(candidates.end(), known_hosts.begin(), known_hosts.end());
+      std::string suggestion = Suggest(host, candidates);
       r.At("spec.host", absl::StrCat("no Host named \"", host, "\"",
                                      suggestion.empty() ? "" : " (did you mean \"", suggestion,
                                      suggestion.empty() ? "" : "\"?)"));

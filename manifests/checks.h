@@ -17,6 +17,7 @@ void CheckObject(const LoadedObject& object, std::vector<Diagnostic>* errors);
 // Duplicate names per kind, fixed ids used twice on one host, and (when asked)
 // KernelInstances whose spec.host names no Host among `objects`.
 void CheckAcrossObjects(const std::vector<LoadedObject>& objects, bool check_host_references,
+                        const std::vector<std::string>& known_hosts,
                         std::vector<Diagnostic>* errors);
 
 }  // namespace mkfleet::manifests

@@ -241,7 +241,7 @@ LoadResult LoadPaths(const std::vector<std::string>& paths, const LoadOptions& o
 }
 
 void CheckObjects(const LoadOptions& options, LoadResult* result) {
-  CheckAcrossObjects(result->objects, options.check_host_references, &result->errors);
+  CheckAcrossObjects(result->objects, options.check_host_references, options.known_hosts, &result->errors);
   std::stable_sort(result->errors.begin(), result->errors.end(),
                    [](const Diagnostic& a, const Diagnostic& b) {
                      if (a.file != b.file) return a.file < b.file;

@@ -60,6 +60,9 @@ struct LoadOptions {
   size_t max_nodes = 1 << 20;
   // Report a KernelInstance whose spec.host names no Host among the loaded objects.
   bool check_host_references = true;
+  // Hosts defined elsewhere (the controller's, for a folder that holds only part of the
+  // fleet): spec.host may name them too.
+  std::vector<std::string> known_hosts;
 };
 
 struct LoadResult {
