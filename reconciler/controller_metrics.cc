@@ -73,15 +73,20 @@ void ActionsSent(const v1::ActionBatch& batch) {
   for (const auto& [type, n] : by_type) F().sent.Add({{"type", type}}).Increment(n);
 }
 
-void ActionResults(const v1::ActionBatch& batch, const v1::ExecuteResponse& response) {
+void ActionResults(const v1::ActionBatch& batch, const absl::StatusOr<v1::ExecuteResponse>& response) {
   if (!Enabled()) return;
   std::map<std::string, std::string> type_of;
   for (const v1::Action& a : batch.actions()) type_of[a.id()] = ActionType(a);
-  for (const v1::ActionResult& r : response.results()) {
-    auto t = type_of.find(r.id());
-    const std::string type = t == type_of.end() ? "none" : t->second;
-    (r.code() == 0 ? F().done : F().failed).Add({{"type", type}}).Increment();
+  if (response.ok()) {
+    for (const v1::ActionResult& r : response->results()) {
+      auto t = type_of.find(r.id());
+      if (t == type_of.end()) continue;  // not one of this batch's
+      (r.code() == 0 ? F().done : F().failed).Add({{"type", t->second}}).Increment();
+      type_of.erase(t);
+    }
   }
+  // Not run: the call failed, or the agent stopped before them.
+  for (const auto& [id, type] : type_of) F().failed.Add({{"type", type}}).Increment();
 }
 
 void QueueRetry() {

@@ -20,6 +20,7 @@
 #ifndef MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 #define MKFLEET_RECONCILER_CONTROLLER_METRICS_H_
 
+#include "absl/status/statusor.h"
 #include <functional>
 #include <map>
 #include <string>
@@ -39,7 +40,9 @@ std::string ActionType(const mkfleet::v1::Action& action);
 void PassDone(const char* kind, absl::Duration total);
 void Placement(absl::Duration planning);
 void ActionsSent(const mkfleet::v1::ActionBatch& batch);
-void ActionResults(const mkfleet::v1::ActionBatch& batch, const mkfleet::v1::ExecuteResponse& response);
+// Each action of `batch` counted once, done or failed: an action without a result (the
+// agent stops at a failure) and every action of a call that failed count as failed.
+void ActionResults(const mkfleet::v1::ActionBatch& batch, const absl::StatusOr<mkfleet::v1::ExecuteResponse>& response);
 void QueueRetry();
 
 // A rollout as the last whole pass left it.

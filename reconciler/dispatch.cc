@@ -105,7 +105,7 @@ HostOutcome Dispatcher::Send(const std::string& host, HostConnection& link, cons
     actions_sent_ += batch.actions_size();
     metrics::ActionsSent(batch);
     auto response = link.Execute(batch);
-    if (response.ok()) metrics::ActionResults(batch, *response);
+    metrics::ActionResults(batch, response);
     if (!response.ok()) {
       out.sent = response.status();
       out.events.push_back(MakeEvent("Host", host, host, true, "HostError", std::string(out.sent.message())));

@@ -130,9 +130,13 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
   EXPECT_GE(CollectedForTest("mkfleet_actions_sent_total", "create") - created, 1);
   EXPECT_GE(CollectedForTest("mkfleet_actions_sent_total", "start") - started, 1);
   EXPECT_LE(CollectedForTest("mkfleet_actions_sent_total", "start") - started, 2);
+  // Every action sent ends done or failed (none failed here).
   ASSERT_TRUE(Eventually([&] {
-    return CollectedForTest("mkfleet_actions_done_total") - done == CollectedForTest("mkfleet_actions_sent_total") - sent;
-  }));
+    return CollectedForTest("mkfleet_actions_done_total") - done + CollectedForTest("mkfleet_actions_failed_total") ==
+           CollectedForTest("mkfleet_actions_sent_total") - sent;
+  })) << "sent " << CollectedForTest("mkfleet_actions_sent_total") - sent << ", done "
+      << CollectedForTest("mkfleet_actions_done_total") - done << ", failed "
+      << CollectedForTest("mkfleet_actions_failed_total");
   EXPECT_EQ(CollectedForTest("mkfleet_actions_failed_total"), 0);
   EXPECT_GE(CollectedForTest("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
   EXPECT_GE(CollectedForTest("mkfleet_placement_duration_seconds") - planned, 1);
