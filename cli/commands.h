@@ -227,6 +227,10 @@ int RunSource(const SourceOptions& options, std::ostream& out, std::ostream& err
 // or json. 0; 1 when the controller cannot be asked (the client's is printed all the same).
 int RunVersion(const GetOptions& options, bool client_only, std::ostream& out, std::ostream& err);
 
+// `mkapply cordon|uncordon HOST...`: set the Hosts' spec.cordoned (nothing new is placed on
+// a cordoned host; what runs there stays). 0; 1 when one is absent, refused or unreachable.
+int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::ostream& err);
+
 // `mkapply api-resources`: the types, their short names, kinds and verbs.
 int RunApiResources(std::ostream& out);
 

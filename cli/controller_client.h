@@ -39,6 +39,10 @@ class ControllerClient {
   virtual absl::StatusOr<mkfleet::v1::StatsResponse> Stats() {
     return absl::UnimplementedError("this client has no Stats call");
   }
+  // Sets a Host's spec.cordoned.
+  virtual absl::StatusOr<mkfleet::v1::CordonResponse> Cordon(const mkfleet::v1::CordonRequest& request) {
+    return absl::UnimplementedError("this client has no Cordon call");
+  }
   // A host's topology as its agent reported it (`describe host --topology`).
   virtual absl::StatusOr<mkfleet::v1::TopologyResponse> Topology(const std::string& host) {
     return absl::UnimplementedError("this client has no Topology call");

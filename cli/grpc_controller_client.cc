@@ -63,6 +63,10 @@ class GrpcControllerClient final : public ControllerClient {
     return Unary<v1::SourceResponse>(
         [&](grpc::ClientContext* ctx, v1::SourceResponse* r) { return stub_->Source(ctx, request, r); });
   }
+  absl::StatusOr<v1::CordonResponse> Cordon(const v1::CordonRequest& request) override {
+    return Unary<v1::CordonResponse>(
+        [&](grpc::ClientContext* ctx, v1::CordonResponse* r) { return stub_->Cordon(ctx, request, r); });
+  }
   absl::StatusOr<v1::StatsResponse> Stats() override {
     v1::StatsRequest request;
     return Unary<v1::StatsResponse>(

@@ -310,6 +310,17 @@ int main(int argc, char** argv) {
   set_context->add_flag("--insecure", config.insecure, "plaintext (a loopback controller only)");
   set_context->add_option("--request-timeout", config.request_timeout, "each call's deadline (e.g. 30s)");
 
+  CLI::App* cordon_cmd = app.add_subcommand(
+      "cordon", "Mark hosts cordoned (Host spec.cordoned): nothing new is placed on them, what runs there stays; "
+                "`get hosts` shows it.\nExit 0; 1 when one is absent, refused or unreachable; 2 on bad usage.");
+  CLI::App* uncordon_cmd = app.add_subcommand(
+      "uncordon", "Let new instances and set members be placed on hosts again.\nExit 0; 1 when one is absent, refused "
+                  "or unreachable; 2 on bad usage.");
+  for (CLI::App* c : {cordon_cmd, uncordon_cmd}) {
+    c->add_option("hosts", get.args, "HOST... (or host/HOST)");
+    c->add_option("-l,--selector", get.selector, "the hosts whose labels match (KEY=VALUE,...)");
+  }
+
   bool version_client_only = false;
   std::string version_output = "text";
   CLI::App* version_cmd = app.add_subcommand("version", "Print mkapply's version and the controller's.\nExit 0, 1 when "
@@ -421,6 +432,9 @@ int main(int argc, char** argv) {
   apply.request_timeout = get.request_timeout = events.request_timeout = audit.request_timeout =
       Duration(request_timeout);
   apply.tls = get.tls = events.tls = audit.tls = tls;
+  if (cordon_cmd->parsed() || uncordon_cmd->parsed()) {
+    return mkfleet::cli::RunCordon(get, cordon_cmd->parsed(), std::cout, std::cerr);
+  }
   if (version_cmd->parsed()) {
     get.output = version_output;
     return mkfleet::cli::RunVersion(get, version_client_only, std::cout, std::cerr);

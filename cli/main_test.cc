@@ -463,5 +463,28 @@ TEST_F(KubectlStyleTest, ValidateAFolderWithPartOfTheFleet) {
       << out;
 }
 
+TEST_F(KubectlStyleTest, CordonAndUncordon) {
+  std::string out;
+  ASSERT_EQ(Mk({"cordon", "h1"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h1 cordoned: nothing new is placed there; what runs there stays\n");
+  ASSERT_EQ(Mk({"get", "hosts", "h1", "-o", "jsonpath={.spec.cordoned}"}, &out), 0) << out;
+  EXPECT_EQ(out, "true");
+  ASSERT_EQ(Mk({"get", "hosts", "h1"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("\nh1 +-,cordoned "));
+  ASSERT_EQ(Mk({"cordon", "host/h1"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h1 was cordoned already\n");
+  ASSERT_EQ(Mk({"uncordon", "h1"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h1 uncordoned"));
+  ASSERT_EQ(Mk({"cordon", "-l", "zone=a"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h1 cordoned"));
+  EXPECT_THAT(out, HasSubstr("Host/h3 cordoned"));
+  ASSERT_EQ(Mk({"get", "hosts", "-l", "zone=a", "-o", "jsonpath={.items[*].spec.cordoned}"}, &out), 0) << out;
+  EXPECT_EQ(out, "true true");
+  EXPECT_EQ(Mk({"cordon", "nope"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Host/nope does not exist"));
+  EXPECT_EQ(Mk({"cordon"}, &out), 2) << out;
+  EXPECT_EQ(Mk({"cordon", "ki/web-h1"}, &out), 2) << out;
+}
+
 }  // namespace
 }  // namespace mkfleet::cli

@@ -51,7 +51,7 @@ struct Resource {
 };
 
 constexpr Resource kResources[] = {
-    {"hosts", "host", "Host", "apply,get,describe,delete,cordon,uncordon,drain"},
+    {"hosts", "host", "Host", "apply,get,describe,delete,cordon,uncordon"},
     {"instances", "ki,instance,kernelinstances", "KernelInstance", "apply,get,describe,delete,morph"},
     {"sets", "set,instancesets", "InstanceSet", "apply,get,describe,delete,rollout"},
     {"policies", "policy,rp,rolloutpolicies", "RolloutPolicy", "apply,get,describe,delete,rollout"},
@@ -127,6 +127,47 @@ int RunDevices(const GetOptions& options, const std::string& host, std::ostream&
   out << "A manifest names a function by its BDF (pci: \"0000:81:00.0\"), by a NAME in a Host's pool.devices, or "
          "selects one (select: {class: Network, numaLocal: true}).\n";
   return kExitOk;
+}
+
+int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::ostream& err) {
+  std::vector<std::string> hosts;
+  for (const std::string& a : options.args) {
+    // HOST, or host/HOST as get prints it.
+    const size_t slash = a.find('/');
+    if (slash != std::string::npos && CanonicalKind(a.substr(0, slash)) != "Host") {
+      err << "error: " << (cordon ? "cordon" : "uncordon") << " takes hosts, not " << a << "\n";
+      return kExitInvalid;
+    }
+    hosts.push_back(slash == std::string::npos ? a : a.substr(slash + 1));
+  }
+  if (!options.selector.empty()) {
+    std::vector<Target> targets;
+    GetOptions list = options;
+    list.args = {"hosts"};
+    if (int c = ExpandTargets(list, cordon ? "cordon" : "uncordon", false, &targets, err); c != kExitOk) return c;
+    for (const Target& t : targets) hosts.push_back(t.name);
+  }
+  if (hosts.empty()) {
+    err << "error: " << (cordon ? "cordon" : "uncordon") << " needs HOST... or -l SELECTOR\n";
+    return kExitInvalid;
+  }
+  auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
+  if (!client.ok()) return ReportSetup(client.status(), err);
+  int code = kExitOk;
+  for (const std::string& host : hosts) {
+    v1::CordonRequest request;
+    request.set_host(host);
+    request.set_cordoned(cordon);
+    auto r = (*client)->Cordon(request);
+    if (!r.ok()) {
+      const int c = Report(r.status(), options.controller, err);
+      if (r.status().code() == absl::StatusCode::kUnavailable) return c;
+      code = kExitFailure;
+      continue;
+    }
+    out << r->message() << "\n";
+  }
+  return code;
 }
 
 std::string Closest(const std::string& word, const std::vector<std::string>& candidates) {

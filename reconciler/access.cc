@@ -11,7 +11,7 @@ namespace v1 = mkfleet::v1;
 v1::Role RequiredRole(absl::string_view verb, absl::string_view kind) {
   if (verb == "audit") return v1::ROLE_ADMIN;
   if (verb != "apply" && verb != "delete" && verb != "prune" && verb != "morph" && verb != "rollout" &&
-      verb != "sync" && verb != "suspend" && verb != "resume") {
+      verb != "sync" && verb != "suspend" && verb != "resume" && verb != "cordon") {
     return v1::ROLE_VIEWER;
   }
   if (kind == "KernelInstance" || kind == "InstanceSet" || kind == "RolloutPolicy") return v1::ROLE_OPERATOR;

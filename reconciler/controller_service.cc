@@ -377,6 +377,38 @@ grpc::Status ControllerService::Topology(grpc::ServerContext* context, const v1:
   return grpc::Status::OK;
 }
 
+grpc::Status ControllerService::Cordon(grpc::ServerContext* context, const v1::CordonRequest* request,
+                                       v1::CordonResponse* response) {
+  if (grpc::Status n = CheckName(request->host(), /*may_be_empty=*/false); !n.ok()) return n;
+  const std::string key = "Host/" + request->host();
+  v1::AuditRecord record;
+  record.set_verb(request->cordoned() ? "cordon host" : "uncordon host");
+  record.add_objects(key);
+  auto caller = Allow(*context, "cordon", "Host", request->host());
+  if (!caller.ok()) {
+    RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
+    return ToGrpc(caller.status());
+  }
+  bool was = false;
+  absl::Status s = objects_.Update("Host", request->host(), [&](v1::Object& o) {
+    was = o.host().spec().cordoned();
+    o.mutable_host()->mutable_spec()->set_cordoned(request->cordoned());
+  });
+  std::string message;
+  if (s.ok()) {
+    message = was == request->cordoned()
+                  ? absl::StrCat(key, request->cordoned() ? " was cordoned already" : " was not cordoned")
+              : request->cordoned()
+                  ? absl::StrCat(key, " cordoned: nothing new is placed there; what runs there stays")
+                  : absl::StrCat(key, " uncordoned: new instances and set members may be placed there again");
+    record.set_message(message);
+  }
+  RecordAudit(*context, caller->identity, std::move(record), s);
+  if (!s.ok()) return ToGrpc(s);
+  response->set_message(message);
+  return grpc::Status::OK;
+}
+
 grpc::Status ControllerService::Morph(grpc::ServerContext* context, const v1::MorphRequest* request,
                                       v1::MorphResponse* response) {
   if (grpc::Status l = OnLeader(); !l.ok()) return l;

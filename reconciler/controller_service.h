@@ -73,6 +73,8 @@ class ControllerService final : public ControllerServiceBase {
   void SetControllers(std::function<mkfleet::v1::ControllersResponse()> source) { controllers_ = std::move(source); }
   grpc::Status Topology(grpc::ServerContext*, const mkfleet::v1::TopologyRequest* request,
                         mkfleet::v1::TopologyResponse* response) override;
+  grpc::Status Cordon(grpc::ServerContext*, const mkfleet::v1::CordonRequest* request,
+                      mkfleet::v1::CordonResponse* response) override;
   // Where Topology takes a host's (Reconciler::HostTopology; set once, before serving).
   using TopologySource = std::function<absl::StatusOr<mkfleet::v1::TopologyInfo>(const std::string& host)>;
   void SetTopologySource(TopologySource source) { topology_ = std::move(source); }
