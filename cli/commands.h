@@ -231,6 +231,11 @@ int RunVersion(const GetOptions& options, bool client_only, std::ostream& out, s
 // a cordoned host; what runs there stays). 0; 1 when one is absent, refused or unreachable.
 int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::ostream& err);
 
+// `mkapply explain KIND[.field...]` (fields by their manifest names: instance.spec.resources):
+// the type, rules and description the schema gives, and the fields below. 0; 2 for an unknown
+// type or field (the fields there are, and the closest).
+int RunExplain(const std::string& what, std::ostream& out, std::ostream& err);
+
 // `mkapply api-resources`: the types, their short names, kinds and verbs.
 int RunApiResources(std::ostream& out);
 

@@ -321,6 +321,12 @@ int main(int argc, char** argv) {
     c->add_option("-l,--selector", get.selector, "the hosts whose labels match (KEY=VALUE,...)");
   }
 
+  std::string explain_what;
+  CLI::App* explain_cmd = app.add_subcommand(
+      "explain", "Describe a manifest field from the schema: its type, rules, description and the fields below "
+                 "(mkapply explain instance.spec.resources).\nExit 0, 2 for an unknown type or field.");
+  explain_cmd->add_option("field", explain_what, "TYPE[.field...]: host, instance.spec.failover, ...")->required();
+
   bool version_client_only = false;
   std::string version_output = "text";
   CLI::App* version_cmd = app.add_subcommand("version", "Print mkapply's version and the controller's.\nExit 0, 1 when "
@@ -428,6 +434,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (resources_cmd->parsed()) return mkfleet::cli::RunApiResources(std::cout);
+  if (explain_cmd->parsed()) return mkfleet::cli::RunExplain(explain_what, std::cout, std::cerr);
   apply.controller = get.controller = events.controller = audit.controller = controller;
   apply.request_timeout = get.request_timeout = events.request_timeout = audit.request_timeout =
       Duration(request_timeout);

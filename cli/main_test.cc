@@ -486,5 +486,26 @@ TEST_F(KubectlStyleTest, CordonAndUncordon) {
   EXPECT_EQ(Mk({"cordon", "ki/web-h1"}, &out), 2) << out;
 }
 
+TEST_F(MkapplyTest, ExplainDescribesFieldsFromTheSchema) {
+  std::string out;
+  ASSERT_EQ(Run({"explain", "instance.spec.resources"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::StartsWith("KIND:     KernelInstance\nVERSION:  mkfleet.io/v1\n"
+                                         "FIELD:    spec.resources <object (Resources)>\nRULES:    required\n"));
+  EXPECT_THAT(out, HasSubstr("\n  memory  <quantity (bytes: 512Mi, 2Gi)>  required; at least 128Mi; a multiple of 128Mi\n"));
+  EXPECT_THAT(out, HasSubstr("\n  cpus  <integer>  at least 1; at most 4096; not with cpuSet\n"));
+  // The field's own comment in the .proto.
+  EXPECT_THAT(out, HasSubstr("The kernel's llc-way-mask is a u32"));
+  ASSERT_EQ(Run({"explain", "sets.spec.rollout.maxUnavailable"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("FIELD:    spec.rollout.maxUnavailable <count or percent (2, \"25%\")>"));
+  EXPECT_THAT(out, HasSubstr("Replace: members down at once, fleet-wide (default 1)."));
+  ASSERT_EQ(Run({"explain", "host"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("\n  status  <object (HostStatus)>  output only (written by mkfleet)\n"));
+  EXPECT_EQ(Run({"explain", "instance.spec.resourcs"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("has no field \"resourcs\" (did you mean \"resources\"?)"));
+  EXPECT_EQ(Run({"explain", "pods"}, &out), 2) << out;
+  EXPECT_EQ(Run({"explain", "instance.spec.host.x"}, &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("spec.host has no fields (it is string)"));
+}
+
 }  // namespace
 }  // namespace mkfleet::cli
