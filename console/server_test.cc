@@ -185,6 +185,21 @@ TEST_F(ConsoleServerTest, TheApiShowsObjectsAsManifestsDo) {
   EXPECT_EQ(web["spec"]["resources"]["memory"], "2Gi");  // a quantity, never "2147483648"
   nlohmann::json absent = GetJson("/api/instances/nope", 404);
   EXPECT_EQ(absent["error"], "KernelInstance/nope does not exist");
+  // Filters applied before printing: the instances on a host, a set's members.
+  EXPECT_EQ(GetJson("/api/instances?host=node-a")["items"].size(), 1u);
+  EXPECT_EQ(GetJson("/api/instances?host=node-b")["items"].size(), 0u);
+  EXPECT_EQ(GetJson("/api/instances?owner=InstanceSet/x")["items"].size(), 0u);
+  // The fleet page's summary: numbers, not objects.
+  nlohmann::json fleet = GetJson("/api/fleet");
+  ASSERT_EQ(fleet["hosts"].size(), 2u);
+  EXPECT_EQ(fleet["hosts"][0]["name"], "node-a");
+  EXPECT_EQ(fleet["hosts"][0]["cpus"], 6);
+  EXPECT_EQ(fleet["hosts"][0]["instances"], 1);
+  EXPECT_EQ(fleet["hosts"][1]["instances"], 0);
+  EXPECT_EQ(fleet["reachable"], 2);
+  EXPECT_EQ(fleet["instances"], 1);
+  EXPECT_EQ(fleet["phases"]["Running"], 1);
+  EXPECT_EQ(GetJson("/api/fleet?label=zone%3Db")["hosts"].size(), 1u);
   nlohmann::json events = GetJson("/api/events?kind=KernelInstance&name=web-1&limit=2");
   ASSERT_EQ(events["items"].size(), 2u);  // the newest two
   EXPECT_EQ(events["items"][1]["reason"], "StandbyTakeover");

@@ -154,48 +154,31 @@ async function fleetPage(params) {
   const selector = params.get('label') || '';
   const query = selector.split(',').map((s) => s.trim()).filter((s) => s)
     .map((s) => 'label=' + encodeURIComponent(s)).join('&');
-  const [hosts, instances, sets] = await Promise.all([
-    api('hosts' + (query ? '?' + query : '')), api('instances'), api('sets')]);
-  const onHost = {};
-  const phases = {};
-  for (const i of instances.items) {
-    const host = get(i, 'status.placement.host');
-    if (host) onHost[host] = (onHost[host] || 0) + 1;
-    const p = get(i, 'status.phase', 'Pending');
-    phases[p] = (phases[p] || 0) + 1;
-  }
+  // One small answer with the counts (not every instance as an object).
+  const fleet = await api('fleet' + (query ? '?' + query : ''));
   const filter = h('input', {id: 'label-filter', type: 'search', value: selector,
     placeholder: 'label selector, e.g. zone=a,tier=web', size: 36});
   filter.addEventListener('change', () => {
     location.hash = '#/' + (filter.value.trim() ? '?label=' + encodeURIComponent(filter.value.trim()) : '');
   });
-  const reachable = hosts.items.filter((x) => get(x, 'status.reachable', false)).length;
-  const rows = hosts.items.map((x) => {
-    const name = x.metadata.name;
-    const u = hostUsage(x);
-    const bad = (get(x, 'status.conditions', [])).filter((c) => c.status !== 'True');
-    return h('tr', {class: 'host', 'data-host': name},
-      h('td', {}, link('hosts', name)),
-      h('td', {}, get(x, 'status.reachable', false) ? badge('yes', 'ok') : badge('no', 'bad')),
-      h('td', {}, bar(u.cpus - u.cpusFree, u.cpus, (u.cpus - u.cpusFree) + '/' + u.cpus + ' CPUs')),
-      h('td', {}, bar(u.mem - u.memFree, u.mem, bytes(u.mem - u.memFree) + '/' + bytes(u.mem))),
-      h('td', {}, bar(u.devs - u.devsFree, u.devs, (u.devs - u.devsFree) + '/' + u.devs + ' devices')),
-      h('td', {class: 'num'}, onHost[name] || 0),
-      h('td', {}, labelsText(x.metadata.labels)),
-      h('td', {}, bad.length === 0 ? badge('OK', 'ok')
-        : bad.map((c) => h('div', {}, badge(c.type, 'warn'), ' ', c.message || c.reason || ''))));
-  });
-  const setRows = sets.items.map((s) => h('tr', {},
-    h('td', {}, link('sets', s.metadata.name)),
-    h('td', {class: 'num'}, get(s, 'status.replicas', 0)),
-    h('td', {class: 'num'}, get(s, 'status.readyReplicas', 0)),
-    h('td', {class: 'num'}, get(s, 'status.updatedReplicas', 0)),
-    h('td', {}, get(s, 'status.rollout.phase', '-'))));
+  const rows = fleet.hosts.map((x) => h('tr', {class: 'host', 'data-host': x.name},
+    h('td', {}, link('hosts', x.name)),
+    h('td', {}, x.reachable ? badge('yes', 'ok') : badge('no', 'bad'), x.cordoned ? [' ', badge('cordoned', 'warn')] : null),
+    h('td', {}, bar(x.cpus - x.cpusFree, x.cpus, (x.cpus - x.cpusFree) + '/' + x.cpus + ' CPUs')),
+    h('td', {}, bar(x.memory - x.memoryFree, x.memory, bytes(x.memory - x.memoryFree) + '/' + bytes(x.memory))),
+    h('td', {}, bar(x.devices - x.devicesFree, x.devices, (x.devices - x.devicesFree) + '/' + x.devices + ' devices')),
+    h('td', {class: 'num'}, x.instances),
+    h('td', {}, labelsText(x.labels)),
+    h('td', {}, x.problems.length === 0 ? badge('OK', 'ok')
+      : x.problems.map((c) => h('div', {}, badge(c.type, 'warn'), ' ', c.message || c.reason || '')))));
+  const setRows = fleet.sets.map((s) => h('tr', {},
+    h('td', {}, link('sets', s.name)), h('td', {class: 'num'}, s.replicas), h('td', {class: 'num'}, s.ready),
+    h('td', {class: 'num'}, s.updated), h('td', {}, s.rollout || '-')));
+  const phases = Object.entries(fleet.phases);
   return [
     h('h1', {}, 'Fleet'),
-    h('p', {class: 'summary'}, hosts.items.length + ' hosts (' + reachable + ' reachable), ' +
-      instances.items.length + ' instances' +
-      (Object.keys(phases).length ? ' (' + Object.entries(phases).map(([p, n]) => n + ' ' + p).join(', ') + ')' : '')),
+    h('p', {class: 'summary'}, fleet.hosts.length + ' hosts (' + fleet.reachable + ' reachable), ' +
+      fleet.instances + ' instances' + (phases.length ? ' (' + phases.map(([p, n]) => n + ' ' + p).join(', ') + ')' : '')),
     h('div', {class: 'toolbar'}, h('label', {}, 'Filter by label ', filter)),
     table(['HOST', 'REACHABLE', 'CPUS', 'MEMORY', 'DEVICES', 'INSTANCES', 'LABELS', 'CONDITIONS'], rows,
       {id: 'hosts'}),
@@ -206,7 +189,7 @@ async function fleetPage(params) {
 
 async function hostPage(name) {
   const [host, instances, events] = await Promise.all([
-    api('hosts/' + encodeURIComponent(name)), api('instances'),
+    api('hosts/' + encodeURIComponent(name)), api('instances?host=' + encodeURIComponent(name)),
     api('events?kind=Host&name=' + encodeURIComponent(name))]);
   let picture;
   try {
@@ -279,7 +262,7 @@ async function instancePage(name) {
 
 async function setPage(name) {
   const [set, instances, events] = await Promise.all([
-    api('sets/' + encodeURIComponent(name)), api('instances'),
+    api('sets/' + encodeURIComponent(name)), api('instances?owner=' + encodeURIComponent('InstanceSet/' + name)),
     api('events?kind=InstanceSet&name=' + encodeURIComponent(name))]);
   const st = set.status || {};
   const ro = st.rollout || {};
