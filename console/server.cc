@@ -179,21 +179,28 @@ void Server::Route() {
   s.Get("/api/fleet", [this](const httplib::Request& req, httplib::Response& res) {
     auto hosts = sources_.list("Host");
     if (!hosts.ok()) return SendError(res, hosts.status());
-    auto instances = sources_.list("KernelInstance");
-    if (!instances.ok()) return SendError(res, instances.status());
+    std::map<std::string, int64_t> on_host;
+    std::map<std::string, int64_t> phases;
+    int64_t instance_total = 0;
+    if (sources_.instance_counts) {
+      std::tie(phases, on_host) = sources_.instance_counts();
+      for (const auto& [phase, n] : phases) instance_total += n;
+    } else {
+      auto instances = sources_.list("KernelInstance");
+      if (!instances.ok()) return SendError(res, instances.status());
+      for (const v1::Object& o : *instances) {
+        const v1::InstanceStatus& st = o.kernel_instance().status();
+        if (!st.placement().host().empty()) ++on_host[st.placement().host()];
+        ++phases[st.phase().empty() ? "Pending" : st.phase()];
+      }
+      instance_total = static_cast<int64_t>(instances->size());
+    }
     auto sets = sources_.list("InstanceSet");
     if (!sets.ok()) return SendError(res, sets.status());
     std::vector<std::pair<std::string, std::string>> wanted;
     for (auto it = req.params.find("label"); it != req.params.end() && it->first == "label"; ++it) {
       std::pair<std::string, std::string> kv = absl::StrSplit(it->second, absl::MaxSplits('=', 1));
       wanted.push_back(kv);
-    }
-    std::map<std::string, int> on_host;
-    std::map<std::string, int> phases;
-    for (const v1::Object& o : *instances) {
-      const v1::InstanceStatus& st = o.kernel_instance().status();
-      if (!st.placement().host().empty()) ++on_host[st.placement().host()];
-      ++phases[st.phase().empty() ? "Pending" : st.phase()];
     }
     auto bytes = [](const google::protobuf::RepeatedPtrField<v1::NodeBytes>& v) {
       uint64_t sum = 0;
@@ -247,7 +254,7 @@ void Server::Route() {
     }
     SendJson(res, Json{{"hosts", std::move(items)},
                        {"reachable", reachable},
-                       {"instances", instances->size()},
+                       {"instances", instance_total},
                        {"phases", Json(phases)},
                        {"sets", std::move(set_items)}});
   });

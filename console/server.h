@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,6 +46,9 @@ struct Sources {
   // ("/objects/Host/node-a", "/status/KernelInstance/web-1", "/events/..."), `*seen` the
   // revision they bring the caller to. OutOfRange when `after` is older than what is kept.
   std::function<absl::StatusOr<std::vector<std::string>>(int64_t after, absl::Duration timeout, int64_t* seen)> changes;
+  // Optional: KernelInstances by phase and by host, kept by the controller as statuses are
+  // written (the fleet page then lists no instance at all).
+  std::function<std::pair<std::map<std::string, int64_t>, std::map<std::string, int64_t>>()> instance_counts;
   // The store's current revision (where a new event stream starts).
   std::function<absl::StatusOr<int64_t>()> revision;
 };

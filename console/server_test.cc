@@ -97,6 +97,7 @@ class ConsoleServerTest : public ::testing::Test {
       }
       return keys;
     };
+    s.instance_counts = instance_counts_;
     s.revision = [this]() -> absl::StatusOr<int64_t> {
       absl::MutexLock lock(&mu_);
       return revision_;
@@ -147,6 +148,7 @@ class ConsoleServerTest : public ::testing::Test {
   int64_t floor_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<std::pair<int64_t, std::string>> changes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<v1::Object>> objects_;
+  std::function<std::pair<std::map<std::string, int64_t>, std::map<std::string, int64_t>>()> instance_counts_;
   std::unique_ptr<Server> server_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -200,6 +202,18 @@ TEST_F(ConsoleServerTest, TheApiShowsObjectsAsManifestsDo) {
   EXPECT_EQ(fleet["instances"], 1);
   EXPECT_EQ(fleet["phases"]["Running"], 1);
   EXPECT_EQ(GetJson("/api/fleet?label=zone%3Db")["hosts"].size(), 1u);
+  // With the controller's counts, no instance is listed at all.
+  Options options;
+  instance_counts_ = [] {
+    return std::make_pair(std::map<std::string, int64_t>{{"Running", 5}, {"Failed", 2}},
+                          std::map<std::string, int64_t>{{"node-b", 7}});
+  };
+  Start(options);
+  fleet = GetJson("/api/fleet");
+  EXPECT_EQ(fleet["instances"], 7);
+  EXPECT_EQ(fleet["phases"]["Failed"], 2);
+  EXPECT_EQ(fleet["hosts"][1]["instances"], 7);
+  EXPECT_EQ(fleet["hosts"][0]["instances"], 0);
   nlohmann::json events = GetJson("/api/events?kind=KernelInstance&name=web-1&limit=2");
   ASSERT_EQ(events["items"].size(), 2u);  // the newest two
   EXPECT_EQ(events["items"][1]["reason"], "StandbyTakeover");

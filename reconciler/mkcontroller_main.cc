@@ -310,6 +310,7 @@ int main(int argc, char** argv) {
   ro.history_window = history_window;
   ro.agent_tls = *agent_tls;
   ro.drift_policy = drift_policy == "Report" ? v1::DRIFT_REPORT : v1::DRIFT_CORRECT;
+  ro.count_instances = !http_listen.empty();  // the console's fleet page
   // --ha: the election decides when this member's loop and sources run.
   std::unique_ptr<reconciler::Election> election;
   std::unique_ptr<reconciler::ShardMap> shard_map;
@@ -386,6 +387,7 @@ int main(int argc, char** argv) {
       return keys;
     };
     cs.revision = [store_ptr] { return store_ptr->Revision(); };
+    cs.instance_counts = [&loop] { return std::make_pair(loop.PhaseCounts(), loop.InstancesByHost()); };
     auto served = console::Server::Serve(http_listen, "--http", std::move(cs));
     if (!served.ok()) {
       std::cerr << "mkcontroller: " << served.status().message() << "\n";

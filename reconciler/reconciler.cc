@@ -821,7 +821,7 @@ void Reconciler::LoadStatusCache() {
   status_cache_.clear();
   for (KeyValue& kv : *kvs) status_cache_[kv.key] = std::move(kv.value);
   status_loaded_ = true;
-  if (mkfleet::metrics::Enabled()) {
+  if (options_.count_instances || mkfleet::metrics::Enabled()) {
     std::vector<std::pair<std::string, const std::string*>> all;
     for (const auto& [key, value] : status_cache_) all.emplace_back(key, &value);
     CountPhases(all, /*reset=*/true);
@@ -838,6 +838,7 @@ void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std:
     phase_of_.clear();
     phase_counts_.clear();
     morph_counts_.clear();
+    host_counts_.clear();
   }
   for (const auto& [key, value] : changes) {
     if (!absl::StartsWith(key, kInstances)) continue;
@@ -845,6 +846,7 @@ void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std:
     if (was != phase_of_.end()) {
       less(phase_counts_, was->second.phase);
       less(morph_counts_, was->second.morph);
+      less(host_counts_, was->second.host);
     }
     if (value == nullptr) {
       if (was != phase_of_.end()) phase_of_.erase(was);
@@ -853,9 +855,10 @@ void Reconciler::CountPhases(const std::vector<std::pair<std::string, const std:
     v1::InstanceStatus st;
     st.ParseFromString(*value);
     Phases now{st.phase().empty() ? "Unknown" : st.phase(),
-               st.morph().id().empty() ? "" : MorphPhaseName(st.morph().phase())};
+               st.morph().id().empty() ? "" : MorphPhaseName(st.morph().phase()), st.placement().host()};
     ++phase_counts_[now.phase];
     if (!now.morph.empty()) ++morph_counts_[now.morph];
+    if (!now.host.empty()) ++host_counts_[now.host];
     phase_of_[key] = std::move(now);
   }
 }
@@ -929,7 +932,7 @@ void Reconciler::WriteStatuses(StatusUpdate update, std::vector<v1::Event> event
     status_loaded_ = false;  // the cache may be behind the store: read it again
   } else {
     std::vector<std::pair<std::string, const std::string*>> changed;
-    const bool counting = mkfleet::metrics::Enabled();
+    const bool counting = options_.count_instances || mkfleet::metrics::Enabled();
     for (auto& [key, value] : update.writes) {
       std::string& cached = status_cache_[key];
       cached = std::move(value);

@@ -96,6 +96,9 @@ struct ReconcilerOptions {
   // Keeps the last pass's whole plan for LastPlanForTest (the simulation's invariants); off,
   // a pass does not hold the previous fleet's plan while it builds the next.
   bool keep_last_plan = false;
+  // Keep counts of the KernelInstances by phase and by host from the statuses written (the
+  // console's fleet page; metrics keep them too).
+  bool count_instances = false;
   // Asked right before each call to an agent and before each threaded pass (null: always
   // yes): false while this controller is not the leader of its control plane
   // (Election::IsLeader). A follower's loop keeps its connections and views and runs no
@@ -186,6 +189,12 @@ class Reconciler {
   std::map<std::string, int64_t> PhaseCounts() {
     absl::MutexLock lock(&phases_mu_);
     return phase_counts_;
+  }
+  // KernelInstances placed on each host, from their stored statuses (with count_instances or
+  // metrics on).
+  std::map<std::string, int64_t> InstancesByHost() {
+    absl::MutexLock lock(&phases_mu_);
+    return host_counts_;
   }
   // Instances whose status shows a live update, by its phase (with metrics on).
   std::map<std::string, int64_t> MorphCounts() {
@@ -309,7 +318,9 @@ class Reconciler {
   absl::Mutex phases_mu_;
   struct Phases {
     std::string phase, morph;  // morph: "" when no live update shows
+    std::string host;          // where it is placed ("" when nowhere)
   };
+  std::map<std::string, int64_t> host_counts_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, Phases> phase_of_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, int64_t> phase_counts_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, int64_t> morph_counts_ ABSL_GUARDED_BY(phases_mu_);

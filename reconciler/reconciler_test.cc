@@ -138,6 +138,10 @@ TEST_F(ReconcilerTest, ActionsPassesAndHostsShowInTheMetrics) {
       << CollectedForTest("mkfleet_actions_done_total") - done << ", failed "
       << CollectedForTest("mkfleet_actions_failed_total");
   EXPECT_EQ(CollectedForTest("mkfleet_actions_failed_total"), 0);
+  // The counts the console's fleet page reads: by phase and by host.
+  ASSERT_TRUE(Eventually([&] { return reconciler_->InstancesByHost()["node-a"] == 1; }));
+  EXPECT_EQ(reconciler_->InstancesByHost().size(), 1u);
+  EXPECT_EQ(reconciler_->PhaseCounts()["Running"], 1);
   EXPECT_GE(CollectedForTest("mkfleet_reconcile_pass_duration_seconds", "whole") - whole, 1);
   EXPECT_GE(CollectedForTest("mkfleet_placement_duration_seconds") - planned, 1);
   // What a scrape reads from the loop.
