@@ -14,6 +14,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "httplib.h"
 #include "manifests/json.h"
+#include "manifests/loader.h"
 #include "nlohmann/json.hpp"
 #include "security/tls.h"
 
@@ -72,6 +73,16 @@ std::string ChangedObject(const std::string& key) {
   if (parts.size() >= 4 && (parts[1] == "objects" || parts[1] == "status")) return absl::StrCat(parts[2], "/", parts[3]);
   if (parts.size() >= 2 && parts[1] == "events") return "Event";
   return "";
+}
+
+// ?label=k=v (repeatable): whether `labels` has all of them.
+bool LabelsMatch(const httplib::Request& req, const google::protobuf::Map<std::string, std::string>& labels) {
+  for (auto it = req.params.find("label"); it != req.params.end() && it->first == "label"; ++it) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(it->second, absl::MaxSplits('=', 1));
+    auto l = labels.find(kv.first);
+    if (l == labels.end() || l->second != kv.second) return false;
+  }
+  return true;
 }
 
 const char* ContentType(const std::string& name) {
@@ -148,27 +159,16 @@ void Server::Route() {
     const std::string& kind = Collections().at(req.matches[1]);
     auto list = sources_.list(kind);
     if (!list.ok()) return SendError(res, list.status());
-    // ?label=k=v (repeatable): objects with all those labels.
-    std::vector<std::pair<std::string, std::string>> wanted;
-    for (auto it = req.params.find("label"); it != req.params.end() && it->first == "label"; ++it) {
-      std::pair<std::string, std::string> kv = absl::StrSplit(it->second, absl::MaxSplits('=', 1));
-      wanted.push_back(kv);
-    }
-    // Instances: ?host=NAME (placed there), ?owner=InstanceSet/NAME (its members), filtered
-    // before they are printed.
+    // Filtered before they are printed: ?label=k=v (repeatable); instances also ?host=NAME
+    // (placed there) and ?owner=InstanceSet/NAME (its members).
     const std::string host = req.get_param_value("host");
     const std::string owner = req.get_param_value("owner");
     Json items = Json::array();
     for (const v1::Object& o : *list) {
       if (!host.empty() && o.kernel_instance().status().placement().host() != host) continue;
       if (!owner.empty() && o.kernel_instance().status().owner() != owner) continue;
-      Json j = ObjectJson(o);
-      bool match = true;
-      for (const auto& [k, v] : wanted) {
-        const Json& labels = j["metadata"]["labels"];
-        match = match && labels.is_object() && labels.contains(k) && labels[k].is_string() && labels[k] == v;
-      }
-      if (match) items.push_back(std::move(j));
+      if (!LabelsMatch(req, manifests::MetadataOf(o).labels())) continue;
+      items.push_back(ObjectJson(o));
     }
     SendJson(res, Json{{"kind", kind}, {"items", std::move(items)}});
   });
@@ -197,11 +197,6 @@ void Server::Route() {
     }
     auto sets = sources_.list("InstanceSet");
     if (!sets.ok()) return SendError(res, sets.status());
-    std::vector<std::pair<std::string, std::string>> wanted;
-    for (auto it = req.params.find("label"); it != req.params.end() && it->first == "label"; ++it) {
-      std::pair<std::string, std::string> kv = absl::StrSplit(it->second, absl::MaxSplits('=', 1));
-      wanted.push_back(kv);
-    }
     auto bytes = [](const google::protobuf::RepeatedPtrField<v1::NodeBytes>& v) {
       uint64_t sum = 0;
       for (const auto& nb : v) sum += nb.bytes();
@@ -211,12 +206,7 @@ void Server::Route() {
     int reachable = 0;
     for (const v1::Object& o : *hosts) {
       const v1::Host& h = o.host();
-      bool match = true;
-      for (const auto& [k, v] : wanted) {
-        auto it = h.metadata().labels().find(k);
-        match = match && it != h.metadata().labels().end() && it->second == v;
-      }
-      if (!match) continue;
+      if (!LabelsMatch(req, h.metadata().labels())) continue;
       const v1::PoolUsage& pool = h.status().pool();
       Json labels = Json::object();
       for (const auto& [k, v] : std::map<std::string, std::string>(h.metadata().labels().begin(),

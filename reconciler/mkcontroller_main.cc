@@ -334,11 +334,13 @@ int main(int argc, char** argv) {
   service.SetPreview([&loop](const std::vector<v1::Object>& objects) { return loop.Preview(objects); });
   service.SetMorph([&loop](const v1::MorphRequest& request) { return loop.Morph(request); });
   service.SetRollouts(&loop.rollouts());
-  service.SetTopologySource([&loop](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
+  // A host's topology as its agent reported it (mkapply's Topology call, the console's pictures).
+  auto host_topology = [&loop](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
     auto topology = loop.HostTopology(host);
     if (!topology.ok()) return topology.status();
     return (*topology)->ToProto();
-  });
+  };
+  service.SetTopologySource(host_topology);
   std::shared_ptr<reconciler::metrics::ControllerCollector> collector;
   if (metrics_endpoint != nullptr) {
     collector = std::make_shared<reconciler::metrics::ControllerCollector>(reconciler::metrics::Sources{
@@ -365,11 +367,7 @@ int main(int argc, char** argv) {
     cs.get = [&objects](const std::string& kind, const std::string& name) {
       return objects.Get(kind, name, /*with_members=*/true);
     };
-    cs.topology = [&loop](const std::string& host) -> absl::StatusOr<v1::TopologyInfo> {
-      auto topology = loop.HostTopology(host);
-      if (!topology.ok()) return topology.status();
-      return (*topology)->ToProto();
-    };
+    cs.topology = host_topology;
     cs.events = [event_log](const std::string& kind, const std::string& name)
         -> absl::StatusOr<std::vector<v1::Event>> {
       if (event_log == nullptr) return std::vector<v1::Event>{};
