@@ -227,9 +227,20 @@ int RunSource(const SourceOptions& options, std::ostream& out, std::ostream& err
 // or json. 0; 1 when the controller cannot be asked (the client's is printed all the same).
 int RunVersion(const GetOptions& options, bool client_only, std::ostream& out, std::ostream& err);
 
-// `mkapply cordon|uncordon HOST...`: set the Hosts' spec.cordoned (nothing new is placed on
-// a cordoned host; what runs there stays). 0; 1 when one is absent, refused or unreachable.
-int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::ostream& err);
+// `mkapply cordon|uncordon|drain HOST...`: set the Hosts' spec.cordoned (nothing new is
+// placed on a cordoned host; what runs there stays); drain also sets spec.drain (the
+// controller replaces its replicas sets' members elsewhere, within each set's rollout
+// budget) and says what moves and what stays; with `wait`, until no set member is left to
+// move (progress as counts change). Uncordon clears both. 0; 1 when one is absent, refused
+// or unreachable, or the wait timed out; 2 on bad usage; 130 when interrupted while waiting.
+enum class CordonMode { kCordon, kUncordon, kDrain };
+struct DrainOptions {
+  bool wait = false;
+  absl::Duration timeout = absl::Minutes(10);
+  absl::Duration every = absl::Seconds(1);
+};
+int RunCordon(const GetOptions& options, CordonMode mode, const DrainOptions& drain, std::ostream& out,
+              std::ostream& err);
 
 // `mkapply explain KIND[.field...]` (fields by their manifest names: instance.spec.resources):
 // the type, rules and description the schema gives, and the fields below. 0; 2 for an unknown

@@ -279,7 +279,9 @@ void PrintTable(const std::string& kind, const std::vector<v1::Object>& objects,
       bool known = FindCondition(st.conditions(), "Reachable") != nullptr;
       std::vector<std::string> row = {
           h.metadata().name(),
-          absl::StrCat(known ? (st.reachable() ? "yes" : "no") : "-", h.spec().cordoned() ? ",cordoned" : ""),
+          absl::StrCat(known ? (st.reachable() ? "yes" : "no") : "-", h.spec().drain()      ? ",draining"
+                                                                    : h.spec().cordoned() ? ",cordoned"
+                                                                                          : ""),
           st.dialect().empty() ? "-" : st.dialect(),
           absl::StrCat(st.pool().cpus_free_size(), "/", st.pool().cpus_size()),
           absl::StrCat(Bytes(SumBytes(st.pool().memory_free())), "/", Bytes(SumBytes(st.pool().memory()))),

@@ -316,7 +316,18 @@ int main(int argc, char** argv) {
   CLI::App* uncordon_cmd = app.add_subcommand(
       "uncordon", "Let new instances and set members be placed on hosts again.\nExit 0; 1 when one is absent, refused "
                   "or unreachable; 2 on bad usage.");
-  for (CLI::App* c : {cordon_cmd, uncordon_cmd}) {
+  CLI::App* drain_cmd = app.add_subcommand(
+      "drain", "Cordon hosts and move their replicas InstanceSets' members elsewhere (Host spec.drain): each is "
+               "replaced on another host first, at most the set's rollout maxSurge at once, and removed while the "
+               "set keeps replicas - maxUnavailable members up. perHost members and KernelInstances stay (it says "
+               "which). `uncordon` ends it.\nExit 0 (with --wait: nothing left to move); 1 when a host is absent, "
+               "refused or unreachable, or --wait timed out; 2 on bad usage; 130 when interrupted while waiting.");
+  mkfleet::cli::DrainOptions drain;
+  std::string drain_timeout = "10m";
+  drain_cmd->add_flag("--wait", drain.wait, "wait until no set member is left to move, printing progress");
+  drain_cmd->add_option("--timeout", drain_timeout, "how long --wait waits (e.g. 90s, 10m; default 10m)")
+      ->check(DurationValidator());
+  for (CLI::App* c : {cordon_cmd, uncordon_cmd, drain_cmd}) {
     c->add_option("hosts", get.args, "HOST... (or host/HOST)");
     c->add_option("-l,--selector", get.selector, "the hosts whose labels match (KEY=VALUE,...)");
   }
@@ -439,8 +450,12 @@ int main(int argc, char** argv) {
   apply.request_timeout = get.request_timeout = events.request_timeout = audit.request_timeout =
       Duration(request_timeout);
   apply.tls = get.tls = events.tls = audit.tls = tls;
-  if (cordon_cmd->parsed() || uncordon_cmd->parsed()) {
-    return mkfleet::cli::RunCordon(get, cordon_cmd->parsed(), std::cout, std::cerr);
+  if (cordon_cmd->parsed() || uncordon_cmd->parsed() || drain_cmd->parsed()) {
+    using mkfleet::cli::CordonMode;
+    drain.timeout = Duration(drain_timeout);
+    return mkfleet::cli::RunCordon(
+        get, cordon_cmd->parsed() ? CordonMode::kCordon : uncordon_cmd->parsed() ? CordonMode::kUncordon : CordonMode::kDrain,
+        drain, std::cout, std::cerr);
   }
   if (version_cmd->parsed()) {
     get.output = version_output;

@@ -486,6 +486,34 @@ TEST_F(KubectlStyleTest, CordonAndUncordon) {
   EXPECT_EQ(Mk({"cordon", "ki/web-h1"}, &out), 2) << out;
 }
 
+TEST_F(KubectlStyleTest, DrainCordonsAndSetsSpecDrainUntilUncordoned) {
+  // (Members moving elsewhere, with agents: RolloutProcessTest.DrainMovesASetsMembers...)
+  std::string out;
+  ASSERT_EQ(Mk({"drain", "h2"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h2 draining: cordoned, and its replicas sets' members are replaced on other hosts"));
+  EXPECT_THAT(out, HasSubstr("Host/h2: no set member left to move\n"));
+  ASSERT_EQ(Mk({"get", "hosts", "h2", "-o", "jsonpath={.spec.cordoned} {.spec.drain}"}, &out), 0) << out;
+  EXPECT_EQ(out, "true true");
+  ASSERT_EQ(Mk({"get", "hosts", "h2"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("\nh2 +-,draining "));
+  ASSERT_EQ(Mk({"drain", "h2", "--wait", "--timeout", "5s"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h2 was draining already\n"));
+  EXPECT_THAT(out, HasSubstr("drained: h2\n"));
+  // cordon leaves the drain on; uncordon ends both.
+  ASSERT_EQ(Mk({"cordon", "h2"}, &out), 0) << out;
+  EXPECT_EQ(out, "Host/h2 was cordoned already\n");
+  ASSERT_EQ(Mk({"get", "hosts", "h2", "-o", "jsonpath={.spec.drain}"}, &out), 0) << out;
+  EXPECT_EQ(out, "true");
+  ASSERT_EQ(Mk({"uncordon", "h2"}, &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("Host/h2 uncordoned (drain ended)"));
+  ASSERT_EQ(Mk({"get", "hosts", "h2", "-o", "jsonpath={.spec.cordoned}{.spec.drain}"}, &out), 0) << out;
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(Mk({"drain", "nope"}, &out), 1) << out;
+  EXPECT_THAT(out, HasSubstr("Host/nope does not exist"));
+  EXPECT_EQ(Mk({"drain", "h2", "--timeout", "soon"}, &out), 2) << out;
+  EXPECT_EQ(Mk({"drain"}, &out), 2) << out;
+}
+
 TEST_F(MkapplyTest, ExplainDescribesFieldsFromTheSchema) {
   std::string out;
   ASSERT_EQ(Run({"explain", "instance.spec.resources"}, &out), 0) << out;

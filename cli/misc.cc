@@ -3,6 +3,10 @@
 #include <map>
 #include <set>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cli/commands.h"
@@ -129,13 +133,68 @@ int RunDevices(const GetOptions& options, const std::string& host, std::ostream&
   return kExitOk;
 }
 
-int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::ostream& err) {
+namespace {
+
+// What stops a drain: the members of replicas sets on `host` (they move), and what stays
+// (perHost members, KernelInstances), by name.
+struct OnHost {
+  std::vector<std::string> moving, staying;
+};
+
+absl::StatusOr<OnHost> WhatRunsOn(ControllerClient& client, const std::string& host) {
+  v1::GetRequest sets_request;
+  sets_request.set_kind("InstanceSet");
+  absl::StatusOr<v1::GetResponse> sets = client.Get(sets_request);
+  if (!sets.ok()) return sets.status();
+  std::set<std::string> per_host;
+  for (const v1::Object& o : sets->objects()) {
+    if (o.instance_set().spec().count_case() == v1::InstanceSetSpec::kPerHost) {
+      per_host.insert("InstanceSet/" + o.instance_set().metadata().name());
+    }
+  }
+  v1::GetRequest request;
+  request.set_kind("KernelInstance");
+  absl::StatusOr<v1::GetResponse> instances = client.Get(request);
+  if (!instances.ok()) return instances.status();
+  OnHost on;
+  for (const v1::Object& o : instances->objects()) {
+    const v1::KernelInstance& ki = o.kernel_instance();
+    if (ki.status().placement().host() != host) continue;
+    const std::string& owner = ki.status().owner();
+    (absl::StartsWith(owner, "InstanceSet/") && !per_host.count(owner) ? on.moving : on.staying)
+        .push_back(ki.metadata().name());
+  }
+  return on;
+}
+
+std::string Listed(const std::vector<std::string>& names) {
+  const size_t shown = std::min<size_t>(names.size(), 5);
+  return absl::StrCat(absl::StrJoin(names.begin(), names.begin() + shown, ", "),
+                      names.size() > shown ? absl::StrCat(" and ", names.size() - shown, " more") : "");
+}
+
+void OnInterruptWhileDraining(int) {
+  static const char kMessage[] =
+      "\ninterrupted: the drain is committed; the controller goes on moving the members. Keep watching with "
+      "`mkapply get instances -w`, or wait again with the same `mkapply drain ... --wait`; `mkapply uncordon` "
+      "ends it.\n";
+  ssize_t ignored = write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  (void)ignored;
+  _exit(130);
+}
+
+}  // namespace
+
+int RunCordon(const GetOptions& options, CordonMode mode, const DrainOptions& drain, std::ostream& out,
+              std::ostream& err) {
+  const char* verb = mode == CordonMode::kCordon ? "cordon" : mode == CordonMode::kUncordon ? "uncordon" : "drain";
+  const bool cordon = mode != CordonMode::kUncordon;
   std::vector<std::string> hosts;
   for (const std::string& a : options.args) {
     // HOST, or host/HOST as get prints it.
     const size_t slash = a.find('/');
     if (slash != std::string::npos && CanonicalKind(a.substr(0, slash)) != "Host") {
-      err << "error: " << (cordon ? "cordon" : "uncordon") << " takes hosts, not " << a << "\n";
+      err << "error: " << verb << " takes hosts, not " << a << "\n";
       return kExitInvalid;
     }
     hosts.push_back(slash == std::string::npos ? a : a.substr(slash + 1));
@@ -144,20 +203,22 @@ int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::os
     std::vector<Target> targets;
     GetOptions list = options;
     list.args = {"hosts"};
-    if (int c = ExpandTargets(list, cordon ? "cordon" : "uncordon", false, &targets, err); c != kExitOk) return c;
+    if (int c = ExpandTargets(list, verb, false, &targets, err); c != kExitOk) return c;
     for (const Target& t : targets) hosts.push_back(t.name);
   }
   if (hosts.empty()) {
-    err << "error: " << (cordon ? "cordon" : "uncordon") << " needs HOST... or -l SELECTOR\n";
+    err << "error: " << verb << " needs HOST... or -l SELECTOR\n";
     return kExitInvalid;
   }
   auto client = NewGrpcControllerClient(options.controller, options.request_timeout, options.tls);
   if (!client.ok()) return ReportSetup(client.status(), err);
   int code = kExitOk;
+  std::vector<std::string> draining;
   for (const std::string& host : hosts) {
     v1::CordonRequest request;
     request.set_host(host);
     request.set_cordoned(cordon);
+    request.set_drain(mode == CordonMode::kDrain);
     auto r = (*client)->Cordon(request);
     if (!r.ok()) {
       const int c = Report(r.status(), options.controller, err);
@@ -166,8 +227,57 @@ int RunCordon(const GetOptions& options, bool cordon, std::ostream& out, std::os
       continue;
     }
     out << r->message() << "\n";
+    if (mode == CordonMode::kDrain) draining.push_back(host);
   }
-  return code;
+  if (mode != CordonMode::kDrain || draining.empty()) return code;
+  // What moves and what stays, then (with --wait) each host's count until none is left.
+  if (drain.wait) {
+    out.flush();
+    struct sigaction interrupt = {};
+    interrupt.sa_handler = OnInterruptWhileDraining;
+    sigemptyset(&interrupt.sa_mask);
+    sigaction(SIGINT, &interrupt, nullptr);
+  }
+  const auto deadline = absl::Now() + drain.timeout;
+  std::map<std::string, size_t> last;
+  bool first = true;
+  while (true) {
+    std::vector<std::string> left;
+    for (const std::string& host : draining) {
+      absl::StatusOr<OnHost> on = WhatRunsOn(**client, host);
+      if (!on.ok()) return Report(on.status(), options.controller, err);
+      if (first && !on->staying.empty()) {
+        out << "Host/" << host << ": " << on->staying.size() << " stay (perHost members and KernelInstances "
+            << "belong to the host): " << Listed(on->staying) << "\n";
+      }
+      auto seen = last.find(host);
+      if (seen == last.end() || seen->second != on->moving.size()) {
+        out << "Host/" << host << ": "
+            << (on->moving.empty() ? std::string("no set member left to move")
+                                   : absl::StrCat(on->moving.size(), " set member", on->moving.size() == 1 ? "" : "s",
+                                                  " to move: ", Listed(on->moving)))
+            << "\n";
+        out.flush();
+        last[host] = on->moving.size();
+      }
+      if (!on->moving.empty()) left.push_back(host);
+    }
+    first = false;
+    if (left.empty()) {
+      if (drain.wait) out << "drained: " << absl::StrJoin(draining, ", ") << "\n";
+      return code;
+    }
+    if (!drain.wait) {
+      out << "the controller moves them within each set's rollout budget; `mkapply drain ... --wait` waits\n";
+      return code;
+    }
+    if (absl::Now() >= deadline) {
+      err << "error: timed out after " << absl::FormatDuration(drain.timeout) << ": " << absl::StrJoin(left, ", ")
+          << " still run set members (`mkapply describe set NAME` says why one cannot move; the drain goes on)\n";
+      return kExitFailure;
+    }
+    absl::SleepFor(drain.every);
+  }
 }
 
 std::string Closest(const std::string& word, const std::vector<std::string>& candidates) {

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/table.h"
+#include "manifests/defaults.h"
 #include "manifests/json.h"
 #include "manifests/loader.h"
 
@@ -217,11 +218,25 @@ std::string NameOf(const v1::Object& object) {
   return absl::StrCat(manifests::KindOf(object), "/", manifests::MetadataOf(object).name());
 }
 
-Json ObjectJson(const v1::Object& object) {
+namespace {
+
+// As stored, with status and the schema's defaults (manifests/defaults.h).
+manifests::PrintOptions AsStored() {
   manifests::PrintOptions options;
   options.include_output_only = true;
-  return manifests::PrintJson(object, options);
+  options.zero_enums = true;
+  return options;
 }
+
+v1::Object WithDefaults(const v1::Object& object) {
+  v1::Object copy = object;
+  manifests::FillDefaults(&copy);
+  return copy;
+}
+
+}  // namespace
+
+Json ObjectJson(const v1::Object& object) { return manifests::PrintJson(WithDefaults(object), AsStored()); }
 
 Json ObjectsJson(const std::vector<v1::Object>& objects, bool single) {
   if (single && objects.size() == 1) return ObjectJson(objects[0]);
@@ -252,9 +267,10 @@ absl::StatusOr<std::string> FormatObjects(const std::vector<v1::Object>& objects
   }
   if (output == "json") return ObjectsJson(objects, single).dump(2) + "\n";
   if (output == "yaml") {
-    manifests::PrintOptions options;
-    options.include_output_only = true;
-    return manifests::PrintYaml(objects, options);
+    std::vector<v1::Object> filled;
+    filled.reserve(objects.size());
+    for (const v1::Object& o : objects) filled.push_back(WithDefaults(o));
+    return manifests::PrintYaml(filled, AsStored());
   }
   if (absl::StartsWith(output, "jsonpath=")) {
     return JsonPath(ObjectsJson(objects, single), output.substr(9));

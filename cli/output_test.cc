@@ -44,6 +44,38 @@ TEST(OutputTest, JsonIsTheObjectAsStoredUnwrappedWhenOne) {
   EXPECT_THAT(yaml, HasSubstr("memory: 4Gi"));
 }
 
+TEST(OutputTest, YamlAndJsonShowTheDefaultsTheControllerActsOn) {
+  v1::Object o;
+  v1::InstanceSet* set = o.mutable_instance_set();
+  set->set_api_version("mkfleet.io/v1");
+  set->set_kind("InstanceSet");
+  set->mutable_metadata()->set_name("edge");
+  set->mutable_spec()->set_replicas(3);
+  set->mutable_spec()->mutable_rollout()->mutable_max_unavailable()->set_percent(25);
+  set->mutable_spec()->mutable_template_()->mutable_spec()->mutable_resources()->set_cpus(2);
+  const std::string yaml = *FormatObjects({o}, true, "yaml");
+  EXPECT_THAT(yaml, HasSubstr("    maxUnavailable: \"25%\"\n"));  // as written
+  EXPECT_THAT(yaml, HasSubstr("    maxSurge: 1\n"));
+  EXPECT_THAT(yaml, HasSubstr("    healthTimeout: 1m\n"));
+  EXPECT_THAT(yaml, HasSubstr("    autoRollback: true\n"));
+  EXPECT_THAT(yaml, HasSubstr("    maxFailures: 1\n"));
+  EXPECT_THAT(yaml, HasSubstr("  revisionHistoryLimit: 10\n"));
+  EXPECT_THAT(yaml, HasSubstr("phase: Running"));      // an enum's zero, as manifests spell it
+  EXPECT_THAT(yaml, HasSubstr("strategy: Replace"));
+  Json j = Json::parse(*FormatObjects({o}, true, "json"));
+  EXPECT_EQ(j["spec"]["rollout"]["maxSurge"], 1);  // a number
+  EXPECT_EQ(j["spec"]["rollout"]["maxUnavailable"], "25%");
+  EXPECT_EQ(j["spec"]["template"]["spec"]["update"]["strategy"], "Replace");
+  // A Host: unmanaged Keep; driftPolicy is the controller's flag, so not shown.
+  v1::Object h;
+  h.mutable_host()->set_kind("Host");
+  h.mutable_host()->mutable_metadata()->set_name("a");
+  h.mutable_host()->mutable_spec()->set_agent("10.0.0.1:7101");
+  Json hj = Json::parse(*FormatObjects({h}, true, "json"));
+  EXPECT_EQ(hj["spec"]["unmanaged"], "Keep");
+  EXPECT_FALSE(hj["spec"].contains("driftPolicy"));
+}
+
 TEST(OutputTest, NameIsKindSlashName) {
   EXPECT_EQ(*FormatObjects(kTwo, false, "name"), "KernelInstance/web-1\nKernelInstance/web-2\n");
 }

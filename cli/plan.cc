@@ -91,7 +91,8 @@ int RunPlan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     info.topology = cached->second;
     info.pool = *std::move(pool);
     info.labels.insert(host.metadata().labels().begin(), host.metadata().labels().end());
-    info.cordoned = host.spec().cordoned();
+    info.cordoned = host.spec().cordoned() || host.spec().drain();
+    info.draining = host.spec().drain();
     hosts.push_back(std::move(info));
   }
   for (const auto& [name, spec] : overrides) {

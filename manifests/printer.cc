@@ -70,8 +70,14 @@ class Printer {
         return !r->GetString(msg, f).empty();
       case FieldDescriptor::CPPTYPE_BOOL:
         return r->GetBool(msg, f);
-      case FieldDescriptor::CPPTYPE_ENUM:
-        return r->GetEnumValue(msg, f) != 0;
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        if (r->GetEnumValue(msg, f) != 0) return true;
+        if (!options_.zero_enums) return false;
+        for (const auto& [name, value] : InfoFor(f->enum_type()).by_yaml) {
+          if (value == 0) return true;
+        }
+        return false;
+      }
       case FieldDescriptor::CPPTYPE_UINT32:
         return r->GetUInt32(msg, f) != 0;
       case FieldDescriptor::CPPTYPE_UINT64:

@@ -17,6 +17,9 @@ namespace mkfleet::manifests {
 struct PrintOptions {
   // Also print output-only fields (status, metadata.generation, ...).
   bool include_output_only = false;
+  // Also print enum fields at their zero value when it has a manifest spelling (phase:
+  // Running, unmanaged: Keep): with FillDefaults (defaults.h), the object with its defaults.
+  bool zero_enums = false;
 };
 
 // One document, without a leading "---".

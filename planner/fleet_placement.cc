@@ -41,6 +41,7 @@ struct SetPlan {
   const v1::InstanceSet* set = nullptr;
   std::vector<InstanceRequest> members;
   uint32_t missing = 0;
+  uint32_t draining = 0;  // members on draining hosts, to replace
 };
 
 class FleetPlacer {
@@ -98,6 +99,15 @@ class FleetPlacer {
     return it == h->labels.end() ? "" : it->second;
   }
 
+  // A rollout budget (count, or percent of `total` rounded up), at least 1, 1 when unset: as
+  // the set's rollouts read it.
+  static int64_t Budget(const v1::IntOrPercent& v, uint32_t total) {
+    int64_t n = 1;
+    if (v.value_case() == v1::IntOrPercent::kCount) n = v.count();
+    if (v.value_case() == v1::IntOrPercent::kPercent) n = (static_cast<int64_t>(total) * v.percent() + 99) / 100;
+    return std::max<int64_t>(n, 1);
+  }
+
   InstanceRequest Member(const v1::InstanceSet& s, const std::string& host, int n) const {
     InstanceRequest r;
     r.name = MemberName(s.metadata().name(), host, n);
@@ -152,6 +162,14 @@ class FleetPlacer {
     if (frozen) {
       replicas = static_cast<uint32_t>(kept.size());
     }
+    auto up = [&](const Kept& k) { return !in_.removal_first.count(MemberName(set, k.host->name, k.n)); };
+    // Draining hosts: a member that is not up goes at once; the others are replaced first.
+    if (!frozen) {
+      kept.erase(std::remove_if(kept.begin(), kept.end(), [&](const Kept& k) { return k.host->draining && !up(k); }),
+                 kept.end());
+    }
+    const int64_t max_unavailable = Budget(s.spec().rollout().max_unavailable(), replicas);
+    int64_t ready = std::count_if(kept.begin(), kept.end(), up);
     // Scale down: cordoned hosts' members first, then the ones asked to go first, then from
     // the fullest spread domain and host, highest number first.
     while (kept.size() > replicas) {
@@ -169,10 +187,24 @@ class FleetPlacer {
         return key(a) > key(b) || (key(a) == key(b) && a.host->name > b.host->name);
       };
       auto victim = std::min_element(kept.begin(), kept.end(), worse);
+      if (up(*victim)) {
+        // A draining host's member goes only within the set's budget of members down.
+        if (victim->host->draining && ready - 1 < static_cast<int64_t>(replicas) - max_unavailable) break;
+        --ready;
+      }
       kept.erase(victim);
     }
     for (const Kept& k : kept) sp.members.push_back(Member(s, k.host->name, k.n));
-    sp.missing = replicas - static_cast<uint32_t>(kept.size());
+    const int64_t draining = std::count_if(kept.begin(), kept.end(), [](const Kept& k) { return k.host->draining; });
+    const int64_t total = static_cast<int64_t>(kept.size());
+    sp.missing = static_cast<uint32_t>(std::max<int64_t>(0, static_cast<int64_t>(replicas) - total));
+    sp.draining = static_cast<uint32_t>(draining);
+    if (draining > 0 && !frozen) {
+      // Replacements for the members on draining hosts, at most maxSurge beyond replicas.
+      const int64_t surge = Budget(s.spec().rollout().max_surge(), replicas);
+      const int64_t want = static_cast<int64_t>(replicas) - (total - draining);
+      sp.missing = static_cast<uint32_t>(std::max<int64_t>(0, std::min(want, replicas + surge - total)));
+    }
     return sp;
   }
 
@@ -291,6 +323,12 @@ class FleetPlacer {
     return true;
   }
 
+  static std::string DrainNote(const SetPlan& sp) {
+    if (sp.draining == 0) return "";
+    return absl::StrCat("; ", sp.draining, " member", sp.draining == 1 ? "" : "s",
+                        " on draining hosts stay until replaced");
+  }
+
   void AddReplicas(SetPlan& sp) {
     if (sp.missing == 0) return;
     const v1::InstanceSet& s = *sp.set;
@@ -302,7 +340,8 @@ class FleetPlacer {
     if (open.empty()) {
       out_.unschedulable.push_back({set, absl::StrCat(sp.missing, " of ", s.spec().replicas(),
                                                       " replicas: InstanceSet selects no uncordoned Host "
-                                                      "(hostSelector ", SelectorText(s.spec().host_selector()), ")")});
+                                                      "(hostSelector ", SelectorText(s.spec().host_selector()), ")",
+                                                      DrainNote(sp))});
       return;
     }
     std::map<std::string, uint32_t> per_domain, per_host;
@@ -354,7 +393,8 @@ class FleetPlacer {
     if (placed < sp.missing) {
       out_.unschedulable.push_back(
           {set, absl::StrCat(sp.missing - placed, " of ", s.spec().replicas(), " replicas fit on no host (",
-                             open.size(), " tried)", reasons.empty() ? "" : ": ", absl::StrJoin(reasons, "; "))});
+                             open.size(), " tried)", reasons.empty() ? "" : ": ", absl::StrJoin(reasons, "; "),
+                             DrainNote(sp))});
     }
   }
 

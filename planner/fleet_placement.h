@@ -15,6 +15,13 @@
 // missing replica goes to the least used spread domain, then the least used host, then by
 // name, among the hosts where it fits (capacity and cordon aware: a full or cordoned host
 // is passed over, not reported). A set in `frozen_sets` keeps exactly its members.
+// Draining hosts (`HostInfo::draining`): a replicas set's member there is replaced first, then
+// removed. Replacements are placed on other hosts beyond `replicas`, at most the set's
+// rollout maxSurge (default 1) beyond it at once; a member there goes once the set keeps at
+// least replicas - maxUnavailable (default 1) members up without it (up: in `current` and
+// not in `removal_first`); one that is not up goes at once. A replacement that fits nowhere
+// leaves the member where it runs (the set is reported unschedulable, with why). perHost
+// members belong to their host and stay, as do KernelInstances.
 // Thread-safety: pure function.
 #ifndef MKFLEET_PLANNER_FLEET_PLACEMENT_H_
 #define MKFLEET_PLANNER_FLEET_PLACEMENT_H_

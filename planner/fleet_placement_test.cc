@@ -105,6 +105,83 @@ TEST_F(FleetPlacementTest, ReplicasGoWhereTheyFitAndLeaveCordonedHostsFirst) {
   EXPECT_THAT(big.unschedulable[0].reason, HasSubstr("5 of 9 replicas fit on no host (1 tried): y: needs 1 whole cores"));
 }
 
+TEST_F(FleetPlacementTest, DrainReplacesAHostsMembersElsewhereWithinTheRolloutBudget) {
+  // Three hosts of 3 lendable cores; a set of 3 one-core members, all on x, which drains.
+  HostInfo x = WholeHost("x", t_), y = WholeHost("y", t_), z = WholeHost("z", t_);
+  FleetInput in;
+  in.hosts = {x, y, z};
+  in.sets = {Set("s", 3, 2)};
+  PlacementResult now = Place({x}, {Request("s-x-0", "x", 2, 512), Request("s-x-1", "x", 2, 512),
+                                    Request("s-x-2", "x", 2, 512)}, {});
+  ASSERT_THAT(now.unschedulable, IsEmpty());
+  in.current = now.placements;
+  in.hosts[0].cordoned = true;
+  in.hosts[0].draining = true;
+  // Pass 1: one replacement (maxSurge 1 by default); every member on x stays for now.
+  FleetPlacement p1 = PlaceFleet(in);
+  EXPECT_THAT(p1.unschedulable, IsEmpty());
+  EXPECT_THAT(Names(p1), ElementsAre("s-x-0", "s-x-1", "s-x-2", "s-y-0"));
+  // Pass 2, the replacement not Ready yet: one member on x goes (3 Ready, maxUnavailable 1
+  // lets 2 be Ready), and a second replacement is placed.
+  in.current = p1.placements;
+  in.removal_first = {"s-y-0"};
+  FleetPlacement p2 = PlaceFleet(in);
+  EXPECT_THAT(Names(p2), ElementsAre("s-x-0", "s-x-1", "s-y-0", "s-z-0"));
+  // Pass 3, neither replacement Ready: 2 Ready of 3 is the budget's floor, nothing more goes.
+  in.current = p2.placements;
+  in.removal_first = {"s-y-0", "s-z-0"};
+  FleetPlacement p3 = PlaceFleet(in);
+  EXPECT_THAT(Names(p3), ElementsAre("s-x-0", "s-x-1", "s-y-0", "s-z-0"));
+  // Pass 4, both Ready: one more goes and the last replacement is placed; then the last.
+  in.removal_first.clear();
+  FleetPlacement p4 = PlaceFleet(in);
+  EXPECT_THAT(Names(p4), ElementsAre("s-x-0", "s-y-0", "s-y-1", "s-z-0"));
+  in.current = p4.placements;
+  FleetPlacement p5 = PlaceFleet(in);
+  EXPECT_THAT(Names(p5), ElementsAre("s-y-0", "s-y-1", "s-z-0"));
+  in.current = p5.placements;
+  EXPECT_THAT(Names(PlaceFleet(in)), ElementsAre("s-y-0", "s-y-1", "s-z-0"));
+
+  // A larger budget moves more at once: maxSurge 3 places every replacement in one pass,
+  // maxUnavailable 2 lets two members go before those are Ready.
+  in.current = now.placements;
+  in.removal_first.clear();
+  in.sets[0].mutable_spec()->mutable_rollout()->mutable_max_surge()->set_count(3);
+  in.sets[0].mutable_spec()->mutable_rollout()->mutable_max_unavailable()->set_count(2);
+  FleetPlacement q1 = PlaceFleet(in);
+  EXPECT_THAT(Names(q1), ElementsAre("s-x-0", "s-x-1", "s-x-2", "s-y-0", "s-y-1", "s-z-0"));
+  in.current = q1.placements;
+  in.removal_first = {"s-y-0", "s-y-1", "s-z-0"};
+  EXPECT_THAT(Names(PlaceFleet(in)), ElementsAre("s-x-0", "s-y-0", "s-y-1", "s-z-0"));
+
+  // Nowhere to go (y and z cordoned): the members stay where they run, and the set says why.
+  in.current = now.placements;
+  in.removal_first.clear();
+  in.hosts[1].cordoned = in.hosts[2].cordoned = true;
+  FleetPlacement stuck = PlaceFleet(in);
+  EXPECT_THAT(Names(stuck), ElementsAre("s-x-0", "s-x-1", "s-x-2"));
+  ASSERT_EQ(stuck.unschedulable.size(), 1u);
+  EXPECT_THAT(stuck.unschedulable[0].reason, HasSubstr("selects no uncordoned Host"));
+
+  // A member on the draining host that is not up goes at once (it serves nothing): its
+  // replacement and one surge replacement for the others are placed.
+  in.hosts[1].cordoned = in.hosts[2].cordoned = false;
+  in.removal_first = {"s-x-2"};
+  in.sets[0].mutable_spec()->clear_rollout();
+  FleetPlacement down = PlaceFleet(in);
+  EXPECT_THAT(Names(down), ElementsAre("s-x-0", "s-x-1", "s-y-0", "s-z-0"));
+
+  // perHost members belong to their host: drain leaves them.
+  FleetInput ph;
+  ph.hosts = {x, y};
+  ph.hosts[0].cordoned = ph.hosts[0].draining = true;
+  v1::InstanceSet per = Set("p", 0, 2);
+  per.mutable_spec()->set_per_host(1);
+  ph.sets = {per};
+  ph.current["p-x-0"] = now.placements.at("s-x-0");
+  EXPECT_THAT(Names(PlaceFleet(ph)), ElementsAre("p-x-0", "p-y-0"));
+}
+
 TEST_F(FleetPlacementTest, AResizeThatCannotBeMetKeepsTheCurrentPlacement) {
   // Defect 2: growing a running instance beyond the host took it down, then said
   // Unschedulable.

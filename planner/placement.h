@@ -39,6 +39,9 @@ struct HostInfo {
   Pool pool;
   std::map<std::string, std::string> labels;
   bool cordoned = false;
+  // Draining (implies cordoned): the members of replicas InstanceSets here are replaced on
+  // other hosts, paced by each set's rollout budget (fleet_placement.h).
+  bool draining = false;
 };
 
 struct InstanceRequest {

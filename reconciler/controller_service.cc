@@ -382,25 +382,38 @@ grpc::Status ControllerService::Cordon(grpc::ServerContext* context, const v1::C
   if (grpc::Status n = CheckName(request->host(), /*may_be_empty=*/false); !n.ok()) return n;
   const std::string key = "Host/" + request->host();
   v1::AuditRecord record;
-  record.set_verb(request->cordoned() ? "cordon host" : "uncordon host");
+  const bool drain = request->cordoned() && request->drain();
+  record.set_verb(drain ? "drain host" : request->cordoned() ? "cordon host" : "uncordon host");
   record.add_objects(key);
   auto caller = Allow(*context, "cordon", "Host", request->host());
   if (!caller.ok()) {
     RecordAudit(*context, security::PeerIdentity(*context), std::move(record), caller.status());
     return ToGrpc(caller.status());
   }
-  bool was = false;
+  bool was_cordoned = false, was_draining = false;
   absl::Status s = objects_.Update("Host", request->host(), [&](v1::Object& o) {
-    was = o.host().spec().cordoned();
-    o.mutable_host()->mutable_spec()->set_cordoned(request->cordoned());
+    v1::HostSpec* spec = o.mutable_host()->mutable_spec();
+    was_cordoned = spec->cordoned() || spec->drain();
+    was_draining = spec->drain();
+    spec->set_cordoned(request->cordoned());
+    // Cordon leaves a drain as it is; drain sets it; uncordon ends it.
+    spec->set_drain(request->cordoned() && (was_draining || drain));
   });
   std::string message;
   if (s.ok()) {
-    message = was == request->cordoned()
-                  ? absl::StrCat(key, request->cordoned() ? " was cordoned already" : " was not cordoned")
-              : request->cordoned()
-                  ? absl::StrCat(key, " cordoned: nothing new is placed there; what runs there stays")
-                  : absl::StrCat(key, " uncordoned: new instances and set members may be placed there again");
+    if (drain) {
+      message = was_draining ? absl::StrCat(key, " was draining already")
+                             : absl::StrCat(key, " draining: cordoned, and its replicas sets' members are replaced on other "
+                                                 "hosts within each set's rollout budget (perHost members and "
+                                                 "KernelInstances stay)");
+    } else if (request->cordoned()) {
+      message = was_cordoned ? absl::StrCat(key, " was cordoned already")
+                             : absl::StrCat(key, " cordoned: nothing new is placed there; what runs there stays");
+    } else {
+      message = !was_cordoned ? absl::StrCat(key, " was not cordoned")
+                : absl::StrCat(key, " uncordoned", was_draining ? " (drain ended)" : "",
+                               ": new instances and set members may be placed there again");
+    }
     record.set_message(message);
   }
   RecordAudit(*context, caller->identity, std::move(record), s);

@@ -172,7 +172,8 @@ absl::StatusOr<planner::HostInfo> HostInfoFromView(const v1::Host& host, const H
   info.name = name;
   info.topology = view.topology;
   info.labels = std::map<std::string, std::string>(host.metadata().labels().begin(), host.metadata().labels().end());
-  info.cordoned = host.spec().cordoned();
+  info.cordoned = host.spec().cordoned() || host.spec().drain();
+  info.draining = host.spec().drain();
   for (uint32_t cpu : view.pool.cpus()) {
     if (!t.core_of_pu.contains(cpu)) {
       return absl::InvalidArgumentError(absl::StrCat("Host/", name, ": pool.cpus: CPU ", cpu, " is not in the topology"));

@@ -167,7 +167,7 @@ class World {
   void LicenseSets(const std::string& why);
 
   // Objects.
-  v1::Object Host(int h, bool cordoned);
+  v1::Object Host(int h, bool cordoned, bool drain = false);
   v1::Object Instance(const std::string& name, int host, uint32_t cpus, uint64_t mib);
   v1::Object Set(const std::string& name);
   absl::Status Apply(const v1::Object& o);
@@ -813,7 +813,7 @@ void World::OnAction(int h, const v1::Action& a, const v1::ActionResult& r) {
 
 // ------------------------------------------------------------------------ objects
 
-v1::Object World::Host(int h, bool cordoned) {
+v1::Object World::Host(int h, bool cordoned, bool drain) {
   v1::Object o;
   v1::Host* host = o.mutable_host();
   host->set_api_version("mkfleet.io/v1");
@@ -822,6 +822,7 @@ v1::Object World::Host(int h, bool cordoned) {
   (*host->mutable_metadata()->mutable_labels())["zone"] = h % 2 ? "z1" : "z0";
   host->mutable_spec()->set_agent(absl::StrCat("sim-h", h, ":7101"));
   host->mutable_spec()->set_cordoned(cordoned);
+  host->mutable_spec()->set_drain(drain);
   host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_cores(1);
   host->mutable_spec()->mutable_pool()->mutable_host_reserved()->set_memory(512ull << 20);
   return o;
@@ -1127,11 +1128,15 @@ void World::UserOp() {
     return;
   }
   if (op < 95) {
-    // Cordon or uncordon a host (or bring back a deleted one).
+    // Cordon, drain or uncordon a host (or bring back a deleted one).
     int h = rng_.I(0, o_.hosts - 1);
     bool cordon = rng_.P(0.5);
-    Trace(absl::StrCat("user: ", cordon ? "cordon" : "uncordon/apply", " Host/", hosts_[h]->name, ": ",
-                       describe(Apply(Host(h, cordon)))));
+    bool drain = cordon && rng_.P(0.4);
+    absl::Status applied = Apply(Host(h, cordon, drain));
+    Trace(absl::StrCat("user: ", drain ? "drain" : cordon ? "cordon" : "uncordon/apply", " Host/", hosts_[h]->name,
+                       ": ", describe(applied)));
+    // A drain asks for the host's replicas set members to stop (once replaced elsewhere).
+    if (drain && applied.ok()) License(absl::StrCat("Host/", hosts_[h]->name), "drained");
     return;
   }
   // Delete a host (refused while KernelInstances name it).
@@ -1878,9 +1883,27 @@ absl::Status World::CheckQuiescent() {
       return Fail(absl::StrCat("(a): ", owner, " has ", list.size(), " kernels: ", absl::StrJoin(list, ", ")));
     }
   }
+  std::set<std::string> draining;
+  for (const v1::Object& o : List("Host")) {
+    if (o.host().spec().drain()) draining.insert(o.host().metadata().name());
+  }
   for (const v1::Object& o : List("InstanceSet")) {
     const v1::InstanceSet& s = o.instance_set();
     size_t members = kernels_of["InstanceSet/" + s.metadata().name()].size();
+    // (o) a drain has ended: no member of a replicas set runs on a draining host, unless
+    // the set says it cannot be placed elsewhere.
+    const v1::Condition* scheduled = nullptr;
+    for (const v1::Condition& c : s.status().conditions()) {
+      if (c.type() == "Scheduled") scheduled = &c;
+    }
+    if (s.spec().has_replicas() && (scheduled == nullptr || scheduled->status() == v1::CONDITION_TRUE)) {
+      for (const std::string& key : kernels_of["InstanceSet/" + s.metadata().name()]) {
+        if (draining.count(key.substr(0, key.find('/')))) {
+          return Fail(absl::StrCat("(o): ", key, " of InstanceSet/", s.metadata().name(),
+                                   " still runs on a draining host at quiescence, and the set is Scheduled"));
+        }
+      }
+    }
     if (s.spec().has_replicas() && members > s.spec().replicas()) {
       return Fail(absl::StrCat("(a): InstanceSet/", s.metadata().name(), " wants ", s.spec().replicas(), " and has ",
                                members));

@@ -36,7 +36,9 @@
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
 //  (b') every KernelInstance that ran, still exists and wants Running, runs;
-//  (e) every status that says Ready matches the kernel and the spec.
+//  (e) every status that says Ready matches the kernel and the spec;
+//  (o) no member of a replicas set runs on a draining host (Host spec.drain) unless the set
+//      says it cannot be placed (Scheduled False).
 // The same seed gives the same trace (its hash is part of the result).
 // Thread-safety: single-threaded.
 #ifndef MKFLEET_SIM_FLEET_SIM_H_

@@ -380,6 +380,8 @@ class ProcessFleetTest : public ::testing::Test {
   struct Sampled {
     int max_down = 0;
     std::string worst;  // the hosts when the most were down
+    int min_active = 1 << 30;  // the fewest running kernels at once, over all hosts
+    std::string fewest;        // the hosts then
     std::vector<std::string> order;
   };
   Sampled SampleUntil(const std::vector<std::string>& hosts, const std::string& image,
@@ -390,7 +392,7 @@ class ProcessFleetTest : public ::testing::Test {
     std::set<std::string> ran;
     auto recount = [&] {
       if (seen.size() < hosts.size()) return;  // not every agent's first snapshot yet
-      int down = 0;
+      int down = 0, active_kernels = 0;
       std::string text;
       for (const std::string& h : hosts) {
         bool up = false;
@@ -398,6 +400,7 @@ class ProcessFleetTest : public ::testing::Test {
           const bool active = in.status().kernel_state() == v1::KERNEL_STATE_ACTIVE;
           const std::string file = fs::path(in.status().provenance().kernel_path()).filename();
           up |= active;
+          active_kernels += active;
           text += h + ": " + name + "=" + in.status().phase() + " " + file + "\n";
           if (active && file == image && ran.insert(h).second) s.order.push_back(h);
         }
@@ -406,6 +409,10 @@ class ProcessFleetTest : public ::testing::Test {
       if (down > s.max_down) {
         s.max_down = down;
         s.worst = text;
+      }
+      if (active_kernels < s.min_active) {
+        s.min_active = active_kernels;
+        s.fewest = text;
       }
     };
     std::vector<std::unique_ptr<grpc::ClientContext>> contexts;

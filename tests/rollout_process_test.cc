@@ -238,6 +238,48 @@ TEST_F(RolloutProcessTest, PauseAfterCanaryResumeAndPauseThroughMkapply) {
   EXPECT_THAT(out, ::testing::HasSubstr("no revision 9"));
 }
 
+TEST_F(RolloutProcessTest, DrainMovesASetsMembersElsewhereWithinItsBudget) {
+  // Four replicas on node-a and node-b only (the others cordoned while they are placed).
+  std::string out;
+  ASSERT_EQ(Apply(hosts_yaml_), 0);
+  ASSERT_EQ(Mkapply({"cordon", "-l", "zone!=z0"}, &out), 0) << out;
+  const std::string set = "apiVersion: mkfleet.io/v1\nkind: InstanceSet\nmetadata: {name: edge}\nspec:\n  replicas: 4\n"
+                          "  template:\n    spec:\n      kernel: {image: " + vmlinux_ +
+                          "}\n      resources: {cpus: 2, memory: 512Mi}\n  rollout: {maxUnavailable: 1}\n";
+  ASSERT_EQ(Apply(set), 0);
+  ASSERT_TRUE(Eventually([&] { return SetReady(); }, 30)) << controller_->Log();
+  ASSERT_EQ(Mkapply({"uncordon", "-l", "zone!=z0"}, &out), 0) << out;
+  {
+    bool complete = false;
+    ASSERT_EQ(Running(&complete).size(), 2u);
+  }
+  // Drain node-a while every agent's changes are watched: its two members are replaced
+  // elsewhere, never more than one of the four down at once (maxUnavailable 1).
+  std::atomic<bool> finished{false};
+  int rc = -1;
+  std::string drained;
+  std::thread drain([&] {
+    rc = Mkapply({"drain", "node-a", "--wait", "--timeout", "60s"}, &drained);
+    finished = true;
+  });
+  Sampled s = SampleUntil("", [&] { return finished.load() && SetReady(); });
+  drain.join();
+  ASSERT_EQ(rc, 0) << drained << controller_->Log();
+  EXPECT_THAT(drained, ::testing::HasSubstr("Host/node-a: 2 set members to move: edge-node-a-0, edge-node-a-1\n"));
+  EXPECT_THAT(drained, ::testing::HasSubstr("drained: node-a\n"));
+  EXPECT_GE(s.min_active, 3) << "more than maxUnavailable down\n" << s.fewest;
+  std::map<std::string, std::string> running = Running();
+  EXPECT_EQ(running.count("node-a"), 0u);
+  EXPECT_EQ(running.count("node-b"), 1u);
+  ASSERT_TRUE(Eventually([&] { return SetReady(); }, 30));
+  EXPECT_EQ(Mkapply({"get", "hosts", "node-a"}, &out), 0) << out;
+  EXPECT_THAT(out, ::testing::ContainsRegex("\nnode-a +yes,draining "));
+  // Nothing comes back while it drains; uncordoned, nothing moves back either.
+  EXPECT_EQ(Mkapply({"uncordon", "node-a"}, &out), 0) << out;
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_EQ(Running().count("node-a"), 0u);
+}
+
 TEST_F(RolloutProcessTest, AControllerKilledMidWaveFinishesWithEveryMemberUpdatedOnce) { KillMidWaveAndFinish(); }
 
 // The same on a control plane (three `mkcontroller --ha` on etcd): the leader SIGKILLed

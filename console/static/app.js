@@ -163,7 +163,7 @@ async function fleetPage(params) {
   });
   const rows = fleet.hosts.map((x) => h('tr', {class: 'host', 'data-host': x.name},
     h('td', {}, link('hosts', x.name)),
-    h('td', {}, x.reachable ? badge('yes', 'ok') : badge('no', 'bad'), x.cordoned ? [' ', badge('cordoned', 'warn')] : null),
+    h('td', {}, x.reachable ? badge('yes', 'ok') : badge('no', 'bad'), x.cordoned ? [' ', badge(x.draining ? 'draining' : 'cordoned', 'warn')] : null),
     h('td', {}, bar(x.cpus - x.cpusFree, x.cpus, (x.cpus - x.cpusFree) + '/' + x.cpus + ' CPUs')),
     h('td', {}, bar(x.memory - x.memoryFree, x.memory, bytes(x.memory - x.memoryFree) + '/' + bytes(x.memory))),
     h('td', {}, bar(x.devices - x.devicesFree, x.devices, (x.devices - x.devicesFree) + '/' + x.devices + ' devices')),
