@@ -27,9 +27,10 @@
 // 5 s as Prometheus would, and the controller the web console (--http) with an operator's
 // fleet page open all along (its event stream read, /api/fleet fetched again after changes,
 // as the page throttles itself: not sooner than a second, nor than four times its last
-// load took); `both` runs SQLite without, then with them, side by side (their cost).
+// load took); `both` runs SQLite without and with them, alternating (--pairs P, default 2:
+// without, with, without, with), side by side, and their cost from the means.
 // Usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--changes C] [--tls on|off]
-//                    [--metrics off|on|both]
+//                    [--metrics off|on|both] [--pairs P]
 // (FLEET_BENCH_KEEP=1 keeps the work folder: logs, stores, request log;
 // FLEET_BENCH_CONTROLLER_FLAGS adds mkcontroller flags, e.g. "--connection-threads 0".)
 #include <signal.h>
@@ -132,7 +133,8 @@ struct Options {
   int ha = 1;
   int shards = 0;
   int changes = 5;
-  std::string metrics = "off";  // off | on | both (the SQLite run without, then with)
+  std::string metrics = "off";  // off | on | both (the SQLite run without and with, alternating)
+  int pairs = 2;                 // both: how many times each
   bool metrics_on = false;       // this fleet's daemons serve metrics, scraped every kScrapeEvery
 };
 
@@ -542,11 +544,12 @@ int main(int argc, char** argv) {
   Options o;
   auto usage = [](std::ostream& out) {
     out << "usage: fleet_bench [--hosts N] [--store sqlite|etcd|both] [--ha K] [--shards S] [--changes C] [--tls on|off]\n"
-           "                   [--metrics off|on|both]\n"
+           "                   [--metrics off|on|both] [--pairs P]\n"
            "  (default 1000 hosts, sqlite, one controller, mutual TLS; --ha needs etcd; --shards S: the K members\n"
            "  split the hosts into S shards, the leader's figures are printed; --changes C: one-instance changes\n"
            "  timed, their median reported, default 5; --metrics on: the daemons serve Prometheus metrics, scraped\n"
-           "  every 5 s; both: the SQLite run without, then with them, side by side)\n";
+           "  every 5 s; both: the SQLite run without and with them, alternating --pairs P times (default 2), side\n"
+           "  by side, and the cost as the means' difference)\n";
   };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -563,6 +566,8 @@ int main(int argc, char** argv) {
       o.changes = std::atoi(argv[++i]);
     } else if (a == "--metrics" && (next == "on" || next == "off" || next == "both")) {
       o.metrics = argv[++i];
+    } else if (a == "--pairs" && !next.empty()) {
+      o.pairs = std::atoi(argv[++i]);
     } else if (a == "--tls" && (next == "on" || next == "off")) {
       o.tls = std::string(argv[++i]) == "on";
     } else {
@@ -571,7 +576,7 @@ int main(int argc, char** argv) {
       return help ? 0 : 2;
     }
   }
-  if (o.hosts < 1 || o.ha < 1 || o.shards < 0 || o.changes < 1) return 2;
+  if (o.hosts < 1 || o.ha < 1 || o.shards < 0 || o.changes < 1 || o.pairs < 1) return 2;
   if (o.store != "sqlite" && !mkfleet::testing::EtcdCluster::Available()) {
     std::cerr << "fleet_bench: no " << mkfleet::testing::EtcdCluster::kBinary << " (run scripts/setup)\n";
     return 2;
@@ -582,14 +587,21 @@ int main(int argc, char** argv) {
   if (o.store != "etcd") {
     Options s = o;
     s.ha = 1;  // one controller on a SQLite file
-    if (o.metrics != "on") {
-      Fleet f(s, "sqlite", dir + "/sqlite");
-      results.emplace_back("sqlite", f.Measure());
-    }
-    if (o.metrics != "off") {
-      s.metrics_on = true;
-      Fleet f(s, "sqlite", dir + "/sqlite-metrics");
-      results.emplace_back("sqlite+metrics+console", f.Measure());
+    // both: without and with, alternating (--pairs P times), so that neither side is always
+    // the one run later on a machine whose state drifts (page cache, its load).
+    const int rounds = o.metrics == "both" ? o.pairs : 1;
+    for (int i = 0; i < rounds; ++i) {
+      const std::string n = rounds > 1 ? absl::StrCat(" #", i + 1) : "";
+      if (o.metrics != "on") {
+        s.metrics_on = false;
+        Fleet f(s, "sqlite", absl::StrCat(dir, "/sqlite", i));
+        results.emplace_back("sqlite" + n, f.Measure());
+      }
+      if (o.metrics != "off") {
+        s.metrics_on = true;
+        Fleet f(s, "sqlite", absl::StrCat(dir, "/sqlite-metrics", i));
+        results.emplace_back("+metrics+console" + n, f.Measure());
+      }
     }
   }
   if (o.store != "sqlite") {
@@ -602,15 +614,37 @@ int main(int argc, char** argv) {
   }
   bool ok = true;
   if (results.size() > 1) {
-    std::printf("%-14s %10s %12s %12s %10s %10s %12s %10s %12s\n", "store", "converge", "ctl CPU s", "harness CPU",
+    std::printf("%-22s %10s %12s %12s %10s %10s %12s %10s %12s\n", "store", "converge", "ctl CPU s", "harness CPU",
                 "no-op", "actions", "change ms", "RSS MiB", "failover ms");
   }
   for (const auto& [name, r] : results) {
     ok = ok && r.ok;
     if (results.size() > 1) {
-      std::printf("%-14s %9.2fs %12.2f %12.2f %9.3fs %10lld %12.0f %10.1f %12.0f\n", name.c_str(), r.converge_s,
+      std::printf("%-22s %9.2fs %12.2f %12.2f %9.3fs %10lld %12.0f %10.1f %12.0f\n", name.c_str(), r.converge_s,
                   r.converge_cpu, r.harness_cpu, r.noop_s, r.noop_actions, r.change_ms, r.rss_mib, r.failover_ms);
     }
+  }
+  if (o.metrics == "both" && o.store == "sqlite") {
+    // The cost: the mean of the runs with, against the mean of those without.
+    Result without, with;
+    int n = 0;
+    for (size_t i = 0; i + 1 < results.size(); i += 2, ++n) {
+      const Result& a = results[i].second;
+      const Result& b = results[i + 1].second;
+      without.converge_s += a.converge_s, with.converge_s += b.converge_s;
+      without.converge_cpu += a.converge_cpu, with.converge_cpu += b.converge_cpu;
+      without.noop_s += a.noop_s, with.noop_s += b.noop_s;
+      without.change_ms += a.change_ms, with.change_ms += b.change_ms;
+      without.rss_mib += a.rss_mib, with.rss_mib += b.rss_mib;
+    }
+    auto pct = [](double a, double b) { return a > 0 ? 100.0 * (b - a) / a : 0.0; };
+    std::printf("cost of metrics and console (mean of %d run%s each, alternating): converge %.2f -> %.2f s (%+.1f%%), "
+                "controller CPU %.2f -> %.2f s (%+.1f%%), no-op %.3f -> %.3f s, change %.0f -> %.0f ms, "
+                "peak RSS %.1f -> %.1f MiB (%+.1f%%)  [target within 10%%]\n",
+                n, n == 1 ? "" : "s", without.converge_s / n, with.converge_s / n, pct(without.converge_s, with.converge_s),
+                without.converge_cpu / n, with.converge_cpu / n, pct(without.converge_cpu, with.converge_cpu),
+                without.noop_s / n, with.noop_s / n, without.change_ms / n, with.change_ms / n, without.rss_mib / n,
+                with.rss_mib / n, pct(without.rss_mib, with.rss_mib));
   }
   if (getenv("FLEET_BENCH_KEEP") == nullptr) {
     std::filesystem::remove_all(dir);

@@ -358,6 +358,7 @@ int main(int argc, char** argv) {
     hub_options.prefixes = {"/objects/", "/status/", reconciler::kEventPrefix};
     hub_options.max_changes = 5000;
     hub_options.max_bytes = 4u << 20;
+    hub_options.keys_only = true;
     console_hub = std::make_unique<reconciler::WatchHub>(**store, hub_options);
     reconciler::EventLog* event_log = events->get();
     reconciler::Store* store_ptr = store->get();

@@ -72,7 +72,9 @@ void WatchHub::Run() {
       }
       if (!events.ok()) break;
       for (Event& e : *events) {
-        if (e.revision <= *next) fresh.push_back(std::move(e));
+        if (e.revision > *next) continue;
+        if (options_.keys_only) std::string().swap(e.value);
+        fresh.push_back(std::move(e));
       }
     }
     std::sort(fresh.begin(), fresh.end(), [](const Event& a, const Event& b) { return a.revision < b.revision; });

@@ -27,6 +27,9 @@ struct WatchHubOptions {
   std::vector<std::string> prefixes = {"/objects/", "/events/"};
   size_t max_changes = 20000;
   size_t max_bytes = 32u << 20;
+  // Keep only each change's key, revision and type, not its value (readers that need to
+  // know what changed, not to what: the console's streams).
+  bool keys_only = false;
 };
 
 class WatchHub {

@@ -68,6 +68,28 @@ TEST_F(WatchHubTest, ManyFollowersShareOneReader) {
   EXPECT_LE(store_->reads.load(), 2 * 6 + 4);
 }
 
+TEST_F(WatchHubTest, KeysOnlyKeepsWhatChangedNotToWhat) {
+  WatchHubOptions options;
+  options.keys_only = true;
+  options.max_bytes = 400;  // ten 1 KiB values would not fit; their keys do
+  WatchHub hub(*store_, options);
+  const int64_t start = *store_->Revision();
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(store_->Put("/objects/Host/h" + std::to_string(i), std::string(1024, 'v'), 0).ok());
+  const int64_t last = *store_->Revision();
+  std::vector<Event> all;
+  int64_t after = start;
+  while (after < last) {
+    int64_t seen = after;
+    auto events = hub.Next(after, "/objects/", absl::Seconds(5), &seen);
+    ASSERT_TRUE(events.ok()) << events.status();
+    all.insert(all.end(), events->begin(), events->end());
+    after = seen;
+  }
+  ASSERT_EQ(all.size(), 10u);
+  EXPECT_EQ(all[9].key, "/objects/Host/h9");
+  for (const Event& e : all) EXPECT_EQ(e.value, "");
+}
+
 TEST_F(WatchHubTest, AFollowerTooFarBehindStartsAgain) {
   WatchHubOptions o;
   o.max_changes = 2;
