@@ -170,7 +170,7 @@ class FleetPlacer {
     }
     const int64_t max_unavailable = Budget(s.spec().rollout().max_unavailable(), replicas);
     int64_t ready = std::count_if(kept.begin(), kept.end(), up);
-    // Scale down: cordoned hosts' members first, then the ones asked to go first, then from
+    // Scale down: draining hosts' members first, then cordoned hosts', then the ones asked to go first, then from
     // the fullest spread domain and host, highest number first.
     while (kept.size() > replicas) {
       std::map<std::string, int> per_domain, per_host;
@@ -180,7 +180,7 @@ class FleetPlacer {
       }
       auto worse = [&](const Kept& a, const Kept& b) {  // a goes before b
         auto key = [&](const Kept& k) {
-          return std::make_tuple(k.host->cordoned ? 1 : 0,
+          return std::make_tuple(k.host->draining ? 1 : 0, k.host->cordoned ? 1 : 0,
                                  in_.removal_first.count(MemberName(set, k.host->name, k.n)) ? 1 : 0,
                                  per_domain[DomainOf(s, k.host)], per_host[k.host->name], k.n);
         };

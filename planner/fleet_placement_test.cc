@@ -171,6 +171,24 @@ TEST_F(FleetPlacementTest, DrainReplacesAHostsMembersElsewhereWithinTheRolloutBu
   FleetPlacement down = PlaceFleet(in);
   EXPECT_THAT(Names(down), ElementsAre("s-x-0", "s-x-1", "s-y-0", "s-z-0"));
 
+  // The member that goes once its replacement is placed is the draining host's, not one on
+  // a host that is only cordoned (sim seed 18, sharded: a member on a cordoned host was
+  // stopped for a drain elsewhere, and the draining host's member stayed).
+  {
+    FleetInput c;
+    c.hosts = {x, y, z};
+    c.hosts[0].cordoned = c.hosts[0].draining = true;
+    c.hosts[1].cordoned = true;
+    c.sets = {Set("s", 2, 2)};
+    PlacementResult two = Place({x, y}, {Request("s-x-0", "x", 2, 512), Request("s-y-0", "y", 2, 512)}, {});
+    ASSERT_THAT(two.unschedulable, IsEmpty());
+    c.current = two.placements;
+    FleetPlacement c1 = PlaceFleet(c);
+    EXPECT_THAT(Names(c1), ElementsAre("s-x-0", "s-y-0", "s-z-0"));
+    c.current = c1.placements;
+    EXPECT_THAT(Names(PlaceFleet(c)), ElementsAre("s-y-0", "s-z-0"));
+  }
+
   // perHost members belong to their host: drain leaves them.
   FleetInput ph;
   ph.hosts = {x, y};
