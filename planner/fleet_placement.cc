@@ -272,15 +272,26 @@ class FleetPlacer {
         out_.unschedulable.push_back({r->name, why});
       }
     }
-    // New ones: standbys after their primaries, larger first, then by name.
+    // New ones: standbys after their primaries, those that ran before (`previous`) first,
+    // larger first, then by name.
     auto size = [](const InstanceRequest* r) { return r->resources.cpus() + r->resources.cpu_set().ids_size(); };
+    auto ran = [&](const InstanceRequest* r) { return in_.previous.count(r->name) > 0; };
     std::stable_sort(fresh.begin(), fresh.end(), [&](const InstanceRequest* a, const InstanceRequest* b) {
       bool sa = !a->standby_for.empty(), sb = !b->standby_for.empty();
       if (sa != sb) return sb;
+      if (ran(a) != ran(b)) return ran(a);
       if (size(a) != size(b)) return size(a) > size(b);
       return a->name < b->name;
     });
     for (const InstanceRequest* r : fresh) {
+      auto prev = in_.previous.find(r->name);
+      auto prev_host = prev == in_.previous.end() ? host_.end() : host_.find(prev->second.host());
+      if (prev_host != host_.end() && !prev_host->second->cordoned && engine_.Keep(*r, prev->second)) {
+        v1::Placement p = prev->second;  // where it ran, free and still fitting
+        p.set_instance_id(r->id);
+        out_.placements[r->name] = std::move(p);
+        continue;
+      }
       v1::Placement p;
       std::string why;
       if (engine_.Place(*r, nullptr, &p, &why)) {

@@ -47,6 +47,10 @@ struct FleetInput {
   // it back (kernel/memory_regions.h): a change that shrinks a node's memory by an amount
   // these regions cannot add up to is infeasible. A request not listed may shrink freely.
   std::map<std::string, std::map<uint32_t, std::vector<uint64_t>>> removable_memory;
+  // Where requests without a current placement last ran (a KernelInstance whose kernel
+  // vanished: removed outside mkfleet, lost with its host's kernel): they go before the other
+  // new requests, on that placement when it is free and still fits their request.
+  std::map<std::string, mkfleet::v1::Placement> previous;
   // Held as they are before anything else, by a name of their own.
   std::map<std::string, mkfleet::v1::Placement> fixed;
   std::set<std::string> frozen_sets;

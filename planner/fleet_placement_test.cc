@@ -200,6 +200,37 @@ TEST_F(FleetPlacementTest, DrainReplacesAHostsMembersElsewhereWithinTheRolloutBu
   EXPECT_THAT(Names(PlaceFleet(ph)), ElementsAre("p-x-0", "p-y-0"));
 }
 
+TEST_F(FleetPlacementTest, AnInstanceThatRanAndVanishedGetsItsPlaceBackBeforeANewOne) {
+  // Sim seed 700037 (sharded), invariant (b'): k2 ran on a full host and was removed out of
+  // band; g0, pending for want of room, took the freed core in the next pass (new requests
+  // went larger first, then by name), and k2 could not come back.
+  FleetInput in;
+  in.hosts = {WholeHost("a", t_)};
+  auto instance = [](const std::string& name) {
+    v1::KernelInstance ki;
+    ki.mutable_metadata()->set_name(name);
+    ki.mutable_spec()->set_host("a");
+    ki.mutable_spec()->mutable_resources()->set_cpus(2);
+    ki.mutable_spec()->mutable_resources()->set_memory(512ull << 20);
+    return ki;
+  };
+  in.instances = {instance("g0"), instance("k2"), instance("x"), instance("y")};
+  PlacementResult now = Place(in.hosts, {Request("k2", "a", 2, 512), Request("x", "a", 2, 512), Request("y", "a", 2, 512)}, {});
+  ASSERT_THAT(now.unschedulable, IsEmpty());
+  in.current = {{"x", now.placements.at("x")}, {"y", now.placements.at("y")}};
+  in.previous = {{"k2", now.placements.at("k2")}};
+  FleetPlacement r = PlaceFleet(in);
+  ASSERT_EQ(r.placements.count("k2"), 1u) << ::testing::PrintToString(r.unschedulable);
+  EXPECT_EQ(r.placements.at("k2").DebugString(), now.placements.at("k2").DebugString());  // where it ran
+  ASSERT_EQ(r.unschedulable.size(), 1u);
+  EXPECT_EQ(r.unschedulable[0].name, "g0");
+  // Without a place it ran on, new requests go as before (g0 before k2, by name).
+  in.previous.clear();
+  FleetPlacement before = PlaceFleet(in);
+  EXPECT_EQ(before.placements.count("g0"), 1u);
+  EXPECT_EQ(before.placements.count("k2"), 0u);
+}
+
 TEST_F(FleetPlacementTest, AResizeThatCannotBeMetKeepsTheCurrentPlacement) {
   // Defect 2: growing a running instance beyond the host took it down, then said
   // Unschedulable.

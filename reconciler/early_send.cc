@@ -202,7 +202,7 @@ Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
     keep.insert(o.instance_set().metadata().name());
     sets.push_back(std::move(*o.mutable_instance_set()));
   }
-  FleetPlan part = PlanFleet(hosts, views, instances, sets, {}, {}, {}, {}, keep);
+  FleetPlan part = PlanFleet(hosts, views, instances, sets, {}, {}, {}, {}, keep, {}, last_placed_);
   if (!part.unschedulable.empty() || !part.infeasible.empty() || !part.waiting.empty() || !part.deferred.empty() ||
       !part.pool_changes.empty() || !part.drained.empty()) {
     return Early::kNone;
@@ -237,7 +237,8 @@ Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
     std::map<std::string, std::shared_ptr<HostConnection>> all_links;
     std::map<std::string, HostView> all_views = Views(&all_links);
     for (const auto& [h, v] : views) all_views[h] = v;
-    FleetPlan whole = PlanFleet(objects->hosts, all_views, objects->instances, objects->sets);
+    FleetPlan whole =
+        PlanFleet(objects->hosts, all_views, objects->instances, objects->sets, {}, {}, {}, {}, {}, {}, last_placed_);
     for (const std::string& h : batch) {
       const Plan none;
       auto w = whole.hosts.find(h);

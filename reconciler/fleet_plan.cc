@@ -208,7 +208,8 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
                     const std::map<std::string, v1::Placement>& in_flight, const std::set<std::string>& morph_retry,
                     const std::map<std::string, const v1::KernelInstanceSpec*>& member_specs,
                     const std::map<std::string, const v1::KernelInstanceSpec*>& set_specs,
-                    const std::set<std::string>& keep_sets, const std::set<std::string>& hold_current) {
+                    const std::set<std::string>& keep_sets, const std::set<std::string>& hold_current,
+                    const std::map<std::string, v1::Placement>& previous) {
   FleetPlan out;
   // A set member's spec: the revision its rollout holds it at, else the one the rollout
   // holds the set's other members at, else the set's template.
@@ -461,6 +462,16 @@ FleetPlan PlanFleet(const std::vector<v1::Host>& hosts, const std::map<std::stri
       r->clear_numa_nodes();
       for (uint32_t n : serving->second.numa_nodes()) r->add_numa_nodes(n);
       if (r->placement() == v1::PLACEMENT_NEAR_DEVICES) r->set_placement(v1::PLACEMENT_COMPACT);
+    }
+  }
+  // A KernelInstance planned before whose kernel no host shows now (removed outside mkfleet,
+  // lost with its host's kernel): where it ran goes back to it before anything new is
+  // placed (sim seed 700037: a pending instance took the room of one removed out of band).
+  if (!previous.empty()) {
+    for (const v1::KernelInstance& ki : input.instances) {
+      const std::string& name = ki.metadata().name();
+      auto p = previous.find(name);
+      if (p != previous.end() && !input.current.count(name)) input.previous.emplace(name, p->second);
     }
   }
   planner::FleetPlacement placed = planner::PlaceFleet(input);

@@ -116,7 +116,8 @@ FleetPlan PlanFleet(const std::vector<mkfleet::v1::Host>& hosts, const std::map<
                     const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& member_specs = {},
                     const std::map<std::string, const mkfleet::v1::KernelInstanceSpec*>& set_specs = {},
                     const std::set<std::string>& keep_sets = {},
-                    const std::set<std::string>& hold_current = {});
+                    const std::set<std::string>& hold_current = {},
+                    const std::map<std::string, mkfleet::v1::Placement>& previous = {});
 
 }  // namespace mkfleet::reconciler
 

@@ -597,7 +597,20 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
   std::set<std::string> held;
   for (const auto& [instance, why] : rollout.held) held.insert(instance);
   FleetPlan fleet = PlanFleet(objects->hosts, views, planned_instances, objects->sets, InFlightPlacements(views),
-                              retry, rollout.member_specs, rollout.set_specs, {}, held);
+                              retry, rollout.member_specs, rollout.set_specs, {}, held, last_placed_);
+  {
+    std::map<std::string, v1::Placement> placed;
+    for (const v1::KernelInstance& ki : objects->instances) {
+      const std::string& name = ki.metadata().name();
+      auto now = fleet.placements.find(name);
+      if (now != fleet.placements.end()) {
+        placed.emplace_hint(placed.end(), name, now->second);
+      } else if (auto before = last_placed_.find(name); before != last_placed_.end()) {
+        placed.emplace_hint(placed.end(), name, std::move(before->second));
+      }
+    }
+    last_placed_ = std::move(placed);
+  }
   timer.Phase("plan");
   metrics::Placement(timer.LastPhase());
   // (Their status says what holds them: a rollout, not a fault.)

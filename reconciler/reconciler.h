@@ -329,6 +329,9 @@ class Reconciler {
   std::map<std::string, metrics::RolloutGauge> rollout_gauges_ ABSL_GUARDED_BY(phases_mu_);
   std::map<std::string, std::string> status_cache_ ABSL_GUARDED_BY(pass_mu_);  // key -> serialized
   FleetPlan last_plan_ ABSL_GUARDED_BY(pass_mu_);
+  // Where each KernelInstance was last planned (kept while it exists, until planned
+  // elsewhere): one whose kernel vanished is placed there again first (PlanFleet's previous).
+  std::map<std::string, mkfleet::v1::Placement> last_placed_ ABSL_GUARDED_BY(pass_mu_);
   // What the last pass planned, for the morph verbs and agent events (not held across a
   // pass: a call never waits for one). Where each placed instance runs (host, serving
   // kernel); (host, kernel) -> the instance it serves where the names differ (after a live
