@@ -113,25 +113,13 @@ Standing Stand(const Waited& w, const v1::Object& o) {
   return s;
 }
 
-// Ctrl-C while waiting: the apply is committed already; say so (and how to go on watching)
-// rather than die as if nothing had happened. Exit 130, as a shell's interrupted command.
-void OnInterruptWhileWaiting(int) {
-  static const char kMessage[] =
-      "\ninterrupted: the apply is committed; the controller goes on carrying it out. Keep watching with "
-      "`mkapply events -f` or `mkapply get instances -w`, or wait again with the same `mkapply apply ... --wait` "
-      "(it changes nothing more).\n";
-  ssize_t ignored = write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
-  (void)ignored;
-  _exit(130);
-}
-
 int Wait(ControllerClient& client, const v1::ApplyResponse& applied, const ApplyOptions& options, std::ostream& out,
          std::ostream& err) {
   out.flush();
-  struct sigaction interrupt = {};
-  interrupt.sa_handler = OnInterruptWhileWaiting;
-  sigemptyset(&interrupt.sa_mask);
-  sigaction(SIGINT, &interrupt, nullptr);
+  ExitOnInterruptSaying(
+      "\ninterrupted: the apply is committed; the controller goes on carrying it out. Keep watching with "
+      "`mkapply events -f` or `mkapply get instances -w`, or wait again with the same `mkapply apply ... --wait` "
+      "(it changes nothing more).\n");
   std::vector<Waited> pending;
   for (const v1::ObjectChange& c : applied.changes()) {
     // What this apply changed: an unchanged object's state is not this apply's doing.

@@ -3,9 +3,6 @@
 #include <map>
 #include <set>
 
-#include <signal.h>
-#include <unistd.h>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -173,16 +170,6 @@ std::string Listed(const std::vector<std::string>& names) {
                       names.size() > shown ? absl::StrCat(" and ", names.size() - shown, " more") : "");
 }
 
-void OnInterruptWhileDraining(int) {
-  static const char kMessage[] =
-      "\ninterrupted: the drain is committed; the controller goes on moving the members. Keep watching with "
-      "`mkapply get instances -w`, or wait again with the same `mkapply drain ... --wait`; `mkapply uncordon` "
-      "ends it.\n";
-  ssize_t ignored = write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
-  (void)ignored;
-  _exit(130);
-}
-
 }  // namespace
 
 int RunCordon(const GetOptions& options, CordonMode mode, const DrainOptions& drain, std::ostream& out,
@@ -233,10 +220,10 @@ int RunCordon(const GetOptions& options, CordonMode mode, const DrainOptions& dr
   // What moves and what stays, then (with --wait) each host's count until none is left.
   if (drain.wait) {
     out.flush();
-    struct sigaction interrupt = {};
-    interrupt.sa_handler = OnInterruptWhileDraining;
-    sigemptyset(&interrupt.sa_mask);
-    sigaction(SIGINT, &interrupt, nullptr);
+    ExitOnInterruptSaying(
+        "\ninterrupted: the drain is committed; the controller goes on moving the members. Keep watching with "
+        "`mkapply get instances -w`, or wait again with the same `mkapply drain ... --wait`; `mkapply uncordon` "
+        "ends it.\n");
   }
   const auto deadline = absl::Now() + drain.timeout;
   std::map<std::string, size_t> last;

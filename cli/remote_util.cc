@@ -1,5 +1,9 @@
 #include "cli/remote_util.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <map>
 
 #include "absl/strings/ascii.h"
@@ -10,6 +14,26 @@
 #include "cli/commands.h"
 
 namespace mkfleet::cli {
+
+namespace {
+
+const char* interrupt_message = "";
+
+void OnInterrupt(int) {
+  ssize_t ignored = write(STDERR_FILENO, interrupt_message, strlen(interrupt_message));
+  (void)ignored;
+  _exit(130);
+}
+
+}  // namespace
+
+void ExitOnInterruptSaying(const char* message) {
+  interrupt_message = message;
+  struct sigaction interrupt = {};
+  interrupt.sa_handler = OnInterrupt;
+  sigemptyset(&interrupt.sa_mask);
+  sigaction(SIGINT, &interrupt, nullptr);
+}
 
 int Report(const absl::Status& s, const std::string& controller, std::ostream& err) {
   std::string message(s.message());

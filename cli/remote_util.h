@@ -26,6 +26,11 @@ int Report(const absl::Status& s, const std::string& controller, std::ostream& e
 // Prints why no connection can be made (no or unusable credentials) and returns 2.
 int ReportSetup(const absl::Status& s, std::ostream& err);
 
+// From now on Ctrl-C prints `message` (a string literal: it is read in the signal handler)
+// on stderr and exits 130, as a shell's interrupted command: a wait after a committed change
+// says so, and how to go on watching, rather than die as if nothing had happened.
+void ExitOnInterruptSaying(const char* message);
+
 // "hosts" -> "Host" ...; false (and the error on `err`) for an unknown kind.
 bool ResolveKind(const std::string& given, std::string* kind, std::ostream& err);
 
