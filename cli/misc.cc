@@ -132,13 +132,15 @@ int RunDevices(const GetOptions& options, const std::string& host, std::ostream&
 
 namespace {
 
-// What stops a drain: the members of replicas sets on `host` (they move), and what stays
-// (perHost members, KernelInstances), by name.
+// What stops a drain, per host of `hosts`: the members of replicas sets there (they move),
+// and what stays (perHost members, KernelInstances), by name. One read of the sets and the
+// instances for all of them.
 struct OnHost {
   std::vector<std::string> moving, staying;
 };
 
-absl::StatusOr<OnHost> WhatRunsOn(ControllerClient& client, const std::string& host) {
+absl::StatusOr<std::map<std::string, OnHost>> WhatRunsOn(ControllerClient& client,
+                                                         const std::vector<std::string>& hosts) {
   v1::GetRequest sets_request;
   sets_request.set_kind("InstanceSet");
   absl::StatusOr<v1::GetResponse> sets = client.Get(sets_request);
@@ -153,12 +155,14 @@ absl::StatusOr<OnHost> WhatRunsOn(ControllerClient& client, const std::string& h
   request.set_kind("KernelInstance");
   absl::StatusOr<v1::GetResponse> instances = client.Get(request);
   if (!instances.ok()) return instances.status();
-  OnHost on;
+  std::map<std::string, OnHost> on;
+  for (const std::string& host : hosts) on[host];
   for (const v1::Object& o : instances->objects()) {
     const v1::KernelInstance& ki = o.kernel_instance();
-    if (ki.status().placement().host() != host) continue;
+    auto at = on.find(ki.status().placement().host());
+    if (at == on.end()) continue;
     const std::string& owner = ki.status().owner();
-    (absl::StartsWith(owner, "InstanceSet/") && !per_host.count(owner) ? on.moving : on.staying)
+    (absl::StartsWith(owner, "InstanceSet/") && !per_host.count(owner) ? at->second.moving : at->second.staying)
         .push_back(ki.metadata().name());
   }
   return on;
@@ -230,9 +234,10 @@ int RunCordon(const GetOptions& options, CordonMode mode, const DrainOptions& dr
   bool first = true;
   while (true) {
     std::vector<std::string> left;
+    absl::StatusOr<std::map<std::string, OnHost>> all = WhatRunsOn(**client, draining);
+    if (!all.ok()) return Report(all.status(), options.controller, err);
     for (const std::string& host : draining) {
-      absl::StatusOr<OnHost> on = WhatRunsOn(**client, host);
-      if (!on.ok()) return Report(on.status(), options.controller, err);
+      const OnHost* on = &all->at(host);
       if (first && !on->staying.empty()) {
         out << "Host/" << host << ": " << on->staying.size() << " stay (perHost members and KernelInstances "
             << "belong to the host): " << Listed(on->staying) << "\n";

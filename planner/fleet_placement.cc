@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernel/memory_regions.h"
+#include "proto/int_or_percent.h"
 #include "manifests/units.h"
 
 namespace mkfleet::planner {
@@ -99,15 +100,6 @@ class FleetPlacer {
     return it == h->labels.end() ? "" : it->second;
   }
 
-  // A rollout budget (count, or percent of `total` rounded up), at least 1, 1 when unset: as
-  // the set's rollouts read it.
-  static int64_t Budget(const v1::IntOrPercent& v, uint32_t total) {
-    int64_t n = 1;
-    if (v.value_case() == v1::IntOrPercent::kCount) n = v.count();
-    if (v.value_case() == v1::IntOrPercent::kPercent) n = (static_cast<int64_t>(total) * v.percent() + 99) / 100;
-    return std::max<int64_t>(n, 1);
-  }
-
   InstanceRequest Member(const v1::InstanceSet& s, const std::string& host, int n) const {
     InstanceRequest r;
     r.name = MemberName(s.metadata().name(), host, n);
@@ -168,7 +160,7 @@ class FleetPlacer {
       kept.erase(std::remove_if(kept.begin(), kept.end(), [&](const Kept& k) { return k.host->draining && !up(k); }),
                  kept.end());
     }
-    const int64_t max_unavailable = Budget(s.spec().rollout().max_unavailable(), replicas);
+    const int64_t max_unavailable = ResolveIntOrPercent(s.spec().rollout().max_unavailable(), replicas, 1, 1);
     int64_t ready = std::count_if(kept.begin(), kept.end(), up);
     // Scale down: draining hosts' members first, then cordoned hosts', then the ones asked to go first, then from
     // the fullest spread domain and host, highest number first.
@@ -201,7 +193,7 @@ class FleetPlacer {
     sp.draining = static_cast<uint32_t>(draining);
     if (draining > 0 && !frozen) {
       // Replacements for the members on draining hosts, at most maxSurge beyond replicas.
-      const int64_t surge = Budget(s.spec().rollout().max_surge(), replicas);
+      const int64_t surge = ResolveIntOrPercent(s.spec().rollout().max_surge(), replicas, 1, 1);
       const int64_t want = static_cast<int64_t>(replicas) - (total - draining);
       sp.missing = static_cast<uint32_t>(std::max<int64_t>(0, std::min(want, replicas + surge - total)));
     }

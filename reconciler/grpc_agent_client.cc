@@ -3,6 +3,8 @@
 #include <functional>
 #include <map>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "mkfleet/v1/agent.grpc.pb.h"
@@ -181,15 +183,10 @@ grpc::ChannelArguments AgentChannelArgs() {
   static const std::map<std::string, int> all = [] {
     std::map<std::string, int> out = {{GRPC_ARG_ENABLE_RETRIES, 0}};
     const char* env = getenv("MKFLEET_AGENT_CHANNEL_ARGS");
-    std::string text = env == nullptr ? "" : env;
-    size_t at = 0;
-    while (at < text.size()) {
-      size_t comma = text.find(',', at);
-      std::string item = text.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
-      size_t eq = item.find('=');
-      if (eq != std::string::npos) out[item.substr(0, eq)] = std::atoi(item.c_str() + eq + 1);
-      if (comma == std::string::npos) break;
-      at = comma + 1;
+    for (absl::string_view item : absl::StrSplit(env == nullptr ? "" : env, ',', absl::SkipEmpty())) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+      int value = 0;
+      if (absl::SimpleAtoi(kv.second, &value)) out[kv.first] = value;
     }
     return out;
   }();

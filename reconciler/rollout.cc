@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/fnv.h"
+#include "proto/int_or_percent.h"
 
 namespace mkfleet::reconciler {
 
@@ -45,12 +46,7 @@ const char* RolloutPhaseName(v1::RolloutPhase phase) {
 }
 
 uint32_t Resolve(const v1::IntOrPercent& v, uint32_t total, uint32_t fallback, uint32_t min) {
-  uint32_t n = fallback;
-  if (v.value_case() == v1::IntOrPercent::kCount) n = v.count();
-  if (v.value_case() == v1::IntOrPercent::kPercent) {
-    n = static_cast<uint32_t>((static_cast<uint64_t>(total) * v.percent() + 99) / 100);
-  }
-  return std::max(n, min);
+  return ResolveIntOrPercent(v, total, fallback, min);
 }
 
 uint32_t StableFor(const v1::RolloutProgress& progress, uint32_t target) {

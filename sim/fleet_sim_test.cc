@@ -20,12 +20,18 @@ SimOptions Options(uint64_t seed) {
   return o;
 }
 
-// Runs `o`: its invariants hold, and it did something (work and faults).
-void ExpectHolds(const SimOptions& o) {
+// Runs `o`: its invariants hold (else the trace's last lines and how to replay it).
+SimResult ExpectNoViolation(const SimOptions& o) {
   SimResult r = RunFleetSim(o);
   std::filesystem::remove_all(o.dir);
   EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
                              << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+  return r;
+}
+
+// Runs `o`: its invariants hold, and it did something (work and faults).
+void ExpectHolds(const SimOptions& o) {
+  SimResult r = ExpectNoViolation(o);
   EXPECT_GT(r.user_ops, 10);
   EXPECT_GT(r.faults, 3);
   EXPECT_GT(r.actions, 20);
@@ -67,10 +73,7 @@ TEST(FleetSimTest, LongRunsOnFiveHosts) {
     SimOptions o = Options(seed);
     o.hosts = 5;
     o.steps = 2500;
-    SimResult r = RunFleetSim(o);
-    std::filesystem::remove_all(o.dir);
-    EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
-                               << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+    ExpectNoViolation(o);
   }
 }
 
@@ -96,10 +99,7 @@ TEST(FleetSimTest, SeedsThatFoundDefects) {
     SimOptions o = Options(c.seed);
     o.hosts = c.hosts;
     o.steps = c.steps;
-    SimResult r = RunFleetSim(o);
-    std::filesystem::remove_all(o.dir);
-    EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
-                               << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+    ExpectNoViolation(o);
   }
 }
 
@@ -111,10 +111,7 @@ TEST(FleetSimTest, ShardedSeedsThatFoundDefects) {
     o.hosts = 3;
     o.steps = 600;
     o.shards = 16;
-    SimResult r = RunFleetSim(o);
-    std::filesystem::remove_all(o.dir);
-    EXPECT_TRUE(r.status.ok()) << r.status.message() << "\n  last lines of the trace:\n    "
-                               << absl::StrJoin(r.tail, "\n    ") << "\n  replay: " << ReplayCommand(o);
+    ExpectNoViolation(o);
   }
 }
 
