@@ -60,6 +60,8 @@ class AgentService final : public mkfleet::v1::Agent::WithCallbackMethod_Watch<m
   void SetKerf(std::unique_ptr<kernel::HostKernel> kerf) { kerf_ = std::move(kerf); }
   // Where received Execute and SetPolicy calls are logged (null: nowhere). Set before serving.
   void SetRequestLog(std::shared_ptr<RequestLog> log) { request_log_ = std::move(log); }
+  // Watch streams open now (each holds a slot until gRPC is done with it).
+  int open_streams() const { return streams_.open(); }
 
  private:
   // OK when the caller may call `method`.

@@ -4,9 +4,12 @@
 #include "agents/agent_router.h"
 #include "common/grpc_server.h"
 
+#include <atomic>
 #include <thread>
 
+#include "agents/agent_watch.h"
 #include "agents/testing/agent_fixture.h"
+#include "agents/testing/served_agent.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/empty.pb.h"
 #include "google/protobuf/unknown_field_set.h"
@@ -370,6 +373,47 @@ TEST_F(AgentServiceTest, TheRouterSendsACallToTheHostItWasAddressedTo) {
   wctx.TryCancel();
   reader->Finish();
   server->Shutdown(std::chrono::system_clock::now());
+}
+
+// Defect (session 13): a Watch's slot was freed with its reactor, whose last reference
+// could be the change notifier's (pumping a change just as gRPC finished the stream): then
+// after the server, and the service that owns the slots, were gone. A use after free (seen
+// as `free(): invalid pointer` in tests under load; ASan: StreamLimiter::Release from the
+// notifier's thread). Once gRPC is done with a stream, its slot is free.
+TEST(AgentWatchSlotTest, AStreamsSlotIsFreeOnceTheServerIsDownWhileChangesArePumped) {
+  ServedAgent served("watchslot", "node-w");
+  // The notifier pumps the streams again and again (nothing new to send: each pump is a
+  // look at the agent's version).
+  std::atomic<bool> stop{false};
+  const Agent* agent = served.agent.get();
+  std::thread pumping([&] {
+    while (!stop.load()) WatchNotifier::Default().Changed(agent);
+  });
+  int open = 0;
+  int round = 0;
+  for (; round < 150 && open == 0; ++round) {
+    if (round > 0) served.server = StartAgentServer(*served.service, "127.0.0.1:0", &served.port);
+    ASSERT_NE(served.server, nullptr);
+    auto stub = v1::Agent::NewStub(grpc::CreateChannel(served.Address(), grpc::InsecureChannelCredentials()));
+    constexpr int kStreams = 4;  // the most one client may hold
+    grpc::ClientContext ctx[kStreams];
+    std::unique_ptr<grpc::ClientReader<v1::HostState>> readers[kStreams];
+    for (int i = 0; i < kStreams; ++i) {
+      readers[i] = stub->Watch(&ctx[i], v1::WatchRequest());
+      v1::HostState first;
+      ASSERT_TRUE(readers[i]->Read(&first)) << "round " << round << " stream " << i;
+    }
+    ASSERT_EQ(served.service->open_streams(), kStreams);
+    served.StopServing();  // returns once gRPC is done with every call
+    open = served.service->open_streams();
+    for (int i = 0; i < kStreams; ++i) {
+      ctx[i].TryCancel();
+      readers[i]->Finish();
+    }
+  }
+  stop = true;
+  pumping.join();
+  EXPECT_EQ(open, 0) << "round " << round - 1 << ": the streams ended, " << open << " slots still taken";
 }
 
 }  // namespace

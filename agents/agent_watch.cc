@@ -97,6 +97,10 @@ void AgentWatchReactor::OnDone() {
     absl::MutexLock lock(&shim_->mu);
     shim_->reactor = nullptr;
   }
+  // The slot goes back now, while the service is sure to be there (the server's shutdown
+  // waits for this), not with the last reference: that may be the notifier's, pumping a
+  // change as the stream ended, and may go after the server and the service.
+  slot_.reset();
   Unref();
 }
 

@@ -76,7 +76,7 @@ class AgentWatchReactor final : public grpc::ServerWriteReactor<mkfleet::v1::Hos
   void Pump();
 
   Agent& agent_;
-  std::unique_ptr<StreamLimiter::Token> slot_;
+  std::unique_ptr<StreamLimiter::Token> slot_;  // freed in OnDone
   absl::Mutex mu_;
   int64_t version_ ABSL_GUARDED_BY(mu_);
   std::optional<mkfleet::v1::HostState> first_ ABSL_GUARDED_BY(mu_);  // the snapshot to send first
