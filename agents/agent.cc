@@ -43,7 +43,7 @@ Agent::Agent(AgentOptions options, kernel::HostKernel& kernel, std::shared_ptr<c
   first_version_ = version_;
   load_status_ = LoadPolicies();
   // Adopt what already runs: the kernel is the source of truth.
-  Fold(obs);
+  Fold(obs, 0);
   for (const auto& in : state_.instances()) {
     watched_[in.name()].last = in.status().kernel_state();
     Event(in.name(), "Normal", "Adopted", absl::StrCat("found ", kernel::KernelStateName(in.status().kernel_state())));
@@ -171,12 +171,17 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
 }
 
 void Agent::Refresh() {
+  int64_t batches_before;
+  {
+    absl::MutexLock lock(&mu_);
+    batches_before = batches_done_;
+  }
   auto obs = kernel_.ObserveShared();
   absl::MutexLock lock(&mu_);
-  Fold(obs);
+  Fold(obs, batches_before);
 }
 
-void Agent::Fold(const Observation& observed) {
+void Agent::Fold(const Observation& observed, int64_t batches_before) {
   if (!observed.ok()) {
     // Reported once per distinct error, so a persistent one does not flood the events.
     std::string message(observed.status().message());
@@ -204,7 +209,19 @@ void Agent::Fold(const Observation& observed) {
       if (auto m = morpher_->StatusOf(info.name)) in.morph = m->SerializeAsString();
     }
   }
-  if (obs->read != 0 && obs->read == folded_read_ && inputs == folded_inputs_) return;
+  // The batches this state follows: a client that had a batch answered waits for a state
+  // at least this far (else it would plan from a state the batch has changed already).
+  const int64_t mark = first_version_ + batches_before;
+  const bool mark_moved = mark > state_.batch_mark();
+  if (obs->read != 0 && obs->read == folded_read_ && inputs == folded_inputs_) {
+    if (mark_moved) {  // nothing else to show, but the batches done are
+      ++version_;
+      if (change_hook_) change_hook_();
+      state_.set_batch_mark(mark);
+      state_.set_resource_version(version_);
+    }
+    return;
+  }
   folded_read_ = obs->read;
   folded_inputs_ = std::move(inputs);
   // Physical -> logical CPU numbers for users.
@@ -324,7 +341,8 @@ void Agent::Fold(const Observation& observed) {
     if (!now_names.count(name)) removed_names.push_back(name);
   }
   bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
-  if (pool_changed || !changed.empty() || !removed_names.empty()) {
+  next.set_batch_mark(std::max(mark, state_.batch_mark()));
+  if (pool_changed || !changed.empty() || !removed_names.empty() || mark_moved) {
     ++version_;
     if (change_hook_) change_hook_();
   }
@@ -376,7 +394,7 @@ void Agent::Tick() {
   {
     absl::MutexLock lock(&mu_);
     if (!obs.ok()) {
-      Fold(obs);
+      Fold(obs, batches_before);
       return;
     }
     for (const kernel::InstanceInfo& in : (*obs)->instances) {
@@ -432,7 +450,7 @@ void Agent::Tick() {
   }
   if (steps.empty()) {
     absl::MutexLock lock(&mu_);
-    Fold(obs);
+    Fold(obs, batches_before);
     return;
   }
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -467,7 +485,7 @@ void Agent::Tick() {
   // mistaken for anything, the old primary's state after a takeover is expected).
   auto after = kernel_.ObserveShared();
   absl::MutexLock lock(&mu_);
-  Fold(after);
+  Fold(after, batches_before);
   std::set<std::string> acted;
   for (const Step& step : steps) {
     acted.insert(step.name);
@@ -576,6 +594,7 @@ absl::StatusOr<v1::ExecuteResponse> Agent::Execute(const v1::ActionBatch& batch)
   }
   absl::MutexLock lock(&mu_);
   ++batches_done_;
+  const int64_t mark = first_version_ + batches_done_;
   for (const std::string& name : touched) {
     if (--in_flight_[name] == 0) in_flight_.erase(name);
     if (name.empty()) continue;
@@ -592,6 +611,7 @@ absl::StatusOr<v1::ExecuteResponse> Agent::Execute(const v1::ActionBatch& batch)
     Event("", "Warning", "BatchRefused", std::string(r.status().message()));
     return r;
   }
+  r->set_batch_mark(mark);
   for (int i = 0; i < r->results_size() && i < batch.actions_size(); ++i) {
     const v1::ActionResult& res = r->results(i);
     if (res.replayed()) continue;
@@ -680,6 +700,7 @@ bool Agent::WaitForChange(int64_t version, absl::Duration timeout, v1::HostState
   if (!mu_.AwaitWithTimeout(absl::Condition(&newer), timeout) || stop_) return false;
   out->Clear();
   out->set_resource_version(version_);
+  out->set_batch_mark(state_.batch_mark());
   if (pool_changed_at_ > version) *out->mutable_pool() = state_.pool();
   for (const auto& in : state_.instances()) {
     auto it = changed_at_.find(in.name());

@@ -132,7 +132,8 @@ class Agent {
   // Observes the kernel (no lock held) and folds the result into the state.
   void Refresh() ABSL_LOCKS_EXCLUDED(mu_);
   using Observation = absl::StatusOr<std::shared_ptr<const kernel::HostObservation>>;
-  void Fold(const Observation& observed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `batches_before`: batches_done_ when `observed` began (the batches it shows).
+  void Fold(const Observation& observed, int64_t batches_before) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What of the agent's own state a fold shows beside an observed instance (its watchdog
   // record and its morph): a fold of the same read with the same of these changes nothing.
   struct FoldInput {
@@ -194,6 +195,8 @@ class Agent {
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // instances of running batches
   // Batches finished so far, and the count when each instance was last touched by one: a
   // watchdog observation older than that is not used for it.
+  // A batch's mark (ExecuteResponse.batch_mark) is first_version_ + its count: above the
+  // last run's (its versions started at an earlier time).
   int64_t batches_done_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something

@@ -100,7 +100,7 @@ const HostOutcome* Reconciler::SentEarly(const std::string& host, const Plan& pl
   return e->second.actions == Fingerprint(plan) ? &e->second.outcome : nullptr;
 }
 
-Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
+Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& requested,
                                         std::map<std::string, absl::Status>* result) {
   early_sent_.clear();
   local_check_.clear();
@@ -123,25 +123,39 @@ Reconciler::Early Reconciler::EarlySend(const std::vector<std::string>& batch,
     absl::MutexLock lock(&served_mu_);
     if (!morph_retry_.empty()) return Early::kNone;
   }
-  const std::set<std::string> in_batch(batch.begin(), batch.end());
   // The batch hosts, connected, each with only its pinned instances' work left when it was
   // last planned (a whole pass that found it idle, or a local pass).
   std::map<std::string, std::shared_ptr<HostConnection>> links;
   {
     absl::MutexLock lock(&mu_);
-    for (const std::string& h : batch) {
+    for (const std::string& h : requested) {
       auto c = connections_.find(h);
       if (c == connections_.end()) return Early::kNone;
       links[h] = c->second.link;
     }
   }
   std::map<std::string, HostView> views;
+  std::vector<std::string> batch;
   for (const auto& [h, link] : links) {
     HostView v = link->View();
     auto seen = settled_.versions.find(h);
     if (!v.connected || seen == settled_.versions.end()) return Early::kNone;
+    if (v.settling) continue;
     views[h] = std::move(v);
+    batch.push_back(h);
   }
+  // A host whose view does not show its last batch yet gets nothing now: what is planned
+  // from that view may be done already, or half done.
+  for (const auto& [h, link] : links) {
+    if (views.count(h)) continue;
+    queue_.AddAfter(h, kSettleRecheck);
+    (*result)[h] = absl::OkStatus();
+  }
+  if (batch.empty()) {
+    ++local_passes_;
+    return Early::kDone;
+  }
+  const std::set<std::string> in_batch(batch.begin(), batch.end());
   // A create on its way to a batch host: only once the host shows it (then it is no
   // longer in flight).
   for (auto it = in_flight_.begin(); it != in_flight_.end();) {

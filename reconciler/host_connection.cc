@@ -48,12 +48,22 @@ HostView HostConnection::View() const {
   absl::MutexLock lock(&mu_);
   HostView v = view_;
   v.reachable = v.connected || clock_.Monotonic() - down_since_ < options_.unreachable_after;
+  v.settling = SettlingLocked();
   return v;
 }
 
 bool HostConnection::Connected() const {
   absl::MutexLock lock(&mu_);
   return view_.connected;
+}
+
+bool HostConnection::Settling() const {
+  absl::MutexLock lock(&mu_);
+  return SettlingLocked();
+}
+
+bool HostConnection::SettlingLocked() const {
+  return view_.batch_mark < awaited_mark_ && clock_.Monotonic() - awaited_at_ < options_.settle_timeout;
 }
 
 std::shared_ptr<const planner::Topology> HostConnection::Topology() const {
@@ -69,6 +79,11 @@ absl::StatusOr<v1::ExecuteResponse> HostConnection::Execute(const v1::ActionBatc
   auto r = client_->Execute(batch, options_.call_timeout);
   if (!r.ok()) {
     return absl::Status(r.status().code(), absl::StrCat("host ", host_, " (", address_, "): ", r.status().message()));
+  }
+  absl::MutexLock lock(&mu_);
+  if (r->batch_mark() > awaited_mark_) {
+    awaited_mark_ = r->batch_mark();
+    awaited_at_ = clock_.Monotonic();
   }
   return r;
 }
@@ -123,8 +138,13 @@ bool HostConnection::Connect() {
 }
 
 void HostConnection::Fold(const v1::HostState& state) {
+  bool settled = false;  // shows the last batch answered now, and did not before
   {
     absl::MutexLock lock(&mu_);
+    const bool was_settling = view_.batch_mark < awaited_mark_;
+    // (A snapshot may come from another run of the agent: its marks are its own.)
+    if (state.snapshot() || state.batch_mark() > view_.batch_mark) view_.batch_mark = state.batch_mark();
+    settled = was_settling && view_.batch_mark >= awaited_mark_;
     if (first_message_) {
       view_.inventory = pending_inventory_;
       view_.topology = pending_topology_;
@@ -152,7 +172,9 @@ void HostConnection::Fold(const v1::HostState& state) {
   }
   // A message with only events (an action's result is also an event) changes nothing
   // to plan with: no pass for it, or a failing action would retry at once.
-  if (state.snapshot() || state.instances_size() > 0 || state.removed_size() > 0 || state.has_pool()) Notify();
+  if (settled || state.snapshot() || state.instances_size() > 0 || state.removed_size() > 0 || state.has_pool()) {
+    Notify();
+  }
 }
 
 void HostConnection::Poll() {

@@ -81,6 +81,13 @@ struct HostView {
   // The version of the last change of instances or pool (an event alone moves only
   // resource_version): the basis of the ids of actions for instances not there yet.
   int64_t state_version = 0;
+  // The agent's batches this view follows (HostState.batch_mark).
+  int64_t batch_mark = 0;
+  // A batch the host answered is not in this view yet (its mark is above batch_mark): what
+  // is planned from it may be done already, or half done. False again once the view shows
+  // it, or settle_timeout after the answer (an agent that restarted at once, with marks
+  // below the answered one, is not waited for forever).
+  bool settling = false;
 };
 
 struct HostConnectionOptions {
@@ -93,6 +100,7 @@ struct HostConnectionOptions {
   // first: those with `seq` above the highest seen, starting from `events_after`.
   std::function<void(const std::string& host, std::vector<mkfleet::v1::Event> events)> on_events;
   int64_t events_after = 0;
+  absl::Duration settle_timeout = absl::Seconds(5);
 };
 
 class HostConnection {
@@ -120,10 +128,13 @@ class HostConnection {
   HostView View() const;
   // Whether the Watch stream is up (View().connected, without copying the view).
   bool Connected() const;
+  // View().settling, without copying the view.
+  bool Settling() const;
   // The topology the agent reported (null before its first inventory), without the view.
   std::shared_ptr<const planner::Topology> Topology() const;
   const std::string& address() const { return address_; }
-  // Sends a batch; Unavailable when the host is not connected.
+  // Sends a batch; Unavailable when the host is not connected. The view settles until it
+  // shows the answered batch (on_change is called then).
   absl::StatusOr<mkfleet::v1::ExecuteResponse> Execute(const mkfleet::v1::ActionBatch& batch);
   // Sends the local policies (failover, restart) the agent's watchdog applies on its own.
   absl::Status SetPolicy(const mkfleet::v1::SetPolicyRequest& request);
@@ -136,6 +147,7 @@ class HostConnection {
   void Fold(const mkfleet::v1::HostState& state);
   // The stream ended or the connection failed: down, retry after the backoff.
   void Down(const absl::Status& why);
+  bool SettlingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify();
 
   const std::string host_;
@@ -148,6 +160,9 @@ class HostConnection {
   HostView view_ ABSL_GUARDED_BY(mu_);
   absl::Duration down_since_ ABSL_GUARDED_BY(mu_);  // Monotonic() when the link went down
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // The mark of the last batch answered, and Monotonic() then.
+  int64_t awaited_mark_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration awaited_at_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<WatchStream> stream_ ABSL_GUARDED_BY(mu_);  // the open stream, if any
   // Only the driving thread (Run or Poll) uses these.
   std::shared_ptr<const planner::Topology> pending_topology_;

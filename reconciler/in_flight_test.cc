@@ -351,5 +351,29 @@ TEST_F(InFlightTest, AConnectionClosedDuringAPassLivesUntilThePassIsDone) {
   EXPECT_TRUE(gate->destroyed) << "the closed connection was never let go";
 }
 
+// Defect (seen in ReconcilerTest.ActionsPassesAndHostsShowInTheMetrics, 2-8 % of runs): a
+// pass planned a host from a view that did not show the batch the host had just answered
+// (its agent had not published since), and sent it work again: the same batch (the journal
+// answers it) or, from a view taken half-way through the batch, new actions the agent
+// refuses ("expected the instance ready, it is active"). A host gets no more work until its
+// view shows its last batch (the agent says which batch each state follows).
+TEST_F(InFlightTest, AHostGetsNoMoreWorkUntilItsViewShowsItsLastBatch) {
+  Apply({HostObject(0, false), HostObject(1, true)});
+  for (int i = 0; i < 3; ++i) Step({0, 1});
+  const int64_t before = loop_->actions_sent();  // the hosts' pool changes
+  Apply({Instance("a", "h0", 2)});
+  for (int i = 0; i < 5 && loop_->actions_sent() == before; ++i) Step({1});
+  const int64_t sent = loop_->actions_sent();
+  ASSERT_GT(sent, before) << "the boot was not sent";
+  // h0's agent does not publish: its view still shows no instance "a". The resync (1 s,
+  // 10 steps) passes h0 again.
+  for (int i = 0; i < 25; ++i) Step({1});
+  EXPECT_EQ(loop_->actions_sent(), sent) << "work sent to h0 while its view did not show its last batch";
+  // Once it publishes, the boot goes on to the end, every action done.
+  for (int i = 0; i < 10; ++i) Step({0, 1});
+  EXPECT_EQ(Running(0), 1);
+  EXPECT_EQ(hosts_[0]->emu->counters().creates, 1);
+}
+
 }  // namespace
 }  // namespace mkfleet::reconciler

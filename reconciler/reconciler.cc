@@ -645,6 +645,12 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
       outcomes[i] = *early;
       return;
     }
+    // Planned from a view without the host's last batch: it may be done already, or half
+    // done (new ids the agent refuses). The view showing it brings the host round again.
+    if (views[h].settling && !plan->second.actions.empty()) {
+      queue_.AddAfter(h, kSettleRecheck);
+      return;
+    }
     outcomes[i] = dispatcher_.Send(h, *links.at(h), plan->second, fleet);
   });
   early_sent_.clear();
@@ -1240,6 +1246,11 @@ std::map<std::string, absl::Status> Reconciler::SendPublished(const std::vector<
     // Planned before the objects last changed: wait for the leader's next pass (the mark's
     // change brings the host round again).
     if (planned_revision_.load() < objects_revision_.load()) return;
+    // Its last batch is not in its view yet (nor, then, in what the leader planned from).
+    if (link->second->Settling()) {
+      queue_.AddAfter(h, kSettleRecheck);
+      return;
+    }
     std::string wire;
     {
       absl::MutexLock lock(&shard_mu_);

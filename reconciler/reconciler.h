@@ -252,8 +252,14 @@ class Reconciler {
   // The early send for `batch` when it may go (see the class comment): kNone when it may
   // not, kSent when it sent and the whole pass follows, kDone when it was a local pass
   // (`result` then holds each batch host's outcome; with check_early_sends the whole pass
-  // still follows, as a check).
+  // still follows, as a check). A batch host whose view does not show its last batch yet
+  // is left out (nothing sent; its view showing it brings it round again): with no host
+  // left, a local pass that did nothing.
   enum class Early { kNone, kSent, kDone };
+  // A host left out of a pass because its view does not show its last batch yet comes
+  // round when it does (its connection says so); this is in case nothing does (as long
+  // as the connection's settle timeout).
+  static constexpr absl::Duration kSettleRecheck = absl::Seconds(5);
   Early EarlySend(const std::vector<std::string>& batch, std::map<std::string, absl::Status>* result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(pass_mu_);
   // Queues `hosts` after a look at the store: those `concerned` when objects changed (all
