@@ -58,7 +58,7 @@ absl::Status Agent::EnableMorph(GuestDialer dial, MorphOptions options) {
                        const std::string& message) {
     absl::MutexLock lock(&mu_);
     Event(name, type, reason, message);
-    refresh_requested_ = true;
+    RequestRefresh();
   };
   hooks.hold = [this](const std::string& name) {
     absl::MutexLock lock(&mu_);
@@ -68,11 +68,11 @@ absl::Status Agent::EnableMorph(GuestDialer dial, MorphOptions options) {
     absl::MutexLock lock(&mu_);
     auto it = morphing_.find(name);
     if (it != morphing_.end() && --it->second <= 0) morphing_.erase(it);
-    refresh_requested_ = true;
+    RequestRefresh();
   };
   hooks.changed = [this] {
     absl::MutexLock lock(&mu_);
-    refresh_requested_ = true;
+    RequestRefresh();
   };
   morpher_ = std::make_unique<Morpher>(std::move(options), kernel_, topology_, std::move(dial), clock_, hooks);
   executor_.SetMorphHandler(morpher_.get());
@@ -107,6 +107,13 @@ void Agent::Start() {
       refresh_requested_ = false;
     }
   });
+}
+
+absl::Duration Agent::NextDue() {
+  const bool tracked = options_.kernel_generation && options_.kernel_next_change;
+  absl::MutexLock lock(&mu_);
+  if (!tracked || !ticked_ || refresh_requested_) return absl::ZeroDuration();
+  return next_due_;
 }
 
 bool Agent::TickIfDue() {
@@ -606,7 +613,7 @@ absl::StatusOr<v1::ExecuteResponse> Agent::Execute(const v1::ActionBatch& batch)
       touched_at_.erase(name);
     }
   }
-  refresh_requested_ = true;
+  RequestRefresh();
   if (!r.ok()) {
     Event("", "Warning", "BatchRefused", std::string(r.status().message()));
     return r;
@@ -655,7 +662,7 @@ absl::Status Agent::SetPolicy(const v1::SetPolicyRequest& request) {
       watched_[p.standby_instance()].role = "standby";
     }
   }
-  refresh_requested_ = true;  // probes follow the new policies from the next pass
+  RequestRefresh();  // probes follow the new policies from the next pass
   return absl::OkStatus();
 }
 

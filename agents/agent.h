@@ -20,6 +20,7 @@
 #ifndef MKFLEET_AGENTS_AGENT_H_
 #define MKFLEET_AGENTS_AGENT_H_
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -107,6 +108,17 @@ class Agent {
   // held: it must be cheap and must not call into the agent (agent_watch.h's notifier only
   // marks the agent). Set before the agent is shared between threads.
   void SetChangeHook(std::function<void()> hook) { change_hook_ = std::move(hook); }
+  // Set (true) whenever something asks for a pass sooner than its time (a batch, a morph's
+  // step, new policies), for a watchdog that passes only the hosts whose flag it finds set
+  // or whose time is due (fleet_watchdog.h). Null: none.
+  void SetWakeFlag(std::atomic<bool>* flag) {
+    absl::MutexLock lock(&mu_);
+    wake_flag_ = flag;
+  }
+  // When TickIfDue is next due by time alone (a probe, a restart, a timed change of the
+  // kernel), on the agent's clock's Monotonic(); zero (now) before the first pass, while a
+  // pass is asked for, or when the kernel's changes are not tracked.
+  absl::Duration NextDue();
   // Waits until the state is newer than `version` (or `timeout`); returns the changes since
   // `version` (a full snapshot if `version` is too old to diff). False on timeout.
   bool WaitForChange(int64_t version, absl::Duration timeout, mkfleet::v1::HostState* out);
@@ -200,6 +212,12 @@ class Agent {
   int64_t batches_done_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
+  std::atomic<bool>* wake_flag_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Asks for a pass (refresh_requested_, and the wake flag).
+  void RequestRefresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    refresh_requested_ = true;
+    if (wake_flag_ != nullptr) wake_flag_->store(true, std::memory_order_release);
+  }
   // TickIfDue: the kernel generation the last pass started from, and when the next is due.
   bool ticked_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t seen_generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -200,34 +200,72 @@ TEST(TickIfDueTest, WithoutTheHintEveryHeartbeatProbes) {
   EXPECT_GE(t.counter->probes.load() - before, 10);
 }
 
-TEST(FleetWatchdogTest, OneThreadServesEveryAgentAndIdlesWhenNothingChanges) {
+// The watchdog's wiring as mkagent sets it: woken by the agent and by its emulated kernel.
+FleetWatchdog::Wire WireAgentsAndKernels(const std::vector<std::unique_ptr<TrackedAgent>>& hosts) {
+  return [&hosts](size_t i, std::atomic<bool>* flag) {
+    hosts[i]->agent->SetWakeFlag(flag);
+    hosts[i]->host.emu->SetWakeFlag(flag);
+  };
+}
+
+template <typename Done>
+bool WaitFor(Done done) {
+  for (int i = 0; i < 2000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return done();
+}
+
+// The hosts' clocks stand still: an agent is passed only when woken (a batch, a change of
+// its kernel) or at its time (below).
+TEST(FleetWatchdogTest, OneThreadServesEveryAgentAndPassesOnlyThoseWoken) {
   std::vector<std::unique_ptr<TrackedAgent>> hosts;
   std::vector<Agent*> agents;
   for (int i = 0; i < 3; ++i) {
     hosts.push_back(std::make_unique<TrackedAgent>("fw" + std::to_string(i)));
     agents.push_back(hosts.back()->agent.get());
   }
-  FleetWatchdog dog(agents, absl::Milliseconds(2), 1);
+  FleetWatchdog dog(agents, absl::Milliseconds(2), 1, WireAgentsAndKernels(hosts), hosts[0]->host.clock);
   dog.Start();
-  auto wait_for = [&](auto done) {
-    for (int i = 0; i < 2000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return done();
-  };
-  ASSERT_TRUE(wait_for([&] { return dog.passes() >= 3; }));
+  ASSERT_TRUE(WaitFor([&] { return dog.passes() >= 3; }));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   uint64_t idle = dog.passes();
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(dog.passes(), idle) << "no pass while nothing changes";
+  // A batch wakes its agent.
   ASSERT_TRUE(hosts[2]->agent->Execute(BootBatch("web-1", {2, 18}, hosts[2]->host.vmlinux)).ok());
-  ASSERT_TRUE(wait_for([&] { return hosts[2]->Observed("web-1") == v1::KERNEL_STATE_ACTIVE; }));
+  ASSERT_TRUE(WaitFor([&] { return hosts[2]->Observed("web-1") == v1::KERNEL_STATE_ACTIVE; }));
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a pass after the batch's own
+  // A change the agent did not make (a panic) wakes it through its kernel.
   ASSERT_TRUE(hosts[2]->host.emu->InjectPanic("web-1").ok());
   auto crashed = [&] {
     auto r = hosts[2]->Reasons("web-1");
     return std::find(r.begin(), r.end(), "Crashed") != r.end();
   };
-  EXPECT_TRUE(wait_for(crashed));
+  EXPECT_TRUE(WaitFor(crashed));
   EXPECT_THAT(hosts[2]->Reasons("web-1"), Contains("Crashed"));
+  dog.Stop();
+}
+
+// A change that comes by itself (a boot ending) wakes nothing: the agent is passed when it
+// is due, by the agent's NextDue after its last pass.
+TEST(FleetWatchdogTest, ABootEndingByItselfIsSeenWhenItIsDue) {
+  std::vector<std::unique_ptr<TrackedAgent>> hosts;
+  hosts.push_back(std::make_unique<TrackedAgent>("fwboot", absl::Milliseconds(300)));
+  TrackedAgent& t = *hosts[0];
+  ASSERT_TRUE(t.agent->Execute(BootBatch("web-1", {2, 18}, t.host.vmlinux)).ok());
+  FleetWatchdog dog({t.agent.get()}, absl::Milliseconds(2), 1, WireAgentsAndKernels(hosts), t.host.clock);
+  dog.Start();
+  ASSERT_TRUE(WaitFor([&] { return t.Observed("web-1") == v1::KERNEL_STATE_ACTIVE; }));
+  ASSERT_TRUE(t.host.hk->Halt("web-1", /*force=*/true).ok());
+  ASSERT_TRUE(t.host.hk->Start("web-1", /*wait=*/false).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_NE(t.Observed("web-1"), v1::KERNEL_STATE_ACTIVE) << "booting";
+  const uint64_t before = dog.passes();
+  t.host.clock.Advance(absl::Milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(dog.passes(), before) << "nothing is due before the boot ends";
+  t.host.clock.Advance(absl::Milliseconds(200));
+  EXPECT_TRUE(WaitFor([&] { return t.Observed("web-1") == v1::KERNEL_STATE_ACTIVE; }))
+      << "the boot's end is a timed change";
   dog.Stop();
 }
 

@@ -450,7 +450,12 @@ int main(int argc, char** argv) {
     // One watchdog for every host: a pass only where something changed (agents/fleet_watchdog.h).
     std::vector<agents::Agent*> agents;
     for (auto& rt : runtimes) agents.push_back(rt->agent.get());
-    watchdog = std::make_unique<agents::FleetWatchdog>(agents, settings.poll, std::min<int>(2, runtimes.size()));
+    // Woken by the agent (a batch, new policies) and by its emulated kernel (any change).
+    auto wire = [&runtimes](size_t i, std::atomic<bool>* flag) {
+      runtimes[i]->agent->SetWakeFlag(flag);
+      if (runtimes[i]->emulator != nullptr) runtimes[i]->emulator->SetWakeFlag(flag);
+    };
+    watchdog = std::make_unique<agents::FleetWatchdog>(agents, settings.poll, std::min<int>(2, runtimes.size()), wire);
     watchdog->Start();
   }
   if (!ports_file.empty()) {

@@ -167,7 +167,7 @@ void EmulatedKernel::Advance(State& s) {
   }
   if (changed && &s == &state_) {
     SyncGuests();
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    Changed();
   }
 }
 

@@ -115,6 +115,12 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
     options.kernel_generation = [this] { return Generation(); };
     options.kernel_next_change = [this] { return NextTimedChange(); };
   }
+  // Set (true) with every rise of the generation, for a watchdog that passes only the hosts
+  // whose flag it finds set or whose time is due (agents/fleet_watchdog.h). Null: none.
+  void SetWakeFlag(std::atomic<bool>* flag) {
+    absl::MutexLock lock(&mu_);
+    wake_flag_ = flag;
+  }
 
   // The state file could not be read at start (then the kernel starts empty).
   absl::Status load_status() const { return load_status_; }
@@ -216,6 +222,12 @@ class EmulatedKernel final : public KernelFs, public Syscalls {
   std::atomic<size_t> guests_running_{0};  // instances with guest_pid > 0, set by SyncGuests
   GuestProcesses guests_;
   std::atomic<uint64_t> generation_{0};
+  std::atomic<bool>* wake_flag_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // The generation rises (a change of the state), and the wake flag is set.
+  void Changed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    if (wake_flag_ != nullptr) wake_flag_->store(true, std::memory_order_release);
+  }
   absl::Status load_status_;
 };
 

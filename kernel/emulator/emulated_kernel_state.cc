@@ -50,7 +50,7 @@ void SetCounters(const std::vector<uint32_t>& v, EmulatedKernel::Counters* c) {
 }  // namespace
 
 void EmulatedKernel::Save() {
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  Changed();
   SyncGuests();
   if (options_.state_file.empty()) return;
   DtNode root;
