@@ -126,7 +126,10 @@ bool HostConnection::Connect() {
     return false;
   }
   pending_topology_ = *std::move(topology);
-  inventory->clear_topology();  // kept parsed; views are copied every pass
+  // Views are copied every pass, and a fleet's are many: the topology is kept parsed (and
+  // shared), the pool comes with the stream (HostView::pool).
+  inventory->clear_topology();
+  inventory->clear_pool();
   pending_inventory_ = *std::move(inventory);
   first_message_ = true;
   std::shared_ptr<WatchStream> stream = client_->Watch(v1::WatchRequest());
@@ -146,7 +149,10 @@ void HostConnection::Fold(const v1::HostState& state) {
     if (state.snapshot() || state.batch_mark() > view_.batch_mark) view_.batch_mark = state.batch_mark();
     settled = was_settling && view_.batch_mark >= awaited_mark_;
     if (first_message_) {
-      view_.inventory = pending_inventory_;
+      // (Swapped out, not copied: nothing of it stays behind in pending_inventory_.)
+      v1::InventoryResponse taken;
+      taken.Swap(&pending_inventory_);
+      view_.inventory.Swap(&taken);
       view_.topology = pending_topology_;
       view_.connected = true;
       view_.error.clear();

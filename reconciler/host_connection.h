@@ -73,7 +73,7 @@ struct HostView {
   bool connected = false;  // the Watch stream is up
   bool reachable = false;  // connected, or down for less than unreachable_after
   std::string error;       // why the link is down ("" when connected)
-  mkfleet::v1::InventoryResponse inventory;  // without its topology (parsed below)
+  mkfleet::v1::InventoryResponse inventory;  // without its topology (parsed below) and pool (below)
   std::shared_ptr<const planner::Topology> topology;  // from the inventory
   CowMap<std::string, mkfleet::v1::ObservedInstance> instances;
   mkfleet::v1::PoolUsage pool;

@@ -49,6 +49,10 @@ TEST_F(HostConnectionTest, InventoryThenWatchFollowsTheHost) {
   EXPECT_EQ(v.topology->Summary(), host_.topology->Summary());
   EXPECT_TRUE(v.instances.empty());
   EXPECT_GT(v.pool.cpus_size(), 0);
+  // Views are copied every pass, for every host: the inventory is kept without what the
+  // view has in another form (the topology parsed, the pool from the stream).
+  EXPECT_FALSE(v.inventory.has_topology());
+  EXPECT_FALSE(v.inventory.has_pool());
 
   // An instance booted through the connection shows up in the view via the Watch stream.
   auto r = conn.Execute(agents::BootBatch("web-1", {2, 18}, host_.vmlinux));
