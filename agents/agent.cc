@@ -110,14 +110,13 @@ void Agent::Start() {
 }
 
 absl::Duration Agent::NextDue() {
-  const bool tracked = options_.kernel_generation && options_.kernel_next_change;
   absl::MutexLock lock(&mu_);
-  if (!tracked || !ticked_ || refresh_requested_) return absl::ZeroDuration();
+  if (!Tracked() || !ticked_ || refresh_requested_) return absl::ZeroDuration();
   return next_due_;
 }
 
 bool Agent::TickIfDue() {
-  const bool tracked = options_.kernel_generation && options_.kernel_next_change;
+  const bool tracked = Tracked();
   // Read before the pass: a change made during it (by it, or by a batch) brings another.
   const uint64_t generation = tracked ? options_.kernel_generation() : 0;
   {
@@ -170,8 +169,7 @@ void Agent::Event(const std::string& name, const std::string& type, const std::s
   e.set_message(message.size() <= kMaxEventMessage ? message
                                                    : absl::StrCat(message.substr(0, kMaxEventMessage), "..."));
   e.set_time_unix_ms(absl::ToUnixMillis(clock_.Now()));
-  ++version_;
-  if (change_hook_) change_hook_();
+  NewVersion();
   e.set_seq(version_);
   events_.push_back(e);
   while (events_.size() > options_.max_events) events_.pop_front();
@@ -218,12 +216,11 @@ void Agent::Fold(const Observation& observed, int64_t batches_before) {
   }
   // The batches this state follows: a client that had a batch answered waits for a state
   // at least this far (else it would plan from a state the batch has changed already).
-  const int64_t mark = first_version_ + batches_before;
+  const int64_t mark = BatchMark(batches_before);
   const bool mark_moved = mark > state_.batch_mark();
   if (obs->read != 0 && obs->read == folded_read_ && inputs == folded_inputs_) {
     if (mark_moved) {  // nothing else to show, but the batches done are
-      ++version_;
-      if (change_hook_) change_hook_();
+      NewVersion();
       state_.set_batch_mark(mark);
       state_.set_resource_version(version_);
     }
@@ -350,8 +347,7 @@ void Agent::Fold(const Observation& observed, int64_t batches_before) {
   bool pool_changed = next.pool().SerializeAsString() != state_.pool().SerializeAsString();
   next.set_batch_mark(std::max(mark, state_.batch_mark()));
   if (pool_changed || !changed.empty() || !removed_names.empty() || mark_moved) {
-    ++version_;
-    if (change_hook_) change_hook_();
+    NewVersion();
   }
   if (pool_changed) pool_changed_at_ = version_;
   for (v1::ObservedInstance* in : changed) {
@@ -601,7 +597,7 @@ absl::StatusOr<v1::ExecuteResponse> Agent::Execute(const v1::ActionBatch& batch)
   }
   absl::MutexLock lock(&mu_);
   ++batches_done_;
-  const int64_t mark = first_version_ + batches_done_;
+  const int64_t mark = BatchMark(batches_done_);
   for (const std::string& name : touched) {
     if (--in_flight_[name] == 0) in_flight_.erase(name);
     if (name.empty()) continue;

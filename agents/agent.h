@@ -213,6 +213,15 @@ class Agent {
   std::map<std::string, int64_t> touched_at_ ABSL_GUARDED_BY(mu_);
   bool refresh_requested_ ABSL_GUARDED_BY(mu_) = false;  // an Execute changed something
   std::atomic<bool>* wake_flag_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // A new resource version (a change of the state), told to the change hook.
+  void NewVersion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++version_;
+    if (change_hook_) change_hook_();
+  }
+  // The mark of the batch that made the count `batches` (ExecuteResponse.batch_mark).
+  int64_t BatchMark(int64_t batches) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return first_version_ + batches; }
+  // Whether the kernel's changes are tracked (a pass only when one may have come).
+  bool Tracked() const { return options_.kernel_generation && options_.kernel_next_change; }
   // Asks for a pass (refresh_requested_, and the wake flag).
   void RequestRefresh() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     refresh_requested_ = true;

@@ -647,7 +647,7 @@ std::map<std::string, absl::Status> Reconciler::ReconcileHosts(const std::vector
     }
     // Planned from a view without the host's last batch: it may be done already, or half
     // done (new ids the agent refuses). The view showing it brings the host round again.
-    if (views[h].settling && !plan->second.actions.empty()) {
+    if (views.at(h).settling && !plan->second.actions.empty()) {
       queue_.AddAfter(h, kSettleRecheck);
       return;
     }
