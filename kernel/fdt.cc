@@ -187,12 +187,34 @@ absl::StatusOr<std::vector<std::string>> DtNode::Strings(absl::string_view prop)
   return out;
 }
 
-absl::StatusOr<std::string> ToDtb(const DtNode& root) {
-  // Start small and double on FDT_ERR_NOSPACE, up to the kernel's limit.
-  for (size_t size = 4096;; size *= 2) {
+namespace {
+
+size_t Align4(size_t n) { return (n + 3) & ~size_t{3}; }
+
+// The bytes `node` and its children take in the structure block, and the most their property
+// names take in the strings block (each name once per property: no de-duplication).
+void BlobBound(const DtNode& node, bool root, size_t* structure, size_t* strings) {
+  *structure += 4 + Align4((root ? 0 : node.name.size()) + 1) + 4;  // begin (with the name), end
+  for (const auto& [name, value] : node.props) {
+    *structure += 12 + Align4(value.size());
+    *strings += name.size() + 1;
+  }
+  for (const DtNode& child : node.children) BlobBound(child, false, structure, strings);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ToDtb(const DtNode& root, DtbNames names) {
+  // A buffer the blob fits in (header, empty reserve map, structure, strings; written once:
+  // the emulator writes its whole state for each change), doubled on FDT_ERR_NOSPACE should
+  // the bound be short, up to the kernel's limit.
+  size_t structure = 4, strings = 0;  // 4: FDT_END
+  BlobBound(root, true, &structure, &strings);
+  const uint32_t flags = names == DtbNames::kRepeated ? FDT_CREATE_FLAG_NO_NAME_DEDUP : 0;
+  for (size_t size = std::max<size_t>(256, 64 + structure + strings);; size *= 2) {
     size = std::min(size, kMaxBlobBytes);
     std::string buf(size, '\0');
-    int err = fdt_create(buf.data(), static_cast<int>(buf.size()));
+    int err = fdt_create_with_flags(buf.data(), static_cast<int>(buf.size()), flags);
     if (err == 0) err = fdt_finish_reservemap(buf.data());
     if (err != 0) return FdtError("fdt_create", err);
     absl::Status s = Write(buf.data(), root, true, 0);

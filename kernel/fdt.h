@@ -48,9 +48,14 @@ struct DtNode {
   absl::StatusOr<std::vector<std::string>> Strings(absl::string_view prop) const;
 };
 
+// How a blob's strings block holds property names: each once (what the kernel is given), or
+// once per property (libfdt then writes each property without searching the block; for
+// blobs only mkfleet reads, such as the emulator's state file).
+enum class DtbNames { kShared, kRepeated };
+
 // Serializes `root` (its name is ignored: the root is unnamed). InvalidArgument if the blob
 // would exceed kMaxBlobBytes.
-absl::StatusOr<std::string> ToDtb(const DtNode& root);
+absl::StatusOr<std::string> ToDtb(const DtNode& root, DtbNames names = DtbNames::kShared);
 // Parses a blob. InvalidArgument for anything malformed (bad header, size mismatch,
 // nesting deeper than 32).
 absl::StatusOr<DtNode> FromDtb(absl::string_view blob);

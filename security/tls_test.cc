@@ -14,6 +14,7 @@
 #include "mkfleet/v1/controller.grpc.pb.h"
 #include "security/certs.h"
 #include "security/testing/test_pki.h"
+#include "security/pem_cache.h"
 #include "security/tls_buffers.h"
 
 namespace mkfleet::security {
@@ -113,6 +114,32 @@ TEST_F(TlsTest, MutualTlsCarriesTheClientsIdentity) {
   who = CallAs(Issue(Identity::Agent("node-a")), Identity::Controller());
   ASSERT_TRUE(who.ok()) << who.status();
   EXPECT_EQ(*who, "agent node-a");
+}
+
+TEST_F(TlsTest, EachChannelsContextReusesTheKeyAndCertificatesDecodedBefore) {
+  // gRPC builds an OpenSSL context per channel from the PEM files: the second channel is
+  // given the key and certificates the first decoded (the readers gRPC calls are the
+  // cache's), and its handshake succeeds with them.
+  Serve(Issue(Identity::Controller()), Identity::Controller());
+  TlsOptions o;
+  o.dir = Issue(Identity::User("alice", {"ops"}));
+  auto tls = ClientTls::Create(o);
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto first = (*tls)->Channel(Target(), Identity::Controller(), args);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto who = Call(*first);
+  ASSERT_TRUE(who.ok()) << who.status();
+  const PemCacheCounts before = PemCacheStats();
+  auto second = (*tls)->Channel(Target(), Identity::Controller(), args);
+  ASSERT_TRUE(second.ok()) << second.status();
+  who = Call(*second);
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_EQ(*who, "user alice (groups ops)");
+  const PemCacheCounts after = PemCacheStats();
+  EXPECT_EQ(after.hits - before.hits, 3);  // its key, its certificate, the CA
+  EXPECT_EQ(after.misses, before.misses);
 }
 
 TEST_F(TlsTest, ConnectionsReleaseTheirRecordBuffersWhenIdle) {

@@ -95,7 +95,7 @@ void EmulatedKernel::Save() {
     n.SetU64s("panic-after", opt(in.panic_after));
     n.SetU64s("crash-at", opt(in.crash_at));
   }
-  auto blob = ToDtb(root);
+  auto blob = ToDtb(root, DtbNames::kRepeated);  // only the emulator reads it: written without a search per name
   if (!blob.ok()) return;
   // The emulated kernel's memory dies with the machine, as a real kernel's does: the file
   // only has to survive the agent process, so it is replaced atomically but not synced.
