@@ -319,8 +319,12 @@ bool Fleet::StartControllers() {
     // 600 s: a 10,000-host run takes ~4 min, and at 120 s it fell into the no-op and change
     // measures once the converge took under 120 s (what they timed was the resync pass).
     std::vector<std::string> argv = {Runfile("reconciler/mkcontroller"), "--listen", Address(i), "--resync", "600",
-                                     o_.tls ? "--tls-dir" : "--insecure", o_.tls ? pki() + "/controller" : "--insecure",
                                      "--git-cache", dir_ + "/git-" + std::to_string(i)};
+    if (o_.tls) {
+      argv.insert(argv.end(), {"--tls-dir", pki() + "/controller"});
+    } else {
+      argv.push_back("--insecure");
+    }
     argv.insert(argv.end(), store_flags.begin(), store_flags.end());
     // FLEET_BENCH_CONTROLLER_FLAGS: more mkcontroller flags, space-separated (comparisons).
     if (const char* more = getenv("FLEET_BENCH_CONTROLLER_FLAGS")) {

@@ -29,11 +29,17 @@ TEST_F(MetricsProcessTest, BothDaemonsServeMetricsThatFollowWhatHappened) {
       << out;
   ASSERT_TRUE(Eventually([&] { return AllRunning({"a-1"}); })) << controller_->Log();
 
-  // The controller: one instance booted is a create and a start sent (once, or twice when
-  // a pass planned from a view that did not show them done yet), and done as often.
-  std::string text = HttpGet(controller_metrics);
+  // The gauge of phases moves once the pass that wrote the status has counted it, a moment
+  // after `get` can read the status (a scrape in between failed this test once).
+  std::string text;
+  EXPECT_TRUE(Eventually([&] {
+    text = HttpGet(controller_metrics);
+    return SeriesValue(text, "mkfleet_instances{phase=\"Running\"}") == 1.0;
+  })) << text;
   auto [rc, said] = Promtool(text, dir_.string());
   EXPECT_EQ(rc, 0) << said << "\n" << text;
+  // The controller: one instance booted is a create and a start sent (once, or twice when
+  // a pass planned from a view that did not show them done yet), and done as often.
   for (const char* type : {"create", "start"}) {
     const std::string quoted = std::string("{type=\"") + type + "\"}";
     const double sent = SeriesValue(text, "mkfleet_actions_sent_total" + quoted).value_or(0);
