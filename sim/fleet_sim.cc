@@ -125,6 +125,9 @@ class World {
   int IncarnationOf(int h) { return hosts_[h]->incarnation; }
   bool StreamBreaks() { return rng_.P(net_.stream_break); }
   bool StreamStalls() { return rng_.P(net_.stall); }
+  // Invariant (p): a state the watch stream brings `member` from host h.
+  void Streamed(int h, int member, const v1::HostState& state);
+  void ForgetMarks(int member);
   int HostIndex(const std::string& name) {
     for (size_t i = 0; i < hosts_.size(); ++i) {
       if (hosts_[i]->name == name) return static_cast<int>(i);
@@ -258,6 +261,14 @@ class World {
   std::set<std::string> established_;    // KernelInstances seen running since (re)created
   std::set<std::string> removed_resize_pending_;  // removed out of band while a resize waited: (b') starts over
   std::map<std::string, v1::KernelState> before_;  // "h/k" -> state before the batch running now
+  // (p) per member (0, 1) and host: the mark of the last batch the host answered it and
+  // when, and the newest mark its watch stream brought it (a snapshot's, as it is).
+  struct Marks {
+    int64_t answered = 0;
+    absl::Time answered_at;
+    int64_t streamed = 0;
+  };
+  std::map<std::pair<int, int>, Marks> marks_;
   std::set<std::string> failing_;        // "h/k" whose last action failed
   int64_t last_non_failing_send_ = 0;    // the step of the last call with an action that is not a retry
   int64_t last_effect_ = 0;               // the step of the last action that changed a kernel
@@ -268,7 +279,7 @@ class World {
 
 class SimStream final : public reconciler::WatchStream {
  public:
-  SimStream(World& w, int h) : w_(w), h_(h), incarnation_(w.IncarnationOf(h)) {}
+  SimStream(World& w, int h, int member) : w_(w), h_(h), member_(member), incarnation_(w.IncarnationOf(h)) {}
   Result Next(v1::HostState* out, bool, absl::Status* ended) override {
     // A restarted agent ends the streams of the run before, as a closed connection does
     // (compared by run, not by address: a new Agent may be allocated where the old one was).
@@ -282,10 +293,12 @@ class SimStream final : public reconciler::WatchStream {
       started_ = true;
       *out = now->Snapshot();
       version_ = out->resource_version();
+      w_.Streamed(h_, member_, *out);
       return Result::kMessage;
     }
     if (now->WaitForChange(version_, absl::ZeroDuration(), out)) {
       version_ = out->resource_version();
+      w_.Streamed(h_, member_, *out);
       return Result::kMessage;
     }
     return Result::kPending;
@@ -295,6 +308,7 @@ class SimStream final : public reconciler::WatchStream {
  private:
   World& w_;
   int h_;
+  int member_;
   int incarnation_;
   bool started_ = false;
   int64_t version_ = 0;
@@ -305,7 +319,7 @@ class SimAgentClient final : public reconciler::AgentClient {
   SimAgentClient(World& w, int h, int member) : w_(w), h_(h), member_(member) {}
   absl::StatusOr<v1::InventoryResponse> Inventory(absl::Duration) override { return w_.Inventory(h_); }
   std::unique_ptr<reconciler::WatchStream> Watch(const v1::WatchRequest&) override {
-    return std::make_unique<SimStream>(w_, h_);
+    return std::make_unique<SimStream>(w_, h_, member_);
   }
   absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ActionBatch& batch, absl::Duration) override {
     return w_.Execute(h_, batch, member_);
@@ -342,8 +356,21 @@ void World::CheckSender(int h, int member, const char* what) {
   }
 }
 
+void World::Streamed(int h, int member, const v1::HostState& state) {
+  Marks& m = marks_[{member, h}];
+  if (state.snapshot() || state.batch_mark() > m.streamed) m.streamed = state.batch_mark();
+}
+
 absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch& batch, int member) {
   CheckSender(h, member, "a batch");
+  if (auto m = marks_.find({member, h}); m != marks_.end() && batch.actions_size() > 0 && violation_.ok() &&
+                                          m->second.streamed < m->second.answered &&
+                                          clock_.Now() - m->second.answered_at < absl::Seconds(5)) {
+    violation_ = Fail(absl::StrCat("(p): ", member == 0 ? "the controller" : "the peer", " sent ", hosts_[h]->name,
+                                   " batch ", batch.fence().sequence(), " (first action ", batch.actions(0).id(),
+                                   ") before its watch stream brought the last batch answered (mark ",
+                                   m->second.answered, ", streamed ", m->second.streamed, ")"));
+  }
   if (member == 0 && controller_sends_left_ == 0) return absl::UnavailableError("the controller died");
   if (member == 0 && controller_sends_left_ > 0) --controller_sends_left_;
   for (const v1::Action& a : batch.actions()) {
@@ -371,6 +398,13 @@ absl::StatusOr<v1::ExecuteResponse> World::Execute(int h, const v1::ActionBatch&
   if (rng_.P(net_.lose_response)) {
     Trace(absl::StrCat("net: response to batch ", batch.fence().sequence(), " lost"));
     return absl::DeadlineExceededError("response lost");
+  }
+  if (r.ok() && r->batch_mark() > 0) {
+    Marks& m = marks_[{member, h}];
+    if (r->batch_mark() > m.answered) {
+      m.answered = r->batch_mark();
+      m.answered_at = clock_.Now();
+    }
   }
   return r;
 }
@@ -622,7 +656,12 @@ std::unique_ptr<reconciler::ShardMap> World::NewShardMap(const std::string& name
   });
 }
 
+void World::ForgetMarks(int member) {
+  for (auto m = marks_.begin(); m != marks_.end();) m = m->first.first == member ? marks_.erase(m) : std::next(m);
+}
+
 void World::StartController() {
+  ForgetMarks(0);  // a new process: its connections know no batch yet
   objects_ = std::make_unique<reconciler::Objects>(*store_);
   events_ = *reconciler::EventLog::Open(*store_, clock_, 500);
   reconciler::ReconcilerOptions ro = LoopOptions(0);
@@ -658,6 +697,7 @@ void World::StartController() {
 }
 
 void World::StartPeer() {
+  ForgetMarks(1);
   peer_ = std::make_unique<Peer>();
   Peer& p = *peer_;
   const std::string name = absl::StrCat("peer-", ++peer_incarnation_);

@@ -32,6 +32,10 @@
 //      reaches an agent from a member that does not own its host;
 //  (n) a change sent early (Reconciler's early send: pinned instances on a settled fleet)
 //      is what the whole fleet's plan sends those hosts (checked at every early send);
+//  (p) no member sends a host actions while the host's watch stream has not yet brought it
+//      the last batch the host answered it (the batch's mark), unless 5 s passed since
+//      that answer (an agent restarted at once has lower marks): a plan from a view
+//      without the host's last batch sends it again, or actions the agent refuses;
 // and, once faults stop, that the fleet converges within a bounded number of steps and a
 // further pass sends nothing (f), and then:
 //  (a) every kernel belongs to exactly one object, or its host reports it unmanaged;
