@@ -76,6 +76,11 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
   for (const auto& [request, p] : fleet.planned) {
     auto a = acting.find(p.host);
     if (!p.owner.empty() && a != acting.end() && a->second.count(p.kernel)) return;
+    // Nor one kept on a host out of touch: when it comes back (cordoned meanwhile, say) or is
+    // given up, the member may move to a host an early send would plan without it (sim seed
+    // 910274 on 4 hosts: a member kept on a restarting host, which came back cordoned).
+    auto v = views.find(p.host);
+    if (!p.owner.empty() && (v == views.end() || !v->second.connected)) return;
   }
   // The hosts with nothing to do: what an early send may plan anew.
   for (const auto& [host, plan] : fleet.hosts) {
