@@ -73,14 +73,17 @@ void Reconciler::NoteSettled(const FleetPlan& fleet, const Objects_& objects, co
   for (const auto& [host, plan] : fleet.hosts) {
     for (const v1::Action& a : plan.actions) acting[host].insert(a.instance());
   }
+  // Nor one kept on a host out of touch: when it comes back (cordoned meanwhile, say) or is
+  // given up, the member may move to a host an early send would plan without it (sim seed
+  // 910274 on 4 hosts: a member kept on a restarting host, which came back cordoned).
+  std::set<std::string> out_of_touch;
+  for (const auto& [host, v] : views) {
+    if (!v.connected) out_of_touch.insert(host);
+  }
   for (const auto& [request, p] : fleet.planned) {
+    if (p.owner.empty()) continue;
     auto a = acting.find(p.host);
-    if (!p.owner.empty() && a != acting.end() && a->second.count(p.kernel)) return;
-    // Nor one kept on a host out of touch: when it comes back (cordoned meanwhile, say) or is
-    // given up, the member may move to a host an early send would plan without it (sim seed
-    // 910274 on 4 hosts: a member kept on a restarting host, which came back cordoned).
-    auto v = views.find(p.host);
-    if (!p.owner.empty() && (v == views.end() || !v->second.connected)) return;
+    if ((a != acting.end() && a->second.count(p.kernel)) || out_of_touch.count(p.host)) return;
   }
   // The hosts with nothing to do: what an early send may plan anew.
   for (const auto& [host, plan] : fleet.hosts) {

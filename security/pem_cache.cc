@@ -1,34 +1,21 @@
 #include "security/pem_cache.h"
 
-#include <dlfcn.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
-#include <cstdlib>
-#include <iostream>
 #include <string>
 #include <string_view>
 
-#include "absl/base/const_init.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "security/next_symbol.h"
 
 namespace mkfleet::security {
 namespace {
 
 constexpr size_t kMaxEntries = 64;
-
-template <typename F>
-F Real(const char* name) {
-  auto f = reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
-  if (f == nullptr) {
-    std::cerr << "mkfleet: OpenSSL's " << name << " not found after this binary's (" << dlerror() << ")\n";
-    std::abort();
-  }
-  return f;
-}
 
 // The next PEM block of a memory BIO, when it can be answered from the cache: `text` from
 // its BEGIN line to the end of its END line, `consumed` the bytes a PEM read takes (through
@@ -163,32 +150,30 @@ T* Read(Cache<T>& cache, bool (*type_ok)(std::string_view), Reader real, BIO* bi
 
 PemCacheCounts PemCacheStats() {
   PemCacheCounts out;
-  for (PemCacheCounts c : {Certs().counts(), AuxCerts().counts()}) {
+  for (PemCacheCounts c : {Certs().counts(), AuxCerts().counts(), Keys().counts()}) {
     out.hits += c.hits;
     out.misses += c.misses;
   }
-  PemCacheCounts k = Keys().counts();
-  out.hits += k.hits;
-  out.misses += k.misses;
   return out;
 }
 
 }  // namespace mkfleet::security
 
 namespace sec = mkfleet::security;
+using CertReader = X509* (*)(BIO*, X509**, pem_password_cb*, void*);
+using KeyReader = EVP_PKEY* (*)(BIO*, EVP_PKEY**, pem_password_cb*, void*);
 
 extern "C" X509* PEM_read_bio_X509(BIO* bio, X509** x, pem_password_cb* cb, void* u) {
-  static const auto real = sec::Real<X509* (*)(BIO*, X509**, pem_password_cb*, void*)>("PEM_read_bio_X509");
+  static const auto real = sec::NextSymbol<CertReader>("PEM_read_bio_X509");
   return sec::Read(sec::Certs(), sec::CertType, real, bio, x, cb, u);
 }
 
 extern "C" X509* PEM_read_bio_X509_AUX(BIO* bio, X509** x, pem_password_cb* cb, void* u) {
-  static const auto real = sec::Real<X509* (*)(BIO*, X509**, pem_password_cb*, void*)>("PEM_read_bio_X509_AUX");
+  static const auto real = sec::NextSymbol<CertReader>("PEM_read_bio_X509_AUX");
   return sec::Read(sec::AuxCerts(), sec::AuxCertType, real, bio, x, cb, u);
 }
 
 extern "C" EVP_PKEY* PEM_read_bio_PrivateKey(BIO* bio, EVP_PKEY** x, pem_password_cb* cb, void* u) {
-  static const auto real =
-      sec::Real<EVP_PKEY* (*)(BIO*, EVP_PKEY**, pem_password_cb*, void*)>("PEM_read_bio_PrivateKey");
+  static const auto real = sec::NextSymbol<KeyReader>("PEM_read_bio_PrivateKey");
   return sec::Read(sec::Keys(), sec::KeyType, real, bio, x, cb, u);
 }

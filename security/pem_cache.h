@@ -27,7 +27,7 @@ struct PemCacheCounts {
   int64_t misses = 0;  // decoded by OpenSSL and kept
 };
 
-// This process's counts (zero when the library is not linked in or nothing was read).
+// This process's counts (zero until something is read through the cache).
 PemCacheCounts PemCacheStats();
 
 }  // namespace mkfleet::security

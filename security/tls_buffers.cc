@@ -1,11 +1,10 @@
 #include "security/tls_buffers.h"
 
-#include <dlfcn.h>
 #include <openssl/ssl.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <iostream>
+
+#include "security/next_symbol.h"
 
 namespace mkfleet::security {
 namespace {
@@ -15,14 +14,7 @@ std::atomic<int64_t> releasing{0};
 using SslNew = SSL* (*)(SSL_CTX*);
 
 SslNew RealSslNew() {
-  static const SslNew real = [] {
-    auto f = reinterpret_cast<SslNew>(dlsym(RTLD_NEXT, "SSL_new"));
-    if (f == nullptr) {
-      std::cerr << "mkfleet: OpenSSL's SSL_new not found after this binary's (" << dlerror() << ")\n";
-      std::abort();
-    }
-    return f;
-  }();
+  static const SslNew real = NextSymbol<SslNew>("SSL_new");
   return real;
 }
 

@@ -40,8 +40,7 @@ ImageMarkers ReadMarkers(int fd) {
   size_t want = 1 << 20;
   if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) want = std::min(want, static_cast<size_t>(st.st_size));
   if (want == 0) return m;
-  std::string buf;
-  buf.resize(want);
+  std::string buf(want, '\0');
   ssize_t n = pread(fd, buf.data(), buf.size(), 0);
   if (n <= 0) return m;
   buf.resize(static_cast<size_t>(n));
